@@ -1,0 +1,255 @@
+"""A detect job: raster window -> tiles -> model -> stitched probabilities -> polygons.
+
+:func:`run_detect` is what the daemon runs for a ``detect`` request
+(see ``plugin/protocol.py``). :func:`detect_array`-level helpers are reused by the
+evaluation harness so the numbers measured are those of the shipped pipeline.
+
+Pipeline:
+1. plan the output grid at the model's GSD over the extent (``backend.raster``);
+2. tile it with overlap (``backend.tiling``), read tiles in a background thread
+   (I/O overlaps compute), normalise and run them in batches (``backend.engines``);
+3. blend tile probabilities with ramp weights (no seams) and zero out nodata;
+4. threshold, clean, polygonize, simplify (``backend.postprocess``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from plugin import protocol as P
+
+from .engines import Engine, get_engine, normalize
+from .postprocess import Detection, class_map, clean_masks, polygonize
+from .raster import Grid, InputError, WindowReader, open_source, plan_grid
+from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card
+from .tiling import Stitcher, batches, tile_grid
+
+Progress = Callable[[float, str], None]
+
+
+class DetectError(Exception):
+    """A detect job that cannot run; ``code`` is a protocol error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class JobCancelled(Exception):
+    """The job's ``cancelled()`` turned true; it stopped at a batch boundary."""
+
+
+@dataclass
+class Options:
+    """Post-processing and batching options (defaults from the model card).
+
+    Attributes:
+        threshold: probability threshold, 0..1.
+        min_area_m2: smallest object kept, m².
+        max_hole_m2: holes below this are filled, m².
+        simplify_m: polygon simplification tolerance, metres.
+        batch_size: tiles per model call.
+        tile_size, overlap: tiling in pixels (None: the card's).
+    """
+
+    threshold: float
+    min_area_m2: float
+    max_hole_m2: float
+    simplify_m: float
+    batch_size: int = 4
+    tile_size: Optional[int] = None
+    overlap: Optional[int] = None
+
+    @classmethod
+    def from_request(cls, card: ModelCard, req: dict) -> "Options":
+        return cls(threshold=float(req.get("threshold", card.threshold)),
+                   min_area_m2=float(req.get("min_area_m2", card.min_area_m2)),
+                   max_hole_m2=float(card.raw.get("max_hole_m2", 0.0)),
+                   simplify_m=float(req.get("simplify_m", card.simplify_m)),
+                   batch_size=int(req.get("batch_size", 4)))
+
+
+def _round32(n: int) -> int:
+    return max(32, int(np.ceil(n / 32.0)) * 32)
+
+
+def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: int,
+                 progress: Optional[Progress] = None,
+                 cancelled: Optional[Callable[[], bool]] = None,
+                 tile_size: Optional[int] = None, overlap: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Fused class probabilities over a grid.
+
+    Args:
+        reader: tile reader over the grid.
+        grid: the output grid.
+        engine: inference engine.
+        batch_size: tiles per model call.
+        progress: called with (fraction 0..1, message) after each batch.
+        cancelled: polled between batches.
+        tile_size, overlap: tiling in pixels (default: the card's). A grid smaller
+            than a tile runs as one tile rounded up to a multiple of 32.
+
+    Returns:
+        ``(probs, valid, n_tiles)``: float32 (C, H, W) probabilities (background = 1
+        on invalid pixels), bool (H, W) valid-data mask, and the number of tiles run.
+
+    Raises:
+        JobCancelled: ``cancelled()`` returned True.
+    """
+    card = engine.card
+    tile_size = tile_size or card.tile_size
+    overlap = card.overlap if overlap is None else overlap
+    tile = min(tile_size, _round32(max(grid.height, grid.width)))
+    if max(grid.height, grid.width) <= tile:
+        overlap = 0
+    offsets = tile_grid(grid.height, grid.width, tile, overlap)
+    stitch = Stitcher(card.num_outputs, grid.height, grid.width, tile, overlap)
+    valid = np.zeros((grid.height, grid.width), bool)
+    groups = list(batches(offsets, batch_size))
+
+    # Reader thread: reads batch i+1 while the model runs batch i (bounded queue).
+    q: "queue.Queue" = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for group in groups:
+                if stop.is_set():
+                    return
+                tiles = [reader.read(r, c, tile) for r, c in group]
+                q.put((group, np.stack([t[0] for t in tiles]), [t[1] for t in tiles]))
+            q.put(None)
+        except BaseException as exc:  # surface read errors in the consumer
+            q.put(exc)
+
+    th = threading.Thread(target=produce, name="ortholens-reader", daemon=True)
+    th.start()
+    done = 0
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if cancelled and cancelled():
+                raise JobCancelled()
+            group, imgs, masks = item
+            probs = engine.predict(normalize(imgs, card))
+            for (r, c), p, m in zip(group, probs, masks):
+                stitch.add(r, c, p)
+                h, w = min(tile, grid.height - r), min(tile, grid.width - c)
+                valid[r:r + h, c:c + w] |= m[:h, :w]
+            done += len(group)
+            if progress:
+                progress(done / len(offsets), f"{done}/{len(offsets)} tiles")
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock the producer if it waits on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            th.join(timeout=0.05)
+    probs = stitch.result()
+    probs[:, ~valid] = 0.0
+    probs[0, ~valid] = 1.0
+    return probs, valid, len(offsets)
+
+
+def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid: Grid,
+                          card: ModelCard, opts: Options) -> Tuple[np.ndarray, List[Detection]]:
+    """Cleaned class map (uint8 (H, W)) and polygons (grid CRS) from probabilities."""
+    px_area = grid.transform.a * -grid.transform.e
+    cmap = class_map(probs, opts.threshold)
+    cmap[~valid] = 0
+    cmap = clean_masks(cmap, len(card.classes), int(round(opts.min_area_m2 / px_area)),
+                       int(round(opts.max_hole_m2 / px_area)))
+    dets = polygonize(cmap, probs, grid.transform, opts.simplify_m, opts.min_area_m2)
+    return cmap, dets
+
+
+def features(dets: List[Detection], card: ModelCard) -> List[Dict]:
+    """Protocol ``result`` features for detections (see ``plugin/protocol.py``)."""
+    import shapely
+    return [{"wkt": shapely.to_wkt(d.geometry, rounding_precision=3), "class": card.class_name(d.class_id),
+             "class_id": d.class_id, "score": round(d.score, 4),
+             "area_m2": round(d.area_m2, 3), "model": card.id,
+             "model_version": card.version} for d in dets]
+
+
+def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progress] = None,
+               cancelled: Optional[Callable[[], bool]] = None,
+               engine: Optional[Engine] = None, overrides: Optional[Dict] = None) -> Dict:
+    """Run a validated ``detect`` request.
+
+    Args:
+        request: header validated by ``protocol.validate_request`` (type ``detect``).
+        arrays: the request's array frames (the pixels for source kind ``pixels``).
+        progress: receives (fraction 0..1, message).
+        cancelled: polled between batches.
+        engine: an engine to use instead of the cached default (tests, benchmarks).
+        overrides: :class:`Options` fields to force (evaluation of variants).
+
+    Returns:
+        ``{"crs": WKT, "features": [...], "stats": {...}}`` with geometries in the
+        raster's CRS.
+
+    Raises:
+        DetectError: unknown/corrupt model (``not_found`` / ``invalid_input``), unusable
+            raster or extent (``invalid_input``, ``not_found``).
+        JobCancelled: cancelled.
+    """
+    t0 = time.perf_counter()
+    progress = progress or (lambda f, m: None)
+    try:
+        card = load_card(request["model"])
+        engine = engine or get_engine(card)
+    except ModelNotFound as exc:
+        raise DetectError(P.E_NOT_FOUND, str(exc)) from None
+    except ModelCorrupt as exc:
+        raise DetectError(P.E_INVALID_INPUT, str(exc)) from None
+    opts = Options.from_request(card, request)
+    for k, v in (overrides or {}).items():
+        setattr(opts, k, v)
+    progress(0.0, "reading raster")
+    try:
+        with open_source(request["source"], arrays[0] if arrays else None) as ds:
+            grid = plan_grid(ds, request.get("extent"), request.get("extent_crs"),
+                             card.gsd_m, card.bands, request.get("bands"))
+            reader = WindowReader(ds, grid)
+            try:
+                probs, valid, n_tiles = predict_grid(reader, grid, engine, opts.batch_size,
+                                                     lambda f, m: progress(0.9 * f, m),
+                                                     cancelled, opts.tile_size, opts.overlap)
+            finally:
+                reader.close()
+    except InputError as exc:
+        raise DetectError(exc.code, exc.message) from None
+    t_model = time.perf_counter() - t0
+    progress(0.92, "polygonizing")
+    _, dets = detections_from_probs(probs, valid, grid, card, opts)
+    feats = features(dets, card)
+    per_class: Dict[str, int] = {}
+    for f in feats:
+        per_class[f["class"]] = per_class.get(f["class"], 0) + 1
+    elapsed = time.perf_counter() - t0
+    area_km2 = grid.width * grid.height * (card.gsd_m ** 2) / 1e6
+    stats = {"tiles": n_tiles, "width": grid.width, "height": grid.height,
+             "gsd_m": card.gsd_m, "source_gsd_m": round(grid.src_gsd, 4),
+             "area_km2": round(area_km2, 6), "valid_fraction": round(float(valid.mean()), 4),
+             "seconds": round(elapsed, 3), "model_seconds": round(t_model, 3),
+             "mpx_per_s": round(grid.width * grid.height / 1e6 / max(elapsed, 1e-9), 3),
+             "engine": engine.kind, "device": engine.device, "per_class": per_class,
+             "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
+             "warnings": grid.warnings}
+    progress(1.0, f"{len(feats)} polygons")
+    return {"crs": grid.crs_wkt, "features": feats, "stats": stats}

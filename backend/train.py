@@ -1,0 +1,274 @@
+"""Train a segmentation member on the pv01 train split, reproducibly, from a config file.
+
+Usage::
+
+    python -m backend.train models/configs/pv-unet-r18.json [--budget-s 600] [--out DIR]
+
+The config (JSON) gives the card fields (id, version, architecture, encoder,
+arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
+hyper-parameters (seed, budget_s, batch_size, chip, lr, weight_decay, val_fraction).
+
+Method: the train split is divided into *fit* and *val* by spatial cluster
+(:func:`backend.data.split_train`); the model (segmentation-models-pytorch, random
+init: no model hub is reachable) is trained on *fit* with flips, 90-degree rotations,
+scale (0.75-1.33) and colour jitter, loss = cross-entropy + soft Dice (Milletari et
+al. 2016, V-Net) over the foreground classes, AdamW with a cosine learning-rate
+schedule over a wall-clock budget. The probability threshold, minimum object area and
+hole size are then chosen on *val* for the best object F1 (held-out data is never
+used here). Output: ``<out>/weights.safetensors`` (fp16) and ``<out>/card.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from . import data as pvdata
+from .config import models_dir
+from .metrics import Counts, compare
+from .postprocess import class_map, clean_masks
+from .registry import ModelCard, build_torch_model
+
+
+def set_seed(seed: int) -> None:
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def normalize_stats(images: np.ndarray) -> Dict[str, Any]:
+    """Per-band mean/std of uint8 images (N, B, H, W) after scaling by 1/255."""
+    x = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.float64) / 255.0
+    return {"scale": 255.0, "mean": [round(float(v), 5) for v in x.mean(1)],
+            "std": [round(float(v), 5) for v in x.std(1)]}
+
+
+def augment_batch(images, masks, chip: int, rng: np.random.Generator):
+    """Random chips with flips, rot90, scale and colour jitter.
+
+    Args:
+        images: float32 torch (N, B, H, W), already normalised.
+        masks: int64 torch (N, H, W).
+        chip: output side in pixels.
+
+    Returns:
+        ``(x float32 (N, B, chip, chip), y int64 (N, chip, chip))``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    xs, ys = [], []
+    for i in range(images.shape[0]):
+        x, y = images[i], masks[i]
+        s = float(np.exp(rng.uniform(np.log(0.75), np.log(1.333))))
+        h, w = x.shape[-2:]
+        nh, nw = max(chip, int(round(h * s))), max(chip, int(round(w * s)))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            y = F.interpolate(y[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+        top = int(rng.integers(0, nh - chip + 1))
+        left = int(rng.integers(0, nw - chip + 1))
+        x = x[:, top:top + chip, left:left + chip]
+        y = y[top:top + chip, left:left + chip]
+        k = int(rng.integers(0, 4))
+        x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
+        if rng.random() < 0.5:
+            x, y = torch.flip(x, (2,)), torch.flip(y, (1,))
+        # colour jitter in normalised space: brightness, contrast, per-band gain
+        gain = torch.tensor(rng.uniform(0.9, 1.1, size=(x.shape[0], 1, 1)), dtype=x.dtype)
+        contrast = float(rng.uniform(0.8, 1.25))
+        bright = float(rng.uniform(-0.3, 0.3))
+        x = (x * contrast * gain) + bright
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()
+
+
+def dice_ce_loss(logits, target, n_classes: int):
+    """Cross-entropy + (1 - soft Dice) averaged over foreground classes."""
+    import torch
+    import torch.nn.functional as F
+    ce = F.cross_entropy(logits, target)
+    p = torch.softmax(logits, 1)
+    dice = 0.0
+    for k in range(1, n_classes + 1):
+        t = (target == k).float()
+        inter = (p[:, k] * t).sum()
+        dice = dice + 1 - (2 * inter + 1) / (p[:, k].sum() + t.sum() + 1)
+    return ce + dice / n_classes
+
+
+def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
+    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W)."""
+    import torch
+    out = []
+    with torch.inference_mode():
+        for i in range(0, images_norm.shape[0], batch):
+            out.append(torch.softmax(model(images_norm[i:i + batch]), 1).numpy())
+    return np.concatenate(out)
+
+
+def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
+                       n_classes: int) -> Dict[str, Any]:
+    """Grid-search threshold / min area / hole size for best object F1 on *val*."""
+    best = None
+    px_area = gsd_m * gsd_m
+    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
+        for min_area_m2 in (0.25, 0.5, 1.0, 2.0):
+            for hole_m2 in (0.0, 0.5):
+                tot = Counts()
+                for p, m in zip(probs, masks):
+                    cm = clean_masks(class_map(p, thr), n_classes,
+                                     int(round(min_area_m2 / px_area)),
+                                     int(round(hole_m2 / px_area)))
+                    tot.add(compare(cm == 1, m == 1))
+                s = tot.summary()
+                key = (s["object_f1"], s["pixel_iou"])
+                if best is None or key > best[0]:
+                    best = (key, {"threshold": thr, "min_area_m2": min_area_m2,
+                                  "max_hole_m2": hole_m2, "val": s})
+    return best[1]
+
+
+def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> ModelCard:
+    """Train one member as described by ``config``; returns the written card.
+
+    Raises:
+        FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    seed = int(config.get("seed", 0))
+    set_seed(seed)
+    threads = int(os.environ.get("ORTHOLENS_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    budget_s = float(budget_s if budget_s is not None else config.get("budget_s", 600))
+
+    tiles = pvdata.list_tiles("train")
+    fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), seed)
+    fit_a, val_a = pvdata.load_arrays(fit), pvdata.load_arrays(val)
+    norm = normalize_stats(fit_a["images"])
+    card_d = {k: config[k] for k in ("id", "version", "architecture", "encoder", "classes",
+                                     "gsd_m", "tile_size", "overlap", "simplify_m")}
+    card_d.update({"arch_kwargs": config.get("arch_kwargs", {}), "bands": 3,
+                   "band_names": ["red", "green", "blue"], "dtype": "uint8",
+                   "normalize": norm, "threshold": 0.5, "min_area_m2": 1.0,
+                   "max_hole_m2": 0.5, "weights": "weights.safetensors",
+                   "onnx": "model.onnx"})
+    card = ModelCard.from_dict(card_d)
+    n_classes = len(card.classes)
+    model = build_torch_model(card).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
+
+    def normed(imgs: np.ndarray):
+        return (torch.from_numpy(imgs).float() / 255.0 - mean) / std
+
+    fit_x, fit_y = normed(fit_a["images"]), torch.from_numpy(fit_a["masks"]).long()
+    val_x = normed(val_a["images"])
+    # Oversample tiles with panels in proportion to sqrt(panel fraction) + a floor,
+    # so the house tiles with a few panels are not drowned by the big solar roof.
+    frac = fit_a["masks"].reshape(len(fit), -1).mean(1)
+    weights = np.sqrt(frac) + 0.1
+    weights /= weights.sum()
+
+    lr = float(config.get("lr", 2e-3))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr,
+                            weight_decay=float(config.get("weight_decay", 1e-4)))
+    bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    step, losses = 0, []
+    warmup = 30
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= budget_s:
+            break
+        frac_t = elapsed / budget_s
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac_t))
+        for g in opt.param_groups:
+            g["lr"] = lr * max(scale, 0.02)
+        idx = rng.choice(len(fit), size=bs, p=weights)
+        x, y = augment_batch(fit_x[idx], fit_y[idx], chip, rng)
+        x, y = x.to(device), y.to(device)
+        if device == "cuda":
+            x = x.to(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(x)
+            loss = dice_ce_loss(logits.float(), y, n_classes)
+        else:
+            loss = dice_ce_loss(model(x), y, n_classes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            print(f"step {step:5d}  {elapsed:6.0f}s  loss {np.mean(losses[-25:]):.4f}",
+                  flush=True)
+    train_s = time.time() - t0
+    model = model.to("cpu").float().eval()
+    probs = predict_probs(model, val_x)
+    pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
+    print(f"val: {json.dumps(pp)}", flush=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous()
+             for k, v in model.state_dict().items()
+             if v.dtype.is_floating_point}
+    ints = {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not v.dtype.is_floating_point}
+    state.update(ints)
+    save_file(state, str(out_dir / "weights.safetensors"))
+    card_d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
+                   "max_hole_m2": pp["max_hole_m2"]})
+    card_d["training"] = {
+        "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
+                "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
+        "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
+        "seed": seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
+        "train_seconds": round(train_s, 1), "device": device, "threads": threads,
+        "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "config": config,
+        "postprocess_chosen_on_val": pp["val"],
+    }
+    card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
+    return ModelCard.from_dict(card_d, out_dir)
+
+
+def main(argv: List[str] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock training budget in seconds (default: config)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default: <models>/<id>)")
+    args = ap.parse_args(argv)
+    config = json.loads(args.config.read_text("utf-8"))
+    out = args.out or (models_dir() / config["id"])
+    card = train(config, out, args.budget_s)
+    print(f"wrote {out}/card.json and weights.safetensors "
+          f"(threshold {card.threshold}, min area {card.min_area_m2} m2)")
+    from .export import export_onnx
+    export_onnx(card)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

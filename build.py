@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Ortholens task runner: the one entry point for set-up, demo, tests and benchmarks.
+
+    python3 build.py setup        install system packages (Debian 12, root or sudo),
+                                  create the two virtual environments, export ONNX
+    python3 build.py demo         setup + detect solar panels on the real sample data
+                                  through the daemon; prints polygons per class and
+                                  writes out/demo/*.gpkg and out/demo/*.png
+    python3 build.py test         setup + the whole test suite (backend and plugin)
+    python3 build.py train CFG..  train member(s) from config files (models/configs/)
+    python3 build.py eval         held-out accuracy of the shipped models (JSON + Markdown)
+    python3 build.py screenshot   QGIS desktop under Xvfb with a detection, as a PNG
+    python3 build.py package      the installable plugin zip in out/ortholens.zip
+
+Environments (both made from Debian's /usr/bin/python3, versions pinned):
+  .venv/backend  the daemon and trainer: PyTorch, segmentation-models-pytorch, ONNX
+                 Runtime, rasterio, shapely, pyzmq (requirements-backend*.txt)
+  .venv/qgis     the plugin side: Debian's PyQGIS through --system-site-packages, plus
+                 the test tools (requirements-qgis.txt); never holds torch
+
+Data is read from ORTHOLENS_DATA (default ../shared/data), never copied.
+Only the standard library is used here, so any python3 runs this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+VENV_BACKEND = REPO / ".venv" / "backend"
+VENV_QGIS = REPO / ".venv" / "qgis"
+SYSTEM_PYTHON = "/usr/bin/python3"
+APT_PACKAGES = ["python3-qgis", "qgis", "qgis-providers", "python3-venv", "python3-zmq",
+                "gdal-bin", "xvfb", "xauth", "imagemagick"]
+OUT = REPO / "out"
+
+
+def log(msg: str) -> None:
+    print(f"[build] {msg}", flush=True)
+
+
+def run(cmd, env=None, check=True, cwd=REPO) -> int:
+    log(" ".join(str(c) for c in cmd))
+    rc = subprocess.call([str(c) for c in cmd], env=env, cwd=cwd)
+    if check and rc != 0:
+        sys.exit(f"[build] command failed with exit code {rc}: {' '.join(map(str, cmd))}")
+    return rc
+
+
+def base_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("ORTHOLENS_DATA", str((REPO.parent / "shared" / "data").resolve()))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    runtime = Path(env.get("XDG_RUNTIME_DIR") or f"/tmp/ortholens-runtime-{os.getuid()}")
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# ----------------------------------------------------------------------------- setup
+
+def apt_missing() -> list:
+    missing = []
+    for p in APT_PACKAGES:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+                           text=True)
+        if "install ok installed" not in r.stdout:
+            missing.append(p)
+    return missing
+
+
+def setup_apt() -> None:
+    missing = apt_missing()
+    if not missing:
+        log("system packages present")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(sudo + ["apt-get", "update", "-qq"], env=env)
+    run(sudo + ["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing,
+        env=env)
+
+
+def _stamp(venv: Path, files):
+    """``(up_to_date, stamp_path, digest)`` of ``venv`` against these requirement files."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update((REPO / f).read_bytes())
+    digest = h.hexdigest()
+    stamp = venv / ".ortholens-stamp"
+    ok = stamp.is_file() and stamp.read_text() == digest
+    return ok, stamp, digest
+
+
+def setup_venv(venv: Path, files, system_site: bool, nodeps_file: str = None) -> None:
+    all_files = list(files) + ([nodeps_file] if nodeps_file else [])
+    ok, stamp, digest = _stamp(venv, all_files)
+    if ok and (venv / "bin" / "python").exists():
+        log(f"{venv.relative_to(REPO)} up to date")
+        return
+    if not (venv / "bin" / "python").exists():
+        cmd = [SYSTEM_PYTHON, "-m", "venv"] + (["--system-site-packages"] if system_site else [])
+        run(cmd + [venv])
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    for f in files:
+        run(pip + ["-r", REPO / f])
+    if nodeps_file:
+        run(pip + ["--no-deps", "-r", REPO / nodeps_file])
+    stamp.write_text(digest)
+
+
+def setup() -> None:
+    setup_apt()
+    setup_venv(VENV_BACKEND, ["requirements-backend.txt"], False,
+               "requirements-backend-nodeps.txt")
+    setup_venv(VENV_QGIS, ["requirements-qgis.txt"], True)
+    # ONNX graphs are derived from the shipped fp16 safetensors (kept out of git).
+    run([VENV_BACKEND / "bin" / "python", "-m", "backend.export"], env=base_env())
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def test(args) -> int:
+    setup()
+    env = base_env()
+    results = []
+    OUT.mkdir(exist_ok=True)
+    for name, py, path in (("backend", VENV_BACKEND, "tests/backend"),
+                           ("plugin", VENV_QGIS, "tests/plugin")):
+        junit = OUT / f"junit-{name}.xml"
+        rc = run([py / "bin" / "python", "-m", "pytest", path, "-q", "-p", "no:cacheprovider",
+                  f"--junitxml={junit}"] + list(args), env=env, check=False)
+        results.append((name, rc, junit))
+    passed = failed = skipped = 0
+    import xml.etree.ElementTree as ET
+    for name, rc, junit in results:
+        if junit.is_file():
+            for suite in ET.parse(junit).getroot().iter("testsuite"):
+                t, f, e, s = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors",
+                                                             "skipped"))
+                passed += t - f - e - s
+                failed += f + e
+                skipped += s
+    bad = [n for n, rc, _ in results if rc != 0]
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    if bad:
+        log(f"failing suites: {', '.join(bad)}")
+        return 1
+    return 0
+
+
+def demo(args) -> int:
+    setup()
+    return run([VENV_QGIS / "bin" / "python", "-m", "plugin.headless", "demo"] + list(args),
+               env=base_env(), check=False)
+
+
+def train(args) -> int:
+    setup()
+    if not args:
+        args = sorted(str(p) for p in (REPO / "models" / "configs").glob("*.json"))
+    rc = 0
+    for cfg in args:
+        rc |= run([VENV_BACKEND / "bin" / "python", "-m", "backend.train", cfg], env=base_env(),
+                  check=False)
+    return rc
+
+
+def evaluate(args) -> int:
+    setup()
+    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.evaluate"] + list(args),
+               env=base_env(), check=False)
+
+
+def screenshot(args) -> int:
+    setup()
+    return run([VENV_QGIS / "bin" / "python", "tests/screenshot/qgis_screenshot.py"] + list(args),
+               env=base_env(), check=False)
+
+
+def package(args) -> int:
+    OUT.mkdir(exist_ok=True)
+    target = OUT / "ortholens.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted((REPO / "plugin").rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                z.write(p, Path("ortholens") / p.relative_to(REPO / "plugin"))
+        z.write(REPO / "metadata.txt", "ortholens/metadata.txt")
+        for p in sorted((REPO / "resources").rglob("*")):
+            if p.is_file():
+                z.write(p, Path("ortholens") / "resources" / p.relative_to(REPO / "resources"))
+        z.write(REPO / "README.md", "ortholens/README.md")
+    log(f"wrote {target}")
+    return 0
+
+
+TASKS = {"setup": lambda a: setup() or 0, "demo": demo, "test": test, "train": train,
+         "eval": evaluate, "screenshot": screenshot, "package": package}
+
+
+def main(argv) -> int:
+    if not argv or argv[0] not in TASKS:
+        print(__doc__)
+        return 2
+    return TASKS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
