@@ -72,25 +72,28 @@ def test_stitching_is_seamless_on_real_raster():
     np.testing.assert_allclose(probs[1], expect, atol=1e-4)
 
 
-def test_tiled_and_untiled_detection_agree_on_heldout_tile():
-    """No object is cut at tile seams: 4x4 tiles give the objects of one whole tile."""
-    path = HELDOUT / "PV01_325228_1203845.tif"
+@pytest.mark.parametrize("name", ["PV01_325228_1203845", "PV01_325192_1204249"])
+def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
+    """No object is cut at tile seams: 2x2 overlapping tiles give the objects of one
+    whole tile (the tile seams cross the panels of these held-out tiles)."""
+    path = HELDOUT / f"{name}.tif"
     card = load_card(MODEL)
     eng = get_engine(card)
     with rasterio.open(path) as ds:
         grid = plan_grid(ds, None, None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        tiled, valid, n = D.predict_grid(reader, grid, eng, 4, tile_size=96, overlap=32)
+        tiled, valid, n = D.predict_grid(reader, grid, eng, 4, tile_size=192, overlap=96)
         whole, _, n1 = D.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=0)
         reader.close()
-    assert n == 16 and n1 == 1
+    assert n == 4 and n1 == 1
     opts = D.Options.from_request(card, {})
     cm_t, dets_t = D.detections_from_probs(tiled, valid, grid, card, opts)
     cm_w, dets_w = D.detections_from_probs(whole, valid, grid, card, opts)
     assert len(dets_w) >= 1
+    assert len(dets_t) == len(dets_w)
     agree = compare(cm_t == 1, cm_w == 1).summary()
-    assert agree["pixel_iou"] > 0.85
-    assert agree["object_f1"] >= 0.8
+    assert agree["pixel_iou"] > 0.9
+    assert agree["object_f1"] == 1.0
     # and no two tiled polygons share an edge (an object split in two halves would)
     for i, a in enumerate(dets_t):
         for b in dets_t[i + 1:]:

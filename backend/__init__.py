@@ -1,0 +1,3 @@
+"""Ortholens inference daemon (``python -m backend``): trainer, model registry, server."""
+
+__version__ = "0.1.0"

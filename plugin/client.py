@@ -1,0 +1,503 @@
+"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`plugin.protocol`.
+
+It imports neither ``qgis`` nor ``torch``: it runs inside QGIS's Python and in the
+backend's tests alike. numpy is imported only when pixels are sent.
+
+:class:`OrtholensClient` talks to a running daemon; :func:`start_daemon` starts one
+(``<python> -m backend``) detached from the caller; :func:`ensure_daemon` pings and
+starts one only when nothing answers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import zmq
+
+from . import protocol as P
+
+log = logging.getLogger("ortholens.client")
+
+DEFAULT_ENDPOINT = f"tcp://{P.DEFAULT_HOST}:{P.DEFAULT_PORT}"
+
+
+class ClientError(Exception):
+    """Base class of the errors this module raises."""
+
+
+class DaemonUnavailable(ClientError):
+    """The daemon did not answer in time, is not running, or could not be started."""
+
+
+class DaemonError(ClientError):
+    """The daemon answered with an ``error`` reply.
+
+    Attributes:
+        code: one of ``protocol.E_*``.
+        message: text a user can read.
+        job_id: the job the error ended, or None for a rejected request.
+    """
+
+    def __init__(self, code: str, message: str, job_id: Optional[str] = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.job_id = code, message, job_id
+
+
+class JobCancelled(ClientError):
+    """The detection job was cancelled (by ``is_cancelled`` or another client)."""
+
+    def __init__(self, job_id: Optional[str] = None):
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+def repo_dir() -> Path:
+    """The repository root: the parent of this plugin folder."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_backend_python() -> str:
+    """``ORTHOLENS_BACKEND_PYTHON``, else the repo's ``.venv/backend`` interpreter."""
+    env = os.environ.get("ORTHOLENS_BACKEND_PYTHON")
+    if env:
+        return env
+    venv = repo_dir() / ".venv" / "backend"
+    if sys.platform == "win32":
+        return str(venv / "Scripts" / "python.exe")
+    return str(venv / "bin" / "python")
+
+
+def log_dir() -> Path:
+    """Folder of the daemon logs: ``ORTHOLENS_LOG_DIR``, else ``<tmp>/ortholens-<user>``."""
+    env = os.environ.get("ORTHOLENS_LOG_DIR")
+    if env:
+        return Path(env)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "user"
+    return Path(tempfile.gettempdir()) / f"ortholens-{user}"
+
+
+def parse_endpoint(endpoint: str) -> Tuple[str, int]:
+    """``"tcp://host:port"`` -> ``(host, port)`` (IPv6 brackets removed).
+
+    Raises:
+        ValueError: not a ``tcp://host:port`` endpoint.
+    """
+    if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
+        raise ValueError(f"not a tcp://host:port endpoint: {endpoint!r}")
+    host, port = endpoint[6:].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+class OrtholensClient:
+    """A connection to the daemon (a DEALER socket with its own ``zmq.Context``).
+
+    Not thread-safe: use one client per thread. Replies are matched to requests by
+    their ``id``; stale replies (to requests that timed out) are skipped.
+
+    Args:
+        endpoint: ``tcp://host:port`` of the daemon.
+        token: sent with every request when the daemon requires one.
+        timeout_s: how long to wait for the first reply to any request, seconds.
+
+    Raises (all methods that talk to the daemon):
+        DaemonUnavailable: no reply within ``timeout_s``; the socket is recreated, so
+            the client stays usable.
+        DaemonError: the daemon answered with an error.
+        protocol.ProtocolError: the request itself is invalid (checked before sending).
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: Optional[str] = None,
+                 timeout_s: float = 5.0):
+        self.endpoint = endpoint
+        self.token = token or None
+        self.timeout_s = float(timeout_s)
+        self._ctx = zmq.Context()
+        self._sock: Optional[zmq.Socket] = None
+        #: the daemon process when :func:`ensure_daemon` started one, else None.
+        self.process: Optional[subprocess.Popen] = None
+
+    # ------------------------------------------------------------------ socket
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            if self._ctx is None:
+                raise ClientError("the client is closed")
+            s = self._ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.sndtimeo = max(1, int(self.timeout_s * 1000))
+            if "[" in self.endpoint:
+                s.setsockopt(zmq.IPV6, 1)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _reset(self) -> None:
+        """Drop the socket (it may hold unsent requests / stale replies)."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def close(self) -> None:
+        """Close the socket and the context; the client cannot be used afterwards."""
+        self._reset()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> "OrtholensClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> None:
+        try:
+            self._socket().send_multipart(P.encode(header, arrays), copy=False)
+        except zmq.Again:
+            self._reset()
+            raise DaemonUnavailable(f"cannot send to the daemon at {self.endpoint}") from None
+
+    def _receive(self, request_id: str, wait_s: float) -> Optional[Dict[str, Any]]:
+        """The next reply whose id is ``request_id`` within ``wait_s`` s, else None."""
+        sock = self._socket()
+        end = time.monotonic() + wait_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+                return None
+            frames = sock.recv_multipart(copy=False)
+            try:
+                header, _ = P.decode(frames, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
+            except P.ProtocolError as exc:
+                log.warning("skipping an undecodable reply: %s", exc)
+                continue
+            if header.get("id") != request_id:
+                log.debug("skipping a stale %s reply", header.get("type"))
+                continue
+            return header
+
+    def _call(self, mtype: str, timeout_s: Optional[float] = None,
+              **fields: Any) -> Dict[str, Any]:
+        header = P.request(mtype, token=self.token, **fields)
+        self._send(header)
+        wait = self.timeout_s if timeout_s is None else float(timeout_s)
+        reply = self._receive(header["id"], wait)
+        if reply is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not answer "
+                                    f"{mtype} within {wait:g} s")
+        _raise_if_error(reply)
+        return reply
+
+    # ------------------------------------------------------------------ requests
+
+    def ping(self, timeout_s: Optional[float] = None) -> Dict[str, Any]:
+        """``pong`` header: {version, protocol, device, models: [ids], jobs: int}.
+
+        Args:
+            timeout_s: overrides the client's ``timeout_s`` for this call.
+        """
+        return self._call("ping", timeout_s)
+
+    def models(self) -> List[Dict[str, Any]]:
+        """Model cards (``ModelCard.public()`` dicts) the daemon offers."""
+        return list(self._call("models")["models"])
+
+    def status(self, job_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """``[{job_id, state, fraction, message}]`` of the last hour, or of ``job_id``.
+
+        Raises:
+            DaemonError: ``not_found`` for an unknown ``job_id``.
+        """
+        return list(self._call("status", job_id=job_id)["jobs"])
+
+    def cancel(self, job_id: str) -> Dict[str, Any]:
+        """Ask the daemon to cancel ``job_id``; returns the ``cancelled`` reply
+        ({job_id, state}: the job's state after the request).
+
+        Raises:
+            DaemonError: ``not_found`` for an unknown job.
+        """
+        return self._call("cancel", job_id=job_id)
+
+    def detect(self, source: Dict[str, Any], model: str,
+               extent: Optional[Sequence[float]] = None, extent_crs: Optional[str] = None,
+               pixels: Any = None,
+               on_progress: Optional[Callable[[float, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None,
+               job_timeout_s: float = 600.0, **options: Any) -> Dict[str, Any]:
+        """Run a detection job and wait for its result.
+
+        Args:
+            source: ``{"kind": "file", "path": str}`` or ``{"kind": "pixels", "crs": str,
+                "transform": [a, b, c, d, e, f], "nodata": number|None}``.
+            model: model card id.
+            extent: ``[xmin, ymin, xmax, ymax]`` in ``extent_crs`` (default: the
+                raster's CRS); None for the whole raster.
+            pixels: for ``kind == "pixels"``: array (bands, H, W), dtype in
+                ``protocol.ALLOWED_DTYPES``. Do not modify it while the call runs.
+            on_progress: called as ``on_progress(fraction 0..1, message)``.
+            is_cancelled: polled about every 0.1 s; once true the job is cancelled.
+            job_timeout_s: longest silence (no event) tolerated once the job is
+                accepted, seconds.
+            **options: other request fields: ``threshold``, ``min_area_m2``,
+                ``simplify_m``, ``bands``, ``batch_size``.
+
+        Returns:
+            The ``result`` header: {job_id, crs, features: [{wkt, class, class_id,
+            score, area_m2, model, model_version}], stats, ...}.
+
+        Raises:
+            DaemonError: the request was rejected or the job failed (``.code``).
+            JobCancelled: ``is_cancelled()`` turned true, or the job was cancelled.
+            DaemonUnavailable: no ``accepted`` within ``timeout_s``, or silence longer
+                than ``job_timeout_s``.
+            protocol.ProtocolError: invalid arguments (nothing is sent).
+        """
+        arrays = []
+        if pixels is not None:
+            import numpy as np
+            arrays = [np.ascontiguousarray(pixels)]
+        header = P.request("detect", source=source, model=model,
+                           extent=None if extent is None else [float(v) for v in extent],
+                           extent_crs=extent_crs, token=self.token, **options)
+        rid = header["id"]
+        self._send(header, arrays)
+        first = self._receive(rid, self.timeout_s)
+        if first is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not accept the "
+                                    f"job within {self.timeout_s:g} s")
+        _raise_if_error(first)
+        if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
+            raise DaemonError(P.E_INTERNAL, f"unexpected reply {first.get('type')!r} "
+                                            f"to detect")
+        job_id = first["job_id"]
+        finished = False
+        try:
+            heard = time.monotonic()
+            while True:
+                if is_cancelled is not None and is_cancelled():
+                    self._cancel_quietly(job_id)
+                    finished = True
+                    raise JobCancelled(job_id)
+                event = self._receive(rid, 0.1)
+                now = time.monotonic()
+                if event is None:
+                    if now - heard > job_timeout_s:
+                        raise DaemonUnavailable(f"no news of job {job_id} for "
+                                                f"{job_timeout_s:g} s")
+                    continue
+                heard = now
+                kind = event.get("type")
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(float(event.get("fraction", 0.0)),
+                                    str(event.get("message", "")))
+                elif kind == "result":
+                    finished = True
+                    return event
+                elif kind == "error":
+                    finished = True
+                    _raise_if_error(event)
+                elif kind == "cancelled":
+                    finished = True
+                    raise JobCancelled(job_id)
+                else:
+                    log.warning("ignoring a %r event of job %s", kind, job_id)
+        finally:
+            if not finished:  # timeout, callback exception, KeyboardInterrupt...
+                self._cancel_quietly(job_id)
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        """Best-effort cancel (waits at most ``timeout_s``); resets the socket on failure."""
+        try:
+            self._call("cancel", job_id=job_id)
+        except ClientError as exc:
+            log.debug("cancel of job %s: %s", job_id, exc)
+        except zmq.ZMQError as exc:
+            log.debug("cancel of job %s: %s", job_id, exc)
+            self._reset()
+
+
+def _raise_if_error(reply: Dict[str, Any]) -> None:
+    if reply.get("type") == "error":
+        raise DaemonError(str(reply.get("code", P.E_INTERNAL)),
+                          str(reply.get("message", "")), reply.get("job_id"))
+
+
+# ---------------------------------------------------------------------- daemon process
+
+def _tail(path: Path, max_bytes: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+def _child_env(env: Optional[Mapping[str, str]], token: Optional[str]) -> Dict[str, str]:
+    # QGIS points PYTHONHOME/PYTHONPATH at its own Python; the backend venv must not
+    # inherit them.
+    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    if env:
+        out.update(env)
+    if token:
+        out["ORTHOLENS_TOKEN"] = token  # not on the command line, where ps shows it
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    return out
+
+
+def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
+                 cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                 wait_s: float = 60.0, *, host: str = P.DEFAULT_HOST,
+                 token: Optional[str] = None,
+                 log_path: Optional[str] = None) -> subprocess.Popen:
+    """Start ``<python> -m backend --host H --port P`` detached and wait until it answers.
+
+    Args:
+        python: interpreter of the backend environment (default
+            :func:`default_backend_python`).
+        port: TCP port for the daemon.
+        cwd: working directory, the repository root (default :func:`repo_dir`).
+        env: variables added to the inherited environment (``PYTHONHOME`` and
+            ``PYTHONPATH`` are not inherited).
+        wait_s: how long to wait for the first ``pong``, seconds.
+        host: interface to bind (loopback default).
+        token: passed as ``ORTHOLENS_TOKEN`` and used for the ping.
+        log_path: daemon stdout+stderr (default ``log_dir()/daemon-<port>.log``,
+            truncated).
+
+    Returns:
+        The running process (its own session / process group; the caller may leave it).
+
+    Raises:
+        DaemonUnavailable: the process exited or did not answer within ``wait_s``
+            (the message ends with the tail of its log); it is killed in the latter case.
+    """
+    python = python or default_backend_python()
+    cwd = cwd or str(repo_dir())
+    if log_path is None:
+        folder = log_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_file = folder / f"daemon-{port}.log"
+    else:
+        log_file = Path(log_path)
+    cmd = [python, "-m", "backend", "--host", host, "--port", str(port)]
+    kwargs: Dict[str, Any] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+                                   | subprocess.CREATE_NO_WINDOW)  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        with open(log_file, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(env, token),
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot start {python!r} -m backend: {exc}") from None
+    ping_host = f"[{host}]" if ":" in host else host
+    client = OrtholensClient(f"tcp://{ping_host}:{port}", token=token, timeout_s=1.0)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise DaemonUnavailable(f"the daemon exited with code {proc.returncode} "
+                                        f"(log {log_file}):\n{_tail(log_file)}")
+            try:
+                client.ping()
+            except DaemonUnavailable:
+                pass
+            else:
+                time.sleep(0.05)
+                if proc.poll() is not None:  # another daemon answered on that port
+                    continue
+                log.info("daemon started: pid %d, port %d, log %s", proc.pid, port, log_file)
+                return proc
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(5)
+                raise DaemonUnavailable(f"the daemon did not answer within {wait_s:g} s "
+                                        f"(log {log_file}):\n{_tail(log_file)}")
+            time.sleep(0.2)
+    except DaemonError:
+        proc.kill()
+        raise
+    finally:
+        client.close()
+
+
+def ensure_daemon(endpoint: str = DEFAULT_ENDPOINT, python: Optional[str] = None,
+                  cwd: Optional[str] = None, *, token: Optional[str] = None,
+                  timeout_s: float = 5.0, wait_s: float = 60.0) -> OrtholensClient:
+    """A client of a daemon that answers: pings ``endpoint`` and, if nothing answers
+    and the endpoint is on this computer, starts one with :func:`start_daemon`.
+
+    Returns:
+        A connected :class:`OrtholensClient` (``timeout_s``, ``token``); its
+        ``process`` is the started daemon's ``Popen``, or None when one was running.
+
+    Raises:
+        DaemonUnavailable: nothing answers and a daemon cannot be started (or the
+            endpoint is not loopback).
+        DaemonError: a daemon answers but refuses (e.g. ``forbidden``: wrong token).
+    """
+    host, port = parse_endpoint(endpoint)
+    client = OrtholensClient(endpoint, token=token, timeout_s=timeout_s)
+    try:
+        local = _is_loopback(host)
+        if not local or _port_open(host, port):  # refused: nothing to wait for
+            try:
+                client.ping(timeout_s=min(2.0, timeout_s))
+                return client
+            except DaemonUnavailable:
+                pass
+        if not local:
+            raise DaemonUnavailable(f"no daemon answers at {endpoint}; only a daemon on "
+                                    f"this computer is started automatically")
+        try:
+            client.process = start_daemon(python, port, cwd, wait_s=wait_s, host=host,
+                                          token=token)
+        except DaemonUnavailable as exc:
+            try:
+                client.ping()  # a slow daemon may hold the port after all
+            except DaemonUnavailable:
+                raise exc from None
+        return client
+    except BaseException:
+        client.close()
+        raise
+
+
+def _port_open(host: str, port: int) -> bool:
+    """True when a TCP connection to ``host:port`` succeeds within 0.5 s."""
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
