@@ -1,0 +1,207 @@
+"""The Ortholens dock widget: daemon status, model choice, options, progress.
+
+The dock holds no logic: it emits ``detectRequested``, ``cancelRequested`` and
+``refreshRequested`` and the plugin (:mod:`.main`) reacts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+from qgis.core import Qgis
+
+NOT_RUNNING = "Daemon not running — it will be started on first use."
+
+_LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
+                 Qgis.Warning: "#9a6700", Qgis.Critical: "#b71c1c"}
+
+
+def card_label(card: Dict[str, Any]) -> str:
+    """Combo box text of a model card: ``id vversion — class, class``."""
+    classes = ", ".join(str(c.get("name")) for c in card.get("classes") or [])
+    return f"{card.get('id')} v{card.get('version', '?')} — {classes or 'no classes'}"
+
+
+def pong_text(pong: Dict[str, Any], endpoint: str) -> str:
+    """Status line for a ``pong`` reply."""
+    parts = [f"Daemon {pong.get('version', '?')}"]
+    if pong.get("device"):
+        parts.append(f"on {pong['device']}")
+    parts.append(f"at {endpoint}")
+    return " ".join(parts)
+
+
+class OrtholensDock(QDockWidget):
+    """Dock widget with the detection controls.
+
+    Signals:
+        detectRequested(): the Detect button was pressed.
+        cancelRequested(): the Cancel button was pressed.
+        refreshRequested(): the Refresh button was pressed.
+    """
+
+    detectRequested = pyqtSignal()
+    cancelRequested = pyqtSignal()
+    refreshRequested = pyqtSignal()
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__("Ortholens", parent)
+        self.setObjectName("OrtholensDock")
+        self._cards: List[Dict[str, Any]] = []
+        body = QWidget(self)
+        outer = QVBoxLayout(body)
+
+        row = QHBoxLayout()
+        self.status_label = QLabel(NOT_RUNNING, body)
+        self.status_label.setObjectName("ortholensStatus")
+        self.status_label.setWordWrap(True)
+        self.refresh_button = QPushButton("Refresh", body)
+        self.refresh_button.setToolTip("Ask the daemon for its status and models")
+        self.refresh_button.clicked.connect(self.refreshRequested)
+        row.addWidget(self.status_label, 1)
+        row.addWidget(self.refresh_button)
+        outer.addLayout(row)
+
+        form = QFormLayout()
+        self.model_combo = QComboBox(body)
+        self.model_combo.setObjectName("ortholensModel")
+        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(18)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        form.addRow("Model", self.model_combo)
+        self.model_info = QLabel("", body)
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+
+        self.threshold_spin = QDoubleSpinBox(body)
+        self.threshold_spin.setObjectName("ortholensThreshold")
+        self.threshold_spin.setRange(0.01, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(0.5)
+        self.threshold_spin.setToolTip("Probability a pixel needs to count as a panel")
+        form.addRow("Threshold", self.threshold_spin)
+
+        self.min_area_spin = QDoubleSpinBox(body)
+        self.min_area_spin.setObjectName("ortholensMinArea")
+        self.min_area_spin.setRange(0.0, 100000.0)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setSingleStep(0.5)
+        self.min_area_spin.setSuffix(" m²")
+        self.min_area_spin.setValue(1.0)
+        self.min_area_spin.setToolTip("Smaller objects are dropped")
+        form.addRow("Minimum area", self.min_area_spin)
+        outer.addLayout(form)
+
+        self.detect_button = QPushButton("Detect in extent", body)
+        self.detect_button.setObjectName("ortholensDetectButton")
+        self.detect_button.setToolTip("Detect in the visible part of the active raster layer")
+        self.detect_button.clicked.connect(self.detectRequested)
+        outer.addWidget(self.detect_button)
+
+        row = QHBoxLayout()
+        self.progress = QProgressBar(body)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        outer.addLayout(row)
+
+        self.message_label = QLabel("", body)
+        self.message_label.setObjectName("ortholensMessage")
+        self.message_label.setWordWrap(True)
+        self.message_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # Long, unbreakable text (file paths) must not widen the dock over the map.
+        self.message_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        self.message_label.setMinimumWidth(120)
+        outer.addWidget(self.message_label)
+        outer.addStretch(1)
+        self.setWidget(body)
+
+    # models -------------------------------------------------------------------
+    def set_models(self, cards: List[Dict[str, Any]]) -> None:
+        """Fill the model combo box (keeps the current choice when still offered)."""
+        current = self.current_model_id()
+        self._cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for c in self._cards:
+            self.model_combo.addItem(card_label(c), c["id"])
+        idx = self.model_combo.findData(current) if current else -1
+        self.model_combo.setCurrentIndex(idx if idx >= 0 else (0 if self._cards else -1))
+        self.model_combo.blockSignals(False)
+        self._model_changed()
+
+    def current_card(self) -> Optional[Dict[str, Any]]:
+        """The selected model card, or None (no models known yet)."""
+        i = self.model_combo.currentIndex()
+        return self._cards[i] if 0 <= i < len(self._cards) else None
+
+    def current_model_id(self) -> Optional[str]:
+        card = self.current_card()
+        return str(card["id"]) if card else None
+
+    def _model_changed(self, *_: Any) -> None:
+        card = self.current_card()
+        if card is None:
+            self.model_info.setText("Models are listed once the daemon runs.")
+            return
+        if isinstance(card.get("threshold"), (int, float)):
+            self.threshold_spin.setValue(float(card["threshold"]))
+        if isinstance(card.get("min_area_m2"), (int, float)):
+            self.min_area_spin.setValue(float(card["min_area_m2"]))
+        gsd = card.get("gsd_m")
+        self.model_info.setText(f"{card.get('architecture', '')} {card.get('encoder', '')}, "
+                                f"trained at {gsd:g} m/pixel" if isinstance(gsd, (int, float))
+                                else "")
+
+    def options(self) -> Dict[str, Any]:
+        """Detect options from the widgets: ``threshold`` (0..1], ``min_area_m2`` (m²).
+
+        Empty when no model card is known yet (the daemon's defaults then apply).
+        """
+        if self.current_card() is None:
+            return {}
+        return {"threshold": round(self.threshold_spin.value(), 4),
+                "min_area_m2": round(self.min_area_spin.value(), 4)}
+
+    # status and progress -------------------------------------------------------
+    def set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def set_busy(self, busy: bool) -> None:
+        """Enable Cancel and disable Detect while a task runs (and the reverse)."""
+        self.detect_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setValue(0)
+
+    def set_progress(self, value: float) -> None:
+        self.progress.setValue(int(round(value)))
+
+    def show_message(self, text: str, level: int = Qgis.Info) -> None:
+        """Show ``text`` under the buttons, coloured by message level."""
+        color = _LEVEL_COLORS.get(level, "#000000")
+        self.message_label.setStyleSheet(f"color: {color};")
+        self.message_label.setText(text)
+        self.message_label.setToolTip(text)
+
+    def message(self) -> str:
+        return self.message_label.text()

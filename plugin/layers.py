@@ -1,0 +1,281 @@
+"""Detection results as a styled, editable GeoPackage layer.
+
+Two halves, so the slow part can run in a :class:`~qgis.core.QgsTask`:
+
+* :func:`write_result_gpkg` writes the GeoPackage; it touches no project or GUI object
+  and may run on a worker thread;
+* :func:`load_result_layer` opens it with the ``ogr`` provider (edits are saved back to
+  the file), applies a categorized renderer and adds it to the project; UI thread only.
+
+:func:`write_result_layer` does both. The attribute table follows
+``protocol``'s result feature: ``class`` (string), ``class_id`` (int), ``score`` (double,
+0..1), ``area_m2`` (double, m²), ``model``, ``model_version`` (strings) plus ``detected_at``
+(string, ISO 8601 UTC time of the write).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtGui import QColor
+from qgis.core import (
+    QgsApplication,
+    QgsCategorizedSymbolRenderer,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsFillSymbol,
+    QgsGeometry,
+    QgsProject,
+    QgsRendererCategory,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+
+#: (name, QVariant type) of the result table's fields, in order.
+RESULT_FIELDS = (
+    ("class", QVariant.String),
+    ("class_id", QVariant.Int),
+    ("score", QVariant.Double),
+    ("area_m2", QVariant.Double),
+    ("model", QVariant.String),
+    ("model_version", QVariant.String),
+    ("detected_at", QVariant.String),
+)
+
+#: Fill opacity of the class colour (0..255); outlines are opaque.
+FILL_ALPHA = 90
+FALLBACK_COLOR = "#e31a1c"
+
+
+class ResultLayerError(RuntimeError):
+    """The GeoPackage could not be written or opened; the message says why and where."""
+
+
+def result_fields() -> QgsFields:
+    """The attribute fields of a result layer (see :data:`RESULT_FIELDS`)."""
+    fields = QgsFields()
+    for name, vtype in RESULT_FIELDS:
+        fields.append(QgsField(name, vtype))
+    return fields
+
+
+def safe_name(text: str, maxlen: int = 48) -> str:
+    """``text`` reduced to ``[A-Za-z0-9_-]`` (for file and GeoPackage table names)."""
+    out = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+    return (out or "layer")[:maxlen]
+
+
+def default_result_path(stem: str, project: Optional[QgsProject] = None,
+                        now: Optional[_dt.datetime] = None) -> str:
+    """A new, unique ``.gpkg`` path for a result.
+
+    Args:
+        stem: words for the file name (made file-safe), e.g. ``"ortho_pv-unet-r18"``.
+        project: the project (default ``QgsProject.instance()``). When it is saved to
+            a file, the result goes into its home folder; otherwise into
+            ``<QGIS profile>/ortholens/results/`` (created if needed).
+        now: the time stamp to use (default: now, local time).
+
+    Returns:
+        An absolute path that does not exist yet: ``ortholens_<stem>_<YYYYmmdd-HHMMSS>.gpkg``,
+        with ``_2``, ``_3``... appended on collision.
+    """
+    project = project or QgsProject.instance()
+    if project.fileName():
+        folder = Path(project.homePath() or Path(project.fileName()).parent)
+    else:
+        folder = Path(QgsApplication.qgisSettingsDirPath()) / "ortholens" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = f"ortholens_{safe_name(stem)}_{stamp}"
+    path = folder / f"{base}.gpkg"
+    n = 2
+    while path.exists():
+        path = folder / f"{base}_{n}.gpkg"
+        n += 1
+    return str(path.resolve())
+
+
+def _crs_from(text: str) -> QgsCoordinateReferenceSystem:
+    crs = QgsCoordinateReferenceSystem.fromWkt(text)
+    if not crs.isValid():
+        crs = QgsCoordinateReferenceSystem(text)  # "EPSG:32651" style
+    return crs
+
+
+def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
+                      detected_at: Optional[str] = None) -> int:
+    """Write a detection result to a new GeoPackage (thread-safe: no project access).
+
+    Args:
+        result: the daemon's result, ``{"crs": WKT, "features": [feature, ...], ...}``
+            with features as in :mod:`protocol`.
+        path: the ``.gpkg`` file to create; an existing file is overwritten.
+        layer_name: the table name inside the GeoPackage.
+        detected_at: ISO 8601 time stored on every feature (default: now, UTC).
+
+    Returns:
+        The number of features written. Polygons are stored as MultiPolygon.
+
+    Raises:
+        ResultLayerError: ``result["crs"]`` is not a valid CRS, a feature has invalid
+            WKT or the file cannot be created or written.
+    """
+    crs = _crs_from(str(result.get("crs") or ""))
+    if not crs.isValid():
+        raise ResultLayerError("the daemon's result has no valid CRS; nothing was written")
+    detected_at = detected_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    fields = result_fields()
+
+    feats: List[QgsFeature] = []
+    for i, f in enumerate(result.get("features") or []):
+        geom = QgsGeometry.fromWkt(str(f.get("wkt", "")))
+        if geom.isNull() or geom.isEmpty():
+            raise ResultLayerError(f"feature {i} of the result has no readable WKT geometry")
+        if QgsWkbTypes.geometryType(geom.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            raise ResultLayerError(f"feature {i} of the result is not a polygon")
+        geom.convertToMultiType()
+        feat = QgsFeature(fields)
+        feat.setGeometry(geom)
+        feat.setAttributes([
+            str(f.get("class", "")), int(f.get("class_id", 0)), float(f.get("score", 0.0)),
+            float(f.get("area_m2", 0.0)), str(f.get("model", "")),
+            str(f.get("model_version", "")), detected_at,
+        ])
+        feats.append(feat)
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    options.layerName = layer_name
+    options.fileEncoding = "UTF-8"
+    options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteFile
+    writer = QgsVectorFileWriter.create(path, fields, QgsWkbTypes.MultiPolygon, crs,
+                                        QgsCoordinateTransformContext(), options)
+    try:
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise ResultLayerError(f"cannot create {path}: {writer.errorMessage()}")
+        if feats and not writer.addFeatures(feats):
+            raise ResultLayerError(f"cannot write features to {path}: {writer.errorMessage()}")
+    finally:
+        del writer  # flushes and closes the GeoPackage
+    return len(feats)
+
+
+def class_renderer(classes: List[Dict[str, Any]],
+                   present: Optional[List[str]] = None) -> QgsCategorizedSymbolRenderer:
+    """A renderer categorized on ``class`` with each class's card colour.
+
+    Args:
+        classes: the model card's ``classes`` (``{"id", "name", "color": "#rrggbb"}``).
+        present: class names found in the data that the card does not list; they get a
+            red fallback colour so nothing is invisible.
+
+    Returns:
+        The renderer: semi-transparent fill (alpha :data:`FILL_ALPHA`), opaque 0.6 mm outline.
+    """
+    cats = []
+    names = []
+    for c in classes:
+        names.append(str(c["name"]))
+        cats.append(_category(str(c["name"]), str(c.get("color") or FALLBACK_COLOR)))
+    for name in present or []:
+        if name not in names:
+            names.append(name)
+            cats.append(_category(name, FALLBACK_COLOR))
+    return QgsCategorizedSymbolRenderer("class", cats)
+
+
+def _category(name: str, color: str) -> QgsRendererCategory:
+    qc = QColor(color)
+    if not qc.isValid():
+        qc = QColor(FALLBACK_COLOR)
+    symbol = QgsFillSymbol.createSimple({
+        "color": f"{qc.red()},{qc.green()},{qc.blue()},{FILL_ALPHA}",
+        "outline_color": f"{qc.red()},{qc.green()},{qc.blue()},255",
+        "outline_width": "0.6",
+        "outline_width_unit": "MM",
+    })
+    return QgsRendererCategory(name, symbol, name)
+
+
+def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
+                      display_name: Optional[str] = None, add_to_project: bool = True,
+                      above_layer_id: Optional[str] = None) -> QgsVectorLayer:
+    """Open a result GeoPackage as a styled, editable layer (UI thread).
+
+    Args:
+        path: the ``.gpkg`` written by :func:`write_result_gpkg`.
+        layer_name: the table inside it.
+        classes: the model card's classes, for colours (see :func:`class_renderer`).
+        display_name: the name shown in the Layers panel (default ``layer_name``).
+        add_to_project: add the layer to ``QgsProject.instance()``.
+        above_layer_id: when given and in the layer tree, insert the new layer directly
+            above that layer (e.g. the raster it was detected in); otherwise on top.
+
+    Returns:
+        The valid ``ogr`` layer; edits made in QGIS are saved to the GeoPackage.
+
+    Raises:
+        ResultLayerError: the layer cannot be opened.
+    """
+    layer = QgsVectorLayer(f"{path}|layername={layer_name}", display_name or layer_name, "ogr")
+    if not layer.isValid():
+        raise ResultLayerError(f"cannot open the result layer {layer_name!r} in {path}")
+    present = sorted({str(v) for v in layer.uniqueValues(layer.fields().indexOf("class"))})
+    layer.setRenderer(class_renderer(classes, present))
+    if add_to_project:
+        add_layer_above(layer, above_layer_id)
+    return layer
+
+
+def add_layer_above(layer, above_layer_id: Optional[str] = None,
+                    project: Optional[QgsProject] = None) -> None:
+    """Add ``layer`` to the project, directly above ``above_layer_id`` when possible."""
+    project = project or QgsProject.instance()
+    root = project.layerTreeRoot()
+    node = root.findLayer(above_layer_id) if above_layer_id else None
+    if node is None:
+        project.addMapLayer(layer)
+        return
+    project.addMapLayer(layer, False)
+    parent = node.parent()
+    parent.insertLayer(parent.children().index(node), layer)
+
+
+def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
+                       classes: List[Dict[str, Any]], add_to_project: bool = True,
+                       above_layer_id: Optional[str] = None) -> QgsVectorLayer:
+    """Write ``result`` to a GeoPackage and add it as a styled, editable layer.
+
+    Args:
+        result: the daemon's result dict (``crs``, ``features``).
+        path: the ``.gpkg`` to create (see :func:`default_result_path`).
+        layer_name: table and layer name (made file-safe for the table).
+        classes: the model card's classes (colours).
+        add_to_project: add the layer to ``QgsProject.instance()`` (default True).
+        above_layer_id: insert above this layer in the layer tree (default: on top).
+
+    Returns:
+        The loaded ``QgsVectorLayer`` (``ogr`` provider, MultiPolygon, result CRS).
+
+    Raises:
+        ResultLayerError: as :func:`write_result_gpkg` and :func:`load_result_layer`.
+    """
+    table = safe_name(layer_name, 60)
+    write_result_gpkg(result, path, table)
+    return load_result_layer(path, table, classes, display_name=layer_name,
+                             add_to_project=add_to_project, above_layer_id=above_layer_id)
+
+
+__all__ = ["RESULT_FIELDS", "ResultLayerError", "result_fields", "default_result_path",
+           "write_result_gpkg", "load_result_layer", "write_result_layer", "class_renderer",
+           "add_layer_above", "safe_name"]

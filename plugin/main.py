@@ -1,0 +1,221 @@
+"""The QGIS plugin object: action, toolbar, Raster menu entry and dock.
+
+``Detect in extent`` checks the inputs on the UI thread (messages in the message bar
+and the dock), then runs a :class:`~.tasks.DetectTask` through QGIS's task manager; the
+result layer is added above the searched raster when the task finishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
+
+from .dock import NOT_RUNNING, OrtholensDock, pong_text
+from .layers import default_result_path
+from .settings import daemon_settings, resource_path
+from .tasks import (
+    LOG_TAG,
+    DaemonStatusTask,
+    DetectTask,
+    ValidationError,
+    prepare_detect,
+)
+
+MENU = "&Ortholens"
+ACTION_NAME = "OrtholensDetectAction"
+TOOLBAR_NAME = "OrtholensToolbar"
+
+
+class OrtholensPlugin:
+    """Ortholens for one QGIS session.
+
+    Args:
+        iface: the ``QgisInterface``.
+
+    Attributes (after ``initGui``): ``action`` (QAction "Detect in extent"), ``toolbar``,
+    ``dock`` (:class:`~.dock.OrtholensDock`), ``task`` (the running
+    :class:`~.tasks.DetectTask` or None), ``last_task`` (the last finished one).
+    """
+
+    def __init__(self, iface: Any):
+        self.iface = iface
+        self.action: Optional[QAction] = None
+        self.toolbar = None
+        self.dock: Optional[OrtholensDock] = None
+        self.task: Optional[DetectTask] = None
+        self.last_task: Optional[DetectTask] = None
+        self.status_task: Optional[DaemonStatusTask] = None
+        #: the daemon process this plugin started (stopped again on unload), or None.
+        self.daemon_process = None
+
+    # lifecycle -----------------------------------------------------------------
+    def initGui(self) -> None:  # noqa: N802 - QGIS API
+        """Create the action, toolbar, menu entry and dock; ask the daemon's status."""
+        main = self.iface.mainWindow()
+        self.action = QAction(QIcon(resource_path("icon.svg")), "Detect in extent", main)
+        self.action.setObjectName(ACTION_NAME)
+        self.action.setToolTip("Ortholens: detect rooftop solar panels in the visible "
+                               "part of the active raster layer")
+        self.action.triggered.connect(self.detect)
+
+        self.toolbar = self.iface.addToolBar("Ortholens")
+        self.toolbar.setObjectName(TOOLBAR_NAME)
+        self.toolbar.addAction(self.action)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+
+        self.dock = OrtholensDock(main)
+        self.dock.detectRequested.connect(self.detect)
+        self.dock.cancelRequested.connect(self.cancel)
+        self.dock.refreshRequested.connect(self.refresh_status)
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
+        QTimer.singleShot(0, self.refresh_status)
+
+    def unload(self) -> None:
+        """Remove every GUI element and cancel a running detection."""
+        if self.task is not None:
+            self.task.on_done = None
+            self.task.cancel()
+            self.task = None
+        if self.status_task is not None:
+            self.status_task.on_done = None
+            self.status_task = None
+        if self.dock is not None:
+            self.iface.removePluginRasterMenu(MENU, self.dock.toggleViewAction())
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(self.action)
+            self.action.deleteLater()
+            self.action = None
+        if self.toolbar is not None:
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        self.stop_started_daemon()
+
+    def stop_started_daemon(self) -> None:
+        """Terminate the daemon this plugin started, if any (a daemon that was already
+        running when QGIS needed it is left alone)."""
+        proc, self.daemon_process = self.daemon_process, None
+        if proc is not None and proc.poll() is None:
+            QgsMessageLog.logMessage(f"stopping the daemon it started (pid {proc.pid})",
+                                     LOG_TAG, Qgis.Info)
+            proc.terminate()
+
+    # messages --------------------------------------------------------------------
+    def notify(self, text: str, level: int = Qgis.Info, duration: int = 8,
+               short: Optional[str] = None) -> None:
+        """Show ``text`` in QGIS's message bar and the log, and ``short`` (default
+        ``text``) in the dock."""
+        self.iface.messageBar().pushMessage("Ortholens", text, level=level,
+                                            duration=0 if level == Qgis.Critical else duration)
+        if self.dock is not None:
+            self.dock.show_message(short or text, level)
+        QgsMessageLog.logMessage(text, LOG_TAG, level)
+
+    # daemon status -----------------------------------------------------------------
+    def refresh_status(self) -> None:
+        """Ping the daemon in the background (never starts it) and list its models."""
+        if self.dock is None or self.status_task is not None:
+            return
+        settings = daemon_settings()
+        self.dock.set_status(f"Checking the daemon at {settings.endpoint}…")
+        task = DaemonStatusTask(settings, on_done=self._status_done)
+        self.status_task = task
+        QgsApplication.taskManager().addTask(task)
+
+    def _status_done(self, task: DaemonStatusTask) -> None:
+        self.status_task = None
+        if self.dock is None:
+            return
+        if task.pong is not None:
+            self.dock.set_status(pong_text(task.pong, task.settings.endpoint))
+            self.dock.set_models(task.cards)
+        elif task.error:
+            self.dock.set_status(task.error)
+        else:
+            self.dock.set_status(NOT_RUNNING)
+
+    # detection ------------------------------------------------------------------------
+    def detect(self) -> Optional[DetectTask]:
+        """Check the inputs and start a detection in the visible extent.
+
+        Returns:
+            The started :class:`DetectTask`, or None when the inputs were refused (the
+            reason is in the message bar and the dock) or a detection is running.
+        """
+        if self.task is not None:
+            self.notify("A detection is already running: wait for it or press Cancel.",
+                        Qgis.Warning)
+            return None
+        layer = self.iface.activeLayer()
+        canvas = self.iface.mapCanvas()
+        crs = canvas.mapSettings().destinationCrs()
+        try:
+            plan = prepare_detect(layer, canvas.extent(), crs,
+                                  QgsProject.instance().transformContext())
+        except ValidationError as exc:
+            self.notify(str(exc), Qgis.Warning)
+            return None
+        card = self.dock.current_card() if self.dock is not None else None
+        model_id = str(card["id"]) if card else None
+        options = self.dock.options() if self.dock is not None else {}
+        out = default_result_path(f"{layer.name()}_{model_id or 'detections'}")
+        task = DetectTask(plan, daemon_settings(), out, model_id=model_id, options=options,
+                          on_done=self._detect_done)
+        self.task = task
+        if self.dock is not None:
+            self.dock.set_busy(True)
+            self.dock.show_message(f"Detecting in '{layer.name()}'…", Qgis.Info)
+            task.progressChanged.connect(self._progress)
+            task.message.connect(self._task_message)
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _progress(self, value: float) -> None:
+        if self.dock is not None:
+            self.dock.set_progress(value)
+
+    def _task_message(self, text: str) -> None:
+        if self.dock is not None and self.task is not None:
+            self.dock.show_message(text, Qgis.Info)
+
+    def cancel(self) -> None:
+        """Cancel the running detection (it stops at the daemon's next batch)."""
+        if self.task is not None:
+            self.task.cancel()
+            if self.dock is not None:
+                self.dock.show_message("Cancelling…", Qgis.Info)
+
+    def _detect_done(self, task: DetectTask) -> None:
+        self.task = None
+        self.last_task = task
+        if task.daemon_process is not None:
+            self.daemon_process = task.daemon_process
+        if self.dock is not None:
+            self.dock.set_busy(False)
+            if task.cards:
+                self.dock.set_models(task.cards)
+            if task.layer is None:
+                self.dock.set_progress(0)
+            QTimer.singleShot(0, self.refresh_status)
+        if task.layer is not None:
+            if self.dock is not None:
+                self.dock.set_progress(100)
+            for note in task.notes:
+                self.notify(note, Qgis.Warning)
+            self.notify(task.summary(), Qgis.Success, short=task.summary(full_path=False))
+        elif task.cancelled:
+            self.notify("Detection cancelled.", Qgis.Info)
+        else:
+            self.notify(task.error or "The detection failed.", Qgis.Critical)
+
+
+__all__ = ["OrtholensPlugin", "ACTION_NAME", "TOOLBAR_NAME", "MENU"]

@@ -1,0 +1,75 @@
+"""Fixtures of the plugin tests: paths to the real data and small synthetic rasters.
+
+The plugin package is imported as ``plugin`` from the repository root (in a release it
+is the ``ortholens`` folder; its imports are all relative, so the name does not matter).
+Real data: ``ORTHOLENS_DATA``, default ``<repo>/../shared/data``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# Qt complains on stderr without a private runtime dir; harmless but noisy.
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    _rt = Path(tempfile.gettempdir()) / f"ortholens-xdg-{os.getuid()}"
+    _rt.mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(_rt)
+
+# The status ping of the plugin must not find a real daemon by accident.
+os.environ.setdefault("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("ORTHOLENS_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
+PV01_HELDOUT = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
+
+
+@pytest.fixture(scope="session")
+def vienna_path() -> Path:
+    if not VIENNA.is_file():
+        pytest.skip(f"real orthophoto missing: {VIENNA} (set ORTHOLENS_DATA)")
+    return VIENNA
+
+
+@pytest.fixture
+def vienna_layer(vienna_path, qgis_new_project):
+    """The Vienna orthophoto (EPSG:31256, 0.3 m), added to a fresh project."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
+    assert layer.isValid(), f"cannot open {vienna_path}"
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,
+                geotransform=(1000.0, 0.5, 0.0, 2000.0, 0.0, -0.5)) -> Path:
+    """Write a small GeoTIFF of uint8 gradients with GDAL; ``srs_epsg=None`` -> no CRS."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    w, h = size
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, bands, gdal.GDT_Byte)
+    ds.SetGeoTransform(geotransform)
+    if srs_epsg:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(srs_epsg)
+        ds.SetProjection(srs.ExportToWkt())
+    for b in range(bands):
+        arr = (np.arange(w * h, dtype=np.uint32).reshape(h, w) * (b + 1) % 256).astype(np.uint8)
+        ds.GetRasterBand(b + 1).WriteArray(arr)
+    ds.FlushCache()
+    ds = None
+    return path

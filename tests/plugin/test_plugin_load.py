@@ -1,0 +1,96 @@
+"""The plugin loads into QGIS, adds its action, toolbar and dock, and unloads cleanly."""
+
+from __future__ import annotations
+
+import configparser
+import time
+from pathlib import Path
+
+from qgis.PyQt.QtCore import QCoreApplication, QEvent
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QDockWidget, QToolBar
+
+import plugin
+from plugin.dock import NOT_RUNNING
+from plugin.main import ACTION_NAME, TOOLBAR_NAME
+from plugin.settings import resource_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _flush_deletes():
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.processEvents()
+
+
+def _wait(pred, timeout_s=15.0):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        QCoreApplication.processEvents()
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_metadata_is_complete():
+    cp = configparser.ConfigParser()
+    cp.read(REPO / "metadata.txt", encoding="utf-8")
+    g = cp["general"]
+    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author",
+                "email", "repository", "tracker", "homepage", "category", "icon"):
+        assert g.get(key), key
+    assert g["name"] == "Ortholens" and g["qgisMinimumVersion"] == "3.22"
+    assert g["version"] == "0.1.0" and g["category"] == "Raster"
+    assert (REPO / g["icon"]).is_file()
+    assert not QIcon(resource_path("icon.svg")).isNull()
+
+
+def test_init_gui_and_unload(qgis_iface):
+    main = qgis_iface.mainWindow()
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        assert isinstance(p.action, QAction)
+        assert p.action.text() == "Detect in extent"
+        assert not p.action.icon().isNull()
+        assert main.findChild(QAction, ACTION_NAME) is p.action
+        assert p.action in p.toolbar.actions()
+        assert main.findChild(QToolBar, TOOLBAR_NAME) is p.toolbar
+        dock = main.findChild(QDockWidget, "OrtholensDock")
+        assert dock is p.dock
+        assert p.dock.detect_button.text() == "Detect in extent"
+        assert p.dock.threshold_spin.value() == 0.5
+        assert not p.dock.cancel_button.isEnabled()
+        # The status ping (no daemon at ORTHOLENS_ENDPOINT) ends with the "not running" line.
+        assert _wait(lambda: p.status_task is None and "Checking" not in p.dock.status_label.text())
+        assert p.dock.status_label.text() == NOT_RUNNING
+    finally:
+        p.unload()
+    _flush_deletes()
+    assert p.action is None and p.dock is None and p.toolbar is None
+    assert main.findChild(QAction, ACTION_NAME) is None
+    assert main.findChild(QToolBar, TOOLBAR_NAME) is None
+    assert main.findChild(QDockWidget, "OrtholensDock") is None
+
+
+def test_dock_models_fill_defaults(qgis_iface):
+    from plugin.dock import OrtholensDock
+
+    dock = OrtholensDock(qgis_iface.mainWindow())
+    try:
+        assert dock.options() == {}  # no card: the daemon's defaults apply
+        cards = [{"id": "pv-unet-r18", "version": "1.0.0", "gsd_m": 0.1, "threshold": 0.35,
+                  "min_area_m2": 2.0, "architecture": "Unet", "encoder": "resnet18",
+                  "classes": [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]}]
+        dock.set_models(cards)
+        assert dock.model_combo.count() == 1
+        assert "pv-unet-r18" in dock.model_combo.itemText(0)
+        assert "photovoltaic" in dock.model_combo.itemText(0)
+        assert dock.current_model_id() == "pv-unet-r18"
+        assert dock.options() == {"threshold": 0.35, "min_area_m2": 2.0}
+        dock.set_busy(True)
+        assert dock.cancel_button.isEnabled() and not dock.detect_button.isEnabled()
+    finally:
+        dock.deleteLater()
+        _flush_deletes()
