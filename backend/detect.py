@@ -24,11 +24,11 @@ import numpy as np
 
 from plugin import protocol as P
 
-from .engines import Engine, get_engine, normalize
+from .engines import Engine, get_engine
 from .postprocess import Detection, class_map, clean_masks, polygonize
 from .raster import Grid, InputError, WindowReader, open_source, plan_grid
 from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card
-from .tiling import Stitcher, batches, tile_grid
+from .tiling import Stitcher, batches, shifted_tile_grid, tile_grid
 
 Progress = Callable[[float, str], None]
 
@@ -98,8 +98,9 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
             than a tile runs as one tile rounded up to a multiple of 32.
 
     Returns:
-        ``(probs, valid, n_tiles)``: float32 (C, H, W) probabilities (background = 1
-        on invalid pixels), bool (H, W) valid-data mask, and the number of tiles run.
+        ``(probs, valid, n_tiles)``: float32 (engine.channels, H, W) probabilities
+        (background = 1 and the rest 0 on invalid pixels), bool (H, W) valid-data mask,
+        and the number of tiles run (both tilings when the card asks for shifts).
 
     Raises:
         JobCancelled: ``cancelled()`` returned True.
@@ -111,7 +112,9 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
     if max(grid.height, grid.width) <= tile:
         overlap = 0
     offsets = tile_grid(grid.height, grid.width, tile, overlap)
-    stitch = Stitcher(card.num_outputs, grid.height, grid.width, tile, overlap)
+    if card.shifts:
+        offsets += shifted_tile_grid(grid.height, grid.width, tile, overlap, tile // 2)
+    stitch = Stitcher(engine.channels, grid.height, grid.width, tile, overlap)
     valid = np.zeros((grid.height, grid.width), bool)
     groups = list(batches(offsets, batch_size))
 
@@ -143,11 +146,12 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
             if cancelled and cancelled():
                 raise JobCancelled()
             group, imgs, masks = item
-            probs = engine.predict(normalize(imgs, card))
+            probs = engine.predict_raw(imgs)
             for (r, c), p, m in zip(group, probs, masks):
                 stitch.add(r, c, p)
-                h, w = min(tile, grid.height - r), min(tile, grid.width - c)
-                valid[r:r + h, c:c + w] |= m[:h, :w]
+                r0, c0 = max(r, 0), max(c, 0)
+                r1, c1 = min(r + tile, grid.height), min(c + tile, grid.width)
+                valid[r0:r1, c0:c1] |= m[r0 - r:r1 - r, c0 - c:c1 - c]
             done += len(group)
             if progress:
                 progress(done / len(offsets), f"{done}/{len(offsets)} tiles")
@@ -167,13 +171,22 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
 
 def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid: Grid,
                           card: ModelCard, opts: Options) -> Tuple[np.ndarray, List[Detection]]:
-    """Cleaned class map (uint8 (H, W)) and polygons (grid CRS) from probabilities."""
+    """Cleaned class map (uint8 (H, W)) and polygons (grid CRS) from probabilities.
+
+    Args:
+        probs: float32 (channels, H, W) from :func:`predict_grid`: class
+            probabilities, then (ensembles) each member's foreground probabilities.
+    """
     px_area = grid.transform.a * -grid.transform.e
-    cmap = class_map(probs, opts.threshold)
+    c, k = card.num_outputs, len(card.classes)
+    class_probs = probs[:c]
+    members = probs[c:].reshape(-1, k, *probs.shape[1:]) if probs.shape[0] > c else None
+    cmap = class_map(class_probs, opts.threshold)
     cmap[~valid] = 0
-    cmap = clean_masks(cmap, len(card.classes), int(round(opts.min_area_m2 / px_area)),
+    cmap = clean_masks(cmap, k, int(round(opts.min_area_m2 / px_area)),
                        int(round(opts.max_hole_m2 / px_area)))
-    dets = polygonize(cmap, probs, grid.transform, opts.simplify_m, opts.min_area_m2)
+    dets = polygonize(cmap, class_probs, grid.transform, opts.simplify_m, opts.min_area_m2,
+                      member_probs=members, threshold=opts.threshold)
     return cmap, dets
 
 
@@ -182,6 +195,7 @@ def features(dets: List[Detection], card: ModelCard) -> List[Dict]:
     import shapely
     return [{"wkt": shapely.to_wkt(d.geometry, rounding_precision=3), "class": card.class_name(d.class_id),
              "class_id": d.class_id, "score": round(d.score, 4),
+             "agreement": round(d.agreement, 4),
              "area_m2": round(d.area_m2, 3), "model": card.id,
              "model_version": card.version} for d in dets]
 

@@ -1,8 +1,12 @@
-"""Inference engines: one interface over ONNX Runtime (CPU) and PyTorch (GPU/CPU).
+"""Inference engines: one interface over ONNX Runtime (CPU), PyTorch (GPU/CPU) and
+ensembles of them.
 
-An engine maps a batch of *normalised* tiles, float32 ``(N, bands, H, W)`` with H and
-W multiples of 32, to class probabilities float32 ``(N, 1 + classes, H, W)`` (softmax
-of the logits over the class axis).
+An engine maps a batch of *raw* tiles, ``(N, bands, H, W)`` in the card's input dtype
+(uint8) with H and W multiples of 32, to probabilities float32
+``(N, channels, H, W)`` (:meth:`Engine.predict_raw`). The first ``1 + classes``
+channels are class probabilities (softmax over the class axis, background first);
+an ensemble appends, per member, its own probability of each foreground class, so the
+stitched grid can tell which members vote for each polygon (``agreement``).
 
 Choice (:func:`get_engine`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
 is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
@@ -67,14 +71,109 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 class Engine:
-    """Base class: ``predict(x float32 (N, B, H, W)) -> probs float32 (N, C, H, W)``."""
+    """Base class of single-model engines.
+
+    ``predict(x)``: normalised float32 (N, B, H, W) -> probabilities float32
+    (N, 1 + classes, H, W). ``predict_raw(tiles)``: raw tiles -> the same.
+    """
 
     card: ModelCard
     device: str = "cpu"
     kind: str = "?"
+    n_members: int = 1
+
+    @property
+    def channels(self) -> int:
+        """Output channels of :meth:`predict_raw`."""
+        return self.card.num_outputs
 
     def predict(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
+        return self.predict(normalize(tiles, self.card))
+
+
+def apply_tta(x: np.ndarray, name: str) -> np.ndarray:
+    """Apply a D4 transform to the last two axes of ``x`` (square tiles for rotations)."""
+    if name == "identity":
+        return x
+    if name == "hflip":
+        return x[..., ::-1]
+    if name == "vflip":
+        return x[..., ::-1, :]
+    if name == "rot90":
+        return np.rot90(x, 1, axes=(-2, -1))
+    if name == "rot180":
+        return np.rot90(x, 2, axes=(-2, -1))
+    if name == "rot270":
+        return np.rot90(x, 3, axes=(-2, -1))
+    if name == "transpose":
+        return np.swapaxes(x, -1, -2)
+    if name == "antitranspose":
+        return np.rot90(np.swapaxes(x, -1, -2), 2, axes=(-2, -1))
+    raise ValueError(f"unknown TTA transform {name!r}")
+
+
+_INVERSE = {"identity": "identity", "hflip": "hflip", "vflip": "vflip", "rot90": "rot270",
+            "rot180": "rot180", "rot270": "rot90", "transpose": "transpose",
+            "antitranspose": "antitranspose"}
+
+
+def invert_tta(y: np.ndarray, name: str) -> np.ndarray:
+    """Undo :func:`apply_tta` ``name`` on the last two axes."""
+    return apply_tta(y, _INVERSE[name])
+
+
+class EnsembleEngine(Engine):
+    """Weighted mean of member probabilities over members x test-time augmentations.
+
+    Method: probability averaging of independently trained networks and of flipped /
+    rotated inputs (the fusion used by the Swiss national solar survey's ensembles, and
+    standard TTA for aerial segmentation). Output channels: the fused ``1 + classes``
+    probabilities, then for each member its TTA-averaged probability of each
+    foreground class.
+
+    Args:
+        card: the ensemble card (``kind: ensemble``).
+        members: ``[(engine, weight)]``; all members must share the card's classes.
+
+    Raises:
+        ModelCorrupt: members with other classes or GSD than the ensemble card.
+    """
+
+    kind = "ensemble"
+
+    def __init__(self, card: ModelCard, members):
+        self.card = card
+        self.members = [(e, float(w)) for e, w in members]
+        names = [c["name"] for c in card.classes]
+        for e, _ in self.members:
+            if [c["name"] for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m:
+                raise ModelCorrupt(f"member {e.card.id!r} does not match ensemble "
+                                   f"{card.id!r} (classes {names}, GSD {card.gsd_m} m)")
+        self.n_members = len(self.members)
+        self.device = self.members[0][0].device
+        self.tta = list(card.tta)
+
+    @property
+    def channels(self) -> int:
+        return self.card.num_outputs + self.n_members * len(self.card.classes)
+
+    def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
+        c = self.card.num_outputs
+        n, _, h, w = tiles.shape
+        fused = np.zeros((n, c, h, w), np.float32)
+        per_member = []
+        wsum = sum(wt for _, wt in self.members)
+        for eng, wt in self.members:
+            acc = np.zeros((n, c, h, w), np.float32)
+            for t in self.tta:
+                acc += invert_tta(eng.predict_raw(np.ascontiguousarray(apply_tta(tiles, t))), t)
+            acc /= len(self.tta)
+            fused += acc * (wt / wsum)
+            per_member.append(acc[:, 1:])
+        return np.concatenate([fused] + per_member, axis=1)
 
 
 class OnnxEngine(Engine):
@@ -146,12 +245,23 @@ def get_engine(card: ModelCard, prefer: Optional[str] = None) -> Engine:
         prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
             torch CPU).
 
+    An ensemble card gets an :class:`EnsembleEngine` over its members' engines.
+
     Raises:
-        ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable.
+        ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
     """
     weights = card.weights_path
     key = (card.id, card.version, str(card.path), prefer,
            weights.stat().st_mtime if weights.is_file() else None)
+    if card.is_ensemble:
+        from .registry import load_card
+        members = [(get_engine(load_card(m["id"], card.path.parent if card.path else None),
+                               prefer), m.get("weight", 1.0)) for m in card.members]
+        with _LOCK:
+            eng = _CACHE.get(key)
+            if eng is None or [id(e) for e, _ in eng.members] != [id(e) for e, _ in members]:
+                eng = _CACHE[key] = EnsembleEngine(card, members)
+            return eng
     with _LOCK:
         eng = _CACHE.get(key)
         if eng is not None:

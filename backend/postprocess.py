@@ -34,12 +34,16 @@ class Detection:
         class_id: 1-based class id of the model card.
         score: mean probability of ``class_id`` over the object's pixels, 0..1.
         area_m2: area in square metres (CRS units must be metres).
+        agreement: fraction of ensemble members whose own mean probability of
+            ``class_id`` over the object's pixels reaches the threshold (1.0 for a
+            single model).
     """
 
     geometry: object
     class_id: int
     score: float
     area_m2: float
+    agreement: float = 1.0
 
 
 def class_map(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -95,7 +99,9 @@ def clean_masks(cmap: np.ndarray, n_classes: int, min_area_px: int,
 
 def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                simplify_m: float, min_area_m2: float = 0.0,
-               valid: Optional[np.ndarray] = None) -> List[Detection]:
+               valid: Optional[np.ndarray] = None,
+               member_probs: Optional[np.ndarray] = None,
+               threshold: float = 0.5) -> List[Detection]:
     """Polygons of the 8-connected components of a cleaned class map.
 
     Args:
@@ -107,6 +113,9 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         min_area_m2: polygons below this area after simplification are dropped.
         valid: optional bool (H, W) restricting which pixels may produce polygons
             (e.g. the requested extent inside a padded grid).
+        member_probs: optional float (M, classes, H, W), each ensemble member's
+            probability of each foreground class, for ``agreement``.
+        threshold: the probability a member's mean must reach to vote for an object.
 
     Returns:
         list of :class:`Detection`, in the transform's CRS.
@@ -126,8 +135,14 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         lab, n = ndimage.label(m, structure=np.ones((3, 3), bool))
         if n == 0:
             continue
-        sums = ndimage.sum_labels(probs[k], lab, index=np.arange(1, n + 1))
+        idx = np.arange(1, n + 1)
+        sums = ndimage.sum_labels(probs[k], lab, index=idx)
         counts = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+        votes = np.ones(n, np.float64)
+        if member_probs is not None and len(member_probs):
+            means = np.stack([ndimage.sum_labels(mp[k - 1], lab, index=idx)
+                              for mp in member_probs]) / np.maximum(counts, 1)
+            votes = (means >= threshold).mean(axis=0)
         geoms: Dict[int, list] = {}
         # rasterio.features.shapes uses 4-connectivity by default; 8 keeps a
         # component (as labelled above) in one polygon.
@@ -145,7 +160,8 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                 continue
             dets.append(Detection(geometry=g, class_id=int(k),
                                   score=float(sums[lid - 1] / max(counts[lid - 1], 1)),
-                                  area_m2=float(area if px_area else 0.0)))
+                                  area_m2=float(area if px_area else 0.0),
+                                  agreement=float(votes[lid - 1])))
     return dets
 
 

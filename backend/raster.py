@@ -246,23 +246,32 @@ class WindowReader:
         self.alpha = alpha or self.vrt.count
 
     def read(self, row: int, col: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Tile at (row, col), ``size`` x ``size``, padded by reflection past the grid.
+        """Tile with top-left pixel (row, col), ``size`` x ``size``.
+
+        ``row``/``col`` may be negative or the tile may run past the grid (shifted
+        tilings, grids smaller than a tile): the missing part is padded by reflection.
 
         Returns:
             ``(image, valid)``: image of the source dtype (bands, size, size); valid
             bool (size, size), False on nodata, outside the raster and padding.
+
+        Raises:
+            ValueError: the tile does not overlap the grid.
         """
         from rasterio.windows import Window
 
-        h = min(size, self.grid.height - row)
-        w = min(size, self.grid.width - col)
-        win = Window(col, row, w, h)
-        data = self.vrt.read(self.grid.bands + [self.alpha], window=win)
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + size, self.grid.height), min(col + size, self.grid.width)
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError(f"tile at ({row}, {col}) size {size} misses the grid")
+        data = self.vrt.read(self.grid.bands + [self.alpha],
+                             window=Window(c0, r0, c1 - c0, r1 - r0))
         img, valid = data[:-1], data[-1] > 0
-        if (h, w) != (size, size):
-            mode = "reflect" if h > 1 and w > 1 and size - h < h and size - w < w else "edge"
-            img = np.pad(img, ((0, 0), (0, size - h), (0, size - w)), mode=mode)
-            valid = np.pad(valid, ((0, size - h), (0, size - w)), constant_values=False)
+        pads = ((r0 - row, row + size - r1), (c0 - col, col + size - c1))
+        if any(p for pair in pads for p in pair):
+            mode = "reflect" if min(r1 - r0, c1 - c0) > 1 else "edge"
+            img = np.pad(img, ((0, 0),) + pads, mode=mode)
+            valid = np.pad(valid, pads, constant_values=False)
         return img, valid
 
     def close(self) -> None:

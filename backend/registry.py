@@ -24,6 +24,11 @@ Card fields used by the code (others are documentation):
                                  the *train* data, never on held-out)
 ``min_area_m2, simplify_m``      post-processing defaults (m², m)
 
+An *ensemble* card has ``"kind": "ensemble"``, ``members`` (``[{"id": model id,
+"weight": float}]``), ``tta`` (test-time augmentations, names in
+:data:`TTA_TRANSFORMS`) and ``shifts`` (bool: add a second tiling offset by half a tile);
+it has no weights of its own and carries the fused post-processing defaults.
+
 Construction follows segmentation-models-pytorch: one registry of architectures, a
 model built by name from its card (:func:`build_torch_model`).
 """
@@ -36,6 +41,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .config import models_dir
+
+
+#: Test-time augmentations an ensemble may list (the dihedral group D4 of the square).
+TTA_TRANSFORMS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270",
+                  "transpose", "antitranspose")
 
 
 class ModelNotFound(LookupError):
@@ -64,8 +74,16 @@ class ModelCard:
     min_area_m2: float
     simplify_m: float
     arch_kwargs: Dict[str, Any] = field(default_factory=dict)
+    kind: str = "model"
+    members: List[Dict[str, Any]] = field(default_factory=list)
+    tta: List[str] = field(default_factory=lambda: ["identity"])
+    shifts: bool = False
     path: Optional[Path] = None
     raw: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.kind == "ensemble"
 
     @property
     def num_outputs(self) -> int:
@@ -103,15 +121,29 @@ class ModelCard:
             ModelCorrupt: a required field is missing or of the wrong type.
         """
         try:
+            kind = str(d.get("kind", "model"))
+            if kind not in ("model", "ensemble"):
+                raise ValueError(f"kind must be 'model' or 'ensemble', not {kind!r}")
+            ens = kind == "ensemble"
+            members = [dict(m) for m in d.get("members", [])]
+            if ens and (not members or not all(isinstance(m.get("id"), str) for m in members)):
+                raise ValueError("an ensemble needs members [{'id': ..., 'weight': ...}]")
+            tta = [str(t) for t in d.get("tta", ["identity"])]
+            bad = [t for t in tta if t not in TTA_TRANSFORMS]
+            if bad:
+                raise ValueError(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
             return cls(
                 id=str(d["id"]), version=str(d["version"]),
-                architecture=str(d["architecture"]), encoder=str(d["encoder"]),
+                architecture=str(d.get("architecture", "ensemble") if ens else d["architecture"]),
+                encoder=str(d.get("encoder", "") if ens else d["encoder"]),
                 classes=[dict(c) for c in d["classes"]], bands=int(d["bands"]),
-                normalize=dict(d["normalize"]), gsd_m=float(d["gsd_m"]),
+                normalize=dict(d.get("normalize", {}) if ens else d["normalize"]),
+                gsd_m=float(d["gsd_m"]),
                 tile_size=int(d["tile_size"]), overlap=int(d["overlap"]),
                 threshold=float(d["threshold"]), min_area_m2=float(d["min_area_m2"]),
                 simplify_m=float(d["simplify_m"]),
-                arch_kwargs=dict(d.get("arch_kwargs", {})), path=path, raw=dict(d))
+                arch_kwargs=dict(d.get("arch_kwargs", {})), kind=kind, members=members,
+                tta=tta, shifts=bool(d.get("shifts", False)), path=path, raw=dict(d))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelCorrupt(f"model card {path or ''} is invalid: {exc!r}") from None
 

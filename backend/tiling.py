@@ -49,6 +49,18 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> List[Tuple[in
             for c in positions(width, tile, overlap)]
 
 
+def shifted_tile_grid(height: int, width: int, tile: int, overlap: int,
+                      shift: int) -> List[Tuple[int, int]]:
+    """Like :func:`tile_grid` but offset by ``-shift`` pixels on both axes.
+
+    The first tiles start outside the grid (at ``-shift``), so tile borders fall where
+    the unshifted grid has tile centres; averaging both tilings removes any trace of
+    tile edges (the "shifted tilings" of ensemble inference).
+    """
+    return [(r - shift, c - shift) for r, c in
+            tile_grid(height + shift, width + shift, tile, overlap)]
+
+
 def ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
     """1-D blending weights (float32, length ``tile``) for one tile axis.
 
@@ -85,15 +97,16 @@ class Stitcher:
     def add(self, row: int, col: int, probs: np.ndarray) -> None:
         """Blend one tile's probabilities (C, tile, tile) at pixel offset (row, col).
 
-        Parts of a padded tile that fall outside the grid are ignored.
+        Offsets may be negative; parts of a tile that fall outside the grid are ignored.
         """
-        h = min(self.tile, self.height - row)
-        w = min(self.tile, self.width - col)
-        wy = ramp(self.tile, self.overlap, row == 0, row + self.tile >= self.height)[:h]
-        wx = ramp(self.tile, self.overlap, col == 0, col + self.tile >= self.width)[:w]
-        weight = wy[:, None] * wx[None, :]
-        self.acc[:, row:row + h, col:col + w] += probs[:, :h, :w] * weight
-        self.wsum[row:row + h, col:col + w] += weight
+        r0, c0 = max(row, 0), max(col, 0)
+        r1 = min(row + self.tile, self.height)
+        c1 = min(col + self.tile, self.width)
+        wy = ramp(self.tile, self.overlap, row <= 0, row + self.tile >= self.height)
+        wx = ramp(self.tile, self.overlap, col <= 0, col + self.tile >= self.width)
+        weight = wy[r0 - row:r1 - row, None] * wx[None, c0 - col:c1 - col]
+        self.acc[:, r0:r1, c0:c1] += probs[:, r0 - row:r1 - row, c0 - col:c1 - col] * weight
+        self.wsum[r0:r1, c0:c1] += weight
 
     def result(self) -> np.ndarray:
         """Stitched probabilities, float32 (C, H, W); pixels never covered are 0."""

@@ -6,7 +6,8 @@ Usage::
 
 The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
-hyper-parameters (seed, budget_s, batch_size, chip, lr, weight_decay, val_fraction).
+hyper-parameters (seed, split_seed, budget_s, batch_size, chip, lr, weight_decay,
+val_fraction).
 
 Method: the train split is divided into *fit* and *val* by spatial cluster
 (:func:`backend.data.split_train`); the model (segmentation-models-pytorch, random
@@ -156,7 +157,10 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> Mode
     budget_s = float(budget_s if budget_s is not None else config.get("budget_s", 600))
 
     tiles = pvdata.list_tiles("train")
-    fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), seed)
+    # One fit/val split for every member of an ensemble (split_seed), so that the
+    # ensemble's threshold can be chosen on tiles no member was fitted on.
+    split_seed = int(config.get("split_seed", 0))
+    fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), split_seed)
     fit_a, val_a = pvdata.load_arrays(fit), pvdata.load_arrays(val)
     norm = normalize_stats(fit_a["images"])
     card_d = {k: config[k] for k in ("id", "version", "architecture", "encoder", "classes",
@@ -241,7 +245,7 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> Mode
         "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
                 "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
         "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
-        "seed": seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
+        "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
         "train_seconds": round(train_s, 1), "device": device, "threads": threads,
         "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
         "config": config,

@@ -28,7 +28,9 @@ Requests (client -> daemon) and the replies they get:
 ``cancel``    -> ``cancelled`` {job_id} (the job stops at its next batch boundary)
 
 A ``result`` feature is ``{"wkt": str, "class": str, "class_id": int, "score": float,
-"area_m2": float, "model": str, "model_version": str}``; the geometry is in the CRS
+"agreement": float, "area_m2": float, "model": str, "model_version": str}`` (``score``:
+mean class probability over the polygon; ``agreement``: fraction of ensemble members
+voting for it, 1.0 for a single model); the geometry is in the CRS
 given as ``result["crs"]`` (the raster layer's CRS, as WKT), units of that CRS.
 
 This module needs only the standard library (numpy is imported lazily for arrays), so
