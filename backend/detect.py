@@ -76,6 +76,72 @@ class Options:
                    batch_size=int(req.get("batch_size", 4)))
 
 
+#: Words of the errors that device allocators raise (CUDA via PyTorch, ONNX Runtime).
+_OOM_MARKERS = ("out of memory", "failed to allocate memory", "bad_alloc", "bad allocation",
+                "cudaerrormemoryallocation", "cublas_status_alloc_failed")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure of the inference device: ``MemoryError``,
+    ``torch.cuda.OutOfMemoryError``, or an ONNX Runtime / CUDA error saying so."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, Exception) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+class BatchBackoff:
+    """Runs model batches; on out-of-memory halves the batch size and retries the same
+    tiles (down to one tile a batch), noting it in ``warnings``.
+
+    Args:
+        batch_size: tiles per model call to start with.
+        warnings: list the notes are appended to (the job's ``stats["warnings"]``).
+    """
+
+    def __init__(self, batch_size: int, warnings: Optional[List[str]] = None):
+        self.size = max(1, int(batch_size))
+        self.warnings = warnings if warnings is not None else []
+
+    def predict(self, engine: Engine, tiles: np.ndarray) -> np.ndarray:
+        """``engine.predict_raw(tiles)``, in chunks of at most :attr:`size` tiles.
+
+        Raises:
+            DetectError: ``busy`` when even a single tile does not fit in memory.
+        """
+        out, i = [], 0
+        while i < len(tiles):
+            chunk = tiles[i:i + self.size]
+            try:
+                out.append(engine.predict_raw(chunk))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                _free_device_memory()
+                if len(chunk) <= 1:
+                    raise DetectError(P.E_BUSY, f"the inference device ({engine.device}) "
+                                                f"ran out of memory even for one tile: "
+                                                f"free memory (close other GPU programs) "
+                                                f"and try again") from None
+                self.size = max(1, len(chunk) // 2)
+                self.warnings.append(f"the inference device ({engine.device}) ran out of "
+                                     f"memory at {len(chunk)} tiles per batch; continued "
+                                     f"with {self.size} (slower)")
+                continue
+            i += len(chunk)
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
+
+
+def _free_device_memory() -> None:
+    """Return cached CUDA blocks after an out-of-memory (when torch is in use)."""
+    import sys
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # best effort only
+        pass
+
+
 def _round32(n: int) -> int:
     return max(32, int(np.ceil(n / 32.0)) * 32)
 
@@ -83,7 +149,8 @@ def _round32(n: int) -> int:
 def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: int,
                  progress: Optional[Progress] = None,
                  cancelled: Optional[Callable[[], bool]] = None,
-                 tile_size: Optional[int] = None, overlap: Optional[int] = None
+                 tile_size: Optional[int] = None, overlap: Optional[int] = None,
+                 warnings: Optional[List[str]] = None
                  ) -> Tuple[np.ndarray, np.ndarray, int]:
     """Fused class probabilities over a grid.
 
@@ -96,6 +163,8 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
         cancelled: polled between batches.
         tile_size, overlap: tiling in pixels (default: the card's). A grid smaller
             than a tile runs as one tile rounded up to a multiple of 32.
+        warnings: notes for the user are appended here (out-of-memory back-off, see
+            :class:`BatchBackoff`).
 
     Returns:
         ``(probs, valid, n_tiles)``: float32 (engine.channels, H, W) probabilities
@@ -117,6 +186,7 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
     stitch = Stitcher(engine.channels, grid.height, grid.width, tile, overlap)
     valid = np.zeros((grid.height, grid.width), bool)
     groups = list(batches(offsets, batch_size))
+    backoff = BatchBackoff(batch_size, warnings)
 
     # Reader thread: reads batch i+1 while the model runs batch i (bounded queue).
     q: "queue.Queue" = queue.Queue(maxsize=2)
@@ -146,7 +216,7 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
             if cancelled and cancelled():
                 raise JobCancelled()
             group, imgs, masks = item
-            probs = engine.predict_raw(imgs)
+            probs = backoff.predict(engine, imgs)
             for (r, c), p, m in zip(group, probs, masks):
                 stitch.add(r, c, p)
                 r0, c0 = max(r, 0), max(c, 0)
@@ -243,7 +313,8 @@ def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progr
             try:
                 probs, valid, n_tiles = predict_grid(reader, grid, engine, opts.batch_size,
                                                      lambda f, m: progress(0.9 * f, m),
-                                                     cancelled, opts.tile_size, opts.overlap)
+                                                     cancelled, opts.tile_size, opts.overlap,
+                                                     warnings=grid.warnings)
             finally:
                 reader.close()
     except InputError as exc:
