@@ -115,6 +115,22 @@ def eval_vienna(model_id: str) -> Dict:
             "engine": res["stats"]["engine"]}
 
 
+def write_cards(results: Dict[str, Dict]) -> None:
+    """Store held-out metrics in ``card.json`` and render ``MODEL_CARD.md``."""
+    from .modelcard import render_markdown
+    for mid, r in results.items():
+        card = load_card(mid)
+        d = dict(card.raw)
+        d["heldout_metrics"] = {k: v for k, v in r["pipeline"].items() if k != "tiles"}
+        if "vienna" in r:
+            d["vienna_false_positives"] = r["vienna"]
+        path = card.path / "card.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
+        tmp.replace(path)
+        (card.path / "MODEL_CARD.md").write_text(render_markdown(load_card(mid)), "utf-8")
+
+
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) and np.isfinite(v) else str(v)
 
@@ -125,6 +141,9 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "eval")
     ap.add_argument("--no-vienna", action="store_true", help="skip the false-positive scene")
     ap.add_argument("--no-raw", action="store_true", help="skip the bare-model rows")
+    ap.add_argument("--write-cards", action="store_true",
+                    help="store the held-out metrics in each card.json and rewrite "
+                         "its MODEL_CARD.md")
     args = ap.parse_args(argv)
     ids = args.models or [c.id for c in list_cards() if c.weights_path.is_file()]
     results: Dict[str, Dict] = {}
@@ -135,6 +154,8 @@ def main(argv: List[str] = None) -> int:
             results[mid]["raw"] = eval_heldout(mid, raw=True)
         if not args.no_vienna:
             results[mid]["vienna"] = eval_vienna(mid)
+    if args.write_cards:
+        write_cards(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(results, indent=2) + "\n", "utf-8")
     cols = ["pixel_iou", "pixel_iou_90ci", "pixel_precision", "pixel_recall", "object_precision",
