@@ -6,15 +6,16 @@ Usage::
 
 The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
-hyper-parameters (seed, split_seed, budget_s, batch_size, chip, lr, weight_decay,
-val_fraction).
+hyper-parameters (seed, split_seed, steps, budget_s, batch_size, chip, lr,
+weight_decay, val_fraction). With ``steps`` the run is reproducible (same seed, same
+steps, same result on the same software); ``budget_s`` caps the wall-clock time.
 
 Method: the train split is divided into *fit* and *val* by spatial cluster
 (:func:`backend.data.split_train`); the model (segmentation-models-pytorch, random
 init: no model hub is reachable) is trained on *fit* with flips, 90-degree rotations,
 scale (0.75-1.33) and colour jitter, loss = cross-entropy + soft Dice (Milletari et
 al. 2016, V-Net) over the foreground classes, AdamW with a cosine learning-rate
-schedule over a wall-clock budget. The probability threshold, minimum object area and
+schedule over ``steps`` (or over a wall-clock budget when no steps are given). The probability threshold, minimum object area and
 hole size are then chosen on *val* for the best object F1 (held-out data is never
 used here). Output: ``<out>/weights.safetensors`` (fp16) and ``<out>/card.json``.
 """
@@ -155,6 +156,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> Mode
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     budget_s = float(budget_s if budget_s is not None else config.get("budget_s", 600))
+    # A fixed step count makes runs reproducible whatever the machine's load; the
+    # wall-clock budget then only caps the run (and is the schedule when no steps).
+    max_steps = int(config["steps"]) if config.get("steps") else None
 
     tiles = pvdata.list_tiles("train")
     # One fit/val split for every member of an ensemble (split_seed), so that the
@@ -201,9 +205,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> Mode
     model.train()
     while True:
         elapsed = time.time() - t0
-        if elapsed >= budget_s:
+        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
             break
-        frac_t = elapsed / budget_s
+        frac_t = step / max_steps if max_steps else elapsed / budget_s
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac_t))
         for g in opt.param_groups:
             g["lr"] = lr * max(scale, 0.02)
