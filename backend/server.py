@@ -5,7 +5,8 @@ Threads:
 * the **main loop** (:meth:`Server.serve_forever`) owns the ROUTER socket and an inproc
   PULL socket; it decodes and validates every request, answers ``ping``, ``models``,
   ``status`` and ``cancel`` itself, and queues ``detect`` jobs;
-* ``workers`` **worker threads** take jobs from a FIFO queue, run the detect function
+* ``workers`` **worker threads** take jobs from a queue that is served round-robin
+  across clients (FIFO within one client, see :class:`FairQueue`), run the detect function
   and push the job's events (``progress`` and one terminal ``result`` / ``error`` /
   ``cancelled``) through their own inproc PUSH socket to the main loop, which forwards
   them to the client that submitted the job. ZeroMQ sockets are not thread-safe, so no
@@ -15,6 +16,11 @@ Security: the daemon binds to the loopback interface by default. Binding any oth
 address needs a token (:class:`ValueError` otherwise), and then every request must carry
 ``"token"``; a daemon bound beyond loopback also only reads raster files that resolve
 inside ``allowed_roots`` (``ORTHOLENS_ROOTS``).
+
+Clients that go away: the ROUTER socket is ``ROUTER_MANDATORY`` (and sends ZMTP
+heartbeats), so a reply or job event for a client that has disconnected fails with
+``EHOSTUNREACH``; the daemon then cancels every job of that client (queued ones at once,
+the running one at its next batch boundary) so the worker is free for others.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", 
 _FINISHED = (DONE, ERROR, CANCELLED)
 _MAX_MESSAGE = 500        # longest error / progress message sent, characters
 _MAX_FINISHED_JOBS = 10_000
+#: ZMTP heartbeat of the ROUTER socket: a peer silent for the timeout is dropped (and
+#: its jobs cancelled) even when its TCP connection never closes (cable pulled, frozen VM).
+HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 5_000, 30_000
 
 
 def is_loopback(host: str) -> bool:
@@ -112,11 +121,67 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.time)
     finished: Optional[float] = None
+    cancel_reason: str = ""
 
     def public(self) -> Dict[str, Any]:
         """``{job_id, state, fraction, message}`` as sent in a ``status`` reply."""
         return {"job_id": self.job_id, "state": self.state,
                 "fraction": round(float(self.fraction), 4), "message": self.message}
+
+
+class FairQueue:
+    """Jobs waiting for a worker, served round-robin across clients.
+
+    Each client (ROUTER identity, i.e. one client connection) has its own FIFO; the
+    clients take turns: after one of a client's jobs is taken, that client goes to the
+    back of the line. A client with one job therefore waits for at most one job of each
+    other waiting client, however many jobs they queued. Not thread-safe: the server
+    uses it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._clients: "collections.OrderedDict[bytes, Deque[Job]]" = collections.OrderedDict()
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def __iter__(self):
+        for jobs in list(self._clients.values()):
+            yield from list(jobs)
+
+    def append(self, job: Job) -> None:
+        self._clients.setdefault(job.identity, collections.deque()).append(job)
+        self._n += 1
+
+    def popleft(self) -> Job:
+        """The next job in round-robin order. Raises IndexError when empty."""
+        if not self._clients:
+            raise IndexError("pop from an empty FairQueue")
+        identity, jobs = next(iter(self._clients.items()))
+        job = jobs.popleft()
+        del self._clients[identity]
+        if jobs:
+            self._clients[identity] = jobs  # to the back of the line
+        self._n -= 1
+        return job
+
+    def remove(self, job: Job) -> None:
+        """Remove a waiting job. Raises ValueError when it is not queued."""
+        jobs = self._clients.get(job.identity)
+        if jobs is None:
+            raise ValueError("job not queued")
+        jobs.remove(job)
+        if not jobs:
+            del self._clients[job.identity]
+        self._n -= 1
+
+    def clear(self) -> None:
+        self._clients.clear()
+        self._n = 0
 
 
 class Server:
@@ -182,7 +247,7 @@ class Server:
         self._detect_fn = detect_fn or _default_detect_fn
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._queue: Deque[Job] = collections.deque()
+        self._queue = FairQueue()
         self._jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
         self._stop = threading.Event()
         self._ctx: Optional[zmq.Context] = None
@@ -211,6 +276,11 @@ class Server:
             router.linger = 0
             # a peer sending a bigger frame is disconnected before it fills our memory
             router.setsockopt(zmq.MAXMSGSIZE, P.MAX_FRAME_BYTES)
+            # sends to a vanished client fail (EHOSTUNREACH) instead of vanishing: its
+            # jobs get cancelled; heartbeats find peers whose TCP link silently died
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             host = self.host
             if ":" in host:
                 router.setsockopt(zmq.IPV6, 1)
@@ -343,9 +413,31 @@ class Server:
 
     def _router_send(self, frames: List[Any]) -> None:
         try:
-            self._router.send_multipart(frames, copy=False)  # type: ignore[union-attr]
-        except zmq.ZMQError as exc:  # e.g. peer gone with ROUTER_MANDATORY, HWM
-            log.warning("dropping a reply: %s", exc)
+            # never blocks the main loop: a full pipe (slow client) raises EAGAIN
+            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:  # ROUTER_MANDATORY: the client is gone
+                self._client_gone(bytes(getattr(frames[0], "bytes", frames[0])))
+            else:  # e.g. the client's high-water mark
+                log.warning("dropping a reply: %s", exc)
+
+    def _client_gone(self, identity: bytes) -> None:
+        """Cancel every queued or running job of a client that disconnected."""
+        now = time.time()
+        with self._cond:
+            active = [j for j in self._jobs.values()
+                      if j.identity == identity and j.state in (QUEUED, RUNNING)]
+            for job in active:
+                job.cancel_reason = "cancelled: the client disconnected"
+                job.cancel.set()
+                if job.state == QUEUED:
+                    self._queue.remove(job)
+                    job.state, job.finished, job.arrays = CANCELLED, now, None
+                    job.message = job.cancel_reason
+        for job in active:
+            log.info("job %s: its client disconnected; cancelling it", job.job_id)
+        if not active:
+            log.debug("dropping a reply to disconnected client %s", identity.hex())
 
     def _serve_requests(self) -> None:
         for _ in range(100):  # then give the event socket a turn
@@ -600,7 +692,8 @@ class Server:
         rid, jid = job.request_id, job.job_id
         if job.cancel.is_set() or (type(exc).__name__ == "JobCancelled"
                                    and not self._stop.is_set()):
-            return CANCELLED, "cancelled", P.reply("cancelled", rid, job_id=jid)
+            return (CANCELLED, job.cancel_reason or "cancelled",
+                    P.reply("cancelled", rid, job_id=jid))
         if self._stop.is_set():
             msg = "the daemon shut down before the job finished"
             return ERROR, msg, P.error_reply(rid, P.E_BUSY, msg, job_id=jid)

@@ -168,8 +168,10 @@ class OrtholensClient:
             self._reset()
             raise DaemonUnavailable(f"cannot send to the daemon at {self.endpoint}") from None
 
-    def _receive(self, request_id: str, wait_s: float) -> Optional[Dict[str, Any]]:
-        """The next reply whose id is ``request_id`` within ``wait_s`` s, else None."""
+    def _receive(self, request_id: Any, wait_s: float) -> Optional[Dict[str, Any]]:
+        """The next reply whose id is ``request_id`` (a string, or a collection of
+        them) within ``wait_s`` s, else None."""
+        ids = {request_id} if isinstance(request_id, str) else set(request_id)
         sock = self._socket()
         end = time.monotonic() + wait_s
         while True:
@@ -182,7 +184,7 @@ class OrtholensClient:
             except P.ProtocolError as exc:
                 log.warning("skipping an undecodable reply: %s", exc)
                 continue
-            if header.get("id") != request_id:
+            if header.get("id") not in ids:
                 log.debug("skipping a stale %s reply", header.get("type"))
                 continue
             return header
@@ -236,8 +238,16 @@ class OrtholensClient:
                pixels: Any = None,
                on_progress: Optional[Callable[[float, str], None]] = None,
                is_cancelled: Optional[Callable[[], bool]] = None,
-               job_timeout_s: float = 600.0, **options: Any) -> Dict[str, Any]:
+               job_timeout_s: float = 600.0, liveness_s: float = 2.0,
+               **options: Any) -> Dict[str, Any]:
         """Run a detection job and wait for its result.
+
+        Liveness: whenever the job has been silent for ``liveness_s``, the client asks
+        the daemon for the job's ``status``. No answer within ``timeout_s`` means the
+        daemon died or hangs (killed, crashed, machine asleep): :class:`DaemonUnavailable`
+        is raised then, within ``liveness_s + timeout_s`` seconds, not after
+        ``job_timeout_s``. A daemon that no longer knows the job (restarted) gives the
+        same error.
 
         Args:
             source: ``{"kind": "file", "path": str}`` or ``{"kind": "pixels", "crs": str,
@@ -249,8 +259,10 @@ class OrtholensClient:
                 ``protocol.ALLOWED_DTYPES``. Do not modify it while the call runs.
             on_progress: called as ``on_progress(fraction 0..1, message)``.
             is_cancelled: polled about every 0.1 s; once true the job is cancelled.
-            job_timeout_s: longest silence (no event) tolerated once the job is
-                accepted, seconds.
+            job_timeout_s: longest time without news of the job once it is accepted,
+                seconds: no event from a running job (a status answer saying that the
+                job still waits in the queue counts as news).
+            liveness_s: silence after which the daemon is asked for the job's status.
             **options: other request fields: ``threshold``, ``min_area_m2``,
                 ``simplify_m``, ``bands``, ``batch_size``.
 
@@ -261,8 +273,9 @@ class OrtholensClient:
         Raises:
             DaemonError: the request was rejected or the job failed (``.code``).
             JobCancelled: ``is_cancelled()`` turned true, or the job was cancelled.
-            DaemonUnavailable: no ``accepted`` within ``timeout_s``, or silence longer
-                than ``job_timeout_s``.
+            DaemonUnavailable: no ``accepted`` within ``timeout_s``; the daemon stopped
+                answering status checks (dead) or lost the job; or no news of the job
+                for ``job_timeout_s``.
             protocol.ProtocolError: invalid arguments (nothing is sent).
         """
         arrays = []
@@ -285,19 +298,61 @@ class OrtholensClient:
                                             f"to detect")
         job_id = first["job_id"]
         finished = False
+        probe_id: Optional[str] = None  # id of the status check awaiting an answer
+        probe_sent = 0.0
+        done_probes = 0  # status answers saying the job ended while no event came
         try:
-            heard = time.monotonic()
+            heard = contact = time.monotonic()
             while True:
                 if is_cancelled is not None and is_cancelled():
                     self._cancel_quietly(job_id)
                     finished = True
                     raise JobCancelled(job_id)
-                event = self._receive(rid, 0.1)
+                event = self._receive((rid, probe_id) if probe_id else rid, 0.1)
                 now = time.monotonic()
                 if event is None:
+                    if probe_id is not None and now - probe_sent > self.timeout_s:
+                        finished = True  # nobody to cancel it with
+                        self._reset()
+                        raise DaemonUnavailable(
+                            f"the daemon at {self.endpoint} stopped answering while job "
+                            f"{job_id} ran (no answer to a status check within "
+                            f"{self.timeout_s:g} s): it crashed or was killed")
                     if now - heard > job_timeout_s:
                         raise DaemonUnavailable(f"no news of job {job_id} for "
                                                 f"{job_timeout_s:g} s")
+                    if probe_id is None and now - contact > liveness_s:
+                        probe = P.request("status", job_id=job_id, token=self.token)
+                        try:
+                            self._send(probe)
+                        except DaemonUnavailable:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"the daemon at {self.endpoint} stopped answering while "
+                                f"job {job_id} ran: it crashed or was killed") from None
+                        probe_id, probe_sent = probe["id"], now
+                    continue
+                contact = now
+                if probe_id is not None and event.get("id") == probe_id:
+                    probe_id = None
+                    if event.get("type") == "error":
+                        if event.get("code") == P.E_NOT_FOUND:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"the daemon at {self.endpoint} no longer knows job "
+                                f"{job_id}: it was restarted while the job ran")
+                        continue  # e.g. a refused status request: the daemon lives
+                    jobs = event.get("jobs") or [{}]
+                    state = jobs[0].get("state") if isinstance(jobs[0], dict) else None
+                    if state == "queued":
+                        heard = now  # waiting its turn: nothing to report
+                    elif state in ("done", "error", "cancelled"):
+                        done_probes += 1  # its terminal event may still be on its way
+                        if done_probes >= 3:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"job {job_id} ended ({state}) but its outcome never "
+                                f"reached this client; run it again")
                     continue
                 heard = now
                 kind = event.get("type")
