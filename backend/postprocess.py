@@ -101,7 +101,8 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                simplify_m: float, min_area_m2: float = 0.0,
                valid: Optional[np.ndarray] = None,
                member_probs: Optional[np.ndarray] = None,
-               threshold: float = 0.5) -> List[Detection]:
+               threshold: float = 0.5,
+               pixel_offset: Optional[Sequence[int]] = None) -> List[Detection]:
     """Polygons of the 8-connected components of a cleaned class map.
 
     Args:
@@ -116,6 +117,11 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         member_probs: optional float (M, classes, H, W), each ensemble member's
             probability of each foreground class, for ``agreement``.
         threshold: the probability a member's mean must reach to vote for an object.
+        pixel_offset: ``(row, col)`` of ``cmap``'s first pixel in a larger grid whose
+            transform is ``transform`` (a window of that grid, as the chunked batch
+            path uses). Outlines are then traced in that grid's pixel coordinates
+            (exact integers) and mapped through ``transform`` with the same arithmetic
+            as polygonizing the whole grid, so a window gives bit-identical polygons.
 
     Returns:
         list of :class:`Detection`, in the transform's CRS.
@@ -146,9 +152,14 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         geoms: Dict[int, list] = {}
         # rasterio.features.shapes uses 4-connectivity by default; 8 keeps a
         # component (as labelled above) in one polygon.
+        trace = transform if pixel_offset is None else Affine(
+            1.0, 0.0, float(pixel_offset[1]), 0.0, 1.0, float(pixel_offset[0]))
         for geom, val in features.shapes(lab.astype(np.int32), mask=lab > 0,
-                                         transform=transform, connectivity=8):
-            geoms.setdefault(int(val), []).append(shape(geom))
+                                         transform=trace, connectivity=8):
+            g = shape(geom)
+            if pixel_offset is not None:
+                g = _pixels_to_crs(g, transform)
+            geoms.setdefault(int(val), []).append(g)
         for lid, parts in geoms.items():
             g = parts[0] if len(parts) == 1 else _union(parts)
             if simplify_m > 0:
@@ -163,6 +174,20 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                                   area_m2=float(area if px_area else 0.0),
                                   agreement=float(votes[lid - 1])))
     return dets
+
+
+def _pixels_to_crs(geom, transform: Affine):
+    """Map a geometry in pixel coordinates through ``transform`` as GDAL's polygonize
+    does (``c + a*x + b*y``, ``f + d*x + e*y``), so results match bit for bit."""
+    import shapely
+
+    t = transform
+
+    def fn(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.c + t.a * x + t.b * y, t.f + t.d * x + t.e * y])
+
+    return shapely.transform(geom, fn)
 
 
 def _union(parts: Sequence[object]):
