@@ -16,7 +16,9 @@ Two halves, so the slow part can run in a :class:`~qgis.core.QgsTask`:
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -118,7 +120,10 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
     Args:
         result: the daemon's result, ``{"crs": WKT, "features": [feature, ...], ...}``
             with features as in :mod:`protocol`.
-        path: the ``.gpkg`` file to create; an existing file is overwritten.
+        path: the ``.gpkg`` file to create; an existing file is replaced. The file is
+            written under a temporary name in the same folder and renamed atomically
+            when complete, so ``path`` never holds a half-written GeoPackage (and an
+            existing one stays intact when writing fails).
         layer_name: the table name inside the GeoPackage.
         detected_at: ISO 8601 time stored on every feature (default: now, UTC).
 
@@ -152,21 +157,40 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
         ])
         feats.append(feat)
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.gpkg")
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = "GPKG"
     options.layerName = layer_name
     options.fileEncoding = "UTF-8"
     options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteFile
-    writer = QgsVectorFileWriter.create(path, fields, QgsWkbTypes.MultiPolygon, crs,
-                                        QgsCoordinateTransformContext(), options)
+    complete = False
     try:
-        if writer.hasError() != QgsVectorFileWriter.NoError:
-            raise ResultLayerError(f"cannot create {path}: {writer.errorMessage()}")
-        if feats and not writer.addFeatures(feats):
-            raise ResultLayerError(f"cannot write features to {path}: {writer.errorMessage()}")
+        writer = QgsVectorFileWriter.create(str(tmp), fields, QgsWkbTypes.MultiPolygon, crs,
+                                            QgsCoordinateTransformContext(), options)
+        try:
+            if writer.hasError() != QgsVectorFileWriter.NoError:
+                raise ResultLayerError(f"cannot create {path}: {writer.errorMessage()}")
+            if feats and not writer.addFeatures(feats):
+                raise ResultLayerError(f"cannot write features to {path}: "
+                                       f"{writer.errorMessage()}")
+        finally:
+            del writer  # flushes and closes the GeoPackage
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ResultLayerError(f"cannot replace {path} (is it open in another "
+                                   f"program?): {exc}") from None
+        complete = True
     finally:
-        del writer  # flushes and closes the GeoPackage
+        if not complete:
+            for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"),
+                             Path(f"{tmp}-shm")):
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
     return len(feats)
 
 

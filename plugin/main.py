@@ -211,7 +211,10 @@ class OrtholensPlugin:
                 self.dock.set_progress(100)
             for note in task.notes:
                 self.notify(note, Qgis.Warning)
-            self.notify(task.summary(), Qgis.Success, short=task.summary(full_path=False))
+            short = task.summary(full_path=False)
+            if task.notes:  # the dock keeps only the last message: repeat the warnings
+                short += "\n" + "\n".join(f"Warning: {n}" for n in task.notes)
+            self.notify(task.summary(), Qgis.Success, short=short)
         elif task.cancelled:
             self.notify("Detection cancelled.", Qgis.Info)
         else:

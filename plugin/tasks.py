@@ -534,6 +534,18 @@ def pick_card(cards: List[Dict[str, Any]], model_id: Optional[str]) -> Dict[str,
                       f"{', '.join(str(c.get('id')) for c in cards)}).")
 
 
+def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
+    """The daemon's ``stats["warnings"]`` of a result (e.g. a raster resampled from a
+    GSD far from the model's, an out-of-memory back-off) as sentences for the user."""
+    notes = []
+    for w in ((result or {}).get("stats") or {}).get("warnings") or []:
+        text = str(w).strip()
+        if text:
+            text = text[0].upper() + text[1:]
+            notes.append(text if text.endswith((".", "!", "?")) else text + ".")
+    return notes
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-paragraph user message for an exception raised during detection."""
     name = type(exc).__name__
@@ -568,7 +580,8 @@ class DetectTask(QgsTask):
 
     After ``finished``: ``layer`` (the result layer or None), ``error`` (a message or
     None), ``cancelled`` (bool), ``result`` (the daemon's dict), ``card`` (model card),
-    ``notes`` (warnings for the user, e.g. a capped render size), ``n_features``,
+    ``notes`` (warnings for the user: a capped render size, the daemon's
+    ``stats["warnings"]`` such as a resampled GSD), ``n_features``,
     ``daemon_process`` (the ``Popen`` of a daemon this task started, else None).
     """
 
@@ -652,12 +665,24 @@ class DetectTask(QgsTask):
             source, extent, extent_crs = self.plan.source, self.plan.extent, self.plan.extent_crs
         self.setProgress(10)
         self.message.emit(f"Detecting with {model_id}…")
-        self.result = client.detect(source, model_id, extent=extent, extent_crs=extent_crs,
-                                    pixels=pixels, on_progress=self._on_progress,
-                                    is_cancelled=self.isCanceled,
-                                    job_timeout_s=self.job_timeout_s, **self.options)
+        from .client import DaemonUnavailable
+        try:
+            self.result = client.detect(source, model_id, extent=extent,
+                                        extent_crs=extent_crs, pixels=pixels,
+                                        on_progress=self._on_progress,
+                                        is_cancelled=self.isCanceled,
+                                        job_timeout_s=self.job_timeout_s, **self.options)
+        except DaemonUnavailable as exc:
+            # the daemon died (or hangs) mid-job: say so, and what happens next
+            again = ("run Detect in extent again: the daemon is restarted automatically"
+                     if self.settings.can_start() else
+                     "start the daemon again ('python -m backend' in the Ortholens "
+                     "folder), then run Detect in extent again")
+            raise DaemonUnavailable(f"The Ortholens daemon stopped during the detection "
+                                    f"({exc}). Nothing was saved; {again}.") from None
         if self.isCanceled():
             raise InterruptedError
+        self.notes.extend(daemon_notes(self.result))
         self.setProgress(96)
         self.message.emit("Writing the GeoPackage…")
         self.table = safe_name(f"{model_id}_{self.plan.layer_name}", 60)
@@ -743,5 +768,5 @@ class DaemonStatusTask(QgsTask):
 
 __all__ = ["ValidationError", "validate_inputs", "file_source_path", "prepare_detect",
            "DetectPlan", "RenderPlan", "RenderedPixels", "render_size", "render_pixels",
-           "pixel_source", "argb_to_rgb", "ground_scale", "is_metric", "utm_crs", "connect_daemon", "pick_card", "describe_error",
+           "pixel_source", "argb_to_rgb", "ground_scale", "is_metric", "utm_crs", "connect_daemon", "pick_card", "describe_error", "daemon_notes",
            "DetectTask", "DaemonStatusTask", "MAX_RENDER_SIDE", "crs_wkt"]

@@ -1,0 +1,184 @@
+"""Issue #7 on the plugin side: the daemon's warnings reach the user, a daemon killed
+during a detection is reported clearly and restarted by the next detection, and a result
+GeoPackage is never left half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
+
+from conftest import REPO
+
+MODEL = "pv-unet-r18"
+BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
+                                     REPO / ".venv" / "backend" / "bin" / "python"))
+GSD_WARNING = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is "
+               "resampled, expect lower accuracy")
+CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1,
+        "classes": [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]}
+SQUARE = "POLYGON ((-1600 338500, -1598 338500, -1598 338502, -1600 338502, -1600 338500))"
+
+
+def _result(n=1, warnings=()):
+    from plugin.tasks import crs_wkt
+    from qgis.core import QgsCoordinateReferenceSystem
+    feats = [{"wkt": SQUARE, "class": "photovoltaic", "class_id": 1, "score": 0.9,
+              "agreement": 1.0, "area_m2": 4.0, "model": MODEL, "model_version": "1.0.0"}] * n
+    return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
+            "features": feats, "stats": {"seconds": 1.0, "warnings": list(warnings)}}
+
+
+class _FakeClient:
+    process = None
+
+    def __init__(self, result):
+        self.result = result
+
+    def models(self):
+        return [CARD]
+
+    def detect(self, *args, **kw):
+        return self.result
+
+    def close(self):
+        pass
+
+
+def _settings(endpoint="tcp://127.0.0.1:1", python=None):
+    from plugin.settings import DaemonSettings
+    return DaemonSettings(endpoint=endpoint, python=str(python or BACKEND_PYTHON),
+                          repo=str(REPO), token=None)
+
+
+def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, qgis_iface,
+                                                        monkeypatch):
+    """``stats["warnings"]`` (here: a 0.3 m raster for a 0.1 m model) become task notes,
+    shown as warnings in QGIS's message bar and in the dock next to the summary."""
+    import plugin
+    from plugin import tasks
+
+    monkeypatch.setattr(tasks, "connect_daemon",
+                        lambda *a, **k: _FakeClient(_result(1, [GSD_WARNING])))
+    plan = tasks.prepare_detect(vienna_layer, QgsRectangle(-1610, 338490, -1590, 338510),
+                                vienna_layer.crs())
+    task = tasks.DetectTask(plan, _settings(), str(tmp_path / "w.gpkg"), model_id=MODEL,
+                            add_to_project=False)
+    ok = task.run()
+    task.finished(ok)
+    assert ok, task.error
+    note = ("The raster's GSD (0.300 m) is far from the model's (0.1 m); it is resampled, "
+            "expect lower accuracy.")
+    assert task.notes == [note]
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        qgis_iface.messageBar().clear_messages()
+        p._detect_done(task)
+        assert f"Ortholens:{note}" in qgis_iface.messageBar().get_messages(Qgis.Warning)
+        assert any("1 object detected" in m
+                   for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+        assert "1 object detected" in p.dock.message()
+        assert f"Warning: {note}" in p.dock.message()
+    finally:
+        p.unload()
+
+
+def test_failed_write_leaves_the_existing_gpkg_intact(tmp_path, monkeypatch):
+    """The GeoPackage is written under a temporary name and renamed when complete: a
+    write that fails midway leaves the previous file as it was and no debris."""
+    from qgis.core import QgsVectorFileWriter, QgsVectorLayer
+
+    from plugin.layers import ResultLayerError, write_result_gpkg
+
+    out = tmp_path / "result.gpkg"
+    assert write_result_gpkg(_result(2), str(out), "detections") == 2
+    before = out.read_bytes()
+    monkeypatch.setattr(QgsVectorFileWriter, "addFeatures", lambda self, feats, *a: False)
+    with pytest.raises(ResultLayerError, match="cannot write features"):
+        write_result_gpkg(_result(3), str(out), "detections")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
+    monkeypatch.undo()
+    assert write_result_gpkg(_result(3), str(out), "detections") == 3  # replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
+    layer = QgsVectorLayer(f"{out}|layername=detections", "r", "ogr")
+    assert layer.isValid() and layer.featureCount() == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
+def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_path,
+                                                               qgis_new_project):
+    """SIGKILL the real daemon while DetectTask waits for it: the task fails within
+    seconds with a clear message, writes nothing and leaves an earlier result intact;
+    the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
+    from plugin.client import start_daemon
+    from plugin.layers import write_result_gpkg
+    from plugin.tasks import DetectTask, prepare_detect
+
+    layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    port = _free_port()
+    settings = _settings(f"tcp://127.0.0.1:{port}")
+    assert settings.can_start()
+    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
+                        log_path=str(tmp_path / "daemon.log"))
+    restarted = None
+    try:
+        out = tmp_path / "result.gpkg"
+        write_result_gpkg(_result(2), str(out), "detections")  # an earlier result
+        before = out.read_bytes()
+        big = prepare_detect(layer, QgsRectangle(-1700, 338300, -1500, 338500), layer.crs())
+        task = DetectTask(big, settings, str(out), model_id=MODEL, timeout_s=3,
+                          add_to_project=False)
+        killed = []
+
+        def kill_on_progress(text):
+            if not killed and ("tiles" in text or "reading" in text):  # the job runs
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                killed.append(time.monotonic())
+
+        task.message.connect(kill_on_progress)
+        ok = task.run()
+        task.finished(ok)
+        assert killed, "the daemon never reported progress"
+        assert not ok and not task.cancelled and task.layer is None
+        assert time.monotonic() - killed[0] < 12
+        assert "stopped during the detection" in task.error, task.error
+        assert "Nothing was saved" in task.error and "restarted automatically" in task.error
+        assert out.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.log", "result.gpkg"]
+
+        small = prepare_detect(layer, QgsRectangle(-1615, 338485, -1585, 338515), layer.crs())
+        task2 = DetectTask(small, settings, str(tmp_path / "again.gpkg"), model_id=MODEL,
+                           add_to_project=False)
+        ok2 = task2.run()
+        restarted = task2.daemon_process
+        task2.finished(ok2)
+        assert ok2, task2.error
+        assert restarted is not None and restarted.pid != proc.pid  # a fresh daemon
+        assert task2.layer is not None and task2.layer.isValid()
+        assert any("far from the model's" in n for n in task2.notes), task2.notes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if restarted is not None and restarted.poll() is None:
+            restarted.terminate()
+            try:
+                restarted.wait(15)
+            except Exception:  # noqa: BLE001
+                restarted.kill()
