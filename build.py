@@ -166,8 +166,11 @@ def demo(args) -> int:
 
 def train(args) -> int:
     setup()
-    if not args:
-        args = sorted(str(p) for p in (REPO / "models" / "configs").glob("*.json"))
+    if not args:  # every config: members first, then the ensembles that fuse them
+        import json
+        cfgs = sorted((REPO / "models" / "configs").glob("*.json"))
+        args = [str(p) for p in sorted(
+            cfgs, key=lambda p: json.loads(p.read_text()).get("kind") == "ensemble")]
     rc = 0
     for cfg in args:
         rc |= run([VENV_BACKEND / "bin" / "python", "-m", "backend.train", cfg], env=base_env(),

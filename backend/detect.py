@@ -272,7 +272,9 @@ def features(dets: List[Detection], card: ModelCard) -> List[Dict]:
 
 def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progress] = None,
                cancelled: Optional[Callable[[], bool]] = None,
-               engine: Optional[Engine] = None, overrides: Optional[Dict] = None) -> Dict:
+               engine: Optional[Engine] = None, overrides: Optional[Dict] = None,
+               on_probs: Optional[Callable[[np.ndarray, np.ndarray, Grid], None]] = None
+               ) -> Dict:
     """Run a validated ``detect`` request.
 
     Args:
@@ -282,6 +284,8 @@ def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progr
         cancelled: polled between batches.
         engine: an engine to use instead of the cached default (tests, benchmarks).
         overrides: :class:`Options` fields to force (evaluation of variants).
+        on_probs: called with the stitched ``(probs, valid, grid)`` before
+            post-processing (evaluation: calibration, precision-recall curves).
 
     Returns:
         ``{"crs": WKT, "features": [...], "stats": {...}}`` with geometries in the
@@ -320,6 +324,8 @@ def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progr
     except InputError as exc:
         raise DetectError(exc.code, exc.message) from None
     t_model = time.perf_counter() - t0
+    if on_probs is not None:
+        on_probs(probs, valid, grid)
     progress(0.92, "polygonizing")
     _, dets = detections_from_probs(probs, valid, grid, card, opts)
     feats = features(dets, card)

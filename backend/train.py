@@ -3,6 +3,11 @@
 Usage::
 
     python -m backend.train models/configs/pv-unet-r18.json [--budget-s 600] [--out DIR]
+    python -m backend.train models/configs/pv-ensemble.json   # an ensemble card
+
+An ensemble config (``"kind": "ensemble"``) trains nothing: it fuses trained members
+and chooses the ensemble's post-processing on their common validation tiles
+(:func:`make_ensemble`).
 
 The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
@@ -260,6 +265,66 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: float = None) -> Mode
     return ModelCard.from_dict(card_d, out_dir)
 
 
+def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
+    """Write an ensemble card whose post-processing is chosen on the *val* tiles.
+
+    The config gives ``id, version, members [{id, weight}], tta, shifts`` (and may
+    give ``tile_size, overlap, simplify_m``); classes, bands and GSD come from the
+    first member, which must share them with the others. The fused probabilities of
+    the whole ensemble (members x TTA x tilings, through the detection pipeline) on
+    the members' common validation split choose threshold / min area / hole size,
+    as for a single model. Held-out data is never used.
+
+    Raises:
+        ModelNotFound: a member is missing. ModelCorrupt: members disagree.
+    """
+    from .detect import run_detect
+    from .engines import get_engine
+    from .registry import load_card
+
+    members = [load_card(m["id"]) for m in config["members"]]
+    first = members[0]
+    val_names = set(first.raw.get("training", {}).get("val_names", []))
+    for m in members[1:]:
+        other = set(m.raw.get("training", {}).get("val_names", []))
+        if other != val_names:
+            raise ValueError(f"member {m.id} was validated on other tiles than {first.id}; "
+                             f"train members with the same split_seed")
+    d = {"id": config["id"], "version": config["version"], "kind": "ensemble",
+         "members": config["members"], "tta": config.get("tta", ["identity"]),
+         "shifts": bool(config.get("shifts", False)), "classes": first.classes,
+         "bands": first.bands, "band_names": first.raw.get("band_names"),
+         "dtype": first.raw.get("dtype", "uint8"), "gsd_m": first.gsd_m,
+         "tile_size": int(config.get("tile_size", first.tile_size)),
+         "overlap": int(config.get("overlap", first.overlap)),
+         "simplify_m": float(config.get("simplify_m", first.simplify_m)),
+         "threshold": 0.5, "min_area_m2": 1.0, "max_hole_m2": 0.5}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card_path = out_dir / "card.json"
+    card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
+    card = ModelCard.from_dict(d, out_dir)
+    engine = get_engine(card)
+    val = [t for t in pvdata.list_tiles("train") if t.name in val_names]
+    probs, masks = [], []
+    for t in val:
+        got = []
+        run_detect({"type": "detect", "model": card.id,
+                    "source": {"kind": "file", "path": str(t.image_path)}}, [],
+                   engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
+        probs.append(got[0])
+        masks.append(t.read()[1])
+    pp = choose_postprocess(np.stack(probs), np.stack(masks), card.gsd_m, len(card.classes))
+    print(f"val: {json.dumps(pp)}", flush=True)
+    d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
+              "max_hole_m2": pp["max_hole_m2"],
+              "training": {"val_tiles": len(val), "val_names": sorted(val_names),
+                           "config": config, "postprocess_chosen_on_val": pp["val"]}})
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
+    tmp.replace(card_path)
+    return ModelCard.from_dict(d, out_dir)
+
+
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config", type=Path)
@@ -270,6 +335,11 @@ def main(argv: List[str] = None) -> int:
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     out = args.out or (models_dir() / config["id"])
+    if config.get("kind") == "ensemble":
+        card = make_ensemble(config, out)
+        print(f"wrote {out}/card.json (threshold {card.threshold}, min area "
+              f"{card.min_area_m2} m2)")
+        return 0
     card = train(config, out, args.budget_s)
     print(f"wrote {out}/card.json and weights.safetensors "
           f"(threshold {card.threshold}, min area {card.min_area_m2} m2)")
