@@ -57,6 +57,7 @@ class Options:
         simplify_m: polygon simplification tolerance, metres.
         batch_size: tiles per model call.
         tile_size, overlap: tiling in pixels (None: the card's).
+        orthogonalize: replace near-rectangular polygons by rectangles.
     """
 
     threshold: float
@@ -66,6 +67,7 @@ class Options:
     batch_size: int = 4
     tile_size: Optional[int] = None
     overlap: Optional[int] = None
+    orthogonalize: bool = False
 
     @classmethod
     def from_request(cls, card: ModelCard, req: dict) -> "Options":
@@ -73,7 +75,9 @@ class Options:
                    min_area_m2=float(req.get("min_area_m2", card.min_area_m2)),
                    max_hole_m2=float(card.raw.get("max_hole_m2", 0.0)),
                    simplify_m=float(req.get("simplify_m", card.simplify_m)),
-                   batch_size=int(req.get("batch_size", 4)))
+                   batch_size=int(req.get("batch_size", 4)),
+                   orthogonalize=bool(req.get("orthogonalize",
+                                              card.raw.get("orthogonalize", False))))
 
 
 #: Words of the errors that device allocators raise (CUDA via PyTorch, ONNX Runtime).
@@ -256,7 +260,8 @@ def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid: Grid,
     cmap = clean_masks(cmap, k, int(round(opts.min_area_m2 / px_area)),
                        int(round(opts.max_hole_m2 / px_area)))
     dets = polygonize(cmap, class_probs, grid.transform, opts.simplify_m, opts.min_area_m2,
-                      member_probs=members, threshold=opts.threshold)
+                      member_probs=members, threshold=opts.threshold,
+                      ortho=opts.orthogonalize)
     return cmap, dets
 
 

@@ -101,7 +101,7 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                simplify_m: float, min_area_m2: float = 0.0,
                valid: Optional[np.ndarray] = None,
                member_probs: Optional[np.ndarray] = None,
-               threshold: float = 0.5,
+               threshold: float = 0.5, ortho: bool = False,
                pixel_offset: Optional[Sequence[int]] = None) -> List[Detection]:
     """Polygons of the 8-connected components of a cleaned class map.
 
@@ -117,6 +117,7 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         member_probs: optional float (M, classes, H, W), each ensemble member's
             probability of each foreground class, for ``agreement``.
         threshold: the probability a member's mean must reach to vote for an object.
+        ortho: replace near-rectangular polygons by rectangles (:func:`orthogonalize`).
         pixel_offset: ``(row, col)`` of ``cmap``'s first pixel in a larger grid whose
             transform is ``transform`` (a window of that grid, as the chunked batch
             path uses). Outlines are then traced in that grid's pixel coordinates
@@ -162,7 +163,10 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
             geoms.setdefault(int(val), []).append(g)
         for lid, parts in geoms.items():
             g = parts[0] if len(parts) == 1 else _union(parts)
-            if simplify_m > 0:
+            rect = orthogonalize(g) if ortho else g
+            if rect is not g:
+                g = rect  # a rectangle: nothing to simplify
+            elif simplify_m > 0:
                 g = g.simplify(simplify_m, preserve_topology=True)
             if not g.is_valid:
                 g = make_valid(g)
@@ -188,6 +192,29 @@ def _pixels_to_crs(geom, transform: Affine):
         return np.column_stack([t.c + t.a * x + t.b * y, t.f + t.d * x + t.e * y])
 
     return shapely.transform(geom, fn)
+
+
+def orthogonalize(geom, min_rectangularity: float = 0.85):
+    """Replace a near-rectangular polygon by its minimum rotated rectangle.
+
+    Panels and flat roofs are rectangles; pixel-traced outlines are staircases. A
+    polygon whose area fills at least ``min_rectangularity`` of its minimum-area
+    rotated rectangle (shapely ``minimum_rotated_rectangle``, rotating calipers) is
+    replaced by that rectangle; other shapes (L-shaped arrays, merged rows) are kept.
+
+    Args:
+        geom: shapely Polygon (CRS units).
+        min_rectangularity: area / rectangle area needed, 0..1.
+
+    Returns:
+        the rectangle or ``geom`` unchanged.
+    """
+    if geom.geom_type != "Polygon" or geom.is_empty:
+        return geom
+    rect = geom.minimum_rotated_rectangle
+    if rect.area > 0 and geom.area / rect.area >= min_rectangularity:
+        return rect
+    return geom
 
 
 def _union(parts: Sequence[object]):

@@ -192,6 +192,10 @@ def _bands(x: Any) -> Optional[str]:
     return None
 
 
+def _boolean(x: Any) -> Optional[str]:
+    return None if isinstance(x, bool) else "must be true or false"
+
+
 def _optional_string(x: Any) -> Optional[str]:
     return None if x is None else _string(20000)(x)
 
@@ -226,6 +230,9 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Tuple[bool, Callable[[Any], Optional[str]]]
         "simplify_m": (False, _num_range(0.0, 100.0)),
         "bands": (False, _bands),
         "batch_size": (False, _int_range(1, 256)),
+        # Replace near-rectangular polygons (panels, roofs) by their minimum rotated
+        # rectangle (default: the model card's ``orthogonalize``, else false).
+        "orthogonalize": (False, _boolean),
     },
 }
 

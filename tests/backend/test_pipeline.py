@@ -251,3 +251,21 @@ def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
     with pytest.raises(D.DetectError) as ei:
         D.run_detect(P.validate_request(req), [])
     assert ei.value.code == P.E_INVALID_INPUT and "cannot be loaded" in ei.value.message
+
+
+def test_orthogonalize_makes_panel_rows_rectangles():
+    """Panel rows on a real held-out tile come back as 4-corner rectangles that keep
+    the traced outline's area and position (IoU >= 0.85 with it)."""
+    path = HELDOUT / "PV01_325190_1204243.tif"
+    plain = detect(path)
+    ortho = detect(path, orthogonalize=True)
+    assert len(plain["features"]) == len(ortho["features"]) >= 3
+    rects = 0
+    for a, b in zip(plain["features"], ortho["features"]):
+        ga, gb = shapely.from_wkt(a["wkt"]), shapely.from_wkt(b["wkt"])
+        assert gb.is_valid
+        if len(gb.exterior.coords) == 5:
+            rects += 1
+            assert ga.intersection(gb).area / ga.union(gb).area >= 0.85
+            assert abs(b["area_m2"] - gb.area) < 0.01
+    assert rects >= 3
