@@ -10,7 +10,12 @@
     python3 build.py train CFG..  train member(s) from config files (models/configs/)
     python3 build.py eval         held-out accuracy of the shipped models (JSON + Markdown)
     python3 build.py screenshot   QGIS desktop under Xvfb with a detection, as a PNG
+    python3 build.py bench        model-only vs end-to-end throughput, screen-extent
+                                  latency through the client, peak RAM (out/bench.json)
     python3 build.py package      the installable plugin zip in out/ortholens.zip
+    python3 build.py load         load test of the daemon: 100 detections on small real
+                                  extents from 5 concurrent clients; prints requests,
+                                  clients, errors, p50/p99 latency; writes out/load.json
 
 Environments (both made from Debian's /usr/bin/python3, versions pinned):
   .venv/backend  the daemon and trainer: PyTorch, segmentation-models-pytorch, ONNX
@@ -190,6 +195,12 @@ def screenshot(args) -> int:
                env=base_env(), check=False)
 
 
+def bench(args) -> int:
+    setup()
+    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.bench"] + list(args),
+               env=base_env(), check=False)
+
+
 def package(args) -> int:
     OUT.mkdir(exist_ok=True)
     target = OUT / "ortholens.zip"
@@ -206,8 +217,15 @@ def package(args) -> int:
     return 0
 
 
+def load(args) -> int:
+    setup()
+    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.loadtest"] + list(args),
+               env=base_env(), check=False)
+
+
 TASKS = {"setup": lambda a: setup() or 0, "demo": demo, "test": test, "train": train,
-         "eval": evaluate, "screenshot": screenshot, "package": package}
+         "bench": bench,
+         "eval": evaluate, "screenshot": screenshot, "package": package, "load": load}
 
 
 def main(argv) -> int:
