@@ -262,3 +262,42 @@ def test_no_unsafe_deserialisation_in_the_code():
     found = [hit for p in files
              for hit in unsafe_calls(p.read_text("utf-8"), str(p.relative_to(REPO)))]
     assert not found, "unsafe deserialisation:\n" + "\n".join(found)
+
+
+def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_path,
+                                                                        get_free_port):
+    """``python -m backend --host 0.0.0.0``: without a token it refuses to start (exit
+    2, a message naming the fix); with one, requests without it are ``forbidden`` and
+    rasters outside ``ORTHOLENS_ROOTS`` cannot be read."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from plugin.client import DaemonError, OrtholensClient, start_daemon
+
+    env = {k: v for k, v in os.environ.items() if k != "ORTHOLENS_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "backend", "--host", "0.0.0.0", "--port", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    assert ("ortholens daemon: binding '0.0.0.0' (not loopback) requires a token "
+            "(--token or ORTHOLENS_TOKEN)") in r.stderr
+
+    port = get_free_port()
+    proc = start_daemon(sys.executable, port, str(REPO), host="0.0.0.0", token="s3cret",
+                        env={"ORTHOLENS_ROOTS": str(tmp_path)}, wait_s=60,
+                        log_path=str(tmp_path / "d.log"))
+    try:
+        endpoint = f"tcp://127.0.0.1:{port}"
+        with OrtholensClient(endpoint, timeout_s=10) as anon:
+            with pytest.raises(DaemonError) as ei:
+                anon.ping()
+            assert ei.value.code == P.E_FORBIDDEN and "token" in ei.value.message
+        with OrtholensClient(endpoint, token="s3cret", timeout_s=10) as c:
+            assert c.ping()["type"] == "pong"
+            with pytest.raises(DaemonError) as ei:
+                c.detect({"kind": "file", "path": str(TILE)}, MODEL)
+            assert ei.value.code == P.E_FORBIDDEN and "ORTHOLENS_ROOTS" in ei.value.message
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
