@@ -167,10 +167,7 @@ class OrtholensDock(QDockWidget):
             self.threshold_spin.setValue(float(card["threshold"]))
         if isinstance(card.get("min_area_m2"), (int, float)):
             self.min_area_spin.setValue(float(card["min_area_m2"]))
-        gsd = card.get("gsd_m")
-        self.model_info.setText(f"{card.get('architecture', '')} {card.get('encoder', '')}, "
-                                f"trained at {gsd:g} m/pixel" if isinstance(gsd, (int, float))
-                                else "")
+        self.model_info.setText(describe_card(card))
 
     def options(self) -> Dict[str, Any]:
         """Detect options from the widgets: ``threshold`` (0..1], ``min_area_m2`` (m²).
@@ -205,3 +202,23 @@ class OrtholensDock(QDockWidget):
 
     def message(self) -> str:
         return self.message_label.text()
+
+
+def describe_card(card: Dict[str, Any]) -> str:
+    """One line about a model card for the dock: architecture or ensemble make-up, GSD.
+
+    Args:
+        card: a card as the daemon's ``models`` reply gives it.
+    """
+    gsd = card.get("gsd_m")
+    at = f", {gsd:g} m/pixel" if isinstance(gsd, (int, float)) else ""
+    if card.get("kind") == "ensemble":
+        members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
+        extras = []
+        if len(card.get("tta") or []) > 1:
+            extras.append(f"{len(card['tta'])} test-time augmentations")
+        if card.get("shifts"):
+            extras.append("shifted tilings")
+        more = f"; {', '.join(extras)}" if extras else ""
+        return f"Ensemble of {members}{more}{at}"
+    return f"{card.get('architecture', '')} {card.get('encoder', '')}{at}".strip()

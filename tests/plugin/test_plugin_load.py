@@ -94,3 +94,14 @@ def test_dock_models_fill_defaults(qgis_iface):
     finally:
         dock.deleteLater()
         _flush_deletes()
+
+
+def test_model_selector_describes_members_and_ensembles():
+    from plugin.dock import describe_card
+    single = {"id": "pv-unet-r18", "architecture": "Unet", "encoder": "resnet18", "gsd_m": 0.1}
+    ens = {"id": "pv-ensemble", "kind": "ensemble", "gsd_m": 0.1, "shifts": True,
+           "tta": ["identity", "hflip", "vflip", "rot90"],
+           "members": [{"id": "pv-unet-r18"}, {"id": "pv-fpn-r18"}]}
+    assert describe_card(single) == "Unet resnet18, 0.1 m/pixel"
+    assert describe_card(ens) == ("Ensemble of pv-unet-r18, pv-fpn-r18; 4 test-time "
+                                  "augmentations, shifted tilings, 0.1 m/pixel")
