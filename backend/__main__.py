@@ -2,7 +2,8 @@
 
 Options: ``--host H`` (default 127.0.0.1), ``--port P`` (default 5591), ``--token T``
 (default: env ``ORTHOLENS_TOKEN``; required when H is not loopback), ``--workers N``,
-``--max-queue N``, ``--log-level LEVEL``.
+``--max-queue N``, ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
+``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon).
 
 Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
 tcp://H:P``, and nothing else; logs go to stderr. SIGINT / SIGTERM stop it gracefully.
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1)")
     ap.add_argument("--max-queue", type=int, default=256,
                     help="most jobs waiting before requests get 'busy' (default 256)")
+    ap.add_argument("--jobs-dir", default=None,
+                    help="folder of the batch job store (default: env ORTHOLENS_JOBS_DIR, "
+                         "else ~/.local/share/ortholens/jobs)")
+    ap.add_argument("--resume-jobs", action="store_true",
+                    help="resume the batch jobs a killed daemon left unfinished")
     ap.add_argument("--log-level", default="INFO",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return ap
@@ -55,7 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return fail(f"--port {args.port} is not a TCP port")
     try:
         server = Server(args.host, args.port, token=args.token, workers=args.workers,
-                        max_queue=args.max_queue)
+                        max_queue=args.max_queue, jobs_dir=args.jobs_dir,
+                        resume_jobs=args.resume_jobs)
     except ValueError as exc:
         return fail(str(exc))
     try:

@@ -211,6 +211,10 @@ class Server:
         history_s: how long finished jobs stay visible to ``status``, seconds.
         progress_interval_s: least time between two ``progress`` events of one job.
         stop_timeout_s: on stop, how long to wait for running jobs to end.
+        jobs_dir: folder of the batch job store (``batch`` / ``jobs`` / ``resume``
+            requests, see ``backend/batch_service.py``); default ``ORTHOLENS_JOBS_DIR``
+            or the user's data folder.
+        resume_jobs: at start, resume the batch jobs a killed daemon left running.
 
     Raises:
         ValueError: a non-loopback ``host`` without ``token``; ``workers`` or
@@ -223,7 +227,8 @@ class Server:
                  restrict_paths: Optional[bool] = None, detect_fn: Optional[DetectFn] = None,
                  max_queue_bytes: int = 2 << 30,
                  device: Optional[str] = None, history_s: float = 3600.0,
-                 progress_interval_s: float = 0.1, stop_timeout_s: float = 5.0):
+                 progress_interval_s: float = 0.1, stop_timeout_s: float = 5.0,
+                 jobs_dir: Optional[str] = None, resume_jobs: bool = False):
         loopback = is_loopback(host)
         if not loopback and not token:
             raise ValueError(f"binding {host!r} (not loopback) requires a token "
@@ -257,6 +262,8 @@ class Server:
         self._workers: List[threading.Thread] = []
         self._thread: Optional[threading.Thread] = None
         self._served = False
+        from .batch_service import BatchService  # batch jobs: own queue, thread, store
+        self.batch = BatchService(self, jobs_dir, resume_jobs)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -319,6 +326,7 @@ class Server:
                                  daemon=True)
             t.start()
             self._workers.append(t)
+        self.batch.start()
         router, pull = self._router, self._pull
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
@@ -570,6 +578,8 @@ class Server:
         return [(identity, P.reply("status", header["id"], jobs=jobs))]
 
     def _on_cancel(self, identity, header, arrays):
+        if header["job_id"] not in self._jobs and self.batch.has(header["job_id"]):
+            return self.batch.cancel(identity, header)
         out = []
         with self._lock:
             job = self._jobs.get(header["job_id"])
@@ -586,6 +596,15 @@ class Server:
         # reply first, then the job's terminal event (to the submitter)
         return [(identity, P.reply("cancelled", header["id"], job_id=job.job_id,
                                    state=state))] + out
+
+    def _on_batch(self, identity, header, arrays):
+        return self.batch.on_batch(identity, header)
+
+    def _on_jobs(self, identity, header, arrays):
+        return self.batch.on_jobs(identity, header)
+
+    def _on_resume(self, identity, header, arrays):
+        return self.batch.on_resume(identity, header)
 
     def _prune_locked(self) -> None:
         cutoff = time.time() - self.history_s
@@ -655,7 +674,8 @@ class Server:
         try:
             if cancelled():  # cancelled between leaving the queue and starting
                 raise _Failure(P.E_BUSY, "cancelled before it started")
-            out = self._detect_fn(job.request, job.arrays, progress, cancelled)
+            fn = self.batch.run if job.request.get("type") == "batch" else self._detect_fn
+            out = fn(job.request, job.arrays, progress, cancelled)
             frames = self._result_frames(job, out)
             state, message = DONE, ""
         except Exception as exc:

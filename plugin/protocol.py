@@ -26,6 +26,18 @@ Requests (client -> daemon) and the replies they get:
                  message} or ``cancelled`` {job_id}
 ``status``    -> ``status`` {jobs: [{job_id, state, fraction, message}]}
 ``cancel``    -> ``cancelled`` {job_id} (the job stops at its next batch boundary)
+``batch``     -> ``accepted`` {job_id}, then ``progress`` events and one ``result``
+                 {job_id, crs, features: [], stats: {out_path, layer, count, ...}} /
+                 ``error`` / ``cancelled``: a streaming, resumable job over a raster
+                 file of any size that writes its polygons to ``out_path`` (GeoPackage)
+                 chunk by chunk (see ``backend/batch.py``); ``cancel`` stops it, and it
+                 stays resumable
+``jobs``      -> ``jobs`` {jobs: [{job_id, state, running, resumable, chunks_done,
+                 chunks_total, fraction, polygons, out_path, layer, model, source,
+                 executor, created, updated, message}]}: batch jobs of the job store,
+                 running and resumable ones included (state ``interrupted``: the
+                 daemon stopped while it ran)
+``resume``    -> like ``batch``: continues a stored batch job where it stopped
 
 A ``result`` feature is ``{"wkt": str, "class": str, "class_id": int, "score": float,
 "agreement": float, "area_m2": float, "model": str, "model_version": str}`` (``score``:
@@ -236,6 +248,57 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Tuple[bool, Callable[[Any], Optional[str]]]
     },
 }
 
+
+# ----------------------------------------------------------------------------- batch jobs
+
+def _check_file_source(x: Any) -> Optional[str]:
+    err = _check_source(x)
+    if err:
+        return err
+    if x.get("kind") != "file":
+        return ("must be of kind 'file': a batch job reads the raster again when it "
+                "resumes")
+    return None
+
+
+def _gpkg_path(x: Any) -> Optional[str]:
+    if (not isinstance(x, str) or not x or len(x) > 4096 or "\x00" in x
+            or not x.lower().endswith(".gpkg")):
+        return "must be the path of a .gpkg file (at most 4096 characters)"
+    return None
+
+
+def _layer_name(x: Any) -> Optional[str]:
+    if (not isinstance(x, str) or not 1 <= len(x) <= 63
+            or not all(c.isascii() and (c.isalnum() or c in "_-") for c in x)):
+        return "must be 1-63 characters of A-Z, a-z, 0-9, '_' or '-'"
+    return None
+
+
+def _bool(x: Any) -> Optional[str]:
+    return None if isinstance(x, bool) else "must be true or false"
+
+
+def _one_of(*values: str) -> Callable[[Any], Optional[str]]:
+    def check(x: Any) -> Optional[str]:
+        return None if x in values else f"must be one of {list(values)}"
+    return check
+
+
+REQUEST_SCHEMAS["batch"] = dict(REQUEST_SCHEMAS["detect"])
+REQUEST_SCHEMAS["batch"].update({
+    "source": (True, _check_file_source),
+    "out_path": (True, _gpkg_path),        # the GeoPackage the job writes
+    "layer": (False, _layer_name),         # its table (default "detections")
+    "overwrite": (False, _bool),           # replace an existing out_path
+    "chunk_px": (False, _int_range(32, 16384)),   # chunk side, model-GSD pixels
+    "halo_px": (False, _int_range(0, 8192)),      # first halo around a chunk
+    "executor": (False, _one_of("local", "ray")),  # ray: backend/distributed.py
+})
+REQUEST_SCHEMAS["jobs"] = {"job_id": (False, _string(64))}
+REQUEST_SCHEMAS["resume"] = {"job_id": (True, _string(64))}
+REQUEST_TYPES = REQUEST_TYPES + ("batch", "jobs", "resume")
+REPLY_TYPES = REPLY_TYPES + ("jobs",)
 
 def validate_request(header: Any) -> Dict[str, Any]:
     """Check a decoded request header and return it unchanged.
