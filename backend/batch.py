@@ -81,6 +81,7 @@ from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card
 from .tiling import batches, positions, ramp
 
 log = logging.getLogger("ortholens.batch")
+logging.getLogger("pyogrio._io").setLevel(logging.WARNING)  # "Created N records" per chunk
 
 Progress = Callable[[float, str], None]
 
