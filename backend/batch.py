@@ -691,9 +691,11 @@ class GpkgWriter:
                 "detected_at": [self.detected_at] * len(feats),
                 "chunk": [chunk] * len(feats)}
         data = [np.array(cols[name], dtype=dt) for name, dt in FIELDS]
+        # GeoPackage 1.2: read without warnings by older GDALs (QGIS 3.22 has GDAL 3.6)
         write(self.path, np.array(geoms, dtype=object), data, [n for n, _ in FIELDS],
               layer=self.layer, driver="GPKG", geometry_type="MultiPolygon",
-              crs=self.crs_wkt, append=append)
+              crs=self.crs_wkt, append=append,
+              dataset_options=None if append else {"VERSION": "1.2"})
 
     def chunk_counts(self) -> Dict[int, int]:
         """``{chunk: rows}`` present in the layer."""

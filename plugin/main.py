@@ -51,10 +51,21 @@ class OrtholensPlugin:
         self.status_task: Optional[DaemonStatusTask] = None
         #: the daemon process this plugin started (stopped again on unload), or None.
         self.daemon_process = None
+        #: the Ortholens Processing provider while registered (``initProcessing``).
+        self.provider = None
 
     # lifecycle -----------------------------------------------------------------
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS API
+        """Register the Ortholens Processing provider (``ortholens:*`` algorithms); QGIS
+        calls this for ``qgis_process`` too, where there is no GUI."""
+        if self.provider is None:
+            from .processing import OrtholensProvider
+            self.provider = OrtholensProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
     def initGui(self) -> None:  # noqa: N802 - QGIS API
         """Create the action, toolbar, menu entry and dock; ask the daemon's status."""
+        self.initProcessing()
         main = self.iface.mainWindow()
         self.action = QAction(QIcon(resource_path("icon.svg")), "Detect in extent", main)
         self.action.setObjectName(ACTION_NAME)
@@ -77,6 +88,9 @@ class OrtholensPlugin:
 
     def unload(self) -> None:
         """Remove every GUI element and cancel a running detection."""
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
         if self.task is not None:
             self.task.on_done = None
             self.task.cancel()

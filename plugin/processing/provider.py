@@ -1,0 +1,57 @@
+"""``OrtholensProvider``: the algorithms of the Ortholens Processing provider."""
+
+from __future__ import annotations
+
+from typing import Callable, List
+
+from qgis.PyQt.QtGui import QIcon
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingProvider
+
+from ..settings import resource_path
+
+#: Factories (no-argument callables returning a new ``QgsProcessingAlgorithm``) added by
+#: :func:`register_algorithm`, loaded after the built-in algorithms.
+_EXTRA: List[Callable[[], QgsProcessingAlgorithm]] = []
+
+
+def register_algorithm(factory: Callable[[], QgsProcessingAlgorithm]) -> None:
+    """Add an algorithm to every provider loaded from now on (and refresh the loaded
+    ones with ``provider.refreshAlgorithms()``)."""
+    if factory not in _EXTRA:
+        _EXTRA.append(factory)
+
+
+def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
+    from .chips_alg import ExportChipsAlgorithm
+    from .detect_alg import DetectObjectsAlgorithm
+    from .evaluate_alg import EvaluateAlgorithm
+    from .jobs_alg import BatchJobsAlgorithm
+    algs: List[QgsProcessingAlgorithm] = [DetectObjectsAlgorithm(), EvaluateAlgorithm(),
+                                          ExportChipsAlgorithm(), BatchJobsAlgorithm()]
+    try:  # issue #4: "Retrain from corrected features" plugs in here
+        from .retrain import RetrainAlgorithm  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        algs.append(RetrainAlgorithm())
+    return algs
+
+
+class OrtholensProvider(QgsProcessingProvider):
+    """Processing provider ``ortholens``."""
+
+    def id(self) -> str:  # noqa: A003 - QGIS API
+        return "ortholens"
+
+    def name(self) -> str:
+        return "Ortholens"
+
+    def longName(self) -> str:  # noqa: N802
+        return "Ortholens: object detection in orthophotos"
+
+    def icon(self) -> QIcon:
+        return QIcon(resource_path("icon.svg"))
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        for alg in builtin_algorithms() + [f() for f in _EXTRA]:
+            self.addAlgorithm(alg)
