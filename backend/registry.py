@@ -156,6 +156,10 @@ def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
             plain folder name, so ``../x`` cannot escape the model folder).
         ModelCorrupt: the card is not valid JSON or misses fields.
     """
+    if root is None and isinstance(model_id, str) and "@" in model_id:
+        # a user version "<base>@<n>" (backend.versions): never under models/
+        from .versions import load_version_card
+        return load_version_card(model_id)
     root = Path(root) if root else models_dir()
     if not model_id or "/" in model_id or "\\" in model_id or model_id.startswith("."):
         raise ModelNotFound(f"invalid model id {model_id!r}")
@@ -171,7 +175,13 @@ def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
 
 
 def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
-    """All readable model cards under ``root``, sorted by id; broken ones are skipped."""
+    """All readable model cards under ``root``, sorted by id; broken ones are skipped.
+
+    With the default ``root``, the user versions of ``backend.versions`` follow
+    (``<base>@<n>``, each with ``raw["lineage"]``), and a shipped card whose lineage has
+    user versions gets ``raw["lineage"] = {"number": 0, "active": bool}``.
+    """
+    default = root is None
     root = Path(root) if root else models_dir()
     cards = []
     for p in sorted(root.glob("*/card.json")):
@@ -179,7 +189,24 @@ def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
             cards.append(ModelCard.from_dict(json.loads(p.read_text("utf-8")), p.parent))
         except (OSError, ValueError, ModelCorrupt):
             continue
+    if default:
+        cards += _user_versions(cards)
     return cards
+
+
+def _user_versions(shipped: List[ModelCard]) -> List[ModelCard]:
+    """User version cards, and lineage flags on the shipped cards they derive from."""
+    try:
+        from .versions import active_id, list_version_cards
+        extra = list_version_cards()
+        bases = {str(c.raw.get("base_model")) for c in extra}
+        for c in shipped:
+            if c.id in bases:
+                c.raw["lineage"] = {"base": c.id, "number": 0, "parent": None,
+                                    "active": active_id(c.id) == c.id}
+        return extra
+    except Exception:  # an unreadable user folder must not hide the shipped models
+        return []
 
 
 def build_torch_model(card: ModelCard):

@@ -38,6 +38,18 @@ Requests (client -> daemon) and the replies they get:
                  running and resumable ones included (state ``interrupted``: the
                  daemon stopped while it ran)
 ``resume``    -> like ``batch``: continues a stored batch job where it stopped
+``retrain``   -> ``accepted`` {job_id}, ``progress`` events, then ``result`` {job_id,
+                 crs: "", features: [], stats, retrain: {accepted, reason, model,
+                 parent, active, before, after, corrections, train, rule, ...}} /
+                 ``error`` / ``cancelled``: fine-tunes ``model`` on the user's corrected
+                 polygons (``features`` + ``crs``, like a result) inside the
+                 ``reviewed`` areas, within ``budget_s``; a better model becomes a new
+                 version ``<model>@<n>`` (see ``backend/retrain.py``)
+``versions``  -> ``versions`` {model, active, versions: [{id, number, version, parent,
+                 created, active, corrections, metrics, decision}]}
+``activate``  -> ``versions`` (as above) after making ``model`` (an id of a version)
+                 the active version of its lineage
+``rollback``  -> ``versions`` after making the active version's parent active
 
 A ``result`` feature is ``{"wkt": str, "class": str, "class_id": int, "score": float,
 "agreement": float, "area_m2": float, "model": str, "model_version": str}`` (``score``:
@@ -299,6 +311,87 @@ REQUEST_SCHEMAS["jobs"] = {"job_id": (False, _string(64))}
 REQUEST_SCHEMAS["resume"] = {"job_id": (True, _string(64))}
 REQUEST_TYPES = REQUEST_TYPES + ("batch", "jobs", "resume")
 REPLY_TYPES = REPLY_TYPES + ("jobs",)
+
+#: Most corrected features and reviewed areas one ``retrain`` request may carry.
+MAX_RETRAIN_FEATURES = 100_000
+MAX_REVIEWED_AREAS = 1024
+
+
+def _check_features(x: Any) -> Optional[str]:
+    """``[{"wkt": str, "class": str, "class_id": int?, "area": int?}, ...]``."""
+    if not isinstance(x, list) or len(x) > MAX_RETRAIN_FEATURES:
+        return f"must be a list of at most {MAX_RETRAIN_FEATURES} features"
+    for i, f in enumerate(x):
+        if not isinstance(f, dict) or not isinstance(f.get("wkt"), str) or not f["wkt"]:
+            return f"[{i}] needs a non-empty 'wkt' string"
+        if "class" in f and f["class"] is not None and not isinstance(f["class"], str):
+            return f"[{i}] 'class' must be a string"
+        for k in ("class_id", "area"):
+            if k in f and f[k] is not None and (not isinstance(f[k], int)
+                                                 or isinstance(f[k], bool) or f[k] < 0):
+                return f"[{i}] '{k}' must be a non-negative integer"
+        if f.get("class") is None and f.get("class_id") is None:
+            return f"[{i}] needs a 'class' (or 'class_id')"
+    return None
+
+
+def _check_reviewed(x: Any) -> Optional[str]:
+    """``[{"extent": [4] | null, "extent_crs": str?, "source": {...}?, "holdout": bool?,
+    "array": int?}, ...]``."""
+    if not isinstance(x, list) or not 1 <= len(x) <= MAX_REVIEWED_AREAS:
+        return f"must be a list of 1 to {MAX_REVIEWED_AREAS} reviewed areas"
+    allowed = {"extent", "extent_crs", "source", "holdout", "array"}
+    for i, a in enumerate(x):
+        if not isinstance(a, dict):
+            return f"[{i}] must be an object"
+        extra = set(a) - allowed
+        if extra:
+            return f"[{i}] has unknown field(s) {sorted(extra)}"
+        if a.get("extent") is not None:
+            err = _check_extent(a["extent"])
+            if err:
+                return f"[{i}] extent {err}"
+        if a.get("extent_crs") is not None and _optional_string(a["extent_crs"]):
+            return f"[{i}] extent_crs must be a string"
+        if a.get("source") is not None:
+            err = _check_source(a["source"])
+            if err:
+                return f"[{i}] source {err}"
+        if a.get("holdout") is not None and not isinstance(a["holdout"], bool):
+            return f"[{i}] holdout must be true, false or null"
+        if "array" in a and _int_range(0, MAX_FRAMES - 1)(a["array"]):
+            return f"[{i}] array must be a frame index in [0, {MAX_FRAMES - 1}]"
+    return None
+
+
+REQUEST_SCHEMAS["retrain"] = {
+    "model": (True, _string(128)),          # the model (or version) to fine-tune
+    "source": (True, _check_source),        # the raster (reviewed areas may override)
+    "crs": (False, _optional_string),       # CRS of the features (WKT / "EPSG:n")
+    "features": (True, _check_features),    # the corrected layer, every polygon in it
+    # Areas the user reviewed (default: one, ``extent`` over ``source``); inside them
+    # whatever no feature covers is background. Features with ``area`` belong to that
+    # area only (tiles that overlap).
+    "reviewed": (False, _check_reviewed),
+    "extent": (False, lambda x: None if x is None else _check_extent(x)),
+    "extent_crs": (False, _optional_string),
+    "budget_s": (False, _num_range(1.0, 86400.0)),     # fine-tuning time, seconds
+    "steps": (False, _int_range(1, 1_000_000)),        # at most this many steps
+    "seed": (False, _int_range(0, 2 ** 31 - 1)),
+    "activate": (False, _boolean),          # make an accepted version active (default)
+    "guard": (False, _boolean),             # check the pv01 held-out split (default)
+    "holdout_fraction": (False, _num_range(0.05, 0.5)),
+    "max_iou_drop": (False, _num_range(0.0, 1.0)),
+    "replay_fraction": (False, _num_range(0.0, 0.95)),
+    "mistake_weight": (False, _num_range(1.0, 100.0)),
+    "invalid_geometry": (False, _one_of("repair", "refuse")),
+    "bands": (False, _bands),
+}
+REQUEST_SCHEMAS["versions"] = {"model": (True, _string(128))}
+REQUEST_SCHEMAS["activate"] = {"model": (True, _string(128))}
+REQUEST_SCHEMAS["rollback"] = {"model": (True, _string(128))}
+REQUEST_TYPES = REQUEST_TYPES + ("retrain", "versions", "activate", "rollback")
+REPLY_TYPES = REPLY_TYPES + ("versions",)
 
 def validate_request(header: Any) -> Dict[str, Any]:
     """Check a decoded request header and return it unchanged.
