@@ -4,7 +4,10 @@ Threads:
 
 * the **main loop** (:meth:`Server.serve_forever`) owns the ROUTER socket and an inproc
   PULL socket; it decodes and validates every request, answers ``ping``, ``models``,
-  ``status`` and ``cancel`` itself, and queues ``detect`` jobs;
+  ``status`` and ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` of
+  the user model versions, ``backend.versions``), and queues ``detect`` and
+  ``retrain`` jobs (``backend.retrain``: same events, one queue, so a detection waits
+  while a retrain job runs on a single worker);
 * ``workers`` **worker threads** take jobs from a queue that is served round-robin
   across clients (FIFO within one client, see :class:`FairQueue`), run the detect function
   and push the job's events (``progress`` and one terminal ``result`` / ``error`` /
@@ -83,6 +86,11 @@ def _clip(text: Any, limit: int = _MAX_MESSAGE) -> str:
 def _default_detect_fn(request, arrays, progress, cancelled):
     from .detect import run_detect  # lazy: imports torch / onnxruntime
     return run_detect(request, arrays, progress, cancelled)
+
+
+def _default_retrain_fn(request, arrays, progress, cancelled):
+    from .retrain import run_retrain  # lazy: imports torch
+    return run_retrain(request, arrays, progress, cancelled)
 
 
 def _probe_device() -> str:
@@ -228,7 +236,8 @@ class Server:
                  max_queue_bytes: int = 2 << 30,
                  device: Optional[str] = None, history_s: float = 3600.0,
                  progress_interval_s: float = 0.1, stop_timeout_s: float = 5.0,
-                 jobs_dir: Optional[str] = None, resume_jobs: bool = False):
+                 jobs_dir: Optional[str] = None, resume_jobs: bool = False,
+                 retrain_fn: Optional[DetectFn] = None):
         loopback = is_loopback(host)
         if not loopback and not token:
             raise ValueError(f"binding {host!r} (not loopback) requires a token "
@@ -250,6 +259,8 @@ class Server:
         self.stop_timeout_s = float(stop_timeout_s)
         self.endpoint: Optional[str] = None
         self._detect_fn = detect_fn or _default_detect_fn
+        #: the ``retrain`` job function (``backend.retrain.run_retrain``), same signature
+        self._retrain_fn = retrain_fn or _default_retrain_fn
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue = FairQueue()
@@ -597,6 +608,43 @@ class Server:
         return [(identity, P.reply("cancelled", header["id"], job_id=job.job_id,
                                    state=state))] + out
 
+    def _on_retrain(self, identity, header, arrays):
+        """Queue a ``retrain`` job (``backend.retrain``) like a detection."""
+        reviewed = header.get("reviewed") or []
+        checked = [dict(a, source=self._check_path(a["source"])) if a.get("source") else a
+                   for a in reviewed]
+        if reviewed:
+            header = dict(header, reviewed=checked)
+        return self._on_detect(identity, header, arrays)
+
+    def _versions_reply(self, header, fn):
+        from . import versions as V
+        from .registry import ModelNotFound
+        try:
+            d = fn(header["model"])
+        except V.VersionError as exc:
+            code = P.E_INVALID_INPUT if "roll back" in str(exc) else P.E_NOT_FOUND
+            raise P.ProtocolError(code, str(exc)) from None
+        except ModelNotFound as exc:
+            raise P.ProtocolError(P.E_NOT_FOUND, str(exc)) from None
+        return P.reply("versions", header["id"], **d)
+
+    def _on_versions(self, identity, header, arrays):
+        from .versions import describe
+        return [(identity, self._versions_reply(header, describe))]
+
+    def _on_activate(self, identity, header, arrays):
+        from .versions import activate
+        reply = self._versions_reply(header, activate)
+        log.info("active version of %s: %s", reply["model"], reply["active"])
+        return [(identity, reply)]
+
+    def _on_rollback(self, identity, header, arrays):
+        from .versions import rollback
+        reply = self._versions_reply(header, rollback)
+        log.info("rolled back %s to %s", reply["model"], reply["active"])
+        return [(identity, reply)]
+
     def _on_batch(self, identity, header, arrays):
         return self.batch.on_batch(identity, header)
 
@@ -675,6 +723,8 @@ class Server:
             if cancelled():  # cancelled between leaving the queue and starting
                 raise _Failure(P.E_BUSY, "cancelled before it started")
             fn = self.batch.run if job.request.get("type") == "batch" else self._detect_fn
+            if job.request.get("type") == "retrain":
+                fn = self._retrain_fn
             out = fn(job.request, job.arrays, progress, cancelled)
             frames = self._result_frames(job, out)
             state, message = DONE, ""
@@ -700,6 +750,8 @@ class Server:
                             "'stats': dict}")
         header = P.reply("result", job.request_id, job_id=job.job_id, crs=out["crs"],
                          features=out["features"], stats=out.get("stats", {}))
+        if isinstance(out.get("retrain"), dict):  # a retrain job's report
+            header["retrain"] = out["retrain"]
         try:
             return P.encode(header, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
         except P.ProtocolError:
