@@ -285,6 +285,72 @@ class OrtholensClient:
         header = P.request("detect", source=source, model=model,
                            extent=None if extent is None else [float(v) for v in extent],
                            extent_crs=extent_crs, token=self.token, **options)
+        return self._job(header, arrays, on_progress, is_cancelled, job_timeout_s,
+                         liveness_s)
+
+    def retrain(self, source: Dict[str, Any], model: str, features: Sequence[Dict[str, Any]],
+                crs: Optional[str] = None,
+                reviewed: Optional[Sequence[Dict[str, Any]]] = None,
+                budget_s: float = 120.0, pixels: Any = None,
+                on_progress: Optional[Callable[[float, str], None]] = None,
+                is_cancelled: Optional[Callable[[], bool]] = None,
+                job_timeout_s: float = 600.0, liveness_s: float = 2.0,
+                **options: Any) -> Dict[str, Any]:
+        """Fine-tune ``model`` on the user's corrections and wait for the outcome.
+
+        Args:
+            source: the raster, as for :meth:`detect`.
+            model: the model (or version ``<id>@<n>``) to fine-tune.
+            features: the corrected layer: ``[{"wkt", "class", "area"?}]`` in ``crs``.
+            crs: CRS of the features (WKT or ``EPSG:n``).
+            reviewed: the reviewed areas ``[{"extent", "extent_crs"?, "source"?,
+                "holdout"?}]`` (see ``protocol``).
+            budget_s: fine-tuning time, seconds.
+            pixels: for a ``pixels`` source, its array.
+            on_progress, is_cancelled, job_timeout_s, liveness_s: as :meth:`detect`.
+            **options: other ``retrain`` fields (``activate``, ``holdout_fraction``,
+                ``invalid_geometry``, ``steps``, ``seed``...).
+
+        Returns:
+            The ``result`` header; ``result["retrain"]`` is the report (``accepted``,
+            ``reason``, ``model``, ``active``, ``before``, ``after``, ...).
+
+        Raises:
+            As :meth:`detect`.
+        """
+        arrays = []
+        if pixels is not None:
+            import numpy as np
+            arrays = [np.ascontiguousarray(pixels)]
+        header = P.request("retrain", source=source, model=model, features=list(features),
+                           crs=crs, reviewed=None if reviewed is None else list(reviewed),
+                           budget_s=float(budget_s), token=self.token, **options)
+        return self._job(header, arrays, on_progress, is_cancelled, job_timeout_s,
+                         liveness_s)
+
+    def versions(self, model: str) -> Dict[str, Any]:
+        """``{model, active, versions: [...]}`` of ``model``'s lineage."""
+        return self._call("versions", model=model)
+
+    def activate(self, model: str) -> Dict[str, Any]:
+        """Make ``model`` (``<id>`` or ``<id>@<n>``) the active version; returns
+        :meth:`versions`."""
+        return self._call("activate", model=model)
+
+    def rollback(self, model: str) -> Dict[str, Any]:
+        """Make the parent of the active version of ``model``'s lineage active; returns
+        :meth:`versions`.
+
+        Raises:
+            DaemonError: ``invalid_input`` when the shipped model is already active.
+        """
+        return self._call("rollback", model=model)
+
+    def _job(self, header: Dict[str, Any], arrays: Sequence[Any],
+             on_progress: Optional[Callable[[float, str], None]],
+             is_cancelled: Optional[Callable[[], bool]], job_timeout_s: float,
+             liveness_s: float) -> Dict[str, Any]:
+        """Send a job request and follow it to its end (see :meth:`detect`)."""
         rid = header["id"]
         self._send(header, arrays)
         first = self._receive(rid, self.timeout_s)
@@ -295,7 +361,7 @@ class OrtholensClient:
         _raise_if_error(first)
         if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
             raise DaemonError(P.E_INTERNAL, f"unexpected reply {first.get('type')!r} "
-                                            f"to detect")
+                                            f"to {header['type']}")
         job_id = first["job_id"]
         finished = False
         probe_id: Optional[str] = None  # id of the status check awaiting an answer
