@@ -185,7 +185,10 @@ def predict_grid(reader: WindowReader, grid: Grid, engine: Engine, batch_size: i
     if max(grid.height, grid.width) <= tile:
         overlap = 0
     offsets = tile_grid(grid.height, grid.width, tile, overlap)
-    if card.shifts:
+    if card.shifts and max(grid.height, grid.width) > tile:
+        # A second tiling offset by half a tile puts its tile borders on the first
+        # one's tile centres. On a grid that fits in one tile there are no borders to
+        # hide, and the shifted tiles would be half reflection padding: skip it.
         offsets += shifted_tile_grid(grid.height, grid.width, tile, overlap, tile // 2)
     stitch = Stitcher(engine.channels, grid.height, grid.width, tile, overlap)
     valid = np.zeros((grid.height, grid.width), bool)

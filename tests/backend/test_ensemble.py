@@ -104,3 +104,21 @@ def test_ensemble_card_validation():
         ens_card(members=[])
     with pytest.raises(ModelCorrupt):
         ens_card(tta=["identity", "mirror"])
+
+
+def test_shifted_tiling_only_where_a_grid_has_tile_borders():
+    """A grid inside one tile runs once; a larger one gets the half-tile shifted tiling."""
+    card = ens_card(shifts=True)
+    base = load_card(MODEL)
+    eng = EnsembleEngine(card, [(PixelEngine(base), 1.0)])
+    with rasterio.open(VIENNA) as ds:
+        small = plan_grid(ds, [-1700, 338500, -1680, 338520], None, card.gsd_m, 3)
+        r = WindowReader(ds, small)
+        _, _, n_small = D.predict_grid(r, small, eng, 4, tile_size=256, overlap=64)
+        r.close()
+        big = plan_grid(ds, [-1700, 338500, -1660, 338540], None, card.gsd_m, 3)
+        r = WindowReader(ds, big)
+        _, _, n_big = D.predict_grid(r, big, eng, 4, tile_size=256, overlap=64)
+        r.close()
+    assert n_small == 1
+    assert n_big == len(D.tile_grid(400, 400, 256, 64)) + len(D.tile_grid(528, 528, 256, 64))
