@@ -10,6 +10,8 @@
     python3 build.py train CFG..  train member(s) from config files (models/configs/)
     python3 build.py eval         held-out accuracy of the shipped models (JSON + Markdown)
     python3 build.py screenshot   QGIS desktop under Xvfb with a detection, as a PNG
+    python3 build.py peakram      daemon peak RAM of a batch job: small extent vs 100x
+                                  larger (bounded by the chunk size; out/peakram.json)
     python3 build.py bench        model-only vs end-to-end throughput, screen-extent
                                   latency through the client, peak RAM (out/bench.json)
     python3 build.py package      the installable plugin zip in out/ortholens.zip
@@ -201,6 +203,12 @@ def bench(args) -> int:
                env=base_env(), check=False)
 
 
+def peakram(args) -> int:
+    setup()
+    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.peakram"] + list(args),
+               env=base_env(), check=False)
+
+
 def package(args) -> int:
     OUT.mkdir(exist_ok=True)
     target = OUT / "ortholens.zip"
@@ -224,7 +232,7 @@ def load(args) -> int:
 
 
 TASKS = {"setup": lambda a: setup() or 0, "demo": demo, "test": test, "train": train,
-         "bench": bench,
+         "bench": bench, "peakram": peakram,
          "eval": evaluate, "screenshot": screenshot, "package": package, "load": load}
 
 

@@ -112,7 +112,9 @@ class BatchConfig:
         chunk_px: chunk side, pixels at the model GSD (``ORTHOLENS_CHUNK_PX``).
         halo_px: halo around a chunk; None: twice the card's tile overlap.
         max_halo_px: the halo is doubled up to this for objects larger than it.
-        tile_cache_mb: LRU cache of tile probabilities (``ORTHOLENS_TILE_CACHE_MB``).
+        tile_cache_mb: most MB of the LRU cache of tile probabilities
+            (``ORTHOLENS_TILE_CACHE_MB``); the cache never holds more than the tiles of
+            two windows (what consecutive chunks share), so small chunks use less.
         gdal_cache_mb: GDAL block cache while the job reads (``ORTHOLENS_GDAL_CACHE_MB``).
     """
 
@@ -412,7 +414,13 @@ class ChunkWorker:
         self.chunks = ChunkGrid(self.grid.height, self.grid.width, int(plan["chunk_px"]))
         self.tiling = Tiling.for_grid(self.grid.height, self.grid.width, self.card,
                                       self.opts.tile_size, self.opts.overlap)
-        self.cache = TileCache(plan.get("tile_cache_mb", DEFAULT_TILE_CACHE_MB))
+        t = self.tiling
+        win = int(plan["chunk_px"]) + 2 * int(plan["halo_px"]) + t.tile
+        per_axis = min(max(len(t.rows), len(t.cols)), win // max(1, t.tile - t.overlap) + 2)
+        tile_mb = (self.engine.channels * 4 + 1) * t.tile * t.tile / float(1 << 20)
+        two_windows_mb = 2 * per_axis * per_axis * tile_mb * (2 if self.card.shifts else 1)
+        self.cache = TileCache(min(float(plan.get("tile_cache_mb", DEFAULT_TILE_CACHE_MB)),
+                                   two_windows_mb))
         self.warnings: List[str] = []
         self._stack = contextlib.ExitStack()
         try:
