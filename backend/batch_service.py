@@ -106,9 +106,9 @@ class BatchService:
         import uuid
         job_id = uuid.uuid4().hex
         self.store.create(job_id, request)
-        self._enqueue(identity, header["id"], job_id)
         log.info("batch job %s queued: %s -> %s", job_id, request["source"]["path"],
                  request["out_path"])
+        self._enqueue(identity, header["id"], job_id)
         return [(identity, P.reply("accepted", header["id"], job_id=job_id))]
 
     def on_resume(self, identity: bytes, header: Dict[str, Any]):

@@ -25,8 +25,8 @@ PV01 = DATA / "pv01" / "heldout"
 PV01_BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
               "PV01_325192_1204249"]
 MODEL = "pv-unet-r18"
-#: 150 m x 150 m of Vienna = 1500 x 1500 px at the model's 0.1 m (16 tiles).
-VIENNA_EXTENT = [-1650.0, 338450.0, -1500.0, 338600.0]
+#: 120 m x 120 m of Vienna = 1200 x 1200 px at the model's 0.1 m (9 tiles).
+VIENNA_EXTENT = [-1620.0, 338480.0, -1500.0, 338600.0]
 
 needs_model = pytest.mark.skipif(not (REPO / "models" / MODEL / "card.json").is_file(),
                                  reason="no shipped model card")
@@ -143,7 +143,7 @@ def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tm
     jobs_dir, out = tmp_path / "jobs", tmp_path / "vienna.gpkg"
     log = tmp_path / "daemon.log"
     source = {"kind": "file", "path": str(VIENNA)}
-    opts = dict(threshold=0.3, chunk_px=192, halo_px=64)
+    opts = dict(threshold=0.3, chunk_px=160, halo_px=64)  # 8 x 8 chunks
     port = free_port()
     proc, client = _start_daemon(port, jobs_dir, log)
     try:
@@ -197,3 +197,55 @@ def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tm
     assert len(ref["features"]) > 0
     assert got == polygon_set(ref["features"])  # none lost, none twice, all identical
     assert stats["count"] == len(got) == len(chunks)
+
+
+# ------------------------------------------------------------------ requests
+
+def test_batch_requests_are_checked_before_a_job_exists(tmp_path):
+    """Validation and refusals of batch / jobs / resume, answered at once (no model)."""
+    from backend.server import Server
+    from plugin import protocol as P
+    from plugin.batch_client import list_jobs, resume_batch_request, submit_batch
+    from plugin.client import DaemonError, OrtholensClient
+
+    with pytest.raises(P.ProtocolError):  # pixels cannot be re-read on resume
+        P.request("batch", source={"kind": "pixels", "crs": "EPSG:32651",
+                                   "transform": [0.1, 0, 0, 0, -0.1, 0]},
+                  model=MODEL, out_path=str(tmp_path / "o.gpkg"))
+    with pytest.raises(P.ProtocolError):
+        P.request("batch", source={"kind": "file", "path": "/x.tif"}, model=MODEL,
+                  out_path=str(tmp_path / "o.shp"))
+    with pytest.raises(P.ProtocolError):
+        P.request("batch", source={"kind": "file", "path": "/x.tif"}, model=MODEL,
+                  out_path=str(tmp_path / "o.gpkg"), chunk_px=8)
+    server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), detect_fn=lambda *a: {})
+    server.start_in_thread()
+    try:
+        with OrtholensClient(server.endpoint, timeout_s=10) as c:
+            assert list_jobs(c) == []
+            raster = tmp_path / "r.tif"
+            raster.write_bytes(b"")
+            cases = [
+                (dict(source={"kind": "file", "path": str(tmp_path / "missing.tif")},
+                      model=MODEL, out_path=str(tmp_path / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model=MODEL,
+                      out_path=str(tmp_path / "nodir" / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model="no-such-model",
+                      out_path=str(tmp_path / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model=MODEL,
+                      out_path=str(raster.with_suffix(".gpkg"))), "invalid_input"),
+            ]
+            raster.with_suffix(".gpkg").write_bytes(b"")  # exists, no overwrite
+            for kwargs, code in cases:
+                with pytest.raises(DaemonError) as err:
+                    submit_batch(c, **kwargs)
+                assert err.value.code == code, kwargs
+            with pytest.raises(DaemonError) as err:
+                resume_batch_request(c, "0" * 32)
+            assert err.value.code == "not_found"
+            with pytest.raises(DaemonError) as err:
+                list_jobs(c, "0" * 32)
+            assert err.value.code == "not_found"
+            assert list_jobs(c) == []  # nothing was recorded
+    finally:
+        server.stop()
