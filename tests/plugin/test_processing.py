@@ -286,6 +286,21 @@ def test_batch_over_rasters_evaluate_and_chips(daemon, tmp_path, provider):
         assert res["PIXEL_IOU"] == 1.0 and res["OBJECT_F1"] == 1.0
     assert len(reports) == 2
 
+    # coverage polygons: only detections meeting them are kept
+    name = BLOCK[0]
+    det_all = features_of(tmp_path / f"{name}_det.gpkg")
+    res, ok, ctx = run_alg("ortholens:detect", {
+        "INPUT": str(PV01 / f"{name}.tif"), "MODEL": MODEL,
+        "COVERAGE": str(tmp_path / f"{name}_ref.gpkg"), "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert ok
+    from qgis.core import QgsProcessingUtils
+    covered = QgsProcessingUtils.mapLayerFromString(res["OUTPUT"], ctx)
+    ref_layer = QgsVectorLayer(str(tmp_path / f"{name}_ref.gpkg"), "ref", "ogr")
+    refs = [f.geometry() for f in ref_layer.getFeatures()]
+    kept = list(covered.getFeatures())
+    assert 0 < len(kept) <= len(det_all) and res["COUNT"] == len(kept)
+    assert all(any(f.geometry().intersects(r) for r in refs) for f in kept)
+
     # training chips: 256 px tile, 128 px chips -> 4 chips + 4 masks + manifest
     chips = tmp_path / "chips"
     name = BLOCK[0]
