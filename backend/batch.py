@@ -630,7 +630,7 @@ class ChunkWorker:
                                  f"largest halo ({max_halo} px) were cut at its edge")
         dets = polygonize(owned, class_probs, g.transform, opts.simplify_m, opts.min_area_m2,
                           member_probs=members, threshold=opts.threshold,
-                          pixel_offset=(win.r0, win.c0))
+                          ortho=opts.orthogonalize, pixel_offset=(win.r0, win.c0))
         feats = features(dets, card)
         return ChunkResult(idx, feats, run, cached, halo, touching,
                            round(time.perf_counter() - t0, 3), self.warnings[first_note:])
