@@ -298,3 +298,30 @@ def test_tiling_is_the_one_predict_grid_uses(monkeypatch, height, width, shifts)
     meet = [(r, c) for r, c in added[1:] if r < win.r1 and r + t.tile > win.r0
             and c < win.c1 and c + t.tile > win.c0]
     assert t.intersecting(win) == meet
+
+
+def test_resume_jobs_at_start_picks_up_interrupted_jobs(tmp_path):
+    """``--resume-jobs``: a job a killed daemon left 'running' is queued at start-up."""
+    from backend.jobstore import JobStore
+    from backend.server import Server
+
+    store = JobStore(tmp_path / "jobs")
+    req = {"source": {"kind": "file", "path": str(tmp_path / "gone.tif")}, "model": MODEL,
+           "out_path": str(tmp_path / "o.gpkg")}
+    store.create("interrupted1", req)
+    store.set_state("interrupted1", "running", "killed")
+    store.create("finished1", req)
+    store.set_state("finished1", "done", "3 polygons")
+    server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), resume_jobs=True,
+                    detect_fn=lambda *a: {})
+    server.start_in_thread()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get("interrupted1")["state"] in ("running", "queued"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    job = store.get("interrupted1")
+    assert job["state"] == "error" and "not found" in job["message"]  # it ran again
+    assert store.get("finished1")["state"] == "done"
