@@ -9,6 +9,8 @@
     python3 build.py test         setup + the whole test suite (backend and plugin)
     python3 build.py train CFG..  train member(s) from config files (models/configs/)
     python3 build.py eval         held-out accuracy of the shipped models (JSON + Markdown)
+    python3 build.py retrain-eval the retrain loop on real data without a person: before /
+                                  after numbers (pv01 clusters A -> B, Vienna, rollback)
     python3 build.py screenshot   QGIS desktop under Xvfb with a detection, as a PNG
     python3 build.py peakram      daemon peak RAM of a batch job: small extent vs 100x
                                   larger (bounded by the chunk size; out/peakram.json)
@@ -185,6 +187,12 @@ def train(args) -> int:
     return rc
 
 
+def retrain_eval(args) -> int:
+    setup()
+    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.retrain_eval"] + list(args),
+               env=base_env(), check=False)
+
+
 def evaluate(args) -> int:
     setup()
     return run([VENV_BACKEND / "bin" / "python", "-m", "backend.evaluate"] + list(args),
@@ -233,7 +241,8 @@ def load(args) -> int:
 
 TASKS = {"setup": lambda a: setup() or 0, "demo": demo, "test": test, "train": train,
          "bench": bench, "peakram": peakram,
-         "eval": evaluate, "screenshot": screenshot, "package": package, "load": load}
+         "eval": evaluate, "screenshot": screenshot, "package": package, "load": load,
+         "retrain-eval": retrain_eval}
 
 
 def main(argv) -> int:

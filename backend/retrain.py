@@ -52,13 +52,15 @@ Progress = Callable[[float, str], None]
 
 #: The acceptance rule, stated in every retrained card (``acceptance_rule``).
 ACCEPTANCE_RULE = (
-    "A retrained candidate becomes a new version only if, on the held-out part of the "
-    "user's corrections (reviewed areas never trained on), (1) the object errors (false "
-    "+ missed objects; objects = 8-connected components >= 20 px matched at IoU 0.5) "
-    "decrease, or stay equal while the wrongly classified pixels decrease, and (2) "
-    "object F1 there does not decrease (when defined); and (3) pixel IoU on the pv01 "
-    "held-out split (tiles among the corrected rasters left out) drops by at most "
-    "{max_iou_drop:g}.")
+    "A retrained candidate becomes a new version only if it does not regress and has "
+    "learned from the corrections. Objects are 8-connected components of >= 20 px "
+    "matched at IoU 0.5; object errors = false + missed objects. (1) On the held-out "
+    "part of the user's corrections (reviewed areas never trained on): object errors do "
+    "not increase, object F1 does not decrease and pixel IoU drops by at most "
+    "{max_iou_drop:g} (each when defined); (2) on the pv01 held-out split (tiles among "
+    "the corrected rasters left out): pixel IoU drops by at most {max_iou_drop:g}; "
+    "(3) object errors decrease on the held-out corrections or, when they stay equal "
+    "there, on the corrected areas it was trained on.")
 
 
 @dataclass
@@ -70,7 +72,7 @@ class RetrainConfig:
     seed: int = 0
     batch_size: int = 8
     chip: int = 192
-    lr: float = 5e-4
+    lr: float = 2e-4
     weight_decay: float = 1e-4
     replay_fraction: float = 0.5
     mistake_weight: float = 5.0
@@ -226,28 +228,46 @@ def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Any],
 
 def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
            ) -> Tuple[bool, str]:
-    """Apply :data:`ACCEPTANCE_RULE`; returns ``(accepted, reason)``."""
+    """Apply :data:`ACCEPTANCE_RULE`; returns ``(accepted, reason)``.
+
+    ``before`` / ``after`` hold ``user_holdout`` (required), ``heldout`` (the pv01
+    guard, optional) and ``user_train`` (the trained-on corrected areas, optional: only
+    consulted when the held-out corrections show no change in object errors).
+    """
+    def drop(b, a, key):
+        if b is None or a is None or b.get(key) is None or a.get(key) is None:
+            return None
+        return b[key] - a[key]
+
     ub, ua = before["user_holdout"], after["user_holdout"]
     eb, ea = ub["object_errors"], ua["object_errors"]
     reasons = []
-    if ea < eb:
-        better = f"object errors on the held-out corrections {eb} -> {ea}"
-    elif ea == eb and ua["wrong_px"] < ub["wrong_px"]:
-        better = (f"object errors on the held-out corrections unchanged ({ea}), wrong "
-                  f"pixels {ub['wrong_px']} -> {ua['wrong_px']}")
-    else:
-        better = None
-        reasons.append(f"no improvement on the held-out corrections (object errors {eb} "
-                       f"-> {ea}, wrong pixels {ub['wrong_px']} -> {ua['wrong_px']})")
+    if ea > eb:
+        reasons.append(f"more object errors on the held-out corrections ({eb} -> {ea})")
     fb, fa = ub.get("object_f1"), ua.get("object_f1")
     if fb is not None and fa is not None and fa < fb - 1e-9:
         reasons.append(f"object F1 on the held-out corrections fell {fb:.3f} -> {fa:.3f}")
+    d = drop(ub, ua, "pixel_iou")
+    if d is not None and d > max_iou_drop + 1e-9:
+        reasons.append(f"pixel IoU on the held-out corrections fell {ub['pixel_iou']:.3f} "
+                       f"-> {ua['pixel_iou']:.3f} (more than {max_iou_drop:g})")
     hb, ha = before.get("heldout"), after.get("heldout")
-    if hb and ha and hb.get("pixel_iou") is not None and ha.get("pixel_iou") is not None:
-        drop = hb["pixel_iou"] - ha["pixel_iou"]
-        if drop > max_iou_drop + 1e-9:
-            reasons.append(f"pixel IoU on the pv01 held-out split fell {hb['pixel_iou']:.3f}"
-                           f" -> {ha['pixel_iou']:.3f} (more than {max_iou_drop:g})")
+    d = drop(hb, ha, "pixel_iou")
+    if d is not None and d > max_iou_drop + 1e-9:
+        reasons.append(f"pixel IoU on the pv01 held-out split fell {hb['pixel_iou']:.3f} "
+                       f"-> {ha['pixel_iou']:.3f} (more than {max_iou_drop:g})")
+    tb, ta = before.get("user_train"), after.get("user_train")
+    better = None
+    if ea < eb:
+        better = f"object errors on the held-out corrections {eb} -> {ea}"
+    elif ea == eb and tb and ta and ta["object_errors"] < tb["object_errors"]:
+        better = (f"object errors on the held-out corrections unchanged ({ea}), on the "
+                  f"corrected areas trained on {tb['object_errors']} -> "
+                  f"{ta['object_errors']}")
+    else:
+        seen = (f", on the corrected areas trained on {tb['object_errors']} -> "
+                f"{ta['object_errors']}" if tb and ta else "")
+        reasons.append(f"no fewer object errors (held-out corrections {eb} -> {ea}{seen})")
     if reasons:
         return False, "; ".join(reasons)
     guard = (f"; pv01 held-out pixel IoU {hb['pixel_iou']:.3f} -> {ha['pixel_iou']:.3f}"
@@ -461,6 +481,9 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
 
 # ----------------------------------------------------------------------------- the job
 
+_GUARD_CACHE: Dict[Tuple, Dict[str, Any]] = {}
+
+
 def _sources(request: Dict[str, Any]) -> List[str]:
     srcs = [request.get("source") or {}] + [it.get("source") or {}
                                             for it in request.get("reviewed") or []]
@@ -582,8 +605,21 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
                                 f"check was skipped")
             if tiles:
                 progress(0.9, f"evaluating on {len(tiles)} pv01 held-out tiles")
-                before["heldout"] = eval_tiles(engine, card, tiles, cancelled)
+                key = (card.id, card.version, str(card.weights_path),
+                       card.weights_path.stat().st_mtime, tuple(str(t.image_path) for t in tiles))
+                if key not in _GUARD_CACHE:  # the current model's numbers do not change
+                    _GUARD_CACHE[key] = eval_tiles(engine, card, tiles, cancelled)
+                before["heldout"] = dict(_GUARD_CACHE[key])
                 after["heldout"] = eval_tiles(cand, card, tiles, cancelled)
+        ub, ua = before["user_holdout"], after["user_holdout"]
+        if (ua["object_errors"] == ub["object_errors"] and corr.train
+                and not (cancelled and cancelled())):
+            # (3) of the rule: did it learn the corrections it was trained on?
+            progress(0.95, "evaluating on the corrected areas")
+            before["user_train"] = eval_areas(corr.train, card, [a.pred for a in corr.train])
+            after["user_train"] = eval_areas(corr.train, card,
+                                             [predict_area(cand, a, card, cancelled)
+                                              for a in corr.train])
         accepted, reason = decide(before, after, cfg.max_iou_drop)
         for tag, m in (("before", before), ("after", after)):
             for part, s in m.items():

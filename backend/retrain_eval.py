@@ -1,0 +1,425 @@
+"""Measure the retrain loop on real data, without a person: ``python3 build.py retrain-eval``.
+
+Usage::
+
+    python -m backend.retrain_eval [--budget-s 60] [--vienna-budget-s 60] [--no-control]
+                                   [--out out/retrain-eval] [--user-models DIR]
+
+Three experiments, run in a fresh user model folder (a temporary one by default;
+shipped models are never touched):
+
+1. **pv01, corrections on one set of sites, measured on others.** The held-out tiles
+   form spatial clusters (``backend.data.clusters``). Detections are made on the tiles
+   of clusters A (the user's area); a simulated user corrects them from the reference
+   masks: deletes every detection that touches no reference panel, replaces one that
+   overlaps a panel but with IoU < 0.5 by the panel's outline, keeps the others, and
+   draws every panel no kept detection touches. The retrain job then runs (it keeps
+   one A cluster apart to check itself) and detection is repeated on clusters B, which
+   neither the corrections nor training ever saw: object F1 / pixel IoU on B before and
+   after. A *control* fine-tune with the same budget but without corrections (replay
+   of the pv01 train split only) separates what the corrections add from what more
+   training adds.
+2. **Vienna, a persistent false-positive pattern.** The scene has no panels: the user
+   deletes every detection in its west half and retrains (from the version active
+   after 1.); false polygons per km² on the east half (never reviewed) before / after.
+3. **Rollback.** Rolling back the version of 2. makes the version of 1. active again and
+   detection on B gives exactly the features it gave before 2. (compared field by
+   field); rolling back again restores the shipped model's features.
+
+Prints a summary and writes ``<out>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import data as pvdata
+from .config import REPO, data_dir
+
+MODEL = "pv-unet-r18"
+#: Clusters of held-out tiles (first tile name of each, see backend.data.clusters):
+#: A = the user's corrections, B = where the effect is measured.
+CLUSTERS_A = ("PV01_325190_1204243", "PV01_325237_1203816")
+CLUSTERS_B = ("PV01_325228_1203843", "PV01_325173_1203750")
+VIENNA_TRAIN = [-1750.0, 338300.0, -1500.0, 338800.0]   # west half (EPSG:31256)
+VIENNA_UNSEEN = [-1500.0, 338300.0, -1250.0, 338800.0]  # east half
+
+
+def vienna_path() -> Path:
+    return data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
+
+
+def cluster_split(a_names: Sequence[str] = CLUSTERS_A, b_names: Sequence[str] = CLUSTERS_B):
+    """``(A tiles, B tiles)``: the held-out clusters holding the named tiles."""
+    groups = pvdata.clusters(pvdata.list_tiles("heldout"))
+
+    def pick(names):
+        out = []
+        for g in groups:
+            if any(t.name in names for t in g):
+                out += sorted(g, key=lambda t: t.name)
+        return out
+    a, b = pick(a_names), pick(b_names)
+    assert not {t.name for t in a} & {t.name for t in b}, "A and B must be disjoint"
+    return a, b
+
+
+def detect(model_id: str, path: str, extent=None, engine=None) -> Dict[str, Any]:
+    """A ``detect`` job as the daemon runs it (``engine``: an in-memory candidate)."""
+    from .detect import run_detect
+    req = {"type": "detect", "model": model_id, "source": {"kind": "file", "path": str(path)}}
+    if extent is not None:
+        req["extent"] = list(extent)
+    return run_detect(req, [], engine=engine)
+
+
+def reference_polygons(tile) -> List[Any]:
+    """Shapely polygons of the reference panels (8-connected components >= 20 px)."""
+    import rasterio
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    from .metrics import components
+    with rasterio.open(tile.mask_path) as src:
+        mask = src.read(1) > 0
+        transform = src.transform
+    lab, n = components(mask, 20)
+    polys = []
+    for j in range(1, n + 1):
+        m = (lab == j).astype(np.uint8)
+        parts = [shape(g) for g, v in shapes(m, mask=m > 0, transform=transform,
+                                             connectivity=8)]
+        polys.append(unary_union(parts))
+    return polys
+
+
+def simulate_user(detections: List[Dict[str, Any]], reference: List[Any], area: int,
+                  cls: str = "photovoltaic") -> Dict[str, Any]:
+    """Correct detections from the reference like a user would.
+
+    Returns ``{"features": [...], "deleted", "reshaped", "added", "kept"}``: a detection
+    touching no panel is deleted; one touching a panel with IoU < 0.5 is replaced by
+    the panels it touches; IoU >= 0.5 is kept unchanged; panels no kept or reshaped
+    detection touches are drawn.
+    """
+    import shapely
+    feats, covered = [], set()
+    deleted = reshaped = kept = 0
+    for f in detections:
+        g = shapely.from_wkt(f["wkt"])
+        hits = [j for j, r in enumerate(reference) if g.intersects(r)
+                and g.intersection(r).area > 0]
+        if not hits:
+            deleted += 1
+            continue
+        best = max(g.intersection(reference[j]).area / g.union(reference[j]).area
+                   for j in hits)
+        if best >= 0.5:
+            feats.append({"wkt": f["wkt"], "class": cls, "area": area})
+            kept += 1
+        else:
+            for j in hits:
+                if j not in covered:
+                    feats.append({"wkt": reference[j].wkt, "class": cls, "area": area})
+            reshaped += 1
+        covered.update(hits)
+    added = 0
+    for j, r in enumerate(reference):
+        if j not in covered:
+            feats.append({"wkt": r.wkt, "class": cls, "area": area})
+            added += 1
+    return {"features": feats, "deleted": deleted, "reshaped": reshaped, "added": added,
+            "kept": kept}
+
+
+def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
+    """Object/pixel metrics of ``detect`` (polygons rasterized back, as
+    ``backend.evaluate``) over tiles, plus the raw feature lists."""
+    import rasterio
+
+    from .evaluate import rasterize_features
+    from .metrics import Counts, compare
+    tot = Counts()
+    feats = {}
+    for t in tiles:
+        res = detect(model_id, t.image_path, engine=engine)
+        feats[t.name] = res["features"]
+        with rasterio.open(t.mask_path) as src:
+            ref = src.read(1) > 0
+            pred = rasterize_features(res["features"], ref.shape, src.transform) > 0
+        tot.add(compare(pred, ref))
+    s = tot.summary()
+    keys = ("object_f1", "object_precision", "object_recall", "pixel_iou", "objects_true",
+            "objects_pred", "false_objects", "missed_objects")
+    return {"metrics": {k: (round(s[k], 4) if isinstance(s[k], float) else s[k])
+                        for k in keys}, "features": feats}
+
+
+def _strip(features: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List[Dict[str, Any]]]:
+    return {k: [dict(f) for f in v] for k, v in features.items()}
+
+
+def pv01_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
+    """Experiment 1 (see the module docstring); the user folder must be set already."""
+    from . import versions as V
+    from .retrain import run_retrain
+    a_tiles, b_tiles = cluster_split()
+    active0 = V.active_id(MODEL)
+    progress(f"[1] detect on cluster A ({len(a_tiles)} tiles) with {active0}")
+    features, reviewed = [], []
+    counts = {"deleted": 0, "reshaped": 0, "added": 0, "kept": 0}
+    crs = None
+    for i, t in enumerate(a_tiles):
+        res = detect(active0, t.image_path)
+        crs = res["crs"]
+        sim = simulate_user(res["features"], reference_polygons(t), i)
+        features += sim["features"]
+        for k in counts:
+            counts[k] += sim[k]
+        import rasterio
+        with rasterio.open(t.image_path) as src:
+            b = src.bounds
+        reviewed.append({"extent": [b.left, b.bottom, b.right, b.top],
+                         "source": {"kind": "file", "path": str(t.image_path)}})
+    progress(f"[1] simulated user: {counts}; detect on cluster B ({len(b_tiles)} tiles)")
+    before_b = score_tiles(active0, b_tiles)
+    req = {"type": "retrain", "model": active0, "source": reviewed[0]["source"],
+           "crs": crs, "features": features, "reviewed": reviewed, "budget_s": budget_s}
+    progress(f"[1] retrain {active0} for {budget_s:g} s")
+    t0 = time.monotonic()
+    keep: Dict[str, Any] = {}
+    out = run_retrain(req, [], lambda f, m: None, keep=keep)
+    rep = out["retrain"]
+    secs = time.monotonic() - t0
+    active1 = V.active_id(MODEL)
+    progress(f"[1] {'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
+             f" ({rep['reason']}); detect on cluster B with {active1}")
+    after_b = score_tiles(active1, b_tiles)
+    extra = {}
+    if not rep["accepted"] and keep.get("engine") is not None:
+        progress("[1] the rejected candidate on cluster B (for the record; not registered)")
+        extra["b_rejected_candidate"] = score_tiles(active0, b_tiles,
+                                                    engine=keep["engine"])["metrics"]
+    return {**extra, "tiles_a": [t.name for t in a_tiles], "tiles_b": [t.name for t in b_tiles],
+            "user_edits": counts, "features": len(features), "budget_s": budget_s,
+            "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "model_before": active0, "model_after": active1,
+            "b_before": before_b["metrics"], "b_after": after_b["metrics"],
+            "_features_b": {"before": before_b["features"], "after": after_b["features"]}}
+
+
+def control_experiment(budget_s: float, model_id: str, progress=print) -> Dict[str, Any]:
+    """Fine-tune ``model_id`` on the replay data only (no corrections), same budget;
+    B metrics of the candidate (in memory, not registered)."""
+    from .registry import load_card
+    from .retrain import ModuleEngine, RetrainConfig, finetune
+    _, b_tiles = cluster_split()
+    card = load_card(model_id)
+    cfg = RetrainConfig(budget_s=budget_s, replay_fraction=1.0)
+    progress(f"[1c] control: replay-only fine-tune of {model_id} for {budget_s:g} s")
+    model, info = finetune(card, [], cfg)
+    s = score_tiles(model_id, b_tiles, engine=ModuleEngine(card, model))
+    return {"steps": info["steps"], "seconds": info["seconds"], "b_after": s["metrics"],
+            "note": "same pipeline as detect, candidate in memory, not registered"}
+
+
+def vienna_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
+    """Experiment 2 (see the module docstring)."""
+    from . import versions as V
+    from .retrain import run_retrain
+    path = str(vienna_path())
+    active0 = V.active_id(MODEL)
+    progress(f"[2] detect on the Vienna west half with {active0}")
+    west = detect(active0, path, VIENNA_TRAIN)
+    progress(f"[2] the user deletes all {len(west['features'])} detections there; "
+             f"detect on the east half")
+    east0 = detect(active0, path, VIENNA_UNSEEN)
+    req = {"type": "retrain", "model": active0, "source": {"kind": "file", "path": path},
+           "crs": west["crs"], "features": [], "reviewed": [{"extent": VIENNA_TRAIN}],
+           "budget_s": budget_s}
+    progress(f"[2] retrain {active0} for {budget_s:g} s")
+    t0 = time.monotonic()
+    out = run_retrain(req, [], lambda f, m: None)
+    rep = out["retrain"]
+    secs = time.monotonic() - t0
+    active1 = V.active_id(MODEL)
+    progress(f"[2] {'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
+             f" ({rep['reason']}); detect on the east half with {active1}")
+    east1 = detect(active1, path, VIENNA_UNSEEN)
+    km2 = east0["stats"]["area_km2"]
+    return {"deleted_in_west": len(west["features"]), "budget_s": budget_s,
+            "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "model_before": active0, "model_after": active1, "east_km2": km2,
+            "east_false_polygons_before": len(east0["features"]),
+            "east_false_polygons_after": len(east1["features"]),
+            "east_fp_per_km2_before": round(len(east0["features"]) / km2, 1),
+            "east_fp_per_km2_after": round(len(east1["features"]) / km2, 1),
+            "east_fp_m2_before": round(sum(f["area_m2"] for f in east0["features"]), 1),
+            "east_fp_m2_after": round(sum(f["area_m2"] for f in east1["features"]), 1)}
+
+
+def rollback_experiment(pv: Dict[str, Any], progress=print) -> Dict[str, Any]:
+    """Experiment 3: rollback restores earlier outputs exactly (on cluster B)."""
+    from . import versions as V
+    _, b_tiles = cluster_split()
+    recorded = {pv["model_before"]: pv["_features_b"]["before"],
+                pv["model_after"]: pv["_features_b"]["after"]}
+    steps = []
+    while V.active_id(MODEL) != MODEL:
+        cur = V.active_id(MODEL)
+        d = V.rollback(MODEL)
+        got = score_tiles(d["active"], b_tiles)["features"]
+        step = {"from": cur, "to": d["active"], "features": sum(len(v) for v in got.values())}
+        if d["active"] in recorded:
+            step["identical_features"] = got == recorded[d["active"]]
+        steps.append(step)
+        progress(f"[3] rollback {cur} -> {d['active']}: features on B identical to its "
+                 f"earlier output: {step.get('identical_features', 'not recorded')}")
+    return {"steps": steps}
+
+
+def _brief(rep: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("accepted", "reason", "model", "parent", "active", "rule", "warnings")
+    out = {k: rep.get(k) for k in keys}
+    out["train"] = {k: rep["train"].get(k) for k in ("steps", "seconds", "device",
+                                                      "train_encoder", "replay_tiles")}
+    out["before"], out["after"] = rep["before"], rep["after"]
+    out["corrections"] = rep["corrections"]
+    return out
+
+
+def run(budget_s: float = 60.0, vienna_budget_s: Optional[float] = None,
+        control: bool = True, user_models: Optional[Path] = None,
+        progress=print) -> Dict[str, Any]:
+    """Run experiments 1-3 (and the control) in ``user_models`` (default: a fresh
+    temporary folder); returns the measurements."""
+    prev = os.environ.get("ORTHOLENS_USER_MODELS")
+    tmp = None
+    if user_models is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ortholens-retrain-eval-")
+        user_models = Path(tmp.name)
+    os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
+    try:
+        import torch
+        t0 = time.monotonic()
+        res: Dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu",
+                               "threads": int(os.environ.get("ORTHOLENS_THREADS",
+                                                             os.cpu_count() or 1))}
+        res["pv01"] = pv01_experiment(budget_s, progress)
+        if control:
+            res["pv01_control"] = control_experiment(budget_s, res["pv01"]["model_before"],
+                                                     progress)
+        res["vienna"] = vienna_experiment(vienna_budget_s or budget_s, progress)
+        res["rollback"] = rollback_experiment(res["pv01"], progress)
+        res["seconds"] = round(time.monotonic() - t0, 1)
+        return res
+    finally:
+        if prev is None:
+            os.environ.pop("ORTHOLENS_USER_MODELS", None)
+        else:
+            os.environ["ORTHOLENS_USER_MODELS"] = prev
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _f(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report(res: Dict[str, Any]) -> str:
+    """The printed summary."""
+    pv, vi = res["pv01"], res["vienna"]
+    lines = [f"Retrain evaluation on {res['device']} ({res['threads']} threads), "
+             f"{res.get('seconds', '?')} s in all", ""]
+    r = pv["retrain"]
+    lines += [
+        f"(1) pv01: corrections on clusters A ({len(pv['tiles_a'])} tiles), measured on "
+        f"clusters B ({len(pv['tiles_b'])} tiles: {', '.join(pv['tiles_b'])})",
+        f"    simulated user: {pv['user_edits']['deleted']} deleted, "
+        f"{pv['user_edits']['reshaped']} reshaped, {pv['user_edits']['added']} added, "
+        f"{pv['user_edits']['kept']} kept ({pv['features']} features)",
+        f"    retrain {pv['model_before']}: budget {pv['budget_s']:g} s, "
+        f"{r['train']['steps']} steps in {r['train']['seconds']} s (job {pv['job_seconds']} s)"
+        f" -> {'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: "
+        f"{r['reason']}",
+        f"    user's held-out corrections: object F1 "
+        f"{_f(r['before']['user_holdout']['object_f1'])} -> "
+        f"{_f(r['after']['user_holdout']['object_f1'])}, object errors "
+        f"{r['before']['user_holdout']['object_errors']} -> "
+        f"{r['after']['user_holdout']['object_errors']}",
+    ]
+    if "heldout" in r["before"]:
+        lines.append(f"    guard, pv01 held-out minus A ({r['before']['heldout']['tiles']} tiles):"
+                     f" pixel IoU {_f(r['before']['heldout']['pixel_iou'])} -> "
+                     f"{_f(r['after']['heldout']['pixel_iou'])}")
+    lines.append("    | cluster B | object F1 | precision | recall | pixel IoU | true | "
+                 "pred | false | missed |")
+    lines.append("    |---|---|---|---|---|---|---|---|---|")
+    rows = [(f"before ({pv['model_before']})", pv["b_before"]),
+            (f"after ({pv['model_after']})", pv["b_after"])]
+    if "b_rejected_candidate" in pv:
+        rows.append(("rejected candidate (not registered)", pv["b_rejected_candidate"]))
+    if "pv01_control" in res:
+        rows.append(("control: replay only", res["pv01_control"]["b_after"]))
+    for name, m in rows:
+        lines.append(f"    | {name} | {_f(m['object_f1'])} | {_f(m['object_precision'])} | "
+                     f"{_f(m['object_recall'])} | {_f(m['pixel_iou'])} | {m['objects_true']} | "
+                     f"{m['objects_pred']} | {m['false_objects']} | {m['missed_objects']} |")
+    r = vi["retrain"]
+    lines += [
+        "",
+        f"(2) Vienna (no panels): the user deleted all {vi['deleted_in_west']} detections "
+        f"in the west half; retrain {vi['model_before']}: budget {vi['budget_s']:g} s, "
+        f"{r['train']['steps']} steps (job {vi['job_seconds']} s) -> "
+        f"{'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: {r['reason']}",
+        f"    east half (never reviewed, {vi['east_km2']} km2): false polygons "
+        f"{vi['east_false_polygons_before']} -> {vi['east_false_polygons_after']} "
+        f"({vi['east_fp_per_km2_before']} -> {vi['east_fp_per_km2_after']} per km2; "
+        f"{vi['east_fp_m2_before']} -> {vi['east_fp_m2_after']} m2)",
+        "",
+        "(3) rollback:"]
+    for s in res["rollback"]["steps"]:
+        lines.append(f"    {s['from']} -> {s['to']}: features on B identical to "
+                     f"{s['to']}'s earlier output: {s.get('identical_features', 'n/a')} "
+                     f"({s['features']} features)")
+    if not res["rollback"]["steps"]:
+        lines.append("    nothing to roll back (no version was accepted)")
+    return "\n".join(lines)
+
+
+def main(argv: List[str] = None) -> int:
+    ap = argparse.ArgumentParser(description="measure the retrain loop on real data")
+    ap.add_argument("--budget-s", type=float, default=60.0,
+                    help="training budget of the pv01 retrain, seconds (default 60)")
+    ap.add_argument("--vienna-budget-s", type=float, default=None,
+                    help="training budget of the Vienna retrain (default: --budget-s)")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the replay-only control fine-tune")
+    ap.add_argument("--user-models", type=Path, default=None,
+                    help="user model folder to write versions to (default: a temporary "
+                         "folder, deleted afterwards)")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "retrain-eval")
+    args = ap.parse_args(argv)
+    res = run(args.budget_s, args.vienna_budget_s, not args.no_control, args.user_models)
+    res["pv01"].pop("_features_b", None)
+    text = report(res)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n",
+                                           "utf-8")
+    (args.out / "report.md").write_text("```\n" + text + "\n```\n", "utf-8")
+    print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
