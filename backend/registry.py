@@ -209,6 +209,26 @@ def _user_versions(shipped: List[ModelCard]) -> List[ModelCard]:
         return []
 
 
+def default_model_id(cards: List[ModelCard], cuda: bool,
+                     root: Optional[Path] = None) -> Optional[str]:
+    """The model a new user gets: ``ORTHOLENS_DEFAULT_MODEL``, else the ``cuda`` or
+    ``cpu`` entry of ``<models>/defaults.json`` (the accurate ensemble where a GPU makes
+    it fast, the fast single model on a CPU), else the first card; None if no cards."""
+    import os
+    ids = [c.id for c in cards]
+    wanted = os.environ.get("ORTHOLENS_DEFAULT_MODEL")
+    if not wanted:
+        try:
+            d = json.loads(((Path(root) if root else models_dir()) / "defaults.json")
+                           .read_text("utf-8"))
+            wanted = d.get("cuda" if cuda else "cpu")
+        except (OSError, ValueError, AttributeError):
+            wanted = None
+    if wanted in ids:
+        return wanted
+    return ids[0] if ids else None
+
+
 def build_torch_model(card: ModelCard):
     """Construct the (untrained) torch module a card describes.
 

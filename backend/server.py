@@ -546,8 +546,12 @@ class Server:
                                    device=self.device or "cpu", models=ids, jobs=active))]
 
     def _on_models(self, identity, header, arrays):
+        from .registry import default_model_id
+        cards = self._cards()
+        default = default_model_id(cards, str(self.device or "").startswith("cuda"))
         return [(identity, P.reply("models", header["id"],
-                                   models=[c.public() for c in self._cards()]))]
+                                   models=[dict(c.public(), default=c.id == default)
+                                           for c in cards]))]
 
     def _on_detect(self, identity, header, arrays):
         request = {k: v for k, v in header.items() if k != "token"}

@@ -19,7 +19,8 @@ field against ``REQUEST_SCHEMAS`` and raises :class:`ProtocolError` with a stabl
 Requests (client -> daemon) and the replies they get:
 
 ``ping``      -> ``pong`` {version, protocol, device, models, jobs}
-``models``    -> ``models`` {models: [model card, ...]}
+``models``    -> ``models`` {models: [model card + {"default": bool}, ...]}; one
+                 card is the default for this daemon's device (``backend.registry``)
 ``detect``    -> ``accepted`` {job_id}, then ``progress`` events
                  {job_id, fraction 0..1, message} and finally one of
                  ``result`` {job_id, crs, features, stats}, ``error`` {job_id, code,

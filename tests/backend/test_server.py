@@ -511,3 +511,21 @@ def test_client_job_timeout_when_daemon_goes_silent():
         assert time.monotonic() - t0 < 3
         # the client cancelled the job it gave up on
         wait_for(lambda: fake.cancelled)
+
+
+def test_models_mark_one_default_per_device(monkeypatch):
+    """The models reply flags the model a new user should get: the fast single model
+    on a CPU daemon, the ensemble on a GPU one (models/defaults.json), or the one
+    ORTHOLENS_DEFAULT_MODEL names."""
+    from backend.registry import default_model_id, list_cards
+    cards = list_cards()
+    ids = [c.id for c in cards]
+    assert default_model_id(cards, cuda=False) == "pv-unet-r18"
+    assert default_model_id(cards, cuda=True) == ("pv-ensemble" if "pv-ensemble" in ids
+                                                  else ids[0])
+    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "pv-fpn-r18")
+    assert default_model_id(cards, cuda=False) == "pv-fpn-r18"
+    monkeypatch.delenv("ORTHOLENS_DEFAULT_MODEL")
+    with running() as (server, _), OrtholensClient(server.endpoint) as c:
+        flagged = [m["id"] for m in c.models() if m.get("default")]
+    assert flagged == ["pv-unet-r18"]
