@@ -1,7 +1,8 @@
 """The Ortholens dock widget: daemon status, model choice, options, progress.
 
-The dock holds no logic: it emits ``detectRequested``, ``cancelRequested`` and
-``refreshRequested`` and the plugin (:mod:`.main`) reacts.
+The dock holds no logic: it emits ``detectRequested``, ``cancelRequested``,
+``refreshRequested`` (and ``retrainRequested``, ``activateRequested``,
+``rollbackRequested`` for :mod:`.retrain`) and the plugin (:mod:`.main`) reacts.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ _LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
 
 
 def card_label(card: Dict[str, Any]) -> str:
-    """Combo box text of a model card: ``id vversion — class, class``."""
+    """Combo box text of a model card: ``id vversion — class, class`` (``[active]``
+    after the active version of a retrained lineage)."""
     classes = ", ".join(str(c.get("name")) for c in card.get("classes") or [])
-    return f"{card.get('id')} v{card.get('version', '?')} — {classes or 'no classes'}"
+    active = " [active]" if (card.get("lineage") or {}).get("active") else ""
+    return f"{card.get('id')} v{card.get('version', '?')}{active} — {classes or 'no classes'}"
 
 
 def pong_text(pong: Dict[str, Any], endpoint: str) -> str:
@@ -57,6 +60,12 @@ class OrtholensDock(QDockWidget):
     detectRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
     refreshRequested = pyqtSignal()
+    #: Retrain on corrections… was pressed (the active layer is the corrected one).
+    retrainRequested = pyqtSignal()
+    #: Make active was pressed: the selected model id.
+    activateRequested = pyqtSignal(str)
+    #: Roll back was pressed: the selected model id (its lineage rolls back).
+    rollbackRequested = pyqtSignal(str)
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__("Ortholens", parent)
@@ -132,14 +141,55 @@ class OrtholensDock(QDockWidget):
         self.message_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
         self.message_label.setMinimumWidth(120)
         outer.addWidget(self.message_label)
+        self._add_version_buttons(body, outer)
         outer.addStretch(1)
         self.setWidget(body)
+        self._prefer: Optional[str] = None
+
+    def _add_version_buttons(self, body: QWidget, outer: QVBoxLayout) -> None:
+        """Retrain / make active / roll back (plugin/retrain.py reacts)."""
+        self.retrain_button = QPushButton("Retrain on corrections…", body)
+        self.retrain_button.setObjectName("ortholensRetrainButton")
+        self.retrain_button.setToolTip("Fine-tune the selected model on the corrected "
+                                       "result layer (the active layer)")
+        self.retrain_button.clicked.connect(self.retrainRequested)
+        outer.addWidget(self.retrain_button)
+        row = QHBoxLayout()
+        self.activate_button = QPushButton("Make active", body)
+        self.activate_button.setObjectName("ortholensActivateButton")
+        self.activate_button.setToolTip("Use the selected version by default from now on")
+        self.activate_button.clicked.connect(
+            lambda: self.activateRequested.emit(self.current_model_id() or ""))
+        self.rollback_button = QPushButton("Roll back", body)
+        self.rollback_button.setObjectName("ortholensRollbackButton")
+        self.rollback_button.setToolTip("Make the version the active one was trained from "
+                                        "active again")
+        self.rollback_button.clicked.connect(
+            lambda: self.rollbackRequested.emit(self.current_model_id() or ""))
+        row.addWidget(self.activate_button)
+        row.addWidget(self.rollback_button)
+        outer.addLayout(row)
+
+    def prefer_model(self, model_id: Optional[str]) -> None:
+        """Select ``model_id`` now if listed, else when :meth:`set_models` next lists it
+        (e.g. a new version, after the next status refresh)."""
+        idx = self.model_combo.findData(model_id) if model_id else -1
+        if idx >= 0:
+            self.model_combo.setCurrentIndex(idx)
+        self._prefer = model_id
 
     # models -------------------------------------------------------------------
     def set_models(self, cards: List[Dict[str, Any]]) -> None:
         """Fill the model combo box (keeps the current choice when still offered)."""
         current = self.current_model_id()
+        prefer = getattr(self, "_prefer", None)
         self._cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
+        if prefer and any(c["id"] == prefer for c in self._cards):
+            current, self._prefer = prefer, None
+        elif current is None:  # first listing: the active version of a retrained model
+            current = next((c["id"] for c in self._cards
+                            if (c.get("lineage") or {}).get("active")
+                            and (c.get("lineage") or {}).get("number")), None)
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for c in self._cards:
@@ -186,6 +236,8 @@ class OrtholensDock(QDockWidget):
     def set_busy(self, busy: bool) -> None:
         """Enable Cancel and disable Detect while a task runs (and the reverse)."""
         self.detect_button.setEnabled(not busy)
+        if hasattr(self, "retrain_button"):
+            self.retrain_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setValue(0)

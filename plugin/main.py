@@ -53,6 +53,8 @@ class OrtholensPlugin:
         self.daemon_process = None
         #: the Ortholens Processing provider while registered (``initProcessing``).
         self.provider = None
+        #: retrain and model versions (:class:`~.retrain.RetrainController`).
+        self.retrain = None
 
     # lifecycle -----------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API
@@ -84,6 +86,8 @@ class OrtholensPlugin:
         self.dock.refreshRequested.connect(self.refresh_status)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
+        from .retrain import RetrainController
+        self.retrain = RetrainController(self, MENU)
         QTimer.singleShot(0, self.refresh_status)
 
     def unload(self) -> None:
@@ -98,6 +102,9 @@ class OrtholensPlugin:
         if self.status_task is not None:
             self.status_task.on_done = None
             self.status_task = None
+        if self.retrain is not None:
+            self.retrain.unload()
+            self.retrain = None
         if self.dock is not None:
             self.iface.removePluginRasterMenu(MENU, self.dock.toggleViewAction())
             self.iface.removeDockWidget(self.dock)
@@ -221,6 +228,8 @@ class OrtholensPlugin:
                 self.dock.set_progress(0)
             QTimer.singleShot(0, self.refresh_status)
         if task.layer is not None:
+            if self.retrain is not None:  # its extent becomes the reviewed area
+                self.retrain.remember_detection(task)
             if self.dock is not None:
                 self.dock.set_progress(100)
             for note in task.notes:
