@@ -68,7 +68,19 @@ def render_markdown(card: ModelCard) -> str:
         f"simplification {card.simplify_m} m. Chosen on the validation part of the *train* "
         f"split, never on held-out data.", ""]
     t = r.get("training")
-    if t:
+    if t and card.is_ensemble:
+        lines += ["## Fusion settings",
+                  f"- No training of its own: the members are trained separately (see their "
+                  f"cards) on one fit/validation split; the ensemble's threshold, minimum "
+                  f"area and hole size were chosen on the members' {t.get('val_tiles')} "
+                  f"validation tiles (train split), never on held-out data.",
+                  f"- Reproduce: `python3 build.py train models/configs/{card.id}.json` "
+                  f"(after its members)", ""]
+        v = t.get("postprocess_chosen_on_val")
+        if v:
+            lines += [f"- Validation (train split) at the chosen post-processing: pixel IoU "
+                      f"{_f(v['pixel_iou'])}, object F1 {_f(v['object_f1'])}", ""]
+    elif t:
         lines += ["## Training", f"- Data: {t.get('data')}",
                   f"- Split: {t.get('fit_tiles')} fit tiles, {t.get('val_tiles')} validation "
                   f"tiles (whole spatial clusters of the train split, split seed "

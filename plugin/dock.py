@@ -186,10 +186,12 @@ class OrtholensDock(QDockWidget):
         self._cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
         if prefer and any(c["id"] == prefer for c in self._cards):
             current, self._prefer = prefer, None
-        elif current is None:  # first listing: the active version of a retrained model
+        elif current is None:  # first listing: the active version of a retrained
+            # model, else the daemon's default for its device (fast on CPU, ensemble on GPU)
             current = next((c["id"] for c in self._cards
                             if (c.get("lineage") or {}).get("active")
-                            and (c.get("lineage") or {}).get("number")), None)
+                            and (c.get("lineage") or {}).get("number")), None) or next(
+                (c["id"] for c in self._cards if c.get("default")), None)
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for c in self._cards:

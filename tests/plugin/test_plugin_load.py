@@ -105,3 +105,13 @@ def test_model_selector_describes_members_and_ensembles():
     assert describe_card(single) == "Unet resnet18, 0.1 m/pixel"
     assert describe_card(ens) == ("Ensemble of pv-unet-r18, pv-fpn-r18; 4 test-time "
                                   "augmentations, shifted tilings, 0.1 m/pixel")
+
+
+def test_model_selector_starts_on_the_daemons_default(qgis_iface):
+    """With no earlier choice, the dock selects the card the daemon flags as default."""
+    from plugin.dock import OrtholensDock
+    dock = OrtholensDock()
+    dock.set_models([{"id": "pv-dlv3p-r18", "gsd_m": 0.1},
+                     {"id": "pv-ensemble", "kind": "ensemble", "gsd_m": 0.1},
+                     {"id": "pv-unet-r18", "gsd_m": 0.1, "default": True}])
+    assert dock.current_model_id() == "pv-unet-r18"
