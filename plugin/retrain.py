@@ -569,6 +569,9 @@ class RetrainController:
                 self._layer_menu = True
             except Exception:  # noqa: BLE001 - an older QGIS: the menu entry remains
                 self._layer_menu = False
+        if self._layer_menu:  # result layers of a project opened later get it too
+            QgsProject.instance().layersAdded.connect(self._layers_added)
+            self._layers_added(list(QgsProject.instance().mapLayers().values()))
         dock = plugin.dock
         if dock is not None and hasattr(dock, "retrainRequested"):
             dock.retrainRequested.connect(lambda: self.retrain())
@@ -576,6 +579,14 @@ class RetrainController:
             dock.rollbackRequested.connect(self.rollback)
 
     # layers ---------------------------------------------------------------------------
+    def _layers_added(self, layers: List[QgsMapLayer]) -> None:
+        for layer in layers:
+            if is_result_layer(layer):
+                try:
+                    self.iface.addCustomActionForLayer(self.action, layer)
+                except Exception:  # noqa: BLE001
+                    pass
+
     def remember_detection(self, task: Any) -> None:
         """Record a finished detection on its result layer (and offer the context menu
         action there)."""
@@ -729,7 +740,11 @@ class RetrainController:
             self.result_dialog.close()
             self.result_dialog.deleteLater()
             self.result_dialog = None
-        if self._layer_menu and hasattr(self.iface, "removeCustomActionForLayerType"):
+        if self._layer_menu:
+            try:
+                QgsProject.instance().layersAdded.disconnect(self._layers_added)
+            except (TypeError, RuntimeError):
+                pass
             try:
                 self.iface.removeCustomActionForLayerType(self.action)
             except Exception:  # noqa: BLE001

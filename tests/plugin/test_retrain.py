@@ -290,3 +290,41 @@ def test_report_html_rejected():
                         "before": {"user_holdout": {"object_errors": 1}},
                         "after": {"user_holdout": {"object_errors": 3}}})
     assert "Rejected" in html and "more object errors" in html and "<td>3</td>" in html
+
+
+def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, qgis_iface):
+    """With a QGIS interface that has layer context-menu actions (the test double of
+    pytest-qgis has none), result layers, also ones added later, get the action."""
+    from types import SimpleNamespace
+
+    from plugin.retrain import PROP, RetrainController
+    _, result = plugin_with_result
+    calls = []
+
+    class Iface:
+        def __getattr__(self, name):
+            return getattr(qgis_iface, name)
+
+        def addCustomActionForLayerType(self, action, menu, kind, all_layers):  # noqa: N802
+            calls.append(("type", all_layers))
+
+        def addCustomActionForLayer(self, action, layer):  # noqa: N802
+            calls.append(("layer", layer.id()))
+
+        def removeCustomActionForLayerType(self, action):  # noqa: N802
+            calls.append(("removed",))
+
+    host = SimpleNamespace(iface=Iface(), dock=None, notify=lambda *a, **k: None,
+                           refresh_status=lambda: None)
+    ctl = RetrainController(host, "&Ortholens test")
+    try:
+        assert ("type", False) in calls and ("layer", result.id()) in calls
+        from qgis.core import QgsVectorLayer
+        other = QgsVectorLayer("Polygon?crs=EPSG:31256", "copy of detections", "memory")
+        other.setCustomProperty(PROP + "model", MODEL)
+        plain = QgsVectorLayer("Polygon?crs=EPSG:31256", "roofs", "memory")
+        QgsProject.instance().addMapLayers([other, plain])
+        assert ("layer", other.id()) in calls and ("layer", plain.id()) not in calls
+    finally:
+        ctl.unload()
+    assert ("removed",) in calls
