@@ -6,10 +6,9 @@ the daemon, any raster size), ``ortholens:evaluate`` (Evaluate against reference
 polygons), ``ortholens:exportchips`` (Export training chips), ``ortholens:batchjobs``
 (List / resume / cancel batch jobs).
 
-Extension point: *Retrain from corrected features* (issue #4) is not implemented here.
-Add it as ``plugin/processing/retrain.py`` defining ``RetrainAlgorithm`` (a
-``QgsProcessingAlgorithm``); :class:`~.provider.OrtholensProvider` picks it up when the
-module exists. Other algorithms can be added with :func:`~.provider.register_algorithm`.
+``ortholens:retrain`` (*Retrain from corrected features*, issue #4) lives in
+``plugin/processing/retrain.py``; :class:`~.provider.OrtholensProvider` picks it up when
+the module exists. Other algorithms can be added with :func:`~.provider.register_algorithm`.
 """
 
 from .provider import OrtholensProvider, register_algorithm  # noqa: F401

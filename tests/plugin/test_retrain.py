@@ -328,3 +328,37 @@ def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, 
     finally:
         ctl.unload()
     assert ("removed",) in calls
+
+
+def test_processing_retrain_algorithm(daemon, vienna_layer):
+    """``ortholens:retrain`` (Processing toolbox / qgis_process) sends the corrected
+    polygons and the reviewed extent and reports the decision."""
+    from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingFeedback,
+                           QgsVectorLayer)
+
+    from plugin.main import OrtholensPlugin
+    _, stub, _ = daemon
+    p = OrtholensPlugin(None)
+    p.initProcessing()
+    try:
+        alg = QgsApplication.processingRegistry().createAlgorithmById("ortholens:retrain")
+        assert alg is not None
+        mem = QgsVectorLayer("Polygon?crs=EPSG:31256&field=class:string", "fixed", "memory")
+        for wkt, cls in ((sq(-1600, 338500, 2), "photovoltaic"), (sq(-1595, 338500, 2), None)):
+            f = QgsFeature(mem.fields())
+            f.setGeometry(QgsGeometry.fromWkt(wkt))
+            f.setAttributes([cls])
+            mem.dataProvider().addFeatures([f])
+        ctx = QgsProcessingContext()
+        ctx.setProject(QgsProject.instance())
+        res, ok = alg.run({"INPUT": mem, "RASTER": vienna_layer,
+                           "EXTENT": "-1610,-1590,338490,338510 [EPSG:31256]",
+                           "BUDGET_MIN": 1, "INVALID": 1}, ctx, QgsProcessingFeedback())
+        assert ok and res["ACCEPTED"] == 1 and res["NEW_MODEL"] == f"{MODEL}@1"
+        assert "held-out" in res["REASON"] and json.loads(res["REPORT"])["accepted"]
+        req = stub.requests[-1]
+        assert req["budget_s"] == 60.0 and req["invalid_geometry"] == "refuse"
+        assert req["reviewed"] == [{"extent": [-1610.0, 338490.0, -1590.0, 338510.0]}]
+        assert [f.get("class", f.get("class_id")) for f in req["features"]] == ["photovoltaic", 1]
+    finally:
+        p.unload()

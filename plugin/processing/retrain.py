@@ -1,0 +1,150 @@
+"""*Retrain from corrected features* (issue #4): the daemon's ``retrain`` job from the
+Processing toolbox, batch mode, models and ``qgis_process``.
+
+The corrected polygons (``class`` attribute; empty = the model's first class) are the
+truth inside the reviewed extent: what no polygon covers there is background. A new
+model version is registered only when it passes the acceptance rule (see README,
+*Retrain*); the outputs say whether it was, and why.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from .common import DEFAULT_MODEL, connect, describe, raster_file
+
+INVALID = ["repair", "refuse"]
+
+
+class RetrainAlgorithm(QgsProcessingAlgorithm):
+    """Fine-tune a model on corrected polygons; register the result if it is better."""
+
+    INPUT, RASTER, EXTENT, MODEL = "INPUT", "RASTER", "EXTENT", "MODEL"
+    BUDGET, INVALID_GEOM, ACTIVATE = "BUDGET_MIN", "INVALID", "ACTIVATE"
+
+    def name(self) -> str:
+        return "retrain"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Retrain from corrected features"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return ("Fine-tunes the model on corrected polygons (deleted false detections, "
+                "added missed objects, reshaped or re-classed ones) inside the reviewed "
+                "extent, where whatever no polygon covers is background. A quarter of the "
+                "extent is kept apart to check the result; the new version "
+                "(<model>@<n>) is kept only if it does not get worse there nor on the "
+                "reference held-out tiles and makes fewer mistakes on the corrections. "
+                "Outputs: whether it was accepted and why, the new model id, the report.")
+
+    def createInstance(self):  # noqa: N802
+        return RetrainAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.INPUT, "Corrected polygons", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster (file)"))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Reviewed extent (default: the raster's extent)", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model",
+                                                       defaultValue=DEFAULT_MODEL))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BUDGET, "Training budget (minutes)", QgsProcessingParameterNumber.Double,
+            defaultValue=2.0, minValue=0.1, maxValue=600.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.INVALID_GEOM, "Invalid geometries",
+            options=["Repair (make valid) with a warning", "Refuse"], defaultValue=0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.ACTIVATE, "Make an accepted version the active one", defaultValue=True))
+        self.addOutput(QgsProcessingOutputNumber("ACCEPTED", "Accepted (1) or rejected (0)"))
+        self.addOutput(QgsProcessingOutputString("NEW_MODEL", "New model version"))
+        self.addOutput(QgsProcessingOutputString("REASON", "Why"))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report (JSON)"))
+
+    def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        from ..client import JobCancelled
+        from ..tasks import crs_wkt
+
+        source = self.parameterAsSource(parameters, self.INPUT, context)
+        if source is None:
+            raise QgsProcessingException("The corrected polygons cannot be read.")
+        raster = self.parameterAsRasterLayer(parameters, self.RASTER, context)
+        path = raster_file(raster)
+        rcrs = raster.crs()
+        if parameters.get(self.EXTENT):
+            ext = self.parameterAsExtent(parameters, self.EXTENT, context, rcrs)
+        else:
+            ext = raster.extent()
+        feats = []
+        ct = None
+        if source.sourceCrs().isValid() and source.sourceCrs() != rcrs:
+            ct = QgsCoordinateTransform(source.sourceCrs(), rcrs, context.transformContext())
+        names = source.fields().names()
+        for f in source.getFeatures():
+            g = f.geometry()
+            if g is None or g.isNull() or g.isEmpty():
+                continue
+            if ct is not None:
+                g.transform(ct)
+            name = f["class"] if "class" in names else None
+            item = {"wkt": g.asWkt(3)}
+            if name in (None, "") or str(name) == "NULL":
+                item["class_id"] = 1
+            else:
+                item["class"] = str(name)
+            feats.append(item)
+        model = self.parameterAsString(parameters, self.MODEL, context) or DEFAULT_MODEL
+        budget_s = 60.0 * self.parameterAsDouble(parameters, self.BUDGET, context)
+        feedback.pushInfo(f"{len(feats)} corrected polygons; reviewed extent "
+                          f"{ext.width():.0f} x {ext.height():.0f} m; budget {budget_s:.0f} s")
+        client = connect(feedback)
+        try:
+            def on_progress(fraction: float, message: str) -> None:
+                feedback.setProgress(100.0 * fraction)
+                if message:
+                    feedback.setProgressText(message)
+
+            res = client.retrain(
+                {"kind": "file", "path": path}, model, feats, crs=crs_wkt(rcrs),
+                reviewed=[{"extent": [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(),
+                                      ext.yMaximum()]}],
+                budget_s=budget_s, on_progress=on_progress, is_cancelled=feedback.isCanceled,
+                job_timeout_s=900.0,
+                invalid_geometry=INVALID[self.parameterAsEnum(parameters, self.INVALID_GEOM,
+                                                              context)],
+                activate=self.parameterAsBool(parameters, self.ACTIVATE, context))
+        except JobCancelled:
+            raise QgsProcessingException("Cancelled; nothing was changed.") from None
+        except QgsProcessingException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            raise QgsProcessingException(describe(exc).replace("run the detection",
+                                                               "retrain")) from None
+        finally:
+            client.close()
+        rep = res.get("retrain") or {}
+        for w in rep.get("warnings") or []:
+            feedback.reportError(w, False)
+        verdict = (f"Accepted: new version {rep.get('model')}" if rep.get("accepted")
+                   else "Rejected: no new version")
+        feedback.pushInfo(f"{verdict} — {rep.get('reason')}")
+        return {"ACCEPTED": 1 if rep.get("accepted") else 0,
+                "NEW_MODEL": str(rep.get("model") or ""), "REASON": str(rep.get("reason", "")),
+                "REPORT": json.dumps(rep, default=str)}
