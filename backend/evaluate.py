@@ -311,7 +311,8 @@ COLS = ["pixel_iou", "pixel_iou_90ci", "pixel_precision", "pixel_recall", "objec
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description="held-out accuracy of the shipped pipeline")
     ap.add_argument("--models", nargs="*", default=None,
-                    help="model ids (default: all members, then all ensembles)")
+                    help="model ids (default: the shipped members, then the shipped "
+                         "ensembles; user versions only when named)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "eval")
     ap.add_argument("--no-vienna", action="store_true", help="skip the false-positive scene")
     ap.add_argument("--raw", action="store_true", help="add the bare-model rows")
@@ -319,8 +320,11 @@ def main(argv: List[str] = None) -> int:
                     help="store the held-out metrics in each card.json and rewrite "
                          "its MODEL_CARD.md")
     args = ap.parse_args(argv)
+    from .config import models_dir
+    shipped = models_dir()
     cards = [load_card(m) for m in args.models] if args.models else sorted(
-        [c for c in list_cards() if c.is_ensemble or c.weights_path.is_file()],
+        [c for c in list_cards() if c.path is not None and c.path.parent == shipped
+         and (c.is_ensemble or c.weights_path.is_file())],   # not the user's versions
         key=lambda c: (c.is_ensemble, c.id))
     results: Dict[str, Dict] = {}
     table_rows: List[Tuple[str, str, Dict, Optional[Dict]]] = []
