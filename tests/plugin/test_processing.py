@@ -155,7 +155,7 @@ def _qgis_process() -> list:
 @needs_daemon
 def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, provider):
     sys.path.insert(0, str(REPO / "tests" / "screenshot"))
-    from qgis_screenshot import assemble_plugin
+    from qgis_screenshot import assemble_plugin, qgis_child_env
     from plugin.settings import DaemonSettings
     from plugin.tasks import DetectTask, prepare_detect
     from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
@@ -165,11 +165,10 @@ def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, p
     ini = tmp_path / "cfg" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True)
     ini.write_text("[PythonPlugins]\northolens=true\n")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(plugins),
+    env = dict(qgis_child_env(), QGIS_PLUGINPATH=str(plugins),
                QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"), QT_QPA_PLATFORM="offscreen",
                ORTHOLENS_ENDPOINT=daemon, ORTHOLENS_BACKEND_PYTHON=str(BACKEND_PYTHON),
                ORTHOLENS_REPO=str(REPO))
-    env.pop("PYTHONPATH", None)
     qp = _qgis_process()
     listed = subprocess.run(qp + ["list"], capture_output=True, text=True, env=env,
                             timeout=120)

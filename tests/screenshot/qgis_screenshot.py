@@ -70,6 +70,22 @@ def _repo() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def qgis_child_env(base=None) -> dict:
+    """Environment for a QGIS program (``qgis``, ``qgis_process``) started from Python.
+
+    QGIS's embedded Python finds its home through the first ``python3`` on PATH, so the
+    QGIS installation's bin folder (Debian: /usr/bin) goes before pyenv shims and
+    virtual environments, and the variables that point Python elsewhere are dropped.
+    """
+    env = {k: v for k, v in (base if base is not None else os.environ).items()
+           if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYENV_VERSION")}
+    exe = shutil.which("qgis") or shutil.which("qgis_process.bin") or "/usr/bin/qgis"
+    qgis_bin = str(Path(exe).resolve().parent)
+    env["PATH"] = os.pathsep.join([qgis_bin] + [d for d in env.get("PATH", "").split(os.pathsep)
+                                                if d and d != qgis_bin])
+    return env
+
+
 def assemble_plugin(repo: Path, dest_plugins: Path) -> Path:
     """Copy ``plugin/`` + ``metadata.txt`` + ``resources/`` to ``dest_plugins/ortholens``.
 
@@ -141,14 +157,8 @@ def take_screenshot(raster: str, out_png: str, endpoint: str = "tcp://127.0.0.1:
         write_profile(tmp / "profiles")
         xdg = tmp / "xdg"
         xdg.mkdir(mode=0o700)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "QT_QPA_PLATFORM",
-                            "PYENV_VERSION")}
-        # QGIS's embedded Python finds its home through the first `python3` on PATH: put
-        # the QGIS installation's bin folder (Debian: /usr/bin) before pyenv shims/venvs.
-        qgis_bin = str(Path(shutil.which("qgis")).resolve().parent)
-        env["PATH"] = os.pathsep.join([qgis_bin] + [d for d in env.get("PATH", "").split(os.pathsep)
-                                                    if d and d != qgis_bin])
+        env = qgis_child_env()
+        env.pop("QT_QPA_PLATFORM", None)
         env.update({
             "QGIS_PLUGINPATH": str(tmp / "plugins"),
             "ORTHOLENS_SHOT_INSIDE": "1",
