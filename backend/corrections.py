@@ -38,6 +38,8 @@ import numpy as np
 
 from plugin import protocol as P
 
+from .raster import InputError
+
 log = logging.getLogger("ortholens.corrections")
 
 #: Most pixels (at the model GSD) of all reviewed areas together.
@@ -46,13 +48,9 @@ MAX_REVIEWED_PIXELS = 64_000_000
 MIN_MISTAKE_PX = 20
 
 
-class CorrectionsError(ValueError):
-    """Corrections that cannot be used; ``code`` is a protocol error code."""
-
-    def __init__(self, message: str, code: str = P.E_INVALID_INPUT):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class CorrectionsError(InputError):
+    """Corrections that cannot be used; ``code`` is a protocol error code
+    (``invalid_input`` by default), ``message`` a sentence for the user."""
 
 
 @dataclass
@@ -435,7 +433,7 @@ def build_corrections(request: Dict[str, Any], arrays: Sequence[np.ndarray], car
 
     from .detect import JobCancelled, Options, detections_from_probs, predict_grid
     from .engines import get_engine
-    from .raster import InputError, WindowReader, open_source, plan_grid
+    from .raster import WindowReader, open_source, plan_grid
 
     progress = progress or (lambda f, m: None)
     engine = engine or get_engine(card)
@@ -471,6 +469,8 @@ def build_corrections(request: Dict[str, Any], arrays: Sequence[np.ndarray], car
                     raise CorrectionsError(f"reviewed area {a.index} does not intersect "
                                            f"its raster")
                 bounds.append((ds.crs.to_wkt(), b))
+    except CorrectionsError:
+        raise
     except InputError as exc:
         raise CorrectionsError(exc.message, exc.code) from None
     except CRSError as exc:
@@ -509,6 +509,8 @@ def build_corrections(request: Dict[str, Any], arrays: Sequence[np.ndarray], car
                 finally:
                     reader.close()
                 raster_crs = ds.crs
+        except CorrectionsError:
+            raise
         except InputError as exc:
             raise CorrectionsError(f"reviewed area {a.index}: {exc.message}", exc.code) from None
         image = np.ascontiguousarray(data[:-1])

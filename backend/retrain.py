@@ -41,7 +41,7 @@ import numpy as np
 from plugin import protocol as P
 
 from .corrections import AreaData, ChipSampler, Corrections, CorrectionsError, build_corrections
-from .detect import JobCancelled, Options, detections_from_probs, predict_grid
+from .detect import DetectError, JobCancelled, Options, detections_from_probs, predict_grid
 from .engines import Engine, get_engine, softmax
 from .metrics import Counts, compare
 from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card, load_torch_model
@@ -94,13 +94,9 @@ class RetrainConfig:
         return cfg
 
 
-class RetrainError(Exception):
-    """A retrain job that cannot run; ``code`` is a protocol error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class RetrainError(DetectError):
+    """A retrain job that cannot run; ``code`` is a protocol error code, ``message`` a
+    sentence for the user (the same shape as :class:`~backend.detect.DetectError`)."""
 
 
 # ----------------------------------------------------------------------------- engines
