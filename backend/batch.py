@@ -72,12 +72,12 @@ from scipy import ndimage
 
 from plugin import protocol as P
 
-from .detect import DetectError, JobCancelled, Options, features
+from .detect import DetectError, JobCancelled, Options, features, model_errors
 from .engines import Engine, get_engine
 from .jobstore import CANCELLED, DONE, ERROR, RUNNING, JobStore
 from .postprocess import class_map, clean_masks, polygonize
 from .raster import Grid, InputError, WindowReader, open_source, plan_grid
-from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card
+from .registry import ModelCard, load_card
 from .tiling import batches, positions, ramp
 
 log = logging.getLogger("ortholens.batch")
@@ -381,12 +381,8 @@ class ChunkResult:
 
 
 def _load(request: Dict[str, Any]) -> Tuple[ModelCard, Options]:
-    try:
+    with model_errors():
         card = load_card(request["model"])
-    except ModelNotFound as exc:
-        raise DetectError(P.E_NOT_FOUND, str(exc)) from None
-    except ModelCorrupt as exc:
-        raise DetectError(P.E_INVALID_INPUT, str(exc)) from None
     return card, Options.from_request(card, request)
 
 
@@ -404,12 +400,8 @@ class ChunkWorker:
                  engine: Optional[Engine] = None):
         self.request, self.plan = request, plan
         self.card, self.opts = _load(request)
-        try:
+        with model_errors():
             self.engine = engine or get_engine(self.card)
-        except ModelNotFound as exc:
-            raise DetectError(P.E_NOT_FOUND, str(exc)) from None
-        except ModelCorrupt as exc:
-            raise DetectError(P.E_INVALID_INPUT, str(exc)) from None
         self.grid = grid_from_plan(plan)
         self.chunks = ChunkGrid(self.grid.height, self.grid.width, int(plan["chunk_px"]))
         self.tiling = Tiling.for_grid(self.grid.height, self.grid.width, self.card,

@@ -15,10 +15,11 @@ Pipeline:
 from __future__ import annotations
 
 import queue
+from contextlib import contextmanager
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +41,23 @@ class DetectError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+@contextmanager
+def model_errors(error: type = DetectError) -> Iterator[None]:
+    """Turn a missing / unreadable model into a job error a client can show.
+
+    Raises:
+        error: ``(E_NOT_FOUND, ...)`` for :class:`ModelNotFound`,
+            ``(E_INVALID_INPUT, ...)`` for :class:`ModelCorrupt`; ``error`` is
+            :class:`DetectError` or a subclass taking ``(code, message)``.
+    """
+    try:
+        yield
+    except ModelNotFound as exc:
+        raise error(P.E_NOT_FOUND, str(exc)) from None
+    except ModelCorrupt as exc:
+        raise error(P.E_INVALID_INPUT, str(exc)) from None
 
 
 class JobCancelled(Exception):
@@ -306,13 +324,9 @@ def run_detect(request: dict, arrays: List[np.ndarray], progress: Optional[Progr
     """
     t0 = time.perf_counter()
     progress = progress or (lambda f, m: None)
-    try:
+    with model_errors():
         card = load_card(request["model"])
         engine = engine or get_engine(card)
-    except ModelNotFound as exc:
-        raise DetectError(P.E_NOT_FOUND, str(exc)) from None
-    except ModelCorrupt as exc:
-        raise DetectError(P.E_INVALID_INPUT, str(exc)) from None
     opts = Options.from_request(card, request)
     for k, v in (overrides or {}).items():
         setattr(opts, k, v)

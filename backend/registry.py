@@ -167,11 +167,20 @@ def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
     if not card_path.is_file():
         raise ModelNotFound(f"no model {model_id!r} in {root} "
                             f"(available: {', '.join(c.id for c in list_cards(root)) or 'none'})")
+    return read_card(card_path)
+
+
+def read_card(card_path: Path) -> ModelCard:
+    """Parse the ``card.json`` at ``card_path`` (its folder holds the weights).
+
+    Raises:
+        ModelCorrupt: the file cannot be read, is not JSON or misses fields.
+    """
     try:
-        d = json.loads(card_path.read_text("utf-8"))
+        d = json.loads(Path(card_path).read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelCorrupt(f"model card {card_path} cannot be read: {exc}") from None
-    return ModelCard.from_dict(d, card_path.parent)
+    return ModelCard.from_dict(d, Path(card_path).parent)
 
 
 def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
@@ -186,8 +195,8 @@ def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
     cards = []
     for p in sorted(root.glob("*/card.json")):
         try:
-            cards.append(ModelCard.from_dict(json.loads(p.read_text("utf-8")), p.parent))
-        except (OSError, ValueError, ModelCorrupt):
+            cards.append(read_card(p))
+        except ModelCorrupt:
             continue
     if default:
         cards += _user_versions(cards)

@@ -41,10 +41,11 @@ import numpy as np
 from plugin import protocol as P
 
 from .corrections import AreaData, ChipSampler, Corrections, CorrectionsError, build_corrections
-from .detect import DetectError, JobCancelled, Options, detections_from_probs, predict_grid
+from .detect import (DetectError, JobCancelled, Options, detections_from_probs,
+                     model_errors, predict_grid)
 from .engines import Engine, get_engine, softmax
 from .metrics import Counts, compare
-from .registry import ModelCard, ModelCorrupt, ModelNotFound, load_card, load_torch_model
+from .registry import ModelCard, load_card, load_torch_model
 
 log = logging.getLogger("ortholens.retrain")
 
@@ -540,12 +541,8 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
 
     progress = progress or (lambda f, m: None)
     t_start = time.monotonic()
-    try:
+    with model_errors(RetrainError):
         card = load_card(request["model"])
-    except ModelNotFound as exc:
-        raise RetrainError(P.E_NOT_FOUND, str(exc)) from None
-    except ModelCorrupt as exc:
-        raise RetrainError(P.E_INVALID_INPUT, str(exc)) from None
     if card.is_ensemble:
         raise RetrainError(P.E_INVALID_INPUT,
                            f"{card.id} is an ensemble; retrain one of its members "

@@ -114,7 +114,7 @@ def load_version_card(model_id: str, root: Optional[Path] = None):
         backend.registry.ModelNotFound: no such version.
         backend.registry.ModelCorrupt: its card cannot be read.
     """
-    from .registry import ModelCard, ModelCorrupt, ModelNotFound
+    from .registry import ModelNotFound, read_card
     try:
         base, n = split_id(model_id)
         _check_base(base)
@@ -127,11 +127,7 @@ def load_version_card(model_id: str, root: Optional[Path] = None):
         have = ", ".join(version_id(base, k) for k in _numbers(base, root)) or "none"
         raise ModelNotFound(f"no model version {model_id!r} in {lineage_dir(base, root)} "
                             f"(user versions of {base}: {have})")
-    try:
-        d = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelCorrupt(f"model card {path} cannot be read: {exc}") from None
-    card = ModelCard.from_dict(d, path.parent)
+    card = read_card(path)
     card.raw["lineage"] = dict(card.raw.get("lineage") or {},
                                active=active_id(base, root) == card.id)
     return card

@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import protocol as P
 from .client import (
-    DaemonError,
     DaemonUnavailable,
     JobCancelled,
     OrtholensClient,
@@ -60,16 +59,7 @@ def resume_batch_request(client: OrtholensClient, job_id: str) -> Dict[str, Any]
 
 
 def _accepted(client: OrtholensClient, header: Dict[str, Any]) -> Dict[str, Any]:
-    client._send(header)
-    first = client._receive(header["id"], client.timeout_s)
-    if first is None:
-        client._reset()
-        raise DaemonUnavailable(f"the daemon at {client.endpoint} did not accept the "
-                                f"{header['type']} request within {client.timeout_s:g} s")
-    _raise_if_error(first)
-    if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
-        raise DaemonError(P.E_INTERNAL, f"unexpected reply {first.get('type')!r}")
-    return first
+    return client._submit(header)
 
 
 def follow_job(client: OrtholensClient, request_id: str, job_id: str,

@@ -346,23 +346,32 @@ class OrtholensClient:
         """
         return self._call("rollback", model=model)
 
+    def _submit(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> Dict[str, Any]:
+        """Send a job request and return its ``accepted`` reply (with ``job_id``).
+
+        Raises:
+            DaemonUnavailable: no reply within ``timeout_s`` (the socket is reset).
+            DaemonError: an ``error`` reply, or a reply other than ``accepted``.
+        """
+        self._send(header, arrays)
+        first = self._receive(header["id"], self.timeout_s)
+        if first is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not accept the "
+                                    f"{header['type']} request within {self.timeout_s:g} s")
+        _raise_if_error(first)
+        if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
+            raise DaemonError(P.E_INTERNAL, f"unexpected reply {first.get('type')!r} "
+                                            f"to {header['type']}")
+        return first
+
     def _job(self, header: Dict[str, Any], arrays: Sequence[Any],
              on_progress: Optional[Callable[[float, str], None]],
              is_cancelled: Optional[Callable[[], bool]], job_timeout_s: float,
              liveness_s: float) -> Dict[str, Any]:
         """Send a job request and follow it to its end (see :meth:`detect`)."""
         rid = header["id"]
-        self._send(header, arrays)
-        first = self._receive(rid, self.timeout_s)
-        if first is None:
-            self._reset()
-            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not accept the "
-                                    f"job within {self.timeout_s:g} s")
-        _raise_if_error(first)
-        if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
-            raise DaemonError(P.E_INTERNAL, f"unexpected reply {first.get('type')!r} "
-                                            f"to {header['type']}")
-        job_id = first["job_id"]
+        job_id = self._submit(header, arrays)["job_id"]
         finished = False
         probe_id: Optional[str] = None  # id of the status check awaiting an answer
         probe_sent = 0.0
