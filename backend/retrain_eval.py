@@ -2,30 +2,38 @@
 
 Usage::
 
-    python -m backend.retrain_eval [--budget-s 60] [--vienna-budget-s 60] [--no-control]
+    python -m backend.retrain_eval [--steps 150] [--budget-s 300] [--vienna-budget-s S]
+                                   [--folds AB,BA] [--no-control]
                                    [--out out/retrain-eval] [--user-models DIR]
 
 Three experiments, run in a fresh user model folder (a temporary one by default;
-shipped models are never touched):
+shipped models are never touched). Every retrain runs a fixed number of steps
+(:data:`STEPS`, seed 0) so that the figures repeat whatever the machine's load; the
+time budget only caps it.
 
 1. **pv01, corrections on one set of sites, measured on others.** The held-out tiles
-   form spatial clusters (``backend.data.clusters``). Detections are made on the tiles
-   of clusters A (the user's area); a simulated user corrects them from the reference
-   masks: deletes every detection that touches no reference panel, replaces one that
-   overlaps a panel but with IoU < 0.5 by the panel's outline, keeps the others, and
-   draws every panel no kept detection touches. The retrain job then runs (it keeps
-   one A cluster apart to check itself) and detection is repeated on clusters B, which
-   neither the corrections nor training ever saw: object F1 / pixel IoU on B before and
-   after. A *control* fine-tune with the same budget but without corrections (replay
-   of the pv01 train split only) separates what the corrections add from what more
-   training adds.
+   form four spatial clusters (``backend.data.clusters``), grouped in two halves A (7
+   tiles, 26 panels) and B (5 tiles, 5 panels). In fold ``AB`` detections are made on
+   A (the user's area); a simulated user corrects them from the reference masks:
+   deletes every detection that touches no reference panel, replaces one that overlaps
+   a panel but with IoU < 0.5 by the panel's outline, keeps the others, and draws every
+   panel no kept detection touches. The retrain job then runs (it keeps part of A apart
+   to check itself; its forgetting guard is the pv01 *validation* tiles, never the
+   held-out split) and detection is repeated on B, which neither the corrections nor
+   training ever saw: object F1 / pixel IoU on B before and after. Fold ``BA`` does the
+   reverse from the shipped model again (in a sub-folder), and the two folds are pooled
+   so that each of the 31 held-out panels is measured once by a retrain that never saw
+   its cluster. A *control* fine-tune with the same steps but without corrections
+   (replay of the pv01 fit tiles only) separates what the corrections add from what
+   more training adds.
 2. **Vienna, a persistent false-positive pattern.** The scene has no panels: the user
    deletes every detection in its west half (the corrected layer is empty there) and
-   retrains (from the version active after 1.); false polygons per km² on the east
-   half (never reviewed) before / after.
-3. **Rollback.** Rolling back the version of 2. makes the version of 1. active again and
-   detection on B gives exactly the features it gave before 2. (compared field by
-   field); rolling back again restores the shipped model's features.
+   retrains the shipped model (in its own sub-folder: the pv01 version may already
+   have learned those roofs); false polygons per km² on the east half (never
+   reviewed) before / after.
+3. **Rollback.** Rolling back each accepted version makes its parent active again, and
+   detection gives exactly the features the parent gave before (compared field by
+   field): on B for fold AB's version, on Vienna's east half for experiment 2's.
 
 Prints a summary and writes ``<out>/metrics.json``.
 """
@@ -46,6 +54,9 @@ from . import data as pvdata
 from .config import REPO, data_dir
 
 MODEL = "pv-unet-r18"
+#: Fine-tuning steps of every retrain here (batch 8 chips of 192 px; about 2 min on
+#: two CPU cores): a fixed count makes the figures repeat on any machine load.
+STEPS = 150
 #: Clusters of held-out tiles (first tile name of each, see backend.data.clusters):
 #: A = the user's corrections, B = where the effect is measured.
 CLUSTERS_A = ("PV01_325190_1204243", "PV01_325237_1203816")
@@ -169,13 +180,35 @@ def _strip(features: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List[Dict[str
     return {k: [dict(f) for f in v] for k, v in features.items()}
 
 
-def pv01_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
-    """Experiment 1 (see the module docstring); the user folder must be set already."""
+def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Object F1 / precision / recall pooled over folds (from their object counts)."""
+    true = sum(m["objects_true"] for m in metrics)
+    pred = sum(m["objects_pred"] for m in metrics)
+    fp = sum(m["false_objects"] for m in metrics)
+    fn = sum(m["missed_objects"] for m in metrics)
+    tp = true - fn
+    return {"object_f1": round(2 * tp / (true + pred), 4) if true + pred else None,
+            "object_precision": round(tp / pred, 4) if pred else None,
+            "object_recall": round(tp / true, 4) if true else None,
+            "objects_true": true, "objects_pred": pred, "false_objects": fp,
+            "missed_objects": fn}
+
+
+def pv01_experiment(budget_s: float, steps: Optional[int] = None, fold: str = "AB",
+                    progress=print) -> Dict[str, Any]:
+    """Experiment 1 (see the module docstring) for one fold: ``"AB"`` corrects clusters
+    A and measures on B, ``"BA"`` the reverse. The user folder must be set already;
+    ``steps``: a fixed number of fine-tuning steps (reproducible), ``budget_s`` caps
+    the time."""
     from . import versions as V
     from .retrain import run_retrain
+    import rasterio
     a_tiles, b_tiles = cluster_split()
+    if fold == "BA":
+        a_tiles, b_tiles = b_tiles, a_tiles
+    src, dst = fold[0], fold[1]
     active0 = V.active_id(MODEL)
-    progress(f"[1] detect on cluster A ({len(a_tiles)} tiles) with {active0}")
+    progress(f"[1 {fold}] detect on clusters {src} ({len(a_tiles)} tiles) with {active0}")
     features, reviewed = [], []
     counts = {"deleted": 0, "reshaped": 0, "added": 0, "kept": 0}
     crs = None
@@ -186,54 +219,62 @@ def pv01_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
         features += sim["features"]
         for k in counts:
             counts[k] += sim[k]
-        import rasterio
-        with rasterio.open(t.image_path) as src:
-            b = src.bounds
+        with rasterio.open(t.image_path) as ds:
+            b = ds.bounds
         reviewed.append({"extent": [b.left, b.bottom, b.right, b.top],
                          "source": {"kind": "file", "path": str(t.image_path)}})
-    progress(f"[1] simulated user: {counts}; detect on cluster B ({len(b_tiles)} tiles)")
+    progress(f"[1 {fold}] simulated user: {counts}; detect on clusters {dst} "
+             f"({len(b_tiles)} tiles)")
     before_b = score_tiles(active0, b_tiles)
     req = {"type": "retrain", "model": active0, "source": reviewed[0]["source"],
            "crs": crs, "features": features, "reviewed": reviewed, "budget_s": budget_s}
-    progress(f"[1] retrain {active0} for {budget_s:g} s")
+    if steps:
+        req["steps"] = int(steps)
+    progress(f"[1 {fold}] retrain {active0}: {steps or 'no fixed'} steps, at most "
+             f"{budget_s:g} s")
     t0 = time.monotonic()
     keep: Dict[str, Any] = {}
     out = run_retrain(req, [], lambda f, m: None, keep=keep)
     rep = out["retrain"]
     secs = time.monotonic() - t0
     active1 = V.active_id(MODEL)
-    progress(f"[1] {'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
-             f" ({rep['reason']}); detect on cluster B with {active1}")
+    progress(f"[1 {fold}] {'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
+             f" ({rep['reason']}); detect on clusters {dst} with {active1}")
     after_b = score_tiles(active1, b_tiles)
     extra = {}
     if not rep["accepted"] and keep.get("engine") is not None:
-        progress("[1] the rejected candidate on cluster B (for the record; not registered)")
+        progress(f"[1 {fold}] the rejected candidate on {dst} (for the record; not registered)")
         extra["b_rejected_candidate"] = score_tiles(active0, b_tiles,
                                                     engine=keep["engine"])["metrics"]
-    return {**extra, "tiles_a": [t.name for t in a_tiles], "tiles_b": [t.name for t in b_tiles],
+    return {**extra, "fold": fold, "tiles_a": [t.name for t in a_tiles],
+            "tiles_b": [t.name for t in b_tiles],
             "user_edits": counts, "features": len(features), "budget_s": budget_s,
-            "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "steps": steps, "job_seconds": round(secs, 1), "retrain": _brief(rep),
             "model_before": active0, "model_after": active1,
             "b_before": before_b["metrics"], "b_after": after_b["metrics"],
             "_features_b": {"before": before_b["features"], "after": after_b["features"]}}
 
 
-def control_experiment(budget_s: float, model_id: str, progress=print) -> Dict[str, Any]:
-    """Fine-tune ``model_id`` on the replay data only (no corrections), same budget;
-    B metrics of the candidate (in memory, not registered)."""
+def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = None,
+                       fold: str = "AB", progress=print) -> Dict[str, Any]:
+    """Fine-tune ``model_id`` on the replay data only (no corrections), same steps and
+    budget; metrics of the candidate on the fold's measured clusters (in memory, not
+    registered)."""
     from .registry import load_card
     from .retrain import ModuleEngine, RetrainConfig, finetune
-    _, b_tiles = cluster_split()
+    a_tiles, b_tiles = cluster_split()
+    dst_tiles = b_tiles if fold == "AB" else a_tiles
     card = load_card(model_id)
-    cfg = RetrainConfig(budget_s=budget_s, replay_fraction=1.0)
-    progress(f"[1c] control: replay-only fine-tune of {model_id} for {budget_s:g} s")
+    cfg = RetrainConfig(budget_s=budget_s, steps=steps, replay_fraction=1.0)
+    progress(f"[1c {fold}] control: replay-only fine-tune of {model_id}")
     model, info = finetune(card, [], cfg)
-    s = score_tiles(model_id, b_tiles, engine=ModuleEngine(card, model))
+    s = score_tiles(model_id, dst_tiles, engine=ModuleEngine(card, model))
     return {"steps": info["steps"], "seconds": info["seconds"], "b_after": s["metrics"],
             "note": "same pipeline as detect, candidate in memory, not registered"}
 
 
-def vienna_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
+def vienna_experiment(budget_s: float, steps: Optional[int] = None,
+                      progress=print) -> Dict[str, Any]:
     """Experiment 2 (see the module docstring)."""
     from . import versions as V
     from .retrain import run_retrain
@@ -249,7 +290,9 @@ def vienna_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
     req = {"type": "retrain", "model": active0, "source": {"kind": "file", "path": path},
            "crs": crs, "features": [], "reviewed": [{"extent": VIENNA_TRAIN}],
            "budget_s": budget_s}
-    progress(f"[2] retrain {active0} for {budget_s:g} s")
+    if steps:
+        req["steps"] = int(steps)
+    progress(f"[2] retrain {active0}: {steps or 'no fixed'} steps, at most {budget_s:g} s")
     t0 = time.monotonic()
     out = run_retrain(req, [], lambda f, m: None)
     rep = out["retrain"]
@@ -258,10 +301,19 @@ def vienna_experiment(budget_s: float, progress=print) -> Dict[str, Any]:
     progress(f"[2] {'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
              f" ({rep['reason']}); detect on the east half with {active1}")
     east1 = detect(active1, path, VIENNA_UNSEEN)
+    rollback = None
+    if rep["accepted"]:
+        d = V.rollback(MODEL)
+        east2 = detect(d["active"], path, VIENNA_UNSEEN)
+        rollback = {"from": active1, "to": d["active"],
+                    "identical_features": east2["features"] == east0["features"]}
+        progress(f"[2] rollback {active1} -> {d['active']}: east-half features identical "
+                 f"to its earlier output: {rollback['identical_features']}")
     km2 = east0["stats"]["area_km2"]
     c = rep["corrections"]
     deleted = c["train"]["deleted"] + c["holdout"]["deleted"]
-    return {"deleted_in_west": deleted, "budget_s": budget_s,
+    return {"deleted_in_west": deleted, "budget_s": budget_s, "steps": steps,
+            "rollback": rollback,
             "job_seconds": round(secs, 1), "retrain": _brief(rep),
             "model_before": active0, "model_after": active1, "east_km2": km2,
             "east_false_polygons_before": len(east0["features"]),
@@ -302,11 +354,18 @@ def _brief(rep: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def run(budget_s: float = 60.0, vienna_budget_s: Optional[float] = None,
+def run(budget_s: float = 300.0, vienna_budget_s: Optional[float] = None,
         control: bool = True, user_models: Optional[Path] = None,
+        steps: Optional[int] = STEPS, folds: Sequence[str] = ("AB", "BA"),
         progress=print) -> Dict[str, Any]:
-    """Run experiments 1-3 (and the control) in ``user_models`` (default: a fresh
-    temporary folder); returns the measurements."""
+    """Run experiments 1-3 (and the controls) in ``user_models`` (default: a fresh
+    temporary folder); returns the measurements.
+
+    Fold ``AB`` runs in ``user_models`` itself (its version is the one experiments 2
+    and 3 build on); fold ``BA`` starts again from the shipped model in a sub-folder,
+    so each fold measures one retrain of the shipped model. ``steps`` (default
+    :data:`STEPS`) fixes the fine-tuning length so that the figures repeat;
+    ``budget_s`` only caps the time."""
     prev = os.environ.get("ORTHOLENS_USER_MODELS")
     tmp = None
     if user_models is None:
@@ -318,12 +377,26 @@ def run(budget_s: float = 60.0, vienna_budget_s: Optional[float] = None,
         t0 = time.monotonic()
         res: Dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu",
                                "threads": int(os.environ.get("ORTHOLENS_THREADS",
-                                                             os.cpu_count() or 1))}
-        res["pv01"] = pv01_experiment(budget_s, progress)
-        if control:
-            res["pv01_control"] = control_experiment(budget_s, res["pv01"]["model_before"],
-                                                     progress)
-        res["vienna"] = vienna_experiment(vienna_budget_s or budget_s, progress)
+                                                             os.cpu_count() or 1)),
+                               "folds": {}, "controls": {}}
+        for fold in folds:
+            if fold != folds[0]:
+                os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / f"fold-{fold}")
+            res["folds"][fold] = pv01_experiment(budget_s, steps, fold, progress)
+            if control:
+                res["controls"][fold] = control_experiment(
+                    budget_s, res["folds"][fold]["model_before"], steps, fold, progress)
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
+        fl = list(res["folds"].values())
+        res["pooled"] = {"before": _pool(*[f["b_before"] for f in fl]),
+                         "after": _pool(*[f["b_after"] for f in fl])}
+        if control and res["controls"]:
+            res["pooled"]["control"] = _pool(*[c["b_after"] for c in res["controls"].values()])
+        res["pv01"] = fl[0]
+        # from the shipped model too: the pv01 version may have learned Vienna's roofs
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / "vienna")
+        res["vienna"] = vienna_experiment(vienna_budget_s or budget_s, steps, progress)
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
         res["rollback"] = rollback_experiment(res["pv01"], progress)
         res["seconds"] = round(time.monotonic() - t0, 1)
         return res
@@ -340,51 +413,71 @@ def _f(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _row(name: str, m: Dict[str, Any]) -> str:
+    return (f"    | {name} | {_f(m['object_f1'])} | {_f(m['object_precision'])} | "
+            f"{_f(m['object_recall'])} | {_f(m.get('pixel_iou', '-'))} | {m['objects_true']} | "
+            f"{m['objects_pred']} | {m['false_objects']} | {m['missed_objects']} |")
+
+
+_HEAD = ["    | {} | object F1 | precision | recall | pixel IoU | true | pred | false | "
+         "missed |", "    |---|---|---|---|---|---|---|---|---|"]
+
+
 def report(res: Dict[str, Any]) -> str:
     """The printed summary."""
-    pv, vi = res["pv01"], res["vienna"]
+    vi = res["vienna"]
     lines = [f"Retrain evaluation on {res['device']} ({res['threads']} threads), "
              f"{res.get('seconds', '?')} s in all", ""]
-    r = pv["retrain"]
-    lines += [
-        f"(1) pv01: corrections on clusters A ({len(pv['tiles_a'])} tiles), measured on "
-        f"clusters B ({len(pv['tiles_b'])} tiles: {', '.join(pv['tiles_b'])})",
-        f"    simulated user: {pv['user_edits']['deleted']} deleted, "
-        f"{pv['user_edits']['reshaped']} reshaped, {pv['user_edits']['added']} added, "
-        f"{pv['user_edits']['kept']} kept ({pv['features']} features)",
-        f"    retrain {pv['model_before']}: budget {pv['budget_s']:g} s, "
-        f"{r['train']['steps']} steps in {r['train']['seconds']} s (job {pv['job_seconds']} s)"
-        f" -> {'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: "
-        f"{r['reason']}",
-        f"    user's held-out corrections: object F1 "
-        f"{_f(r['before']['user_holdout']['object_f1'])} -> "
-        f"{_f(r['after']['user_holdout']['object_f1'])}, object errors "
-        f"{r['before']['user_holdout']['object_errors']} -> "
-        f"{r['after']['user_holdout']['object_errors']}",
-    ]
-    if "heldout" in r["before"]:
-        lines.append(f"    guard, pv01 held-out minus A ({r['before']['heldout']['tiles']} tiles):"
-                     f" pixel IoU {_f(r['before']['heldout']['pixel_iou'])} -> "
-                     f"{_f(r['after']['heldout']['pixel_iou'])}")
-    lines.append("    | cluster B | object F1 | precision | recall | pixel IoU | true | "
-                 "pred | false | missed |")
-    lines.append("    |---|---|---|---|---|---|---|---|---|")
-    rows = [(f"before ({pv['model_before']})", pv["b_before"]),
-            (f"after ({pv['model_after']})", pv["b_after"])]
-    if "b_rejected_candidate" in pv:
-        rows.append(("rejected candidate (not registered)", pv["b_rejected_candidate"]))
-    if "pv01_control" in res:
-        rows.append(("control: replay only", res["pv01_control"]["b_after"]))
-    for name, m in rows:
-        lines.append(f"    | {name} | {_f(m['object_f1'])} | {_f(m['object_precision'])} | "
-                     f"{_f(m['object_recall'])} | {_f(m['pixel_iou'])} | {m['objects_true']} | "
-                     f"{m['objects_pred']} | {m['false_objects']} | {m['missed_objects']} |")
+    for fold, pv in res["folds"].items():
+        r = pv["retrain"]
+        src, dst = fold[0], fold[1]
+        lines += [
+            f"(1 {fold}) pv01: corrections on clusters {src} ({len(pv['tiles_a'])} tiles), "
+            f"measured on clusters {dst} ({len(pv['tiles_b'])} tiles: "
+            f"{', '.join(pv['tiles_b'])})",
+            f"    simulated user: {pv['user_edits']['deleted']} deleted, "
+            f"{pv['user_edits']['reshaped']} reshaped, {pv['user_edits']['added']} added, "
+            f"{pv['user_edits']['kept']} kept ({pv['features']} features)",
+            f"    retrain {pv['model_before']}: {r['train']['steps']} steps in "
+            f"{r['train']['seconds']} s (cap {pv['budget_s']:g} s; job {pv['job_seconds']} s,"
+            f" encoder trained: {r['train']['train_encoder']})"
+            f" -> {'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: "
+            f"{r['reason']}",
+            f"    user's held-out corrections: object F1 "
+            f"{_f(r['before']['user_holdout']['object_f1'])} -> "
+            f"{_f(r['after']['user_holdout']['object_f1'])}, object errors "
+            f"{r['before']['user_holdout']['object_errors']} -> "
+            f"{r['after']['user_holdout']['object_errors']}",
+        ]
+        if "guard" in r["before"]:
+            lines.append(f"    guard, pv01 validation tiles ({r['before']['guard']['tiles']}):"
+                         f" pixel IoU {_f(r['before']['guard']['pixel_iou'])} -> "
+                         f"{_f(r['after']['guard']['pixel_iou'])}")
+        lines.append(_HEAD[0].format(f"clusters {dst}"))
+        lines.append(_HEAD[1])
+        lines.append(_row(f"before ({pv['model_before']})", pv["b_before"]))
+        lines.append(_row(f"after ({pv['model_after']})", pv["b_after"]))
+        if "b_rejected_candidate" in pv:
+            lines.append(_row("rejected candidate (not registered)",
+                              pv["b_rejected_candidate"]))
+        if fold in res.get("controls", {}):
+            lines.append(_row("control: replay only, same steps",
+                              res["controls"][fold]["b_after"]))
+        lines.append("")
+    if len(res["folds"]) > 1:
+        po = res["pooled"]
+        lines.append(f"(1) pooled over the folds: every held-out object measured once, by "
+                     f"a retrain that never saw its cluster")
+        lines += [_HEAD[0].format("pooled"), _HEAD[1], _row("before", po["before"]),
+                  _row("after", po["after"])]
+        if "control" in po:
+            lines.append(_row("control: replay only", po["control"]))
+        lines.append("")
     r = vi["retrain"]
     lines += [
-        "",
         f"(2) Vienna (no panels): the user deleted all {vi['deleted_in_west']} detections "
-        f"in the west half; retrain {vi['model_before']}: budget {vi['budget_s']:g} s, "
-        f"{r['train']['steps']} steps (job {vi['job_seconds']} s) -> "
+        f"in the west half; retrain {vi['model_before']}: {r['train']['steps']} steps "
+        f"(job {vi['job_seconds']} s) -> "
         f"{'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: {r['reason']}",
         f"    east half (never reviewed, {vi['east_km2']} km2): false polygons "
         f"{vi['east_false_polygons_before']} -> {vi['east_false_polygons_after']} "
@@ -392,6 +485,10 @@ def report(res: Dict[str, Any]) -> str:
         f"{vi['east_fp_m2_before']} -> {vi['east_fp_m2_after']} m2)",
         "",
         "(3) rollback:"]
+    if vi.get("rollback"):
+        lines.append(f"    {vi['rollback']['from']} -> {vi['rollback']['to']} (Vienna): "
+                     f"east-half features identical to {vi['rollback']['to']}'s earlier "
+                     f"output: {vi['rollback']['identical_features']}")
     for s in res["rollback"]["steps"]:
         lines.append(f"    {s['from']} -> {s['to']}: features on B identical to "
                      f"{s['to']}'s earlier output: {s.get('identical_features', 'n/a')} "
@@ -403,19 +500,31 @@ def report(res: Dict[str, Any]) -> str:
 
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description="measure the retrain loop on real data")
-    ap.add_argument("--budget-s", type=float, default=60.0,
-                    help="training budget of the pv01 retrain, seconds (default 60)")
+    ap.add_argument("--steps", type=int, default=STEPS,
+                    help=f"fine-tuning steps of every retrain (default {STEPS}; 0: use the "
+                         f"time budget alone)")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="time cap of every retrain, seconds (default 300)")
     ap.add_argument("--vienna-budget-s", type=float, default=None,
-                    help="training budget of the Vienna retrain (default: --budget-s)")
+                    help="time cap of the Vienna retrain (default: --budget-s)")
+    ap.add_argument("--folds", default="AB,BA",
+                    help="pv01 folds to run: AB (correct A, measure B), BA, or both "
+                         "(default AB,BA)")
     ap.add_argument("--no-control", action="store_true",
-                    help="skip the replay-only control fine-tune")
+                    help="skip the replay-only control fine-tunes")
     ap.add_argument("--user-models", type=Path, default=None,
                     help="user model folder to write versions to (default: a temporary "
                          "folder, deleted afterwards)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "retrain-eval")
     args = ap.parse_args(argv)
-    res = run(args.budget_s, args.vienna_budget_s, not args.no_control, args.user_models)
-    res["pv01"].pop("_features_b", None)
+    folds = tuple(f.strip().upper() for f in args.folds.split(",") if f.strip())
+    if not folds or folds[0] != "AB" or any(f not in ("AB", "BA") for f in folds):
+        ap.error("--folds must start with AB and hold AB and/or BA")
+    res = run(args.budget_s, args.vienna_budget_s, not args.no_control, args.user_models,
+              args.steps or None, folds)
+    for f in res["folds"].values():
+        f.pop("_features_b", None)
+    res.pop("pv01", None)  # the same dict as folds["AB"]
     text = report(res)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -332,9 +332,10 @@ class RetrainDialog(QDialog):
         self.activate_check.setChecked(True)
         form.addRow("", self.activate_check)
         lay.addLayout(form)
-        rule = QLabel("A new version is kept only if it makes fewer mistakes on the part "
-                      "of your corrections it was not trained on and does not get worse "
-                      "on the reference held-out tiles; otherwise you are told why.", self)
+        rule = QLabel("A new version is kept only if it does not get worse on the part "
+                      "of your corrections it was not trained on, nor on reference "
+                      "validation tiles it never trained on, and has learned from your "
+                      "corrections; otherwise you are told why.", self)
         rule.setWordWrap(True)
         lay.addWidget(rule)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
@@ -366,7 +367,7 @@ def report_html(report: Dict[str, Any]) -> str:
     rows = []
     parts = (("user_holdout", "your held-out corrections"),
              ("user_train", "your corrections it trained on"),
-             ("heldout", "reference held-out tiles (pv01)"))
+             ("guard", "reference validation tiles (pv01)"))
     for key, label in parts:
         if key not in b or key not in a:
             continue

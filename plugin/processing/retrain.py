@@ -51,7 +51,8 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
                 "extent, where whatever no polygon covers is background. A quarter of the "
                 "extent is kept apart to check the result; the new version "
                 "(<model>@<n>) is kept only if it does not get worse there nor on the "
-                "reference held-out tiles and makes fewer mistakes on the corrections. "
+                "reference validation tiles it never trained on, and has learned from the "
+                "corrections (fewer object errors, or fewer wrong pixels where it trained). "
                 "Outputs: whether it was accepted and why, the new model id, the report.")
 
     def createInstance(self):  # noqa: N802

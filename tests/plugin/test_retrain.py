@@ -172,11 +172,11 @@ class _Stub:
             "corrections": {"features": len(request["features"])},
             "before": {"user_holdout": {"object_f1": None, "object_errors": 2,
                                         "pixel_iou": 0.0, "false_polygons_per_km2": 64.0},
-                       "heldout": {"object_f1": 0.844, "object_errors": 10,
+                       "guard": {"object_f1": 0.844, "object_errors": 10,
                                    "pixel_iou": 0.773}},
             "after": {"user_holdout": {"object_f1": None, "object_errors": 0,
                                        "pixel_iou": None, "false_polygons_per_km2": 0.0},
-                      "heldout": {"object_f1": 0.885, "object_errors": 7,
+                      "guard": {"object_f1": 0.885, "object_errors": 7,
                                   "pixel_iou": 0.859}},
             "rule": "the rule", "warnings": ["feature 2: invalid geometry repaired"]}}
 
