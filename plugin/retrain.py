@@ -67,6 +67,7 @@ from .tasks import (
     ValidationError,
     connect_daemon,
     describe_error,
+    job_fraction,
     pixel_source,
     prepare_detect,
     render_pixels,
@@ -475,9 +476,8 @@ class RetrainTask(QgsTask):
         return True
 
     def _progress(self, fraction: Any = None, message: Any = None, *_: Any) -> None:
-        try:
-            f = min(max(float(fraction), 0.0), 1.0)
-        except (TypeError, ValueError):
+        f = job_fraction(fraction)
+        if f is None:
             return
         self.message = str(message or "")
         self.setProgress(5 + 94 * f)

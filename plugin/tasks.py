@@ -534,6 +534,15 @@ def pick_card(cards: List[Dict[str, Any]], model_id: Optional[str]) -> Dict[str,
                       f"{', '.join(str(c.get('id')) for c in cards)}).")
 
 
+def job_fraction(value: Any) -> Optional[float]:
+    """A daemon ``progress`` fraction clamped to 0..1; None when it is not a number
+    (the message is then ignored rather than failing the task)."""
+    try:
+        return min(max(float(value), 0.0), 1.0)
+    except (TypeError, ValueError):
+        return None
+
+
 def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
     """The daemon's ``stats["warnings"]`` of a result (e.g. a raster resampled from a
     GSD far from the model's, an out-of-memory back-off) as sentences for the user."""
@@ -691,9 +700,8 @@ class DetectTask(QgsTask):
         return True
 
     def _on_progress(self, fraction: Any = None, message: Any = None, *_: Any) -> None:
-        try:
-            f = min(max(float(fraction), 0.0), 1.0)
-        except (TypeError, ValueError):
+        f = job_fraction(fraction)
+        if f is None:
             return
         self.setProgress(10 + 85 * f)
         if message:
