@@ -176,10 +176,6 @@ def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
                         for k in keys}, "features": feats}
 
 
-def _strip(features: Dict[str, List[Dict[str, Any]]]) -> Dict[str, List[Dict[str, Any]]]:
-    return {k: [dict(f) for f in v] for k, v in features.items()}
-
-
 def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
     """Object F1 / precision / recall pooled over folds (from their object counts)."""
     true = sum(m["objects_true"] for m in metrics)

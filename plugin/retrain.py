@@ -29,7 +29,6 @@ Nothing here imports torch or ``backend``.
 from __future__ import annotations
 
 import json
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -71,6 +70,7 @@ from .tasks import (
     pixel_source,
     prepare_detect,
     render_pixels,
+    run_reporting,
 )
 
 PROP = "ortholens/"
@@ -436,24 +436,16 @@ class RetrainTask(QgsTask):
         self.daemon_process = None
 
     def run(self) -> bool:  # noqa: D401 - QgsTask API
-        try:
+        """Connect, retrain; never raises, errors go to ``self.error``."""
+        def work() -> bool:
             client = connect_daemon(self.settings, start=True, timeout_s=self.timeout_s)
             self.daemon_process = getattr(client, "process", None)
             try:
                 return self._run(client)
             finally:
                 client.close()
-        except InterruptedError:
-            self.cancelled = True
-            return False
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            if type(exc).__name__ == "JobCancelled":
-                self.cancelled = True
-                return False
-            self.error = describe_error(exc).replace("run the detection", "retrain")
-            QgsMessageLog.logMessage(f"{self.error}\n{traceback.format_exc()}", LOG_TAG,
-                                     Qgis.Warning)
-            return False
+        return run_reporting(self, work, lambda exc: describe_error(exc).replace(
+            "run the detection", "retrain"))
 
     def _run(self, client) -> bool:
         self.setProgress(2)

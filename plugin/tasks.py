@@ -543,6 +543,28 @@ def job_fraction(value: Any) -> Optional[float]:
         return None
 
 
+def run_reporting(task: Any, work: Callable[[], bool],
+                  describe: Callable[[BaseException], str] = None) -> bool:
+    """Run a QgsTask's ``work`` in its worker thread without ever raising (QGIS would
+    crash): a cancel (``InterruptedError`` or the client's ``JobCancelled``) sets
+    ``task.cancelled``; any other error sets ``task.error`` to ``describe(exc)``
+    (default :func:`describe_error`) and is logged with its traceback. Returns
+    ``work()``'s result, or False."""
+    try:
+        return work()
+    except InterruptedError:
+        task.cancelled = True
+        return False
+    except Exception as exc:  # noqa: BLE001 - reported to the user
+        if type(exc).__name__ == "JobCancelled":
+            task.cancelled = True
+            return False
+        task.error = (describe or describe_error)(exc)
+        QgsMessageLog.logMessage(f"{task.error}\n{traceback.format_exc()}", LOG_TAG,
+                                 Qgis.Warning)
+        return False
+
+
 def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
     """The daemon's ``stats["warnings"]`` of a result (e.g. a raster resampled from a
     GSD far from the model's, an out-of-memory back-off) as sentences for the user."""
@@ -626,19 +648,7 @@ class DetectTask(QgsTask):
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
         """Do the work; never raises (QGIS would crash), errors go to ``self.error``."""
-        try:
-            return self._run()
-        except InterruptedError:
-            self.cancelled = True
-            return False
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            if type(exc).__name__ == "JobCancelled":
-                self.cancelled = True
-                return False
-            self.error = describe_error(exc)
-            QgsMessageLog.logMessage(f"{self.error}\n{traceback.format_exc()}", LOG_TAG,
-                                     Qgis.Warning)
-            return False
+        return run_reporting(self, self._run)
 
     def _run(self) -> bool:
         self.setProgress(1)
