@@ -36,6 +36,20 @@ VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 PV01_HELDOUT = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
 
 
+def wait_until(pred, timeout_s: float = 15.0) -> bool:
+    """Process Qt events until ``pred()`` is true (True) or ``timeout_s`` passes (False)."""
+    import time
+
+    from qgis.PyQt.QtCore import QCoreApplication
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        QCoreApplication.processEvents()
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 @pytest.fixture(scope="session")
 def vienna_path() -> Path:
     if not VIENNA.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import time
 from pathlib import Path
 
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
@@ -15,22 +14,14 @@ from plugin.dock import NOT_RUNNING
 from plugin.main import ACTION_NAME, TOOLBAR_NAME
 from plugin.settings import resource_path
 
+from conftest import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _flush_deletes():
     QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
     QCoreApplication.processEvents()
-
-
-def _wait(pred, timeout_s=15.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        QCoreApplication.processEvents()
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_metadata_is_complete():
@@ -63,7 +54,7 @@ def test_init_gui_and_unload(qgis_iface):
         assert p.dock.threshold_spin.value() == 0.5
         assert not p.dock.cancel_button.isEnabled()
         # The status ping (no daemon at ORTHOLENS_ENDPOINT) ends with the "not running" line.
-        assert _wait(lambda: p.status_task is None and "Checking" not in p.dock.status_label.text())
+        assert wait_until(lambda: p.status_task is None and "Checking" not in p.dock.status_label.text())
         assert p.dock.status_label.text() == NOT_RUNNING
     finally:
         p.unload()

@@ -14,11 +14,10 @@ import json
 import time
 
 import pytest
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
-from conftest import REPO
+from conftest import REPO, wait_until
 
 MODEL = "pv-unet-r18"
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
@@ -31,16 +30,6 @@ def sq(x, y, s):
 
 
 BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
-
-
-def _wait(pred, timeout_s=30.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        QCoreApplication.processEvents()
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class _FakeClient:
@@ -215,7 +204,7 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     task = p.retrain.retrain()
     assert task is not None and not p.dock.detect_button.isEnabled()
     task.progressChanged.connect(values.append)
-    assert _wait(lambda: p.retrain.task is None, 60)
+    assert wait_until(lambda: p.retrain.task is None, 60)
     assert task.report and task.report["accepted"], task.error
     req = stub.requests[0]
     assert req["model"] == MODEL and req["budget_s"] == 60.0
@@ -248,9 +237,9 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
     p.retrain.exec_dialog = run_dialog
     task = p.retrain.retrain(layer)
     assert task is not None
-    assert _wait(lambda: task.progress() > 5, 30)
+    assert wait_until(lambda: task.progress() > 5, 30)
     p.dock.cancel_button.click()
-    assert _wait(lambda: p.retrain.task is None, 30)
+    assert wait_until(lambda: p.retrain.task is None, 30)
     assert task.cancelled and task.report is None
     assert "cancelled" in p.dock.message().lower()
 
@@ -266,21 +255,21 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
                base_model=MODEL, lineage={"parent": MODEL, "number": 1})
     (d / "card.json").write_text(json.dumps(raw))
     p.refresh_status()
-    assert _wait(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
     p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
     p.dock.activate_button.click()
-    assert _wait(lambda: p.retrain.versions_task is None and p.status_task is None
+    assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and "[active]" in p.dock.model_combo.currentText(), 30)
     assert p.dock.current_model_id() == f"{MODEL}@1"
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == f"{MODEL}@1"
     p.dock.rollback_button.click()
-    assert _wait(lambda: p.retrain.versions_task is None and p.status_task is None
+    assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and p.dock.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
     assert "Rolled back to pv-unet-r18" in p.dock.message()
     # rolling back the shipped model is refused with a reason
     p.dock.rollback_button.click()
-    assert _wait(lambda: p.retrain.versions_task is None, 30)
+    assert wait_until(lambda: p.retrain.versions_task is None, 30)
     assert "no earlier version" in p.dock.message()
 
 
