@@ -170,6 +170,12 @@ def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
     return read_card(card_path)
 
 
+def val_names(card: "ModelCard") -> List[str]:
+    """Names of the pv01 train-split tiles ``card``'s model was validated on, not fitted
+    on (``training.val_names``, written by ``backend.train``); empty when unknown."""
+    return list((card.raw.get("training") or {}).get("val_names") or [])
+
+
 def read_card(card_path: Path) -> ModelCard:
     """Parse the ``card.json`` at ``card_path`` (its folder holds the weights).
 

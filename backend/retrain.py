@@ -51,7 +51,7 @@ from .detect import (DetectError, JobCancelled, Options, detections_from_probs,
                      model_errors, predict_grid)
 from .engines import Engine, get_engine, softmax
 from .metrics import Counts, compare
-from .registry import ModelCard, load_card, load_torch_model
+from .registry import ModelCard, load_card, load_torch_model, val_names
 
 log = logging.getLogger("ortholens.retrain")
 
@@ -205,7 +205,7 @@ def guard_tiles(card: ModelCard, exclude: Sequence[str] = ()) -> List[Any]:
         FileNotFoundError: the pv01 data is missing.
     """
     from . import data as pvdata
-    names = set((card.raw.get("training") or {}).get("val_names") or [])
+    names = set(val_names(card))
     ex = {os.path.realpath(p) for p in exclude}
     return [t for t in pvdata.list_tiles("train")
             if t.name in names and os.path.realpath(t.image_path) not in ex]
@@ -435,8 +435,7 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
     corr = ChipSampler(areas, cfg.chip, rng, cfg.hard_fraction) if areas else None
     if corr is not None and not len(corr):
         corr = None
-    val_names = (card.raw.get("training") or {}).get("val_names") or []
-    replay = replay_data(val_names) if cfg.replay_fraction > 0 else None
+    replay = replay_data(val_names(card)) if cfg.replay_fraction > 0 else None
     rep = ReplaySampler(replay, cfg.chip, rng) if replay is not None else None
     if corr is None and rep is None:
         raise RetrainError(P.E_INVALID_INPUT, "no training data: the reviewed areas are "

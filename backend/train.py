@@ -280,14 +280,13 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     """
     from .detect import run_detect
     from .engines import get_engine
-    from .registry import load_card
+    from .registry import load_card, val_names
 
     members = [load_card(m["id"]) for m in config["members"]]
     first = members[0]
-    val_names = set(first.raw.get("training", {}).get("val_names", []))
+    names = set(val_names(first))
     for m in members[1:]:
-        other = set(m.raw.get("training", {}).get("val_names", []))
-        if other != val_names:
+        if set(val_names(m)) != names:
             raise ValueError(f"member {m.id} was validated on other tiles than {first.id}; "
                              f"train members with the same split_seed")
     d = {"id": config["id"], "version": config["version"], "kind": "ensemble",
@@ -304,7 +303,7 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
     card = ModelCard.from_dict(d, out_dir)
     engine = get_engine(card)
-    val = [t for t in pvdata.list_tiles("train") if t.name in val_names]
+    val = [t for t in pvdata.list_tiles("train") if t.name in names]
     probs, masks = [], []
     for t in val:
         got = []
@@ -317,7 +316,7 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     print(f"val: {json.dumps(pp)}", flush=True)
     d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
               "max_hole_m2": pp["max_hole_m2"],
-              "training": {"val_tiles": len(val), "val_names": sorted(val_names),
+              "training": {"val_tiles": len(val), "val_names": sorted(names),
                            "config": config, "postprocess_chosen_on_val": pp["val"]}})
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
