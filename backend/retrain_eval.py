@@ -54,8 +54,8 @@ from . import data as pvdata
 from .config import REPO, data_dir
 
 MODEL = "pv-unet-r18"
-#: Fine-tuning steps of every retrain here (batch 8 chips of 192 px; about 2 min on
-#: two CPU cores): a fixed count makes the figures repeat on any machine load.
+#: Fine-tuning steps of every retrain here (batch 8 chips of 192 px; 75-85 s on two
+#: idle CPU cores): a fixed count makes the figures repeat on any machine load.
 STEPS = 150
 #: Clusters of held-out tiles (first tile name of each, see backend.data.clusters):
 #: A = the user's corrections, B = where the effect is measured.
@@ -177,17 +177,18 @@ def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
 
 
 def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
-    """Object F1 / precision / recall pooled over folds (from their object counts)."""
-    true = sum(m["objects_true"] for m in metrics)
-    pred = sum(m["objects_pred"] for m in metrics)
-    fp = sum(m["false_objects"] for m in metrics)
-    fn = sum(m["missed_objects"] for m in metrics)
-    tp = true - fn
-    return {"object_f1": round(2 * tp / (true + pred), 4) if true + pred else None,
-            "object_precision": round(tp / pred, 4) if pred else None,
-            "object_recall": round(tp / true, 4) if true else None,
-            "objects_true": true, "objects_pred": pred, "false_objects": fp,
-            "missed_objects": fn}
+    """Object F1 / precision / recall pooled over folds: their object counts summed
+    into one :class:`~backend.metrics.Counts` (None where undefined)."""
+    from .metrics import Counts
+    tot = Counts()
+    for m in metrics:
+        tot.add(Counts(tp_obj=m["objects_true"] - m["missed_objects"],
+                       fp_obj=m["false_objects"], fn_obj=m["missed_objects"]))
+    s = tot.summary()
+    keys = ("object_f1", "object_precision", "object_recall", "objects_true",
+            "objects_pred", "false_objects", "missed_objects")
+    return {k: (None if isinstance(s[k], float) and s[k] != s[k] else
+                round(s[k], 4) if isinstance(s[k], float) else s[k]) for k in keys}
 
 
 def pv01_experiment(budget_s: float, steps: Optional[int] = None, fold: str = "AB",
