@@ -280,15 +280,14 @@ def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
                   f"corrected areas trained on {tb['object_errors']} -> "
                   f"{ta['object_errors']}")
     elif (ea == eb and tb and ta and ta["object_errors"] == tb["object_errors"]
-          and ta.get("wrong_px") is not None and tb.get("wrong_px") is not None
           and ta["wrong_px"] < tb["wrong_px"]):
         better = (f"object errors unchanged on the held-out corrections ({ea}) and on the "
                   f"corrected areas trained on ({ta['object_errors']}); wrong pixels there "
                   f"{tb['wrong_px']} -> {ta['wrong_px']}")
     else:
         seen = (f", on the corrected areas trained on {tb['object_errors']} -> "
-                f"{ta['object_errors']}, wrong pixels {tb.get('wrong_px')} -> "
-                f"{ta.get('wrong_px')}" if tb and ta else "")
+                f"{ta['object_errors']}, wrong pixels {tb['wrong_px']} -> "
+                f"{ta['wrong_px']}" if tb and ta else "")
         reasons.append(f"no fewer object errors (held-out corrections {eb} -> {ea}{seen})")
     if reasons:
         return False, "; ".join(reasons)
@@ -311,7 +310,7 @@ def replay_data(exclude: Sequence[str] = ()) -> Optional[Dict[str, np.ndarray]]:
     if _REPLAY.get("key") != key:
         from . import data as pvdata
         try:
-            tiles = [t for t in pvdata.list_tiles("train") if t.name not in set(key)]
+            tiles = [t for t in pvdata.list_tiles("train") if t.name not in key]
             _REPLAY["arrays"] = pvdata.load_arrays(tiles) if tiles else None
             _REPLAY["n"] = len(tiles)
         except (FileNotFoundError, OSError) as exc:
@@ -635,8 +634,9 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
                 before["guard"] = dict(_GUARD_CACHE[key])
                 after["guard"] = eval_tiles(cand, card, tiles, cancelled)
             else:
-                warnings.append("the model's card names no pv01 validation tiles; the "
-                                "forgetting guard was skipped")
+                warnings.append("no pv01 validation tiles to check (the model's card "
+                                "names none, or all are among the corrected rasters); "
+                                "the forgetting guard was skipped")
         ub, ua = before["user_holdout"], after["user_holdout"]
         if (ua["object_errors"] == ub["object_errors"] and corr.train
                 and not (cancelled and cancelled())):
