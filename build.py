@@ -1,25 +1,7 @@
 #!/usr/bin/env python3
 """Ortholens task runner: the one entry point for set-up, demo, tests and benchmarks.
 
-    python3 build.py setup        install system packages (Debian 12, root or sudo),
-                                  create the two virtual environments, export ONNX
-    python3 build.py demo         setup + detect solar panels on the real sample data
-                                  through the daemon; prints polygons per class and
-                                  writes out/demo/*.gpkg and out/demo/*.png
-    python3 build.py test         setup + the whole test suite (backend and plugin)
-    python3 build.py train CFG..  train member(s) from config files (models/configs/)
-    python3 build.py eval         held-out accuracy of the shipped models (JSON + Markdown)
-    python3 build.py retrain-eval the retrain loop on real data without a person: before /
-                                  after numbers (pv01 clusters A -> B, Vienna, rollback)
-    python3 build.py screenshot   QGIS desktop under Xvfb with a detection, as a PNG
-    python3 build.py peakram      daemon peak RAM of a batch job: small extent vs 100x
-                                  larger (bounded by the chunk size; out/peakram.json)
-    python3 build.py bench        model-only vs end-to-end throughput, screen-extent
-                                  latency through the client, peak RAM (out/bench.json)
-    python3 build.py package      the installable plugin zip in out/ortholens.zip
-    python3 build.py load         load test of the daemon: 100 detections on small real
-                                  extents from 5 concurrent clients; prints requests,
-                                  clients, errors, p50/p99 latency; writes out/load.json
+    python3 build.py TASK [ARGS...]      (python3 build.py lists the tasks)
 
 Environments (both made from Debian's /usr/bin/python3, versions pinned):
   .venv/backend  the daemon and trainer: PyTorch, segmentation-models-pytorch, ONNX
@@ -27,7 +9,7 @@ Environments (both made from Debian's /usr/bin/python3, versions pinned):
   .venv/qgis     the plugin side: Debian's PyQGIS through --system-site-packages, plus
                  the test tools (requirements-qgis.txt); never holds torch
 
-Data is read from ORTHOLENS_DATA (default ../shared/data), never copied.
+Data is read from ORTHOLENS_DATA (default: backend.config.data_dir()), never copied.
 Only the standard library is used here, so any python3 runs this file.
 """
 
@@ -64,7 +46,8 @@ def run(cmd, env=None, check=True, cwd=REPO) -> int:
 
 def base_env() -> dict:
     env = dict(os.environ)
-    env.setdefault("ORTHOLENS_DATA", str((REPO.parent / "shared" / "data").resolve()))
+    from backend.config import data_dir  # the one default of the data folder
+    env.setdefault("ORTHOLENS_DATA", str(data_dir()))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("QT_QPA_PLATFORM", "offscreen")
     runtime = Path(env.get("XDG_RUNTIME_DIR") or f"/tmp/ortholens-runtime-{os.getuid()}")
@@ -133,20 +116,23 @@ def setup() -> None:
                "requirements-backend-nodeps.txt")
     setup_venv(VENV_QGIS, ["requirements-qgis.txt"], True)
     # ONNX graphs are derived from the shipped fp16 safetensors (kept out of git).
-    run([VENV_BACKEND / "bin" / "python", "-m", "backend.export"], env=base_env())
+    run([VENV_BACKEND / "bin" / "python", "-m", "backend.models.export"], env=base_env())
 
 
 # ----------------------------------------------------------------------------- tasks
+
+#: (name, environment, test folders): the plugin's tests need QGIS, the rest the backend.
+TEST_SUITES = (("backend", VENV_BACKEND, ["tests/protocol", "tests/backend", "tests/tools"]),
+               ("plugin", VENV_QGIS, ["tests/plugin"]))
 
 def test(args) -> int:
     setup()
     env = base_env()
     results = []
     OUT.mkdir(exist_ok=True)
-    for name, py, path in (("backend", VENV_BACKEND, "tests/backend"),
-                           ("plugin", VENV_QGIS, "tests/plugin")):
+    for name, py, paths in TEST_SUITES:
         junit = OUT / f"junit-{name}.xml"
-        rc = run([py / "bin" / "python", "-m", "pytest", path, "-q", "-p", "no:cacheprovider",
+        rc = run([py / "bin" / "python", "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
                   f"--junitxml={junit}"] + list(args), env=env, check=False)
         results.append((name, rc, junit))
     passed = failed = skipped = 0
@@ -169,7 +155,7 @@ def test(args) -> int:
 
 def demo(args) -> int:
     setup()
-    return run([VENV_QGIS / "bin" / "python", "-m", "plugin.headless", "demo"] + list(args),
+    return run([VENV_QGIS / "bin" / "python", "-m", "tools.demo", "demo"] + list(args),
                env=base_env(), check=False)
 
 
@@ -182,38 +168,38 @@ def train(args) -> int:
             cfgs, key=lambda p: json.loads(p.read_text()).get("kind") == "ensemble")]
     rc = 0
     for cfg in args:
-        rc |= run([VENV_BACKEND / "bin" / "python", "-m", "backend.train", cfg], env=base_env(),
+        rc |= run([VENV_BACKEND / "bin" / "python", "-m", "backend.learning.train", cfg], env=base_env(),
                   check=False)
     return rc
 
 
 def retrain_eval(args) -> int:
     setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.retrain_eval"] + list(args),
+    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.retrain_eval"] + list(args),
                env=base_env(), check=False)
 
 
 def evaluate(args) -> int:
     setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.evaluate"] + list(args),
+    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.evaluate"] + list(args),
                env=base_env(), check=False)
 
 
 def screenshot(args) -> int:
     setup()
-    return run([VENV_QGIS / "bin" / "python", "tests/screenshot/qgis_screenshot.py"] + list(args),
+    return run([VENV_QGIS / "bin" / "python", "tools/screenshot.py"] + list(args),
                env=base_env(), check=False)
 
 
 def bench(args) -> int:
     setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.bench"] + list(args),
+    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.bench"] + list(args),
                env=base_env(), check=False)
 
 
 def peakram(args) -> int:
     setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.peakram"] + list(args),
+    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.peakram"] + list(args),
                env=base_env(), check=False)
 
 
@@ -224,6 +210,11 @@ def package(args) -> int:
         for p in sorted((REPO / "plugin").rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
                 z.write(p, Path("ortholens") / p.relative_to(REPO / "plugin"))
+        # the shared protocol package travels inside the plugin (plugin/__init__.py puts
+        # ortholens/ext on sys.path)
+        for p in sorted((REPO / "protocol").rglob("*.py")):
+            if "__pycache__" not in p.parts:
+                z.write(p, Path("ortholens") / "ext" / p.relative_to(REPO))
         z.write(REPO / "metadata.txt", "ortholens/metadata.txt")
         for p in sorted((REPO / "resources").rglob("*")):
             if p.is_file():
@@ -235,21 +226,51 @@ def package(args) -> int:
 
 def load(args) -> int:
     setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "backend.loadtest"] + list(args),
+    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.loadtest"] + list(args),
                env=base_env(), check=False)
 
 
-TASKS = {"setup": lambda a: setup() or 0, "demo": demo, "test": test, "train": train,
-         "bench": bench, "peakram": peakram,
-         "eval": evaluate, "screenshot": screenshot, "package": package, "load": load,
-         "retrain-eval": retrain_eval}
+def imports(args) -> int:
+    return run([sys.executable, "-m", "tools.imports"] + list(args), env=base_env(),
+               check=False)
+
+
+#: name -> (function, one line of help). The README's commands are rows of this table.
+TASKS = {
+    "setup": (lambda a: setup() or 0,
+              "install system packages (Debian 12, root or sudo), create the two virtual "
+              "environments, export ONNX"),
+    "demo": (demo, "setup + detect solar panels on the real sample data through the "
+                   "daemon; prints polygons per class, writes out/demo/*.gpkg and *.png"),
+    "test": (test, "setup + the whole test suite (protocol, backend, tools, plugin)"),
+    "train": (train, "train member(s) from config files (default: every models/configs/*.json)"),
+    "eval": (evaluate, "held-out accuracy of the shipped models (JSON + Markdown)"),
+    "retrain-eval": (retrain_eval, "the retrain loop on real data without a person: "
+                                   "before/after numbers, rollback"),
+    "screenshot": (screenshot, "QGIS desktop under Xvfb with a detection, as a PNG"),
+    "bench": (bench, "model-only vs end-to-end throughput, screen-extent latency through "
+                     "the client, peak RAM (out/bench.json)"),
+    "peakram": (peakram, "daemon peak RAM of a batch job, small vs 100x larger extent "
+                         "(out/peakram.json)"),
+    "load": (load, "load test: 100 detections from 5 concurrent clients; p50/p99 latency "
+                   "(out/load.json)"),
+    "package": (package, "the installable plugin zip, out/ortholens.zip"),
+    "imports": (imports, "check the import rules (layers, no cycles, no qgis in the "
+                         "backend, no backend in the plugin)"),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in TASKS)
+    rows = "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in TASKS.items())
+    return f"{__doc__}\nTasks:\n{rows}\n"
 
 
 def main(argv) -> int:
     if not argv or argv[0] not in TASKS:
-        print(__doc__)
+        print(usage())
         return 2
-    return TASKS[argv[0]](argv[1:])
+    return TASKS[argv[0]][0](argv[1:])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Paths and defaults shared by the daemon, trainer and task runner.
+"""Paths shared by the daemon, trainer, tools and task runner: the one place of their
+defaults.
 
 Every path can be overridden by an environment variable, so nothing is copied into
 the project: the real data sets are read where they lie.
@@ -8,6 +9,7 @@ the project: the real data sets are read where they lie.
                       (default ``<repo>/models``)
 ``ORTHOLENS_ROOTS``   ``os.pathsep``-separated folders a non-loopback daemon may read
                       rasters from (loopback daemons read any file the user can)
+``ORTHOLENS_THREADS`` CPU threads of training and fine-tuning (default: all cores)
 """
 
 from __future__ import annotations
@@ -31,3 +33,16 @@ def models_dir() -> Path:
 def pv01_dir() -> Path:
     """``<data>/pv01``: the rooftop PV set (Jiang et al. 2021, CC BY 4.0)."""
     return data_dir() / "pv01"
+
+
+def vienna_scene() -> Path:
+    """``<data>/vienna/vienna_44_2_ortho_2023_30cm.tif``: a panel-free 0.3 m scene (Stadt
+    Wien, Orthofoto 2023, tile 44_2, CC BY 4.0), where every detection is a false
+    positive."""
+    return data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
+
+
+def train_threads() -> int:
+    """CPU threads of training and fine-tuning (``ORTHOLENS_THREADS``, default the
+    number of cores)."""
+    return int(os.environ.get("ORTHOLENS_THREADS", os.cpu_count() or 1))

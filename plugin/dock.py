@@ -3,11 +3,15 @@
 The dock holds no logic: it emits ``detectRequested``, ``cancelRequested``,
 ``refreshRequested`` (and ``retrainRequested``, ``activateRequested``,
 ``rollbackRequested`` for :mod:`.retrain`) and the plugin (:mod:`.main`) reacts.
+
+Threshold and minimum area show the selected model card's values and are sent only
+when the user changes them (:class:`CardValue`); otherwise the daemon applies the
+card's own values, as for the Processing algorithms.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -20,10 +24,13 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 from qgis.core import Qgis
+
+from .engine import default_card
 
 NOT_RUNNING = "Daemon not running — it will be started on first use."
 
@@ -37,6 +44,74 @@ def card_label(card: Dict[str, Any]) -> str:
     classes = ", ".join(str(c.get("name")) for c in card.get("classes") or [])
     active = " [active]" if (card.get("lineage") or {}).get("active") else ""
     return f"{card.get('id')} v{card.get('version', '?')}{active} — {classes or 'no classes'}"
+
+
+class CardValue:
+    """A spin box that follows the model card's value until the user sets one.
+
+    Next to the spin box a button reads "model default" (disabled) while the value is
+    the card's, and "Reset" once the user has changed it; pressing it goes back to
+    the card's value.
+
+    Args:
+        spin: the spin box (its initial value is shown while no card is known).
+        key: the card field and the ``DetectParams`` field, e.g. ``"threshold"``.
+        parent: parent of the button.
+    """
+
+    def __init__(self, spin: QDoubleSpinBox, key: str, parent: QWidget):
+        self.spin, self.key = spin, key
+        self.card_value: Optional[float] = None
+        self.overridden = False
+        self.button = QToolButton(parent)
+        self.button.setObjectName(f"{spin.objectName()}Reset")
+        self.button.clicked.connect(self.reset)
+        self.spin.valueChanged.connect(self._edited)
+        self._show()
+
+    def row(self, parent: QWidget) -> QWidget:
+        """The spin box and its button side by side, for a form row."""
+        box = QWidget(parent)
+        lay = QHBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.spin, 1)
+        lay.addWidget(self.button)
+        return box
+
+    def follow(self, card: Optional[Dict[str, Any]], keep_user_value: bool = False) -> None:
+        """Take ``card``'s value; show it unless the user set a value and
+        ``keep_user_value`` (the same model listed again) holds. A newly selected model
+        shows its own value."""
+        v = (card or {}).get(self.key)
+        self.card_value = float(v) if isinstance(v, (int, float)) else None
+        if self.overridden and keep_user_value:
+            self._show()
+        else:
+            self.reset()
+
+    def reset(self) -> None:
+        """Back to the card's value: nothing is sent, the daemon uses the card's."""
+        self.overridden = False
+        if self.card_value is not None:
+            self.spin.blockSignals(True)
+            self.spin.setValue(self.card_value)
+            self.spin.blockSignals(False)
+        self._show()
+
+    def value(self) -> Optional[float]:
+        """The user's value (rounded to 4 decimals), or None to use the card's."""
+        return round(self.spin.value(), 4) if self.overridden else None
+
+    def _edited(self, *_: Any) -> None:
+        self.overridden = True
+        self._show()
+
+    def _show(self) -> None:
+        known = f" ({self.card_value:g})" if self.card_value is not None else ""
+        self.button.setEnabled(self.overridden)
+        self.button.setText("Reset" if self.overridden else "model default")
+        self.button.setToolTip(f"Use the model's value{known} again" if self.overridden
+                               else f"The model's value{known} is used")
 
 
 def pong_text(pong: Dict[str, Any], endpoint: str) -> str:
@@ -71,6 +146,8 @@ class OrtholensDock(QDockWidget):
         super().__init__("Ortholens", parent)
         self.setObjectName("OrtholensDock")
         self._cards: List[Dict[str, Any]] = []
+        #: the id of the card whose values the fields show (None before the first).
+        self._shown_id: Optional[str] = None
         body = QWidget(self)
         outer = QVBoxLayout(body)
 
@@ -103,7 +180,8 @@ class OrtholensDock(QDockWidget):
         self.threshold_spin.setDecimals(2)
         self.threshold_spin.setValue(0.5)
         self.threshold_spin.setToolTip("Probability a pixel needs to count as a panel")
-        form.addRow("Threshold", self.threshold_spin)
+        self.threshold = CardValue(self.threshold_spin, "threshold", body)
+        form.addRow("Threshold", self.threshold.row(body))
 
         self.min_area_spin = QDoubleSpinBox(body)
         self.min_area_spin.setObjectName("ortholensMinArea")
@@ -113,7 +191,8 @@ class OrtholensDock(QDockWidget):
         self.min_area_spin.setSuffix(" m²")
         self.min_area_spin.setValue(1.0)
         self.min_area_spin.setToolTip("Smaller objects are dropped")
-        form.addRow("Minimum area", self.min_area_spin)
+        self.min_area = CardValue(self.min_area_spin, "min_area_m2", body)
+        form.addRow("Minimum area", self.min_area.row(body))
         outer.addLayout(form)
 
         self.detect_button = QPushButton("Detect in extent", body)
@@ -147,7 +226,7 @@ class OrtholensDock(QDockWidget):
         self._prefer: Optional[str] = None
 
     def _add_version_buttons(self, body: QWidget, outer: QVBoxLayout) -> None:
-        """Retrain / make active / roll back (plugin/retrain.py reacts)."""
+        """Retrain / make active / roll back (the retrain controller reacts)."""
         self.retrain_button = QPushButton("Retrain on corrections…", body)
         self.retrain_button.setObjectName("ortholensRetrainButton")
         self.retrain_button.setToolTip("Fine-tune the selected model on the corrected "
@@ -190,8 +269,8 @@ class OrtholensDock(QDockWidget):
             # model, else the daemon's default for its device (fast on CPU, ensemble on GPU)
             current = next((c["id"] for c in self._cards
                             if (c.get("lineage") or {}).get("active")
-                            and (c.get("lineage") or {}).get("number")), None) or next(
-                (c["id"] for c in self._cards if c.get("default")), None)
+                            and (c.get("lineage") or {}).get("number")), None) or (
+                default_card(self._cards) or {}).get("id")
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for c in self._cards:
@@ -207,6 +286,7 @@ class OrtholensDock(QDockWidget):
         return self._cards[i] if 0 <= i < len(self._cards) else None
 
     def current_model_id(self) -> Optional[str]:
+        """The selected model card's id, or None."""
         card = self.current_card()
         return str(card["id"]) if card else None
 
@@ -215,24 +295,24 @@ class OrtholensDock(QDockWidget):
         if card is None:
             self.model_info.setText("Models are listed once the daemon runs.")
             return
-        if isinstance(card.get("threshold"), (int, float)):
-            self.threshold_spin.setValue(float(card["threshold"]))
-        if isinstance(card.get("min_area_m2"), (int, float)):
-            self.min_area_spin.setValue(float(card["min_area_m2"]))
+        same = card.get("id") == self._shown_id
+        self._shown_id = card.get("id")
+        for field in self._card_values():
+            field.follow(card, keep_user_value=same)
         self.model_info.setText(describe_card(card))
 
-    def options(self) -> Dict[str, Any]:
-        """Detect options from the widgets: ``threshold`` (0..1], ``min_area_m2`` (m²).
+    def _card_values(self) -> Tuple[CardValue, ...]:
+        return (self.threshold, self.min_area)
 
-        Empty when no model card is known yet (the daemon's defaults then apply).
-        """
-        if self.current_card() is None:
-            return {}
-        return {"threshold": round(self.threshold_spin.value(), 4),
-                "min_area_m2": round(self.min_area_spin.value(), 4)}
+    def options(self) -> Dict[str, Any]:
+        """The ``DetectParams`` fields the user set: ``threshold`` (0..1],
+        ``min_area_m2`` (m²). A field left at the model's value is absent, so the daemon
+        applies the card's value (empty before any change)."""
+        return {f.key: f.value() for f in self._card_values() if f.value() is not None}
 
     # status and progress -------------------------------------------------------
     def set_status(self, text: str) -> None:
+        """Show the daemon's status line."""
         self.status_label.setText(text)
 
     def set_busy(self, busy: bool) -> None:
@@ -245,6 +325,7 @@ class OrtholensDock(QDockWidget):
             self.progress.setValue(0)
 
     def set_progress(self, value: float) -> None:
+        """Set the progress bar, percent."""
         self.progress.setValue(int(round(value)))
 
     def show_message(self, text: str, level: int = Qgis.Info) -> None:
@@ -255,6 +336,7 @@ class OrtholensDock(QDockWidget):
         self.message_label.setToolTip(text)
 
     def message(self) -> str:
+        """The message shown under the buttons."""
         return self.message_label.text()
 
 

@@ -7,10 +7,10 @@ Two halves, so the slow part can run in a :class:`~qgis.core.QgsTask`:
 * :func:`load_result_layer` opens it with the ``ogr`` provider (edits are saved back to
   the file), applies a categorized renderer and adds it to the project; UI thread only.
 
-:func:`write_result_layer` does both. The attribute table follows
-``protocol``'s result feature: ``class`` (string), ``class_id`` (int), ``score`` (double,
-0..1), ``area_m2`` (double, m²), ``model``, ``model_version`` (strings) plus ``detected_at``
-(string, ISO 8601 UTC time of the write).
+:func:`write_result_layer` does both. The attribute table is ``protocol.results``'
+result schema (:data:`RESULT_FIELDS`), the same as a batch job's GeoPackage:
+``class``, ``class_id``, ``score``, ``agreement``, ``area_m2``, ``model``,
+``model_version`` and ``detected_at`` (ISO 8601 UTC time of the write).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from qgis.PyQt.QtGui import QColor
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
-    QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
     QgsFeature,
     QgsField,
@@ -40,25 +39,22 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+from protocol import results
+from protocol.errors import ResultLayerError
 
-#: (name, QVariant type) of the result table's fields, in order.
-RESULT_FIELDS = (
-    ("class", QVariant.String),
-    ("class_id", QVariant.Int),
-    ("score", QVariant.Double),
-    ("area_m2", QVariant.Double),
-    ("model", QVariant.String),
-    ("model_version", QVariant.String),
-    ("detected_at", QVariant.String),
-)
+from .detect.crs import crs_from_text
+
+#: QVariant type and Python conversion of each kind of ``protocol.results``.
+_KINDS = {"str": (QVariant.String, str), "int": (QVariant.Int, int),
+          "float": (QVariant.Double, float)}
+
+#: (name, QVariant type) of the result table's fields, in order: the protocol's result
+#: schema.
+RESULT_FIELDS = tuple((name, _KINDS[kind][0]) for name, kind in results.RESULT_FIELDS)
 
 #: Fill opacity of the class colour (0..255); outlines are opaque.
 FILL_ALPHA = 90
 FALLBACK_COLOR = "#e31a1c"
-
-
-class ResultLayerError(RuntimeError):
-    """The GeoPackage could not be written or opened; the message says why and where."""
 
 
 def result_fields() -> QgsFields:
@@ -106,11 +102,14 @@ def default_result_path(stem: str, project: Optional[QgsProject] = None,
     return str(path.resolve())
 
 
-def _crs_from(text: str) -> QgsCoordinateReferenceSystem:
-    crs = QgsCoordinateReferenceSystem.fromWkt(text)
-    if not crs.isValid():
-        crs = QgsCoordinateReferenceSystem(text)  # "EPSG:32651" style
-    return crs
+def _attributes(feature: Dict[str, Any], detected_at: str) -> List[Any]:
+    """The attribute values of a result feature in :data:`RESULT_FIELDS` order: each
+    converted to its kind; a field the feature lacks is NULL."""
+    values = []
+    for name, kind in results.RESULT_FIELDS:
+        value = detected_at if name == "detected_at" else feature.get(name)
+        values.append(None if value is None else _KINDS[kind][1](value))
+    return values
 
 
 def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
@@ -119,7 +118,8 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
 
     Args:
         result: the daemon's result, ``{"crs": WKT, "features": [feature, ...], ...}``
-            with features as in :mod:`protocol`.
+            with features as in ``protocol.wire`` (``wkt`` and the fields of
+            ``protocol.results``).
         path: the ``.gpkg`` file to create; an existing file is replaced. The file is
             written under a temporary name in the same folder and renamed atomically
             when complete, so ``path`` never holds a half-written GeoPackage (and an
@@ -134,7 +134,7 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
         ResultLayerError: ``result["crs"]`` is not a valid CRS, a feature has invalid
             WKT or the file cannot be created or written.
     """
-    crs = _crs_from(str(result.get("crs") or ""))
+    crs = crs_from_text(str(result.get("crs") or ""))
     if not crs.isValid():
         raise ResultLayerError("the daemon's result has no valid CRS; nothing was written")
     detected_at = detected_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -150,11 +150,7 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
         geom.convertToMultiType()
         feat = QgsFeature(fields)
         feat.setGeometry(geom)
-        feat.setAttributes([
-            str(f.get("class", "")), int(f.get("class_id", 0)), float(f.get("score", 0.0)),
-            float(f.get("area_m2", 0.0)), str(f.get("model", "")),
-            str(f.get("model_version", "")), detected_at,
-        ])
+        feat.setAttributes(_attributes(f, detected_at))
         feats.append(feat)
 
     target = Path(path)

@@ -1,8 +1,10 @@
 """The QGIS plugin object: action, toolbar, Raster menu entry and dock.
 
 ``Detect in extent`` checks the inputs on the UI thread (messages in the message bar
-and the dock), then runs a :class:`~.tasks.DetectTask` through QGIS's task manager; the
-result layer is added above the searched raster when the task finishes.
+and the dock), then runs a :class:`~.detect.task.DetectTask` through QGIS's task
+manager; the result layer is added above the searched raster when the task finishes.
+Retrain and model versions are wired by :class:`~.retrain.controller.RetrainController`,
+the Processing algorithms by :class:`~.processing.OrtholensProvider`.
 """
 
 from __future__ import annotations
@@ -14,16 +16,14 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 
+from protocol.errors import InputError
+
+from .detect.plan import prepare_detect
+from .detect.task import DetectTask
 from .dock import NOT_RUNNING, OrtholensDock, pong_text
 from .layers import default_result_path
 from .settings import daemon_settings, resource_path
-from .tasks import (
-    LOG_TAG,
-    DaemonStatusTask,
-    DetectTask,
-    ValidationError,
-    prepare_detect,
-)
+from .tasks import LOG_TAG, DaemonStatusTask
 
 MENU = "&Ortholens"
 ACTION_NAME = "OrtholensDetectAction"
@@ -38,7 +38,7 @@ class OrtholensPlugin:
 
     Attributes (after ``initGui``): ``action`` (QAction "Detect in extent"), ``toolbar``,
     ``dock`` (:class:`~.dock.OrtholensDock`), ``task`` (the running
-    :class:`~.tasks.DetectTask` or None), ``last_task`` (the last finished one).
+    :class:`~.detect.task.DetectTask` or None), ``last_task`` (the last finished one).
     """
 
     def __init__(self, iface: Any):
@@ -53,7 +53,7 @@ class OrtholensPlugin:
         self.daemon_process = None
         #: the Ortholens Processing provider while registered (``initProcessing``).
         self.provider = None
-        #: retrain and model versions (:class:`~.retrain.RetrainController`).
+        #: retrain and model versions (:class:`~.retrain.controller.RetrainController`).
         self.retrain = None
 
     # lifecycle -----------------------------------------------------------------
@@ -86,7 +86,7 @@ class OrtholensPlugin:
         self.dock.refreshRequested.connect(self.refresh_status)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
-        from .retrain import RetrainController
+        from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
         QTimer.singleShot(0, self.refresh_status)
 
@@ -182,7 +182,7 @@ class OrtholensPlugin:
         try:
             plan = prepare_detect(layer, canvas.extent(), crs,
                                   QgsProject.instance().transformContext())
-        except ValidationError as exc:
+        except InputError as exc:
             self.notify(str(exc), Qgis.Warning)
             return None
         card = self.dock.current_card() if self.dock is not None else None

@@ -8,7 +8,7 @@ key under ``ortholens/``), then a default:
 * repository (the daemon's working directory, holds ``backend/``): ``ORTHOLENS_REPO`` /
   ``ortholens/repo``, default the folder above the plugin folder when it holds
   ``backend/`` (a development checkout);
-* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``client.py``) or
+* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.client``) or
   ``ORTHOLENS_PYTHON`` / ``ortholens/python``, default ``<repo>/.venv/backend/bin/python``
   (``Scripts/python.exe`` on Windows);
 * token: ``ORTHOLENS_TOKEN`` / ``ortholens/token``, default none.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .protocol import DEFAULT_HOST, DEFAULT_PORT
+from protocol.wire import DEFAULT_HOST, DEFAULT_PORT
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 

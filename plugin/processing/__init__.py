@@ -1,14 +1,21 @@
 """The Ortholens Processing provider (``ortholens:*`` algorithms, Processing toolbox,
 batch mode, models and ``qgis_process``).
 
-Algorithms: ``ortholens:detect`` (Detect objects: a streaming, resumable batch job of
-the daemon, any raster size), ``ortholens:evaluate`` (Evaluate against reference
-polygons), ``ortholens:exportchips`` (Export training chips), ``ortholens:batchjobs``
-(List / resume / cancel batch jobs).
+One module per algorithm:
 
-``ortholens:retrain`` (*Retrain from corrected features*, issue #4) lives in
-``plugin/processing/retrain.py``; :class:`~.provider.OrtholensProvider` picks it up when
-the module exists. Other algorithms can be added with :func:`~.provider.register_algorithm`.
+* ``detect_alg``   ``ortholens:detect``, *Detect objects*: a streaming, resumable batch
+  job of the daemon over a raster of any size;
+* ``evaluate_alg`` ``ortholens:evaluate``, *Evaluate against reference polygons*;
+* ``chips_alg``    ``ortholens:exportchips``, *Export training chips*;
+* ``jobs_alg``     ``ortholens:batchjobs``, *List / resume batch jobs* (and cancel);
+* ``retrain_alg``  ``ortholens:retrain``, *Retrain from corrected features*;
+
+plus ``provider`` (:class:`~.provider.OrtholensProvider`; more algorithms can be added
+with :func:`~.provider.register_algorithm`), ``common`` (daemon connection, models,
+feedback) and ``rasterize`` (polygons to masks).
+
+Parameters left empty mean what they mean in the dock: the daemon's default model and
+the model card's values.
 """
 
 from .provider import OrtholensProvider, register_algorithm  # noqa: F401

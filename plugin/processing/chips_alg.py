@@ -76,6 +76,12 @@ class ExportChipsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHIPS", "Chips written"))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        """Write the chips, their masks and ``manifest.csv`` to the OUTPUT folder.
+
+        Raises:
+            QgsProcessingException: an unreadable or rotated raster, no polygons, or an
+                area smaller than one chip.
+        """
         from osgeo import gdal
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

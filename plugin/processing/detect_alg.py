@@ -1,4 +1,5 @@
-"""*Detect objects*: a streaming batch job of the daemon over a raster of any size."""
+"""*Detect objects* (``ortholens:detect``): a streaming batch job of the daemon over a
+raster of any size, its polygons copied to the algorithm's output."""
 
 from __future__ import annotations
 
@@ -27,13 +28,24 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
-    QgsRectangle,
     QgsVectorLayer,
     QgsWkbTypes,
 )
 
-from .common import DEFAULT_MODEL, connect, describe, model_ids, raster_file
+from protocol.errors import JobCancelled
+from protocol.params import BatchParams, DetectParams, FileSource
 
+from ..detect.crs import crs_wkt, extent_tuple
+from .common import (
+    daemon_session,
+    model_ids,
+    model_label,
+    progress_to,
+    raster_file,
+    resolve_model,
+)
+
+#: ``BatchParams.executor`` of each EXECUTOR choice.
 EXECUTORS = ["local", "ray"]
 
 
@@ -59,17 +71,20 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         ids = model_ids()
-        models = ", ".join(ids) if ids else f"daemon not reachable now; default {DEFAULT_MODEL}"
+        models = ", ".join(ids) if ids else "the daemon is not reachable now"
         return ("Detects objects (rooftop solar panels with the shipped model) in a raster "
                 "file of any size, a VRT mosaic included, and writes typed polygons "
-                "(class, score, area_m2, model, model_version). The daemon processes the "
-                "raster chunk by chunk with bounded memory and records progress, so an "
-                "interrupted job can be resumed with 'List / resume batch jobs'. Objects "
+                "(class, score, agreement, area_m2, model, model_version). The daemon "
+                "processes the raster chunk by chunk with bounded memory and records "
+                "progress, so an interrupted job can be resumed with 'List / resume batch jobs'. Objects "
                 "crossing chunk borders are kept exactly once; the polygons equal those "
                 "of 'Detect in extent' on the same area.\n\n"
                 "Extent: the area to search (default: the whole raster). Coverage: only "
                 "detections that meet these polygons are kept, and the search is limited "
                 "to their bounding box.\n\n"
+                "Model, threshold, smallest object and chunk size left empty: the "
+                "daemon's default model and the model card's values (the daemon's chunk "
+                "size), as in the Ortholens dock.\n\n"
                 f"Models: {models}.")
 
     def createInstance(self):  # noqa: N802
@@ -83,10 +98,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.COVERAGE, "Coverage polygons (keep detections meeting them)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
-        ids = model_ids()
         self.addParameter(QgsProcessingParameterString(
-            self.MODEL, "Model id" + (f" ({', '.join(ids)})" if ids else ""),
-            defaultValue=DEFAULT_MODEL if not ids or DEFAULT_MODEL in ids else ids[0]))
+            self.MODEL, model_label("Model id"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, "Probability threshold (default: the model's)",
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.01, maxValue=1.0))
@@ -94,8 +107,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
             self.MIN_AREA, "Smallest object, m² (default: the model's)",
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=1e6))
         chunk = QgsProcessingParameterNumber(
-            self.CHUNK_PX, "Chunk size, pixels at the model's resolution",
-            QgsProcessingParameterNumber.Integer, defaultValue=2048, minValue=32,
+            self.CHUNK_PX, "Chunk size, pixels at the model's resolution (default: the "
+            "daemon's)", QgsProcessingParameterNumber.Integer, optional=True, minValue=32,
             maxValue=16384)
         executor = QgsProcessingParameterEnum(
             self.EXECUTOR, "Run chunks on", options=["this computer (daemon)",
@@ -110,6 +123,13 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputString("JOB_ID", "Batch job id"))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        """Run the batch job and copy its polygons to OUTPUT (COUNT, JOB_ID).
+
+        Raises:
+            QgsProcessingException: an unreadable raster, empty coverage, no daemon, or
+                a daemon error (the message says which). A cancel is reported, not
+                raised: the job stays resumable.
+        """
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         path = raster_file(layer)
         crs = layer.crs()
@@ -136,45 +156,33 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
             area = box if area is None else area.intersect(box)
             if area.isEmpty():
                 raise QgsProcessingException("The extent and the coverage do not overlap.")
-        model = self.parameterAsString(parameters, self.MODEL, context).strip() or DEFAULT_MODEL
-        options: Dict[str, Any] = {
-            "chunk_px": self.parameterAsInt(parameters, self.CHUNK_PX, context),
-            "executor": EXECUTORS[self.parameterAsEnum(parameters, self.EXECUTOR, context)]}
-        for key, pname in (("threshold", self.THRESHOLD), ("min_area_m2", self.MIN_AREA)):
-            if parameters.get(pname) not in (None, ""):
-                options[key] = self.parameterAsDouble(parameters, pname, context)
         extent = extent_crs = None
         if area is not None:
-            extent = [area.xMinimum(), area.yMinimum(), area.xMaximum(), area.yMaximum()]
-            from ..tasks import crs_wkt
-            extent_crs = crs_wkt(crs)
+            extent, extent_crs = extent_tuple(area), crs_wkt(crs)
+        optional = {key: self.parameterAsDouble(parameters, pname, context)
+                    for key, pname in (("threshold", self.THRESHOLD),
+                                       ("min_area_m2", self.MIN_AREA))
+                    if parameters.get(pname) not in (None, "")}
+        chunk_px = (self.parameterAsInt(parameters, self.CHUNK_PX, context)
+                    if parameters.get(self.CHUNK_PX) not in (None, "") else None)
+        executor = EXECUTORS[self.parameterAsEnum(parameters, self.EXECUTOR, context)]
         out = os.path.join(QgsProcessingUtils.tempFolder(),
                            f"ortholens_batch_{uuid.uuid4().hex[:12]}.gpkg")
-
-        from ..batch_client import run_batch
-        from ..client import JobCancelled
-
-        def on_progress(fraction: float, message: str) -> None:
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.setProgressText(message)
-
-        client = connect(feedback)
-        feedback.pushInfo(f"Batch job: {path} with {model}, chunks of "
-                          f"{options['chunk_px']} px, on {options['executor']}")
         try:
-            result = run_batch(client, {"kind": "file", "path": path}, model, out,
-                               extent=extent, extent_crs=extent_crs,
-                               on_progress=on_progress, is_cancelled=feedback.isCanceled,
-                               **options)
+            with daemon_session(feedback) as client:
+                model = resolve_model(client, self.parameterAsString(parameters, self.MODEL,
+                                                                     context))
+                params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
+                                                  extent_crs=extent_crs, **optional),
+                                     out_path=out, chunk_px=chunk_px, executor=executor)
+                chunks = f"{chunk_px} px" if chunk_px else "the daemon's default size"
+                feedback.pushInfo(f"Batch job: {path} with {model}, chunks of {chunks}, "
+                                  f"on {executor}")
+                result = client.batch(params, progress_to(feedback), feedback.isCanceled)
         except JobCancelled:
             feedback.reportError("Cancelled; the job can be resumed with 'List / resume "
                                  "batch jobs'.")
             return {}
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            raise QgsProcessingException(describe(exc)) from None
-        finally:
-            client.close()
         stats = result.get("stats") or {}
         for w in stats.get("warnings") or []:
             feedback.pushWarning(w)

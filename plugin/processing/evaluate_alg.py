@@ -1,9 +1,12 @@
-"""*Evaluate against reference polygons*: pixel IoU and object P/R/F1, JSON + HTML."""
+"""*Evaluate against reference polygons* (``ortholens:evaluate``): pixel IoU and object
+precision/recall/F1 of detections, scored as ``protocol.metrics`` scores them (the
+benchmark's definition), written as JSON and HTML."""
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -20,7 +23,32 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
-from .rasterize import burn, compare_masks, grid_for, transformed
+from .rasterize import burn, grid_for, transformed
+
+
+def compare_masks(pred, ref, min_pixels: int = 20, iou_match: float = 0.5) -> Dict[str, Any]:
+    """Pixel IoU/precision/recall/F1 and object precision/recall/F1 of two masks.
+
+    Args:
+        pred, ref: bool (H, W) masks of the detections and the reference.
+        min_pixels: smaller 8-connected objects are ignored on both sides.
+        iou_match: IoU for a detected object to match a reference object.
+
+    Returns:
+        ``protocol.metrics.Counts.summary()`` plus ``matched_objects`` and the pixel
+        counts ``tp_px``, ``fp_px``, ``fn_px``; a ratio without a denominator is None.
+
+    Raises:
+        ImportError: scipy is missing (``protocol.metrics`` labels objects with it).
+    """
+    from protocol.metrics import compare
+
+    counts = compare(pred, ref, min_pixels=min_pixels, iou_match=iou_match)
+    report = {k: None if isinstance(v, float) and math.isnan(v) else v
+              for k, v in counts.summary().items()}
+    report.update(matched_objects=counts.tp_obj, tp_px=counts.tp_px, fp_px=counts.fp_px,
+                  fn_px=counts.fn_px)
+    return report
 
 
 class EvaluateAlgorithm(QgsProcessingAlgorithm):
@@ -76,6 +104,12 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        """Rasterise both layers on one grid and write the metrics (JSON, HTML).
+
+        Raises:
+            QgsProcessingException: a missing layer, a reference not in a metre CRS,
+                empty layers, a grid too large, or scipy missing.
+        """
         det = self.parameterAsSource(parameters, self.DETECTIONS, context)
         ref = self.parameterAsSource(parameters, self.REFERENCE, context)
         if det is None or ref is None:

@@ -1,4 +1,5 @@
-"""*List / resume batch jobs*: the daemon's batch jobs, running and resumable."""
+"""*List / resume batch jobs* (``ortholens:batchjobs``): the daemon's batch jobs, running
+and resumable; resume or cancel one."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .common import connect, describe
+from protocol.errors import JobCancelled
 
+from .common import daemon_session, progress_to
+
+#: The ACTION choices, in order.
 ACTIONS = ["list", "resume", "cancel"]
 
 
@@ -61,14 +65,16 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Polygons"))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
-        from ..batch_client import cancel_job, list_jobs, resume_batch
-        from ..client import JobCancelled
+        """List the jobs (JOBS); then resume one (OUT_PATH, COUNT) or cancel one.
 
+        Raises:
+            QgsProcessingException: no daemon, no job to resume or cancel, or a daemon
+                error.
+        """
         action = ACTIONS[self.parameterAsEnum(parameters, self.ACTION, context)]
         job_id = (self.parameterAsString(parameters, self.JOB_ID, context) or "").strip()
-        client = connect(feedback)
-        try:
-            jobs = list_jobs(client)
+        with daemon_session(feedback) as client:
+            jobs = client.jobs()
             for j in jobs:
                 feedback.pushInfo(job_line(j))
             if not jobs:
@@ -79,7 +85,7 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
             if action == "cancel":
                 if not job_id:
                     raise QgsProcessingException("Give the id of the job to cancel.")
-                cancel_job(client, job_id)
+                client.cancel(job_id)
                 feedback.pushInfo(f"Cancel requested for {job_id}.")
                 return out
             if not job_id:
@@ -88,25 +94,13 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
                     raise QgsProcessingException("No resumable batch job.")
                 job_id = resumable[0]["job_id"]
             feedback.pushInfo(f"Resuming {job_id}…")
-
-            def on_progress(fraction: float, message: str) -> None:
-                feedback.setProgress(100.0 * fraction)
-                if message:
-                    feedback.setProgressText(message)
-
             try:
-                result = resume_batch(client, job_id, on_progress, feedback.isCanceled)
+                result = client.resume(job_id, progress_to(feedback), feedback.isCanceled)
             except JobCancelled:
                 feedback.reportError("Cancelled; the job stays resumable.")
                 return out
-            stats = result.get("stats") or {}
-            feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('out_path')}")
-            out.update({"OUT_PATH": stats.get("out_path", ""),
-                        "COUNT": int(stats.get("count") or 0)})
-            return out
-        except QgsProcessingException:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            raise QgsProcessingException(describe(exc)) from None
-        finally:
-            client.close()
+        stats = result.get("stats") or {}
+        feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('out_path')}")
+        out.update({"OUT_PATH": stats.get("out_path", ""),
+                    "COUNT": int(stats.get("count") or 0)})
+        return out

@@ -22,19 +22,15 @@ def register_algorithm(factory: Callable[[], QgsProcessingAlgorithm]) -> None:
 
 
 def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
+    """A new instance of each Ortholens algorithm (imported here, when the provider
+    loads, so that registering the provider stays cheap)."""
     from .chips_alg import ExportChipsAlgorithm
     from .detect_alg import DetectObjectsAlgorithm
     from .evaluate_alg import EvaluateAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
-    algs: List[QgsProcessingAlgorithm] = [DetectObjectsAlgorithm(), EvaluateAlgorithm(),
-                                          ExportChipsAlgorithm(), BatchJobsAlgorithm()]
-    try:  # issue #4: "Retrain from corrected features" plugs in here
-        from .retrain import RetrainAlgorithm  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        algs.append(RetrainAlgorithm())
-    return algs
+    from .retrain_alg import RetrainAlgorithm
+    return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
+            BatchJobsAlgorithm(), RetrainAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):
@@ -53,5 +49,6 @@ class OrtholensProvider(QgsProcessingProvider):
         return QIcon(resource_path("icon.svg"))
 
     def loadAlgorithms(self) -> None:  # noqa: N802
+        """Add the built-in algorithms, then those of :func:`register_algorithm`."""
         for alg in builtin_algorithms() + [f() for f in _EXTRA]:
             self.addAlgorithm(alg)

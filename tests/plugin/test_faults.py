@@ -27,7 +27,7 @@ SQUARE = "POLYGON ((-1600 338500, -1598 338500, -1598 338502, -1600 338502, -160
 
 
 def _result(n=1, warnings=()):
-    from plugin.tasks import crs_wkt
+    from plugin.detect.crs import crs_wkt
     from qgis.core import QgsCoordinateReferenceSystem
     feats = [{"wkt": SQUARE, "class": "photovoltaic", "class_id": 1, "score": 0.9,
               "agreement": 1.0, "area_m2": 4.0, "model": MODEL, "model_version": "1.0.0"}] * n
@@ -63,13 +63,16 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
     shown as warnings in QGIS's message bar and in the dock next to the summary."""
     import plugin
     from plugin import tasks
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
 
     monkeypatch.setattr(tasks, "connect_daemon",
                         lambda *a, **k: _FakeClient(_result(1, [GSD_WARNING])))
-    plan = tasks.prepare_detect(vienna_layer, QgsRectangle(-1610, 338490, -1590, 338510),
-                                vienna_layer.crs())
-    task = tasks.DetectTask(plan, _settings(), str(tmp_path / "w.gpkg"), model_id=MODEL,
-                            add_to_project=False)
+    plan = prepare_detect(vienna_layer, QgsRectangle(-1610, 338490, -1590, 338510),
+                          vienna_layer.crs())
+    # the project owns the result layer: one owned only by Python that is still alive
+    # when QGIS exits (the plugin keeps its last task) crashes exitQgis()
+    task = DetectTask(plan, _settings(), str(tmp_path / "w.gpkg"), model_id=MODEL)
     ok = task.run()
     task.finished(ok)
     assert ok, task.error
@@ -95,7 +98,8 @@ def test_failed_write_leaves_the_existing_gpkg_intact(tmp_path, monkeypatch):
     write that fails midway leaves the previous file as it was and no debris."""
     from qgis.core import QgsVectorFileWriter, QgsVectorLayer
 
-    from plugin.layers import ResultLayerError, write_result_gpkg
+    from plugin.layers import write_result_gpkg
+    from protocol.errors import ResultLayerError
 
     out = tmp_path / "result.gpkg"
     assert write_result_gpkg(_result(2), str(out), "detections") == 2
@@ -125,9 +129,10 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
     """SIGKILL the real daemon while DetectTask waits for it: the task fails within
     seconds with a clear message, writes nothing and leaves an earlier result intact;
     the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
-    from plugin.client import start_daemon
+    from protocol.client import start_daemon
     from plugin.layers import write_result_gpkg
-    from plugin.tasks import DetectTask, prepare_detect
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
 
     layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
     QgsProject.instance().addMapLayer(layer)

@@ -14,12 +14,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from plugin.layers import (
-    ResultLayerError,
-    default_result_path,
-    write_result_gpkg,
-    write_result_layer,
-)
+from plugin.layers import default_result_path, write_result_gpkg, write_result_layer
+from protocol.errors import ResultLayerError
 
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 X0, Y0 = 254315.0, 3601390.0  # inside pv01's tiles, EPSG:32651
@@ -34,9 +30,9 @@ def fake_result():
     crs = QgsCoordinateReferenceSystem("EPSG:32651").toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
     feats = [
         {"wkt": square(X0, Y0, 2.0), "class": "photovoltaic", "class_id": 1, "score": 0.91,
-         "area_m2": 4.0, "model": "pv-unet-r18", "model_version": "1.0.0"},
+         "agreement": 1.0, "area_m2": 4.0, "model": "pv-unet-r18", "model_version": "1.0.0"},
         {"wkt": "MULTIPOLYGON(((%s)))" % square(X0 + 5, Y0, 3.0)[9:-2], "class": "photovoltaic",
-         "class_id": 1, "score": 0.66, "area_m2": 9.0, "model": "pv-unet-r18",
+         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0, "model": "pv-unet-r18",
          "model_version": "1.0.0"},
     ]
     return {"crs": crs, "features": feats, "stats": {"seconds": 0.1}}
@@ -55,16 +51,17 @@ def test_write_result_layer_gpkg_fields_style_and_edits(tmp_path, qgis_new_proje
     assert QgsWkbTypes.geometryType(layer.wkbType()) == QgsWkbTypes.PolygonGeometry
     assert layer.featureCount() == 2
     names = [f.name() for f in layer.fields()]
-    for want in ("class", "class_id", "score", "area_m2", "model", "model_version",
-                 "detected_at"):
-        assert want in names
+    assert names == ["fid", "class", "class_id", "score", "agreement", "area_m2", "model",
+                     "model_version", "detected_at"]
     types = {f.name(): f.typeName().lower() for f in layer.fields()}
     assert types["class_id"].startswith(("int", "mediumint")), types
     assert types["score"] in ("real", "double"), types
+    assert types["agreement"] in ("real", "double"), types
     feats = sorted(layer.getFeatures(), key=lambda f: f["area_m2"])
     assert [f["class"] for f in feats] == ["photovoltaic", "photovoltaic"]
     assert [f["class_id"] for f in feats] == [1, 1]
     assert feats[0]["score"] == pytest.approx(0.91)
+    assert [f["agreement"] for f in feats] == [1.0, 0.5]
     assert feats[1]["area_m2"] == pytest.approx(9.0)
     assert feats[0]["model_version"] == "1.0.0"
     assert "T" in feats[0]["detected_at"] and feats[0]["detected_at"].startswith("20")

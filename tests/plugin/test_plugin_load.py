@@ -79,7 +79,23 @@ def test_dock_models_fill_defaults(qgis_iface):
         assert "pv-unet-r18" in dock.model_combo.itemText(0)
         assert "photovoltaic" in dock.model_combo.itemText(0)
         assert dock.current_model_id() == "pv-unet-r18"
-        assert dock.options() == {"threshold": 0.35, "min_area_m2": 2.0}
+        # the card's values are shown, and not sent: the daemon applies the card's own
+        assert dock.threshold_spin.value() == 0.35 and dock.min_area_spin.value() == 2.0
+        assert dock.options() == {}
+        assert not dock.threshold.button.isEnabled()
+        # a value the user sets is sent, and survives the next listing of the models
+        dock.threshold_spin.setValue(0.4)
+        assert dock.options() == {"threshold": 0.4}
+        dock.set_models(cards)
+        assert dock.options() == {"threshold": 0.4} and dock.threshold_spin.value() == 0.4
+        dock.threshold.button.click()  # "Reset": back to the card's value
+        assert dock.threshold_spin.value() == 0.35 and dock.options() == {}
+        dock.min_area_spin.setValue(3.0)
+        assert dock.options() == {"min_area_m2": 3.0}
+        # another model shows its own values again
+        dock.set_models(cards + [dict(cards[0], id="pv-fpn-r18", threshold=0.45)])
+        dock.model_combo.setCurrentIndex(dock.model_combo.findData("pv-fpn-r18"))
+        assert dock.threshold_spin.value() == 0.45 and dock.options() == {}
         dock.set_busy(True)
         assert dock.cancel_button.isEnabled() and not dock.detect_button.isEnabled()
     finally:

@@ -1,0 +1,247 @@
+"""Batch jobs driven by the job store: record a job, run or resume it exactly once, and
+describe it.
+
+:func:`submit` checks a job's parameters and records it in the
+:class:`~backend.daemon.jobstore.JobStore`; :func:`run_batch` runs (or resumes) a stored
+job: it plans the grid at the first start (``backend.inference.batch.chunks.make_plan``,
+stored with the job), reconciles the output with the store, picks the executor (``local``
+or ``ray``) for the chunks still to do and appends each chunk's polygons to the
+GeoPackage before recording the chunk as done.
+
+Exactly once: the GeoPackage append (one SQLite transaction, every row carrying its
+``chunk``) comes before the store's record of the chunk. On (re)start,
+:func:`reconcile_output` deletes the rows of chunks the store does not list as done and
+those chunks run again: no polygon is lost or written twice, whenever the daemon was
+killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import protocol as P
+from backend.daemon.jobstore import CANCELLED, DONE, ERROR, QUEUED, RUNNING, JobStore
+from backend.inference.batch.chunks import ChunkResult, grid_from_plan, local_results, make_plan
+from backend.inference.batch.distributed import ray_results
+from backend.inference.batch.gpkg import DEFAULT_LAYER, GpkgWriter
+from backend.inference.detect import model_errors
+from backend.inference.engines import Engine
+from backend.models.catalog import load_card
+from protocol.errors import JobCancelled, JobError
+from protocol.params import BatchParams
+
+log = logging.getLogger("ortholens.batch")
+
+Progress = Callable[[float, str], None]
+
+#: The state a ``jobs`` reply gives a stored job that is queued or running in the store
+#: but not in this daemon: a killed daemon left it; ``resume`` continues it.
+INTERRUPTED = "interrupted"
+
+#: Header fields that belong to one request, not to the job.
+_NOT_STORED = ("v", "id", "type", "token", "arrays")
+
+
+def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -> str:
+    """Check a batch job and record it (state ``queued``); it does not run it.
+
+    Args:
+        store: the job store.
+        params: the job; ``out_path`` is stored as an absolute path.
+        job_id: the id to use (default: a fresh one, 32 hex characters).
+
+    Returns:
+        The job id.
+
+    Raises:
+        JobError: ``invalid_input`` for an output that exists (without ``overwrite``)
+            or a corrupt model; ``not_found`` for a missing output folder, raster file
+            or model.
+        ProtocolError: ``bad_request`` for parameters outside the ``batch`` schema (not a
+            file source, not a ``.gpkg``).
+    """
+    out = os.path.abspath(params.out_path)
+    header = dataclasses.replace(params, out_path=out).to_header()
+    if os.path.exists(out) and not params.overwrite:
+        raise JobError(f"{out} exists: choose a new file or set overwrite",
+                       P.E_INVALID_INPUT)
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise JobError(f"the output folder {parent} does not exist", P.E_NOT_FOUND)
+    raster = params.detect.source.path
+    if not os.path.isfile(raster):
+        raise JobError(f"raster file not found: {raster}", P.E_NOT_FOUND)
+    with model_errors():
+        load_card(params.detect.model)
+    job_id = job_id or uuid.uuid4().hex
+    store.create(job_id, {k: v for k, v in header.items() if k not in _NOT_STORED})
+    return job_id
+
+
+def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[int, int]:
+    """Make the output agree with the store before (re)starting; returns the done chunks
+    as ``{chunk index: polygons}``.
+
+    * no output yet: create it (and forget any chunk the store lists: it must rerun);
+    * rows of chunks the store does not list as done (a crash after the write, before
+      the record) or whose row count differs: deleted, and those chunks rerun.
+    """
+    done = store.done_chunks(job_id)
+    if not writer.exists():
+        if done:
+            log.warning("job %s: output %s is missing; restarting all chunks", job_id,
+                        writer.path)
+            store.clear_chunks(job_id)
+        writer.create()
+        return {}
+    present = writer.chunk_counts()
+    bad = {c for c, n in present.items() if done.get(c) != n}
+    bad |= {c for c, n in done.items() if n and present.get(c, 0) != n}
+    if bad:
+        removed = writer.delete_chunks(bad)
+        log.info("job %s: removed %d row(s) of %d unfinished chunk(s)", job_id, removed,
+                 len(bad))
+        keep = {c for c in done if c not in bad}
+        store.clear_chunks(job_id, keep)
+        done = {c: n for c, n in done.items() if c in keep}
+    return done
+
+
+def _results(executor: str, params: BatchParams, plan: Dict[str, Any],
+             pending: Sequence[int], cancelled: Optional[Callable[[], bool]],
+             engine: Optional[Engine]) -> Iterator[ChunkResult]:
+    """The chunk results of ``pending`` from the chosen executor."""
+    if executor == "ray":
+        return ray_results(params, plan, pending, cancelled=cancelled)
+    if executor == "local":
+        return local_results(params, plan, pending, cancelled, engine)
+    raise JobError(f"unknown executor {executor!r}", P.E_BAD_REQUEST)
+
+
+def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
+              cancelled: Optional[Callable[[], bool]] = None,
+              engine: Optional[Engine] = None,
+              executor: Optional[str] = None) -> Dict[str, Any]:
+    """Run (or resume) a stored batch job to completion.
+
+    Args:
+        store: the job store holding ``job_id``.
+        progress: receives (fraction 0..1, message) after every chunk.
+        cancelled: polled between model batches and chunks; the job then stops and
+            stays resumable (state ``cancelled``).
+        engine: engine for the local executor (tests, benchmarks).
+        executor: ``"local"`` or ``"ray"`` (``backend.inference.batch.distributed``;
+            ``RAY_ADDRESS`` picks the cluster); default: the job's, else local.
+
+    Returns:
+        ``{"crs", "features": [], "stats"}`` (the polygons are in the GeoPackage;
+        ``stats`` holds ``out_path``, ``layer``, ``count``, ``chunks``...).
+
+    Raises:
+        JobError: unknown job (``not_found``), unusable raster or model, unknown
+            executor.
+        JobCancelled: ``cancelled()`` turned true.
+    """
+    t0 = time.perf_counter()
+    progress = progress or (lambda f, m: None)
+    job = store.get(job_id)
+    if job is None:
+        raise JobError(f"no batch job {job_id}", P.E_NOT_FOUND)
+    store.set_state(job_id, RUNNING, "starting")
+    try:
+        params = BatchParams.from_header(job["request"])
+        executor = executor or params.executor or "local"
+        with model_errors():
+            card = load_card(params.detect.model)
+        plan = job["plan"]
+        if plan is None:
+            progress(0.0, "planning")
+            plan = make_plan(params, card)
+            store.set_plan(job_id, plan, plan["n_chunks"])
+        n = int(plan["n_chunks"])
+        writer = GpkgWriter(params.out_path, params.layer or DEFAULT_LAYER,
+                            plan["crs_wkt"], plan.get("detected_at", ""))
+        done = reconcile_output(writer, store, job_id)
+        resumed = len(done)
+        pending = [i for i in range(n) if i not in done]
+        written = sum(done.values())
+        progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks done")
+        warnings: List[str] = list(plan.get("warnings", []))
+        results = _results(executor, params, plan, pending, cancelled, engine)
+        tiles_run = tiles_cached = grown = truncated = 0
+        try:
+            for res in results:
+                written += writer.append(res)
+                store.mark_done(job_id, res.index, len(res.features))
+                done[res.index] = len(res.features)
+                tiles_run += res.tiles_run
+                tiles_cached += res.tiles_cached
+                grown += int(res.halo_px > int(plan["halo_px"]))
+                truncated += res.truncated
+                warnings.extend(w for w in res.warnings if w not in warnings)
+                progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks, {written} polygons")
+                if cancelled and cancelled() and len(done) < n:
+                    raise JobCancelled()
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        count = writer.count()
+        if count != written or len(done) != n:  # pragma: no cover - a bug, never silent
+            raise JobError(f"output holds {count} polygons, chunks recorded {written} "
+                           f"({len(done)}/{n} chunks)", P.E_INTERNAL)
+    except JobCancelled:
+        store.set_state(job_id, CANCELLED, "cancelled; resumable")
+        raise
+    except JobError as exc:
+        store.set_state(job_id, ERROR, exc.message)
+        raise
+    except BaseException as exc:
+        store.set_state(job_id, ERROR, f"{type(exc).__name__}: {exc}")
+        raise
+    store.set_state(job_id, DONE, f"{count} polygons")
+    g = grid_from_plan(plan)
+    elapsed = time.perf_counter() - t0
+    stats = {"out_path": writer.path, "layer": writer.layer, "count": count,
+             "chunks": n, "chunks_resumed": resumed, "chunk_px": plan["chunk_px"],
+             "halo_px": plan["halo_px"], "chunks_halo_grown": grown,
+             "objects_cut": truncated, "tiles_run": tiles_run, "tiles_cached": tiles_cached,
+             "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
+             "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
+             "seconds": round(elapsed, 3), "executor": executor,
+             "warnings": warnings}
+    progress(1.0, f"{count} polygons in {writer.path}")
+    return {"crs": plan["crs_wkt"], "features": [], "stats": stats}
+
+
+def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A ``jobs`` reply entry for a stored job (see ``protocol.wire``).
+
+    Args:
+        job: the job as :meth:`JobStore.get` returns it.
+        live: the job's ``Job.public()`` when this daemon has it queued or running.
+    """
+    params = BatchParams.from_header(job["request"])
+    n = job["n_chunks"]
+    state = job["state"]
+    running = live is not None
+    if state in (RUNNING, QUEUED) and not running:
+        state = INTERRUPTED
+    return {"job_id": job["job_id"], "state": state, "running": running,
+            "resumable": state != DONE and not running,
+            "chunks_done": job["chunks_done"], "chunks_total": n,
+            "fraction": round(job["chunks_done"] / n, 4) if n else 0.0,
+            "polygons": job["n_features"], "out_path": params.out_path,
+            "layer": params.layer or DEFAULT_LAYER, "model": params.detect.model,
+            "source": params.detect.source.path,
+            "executor": params.executor or "local",
+            "created": job["created"], "updated": job["updated"],
+            "message": (live or {}).get("message") or job["message"]}
+
+
+__all__ = ["INTERRUPTED", "submit", "reconcile_output", "run_batch", "job_summary"]

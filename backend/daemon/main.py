@@ -1,0 +1,89 @@
+"""``python -m backend``: run the Ortholens inference daemon.
+
+Options: ``--host H`` (default 127.0.0.1), ``--port P`` (default 5591), ``--token T``
+(default: env ``ORTHOLENS_TOKEN``; required when H is not loopback), ``--workers N``,
+``--max-queue N``, ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
+``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon).
+
+Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
+tcp://H:P``, and nothing else; logs go to stderr. SIGINT / SIGTERM stop it gracefully.
+Exit codes: 0 after a stop, 2 when it cannot start (port in use, bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import List, Optional
+
+
+def _parser() -> argparse.ArgumentParser:
+    import protocol as P
+    from backend.daemon.server import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
+    ap = argparse.ArgumentParser(prog="python -m backend",
+                                 description="Ortholens inference daemon (ZeroMQ).")
+    ap.add_argument("--host", default=P.DEFAULT_HOST,
+                    help="interface to bind (default %(default)s; others need a token)")
+    ap.add_argument("--port", type=int, default=P.DEFAULT_PORT,
+                    help="TCP port (default %(default)s; 0 = any free port)")
+    ap.add_argument("--token", default=os.environ.get("ORTHOLENS_TOKEN") or None,
+                    help="shared secret every request must carry (default: env "
+                         "ORTHOLENS_TOKEN; prefer the variable, argv is visible to ps)")
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                    help="jobs run at once (default %(default)s)")
+    ap.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                    help="most jobs waiting before requests get 'busy' (default %(default)s)")
+    ap.add_argument("--jobs-dir", default=None,
+                    help="folder of the batch job store (default: env ORTHOLENS_JOBS_DIR, "
+                         "else ~/.local/share/ortholens/jobs)")
+    ap.add_argument("--resume-jobs", action="store_true",
+                    help="resume the batch jobs a killed daemon left unfinished")
+    ap.add_argument("--log-level", default="INFO",
+                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the daemon; returns the process exit code (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import zmq
+
+    from backend.daemon.server import Server
+
+    def fail(msg: str) -> int:
+        print(f"ortholens daemon: {msg}", file=sys.stderr, flush=True)
+        return 2
+
+    if not 0 <= args.port <= 65535:
+        return fail(f"--port {args.port} is not a TCP port")
+    try:
+        server = Server(args.host, args.port, token=args.token, workers=args.workers,
+                        max_queue=args.max_queue, jobs_dir=args.jobs_dir,
+                        resume_jobs=args.resume_jobs)
+    except ValueError as exc:
+        return fail(str(exc))
+    try:
+        endpoint = server.bind()
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            return fail(f"cannot listen on tcp://{args.host}:{args.port}: the port is "
+                        f"already in use (another daemon running? pick one with --port)")
+        return fail(f"cannot listen on tcp://{args.host}:{args.port}: {exc}")
+
+    def on_signal(signum, frame):  # only sets a flag: safe in a signal handler
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"ortholens daemon listening on {endpoint}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

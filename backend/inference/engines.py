@@ -1,0 +1,284 @@
+"""Inference engines: one interface over ONNX Runtime (CPU), PyTorch (GPU/CPU) and
+ensembles of them.
+
+An engine maps a batch of *raw* tiles, ``(N, bands, H, W)`` in the card's input dtype
+(uint8) with H and W multiples of 32, to probabilities float32
+``(N, channels, H, W)`` (:meth:`Engine.predict_raw`). The first ``1 + classes``
+channels are class probabilities (softmax over the class axis, background first);
+an ensemble appends, per member, its own probability of each foreground class, so the
+stitched grid can tell which members vote for each polygon (``agreement``).
+
+Choice (:func:`get_engine`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
+is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
+otherwise PyTorch on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from backend.models.card import ModelCard
+from backend.models.torch_models import load_torch_model
+from protocol.errors import ModelCorrupt, ModelNotFound
+
+_CACHE: Dict[Tuple, "Engine"] = {}
+_LOCK = threading.Lock()
+
+
+def cuda_available() -> bool:
+    """True when PyTorch sees a CUDA device."""
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def device_name() -> str:
+    """``"cuda:0 <GPU name>"`` or ``"cpu"``."""
+    if cuda_available():
+        import torch
+        return f"cuda:0 {torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def normalize(tiles: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Scale and standardise raw tiles as the card says.
+
+    Args:
+        tiles: (N, bands, H, W) of the card's input dtype (uint8 for 3-band RGB).
+
+    Returns:
+        float32 (N, bands, H, W): ``(x / scale - mean) / std`` per band.
+    """
+    n = card.normalize
+    mean = np.asarray(n.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(n.std, np.float32).reshape(1, -1, 1, 1)
+    x = tiles.astype(np.float32) * np.float32(1.0 / float(n.scale))
+    x -= mean
+    x /= std
+    return x
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Numerically stable softmax, float32."""
+    z = logits - logits.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+class Engine:
+    """Base class of single-model engines.
+
+    ``predict(x)``: normalised float32 (N, B, H, W) -> probabilities float32
+    (N, 1 + classes, H, W). ``predict_raw(tiles)``: raw tiles -> the same.
+    """
+
+    card: ModelCard
+    device: str = "cpu"
+    kind: str = "?"
+    n_members: int = 1
+
+    @property
+    def channels(self) -> int:
+        """Output channels of :meth:`predict_raw`."""
+        return self.card.num_outputs
+
+    def predict(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        """Normalised float32 (N, bands, H, W) -> float32 (N, 1 + classes, H, W)."""
+        raise NotImplementedError
+
+    def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """Raw tiles (N, bands, H, W), the card's dtype -> float32 (N, channels, H, W)."""
+        return self.predict(normalize(tiles, self.card))
+
+
+def apply_tta(x: np.ndarray, name: str) -> np.ndarray:
+    """Apply a D4 transform to the last two axes of ``x`` (square tiles for rotations)."""
+    if name == "identity":
+        return x
+    if name == "hflip":
+        return x[..., ::-1]
+    if name == "vflip":
+        return x[..., ::-1, :]
+    if name == "rot90":
+        return np.rot90(x, 1, axes=(-2, -1))
+    if name == "rot180":
+        return np.rot90(x, 2, axes=(-2, -1))
+    if name == "rot270":
+        return np.rot90(x, 3, axes=(-2, -1))
+    if name == "transpose":
+        return np.swapaxes(x, -1, -2)
+    if name == "antitranspose":
+        return np.rot90(np.swapaxes(x, -1, -2), 2, axes=(-2, -1))
+    raise ValueError(f"unknown TTA transform {name!r}")
+
+
+_INVERSE = {"identity": "identity", "hflip": "hflip", "vflip": "vflip", "rot90": "rot270",
+            "rot180": "rot180", "rot270": "rot90", "transpose": "transpose",
+            "antitranspose": "antitranspose"}
+
+
+def invert_tta(y: np.ndarray, name: str) -> np.ndarray:
+    """Undo :func:`apply_tta` ``name`` on the last two axes."""
+    return apply_tta(y, _INVERSE[name])
+
+
+class EnsembleEngine(Engine):
+    """Weighted mean of member probabilities over members x test-time augmentations.
+
+    Method: probability averaging of independently trained networks and of flipped /
+    rotated inputs (the fusion used by the Swiss national solar survey's ensembles, and
+    standard TTA for aerial segmentation). Output channels: the fused ``1 + classes``
+    probabilities, then for each member its TTA-averaged probability of each
+    foreground class.
+
+    Args:
+        card: the ensemble card (``kind: ensemble``).
+        members: ``[(engine, weight)]``; all members must share the card's classes.
+
+    Raises:
+        ModelCorrupt: members with other classes or GSD than the ensemble card.
+    """
+
+    kind = "ensemble"
+
+    def __init__(self, card: ModelCard, members):
+        self.card = card
+        self.members = [(e, float(w)) for e, w in members]
+        names = [c.name for c in card.classes]
+        for e, _ in self.members:
+            if [c.name for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m:
+                raise ModelCorrupt(f"member {e.card.id!r} does not match ensemble "
+                                   f"{card.id!r} (classes {names}, GSD {card.gsd_m} m)")
+        self.n_members = len(self.members)
+        self.device = self.members[0][0].device
+        self.tta = list(card.tta)
+
+    @property
+    def channels(self) -> int:
+        """Fused class channels, then one per member and foreground class."""
+        return self.card.num_outputs + self.n_members * len(self.card.classes)
+
+    def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """See :class:`EnsembleEngine`: fused probabilities, then per-member ones."""
+        c = self.card.num_outputs
+        n, _, h, w = tiles.shape
+        fused = np.zeros((n, c, h, w), np.float32)
+        per_member = []
+        wsum = sum(wt for _, wt in self.members)
+        for eng, wt in self.members:
+            acc = np.zeros((n, c, h, w), np.float32)
+            for t in self.tta:
+                acc += invert_tta(eng.predict_raw(np.ascontiguousarray(apply_tta(tiles, t))), t)
+            acc /= len(self.tta)
+            fused += acc * (wt / wsum)
+            per_member.append(acc[:, 1:])
+        return np.concatenate([fused] + per_member, axis=1)
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime on the CPU.
+
+    Args:
+        card: the model card; ``card.onnx_path`` must exist.
+        threads: intra-op threads (default: all cores).
+
+    Raises:
+        ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
+    """
+
+    kind = "onnxruntime"
+
+    def __init__(self, card: ModelCard, threads: Optional[int] = None):
+        import onnxruntime as ort
+        if not card.onnx_path.is_file():
+            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(card.onnx_path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
+        self.card = card
+        self.device = "cpu"
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """See :meth:`Engine.predict`."""
+        logits = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0]
+        return softmax(logits)
+
+
+class TorchEngine(Engine):
+    """PyTorch; on CUDA with fp16 autocast and channels_last memory format."""
+
+    kind = "torch"
+
+    def __init__(self, card: ModelCard, device: str = "cpu"):
+        import torch
+        self.torch = torch
+        self.card = card
+        self.device = device
+        self.model = load_torch_model(card, device)
+        if device.startswith("cuda"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """See :meth:`Engine.predict`."""
+        torch = self.torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+            if self.device.startswith("cuda"):
+                t = t.pin_memory().to(self.device, non_blocking=True)
+                t = t.to(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits = self.model(t)
+                return torch.softmax(logits.float(), 1).cpu().numpy()
+            return torch.softmax(self.model(t), 1).numpy()
+
+
+def get_engine(card: ModelCard, prefer: Optional[str] = None) -> Engine:
+    """A cached engine for ``card``.
+
+    Args:
+        card: model card.
+        prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
+            torch CPU).
+
+    An ensemble card gets an :class:`EnsembleEngine` over its members' engines.
+
+    Raises:
+        ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
+    """
+    weights = card.weights_path
+    key = (card.id, card.version, str(card.path), prefer,
+           weights.stat().st_mtime if weights.is_file() else None)
+    if card.is_ensemble:
+        from backend.models.catalog import load_card
+        members = [(get_engine(load_card(m.id, card.path.parent if card.path else None),
+                               prefer), m.weight) for m in card.members]
+        with _LOCK:
+            eng = _CACHE.get(key)
+            if eng is None or [id(e) for e, _ in eng.members] != [id(e) for e, _ in members]:
+                eng = _CACHE[key] = EnsembleEngine(card, members)
+            return eng
+    with _LOCK:
+        eng = _CACHE.get(key)
+        if eng is not None:
+            return eng
+        if prefer == "torch" or (prefer is None and cuda_available()):
+            eng = TorchEngine(card, "cuda:0" if cuda_available() else "cpu")
+        elif card.onnx_path.is_file() or prefer == "onnx":
+            eng = OnnxEngine(card)
+        else:
+            eng = TorchEngine(card, "cpu")
+        _CACHE[key] = eng
+        return eng

@@ -1,0 +1,196 @@
+"""Overlapping tiles over a pixel grid and seamless stitching of their probabilities.
+
+Tiles of ``tile`` x ``tile`` pixels are laid with stride ``tile - overlap``; the last
+row/column is shifted back to end at the grid edge, so every tile lies inside the grid
+unless the grid is smaller than a tile (then one padded tile covers it).
+
+Stitching is a weighted average: each tile's probabilities are multiplied by a
+separable ramp window that falls linearly towards the tile edges over ``overlap / 2``
+pixels (edges that lie on the grid border keep full weight), accumulated, and divided
+by the accumulated weight. The result is continuous across tile borders (no seams),
+and pixels near a tile edge, where a CNN sees the least context, count least (the
+approach of overlap-tile inference, Ronneberger et al. 2015, with smooth blending).
+
+:func:`plan_tiling` decides tile side, overlap and whether a second, half-tile shifted
+tiling is added, for in-extent detections (``backend.inference.detect.predict_grid``)
+and batch windows (``backend.inference.batch.chunks.Tiling``) alike: both must lay the
+very same tiles for a chunked run to equal an in-extent one bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+#: Tile sides are multiples of this (the encoders downsample by 32).
+TILE_MULTIPLE = 32
+
+
+def round32(n: int) -> int:
+    """``n`` rounded up to a multiple of 32 pixels, at least 32."""
+    return max(TILE_MULTIPLE, -(-int(n) // TILE_MULTIPLE) * TILE_MULTIPLE)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a grid is tiled.
+
+    Attributes:
+        tile: tile side, pixels.
+        overlap: overlap of neighbouring tiles, pixels (0 when one tile covers the grid).
+        shifted: a second tiling offset by ``-tile // 2`` on both axes is added, so that
+            its tile borders fall on the first tiling's tile centres.
+    """
+
+    tile: int
+    overlap: int
+    shifted: bool
+
+    @property
+    def shift(self) -> int:
+        """Offset of the shifted tiling, pixels (0 when there is none)."""
+        return self.tile // 2 if self.shifted else 0
+
+    def axes(self, height: int, width: int) -> List[Tuple[List[int], List[int]]]:
+        """``[(row starts, col starts)]`` of the plain tiling, then of the shifted one
+        when there is one (its starts are negative where it begins outside the grid)."""
+        out = [(positions(height, self.tile, self.overlap),
+                positions(width, self.tile, self.overlap))]
+        if self.shifted:
+            s = self.shift
+            out.append(([r - s for r in positions(height + s, self.tile, self.overlap)],
+                        [c - s for c in positions(width + s, self.tile, self.overlap)]))
+        return out
+
+    def offsets(self, height: int, width: int) -> List[Tuple[int, int]]:
+        """``(row, col)`` of every tile over an ``height`` x ``width`` grid, in the order
+        they are run and stitched: the plain tiling row-major, then the shifted one
+        (the same tiles as :func:`tile_grid` and :func:`shifted_tile_grid`)."""
+        return [(r, c) for rows, cols in self.axes(height, width) for r in rows for c in cols]
+
+
+def plan_tiling(card, height: int, width: int, tile_size: Optional[int] = None,
+                overlap: Optional[int] = None) -> TilePlan:
+    """The tiling of an ``height`` x ``width`` pixel grid.
+
+    Args:
+        card: anything with ``tile_size``, ``overlap`` (pixels) and ``shifts`` (bool)
+            attributes, normally a ``backend.models.catalog.ModelCard``.
+        height, width: grid size, pixels (> 0).
+        tile_size, overlap: override the card's values (None: the card's).
+
+    Returns:
+        A :class:`TilePlan`. A grid smaller than a tile runs as one tile of its longer
+        side rounded up to a multiple of 32, without overlap and without the shifted
+        tiling (there are no tile borders to hide, and shifted tiles would be half
+        reflection padding).
+    """
+    tile_size = tile_size or card.tile_size
+    overlap = card.overlap if overlap is None else overlap
+    longest = max(height, width)
+    tile = min(int(tile_size), round32(longest))
+    if longest <= tile:
+        return TilePlan(tile, 0, False)
+    return TilePlan(tile, int(overlap), bool(card.shifts))
+
+
+def positions(length: int, tile: int, overlap: int) -> List[int]:
+    """Start offsets (pixels) of tiles along one axis.
+
+    Args:
+        length: grid length in pixels (> 0).
+        tile: tile length in pixels (> 0).
+        overlap: overlap in pixels, 0 <= overlap < tile.
+
+    Returns:
+        Sorted starts; the first is 0 and the last is ``max(0, length - tile)``.
+
+    Raises:
+        ValueError: on invalid sizes.
+    """
+    if length <= 0 or tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f"invalid tiling: length={length} tile={tile} overlap={overlap}")
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> List[Tuple[int, int]]:
+    """``(row, col)`` pixel offsets of every tile over an ``height`` x ``width`` grid."""
+    return [(r, c) for r in positions(height, tile, overlap)
+            for c in positions(width, tile, overlap)]
+
+
+def shifted_tile_grid(height: int, width: int, tile: int, overlap: int,
+                      shift: int) -> List[Tuple[int, int]]:
+    """Like :func:`tile_grid` but offset by ``-shift`` pixels on both axes.
+
+    The first tiles start outside the grid (at ``-shift``), so tile borders fall where
+    the unshifted grid has tile centres; averaging both tilings removes any trace of
+    tile edges (the "shifted tilings" of ensemble inference).
+    """
+    return [(r - shift, c - shift) for r, c in
+            tile_grid(height + shift, width + shift, tile, overlap)]
+
+
+def ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1-D blending weights (float32, length ``tile``) for one tile axis.
+
+    Weights rise linearly from ~0 to 1 over ``overlap // 2`` pixels at each side that
+    is *not* on the grid border (``at_start``/``at_end`` True keep weight 1 there).
+    """
+    w = np.ones(tile, np.float32)
+    n = overlap // 2
+    if n > 0:
+        r = (np.arange(n, dtype=np.float32) + 0.5) / n
+        if not at_start:
+            w[:n] = r
+        if not at_end:
+            w[-n:] = r[::-1]
+    return w
+
+
+class Stitcher:
+    """Accumulates weighted tile probabilities over a grid.
+
+    Memory: ``(C + 1) x H x W`` float32.
+
+    Args:
+        channels: C, number of probability channels.
+        height, width: grid size in pixels.
+        tile, overlap: as used by :func:`tile_grid`.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int):
+        self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
+        self.acc = np.zeros((channels, height, width), np.float32)
+        self.wsum = np.zeros((height, width), np.float32)
+
+    def add(self, row: int, col: int, probs: np.ndarray) -> None:
+        """Blend one tile's probabilities (C, tile, tile) at pixel offset (row, col).
+
+        Offsets may be negative; parts of a tile that fall outside the grid are ignored.
+        """
+        r0, c0 = max(row, 0), max(col, 0)
+        r1 = min(row + self.tile, self.height)
+        c1 = min(col + self.tile, self.width)
+        wy = ramp(self.tile, self.overlap, row <= 0, row + self.tile >= self.height)
+        wx = ramp(self.tile, self.overlap, col <= 0, col + self.tile >= self.width)
+        weight = wy[r0 - row:r1 - row, None] * wx[None, c0 - col:c1 - col]
+        self.acc[:, r0:r1, c0:c1] += probs[:, r0 - row:r1 - row, c0 - col:c1 - col] * weight
+        self.wsum[r0:r1, c0:c1] += weight
+
+    def result(self) -> np.ndarray:
+        """Stitched probabilities, float32 (C, H, W); pixels never covered are 0."""
+        return self.acc / np.maximum(self.wsum, 1e-12)
+
+
+def batches(items: List, size: int) -> Iterator[List]:
+    """Consecutive slices of ``items`` of at most ``size``."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,285 @@
+"""Train a segmentation member on the pv01 train split, reproducibly, from a config file.
+
+Usage::
+
+    python -m backend.learning.train models/configs/pv-unet-r18.json [--budget-s 600] [--out DIR]
+    python -m backend.learning.train models/configs/pv-ensemble.json   # an ensemble card
+
+An ensemble config (``"kind": "ensemble"``) trains nothing: it fuses trained members
+and chooses the ensemble's post-processing on their common validation tiles
+(:func:`make_ensemble`).
+
+The config (JSON) gives the card fields (id, version, architecture, encoder,
+arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
+hyper-parameters (seed, split_seed, steps, budget_s, batch_size, chip, lr,
+weight_decay, val_fraction). With ``steps`` the run is reproducible (same seed, same
+steps, same result on the same software); ``budget_s`` caps the wall-clock time.
+
+Method: the train split is divided into *fit* and *val* by spatial cluster
+(:func:`backend.learning.data.split_train`); the model (segmentation-models-pytorch,
+random init: no model hub is reachable; :mod:`backend.models.torch_models`) is trained
+on *fit* with flips, 90-degree rotations, scale (0.75-1.33) and colour jitter
+(:mod:`backend.learning.augment`), loss = cross-entropy + soft Dice over the foreground
+classes (:mod:`backend.learning.losses`), AdamW with a warm-up + cosine learning-rate
+schedule over ``steps`` (or over a wall-clock budget when no steps are given;
+:mod:`backend.learning.optim`). The probability threshold, minimum object area and
+hole size are then chosen on *val* for the best object F1 (held-out data is never
+used here). Output: ``<out>/weights.safetensors`` (fp16) and ``<out>/card.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from backend.config import models_dir, train_threads
+from backend.inference.postprocess import class_map, clean_masks
+from backend.learning import data as pvdata
+from backend.learning.augment import augment_batch, normalize_batch
+from backend.learning.losses import dice_ce_loss
+from backend.learning.optim import lr_factor, optimizer_step
+from backend.models.card import ModelCard, write_card
+from backend.models.catalog import load_card
+from backend.models.export import export_onnx
+from backend.models.torch_models import build_torch_model, save_weights
+from protocol.metrics import Counts, compare
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def normalize_stats(images: np.ndarray) -> Dict[str, Any]:
+    """Per-band mean/std of uint8 images (N, B, H, W) after scaling by 1/255, as the
+    card's ``normalize`` field."""
+    x = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.float64) / 255.0
+    return {"scale": 255.0, "mean": [round(float(v), 5) for v in x.mean(1)],
+            "std": [round(float(v), 5) for v in x.std(1)]}
+
+
+def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
+    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W)."""
+    import torch
+    out = []
+    with torch.inference_mode():
+        for i in range(0, images_norm.shape[0], batch):
+            out.append(torch.softmax(model(images_norm[i:i + batch]), 1).numpy())
+    return np.concatenate(out)
+
+
+def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
+                       n_classes: int) -> Dict[str, Any]:
+    """Grid-search threshold / min area / hole size for best object F1 on *val*."""
+    best = None
+    px_area = gsd_m * gsd_m
+    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
+        for min_area_m2 in (0.25, 0.5, 1.0, 2.0):
+            for hole_m2 in (0.0, 0.5):
+                tot = Counts()
+                for p, m in zip(probs, masks):
+                    cm = clean_masks(class_map(p, thr), n_classes,
+                                     int(round(min_area_m2 / px_area)),
+                                     int(round(hole_m2 / px_area)))
+                    tot.add(compare(cm == 1, m == 1))
+                s = tot.summary()
+                key = (s["object_f1"], s["pixel_iou"])
+                if best is None or key > best[0]:
+                    best = (key, {"threshold": thr, "min_area_m2": min_area_m2,
+                                  "max_hole_m2": hole_m2, "val": s})
+    return best[1]
+
+
+def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = None
+          ) -> ModelCard:
+    """Train one member as described by ``config``; returns the written card.
+
+    Args:
+        config: the training config (see the module docstring).
+        out_dir: folder for ``weights.safetensors`` and ``card.json`` (created).
+        budget_s: wall-clock cap, seconds (default: the config's, else 600).
+
+    Raises:
+        FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
+    """
+    import torch
+
+    seed = int(config.get("seed", 0))
+    set_seed(seed)
+    threads = train_threads()
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    budget_s = float(budget_s if budget_s is not None else config.get("budget_s", 600))
+    # A fixed step count makes runs reproducible whatever the machine's load; the
+    # wall-clock budget then only caps the run (and is the schedule when no steps).
+    max_steps = int(config["steps"]) if config.get("steps") else None
+
+    tiles = pvdata.list_tiles("train")
+    # One fit/val split for every member of an ensemble (split_seed), so that the
+    # ensemble's threshold can be chosen on tiles no member was fitted on.
+    split_seed = int(config.get("split_seed", 0))
+    fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), split_seed)
+    fit_a, val_a = pvdata.load_arrays(fit), pvdata.load_arrays(val)
+    norm = normalize_stats(fit_a["images"])
+    card_d = {k: config[k] for k in ("id", "version", "architecture", "encoder", "classes",
+                                     "gsd_m", "tile_size", "overlap", "simplify_m")}
+    card_d.update({"arch_kwargs": config.get("arch_kwargs", {}), "bands": 3,
+                   "band_names": ["red", "green", "blue"], "dtype": "uint8",
+                   "normalize": norm, "threshold": 0.5, "min_area_m2": 1.0,
+                   "max_hole_m2": 0.5, "weights": "weights.safetensors",
+                   "onnx": "model.onnx"})
+    card = ModelCard.from_dict(card_d)
+    n_classes = len(card.classes)
+    model = build_torch_model(card).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    fit_x = normalize_batch(fit_a["images"], card.normalize)
+    fit_y = torch.from_numpy(fit_a["masks"]).long()
+    val_x = normalize_batch(val_a["images"], card.normalize)
+    weights = pvdata.tile_sampling_weights(fit_a["masks"])
+
+    lr = float(config.get("lr", 2e-3))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr,
+                            weight_decay=float(config.get("weight_decay", 1e-4)))
+    bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    step, losses = 0, []
+    warmup = 30
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
+            break
+        frac_t = step / max_steps if max_steps else elapsed / budget_s
+        factor = lr_factor(step, frac_t, warmup, 0.02)
+        for g in opt.param_groups:
+            g["lr"] = lr * factor
+        idx = rng.choice(len(fit), size=bs, p=weights)
+        x, y = augment_batch(fit_x[idx], fit_y[idx], chip, rng)
+        x, y = x.to(device), y.to(device)
+        losses.append(optimizer_step(model, opt, x,
+                                     lambda logits: dice_ce_loss(logits, y, n_classes),
+                                     device, channels_last=True))
+        step += 1
+        if step % 25 == 0:
+            print(f"step {step:5d}  {elapsed:6.0f}s  loss {np.mean(losses[-25:]):.4f}",
+                  flush=True)
+    train_s = time.time() - t0
+    model = model.to("cpu").float().eval()
+    probs = predict_probs(model, val_x)
+    pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
+    print(f"val: {json.dumps(pp)}", flush=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), out_dir / "weights.safetensors")
+    card_d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
+                   "max_hole_m2": pp["max_hole_m2"]})
+    card_d["training"] = {
+        "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
+                "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
+        "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
+        "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
+        "train_seconds": round(train_s, 1), "device": device, "threads": threads,
+        "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "config": config,
+        "postprocess_chosen_on_val": pp["val"],
+    }
+    card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
+    return ModelCard.from_dict(card_d, out_dir)
+
+
+def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
+    """Write an ensemble card whose post-processing is chosen on the *val* tiles.
+
+    The config gives ``id, version, members [{id, weight}], tta, shifts`` (and may
+    give ``tile_size, overlap, simplify_m``); classes, bands and GSD come from the
+    first member, which must share them with the others. The fused probabilities of
+    the whole ensemble (members x TTA x tilings, through the detection pipeline) on
+    the members' common validation split choose threshold / min area / hole size,
+    as for a single model. Held-out data is never used.
+
+    Raises:
+        ModelNotFound: a member is missing.
+        ValueError: the members were validated on different tiles.
+        FileNotFoundError: the pv01 data is missing.
+    """
+    from backend.inference.detect import run_detect
+    from backend.inference.engines import get_engine
+    members = [load_card(m["id"]) for m in config["members"]]
+    first = members[0]
+    names = set(first.val_names)
+    for m in members[1:]:
+        if set(m.val_names) != names:
+            raise ValueError(f"member {m.id} was validated on other tiles than {first.id}; "
+                             f"train members with the same split_seed")
+    d = {"id": config["id"], "version": config["version"], "kind": "ensemble",
+         "members": config["members"], "tta": config.get("tta", ["identity"]),
+         "shifts": bool(config.get("shifts", False)),
+         "classes": [c.to_dict() for c in first.classes],
+         "bands": first.bands, "band_names": first.band_names,
+         "dtype": first.dtype, "gsd_m": first.gsd_m,
+         "tile_size": int(config.get("tile_size", first.tile_size)),
+         "overlap": int(config.get("overlap", first.overlap)),
+         "simplify_m": float(config.get("simplify_m", first.simplify_m)),
+         "threshold": 0.5, "min_area_m2": 1.0, "max_hole_m2": 0.5}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card_path = out_dir / "card.json"
+    card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
+    card = ModelCard.from_dict(d, out_dir)
+    engine = get_engine(card)
+    val = [t for t in pvdata.list_tiles("train") if t.name in names]
+    probs, masks = [], []
+    for t in val:
+        got = []
+        run_detect({"type": "detect", "model": card.id,
+                    "source": {"kind": "file", "path": str(t.image_path)}}, [],
+                   engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
+        probs.append(got[0])
+        masks.append(t.read()[1])
+    pp = choose_postprocess(np.stack(probs), np.stack(masks), card.gsd_m, len(card.classes))
+    print(f"val: {json.dumps(pp)}", flush=True)
+    d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
+              "max_hole_m2": pp["max_hole_m2"],
+              "training": {"val_tiles": len(val), "val_names": sorted(names),
+                           "config": config, "postprocess_chosen_on_val": pp["val"]}})
+    card = ModelCard.from_dict(d, out_dir)
+    write_card(card)
+    return card
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock training budget in seconds (default: config)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default: <models>/<id>)")
+    args = ap.parse_args(argv)
+    config = json.loads(args.config.read_text("utf-8"))
+    out = args.out or (models_dir() / config["id"])
+    if config.get("kind") == "ensemble":
+        card = make_ensemble(config, out)
+        print(f"wrote {out}/card.json (threshold {card.threshold}, min area "
+              f"{card.min_area_m2} m2)")
+        return 0
+    card = train(config, out, args.budget_s)
+    print(f"wrote {out}/card.json and weights.safetensors "
+          f"(threshold {card.threshold}, min area {card.min_area_m2} m2)")
+    export_onnx(card)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

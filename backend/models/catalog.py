@@ -1,0 +1,128 @@
+"""The models a daemon offers: shipped cards, user versions, and the default per device.
+
+Shipped models live in the model folder (:func:`backend.config.models_dir`), one
+sub-folder per card (:mod:`backend.models.card` describes the layout and the fields);
+user versions ``<base>@<n>`` live in the user model folder
+(:mod:`backend.models.versions`). :func:`load_card` and :func:`list_cards` resolve both
+kinds of id. The model a new user gets on a CPU or a GPU is written only in
+``<models>/defaults.json`` (:func:`default_model_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+from backend.config import models_dir
+from backend.models.card import TTA_TRANSFORMS, Lineage, ModelCard, card_path, read_card
+from backend.models.versions import SEP, active_id, list_version_cards, load_version_card
+from protocol.errors import ModelCorrupt, ModelNotFound
+
+# ModelCard and the torch constructors are importable from here for callers that only
+# need the catalog; their home is backend.models.card / backend.models.torch_models.
+__all__ = ["ModelCard", "TTA_TRANSFORMS", "default_model_id",
+           "list_cards", "load_card", "read_card"]
+
+#: The file in the model folder that names the default model per device.
+DEFAULTS_FILE = "defaults.json"
+
+
+def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
+    """Load the card of ``model_id`` from ``root`` (default :func:`models_dir`); with the
+    default root a user version id ``<base>@<n>`` is loaded from the user model folder.
+
+    Raises:
+        ModelNotFound: no such model folder/card (the id is also checked to be a
+            plain folder name, so ``../x`` cannot escape the model folder).
+        ModelCorrupt: the card is not valid JSON or misses fields.
+    """
+    if root is None and isinstance(model_id, str) and SEP in model_id:
+        return load_version_card(model_id)  # never under models/
+    root = Path(root) if root else models_dir()
+    path = card_path(root, model_id)
+    if not path.is_file():
+        raise ModelNotFound(f"no model {model_id!r} in {root} "
+                            f"(available: {', '.join(c.id for c in list_cards(root)) or 'none'})")
+    return read_card(path)
+
+
+def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
+    """All readable model cards under ``root``, sorted by id; broken ones are skipped.
+
+    With the default ``root``, the user versions of :mod:`backend.models.versions`
+    follow (``<base>@<n>``, each with its ``lineage``), and a shipped card whose lineage
+    has user versions gets ``lineage`` ``{"base": id, "number": 0, "parent": None,
+    "active": bool}``.
+    """
+    default = root is None
+    root = Path(root) if root else models_dir()
+    cards = []
+    for p in sorted(root.glob("*/card.json")):
+        try:
+            cards.append(read_card(p))
+        except ModelCorrupt:
+            continue
+    if default:
+        cards += _user_versions(cards)
+    return cards
+
+
+def _user_versions(shipped: List[ModelCard]) -> List[ModelCard]:
+    """User version cards, and lineage flags on the shipped cards they derive from."""
+    try:
+        extra = list_version_cards()
+        bases = {c.base_model for c in extra}
+        for c in shipped:
+            if c.id in bases:
+                c.lineage = Lineage.from_dict({"base": c.id, "number": 0, "parent": None,
+                                               "active": active_id(c.id) == c.id})
+        return extra
+    except Exception:  # an unreadable user folder must not hide the shipped models
+        return []
+
+
+def default_model_id(cards: List[ModelCard], cuda: bool,
+                     root: Optional[Path] = None) -> Optional[str]:
+    """The model a new user gets.
+
+    Args:
+        cards: the cards on offer (:func:`list_cards`).
+        cuda: True on a GPU daemon.
+        root: the model folder holding ``defaults.json`` (default :func:`models_dir`).
+
+    Returns:
+        ``ORTHOLENS_DEFAULT_MODEL``, else the ``cuda`` or ``cpu`` entry of
+        ``<models>/defaults.json`` (the accurate ensemble where a GPU makes it fast, the
+        fast single model on a CPU), else the first card, when that id is among
+        ``cards``; None if there are no cards.
+    """
+    ids = [c.id for c in cards]
+    wanted = os.environ.get("ORTHOLENS_DEFAULT_MODEL") or _defaults(root).get(
+        "cuda" if cuda else "cpu")
+    if wanted in ids:
+        return wanted
+    return ids[0] if ids else None
+
+
+def cpu_default_model_id() -> str:
+    """The CPU default model of ``defaults.json`` among the shipped cards (what a daemon
+    without a GPU offers first): the model tools measure when none is named.
+
+    Raises:
+        ModelNotFound: there are no model cards.
+    """
+    mid = default_model_id(list_cards(models_dir()), cuda=False)
+    if mid is None:
+        raise ModelNotFound(f"no model cards in {models_dir()}")
+    return mid
+
+
+def _defaults(root: Optional[Path]) -> dict:
+    try:
+        d = json.loads(((Path(root) if root else models_dir()) / DEFAULTS_FILE)
+                       .read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}

@@ -1,0 +1,124 @@
+"""The plugin's link to the daemon: connect (starting it when allowed), choose a model
+card, and put the daemon's errors and warnings into sentences a user can act on.
+
+No QGIS here, so scripts (``tools/demo.py``) use it too. ``protocol.client`` (pyzmq) is
+imported only when a connection is made, so the plugin loads where pyzmq is missing and
+says how to install it when it is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from protocol.errors import (
+    DaemonError,
+    DaemonUnavailable,
+    InputError,
+    ModelNotFound,
+    ResultLayerError,
+)
+
+from .settings import DaemonSettings
+
+#: The command that starts the daemon by hand, for messages.
+START_BY_HAND = "'python -m backend' in the Ortholens folder"
+
+
+def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: float = 5.0):
+    """An ``OrtholensClient`` that answered a ping (worker thread: may take seconds).
+
+    Args:
+        settings: endpoint, interpreter and folder of the daemon.
+        start: start the daemon when it does not answer and ``settings.can_start()``.
+        timeout_s: the client's per-request timeout, seconds.
+
+    Returns:
+        A connected ``protocol.client.OrtholensClient``; its ``process`` is the daemon's
+        ``subprocess.Popen`` when this call started it, else None. The caller closes it.
+
+    Raises:
+        DaemonUnavailable: no answer (after the start attempt); the message says how to
+            fix it.
+        ImportError: pyzmq is missing (see :func:`describe_error`).
+    """
+    from protocol.client import OrtholensClient, ensure_daemon
+
+    try:
+        if start and settings.can_start():
+            return ensure_daemon(settings.endpoint, settings.python, settings.repo,
+                                 token=settings.token, timeout_s=timeout_s)
+        client = OrtholensClient(settings.endpoint, token=settings.token, timeout_s=timeout_s)
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        return client
+    except DaemonUnavailable as exc:
+        why = settings.start_hint() if start else "it is not running"
+        raise DaemonUnavailable(f"The Ortholens daemon at {settings.endpoint} is not "
+                                f"reachable ({exc}); {why}. You can start it by hand with "
+                                f"{START_BY_HAND}.") from None
+
+
+def default_card(cards: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The card the daemon flags ``"default": true`` in its ``models`` reply (its
+    default for the device it runs on), else the first card, else None."""
+    return next((c for c in cards if c.get("default")), cards[0] if cards else None)
+
+
+def pick_card(cards: List[Dict[str, Any]], model_id: Optional[str]) -> Dict[str, Any]:
+    """The card of ``model_id``, or the daemon's default card when ``model_id`` is None.
+
+    Args:
+        cards: the daemon's ``models`` reply.
+        model_id: a card id (``<base>`` or ``<base>@<n>``), or None.
+
+    Raises:
+        ModelNotFound: no models, or no card with that id (the message lists the ids).
+    """
+    if not cards:
+        raise ModelNotFound("The daemon has no models installed: run 'build.py setup' (or "
+                            "train/export a model) and restart the daemon.")
+    if model_id is None:
+        return default_card(cards)
+    for c in cards:
+        if c.get("id") == model_id:
+            return c
+    raise ModelNotFound(f"The daemon has no model '{model_id}' (available: "
+                        f"{', '.join(str(c.get('id')) for c in cards)}).")
+
+
+def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
+    """The daemon's ``stats["warnings"]`` of a result (e.g. a raster resampled from a
+    GSD far from the model's, an out-of-memory back-off) as sentences for the user:
+    capitalised, ending with a full stop."""
+    notes = []
+    for w in ((result or {}).get("stats") or {}).get("warnings") or []:
+        text = str(w).strip()
+        if text:
+            text = text[0].upper() + text[1:]
+            notes.append(text if text.endswith((".", "!", "?")) else text + ".")
+    return notes
+
+
+def describe_error(exc: BaseException, action: str = "run the detection") -> str:
+    """A one-paragraph user message for an exception raised while talking to the daemon.
+
+    Args:
+        exc: the exception.
+        action: what the daemon was asked to do, as in "The daemon could not
+            <action>", e.g. ``"retrain"``.
+    """
+    if isinstance(exc, DaemonError):
+        return f"The daemon could not {action} ({exc.code}): {exc}"
+    if isinstance(exc, (DaemonUnavailable, InputError, LookupError, ResultLayerError)):
+        return str(exc)
+    if isinstance(exc, ImportError) and "zmq" in str(exc):
+        return ("pyzmq is not installed in QGIS's Python: install python3-zmq (Debian/"
+                "Ubuntu) or 'pip install pyzmq' in the QGIS Python, then restart QGIS.")
+    return f"Unexpected error: {exc!r} (details in the Ortholens log)."
+
+
+__all__ = ["connect_daemon", "default_card", "pick_card", "daemon_notes", "describe_error",
+           "START_BY_HAND"]

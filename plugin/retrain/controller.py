@@ -1,0 +1,258 @@
+"""The retrain and versions actions of the plugin: menu entries, the result layers'
+context menu and the dock's buttons, connected to the dialogs and tasks."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import QAction
+from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject
+
+from protocol.errors import InputError
+
+from ..settings import daemon_settings
+from .dialogs import RetrainDialog, RetrainResultDialog
+from .plan import PROP, is_result_layer, prepare_retrain, remember_detection
+from .task import RetrainTask, VersionsTask
+
+#: Object name of the "Retrain on corrections…" action.
+RETRAIN_ACTION = "OrtholensRetrainAction"
+
+
+def base_id(model_id: str) -> str:
+    """``pv-unet-r18@3`` -> ``pv-unet-r18``."""
+    return str(model_id).split("@", 1)[0]
+
+
+class RetrainController:
+    """The retrain and versions actions of the plugin (``main.OrtholensPlugin``).
+
+    Adds **Retrain on corrections…** to the Raster menu and to the context menu of
+    vector layers (QGIS shows it for Ortholens result layers), and connects the dock's
+    retrain / make-active / roll-back buttons.
+
+    Args:
+        plugin: the plugin object (``iface``, ``dock``, ``notify``, ``refresh_status``,
+            ``daemon_process``).
+        menu: the Raster menu entry the action goes under.
+
+    Attributes: ``task`` (running :class:`RetrainTask`), ``last_task``, ``versions_task``,
+    ``result_dialog``; ``exec_dialog`` (callable running a :class:`RetrainDialog`,
+    returns True to go on: tests replace it).
+    """
+
+    def __init__(self, plugin: Any, menu: str):
+        self.plugin = plugin
+        self.iface = plugin.iface
+        self.menu = menu
+        self.task: Optional[RetrainTask] = None
+        self.last_task: Optional[RetrainTask] = None
+        self.versions_task: Optional[VersionsTask] = None
+        self.result_dialog: Optional[RetrainResultDialog] = None
+        self.exec_dialog: Callable[[RetrainDialog], bool] = lambda d: bool(d.exec_())
+        main = self.iface.mainWindow()
+        self.action = QAction("Retrain on corrections…", main)
+        self.action.setObjectName(RETRAIN_ACTION)
+        self.action.setToolTip("Ortholens: fine-tune the model on the corrected result "
+                               "layer and keep the new version if it is better")
+        self.action.triggered.connect(lambda *_: self.retrain())
+        self.iface.addPluginToRasterMenu(menu, self.action)
+        self._layer_menu = False
+        if hasattr(self.iface, "addCustomActionForLayerType"):
+            try:
+                from qgis.core import QgsMapLayerType
+                self.iface.addCustomActionForLayerType(self.action, "", QgsMapLayerType.VectorLayer,
+                                                       False)
+                self._layer_menu = True
+            except Exception:  # noqa: BLE001 - a QGIS without it: the menu entry remains
+                self._layer_menu = False
+        if self._layer_menu:  # result layers of a project opened later get it too
+            QgsProject.instance().layersAdded.connect(self._layers_added)
+            self._layers_added(list(QgsProject.instance().mapLayers().values()))
+        dock = plugin.dock
+        if dock is not None and hasattr(dock, "retrainRequested"):
+            dock.retrainRequested.connect(lambda: self.retrain())
+            dock.activateRequested.connect(self.activate)
+            dock.rollbackRequested.connect(self.rollback)
+
+    # layers ---------------------------------------------------------------------------
+    def _offer_action(self, layer: QgsMapLayer) -> None:
+        """Put the retrain action in ``layer``'s context menu."""
+        try:
+            self.iface.addCustomActionForLayer(self.action, layer)
+        except Exception:  # noqa: BLE001 - the menu entry is a convenience; never fail
+            pass
+
+    def _layers_added(self, layers: List[QgsMapLayer]) -> None:
+        for layer in layers:
+            if is_result_layer(layer):
+                self._offer_action(layer)
+
+    def remember_detection(self, task: Any) -> None:
+        """Record a finished detection on its result layer (and offer the context menu
+        action there)."""
+        if task.layer is None:
+            return
+        remember_detection(task.layer, task.plan, str((task.card or {}).get("id", "")))
+        if self._layer_menu:
+            self._offer_action(task.layer)
+
+    # retrain ----------------------------------------------------------------------------
+    def _notify(self, text: str, level: int = Qgis.Info, short: Optional[str] = None) -> None:
+        self.plugin.notify(text, level, short=short)
+
+    def retrain(self, layer: Optional[QgsMapLayer] = None) -> Optional[RetrainTask]:
+        """Check the layer, ask for the budget, and start a :class:`RetrainTask`.
+
+        Args:
+            layer: the corrected result layer (default: the active layer).
+
+        Returns:
+            The started task, or None (refused, dialog cancelled, one already running).
+        """
+        if self.task is not None:
+            self._notify("A retrain is already running: wait for it or press Cancel.",
+                         Qgis.Warning)
+            return None
+        layer = layer or self.iface.activeLayer()
+        dock = self.plugin.dock
+        card = dock.current_card() if dock is not None else None
+        model = None
+        if card and layer is not None and is_result_layer(layer) and base_id(card["id"]) == \
+                base_id(str(layer.customProperty(PROP + "model"))):
+            model = str(card["id"])  # the selected version of the layer's lineage
+        classes = (card or {}).get("classes") if card else None
+        try:
+            plan = prepare_retrain(layer, classes, model)
+        except InputError as exc:
+            self._notify(str(exc), Qgis.Warning)
+            return None
+        dlg = RetrainDialog(plan, self.iface.mainWindow())
+        if not self.exec_dialog(dlg):
+            return None
+        if dlg.use_view_only():
+            canvas = self.iface.mapCanvas()
+            try:
+                plan = prepare_retrain(layer, classes, model, view_extent=canvas.extent(),
+                                       view_crs=canvas.mapSettings().destinationCrs())
+            except InputError as exc:
+                self._notify(str(exc), Qgis.Warning)
+                return None
+        task = RetrainTask(plan, daemon_settings(), dlg.budget_s(), dlg.options(),
+                           on_done=self._retrain_done)
+        self.task = task
+        if dock is not None:
+            dock.set_busy(True)
+            dock.show_message(f"Retraining {plan.model} on {len(plan.features)} corrected "
+                              f"features…", Qgis.Info)
+            task.progressChanged.connect(lambda v: dock.set_progress(v) if self.plugin.dock
+                                         else None)
+            dock.cancelRequested.connect(self.cancel)
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel(self) -> None:
+        """Cancel the running retrain (the daemon stops at its next step)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def _retrain_done(self, task: RetrainTask) -> None:
+        self.task, self.last_task = None, task
+        dock = self.plugin.dock
+        if task.daemon_process is not None and getattr(self.plugin, "daemon_process",
+                                                       None) is None:
+            self.plugin.daemon_process = task.daemon_process
+        if dock is not None:
+            try:
+                dock.cancelRequested.disconnect(self.cancel)
+            except (TypeError, RuntimeError):
+                pass
+            dock.set_busy(False)
+        if task.report is not None:
+            r = task.report
+            if r.get("accepted"):
+                text = f"Retrain: new version {r.get('model')} — {r.get('reason')}"
+                if dock is not None and hasattr(dock, "prefer_model"):
+                    dock.prefer_model(str(r.get("active") or r.get("model")))
+                self._notify(text, Qgis.Success, short=f"New version {r.get('model')}"
+                             + (" (active)" if r.get("active") == r.get("model") else ""))
+            else:
+                self._notify(f"Retrain: the candidate was rejected — {r.get('reason')}",
+                             Qgis.Warning, short="Retrain: rejected, no new version")
+            self.show_result(r)
+            self.plugin.refresh_status()
+        elif task.cancelled:
+            self._notify("Retrain cancelled; nothing was changed.", Qgis.Info)
+        else:
+            self._notify(task.error or "The retrain failed.", Qgis.Critical)
+
+    def show_result(self, report: Dict[str, Any]) -> RetrainResultDialog:
+        """Show a retrain report in a non-modal window (replacing an earlier one)."""
+        if self.result_dialog is not None:
+            self.result_dialog.close()
+        self.result_dialog = RetrainResultDialog(report, self.iface.mainWindow())
+        self.result_dialog.setWindowModality(Qt.NonModal)
+        self.result_dialog.show()
+        return self.result_dialog
+
+    # versions ---------------------------------------------------------------------------
+    def activate(self, model_id: str) -> Optional[VersionsTask]:
+        """Make ``model_id`` the active version (daemon), then refresh the dock."""
+        return self._versions("activate", model_id)
+
+    def rollback(self, model_id: str) -> Optional[VersionsTask]:
+        """Roll ``model_id``'s lineage back to the active version's parent."""
+        return self._versions("rollback", model_id)
+
+    def _versions(self, action: str, model_id: str) -> Optional[VersionsTask]:
+        if not model_id:
+            self._notify("Choose a model first.", Qgis.Warning)
+            return None
+        if self.versions_task is not None:
+            return None
+        task = VersionsTask(action, model_id, daemon_settings(), on_done=self._versions_done)
+        self.versions_task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _versions_done(self, task: VersionsTask) -> None:
+        self.versions_task = None
+        if task.result is None:
+            self._notify(f"{task.action.capitalize()} failed: {task.error}", Qgis.Warning)
+            return
+        active = str(task.result.get("active"))
+        dock = self.plugin.dock
+        if dock is not None and hasattr(dock, "prefer_model"):
+            dock.prefer_model(active)
+        verb = "Rolled back to" if task.action == "rollback" else "Active version:"
+        self._notify(f"{verb} {active}", Qgis.Success)
+        self.plugin.refresh_status()
+
+    def unload(self) -> None:
+        """Cancel running tasks, close the result window, remove the actions."""
+        if self.task is not None:
+            self.task.on_done = None
+            self.task.cancel()
+            self.task = None
+        if self.versions_task is not None:
+            self.versions_task.on_done = None
+            self.versions_task = None
+        if self.result_dialog is not None:
+            self.result_dialog.close()
+            self.result_dialog.deleteLater()
+            self.result_dialog = None
+        if self._layer_menu:
+            try:
+                QgsProject.instance().layersAdded.disconnect(self._layers_added)
+            except (TypeError, RuntimeError):
+                pass
+            try:
+                self.iface.removeCustomActionForLayerType(self.action)
+            except Exception:  # noqa: BLE001 - unloading goes on regardless
+                pass
+        self.iface.removePluginRasterMenu(self.menu, self.action)
+        self.action.deleteLater()
+
+
+__all__ = ["RETRAIN_ACTION", "RetrainController", "base_id"]

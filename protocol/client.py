@@ -1,0 +1,678 @@
+"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`protocol.wire`.
+
+It imports neither ``qgis`` nor ``torch``: it runs inside QGIS's Python and in the
+backend's tests alike. numpy is imported only when pixels are sent.
+
+:class:`OrtholensClient` talks to a running daemon; :func:`start_daemon` starts one
+(``<python> -m backend``) detached from the caller; :func:`ensure_daemon` pings and
+starts one only when nothing answers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import zmq
+
+import protocol as P
+from .errors import DaemonError, DaemonUnavailable, JobCancelled, OrtholensError
+from .params import BatchParams, DetectParams, RetrainParams
+
+log = logging.getLogger("ortholens.client")
+
+DEFAULT_ENDPOINT = f"tcp://{P.DEFAULT_HOST}:{P.DEFAULT_PORT}"
+
+
+def repo_dir() -> Path:
+    """The repository root in a development checkout (the folder holding
+    ``protocol/`` and ``backend/``); meaningless inside the plugin zip, where callers
+    pass the engine's interpreter and folder explicitly."""
+    return Path(__file__).resolve().parent.parent
+
+
+def default_backend_python() -> str:
+    """``ORTHOLENS_BACKEND_PYTHON``, else the repo's ``.venv/backend`` interpreter."""
+    env = os.environ.get("ORTHOLENS_BACKEND_PYTHON")
+    if env:
+        return env
+    venv = repo_dir() / ".venv" / "backend"
+    if sys.platform == "win32":
+        return str(venv / "Scripts" / "python.exe")
+    return str(venv / "bin" / "python")
+
+
+def log_dir() -> Path:
+    """Folder of the daemon logs: ``ORTHOLENS_LOG_DIR``, else ``<tmp>/ortholens-<user>``."""
+    env = os.environ.get("ORTHOLENS_LOG_DIR")
+    if env:
+        return Path(env)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "user"
+    return Path(tempfile.gettempdir()) / f"ortholens-{user}"
+
+
+def parse_endpoint(endpoint: str) -> Tuple[str, int]:
+    """``"tcp://host:port"`` -> ``(host, port)`` (IPv6 brackets removed).
+
+    Raises:
+        ValueError: not a ``tcp://host:port`` endpoint.
+    """
+    if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
+        raise ValueError(f"not a tcp://host:port endpoint: {endpoint!r}")
+    host, port = endpoint[6:].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+class OrtholensClient:
+    """A connection to the daemon (a DEALER socket with its own ``zmq.Context``).
+
+    Not thread-safe: use one client per thread. Replies are matched to requests by
+    their ``id``; stale replies (to requests that timed out) are skipped.
+
+    Args:
+        endpoint: ``tcp://host:port`` of the daemon.
+        token: sent with every request when the daemon requires one.
+        timeout_s: how long to wait for the first reply to any request, seconds.
+
+    Raises (all methods that talk to the daemon):
+        DaemonUnavailable: no reply within ``timeout_s``; the socket is recreated, so
+            the client stays usable.
+        DaemonError: the daemon answered with an error.
+        protocol.ProtocolError: the request itself is invalid (checked before sending).
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: Optional[str] = None,
+                 timeout_s: float = 5.0):
+        self.endpoint = endpoint
+        self.token = token or None
+        self.timeout_s = float(timeout_s)
+        self._ctx = zmq.Context()
+        self._sock: Optional[zmq.Socket] = None
+        #: the daemon process when :func:`ensure_daemon` started one, else None.
+        self.process: Optional[subprocess.Popen] = None
+
+    # ------------------------------------------------------------------ socket
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            if self._ctx is None:
+                raise OrtholensError("the client is closed")
+            s = self._ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.sndtimeo = max(1, int(self.timeout_s * 1000))
+            if "[" in self.endpoint:
+                s.setsockopt(zmq.IPV6, 1)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _reset(self) -> None:
+        """Drop the socket (it may hold unsent requests / stale replies)."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def close(self) -> None:
+        """Close the socket and the context; the client cannot be used afterwards."""
+        self._reset()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> "OrtholensClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> None:
+        try:
+            self._socket().send_multipart(P.encode(header, arrays), copy=False)
+        except zmq.Again:
+            self._reset()
+            raise DaemonUnavailable(f"cannot send to the daemon at {self.endpoint}") from None
+
+    def _receive(self, request_id: Any, wait_s: float) -> Optional[Dict[str, Any]]:
+        """The next reply whose id is ``request_id`` (a string, or a collection of
+        them) within ``wait_s`` s, else None."""
+        ids = {request_id} if isinstance(request_id, str) else set(request_id)
+        sock = self._socket()
+        end = time.monotonic() + wait_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
+                return None
+            frames = sock.recv_multipart(copy=False)
+            try:
+                header, _ = P.decode(frames, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
+            except P.ProtocolError as exc:
+                log.warning("skipping an undecodable reply: %s", exc)
+                continue
+            if header.get("id") not in ids:
+                log.debug("skipping a stale %s reply", header.get("type"))
+                continue
+            return header
+
+    def _call(self, mtype: str, timeout_s: Optional[float] = None,
+              **fields: Any) -> Dict[str, Any]:
+        header = P.request(mtype, token=self.token, **fields)
+        self._send(header)
+        wait = self.timeout_s if timeout_s is None else float(timeout_s)
+        reply = self._receive(header["id"], wait)
+        if reply is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not answer "
+                                    f"{mtype} within {wait:g} s")
+        _raise_if_error(reply)
+        return reply
+
+    # ------------------------------------------------------------------ requests
+
+    def ping(self, timeout_s: Optional[float] = None) -> Dict[str, Any]:
+        """``pong`` header: {version, protocol, device, models: [ids], jobs: int}.
+
+        Args:
+            timeout_s: overrides the client's ``timeout_s`` for this call.
+        """
+        return self._call("ping", timeout_s)
+
+    def models(self) -> List[Dict[str, Any]]:
+        """Model cards (``ModelCard.public()`` dicts) the daemon offers."""
+        return list(self._call("models")["models"])
+
+    def status(self, job_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """``[{job_id, state, fraction, message}]`` of the last hour, or of ``job_id``.
+
+        Raises:
+            DaemonError: ``not_found`` for an unknown ``job_id``.
+        """
+        return list(self._call("status", job_id=job_id)["jobs"])
+
+    def cancel(self, job_id: str) -> Dict[str, Any]:
+        """Ask the daemon to cancel ``job_id``; returns the ``cancelled`` reply
+        ({job_id, state}: the job's state after the request).
+
+        Raises:
+            DaemonError: ``not_found`` for an unknown job.
+        """
+        return self._call("cancel", job_id=job_id)
+
+    def detect(self, params: DetectParams, pixels: Any = None,
+               on_progress: Optional[Callable[[float, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None,
+               job_timeout_s: float = 600.0, liveness_s: float = 2.0) -> Dict[str, Any]:
+        """Run a detection job and wait for its result.
+
+        Liveness: whenever the job has been silent for ``liveness_s``, the client asks
+        the daemon for the job's ``status``. No answer within ``timeout_s`` means the
+        daemon died or hangs (killed, crashed, machine asleep): :class:`DaemonUnavailable`
+        is raised then, within ``liveness_s + timeout_s`` seconds, not after
+        ``job_timeout_s``. A daemon that no longer knows the job (restarted) gives the
+        same error.
+
+        Args:
+            params: what to detect where (:class:`~protocol.params.DetectParams`).
+            pixels: for a :class:`~protocol.params.PixelSource`: array (bands, H, W),
+                dtype in ``protocol.ALLOWED_DTYPES``. Do not modify it while the call
+                runs.
+            on_progress: called as ``on_progress(fraction 0..1, message)``.
+            is_cancelled: polled about every 0.1 s; once true the job is cancelled.
+            job_timeout_s: longest time without news of the job once it is accepted,
+                seconds: no event from a running job (a status answer saying that the
+                job still waits in the queue counts as news).
+            liveness_s: silence after which the daemon is asked for the job's status.
+
+        Returns:
+            The ``result`` header: {job_id, crs, features: [{wkt, class, class_id,
+            score, agreement, area_m2, model, model_version}], stats, ...}.
+
+        Raises:
+            DaemonError: the request was rejected or the job failed (``.code``).
+            JobCancelled: ``is_cancelled()`` turned true, or the job was cancelled.
+            DaemonUnavailable: no ``accepted`` within ``timeout_s``; the daemon stopped
+                answering status checks (dead) or lost the job; or no news of the job
+                for ``job_timeout_s``.
+            protocol.ProtocolError: invalid parameters (nothing is sent).
+        """
+        return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
+                         is_cancelled, job_timeout_s, liveness_s)
+
+    def retrain(self, params: RetrainParams, pixels: Any = None,
+                on_progress: Optional[Callable[[float, str], None]] = None,
+                is_cancelled: Optional[Callable[[], bool]] = None,
+                job_timeout_s: float = 600.0, liveness_s: float = 2.0) -> Dict[str, Any]:
+        """Fine-tune a model on the user's corrections and wait for the outcome.
+
+        Args:
+            params: the corrections and settings (:class:`~protocol.params.RetrainParams`).
+            pixels: for a pixel source, its array (bands, H, W).
+            on_progress, is_cancelled, job_timeout_s, liveness_s: as :meth:`detect`.
+
+        Returns:
+            The ``result`` header; ``result["retrain"]`` is the report (``accepted``,
+            ``reason``, ``model``, ``active``, ``before``, ``after``, ...).
+
+        Raises:
+            As :meth:`detect`.
+        """
+        return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
+                         is_cancelled, job_timeout_s, liveness_s)
+
+    def submit_batch(self, params: BatchParams) -> Dict[str, Any]:
+        """Send a ``batch`` request; returns the ``accepted`` reply ({job_id, id}).
+
+        Raises:
+            DaemonError: refused (``.code``); DaemonUnavailable; protocol.ProtocolError.
+        """
+        return self._submit(params.to_header(self.token))
+
+    def batch(self, params: BatchParams,
+              on_progress: Optional[Callable[[float, str], None]] = None,
+              is_cancelled: Optional[Callable[[], bool]] = None,
+              job_timeout_s: float = 3600.0) -> Dict[str, Any]:
+        """:meth:`submit_batch` then :meth:`follow`; returns the ``result`` header
+        (``stats`` holds ``out_path``, ``layer``, ``count``...)."""
+        acc = self.submit_batch(params)
+        return self.follow(acc["id"], acc["job_id"], on_progress, is_cancelled,
+                           job_timeout_s)
+
+    def resume(self, job_id: str,
+               on_progress: Optional[Callable[[float, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None,
+               job_timeout_s: float = 3600.0) -> Dict[str, Any]:
+        """Resume a stored batch job and wait for its ``result``.
+
+        Raises:
+            DaemonError: ``not_found`` for an unknown job; as :meth:`follow`.
+        """
+        acc = self.resume_request(job_id)
+        return self.follow(acc["id"], job_id, on_progress, is_cancelled, job_timeout_s)
+
+    def resume_request(self, job_id: str) -> Dict[str, Any]:
+        """Send ``resume``; returns the ``accepted`` reply."""
+        return self._submit(P.request("resume", job_id=job_id, token=self.token))
+
+    def jobs(self, job_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The daemon's batch jobs (newest first; see ``protocol.wire``'s ``jobs``)."""
+        return list(self._call("jobs", job_id=job_id)["jobs"])
+
+    def follow(self, request_id: str, job_id: str,
+               on_progress: Optional[Callable[[float, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None,
+               job_timeout_s: float = 3600.0, cancel: bool = True) -> Dict[str, Any]:
+        """Wait for the events of an accepted batch job until its ``result``.
+
+        Args:
+            request_id: the ``id`` of the ``batch`` / ``resume`` request.
+            job_id: the job.
+            on_progress: called as (fraction 0..1, message).
+            is_cancelled: polled about every 0.1 s; once true the job is cancelled
+                (``cancel=True``) or left running in the daemon (``cancel=False``), and
+                :class:`~protocol.errors.JobCancelled` is raised.
+            job_timeout_s: longest silence tolerated, seconds.
+
+        Returns:
+            The ``result`` header.
+
+        Raises:
+            DaemonError, JobCancelled, DaemonUnavailable.
+        """
+        heard = time.monotonic()
+        while True:
+            if is_cancelled is not None and is_cancelled():
+                if cancel:
+                    self._cancel_quietly(job_id)
+                raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+            event = self._receive(request_id, 0.1)
+            now = time.monotonic()
+            if event is None:
+                if now - heard > job_timeout_s:
+                    raise DaemonUnavailable(f"no news of batch job {job_id} for "
+                                            f"{job_timeout_s:g} s")
+                continue
+            heard = now
+            result = _job_event(event, job_id, on_progress)
+            if result is not None:
+                return result
+
+    def versions(self, model: str) -> Dict[str, Any]:
+        """``{model, active, versions: [...]}`` of ``model``'s lineage."""
+        return self._call("versions", model=model)
+
+    def activate(self, model: str) -> Dict[str, Any]:
+        """Make ``model`` (``<id>`` or ``<id>@<n>``) the active version; returns
+        :meth:`versions`."""
+        return self._call("activate", model=model)
+
+    def rollback(self, model: str) -> Dict[str, Any]:
+        """Make the parent of the active version of ``model``'s lineage active; returns
+        :meth:`versions`.
+
+        Raises:
+            DaemonError: ``invalid_input`` when the shipped model is already active.
+        """
+        return self._call("rollback", model=model)
+
+    def _submit(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> Dict[str, Any]:
+        """Send a job request and return its ``accepted`` reply (with ``job_id``).
+
+        Raises:
+            DaemonUnavailable: no reply within ``timeout_s`` (the socket is reset).
+            DaemonError: an ``error`` reply, or a reply other than ``accepted``.
+        """
+        self._send(header, arrays)
+        first = self._receive(header["id"], self.timeout_s)
+        if first is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not accept the "
+                                    f"{header['type']} request within {self.timeout_s:g} s")
+        _raise_if_error(first)
+        if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
+            raise DaemonError(f"unexpected reply {first.get('type')!r} "
+                                            f"to {header['type']}", P.E_INTERNAL)
+        return first
+
+    def _job(self, header: Dict[str, Any], arrays: Sequence[Any],
+             on_progress: Optional[Callable[[float, str], None]],
+             is_cancelled: Optional[Callable[[], bool]], job_timeout_s: float,
+             liveness_s: float) -> Dict[str, Any]:
+        """Send a job request and follow it to its end (see :meth:`detect`)."""
+        rid = header["id"]
+        job_id = self._submit(header, arrays)["job_id"]
+        finished = False
+        probe_id: Optional[str] = None  # id of the status check awaiting an answer
+        probe_sent = 0.0
+        done_probes = 0  # status answers saying the job ended while no event came
+        try:
+            heard = contact = time.monotonic()
+            while True:
+                if is_cancelled is not None and is_cancelled():
+                    self._cancel_quietly(job_id)
+                    finished = True
+                    raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+                event = self._receive((rid, probe_id) if probe_id else rid, 0.1)
+                now = time.monotonic()
+                if event is None:
+                    if probe_id is not None and now - probe_sent > self.timeout_s:
+                        finished = True  # nobody to cancel it with
+                        self._reset()
+                        raise DaemonUnavailable(
+                            f"the daemon at {self.endpoint} stopped answering while job "
+                            f"{job_id} ran (no answer to a status check within "
+                            f"{self.timeout_s:g} s): it crashed or was killed")
+                    if now - heard > job_timeout_s:
+                        raise DaemonUnavailable(f"no news of job {job_id} for "
+                                                f"{job_timeout_s:g} s")
+                    if probe_id is None and now - contact > liveness_s:
+                        probe = P.request("status", job_id=job_id, token=self.token)
+                        try:
+                            self._send(probe)
+                        except DaemonUnavailable:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"the daemon at {self.endpoint} stopped answering while "
+                                f"job {job_id} ran: it crashed or was killed") from None
+                        probe_id, probe_sent = probe["id"], now
+                    continue
+                contact = now
+                if probe_id is not None and event.get("id") == probe_id:
+                    probe_id = None
+                    if event.get("type") == "error":
+                        if event.get("code") == P.E_NOT_FOUND:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"the daemon at {self.endpoint} no longer knows job "
+                                f"{job_id}: it was restarted while the job ran")
+                        continue  # e.g. a refused status request: the daemon lives
+                    jobs = event.get("jobs") or [{}]
+                    state = jobs[0].get("state") if isinstance(jobs[0], dict) else None
+                    if state == "queued":
+                        heard = now  # waiting its turn: nothing to report
+                    elif state in ("done", "error", "cancelled"):
+                        done_probes += 1  # its terminal event may still be on its way
+                        if done_probes >= 3:
+                            finished = True
+                            raise DaemonUnavailable(
+                                f"job {job_id} ended ({state}) but its outcome never "
+                                f"reached this client; run it again")
+                    continue
+                heard = now
+                finished = event.get("type") in _TERMINAL_EVENTS
+                result = _job_event(event, job_id, on_progress)
+                if result is not None:
+                    return result
+        finally:
+            if not finished:  # timeout, callback exception, KeyboardInterrupt...
+                self._cancel_quietly(job_id)
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        """Best-effort cancel (waits at most ``timeout_s``); resets the socket on failure."""
+        try:
+            self._call("cancel", job_id=job_id)
+        except OrtholensError as exc:
+            log.debug("cancel of job %s: %s", job_id, exc)
+        except zmq.ZMQError as exc:
+            log.debug("cancel of job %s: %s", job_id, exc)
+            self._reset()
+
+
+#: Events that end a job.
+_TERMINAL_EVENTS = ("result", "error", "cancelled")
+
+
+def _job_event(event: Dict[str, Any], job_id: str,
+               on_progress: Optional[Callable[[float, str], None]]
+               ) -> Optional[Dict[str, Any]]:
+    """Act on one event of a job: a ``progress`` goes to ``on_progress`` and None is
+    returned, a ``result`` is returned, an ``error`` or ``cancelled`` raises; other
+    events are logged and skipped.
+
+    Raises:
+        DaemonError: an ``error`` event (its code and message).
+        JobCancelled: a ``cancelled`` event.
+    """
+    kind = event.get("type")
+    if kind == "progress":
+        if on_progress is not None:
+            on_progress(float(event.get("fraction", 0.0)), str(event.get("message", "")))
+    elif kind == "result":
+        return event
+    elif kind == "error":
+        _raise_if_error(event)
+    elif kind == "cancelled":
+        raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+    else:
+        log.warning("ignoring a %r event of job %s", kind, job_id)
+    return None
+
+
+def _arrays(pixels: Any) -> List[Any]:
+    """The array frames of a job request: ``[pixels]`` as C-contiguous, or none."""
+    if pixels is None:
+        return []
+    import numpy as np
+    return [np.ascontiguousarray(pixels)]
+
+
+def _raise_if_error(reply: Dict[str, Any]) -> None:
+    if reply.get("type") == "error":
+        raise DaemonError(str(reply.get("message", "")), str(reply.get("code", P.E_INTERNAL)), reply.get("job_id"))
+
+
+# ---------------------------------------------------------------------- daemon process
+
+def _tail(path: Path, max_bytes: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+def _child_env(env: Optional[Mapping[str, str]], token: Optional[str]) -> Dict[str, str]:
+    # QGIS points PYTHONHOME/PYTHONPATH at its own Python; the backend venv must not
+    # inherit them.
+    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    if env:
+        out.update(env)
+    if token:
+        out["ORTHOLENS_TOKEN"] = token  # not on the command line, where ps shows it
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    return out
+
+
+def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
+                 cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                 wait_s: float = 60.0, *, host: str = P.DEFAULT_HOST,
+                 token: Optional[str] = None,
+                 log_path: Optional[str] = None) -> subprocess.Popen:
+    """Start ``<python> -m backend --host H --port P`` detached and wait until it answers.
+
+    Args:
+        python: interpreter of the backend environment (default
+            :func:`default_backend_python`).
+        port: TCP port for the daemon.
+        cwd: working directory, the repository root (default :func:`repo_dir`).
+        env: variables added to the inherited environment (``PYTHONHOME`` and
+            ``PYTHONPATH`` are not inherited).
+        wait_s: how long to wait for the first ``pong``, seconds.
+        host: interface to bind (loopback default).
+        token: passed as ``ORTHOLENS_TOKEN`` and used for the ping.
+        log_path: daemon stdout+stderr (default ``log_dir()/daemon-<port>.log``,
+            truncated).
+
+    Returns:
+        The running process (its own session / process group; the caller may leave it).
+
+    Raises:
+        DaemonUnavailable: the process exited or did not answer within ``wait_s``
+            (the message ends with the tail of its log); it is killed in the latter case.
+    """
+    python = python or default_backend_python()
+    cwd = cwd or str(repo_dir())
+    if log_path is None:
+        folder = log_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_file = folder / f"daemon-{port}.log"
+    else:
+        log_file = Path(log_path)
+    cmd = [python, "-m", "backend", "--host", host, "--port", str(port)]
+    kwargs: Dict[str, Any] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+                                   | subprocess.CREATE_NO_WINDOW)  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        with open(log_file, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(env, token),
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot start {python!r} -m backend: {exc}") from None
+    ping_host = f"[{host}]" if ":" in host else host
+    client = OrtholensClient(f"tcp://{ping_host}:{port}", token=token, timeout_s=1.0)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise DaemonUnavailable(f"the daemon exited with code {proc.returncode} "
+                                        f"(log {log_file}):\n{_tail(log_file)}")
+            try:
+                client.ping()
+            except DaemonUnavailable:
+                pass
+            else:
+                time.sleep(0.05)
+                if proc.poll() is not None:  # another daemon answered on that port
+                    continue
+                log.info("daemon started: pid %d, port %d, log %s", proc.pid, port, log_file)
+                return proc
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(5)
+                raise DaemonUnavailable(f"the daemon did not answer within {wait_s:g} s "
+                                        f"(log {log_file}):\n{_tail(log_file)}")
+            time.sleep(0.2)
+    except DaemonError:
+        proc.kill()
+        raise
+    finally:
+        client.close()
+
+
+def ensure_daemon(endpoint: str = DEFAULT_ENDPOINT, python: Optional[str] = None,
+                  cwd: Optional[str] = None, *, token: Optional[str] = None,
+                  timeout_s: float = 5.0, wait_s: float = 60.0) -> OrtholensClient:
+    """A client of a daemon that answers: pings ``endpoint`` and, if nothing answers
+    and the endpoint is on this computer, starts one with :func:`start_daemon`.
+
+    Returns:
+        A connected :class:`OrtholensClient` (``timeout_s``, ``token``); its
+        ``process`` is the started daemon's ``Popen``, or None when one was running.
+
+    Raises:
+        DaemonUnavailable: nothing answers and a daemon cannot be started (or the
+            endpoint is not loopback).
+        DaemonError: a daemon answers but refuses (e.g. ``forbidden``: wrong token).
+    """
+    host, port = parse_endpoint(endpoint)
+    client = OrtholensClient(endpoint, token=token, timeout_s=timeout_s)
+    try:
+        local = is_loopback(host)
+        if not local or port_open(host, port):  # refused: nothing to wait for
+            try:
+                client.ping(timeout_s=min(2.0, timeout_s))
+                return client
+            except DaemonUnavailable:
+                pass
+        if not local:
+            raise DaemonUnavailable(f"no daemon answers at {endpoint}; only a daemon on "
+                                    f"this computer is started automatically")
+        try:
+            client.process = start_daemon(python, port, cwd, wait_s=wait_s, host=host,
+                                          token=token)
+        except DaemonUnavailable as exc:
+            try:
+                client.ping()  # a slow daemon may hold the port after all
+            except DaemonUnavailable:
+                raise exc from None
+        return client
+    except BaseException:
+        client.close()
+        raise
+
+
+def port_open(host: str, port: int) -> bool:
+    """True when a TCP connection to ``host:port`` succeeds within 0.5 s."""
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.0/8`` and ``::1`` (brackets allowed): the
+    addresses a daemon may serve without a token."""
+    import ipaddress
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False

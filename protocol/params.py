@@ -1,0 +1,356 @@
+"""Typed request parameters: what a ``detect``, ``batch`` or ``retrain`` job is asked to do.
+
+One dataclass per task (as Deepness keeps one parameter dataclass per processing
+task). They are built by the plugin (dock, Processing algorithms), turned into a
+request header by :meth:`to_header` (validated against ``protocol.wire``'s schema),
+and rebuilt by the daemon from the validated header with :meth:`from_header`. ``None``
+means "not given": the daemon then uses the model card's value (threshold, minimum
+area, simplification, orthogonalisation) or its own default (batch size, chunk size,
+retrain settings). The dock and the Processing algorithms follow the same rule.
+
+Needs only the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from . import wire
+from .errors import ProtocolError
+
+Extent = Tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A raster file the daemon reads itself (GeoTIFF, VRT, ... anything GDAL opens).
+
+    Attributes:
+        path: file path on the daemon's machine.
+    """
+
+    path: str
+    kind: str = field(default="file", init=False)
+
+    def to_wire(self) -> Dict[str, Any]:
+        """``{"kind": "file", "path": ...}``."""
+        return {"kind": "file", "path": self.path}
+
+
+@dataclass(frozen=True)
+class PixelSource:
+    """Pixels sent with the request as array frame 0, shape (bands, H, W).
+
+    Attributes:
+        crs: CRS of the pixels, WKT or an authority id such as ``EPSG:31256``.
+        transform: GDAL-order affine ``(a, b, c, d, e, f)``: x = c + a*col + b*row,
+            y = f + d*col + e*row, in CRS units.
+        nodata: pixel value meaning "no data", or None.
+    """
+
+    crs: str
+    transform: Tuple[float, float, float, float, float, float]
+    nodata: Optional[float] = None
+    kind: str = field(default="pixels", init=False)
+
+    def to_wire(self) -> Dict[str, Any]:
+        """``{"kind": "pixels", "crs", "transform", "nodata"?}``."""
+        d: Dict[str, Any] = {"kind": "pixels", "crs": self.crs,
+                             "transform": [float(v) for v in self.transform]}
+        if self.nodata is not None:
+            d["nodata"] = self.nodata
+        return d
+
+
+Source = Union[FileSource, PixelSource]
+
+
+def source_from_wire(d: Union[Source, Mapping[str, Any]]) -> Source:
+    """A :data:`Source` from its wire form (a typed source is returned as it is).
+
+    Raises:
+        ProtocolError: ``bad_request`` for anything that is not a valid source.
+    """
+    if isinstance(d, (FileSource, PixelSource)):
+        return d
+    err = wire.check_source(d)
+    if err:
+        raise ProtocolError(f"source {err}")
+    if d["kind"] == "file":
+        return FileSource(d["path"])
+    return PixelSource(d["crs"], tuple(float(v) for v in d["transform"]), d.get("nodata"))
+
+
+def _extent(x: Optional[Sequence[float]]) -> Optional[Extent]:
+    return None if x is None else tuple(float(v) for v in x)  # type: ignore[return-value]
+
+
+def _header(mtype: str, obj: Any, token: Optional[str], request_id: Optional[str]
+            ) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        if f.name == "source":
+            v = v.to_wire()
+        elif f.name in ("features", "reviewed"):
+            v = [x.to_wire() for x in v]
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    if request_id is not None:
+        out["id"] = request_id
+    return wire.request(mtype, token=token, **out)
+
+
+class _Request:
+    """Conversion of a parameter dataclass to and from its request header."""
+
+    TYPE = ""
+
+    def to_header(self, token: Optional[str] = None,
+                  request_id: Optional[str] = None) -> Dict[str, Any]:
+        """The validated request header (fields left None are omitted).
+
+        Args:
+            token: the daemon's access token, when it needs one.
+            request_id: the request id (default: a fresh one).
+
+        Raises:
+            ProtocolError: ``bad_request`` for a value outside the schema.
+        """
+        return _header(self.TYPE, self, token, request_id)
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]):
+        """Parameters of a request header that ``protocol.wire.validate_request``
+        accepted (other fields, such as ``id`` and ``token``, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in header.items() if k in names})
+
+
+@dataclass(frozen=True)
+class DetectParams(_Request):
+    """A ``detect`` request: find objects in an extent of a raster.
+
+    Attributes:
+        source: the raster (:class:`FileSource`, :class:`PixelSource`; a wire dict is
+            converted).
+        model: model id (``<base>`` or a user version ``<base>@<n>``).
+        extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs``; None for the whole raster.
+        extent_crs: CRS of ``extent`` (WKT or ``EPSG:n``); None: the raster's CRS.
+        threshold: class probability threshold in (0, 1]; None: the card's.
+        min_area_m2: smallest object kept, square metres; None: the card's.
+        simplify_m: polygon simplification tolerance, metres; None: the card's.
+        bands: 1-based raster bands read as the model's input bands; None: the card's
+            default mapping (the first bands).
+        batch_size: tiles per model call; None: the daemon's default (4).
+        orthogonalize: replace near-rectangular polygons by their minimum rotated
+            rectangle; None: the card's.
+    """
+
+    TYPE = "detect"
+
+    source: Source
+    model: str
+    extent: Optional[Extent] = None
+    extent_crs: Optional[str] = None
+    threshold: Optional[float] = None
+    min_area_m2: Optional[float] = None
+    simplify_m: Optional[float] = None
+    bands: Optional[Tuple[int, ...]] = None
+    batch_size: Optional[int] = None
+    orthogonalize: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", source_from_wire(self.source))
+        object.__setattr__(self, "extent", _extent(self.extent))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+
+
+@dataclass(frozen=True)
+class BatchParams(_Request):
+    """A ``batch`` request: a streaming, resumable detection over a raster of any size
+    that writes its polygons to a GeoPackage.
+
+    Attributes:
+        detect: what to detect where (its ``source`` must be a :class:`FileSource`: a
+            batch job reads the raster again when it resumes).
+        out_path: the ``.gpkg`` to write.
+        layer: its table; None: ``detections``.
+        overwrite: replace an existing ``out_path``.
+        chunk_px: chunk side, pixels at the model's GSD; None: the daemon's (2048).
+        halo_px: first halo around a chunk, pixels; None: from the model's tiling.
+        executor: ``local`` or ``ray``; None: ``local``.
+    """
+
+    TYPE = "batch"
+
+    detect: DetectParams
+    out_path: str
+    layer: Optional[str] = None
+    overwrite: Optional[bool] = None
+    chunk_px: Optional[int] = None
+    halo_px: Optional[int] = None
+    executor: Optional[str] = None
+
+    def to_header(self, token: Optional[str] = None,
+                  request_id: Optional[str] = None) -> Dict[str, Any]:
+        """The validated ``batch`` header (see :meth:`DetectParams.to_header`).
+
+        Raises:
+            ProtocolError: ``bad_request`` for a value outside the schema.
+        """
+        header = self.detect.to_header(token, request_id)
+        header["type"] = self.TYPE
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "detect" and v is not None:
+                header[f.name] = v
+        return wire.validate_request(header)
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> "BatchParams":
+        """Parameters of a validated ``batch`` header."""
+        names = {f.name for f in fields(cls)} - {"detect"}
+        return cls(detect=DetectParams.from_header(header),
+                   **{k: v for k, v in header.items() if k in names})
+
+
+@dataclass(frozen=True)
+class CorrectedFeature:
+    """One polygon of the user's corrected layer.
+
+    Attributes:
+        wkt: geometry as WKT, in the retrain request's ``crs``.
+        class_name: class name from the model card (or None with ``class_id``).
+        class_id: class index, 1.. (or None with ``class_name``).
+        area: index of the reviewed area it belongs to (tiles that overlap), or None.
+    """
+
+    wkt: str
+    class_name: Optional[str] = None
+    class_id: Optional[int] = None
+    area: Optional[int] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"wkt": self.wkt}
+        for k, v in (("class", self.class_name), ("class_id", self.class_id),
+                     ("area", self.area)):
+            if v is not None:
+                d[k] = v
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Union["CorrectedFeature", Mapping[str, Any]]
+                  ) -> "CorrectedFeature":
+        if isinstance(d, CorrectedFeature):
+            return d
+        return cls(d["wkt"], d.get("class"), d.get("class_id"), d.get("area"))
+
+
+@dataclass(frozen=True)
+class ReviewedArea:
+    """An area the user reviewed: inside it, whatever no corrected feature covers is
+    background.
+
+    Attributes:
+        extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs``; None: the whole source.
+        extent_crs: CRS of ``extent``; None: the raster's.
+        source: another raster than the request's (tiles of a mosaic); None: the
+            request's.
+        holdout: True to keep it for evaluation only, False to train on it, None to let
+            the daemon split.
+        array: for a :class:`PixelSource` ``source``, the index of its array frame.
+    """
+
+    extent: Optional[Extent] = None
+    extent_crs: Optional[str] = None
+    source: Optional[Source] = None
+    holdout: Optional[bool] = None
+    array: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extent", _extent(self.extent))
+        if self.source is not None:
+            object.__setattr__(self, "source", source_from_wire(self.source))
+
+    def to_wire(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {}
+        for k, v in asdict(self).items():
+            if k == "source" and self.source is not None:
+                d[k] = self.source.to_wire()
+            elif v is not None:
+                d[k] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Union["ReviewedArea", Mapping[str, Any]]) -> "ReviewedArea":
+        if isinstance(d, ReviewedArea):
+            return d
+        return cls(**{k: d.get(k) for k in ("extent", "extent_crs", "source", "holdout",
+                                             "array")})
+
+
+@dataclass(frozen=True)
+class RetrainParams(_Request):
+    """A ``retrain`` request: fine-tune a model on the user's corrections.
+
+    Attributes:
+        source: the raster the corrections were made on.
+        model: the model (or version ``<base>@<n>``) to fine-tune.
+        features: the corrected layer, every polygon in it (dicts are converted).
+        crs: CRS of the features (WKT or ``EPSG:n``); None: the raster's.
+        reviewed: the reviewed areas; None: one, ``extent`` over ``source``.
+        extent, extent_crs: the reviewed area when ``reviewed`` is None.
+        budget_s: fine-tuning time, seconds.
+        steps: at most this many training steps; None: as many as the budget allows.
+        seed: random seed; None: the daemon's (0).
+        activate: make an accepted version active; None: yes.
+        guard: check the model's original validation data; None: yes.
+        holdout_fraction: share of the reviewed areas kept to evaluate the candidate.
+        max_iou_drop: largest accepted drop of pixel IoU on the guard.
+        replay_fraction: share of each batch drawn from the original training data.
+        mistake_weight: loss weight of pixels the model got wrong.
+        invalid_geometry: ``repair`` or ``refuse`` invalid polygons.
+        bands: 1-based raster bands read as the model's input bands.
+    """
+
+    TYPE = "retrain"
+
+    source: Source
+    model: str
+    features: Tuple[CorrectedFeature, ...]
+    crs: Optional[str] = None
+    reviewed: Optional[Tuple[ReviewedArea, ...]] = None
+    extent: Optional[Extent] = None
+    extent_crs: Optional[str] = None
+    budget_s: Optional[float] = None
+    steps: Optional[int] = None
+    seed: Optional[int] = None
+    activate: Optional[bool] = None
+    guard: Optional[bool] = None
+    holdout_fraction: Optional[float] = None
+    max_iou_drop: Optional[float] = None
+    replay_fraction: Optional[float] = None
+    mistake_weight: Optional[float] = None
+    invalid_geometry: Optional[str] = None
+    bands: Optional[Tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", source_from_wire(self.source))
+        object.__setattr__(self, "features",
+                           tuple(CorrectedFeature.from_wire(f) for f in self.features))
+        if self.reviewed is not None:
+            object.__setattr__(self, "reviewed",
+                               tuple(ReviewedArea.from_wire(a) for a in self.reviewed))
+        object.__setattr__(self, "extent", _extent(self.extent))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+
+
+__all__ = ["FileSource", "PixelSource", "Source", "source_from_wire", "DetectParams",
+           "BatchParams", "CorrectedFeature", "ReviewedArea", "RetrainParams"]

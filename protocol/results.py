@@ -1,0 +1,38 @@
+"""The attribute schema of a result polygon: one definition for every place that
+stores detections (the plugin's result layers, batch jobs' GeoPackages).
+
+A ``result`` reply's feature (see :mod:`protocol.wire`) carries ``wkt`` plus the
+fields below except ``detected_at``, which the side that writes the layer stamps.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+#: ``(name, kind)`` of each attribute, in column order. Kinds: ``str``, ``int``
+#: (32-bit), ``float`` (64-bit).
+#:
+#: class          class name from the model card (e.g. ``photovoltaic``)
+#: class_id       class index of the model, 1.. (0 is background)
+#: score          mean class probability over the polygon, 0..1
+#: agreement      fraction of ensemble members voting for the polygon, 0..1 (1.0 for
+#:                a single model)
+#: area_m2        polygon area, square metres on the ground
+#: model          model id (``<base>`` or a user version ``<base>@<n>``)
+#: model_version  the model card's version
+#: detected_at    when the detection ran, UTC, as ISO 8601 text
+RESULT_FIELDS: Tuple[Tuple[str, str], ...] = (
+    ("class", "str"),
+    ("class_id", "int"),
+    ("score", "float"),
+    ("agreement", "float"),
+    ("area_m2", "float"),
+    ("model", "str"),
+    ("model_version", "str"),
+    ("detected_at", "str"),
+)
+
+#: Field names of :data:`RESULT_FIELDS`, in order.
+RESULT_FIELD_NAMES: Tuple[str, ...] = tuple(name for name, _ in RESULT_FIELDS)
+
+__all__ = ["RESULT_FIELDS", "RESULT_FIELD_NAMES"]

@@ -1,0 +1,334 @@
+"""Streaming batch jobs: chunked == in-extent, exactly once across a daemon SIGKILL.
+
+Real data (``ORTHOLENS_DATA``): a VRT mosaic of four pv01 held-out tiles and a part of
+the Vienna scene. Small extents and tiny chunks keep the runs to seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, free_port
+from protocol.params import BatchParams, DetectParams, FileSource
+
+DATA = Path(os.environ.get("ORTHOLENS_DATA", REPO.parent / "shared" / "data")).resolve()
+VIENNA = DATA / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
+PV01 = DATA / "pv01" / "heldout"
+PV01_BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
+              "PV01_325192_1204249"]
+MODEL = "pv-unet-r18"
+#: 120 m x 120 m of Vienna = 1200 x 1200 px at the model's 0.1 m (9 tiles).
+VIENNA_EXTENT = [-1620.0, 338480.0, -1500.0, 338600.0]
+
+needs_model = pytest.mark.skipif(not (REPO / "models" / MODEL / "card.json").is_file(),
+                                 reason="no shipped model card")
+
+
+def polygon_set(features):
+    """``{(class, wkb, score, area)}`` of protocol features (single polygons)."""
+    import shapely
+    return sorted((f["class"], shapely.from_wkt(f["wkt"]).wkb, f["score"], f["area_m2"])
+                  for f in features)
+
+
+def gpkg_set(path, layer="detections"):
+    """The same tuples read back from a batch GeoPackage, plus the chunk column."""
+    import shapely
+    from pyogrio.raw import read
+    meta, _, geoms, fields = read(str(path), layer=layer)[:4]
+    names = list(meta["fields"])
+    col = {n: fields[i] for i, n in enumerate(names)}
+    out = []
+    for i, g in enumerate(geoms):
+        mp = shapely.from_wkb(g)
+        poly = mp.geoms[0] if len(mp.geoms) == 1 else mp
+        out.append((str(col["class"][i]), poly.wkb, float(col["score"][i]),
+                    float(col["area_m2"][i])))
+    return sorted(out), [int(c) for c in col["chunk"]]
+
+
+@pytest.fixture(scope="module")
+def pv01_vrt(tmp_path_factory):
+    exe = shutil.which("gdalbuildvrt")
+    files = [PV01 / f"{n}.tif" for n in PV01_BLOCK]
+    if exe is None or not all(f.is_file() for f in files):
+        pytest.skip("needs gdalbuildvrt (gdal-bin) and the pv01 held-out tiles")
+    vrt = tmp_path_factory.mktemp("vrt") / "pv01_block.vrt"
+    subprocess.run([exe, "-q", str(vrt)] + [str(f) for f in files], check=True)
+    return vrt
+
+
+@needs_model
+def test_chunked_equals_in_extent_on_vrt_mosaic(pv01_vrt, tmp_path):
+    from backend.daemon.batch_runner import run_batch, submit
+    from backend.daemon.jobstore import JobStore
+    from backend.inference.detect import run_detect
+
+    req = {"source": {"kind": "file", "path": str(pv01_vrt)}, "model": MODEL}
+    ref = run_detect(dict(req), [])
+    assert len(ref["features"]) >= 10  # the block has panels on several roofs
+    store = JobStore(tmp_path / "jobs")
+    # tiny chunks and halo: many objects cross chunk borders, several need a larger halo
+    job = submit(store, BatchParams(DetectParams(FileSource(str(pv01_vrt)), MODEL),
+                                    out_path=str(tmp_path / "out.gpkg"), chunk_px=100,
+                                    halo_px=16))
+    out = run_batch(store, job)
+    stats = out["stats"]
+    assert stats["chunks"] == 45 and stats["chunks_halo_grown"] > 0
+    assert stats["objects_cut"] == 0
+    got, chunks = gpkg_set(tmp_path / "out.gpkg")
+    assert got == polygon_set(ref["features"])  # same WKT, score and area: exactly
+    assert stats["count"] == len(got)
+    assert store.get(job)["state"] == "done"
+
+
+def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
+    """A crash after a chunk's rows were written but before the store recorded it."""
+    from backend.daemon.batch_runner import reconcile_output
+    from backend.daemon.jobstore import JobStore
+    from backend.inference.batch.chunks import ChunkResult
+    from backend.inference.batch.gpkg import GpkgWriter
+
+    store = JobStore(tmp_path / "jobs")
+    store.create("j1", {"out_path": str(tmp_path / "o.gpkg")})
+    w = GpkgWriter(str(tmp_path / "o.gpkg"), "detections", "EPSG:32651")
+    assert reconcile_output(w, store, "j1") == {}
+    feat = {"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))", "class": "photovoltaic",
+            "class_id": 1, "score": 0.9, "agreement": 1.0, "area_m2": 1.0,
+            "model": MODEL, "model_version": "1"}
+    w.append(ChunkResult(0, [feat, feat]))
+    store.mark_done("j1", 0, 2)
+    w.append(ChunkResult(1, [feat]))          # written, then "killed": not recorded
+    assert w.chunk_counts() == {0: 2, 1: 1}
+    assert reconcile_output(w, store, "j1") == {0: 2}
+    assert w.chunk_counts() == {0: 2}
+    store.mark_done("j1", 1, 0)               # a chunk recorded with rows missing
+    store.mark_done("j1", 2, 3)
+    assert reconcile_output(w, store, "j1") == {0: 2, 1: 0}
+
+
+# ------------------------------------------------------------------ kill and resume
+
+def _start_daemon(port, jobs_dir, log):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port),
+                             "--jobs-dir", str(jobs_dir)], cwd=REPO, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    from protocol.client import OrtholensClient
+    from protocol.errors import DaemonUnavailable
+    client = OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=1.0)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.ping()
+            break
+        except DaemonUnavailable:
+            assert proc.poll() is None, Path(log).read_text()[-2000:]
+            assert time.monotonic() < deadline, "daemon did not start"
+    client.timeout_s = 10.0
+    return proc, client
+
+
+@needs_model
+@pytest.mark.skipif(not VIENNA.is_file(), reason="Vienna orthophoto missing")
+def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tmp_path):
+    from backend.inference.detect import run_detect
+
+    jobs_dir, out = tmp_path / "jobs", tmp_path / "vienna.gpkg"
+    log = tmp_path / "daemon.log"
+    source = {"kind": "file", "path": str(VIENNA)}
+    params = BatchParams(DetectParams(source, MODEL, extent=VIENNA_EXTENT, threshold=0.3),
+                         out_path=str(out), chunk_px=160, halo_px=64)  # 8 x 8 chunks
+    port = free_port()
+    proc, client = _start_daemon(port, jobs_dir, log)
+    try:
+        acc = client.submit_batch(params)
+        job_id = acc["job_id"]
+        deadline = time.monotonic() + 120
+        while True:  # kill once some, not all, chunks are recorded
+            job = client.jobs(job_id)[0]
+            if job["chunks_done"] >= 0.3 * max(job["chunks_total"], 1) > 0:
+                break
+            assert job["state"] not in ("done", "error"), job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        client.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert job["chunks_done"] < job["chunks_total"] == 64
+
+    proc, client = _start_daemon(free_port(), jobs_dir, log)
+    try:
+        listed = client.jobs()
+        mine = [j for j in listed if j["job_id"] == job_id]
+        assert mine and mine[0]["state"] == "interrupted" and mine[0]["resumable"]
+        assert mine[0]["chunks_done"] >= job["chunks_done"]
+        seen = []
+        result = client.resume(job_id, on_progress=lambda f, m: seen.append(f),
+                               job_timeout_s=300)
+        stats = result["stats"]
+        assert stats["chunks_resumed"] >= job["chunks_done"] and stats["chunks"] == 64
+        assert client.jobs(job_id)[0]["state"] == "done"
+        # resuming a finished job is refused, clearly
+        from protocol.errors import DaemonError
+        with pytest.raises(DaemonError) as err:
+            client.resume(job_id)
+        assert err.value.code == "invalid_input"
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    got, chunks = gpkg_set(out)
+    # the uninterrupted run: one in-extent detection of the same area
+    ref = run_detect({"source": source, "model": MODEL, "extent": VIENNA_EXTENT,
+                      "threshold": 0.3}, [])
+    assert len(ref["features"]) > 0
+    assert got == polygon_set(ref["features"])  # none lost, none twice, all identical
+    assert stats["count"] == len(got) == len(chunks)
+
+
+# ------------------------------------------------------------------ requests
+
+def test_batch_requests_are_checked_before_a_job_exists(tmp_path):
+    """Validation and refusals of batch / jobs / resume, answered at once (no model)."""
+    import protocol as P
+    from backend.daemon.server import Server
+    from protocol.client import OrtholensClient
+    from protocol.errors import DaemonError
+
+    with pytest.raises(P.ProtocolError):  # pixels cannot be re-read on resume
+        P.request("batch", source={"kind": "pixels", "crs": "EPSG:32651",
+                                   "transform": [0.1, 0, 0, 0, -0.1, 0]},
+                  model=MODEL, out_path=str(tmp_path / "o.gpkg"))
+    with pytest.raises(P.ProtocolError):
+        P.request("batch", source={"kind": "file", "path": "/x.tif"}, model=MODEL,
+                  out_path=str(tmp_path / "o.shp"))
+    with pytest.raises(P.ProtocolError):
+        P.request("batch", source={"kind": "file", "path": "/x.tif"}, model=MODEL,
+                  out_path=str(tmp_path / "o.gpkg"), chunk_px=8)
+    server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), detect_fn=lambda *a: {})
+    server.start_in_thread()
+    try:
+        with OrtholensClient(server.endpoint, timeout_s=10) as c:
+            assert c.jobs() == []
+            raster = tmp_path / "r.tif"
+            raster.write_bytes(b"")
+            cases = [
+                (dict(source={"kind": "file", "path": str(tmp_path / "missing.tif")},
+                      model=MODEL, out_path=str(tmp_path / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model=MODEL,
+                      out_path=str(tmp_path / "nodir" / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model="no-such-model",
+                      out_path=str(tmp_path / "a.gpkg")), "not_found"),
+                (dict(source={"kind": "file", "path": str(raster)}, model=MODEL,
+                      out_path=str(raster.with_suffix(".gpkg"))), "invalid_input"),
+            ]
+            raster.with_suffix(".gpkg").write_bytes(b"")  # exists, no overwrite
+            for kwargs, code in cases:
+                params = BatchParams(DetectParams(kwargs["source"], kwargs["model"]),
+                                     out_path=kwargs["out_path"])
+                with pytest.raises(DaemonError) as err:
+                    c.submit_batch(params)
+                assert err.value.code == code, kwargs
+            with pytest.raises(DaemonError) as err:
+                c.resume_request("0" * 32)
+            assert err.value.code == "not_found"
+            with pytest.raises(DaemonError) as err:
+                c.jobs("0" * 32)
+            assert err.value.code == "not_found"
+            assert c.jobs() == []  # nothing was recorded
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("height,width,shifts", [(256, 256, False), (600, 1300, False),
+                                                  (1500, 700, True), (300, 200, True),
+                                                  (1024, 1024, True)])
+def test_tiling_is_the_one_predict_grid_uses(monkeypatch, height, width, shifts):
+    """The batch path's window tiling must be predict_grid's whole-grid tiling (same
+    offsets, same order): that is what makes chunked probabilities identical."""
+    from types import SimpleNamespace
+
+    from backend.inference import detect
+    from backend.inference.batch.chunks import Box, Tiling
+
+    card = SimpleNamespace(tile_size=512, overlap=128, shifts=shifts, num_outputs=2)
+    added = []
+
+    class Recorder:
+        def __init__(self, channels, h, w, tile, overlap):
+            added.append(("tile", tile, overlap))
+
+        def add(self, r, c, p):
+            added.append((r, c))
+
+        def result(self):
+            return np.zeros((2, height, width), np.float32)
+
+    class Reader:
+        def read(self, r, c, size):
+            return np.zeros((3, size, size), np.uint8), np.ones((size, size), bool)
+
+    class Engine:
+        channels, device = 2, "cpu"
+
+        def __init__(self):
+            self.card = card
+
+        def predict_raw(self, x):
+            return np.zeros((len(x), 2) + x.shape[2:], np.float32)
+
+    monkeypatch.setattr(detect, "Stitcher", Recorder)
+    detect.predict_grid(Reader(), SimpleNamespace(height=height, width=width), Engine(), 4)
+    t = Tiling.for_grid(height, width, card)
+    assert added[0] == ("tile", t.tile, t.overlap)
+    assert added[1:] == t.intersecting(Box(0, 0, height, width))
+    # a window gets exactly the tiles that meet it, in the same relative order
+    win = Box(height // 3, width // 4, height // 3 + 100, width // 4 + 150)
+    meet = [(r, c) for r, c in added[1:] if r < win.r1 and r + t.tile > win.r0
+            and c < win.c1 and c + t.tile > win.c0]
+    assert t.intersecting(win) == meet
+
+
+def test_resume_jobs_at_start_picks_up_interrupted_jobs(tmp_path):
+    """``--resume-jobs``: a job a killed daemon left 'running' is queued at start-up."""
+    from backend.daemon.jobstore import JobStore
+    from backend.daemon.server import Server
+
+    store = JobStore(tmp_path / "jobs")
+    req = {"source": {"kind": "file", "path": str(tmp_path / "gone.tif")}, "model": MODEL,
+           "out_path": str(tmp_path / "o.gpkg")}
+    store.create("interrupted1", req)
+    store.set_state("interrupted1", "running", "killed")
+    store.create("finished1", req)
+    store.set_state("finished1", "done", "3 polygons")
+    server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), resume_jobs=True,
+                    detect_fn=lambda *a: {})
+    server.start_in_thread()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get("interrupted1")["state"] in ("running", "queued"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    job = store.get("interrupted1")
+    assert job["state"] == "error" and "not found" in job["message"]  # it ran again
+    assert store.get("finished1")["state"] == "done"

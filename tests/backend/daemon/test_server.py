@@ -1,0 +1,526 @@
+"""backend.daemon.server in a thread, with a fake detect function: queue, cancel, security,
+concurrency, and protocol.client against it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import zmq
+
+import protocol as P
+from protocol.client import is_loopback
+from backend.daemon.server import Server
+from protocol.client import OrtholensClient
+from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled, JobError
+from protocol.params import DetectParams
+
+FILE = {"kind": "file", "path": "/data/ortho.tif"}
+PIX = {"kind": "pixels", "crs": "EPSG:2056", "transform": [0.1, 0, 2600000, 0, -0.1, 1200000]}
+
+
+class FakeDetect:
+    """A detect_fn whose behaviour is chosen by the request's ``model``.
+
+    ``echo``: returns at once, echoing the request; ``block``: waits for ``gate`` (or
+    cancellation); ``loop``: reports progress until cancelled; ``flood``: 3000 progress
+    calls in ~0.3 s; ``fail``: a JobError; ``crash``: RuntimeError;
+    ``badresult``: a result that is not JSON-serialisable.
+    """
+
+    def __init__(self):
+        self.started: List[str] = []   # request ids, in the order jobs started
+        self.cancelled: List[str] = []
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, request, arrays, progress, cancelled):
+        with self.lock:
+            self.started.append(request["id"])
+        model = request["model"]
+        if model == "block":
+            while not self.gate.wait(0.01):
+                if cancelled():
+                    self.cancelled.append(request["id"])
+                    raise JobCancelled()
+        elif model == "loop":
+            for i in range(2000):
+                progress(i / 2000, f"batch {i}")
+                if cancelled():
+                    self.cancelled.append(request["id"])
+                    raise JobCancelled()
+                time.sleep(0.005)
+        elif model == "flood":
+            for i in range(3000):
+                progress(i / 3000, "tile")
+                if i % 100 == 0:
+                    time.sleep(0.01)
+        elif model == "fail":
+            raise JobError("the raster has no CRS", P.E_INVALID_INPUT)
+        elif model == "crash":
+            raise RuntimeError("boom")
+        elif model == "badresult":
+            return {"crs": "EPSG:2056", "features": [{"score": np.float32(0.5)}], "stats": {}}
+        a = arrays[0] if arrays else None
+        return {"crs": "EPSG:2056",
+                "features": [{"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 0))", "class": "photovoltaic",
+                              "class_id": 1, "score": 0.9, "area_m2": 0.5, "model": model,
+                              "model_version": "1", "request": request["id"]}],
+                "stats": {"path": request["source"].get("path"),
+                          "token": request.get("token"),
+                          "sum": None if a is None else int(a.sum()),
+                          "writeable": None if a is None else bool(a.flags.writeable),
+                          "owndata": None if a is None else bool(a.flags.owndata)}}
+
+
+@contextmanager
+def running(**kw):
+    fake = kw.pop("detect_fn", None) or FakeDetect()
+    server = Server(port=0, device="test", detect_fn=fake, **kw)
+    server.start_in_thread()
+    try:
+        yield server, fake
+    finally:
+        fake.gate.set()
+        server.stop()
+
+
+@contextmanager
+def raw_dealer(endpoint):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(endpoint)
+    try:
+        yield s
+    finally:
+        s.close()
+        ctx.term()
+
+
+def recv(sock, timeout_s=5.0) -> Dict:
+    assert sock.poll(int(timeout_s * 1000)), "no reply in time"
+    return P.decode(sock.recv_multipart(), P.MAX_REPLY_HEADER_BYTES)[0]
+
+
+def send_detect(sock, model, rid, source=FILE, **kw):
+    sock.send_multipart(P.encode(P.request("detect", id=rid, source=source, model=model,
+                                           **kw)))
+
+
+def wait_for(pred, timeout_s=5.0):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def job_state(server, job_id):
+    with server._lock:
+        return server._jobs[job_id].state
+
+
+# ----------------------------------------------------------------------------- basics
+
+def test_ping_models_status_through_client(monkeypatch):
+    with running() as (server, _), OrtholensClient(server.endpoint) as c:
+        pong = c.ping()
+        assert pong["type"] == "pong" and pong["protocol"] == P.PROTOCOL_VERSION
+        assert pong["version"] == "0.1.0" and pong["device"] == "test"
+        assert isinstance(pong["models"], list) and pong["jobs"] == 0
+        assert isinstance(c.models(), list)
+        assert c.status() == []
+        res = c.detect(DetectParams(source=FILE, model="echo"))
+        assert res["type"] == "result" and res["crs"] == "EPSG:2056"
+        assert res["features"][0]["model"] == "echo"
+        jobs = c.status()
+        assert [j["state"] for j in jobs] == ["done"] and jobs[0]["fraction"] == 1.0
+        assert c.status(res["job_id"]) == jobs
+        with pytest.raises(DaemonError) as e:
+            c.status("f" * 32)
+        assert e.value.code == P.E_NOT_FOUND
+        with pytest.raises(DaemonError) as e:
+            c.cancel("f" * 32)
+        assert e.value.code == P.E_NOT_FOUND
+
+
+def test_handle_never_raises_on_bare_frames():
+    server = Server(port=0, device="test", detect_fn=FakeDetect())  # not even bound
+    assert server.handle([]) == []
+    for frames in ([b"peer"], [b"peer", b""], [b"peer", b"\x00" * 10],
+                   [zmq.Frame(b"peer"), zmq.Frame(b'{"v":1,"id":7}')]):
+        (identity, reply), = server.handle(frames)
+        assert identity == b"peer"
+        assert reply["type"] == "error"
+        assert reply["code"] in (P.E_BAD_REQUEST, P.E_UNKNOWN_TYPE)
+        assert reply["id"] is None
+
+
+def test_internal_error_in_handler_is_answered(monkeypatch):
+    server = Server(port=0, device="test", detect_fn=FakeDetect())
+    monkeypatch.setattr(server, "_cards", lambda: 1 / 0)
+    (_, reply), = server.handle([b"p", P.encode(P.request("models", id="m1"))[0]])
+    assert reply["type"] == "error" and reply["code"] == P.E_INTERNAL
+    assert reply["id"] == "m1"
+    (_, pong), = server.handle([b"p", P.encode(P.request("ping", id="p1"))[0]])
+    assert pong["type"] == "pong" and pong["models"] == []
+
+
+def test_detect_errors_reach_the_client():
+    with running() as (server, _), OrtholensClient(server.endpoint) as c:
+        with pytest.raises(DaemonError) as e:
+            c.detect(DetectParams(source=FILE, model="fail"))
+        assert e.value.code == P.E_INVALID_INPUT and "no CRS" in e.value.message
+        assert e.value.job_id
+        with pytest.raises(DaemonError) as e:
+            c.detect(DetectParams(source=FILE, model="crash"))
+        assert e.value.code == P.E_INTERNAL and "boom" in e.value.message
+        with pytest.raises(DaemonError) as e:
+            c.detect(DetectParams(source=FILE, model="badresult"))
+        assert e.value.code == P.E_INTERNAL
+        assert c.ping()["jobs"] == 0
+        assert [j["state"] for j in c.status()] == ["error"] * 3
+
+
+def test_pixels_are_copied_and_token_not_passed_on():
+    pixels = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+    with running(token="t0ken") as (server, _), \
+            OrtholensClient(server.endpoint, token="t0ken") as c:
+        stats = c.detect(DetectParams(source=PIX, model="echo"), pixels=pixels)["stats"]
+    assert stats["sum"] == int(pixels.sum())
+    assert stats["writeable"] and stats["owndata"]
+    assert stats["token"] is None
+
+
+def test_progress_is_throttled():
+    seen = []
+    with running() as (server, _), OrtholensClient(server.endpoint) as c:
+        t0 = time.monotonic()
+        c.detect(DetectParams(source=FILE, model="flood"),
+                 on_progress=lambda f, m: seen.append((f, m)))
+        took = time.monotonic() - t0
+    assert 1 <= len(seen) <= took * 10 + 2, (len(seen), took)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
+
+
+# ----------------------------------------------------------------------------- queue
+
+def test_queue_is_fifo():
+    with running(workers=1) as (server, fake), raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "r0")
+        assert recv(s)["type"] == "accepted"
+        wait_for(lambda: fake.started == ["r0"])
+        ids = [f"r{i}" for i in range(1, 6)]
+        for rid in ids:
+            send_detect(s, "echo", rid)
+            assert recv(s)["type"] == "accepted"
+        fake.gate.set()
+        results = [recv(s) for _ in range(6)]
+    assert [r["type"] for r in results] == ["result"] * 6
+    assert [r["id"] for r in results] == ["r0"] + ids
+    assert fake.started == ["r0"] + ids
+
+
+def test_cancel_running_job():
+    with running() as (server, fake), raw_dealer(server.endpoint) as s, \
+            OrtholensClient(server.endpoint) as other:
+        send_detect(s, "loop", "d1")
+        job_id = recv(s)["job_id"]
+        ev = recv(s)
+        assert ev["type"] == "progress" and ev["id"] == "d1" and ev["job_id"] == job_id
+        ack = other.cancel(job_id)  # from another client
+        assert ack["type"] == "cancelled" and ack["job_id"] == job_id
+        assert ack["state"] == "running"
+        events = []
+        while not events or events[-1]["type"] == "progress":
+            events.append(recv(s))
+        assert events[-1]["type"] == "cancelled" and events[-1]["id"] == "d1"
+        assert events[-1]["job_id"] == job_id
+        assert not s.poll(300), "nothing may follow the terminal event"
+        assert fake.cancelled == ["d1"]
+        assert other.status(job_id)[0]["state"] == "cancelled"
+
+
+def test_client_detect_cancelled_by_callback():
+    flag = threading.Event()
+    progress = []
+
+    def on_progress(f, m):
+        progress.append(f)
+        if len(progress) >= 2:
+            flag.set()
+
+    with running() as (server, fake), OrtholensClient(server.endpoint) as c:
+        with pytest.raises(JobCancelled) as e:
+            c.detect(DetectParams(source=FILE, model="loop"), on_progress=on_progress,
+                     is_cancelled=flag.is_set)
+        wait_for(lambda: job_state(server, e.value.job_id) == "cancelled")
+        assert len(fake.cancelled) == 1
+        assert c.ping()["type"] == "pong"  # the client is still usable
+
+
+def test_cancel_queued_job_never_runs():
+    with running(workers=1) as (server, fake), raw_dealer(server.endpoint) as s, \
+            OrtholensClient(server.endpoint) as other:
+        send_detect(s, "block", "a")
+        recv(s)
+        wait_for(lambda: fake.started == ["a"])
+        send_detect(s, "echo", "b")
+        job_b = recv(s)["job_id"]
+        assert other.status(job_b)[0]["state"] == "queued"
+        ack = other.cancel(job_b)
+        assert ack["state"] == "cancelled"
+        ev = recv(s)
+        assert (ev["type"], ev["id"], ev["job_id"]) == ("cancelled", "b", job_b)
+        fake.gate.set()
+        ev = recv(s)
+        assert (ev["type"], ev["id"]) == ("result", "a")
+        assert not s.poll(300)
+    assert fake.started == ["a"]
+
+
+def test_busy_when_queue_full():
+    with running(workers=1, max_queue=2) as (server, fake), raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "a")
+        recv(s)
+        wait_for(lambda: fake.started == ["a"])
+        for rid in ("b", "c"):
+            send_detect(s, "echo", rid)
+            assert recv(s)["type"] == "accepted"
+        send_detect(s, "echo", "d")
+        rep = recv(s)
+        assert (rep["type"], rep["code"], rep["id"]) == ("error", P.E_BUSY, "d")
+        fake.gate.set()
+        assert sorted(recv(s)["id"] for _ in range(3)) == ["a", "b", "c"]
+        send_detect(s, "echo", "e")  # room again
+        assert recv(s)["type"] == "accepted"
+
+
+def test_busy_when_queued_pixels_too_big():
+    px = np.zeros((3, 100, 100), np.uint8)  # 30000 bytes
+    with running(workers=1, max_queue_bytes=50_000) as (server, fake), \
+            raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "a")
+        recv(s)
+        wait_for(lambda: fake.started == ["a"])  # running jobs do not count
+        s.send_multipart(P.encode(P.request("detect", id="b", source=PIX, model="echo"), [px]))
+        assert recv(s)["type"] == "accepted"
+        s.send_multipart(P.encode(P.request("detect", id="c", source=PIX, model="echo"), [px]))
+        rep = recv(s)
+        assert (rep["type"], rep["code"], rep["id"]) == ("error", P.E_BUSY, "c")
+        send_detect(s, "echo", "d")  # no pixels: still fine
+        assert recv(s)["type"] == "accepted"
+
+
+def test_stop_ends_queued_and_running_jobs():
+    with running(workers=1) as (server, fake), raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "a")
+        recv(s)
+        wait_for(lambda: fake.started == ["a"])
+        send_detect(s, "echo", "b")
+        recv(s)
+        server.stop()
+        got = {r["id"]: r for r in (recv(s), recv(s))}
+    assert got["a"]["type"] == got["b"]["type"] == "error"
+    assert got["a"]["code"] == got["b"]["code"] == P.E_BUSY
+    assert fake.started == ["a"]
+
+
+# ----------------------------------------------------------------------------- security
+
+def test_token_required_and_checked():
+    with running(token="s3cret") as (server, fake):
+        for token in (None, "wrong", "s3cre", "s3cret\u00e9"):
+            with OrtholensClient(server.endpoint, token=token) as c:
+                for call in (c.ping, lambda: c.detect(DetectParams(source=FILE, model="echo"))):
+                    with pytest.raises(DaemonError) as e:
+                        call()
+                    assert e.value.code == P.E_FORBIDDEN
+        with raw_dealer(server.endpoint) as s:  # a lone surrogate must not crash it
+            s.send_multipart([b'{"v":1,"type":"ping","id":"x","token":"\\ud800"}'])
+            assert recv(s)["code"] == P.E_FORBIDDEN
+        with OrtholensClient(server.endpoint, token="s3cret") as c:
+            assert c.ping()["type"] == "pong"
+            assert c.detect(DetectParams(source=FILE, model="echo"))["type"] == "result"
+    assert len(fake.started) == 1
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::", "example.org", ""])
+def test_non_loopback_bind_needs_token(host):
+    with pytest.raises(ValueError, match="token"):
+        Server(host=host, port=0)
+    s = Server(host=host, port=0, token="t")  # constructed, never bound
+    assert s.restrict_paths
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"])
+def test_loopback_needs_no_token(host):
+    assert is_loopback(host)
+    assert not Server(host=host, port=0).restrict_paths
+
+
+def test_ipv6_loopback_bind():
+    with running(host="::1") as (server, _), OrtholensClient(server.endpoint) as c:
+        assert server.endpoint.startswith("tcp://[::1]:")
+        assert c.ping()["type"] == "pong"
+
+
+def test_paths_outside_allowed_roots_are_forbidden(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "root2").mkdir()
+    (tmp_path / "secret.tif").write_bytes(b"x")
+    inside = root / "sub" / "a.tif"
+    inside.write_bytes(b"x")
+    os.symlink(tmp_path / "secret.tif", root / "link.tif")
+    os.symlink(inside, tmp_path / "outside_link.tif")
+    forbidden = ["/etc/passwd", str(tmp_path / "secret.tif"), str(root / "link.tif"),
+                 str(root / ".." / "secret.tif"), str(tmp_path / "root2" / "a.tif"),
+                 str(tmp_path / "root")[:-1] + "t.tif"]
+    allowed = [str(inside), str(root / "sub" / ".." / "sub" / "a.tif"),
+               str(tmp_path / "outside_link.tif"), str(root / "missing.tif")]
+    with running(restrict_paths=True, allowed_roots=[str(root)]) as (server, fake), \
+            OrtholensClient(server.endpoint) as c:
+        for path in forbidden:
+            with pytest.raises(DaemonError) as e:
+                c.detect(DetectParams(source={"kind": "file", "path": path}, model="echo"))
+            assert e.value.code == P.E_FORBIDDEN, path
+        for path in allowed:
+            res = c.detect(DetectParams(source={"kind": "file", "path": path}, model="echo"))
+            # the job sees the resolved path, so a later symlink swap cannot escape
+            assert res["stats"]["path"] == os.path.realpath(path)
+        assert c.detect(DetectParams(source=PIX, model="echo"),
+                        pixels=np.zeros((3, 4, 4), np.uint8))["type"] == "result"
+    assert len(fake.started) == len(allowed) + 1
+
+
+def test_paths_unrestricted_on_loopback_by_default(tmp_path):
+    with running(allowed_roots=[str(tmp_path)]) as (server, _), \
+            OrtholensClient(server.endpoint) as c:
+        res = c.detect(DetectParams(source={"kind": "file", "path": "/etc/passwd"},
+                                    model="echo"))
+        assert res["type"] == "result"
+
+
+def test_no_roots_means_no_files(monkeypatch):
+    monkeypatch.delenv("ORTHOLENS_ROOTS", raising=False)
+    with running(restrict_paths=True) as (server, _), OrtholensClient(server.endpoint) as c:
+        with pytest.raises(DaemonError) as e:
+            c.detect(DetectParams(source=FILE, model="echo"))
+        assert e.value.code == P.E_FORBIDDEN
+
+
+# ----------------------------------------------------------------------------- clients
+
+def test_twenty_concurrent_clients():
+    errors = []
+
+    def client_thread(n):
+        try:
+            with OrtholensClient(server.endpoint, timeout_s=10) as c:
+                for k in range(5):
+                    if (n + k) % 2:
+                        assert c.ping()["type"] == "pong"
+                    else:
+                        px = np.full((3, 8, 8), n * 10 + k, np.uint8)
+                        res = c.detect(DetectParams(source=PIX, model=f"echo-{n}-{k}"), pixels=px)
+                        assert res["features"][0]["model"] == f"echo-{n}-{k}"
+                        assert res["stats"]["sum"] == int(px.sum())
+        except Exception as exc:  # collected: assertion errors in threads are lost
+            errors.append((n, repr(exc)))
+
+    with running(workers=2) as (server, fake):
+        threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors
+    assert len(fake.started) == sum(1 for n in range(20) for k in range(5) if not (n + k) % 2)
+
+
+def test_client_times_out_recreates_socket_and_skips_stale_replies(port):
+    """A fake daemon ignores the first request, then answers each with a stale reply
+    first and the right one second."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.bind(f"tcp://127.0.0.1:{port}")
+    identities = []
+    stop = threading.Event()
+
+    def fake_daemon():
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            ident, raw = router.recv_multipart()
+            identities.append(ident)
+            req = P.decode([raw])[0]
+            if len(identities) == 1:
+                continue
+            for rid in ("stale-" + req["id"], req["id"]):
+                router.send_multipart([ident] + P.encode(P.reply(
+                    "pong", rid, version="x", protocol=1, device="cpu", models=[], jobs=0)))
+
+    t = threading.Thread(target=fake_daemon)
+    t.start()
+    try:
+        with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3) as c:
+            with pytest.raises(DaemonUnavailable):
+                c.ping()
+            pong = c.ping(timeout_s=5)
+            assert pong["version"] == "x" and not pong["id"].startswith("stale-")
+            assert c.ping()["type"] == "pong"
+    finally:
+        stop.set()
+        t.join()
+        router.close()
+        ctx.term()
+    assert len(identities) == 3
+    assert identities[0] != identities[1] == identities[2]  # new socket after a timeout
+
+
+def test_client_unavailable_when_nothing_listens(port):
+    with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=0.2) as c:
+        t0 = time.monotonic()
+        with pytest.raises(DaemonUnavailable):
+            c.ping()
+        with pytest.raises(DaemonUnavailable):
+            c.detect(DetectParams(source=FILE, model="echo"))
+        assert time.monotonic() - t0 < 2
+
+
+def test_client_job_timeout_when_daemon_goes_silent():
+    with running() as (server, fake), OrtholensClient(server.endpoint) as c:
+        t0 = time.monotonic()
+        with pytest.raises(DaemonUnavailable, match="no news"):
+            c.detect(DetectParams(source=FILE, model="block"), job_timeout_s=0.3)
+        assert time.monotonic() - t0 < 3
+        # the client cancelled the job it gave up on
+        wait_for(lambda: fake.cancelled)
+
+
+def test_models_mark_one_default_per_device(monkeypatch):
+    """The models reply flags the model a new user should get: the fast single model
+    on a CPU daemon, the ensemble on a GPU one (models/defaults.json), or the one
+    ORTHOLENS_DEFAULT_MODEL names."""
+    from backend.models.catalog import default_model_id, list_cards
+    cards = list_cards()
+    ids = [c.id for c in cards]
+    assert default_model_id(cards, cuda=False) == "pv-unet-r18"
+    assert default_model_id(cards, cuda=True) == ("pv-ensemble" if "pv-ensemble" in ids
+                                                  else ids[0])
+    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "pv-fpn-r18")
+    assert default_model_id(cards, cuda=False) == "pv-fpn-r18"
+    monkeypatch.delenv("ORTHOLENS_DEFAULT_MODEL")
+    with running() as (server, _), OrtholensClient(server.endpoint) as c:
+        flagged = [m["id"] for m in c.models() if m.get("default")]
+    assert flagged == ["pv-unet-r18"]

@@ -1,0 +1,198 @@
+"""End to end: a real daemon, a real held-out tile, DetectTask, the result layer.
+
+Skipped (with the reason) until ``protocol/client.py``, ``backend/inference/detect.py``
+and a trained ``models/pv-unet-r18/card.json`` exist. Takes a few seconds of CPU inference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsProject, QgsRasterLayer
+
+from conftest import PV01_HELDOUT, REPO
+
+MODEL = "pv-unet-r18"
+BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
+                                     REPO / ".venv" / "backend" / "bin" / "python"))
+MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
+
+_missing = [str(p) for p in (REPO / "protocol" / "client.py",
+                             REPO / "backend" / "inference" / "detect.py",
+                             MODELS / MODEL / "card.json", BACKEND_PYTHON, PV01_HELDOUT)
+            if not p.exists()]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(_missing), reason="end-to-end test needs: " + ", ".join(_missing)),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def daemon_endpoint(tmp_path_factory):
+    from protocol.client import start_daemon
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
+    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
+                        log_path=str(log))
+    yield f"tcp://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except Exception:  # noqa: BLE001
+        proc.kill()
+        proc.wait(5)
+
+
+def test_detect_task_on_heldout_tile(daemon_endpoint, tmp_path, qgis_new_project):
+    from plugin.settings import DaemonSettings
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+
+    layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    plan = prepare_detect(layer, layer.extent(), layer.crs())
+    assert plan.source.to_wire() == {"kind": "file", "path": str(PV01_HELDOUT.resolve())}
+
+    settings = DaemonSettings(endpoint=daemon_endpoint, python=str(BACKEND_PYTHON),
+                              repo=str(REPO), token=None)
+    progress = []
+    out = tmp_path / "result.gpkg"
+    task = DetectTask(plan, settings, str(out), model_id=MODEL, job_timeout_s=300)
+    task.progressChanged.connect(progress.append)
+    ok = task.run()  # synchronously, on this thread
+    task.finished(ok)
+    assert ok, task.error
+    assert task.error is None and not task.cancelled
+    assert out.is_file()
+
+    result_layer = task.layer
+    assert result_layer is not None and result_layer.isValid()
+    assert QgsProject.instance().mapLayer(result_layer.id()) is result_layer
+    assert result_layer.crs().authid() == "EPSG:32651"
+    feats = list(result_layer.getFeatures())
+    assert len(feats) >= 1, task.result.get("stats")
+    assert all(f["class"] == "photovoltaic" for f in feats)
+    assert all(f["model"] == MODEL and 0 < f["score"] <= 1 and f["area_m2"] > 0 for f in feats)
+    tile = layer.extent()
+    tile.grow(1.0)
+    assert all(tile.contains(f.geometry().boundingBox()) for f in feats)
+    assert result_layer.renderer().type() == "categorizedSymbol"
+    assert progress and max(progress) == 100
+    assert str(len(feats)) in task.summary()
+
+
+def test_rendered_pixels_give_the_same_result_as_the_file(daemon_endpoint, tmp_path,
+                                                          qgis_new_project):
+    """The non-file path (pixels rendered by QGIS at the model GSD) agrees with the file
+    path on the same tile: same objects, same areas."""
+    from plugin.settings import DaemonSettings
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+
+    layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    settings = DaemonSettings(endpoint=daemon_endpoint, python=str(BACKEND_PYTHON),
+                              repo=str(REPO), token=None)
+    results = {}
+    for force in (False, True):
+        plan = prepare_detect(layer, layer.extent(), layer.crs(), force_pixels=force)
+        assert (plan.render is not None) == force
+        task = DetectTask(plan, settings, str(tmp_path / f"r{force}.gpkg"), model_id=MODEL,
+                          add_to_project=False)
+        ok = task.run()
+        task.finished(ok)
+        assert ok, task.error
+        results[force] = sorted(round(f["area_m2"], 1) for f in task.result["features"])
+    assert results[True] and results[True] == results[False]
+
+
+def test_cancel_stops_a_running_detection(daemon_endpoint, vienna_path, tmp_path,
+                                          qgis_new_project):
+    """Cancel through QGIS's task manager while the daemon works on a 25 Mpx extent."""
+    import time
+
+    from qgis.PyQt.QtCore import QCoreApplication
+    from qgis.core import QgsApplication
+
+    from plugin.settings import DaemonSettings
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+
+    layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    plan = prepare_detect(layer, layer.extent(), layer.crs())
+    settings = DaemonSettings(endpoint=daemon_endpoint, python=str(BACKEND_PYTHON),
+                              repo=str(REPO), token=None)
+    done = []
+    task = DetectTask(plan, settings, str(tmp_path / "c.gpkg"), model_id=MODEL,
+                      on_done=done.append)
+    QgsApplication.taskManager().addTask(task)
+    end = time.monotonic() + 120
+    cancelled_at = None
+    while not done and time.monotonic() < end:
+        QCoreApplication.processEvents()
+        if cancelled_at is None and task.progress() > 10:  # the daemon is working
+            task.cancel()
+            cancelled_at = time.monotonic()
+        time.sleep(0.05)
+    assert done, "the task did not finish"
+    assert cancelled_at is not None, "no progress from the daemon before the end"
+    assert task.cancelled and task.layer is None and task.error is None
+    assert time.monotonic() - cancelled_at < 30
+    assert not (tmp_path / "c.gpkg").exists()
+
+
+def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, tmp_path,
+                                                              qgis_iface, qgis_new_project,
+                                                              monkeypatch):
+    """The user's path: active raster, map view, Detect in extent, result layer on top."""
+    import time
+
+    from qgis.PyQt.QtCore import QCoreApplication
+    from qgis.core import Qgis
+
+    import plugin
+
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", daemon_endpoint)
+    project = QgsProject.instance()
+    project.setFileName(str(tmp_path / "demo.qgz"))  # results go next to the project
+    layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
+    project.addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        qgis_iface.messageBar().clear_messages()
+        task = p.detect()
+        assert task is not None, p.dock.message()
+        assert not p.dock.detect_button.isEnabled()
+        end = time.monotonic() + 120
+        while p.task is not None and time.monotonic() < end:
+            QCoreApplication.processEvents()
+            time.sleep(0.05)
+        assert p.task is None and p.last_task is task
+        assert task.layer is not None, task.error
+        assert Path(task.out_path).parent == tmp_path.resolve()
+        ok_msgs = qgis_iface.messageBar().get_messages(Qgis.Success)
+        assert any("detected" in m and task.out_path in m for m in ok_msgs), ok_msgs
+        order = [n.layerId() for n in project.layerTreeRoot().findLayers()]
+        assert order.index(task.layer.id()) == order.index(layer.id()) - 1
+        assert p.dock.detect_button.isEnabled() and p.dock.progress.value() == 100
+        assert p.dock.current_model_id() == MODEL  # the combo was filled from the daemon
+    finally:
+        p.unload()
+        project.setFileName("")

@@ -1,0 +1,319 @@
+"""The Ortholens Processing provider: registration, ``qgis_process`` headless, batch
+over rasters, progress/cancel/resume, evaluation and training chips.
+
+Needs the real daemon (backend venv + shipped model) and the pv01 held-out tiles; a
+VRT mosaic of four of them is the multi-file input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from conftest import REPO, data_dir
+
+MODEL = "pv-unet-r18"
+BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
+                                     REPO / ".venv" / "backend" / "bin" / "python"))
+PV01 = data_dir() / "pv01" / "heldout"
+BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
+         "PV01_325192_1204249"]
+#: A part of the mosaic crossing the seams between its tiles (EPSG:32651).
+AREA = (258050.0, 3600880.0, 258115.0, 3600920.0)
+
+_missing = [str(p) for p in [BACKEND_PYTHON, REPO / "models" / MODEL / "card.json"]
+            + [PV01 / f"{n}.tif" for n in BLOCK] if not p.exists()]
+needs_daemon = pytest.mark.skipif(bool(_missing), reason="needs: " + ", ".join(_missing))
+
+
+@pytest.fixture(scope="module")
+def provider():
+    """The plugin's provider, registered as the plugin does it (initProcessing)."""
+    from plugin.main import OrtholensPlugin
+    plugin = OrtholensPlugin(None)  # qgis_process passes no iface either
+    plugin.initProcessing()
+    yield plugin.provider
+    plugin.unload()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    from protocol.client import start_daemon
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("daemon")
+    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
+                        env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs")},
+                        log_path=str(tmp / "daemon.log"))
+    endpoint = f"tcp://127.0.0.1:{port}"
+    old = os.environ.get("ORTHOLENS_ENDPOINT")
+    os.environ["ORTHOLENS_ENDPOINT"] = endpoint
+    from plugin.processing import common
+    common._models_cache = (0.0, [])
+    yield endpoint
+    if old is None:
+        os.environ.pop("ORTHOLENS_ENDPOINT", None)
+    else:
+        os.environ["ORTHOLENS_ENDPOINT"] = old
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    from osgeo import gdal
+    vrt = tmp_path_factory.mktemp("vrt") / "pv01_block.vrt"
+    ds = gdal.BuildVRT(str(vrt), [str(PV01 / f"{n}.tif") for n in BLOCK])
+    ds = None
+    return vrt
+
+
+def run_alg(alg_id, params, feedback=None):
+    alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+    assert alg is not None, alg_id
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = feedback or QgsProcessingFeedback()
+    res, ok = alg.run(params, context, feedback)
+    return res, ok, context
+
+
+def features_of(path, layer=None):
+    """``[(class, score, area_m2, geometry WKB)]`` sorted, of a GeoPackage layer."""
+    uri = f"{path}|layername={layer}" if layer else str(path)
+    vl = QgsVectorLayer(uri, "x", "ogr")
+    assert vl.isValid(), uri
+    out = sorted((f["class"], round(float(f["score"]), 4), round(float(f["area_m2"]), 3),
+                  bytes(f.geometry().asWkb())) for f in vl.getFeatures())
+    del vl
+    return out
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_metadata_declares_a_processing_provider():
+    text = (REPO / "metadata.txt").read_text()
+    assert "hasProcessingProvider=yes" in text
+
+
+def test_provider_lists_the_algorithms_and_leaves_on_unload():
+    from plugin.main import OrtholensPlugin
+    reg = QgsApplication.processingRegistry()
+    plugin = OrtholensPlugin(None)
+    plugin.initProcessing()
+    try:
+        prov = reg.providerById("ortholens")
+        assert prov is not None and prov.name() == "Ortholens"
+        ids = sorted(a.id() for a in prov.algorithms())
+        assert ids == ["ortholens:batchjobs", "ortholens:detect", "ortholens:evaluate",
+                       "ortholens:exportchips", "ortholens:retrain"]
+        detect = reg.algorithmById("ortholens:detect")
+        names = [p.name() for p in detect.parameterDefinitions()]
+        for n in ("INPUT", "EXTENT", "COVERAGE", "MODEL", "THRESHOLD", "MIN_AREA",
+                  "CHUNK_PX", "EXECUTOR", "OUTPUT"):
+            assert n in names
+    finally:
+        plugin.unload()
+    assert reg.providerById("ortholens") is None
+
+
+def _qgis_process() -> list:
+    """A working qgis_process command. Debian's /usr/bin/qgis_process wrapper passes
+    QGIS_OPTS from /etc/default/qgis ('--noversioncheck', meant for the desktop), which
+    qgis_process 3.22 rejects; the wrapped binary works."""
+    for exe in ("qgis_process", "qgis_process.bin"):
+        path = shutil.which(exe)
+        if not path:
+            continue
+        r = subprocess.run([path, "--version"], capture_output=True, text=True,
+                           env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+        if r.returncode == 0 and "not known" not in (r.stdout + r.stderr):
+            return [path]
+    pytest.skip("no working qgis_process")
+
+
+@needs_daemon
+def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, provider):
+    from tools.screenshot import assemble_plugin, qgis_child_env
+    from plugin.settings import DaemonSettings
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
+
+    plugins = tmp_path / "plugins"
+    assemble_plugin(REPO, plugins)
+    ini = tmp_path / "cfg" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\northolens=true\n")
+    env = dict(qgis_child_env(), QGIS_PLUGINPATH=str(plugins),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"), QT_QPA_PLATFORM="offscreen",
+               ORTHOLENS_ENDPOINT=daemon, ORTHOLENS_BACKEND_PYTHON=str(BACKEND_PYTHON),
+               ORTHOLENS_REPO=str(REPO))
+    qp = _qgis_process()
+    listed = subprocess.run(qp + ["list"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert "ortholens:detect" in listed.stdout, listed.stdout[-2000:] + listed.stderr[-2000:]
+
+    out = tmp_path / "batch.gpkg"
+    xmin, ymin, xmax, ymax = AREA
+    r = subprocess.run(qp + ["--json", "run", "ortholens:detect", "--",
+                             f"INPUT={mosaic}",
+                             f"EXTENT={xmin!r},{xmax!r},{ymin!r},{ymax!r} [EPSG:32651]",
+                             f"MODEL={MODEL}", "CHUNK_PX=128", f"OUTPUT={out}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads(r.stdout[r.stdout.index("{"):])["results"]
+    assert results["COUNT"] >= 5 and results["JOB_ID"]
+    got = features_of(out)
+    assert len(got) == results["COUNT"]
+
+    # the plugin's own in-extent path (Detect in extent) on the same layer and area
+    layer = QgsRasterLayer(str(mosaic), "mosaic", "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    plan = prepare_detect(layer, QgsRectangle(*AREA), QgsCoordinateReferenceSystem("EPSG:32651"))
+    assert plan.source.to_wire() == {"kind": "file", "path": str(Path(mosaic).resolve())}
+    settings = DaemonSettings(endpoint=daemon, python=str(BACKEND_PYTHON), repo=str(REPO),
+                              token=None)
+    ref_out = tmp_path / "in_extent.gpkg"
+    task = DetectTask(plan, settings, str(ref_out), model_id=MODEL, add_to_project=False)
+    ok = task.run()
+    task.finished(ok)
+    assert ok, task.error
+    assert got == features_of(ref_out, task.table)  # same polygons, scores and areas
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
+class _CancelAt(QgsProcessingFeedback):
+    """Cancels once progress passes ``at`` percent."""
+
+    def __init__(self, at: float):
+        super().__init__()
+        self.at = at
+        self.seen = []
+        self.progressChanged.connect(self._on)
+
+    def _on(self, value):
+        self.seen.append(value)
+        if value >= self.at and 0 < value < 99:
+            self.cancel()
+
+
+@needs_daemon
+def test_progress_cancel_then_resume_through_processing(daemon, mosaic, tmp_path, provider):
+    fb = _CancelAt(20.0)
+    res, ok, _ = run_alg("ortholens:detect", {"INPUT": str(mosaic), "MODEL": MODEL,
+                                              "CHUNK_PX": 64, "OUTPUT": "TEMPORARY_OUTPUT"},
+                         fb)
+    assert fb.isCanceled() and fb.seen and not res.get("OUTPUT")
+    import time
+    deadline = time.monotonic() + 30
+    while True:  # the daemon stops the job at its next model batch
+        res, ok, _ = run_alg("ortholens:batchjobs", {"ACTION": 0})
+        assert ok
+        jobs = json.loads(res["JOBS"])
+        cancelled = [j for j in jobs if j["state"] == "cancelled" and j["resumable"]]
+        if cancelled or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert cancelled and 0 < cancelled[0]["chunks_done"] < cancelled[0]["chunks_total"]
+    done_before = cancelled[0]["chunks_done"]
+    res, ok, _ = run_alg("ortholens:batchjobs", {"ACTION": 1,
+                                                 "JOB_ID": cancelled[0]["job_id"]})
+    assert ok and res["COUNT"] > 0 and Path(res["OUT_PATH"]).is_file()
+    after = json.loads(run_alg("ortholens:batchjobs", {"ACTION": 0})[0]["JOBS"])
+    mine = [j for j in after if j["job_id"] == cancelled[0]["job_id"]][0]
+    assert mine["state"] == "done" and mine["chunks_done"] == mine["chunks_total"] > done_before
+
+
+@needs_daemon
+def test_batch_over_rasters_evaluate_and_chips(daemon, tmp_path, provider):
+    from osgeo import gdal, ogr, osr
+
+    reports = []
+    for name in BLOCK[:2]:  # what the batch dialog does: one run per row
+        tif, mask = PV01 / f"{name}.tif", PV01 / f"{name}_mask.tif"
+        det = tmp_path / f"{name}_det.gpkg"
+        res, ok, _ = run_alg("ortholens:detect", {"INPUT": str(tif), "MODEL": MODEL,
+                                                  "OUTPUT": str(det)})
+        assert ok and det.is_file()
+        # reference polygons from the tile's ground-truth mask
+        ref = tmp_path / f"{name}_ref.gpkg"
+        src = gdal.Open(str(mask))
+        srs = osr.SpatialReference(wkt=src.GetProjection())
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(ref))
+        lyr = ds.CreateLayer("ref", srs, ogr.wkbPolygon)
+        lyr.CreateField(ogr.FieldDefn("v", ogr.OFTInteger))
+        band = src.GetRasterBand(1)
+        gdal.Polygonize(band, band, lyr, 0)
+        ds = src = None
+        out_json, out_html = tmp_path / f"{name}.json", tmp_path / f"{name}.html"
+        res, ok, _ = run_alg("ortholens:evaluate", {
+            "DETECTIONS": str(det), "REFERENCE": str(ref), "OUTPUT_JSON": str(out_json),
+            "OUTPUT_HTML": str(out_html)})
+        assert ok
+        report = json.loads(out_json.read_text())
+        for key in ("pixel_iou", "object_precision", "object_recall", "object_f1"):
+            assert key in report
+        assert 0.3 < report["pixel_iou"] <= 1.0 and report["objects_true"] > 0
+        assert "pixel_iou" in out_html.read_text()
+        reports.append(report)
+        # the reference against itself is perfect
+        res, ok, _ = run_alg("ortholens:evaluate", {
+            "DETECTIONS": str(ref), "REFERENCE": str(ref),
+            "OUTPUT_JSON": str(tmp_path / "self.json")})
+        assert res["PIXEL_IOU"] == 1.0 and res["OBJECT_F1"] == 1.0
+    assert len(reports) == 2
+
+    # coverage polygons: only detections meeting them are kept
+    name = BLOCK[0]
+    det_all = features_of(tmp_path / f"{name}_det.gpkg")
+    res, ok, ctx = run_alg("ortholens:detect", {
+        "INPUT": str(PV01 / f"{name}.tif"), "MODEL": MODEL,
+        "COVERAGE": str(tmp_path / f"{name}_ref.gpkg"), "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert ok
+    from qgis.core import QgsProcessingUtils
+    covered = QgsProcessingUtils.mapLayerFromString(res["OUTPUT"], ctx)
+    ref_layer = QgsVectorLayer(str(tmp_path / f"{name}_ref.gpkg"), "ref", "ogr")
+    refs = [f.geometry() for f in ref_layer.getFeatures()]
+    kept = list(covered.getFeatures())
+    assert 0 < len(kept) <= len(det_all) and res["COUNT"] == len(kept)
+    assert all(any(f.geometry().intersects(r) for r in refs) for f in kept)
+
+    # training chips: 256 px tile, 128 px chips -> 4 chips + 4 masks + manifest
+    chips = tmp_path / "chips"
+    name = BLOCK[0]
+    res, ok, _ = run_alg("ortholens:exportchips", {
+        "INPUT": str(PV01 / f"{name}.tif"), "POLYGONS": str(tmp_path / f"{name}_ref.gpkg"),
+        "CHIP_SIZE": 128, "OUTPUT": str(chips)})
+    assert ok and res["CHIPS"] == 4
+    masks = sorted(chips.glob("*_mask.tif"))
+    assert len(masks) == 4 and len(list(chips.glob("*.tif"))) == 8
+    import numpy as np
+    truth = gdal.Open(str(PV01 / f"{name}_mask.tif")).ReadAsArray() > 0
+    for m in masks:
+        r, c = (int(x[1:]) for x in m.stem.split("_")[-3:-1])
+        chip = gdal.Open(str(m))
+        assert np.array_equal(chip.ReadAsArray() > 0, truth[r:r + 128, c:c + 128])
+        img = gdal.Open(str(m).replace("_mask.tif", ".tif"))
+        assert img.RasterCount == 3 and img.GetGeoTransform() == chip.GetGeoTransform()
+    assert (chips / "manifest.csv").read_text().count("\n") == 5

@@ -1,0 +1,358 @@
+"""Retrain (#4) on the plugin side: the result layer remembers its detection, the
+corrected layer becomes a retrain request (dialog with budget and what is used), the
+job runs as a QgsTask with progress and cancel against a daemon, the outcome is shown
+and the new version selected; versions are switched and rolled back from the dock.
+
+The daemon here is ``backend.daemon.server.Server`` in a thread with a stand-in retrain
+function (the real fine-tuning is tested in tests/backend/learning/test_retrain.py); the
+versions requests are the real ones, over a user model folder in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from qgis.PyQt.QtWidgets import QAction
+from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
+
+from conftest import REPO, wait_until
+
+MODEL = "pv-unet-r18"
+CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
+CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
+EXTENT = QgsRectangle(-1610, 338490, -1590, 338510)  # 20 m x 20 m of Vienna
+
+
+def sq(x, y, s):
+    return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
+
+
+BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
+
+
+class _FakeClient:
+    process = None
+
+    def models(self):
+        return [CARD]
+
+    def detect(self, *args, **kw):
+        from plugin.detect.crs import crs_wkt
+        from qgis.core import QgsCoordinateReferenceSystem
+        feats = [{"wkt": sq(-1600, 338500, 2), "class": "photovoltaic", "class_id": 1,
+                  "score": 0.9, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
+                  "model_version": "1.0.0"},
+                 {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
+                  "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
+                  "model_version": "1.0.0"}]
+        return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
+                "features": feats, "stats": {"seconds": 1.0}}
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def plugin_with_result(vienna_layer, tmp_path, qgis_iface, monkeypatch):
+    """The plugin, loaded, with one finished detection (a 20 m extent of Vienna)."""
+    import plugin
+    from plugin import tasks
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+    from plugin.settings import DaemonSettings
+
+    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
+    plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
+    settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
+    task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
+    ok = task.run()
+    task.finished(ok)
+    assert ok and task.layer is not None, task.error
+    monkeypatch.undo()  # the retrain task must reach the real (test) daemon
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    p._detect_done(task)
+    p.dock.set_models([CARD])
+    try:
+        yield p, task.layer
+    finally:
+        p.unload()
+
+
+def _correct(layer):
+    """The user's edits: delete one detection, draw a missed panel (no class typed in)
+    and a self-intersecting polygon."""
+    layer.startEditing()
+    first = next(layer.getFeatures())
+    layer.deleteFeature(first.id())
+    for wkt in (sq(-1590.5, 338505, 1.5), BOWTIE):
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        layer.addFeature(f)
+    assert layer.commitChanges()
+
+
+def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
+    from plugin.retrain.controller import RETRAIN_ACTION
+    p, _ = plugin_with_result
+    act = qgis_iface.mainWindow().findChild(QAction, RETRAIN_ACTION)
+    assert act is p.retrain.action and act.text() == "Retrain on corrections…"
+    assert p.dock.retrain_button.isEnabled()
+    assert p.dock.activate_button.text() == "Make active"
+    assert p.dock.rollback_button.text() == "Roll back"
+
+
+def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_result):
+    from plugin.retrain.dialogs import RetrainDialog
+    from plugin.retrain.plan import PROP, prepare_retrain
+    from protocol.errors import InputError
+    p, layer = plugin_with_result
+    assert layer.customProperty(PROP + "model") == MODEL
+    reviewed = json.loads(layer.customProperty(PROP + "reviewed"))
+    assert reviewed[0]["extent"] == [-1610, 338490, -1590, 338510]
+    _correct(layer)
+    plan = prepare_retrain(layer, CLASSES)
+    assert plan.model == MODEL and plan.source.kind == "file"
+    assert len(plan.features) == 3 and plan.by_class == {"photovoltaic": 3}
+    assert plan.invalid == 1 and "2 feature(s) without a class" in plan.notes[0]
+    assert abs(plan.reviewed_m2 - 400.0) < 1e-6
+    assert "3 corrected features" in plan.summary() and "400 m²" in plan.summary()
+    dlg = RetrainDialog(plan)
+    assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
+                                                         "activate": True}
+    assert "1 with an invalid geometry" in dlg.summary_label.text()
+    # only the part of the extent in the map view
+    part = prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(-1600, 338490, -1580, 338510),
+                           view_crs=layer.crs())
+    assert part.reviewed[0].extent == (-1600, 338490, -1590, 338510)
+    with pytest.raises(InputError, match="no reviewed area|No reviewed area"):
+        prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(0, 0, 1, 1),
+                        view_crs=layer.crs())
+    # a class the model does not know, or a layer that is no result layer
+    layer.startEditing()
+    f = next(layer.getFeatures())
+    layer.changeAttributeValue(f.id(), layer.fields().indexOf("class"), "roof")
+    layer.commitChanges()
+    with pytest.raises(InputError, match="Unknown class"):
+        prepare_retrain(layer, CLASSES)
+    with pytest.raises(InputError, match="not an Ortholens result layer"):
+        prepare_retrain(QgsProject.instance().mapLayersByName("vienna")[0], CLASSES)
+
+
+class _Stub:
+    """A retrain function for the test daemon: records requests; ``loop`` budgets run
+    until cancelled."""
+
+    def __init__(self):
+        self.requests = []
+
+    def __call__(self, request, arrays, progress, cancelled):
+        self.requests.append(request)
+        n = 100000 if request["budget_s"] == 3540.0 else 10
+        for i in range(n):
+            if cancelled():
+                from protocol.errors import JobCancelled
+                raise JobCancelled()
+            progress(min(i / 10, 1.0), f"fine-tuning: step {i}")
+            time.sleep(0.02)
+        return {"crs": "", "features": [], "stats": {}, "retrain": {
+            "accepted": True, "model": f"{MODEL}@1", "parent": MODEL,
+            "active": f"{MODEL}@1", "reason": "object errors on the held-out corrections "
+                                              "2 -> 0", "budget_s": request["budget_s"],
+            "train": {"steps": 9, "seconds": 60.2},
+            "corrections": {"features": len(request["features"])},
+            "before": {"user_holdout": {"object_f1": None, "object_errors": 2,
+                                        "pixel_iou": 0.0, "false_polygons_per_km2": 64.0},
+                       "guard": {"object_f1": 0.844, "object_errors": 10,
+                                   "pixel_iou": 0.773}},
+            "after": {"user_holdout": {"object_f1": None, "object_errors": 0,
+                                       "pixel_iou": None, "false_polygons_per_km2": 0.0},
+                      "guard": {"object_f1": 0.885, "object_errors": 7,
+                                  "pixel_iou": 0.859}},
+            "rule": "the rule", "warnings": ["feature 2: invalid geometry repaired"]}}
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    from backend.daemon.server import Server
+    users = tmp_path / "user-models"
+    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(users))
+    stub = _Stub()
+    srv = Server(port=0, retrain_fn=stub, device="cpu", progress_interval_s=0.0)
+    srv.start_in_thread()
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", srv.endpoint)
+    try:
+        yield srv, stub, users
+    finally:
+        srv.stop()
+
+
+def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, daemon,
+                                                            qgis_iface):
+    p, layer = plugin_with_result
+    _, stub, _ = daemon
+    _correct(layer)
+    seen = {}
+
+    def run_dialog(dlg):
+        seen["summary"] = dlg.summary_label.text()
+        dlg.budget_spin.setValue(1)
+        return True
+
+    p.retrain.exec_dialog = run_dialog
+    qgis_iface.messageBar().clear_messages()
+    qgis_iface.setActiveLayer(layer)
+    values = []
+    task = p.retrain.retrain()
+    assert task is not None and not p.dock.detect_button.isEnabled()
+    task.progressChanged.connect(values.append)
+    assert wait_until(lambda: p.retrain.task is None, 60)
+    assert task.report and task.report["accepted"], task.error
+    req = stub.requests[0]
+    assert req["model"] == MODEL and req["budget_s"] == 60.0
+    assert req["source"]["path"].endswith("vienna_44_2_ortho_2023_30cm.tif")
+    assert len(req["features"]) == 3 and {f["class"] for f in req["features"]} == {"photovoltaic"}
+    assert req["reviewed"][0]["extent"] == [-1610, 338490, -1590, 338510]
+    assert req["invalid_geometry"] == "repair" and req["activate"] is True
+    assert "3 corrected features" in seen["summary"]
+    assert values and max(values) >= 50
+    # before/after shown; the dock will select the new version at the next listing
+    html = p.retrain.result_dialog.browser.toHtml()
+    assert "pv-unet-r18@1" in html and "0.773" in html and "0.859" in html
+    assert p.retrain.result_dialog.isVisible()
+    assert any("new version pv-unet-r18@1" in m
+               for m in qgis_iface.messageBar().get_messages(Qgis.Success))
+    p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
+                                  lineage={"active": True, "number": 1})])
+    assert p.dock.current_model_id() == f"{MODEL}@1"
+    assert "[active]" in p.dock.model_combo.currentText()
+    assert p.dock.detect_button.isEnabled()
+
+
+def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
+    p, layer = plugin_with_result
+
+    def run_dialog(dlg):
+        dlg.budget_spin.setValue(59)  # the stub loops until cancelled
+        return True
+
+    p.retrain.exec_dialog = run_dialog
+    task = p.retrain.retrain(layer)
+    assert task is not None
+    assert wait_until(lambda: task.progress() > 5, 30)
+    p.dock.cancel_button.click()
+    assert wait_until(lambda: p.retrain.task is None, 30)
+    assert task.cancelled and task.report is None
+    assert "cancelled" in p.dock.message().lower()
+
+
+def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, daemon):
+    p, _ = plugin_with_result
+    _, _, users = daemon
+    # a user version as backend.models.versions writes it (the weights are not needed here)
+    d = users / MODEL / "1"
+    d.mkdir(parents=True)
+    shipped = json.loads((REPO / "models" / MODEL / "card.json").read_text())
+    raw = dict(shipped, id=f"{MODEL}@1", version="1.0.0+u1",
+               base_model=MODEL, lineage={"parent": MODEL, "number": 1})
+    (d / "card.json").write_text(json.dumps(raw))
+    p.refresh_status()
+    assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
+    p.dock.activate_button.click()
+    assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
+                 and "[active]" in p.dock.model_combo.currentText(), 30)
+    assert p.dock.current_model_id() == f"{MODEL}@1"
+    assert json.loads((users / MODEL / "active.json").read_text())["active"] == f"{MODEL}@1"
+    p.dock.rollback_button.click()
+    assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
+                 and p.dock.current_model_id() == MODEL, 30)
+    assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
+    assert "Rolled back to pv-unet-r18" in p.dock.message()
+    # rolling back the shipped model is refused with a reason
+    p.dock.rollback_button.click()
+    assert wait_until(lambda: p.retrain.versions_task is None, 30)
+    assert "no earlier version" in p.dock.message()
+
+
+def test_report_html_rejected():
+    from plugin.retrain.dialogs import report_html
+    html = report_html({"accepted": False, "reason": "more object errors (1 -> 3)",
+                        "before": {"user_holdout": {"object_errors": 1}},
+                        "after": {"user_holdout": {"object_errors": 3}}})
+    assert "Rejected" in html and "more object errors" in html and "<td>3</td>" in html
+
+
+def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, qgis_iface):
+    """With a QGIS interface that has layer context-menu actions (the test double of
+    pytest-qgis has none), result layers, also ones added later, get the action."""
+    from types import SimpleNamespace
+
+    from plugin.retrain.controller import RetrainController
+    from plugin.retrain.plan import PROP
+    _, result = plugin_with_result
+    calls = []
+
+    class Iface:
+        def __getattr__(self, name):
+            return getattr(qgis_iface, name)
+
+        def addCustomActionForLayerType(self, action, menu, kind, all_layers):  # noqa: N802
+            calls.append(("type", all_layers))
+
+        def addCustomActionForLayer(self, action, layer):  # noqa: N802
+            calls.append(("layer", layer.id()))
+
+        def removeCustomActionForLayerType(self, action):  # noqa: N802
+            calls.append(("removed",))
+
+    host = SimpleNamespace(iface=Iface(), dock=None, notify=lambda *a, **k: None,
+                           refresh_status=lambda: None)
+    ctl = RetrainController(host, "&Ortholens test")
+    try:
+        assert ("type", False) in calls and ("layer", result.id()) in calls
+        from qgis.core import QgsVectorLayer
+        other = QgsVectorLayer("Polygon?crs=EPSG:31256", "copy of detections", "memory")
+        other.setCustomProperty(PROP + "model", MODEL)
+        plain = QgsVectorLayer("Polygon?crs=EPSG:31256", "roofs", "memory")
+        QgsProject.instance().addMapLayers([other, plain])
+        assert ("layer", other.id()) in calls and ("layer", plain.id()) not in calls
+    finally:
+        ctl.unload()
+    assert ("removed",) in calls
+
+
+def test_processing_retrain_algorithm(daemon, vienna_layer):
+    """``ortholens:retrain`` (Processing toolbox / qgis_process) sends the corrected
+    polygons and the reviewed extent and reports the decision."""
+    from qgis.core import (QgsApplication, QgsProcessingContext, QgsProcessingFeedback,
+                           QgsVectorLayer)
+
+    from plugin.main import OrtholensPlugin
+    _, stub, _ = daemon
+    p = OrtholensPlugin(None)
+    p.initProcessing()
+    try:
+        alg = QgsApplication.processingRegistry().createAlgorithmById("ortholens:retrain")
+        assert alg is not None
+        mem = QgsVectorLayer("Polygon?crs=EPSG:31256&field=class:string", "fixed", "memory")
+        for wkt, cls in ((sq(-1600, 338500, 2), "photovoltaic"), (sq(-1595, 338500, 2), None)):
+            f = QgsFeature(mem.fields())
+            f.setGeometry(QgsGeometry.fromWkt(wkt))
+            f.setAttributes([cls])
+            mem.dataProvider().addFeatures([f])
+        ctx = QgsProcessingContext()
+        ctx.setProject(QgsProject.instance())
+        res, ok = alg.run({"INPUT": mem, "RASTER": vienna_layer,
+                           "EXTENT": "-1610,-1590,338490,338510 [EPSG:31256]",
+                           "BUDGET_MIN": 1, "INVALID": 1}, ctx, QgsProcessingFeedback())
+        assert ok and res["ACCEPTED"] == 1 and res["NEW_MODEL"] == f"{MODEL}@1"
+        assert "held-out" in res["REASON"] and json.loads(res["REPORT"])["accepted"]
+        req = stub.requests[-1]
+        assert req["budget_s"] == 60.0 and req["invalid_geometry"] == "refuse"
+        assert req["reviewed"] == [{"extent": [-1610.0, 338490.0, -1590.0, 338510.0]}]
+        assert [f.get("class", f.get("class_id")) for f in req["features"]] == ["photovoltaic", 1]
+    finally:
+        p.unload()

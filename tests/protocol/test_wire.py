@@ -1,0 +1,207 @@
+"""protocol.wire: encode/decode round trips, validation errors, fuzzing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import protocol as P
+
+
+def _raw(header) -> bytes:
+    return json.dumps(header).encode()
+
+
+# ----------------------------------------------------------------------------- round trip
+
+def test_round_trip_with_arrays():
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (3, 17, 23), dtype=np.uint8),
+              rng.standard_normal((5, 4)).astype(np.float32),
+              np.arange(12, dtype=np.uint16).reshape(2, 2, 3),
+              np.asfortranarray(np.arange(-6, 6, dtype=np.int16).reshape(3, 4))]
+    header = P.request("detect", source={"kind": "pixels", "crs": "EPSG:2056",
+                                         "transform": [0.1, 0, 2600000, 0, -0.1, 1200000]},
+                       model="pv-unet-r18", extent=[0, 0, 1, 1], threshold=0.5)
+    frames = P.encode(header, arrays)
+    assert len(frames) == 1 + len(arrays)
+    got, got_arrays = P.decode([bytes(f) for f in frames])
+    assert P.validate_request(got) == got
+    for k, v in header.items():
+        assert got[k] == v
+    assert got["arrays"] == [{"dtype": str(a.dtype), "shape": list(a.shape)} for a in arrays]
+    for a, b in zip(arrays, got_arrays):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_round_trip_without_arrays_and_memoryview_frames():
+    frames = P.encode(P.request("ping"))
+    header, arrays = P.decode([memoryview(f) for f in frames])
+    assert header["type"] == "ping" and header["v"] == P.PROTOCOL_VERSION
+    assert arrays == []
+
+
+def test_encode_rejects_bad_dtype_and_big_header():
+    with pytest.raises(P.ProtocolError) as e:
+        P.encode({"type": "ping"}, [np.zeros(3, np.float64)])
+    assert e.value.code == P.E_BAD_REQUEST
+    with pytest.raises(P.ProtocolError):
+        P.encode({"pad": "x" * (P.MAX_HEADER_BYTES + 1)})
+    # replies may carry bigger headers when asked to
+    assert P.encode({"pad": "x" * (P.MAX_HEADER_BYTES + 1)},
+                    max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
+
+
+# ----------------------------------------------------------------------------- decode errors
+
+_OK = {"v": 1, "type": "ping", "id": "a"}
+
+
+@pytest.mark.parametrize("frames, needle", [
+    ([], "empty"),
+    ([_raw(_OK)] + [b"x"] * (P.MAX_FRAMES + 1), "too many frames"),
+    ([b"{not json"], "JSON"),
+    ([b"\xff\xfe\x00"], "JSON"),
+    ([b"[1, 2]"], "object"),
+    ([b"[" * 100_000], "nested"),
+    ([b"x" * (P.MAX_HEADER_BYTES + 1)], "exceeds"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [4]}] * 2)), b"abcd"], "2 array"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [4]}]))], "0 frame"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [5]}])), b"abcd"], "need 5"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "float64", "shape": [1]}])), b"a" * 8], "dtype"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [0]}])), b""], "positive"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [True]}])), b"a"], "positive"),
+    ([_raw(dict(_OK, arrays="x")), b"a"], "array"),
+    ([_raw(dict(_OK, arrays=[{"dtype": "uint8", "shape": [1 << 20, 1 << 20]}])), b"a"],
+     "exceeds"),
+])
+def test_decode_errors(frames, needle):
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode(frames)
+    assert e.value.code == P.E_BAD_REQUEST
+    assert needle in e.value.message
+
+
+# ----------------------------------------------------------------------------- validation
+
+_SRC = {"kind": "file", "path": "/data/a.tif"}
+_PIX = {"kind": "pixels", "crs": "EPSG:2056", "transform": [0.1, 0, 0, 0, -0.1, 0]}
+
+
+def _detect(**kw):
+    h = {"v": 1, "type": "detect", "id": "r1", "source": _SRC, "model": "m"}
+    h.update(kw)
+    return {k: v for k, v in h.items() if v is not ...}
+
+
+@pytest.mark.parametrize("header, code, needle", [
+    ([], P.E_BAD_REQUEST, "object"),
+    ({"type": "ping", "id": "a"}, P.E_BAD_REQUEST, "'v'"),
+    ({"v": 2, "type": "ping", "id": "a"}, P.E_VERSION, "version"),
+    ({"v": True, "type": "ping", "id": "a"}, P.E_VERSION, "version"),
+    ({"v": "1", "type": "ping", "id": "a"}, P.E_VERSION, "version"),
+    ({"v": 1.0, "type": "ping", "id": "a"}, P.E_VERSION, "version"),
+    ({"v": 1, "type": "explode", "id": "a"}, P.E_UNKNOWN_TYPE, "explode"),
+    ({"v": 1, "type": ["ping"], "id": "a"}, P.E_UNKNOWN_TYPE, "unknown request type"),
+    ({"v": 1, "type": "pong", "id": "a"}, P.E_UNKNOWN_TYPE, "pong"),
+    ({"v": 1, "type": "ping"}, P.E_BAD_REQUEST, "'id'"),
+    ({"v": 1, "type": "ping", "id": ""}, P.E_BAD_REQUEST, "'id'"),
+    ({"v": 1, "type": "ping", "id": "a" * 129}, P.E_BAD_REQUEST, "'id'"),
+    ({"v": 1, "type": "ping", "id": 7}, P.E_BAD_REQUEST, "'id'"),
+    ({"v": 1, "type": "ping", "id": "a", "token": 5}, P.E_BAD_REQUEST, "'token'"),
+    ({"v": 1, "type": "ping", "id": "a", "extra": 1}, P.E_BAD_REQUEST, "extra"),
+    ({"v": 1, "type": "cancel", "id": "a"}, P.E_BAD_REQUEST, "'job_id'"),
+    ({"v": 1, "type": "status", "id": "a", "job_id": ["x"]}, P.E_BAD_REQUEST, "'job_id'"),
+    (_detect(source=...), P.E_BAD_REQUEST, "'source'"),
+    (_detect(model=...), P.E_BAD_REQUEST, "'model'"),
+    (_detect(model=""), P.E_BAD_REQUEST, "'model'"),
+    (_detect(source="a.tif"), P.E_BAD_REQUEST, "'source'"),
+    (_detect(source={"kind": "url", "path": "x"}), P.E_BAD_REQUEST, "kind"),
+    (_detect(source={"kind": "file"}), P.E_BAD_REQUEST, "path"),
+    (_detect(source={"kind": "file", "path": "a\x00b"}), P.E_BAD_REQUEST, "NUL"),
+    (_detect(source={"kind": "file", "path": "a", "x": 1}), P.E_BAD_REQUEST, "unknown"),
+    (_detect(source=dict(_PIX, crs="")), P.E_BAD_REQUEST, "crs"),
+    (_detect(source=dict(_PIX, transform=[1, 0, 0, 0, 1])), P.E_BAD_REQUEST, "transform"),
+    (_detect(source=dict(_PIX, transform=[1, 0, 0, 0, 0, 0])), P.E_BAD_REQUEST, "singular"),
+    (_detect(source=dict(_PIX, nodata="none")), P.E_BAD_REQUEST, "nodata"),
+    (_detect(extent=[0, 0, 1]), P.E_BAD_REQUEST, "'extent'"),
+    (_detect(extent=[1, 0, 0, 1]), P.E_BAD_REQUEST, "empty"),
+    (_detect(extent=[0, 0, 1, 10 ** 400]), P.E_BAD_REQUEST, "'extent'"),
+    (_detect(extent_crs=5), P.E_BAD_REQUEST, "'extent_crs'"),
+    (_detect(threshold=0), P.E_BAD_REQUEST, "'threshold'"),
+    (_detect(threshold=1.5), P.E_BAD_REQUEST, "'threshold'"),
+    (_detect(threshold=10 ** 400), P.E_BAD_REQUEST, "'threshold'"),
+    (_detect(threshold="0.5"), P.E_BAD_REQUEST, "'threshold'"),
+    (_detect(min_area_m2=-1), P.E_BAD_REQUEST, "'min_area_m2'"),
+    (_detect(simplify_m=101), P.E_BAD_REQUEST, "'simplify_m'"),
+    (_detect(bands=[]), P.E_BAD_REQUEST, "'bands'"),
+    (_detect(bands=[0, 1, 2]), P.E_BAD_REQUEST, "'bands'"),
+    (_detect(bands=[1, True, 3]), P.E_BAD_REQUEST, "'bands'"),
+    (_detect(batch_size=0), P.E_BAD_REQUEST, "'batch_size'"),
+    (_detect(batch_size=True), P.E_BAD_REQUEST, "'batch_size'"),
+    (_detect(batch_size=2.0), P.E_BAD_REQUEST, "'batch_size'"),
+])
+def test_validation_errors(header, code, needle):
+    with pytest.raises(P.ProtocolError) as e:
+        P.validate_request(header)
+    assert e.value.code == code
+    assert needle in e.value.message
+    assert len(e.value.message) < 500
+
+
+def test_valid_requests_pass():
+    for h in (_detect(), _detect(source=_PIX, extent=[0, 0, 1, 1], extent_crs=None,
+                                 threshold=1, min_area_m2=0, simplify_m=0.05,
+                                 bands=[1, 2, 3], batch_size=4, token="t")):
+        assert P.validate_request(h) is h
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+_big = st.sampled_from([10 ** 400, -10 ** 400, 2 ** 63, float("1e308")])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | _big
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=8), kids,
+                                                              max_size=5),
+    max_leaves=20)
+_types = st.sampled_from(list(P.REQUEST_TYPES) + ["pong", "x"])
+_fields = ["arrays", "token", "job_id", "source", "model", "extent", "extent_crs",
+           "threshold", "min_area_m2", "simplify_m", "bands", "batch_size"]
+_value = st.one_of(
+    _json, _types,
+    st.fixed_dictionaries({"kind": st.sampled_from(["file", "pixels", "x"])},
+                          optional={"path": _json | st.text(max_size=10), "crs": _json,
+                                    "transform": st.lists(_json, max_size=7),
+                                    "nodata": _json}),
+    st.lists(st.integers(-5, 5) | st.floats() | _big, min_size=4, max_size=6),
+    st.lists(st.fixed_dictionaries({"dtype": st.sampled_from(["uint8", "float32", "x"]),
+                                    "shape": st.lists(st.integers(-1, 9), max_size=5)}),
+             max_size=3))
+# mostly well-formed envelopes (v=1, a request type, an id) so the fuzz reaches the
+# field checks, with any value anywhere
+_header = st.builds(
+    lambda base, extra: {**extra, **base},
+    st.fixed_dictionaries({}, optional={"v": st.just(1) | _json, "type": _types | _json,
+                                        "id": st.text(min_size=1, max_size=8) | _json}),
+    st.dictionaries(st.sampled_from(_fields) | st.text(max_size=5), _value, max_size=6))
+_raw_first = st.none() | st.binary(max_size=64) | st.sampled_from(
+    [b"[" * 5000, b'{"a":' * 3000, b"1" * 5000, b'"\\ud800"', b"NaN", b"{}"])
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(header=_header, raw=_raw_first,
+       frames=st.lists(st.binary(max_size=40), max_size=6))
+def test_fuzz_decode_validate_only_protocol_errors(header, raw, frames):
+    first = raw if raw is not None else json.dumps(header).encode()
+    try:
+        h, arrays = P.decode([first] + frames)
+        P.validate_request(h)
+    except P.ProtocolError as exc:
+        assert exc.code in P.ERROR_CODES

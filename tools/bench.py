@@ -1,0 +1,138 @@
+"""Throughput and latency of the inference pipeline, measured in one run.
+
+Usage::
+
+    python -m tools.bench [--models ID ...] [--raster PATH] [--out out/bench.json]
+                          [--no-client] [--repeat 3]
+
+For each model (a member or an ensemble card, e.g. ``pv-unet-r18``; default: the
+catalog's CPU default model) on the same raster (default: the real Vienna 2023
+orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
+
+(a) *model only*: batches of random uint8 tiles already in memory through the engine
+    (``Engine.predict_raw``: normalisation, inference, softmax; for ensembles every
+    member x TTA), in Mpx/s of input;
+(b) *end to end*: :func:`backend.inference.detect.run_detect` on the whole raster: read ->
+    resample -> tile -> infer -> stitch -> threshold -> polygonize, in Mpx/s and km²/h at
+    the model GSD, and the ratio (b)/(a);
+(c) *screen extent*: the round trip of a 1920 x 1080 px extent at 0.1 m (192 m x 108 m)
+    through the plugin's client to a real daemon process (median of ``--repeat``, after
+    one warm-up call);
+
+plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
+Prints a table and writes JSON. Timings are wall-clock with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from backend.config import REPO, vienna_scene
+from backend.inference.detect import run_detect
+from backend.inference.engines import device_name, get_engine
+from backend.models.catalog import cpu_default_model_id, load_card
+from protocol.client import OrtholensClient
+from protocol.params import DetectParams, FileSource
+from tools.common import local_daemon, peak_rss_mb
+
+
+def model_only(model_id: str, tile: int = 512, batch: int = 4, seconds: float = 8.0) -> Dict:
+    """Throughput of the engine on random tiles already in memory (Mpx/s)."""
+    card = load_card(model_id)
+    eng = get_engine(card)
+    x = np.random.default_rng(0).integers(0, 256, (batch, card.bands, tile, tile), np.uint8)
+    eng.predict_raw(x)  # warm-up (graph optimisation, allocator)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        eng.predict_raw(x)
+        n += 1
+    dt = time.perf_counter() - t0
+    mpx = n * batch * tile * tile / 1e6
+    return {"mpx_per_s": round(mpx / dt, 3), "batches": n, "batch": batch, "tile": tile,
+            "engine": eng.kind, "device": eng.device}
+
+
+def end_to_end(model_id: str, raster: Path) -> Dict:
+    """Throughput of a whole detect job on ``raster``."""
+    t0 = time.perf_counter()
+    res = run_detect(DetectParams(FileSource(str(raster)), model_id), [])
+    dt = time.perf_counter() - t0
+    st = res["stats"]
+    mpx = st["width"] * st["height"] / 1e6
+    return {"mpx": round(mpx, 2), "seconds": round(dt, 2), "mpx_per_s": round(mpx / dt, 3),
+            "km2_per_h": round(st["area_km2"] / dt * 3600, 2), "polygons": len(res["features"]),
+            "model_seconds": st["model_seconds"]}
+
+
+def screen_latency(model_id: str, raster: Path, repeat: int = 3) -> Dict:
+    """Round trip of a 1920 x 1080 px (at 0.1 m) extent through client + daemon."""
+    import rasterio
+
+    with rasterio.open(raster) as ds:
+        b = ds.bounds
+    cx, cy = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+    params = DetectParams(FileSource(str(raster)), model_id,
+                          extent=(cx - 96.0, cy - 54.0, cx + 96.0, cy + 54.0))
+    times = []
+    with local_daemon() as (proc, endpoint), OrtholensClient(endpoint, timeout_s=30) as c:
+        for i in range(repeat + 1):
+            t0 = time.perf_counter()
+            res = c.detect(params)
+            if i:
+                times.append(time.perf_counter() - t0)
+        daemon_peak = peak_rss_mb(proc.pid)
+    return {"extent_px": [1920, 1080], "gsd_m": 0.1,
+            "median_s": round(float(np.median(times)), 3), "min_s": round(min(times), 3),
+            "repeat": repeat, "polygons": len(res["features"]),
+            "daemon_peak_rss_mb": round(daemon_peak, 1)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="Ortholens throughput benchmark")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="model ids (default: the catalog's CPU default model)")
+    ap.add_argument("--raster", type=Path, default=vienna_scene())
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "bench.json")
+    ap.add_argument("--no-client", action="store_true", help="skip the screen-extent round trip")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+    report = {"device": device_name(), "cpu_count": os.cpu_count(),
+              "platform": platform.platform(), "raster": str(args.raster), "models": {}}
+    cuda = report["device"].startswith("cuda")
+    for mid in args.models or [cpu_default_model_id()]:
+        if cuda:
+            import torch
+            torch.cuda.reset_peak_memory_stats()
+        r = {"model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
+        r["ratio_end_to_end_vs_model"] = round(
+            r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
+        if not args.no_client:
+            r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
+        if cuda:
+            import torch
+            r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        r["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        report["models"][mid] = r
+        print(json.dumps({mid: r}, indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
+    print(f"\n{'model':<16}{'model-only Mpx/s':>18}{'end-to-end Mpx/s':>18}{'ratio':>7}"
+          f"{'km2/h':>8}{'screen s':>10}{'peak RSS MiB':>14}")
+    for mid, r in report["models"].items():
+        print(f"{mid:<16}{r['model_only']['mpx_per_s']:>18}{r['end_to_end']['mpx_per_s']:>18}"
+              f"{r['ratio_end_to_end_vs_model']:>7}{r['end_to_end']['km2_per_h']:>8}"
+              f"{r.get('screen_extent', {}).get('median_s', ''):>10}{r['peak_rss_mb']:>14}")
+    print(f"device: {report['device']}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

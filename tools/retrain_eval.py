@@ -1,0 +1,546 @@
+"""Measure the retrain loop on real data, without a person: ``python3 build.py retrain-eval``.
+
+Usage::
+
+    python -m tools.retrain_eval [--steps 150] [--budget-s 300] [--vienna-budget-s S]
+                                   [--folds AB,BA] [--no-control]
+                                   [--out out/retrain-eval] [--user-models DIR]
+
+Three experiments, run in a fresh user model folder (a temporary one by default;
+shipped models are never touched). Every retrain runs a fixed number of steps
+(:data:`STEPS`, seed 0) so that the figures repeat whatever the machine's load; the
+time budget only caps it.
+
+1. **pv01, corrections on one set of sites, measured on others.** The held-out tiles
+   form four spatial clusters (``backend.learning.data.clusters``), grouped in two halves A (7
+   tiles, 26 panels) and B (5 tiles, 5 panels). In fold ``AB`` detections are made on
+   A (the user's area); a simulated user corrects them from the reference masks:
+   deletes every detection that touches no reference panel, replaces one that overlaps
+   a panel but with IoU < 0.5 by the panel's outline, keeps the others, and draws every
+   panel no kept detection touches. The retrain job then runs (it keeps part of A apart
+   to check itself; its forgetting guard is the pv01 *validation* tiles, never the
+   held-out split) and detection is repeated on B, which neither the corrections nor
+   training ever saw: object F1 / pixel IoU on B before and after. Fold ``BA`` does the
+   reverse from the shipped model again (in a sub-folder), and the two folds are pooled
+   so that each of the 31 held-out panels is measured once by a retrain that never saw
+   its cluster. A *control* fine-tune with the same steps but without corrections
+   (replay of the pv01 fit tiles only) separates what the corrections add from what
+   more training adds.
+2. **Vienna, a persistent false-positive pattern.** The scene has no panels: the user
+   deletes every detection in its west half (the corrected layer is empty there) and
+   retrains the shipped model (in its own sub-folder: the pv01 version may already
+   have learned those roofs); false polygons per km² on the east half (never
+   reviewed) before / after.
+3. **Rollback.** Rolling back each accepted version makes its parent active again, and
+   detection gives exactly the features the parent gave before (compared field by
+   field): on B for fold AB's version, on Vienna's east half for experiment 2's.
+
+Prints a summary and writes ``<out>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from backend.config import REPO, train_threads, vienna_scene
+from backend.learning import data as pvdata
+from backend.models.catalog import cpu_default_model_id
+from protocol.params import DetectParams, FileSource, RetrainParams
+
+
+@functools.lru_cache(maxsize=1)
+def base_model() -> str:
+    """The shipped model every experiment retrains: the catalog's CPU default, the fast
+    single model a user gets on a CPU."""
+    return cpu_default_model_id()
+
+#: Fine-tuning steps of every retrain here (batch 8 chips of 192 px; 75-85 s on two
+#: idle CPU cores): a fixed count makes the figures repeat on any machine load.
+STEPS = 150
+#: The pv01 held-out split has four spatial clusters (``backend.learning.data.clusters``
+#: with its default radius); each is named here by one of its tiles. A (7 tiles, 26
+#: panels) is where the simulated user corrects, B (5 tiles, 5 panels) where the effect
+#: is measured.
+CLUSTERS_A = ("PV01_325190_1204243", "PV01_325237_1203816")
+CLUSTERS_B = ("PV01_325228_1203843", "PV01_325173_1203750")
+#: Halves of the Vienna scene (:func:`backend.config.vienna_scene`, EPSG:31256 metres,
+#: from its bounds -1750..-1250 x 338300..338800): the user reviews the west half, the
+#: east half is never reviewed and measures the effect.
+VIENNA_TRAIN = [-1750.0, 338300.0, -1500.0, 338800.0]
+VIENNA_UNSEEN = [-1500.0, 338300.0, -1250.0, 338800.0]
+
+
+def cluster_split(a_names: Sequence[str] = CLUSTERS_A, b_names: Sequence[str] = CLUSTERS_B):
+    """``(A tiles, B tiles)``: the held-out clusters holding the named tiles."""
+    groups = pvdata.clusters(pvdata.list_tiles("heldout"))
+
+    def pick(names):
+        out = []
+        for g in groups:
+            if any(t.name in names for t in g):
+                out += sorted(g, key=lambda t: t.name)
+        return out
+    a, b = pick(a_names), pick(b_names)
+    assert not {t.name for t in a} & {t.name for t in b}, "A and B must be disjoint"
+    return a, b
+
+
+def detect(model_id: str, path: str, extent=None, engine=None) -> Dict[str, Any]:
+    """A ``detect`` job as the daemon runs it (``engine``: an in-memory candidate)."""
+    from backend.inference.detect import run_detect
+    return run_detect(DetectParams(FileSource(str(path)), model_id, extent=extent), [],
+                      engine=engine)
+
+
+def reference_polygons(tile) -> List[Any]:
+    """Shapely polygons of the reference panels (8-connected components >= 20 px)."""
+    import rasterio
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    from protocol.metrics import components
+    with rasterio.open(tile.mask_path) as src:
+        mask = src.read(1) > 0
+        transform = src.transform
+    lab, n = components(mask, 20)
+    polys = []
+    for j in range(1, n + 1):
+        m = (lab == j).astype(np.uint8)
+        parts = [shape(g) for g, v in shapes(m, mask=m > 0, transform=transform,
+                                             connectivity=8)]
+        polys.append(unary_union(parts))
+    return polys
+
+
+def simulate_user(detections: List[Dict[str, Any]], reference: List[Any], area: int,
+                  cls: str = "photovoltaic") -> Dict[str, Any]:
+    """Correct detections from the reference like a user would.
+
+    Returns ``{"features": [...], "deleted", "reshaped", "added", "kept"}``: a detection
+    touching no panel is deleted; one touching a panel with IoU < 0.5 is replaced by
+    the panels it touches; IoU >= 0.5 is kept unchanged; panels no kept or reshaped
+    detection touches are drawn.
+    """
+    import shapely
+    feats, covered = [], set()
+    deleted = reshaped = kept = 0
+    for f in detections:
+        g = shapely.from_wkt(f["wkt"])
+        hits = [j for j, r in enumerate(reference) if g.intersects(r)
+                and g.intersection(r).area > 0]
+        if not hits:
+            deleted += 1
+            continue
+        best = max(g.intersection(reference[j]).area / g.union(reference[j]).area
+                   for j in hits)
+        if best >= 0.5:
+            feats.append({"wkt": f["wkt"], "class": cls, "area": area})
+            kept += 1
+        else:
+            for j in hits:
+                if j not in covered:
+                    feats.append({"wkt": reference[j].wkt, "class": cls, "area": area})
+            reshaped += 1
+        covered.update(hits)
+    added = 0
+    for j, r in enumerate(reference):
+        if j not in covered:
+            feats.append({"wkt": r.wkt, "class": cls, "area": area})
+            added += 1
+    return {"features": feats, "deleted": deleted, "reshaped": reshaped, "added": added,
+            "kept": kept}
+
+
+def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
+    """Object/pixel metrics of ``detect`` (polygons rasterized back, as
+    ``tools.evaluate``) over tiles, plus the raw feature lists."""
+    import rasterio
+
+    from tools.evaluate import rasterize_features
+    from protocol.metrics import Counts, compare
+    tot = Counts()
+    feats = {}
+    for t in tiles:
+        res = detect(model_id, t.image_path, engine=engine)
+        feats[t.name] = res["features"]
+        with rasterio.open(t.mask_path) as src:
+            ref = src.read(1) > 0
+            pred = rasterize_features(res["features"], ref.shape, src.transform) > 0
+        tot.add(compare(pred, ref))
+    s = tot.summary()
+    keys = ("object_f1", "object_precision", "object_recall", "pixel_iou", "objects_true",
+            "objects_pred", "false_objects", "missed_objects")
+    return {"metrics": {k: (round(s[k], 4) if isinstance(s[k], float) else s[k])
+                        for k in keys}, "features": feats}
+
+
+def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Object F1 / precision / recall pooled over folds: their object counts summed
+    into one :class:`~protocol.metrics.Counts` (None where undefined)."""
+    from protocol.metrics import Counts
+    tot = Counts()
+    for m in metrics:
+        tot.add(Counts(tp_obj=m["objects_true"] - m["missed_objects"],
+                       fp_obj=m["false_objects"], fn_obj=m["missed_objects"]))
+    s = tot.summary()
+    keys = ("object_f1", "object_precision", "object_recall", "objects_true",
+            "objects_pred", "false_objects", "missed_objects")
+    return {k: (None if isinstance(s[k], float) and s[k] != s[k] else
+                round(s[k], 4) if isinstance(s[k], float) else s[k]) for k in keys}
+
+
+def retrain(params: RetrainParams, keep: Optional[Dict[str, Any]] = None
+            ) -> Tuple[Dict[str, Any], float, str]:
+    """Run a retrain job in this process as the daemon would; returns ``(report, seconds,
+    the active model id afterwards)``. ``keep`` receives the candidate (see
+    :func:`backend.learning.finetune.run_retrain`)."""
+    from backend.learning.finetune import run_retrain
+    from backend.models import versions as V
+    t0 = time.monotonic()
+    out = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)
+    return out["retrain"], time.monotonic() - t0, V.active_id(base_model())
+
+
+def _outcome(rep: Dict[str, Any]) -> str:
+    return (f"{'accepted: ' + str(rep['model']) if rep['accepted'] else 'rejected'}"
+            f" ({rep['reason']})")
+
+
+def pv01_experiment(budget_s: float, steps: Optional[int] = None, fold: str = "AB",
+                    progress=print) -> Dict[str, Any]:
+    """Experiment 1 (see the module docstring) for one fold: ``"AB"`` corrects clusters
+    A and measures on B, ``"BA"`` the reverse. The user folder must be set already;
+    ``steps``: a fixed number of fine-tuning steps (reproducible), ``budget_s`` caps
+    the time."""
+    from backend.models import versions as V
+    import rasterio
+    a_tiles, b_tiles = cluster_split()
+    if fold == "BA":
+        a_tiles, b_tiles = b_tiles, a_tiles
+    src, dst = fold[0], fold[1]
+    active0 = V.active_id(base_model())
+    progress(f"[1 {fold}] detect on clusters {src} ({len(a_tiles)} tiles) with {active0}")
+    features, reviewed = [], []
+    counts = {"deleted": 0, "reshaped": 0, "added": 0, "kept": 0}
+    crs = None
+    for i, t in enumerate(a_tiles):
+        res = detect(active0, t.image_path)
+        crs = res["crs"]
+        sim = simulate_user(res["features"], reference_polygons(t), i)
+        features += sim["features"]
+        for k in counts:
+            counts[k] += sim[k]
+        with rasterio.open(t.image_path) as ds:
+            b = ds.bounds
+        reviewed.append({"extent": [b.left, b.bottom, b.right, b.top],
+                         "source": {"kind": "file", "path": str(t.image_path)}})
+    progress(f"[1 {fold}] simulated user: {counts}; detect on clusters {dst} "
+             f"({len(b_tiles)} tiles)")
+    before_b = score_tiles(active0, b_tiles)
+    params = RetrainParams(reviewed[0]["source"], active0, features, crs=crs,
+                           reviewed=reviewed, budget_s=budget_s,
+                           steps=int(steps) if steps else None)
+    progress(f"[1 {fold}] retrain {active0}: {steps or 'no fixed'} steps, at most "
+             f"{budget_s:g} s")
+    keep: Dict[str, Any] = {}
+    rep, secs, active1 = retrain(params, keep)
+    progress(f"[1 {fold}] {_outcome(rep)}; detect on clusters {dst} with {active1}")
+    after_b = score_tiles(active1, b_tiles)
+    extra = {}
+    if not rep["accepted"] and keep.get("engine") is not None:
+        progress(f"[1 {fold}] the rejected candidate on {dst} (for the record; not registered)")
+        extra["b_rejected_candidate"] = score_tiles(active0, b_tiles,
+                                                    engine=keep["engine"])["metrics"]
+    return {**extra, "fold": fold, "tiles_a": [t.name for t in a_tiles],
+            "tiles_b": [t.name for t in b_tiles],
+            "user_edits": counts, "features": len(features), "budget_s": budget_s,
+            "steps": steps, "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "model_before": active0, "model_after": active1,
+            "b_before": before_b["metrics"], "b_after": after_b["metrics"],
+            "_features_b": {"before": before_b["features"], "after": after_b["features"]}}
+
+
+def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = None,
+                       fold: str = "AB", progress=print) -> Dict[str, Any]:
+    """Fine-tune ``model_id`` on the replay data only (no corrections), same steps and
+    budget; metrics of the candidate on the fold's measured clusters (in memory, not
+    registered)."""
+    from backend.learning.acceptance import ModuleEngine
+    from backend.learning.finetune import RetrainConfig, finetune
+    from backend.models.catalog import load_card
+    a_tiles, b_tiles = cluster_split()
+    dst_tiles = b_tiles if fold == "AB" else a_tiles
+    card = load_card(model_id)
+    cfg = RetrainConfig(budget_s=budget_s, steps=steps, replay_fraction=1.0)
+    progress(f"[1c {fold}] control: replay-only fine-tune of {model_id}")
+    model, info = finetune(card, [], cfg)
+    s = score_tiles(model_id, dst_tiles, engine=ModuleEngine(card, model))
+    return {"steps": info["steps"], "seconds": info["seconds"], "b_after": s["metrics"],
+            "note": "same pipeline as detect, candidate in memory, not registered"}
+
+
+def vienna_experiment(budget_s: float, steps: Optional[int] = None,
+                      progress=print) -> Dict[str, Any]:
+    """Experiment 2 (see the module docstring)."""
+    from backend.models import versions as V
+    import rasterio
+    path = str(vienna_scene())
+    with rasterio.open(path) as src:
+        crs = src.crs.to_wkt()
+    active0 = V.active_id(base_model())
+    # The simulated user deletes every detection in the west half, so the corrected
+    # layer is empty there (the job runs the model there itself; its report counts them).
+    progress(f"[2] Vienna: detect on the east half with {active0}")
+    east0 = detect(active0, path, VIENNA_UNSEEN)
+    params = RetrainParams(FileSource(path), active0, (), crs=crs,
+                           reviewed=[{"extent": VIENNA_TRAIN}], budget_s=budget_s,
+                           steps=int(steps) if steps else None)
+    progress(f"[2] retrain {active0}: {steps or 'no fixed'} steps, at most {budget_s:g} s")
+    rep, secs, active1 = retrain(params)
+    progress(f"[2] {_outcome(rep)}; detect on the east half with {active1}")
+    east1 = detect(active1, path, VIENNA_UNSEEN)
+    rollback = None
+    if rep["accepted"]:
+        d = V.rollback(base_model())
+        east2 = detect(d["active"], path, VIENNA_UNSEEN)
+        rollback = {"from": active1, "to": d["active"],
+                    "identical_features": east2["features"] == east0["features"]}
+        progress(f"[2] rollback {active1} -> {d['active']}: east-half features identical "
+                 f"to its earlier output: {rollback['identical_features']}")
+    km2 = east0["stats"]["area_km2"]
+    c = rep["corrections"]
+    deleted = c["train"]["deleted"] + c["holdout"]["deleted"]
+    return {"deleted_in_west": deleted, "budget_s": budget_s, "steps": steps,
+            "rollback": rollback,
+            "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "model_before": active0, "model_after": active1, "east_km2": km2,
+            "east_false_polygons_before": len(east0["features"]),
+            "east_false_polygons_after": len(east1["features"]),
+            "east_fp_per_km2_before": round(len(east0["features"]) / km2, 1),
+            "east_fp_per_km2_after": round(len(east1["features"]) / km2, 1),
+            "east_fp_m2_before": round(sum(f["area_m2"] for f in east0["features"]), 1),
+            "east_fp_m2_after": round(sum(f["area_m2"] for f in east1["features"]), 1)}
+
+
+def rollback_experiment(pv: Dict[str, Any], progress=print) -> Dict[str, Any]:
+    """Experiment 3: rollback restores earlier outputs exactly (on cluster B)."""
+    from backend.models import versions as V
+    _, b_tiles = cluster_split()
+    recorded = {pv["model_before"]: pv["_features_b"]["before"],
+                pv["model_after"]: pv["_features_b"]["after"]}
+    steps = []
+    while V.active_id(base_model()) != base_model():
+        cur = V.active_id(base_model())
+        d = V.rollback(base_model())
+        got = score_tiles(d["active"], b_tiles)["features"]
+        step = {"from": cur, "to": d["active"], "features": sum(len(v) for v in got.values())}
+        if d["active"] in recorded:
+            step["identical_features"] = got == recorded[d["active"]]
+        steps.append(step)
+        progress(f"[3] rollback {cur} -> {d['active']}: features on B identical to its "
+                 f"earlier output: {step.get('identical_features', 'not recorded')}")
+    return {"steps": steps}
+
+
+def _brief(rep: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("accepted", "reason", "model", "parent", "active", "rule", "warnings")
+    out = {k: rep.get(k) for k in keys}
+    out["train"] = {k: rep["train"].get(k) for k in ("steps", "seconds", "device",
+                                                      "train_encoder", "replay_tiles")}
+    out["before"], out["after"] = rep["before"], rep["after"]
+    out["corrections"] = rep["corrections"]
+    return out
+
+
+def run(budget_s: float = 300.0, vienna_budget_s: Optional[float] = None,
+        control: bool = True, user_models: Optional[Path] = None,
+        steps: Optional[int] = STEPS, folds: Sequence[str] = ("AB", "BA"),
+        progress=print) -> Dict[str, Any]:
+    """Run experiments 1-3 (and the controls) in ``user_models`` (default: a fresh
+    temporary folder); returns the measurements.
+
+    Fold ``AB`` runs in ``user_models`` itself (its version is the one experiments 2
+    and 3 build on); fold ``BA`` starts again from the shipped model in a sub-folder,
+    so each fold measures one retrain of the shipped model. ``steps`` (default
+    :data:`STEPS`) fixes the fine-tuning length so that the figures repeat;
+    ``budget_s`` only caps the time."""
+    prev = os.environ.get("ORTHOLENS_USER_MODELS")
+    tmp = None
+    if user_models is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ortholens-retrain-eval-")
+        user_models = Path(tmp.name)
+    os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
+    try:
+        import torch
+        t0 = time.monotonic()
+        res: Dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu",
+                               "threads": train_threads(),
+                               "folds": {}, "controls": {}}
+        for fold in folds:
+            if fold != folds[0]:
+                os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / f"fold-{fold}")
+            res["folds"][fold] = pv01_experiment(budget_s, steps, fold, progress)
+            if control:
+                res["controls"][fold] = control_experiment(
+                    budget_s, res["folds"][fold]["model_before"], steps, fold, progress)
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
+        fl = list(res["folds"].values())
+        res["pooled"] = {"before": _pool(*[f["b_before"] for f in fl]),
+                         "after": _pool(*[f["b_after"] for f in fl])}
+        if control and res["controls"]:
+            res["pooled"]["control"] = _pool(*[c["b_after"] for c in res["controls"].values()])
+        res["pv01"] = fl[0]
+        # from the shipped model too: the pv01 version may have learned Vienna's roofs
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / "vienna")
+        res["vienna"] = vienna_experiment(vienna_budget_s or budget_s, steps, progress)
+        os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
+        res["rollback"] = rollback_experiment(res["pv01"], progress)
+        res["seconds"] = round(time.monotonic() - t0, 1)
+        return res
+    finally:
+        if prev is None:
+            os.environ.pop("ORTHOLENS_USER_MODELS", None)
+        else:
+            os.environ["ORTHOLENS_USER_MODELS"] = prev
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _f(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _row(name: str, m: Dict[str, Any]) -> str:
+    return (f"    | {name} | {_f(m['object_f1'])} | {_f(m['object_precision'])} | "
+            f"{_f(m['object_recall'])} | {_f(m.get('pixel_iou', '-'))} | {m['objects_true']} | "
+            f"{m['objects_pred']} | {m['false_objects']} | {m['missed_objects']} |")
+
+
+_HEAD = ["    | {} | object F1 | precision | recall | pixel IoU | true | pred | false | "
+         "missed |", "    |---|---|---|---|---|---|---|---|---|"]
+
+
+def report(res: Dict[str, Any]) -> str:
+    """The printed summary."""
+    vi = res["vienna"]
+    lines = [f"Retrain evaluation on {res['device']} ({res['threads']} threads), "
+             f"{res.get('seconds', '?')} s in all", ""]
+    for fold, pv in res["folds"].items():
+        r = pv["retrain"]
+        src, dst = fold[0], fold[1]
+        lines += [
+            f"(1 {fold}) pv01: corrections on clusters {src} ({len(pv['tiles_a'])} tiles), "
+            f"measured on clusters {dst} ({len(pv['tiles_b'])} tiles: "
+            f"{', '.join(pv['tiles_b'])})",
+            f"    simulated user: {pv['user_edits']['deleted']} deleted, "
+            f"{pv['user_edits']['reshaped']} reshaped, {pv['user_edits']['added']} added, "
+            f"{pv['user_edits']['kept']} kept ({pv['features']} features)",
+            f"    retrain {pv['model_before']}: {r['train']['steps']} steps in "
+            f"{r['train']['seconds']} s (cap {pv['budget_s']:g} s; job {pv['job_seconds']} s,"
+            f" encoder trained: {r['train']['train_encoder']})"
+            f" -> {'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: "
+            f"{r['reason']}",
+            f"    user's held-out corrections: object F1 "
+            f"{_f(r['before']['user_holdout']['object_f1'])} -> "
+            f"{_f(r['after']['user_holdout']['object_f1'])}, object errors "
+            f"{r['before']['user_holdout']['object_errors']} -> "
+            f"{r['after']['user_holdout']['object_errors']}",
+        ]
+        if "guard" in r["before"]:
+            lines.append(f"    guard, pv01 validation tiles ({r['before']['guard']['tiles']}):"
+                         f" pixel IoU {_f(r['before']['guard']['pixel_iou'])} -> "
+                         f"{_f(r['after']['guard']['pixel_iou'])}")
+        lines.append(_HEAD[0].format(f"clusters {dst}"))
+        lines.append(_HEAD[1])
+        lines.append(_row(f"before ({pv['model_before']})", pv["b_before"]))
+        lines.append(_row(f"after ({pv['model_after']})", pv["b_after"]))
+        if "b_rejected_candidate" in pv:
+            lines.append(_row("rejected candidate (not registered)",
+                              pv["b_rejected_candidate"]))
+        if fold in res.get("controls", {}):
+            lines.append(_row("control: replay only, same steps",
+                              res["controls"][fold]["b_after"]))
+        lines.append("")
+    if len(res["folds"]) > 1:
+        po = res["pooled"]
+        lines.append("(1) pooled over the folds: every held-out object measured once, by "
+                     "a retrain that never saw its cluster")
+        lines += [_HEAD[0].format("pooled"), _HEAD[1], _row("before", po["before"]),
+                  _row("after", po["after"])]
+        if "control" in po:
+            lines.append(_row("control: replay only", po["control"]))
+        lines.append("")
+    r = vi["retrain"]
+    lines += [
+        f"(2) Vienna (no panels): the user deleted all {vi['deleted_in_west']} detections "
+        f"in the west half; retrain {vi['model_before']}: {r['train']['steps']} steps "
+        f"(job {vi['job_seconds']} s) -> "
+        f"{'ACCEPTED as ' + str(r['model']) if r['accepted'] else 'REJECTED'}: {r['reason']}",
+        f"    east half (never reviewed, {vi['east_km2']} km2): false polygons "
+        f"{vi['east_false_polygons_before']} -> {vi['east_false_polygons_after']} "
+        f"({vi['east_fp_per_km2_before']} -> {vi['east_fp_per_km2_after']} per km2; "
+        f"{vi['east_fp_m2_before']} -> {vi['east_fp_m2_after']} m2)",
+        "",
+        "(3) rollback:"]
+    if vi.get("rollback"):
+        lines.append(f"    {vi['rollback']['from']} -> {vi['rollback']['to']} (Vienna): "
+                     f"east-half features identical to {vi['rollback']['to']}'s earlier "
+                     f"output: {vi['rollback']['identical_features']}")
+    for s in res["rollback"]["steps"]:
+        lines.append(f"    {s['from']} -> {s['to']}: features on B identical to "
+                     f"{s['to']}'s earlier output: {s.get('identical_features', 'n/a')} "
+                     f"({s['features']} features)")
+    if not res["rollback"]["steps"]:
+        lines.append("    nothing to roll back (no version was accepted)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="measure the retrain loop on real data")
+    ap.add_argument("--steps", type=int, default=STEPS,
+                    help=f"fine-tuning steps of every retrain (default {STEPS}; 0: use the "
+                         f"time budget alone)")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="time cap of every retrain, seconds (default 300)")
+    ap.add_argument("--vienna-budget-s", type=float, default=None,
+                    help="time cap of the Vienna retrain (default: --budget-s)")
+    ap.add_argument("--folds", default="AB,BA",
+                    help="pv01 folds to run: AB (correct A, measure B), BA, or both "
+                         "(default AB,BA)")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the replay-only control fine-tunes")
+    ap.add_argument("--user-models", type=Path, default=None,
+                    help="user model folder to write versions to (default: a temporary "
+                         "folder, deleted afterwards)")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "retrain-eval")
+    args = ap.parse_args(argv)
+    folds = tuple(f.strip().upper() for f in args.folds.split(",") if f.strip())
+    if not folds or folds[0] != "AB" or any(f not in ("AB", "BA") for f in folds):
+        ap.error("--folds must start with AB and hold AB and/or BA")
+    res = run(args.budget_s, args.vienna_budget_s, not args.no_control, args.user_models,
+              args.steps or None, folds)
+    for f in res["folds"].values():
+        f.pop("_features_b", None)
+    res.pop("pv01", None)  # the same dict as folds["AB"]
+    text = report(res)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(res, indent=2, default=str) + "\n",
+                                           "utf-8")
+    (args.out / "report.md").write_text("```\n" + text + "\n```\n", "utf-8")
+    print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
