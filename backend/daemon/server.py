@@ -56,7 +56,7 @@ from backend.daemon.jobs import (
     JobFn,
     take_next,
 )
-from protocol.errors import OrtholensError, VersionError
+from protocol.errors import OrtholensError
 
 log = logging.getLogger("ortholens.server")
 
@@ -510,12 +510,7 @@ class Server:
         return self._on_detect(identity, header, arrays)
 
     def _versions_reply(self, header, fn):
-        try:
-            d = fn(header["model"])
-        except VersionError as exc:
-            # nothing to roll back to is a request that cannot be done, not a lookup miss
-            code = P.E_INVALID_INPUT if "roll back" in str(exc) else P.E_NOT_FOUND
-            raise VersionError(str(exc), code) from None
+        d = fn(header["model"])  # VersionError carries its code
         return P.reply("versions", header["id"], **d)
 
     def _on_versions(self, identity, header, arrays):

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from backend.config import models_dir
 from backend.models.card import Lineage, ModelCard, card_path, read_card
 from backend.models.torch_models import save_weights
-from protocol.errors import ModelNotFound, VersionError
+from protocol.errors import E_INVALID_INPUT, ModelNotFound, VersionError
 
 SEP = "@"
 _NUM = re.compile(r"^[1-9][0-9]{0,5}$")
@@ -229,8 +229,9 @@ def rollback(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
     cur = active_id(base, root)
     _, n = split_id(cur)
     if n == 0:
+        # a request that cannot be done, not a lookup miss
         raise VersionError(f"the shipped model {base!r} is active: there is no earlier "
-                           f"version to roll back to")
+                           f"version to roll back to", E_INVALID_INPUT)
     card = load_version_card(cur, root)
     parent = (card.lineage.parent if card.lineage else None) or base
     try:

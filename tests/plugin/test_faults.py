@@ -1,4 +1,4 @@
-"""Issue #7 on the plugin side: the daemon's warnings reach the user, a daemon killed
+"""Faults on the plugin side: the daemon's warnings reach the user, a daemon killed
 during a detection is reported clearly and restarted by the next detection, and a result
 GeoPackage is never left half-written.
 """

@@ -1,4 +1,4 @@
-"""Retrain (#4) on the plugin side: the result layer remembers its detection, the
+"""Retrain on the plugin side: the result layer remembers its detection, the
 corrected layer becomes a retrain request (dialog with budget and what is used), the
 job runs as a QgsTask with progress and cancel against a daemon, the outcome is shown
 and the new version selected; versions are switched and rolled back from the dock.
