@@ -14,7 +14,7 @@ it must not move the model far from what it has learned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,6 +43,45 @@ TRAIN_JITTER = Jitter(gain=(0.9, 1.1), contrast=(0.8, 1.25), brightness=(-0.3, 0
 FINETUNE_JITTER = Jitter(gain=(0.92, 1.08), contrast=(0.85, 1.18), brightness=(-0.2, 0.2))
 #: Rescale range of training from scratch (drawn log-uniformly).
 SCALE_RANGE = (0.75, 1.333)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """The appearance changes of the recipe that generalises to unseen sites, drawn per
+    chip after the colour jitter; each is off at its default.
+
+    Other sites differ from the training roofs in module colour, light, haze and sharpness,
+    and municipal orthophotos come at 0.2-0.3 m (resampled to the model's 0.1 m, they are
+    blurred versions of 0.1 m imagery). So the recipe changes saturation and hue, blurs or
+    sharpens, and degrades the resolution by down- and up-sampling.
+
+    Attributes:
+        saturation: range of the saturation factor (1 = unchanged).
+        hue_deg: largest hue rotation, degrees (about the grey axis of RGB).
+        blur_p: probability of a Gaussian blur (sigma 0.5-1.5 px) or, as often, an unsharp
+            mask of the same sigma.
+        degrade_p: probability of down-sampling by a factor in ``degrade_range`` and
+            up-sampling back (bilinear), as imagery of a coarser GSD resampled to the model's.
+        degrade_range: range of that factor (3 = 0.3 m imagery for a 0.1 m model).
+    """
+
+    saturation: Tuple[float, float] = (1.0, 1.0)
+    hue_deg: float = 0.0
+    blur_p: float = 0.0
+    degrade_p: float = 0.0
+    degrade_range: Tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.saturation != (1.0, 1.0) or self.hue_deg > 0 or self.blur_p > 0
+                or self.degrade_p > 0)
+
+
+#: No appearance change (the draws of training runs made before the recipe stay the same).
+PLAIN = Appearance()
+#: The recipe of models meant to hold up on unseen sites and coarser GSDs.
+GENERALISE = Appearance(saturation=(0.6, 1.4), hue_deg=20.0, blur_p=0.3, degrade_p=0.35,
+                        degrade_range=(1.5, 3.0))
 
 
 def normalize_batch(images, norm: Normalization):
@@ -86,11 +125,12 @@ def _rotate_flip_jitter(x, targets: Sequence, rng: np.random.Generator, jitter: 
     return x * contrast * gain + bright, targets
 
 
-def _scale_crop(x, y, chip: int, rng: np.random.Generator):
-    """A random rescale (log-uniform in :data:`SCALE_RANGE`, never below ``chip``) and
+def _scale_crop(x, y, chip: int, rng: np.random.Generator,
+                scale_range: Tuple[float, float] = SCALE_RANGE):
+    """A random rescale (log-uniform in ``scale_range``, never below ``chip``) and
     a random ``chip`` x ``chip`` crop of one image (B, H, W) and its mask (H, W)."""
     import torch.nn.functional as F
-    s = float(np.exp(rng.uniform(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1]))))
+    s = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
     h, w = x.shape[-2:]
     nh, nw = max(chip, int(round(h * s))), max(chip, int(round(w * s)))
     if (nh, nw) != (h, w):
@@ -101,10 +141,51 @@ def _scale_crop(x, y, chip: int, rng: np.random.Generator):
     return x[:, top:top + chip, left:left + chip], y[top:top + chip, left:left + chip]
 
 
+def _appearance(x, norm: Normalization, rng: np.random.Generator, look: Appearance):
+    """Saturation, hue, blur/sharpen and resolution changes of one normalised chip
+    (B, H, W); RGB maths on the de-normalised values (0..1), then normalised again."""
+    import torch
+    import torch.nn.functional as F
+    mean = torch.tensor(norm.mean, dtype=x.dtype).view(-1, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype).view(-1, 1, 1)
+    v = x * std + mean
+    if v.shape[0] >= 3:
+        rgb = v[:3]
+        grey = rgb.mean(0, keepdim=True)
+        rgb = grey + float(rng.uniform(*look.saturation)) * (rgb - grey)
+        if look.hue_deg > 0:
+            # rotation about the grey axis (1, 1, 1)/sqrt(3): Rodrigues' formula
+            a = np.deg2rad(float(rng.uniform(-look.hue_deg, look.hue_deg)))
+            c, s3 = np.cos(a), np.sin(a) / np.sqrt(3.0)
+            o = (1.0 - c) / 3.0
+            m = torch.tensor([[c + o, o - s3, o + s3], [o + s3, c + o, o - s3],
+                              [o - s3, o + s3, c + o]], dtype=x.dtype)
+            rgb = torch.einsum("ij,jhw->ihw", m, rgb)
+        v = torch.cat([rgb, v[3:]], 0)
+    if rng.random() < look.blur_p:
+        sigma = float(rng.uniform(0.5, 1.5))
+        r = int(np.ceil(2 * sigma))
+        k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
+        k = (k / k.sum()).to(x.dtype)
+        b = v[:, None]
+        b = F.conv2d(F.pad(b, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+        b = F.conv2d(F.pad(b, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))[:, 0]
+        v = b if rng.random() < 0.5 else v + (v - b)  # blur, or unsharp mask
+    if rng.random() < look.degrade_p:
+        f = float(rng.uniform(*look.degrade_range))
+        h, w = v.shape[-2:]
+        small = F.interpolate(v[None], size=(max(8, int(h / f)), max(8, int(w / f))),
+                              mode="area")
+        v = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return (v - mean) / std
+
+
 def augment_batch(images, masks, chip: int, rng: np.random.Generator,
-                  jitter: Jitter = TRAIN_JITTER):
-    """Random chips with scale, crop, rot90, flip and colour jitter (training from
-    scratch).
+                  jitter: Jitter = TRAIN_JITTER, look: Appearance = PLAIN,
+                  norm: Optional[Normalization] = None,
+                  scale_range: Tuple[float, float] = SCALE_RANGE):
+    """Random chips with scale, crop, rot90, flip and colour jitter, then the
+    appearance changes of ``look`` (training from scratch).
 
     Args:
         images: float32 torch (N, B, H, W), already normalised.
@@ -112,15 +193,25 @@ def augment_batch(images, masks, chip: int, rng: np.random.Generator,
         chip: output side in pixels.
         rng: the run's generator.
         jitter: colour jitter ranges.
+        look: appearance changes (:data:`PLAIN`: none, and no extra random draws).
+        norm: the normalisation of ``images``; needed when ``look`` is enabled.
+        scale_range: rescale range (log-uniform draws).
 
     Returns:
         ``(x float32 (N, B, chip, chip), y int64 (N, chip, chip))``.
+
+    Raises:
+        ValueError: ``look`` is enabled without ``norm``.
     """
     import torch
+    if look.enabled and norm is None:
+        raise ValueError("appearance changes need the images' normalisation")
     xs, ys = [], []
     for i in range(images.shape[0]):
-        x, y = _scale_crop(images[i], masks[i], chip, rng)
+        x, y = _scale_crop(images[i], masks[i], chip, rng, scale_range)
         x, (y,) = _rotate_flip_jitter(x, (y,), rng, jitter)
+        if look.enabled:
+            x = _appearance(x, norm, rng, look)
         xs.append(x)
         ys.append(y)
     return torch.stack(xs).contiguous(), torch.stack(ys).contiguous()

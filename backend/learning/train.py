@@ -12,13 +12,17 @@ and chooses the ensemble's post-processing on their common validation tiles
 The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
 hyper-parameters (seed, split_seed, steps, budget_s, batch_size, chip, lr,
-weight_decay, val_fraction). With ``steps`` the run is reproducible (same seed, same
+weight_decay, val_fraction, and optionally pretrained, encoder_lr_factor, normalize,
+recipe, scale_range). With ``steps`` the run is reproducible (same seed, same
 steps, same result on the same software); ``budget_s`` caps the wall-clock time.
 
 Method: the train split is divided into *fit* and *val* by spatial cluster
 (:func:`backend.learning.data.split_train`); the model (segmentation-models-pytorch,
-random init: no model hub is reachable; :mod:`backend.models.torch_models`) is trained
-on *fit* with flips, 90-degree rotations, scale (0.75-1.33) and colour jitter
+:mod:`backend.models.torch_models`; random init, or with ``"pretrained"`` an ImageNet
+encoder from a registry package, :mod:`backend.learning.pretrained`, trained at
+``encoder_lr_factor`` times the rate) is trained on *fit* with flips, 90-degree
+rotations, scale (``scale_range``, default 0.75-1.33) and colour jitter, plus with
+``"recipe": "generalise"`` saturation, hue, blur/sharpen and resolution changes
 (:mod:`backend.learning.augment`), loss = cross-entropy + soft Dice over the foreground
 classes (:mod:`backend.learning.losses`), AdamW with a warm-up + cosine learning-rate
 schedule over ``steps`` (or over a wall-clock budget when no steps are given;
@@ -41,7 +45,8 @@ import numpy as np
 from backend.config import models_dir, train_threads
 from backend.inference.postprocess import class_map, clean_masks
 from backend.learning import data as pvdata
-from backend.learning.augment import augment_batch, normalize_batch
+from backend.learning.augment import (GENERALISE, PLAIN, SCALE_RANGE, augment_batch,
+                                      normalize_batch)
 from backend.learning.losses import dice_ce_loss
 from backend.learning.optim import lr_factor, optimizer_step
 from backend.models.card import ModelCard, write_card
@@ -129,7 +134,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     split_seed = int(config.get("split_seed", 0))
     fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), split_seed)
     fit_a, val_a = pvdata.load_arrays(fit), pvdata.load_arrays(val)
-    norm = normalize_stats(fit_a["images"])
+    # pretrained encoders expect their own input scaling (the config gives it)
+    norm = dict(config["normalize"]) if config.get("normalize") else \
+        normalize_stats(fit_a["images"])
     card_d = {k: config[k] for k in ("id", "version", "architecture", "encoder", "classes",
                                      "gsd_m", "tile_size", "overlap", "simplify_m")}
     card_d.update({"arch_kwargs": config.get("arch_kwargs", {}), "bands": 3,
@@ -139,7 +146,13 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
                    "onnx": "model.onnx"})
     card = ModelCard.from_dict(card_d)
     n_classes = len(card.classes)
-    model = build_torch_model(card).to(device)
+    model = build_torch_model(card)
+    pretrained = config.get("pretrained")
+    if pretrained:
+        from backend.learning.pretrained import init_encoder
+        print(f"encoder: {init_encoder(model, pretrained)} tensors from {pretrained} "
+              f"(ImageNet)", flush=True)
+    model = model.to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
@@ -149,8 +162,18 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     weights = pvdata.tile_sampling_weights(fit_a["masks"])
 
     lr = float(config.get("lr", 2e-3))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr,
+    # a pretrained encoder learns slower than the fresh decoder, so that fine-tuning
+    # keeps what ImageNet taught it
+    enc_factor = float(config.get("encoder_lr_factor", 1.0))
+    groups = [{"params": list(model.parameters()), "base_lr": lr}]
+    if enc_factor != 1.0:
+        groups = [{"params": [p for n, p in model.named_parameters()
+                              if not n.startswith("encoder.")], "base_lr": lr},
+                  {"params": list(model.encoder.parameters()), "base_lr": lr * enc_factor}]
+    opt = torch.optim.AdamW(groups, lr=lr,
                             weight_decay=float(config.get("weight_decay", 1e-4)))
+    look = GENERALISE if config.get("recipe") == "generalise" else PLAIN
+    scale_range = tuple(config.get("scale_range", SCALE_RANGE))
     bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
     rng = np.random.default_rng(seed)
     t0 = time.time()
@@ -164,9 +187,10 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         frac_t = step / max_steps if max_steps else elapsed / budget_s
         factor = lr_factor(step, frac_t, warmup, 0.02)
         for g in opt.param_groups:
-            g["lr"] = lr * factor
+            g["lr"] = g["base_lr"] * factor
         idx = rng.choice(len(fit), size=bs, p=weights)
-        x, y = augment_batch(fit_x[idx], fit_y[idx], chip, rng)
+        x, y = augment_batch(fit_x[idx], fit_y[idx], chip, rng, look=look,
+                             norm=card.normalize, scale_range=scale_range)
         x, y = x.to(device), y.to(device)
         losses.append(optimizer_step(model, opt, x,
                                      lambda logits: dice_ce_loss(logits, y, n_classes),
