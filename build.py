@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -153,10 +152,15 @@ def test(args) -> int:
     return 0
 
 
-def demo(args) -> int:
-    setup()
-    return run([VENV_QGIS / "bin" / "python", "-m", "tools.demo", "demo"] + list(args),
-               env=base_env(), check=False)
+
+def tool(venv: Path, *command: str):
+    """A task that sets up, then runs ``<venv python> *command ARGS`` with the data path
+    and the repository on ``PYTHONPATH``; its exit status is the task's."""
+    def task(args) -> int:
+        setup()
+        return run([venv / "bin" / "python", *command] + list(args), env=base_env(),
+                   check=False)
+    return task
 
 
 def train(args) -> int:
@@ -173,34 +177,9 @@ def train(args) -> int:
     return rc
 
 
-def retrain_eval(args) -> int:
-    setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.retrain_eval"] + list(args),
-               env=base_env(), check=False)
 
 
-def evaluate(args) -> int:
-    setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.evaluate"] + list(args),
-               env=base_env(), check=False)
 
-
-def screenshot(args) -> int:
-    setup()
-    return run([VENV_QGIS / "bin" / "python", "tools/screenshot.py"] + list(args),
-               env=base_env(), check=False)
-
-
-def bench(args) -> int:
-    setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.bench"] + list(args),
-               env=base_env(), check=False)
-
-
-def peakram(args) -> int:
-    setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.peakram"] + list(args),
-               env=base_env(), check=False)
 
 
 def package(args) -> int:
@@ -224,11 +203,6 @@ def package(args) -> int:
     return 0
 
 
-def load(args) -> int:
-    setup()
-    return run([VENV_BACKEND / "bin" / "python", "-m", "tools.loadtest"] + list(args),
-               env=base_env(), check=False)
-
 
 def imports(args) -> int:
     return run([sys.executable, "-m", "tools.imports"] + list(args), env=base_env(),
@@ -240,19 +214,19 @@ TASKS = {
     "setup": (lambda a: setup() or 0,
               "install system packages (Debian 12, root or sudo), create the two virtual "
               "environments, export ONNX"),
-    "demo": (demo, "setup + detect solar panels on the real sample data through the "
+    "demo": (tool(VENV_QGIS, "-m", "tools.demo", "demo"), "setup + detect solar panels on the real sample data through the "
                    "daemon; prints polygons per class, writes out/demo/*.gpkg and *.png"),
     "test": (test, "setup + the whole test suite (protocol, backend, tools, plugin)"),
     "train": (train, "train member(s) from config files (default: every models/configs/*.json)"),
-    "eval": (evaluate, "held-out accuracy of the shipped models (JSON + Markdown)"),
-    "retrain-eval": (retrain_eval, "the retrain loop on real data without a person: "
+    "eval": (tool(VENV_BACKEND, "-m", "tools.evaluate"), "held-out accuracy of the shipped models (JSON + Markdown)"),
+    "retrain-eval": (tool(VENV_BACKEND, "-m", "tools.retrain_eval"), "the retrain loop on real data without a person: "
                                    "before/after numbers, rollback"),
-    "screenshot": (screenshot, "QGIS desktop under Xvfb with a detection, as a PNG"),
-    "bench": (bench, "model-only vs end-to-end throughput, screen-extent latency through "
+    "screenshot": (tool(VENV_QGIS, "tools/screenshot.py"), "QGIS desktop under Xvfb with a detection, as a PNG"),
+    "bench": (tool(VENV_BACKEND, "-m", "tools.bench"), "model-only vs end-to-end throughput, screen-extent latency through "
                      "the client, peak RAM (out/bench.json)"),
-    "peakram": (peakram, "daemon peak RAM of a batch job, small vs 100x larger extent "
+    "peakram": (tool(VENV_BACKEND, "-m", "tools.peakram"), "daemon peak RAM of a batch job, small vs 100x larger extent "
                          "(out/peakram.json)"),
-    "load": (load, "load test: 100 detections from 5 concurrent clients; p50/p99 latency "
+    "load": (tool(VENV_BACKEND, "-m", "tools.loadtest"), "load test: 100 detections from 5 concurrent clients; p50/p99 latency "
                    "(out/load.json)"),
     "package": (package, "the installable plugin zip, out/ortholens.zip"),
     "imports": (imports, "check the import rules (layers, no cycles, no qgis in the "
