@@ -3,7 +3,7 @@
 Usage::
 
     python -m tools.evaluate [--models ID ...] [--out out/eval] [--no-vienna]
-                               [--raw] [--write-cards]
+                             [--raw] [--gsd M ...] [--write-cards]
 
 For each model and each *variant* (an ensemble is also run without TTA, without shifted
 tilings, and without both), every pv01 *held-out* tile (12 tiles, sites never seen in
@@ -22,7 +22,11 @@ reference mask:
   bins; Guo et al. 2017) and a reliability diagram;
 - a pixel precision-recall curve over thresholds (from probability histograms);
 - ``--raw`` adds the bare model (threshold 0.5, no cleaning) to show what
-  post-processing adds.
+  post-processing adds;
+- the same held-out tiles made coarser (``--gsd``, default 0.2 m and 0.3 m; GDAL
+  ``average`` resampling of the image, the mask averaged and kept where at least half a
+  coarse pixel is panel), compared on the coarse grid: what users of municipal
+  orthophotos get (:func:`eval_heldout_at`).
 
 False positives come from the Vienna 2023 orthophoto (Stadt Wien, CC BY 4.0), which has
 no panels: polygons and m² per km² over its north-west quarter (250 m x 250 m, roofs,
@@ -192,6 +196,62 @@ def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
     return s
 
 
+def coarser_copy(image_path: Path, mask_path: Path, gsd_m: float, out_dir: Path
+                 ) -> Tuple[Path, np.ndarray, object]:
+    """A held-out tile as a coarser orthophoto would show it.
+
+    The image is averaged down to ``gsd_m`` (GDAL ``average`` resampling, as
+    ``gdalwarp -r average`` makes coarser orthophotos) and written as a GeoTIFF; the
+    reference mask is averaged the same way and a coarse pixel is a panel when at least
+    half of it was.
+
+    Returns:
+        ``(image file, bool (h, w) reference mask, affine transform)`` at ``gsd_m``.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    with rasterio.open(image_path) as src:
+        f = gsd_m / abs(src.transform.a)
+        h, w = max(1, int(round(src.height / f))), max(1, int(round(src.width / f)))
+        img = src.read(out_shape=(src.count, h, w), resampling=Resampling.average)
+        transform = src.transform * src.transform.scale(src.width / w, src.height / h)
+        profile = dict(src.profile, width=w, height=h, transform=transform, tiled=False)
+    for key in ("blockxsize", "blockysize"):
+        profile.pop(key, None)
+    with rasterio.open(mask_path) as src:
+        share = np.zeros((h, w), np.float32)  # panel share of each coarse pixel
+        reproject((src.read(1) > 0).astype(np.float32), share, src_transform=src.transform,
+                  src_crs=src.crs, dst_transform=transform, dst_crs=src.crs,
+                  resampling=Resampling.average)
+    out = out_dir / f"{image_path.stem}_{gsd_m:g}m.tif"
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(img)
+    return out, share >= 0.5, transform
+
+
+def eval_heldout_at(model_id: str, gsd_m: float, engine=None) -> Dict:
+    """Metrics over the held-out tiles made coarser to ``gsd_m`` (:func:`coarser_copy`):
+    what users of 0.2-0.3 m orthophotos get. The pipeline resamples each tile to the
+    model's GSD as for any raster; the polygons are compared with the coarse mask on
+    the coarse grid (objects >= 20 coarse pixels, IoU >= 0.5)."""
+    import tempfile
+    total, per_tile = Counts(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in pvdata.list_tiles("heldout"):
+            path, ref, transform = coarser_copy(t.image_path, t.mask_path, gsd_m, Path(tmp))
+            res = run_detect(DetectParams(FileSource(str(path)), model_id), [], engine=engine)
+            c = compare(rasterize_features(res["features"], ref.shape, transform) > 0, ref)
+            per_tile.append(c)
+            total.add(c)
+    s = total.summary()
+    s["pixel_iou_90ci"] = bootstrap(per_tile, "pixel_iou")
+    s["object_f1_90ci"] = bootstrap(per_tile, "object_f1")
+    s["gsd_m"] = gsd_m
+    return s
+
+
 def eval_vienna(model_id: str, engine=None, extent: Optional[List[float]] = None) -> Dict:
     """False positives on the panel-free Vienna scene (``extent`` EPSG:31256, default
     :data:`VIENNA_EXTENT`; ``[]`` for the whole scene)."""
@@ -307,6 +367,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "eval")
     ap.add_argument("--no-vienna", action="store_true", help="skip the false-positive scene")
     ap.add_argument("--raw", action="store_true", help="add the bare-model rows")
+    ap.add_argument("--gsd", type=float, nargs="*", default=[0.2, 0.3],
+                    help="also evaluate the held-out tiles made coarser to these GSDs, "
+                         "metres (default 0.2 0.3; none: --gsd)")
     ap.add_argument("--write-cards", action="store_true",
                     help="store the held-out metrics in each card.json and rewrite "
                          "its MODEL_CARD.md")
@@ -325,6 +388,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             t0 = time.perf_counter()
             s = eval_heldout(card.id, engine=eng)
             entry = {"variant": vname, "heldout": s}
+            if vname in ("single", "ensemble"):
+                entry["coarser"] = [eval_heldout_at(card.id, g, engine=eng) for g in args.gsd]
+                for c in entry["coarser"]:
+                    print(f"{card.id} [{vname}] at {c['gsd_m']:g} m: pixel IoU "
+                          f"{c['pixel_iou']:.3f}, object F1 {c['object_f1']:.3f}", flush=True)
             if not args.no_vienna:
                 entry["vienna"] = eval_vienna(card.id, engine=eng)
             print(f"{card.id} [{vname}]: pixel IoU {s['pixel_iou']:.3f}, object F1 "
@@ -343,6 +411,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     for mid, vname, s, vi in table_rows:
         lines.append(f"| {mid} | {vname} | " + " | ".join(_fmt(s[c]) for c in COLS)
                      + f" | {vi['false_polygons_per_km2'] if vi else ''} |")
+    coarse = [(mid, v["variant"], c) for mid, r in results.items() for v in r["variants"]
+              for c in v.get("coarser", [])]
+    if coarse:
+        lines += ["", "Held-out tiles made coarser (GDAL average), compared on the coarse grid:",
+                  "", "| model | GSD | pixel IoU | object F1 | object F1 90 % CI |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {mid} [{v}] | {c['gsd_m']:g} m | {_fmt(c['pixel_iou'])} | "
+                  f"{_fmt(c['object_f1'])} | {_fmt(c['object_f1_90ci'])} |"
+                  for mid, v, c in coarse]
     table = "\n".join(lines)
     plot_curves([(f"{m} [{v}]", s) for m, v, s, _ in table_rows],
                 args.out / "pr_calibration.png")
