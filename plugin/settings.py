@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from protocol.wire import DEFAULT_HOST, DEFAULT_PORT
+from protocol.wire import DEFAULT_ENDPOINT
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -80,7 +80,7 @@ class DaemonSettings:
 
 def daemon_settings() -> DaemonSettings:
     """Read the daemon settings (environment, then QgsSettings, then defaults)."""
-    endpoint = _value("ORTHOLENS_ENDPOINT", "endpoint") or f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    endpoint = _value("ORTHOLENS_ENDPOINT", "endpoint") or DEFAULT_ENDPOINT
     repo = _value("ORTHOLENS_REPO", "repo")
     if not repo and (PLUGIN_DIR.parent / "backend").is_dir():
         repo = str(PLUGIN_DIR.parent)

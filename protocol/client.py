@@ -28,7 +28,7 @@ from .params import BatchParams, DetectParams, RetrainParams
 
 log = logging.getLogger("ortholens.client")
 
-DEFAULT_ENDPOINT = f"tcp://{P.DEFAULT_HOST}:{P.DEFAULT_PORT}"
+DEFAULT_ENDPOINT = P.DEFAULT_ENDPOINT
 
 
 def repo_dir() -> Path:

@@ -73,6 +73,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 5591
 DEFAULT_HOST = "127.0.0.1"
+#: Where clients look for the daemon unless told otherwise.
+DEFAULT_ENDPOINT = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
 
 #: Largest accepted JSON header of a request, bytes.
 MAX_HEADER_BYTES = 1 << 20
@@ -565,7 +567,7 @@ def error_reply(request_id: Optional[str], code: str, message: str,
     return reply("error", request_id, **fields)
 
 
-__all__ = ["PROTOCOL_VERSION", "DEFAULT_PORT", "DEFAULT_HOST", "MAX_HEADER_BYTES",
+__all__ = ["PROTOCOL_VERSION", "DEFAULT_PORT", "DEFAULT_HOST", "DEFAULT_ENDPOINT", "MAX_HEADER_BYTES",
            "MAX_REPLY_HEADER_BYTES", "MAX_FRAME_BYTES", "MAX_FRAMES", "MAX_EXTENT_PIXELS",
            "ALLOWED_DTYPES", "REQUEST_TYPES", "REPLY_TYPES", "REQUEST_SCHEMAS",
            "MAX_RETRAIN_FEATURES", "MAX_REVIEWED_AREAS", "validate_request", "encode",

@@ -127,8 +127,8 @@ def write_profile(profiles: Path) -> Path:
 
 def default_endpoint() -> str:
     """The daemon's default endpoint (``protocol.wire``'s host and port)."""
-    from protocol.wire import DEFAULT_HOST, DEFAULT_PORT
-    return f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    from protocol.wire import DEFAULT_ENDPOINT
+    return DEFAULT_ENDPOINT
 
 
 def take_screenshot(raster: str, out_png: str, endpoint: Optional[str] = None,

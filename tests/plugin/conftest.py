@@ -29,7 +29,8 @@ os.environ.setdefault("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("ORTHOLENS_DATA", REPO.parent / "shared" / "data")).resolve()
+    from backend.config import data_dir as backend_data_dir  # the one default
+    return backend_data_dir()
 
 
 VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend.config import data_dir
 from conftest import REPO, free_port
 from protocol.params import BatchParams, DetectParams, FileSource
 
-DATA = Path(os.environ.get("ORTHOLENS_DATA", REPO.parent / "shared" / "data")).resolve()
+DATA = data_dir()
 VIENNA = DATA / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 PV01 = DATA / "pv01" / "heldout"
 PV01_BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
