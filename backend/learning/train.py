@@ -13,7 +13,7 @@ The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
 hyper-parameters (seed, split_seed, steps, budget_s, batch_size, chip, lr,
 weight_decay, val_fraction, and optionally pretrained, encoder_lr_factor, normalize,
-recipe, scale_range). With ``steps`` the run is reproducible (same seed, same
+recipe, appearance, scale_range). With ``steps`` the run is reproducible (same seed, same
 steps, same result on the same software); ``budget_s`` caps the wall-clock time.
 
 Method: the train split is divided into *fit* and *val* by spatial cluster
@@ -23,7 +23,7 @@ encoder from a registry package, :mod:`backend.learning.pretrained`, trained at
 ``encoder_lr_factor`` times the rate) is trained on *fit* with flips, 90-degree
 rotations, scale (``scale_range``, default 0.75-1.33) and colour jitter, plus with
 ``"recipe": "generalise"`` saturation, hue, blur/sharpen and resolution changes
-(:mod:`backend.learning.augment`), loss = cross-entropy + soft Dice over the foreground
+(``"appearance"`` overrides single fields of them; :mod:`backend.learning.augment`), loss = cross-entropy + soft Dice over the foreground
 classes (:mod:`backend.learning.losses`), AdamW with a warm-up + cosine learning-rate
 schedule over ``steps`` (or over a wall-clock budget when no steps are given;
 :mod:`backend.learning.optim`). The probability threshold, minimum object area and
@@ -34,6 +34,7 @@ used here). Output: ``<out>/weights.safetensors`` (fp16) and ``<out>/card.json``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -173,6 +174,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     opt = torch.optim.AdamW(groups, lr=lr,
                             weight_decay=float(config.get("weight_decay", 1e-4)))
     look = GENERALISE if config.get("recipe") == "generalise" else PLAIN
+    if config.get("appearance"):  # the recipe's appearance changes, field by field
+        look = dataclasses.replace(look, **{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in config["appearance"].items()})
     scale_range = tuple(config.get("scale_range", SCALE_RANGE))
     bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
     rng = np.random.default_rng(seed)
