@@ -275,7 +275,7 @@ def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = No
     """Fine-tune ``model_id`` on the replay data only (no corrections), same steps and
     budget; metrics of the candidate on the fold's measured clusters (in memory, not
     registered)."""
-    from backend.learning.acceptance import ModuleEngine
+    from backend.inference.engines import TorchEngine
     from backend.learning.finetune import RetrainConfig, finetune
     from backend.models.catalog import load_card
     a_tiles, b_tiles = cluster_split()
@@ -284,7 +284,7 @@ def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = No
     cfg = RetrainConfig(budget_s=budget_s, steps=steps, replay_fraction=1.0)
     progress(f"[1c {fold}] control: replay-only fine-tune of {model_id}")
     model, info = finetune(card, [], cfg)
-    s = score_tiles(model_id, dst_tiles, engine=ModuleEngine(card, model))
+    s = score_tiles(model_id, dst_tiles, engine=TorchEngine(card, model=model))
     return {"steps": info["steps"], "seconds": info["seconds"], "b_after": s["metrics"],
             "note": "same pipeline as detect, candidate in memory, not registered"}
 

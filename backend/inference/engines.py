@@ -218,16 +218,24 @@ class OnnxEngine(Engine):
 
 
 class TorchEngine(Engine):
-    """PyTorch; on CUDA with fp16 autocast and channels_last memory format."""
+    """PyTorch; on CUDA with fp16 autocast and channels_last memory format.
+
+    Args:
+        card: the model card (normalisation, classes; weights unless ``model``).
+        device: ``"cpu"`` or ``"cuda:0"``.
+        model: an in-memory module (eval mode, on ``device``) to run instead of the
+            card's weights: a retrain candidate that has no files yet, or whose ONNX
+            export failed.
+    """
 
     kind = "torch"
 
-    def __init__(self, card: ModelCard, device: str = "cpu"):
+    def __init__(self, card: ModelCard, device: str = "cpu", model=None):
         import torch
         self.torch = torch
         self.card = card
         self.device = device
-        self.model = load_torch_model(card, device)
+        self.model = load_torch_model(card, device) if model is None else model
         if device.startswith("cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)
 

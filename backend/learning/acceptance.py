@@ -50,33 +50,6 @@ ACCEPTANCE_RULE = (
 
 # ----------------------------------------------------------------------------- engines
 
-class ModuleEngine(Engine):
-    """An in-memory PyTorch module as an :class:`~backend.inference.engines.Engine`
-    (a candidate that has no files yet, or whose ONNX export failed).
-
-    Args:
-        card: the card whose normalisation and classes the module follows.
-        model: the torch module (eval mode) on ``device``.
-        device: ``"cpu"`` or ``"cuda:0"``.
-    """
-
-    kind = "torch"
-
-    def __init__(self, card: ModelCard, model, device: str = "cpu"):
-        self.card, self.model, self.device = card, model, device
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Softmax probabilities float32 (N, C, H, W) of normalised input (N, B, H, W)."""
-        import torch
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
-            if self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = self.model(t)
-                return torch.softmax(logits.float(), 1).cpu().numpy()
-            return torch.softmax(self.model(t), 1).numpy()
-
-
 class ArrayReader:
     """``WindowReader``'s interface over an image already in memory (a reviewed area)."""
 

@@ -45,7 +45,7 @@ import protocol as P
 from backend.config import train_threads
 from backend.inference.detect import model_errors
 from backend.inference.engines import Engine, get_engine
-from backend.learning.acceptance import ACCEPTANCE_RULE, ModuleEngine, decide, evaluate
+from backend.learning.acceptance import ACCEPTANCE_RULE, decide, evaluate
 from backend.learning.augment import augment_weighted_batch, normalize_batch
 from backend.learning.corrections import AreaData, ChipSampler, build_corrections
 from backend.learning.data import GuardSet, ReplaySet, tile_sampling_weights
@@ -289,13 +289,13 @@ def candidate_engine(card: ModelCard, model, folder: Path) -> Engine:
     import contextlib
     import sys
 
-    from backend.inference.engines import OnnxEngine, cuda_available
+    from backend.inference.engines import OnnxEngine, TorchEngine, cuda_available
     from backend.models.export import export_onnx
     save_weights(model.state_dict(), folder / "weights.safetensors")
     cand_card = card.updated({"weights": "weights.safetensors", "onnx": "model.onnx"},
                              folder)
     if cuda_available():
-        return ModuleEngine(card, model.to("cuda:0"), "cuda:0")
+        return TorchEngine(card, "cuda:0", model=model.to("cuda:0"))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the daemon's stdout is reserved
             export_onnx(cand_card)
@@ -304,7 +304,7 @@ def candidate_engine(card: ModelCard, model, folder: Path) -> Engine:
         log.warning("candidate ONNX export failed (%s); evaluating with PyTorch", exc)
         for p in folder.glob("*.onnx*"):
             p.unlink()
-        return ModuleEngine(card, model, "cpu")
+        return TorchEngine(card, "cpu", model=model)
 
 
 def _guard(card: ModelCard, params: RetrainParams, warnings: List[str]
