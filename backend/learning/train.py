@@ -39,7 +39,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -85,11 +85,16 @@ def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
 
 def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
                        n_classes: int) -> Dict[str, Any]:
-    """Grid-search threshold / min area / hole size for best object F1 on *val*."""
+    """Grid-search threshold / min area / hole size for the best object F1 (then pixel
+    IoU) on validation probabilities (N, C, H, W) and masks (N, H, W).
+
+    Returns:
+        ``{"threshold", "min_area_m2", "max_hole_m2", "val": Counts summary}``.
+    """
     best = None
     px_area = gsd_m * gsd_m
-    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for min_area_m2 in (0.25, 0.5, 1.0, 2.0):
+    for thr in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        for min_area_m2 in (0.25, 0.5, 1.0, 2.0, 3.0, 4.0):
             for hole_m2 in (0.0, 0.5):
                 tot = Counts()
                 for p, m in zip(probs, masks):
@@ -105,14 +110,36 @@ def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
     return best[1]
 
 
-def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = None
-          ) -> ModelCard:
+def fit_val_tiles(config: Dict[str, Any], fold: Optional[int] = None, folds: int = 3
+                  ) -> Tuple[List[pvdata.Tile], List[pvdata.Tile]]:
+    """The train tiles a run fits on and validates on.
+
+    ``fold`` given: fold ``fold`` of :func:`backend.learning.data.cv_folds` (``folds``
+    folds). Otherwise ``"val_fraction": 0`` fits on the whole train split with no *val*
+    (the post-processing then comes from the config, chosen by cross-validation), and
+    any other fraction splits off whole clusters (:func:`backend.learning.data.split_train`).
+    """
+    tiles = pvdata.list_tiles("train")
+    if fold is not None:
+        return pvdata.cv_folds(tiles, folds)[fold]
+    frac = float(config.get("val_fraction", 0.15))
+    if frac <= 0:
+        return list(tiles), []
+    # One fit/val split for every member of an ensemble (split_seed), so that the
+    # ensemble's threshold can be chosen on tiles no member was fitted on.
+    return pvdata.split_train(tiles, frac, int(config.get("split_seed", 0)))
+
+
+def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = None,
+          fold: Optional[int] = None, folds: int = 3) -> ModelCard:
     """Train one member as described by ``config``; returns the written card.
 
     Args:
         config: the training config (see the module docstring).
         out_dir: folder for ``weights.safetensors`` and ``card.json`` (created).
         budget_s: wall-clock cap, seconds (default: the config's, else 600).
+        fold: train the cross-validation model of this fold (:func:`fit_val_tiles`).
+        folds: number of cross-validation folds.
 
     Raises:
         FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
@@ -129,12 +156,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     # wall-clock budget then only caps the run (and is the schedule when no steps).
     max_steps = int(config["steps"]) if config.get("steps") else None
 
-    tiles = pvdata.list_tiles("train")
-    # One fit/val split for every member of an ensemble (split_seed), so that the
-    # ensemble's threshold can be chosen on tiles no member was fitted on.
     split_seed = int(config.get("split_seed", 0))
-    fit, val = pvdata.split_train(tiles, float(config.get("val_fraction", 0.15)), split_seed)
-    fit_a, val_a = pvdata.load_arrays(fit), pvdata.load_arrays(val)
+    fit, val = fit_val_tiles(config, fold, folds)
+    fit_a = pvdata.load_arrays(fit)
     # pretrained encoders expect their own input scaling (the config gives it)
     norm = dict(config["normalize"]) if config.get("normalize") else \
         normalize_stats(fit_a["images"])
@@ -159,7 +183,6 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
 
     fit_x = normalize_batch(fit_a["images"], card.normalize)
     fit_y = torch.from_numpy(fit_a["masks"]).long()
-    val_x = normalize_batch(val_a["images"], card.normalize)
     weights = pvdata.tile_sampling_weights(fit_a["masks"])
 
     lr = float(config.get("lr", 2e-3))
@@ -205,9 +228,15 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
                   flush=True)
     train_s = time.time() - t0
     model = model.to("cpu").float().eval()
-    probs = predict_probs(model, val_x)
-    pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
-    print(f"val: {json.dumps(pp)}", flush=True)
+    if val:
+        val_a = pvdata.load_arrays(val)
+        probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
+        pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
+        print(f"val: {json.dumps(pp)}", flush=True)
+    else:  # chosen by cross-validation, given in the config
+        pp = {k: float(config.get(k, card_d[k])) for k in ("threshold", "min_area_m2",
+                                                           "max_hole_m2")}
+        pp["val"] = config.get("cross_validation")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(model.state_dict(), out_dir / "weights.safetensors")
@@ -217,11 +246,11 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
                 "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
         "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
-        "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
+        "fold": fold, "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
         "train_seconds": round(train_s, 1), "device": device, "threads": threads,
         "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
         "config": config,
-        "postprocess_chosen_on_val": pp["val"],
+        ("postprocess_chosen_on_val" if val else "postprocess_chosen_by_cv"): pp["val"],
     }
     card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
     (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
@@ -294,6 +323,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="wall-clock training budget in seconds (default: config)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: <models>/<id>)")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train the cross-validation model of this fold (0-based)")
+    ap.add_argument("--folds", type=int, default=3, help="number of folds (default 3)")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     out = args.out or (models_dir() / config["id"])
@@ -302,10 +334,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {out}/card.json (threshold {card.threshold}, min area "
               f"{card.min_area_m2} m2)")
         return 0
-    card = train(config, out, args.budget_s)
+    card = train(config, out, args.budget_s, args.fold, args.folds)
     print(f"wrote {out}/card.json and weights.safetensors "
           f"(threshold {card.threshold}, min area {card.min_area_m2} m2)")
-    export_onnx(card)
+    if args.fold is None:
+        export_onnx(card)
     return 0
 
 

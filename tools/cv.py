@@ -1,0 +1,274 @@
+"""Leave-cluster-out cross-validation of a training config on the pv01 train split.
+
+Usage::
+
+    python -m tools.cv models/configs/pv-unet-efl0.json [--train] [--write-config]
+    python -m tools.cv models/configs/pv-ensemble.json     # fuses the members' fold models
+
+Folds come from :func:`backend.learning.data.cv_folds`: whole site clusters are
+validation in exactly one fold; the large solar-roof site is fitted in every fold.
+For a member config, fold ``k``'s model is trained (``--train``, or found) in
+``<work>/<id>/fold<k>`` by :func:`backend.learning.train.train` with the same recipe,
+seed and steps as the shipped model. For an ensemble config the fold models of its
+members are fused as the ensemble engine fuses them (weighted mean of probabilities
+over members and test-time augmentations; one tiling, as the 256 px tiles fit one
+model tile).
+
+Every validation tile is predicted by the model that never saw its site (out-of-fold),
+at the model's GSD (0.1 m) and as a coarser orthophoto shows it: the tile averaged down
+by 2 or 3 (0.2 m, 0.3 m: GDAL's ``average`` on whole blocks) and resampled back to the
+model's GSD bilinearly, as the detection pipeline reads coarser rasters; those are scored
+on the coarse grid against the reference mask averaged the same way (a coarse pixel is a
+panel when at least half of it is), as :func:`tools.evaluate.eval_heldout_at` scores the
+held-out tiles.
+
+The post-processing (probability threshold, minimum object area, hole size) is chosen
+for the best pooled object F1 on the 0.1 m out-of-fold predictions
+(:func:`backend.learning.train.choose_postprocess`), and every figure is then reported
+per fold with mean, standard deviation and range. ``--write-config`` stores the choice
+and the summary in the config, where the final training run (on all train tiles, no
+*val*) takes them from. Held-out tiles are never read here.
+
+Output: ``<out>/<id>.json`` and ``<out>/<id>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from backend.config import REPO
+from backend.inference.engines import Engine, EnsembleEngine, TorchEngine
+from backend.inference.postprocess import class_map, clean_masks
+from backend.learning import data as pvdata
+from backend.learning.train import choose_postprocess, train
+from backend.models.card import ModelCard
+from protocol.metrics import Counts, compare
+
+#: Coarser GSDs scored besides the model's: municipal orthophotos come at 0.2-0.3 m.
+FACTORS = (1, 2, 3)
+
+
+def fold_dir(work: Path, model_id: str, fold: int) -> Path:
+    """``<work>/<model_id>/fold<fold>``: where fold ``fold``'s model of a config lives."""
+    return work / model_id / f"fold{fold}"
+
+
+def fold_card(config: Dict[str, Any], work: Path, fold: int, folds: int,
+              train_missing: bool) -> ModelCard:
+    """The card of a member config's fold model, trained first when missing and
+    ``train_missing``.
+
+    Raises:
+        FileNotFoundError: missing and not to be trained.
+    """
+    d = fold_dir(work, config["id"], fold)
+    if not (d / "weights.safetensors").is_file():
+        if not train_missing:
+            raise FileNotFoundError(f"no fold {fold} model of {config['id']} in {d}; "
+                                    f"run with --train")
+        return train(config, d, fold=fold, folds=folds)
+    return ModelCard.from_dict(json.loads((d / "card.json").read_text("utf-8")), d)
+
+
+def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
+                train_missing: bool, configs_dir: Path) -> Engine:
+    """The engine of fold ``fold``: a :class:`TorchEngine` on the CPU, or for an
+    ensemble config an :class:`EnsembleEngine` over its members' fold models (members'
+    configs are ``<configs_dir>/<member id>.json``)."""
+    if config.get("kind") != "ensemble":
+        return TorchEngine(fold_card(config, work, fold, folds, train_missing))
+    members = []
+    for m in config["members"]:
+        mc = json.loads((configs_dir / f"{m['id']}.json").read_text("utf-8"))
+        members.append((TorchEngine(fold_card(mc, work, fold, folds, train_missing)),
+                        float(m.get("weight", 1.0))))
+    first = members[0][0].card
+    card = ModelCard.from_dict({
+        "id": config["id"], "version": config.get("version", "0"), "kind": "ensemble",
+        "members": config["members"], "tta": config.get("tta", ["identity"]),
+        "classes": [c.to_dict() for c in first.classes], "bands": first.bands,
+        "gsd_m": first.gsd_m, "tile_size": first.tile_size, "overlap": first.overlap})
+    return EnsembleEngine(card, members)
+
+
+def coarsen(image: np.ndarray, mask: np.ndarray, factor: int):
+    """A tile as a ``factor`` times coarser orthophoto shows it.
+
+    Args:
+        image: uint8 (B, H, W) at the model's GSD.
+        mask: uint8/bool (H, W) reference.
+        factor: integer coarsening (1: unchanged).
+
+    Returns:
+        ``(image uint8 (B, h*factor, w*factor) back at the model's GSD, reference bool
+        (h, w) on the coarse grid)`` with ``h = H // factor`` (the bottom and right
+        remainders are cropped).
+    """
+    if factor == 1:
+        return image, mask > 0
+    import torch
+    import torch.nn.functional as F
+    b, hh, ww = image.shape
+    h, w = hh // factor, ww // factor
+    img = image[:, :h * factor, :w * factor].astype(np.float32)
+    small = img.reshape(b, h, factor, w, factor).mean((2, 4))
+    up = F.interpolate(torch.from_numpy(small)[None], size=(h * factor, w * factor),
+                       mode="bilinear", align_corners=False)[0].numpy()
+    ref = (mask[:h * factor, :w * factor] > 0).reshape(h, factor, w, factor).mean((1, 3))
+    return np.clip(np.round(up), 0, 255).astype(np.uint8), ref >= 0.5
+
+
+def to_coarse(pred: np.ndarray, factor: int) -> np.ndarray:
+    """A bool (H, W) prediction at the model's GSD on the coarse grid (majority of each
+    ``factor`` x ``factor`` block), as polygons are rasterised on the coarse grid."""
+    if factor == 1:
+        return pred
+    h, w = pred.shape[0] // factor, pred.shape[1] // factor
+    return pred[:h * factor, :w * factor].reshape(h, factor, w, factor).mean((1, 3)) >= 0.5
+
+
+def predict(engine: Engine, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Probabilities float32 (N, 1 + classes, H, W) of uint8 tiles (B, H, W), H and W
+    multiples of 32 (the fused channels only, for an ensemble)."""
+    n_out = engine.card.num_outputs
+    return np.concatenate([engine.predict_raw(im[None])[:, :n_out] for im in images])
+
+
+def pad32(image: np.ndarray) -> np.ndarray:
+    """Reflect-pad a (B, H, W) tile at the bottom and right to multiples of 32."""
+    b, h, w = image.shape
+    ph, pw = -h % 32, -w % 32
+    return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect") if ph or pw else image
+
+
+def score(probs: np.ndarray, mask: np.ndarray, pp: Dict[str, float], gsd_m: float,
+          n_classes: int, factor: int) -> Counts:
+    """Counts of one tile's post-processed prediction (class 1) against its reference
+    (``mask`` on the coarse grid when ``factor > 1``)."""
+    px = gsd_m * gsd_m
+    cm = clean_masks(class_map(probs, pp["threshold"]), n_classes,
+                     int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
+    pred = to_coarse(cm == 1, factor)
+    return compare(pred[:mask.shape[0], :mask.shape[1]], mask)
+
+
+def spread(values: List[float]) -> Dict[str, Any]:
+    """``{mean, std, min, max, folds}`` of per-fold values (population std)."""
+    v = np.asarray(values, float)
+    return {"mean": round(float(np.nanmean(v)), 4), "std": round(float(np.nanstd(v)), 4),
+            "min": round(float(np.nanmin(v)), 4), "max": round(float(np.nanmax(v)), 4),
+            "folds": [round(float(x), 4) for x in v]}
+
+
+def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
+                   train_missing: bool = False, configs_dir: Optional[Path] = None
+                   ) -> Dict[str, Any]:
+    """Out-of-fold predictions, the post-processing chosen on them, and per-fold
+    figures at each GSD of :data:`FACTORS` (see the module docstring).
+
+    Returns:
+        ``{"id", "folds", "postprocess": {threshold, min_area_m2, max_hole_m2},
+        "tiles_per_fold", "gsd": {"0.1": {"pixel_iou": spread, "object_f1": spread,
+        "pooled": summary}, ...}}``.
+
+    Raises:
+        FileNotFoundError: fold models missing (without ``train_missing``) or no data.
+    """
+    configs_dir = configs_dir or (REPO / "models" / "configs")
+    tiles = pvdata.list_tiles("train")
+    splits = pvdata.cv_folds(tiles, folds)
+    oof: Dict[int, List] = {f: [] for f in FACTORS}  # factor -> [(fold, probs, ref)]
+    gsd_m, n_classes = None, None
+    for k, (_, val) in enumerate(splits):
+        engine = fold_engine(config, work, k, folds, train_missing, configs_dir)
+        gsd_m, n_classes = engine.card.gsd_m, len(engine.card.classes)
+        for t in val:
+            img, mask = t.read()
+            for f in FACTORS:
+                im, ref = coarsen(img, mask, f)
+                h, w = im.shape[1:]
+                p = predict(engine, [pad32(im)])[0][:, :h, :w]
+                oof[f].append((k, p, ref))
+        print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
+    fine = oof[1]
+    pp = choose_postprocess(np.stack([p for _, p, _ in fine]),
+                            np.stack([r.astype(np.uint8) for _, _, r in fine]),
+                            gsd_m, n_classes)
+    chosen = {k: pp[k] for k in ("threshold", "min_area_m2", "max_hole_m2")}
+    out: Dict[str, Any] = {"id": config["id"], "folds": folds, "postprocess": chosen,
+                           "tiles_per_fold": [len(v) for _, v in splits],
+                           "sites_per_fold": [len(pvdata.clusters(v)) for _, v in splits],
+                           "gsd": {}}
+    for f in FACTORS:
+        per_fold = [Counts() for _ in range(folds)]
+        pooled = Counts()
+        for k, p, ref in oof[f]:
+            c = score(p, ref, chosen, gsd_m, n_classes, f)
+            per_fold[k].add(c)
+            pooled.add(c)
+        sums = [c.summary() for c in per_fold]
+        out["gsd"][f"{gsd_m * f:.1f}"] = {
+            "pixel_iou": spread([s["pixel_iou"] for s in sums]),
+            "object_f1": spread([s["object_f1"] for s in sums]),
+            "pooled": {k: (round(v, 4) if isinstance(v, float) else v)
+                       for k, v in pooled.summary().items()}}
+    return out
+
+
+def markdown(r: Dict[str, Any]) -> str:
+    """A Markdown table of :func:`cross_validate`'s result."""
+    pp = r["postprocess"]
+    lines = [f"# Cross-validation of {r['id']}", "",
+             f"{r['folds']} leave-cluster-out folds of the pv01 train split "
+             f"({r['tiles_per_fold']} validation tiles from {r['sites_per_fold']} sites); "
+             f"post-processing chosen on the pooled out-of-fold predictions at 0.1 m: "
+             f"threshold {pp['threshold']}, minimum area {pp['min_area_m2']} m², holes "
+             f"up to {pp['max_hole_m2']} m² filled.", "",
+             "| GSD | pixel IoU mean ± std (folds) | object F1 mean ± std (folds) | "
+             "pooled IoU | pooled F1 |", "|---|---|---|---|---|"]
+    for g, v in r["gsd"].items():
+        iou, f1 = v["pixel_iou"], v["object_f1"]
+        lines.append(f"| {g} m | {iou['mean']:.3f} ± {iou['std']:.3f} "
+                     f"({', '.join(f'{x:.3f}' for x in iou['folds'])}) | "
+                     f"{f1['mean']:.3f} ± {f1['std']:.3f} "
+                     f"({', '.join(f'{x:.3f}' for x in f1['folds'])}) | "
+                     f"{v['pooled']['pixel_iou']:.3f} | {v['pooled']['object_f1']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=REPO / "out" / "cv" / "models",
+                    help="where fold models are trained and found")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "cv")
+    ap.add_argument("--train", action="store_true", help="train missing fold models")
+    ap.add_argument("--write-config", action="store_true",
+                    help="store the chosen post-processing and the summary in the config")
+    args = ap.parse_args(argv)
+    config = json.loads(args.config.read_text("utf-8"))
+    r = cross_validate(config, args.work, args.folds, args.train, args.config.parent)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{config['id']}.json").write_text(json.dumps(r, indent=2) + "\n", "utf-8")
+    md = markdown(r)
+    (args.out / f"{config['id']}.md").write_text(md, "utf-8")
+    print(md)
+    if args.write_config:
+        config.update(r["postprocess"])
+        config["cross_validation"] = {g: {"pixel_iou": v["pixel_iou"]["mean"],
+                                          "pixel_iou_std": v["pixel_iou"]["std"],
+                                          "object_f1": v["object_f1"]["mean"],
+                                          "object_f1_std": v["object_f1"]["std"]}
+                                      for g, v in r["gsd"].items()}
+        args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
