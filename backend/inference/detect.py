@@ -26,7 +26,8 @@ import numpy as np
 
 import protocol as P
 from backend.inference.engines import Engine, get_engine
-from backend.inference.postprocess import Detection, class_map, clean_masks, polygonize
+from backend.inference.postprocess import (Detection, class_map, clean_masks, filter_objects,
+                                          polygonize)
 from backend.inference.raster import Grid, WindowReader, open_source, plan_grid, read_ahead
 from backend.inference.tiling import Stitcher, batches, plan_tiling
 from backend.models.card import ModelCard
@@ -76,6 +77,8 @@ class Options:
         simplify_m: polygon simplification tolerance, metres.
         batch_size: tiles per model call.
         orthogonalize: replace near-rectangular polygons by rectangles.
+        min_solidity, min_score: object filters
+            (:func:`backend.inference.postprocess.filter_objects`; the card's).
         tile_size, overlap: tiling in pixels (None: the card's; see
             ``backend.inference.tiling.plan_tiling``). Requests never set them; the
             evaluation of variants does, through ``run_detect``'s ``overrides``.
@@ -87,6 +90,8 @@ class Options:
     simplify_m: float
     batch_size: int = DEFAULT_BATCH_SIZE
     orthogonalize: bool = False
+    min_solidity: float = 0.0
+    min_score: float = 0.0
     tile_size: Optional[int] = None
     overlap: Optional[int] = None
 
@@ -103,7 +108,8 @@ class Options:
                    max_hole_m2=float(card.max_hole_m2),
                    simplify_m=float(pick("simplify_m", card.simplify_m)),
                    batch_size=int(pick("batch_size", DEFAULT_BATCH_SIZE)),
-                   orthogonalize=bool(pick("orthogonalize", card.orthogonalize)))
+                   orthogonalize=bool(pick("orthogonalize", card.orthogonalize)),
+                   min_solidity=float(card.min_solidity), min_score=float(card.min_score))
 
 
 #: Words of the errors that device allocators raise (CUDA via PyTorch, ONNX Runtime).
@@ -265,6 +271,8 @@ def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid: Grid,
     cmap = class_map(class_probs, opts.threshold)
     cmap[~valid] = 0
     cmap = clean_masks(cmap, len(card.classes), *min_sizes_px(opts, grid.transform))
+    cmap = filter_objects(cmap, class_probs, len(card.classes), opts.min_solidity,
+                          opts.min_score)
     dets = polygonize(cmap, class_probs, grid.transform, opts.simplify_m, opts.min_area_m2,
                       member_probs=members, threshold=opts.threshold,
                       ortho=opts.orthogonalize)

@@ -27,6 +27,8 @@ Fields read by the code:
                                  the *train* data, never on held-out)
 ``min_area_m2, max_hole_m2``     smallest object kept, largest hole filled (m²)
 ``simplify_m, orthogonalize``    polygon simplification (m) and rectangle snapping
+``min_solidity, min_score``      objects less solid (area / convex hull area) or less
+                                 confident (mean probability) are dropped; 0 keeps all
 ``weights, onnx``                file names inside the model folder
 ``members, tta, shifts``         ensembles: ``[{"id", "weight"}]`` (:class:`Member`),
                                  test-time augmentations (:data:`TTA_TRANSFORMS`), and a
@@ -377,6 +379,8 @@ class ModelCard(_Record):
     normalize: Optional[Normalization] = _field(_record(Normalization), None)
     max_hole_m2: float = _field(_float, 0.0)
     orthogonalize: bool = _field(_bool, False)
+    min_solidity: float = _field(_float, 0.0)
+    min_score: float = _field(_float, 0.0)
     weights: str = _field(_str, "weights.safetensors")
     onnx: str = _field(_str, "model.onnx")
     members: List[Member] = _field(_list_of(_record(Member)), list)

@@ -73,7 +73,7 @@ from backend.inference.detect import (
     split_probs,
 )
 from backend.inference.engines import Engine, get_engine
-from backend.inference.postprocess import class_map, clean_masks, polygonize
+from backend.inference.postprocess import class_map, clean_masks, filter_objects, polygonize
 from backend.inference.raster import Grid, WindowReader, open_source, plan_grid, read_ahead
 from backend.inference.tiling import batches, plan_tiling, ramp
 from backend.models.card import ModelCard
@@ -585,6 +585,8 @@ class ChunkWorker:
         if touching:
             self.warnings.append(f"chunk {idx}: {touching} object(s) larger than the "
                                  f"largest halo ({max_halo} px) were cut at its edge")
+        owned = filter_objects(owned, class_probs, len(card.classes), opts.min_solidity,
+                               opts.min_score)
         dets = polygonize(owned, class_probs, g.transform, opts.simplify_m, opts.min_area_m2,
                           member_probs=members, threshold=opts.threshold,
                           ortho=opts.orthogonalize, pixel_offset=(win.r0, win.c0))
