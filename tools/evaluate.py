@@ -29,8 +29,12 @@ reference mask:
   orthophotos get (:func:`eval_heldout_at`).
 
 False positives come from the Vienna 2023 orthophoto (Stadt Wien, CC BY 4.0), which has
-no panels: polygons and m² per km² over its north-west quarter (250 m x 250 m, roofs,
-courtyards and the long glass roofs), resampled to the model's 0.1 m GSD.
+no panels: polygons and m² per km² over the whole scene (500 m x 500 m, 0.25 km²: roofs,
+courtyards, gardens and the long glass roofs), resampled to the model's 0.1 m GSD.
+
+Cross-validation figures (leave-cluster-out inside the train split, ``tools.cv``) are
+read from each card, where training stored them; outline complexity is reported as
+vertices per polygon.
 
 Writes ``<out>/metrics.json``, ``<out>/report.md``, ``<out>/pr_calibration.png`` and
 ``<out>/errors.png`` and prints the comparison table.
@@ -50,13 +54,12 @@ from backend.config import REPO, models_dir, vienna_scene
 from backend.inference.detect import run_detect
 from backend.inference.engines import EnsembleEngine, get_engine
 from backend.learning import data as pvdata
+from tools.cv import vertices
 from backend.models.card import ModelCard, write_card
 from backend.models.catalog import list_cards, load_card
 from protocol.metrics import Counts, compare
 from protocol.params import DetectParams, FileSource
 
-#: North-west quarter of the Vienna scene (EPSG:31256 metres): 250 m x 250 m.
-VIENNA_EXTENT = [-1750.0, 338550.0, -1500.0, 338800.0]
 _BINS = 100
 
 
@@ -148,8 +151,10 @@ def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
         in ``_masks`` for error examples).
     """
     import rasterio
+    import shapely
     tiles = pvdata.list_tiles("heldout")
     total, per_tile, rows, masks = Counts(), [], [], []
+    n_vertices = n_polygons = 0
     hist_pos = np.zeros(_BINS, np.int64)
     hist_neg = np.zeros(_BINS, np.int64)
     t0 = time.perf_counter()
@@ -175,6 +180,8 @@ def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
             over = {"max_hole_m2": 0.0}
         res = run_detect(params, [], engine=engine, overrides=over, on_probs=collect)
         pred = rasterize_features(res["features"], ref.shape, transform) > 0
+        n_vertices += sum(vertices(shapely.from_wkt(f["wkt"])) for f in res["features"])
+        n_polygons += len(res["features"])
         c = compare(pred, ref)
         per_tile.append(c)
         total.add(c)
@@ -191,6 +198,8 @@ def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
     s["pr_curve"] = [(round(a, 2), round(b, 4), round(c, 4))
                      for a, b, c in pr_curve(hist_pos, hist_neg)]
     s["seconds"] = round(time.perf_counter() - t0, 2)
+    s["polygons"] = n_polygons
+    s["vertices_per_polygon"] = round(n_vertices / max(n_polygons, 1), 1)
     s["tiles"] = rows
     s["_masks"] = masks
     return s
@@ -253,9 +262,8 @@ def eval_heldout_at(model_id: str, gsd_m: float, engine=None) -> Dict:
 
 
 def eval_vienna(model_id: str, engine=None, extent: Optional[List[float]] = None) -> Dict:
-    """False positives on the panel-free Vienna scene (``extent`` EPSG:31256, default
-    :data:`VIENNA_EXTENT`; ``[]`` for the whole scene)."""
-    extent = VIENNA_EXTENT if extent is None else extent
+    """False positives on the panel-free Vienna scene (``extent`` EPSG:31256 metres,
+    default the whole 500 m x 500 m scene, 0.25 km²)."""
     res = run_detect(DetectParams(FileSource(str(vienna_scene())), model_id,
                                   extent=extent or None), [], engine=engine)
     area = res["stats"]["area_km2"]
@@ -263,7 +271,9 @@ def eval_vienna(model_id: str, engine=None, extent: Optional[List[float]] = None
     return {"area_km2": area, "false_polygons": len(res["features"]),
             "false_polygons_per_km2": round(len(res["features"]) / area, 1),
             "false_m2_per_km2": round(fp_m2 / area, 1), "seconds": res["stats"]["seconds"],
-            "engine": res["stats"]["engine"], "extent": extent or "whole scene"}
+            "engine": res["stats"]["engine"], "extent": extent or "whole scene",
+            "areas_m2": sorted(round(f["area_m2"], 1) for f in res["features"]),
+            "scores": sorted(round(f["score"], 3) for f in res["features"])}
 
 
 def variants(card: ModelCard) -> List[Tuple[str, dict]]:
@@ -356,7 +366,8 @@ def plot_errors(name: str, s: Dict, out_png: Path, n: int = 4) -> None:
 
 
 COLS = ["pixel_iou", "pixel_iou_90ci", "pixel_precision", "pixel_recall", "object_precision",
-        "object_recall", "object_f1", "object_f1_90ci", "false_objects", "missed_objects", "ece"]
+        "object_recall", "object_f1", "object_f1_90ci", "false_objects", "missed_objects", "ece",
+        "vertices_per_polygon"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -420,6 +431,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         lines += [f"| {mid} [{v}] | {c['gsd_m']:g} m | {_fmt(c['pixel_iou'])} | "
                   f"{_fmt(c['object_f1'])} | {_fmt(c['object_f1_90ci'])} |"
                   for mid, v, c in coarse]
+    cv_rows = [(c.id, g, v) for c in cards if c.training and c.training.cross_validation
+               for g, v in c.training.cross_validation.items()]
+    if cv_rows:
+        lines += ["", "Leave-cluster-out cross-validation inside the train split (3 folds, "
+                  "mean ± std over folds; `python -m tools.cv`), where the post-processing "
+                  "was chosen:", "", "| model | GSD | pixel IoU | object F1 |",
+                  "|---|---|---|---|"]
+        lines += [f"| {mid} | {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
+                  f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |"
+                  for mid, g, v in cv_rows]
     table = "\n".join(lines)
     plot_curves([(f"{m} [{v}]", s) for m, v, s, _ in table_rows],
                 args.out / "pr_calibration.png")
@@ -433,8 +454,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "# Held-out evaluation (pv01 held-out split: 12 tiles, 31 panel objects)\n\n"
         "Objects: 8-connected components >= 20 px matched at IoU >= 0.5; intervals: 90 % "
         "bootstrap over tiles; ECE: 10-bin expected calibration error of the fused "
-        "probabilities; Vienna: false polygons per km² on a panel-free 250 m x 250 m "
-        "quarter of the 2023 orthophoto.\n\n" + table +
+        "probabilities; Vienna: false polygons per km² on the whole panel-free 0.25 km² "
+        "scene of the 2023 orthophoto.\n\n" + table +
         "\n\n![precision-recall and calibration](pr_calibration.png)\n\n"
         f"![largest errors of {best[0]} [{best[1]}]](errors.png)\n", "utf-8")
     print(table)

@@ -2,19 +2,23 @@
 
 Usage::
 
-    python -m backend.learning.train models/configs/pv-unet-r18.json [--budget-s 600] [--out DIR]
+    python -m backend.learning.train models/configs/pv-unet-efl0.json [--budget-s 600] [--out DIR]
+    python -m backend.learning.train models/configs/pv-unet-efl0.json --fold 0  # a CV model
     python -m backend.learning.train models/configs/pv-ensemble.json   # an ensemble card
 
 An ensemble config (``"kind": "ensemble"``) trains nothing: it fuses trained members
-and chooses the ensemble's post-processing on their common validation tiles
-(:func:`make_ensemble`).
+and takes the ensemble's post-processing from the config when cross-validation chose it
+there, else chooses it on the members' common validation tiles (:func:`make_ensemble`).
 
 The config (JSON) gives the card fields (id, version, architecture, encoder,
 arch_kwargs, classes, gsd_m, tile_size, overlap, simplify_m) and the training
 hyper-parameters (seed, split_seed, steps, budget_s, batch_size, chip, lr,
 weight_decay, val_fraction, and optionally pretrained, encoder_lr_factor, normalize,
 recipe, appearance, scale_range). With ``steps`` the run is reproducible (same seed, same
-steps, same result on the same software); ``budget_s`` caps the wall-clock time.
+steps, same result on the same software); ``budget_s`` caps the wall-clock time. A config
+that ``tools.cv --write-config`` completed also holds the post-processing
+(:data:`PP_KEYS`) chosen by cross-validation and its figures (``cross_validation``);
+the run then keeps them and only scores them on *val*.
 
 Method: the train split is divided into *fit* and *val* by spatial cluster
 (:func:`backend.learning.data.split_train`); the model (segmentation-models-pytorch,
@@ -44,7 +48,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from backend.config import models_dir, train_threads
-from backend.inference.postprocess import class_map, clean_masks
+from backend.inference.postprocess import class_map, clean_masks, filter_objects
 from backend.learning import data as pvdata
 from backend.learning.augment import (GENERALISE, PLAIN, SCALE_RANGE, augment_batch,
                                       normalize_batch)
@@ -83,6 +87,27 @@ def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
     return np.concatenate(out)
 
 
+#: Post-processing fields of a card that validation or cross-validation choose.
+PP_KEYS = ("threshold", "min_area_m2", "max_hole_m2", "min_solidity", "min_score",
+           "orthogonalize")
+
+
+def score_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float, n_classes: int,
+                      pp: Dict[str, Any]) -> Dict[str, float]:
+    """The :class:`protocol.metrics.Counts` summary of class 1 on validation
+    probabilities (N, C, H, W) and masks (N, H, W) with the post-processing ``pp``
+    (threshold, min_area_m2, max_hole_m2 and optionally min_solidity, min_score)."""
+    px = gsd_m * gsd_m
+    tot = Counts()
+    for p, m in zip(probs, masks):
+        cm = clean_masks(class_map(p, pp["threshold"]), n_classes,
+                         int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
+        cm = filter_objects(cm, p, n_classes, pp.get("min_solidity", 0.0),
+                            pp.get("min_score", 0.0))
+        tot.add(compare(cm == 1, m == 1))
+    return tot.summary()
+
+
 def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
                        n_classes: int) -> Dict[str, Any]:
     """Grid-search threshold / min area / hole size for the best object F1 (then pixel
@@ -92,17 +117,12 @@ def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
         ``{"threshold", "min_area_m2", "max_hole_m2", "val": Counts summary}``.
     """
     best = None
-    px_area = gsd_m * gsd_m
     for thr in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         for min_area_m2 in (0.25, 0.5, 1.0, 2.0, 3.0, 4.0):
             for hole_m2 in (0.0, 0.5):
-                tot = Counts()
-                for p, m in zip(probs, masks):
-                    cm = clean_masks(class_map(p, thr), n_classes,
-                                     int(round(min_area_m2 / px_area)),
-                                     int(round(hole_m2 / px_area)))
-                    tot.add(compare(cm == 1, m == 1))
-                s = tot.summary()
+                s = score_postprocess(probs, masks, gsd_m, n_classes,
+                                      {"threshold": thr, "min_area_m2": min_area_m2,
+                                       "max_hole_m2": hole_m2})
                 key = (s["object_f1"], s["pixel_iou"])
                 if best is None or key > best[0]:
                     best = (key, {"threshold": thr, "min_area_m2": min_area_m2,
@@ -228,20 +248,20 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
                   flush=True)
     train_s = time.time() - t0
     model = model.to("cpu").float().eval()
+    by_cv = "cross_validation" in config  # the post-processing was chosen out of fold
+    pp = {k: config[k] for k in PP_KEYS if k in config} if by_cv else {}
     if val:
         val_a = pvdata.load_arrays(val)
         probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
-        pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
+        if by_cv:
+            pp["val"] = score_postprocess(probs, val_a["masks"], card.gsd_m, n_classes, pp)
+        else:
+            pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
         print(f"val: {json.dumps(pp)}", flush=True)
-    else:  # chosen by cross-validation, given in the config
-        pp = {k: float(config.get(k, card_d[k])) for k in ("threshold", "min_area_m2",
-                                                           "max_hole_m2")}
-        pp["val"] = config.get("cross_validation")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_weights(model.state_dict(), out_dir / "weights.safetensors")
-    card_d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
-                   "max_hole_m2": pp["max_hole_m2"]})
+    card_d.update({k: pp[k] for k in PP_KEYS if k in pp})
     card_d["training"] = {
         "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
                 "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
@@ -250,7 +270,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         "train_seconds": round(train_s, 1), "device": device, "threads": threads,
         "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
         "config": config,
-        ("postprocess_chosen_on_val" if val else "postprocess_chosen_by_cv"): pp["val"],
+        "postprocess_chosen_on_val": pp.get("val") or {},
+        "cross_validation": config.get("cross_validation"),
+        "augmentation": dict(dataclasses.asdict(look), scale_range=list(scale_range)),
     }
     card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
     (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
@@ -305,12 +327,18 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
                    engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
         probs.append(got[0])
         masks.append(t.read()[1])
-    pp = choose_postprocess(np.stack(probs), np.stack(masks), card.gsd_m, len(card.classes))
+    if "cross_validation" in config:  # chosen out of fold (tools.cv); scored on val
+        pp = {k: config[k] for k in PP_KEYS if k in config}
+        pp["val"] = score_postprocess(np.stack(probs), np.stack(masks), card.gsd_m,
+                                      len(card.classes), pp)
+    else:
+        pp = choose_postprocess(np.stack(probs), np.stack(masks), card.gsd_m,
+                                len(card.classes))
     print(f"val: {json.dumps(pp)}", flush=True)
-    d.update({"threshold": pp["threshold"], "min_area_m2": pp["min_area_m2"],
-              "max_hole_m2": pp["max_hole_m2"],
-              "training": {"val_tiles": len(val), "val_names": sorted(names),
-                           "config": config, "postprocess_chosen_on_val": pp["val"]}})
+    d.update({k: pp[k] for k in PP_KEYS if k in pp})
+    d["training"] = {"val_tiles": len(val), "val_names": sorted(names), "config": config,
+                     "postprocess_chosen_on_val": pp["val"],
+                     "cross_validation": config.get("cross_validation")}
     card = ModelCard.from_dict(d, out_dir)
     write_card(card)
     return card

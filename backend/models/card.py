@@ -266,6 +266,10 @@ class TrainingInfo(_Record):
         final_loss: mean loss of the last steps.
         config: the training config file as given.
         postprocess_chosen_on_val: validation metrics at the chosen post-processing.
+        cross_validation: leave-cluster-out cross-validation figures (``tools.cv``) per
+            GSD, when the post-processing was chosen there.
+        fold: the cross-validation fold a fold model was trained for.
+        augmentation: the appearance changes and scale range drawn in training.
     """
 
     val_names: List[str] = _field(_list_of(_str), list)
@@ -285,6 +289,9 @@ class TrainingInfo(_Record):
     final_loss: Optional[float] = _field(_float, None)
     config: Dict[str, Any] = _field(_dict, dict)
     postprocess_chosen_on_val: Dict[str, Any] = _field(_dict, dict)
+    cross_validation: Optional[Dict[str, Any]] = _field(_dict, None)
+    fold: Optional[int] = _field(_int, None)
+    augmentation: Optional[Dict[str, Any]] = _field(_dict, None)
     _doc: Dict[str, Any] = _doc_field()
 
 

