@@ -208,4 +208,4 @@ def test_detect_real_tile_end_to_end(daemon):
                                        fill=0, dtype="uint8") > 0
     iou = (pred & ref).sum() / (pred | ref).sum()
     assert iou > 0.5, f"IoU with the reference mask {iou:.3f}"
-    assert all(0 <= f <= 1 for f in progress)
+    assert progress and all(0 <= f <= 1 for f in progress)

@@ -213,7 +213,13 @@ def unsafe_calls(source: str, name: str = "<src>") -> list:
     ``numpy.load`` with ``allow_pickle`` not literally False. Comments and docstrings
     (which may say "never pickled") are not code and are not flagged."""
     found = []
-    for node in ast.walk(ast.parse(source, name)):
+    tree = ast.parse(source, name)
+    # ``from torch import load`` / ``from torch.serialization import load as f``
+    loaders = {a.asname or a.name for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom)
+               and (node.module or "").split(".")[0] == "torch"
+               for a in node.names if a.name == "load"}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             mods = [a.name.split(".")[0] for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -229,7 +235,7 @@ def unsafe_calls(source: str, name: str = "<src>") -> list:
             continue
         func = ast.unparse(node.func)
         kw = {k.arg: k.value for k in node.keywords if k.arg}
-        if func.endswith("torch.load"):
+        if func.endswith("torch.load") or func in loaders:
             w = kw.get("weights_only")
             if not (isinstance(w, ast.Constant) and w.value is True):
                 found.append(f"{name}:{node.lineno}: torch.load without weights_only=True")
@@ -246,12 +252,15 @@ def unsafe_calls(source: str, name: str = "<src>") -> list:
 def test_scanner_finds_unsafe_deserialisation():
     bad = ("import pickle\nfrom joblib import load\nimport torch, numpy as np\n"
            "torch.load('w.pt')\ntorch.load('w.pt', weights_only=False)\n"
-           "np.load('a.npy', allow_pickle=True)\nnumpy.load('a', allow_pickle=flag)\n")
+           "np.load('a.npy', allow_pickle=True)\nnumpy.load('a', allow_pickle=flag)\n"
+           "from torch import load\nload('w.pt')\n"
+           "from torch.serialization import load as tl\ntl('w.pt', weights_only=False)\n")
     good = ('"""Nothing is ever pickled."""\n# import pickle\nimport torch, numpy as np\n'
             "torch.load('w.pt', weights_only=True)\nnp.load('a.npy')\n"
-            "np.load('a.npy', allow_pickle=False)\n")
+            "np.load('a.npy', allow_pickle=False)\n"
+            "from torch import load as tl\ntl('w.pt', weights_only=True)\n")
     found = unsafe_calls(bad)
-    assert len(found) == 6, found
+    assert len(found) == 8, found
     assert unsafe_calls(good) == []
 
 

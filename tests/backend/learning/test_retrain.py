@@ -392,8 +392,8 @@ def test_loop_pv01_corrections_on_a_measured_on_b(loop):
             assert pv["model_after"] == pv["model_before"] and r["reason"]
             assert pv["b_after"] == pv["b_before"]
     pv = loop["pv01"]
-    assert all(f["model"] == pv["model_after"] for v in loop["_features_b"]["after"].values()
-               for f in v)
+    after = [f for v in loop["_features_b"]["after"].values() for f in v]
+    assert after and all(f["model"] == pv["model_after"] for f in after)
     # Done when: the object F1 on held-out areas the corrections never covered improves
     # measurably (pooled over both folds: all 31 held-out panels, each measured by a
     # retrain that never saw its cluster), with fewer object errors

@@ -55,7 +55,7 @@ class _FakeClient:
 
 
 @pytest.fixture
-def plugin_with_result(vienna_layer, tmp_path, qgis_iface, monkeypatch):
+def plugin_with_result(vienna_layer, tmp_path, qgis_iface):
     """The plugin, loaded, with one finished detection (a 20 m extent of Vienna)."""
     import plugin
     from plugin import tasks
@@ -63,14 +63,16 @@ def plugin_with_result(vienna_layer, tmp_path, qgis_iface, monkeypatch):
     from plugin.detect.task import DetectTask
     from plugin.settings import DaemonSettings
 
-    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
-    plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
-    settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
-    task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
-    ok = task.run()
-    task.finished(ok)
+    # only the detection talks to the fake; the retrain task must reach the real (test)
+    # daemon, and every other fixture's patches (the user folder) must stay in place
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
+        plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
+        settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
+        task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
+        ok = task.run()
+        task.finished(ok)
     assert ok and task.layer is not None, task.error
-    monkeypatch.undo()  # the retrain task must reach the real (test) daemon
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     p._detect_done(task)
