@@ -100,16 +100,17 @@ def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
 
 
 def test_heldout_accuracy_of_shipped_model():
-    """The shipped model on the 12 held-out tiles, through the product pipeline.
-
-    Floors sit below the figures in the model card (build.py eval) and above the
-    anchor of DEVELOPERS.md (object F1 0.58): a regression in model, stitching or
-    post-processing fails here.
+    """The shipped model on the 12 held-out tiles, through the product pipeline,
+    reproduces the figures its card states (``build.py eval --write-cards``): inference
+    is deterministic, so the slack only covers engines (ONNX Runtime, PyTorch) rounding
+    differently. A regression in model, stitching or post-processing fails here, and so
+    does a card that claims more than the model gives.
     """
+    card = load_card(MODEL).heldout_metrics
     s = eval_heldout(MODEL)
-    assert s["pixel_iou"] > 0.70, s
-    assert s["object_f1"] > 0.60, s
-    assert s["objects_true"] >= 25
+    assert s["objects_true"] == card["objects_true"] == 31
+    assert s["pixel_iou"] >= card["pixel_iou"] - 0.005, (s["pixel_iou"], card["pixel_iou"])
+    assert s["object_f1"] >= card["object_f1"] - 0.02, (s["object_f1"], card["object_f1"])
 
 
 def test_detect_polygons_overlap_reference_and_carry_attributes():
