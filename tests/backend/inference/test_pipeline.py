@@ -245,6 +245,13 @@ def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
         shutil.copy(card.weights_path, bad / "weights.safetensors")
     (bad / broken).write_bytes(b"\x00garbage" * 100)
     monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
+    if broken == "model.onnx":
+        # the engine that reads the broken file, whatever the machine: on a GPU machine
+        # detection would otherwise run PyTorch on the intact weights
+        from backend.inference import engines
+        monkeypatch.setattr(engines, "cuda_available", lambda: False)
+        with pytest.raises(P.ModelCorrupt, match="cannot be loaded"):
+            engines.OnnxEngine(load_card(MODEL))
     req = {"v": 1, "id": "m", "type": "detect", "model": MODEL,
            "source": {"kind": "file", "path": str(VIENNA)},
            "extent": [-1600, 338500, -1590, 338510]}
