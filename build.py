@@ -235,6 +235,9 @@ TASKS = {
                    "daemon; prints polygons per class, writes out/demo/*.gpkg and *.png"),
     "test": (test, "setup + the whole test suite (protocol, backend, tools, plugin)"),
     "train": (train, "train member(s) from config files (default: every models/configs/*.json)"),
+    "cv": (tool(VENV_BACKEND, "-m", "tools.cv"), "leave-cluster-out cross-validation of a config "
+                                                  "inside the train split: CONFIG [--train] "
+                                                  "[--write-config] (out/cv/)"),
     "eval": (tool(VENV_BACKEND, "-m", "tools.evaluate"), "held-out accuracy of the shipped models (JSON + Markdown)"),
     "retrain-eval": (tool(VENV_BACKEND, "-m", "tools.retrain_eval"), "the retrain loop on real data without a person: "
                                    "before/after numbers, rollback"),
