@@ -369,6 +369,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--train", action="store_true", help="train missing fold models")
     ap.add_argument("--write-config", action="store_true",
                     help="store the chosen post-processing and the summary in the config")
+    ap.add_argument("--card", type=Path, default=None,
+                    help="with --write-config: also give this trained model folder "
+                         "(its weights do not depend on the post-processing) the choice")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     r = cross_validate(config, args.work, args.folds, args.train, args.config.parent)
@@ -385,7 +388,34 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           "object_f1_std": v["object_f1"]["std"]}
                                       for g, v in r["gsd"].items()}
         args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+        if args.card:
+            apply_to_card(config, args.card)
     return 0
+
+
+def apply_to_card(config: Dict[str, Any], folder: Path) -> None:
+    """Give a model trained from ``config`` (``folder/card.json``) the post-processing
+    and cross-validation figures that ``config`` now holds, and score them on the
+    model's own validation tiles, as a training run from the completed config would.
+
+    Raises:
+        FileNotFoundError: no card in ``folder``.
+    """
+    from backend.learning.train import PP_KEYS, score_postprocess
+    d = json.loads((folder / "card.json").read_text("utf-8"))
+    d.update({k: config[k] for k in PP_KEYS if k in config})
+    t = d.setdefault("training", {})
+    t["config"] = config
+    t["cross_validation"] = config["cross_validation"]
+    val = [x for x in pvdata.list_tiles("train") if x.name in set(t.get("val_names", []))]
+    if val and d.get("kind") != "ensemble":
+        card = ModelCard.from_dict(d, folder)
+        arr = pvdata.load_arrays(val)
+        probs = predict(TorchEngine(card), list(arr["images"]))
+        t["postprocess_chosen_on_val"] = score_postprocess(
+            probs, arr["masks"], card.gsd_m, len(card.classes),
+            {k: d[k] for k in PP_KEYS if k in d})
+    (folder / "card.json").write_text(json.dumps(d, indent=2) + "\n", "utf-8")
 
 
 if __name__ == "__main__":
