@@ -93,7 +93,8 @@ def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
         "id": config["id"], "version": config.get("version", "0"), "kind": "ensemble",
         "members": config["members"], "tta": config.get("tta", ["identity"]),
         "classes": [c.to_dict() for c in first.classes], "bands": first.bands,
-        "gsd_m": first.gsd_m, "tile_size": first.tile_size, "overlap": first.overlap})
+        "gsd_m": first.gsd_m, "tile_size": first.tile_size, "overlap": first.overlap,
+        "threshold": 0.5, "min_area_m2": 0.0, "simplify_m": first.simplify_m})
     return EnsembleEngine(card, members)
 
 
