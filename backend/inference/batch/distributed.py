@@ -18,7 +18,7 @@ Which cluster:
   path, the models (``ORTHOLENS_MODELS``) and the raster at the path the job names
   (a shared file system, or the same copy on each node);
 * otherwise a local cluster is started for the job (``ray.init(num_cpus=...)``,
-  ``ORTHOLENS_RAY_CPUS``, default all cores) and shut down afterwards.
+  ``ORTHOLENS_RAY_CPUS``, default all cores) on 127.0.0.1 only, and shut down afterwards.
 
 Workers: ``ORTHOLENS_RAY_WORKERS`` actors (default: the cluster's CPUs divided by
 ``ORTHOLENS_RAY_CPUS_PER_WORKER``, default 1), each with that many inference threads.
@@ -86,6 +86,22 @@ def _runtime_env() -> Dict[str, Any]:
     return {"env_vars": env}
 
 
+def _single_node_mode(ray) -> None:
+    """Make the cluster this process starts a single-node one on 127.0.0.1.
+
+    ``ray.init`` turns a loopback ``_node_ip_address`` into the machine's network address;
+    only Ray's single-node mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's own
+    default on macOS and Windows) keeps the node on the loopback address. Ray reads that
+    variable once, into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``, when it is
+    first imported, so an already imported Ray is told through that constant too; the
+    processes the cluster starts inherit the variable.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
     """Connect to ``address`` / ``RAY_ADDRESS`` or start a local cluster, unless Ray is
     already initialised in this process. Returns True when this call started it."""
@@ -100,7 +116,8 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
         ray.init(address=address, **kwargs)
     else:
         cpus = num_cpus or int(os.environ.get("ORTHOLENS_RAY_CPUS", 0)) or os.cpu_count() or 1
-        log.info("starting a local Ray cluster with %d CPUs", cpus)
+        log.info("starting a local Ray cluster with %d CPUs on 127.0.0.1", cpus)
+        _single_node_mode(ray)
         ray.init(num_cpus=cpus, **kwargs)
     return True
 

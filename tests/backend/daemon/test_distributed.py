@@ -46,3 +46,145 @@ def test_ray_executor_equals_single_machine(pv01_vrt, tmp_path, local_ray):  # n
     assert sorted(chunks_ray) == sorted(chunks_local)  # same owners
     ref = run_detect({"source": req["source"], "model": MODEL}, [])
     assert got_ray == polygon_set(ref["features"])
+
+
+def _descendants(pid: int) -> list:
+    """Process ids below ``pid`` (Linux ``/proc``)."""
+    import os
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def _listening(pids) -> list:
+    """``(pid, ip, port)`` of the TCP sockets ``pids`` listen on (Linux ``/proc``: the
+    socket inodes of each process's descriptors, matched in ``/proc/net/tcp{,6}``)."""
+    import ipaddress
+    import os
+    listen = {}
+    for name, fam in (("tcp", 4), ("tcp6", 6)):
+        with open(f"/proc/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] != "0A":  # LISTEN
+                    continue
+                hexip, hexport = cols[1].split(":")
+                raw = bytes.fromhex(hexip)
+                # /proc prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                listen[cols[9]] = (str(ipaddress.ip_address(raw)), int(hexport, 16))
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = target[8:-1]
+                if inode in listen:
+                    out.append((pid, *listen[inode]))
+    return out
+
+
+#: Ray 2.60's GCS server and raylet bind their gRPC ports to every interface whatever
+#: ``--node-ip-address`` says (ray-project/ray#7418, #59852); what guards them is Ray's
+#: token authentication, on by default for local clusters since Ray 2.59.
+_RAY_ANY_ADDRESS = ("gcs_server", "raylet")
+
+
+def _exe(pid: int) -> str:
+    import os
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return "?"
+
+
+def _open_listeners(pids) -> list:
+    """Listeners of ``pids`` on a non-loopback address, except the known Ray ones."""
+    import ipaddress
+
+    def loopback(ip: str) -> bool:
+        a = ipaddress.ip_address(ip)
+        mapped = getattr(a, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return a.is_loopback or bool(mapped and mapped.is_loopback)
+
+    return [(pid, _exe(pid), ip, port) for pid, ip, port in _listening(pids)
+            if not loopback(ip) and _exe(pid) not in _RAY_ANY_ADDRESS]
+
+
+def test_local_cluster_listens_on_loopback_only(local_ray):
+    """The cluster a batch job starts for itself serves this process only: its node is
+    127.0.0.1 and every socket its processes listen on is on the loopback interface,
+    but for the GCS and raylet ports that Ray binds everywhere (:data:`_RAY_ANY_ADDRESS`,
+    token-protected: see the next test)."""
+    import os
+    nodes = ray.nodes()
+    assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+    pids = _descendants(os.getpid())
+    assert _listening(pids), "no listening socket found: the check would prove nothing"
+    assert _open_listeners(pids) == []
+
+
+_DRIVER = ("import ray, sys\n"
+           "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+           "print('CPU', ray.cluster_resources().get('CPU'))\n")
+
+
+def test_cluster_head_on_loopback_with_a_token(tmp_path):
+    """A cluster started for batch jobs as the README says (``ray start --head
+    --node-ip-address=127.0.0.1`` with ``RAY_AUTH_MODE=token``) listens on 127.0.0.1
+    (but for the ports Ray binds everywhere), and admits a driver with its token and no
+    driver with another one: the token is what guards those ports."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    from pathlib import Path
+    from tools.common import free_port
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = free_port()
+    token = secrets.token_hex(16)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, HOME=str(tmp_path),
+               RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"ray-{port}"  # short: socket paths have a length limit
+    head = subprocess.run(
+        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}",
+         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        pids = [int(p) for p in subprocess.run(
+            ["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()]
+        socks = _listening(pids)
+        assert any(p == port for _, _, p in socks), socks
+        assert _open_listeners(pids) == []
+        address = f"127.0.0.1:{port}"
+        ok = subprocess.run([sys.executable, "-c", _DRIVER, address], env=env,
+                            capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and "CPU 1.0" in ok.stdout, ok.stderr[-2000:]
+        bad = subprocess.run([sys.executable, "-c", _DRIVER, address],
+                             env=dict(env, RAY_AUTH_TOKEN=secrets.token_hex(16)),
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "CPU 1.0" not in bad.stdout
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
