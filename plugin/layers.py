@@ -76,7 +76,7 @@ def default_result_path(stem: str, project: Optional[QgsProject] = None,
     """A new, unique ``.gpkg`` path for a result.
 
     Args:
-        stem: words for the file name (made file-safe), e.g. ``"ortho_pv-unet-r18"``.
+        stem: words for the file name (made file-safe), e.g. ``"ortho_pv-unet-efl0"``.
         project: the project (default ``QgsProject.instance()``). When it is saved to
             a file, the result goes into its home folder; otherwise into
             ``<QGIS profile>/ortholens/results/`` (created if needed).

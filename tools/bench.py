@@ -5,7 +5,7 @@ Usage::
     python -m tools.bench [--models ID ...] [--raster PATH] [--out out/bench.json]
                           [--no-client] [--repeat 3]
 
-For each model (a member or an ensemble card, e.g. ``pv-unet-r18``; default: the
+For each model (a member or an ensemble card, e.g. ``pv-unet-efl0``; default: the
 catalog's CPU default model) on the same raster (default: the real Vienna 2023
 orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 

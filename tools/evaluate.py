@@ -299,6 +299,10 @@ def write_cards(results: Dict[str, Dict]) -> None:
         changes = {"heldout_metrics": {k: v for k, v in main["heldout"].items()
                                        if k not in ("tiles", "_masks", "pr_curve",
                                                     "reliability")}}
+        if main.get("coarser"):
+            changes["heldout_metrics"]["coarser"] = [
+                {k: c[k] for k in ("gsd_m", "pixel_iou", "object_f1", "object_f1_90ci")}
+                for c in main["coarser"]]
         if "vienna" in main:
             changes["vienna_false_positives"] = main["vienna"]
         write_card(card.updated(changes))

@@ -12,8 +12,8 @@ immutable *version* stored under the user model folder (:func:`user_models_dir`:
     <root>/<base id>/active.json             {"active": "<model id>"}: the version in use
     <root>/mlruns/                           MLflow file-store layout of every retrain run
 
-Ids: the shipped model keeps its id (``pv-unet-r18``, version number 0 of its lineage);
-user versions are ``<base>@<n>`` (``pv-unet-r18@1``, ``pv-unet-r18@2``, ...), numbered
+Ids: the shipped model keeps its id (``pv-unet-efl0``, version number 0 of its lineage);
+user versions are ``<base>@<n>`` (``pv-unet-efl0@1``, ``pv-unet-efl0@2``, ...), numbered
 in creation order. :func:`backend.models.catalog.load_card` and ``list_cards`` resolve them
 like shipped ids, and every result polygon carries the id it was detected with.
 
@@ -66,7 +66,7 @@ def user_models_dir() -> Path:
 
 
 def split_id(model_id: str) -> Tuple[str, int]:
-    """``"pv-unet-r18@2"`` -> ``("pv-unet-r18", 2)``; a shipped id gives number 0.
+    """``"pv-unet-efl0@2"`` -> ``("pv-unet-efl0", 2)``; a shipped id gives number 0.
 
     Raises:
         VersionError: a malformed version suffix.
@@ -217,7 +217,7 @@ def rollback(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
     """Make the parent of the active version of ``model_id``'s lineage active.
 
     Args:
-        model_id: any id of the lineage (``pv-unet-r18`` or ``pv-unet-r18@3``).
+        model_id: any id of the lineage (``pv-unet-efl0`` or ``pv-unet-efl0@3``).
 
     Returns:
         :func:`describe` of the lineage afterwards (``active`` is the parent).

@@ -21,7 +21,7 @@ RETRAIN_ACTION = "OrtholensRetrainAction"
 
 
 def base_id(model_id: str) -> str:
-    """``pv-unet-r18@3`` -> ``pv-unet-r18``."""
+    """``pv-unet-efl0@3`` -> ``pv-unet-efl0``."""
     return str(model_id).split("@", 1)[0]
 
 

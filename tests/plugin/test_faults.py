@@ -16,7 +16,7 @@ from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
 
 from conftest import REPO
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
 GSD_WARNING = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is "

@@ -30,9 +30,9 @@ def fake_result():
     crs = QgsCoordinateReferenceSystem("EPSG:32651").toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
     feats = [
         {"wkt": square(X0, Y0, 2.0), "class": "photovoltaic", "class_id": 1, "score": 0.91,
-         "agreement": 1.0, "area_m2": 4.0, "model": "pv-unet-r18", "model_version": "1.0.0"},
+         "agreement": 1.0, "area_m2": 4.0, "model": "pv-unet-efl0", "model_version": "1.0.0"},
         {"wkt": "MULTIPOLYGON(((%s)))" % square(X0 + 5, Y0, 3.0)[9:-2], "class": "photovoltaic",
-         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0, "model": "pv-unet-r18",
+         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0, "model": "pv-unet-efl0",
          "model_version": "1.0.0"},
     ]
     return {"crs": crs, "features": feats, "stats": {"seconds": 0.1}}
@@ -117,7 +117,7 @@ def test_bad_results_raise_clear_errors(tmp_path):
 
 def test_default_result_path(tmp_path, qgis_new_project):
     project = QgsProject.instance()
-    p1 = Path(default_result_path("ortho / pv-unet-r18"))
+    p1 = Path(default_result_path("ortho / pv-unet-efl0"))
     assert p1.suffix == ".gpkg" and not p1.exists()
     assert str(p1).startswith(str(Path(QgsApplication.qgisSettingsDirPath()).resolve()))
     assert p1.parent.name == "results" and " " not in p1.name and "/" not in p1.stem

@@ -71,14 +71,14 @@ def test_dock_models_fill_defaults(qgis_iface):
     dock = OrtholensDock(qgis_iface.mainWindow())
     try:
         assert dock.options() == {}  # no card: the daemon's defaults apply
-        cards = [{"id": "pv-unet-r18", "version": "1.0.0", "gsd_m": 0.1, "threshold": 0.35,
+        cards = [{"id": "pv-unet-efl0", "version": "1.0.0", "gsd_m": 0.1, "threshold": 0.35,
                   "min_area_m2": 2.0, "architecture": "Unet", "encoder": "resnet18",
                   "classes": [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]}]
         dock.set_models(cards)
         assert dock.model_combo.count() == 1
-        assert "pv-unet-r18" in dock.model_combo.itemText(0)
+        assert "pv-unet-efl0" in dock.model_combo.itemText(0)
         assert "photovoltaic" in dock.model_combo.itemText(0)
-        assert dock.current_model_id() == "pv-unet-r18"
+        assert dock.current_model_id() == "pv-unet-efl0"
         # the card's values are shown, and not sent: the daemon applies the card's own
         assert dock.threshold_spin.value() == 0.35 and dock.min_area_spin.value() == 2.0
         assert dock.options() == {}
@@ -93,8 +93,8 @@ def test_dock_models_fill_defaults(qgis_iface):
         dock.min_area_spin.setValue(3.0)
         assert dock.options() == {"min_area_m2": 3.0}
         # another model shows its own values again
-        dock.set_models(cards + [dict(cards[0], id="pv-fpn-r18", threshold=0.45)])
-        dock.model_combo.setCurrentIndex(dock.model_combo.findData("pv-fpn-r18"))
+        dock.set_models(cards + [dict(cards[0], id="pv-fpn-efl0", threshold=0.45)])
+        dock.model_combo.setCurrentIndex(dock.model_combo.findData("pv-fpn-efl0"))
         assert dock.threshold_spin.value() == 0.45 and dock.options() == {}
         dock.set_busy(True)
         assert dock.cancel_button.isEnabled() and not dock.detect_button.isEnabled()
@@ -105,12 +105,12 @@ def test_dock_models_fill_defaults(qgis_iface):
 
 def test_model_selector_describes_members_and_ensembles():
     from plugin.dock import describe_card
-    single = {"id": "pv-unet-r18", "architecture": "Unet", "encoder": "resnet18", "gsd_m": 0.1}
+    single = {"id": "pv-unet-efl0", "architecture": "Unet", "encoder": "resnet18", "gsd_m": 0.1}
     ens = {"id": "pv-ensemble", "kind": "ensemble", "gsd_m": 0.1, "shifts": True,
            "tta": ["identity", "hflip", "vflip", "rot90"],
-           "members": [{"id": "pv-unet-r18"}, {"id": "pv-fpn-r18"}]}
+           "members": [{"id": "pv-unet-efl0"}, {"id": "pv-fpn-efl0"}]}
     assert describe_card(single) == "Unet resnet18, 0.1 m/pixel"
-    assert describe_card(ens) == ("Ensemble of pv-unet-r18, pv-fpn-r18; 4 test-time "
+    assert describe_card(ens) == ("Ensemble of pv-unet-efl0, pv-fpn-efl0; 4 test-time "
                                   "augmentations, shifted tilings, 0.1 m/pixel")
 
 
@@ -118,7 +118,7 @@ def test_model_selector_starts_on_the_daemons_default(qgis_iface):
     """With no earlier choice, the dock selects the card the daemon flags as default."""
     from plugin.dock import OrtholensDock
     dock = OrtholensDock()
-    dock.set_models([{"id": "pv-dlv3p-r18", "gsd_m": 0.1},
+    dock.set_models([{"id": "pv-dlv3p-efl0", "gsd_m": 0.1},
                      {"id": "pv-ensemble", "kind": "ensemble", "gsd_m": 0.1},
-                     {"id": "pv-unet-r18", "gsd_m": 0.1, "default": True}])
-    assert dock.current_model_id() == "pv-unet-r18"
+                     {"id": "pv-unet-efl0", "gsd_m": 0.1, "default": True}])
+    assert dock.current_model_id() == "pv-unet-efl0"

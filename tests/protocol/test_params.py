@@ -15,7 +15,7 @@ PIX = PixelSource("EPSG:31256", (0.1, 0.0, -1600.0, 0.0, -0.1, 338500.0), nodata
 
 
 def test_detect_params_round_trip_through_a_validated_header():
-    params = DetectParams(source=FILE, model="pv-unet-r18", extent=[1, 2, 3, 4],
+    params = DetectParams(source=FILE, model="pv-unet-efl0", extent=[1, 2, 3, 4],
                           extent_crs="EPSG:31256", threshold=0.4, bands=[3, 2, 1])
     header = params.to_header(token="secret", request_id="r1")
     assert header["type"] == "detect" and header["id"] == "r1"

@@ -26,7 +26,7 @@ def test_round_trip_with_arrays():
               np.asfortranarray(np.arange(-6, 6, dtype=np.int16).reshape(3, 4))]
     header = P.request("detect", source={"kind": "pixels", "crs": "EPSG:2056",
                                          "transform": [0.1, 0, 2600000, 0, -0.1, 1200000]},
-                       model="pv-unet-r18", extent=[0, 0, 1, 1], threshold=0.5)
+                       model="pv-unet-efl0", extent=[0, 0, 1, 1], threshold=0.5)
     frames = P.encode(header, arrays)
     assert len(frames) == 1 + len(arrays)
     got, got_arrays = P.decode([bytes(f) for f in frames])

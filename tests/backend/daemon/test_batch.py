@@ -26,7 +26,7 @@ VIENNA = DATA / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 PV01 = DATA / "pv01" / "heldout"
 PV01_BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
               "PV01_325192_1204249"]
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 #: 120 m x 120 m of Vienna = 1200 x 1200 px at the model's 0.1 m (9 tiles).
 VIENNA_EXTENT = [-1620.0, 338480.0, -1500.0, 338600.0]
 

@@ -188,7 +188,7 @@ def test_detect_real_tile_end_to_end(daemon):
     progress = []
     with OrtholensClient(daemon[0], timeout_s=10) as c:
         res = c.detect(DetectParams(source={"kind": "file", "path": str(image)},
-                                    model="pv-unet-r18"),
+                                    model="pv-unet-efl0"),
                        on_progress=lambda f, m: progress.append(f), job_timeout_s=300)
     assert res["type"] == "result" and isinstance(res["crs"], str) and res["crs"]
     feats = res["features"]
@@ -196,7 +196,7 @@ def test_detect_real_tile_end_to_end(daemon):
     for f in feats:
         assert f["class"] == "photovoltaic" and f["class_id"] == 1
         assert 0 < f["score"] <= 1 and f["area_m2"] > 0
-        assert f["model"] == "pv-unet-r18" and f["model_version"]
+        assert f["model"] == "pv-unet-efl0" and f["model_version"]
     with rasterio.open(image) as src:
         shape, transform = (src.height, src.width), src.transform
         assert CRS.from_user_input(res["crs"]) == src.crs

@@ -50,7 +50,7 @@ def test_client_notices_a_killed_daemon_within_seconds(tmp_path, get_free_port):
             with pytest.raises(DaemonUnavailable, match="stopped answering") as ei:
                 # 200 m x 200 m at 0.1 m: a job of many seconds on a CPU
                 c.detect(DetectParams(source={"kind": "file", "path": str(VIENNA)},
-                                      model="pv-unet-r18",
+                                      model="pv-unet-efl0",
                                       extent=[-1700, 338300, -1500, 338500]),
                          on_progress=on_progress, job_timeout_s=600, liveness_s=1.0)
             took = time.monotonic() - killed[0]

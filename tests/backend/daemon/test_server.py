@@ -3,6 +3,8 @@ concurrency, and protocol.client against it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import threading
 import time
@@ -515,12 +517,15 @@ def test_models_mark_one_default_per_device(monkeypatch):
     from backend.models.catalog import default_model_id, list_cards
     cards = list_cards()
     ids = [c.id for c in cards]
-    assert default_model_id(cards, cuda=False) == "pv-unet-r18"
+    assert default_model_id(cards, cuda=False) == "pv-unet-efl0"
     assert default_model_id(cards, cuda=True) == ("pv-ensemble" if "pv-ensemble" in ids
                                                   else ids[0])
-    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "pv-fpn-r18")
-    assert default_model_id(cards, cuda=False) == "pv-fpn-r18"
+    other = dataclasses.replace(cards[0], id="pv-other")
+    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "pv-other")
+    assert default_model_id(cards + [other], cuda=False) == "pv-other"
+    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "no-such-model")  # ignored
+    assert default_model_id(cards + [other], cuda=False) == "pv-unet-efl0"
     monkeypatch.delenv("ORTHOLENS_DEFAULT_MODEL")
     with running() as (server, _), OrtholensClient(server.endpoint) as c:
         flagged = [m["id"] for m in c.models() if m.get("default")]
-    assert flagged == ["pv-unet-r18"]
+    assert flagged == ["pv-unet-efl0"]

@@ -18,7 +18,7 @@ from backend.models.catalog import load_card
 from protocol.errors import ModelCorrupt
 
 VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 
 
 class PixelEngine:

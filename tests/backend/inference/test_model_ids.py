@@ -13,7 +13,7 @@ from backend.config import models_dir
 from backend.models.catalog import load_card
 from protocol.errors import ModelNotFound, VersionError
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 
 
 @pytest.fixture

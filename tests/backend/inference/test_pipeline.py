@@ -24,7 +24,7 @@ from backend.inference.raster import WindowReader, plan_grid
 from backend.models.catalog import load_card
 import protocol as P
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 ATLANTA = data_dir() / "spacenet-atlanta" / "sample_geotiff.tif"
 HELDOUT = pv01_dir() / "heldout"
@@ -262,9 +262,10 @@ def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
 
 def test_orthogonalize_makes_panel_rows_rectangles():
     """Panel rows on a real held-out tile come back as 4-corner rectangles that keep
-    the traced outline's area and position (IoU >= 0.85 with it)."""
+    the traced outline's area and position (IoU >= 0.85 with it) and have fewer
+    vertices."""
     path = HELDOUT / "PV01_325190_1204243.tif"
-    plain = detect(path)
+    plain = detect(path, orthogonalize=False)
     ortho = detect(path, orthogonalize=True)
     assert len(plain["features"]) == len(ortho["features"]) >= 3
     rects = 0
@@ -276,3 +277,6 @@ def test_orthogonalize_makes_panel_rows_rectangles():
             assert ga.intersection(gb).area / ga.union(gb).area >= 0.85
             assert abs(b["area_m2"] - gb.area) < 0.01
     assert rects >= 3
+    n_plain = sum(len(shapely.from_wkt(f["wkt"]).exterior.coords) for f in plain["features"])
+    n_ortho = sum(len(shapely.from_wkt(f["wkt"]).exterior.coords) for f in ortho["features"])
+    assert n_ortho < n_plain

@@ -26,7 +26,7 @@ from backend.models.catalog import load_card
 from protocol.params import DetectParams
 
 REPO = Path(__file__).resolve().parents[3]
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 TILE = pv01_dir() / "heldout" / "PV01_325192_1204249.tif"
 VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 

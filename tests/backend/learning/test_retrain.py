@@ -24,7 +24,7 @@ from backend.models import versions as V
 from backend.config import REPO, data_dir, models_dir
 import protocol as P
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 HAVE_DATA = (data_dir() / "pv01" / "heldout").is_dir() and \
     (data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif").is_file()
 HAVE_MODEL = (models_dir() / MODEL / "weights.safetensors").is_file()
@@ -187,7 +187,7 @@ def test_versions_atomic_lineage_switch_and_rollback(user_dir):
 
     v1 = V.write_version(card, state, {"threshold": 0.55}, {"corrections": 3,
                                                            "metrics": {"x": 1}}, export=False)
-    assert v1.id == f"{MODEL}@1" and v1.version == "1.0.0+u1" and v1.threshold == 0.55
+    assert v1.id == f"{MODEL}@1" and v1.version == f"{card.version}+u1" and v1.threshold == 0.55
     v2 = V.write_version(v1, state, {}, {"corrections": 5}, export=False)
     assert v2.id == f"{MODEL}@2"
     lin = json.loads((V.lineage_dir(MODEL) / "2" / "lineage.json").read_text())

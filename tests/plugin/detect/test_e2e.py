@@ -16,7 +16,7 @@ from qgis.core import QgsProject, QgsRasterLayer
 
 from conftest import PV01_HELDOUT, REPO
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
 MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))

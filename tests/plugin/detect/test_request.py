@@ -38,7 +38,7 @@ def test_file_layer_is_sent_by_path_with_canvas_extent(vienna_layer, vienna_path
     assert QgsCoordinateReferenceSystem.fromWkt(plan.extent_crs) == MERC
     assert plan.layer_id == vienna_layer.id() and plan.layer_name == "vienna"
     # the daemon would accept it
-    DetectParams(plan.source, "pv-unet-r18", extent=plan.extent, extent_crs=plan.extent_crs,
+    DetectParams(plan.source, "pv-unet-efl0", extent=plan.extent, extent_crs=plan.extent_crs,
                  threshold=0.5, min_area_m2=1.0).to_header()
 
 

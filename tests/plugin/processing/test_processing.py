@@ -25,7 +25,7 @@ from qgis.core import (
 
 from conftest import REPO, data_dir
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
 PV01 = data_dir() / "pv01" / "heldout"

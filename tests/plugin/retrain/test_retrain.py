@@ -19,7 +19,7 @@ from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
 from conftest import REPO, wait_until
 
-MODEL = "pv-unet-r18"
+MODEL = "pv-unet-efl0"
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
 EXTENT = QgsRectangle(-1610, 338490, -1590, 338510)  # 20 m x 20 m of Vienna
@@ -222,9 +222,9 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     assert values and max(values) >= 50
     # before/after shown; the dock will select the new version at the next listing
     html = p.retrain.result_dialog.browser.toHtml()
-    assert "pv-unet-r18@1" in html and "0.773" in html and "0.859" in html
+    assert "pv-unet-efl0@1" in html and "0.773" in html and "0.859" in html
     assert p.retrain.result_dialog.isVisible()
-    assert any("new version pv-unet-r18@1" in m
+    assert any("new version pv-unet-efl0@1" in m
                for m in qgis_iface.messageBar().get_messages(Qgis.Success))
     p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
                                   lineage={"active": True, "number": 1})])
@@ -272,7 +272,7 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and p.dock.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
-    assert "Rolled back to pv-unet-r18" in p.dock.message()
+    assert "Rolled back to pv-unet-efl0" in p.dock.message()
     # rolling back the shipped model is refused with a reason
     p.dock.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
