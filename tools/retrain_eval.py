@@ -33,7 +33,8 @@ time budget only caps it.
    reviewed) before / after.
 3. **Rollback.** Rolling back each accepted version makes its parent active again, and
    detection gives exactly the features the parent gave before (compared field by
-   field): on B for fold AB's version, on Vienna's east half for experiment 2's.
+   field): on the tiles each fold measured for its version, on Vienna's east half for
+   experiment 2's.
 
 Prints a summary and writes ``<out>/metrics.json``.
 """
@@ -332,23 +333,38 @@ def vienna_experiment(budget_s: float, steps: Optional[int] = None,
             "east_fp_m2_after": round(sum(f["area_m2"] for f in east1["features"]), 1)}
 
 
-def rollback_experiment(pv: Dict[str, Any], progress=print) -> Dict[str, Any]:
-    """Experiment 3: rollback restores earlier outputs exactly (on cluster B)."""
+def rollback_experiment(folds: Dict[str, Dict[str, Any]], user_models: Path,
+                        progress=print) -> Dict[str, Any]:
+    """Experiment 3: rolling back every version a fold accepted restores the parent's
+    outputs exactly, on the tiles that fold measured (each fold's lineage lives in its
+    own user model folder, see :func:`run`)."""
     from backend.models import versions as V
-    _, b_tiles = cluster_split()
-    recorded = {pv["model_before"]: pv["_features_b"]["before"],
-                pv["model_after"]: pv["_features_b"]["after"]}
+    by_name = {t.name: t for t in pvdata.list_tiles("heldout")}
     steps = []
-    while V.active_id(base_model()) != base_model():
-        cur = V.active_id(base_model())
-        d = V.rollback(base_model())
-        got = score_tiles(d["active"], b_tiles)["features"]
-        step = {"from": cur, "to": d["active"], "features": sum(len(v) for v in got.values())}
-        if d["active"] in recorded:
-            step["identical_features"] = got == recorded[d["active"]]
-        steps.append(step)
-        progress(f"[3] rollback {cur} -> {d['active']}: features on B identical to its "
-                 f"earlier output: {step.get('identical_features', 'not recorded')}")
+    prev = os.environ.get("ORTHOLENS_USER_MODELS")
+    try:
+        for i, (fold, pv) in enumerate(folds.items()):
+            os.environ["ORTHOLENS_USER_MODELS"] = str(
+                user_models if i == 0 else user_models / f"fold-{fold}")
+            dst = [by_name[n] for n in pv["tiles_b"]]
+            recorded = {pv["model_before"]: pv["_features_b"]["before"],
+                        pv["model_after"]: pv["_features_b"]["after"]}
+            while V.active_id(base_model()) != base_model():
+                cur = V.active_id(base_model())
+                d = V.rollback(base_model())
+                got = score_tiles(d["active"], dst)["features"]
+                step = {"fold": fold, "from": cur, "to": d["active"],
+                        "features": sum(len(v) for v in got.values())}
+                if d["active"] in recorded:
+                    step["identical_features"] = got == recorded[d["active"]]
+                steps.append(step)
+                progress(f"[3 {fold}] rollback {cur} -> {d['active']}: features identical "
+                         f"to its earlier output: {step.get('identical_features', 'not recorded')}")
+    finally:
+        if prev is None:
+            os.environ.pop("ORTHOLENS_USER_MODELS", None)
+        else:
+            os.environ["ORTHOLENS_USER_MODELS"] = prev
     return {"steps": steps}
 
 
@@ -404,7 +420,7 @@ def run(budget_s: float = 300.0, vienna_budget_s: Optional[float] = None,
         os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / "vienna")
         res["vienna"] = vienna_experiment(vienna_budget_s or budget_s, steps, progress)
         os.environ["ORTHOLENS_USER_MODELS"] = str(user_models)
-        res["rollback"] = rollback_experiment(res["pv01"], progress)
+        res["rollback"] = rollback_experiment(res["folds"], user_models, progress)
         res["seconds"] = round(time.monotonic() - t0, 1)
         return res
     finally:
