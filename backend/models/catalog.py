@@ -94,8 +94,8 @@ def default_model_id(cards: List[ModelCard], cuda: bool,
 
     Returns:
         ``ORTHOLENS_DEFAULT_MODEL``, else the ``cuda`` or ``cpu`` entry of
-        ``<models>/defaults.json`` (the accurate ensemble where a GPU makes it fast, the
-        fast single model on a CPU), else the first card, when that id is among
+        ``<models>/defaults.json`` (a slower, more accurate model such as an ensemble can
+        be the entry where a GPU makes it fast), else the first card, when that id is among
         ``cards``; None if there are no cards.
     """
     ids = [c.id for c in cards]
