@@ -44,9 +44,8 @@ import numpy as np
 
 from backend.config import REPO
 from backend.inference.engines import Engine, EnsembleEngine, TorchEngine
-from backend.inference.postprocess import class_map, clean_masks, filter_objects
 from backend.learning import data as pvdata
-from backend.learning.train import choose_postprocess, train
+from backend.learning.train import choose_postprocess, postprocessed, train
 from backend.models.card import ModelCard
 from protocol.metrics import Counts, compare
 
@@ -152,12 +151,7 @@ def score(probs: np.ndarray, mask: np.ndarray, pp: Dict[str, float], gsd_m: floa
           n_classes: int, factor: int) -> Counts:
     """Counts of one tile's post-processed prediction (class 1) against its reference
     (``mask`` on the coarse grid when ``factor > 1``)."""
-    px = gsd_m * gsd_m
-    cm = clean_masks(class_map(probs, pp["threshold"]), n_classes,
-                     int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
-    cm = filter_objects(cm, probs, n_classes, pp.get("min_solidity", 0.0),
-                        pp.get("min_score", 0.0))
-    pred = to_coarse(cm == 1, factor)
+    pred = to_coarse(postprocessed(probs, pp, gsd_m, n_classes) == 1, factor)
     return compare(pred[:mask.shape[0], :mask.shape[1]], mask)
 
 
@@ -206,11 +200,7 @@ def polygons_of(probs: np.ndarray, pp: Dict[str, float], gsd_m: float, n_classes
     north-up grid of ``gsd_m`` metres with its origin at (0, 0): ``(polygons, transform)``."""
     from rasterio import Affine
     from backend.inference.postprocess import polygonize
-    px = gsd_m * gsd_m
-    cm = clean_masks(class_map(probs, pp["threshold"]), n_classes,
-                     int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
-    cm = filter_objects(cm, probs, n_classes, pp.get("min_solidity", 0.0),
-                        pp.get("min_score", 0.0))
+    cm = postprocessed(probs, pp, gsd_m, n_classes)
     transform = Affine(gsd_m, 0.0, 0.0, 0.0, -gsd_m, 0.0)
     dets = polygonize(cm, probs, transform, simplify_m, pp["min_area_m2"], ortho=ortho)
     return [d.geometry for d in dets if d.class_id == 1], transform

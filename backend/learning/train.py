@@ -92,19 +92,27 @@ PP_KEYS = ("threshold", "min_area_m2", "max_hole_m2", "min_solidity", "min_score
            "orthogonalize")
 
 
+def postprocessed(probs: np.ndarray, pp: Dict[str, Any], gsd_m: float,
+                  n_classes: int) -> np.ndarray:
+    """The cleaned class map, uint8 (H, W), of one tile's probabilities (C, H, W) under
+    the post-processing ``pp`` (threshold, min_area_m2, max_hole_m2 and optionally
+    min_solidity, min_score) on a grid of ``gsd_m`` metres, as detection makes it
+    before polygonizing."""
+    px = gsd_m * gsd_m
+    cm = clean_masks(class_map(probs, pp["threshold"]), n_classes,
+                     int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
+    return filter_objects(cm, probs, n_classes, pp.get("min_solidity", 0.0),
+                          pp.get("min_score", 0.0))
+
+
 def score_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float, n_classes: int,
                       pp: Dict[str, Any]) -> Dict[str, float]:
     """The :class:`protocol.metrics.Counts` summary of class 1 on validation
     probabilities (N, C, H, W) and masks (N, H, W) with the post-processing ``pp``
-    (threshold, min_area_m2, max_hole_m2 and optionally min_solidity, min_score)."""
-    px = gsd_m * gsd_m
+    (:func:`postprocessed`)."""
     tot = Counts()
     for p, m in zip(probs, masks):
-        cm = clean_masks(class_map(p, pp["threshold"]), n_classes,
-                         int(round(pp["min_area_m2"] / px)), int(round(pp["max_hole_m2"] / px)))
-        cm = filter_objects(cm, p, n_classes, pp.get("min_solidity", 0.0),
-                            pp.get("min_score", 0.0))
-        tot.add(compare(cm == 1, m == 1))
+        tot.add(compare(postprocessed(p, pp, gsd_m, n_classes) == 1, m == 1))
     return tot.summary()
 
 

@@ -1,0 +1,49 @@
+"""Cross-validation folds and the coarser-GSD simulation of ``tools.cv``."""
+
+import numpy as np
+import pytest
+
+from backend.learning import data as pvdata
+from tools.cv import coarsen, to_coarse
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    try:
+        return pvdata.list_tiles("train")
+    except FileNotFoundError:
+        pytest.skip("pv01 missing (set ORTHOLENS_DATA)")
+
+
+def test_folds_hold_whole_sites_once(tiles):
+    folds = pvdata.cv_folds(tiles, 3)
+    clusters = pvdata.clusters(tiles)
+    largest = {t.name for t in max(clusters, key=len)}
+    seen = []
+    for fit, val in folds:
+        fit_n, val_n = {t.name for t in fit}, {t.name for t in val}
+        assert not fit_n & val_n and len(fit_n | val_n) == len(tiles)
+        assert largest <= fit_n                       # the big site is always fitted
+        for c in clusters:                            # no site split between the two
+            names = {t.name for t in c}
+            assert names <= fit_n or names <= val_n
+        seen += sorted(val_n)
+    assert sorted(seen) == sorted({t.name for t in tiles} - largest)  # each once
+    assert [len(v) for _, v in folds] == [9, 9, 9]
+
+
+def test_coarsen_averages_blocks_and_majority_votes_the_mask():
+    img = np.zeros((3, 6, 6), np.uint8)
+    img[:, :3, :3] = 90                       # one 3 x 3 block at 90, the rest 0
+    mask = np.zeros((6, 6), np.uint8)
+    mask[:3, :2] = 1                          # 6 of 9 pixels of the block: panel
+    mask[3:, 3:4] = 1                         # 3 of 9: not
+    up, ref = coarsen(img, mask, 3)
+    assert up.shape == (3, 6, 6) and up.dtype == np.uint8
+    assert ref.tolist() == [[True, False], [False, False]]
+    assert up[:, 1, 1].tolist() == [90, 90, 90] and up[:, 4, 4].tolist() == [0, 0, 0]
+    pred = np.zeros((6, 6), bool)
+    pred[:2, :3] = True                       # 6 of 9: majority
+    assert to_coarse(pred, 3).tolist() == [[True, False], [False, False]]
+    same, ref1 = coarsen(img, mask, 1)
+    assert same is img and ref1.sum() == mask.sum()
