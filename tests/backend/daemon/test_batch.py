@@ -333,3 +333,44 @@ def test_resume_jobs_at_start_picks_up_interrupted_jobs(tmp_path):
     job = store.get("interrupted1")
     assert job["state"] == "error" and "not found" in job["message"]  # it ran again
     assert store.get("finished1")["state"] == "done"
+
+
+@needs_model
+def test_resume_jobs_at_start_finishes_a_half_done_job(pv01_vrt, tmp_path):
+    """``--resume-jobs`` takes a job a killed daemon left half done (some chunks in
+    the GeoPackage, state 'running') to completion, with exactly the polygons of a run
+    that was never interrupted."""
+    from backend.daemon.batch_runner import run_batch, submit
+    from backend.daemon.jobstore import JobStore
+    from backend.daemon.server import Server
+    from protocol.errors import JobCancelled
+
+    store = JobStore(tmp_path / "jobs")
+    detect = DetectParams({"kind": "file", "path": str(pv01_vrt)}, MODEL)
+    whole = submit(store, BatchParams(detect, out_path=str(tmp_path / "whole.gpkg"),
+                                      chunk_px=100, halo_px=16))
+    run_batch(store, whole)
+    job = submit(store, BatchParams(detect, out_path=str(tmp_path / "half.gpkg"),
+                                    chunk_px=100, halo_px=16))
+    seen = []
+    with pytest.raises(JobCancelled):  # stop after 10 chunks, as a kill would
+        run_batch(store, job, progress=lambda f, m: seen.append(f),
+                  cancelled=lambda: len(seen) >= 10)
+    half = store.get(job)
+    assert 0 < half["chunks_done"] < half["n_chunks"]
+    store.set_state(job, "running", "killed")  # what a SIGKILL leaves behind
+    server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), resume_jobs=True)
+    server.start_in_thread()
+    try:
+        deadline = time.monotonic() + 120
+        while store.get(job)["state"] in ("running", "queued", "interrupted"):
+            assert time.monotonic() < deadline, store.get(job)
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    done = store.get(job)
+    assert done["state"] == "done", done
+    assert done["chunks_done"] == done["n_chunks"] == half["n_chunks"]
+    got, _ = gpkg_set(tmp_path / "half.gpkg")
+    want, _ = gpkg_set(tmp_path / "whole.gpkg")
+    assert got == want and len(want) >= 10
