@@ -529,3 +529,46 @@ def test_models_mark_one_default_per_device(monkeypatch):
     with running() as (server, _), OrtholensClient(server.endpoint) as c:
         flagged = [m["id"] for m in c.models() if m.get("default")]
     assert flagged == ["pv-unet-efl0"]
+
+
+_FROZEN_CLIENT = """
+import sys, zmq
+import protocol.wire as P
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.connect(sys.argv[1])
+s.send_multipart(P.encode(P.request("detect", id="frozen", model="loop",
+                                    source={"kind": "file", "path": sys.argv[2]})))
+assert s.poll(10000)
+print(P.decode(s.recv_multipart(), P.MAX_REPLY_HEADER_BYTES)[0]["type"], flush=True)
+import time
+time.sleep(600)
+"""
+
+
+def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
+    """A client that stops answering without closing its TCP connection (a frozen VM, a
+    pulled cable: here SIGSTOP) is dropped by the ZMTP heartbeat and its running job
+    cancelled, long before the job would end by itself (2000 progress steps, ~10 s)."""
+    import signal
+    import subprocess
+    import sys
+    from backend.daemon import server as S
+    monkeypatch.setattr(S, "HEARTBEAT_IVL_MS", 100)
+    monkeypatch.setattr(S, "HEARTBEAT_TIMEOUT_MS", 500)
+    with running() as (server, fake):
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+        env = dict(os.environ, PYTHONPATH=repo)
+        child = subprocess.Popen([sys.executable, "-c", _FROZEN_CLIENT, server.endpoint,
+                                  FILE["path"]], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert child.stdout.readline().strip() == "accepted"
+            wait_for(lambda: "frozen" in fake.started)
+            child.send_signal(signal.SIGSTOP)  # alive, connection open, silent
+            t0 = time.monotonic()
+            wait_for(lambda: "frozen" in fake.cancelled, timeout_s=5.0)
+            assert time.monotonic() - t0 < 5.0
+        finally:
+            child.kill()
+            child.wait(10)
