@@ -209,3 +209,58 @@ def test_detect_real_tile_end_to_end(daemon):
     iou = (pred & ref).sum() / (pred | ref).sum()
     assert iou > 0.5, f"IoU with the reference mask {iou:.3f}"
     assert progress and all(0 <= f <= 1 for f in progress)
+
+
+def test_two_workers_run_real_detections_concurrently_and_correctly(tmp_path,
+                                                                     get_free_port):
+    """``--workers 2``: four real held-out tiles sent at once from four clients give
+    exactly the polygons of one detection at a time in this process (the workers share
+    the cached engine)."""
+    from backend.config import pv01_dir
+    from backend.inference.detect import run_detect
+
+    tiles = sorted(pv01_dir().joinpath("heldout").glob("PV01_*[0-9].tif"))[:4]
+    assert len(tiles) == 4
+    port = get_free_port()
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port),
+                             "--workers", "2"], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True)
+    results, errors = {}, []
+
+    def one(path):
+        try:
+            with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=10) as c:
+                results[path.name] = c.detect(DetectParams(
+                    source={"kind": "file", "path": str(path)}, model="pv-unet-efl0"),
+                    job_timeout_s=300)["features"]
+        except Exception as exc:  # reported below, with the tile
+            errors.append((path.name, repr(exc)))
+
+    try:
+        assert _read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port)
+        threads = [threading.Thread(target=one, args=(t,)) for t in tiles]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert not errors, errors
+    assert sorted(results) == sorted(t.name for t in tiles)
+    total = 0
+    for t in tiles:
+        want = run_detect(DetectParams(source={"kind": "file", "path": str(t)},
+                                       model="pv-unet-efl0"), [])["features"]
+        got = results[t.name]
+        assert [(f["wkt"], f["score"]) for f in got] == [(f["wkt"], f["score"])
+                                                          for f in want], t.name
+        total += len(got)
+    assert total >= 5
