@@ -46,14 +46,19 @@ def daemon(tmp_path_factory, get_free_port):
         assert line.rstrip("\n") == LISTENING.format(port), (line, log.name)
         yield f"tcp://127.0.0.1:{port}", proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a daemon process, SIGKILL it if it has not exited after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -246,12 +251,7 @@ def test_two_workers_run_real_detections_concurrently_and_correctly(tmp_path,
         for t in threads:
             t.join(300)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
     assert not errors, errors
     assert sorted(results) == sorted(t.name for t in tiles)

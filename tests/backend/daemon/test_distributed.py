@@ -104,8 +104,9 @@ def _listening(pids) -> list:
 
 
 #: Ray 2.60's GCS server and raylet bind their gRPC ports to every interface whatever
-#: ``--node-ip-address`` says (ray-project/ray#7418, #59852); what guards them is Ray's
-#: token authentication, on by default for local clusters since Ray 2.59.
+#: ``--node-ip-address`` says (github.com/ray-project/ray/issues/7418, and the binding
+#: work of github.com/ray-project/ray/pull/59852); what guards them is Ray's token
+#: authentication, on by default for local clusters since Ray 2.59.
 _RAY_ANY_ADDRESS = ("gcs_server", "raylet")
 
 
