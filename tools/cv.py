@@ -392,9 +392,9 @@ def apply_to_card(config: Dict[str, Any], folder: Path) -> None:
     Raises:
         FileNotFoundError: no card in ``folder``.
     """
-    from backend.learning.train import PP_KEYS, score_postprocess
+    from backend.learning.train import cv_postprocess, val_postprocess
     d = json.loads((folder / "card.json").read_text("utf-8"))
-    d.update({k: config[k] for k in PP_KEYS if k in config})
+    d.update(cv_postprocess(config))
     t = d.setdefault("training", {})
     t["config"] = config
     t["cross_validation"] = config["cross_validation"]
@@ -403,9 +403,8 @@ def apply_to_card(config: Dict[str, Any], folder: Path) -> None:
         card = ModelCard.from_dict(d, folder)
         arr = pvdata.load_arrays(val)
         probs = predict(TorchEngine(card), list(arr["images"]))
-        t["postprocess_chosen_on_val"] = score_postprocess(
-            probs, arr["masks"], card.gsd_m, len(card.classes),
-            {k: d[k] for k in PP_KEYS if k in d})
+        t["postprocess_chosen_on_val"] = val_postprocess(
+            config, probs, arr["masks"], card.gsd_m, len(card.classes))["val"]
     (folder / "card.json").write_text(json.dumps(d, indent=2) + "\n", "utf-8")
 
 

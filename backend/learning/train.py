@@ -116,6 +116,26 @@ def score_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float, n_clas
     return tot.summary()
 
 
+def cv_postprocess(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The post-processing (:data:`PP_KEYS`) that cross-validation chose, from a config
+    ``tools.cv --write-config`` completed (it then holds ``cross_validation``); ``{}``
+    for any other config."""
+    if "cross_validation" not in config:
+        return {}
+    return {k: config[k] for k in PP_KEYS if k in config}
+
+
+def val_postprocess(config: Dict[str, Any], probs: np.ndarray, masks: np.ndarray,
+                    gsd_m: float, n_classes: int) -> Dict[str, Any]:
+    """The post-processing of a run with validation probabilities (N, C, H, W) and masks
+    (N, H, W): the cross-validated one (:func:`cv_postprocess`) scored on them, or else
+    the one :func:`choose_postprocess` picks on them; its ``"val"`` holds the scores."""
+    if "cross_validation" in config:
+        pp = cv_postprocess(config)
+        return dict(pp, val=score_postprocess(probs, masks, gsd_m, n_classes, pp))
+    return choose_postprocess(probs, masks, gsd_m, n_classes)
+
+
 def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
                        n_classes: int) -> Dict[str, Any]:
     """Grid-search threshold / min area / hole size for the best object F1 (then pixel
@@ -256,15 +276,11 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
                   flush=True)
     train_s = time.time() - t0
     model = model.to("cpu").float().eval()
-    by_cv = "cross_validation" in config  # the post-processing was chosen out of fold
-    pp = {k: config[k] for k in PP_KEYS if k in config} if by_cv else {}
+    pp = cv_postprocess(config)
     if val:
         val_a = pvdata.load_arrays(val)
         probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
-        if by_cv:
-            pp["val"] = score_postprocess(probs, val_a["masks"], card.gsd_m, n_classes, pp)
-        else:
-            pp = choose_postprocess(probs, val_a["masks"], card.gsd_m, n_classes)
+        pp = val_postprocess(config, probs, val_a["masks"], card.gsd_m, n_classes)
         print(f"val: {json.dumps(pp)}", flush=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,13 +351,8 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
                    engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
         probs.append(got[0])
         masks.append(t.read()[1])
-    if "cross_validation" in config:  # chosen out of fold (tools.cv); scored on val
-        pp = {k: config[k] for k in PP_KEYS if k in config}
-        pp["val"] = score_postprocess(np.stack(probs), np.stack(masks), card.gsd_m,
-                                      len(card.classes), pp)
-    else:
-        pp = choose_postprocess(np.stack(probs), np.stack(masks), card.gsd_m,
-                                len(card.classes))
+    pp = val_postprocess(config, np.stack(probs), np.stack(masks), card.gsd_m,
+                         len(card.classes))
     print(f"val: {json.dumps(pp)}", flush=True)
     d.update({k: pp[k] for k in PP_KEYS if k in pp})
     d["training"] = {"val_tiles": len(val), "val_names": sorted(names), "config": config,
