@@ -54,11 +54,11 @@ from backend.config import REPO, models_dir, vienna_scene
 from backend.inference.detect import run_detect
 from backend.inference.engines import EnsembleEngine, get_engine
 from backend.learning import data as pvdata
-from tools.cv import vertices
 from backend.models.card import ModelCard, write_card
 from backend.models.catalog import list_cards, load_card
 from protocol.metrics import Counts, compare
 from protocol.params import DetectParams, FileSource
+from tools.cv import vertices
 
 _BINS = 100
 
