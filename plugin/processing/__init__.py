@@ -11,8 +11,9 @@ One module per algorithm:
 * ``retrain_alg``  ``ortholens:retrain``, *Retrain from corrected features*;
 
 plus ``provider`` (:class:`~.provider.OrtholensProvider`; more algorithms can be added
-with :func:`~.provider.register_algorithm`), ``common`` (daemon connection, models,
-feedback) and ``rasterize`` (polygons to masks).
+with :func:`~.provider.register_algorithm`), ``common`` (daemon connection, model list,
+the MODEL parameter, feedback), ``model_widget`` (the dialogs' model combo box, loaded
+only by a dialog) and ``rasterize`` (polygons to masks).
 
 Parameters left empty mean what they mean in the dock: the daemon's default model and
 the model card's values.

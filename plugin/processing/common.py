@@ -1,63 +1,162 @@
 """What the Ortholens Processing algorithms share: the daemon connection, its model
-list, the model to use, raster files, and feedback plumbing."""
+list (asked when a dialog opens, never waited for long), the MODEL parameter, the model
+to use, raster files, and feedback plumbing."""
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+)
 
-from protocol.errors import JobCancelled
+from protocol.errors import DaemonUnavailable, JobCancelled
 
 from ..detect.plan import file_source_path
 from ..engine import connect_daemon, default_card, describe_error
 from ..settings import daemon_settings
 
-#: How long the daemon's model list is reused for help texts and labels, seconds.
-_MODELS_TTL_S = 60.0
-_models_cache: Tuple[float, List[Dict[str, Any]]] = (0.0, [])
+#: How long a model list the daemon sent is reused, seconds: the help text and the
+#: model widget of one dialog opening share one request. A failure is never reused.
+MODELS_TTL_S = 5.0
+#: The longest wait for the model list when a dialog opens, seconds.
+MODELS_TIMEOUT_S = 1.0
+#: What the dialogs say when no daemon answers and the settings can start one.
+NOT_RUNNING = "Engine not running: it will be started when the algorithm runs."
 
 
-def model_cards(timeout_s: float = 1.0) -> List[Dict[str, Any]]:
-    """The daemon's model cards if it answers at once (cached 60 s), else ``[]``.
+@dataclass(frozen=True)
+class EngineModels:
+    """The daemon's models as the Processing dialogs show them.
 
-    Never starts the daemon and never waits long: a stopped daemon refuses the
-    connection immediately. For help texts and parameter labels only; a run asks the
-    daemon again (:func:`resolve_model`).
+    Attributes:
+        cards: the ``models`` reply's cards (dicts with ``id``, ``version``, ``classes``
+            and ``default``); empty when the daemon did not answer or has no models.
+        note: ``""`` when ``cards`` came from the daemon, else one sentence saying why
+            no model is listed and what happens when the algorithm runs.
+    """
+
+    cards: Tuple[Dict[str, Any], ...] = ()
+    note: str = ""
+
+    @property
+    def default_id(self) -> Optional[str]:
+        """The id of the daemon's default card (``engine.default_card``), or None."""
+        card = default_card(list(self.cards))
+        return str(card["id"]) if card else None
+
+
+_models_cache: Optional[Tuple[float, EngineModels]] = None
+
+
+def engine_models(max_age_s: float = MODELS_TTL_S,
+                  timeout_s: float = MODELS_TIMEOUT_S) -> EngineModels:
+    """The daemon's model cards, asked now unless a list it sent is younger than
+    ``max_age_s`` seconds.
+
+    Never starts the daemon and never waits long: a stopped local daemon refuses the
+    connection at once (0.5 s at most), a silent one is given ``timeout_s`` seconds. A
+    failure is not remembered: the next call asks again. Never raises: a failure is
+    the result's ``note`` (e.g. :data:`NOT_RUNNING`).
+
+    Args:
+        max_age_s: reuse a successful answer this recent, seconds (0: always ask).
+        timeout_s: how long to wait for the daemon's answer, seconds.
     """
     global _models_cache
-    stamp, cards = _models_cache
-    if time.monotonic() - stamp < _MODELS_TTL_S:
-        return list(cards)
-    cards = []
+    if _models_cache is not None and time.monotonic() - _models_cache[0] < max_age_s:
+        return _models_cache[1]
+    settings = daemon_settings()
     try:
-        from protocol.client import OrtholensClient, is_loopback, port_open, parse_endpoint
-        s = daemon_settings()
-        host, port = parse_endpoint(s.endpoint)
-        if not is_loopback(host) or port_open(host, port):
-            with OrtholensClient(s.endpoint, token=s.token, timeout_s=timeout_s) as c:
-                cards = [m for m in c.models() if isinstance(m, dict) and m.get("id")]
-    except Exception:  # noqa: BLE001 - no daemon, no zmq: the labels say so
-        cards = []
-    _models_cache = (time.monotonic(), cards)
-    return list(cards)
-
-
-def model_ids() -> List[str]:
-    """Ids of :func:`model_cards`."""
-    return [str(c["id"]) for c in model_cards()]
-
-
-def model_label(what: str) -> str:
-    """A parameter label ``what`` plus the daemon's models and its default, when the
-    daemon answers now (an empty parameter means the daemon's default model)."""
-    cards = model_cards()
+        from protocol.client import OrtholensClient, is_loopback, parse_endpoint, port_open
+        try:
+            host, port = parse_endpoint(settings.endpoint)
+        except ValueError as exc:
+            return EngineModels(note=f"The engine endpoint is wrong: {exc}.")
+        if is_loopback(host) and not port_open(host, port):
+            raise DaemonUnavailable("connection refused")
+        with OrtholensClient(settings.endpoint, token=settings.token,
+                             timeout_s=timeout_s) as client:
+            cards = tuple(m for m in client.models() if isinstance(m, dict) and m.get("id"))
+    except DaemonUnavailable:
+        return EngineModels(note=_not_running_note(settings))
+    except Exception as exc:  # noqa: BLE001 - no zmq, refused token: said in the note
+        return EngineModels(note=describe_error(exc, "list its models"))
     if not cards:
-        return f"{what} (default: the daemon's default model)"
-    return (f"{what} ({', '.join(str(c['id']) for c in cards)}; default "
-            f"{default_card(cards)['id']})")
+        return EngineModels(note="The engine has no models installed.")
+    result = EngineModels(cards)
+    _models_cache = (time.monotonic(), result)
+    return result
+
+
+def forget_models() -> None:
+    """Drop the remembered model list (after a retrain registered a new version)."""
+    global _models_cache
+    _models_cache = None
+
+
+def _not_running_note(settings) -> str:
+    if settings.can_start():
+        return NOT_RUNNING
+    return (f"Engine not running at {settings.endpoint}, and it cannot be started from "
+            f"here: {settings.start_hint()}.")
+
+
+def card_text(card: Dict[str, Any], default_id: Optional[str] = None) -> str:
+    """One line for a model card, as the dock writes it: ``"pv-unet-efl0 v2.0.0 —
+    photovoltaic"``, plus ``" [active]"`` for the active version of a retrained model
+    and ``" (default)"`` when its id is ``default_id``."""
+    names = [str(c.get("name")) for c in card.get("classes") or []
+             if isinstance(c, dict) and c.get("name")]
+    lineage = card.get("lineage") or {}
+    active = " [active]" if lineage.get("active") and lineage.get("number") else ""
+    default = " (default)" if card["id"] == default_id else ""
+    return (f"{card['id']} v{card.get('version', '?')}{active} — "
+            f"{', '.join(names) or 'no classes'}{default}")
+
+
+def model_help() -> str:
+    """The *Model* paragraph of an algorithm's help: the daemon's models and its
+    default, asked when the dialog opens (:func:`engine_models`), or why none are
+    listed."""
+    models = engine_models()
+    head = ("Model: the engine's model to use; a script or qgis_process passes its id "
+            "(MODEL=pv-unet-efl0); left empty, the engine's default model.")
+    if not models.cards:
+        return f"{head}\n\n{models.note}"
+    default = models.default_id
+    lines = "\n".join(f"  {card_text(c, default)}" for c in models.cards)
+    return f"{head}\n\nModels of the running engine:\n{lines}"
+
+
+def model_parameter(name: str) -> QgsProcessingParameterString:
+    """The optional MODEL string parameter of the algorithms that take a model.
+
+    Dialogs (single, batch, model designer) show it as a combo box of the daemon's
+    models with its default selected (:mod:`.model_widget`); ``qgis_process`` and
+    scripts pass a model id; empty means the daemon's default model.
+    """
+    param = QgsProcessingParameterString(name, "Model", optional=True)
+    param.setHelp("The engine's model (id, version, classes). Empty: the engine's "
+                  "default model.")
+    param.setMetadata({"widget_wrapper": {
+        "class": f"{__package__}.model_widget.ModelWidgetWrapper"}})
+    return param
+
+
+def with_help(param: QgsProcessingParameterDefinition,
+              text: str) -> QgsProcessingParameterDefinition:
+    """``param`` with ``text`` as its help (the tooltip of its widget): the long
+    explanation that would cut a dialog label off. Returns ``param``."""
+    param.setHelp(text)
+    return param
 
 
 def resolve_model(client: Any, model: Optional[str]) -> str:
@@ -139,5 +238,6 @@ def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]
     return on_progress
 
 
-__all__ = ["model_cards", "model_ids", "model_label", "resolve_model", "connect",
-           "daemon_session", "raster_file", "progress_to"]
+__all__ = ["EngineModels", "engine_models", "forget_models", "card_text", "model_help",
+           "model_parameter", "with_help", "resolve_model", "connect", "daemon_session",
+           "raster_file", "progress_to", "MODELS_TTL_S", "MODELS_TIMEOUT_S", "NOT_RUNNING"]

@@ -26,7 +26,6 @@ from qgis.core import (
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsVectorLayer,
     QgsWkbTypes,
@@ -38,11 +37,12 @@ from protocol.params import BatchParams, DetectParams, FileSource
 from ..detect.crs import crs_wkt, extent_tuple
 from .common import (
     daemon_session,
-    model_ids,
-    model_label,
+    model_help,
+    model_parameter,
     progress_to,
     raster_file,
     resolve_model,
+    with_help,
 )
 
 #: ``BatchParams.executor`` of each EXECUTOR choice.
@@ -70,50 +70,49 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         return "Detect objects"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        ids = model_ids()
-        models = ", ".join(ids) if ids else "the daemon is not reachable now"
         return ("Detects objects (rooftop solar panels with the shipped model) in a raster "
                 "file of any size, a VRT mosaic included, and writes typed polygons "
-                "(class, score, agreement, area_m2, model, model_version). The daemon "
+                "(class, score, agreement, area_m2, model, model_version). The engine "
                 "processes the raster chunk by chunk with bounded memory and records "
-                "progress, so an interrupted job can be resumed with 'List / resume batch jobs'. Objects "
-                "crossing chunk borders are kept exactly once; the polygons equal those "
-                "of 'Detect in extent' on the same area.\n\n"
-                "Extent: the area to search (default: the whole raster). Coverage: only "
-                "detections that meet these polygons are kept, and the search is limited "
-                "to their bounding box.\n\n"
-                "Model, threshold, smallest object and chunk size left empty: the "
-                "daemon's default model and the model card's values (the daemon's chunk "
-                "size), as in the Ortholens dock.\n\n"
-                f"Models: {models}.")
+                "progress, so an interrupted job can be resumed with 'List / resume batch "
+                "jobs'. Objects crossing chunk borders are kept exactly once; the polygons "
+                "equal those of 'Detect in extent' on the same area.\n\n"
+                "Orthophoto: an 8-bit RGB raster file (GeoTIFF, VRT, COG).\n"
+                "Extent: the area to search (default: the whole raster).\n"
+                "Coverage polygons: only detections that meet them are kept, and the "
+                "search is limited to their bounding box.\n"
+                "Probability threshold, Smallest object (m²): empty means the model "
+                "card's values, as in the Ortholens dock.\n"
+                "Chunk size (advanced): pixels at the model's resolution (default: the "
+                "engine's). Run chunks on: this computer or a Ray cluster (RAY_ADDRESS).\n\n"
+                + model_help())
 
     def createInstance(self):  # noqa: N802
         return DetectObjectsAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.INPUT, "Orthophoto (8-bit RGB raster file: GeoTIFF, VRT, COG)"))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, "Extent (default: the whole raster)", optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.COVERAGE, "Coverage polygons (keep detections meeting them)",
-            [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterString(
-            self.MODEL, model_label("Model id"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold (default: the model's)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.01, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, "Smallest object, m² (default: the model's)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=1e6))
-        chunk = QgsProcessingParameterNumber(
-            self.CHUNK_PX, "Chunk size, pixels at the model's resolution (default: the "
-            "daemon's)", QgsProcessingParameterNumber.Integer, optional=True, minValue=32,
-            maxValue=16384)
-        executor = QgsProcessingParameterEnum(
-            self.EXECUTOR, "Run chunks on", options=["this computer (daemon)",
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.INPUT, "Orthophoto"), "An 8-bit RGB raster file: GeoTIFF, VRT, COG."))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.EXTENT, "Extent", optional=True), "Default: the whole raster."))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.COVERAGE, "Coverage polygons", [QgsProcessing.TypeVectorPolygon],
+            optional=True), "Keep only detections that meet these polygons."))
+        self.addParameter(model_parameter(self.MODEL))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.THRESHOLD, "Probability threshold", QgsProcessingParameterNumber.Double,
+            optional=True, minValue=0.01, maxValue=1.0), "Default: the model card's."))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.MIN_AREA, "Smallest object (m²)", QgsProcessingParameterNumber.Double,
+            optional=True, minValue=0.0, maxValue=1e6), "Default: the model card's."))
+        chunk = with_help(QgsProcessingParameterNumber(
+            self.CHUNK_PX, "Chunk size (pixels)", QgsProcessingParameterNumber.Integer,
+            optional=True, minValue=32, maxValue=16384),
+            "Pixels at the model's resolution. Default: the engine's.")
+        executor = with_help(QgsProcessingParameterEnum(
+            self.EXECUTOR, "Run chunks on", options=["this computer (engine)",
                                                      "a Ray cluster (RAY_ADDRESS)"],
-            defaultValue=0)
+            defaultValue=0), "A Ray cluster is reached at the RAY_ADDRESS of the engine.")
         for p in (chunk, executor):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)

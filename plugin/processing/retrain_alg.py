@@ -25,14 +25,22 @@ from qgis.core import (
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
 )
 
 from protocol.errors import JobCancelled
 from protocol.params import CorrectedFeature, FileSource, RetrainParams, ReviewedArea
 
 from ..detect.crs import crs_wkt, extent_tuple
-from .common import daemon_session, model_label, progress_to, raster_file, resolve_model
+from .common import (
+    daemon_session,
+    forget_models,
+    model_help,
+    model_parameter,
+    progress_to,
+    raster_file,
+    resolve_model,
+    with_help,
+)
 
 #: ``RetrainParams.invalid_geometry`` of each INVALID choice.
 INVALID = ["repair", "refuse"]
@@ -58,27 +66,40 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
                 "(<model>@<n>) is kept only if it does not get worse there nor on the "
                 "reference validation tiles it never trained on, and has learned from the "
                 "corrections (fewer object errors, or fewer wrong pixels where it trained). "
-                "Outputs: whether it was accepted and why, the new model id, the report.")
+                "Outputs: whether it was accepted and why, the new model id, the report."
+                "\n\nCorrected polygons: a 'class' attribute names each polygon's class "
+                "(empty: the model's first class).\n"
+                "Raster: the raster file the polygons were drawn on.\n"
+                "Reviewed extent: where the polygons are the whole truth (default: the "
+                "raster's extent).\n"
+                "Training budget (min): the longest training time.\n"
+                "Invalid geometries: repair them (with a warning) or refuse the run.\n"
+                "Activate if accepted: the new version becomes the active one of its "
+                "lineage, which the Ortholens dock selects for the next detection.\n\n"
+                + model_help())
 
     def createInstance(self):  # noqa: N802
         return RetrainAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, "Corrected polygons", [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster (file)"))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, "Reviewed extent (default: the raster's extent)", optional=True))
-        self.addParameter(QgsProcessingParameterString(self.MODEL, model_label("Model"),
-                                                       optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.BUDGET, "Training budget (minutes)", QgsProcessingParameterNumber.Double,
-            defaultValue=2.0, minValue=0.1, maxValue=600.0))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.INPUT, "Corrected polygons", [QgsProcessing.TypeVectorPolygon]),
+            "A 'class' attribute names the class; empty: the model's first class."))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(self.RASTER, "Raster"),
+                                    "The raster file the polygons were drawn on."))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.EXTENT, "Reviewed extent", optional=True),
+            "Where the polygons are the whole truth. Default: the raster's extent."))
+        self.addParameter(model_parameter(self.MODEL))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.BUDGET, "Training budget (min)", QgsProcessingParameterNumber.Double,
+            defaultValue=2.0, minValue=0.1, maxValue=600.0), "The longest training time."))
         self.addParameter(QgsProcessingParameterEnum(
             self.INVALID_GEOM, "Invalid geometries",
             options=["Repair (make valid) with a warning", "Refuse"], defaultValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ACTIVATE, "Make an accepted version the active one", defaultValue=True))
+        self.addParameter(with_help(QgsProcessingParameterBoolean(
+            self.ACTIVATE, "Activate if accepted", defaultValue=True),
+            "An accepted version becomes the active one, which the dock selects."))
         self.addOutput(QgsProcessingOutputNumber("ACCEPTED", "Accepted (1) or rejected (0)"))
         self.addOutput(QgsProcessingOutputString("NEW_MODEL", "New model version"))
         self.addOutput(QgsProcessingOutputString("REASON", "Why"))
@@ -136,6 +157,7 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
                                      is_cancelled=feedback.isCanceled, job_timeout_s=900.0)
         except JobCancelled:
             raise QgsProcessingException("Cancelled; nothing was changed.") from None
+        forget_models()  # an accepted version is a new model to list
         rep = res.get("retrain") or {}
         for w in rep.get("warnings") or []:
             feedback.reportError(w, False)

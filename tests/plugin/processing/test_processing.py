@@ -26,6 +26,8 @@ from qgis.core import (
 from conftest import REPO, data_dir
 
 MODEL = "pv-unet-efl0"
+#: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
+ALT_MODEL = "pv-alt-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
 PV01 = data_dir() / "pv01" / "heldout"
@@ -50,26 +52,54 @@ def provider():
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    from protocol.client import start_daemon
+def daemon_port():
+    """The port the module's daemon will listen on (free now)."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A model folder holding MODEL (the default in its defaults.json) and ALT_MODEL, the
+    same weights under an id that sorts first: a dialog that shows the first card
+    instead of the daemon's default fails."""
+    root = tmp_path_factory.mktemp("models")
+    src = REPO / "models" / MODEL
+    (root / MODEL).symlink_to(src, target_is_directory=True)
+    alt = root / ALT_MODEL
+    alt.mkdir()
+    for f in src.iterdir():
+        if f.name != "card.json":
+            (alt / f.name).symlink_to(f)
+    card = json.loads((src / "card.json").read_text())
+    card["id"] = ALT_MODEL
+    (alt / "card.json").write_text(json.dumps(card))
+    (root / "defaults.json").write_text(json.dumps({"cpu": MODEL, "cuda": MODEL}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, daemon_port, model_folder):
+    from protocol.client import start_daemon
     tmp = tmp_path_factory.mktemp("daemon")
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
-                        env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs")},
+    proc = start_daemon(str(BACKEND_PYTHON), daemon_port, str(REPO), wait_s=120,
+                        env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
+                             "ORTHOLENS_MODELS": str(model_folder),
+                             "ORTHOLENS_USER_MODELS": str(tmp / "user_models")},
                         log_path=str(tmp / "daemon.log"))
-    endpoint = f"tcp://127.0.0.1:{port}"
+    endpoint = f"tcp://127.0.0.1:{daemon_port}"
     old = os.environ.get("ORTHOLENS_ENDPOINT")
     os.environ["ORTHOLENS_ENDPOINT"] = endpoint
-    from plugin.processing import common
-    common._models_cache = (0.0, [])
+    from plugin.processing.common import forget_models
+    forget_models()
     yield endpoint
     if old is None:
         os.environ.pop("ORTHOLENS_ENDPOINT", None)
     else:
         os.environ["ORTHOLENS_ENDPOINT"] = old
+    forget_models()
     proc.terminate()
     try:
         proc.wait(15)
@@ -83,7 +113,7 @@ def mosaic(tmp_path_factory):
     from osgeo import gdal
     vrt = tmp_path_factory.mktemp("vrt") / "pv01_block.vrt"
     ds = gdal.BuildVRT(str(vrt), [str(PV01 / f"{n}.tif") for n in BLOCK])
-    ds = None
+    del ds  # closing the dataset writes the VRT
     return vrt
 
 
@@ -136,6 +166,155 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
     assert reg.providerById("ortholens") is None
 
 
+@pytest.fixture(scope="module")
+def processing_gui():
+    """QGIS's Processing dialogs (the ``processing`` plugin, as the desktop loads it).
+
+    Its panels read ``qgis.utils.iface`` when imported; pytest-qgis's stand-in returns
+    mocks where they want a canvas and a browser model, so they see none (as in
+    ``qgis_process``)."""
+    import importlib
+    import sys
+    plugins = Path(QgsApplication.pkgDataPath()) / "python" / "plugins"
+    assert (plugins / "processing").is_dir(), f"no Processing plugin in {plugins}"
+    if str(plugins) not in sys.path:
+        sys.path.append(str(plugins))
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    mods = [importlib.import_module(f"processing.gui.{m}") for m in
+            ("AlgorithmDialog", "BatchAlgorithmDialog", "BatchPanel", "ParametersPanel",
+             "wrappers")]
+    saved = {m: m.iface for m in mods if hasattr(m, "iface")}
+    for m in saved:
+        m.iface = None
+    yield AlgorithmDialog, BatchAlgorithmDialog
+    for m, value in saved.items():
+        m.iface = value
+
+
+def open_dialog(dialog_class, alg_id):
+    """A shown dialog of a new instance of ``alg_id`` (as the toolbox opens it), the
+    seconds it took to open, and its help text."""
+    import time
+    from qgis.PyQt.QtCore import QCoreApplication
+    alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+    t0 = time.monotonic()
+    help_text = alg.shortHelpString()  # the dialog's help panel shows this
+    dlg = dialog_class(alg)
+    dlg.show()
+    QCoreApplication.processEvents()
+    return dlg, time.monotonic() - t0, help_text
+
+
+def combo_items(wrapper):
+    c = wrapper.combo
+    return [(c.itemText(i), c.itemData(i)) for i in range(c.count())]
+
+
+@needs_daemon
+def test_help_and_model_list_follow_the_daemon_start(daemon_port, provider, processing_gui,
+                                                     request):
+    """Before the daemon runs, the dialog opens at once and says it will be started;
+    once it runs, the next dialog lists its models: a failure is not remembered."""
+    from protocol.client import port_open
+    from plugin.processing.common import NOT_RUNNING
+    from plugin.processing.model_widget import DEFAULT_ENTRY
+    AlgorithmDialog, _ = processing_gui
+    old = os.environ.get("ORTHOLENS_ENDPOINT")
+    try:
+        if not port_open("127.0.0.1", daemon_port):  # this module's first daemon test
+            os.environ["ORTHOLENS_ENDPOINT"] = f"tcp://127.0.0.1:{daemon_port}"
+            dlg, seconds, help_text = open_dialog(AlgorithmDialog, "ortholens:detect")
+            model = dlg.mainWidget().wrappers["MODEL"]
+            assert seconds < 2.0
+            assert NOT_RUNNING in help_text and "(default)" not in help_text
+            assert combo_items(model) == [(DEFAULT_ENTRY, None)]
+            assert model.note.isVisible() and model.note.text() == NOT_RUNNING
+            assert model.parameterValue() is None  # the engine's default at run time
+            dlg.close()
+    finally:
+        if old is None:
+            os.environ.pop("ORTHOLENS_ENDPOINT", None)
+        else:
+            os.environ["ORTHOLENS_ENDPOINT"] = old
+    request.getfixturevalue("daemon")  # the engine starts (as the dock would start it)
+    dlg, seconds, help_text = open_dialog(AlgorithmDialog, "ortholens:detect")
+    assert "not running" not in help_text and "not reachable" not in help_text
+    assert f"{MODEL} v2.0.0 — photovoltaic (default)" in help_text
+    assert f"{ALT_MODEL} v2.0.0 — photovoltaic" in help_text
+    model = dlg.mainWidget().wrappers["MODEL"]
+    assert [d for _, d in combo_items(model)] == [ALT_MODEL, MODEL]
+    assert model.combo.currentData() == MODEL and not model.note.isVisible()
+    dlg.close()
+
+
+@needs_daemon
+def test_dialog_model_choice_reaches_the_algorithm(daemon, provider, processing_gui,
+                                                   tmp_path):
+    """The detect dialog lists the daemon's models (id, version, classes) with its
+    default selected; the model picked there is the one the run detects with."""
+    AlgorithmDialog, _ = processing_gui
+    dlg, seconds, _ = open_dialog(AlgorithmDialog, "ortholens:detect")
+    panel = dlg.mainWidget()
+    model = panel.wrappers["MODEL"]
+    assert combo_items(model) == [(f"{ALT_MODEL} v2.0.0 — photovoltaic", ALT_MODEL),
+                                  (f"{MODEL} v2.0.0 — photovoltaic (default)", MODEL)]
+    assert model.combo.currentText().endswith("(default)")
+
+    context = QgsProcessingContext()
+    tif, out = PV01 / f"{BLOCK[0]}.tif", tmp_path / "alt.gpkg"
+    panel.wrappers["INPUT"].setParameterValue(str(tif), context)
+    panel.wrappers["OUTPUT"].setParameterValue(str(out), context)
+    assert panel.createProcessingParameters()["MODEL"] == MODEL
+    model.combo.setCurrentIndex(model.combo.findData(ALT_MODEL))  # the user's pick
+    params = panel.createProcessingParameters()
+    assert params["MODEL"] == ALT_MODEL
+    dlg.close()
+    res, ok, _ = run_alg("ortholens:detect", params)
+    assert ok and res["COUNT"] > 0
+    vl = QgsVectorLayer(str(out), "alt", "ogr")
+    assert {f["model"] for f in vl.getFeatures()} == {ALT_MODEL}
+    del vl
+
+    # the retrain dialog offers the same list; batch rows each get it, default chosen
+    dlg, _, _ = open_dialog(AlgorithmDialog, "ortholens:retrain")
+    model = dlg.mainWidget().wrappers["MODEL"]
+    assert [d for _, d in combo_items(model)] == [ALT_MODEL, MODEL]
+    assert model.combo.currentData() == MODEL
+    dlg.close()
+    _, BatchAlgorithmDialog = processing_gui
+    dlg, _, _ = open_dialog(BatchAlgorithmDialog, "ortholens:detect")
+    batch = dlg.mainWidget()
+    batch.addRow()
+    column = batch.parameter_to_column["MODEL"]
+    rows = [r[column] for r in batch.wrappers]
+    assert len(rows) >= 2 and all(r.value() == MODEL for r in rows)
+    rows[1].setParameterValue(f"{MODEL}@7", context)  # an id typed elsewhere is kept
+    assert rows[1].value() == f"{MODEL}@7"
+    dlg.close()
+
+
+@needs_daemon
+def test_qgis_process_takes_a_model_id(daemon, tmp_path):
+    """``qgis_process run ortholens:detect --MODEL=<id>``: the id string reaches the
+    daemon; the help lists the daemon's models."""
+    env = _qgis_process_env(tmp_path, daemon)
+    qp = _qgis_process()
+    out = tmp_path / "alt.gpkg"
+    r = subprocess.run(qp + ["--json", "run", "ortholens:detect",
+                             f"--INPUT={PV01 / (BLOCK[0] + '.tif')}",
+                             f"--MODEL={ALT_MODEL}", f"--OUTPUT={out}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads(r.stdout[r.stdout.index("{"):])["results"]["COUNT"] > 0
+    vl = QgsVectorLayer(str(out), "alt", "ogr")
+    assert {f["model"] for f in vl.getFeatures()} == {ALT_MODEL}
+    del vl
+    h = subprocess.run(qp + ["help", "ortholens:detect"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert f"{MODEL} v2.0.0 — photovoltaic (default)" in h.stdout, h.stdout[-3000:]
+
+
 def _qgis_process() -> list:
     """A working qgis_process command. Debian's /usr/bin/qgis_process wrapper passes
     QGIS_OPTS from /etc/default/qgis ('--noversioncheck', meant for the desktop), which
@@ -151,23 +330,29 @@ def _qgis_process() -> list:
     pytest.skip("no working qgis_process")
 
 
-@needs_daemon
-def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, provider):
+def _qgis_process_env(tmp_path, endpoint) -> dict:
+    """The environment of a qgis_process child that loads the plugin as installed (a
+    fresh profile with it enabled) and talks to the daemon at ``endpoint``."""
     from tools.screenshot import assemble_plugin, qgis_child_env
-    from plugin.settings import DaemonSettings
-    from plugin.detect.plan import prepare_detect
-    from plugin.detect.task import DetectTask
-    from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
-
     plugins = tmp_path / "plugins"
     assemble_plugin(REPO, plugins)
     ini = tmp_path / "cfg" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True)
     ini.write_text("[PythonPlugins]\northolens=true\n")
-    env = dict(qgis_child_env(), QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"), QT_QPA_PLATFORM="offscreen",
-               ORTHOLENS_ENDPOINT=daemon, ORTHOLENS_BACKEND_PYTHON=str(BACKEND_PYTHON),
-               ORTHOLENS_REPO=str(REPO))
+    return dict(qgis_child_env(), QGIS_PLUGINPATH=str(plugins),
+                QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "cfg"), QT_QPA_PLATFORM="offscreen",
+                ORTHOLENS_ENDPOINT=endpoint, ORTHOLENS_BACKEND_PYTHON=str(BACKEND_PYTHON),
+                ORTHOLENS_REPO=str(REPO))
+
+
+@needs_daemon
+def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, provider):
+    from plugin.settings import DaemonSettings
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRectangle
+
+    env = _qgis_process_env(tmp_path, daemon)
     qp = _qgis_process()
     listed = subprocess.run(qp + ["list"], capture_output=True, text=True, env=env,
                             timeout=120)
