@@ -20,7 +20,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .common import raster_file
+from .common import raster_file, with_help
 from .rasterize import burn, transformed
 
 
@@ -51,7 +51,8 @@ class ExportChipsAlgorithm(QgsProcessingAlgorithm):
         return ("Cuts the raster, in its own pixel grid, into square chips and writes for "
                 "each NAME.tif (the pixels, georeferenced) and NAME_mask.tif (uint8, 1 where "
                 "a polygon covers the pixel centre, 0 elsewhere), the layout of the pv01 "
-                "training set, plus manifest.csv. Chips overlap when the stride is smaller "
+                "training set, plus manifest.csv. Chips overlap when the stride (default: the "
+                "chip size) is smaller "
                 "than the chip; the last row and column are flush with the raster edge.")
 
     def createInstance(self):  # noqa: N802
@@ -59,19 +60,20 @@ class ExportChipsAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.POLYGONS, "Polygons (e.g. corrected detections)",
-            [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.AREA, "Area (default: the whole raster)", optional=True))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.POLYGONS, "Polygons", [QgsProcessing.TypeVectorPolygon]),
+            "The objects to burn into the masks, e.g. corrected detections."))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.AREA, "Area", optional=True), "Default: the whole raster."))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CHIP, "Chip size, pixels", QgsProcessingParameterNumber.Integer,
+            self.CHIP, "Chip size (pixels)", QgsProcessingParameterNumber.Integer,
             defaultValue=256, minValue=16, maxValue=8192))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.STRIDE, "Stride, pixels (default: the chip size)",
-            QgsProcessingParameterNumber.Integer, optional=True, minValue=1, maxValue=8192))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ONLY_POSITIVE, "Only chips that contain a polygon", defaultValue=False))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.STRIDE, "Stride (pixels)", QgsProcessingParameterNumber.Integer,
+            optional=True, minValue=1, maxValue=8192), "Default: the chip size."))
+        self.addParameter(with_help(QgsProcessingParameterBoolean(
+            self.ONLY_POSITIVE, "Only chips with polygons", defaultValue=False),
+            "Skip the chips no polygon covers."))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Chip folder"))
         self.addOutput(QgsProcessingOutputNumber("CHIPS", "Chips written"))
 

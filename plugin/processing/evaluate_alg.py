@@ -23,6 +23,7 @@ from qgis.core import (
     QgsUnitTypes,
 )
 
+from .common import with_help
 from .rasterize import burn, grid_for, transformed
 
 
@@ -80,19 +81,21 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         poly = [QgsProcessing.TypeVectorPolygon]
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.DETECTIONS, "Detections", poly))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.REFERENCE, "Reference polygons (ground truth)", poly))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.AREA, "Area (default: both layers' extents)", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PIXEL_SIZE, "Pixel size, m", QgsProcessingParameterNumber.Double,
-            defaultValue=0.1, minValue=0.01, maxValue=100.0))
-        self.addParameter(QgsProcessingParameterNumber(
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.REFERENCE, "Reference polygons", poly), "The ground truth."))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.AREA, "Area", optional=True), "Default: both layers' extents."))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.PIXEL_SIZE, "Pixel size (m)", QgsProcessingParameterNumber.Double,
+            defaultValue=0.1, minValue=0.01, maxValue=100.0),
+            "The grid both layers are rasterised on, in the reference layer's CRS."))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.IOU, "IoU for an object match", QgsProcessingParameterNumber.Double,
-            defaultValue=0.5, minValue=0.01, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_PIXELS, "Smallest object, pixels", QgsProcessingParameterNumber.Integer,
-            defaultValue=20, minValue=1))
+            defaultValue=0.5, minValue=0.01, maxValue=1.0),
+            "A detected object matches a reference object from this IoU on."))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.MIN_PIXELS, "Smallest object (pixels)", QgsProcessingParameterNumber.Integer,
+            defaultValue=20, minValue=1), "Smaller objects are ignored on both sides."))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_JSON, "Metrics (JSON)", "JSON files (*.json)"))
         self.addParameter(QgsProcessingParameterFileDestination(

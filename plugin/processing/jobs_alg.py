@@ -18,7 +18,7 @@ from qgis.core import (
 
 from protocol.errors import JobCancelled
 
-from .common import daemon_session, progress_to
+from .common import daemon_session, progress_to, with_help
 
 #: The ACTION choices, in order.
 ACTIONS = ["list", "resume", "cancel"]
@@ -58,8 +58,9 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.ACTION, "Action", options=["List jobs", "Resume a job", "Cancel a job"],
             defaultValue=0))
-        self.addParameter(QgsProcessingParameterString(
-            self.JOB_ID, "Job id (resume: default the newest resumable job)", optional=True))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            self.JOB_ID, "Job id", optional=True),
+            "The job to resume or cancel. Resume default: the newest resumable job."))
         self.addOutput(QgsProcessingOutputString("JOBS", "Jobs (JSON)"))
         self.addOutput(QgsProcessingOutputString("OUT_PATH", "Output GeoPackage"))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Polygons"))

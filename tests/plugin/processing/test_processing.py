@@ -166,6 +166,17 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
     assert reg.providerById("ortholens") is None
 
 
+def test_parameter_labels_are_short_and_explained(provider):
+    """Labels short enough not to be cut off; what they left out is the parameter's
+    help (its tooltip)."""
+    for alg in provider.algorithms():
+        for p in alg.parameterDefinitions():
+            assert len(p.description()) <= 24, (alg.id(), p.description())
+    detect = QgsApplication.processingRegistry().algorithmById("ortholens:detect")
+    assert "whole raster" in detect.parameterDefinition("EXTENT").toolTip()
+    assert "card" in detect.parameterDefinition("THRESHOLD").toolTip()
+
+
 @pytest.fixture(scope="module")
 def processing_gui():
     """QGIS's Processing dialogs (the ``processing`` plugin, as the desktop loads it).
@@ -260,6 +271,13 @@ def test_dialog_model_choice_reaches_the_algorithm(daemon, provider, processing_
     assert combo_items(model) == [(f"{ALT_MODEL} v2.0.0 — photovoltaic", ALT_MODEL),
                                   (f"{MODEL} v2.0.0 — photovoltaic (default)", MODEL)]
     assert model.combo.currentText().endswith("(default)")
+    # every parameter label is shown whole
+    from qgis.PyQt.QtWidgets import QLabel
+    labels = [lab for lab in panel.findChildren(QLabel)
+              if lab.isVisible() and not lab.wordWrap() and lab.text()]
+    assert len(labels) >= 6
+    for lab in labels:
+        assert lab.sizeHint().width() <= lab.width(), lab.text()
 
     context = QgsProcessingContext()
     tif, out = PV01 / f"{BLOCK[0]}.tif", tmp_path / "alt.gpkg"
