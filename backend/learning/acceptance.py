@@ -265,7 +265,7 @@ def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
         better = (f"object errors unchanged on the held-out corrections ({ea}) and on the "
                   f"corrected areas trained on ({ta['object_errors']}); wrong pixels there "
                   f"{tb['wrong_px']} -> {ta['wrong_px']}")
-    else:
+    elif ea == eb:  # more errors there are already the first reason: not twice
         seen = (f", on the corrected areas trained on {tb['object_errors']} -> "
                 f"{ta['object_errors']}, wrong pixels {tb['wrong_px']} -> "
                 f"{ta['wrong_px']}" if tb and ta else "")

@@ -140,6 +140,10 @@ def test_decide_applies_the_stated_rule():
     ok, why = decide({"user_holdout": m(1), "user_train": m(3, wrong=700)},
                      {"user_holdout": m(1), "user_train": m(3, wrong=700)}, 0.02)
     assert not ok and "no fewer object errors" in why
+    # more errors on a held-out part without panels: that reason once, not twice
+    ok, why = decide({"user_holdout": m(0, None, None)},
+                     {"user_holdout": m(8, None, None)}, 0.02)
+    assert not ok and why.count("0 -> 8") == 1 and "no fewer" not in why
 
 
 def test_diff_maps_counts_mistakes():
