@@ -316,6 +316,18 @@ def split_areas(areas: List[Area], bounds: List[Tuple[str, Tuple[float, float, f
     return out
 
 
+def _inside(geom, geom_crs, bounds) -> bool:
+    """Whether a corrected feature (shapely, in ``geom_crs``) meets a reviewed area
+    whose ``bounds`` are ``(raster CRS WKT, (xmin, ymin, xmax, ymax))``."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping, shape
+    crs = CRS.from_wkt(bounds[0])
+    if geom_crs is not None and geom_crs != crs:
+        geom = shape(transform_geom(geom_crs, crs, mapping(geom)))
+    return bool(geom.intersects(box(*bounds[1])))
+
+
 def _surface(b) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
@@ -542,10 +554,16 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
         stats = diff_maps(pred, target, valid, n_classes)
         ad = AreaData(a, grid, image, valid, pred, target, weight, hard, stats, n_here)
         (out_hold if a.holdout else out_train).append(ad)
-    unused = len(feats) - len(used_features)
-    if unused:
-        warnings.append(f"{unused} corrected feature(s) lie outside every reviewed area "
-                        f"and were not used")
+    unused = [(g, ai) for fi, (g, _, ai) in enumerate(feats) if fi not in used_features]
+    in_gap = sum(1 for g, ai in unused
+                 if any(_inside(g, feat_crs, b) for a, b in zip(areas, bounds)
+                        if ai is None or ai == a.index))
+    if len(unused) - in_gap:
+        warnings.append(f"{len(unused) - in_gap} corrected feature(s) lie outside every "
+                        f"reviewed area and were not used")
+    if in_gap:
+        warnings.append(f"{in_gap} corrected feature(s) lie in the strip left between the "
+                        f"part trained on and the held-out part, so neither used them")
     progress(1.0, "corrections read")
     return Corrections(out_train, out_hold, warnings, len(feats), repaired)
 

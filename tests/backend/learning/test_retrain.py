@@ -163,6 +163,61 @@ def test_diff_maps_counts_mistakes():
     assert w.max() == 5.0 and w.min() == 1.0 and hard.sum() == 300
 
 
+class _Background:
+    """An engine that sees background everywhere (the corrections are then all
+    additions), fast enough to read real areas in a test."""
+
+    kind, device, n_members = "test", "cpu", 1
+
+    def __init__(self, card):
+        self.card = card
+
+    @property
+    def channels(self):
+        return self.card.num_outputs
+
+    def predict_raw(self, tiles):
+        out = np.zeros((tiles.shape[0], self.card.num_outputs) + tiles.shape[2:], np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+def _sq(x, y, s):
+    return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
+
+
+@needs_real
+def test_features_in_the_split_gap_are_not_called_outside_every_area():
+    """One reviewed area of Vienna (100 m x 40 m): the held-out strip is its right
+    quarter, 5 m apart from the part trained on. A feature in that 5 m strip lies
+    inside the reviewed area: it is reported as such, not as outside every area."""
+    from backend.learning.corrections import build_corrections
+    from backend.models.catalog import load_card
+    from protocol.params import RetrainParams
+    card = load_card(MODEL)
+    x0, y0 = -1700.0, 338500.0
+    area = (x0, y0, x0 + 100, y0 + 40)  # held out: x > x0 + 75; gap x0 + 70 .. x0 + 75
+    feats = [{"wkt": _sq(x0 + 10, y0 + 10, 3), "class": "photovoltaic"},   # trained on
+             {"wkt": _sq(x0 + 71, y0 + 10, 3), "class": "photovoltaic"},   # in the gap
+             {"wkt": _sq(x0 + 85, y0 + 10, 3), "class": "photovoltaic"},   # held out
+             {"wkt": _sq(x0 + 300, y0 + 10, 3), "class": "photovoltaic"}]  # outside
+    vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
+    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats, crs="EPSG:31256",
+                           reviewed=[{"extent": list(area)}])
+    corr = build_corrections(params, [], card, _Background(card))
+    assert [a.n_features for a in corr.train] == [1] and \
+        [a.n_features for a in corr.holdout] == [1]
+    assert "1 corrected feature(s) lie outside every reviewed area" in " ".join(corr.warnings)
+    assert any(w.startswith("1 corrected feature(s) lie in the strip") for w in corr.warnings)
+    # all inside the area: no word of "outside"
+    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats[:3],
+                           crs="EPSG:31256", reviewed=[{"extent": list(area)}])
+    corr = build_corrections(params, [], card, _Background(card))
+    assert not any("outside" in w for w in corr.warnings), corr.warnings
+    s = corr.summary()
+    assert s["train"]["added"] + s["holdout"]["added"] == 2
+
+
 # ----------------------------------------------------------------------------- versions
 
 def _state():
