@@ -306,7 +306,8 @@ class RetrainParams(_Request):
         crs: CRS of the features (WKT or ``EPSG:n``); None: the raster's.
         reviewed: the reviewed areas; None: one, ``extent`` over ``source``.
         extent, extent_crs: the reviewed area when ``reviewed`` is None.
-        budget_s: fine-tuning time, seconds.
+        budget_s: time of the whole job (preparing the data, training, evaluating,
+            saving), seconds; the training gets what the other steps leave.
         steps: at most this many training steps; None: as many as the budget allows.
         seed: random seed; None: the daemon's (0).
         activate: make an accepted version active; None: yes.

@@ -41,10 +41,12 @@ Requests (client -> daemon) and the replies they get:
 ``resume``    -> like ``batch``: continues a stored batch job where it stopped
 ``retrain``   -> ``accepted`` {job_id}, ``progress`` events, then ``result`` {job_id,
                  crs: "", features: [], stats, retrain: {accepted, reason, model,
-                 parent, active, before, after, corrections, train, rule, ...}} /
+                 parent, active, before, after, corrections, train, time, rule,
+                 ...}} /
                  ``error`` / ``cancelled``: fine-tunes ``model`` on the user's corrected
                  polygons (``features`` + ``crs``, like a result) inside the
-                 ``reviewed`` areas, within ``budget_s``; a better model becomes a new
+                 ``reviewed`` areas, the whole job within ``budget_s`` (progress
+                 messages name the phase and the time left); a better model becomes a new
                  version ``<model>@<n>`` (see ``backend.learning.finetune``)
 ``versions``  -> ``versions`` {model, active, versions: [{id, number, version, parent,
                  created, active, corrections, metrics, decision}]}
@@ -353,7 +355,7 @@ REQUEST_SCHEMAS["retrain"] = {
     "reviewed": (False, _check_reviewed),
     "extent": (False, lambda x: None if x is None else _check_extent(x)),
     "extent_crs": (False, _optional_string),
-    "budget_s": (False, _num_range(1.0, 86400.0)),     # fine-tuning time, seconds
+    "budget_s": (False, _num_range(1.0, 86400.0)),     # whole job's time, seconds
     "steps": (False, _int_range(1, 1_000_000)),        # at most this many steps
     "seed": (False, _int_range(0, 2 ** 31 - 1)),
     "activate": (False, _boolean),          # make an accepted version active (default)

@@ -185,8 +185,8 @@ def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Correcti
         corr: the corrections (``holdout`` and ``train`` areas, with the current
             model's class maps in ``pred``).
         guard: the guard tiles, or None / empty to skip the guard.
-        progress: receives (fraction of the whole retrain job, message); this part
-            runs from 0.83 to 0.95.
+        progress: receives (fraction 0..1 of this evaluation, message naming what is
+            evaluated).
         cancelled: polled between tiles and batches.
 
     Returns:
@@ -196,19 +196,19 @@ def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Correcti
     Raises:
         JobCancelled: ``cancelled()`` turned true.
     """
-    progress(0.83, "evaluating on the held-out corrections")
+    progress(0.0, "the held-out corrections")
     before = {"user_holdout": eval_areas(corr.holdout, card, [a.pred for a in corr.holdout])}
     after = {"user_holdout": eval_areas(corr.holdout, card,
                                         [predict_area(candidate, a, card, cancelled)
                                          for a in corr.holdout])}
     if guard:
-        progress(0.9, f"evaluating on {len(guard)} pv01 validation tiles (guard)")
+        progress(0.35, f"{len(guard)} pv01 validation tiles (guard)")
         before["guard"] = _guard_before(current, card, guard.tiles, cancelled)
         after["guard"] = eval_tiles(candidate, card, guard.tiles, cancelled)
     ub, ua = before["user_holdout"], after["user_holdout"]
     if (ua["object_errors"] == ub["object_errors"] and corr.train
             and not (cancelled and cancelled())):
-        progress(0.95, "evaluating on the corrected areas")
+        progress(0.6, "the corrected areas trained on")
         before["user_train"] = eval_areas(corr.train, card, [a.pred for a in corr.train])
         after["user_train"] = eval_areas(corr.train, card,
                                          [predict_area(candidate, a, card, cancelled)

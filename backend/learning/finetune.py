@@ -6,8 +6,9 @@
 1. **corrections** (:mod:`backend.learning.corrections`): read the reviewed areas, run
    the current model, diff with the corrected polygons, split the areas into a train
    part and a held-out part;
-2. **fine-tune** (:func:`finetune`) the selected model from its current weights within
-   the time budget: chips from the corrected areas, most centred on a mistake
+2. **fine-tune** (:func:`finetune`) the selected model from its current weights for
+   the part of the time budget the other steps leave (:class:`TimePlan`: the budget
+   covers the whole job): chips from the corrected areas, most centred on a mistake
    (hard-example mining) with pixel loss weights ``mistake_weight`` on mistake pixels
    and 1 elsewhere, mixed with a *replay* sample of the model's pv01 fit tiles
    (:class:`backend.learning.data.ReplaySet`; ``replay_fraction`` of each batch) so the
@@ -35,7 +36,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -62,6 +63,150 @@ log = logging.getLogger("ortholens.retrain")
 
 Progress = Callable[[float, str], None]
 
+#: Seconds assumed to export and load a candidate until one was measured, per device.
+EXPORT_S = {"cpu": 10.0, "cuda": 2.0}
+#: Seconds assumed to write an accepted version.
+SAVE_S = 2.0
+#: Factor on the gate's estimated model time (post-processing, metrics, a busy machine).
+CHECK_MARGIN = 1.5
+#: Least training time, seconds, when preparing and checking alone fill the budget.
+MIN_TRAIN_S = 10.0
+#: Measured in this process: ``export_s``, the last candidate's export and load time.
+_MEASURED: Dict[str, float] = {}
+#: The phases of a retrain job as its progress messages name them.
+PHASES = ("preparing data", "training", "evaluating the gate", "saving")
+
+
+def left_text(seconds: float) -> str:
+    """``"about 7 s left"``, ``"about 40 s left"`` (5 s steps from 20 s), ``"about 3 min
+    left"`` (from 2 minutes), ``"finishing"`` (under a second); ``seconds``: the time
+    left, s."""
+    if seconds < 1.0:
+        return "finishing"
+    if seconds < 20.0:
+        return f"about {int(round(seconds))} s left"
+    if seconds < 120.0:
+        return f"about {int(round(seconds / 5.0)) * 5} s left"
+    return f"about {int(round(seconds / 60.0))} min left"
+
+
+class TimedEngine:
+    """An engine that counts the seconds spent in ``predict_raw`` (``seconds``); every
+    other attribute is the wrapped engine's.
+
+    Args:
+        engine: the engine measured.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """The wrapped engine's ``predict_raw``, timed."""
+        t = time.monotonic()
+        try:
+            return self._engine.predict_raw(tiles)
+        finally:
+            self.seconds += time.monotonic() - t
+
+
+class TimePlan:
+    """How a retrain job spends its time budget, and what its progress events say.
+
+    The budget covers the whole job: preparing the data (reading the reviewed areas and
+    running the current model on them), training, evaluating the gate and saving. Once
+    the data is read, :meth:`plan_training` estimates what the gate will need from the
+    speed of the current model on the reviewed areas (seconds per pixel; the candidate
+    has the same architecture) and gives the training the rest, at least :data:`MIN_TRAIN_S` (then the job ends
+    after its budget, and the report says so).
+
+    Every event reads ``"<phase>: <detail> — about N s left"`` (phases
+    :data:`PHASES`); its fraction is elapsed / (elapsed + time left), never decreasing,
+    so the progress bar and the time left agree.
+
+    Args:
+        budget_s: the whole job's budget, seconds.
+        progress: the job's progress callback, or None.
+        clock: monotonic time source, seconds (tests pass a fake one).
+
+    Attributes:
+        t0: start (``clock()``); end: the planned end; fraction: the last fraction sent;
+        marks: phase -> seconds since ``t0`` when it began; train_s, check_s: the
+        training time given and the gate's estimated time (set by
+        :meth:`plan_training`).
+    """
+
+    def __init__(self, budget_s: float, progress: Optional[Progress] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.budget_s = float(budget_s)
+        self.progress = progress or (lambda f, m: None)
+        self.clock = clock
+        self.t0 = clock()
+        self.end = self.t0 + self.budget_s
+        self.fraction = 0.0
+        self.marks: Dict[str, float] = {}
+        self.train_s: Optional[float] = None
+        self.check_s: Optional[float] = None
+
+    def elapsed_s(self) -> float:
+        """Seconds since the job started."""
+        return self.clock() - self.t0
+
+    def left_s(self) -> float:
+        """Seconds to the planned end (0 once it has passed)."""
+        return max(0.0, self.end - self.clock())
+
+    def report(self, phase: str, detail: str = "") -> None:
+        """Send one progress event of ``phase`` (one of :data:`PHASES`); the first
+        event of a phase marks its start."""
+        self.marks.setdefault(phase, self.elapsed_s())
+        el, left = self.elapsed_s(), self.left_s()
+        f = el / (el + left) if el + left > 0 else 1.0
+        self.fraction = max(self.fraction, min(f, 0.99))
+        self.progress(self.fraction, f"{phase}{': ' + detail if detail else ''} — "
+                                     f"{left_text(left)}")
+
+    def plan_training(self, px_s: float, check_px: int, device: str) -> float:
+        """The training budget, seconds, once the data is read.
+
+        Args:
+            px_s: seconds the current model took per pixel of the reviewed areas while
+                they were read (:class:`TimedEngine`); the candidate is assumed as fast.
+            check_px: pixels the gate will run the models on (held-out and trained-on
+                areas, the guard tiles twice), at the model GSD.
+            device: ``"cpu"`` or ``"cuda"`` (the export time assumed before one was
+                measured).
+        """
+        read_s = self.elapsed_s()
+        export = _MEASURED.get("export_s", EXPORT_S.get(device, EXPORT_S["cpu"]))
+        self.check_s = export + CHECK_MARGIN * px_s * int(check_px) + SAVE_S
+        self.train_s = max(MIN_TRAIN_S, self.budget_s - read_s - self.check_s)
+        self.end = max(self.t0 + self.budget_s, self.clock() + self.train_s + self.check_s)
+        return self.train_s
+
+    def training_done(self) -> None:
+        """Training ended (perhaps early): the end is now the gate's estimate away."""
+        self.end = self.clock() + (self.check_s or 0.0)
+
+    def summary(self) -> Dict[str, Any]:
+        """``{budget_s, seconds, preparing_s, training_s, checking_s, saving_s,
+        within_budget}`` (seconds, rounded to 0.1; a phase not reached is absent)."""
+        total = self.elapsed_s()
+        out: Dict[str, Any] = {"budget_s": self.budget_s, "seconds": round(total, 1)}
+        names = [p for p in PHASES if p in self.marks]
+        for i, p in enumerate(names):
+            stop = self.marks[names[i + 1]] if i + 1 < len(names) else total
+            key = {"preparing data": "preparing_s", "training": "training_s",
+                   "evaluating the gate": "checking_s", "saving": "saving_s"}[p]
+            out[key] = round(stop - self.marks[p], 1)
+        # a second of slack: the last event and the reply are not the job's doing
+        out["within_budget"] = total <= self.budget_s + 1.0
+        return out
+
 
 @dataclass
 class RetrainConfig:
@@ -69,7 +214,9 @@ class RetrainConfig:
     defaults (:meth:`from_params`).
 
     Attributes:
-        budget_s: wall-clock cap of the fine-tuning, seconds.
+        budget_s: wall-clock budget, seconds: of the whole job in :func:`run_retrain`
+            (which gives the training what preparing and checking leave), of the
+            training alone in :func:`finetune`.
         steps: fixed number of steps (reproducible), or None to run until the budget.
         seed: seed of the chip sampling, augmentation and torch.
         batch_size, chip: chips per step and their side (px).
@@ -170,6 +317,22 @@ def _param_groups(model, lr: float, train_encoder: bool) -> Tuple[List[Dict[str,
     return groups, bool(train_encoder and enc_params)
 
 
+def expected_steps(done: int, elapsed_s: float, budget_s: float, steps: Optional[int],
+                   step_s: float) -> int:
+    """How many training steps a fine-tuning will have run when it stops.
+
+    Args:
+        done: steps run so far; elapsed_s: their time, seconds.
+        budget_s: the training budget, seconds; steps: the fixed step count, or None.
+        step_s: the recent time of one step, seconds.
+
+    Returns:
+        ``done`` plus the steps that still fit in the budget (never more than ``steps``).
+    """
+    fit = done + (int(max(0.0, budget_s - elapsed_s) // step_s) if step_s > 0 else 0)
+    return max(done, min(fit, steps) if steps else fit)
+
+
 def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
              progress: Optional[Progress] = None,
              cancelled: Optional[Callable[[], bool]] = None,
@@ -180,7 +343,8 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
         card: a single model with weights.
         areas: the corrected areas to train on (may be empty: replay only).
         cfg: the hyper-parameters.
-        progress: receives (fraction 0..1, message) about once a second.
+        progress: receives (fraction 0..1, message ``"step i/n, loss x"``, ``n`` the
+            steps expected to fit in the budget) about once a second.
         cancelled: polled every step.
         device: ``"cpu"``, ``"cuda"``; default CUDA when available.
 
@@ -222,11 +386,13 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
     n_corr = bs if rep is None else (0 if corr is None else
                                      max(1, int(round(bs * (1 - cfg.replay_fraction)))))
     t0 = time.monotonic()
-    step, losses = 0, []
+    step, losses, durations = 0, [], []
     last_report = 0.0
     while True:
         elapsed = time.monotonic() - t0
-        if elapsed >= cfg.budget_s or (cfg.steps is not None and step >= cfg.steps):
+        # a step that would end after the budget is not started
+        step_s = float(np.mean(durations[-5:])) if durations else 0.0
+        if elapsed + step_s > cfg.budget_s or (cfg.steps is not None and step >= cfg.steps):
             break
         if cancelled and cancelled():
             raise JobCancelled()
@@ -243,16 +409,20 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
         w = torch.from_numpy(np.stack([it[2] for it in items]))
         x, y, w = augment_weighted_batch(x, y, w, rng)
         x, y, w = x.to(device), y.to(device), w.to(device)
+        t_step = time.monotonic()
         losses.append(optimizer_step(
             model, opt, x, lambda logits: weighted_dice_ce_loss(logits, y, w, n_classes),
             device))
         step += 1
         now = time.monotonic()
+        durations.append(now - t_step)
         if now - last_report > 1.0:
             last_report = now
-            progress(min(1.0, frac), f"fine-tuning: step {step}, loss "
-                                     f"{np.mean(losses[-10:]):.3f}, "
-                                     f"{now - t0:.0f}/{cfg.budget_s:.0f} s")
+            total = expected_steps(step, now - t0, cfg.budget_s, cfg.steps,
+                                   float(np.mean(durations[-5:])))
+            progress(min(1.0, (now - t0) / cfg.budget_s if not cfg.steps else
+                         max(step / total, (now - t0) / cfg.budget_s)),
+                     f"step {step}/{total}, loss {np.mean(losses[-10:]):.3f}")
     seconds = time.monotonic() - t0
     model = model.to("cpu").eval()
     # evaluate exactly what will be saved: fp16 weights
@@ -266,6 +436,7 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
             "threads": threads, "train_encoder": encoder_trained,
             "batch_size": bs, "chip": cfg.chip, "correction_chips_per_batch": n_corr,
             "replay_tiles": replay.n if rep is not None else 0,
+            "step_seconds": round(float(np.mean(durations)), 3) if durations else None,
             "final_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
             "first_loss": round(float(np.mean(losses[:5])), 4) if losses else None,
             "torch": torch.__version__}
@@ -336,7 +507,8 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         request: the header validated by ``protocol.wire.validate_request`` (type
             ``retrain``); read once into :class:`~protocol.params.RetrainParams`.
         arrays: the request's pixel frames (for ``pixels`` sources).
-        progress: receives (fraction 0..1, message).
+        progress: receives (fraction 0..1, message ``"<phase>: <detail> — about N s
+            left"``; see :class:`TimePlan`).
         cancelled: polled between steps and tiles.
         root: the user model folder (default ``backend.models.versions.user_models_dir``).
         keep: for in-process callers such as ``tools.retrain_eval``: a dict that
@@ -346,7 +518,9 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         ``{"crs": "", "features": [], "stats": {...}, "retrain": report}``; the report
         holds ``accepted``, ``reason``, ``model`` (the new id or None), ``parent``,
         ``active``, ``before`` / ``after`` metrics, ``corrections``, ``train``,
-        ``rule``, ``mlflow_run``, ``warnings``.
+        ``budget_s`` (the whole job's), ``time`` (:meth:`TimePlan.summary`: seconds per
+        phase, ``within_budget``), ``rule``, ``mlflow_run``, ``warnings`` (one says so
+        when the job ran past its budget).
 
     Raises:
         JobError: unusable model or input (with a protocol ``code``).
@@ -355,8 +529,6 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
     import shutil
 
     params = RetrainParams.from_header(request)
-    progress = progress or (lambda f, m: None)
-    t_start = time.monotonic()
     with model_errors():
         card = load_card(params.model)
     if card.is_ensemble:
@@ -366,16 +538,18 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
     if not card.weights_path.is_file():
         raise JobError(f"model {card.id!r} has no weights to fine-tune", P.E_NOT_FOUND)
     cfg = RetrainConfig.from_params(params)
+    clock = TimePlan(cfg.budget_s, progress)
     base = V.split_id(card.id)[0]
     run = V.MlflowRun(V.mlruns_dir(root), f"retrain {card.id}")
     run.log_params({"model": card.id, "model_version": card.version, **asdict(cfg)})
     status = "FAILED"
     cand_dir = None
     try:
+        clock.report("preparing data", "loading the model")
         engine = get_engine(card)
-        progress(0.0, "reading the corrections")
-        corr = build_corrections(params, arrays, card, engine,
-                                 lambda f, m: progress(0.12 * f, m), cancelled,
+        timed = TimedEngine(engine)
+        corr = build_corrections(params, arrays, card, timed,
+                                 lambda f, m: clock.report("preparing data", m), cancelled,
                                  cfg.mistake_weight, cfg.holdout_fraction)
         summary = corr.summary()
         run.log_params({"corrections": summary["features"],
@@ -385,20 +559,30 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         for side in ("train", "holdout"):
             for k in ("fp_objects", "fn_objects", "class_change_objects"):
                 run.log_metric(f"corrections.{side}.{k}", summary[side][k])
-        progress(0.12, f"fine-tuning for up to {cfg.budget_s:.0f} s")
-        model, info = finetune(card, corr.train, cfg,
-                               lambda f, m: progress(0.12 + 0.7 * f, m), cancelled)
+        warnings = list(corr.warnings)
+        guard = _guard(card, params, warnings)
+        area_px = sum(a.valid.size for a in corr.train + corr.holdout)
+        device = "cuda" if _cuda() else "cpu"
+        train_s = clock.plan_training(timed.seconds / max(area_px, 1),
+                                      area_px + 2 * _guard_pixels(guard, card.gsd_m), device)
+        run.log_param("train_budget_s", round(train_s, 1))
+        clock.report("training", f"up to {train_s:.0f} s")
+        model, info = finetune(card, corr.train, replace(cfg, budget_s=train_s),
+                               lambda f, m: clock.report("training", m), cancelled, device)
+        clock.training_done()
         run.log_metric("train.steps", info["steps"])
         if info.get("final_loss") is not None:
             run.log_metric("train.final_loss", info["final_loss"], info["steps"])
-        progress(0.82, "exporting the candidate")
+        clock.report("evaluating the gate", "exporting the candidate")
+        t_export = time.monotonic()
         cand_dir = V.candidate_dir(base, root)
         cand = candidate_engine(card, model, cand_dir)
+        _MEASURED["export_s"] = time.monotonic() - t_export
         if keep is not None:
             keep.update({"engine": cand, "card": card})
-        warnings = list(corr.warnings)
-        guard = _guard(card, params, warnings)
-        before, after = evaluate(card, engine, cand, corr, guard, progress, cancelled)
+        before, after = evaluate(card, engine, cand, corr, guard,
+                                 lambda f, m: clock.report("evaluating the gate", m),
+                                 cancelled)
         accepted, reason = decide(before, after, cfg.max_iou_drop)
         for tag, m in (("before", before), ("after", after)):
             for part, s in m.items():
@@ -415,7 +599,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         if accepted:
             if cancelled and cancelled():
                 raise JobCancelled()
-            progress(0.96, "saving the new version")
+            clock.report("saving", f"the new version of {base}")
             lineage = {
                 "created": V._now_iso(), "corrections": summary["features"],
                 "data": {"sources": _file_sources(params) or ["pixels sent by the plugin"],
@@ -438,13 +622,22 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
                 V.activate(new.id, root)
             report["active"] = V.active_id(base, root)
             run.set_tag("ortholens.model", new.id)
+        report["time"] = times = clock.summary()
+        if not times["within_budget"]:
+            over = times.get("preparing_s", 0.0) + times.get("checking_s", 0.0)
+            warnings.append(
+                f"the retrain took {times['seconds']:.0f} s, over its "
+                f"{cfg.budget_s:.0f} s budget: preparing the data and evaluating the gate "
+                f"alone took {over:.0f} s here; give a larger budget or review a smaller "
+                f"area")
         run.set_tag("ortholens.decision", "accepted" if accepted else "rejected")
         run.set_tag("ortholens.reason", reason)
         run.log_artifact_text("report.json", json.dumps(report, indent=2, default=str))
         status = "FINISHED"
-        progress(1.0, ("new version " + str(report["model"])) if accepted else
-                 "candidate rejected")
-        stats = {"seconds": round(time.monotonic() - t_start, 1), "accepted": accepted,
+        if progress is not None:
+            progress(1.0, ("new version " + str(report["model"])) if accepted else
+                     "candidate rejected")
+        stats = {"seconds": times["seconds"], "accepted": accepted,
                  "model": report["model"]}
         return {"crs": "", "features": [], "stats": stats, "retrain": report}
     except JobCancelled:
@@ -457,6 +650,23 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         run.end(status)
         if cand_dir is not None:
             shutil.rmtree(cand_dir, ignore_errors=True)
+
+
+def _cuda() -> bool:
+    import torch
+    return bool(torch.cuda.is_available())
+
+
+def _guard_pixels(guard: Optional[GuardSet], gsd_m: float) -> int:
+    """Pixels of the guard tiles at the model GSD (0 without a guard)."""
+    if not guard:
+        return 0
+    import rasterio
+    n = 0
+    for t in guard.tiles:
+        with rasterio.open(t.image_path) as ds:
+            n += int(ds.width * ds.height * (abs(ds.res[0]) / gsd_m) ** 2)
+    return n
 
 
 def _grid_bounds(a: AreaData) -> Tuple[float, float, float, float]:

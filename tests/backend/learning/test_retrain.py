@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -218,6 +219,87 @@ def test_features_in_the_split_gap_are_not_called_outside_every_area():
     assert s["train"]["added"] + s["holdout"]["added"] == 2
 
 
+# ----------------------------------------------------------------------------- time budget
+
+class _Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_time_plan_gives_training_what_preparing_and_checking_leave():
+    from backend.learning import finetune as F
+    events = []
+    clock = _Clock()
+    plan = F.TimePlan(60.0, lambda f, m: events.append((f, m)), clock)
+    plan.report("preparing data", "reading reviewed area 1/1")
+    clock.t += 10.0  # 10 s to read 1 Mpx: 1e-5 s per pixel
+    F._MEASURED.pop("export_s", None)
+    train = plan.plan_training(1_000_000, 1_500_000, "cpu")
+    # gate: 10 s export + 15 s for 1.5 Mpx + 2 s saving; training gets the rest
+    assert train == pytest.approx(60 - 10 - (F.EXPORT_S["cpu"] + 15 + F.SAVE_S))
+    plan.report("training", "step 3/40, loss 0.500")
+    assert events[-1][1] == "training: step 3/40, loss 0.500 — about 50 s left"
+    clock.t += train
+    plan.training_done()
+    plan.report("evaluating the gate", "the held-out corrections")
+    clock.t += 20.0
+    plan.report("saving", "the new version")
+    clock.t += 5.0
+    t = plan.summary()
+    assert t["preparing_s"] == 10.0 and t["training_s"] == pytest.approx(train, abs=0.1)
+    assert t["checking_s"] == 20.0 and t["saving_s"] == 5.0
+    assert t["seconds"] == pytest.approx(58.0, abs=0.1) and t["within_budget"]
+    fractions = [f for f, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] < 1.0
+    assert all(" left" in m or "finishing" in m for _, m in events)
+    # preparing alone fills the budget: the least training time, and the job is late
+    clock = _Clock()
+    plan = F.TimePlan(30.0, None, clock)
+    clock.t += 40.0
+    assert plan.plan_training(1_000_000, 1_000_000, "cpu") == F.MIN_TRAIN_S
+    clock.t += F.MIN_TRAIN_S + 5
+    assert not plan.summary()["within_budget"]
+    assert F.left_text(0.4) == "finishing" and F.left_text(7.2) == "about 7 s left"
+    assert F.left_text(43) == "about 45 s left" and F.left_text(400) == "about 7 min left"
+
+
+def test_expected_steps_fit_the_budget():
+    from backend.learning.finetune import expected_steps
+    assert expected_steps(10, 20.0, 60.0, None, 2.0) == 30
+    assert expected_steps(10, 20.0, 60.0, 15, 2.0) == 15
+    assert expected_steps(10, 70.0, 60.0, None, 2.0) == 10
+
+
+@needs_real
+def test_real_retrain_keeps_its_whole_budget(user_dir):
+    """A real retrain of a small Vienna area (a deleted false polygon: nothing is
+    drawn) with a 45 s budget: the whole job, preparing, training, the gate and saving,
+    ends within it; progress names every phase with the time left."""
+    from backend.learning.finetune import run_retrain
+    vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
+    req = {"type": "retrain", "model": MODEL, "source": {"kind": "file", "path": vienna},
+           "crs": "EPSG:31256", "features": [],
+           "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}], "budget_s": 45}
+    events = []
+    t0 = time.monotonic()
+    out = run_retrain(req, [], lambda f, m: events.append((time.monotonic() - t0, f, m)))
+    seconds = time.monotonic() - t0
+    rep = out["retrain"]
+    print(rep["time"], rep["train"]["steps"], [m for _, _, m in events][::5])
+    assert seconds <= 46.0, rep["time"]
+    assert rep["time"]["within_budget"] and rep["time"]["budget_s"] == 45.0
+    assert rep["train"]["steps"] > 0 and rep["time"]["training_s"] > 5
+    msgs = [m for _, _, m in events]
+    for phase in ("preparing data: ", "training: step ", "evaluating the gate: "):
+        assert any(m.startswith(phase) and " left" in m for m in msgs), phase
+    assert any(re.match(r"training: step \d+/\d+, loss", m) for m in msgs)
+    fr = [f for _, f, _ in events]
+    assert fr == sorted(fr)
+
+
 # ----------------------------------------------------------------------------- versions
 
 def _state():
@@ -376,7 +458,7 @@ def test_retrain_job_cancel_writes_nothing(user_dir):
     state = {"go": False}
 
     def progress(f, m):
-        if m.startswith("fine-tuning"):
+        if m.startswith("training"):
             state["go"] = True
 
     t0 = time.monotonic()
