@@ -5,12 +5,20 @@ Two halves, so the slow part can run in a :class:`~qgis.core.QgsTask`:
 * :func:`write_result_gpkg` writes the GeoPackage; it touches no project or GUI object
   and may run on a worker thread;
 * :func:`load_result_layer` opens it with the ``ogr`` provider (edits are saved back to
-  the file), applies a categorized renderer and adds it to the project; UI thread only.
+  the file), styles it, sets up its fields for editing and adds it to the project;
+  UI thread only.
 
 :func:`write_result_layer` does both. The attribute table is ``protocol.results``'
-result schema (:data:`RESULT_FIELDS`), the same as a batch job's GeoPackage:
-``class``, ``class_id``, ``score``, ``agreement``, ``area_m2``, ``model``,
-``model_version`` and ``detected_at`` (ISO 8601 UTC time of the write).
+result schema (:data:`RESULT_FIELDS`): ``class``, ``class_id``, ``score``,
+``agreement``, ``area_m2``, ``model``, ``model_version`` and ``detected_at``, the
+last a GeoPackage DateTime (UTC) here where a batch job's GeoPackage stores ISO 8601
+text. Each field has an alias with its unit (:data:`FIELD_ALIASES`).
+
+A polygon drawn by hand in a result layer gets ``area_m2`` (measured whenever its
+geometry or attributes change, see :func:`area_expression`), ``class`` (the model's
+first class unless chosen) and ``class_id`` (from ``class``); ``score``,
+``agreement``, ``model``, ``model_version`` and ``detected_at`` stay NULL, which is
+what tells a drawn polygon from a detected one.
 """
 
 from __future__ import annotations
@@ -22,12 +30,16 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QTime, QVariant
 from qgis.PyQt.QtGui import QColor
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
+    QgsCoordinateReferenceSystem,
     QgsCoordinateTransformContext,
+    QgsDefaultValue,
+    QgsEditorWidgetSetup,
+    QgsExpression,
     QgsFeature,
     QgsField,
     QgsFields,
@@ -35,6 +47,7 @@ from qgis.core import (
     QgsGeometry,
     QgsProject,
     QgsRendererCategory,
+    QgsUnitTypes,
     QgsVectorFileWriter,
     QgsVectorLayer,
     QgsWkbTypes,
@@ -48,9 +61,30 @@ from .detect.crs import crs_from_text
 _KINDS = {"str": (QVariant.String, str), "int": (QVariant.Int, int),
           "float": (QVariant.Double, float)}
 
+#: Fields stored as a GeoPackage DateTime (UTC) although the protocol carries text.
+DATETIME_FIELDS = ("detected_at",)
+
 #: (name, QVariant type) of the result table's fields, in order: the protocol's result
-#: schema.
-RESULT_FIELDS = tuple((name, _KINDS[kind][0]) for name, kind in results.RESULT_FIELDS)
+#: schema, with :data:`DATETIME_FIELDS` as ``QVariant.DateTime``.
+RESULT_FIELDS = tuple((name, QVariant.DateTime if name in DATETIME_FIELDS else _KINDS[kind][0])
+                      for name, kind in results.RESULT_FIELDS)
+
+#: The alias of each result field, as the attribute table and forms show it.
+FIELD_ALIASES = {
+    "class": "Class",
+    "class_id": "Class ID",
+    "score": "Score (0–1, NULL: drawn by hand)",
+    "agreement": "Agreement (0–1)",
+    "area_m2": "Area (m²)",
+    "model": "Model",
+    "model_version": "Model version",
+    "detected_at": "Detected at (UTC)",
+}
+
+#: The equal-area CRS in which the area of a drawn or reshaped polygon is measured:
+#: EASE-Grid 2.0 Global, a Lambert cylindrical equal-area projection of the WGS 84
+#: ellipsoid, so its planar area is the ellipsoidal area (latitudes up to 86°).
+AREA_CRS = "EPSG:6933"
 
 #: Fill opacity of the class colour (0..255); outlines are opaque.
 FILL_ALPHA = 90
@@ -102,18 +136,45 @@ def default_result_path(stem: str, project: Optional[QgsProject] = None,
     return str(path.resolve())
 
 
-def _attributes(feature: Dict[str, Any], detected_at: str) -> List[Any]:
+def utc_datetime(value: Any) -> QDateTime:
+    """``value`` as a UTC ``QDateTime`` (millisecond precision).
+
+    Args:
+        value: a ``datetime.datetime`` or ISO 8601 text (``2024-05-06T07:08:09Z``,
+            ``...+02:00``); a time without an offset is taken as UTC.
+
+    Raises:
+        ResultLayerError: ``value`` is not a date and time.
+    """
+    if isinstance(value, _dt.datetime):
+        when = value
+    else:
+        try:
+            when = _dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ResultLayerError(f"{value!r} is not an ISO 8601 date and time") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(_dt.timezone.utc)
+    return QDateTime(QDate(when.year, when.month, when.day),
+                     QTime(when.hour, when.minute, when.second, when.microsecond // 1000),
+                     Qt.UTC)
+
+
+def _attributes(feature: Dict[str, Any], detected_at: QDateTime) -> List[Any]:
     """The attribute values of a result feature in :data:`RESULT_FIELDS` order: each
     converted to its kind; a field the feature lacks is NULL."""
     values = []
     for name, kind in results.RESULT_FIELDS:
-        value = detected_at if name == "detected_at" else feature.get(name)
+        if name == "detected_at":
+            values.append(detected_at)
+            continue
+        value = feature.get(name)
         values.append(None if value is None else _KINDS[kind][1](value))
     return values
 
 
 def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
-                      detected_at: Optional[str] = None) -> int:
+                      detected_at: Any = None) -> int:
     """Write a detection result to a new GeoPackage (thread-safe: no project access).
 
     Args:
@@ -125,19 +186,24 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
             when complete, so ``path`` never holds a half-written GeoPackage (and an
             existing one stays intact when writing fails).
         layer_name: the table name inside the GeoPackage.
-        detected_at: ISO 8601 time stored on every feature (default: now, UTC).
+        detected_at: the time stored on every feature's ``detected_at``, a DateTime
+            field (default: now): a ``datetime`` or ISO 8601 text (see
+            :func:`utc_datetime`). It is stored as UTC; the GeoPackage value carries no
+            zone marker (QGIS 3.22 writes none), hence the field alias "(UTC)".
 
     Returns:
         The number of features written. Polygons are stored as MultiPolygon.
 
     Raises:
         ResultLayerError: ``result["crs"]`` is not a valid CRS, a feature has invalid
-            WKT or the file cannot be created or written.
+            WKT, ``detected_at`` is no date and time, or the file cannot be created or
+            written.
     """
     crs = crs_from_text(str(result.get("crs") or ""))
     if not crs.isValid():
         raise ResultLayerError("the daemon's result has no valid CRS; nothing was written")
-    detected_at = detected_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = utc_datetime(detected_at if detected_at is not None
+                         else _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0))
     fields = result_fields()
 
     feats: List[QgsFeature] = []
@@ -150,7 +216,7 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
         geom.convertToMultiType()
         feat = QgsFeature(fields)
         feat.setGeometry(geom)
-        feat.setAttributes(_attributes(f, detected_at))
+        feat.setAttributes(_attributes(f, stamp))
         feats.append(feat)
 
     target = Path(path)
@@ -227,15 +293,89 @@ def _category(name: str, color: str) -> QgsRendererCategory:
     return QgsRendererCategory(name, symbol, name)
 
 
+def area_expression(crs: QgsCoordinateReferenceSystem) -> str:
+    """The expression giving a polygon's area in square metres in a layer of ``crs``.
+
+    For a CRS with an authority id (all the daemon returns): the ellipsoidal area,
+    measured after ``transform()`` into the equal-area :data:`AREA_CRS` from
+    ``@layer_crs``, whatever the layer's CRS and units and whatever the project's
+    ellipsoid and area units (which ``$area`` would follow). It agrees with the
+    daemon's planar ``area_m2`` of a detection within the CRS's scale error (0.2 % at
+    the edge of a UTM zone, less in national grids). Where that transform fails, and
+    for a custom CRS without an id, the planar area in CRS units times the squared
+    unit-to-metre factor (approximate for degrees).
+    """
+    factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceMeters)
+    planar = "area($geometry)" if factor == 1.0 else f"area($geometry) * {factor * factor!r}"
+    authid = crs.authid() if crs.isValid() else ""
+    if not authid or authid.upper().startswith("USER:"):
+        return planar
+    return f"coalesce(area(transform($geometry, @layer_crs, '{AREA_CRS}')), {planar})"
+
+
+def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) -> None:
+    """Aliases, default values and widgets of a result layer's fields (UI thread).
+
+    * every field of :data:`FIELD_ALIASES` gets its alias (units in brackets);
+    * ``area_m2`` (read-only in forms) is :func:`area_expression`, applied when a
+      feature is added and again whenever it changes (``applyOnUpdate``), so drawn and
+      reshaped polygons carry their area in m²;
+    * ``class`` defaults to the model's first class, picked from a list of the card's
+      classes (and any other class found in the layer);
+    * ``class_id`` (read-only in forms) follows ``class``, by the card's ids; a class
+      the card does not know keeps its ``class_id``;
+    * ``score``, ``agreement``, ``model``, ``model_version`` and ``detected_at`` get no
+      default: NULL marks a polygon drawn by hand.
+
+    Args:
+        layer: the result layer (fields of :data:`RESULT_FIELDS`; missing ones are
+            skipped).
+        classes: the model card's classes (``{"id", "name", ...}``), first = default.
+    """
+    fields = layer.fields()
+    for name, alias in FIELD_ALIASES.items():
+        if fields.indexOf(name) >= 0:
+            layer.setFieldAlias(fields.indexOf(name), alias)
+    form = layer.editFormConfig()
+    ai = fields.indexOf("area_m2")
+    if ai >= 0:
+        layer.setDefaultValueDefinition(ai, QgsDefaultValue(area_expression(layer.crs()), True))
+        form.setReadOnly(ai, True)
+    named = [c for c in classes if c.get("name") not in (None, "")]
+    ci, ii = fields.indexOf("class"), fields.indexOf("class_id")
+    if ci >= 0 and named:
+        first = QgsExpression.quotedValue(str(named[0]["name"]))
+        layer.setDefaultValueDefinition(ci, QgsDefaultValue(first, False))
+        names = [str(c["name"]) for c in named]
+        names += sorted({str(v) for v in layer.uniqueValues(ci)
+                         if v is not None and str(v) not in ("", "NULL")} - set(names))
+        layer.setEditorWidgetSetup(ci, QgsEditorWidgetSetup(
+            "ValueMap", {"map": [{n: n} for n in names]}))
+        if ii >= 0:
+            whens = " ".join(f'WHEN coalesce("class", {first}) = '
+                             f"{QgsExpression.quotedValue(str(c['name']))} THEN {int(c['id'])}"
+                             for c in named if c.get("id") is not None)
+            if whens:
+                expr = f'CASE {whens} ELSE "class_id" END'
+                layer.setDefaultValueDefinition(ii, QgsDefaultValue(expr, True))
+                form.setReadOnly(ii, True)
+    layer.setEditFormConfig(form)
+
+
 def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
                       display_name: Optional[str] = None, add_to_project: bool = True,
                       above_layer_id: Optional[str] = None) -> QgsVectorLayer:
     """Open a result GeoPackage as a styled, editable layer (UI thread).
 
+    The layer is categorized on ``class`` (:func:`class_renderer`); its fields are set
+    up for editing by :func:`setup_result_fields`; the project keeps that set-up when
+    it is saved.
+
     Args:
         path: the ``.gpkg`` written by :func:`write_result_gpkg`.
         layer_name: the table inside it.
-        classes: the model card's classes, for colours (see :func:`class_renderer`).
+        classes: the model card's classes, for colours (see :func:`class_renderer`) and
+            the default class.
         display_name: the name shown in the Layers panel (default ``layer_name``).
         add_to_project: add the layer to ``QgsProject.instance()``.
         above_layer_id: when given and in the layer tree, insert the new layer directly
@@ -252,6 +392,7 @@ def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
         raise ResultLayerError(f"cannot open the result layer {layer_name!r} in {path}")
     present = sorted({str(v) for v in layer.uniqueValues(layer.fields().indexOf("class"))})
     layer.setRenderer(class_renderer(classes, present))
+    setup_result_fields(layer, classes)
     if add_to_project:
         add_layer_above(layer, above_layer_id)
     return layer
@@ -280,7 +421,7 @@ def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
         result: the daemon's result dict (``crs``, ``features``).
         path: the ``.gpkg`` to create (see :func:`default_result_path`).
         layer_name: table and layer name (made file-safe for the table).
-        classes: the model card's classes (colours).
+        classes: the model card's classes (colours, default class).
         add_to_project: add the layer to ``QgsProject.instance()`` (default True).
         above_layer_id: insert above this layer in the layer tree (default: on top).
 
@@ -296,6 +437,7 @@ def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
                              add_to_project=add_to_project, above_layer_id=above_layer_id)
 
 
-__all__ = ["RESULT_FIELDS", "ResultLayerError", "result_fields", "default_result_path",
-           "write_result_gpkg", "load_result_layer", "write_result_layer", "class_renderer",
-           "add_layer_above", "safe_name"]
+__all__ = ["RESULT_FIELDS", "FIELD_ALIASES", "AREA_CRS", "ResultLayerError",
+           "result_fields", "default_result_path", "utc_datetime", "write_result_gpkg",
+           "load_result_layer", "write_result_layer", "class_renderer", "area_expression",
+           "setup_result_fields", "add_layer_above", "safe_name"]
