@@ -5,8 +5,8 @@ Two halves, so the slow part can run in a :class:`~qgis.core.QgsTask`:
 * :func:`write_result_gpkg` writes the GeoPackage; it touches no project or GUI object
   and may run on a worker thread;
 * :func:`load_result_layer` opens it with the ``ogr`` provider (edits are saved back to
-  the file), styles it, sets up its fields for editing and adds it to the project;
-  UI thread only.
+  the file), styles it, sets up its fields for editing and adds it on top of the
+  project's layer tree; UI thread only.
 
 :func:`write_result_layer` does both. The attribute table is ``protocol.results``'
 result schema (:data:`RESULT_FIELDS`): ``class``, ``class_id``, ``score``,
@@ -89,6 +89,15 @@ AREA_CRS = "EPSG:6933"
 #: Fill opacity of the class colour (0..255); outlines are opaque.
 FILL_ALPHA = 90
 FALLBACK_COLOR = "#e31a1c"
+
+#: Outline colours of a project's 2nd, 3rd... result layers, in turn (a qualitative
+#: palette); the 1st keeps its classes' own colours. Entries close to a class colour
+#: are skipped, so the class fill stays recognisable.
+RUN_OUTLINES = ("#1f78b4", "#e7298a", "#33a02c", "#6a3d9a", "#17becf", "#b15928")
+
+#: Custom layer property holding a result layer's run number; the project entry
+#: ``ortholens/result_runs`` holds the highest one given.
+RUN_PROPERTY = "ortholens/run"
 
 
 def result_fields() -> QgsFields:
@@ -257,40 +266,105 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
 
 
 def class_renderer(classes: List[Dict[str, Any]],
-                   present: Optional[List[str]] = None) -> QgsCategorizedSymbolRenderer:
+                   present: Optional[List[str]] = None,
+                   outline: Optional[str] = None) -> QgsCategorizedSymbolRenderer:
     """A renderer categorized on ``class`` with each class's card colour.
 
     Args:
         classes: the model card's ``classes`` (``{"id", "name", "color": "#rrggbb"}``).
         present: class names found in the data that the card does not list; they get a
             red fallback colour so nothing is invisible.
+        outline: ``#rrggbb`` outline colour of every class (a run's colour, see
+            :func:`run_outline`); default: each class's own colour.
 
     Returns:
-        The renderer: semi-transparent fill (alpha :data:`FILL_ALPHA`), opaque 0.6 mm outline.
+        The renderer: class colour fill, semi-transparent (alpha :data:`FILL_ALPHA`);
+        opaque 0.6 mm outline.
     """
     cats = []
     names = []
     for c in classes:
         names.append(str(c["name"]))
-        cats.append(_category(str(c["name"]), str(c.get("color") or FALLBACK_COLOR)))
+        cats.append(_category(str(c["name"]), str(c.get("color") or FALLBACK_COLOR), outline))
     for name in present or []:
         if name not in names:
             names.append(name)
-            cats.append(_category(name, FALLBACK_COLOR))
+            cats.append(_category(name, FALLBACK_COLOR, outline))
     return QgsCategorizedSymbolRenderer("class", cats)
 
 
-def _category(name: str, color: str) -> QgsRendererCategory:
-    qc = QColor(color)
-    if not qc.isValid():
-        qc = QColor(FALLBACK_COLOR)
+def _color(text: Optional[str], default: str = FALLBACK_COLOR) -> QColor:
+    qc = QColor(text or default)
+    return qc if qc.isValid() else QColor(default)
+
+
+def _category(name: str, color: str, outline: Optional[str] = None) -> QgsRendererCategory:
+    qc = _color(color)
+    oc = _color(outline, qc.name())
     symbol = QgsFillSymbol.createSimple({
         "color": f"{qc.red()},{qc.green()},{qc.blue()},{FILL_ALPHA}",
-        "outline_color": f"{qc.red()},{qc.green()},{qc.blue()},255",
+        "outline_color": f"{oc.red()},{oc.green()},{oc.blue()},255",
         "outline_width": "0.6",
         "outline_width_unit": "MM",
     })
     return QgsRendererCategory(name, symbol, name)
+
+
+def run_outline(run: int, classes: List[Dict[str, Any]]) -> Optional[str]:
+    """The outline colour of a project's ``run``-th result layer.
+
+    Args:
+        run: the run number, 1.. (see :func:`next_result_run`).
+        classes: the model card's classes.
+
+    Returns:
+        None for run 1 (each class keeps its own colour); otherwise ``#rrggbb`` from
+        :data:`RUN_OUTLINES` in turn (run 2 the first), leaving out colours close to a
+        class colour (RGB distance below 120 of 441), so runs look different while
+        the class fill stays recognisable.
+    """
+    if run <= 1:
+        return None
+    own = [_color(str(c.get("color") or FALLBACK_COLOR)) for c in classes]
+
+    def far(hex_color: str) -> bool:
+        q = QColor(hex_color)
+        return all(((q.red() - c.red()) ** 2 + (q.green() - c.green()) ** 2
+                    + (q.blue() - c.blue()) ** 2) ** 0.5 >= 120 for c in own)
+
+    palette = [c for c in RUN_OUTLINES if far(c)] or list(RUN_OUTLINES)
+    return palette[(run - 2) % len(palette)]
+
+
+def next_result_run(project: Optional[QgsProject] = None) -> int:
+    """The run number the next result layer of ``project`` gets: one more than the
+    highest given so far (the project entry ``ortholens/result_runs``, saved with the
+    project, or a result layer's :data:`RUN_PROPERTY`), so numbers are not reused when
+    a layer is removed. 1 in a project without results."""
+    project = project or QgsProject.instance()
+    last, _ = project.readNumEntry("ortholens", "result_runs", 0)
+    for layer in project.mapLayers().values():
+        try:
+            last = max(last, int(layer.customProperty(RUN_PROPERTY, 0) or 0))
+        except (TypeError, ValueError):
+            pass
+    return int(last) + 1
+
+
+def result_layer_name(model_id: str, model_version: Optional[str], source_name: str,
+                      run: int, when: Optional[_dt.datetime] = None) -> str:
+    """The Layers panel name of a result: ``"pv-unet-efl0 v2.0.0 on vienna (run 2, 14:05)"``.
+
+    Args:
+        model_id: the model that ran.
+        model_version: its card's version (left out when empty).
+        source_name: the name of the layer detected in.
+        run: the run number (see :func:`next_result_run`).
+        when: the local time shown (default: now).
+    """
+    version = f" v{model_version}" if model_version else ""
+    stamp = (when or _dt.datetime.now()).strftime("%H:%M")
+    return f"{model_id}{version} on {source_name} (run {run}, {stamp})"
 
 
 def area_expression(crs: QgsCoordinateReferenceSystem) -> str:
@@ -364,22 +438,28 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
 
 def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
                       display_name: Optional[str] = None, add_to_project: bool = True,
-                      above_layer_id: Optional[str] = None) -> QgsVectorLayer:
+                      run: Optional[int] = None,
+                      project: Optional[QgsProject] = None) -> QgsVectorLayer:
     """Open a result GeoPackage as a styled, editable layer (UI thread).
 
-    The layer is categorized on ``class`` (:func:`class_renderer`); its fields are set
-    up for editing by :func:`setup_result_fields`; the project keeps that set-up when
-    it is saved.
+    The layer is categorized on ``class`` (:func:`class_renderer`); the project's
+    ``run``-th result layer has :func:`run_outline`'s outline colour, so a new result
+    does not look like the one below it. Its fields are set up for editing by
+    :func:`setup_result_fields`; the project keeps that set-up when it is saved.
 
     Args:
         path: the ``.gpkg`` written by :func:`write_result_gpkg`.
         layer_name: the table inside it.
         classes: the model card's classes, for colours (see :func:`class_renderer`) and
             the default class.
-        display_name: the name shown in the Layers panel (default ``layer_name``).
-        add_to_project: add the layer to ``QgsProject.instance()``.
-        above_layer_id: when given and in the layer tree, insert the new layer directly
-            above that layer (e.g. the raster it was detected in); otherwise on top.
+        display_name: the name shown in the Layers panel (default ``layer_name``; see
+            :func:`result_layer_name`).
+        add_to_project: add the layer to the project, on top of its layer tree (above
+            every earlier result and the raster, checked visible: the newest result is
+            the one seen) and record ``run`` there.
+        run: the layer's run number (default :func:`next_result_run`); stored as the
+            layer's :data:`RUN_PROPERTY`.
+        project: the project (default ``QgsProject.instance()``).
 
     Returns:
         The valid ``ogr`` layer; edits made in QGIS are saved to the GeoPackage.
@@ -387,34 +467,39 @@ def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
     Raises:
         ResultLayerError: the layer cannot be opened.
     """
+    project = project or QgsProject.instance()
     layer = QgsVectorLayer(f"{path}|layername={layer_name}", display_name or layer_name, "ogr")
     if not layer.isValid():
         raise ResultLayerError(f"cannot open the result layer {layer_name!r} in {path}")
+    run = int(run) if run else next_result_run(project)
     present = sorted({str(v) for v in layer.uniqueValues(layer.fields().indexOf("class"))})
-    layer.setRenderer(class_renderer(classes, present))
+    layer.setRenderer(class_renderer(classes, present, run_outline(run, classes)))
     setup_result_fields(layer, classes)
+    layer.setCustomProperty(RUN_PROPERTY, run)
     if add_to_project:
-        add_layer_above(layer, above_layer_id)
+        add_layer_on_top(layer, project)
+        last, _ = project.readNumEntry("ortholens", "result_runs", 0)
+        project.writeEntry("ortholens", "result_runs", max(int(last), run))
     return layer
 
 
-def add_layer_above(layer, above_layer_id: Optional[str] = None,
-                    project: Optional[QgsProject] = None) -> None:
-    """Add ``layer`` to the project, directly above ``above_layer_id`` when possible."""
+def add_layer_on_top(layer, project: Optional[QgsProject] = None) -> None:
+    """Add ``layer`` to the project as the first (topmost) item of its layer tree,
+    checked visible.
+
+    Args:
+        layer: a map layer not yet in the project.
+        project: default ``QgsProject.instance()``.
+    """
     project = project or QgsProject.instance()
-    root = project.layerTreeRoot()
-    node = root.findLayer(above_layer_id) if above_layer_id else None
-    if node is None:
-        project.addMapLayer(layer)
-        return
     project.addMapLayer(layer, False)
-    parent = node.parent()
-    parent.insertLayer(parent.children().index(node), layer)
+    node = project.layerTreeRoot().insertLayer(0, layer)
+    node.setItemVisibilityChecked(True)
 
 
 def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
                        classes: List[Dict[str, Any]], add_to_project: bool = True,
-                       above_layer_id: Optional[str] = None) -> QgsVectorLayer:
+                       run: Optional[int] = None) -> QgsVectorLayer:
     """Write ``result`` to a GeoPackage and add it as a styled, editable layer.
 
     Args:
@@ -422,8 +507,9 @@ def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
         path: the ``.gpkg`` to create (see :func:`default_result_path`).
         layer_name: table and layer name (made file-safe for the table).
         classes: the model card's classes (colours, default class).
-        add_to_project: add the layer to ``QgsProject.instance()`` (default True).
-        above_layer_id: insert above this layer in the layer tree (default: on top).
+        add_to_project: add the layer on top of ``QgsProject.instance()``'s layer tree
+            (default True).
+        run: the run number (default :func:`next_result_run`).
 
     Returns:
         The loaded ``QgsVectorLayer`` (``ogr`` provider, MultiPolygon, result CRS).
@@ -434,10 +520,11 @@ def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
     table = safe_name(layer_name, 60)
     write_result_gpkg(result, path, table)
     return load_result_layer(path, table, classes, display_name=layer_name,
-                             add_to_project=add_to_project, above_layer_id=above_layer_id)
+                             add_to_project=add_to_project, run=run)
 
 
-__all__ = ["RESULT_FIELDS", "FIELD_ALIASES", "AREA_CRS", "ResultLayerError",
-           "result_fields", "default_result_path", "utc_datetime", "write_result_gpkg",
-           "load_result_layer", "write_result_layer", "class_renderer", "area_expression",
-           "setup_result_fields", "add_layer_above", "safe_name"]
+__all__ = ["RESULT_FIELDS", "FIELD_ALIASES", "AREA_CRS", "RUN_OUTLINES", "RUN_PROPERTY",
+           "ResultLayerError", "result_fields", "default_result_path", "utc_datetime",
+           "write_result_gpkg", "load_result_layer", "write_result_layer", "class_renderer",
+           "run_outline", "next_result_run", "result_layer_name", "area_expression",
+           "setup_result_fields", "add_layer_on_top", "safe_name"]

@@ -18,7 +18,8 @@ from protocol.errors import DaemonUnavailable
 from protocol.params import DetectParams
 
 from ..engine import START_BY_HAND, daemon_notes, describe_error, pick_card
-from ..layers import load_result_layer, safe_name, write_result_gpkg
+from ..layers import (load_result_layer, next_result_run, result_layer_name, safe_name,
+                      write_result_gpkg)
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
 from .plan import DetectPlan
@@ -150,11 +151,12 @@ class DetectTask(QgsTask):
         if ok and not self.cancelled:
             try:
                 classes = list((self.card or {}).get("classes") or [])
-                name = f"{self.card.get('id', 'ortholens')} - {self.plan.layer_name}"
+                run = next_result_run()
+                name = result_layer_name(str(self.card.get("id", "ortholens")),
+                                         self.card.get("version"), self.plan.layer_name, run)
                 self.layer = load_result_layer(self.out_path, self.table, classes,
-                                               display_name=name,
-                                               add_to_project=self.add_to_project,
-                                               above_layer_id=self.plan.layer_id)
+                                               display_name=name, run=run,
+                                               add_to_project=self.add_to_project)
             except Exception as exc:  # noqa: BLE001 - reported to the user
                 self.error = describe_error(exc)
         elif not self.cancelled and not self.error:

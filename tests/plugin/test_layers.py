@@ -1,11 +1,14 @@
-"""Result layers: GeoPackage, fields and their defaults for drawn features, style."""
+"""Result layers: GeoPackage, fields and their defaults for drawn features, style,
+place in the layer tree and name of each run."""
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 import pytest
 from qgis.PyQt.QtCore import NULL, QDate, QDateTime, Qt, QTime, QVariant
+from qgis.PyQt.QtGui import QColor
 from qgis.core import (
     QgsApplication,
     QgsCategorizedSymbolRenderer,
@@ -13,6 +16,8 @@ from qgis.core import (
     QgsDistanceArea,
     QgsGeometry,
     QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
     QgsUnitTypes,
     QgsVectorLayer,
     QgsVectorLayerUtils,
@@ -21,11 +26,17 @@ from qgis.core import (
 
 from plugin.layers import (
     FIELD_ALIASES,
+    RUN_OUTLINES,
+    RUN_PROPERTY,
     default_result_path,
+    next_result_run,
+    result_layer_name,
+    run_outline,
     write_result_gpkg,
     write_result_layer,
 )
 from protocol.errors import ResultLayerError
+from conftest import make_raster
 
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 X0, Y0 = 254315.0, 3601390.0  # inside pv01's tiles, EPSG:32651
@@ -269,3 +280,100 @@ def test_detected_at_is_a_utc_datetime(tmp_path):
     with pytest.raises(ResultLayerError, match="ISO 8601"):
         write_result_gpkg(fake_result(), str(path), "r", detected_at="yesterday")
 
+
+# --- order and look of successive results --------------------------------------------
+
+def test_each_new_result_is_on_top_visible_and_looks_different(tmp_path, qgis_new_project):
+    project = QgsProject.instance()
+    raster = QgsRasterLayer(str(make_raster(tmp_path / "ortho.tif", srs_epsg=32651)),
+                            "ortho", "gdal")
+    project.addMapLayer(raster)
+    group = project.layerTreeRoot().insertGroup(0, "reference")
+    ref = QgsVectorLayer("Polygon?crs=EPSG:32651", "buildings", "memory")
+    project.addMapLayer(ref, False)
+    group.addLayer(ref)
+
+    first = write_result_layer(fake_result(), str(tmp_path / "1.gpkg"), "first", CLASSES)
+    second = write_result_layer(fake_result(), str(tmp_path / "2.gpkg"), "second", CLASSES)
+    root = project.layerTreeRoot()
+    assert [n.name() for n in root.children()] == ["second", "first", "reference", "ortho"]
+    assert all(root.findLayer(lyr.id()).isVisible() for lyr in (first, second))
+    assert (first.customProperty(RUN_PROPERTY), second.customProperty(RUN_PROPERTY)) == (1, 2)
+
+    def look(layer):
+        cats = layer.renderer().categories()  # keep: the symbol lives in the list
+        sym = cats[0].symbol()
+        return sym.color().name(), sym.symbolLayer(0).strokeColor().name()
+
+    assert look(first) == ("#ff7f0e", "#ff7f0e")  # run 1: the class colours
+    fill2, outline2 = look(second)
+    assert fill2 == "#ff7f0e" and outline2 == RUN_OUTLINES[0] != "#ff7f0e"
+
+    # numbers are not reused when a result layer is removed
+    project.removeMapLayer(second.id())
+    third = write_result_layer(fake_result(), str(tmp_path / "3.gpkg"), "third", CLASSES)
+    assert third.customProperty(RUN_PROPERTY) == 3 and next_result_run() == 4
+    assert look(third)[1] == RUN_OUTLINES[1]
+    assert root.children()[0].name() == "third"
+
+
+def test_run_outlines_avoid_the_class_colours():
+    def dist(a, b):
+        qa, qb = QColor(a), QColor(b)
+        return ((qa.red() - qb.red()) ** 2 + (qa.green() - qb.green()) ** 2
+                + (qa.blue() - qb.blue()) ** 2) ** 0.5
+
+    for color in (RUN_OUTLINES[0], "#ff7f0e"):
+        classes = [{"id": 1, "name": "c", "color": color}]
+        assert run_outline(1, classes) is None  # run 1: the class's own colour
+        cycle = [run_outline(run, classes) for run in range(2, 2 + len(RUN_OUTLINES))]
+        assert all(dist(c, color) >= 120 for c in cycle), cycle
+        kept = sorted(set(cycle))
+        assert len(kept) >= 3 and cycle[:len(kept)] == [c for c in RUN_OUTLINES if c in kept]
+
+
+def test_result_layer_name_says_model_version_source_and_run():
+    when = _dt.datetime(2024, 5, 6, 14, 5)
+    assert (result_layer_name("pv-unet-efl0", "2.0.0", "vienna", 2, when)
+            == "pv-unet-efl0 v2.0.0 on vienna (run 2, 14:05)")
+    assert result_layer_name("m@3", None, "x", 1, when) == "m@3 on x (run 1, 14:05)"
+
+
+class _FakeClient:
+    process = None
+    card = {"id": "pv-unet-efl0", "version": "2.0.0", "gsd_m": 0.1, "classes": CLASSES}
+
+    def models(self):
+        return [self.card]
+
+    def detect(self, *args, **kw):
+        return result_in("EPSG:31256", [DRAWN["EPSG:31256"][1]])
+
+    def close(self):
+        pass
+
+
+def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_path,
+                                                               monkeypatch):
+    """Through DetectTask, as the dock runs it: the second result lies above the first
+    and the raster, and each layer's name says model, version, raster and run."""
+    from plugin import tasks
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+    from plugin.settings import DaemonSettings
+
+    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
+    extent = QgsRectangle(-1630, 338490, -1590, 338510)
+    settings = DaemonSettings("tcp://127.0.0.1:1", None, str(tmp_path), None)
+    layers = []
+    for n in (1, 2):
+        task = DetectTask(prepare_detect(vienna_layer, extent, vienna_layer.crs()),
+                          settings, str(tmp_path / f"{n}.gpkg"), model_id="pv-unet-efl0")
+        ok = task.run()
+        task.finished(ok)
+        assert task.layer is not None, task.error
+        layers.append(task.layer)
+    order = [n.layerId() for n in QgsProject.instance().layerTreeRoot().findLayers()]
+    assert order == [layers[1].id(), layers[0].id(), vienna_layer.id()]
+    for n, layer in enumerate(layers, 1):
+        assert layer.name().startswith(f"pv-unet-efl0 v2.0.0 on vienna (run {n}, ")
