@@ -41,12 +41,19 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
             fix it.
         ImportError: pyzmq is missing (see :func:`describe_error`).
     """
-    from protocol.client import OrtholensClient, ensure_daemon
+    from protocol.client import (OrtholensClient, ensure_daemon, is_loopback,
+                                 parse_endpoint, port_open)
 
     try:
         if start and settings.can_start():
             return ensure_daemon(settings.endpoint, settings.python, settings.repo,
                                  token=settings.token, timeout_s=timeout_s)
+        try:
+            host, port = parse_endpoint(settings.endpoint)
+        except ValueError as exc:
+            raise DaemonUnavailable(str(exc)) from None
+        if is_loopback(host) and not port_open(host, port):  # nothing to wait for
+            raise DaemonUnavailable("nothing listens there")
         client = OrtholensClient(settings.endpoint, token=settings.token, timeout_s=timeout_s)
         try:
             client.ping()

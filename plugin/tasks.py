@@ -93,41 +93,56 @@ def task_client(task: Any) -> Iterator[Any]:
 
 
 class DaemonStatusTask(QgsTask):
-    """Pings the daemon and lists its models without starting it (worker thread).
+    """Pings the daemon and lists its models (worker thread); with ``start``, starts
+    the daemon first when nothing answers and the settings allow it.
 
     Args:
-        settings: where the daemon listens.
+        settings: where the daemon listens (and how to start it).
         on_done: called with this task on the UI thread when it finishes.
         timeout_s: per-request timeout, seconds.
+        start: start the daemon when it does not answer and ``settings.can_start()``
+            (it loads its models: seconds to a minute).
 
     After ``finished``: ``pong`` (dict or None), ``cards`` (the ``models`` reply),
-    ``error`` (a message, or None when the daemon simply is not running).
+    ``error`` (a message, or None when the daemon simply is not running and was not to
+    be started), ``daemon_process`` (the ``Popen`` of a daemon this task started, else
+    None).
     """
 
     def __init__(self, settings: DaemonSettings,
                  on_done: Optional[Callable[["DaemonStatusTask"], None]] = None,
-                 timeout_s: float = 2.0):
+                 timeout_s: float = 2.0, start: bool = False):
         super().__init__("Ortholens: daemon status", QgsTask.CanCancel)
         self.settings = settings
         self.on_done = on_done
         self.timeout_s = timeout_s
+        self.start = bool(start and settings.can_start())
         self.pong: Optional[Dict[str, Any]] = None
         self.cards: List[Dict[str, Any]] = []
         self.error: Optional[str] = None
+        self.daemon_process = None
 
     def run(self) -> bool:  # noqa: D401 - QgsTask API
-        """Ping and list the models; never raises."""
+        """Ping (starting the daemon if asked) and list the models; never raises."""
         try:
-            from protocol.client import OrtholensClient
-            with OrtholensClient(self.settings.endpoint, token=self.settings.token,
-                                 timeout_s=self.timeout_s) as client:
+            if self.start:
+                client = connect_daemon(self.settings, start=True,
+                                        timeout_s=max(self.timeout_s, 5.0))
+                self.daemon_process = getattr(client, "process", None)
+            else:
+                from protocol.client import OrtholensClient
+                client = OrtholensClient(self.settings.endpoint, token=self.settings.token,
+                                         timeout_s=self.timeout_s)
+            with client:
                 self.pong = client.ping()
                 self.cards = list(client.models())
             return True
         except Exception as exc:  # noqa: BLE001 - shown in the status line
-            # not running is the normal state before the first detection: no error
-            self.error = None if isinstance(exc, DaemonUnavailable) else describe_error(exc)
-            return False
+            # not running is the normal state before the first detection: no error,
+            # unless the daemon was to be started and could not be
+            self.error = (describe_error(exc) if self.start
+                          or not isinstance(exc, DaemonUnavailable) else None)
+            return True  # the answer is the status; QGIS must not report a failed task
 
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
         """Call ``on_done`` (UI thread)."""

@@ -26,6 +26,8 @@ if not os.environ.get("XDG_RUNTIME_DIR"):
 
 # The status ping of the plugin must not find a real daemon by accident.
 os.environ.setdefault("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
+# ... nor start one when the dock opens (the tests of that start it on their own port).
+os.environ.setdefault("ORTHOLENS_AUTOSTART", "0")
 
 
 def data_dir() -> Path:
