@@ -11,10 +11,13 @@ card's own values, as for the Processing algorithms.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
+    QApplication,
     QComboBox,
     QDockWidget,
     QDoubleSpinBox,
@@ -33,6 +36,11 @@ from qgis.core import Qgis
 from .engine import default_card
 
 NOT_RUNNING = "Daemon not running — it will be started on first use."
+#: The status line while the plugin starts the daemon to list its models.
+STARTING = "Starting the daemon to list its models…"
+#: The status line when no daemon answers and none can be started.
+NOT_SET_UP = ("No detection engine is set up: press Settings… to give the engine's "
+              "folder and Python, or its address.")
 
 _LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
                  Qgis.Warning: "#9a6700", Qgis.Critical: "#b71c1c"}
@@ -63,11 +71,13 @@ class CardValue:
         self.spin, self.key = spin, key
         self.card_value: Optional[float] = None
         self.overridden = False
+        #: the spin box's real minimum (one step below it means "not known yet").
+        self.minimum = spin.minimum()
         self.button = QToolButton(parent)
         self.button.setObjectName(f"{spin.objectName()}Reset")
         self.button.clicked.connect(self.reset)
         self.spin.valueChanged.connect(self._edited)
-        self._show()
+        self.reset()
 
     def row(self, parent: QWidget) -> QWidget:
         """The spin box and its button side by side, for a form row."""
@@ -90,12 +100,25 @@ class CardValue:
             self.reset()
 
     def reset(self) -> None:
-        """Back to the card's value: nothing is sent, the daemon uses the card's."""
+        """Back to the card's value: nothing is sent, the daemon uses the card's.
+
+        Before any card is known the spin box is disabled and reads "model's value"
+        (its special value text, one step below the real minimum): a number that is
+        not the model's is never shown.
+        """
         self.overridden = False
+        self.spin.blockSignals(True)
         if self.card_value is not None:
-            self.spin.blockSignals(True)
+            self.spin.setMinimum(self.minimum)
+            self.spin.setSpecialValueText("")
             self.spin.setValue(self.card_value)
-            self.spin.blockSignals(False)
+            self.spin.setEnabled(True)
+        else:
+            self.spin.setMinimum(self.minimum - self.spin.singleStep())
+            self.spin.setSpecialValueText("model's value")
+            self.spin.setValue(self.spin.minimum())
+            self.spin.setEnabled(False)
+        self.spin.blockSignals(False)
         self._show()
 
     def value(self) -> Optional[float]:
@@ -141,6 +164,8 @@ class OrtholensDock(QDockWidget):
     activateRequested = pyqtSignal(str)
     #: Roll back was pressed: the selected model id (its lineage rolls back).
     rollbackRequested = pyqtSignal(str)
+    #: Settings… was pressed.
+    settingsRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__("Ortholens", parent)
@@ -156,10 +181,19 @@ class OrtholensDock(QDockWidget):
         self.status_label.setObjectName("ortholensStatus")
         self.status_label.setWordWrap(True)
         self.refresh_button = QPushButton("Refresh", body)
-        self.refresh_button.setToolTip("Ask the daemon for its status and models")
+        self.refresh_button.setToolTip("Ask the daemon for its status and models (it is "
+                                       "started when it is not running)")
         self.refresh_button.clicked.connect(self.refreshRequested)
+        self.settings_button = QPushButton("Settings…", body)
+        self.settings_button.setObjectName("ortholensSettingsButton")
+        self.settings_button.setToolTip("Engine location or address, token, results "
+                                        "folder (also in Settings > Options > Ortholens)")
+        self.settings_button.clicked.connect(self.settingsRequested)
         row.addWidget(self.status_label, 1)
-        row.addWidget(self.refresh_button)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.refresh_button)
+        buttons.addWidget(self.settings_button)
+        row.addLayout(buttons)
         outer.addLayout(row)
 
         form = QFormLayout()
@@ -220,10 +254,55 @@ class OrtholensDock(QDockWidget):
         self.message_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
         self.message_label.setMinimumWidth(120)
         outer.addWidget(self.message_label)
+        self._add_result_row(body, outer)
         self._add_version_buttons(body, outer)
         outer.addStretch(1)
         self.setWidget(body)
         self._prefer: Optional[str] = None
+
+    def _add_result_row(self, body: QWidget, outer: QVBoxLayout) -> None:
+        """The last result's file: its name (full path as tooltip), Copy path, Open
+        folder; hidden until a result exists."""
+        self.result_box = QWidget(body)
+        self.result_box.setObjectName("ortholensResultBox")
+        lay = QHBoxLayout(self.result_box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.result_label = QLabel("", self.result_box)
+        self.result_label.setObjectName("ortholensResultPath")
+        self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.result_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        self.copy_path_button = QToolButton(self.result_box)
+        self.copy_path_button.setObjectName("ortholensCopyPath")
+        self.copy_path_button.setText("Copy path")
+        self.copy_path_button.setToolTip("Copy the result GeoPackage's full path")
+        self.copy_path_button.clicked.connect(self.copy_result_path)
+        self.open_folder_button = QToolButton(self.result_box)
+        self.open_folder_button.setObjectName("ortholensOpenFolder")
+        self.open_folder_button.setText("Open folder")
+        self.open_folder_button.setToolTip("Show the results folder in the file manager")
+        self.open_folder_button.clicked.connect(self._open_folder)
+        lay.addWidget(self.result_label, 1)
+        lay.addWidget(self.copy_path_button)
+        lay.addWidget(self.open_folder_button)
+        self.result_box.setVisible(False)
+        self.result_path: Optional[str] = None
+        outer.addWidget(self.result_box)
+
+    def show_result(self, path: str) -> None:
+        """Show the result file ``path`` (absolute) in the result row."""
+        self.result_path = path
+        self.result_label.setText(f"Saved: {Path(path).name}")
+        self.result_label.setToolTip(path)
+        self.result_box.setVisible(True)
+
+    def copy_result_path(self) -> None:
+        """Put the last result's full path on the clipboard."""
+        if self.result_path:
+            QApplication.clipboard().setText(self.result_path)
+
+    def _open_folder(self) -> None:
+        if self.result_path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(self.result_path).parent)))
 
     def _add_version_buttons(self, body: QWidget, outer: QVBoxLayout) -> None:
         """Retrain / make active / roll back (the retrain controller reacts)."""
@@ -248,6 +327,46 @@ class OrtholensDock(QDockWidget):
         row.addWidget(self.activate_button)
         row.addWidget(self.rollback_button)
         outer.addLayout(row)
+        self._busy = False
+        self._versions_running = False
+        self.update_version_buttons()
+
+    def set_versions_running(self, running: bool) -> None:
+        """Disable Make active and Roll back while a version switch is on its way."""
+        self._versions_running = bool(running)
+        self.update_version_buttons()
+
+    def update_version_buttons(self) -> None:
+        """Enable Make active / Roll back only when they can act, with a tooltip why
+        not: no job running, a model selected; Make active for a version that is not
+        the active one; Roll back when the active version of the selected model's
+        lineage is a retrained one (a shipped model has no earlier version)."""
+        if not hasattr(self, "rollback_button"):
+            return
+        card = self.current_card()
+        lineage = _lineage_cards(self._cards, card)
+        active = next((c for c in lineage if (c.get("lineage") or {}).get("active")),
+                      lineage[0] if len(lineage) == 1 else None)
+        if self._busy or self._versions_running:
+            why = ("Wait until the running job has finished" if self._busy
+                   else "A version switch is on its way")
+            act = back = why
+        elif card is None:
+            act = back = "Models are listed once the daemon runs"
+        else:
+            cid = str(card.get("id"))
+            act = (f"{cid} is already the active version"
+                   if active is not None and active.get("id") == cid else None)
+            number = ((active or {}).get("lineage") or {}).get("number")
+            back = None if isinstance(number, int) and number > 0 else (
+                f"{cid.split('@', 1)[0]} is the shipped model and has no earlier version "
+                f"to roll back to")
+        self.activate_button.setEnabled(act is None)
+        self.activate_button.setToolTip(act or "Use the selected version by default "
+                                               "from now on")
+        self.rollback_button.setEnabled(back is None)
+        self.rollback_button.setToolTip(back or "Make the version the active one was "
+                                                "trained from active again")
 
     def prefer_model(self, model_id: Optional[str]) -> None:
         """Select ``model_id`` now if listed, else when :meth:`set_models` next lists it
@@ -291,6 +410,7 @@ class OrtholensDock(QDockWidget):
         return str(card["id"]) if card else None
 
     def _model_changed(self, *_: Any) -> None:
+        self.update_version_buttons()
         card = self.current_card()
         if card is None:
             self.model_info.setText("Models are listed once the daemon runs.")
@@ -316,13 +436,16 @@ class OrtholensDock(QDockWidget):
         self.status_label.setText(text)
 
     def set_busy(self, busy: bool) -> None:
-        """Enable Cancel and disable Detect while a task runs (and the reverse)."""
+        """Enable Cancel and disable Detect, Retrain, Make active and Roll back while a
+        detection or retrain runs (and the reverse); the bar starts at 0."""
+        self._busy = bool(busy)
         self.detect_button.setEnabled(not busy)
         if hasattr(self, "retrain_button"):
             self.retrain_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setValue(0)
+        self.update_version_buttons()
 
     def set_progress(self, value: float) -> None:
         """Set the progress bar, percent."""
@@ -338,6 +461,15 @@ class OrtholensDock(QDockWidget):
     def message(self) -> str:
         """The message shown under the buttons."""
         return self.message_label.text()
+
+
+def _lineage_cards(cards: List[Dict[str, Any]], card: Optional[Dict[str, Any]]
+                   ) -> List[Dict[str, Any]]:
+    """The cards of ``card``'s lineage (same id before ``@``), ``card`` included."""
+    if card is None:
+        return []
+    base = str(card.get("id")).split("@", 1)[0]
+    return [c for c in cards if str(c.get("id")).split("@", 1)[0] == base]
 
 
 def describe_card(card: Dict[str, Any]) -> str:

@@ -115,7 +115,8 @@ def safe_name(text: str, maxlen: int = 48) -> str:
 
 
 def default_result_path(stem: str, project: Optional[QgsProject] = None,
-                        now: Optional[_dt.datetime] = None) -> str:
+                        now: Optional[_dt.datetime] = None,
+                        folder: Optional[str] = None) -> str:
     """A new, unique ``.gpkg`` path for a result.
 
     Args:
@@ -124,13 +125,17 @@ def default_result_path(stem: str, project: Optional[QgsProject] = None,
             a file, the result goes into its home folder; otherwise into
             ``<QGIS profile>/ortholens/results/`` (created if needed).
         now: the time stamp to use (default: now, local time).
+        folder: the results folder the user chose (created if needed); it wins over
+            the project's folder and the profile's.
 
     Returns:
         An absolute path that does not exist yet: ``ortholens_<stem>_<YYYYmmdd-HHMMSS>.gpkg``,
         with ``_2``, ``_3``... appended on collision.
     """
     project = project or QgsProject.instance()
-    if project.fileName():
+    if folder:
+        folder = Path(folder).expanduser()
+    elif project.fileName():
         folder = Path(project.homePath() or Path(project.fileName()).parent)
     else:
         folder = Path(QgsApplication.qgisSettingsDirPath()) / "ortholens" / "results"

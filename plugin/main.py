@@ -2,7 +2,7 @@
 
 ``Detect in extent`` checks the inputs on the UI thread (messages in the message bar
 and the dock), then runs a :class:`~.detect.task.DetectTask` through QGIS's task
-manager; the result layer is added above the searched raster when the task finishes.
+manager; the result layer is added on top of the layer tree when the task finishes.
 Retrain and model versions are wired by :class:`~.retrain.controller.RetrainController`,
 the Processing algorithms by :class:`~.processing.OrtholensProvider`.
 """
@@ -13,16 +13,16 @@ from typing import Any, Optional
 
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QPushButton
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 
 from protocol.errors import InputError
 
 from .detect.plan import prepare_detect
 from .detect.task import DetectTask
-from .dock import NOT_RUNNING, OrtholensDock, pong_text
+from .dock import NOT_RUNNING, NOT_SET_UP, STARTING, OrtholensDock, pong_text
 from .layers import default_result_path
-from .settings import daemon_settings, resource_path
+from .settings import autostart, daemon_settings, resource_path, results_dir
 from .tasks import LOG_TAG, DaemonStatusTask
 
 MENU = "&Ortholens"
@@ -55,6 +55,11 @@ class OrtholensPlugin:
         self.provider = None
         #: retrain and model versions (:class:`~.retrain.controller.RetrainController`).
         self.retrain = None
+        #: the *Settings > Options > Ortholens* page factory while registered.
+        self.options_factory = None
+        #: Detect was pressed while the daemon was being started to list its models:
+        #: the detection runs once they are known, with the model the dock then shows.
+        self.pending_detect = False
 
     # lifecycle -----------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API
@@ -83,12 +88,19 @@ class OrtholensPlugin:
         self.dock = OrtholensDock(main)
         self.dock.detectRequested.connect(self.detect)
         self.dock.cancelRequested.connect(self.cancel)
-        self.dock.refreshRequested.connect(self.refresh_status)
+        self.dock.refreshRequested.connect(lambda: self.refresh_status(start=True))
+        self.dock.settingsRequested.connect(self.open_settings)
+        self.dock.visibilityChanged.connect(self._dock_visibility)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
+        from .settings_dialog import OrtholensOptionsFactory
+        self.options_factory = OrtholensOptionsFactory(QIcon(resource_path("icon.svg")))
+        self.iface.registerOptionsWidgetFactory(self.options_factory)
         from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
-        QTimer.singleShot(0, self.refresh_status)
+        # the dock opens with QGIS: start the daemon (when allowed) so that its default
+        # model and that model's values are shown before the first detection
+        QTimer.singleShot(0, lambda: self.refresh_status(start=autostart()))
 
     def unload(self) -> None:
         """Remove every GUI element and cancel a running detection."""
@@ -105,6 +117,9 @@ class OrtholensPlugin:
         if self.retrain is not None:
             self.retrain.unload()
             self.retrain = None
+        if self.options_factory is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
         if self.dock is not None:
             self.iface.removePluginRasterMenu(MENU, self.dock.toggleViewAction())
             self.iface.removeDockWidget(self.dock)
@@ -130,30 +145,81 @@ class OrtholensPlugin:
                                      LOG_TAG, Qgis.Info)
             proc.terminate()
 
+    # settings --------------------------------------------------------------------
+    def open_settings(self):
+        """Open the settings dialog (window-modal, not blocking); on OK the daemon's
+        status is asked again (and the daemon started when allowed).
+
+        Returns:
+            The :class:`~.settings_dialog.SettingsDialog` shown.
+        """
+        from .settings_dialog import SettingsDialog
+        dlg = SettingsDialog(self.iface.mainWindow())
+        dlg.accepted.connect(lambda: self.refresh_status(start=autostart()))
+        dlg.open()
+        self.settings_dialog = dlg
+        return dlg
+
+    def _dock_visibility(self, visible: bool) -> None:
+        """The dock was opened: list the models (starting the daemon when allowed) if
+        none are known yet."""
+        if visible and self.dock is not None and self.dock.current_card() is None:
+            self.refresh_status(start=autostart())
+
     # messages --------------------------------------------------------------------
     def notify(self, text: str, level: int = Qgis.Info, duration: int = 8,
-               short: Optional[str] = None) -> None:
+               short: Optional[str] = None, settings_button: bool = False,
+               after_task: bool = False) -> None:
         """Show ``text`` in QGIS's message bar and the log, and ``short`` (default
-        ``text``) in the dock."""
-        self.iface.messageBar().pushMessage("Ortholens", text, level=level,
-                                            duration=0 if level == Qgis.Critical else duration)
+        ``text``) in the dock; with ``settings_button`` the message bar item carries a
+        *Settings…* button that opens the settings dialog.
+
+        With ``after_task`` (the report of a finished QgsTask) the message bar item is
+        pushed on the next turn of the event loop: QGIS pushes its own "Task complete"
+        notice right after a task's ``finished`` and would otherwise cover it.
+        """
         if self.dock is not None:
             self.dock.show_message(short or text, level)
+        if after_task:
+            QTimer.singleShot(0, lambda: self._push(text, level, duration, settings_button))
+        else:
+            self._push(text, level, duration, settings_button)
+
+    def _push(self, text: str, level: int, duration: int, settings_button: bool) -> None:
+        bar = self.iface.messageBar()
+        keep = 0 if level == Qgis.Critical else duration
+        if settings_button:
+            item = bar.createMessage("Ortholens", text)
+            button = QPushButton("Settings…", item)
+            button.setObjectName("ortholensMessageSettings")
+            button.clicked.connect(self.open_settings)
+            item.layout().addWidget(button)
+            bar.pushWidget(item, level, keep)
+        else:
+            bar.pushMessage("Ortholens", text, level=level, duration=keep)
         QgsMessageLog.logMessage(text, LOG_TAG, level)
 
     # daemon status -----------------------------------------------------------------
-    def refresh_status(self) -> None:
-        """Ping the daemon in the background (never starts it) and list its models."""
+    def refresh_status(self, start: bool = False) -> None:
+        """Ping the daemon in the background and list its models.
+
+        Args:
+            start: start the daemon when nothing answers and the settings allow it
+                (the dock opening with *start the engine* on, *Refresh*).
+        """
         if self.dock is None or self.status_task is not None:
             return
         settings = daemon_settings()
-        self.dock.set_status(f"Checking the daemon at {settings.endpoint}…")
-        task = DaemonStatusTask(settings, on_done=self._status_done)
+        task = DaemonStatusTask(settings, on_done=self._status_done, start=start)
+        self.dock.set_status(STARTING if task.start
+                             else f"Checking the daemon at {settings.endpoint}…")
         self.status_task = task
         QgsApplication.taskManager().addTask(task)
 
     def _status_done(self, task: DaemonStatusTask) -> None:
         self.status_task = None
+        if task.daemon_process is not None:
+            self.daemon_process = task.daemon_process
         if self.dock is None:
             return
         if task.pong is not None:
@@ -161,8 +227,18 @@ class OrtholensPlugin:
             self.dock.set_models(task.cards)
         elif task.error:
             self.dock.set_status(task.error)
+        elif not task.settings.can_start():
+            self.dock.set_status(NOT_SET_UP)
         else:
             self.dock.set_status(NOT_RUNNING)
+        if self.pending_detect:
+            self.pending_detect = False
+            if task.pong is not None:
+                self.detect()
+            else:
+                self.dock.set_busy(False)
+                self.notify(task.error or task.settings.start_hint(), Qgis.Critical,
+                            settings_button=True)
 
     # detection ------------------------------------------------------------------------
     def detect(self) -> Optional[DetectTask]:
@@ -186,9 +262,23 @@ class OrtholensPlugin:
             self.notify(str(exc), Qgis.Warning)
             return None
         card = self.dock.current_card() if self.dock is not None else None
+        if card is None and self.status_task is not None and self.status_task.start:
+            # the daemon is starting to list its models: detect once the dock shows
+            # the default model and its values, so that what runs is what is shown
+            self.pending_detect = True
+            if self.dock is not None:
+                self.dock.set_busy(True)
+                self.dock.show_message("Waiting for the daemon to start…", Qgis.Info)
+            return None
         model_id = str(card["id"]) if card else None
         options = self.dock.options() if self.dock is not None else {}
-        out = default_result_path(f"{layer.name()}_{model_id or 'detections'}")
+        try:
+            out = default_result_path(f"{layer.name()}_{model_id or 'detections'}",
+                                      folder=results_dir())
+        except OSError as exc:
+            self.notify(f"The results folder cannot be written ({exc}): choose another "
+                        "one in Settings….", Qgis.Critical, settings_button=True)
+            return None
         task = DetectTask(plan, daemon_settings(), out, model_id=model_id, options=options,
                           on_done=self._detect_done)
         self.task = task
@@ -210,6 +300,11 @@ class OrtholensPlugin:
 
     def cancel(self) -> None:
         """Cancel the running detection (it stops at the daemon's next batch)."""
+        if self.pending_detect:
+            self.pending_detect = False
+            if self.dock is not None:
+                self.dock.set_busy(False)
+                self.dock.show_message("Detection cancelled.", Qgis.Info)
         if self.task is not None:
             self.task.cancel()
             if self.dock is not None:
@@ -222,6 +317,8 @@ class OrtholensPlugin:
             self.daemon_process = task.daemon_process
         if self.dock is not None:
             self.dock.set_busy(False)
+            if task.card is not None:  # show the model that ran (the daemon's default
+                self.dock.prefer_model(str(task.card.get("id")))  # if none was listed)
             if task.cards:
                 self.dock.set_models(task.cards)
             if task.layer is None:
@@ -232,16 +329,18 @@ class OrtholensPlugin:
                 self.retrain.remember_detection(task)
             if self.dock is not None:
                 self.dock.set_progress(100)
+                self.dock.show_result(task.out_path)
             for note in task.notes:
-                self.notify(note, Qgis.Warning)
+                self.notify(note, Qgis.Warning, after_task=True)
             short = task.summary(full_path=False)
             if task.notes:  # the dock keeps only the last message: repeat the warnings
                 short += "\n" + "\n".join(f"Warning: {n}" for n in task.notes)
-            self.notify(task.summary(), Qgis.Success, short=short)
+            self.notify(task.summary(), Qgis.Success, short=short, after_task=True)
         elif task.cancelled:
-            self.notify("Detection cancelled.", Qgis.Info)
+            self.notify("Detection cancelled.", Qgis.Info, after_task=True)
         else:
-            self.notify(task.error or "The detection failed.", Qgis.Critical)
+            self.notify(task.error or "The detection failed.", Qgis.Critical,
+                        settings_button=task.unreachable, after_task=True)
 
 
 __all__ = ["OrtholensPlugin", "ACTION_NAME", "TOOLBAR_NAME", "MENU"]

@@ -78,17 +78,28 @@ class DetectTask(QgsTask):
         self.n_features = 0
         self.table = "detections"
         self.daemon_process = None
+        #: no daemon answered (the user may need the settings to point to one).
+        self.unreachable = False
 
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
-        """Do the work; never raises (QGIS would crash), errors go to ``self.error``."""
-        return run_reporting(self, self._run)
+        """Do the work; never raises (QGIS would crash), errors go to ``self.error``.
+
+        Returns False only when cancelled: an error is reported by the plugin in its
+        own words, and QGIS's generic "Task failed" notice would push it out of sight.
+        """
+        ok = run_reporting(self, self._run)
+        return ok or self.error is not None
 
     def _run(self) -> bool:
         self.setProgress(1)
         self.message.emit("Connecting to the daemon…")
-        with task_client(self) as client:
-            return self._detect(client)
+        try:
+            with task_client(self) as client:
+                return self._detect(client)
+        except DaemonUnavailable:
+            self.unreachable = not self.cards  # never connected
+            raise
 
     def _detect(self, client) -> bool:
         self.cards = list(client.models())
@@ -148,7 +159,7 @@ class DetectTask(QgsTask):
         """Load the result layer (UI thread), then call ``on_done``."""
         if self.isCanceled():
             self.cancelled = True
-        if ok and not self.cancelled:
+        if ok and not self.cancelled and self.error is None:
             try:
                 classes = list((self.card or {}).get("classes") or [])
                 run = next_result_run()
@@ -157,6 +168,7 @@ class DetectTask(QgsTask):
                 self.layer = load_result_layer(self.out_path, self.table, classes,
                                                display_name=name, run=run,
                                                add_to_project=self.add_to_project)
+                record_run(self.layer, self.card or {}, (self.result or {}).get("stats") or {})
             except Exception as exc:  # noqa: BLE001 - reported to the user
                 self.error = describe_error(exc)
         elif not self.cancelled and not self.error:
@@ -165,15 +177,59 @@ class DetectTask(QgsTask):
             self.on_done(self)
 
     def summary(self, full_path: bool = True) -> str:
-        """A one-line success message: count, total area (m²), seconds and file (full
-        path, or the file name only when ``full_path`` is False)."""
+        """A one-line success message: count, total area (m²), seconds, the model and
+        the values it ran with, and the file (full path, or the file name only when
+        ``full_path`` is False)."""
         stats = (self.result or {}).get("stats") or {}
         area = sum(float(f.get("area_m2", 0.0)) for f in (self.result or {}).get("features", []))
         secs = stats.get("seconds") or stats.get("elapsed_s")
         t = f" in {float(secs):.1f} s" if isinstance(secs, (int, float)) else ""
         noun = "object" if self.n_features == 1 else "objects"
         where = self.out_path if full_path else Path(self.out_path).name
-        return f"{self.n_features} {noun} detected ({area:.1f} m²){t}; saved to {where}"
+        return (f"{self.n_features} {noun} detected ({area:.1f} m²){t} with "
+                f"{run_description(self.card or {}, stats)}; saved to {where}")
 
 
-__all__ = ["DetectTask"]
+def run_description(card: Dict[str, Any], stats: Dict[str, Any]) -> str:
+    """``"pv-unet-efl0 v2.0.0, threshold 0.5, minimum area 2 m²"``: the model and the
+    values a detection ran with (the daemon's ``stats``, else the card's).
+
+    Args:
+        card: the model card that ran.
+        stats: the result's ``stats`` (``threshold`` 0..1, ``min_area_m2`` m²).
+    """
+    thr = stats.get("threshold", card.get("threshold"))
+    area = stats.get("min_area_m2", card.get("min_area_m2"))
+    parts = [f"{card.get('id', '?')} v{card.get('version', '?')}"]
+    if isinstance(thr, (int, float)):
+        parts.append(f"threshold {thr:g}")
+    if isinstance(area, (int, float)):
+        parts.append(f"minimum area {area:g} m²")
+    return ", ".join(parts)
+
+
+def record_run(layer, card: Dict[str, Any], stats: Dict[str, Any]) -> None:
+    """Write what produced a result layer into the layer: custom properties
+    ``ortholens/model``, ``ortholens/model_version``, ``ortholens/threshold``,
+    ``ortholens/min_area_m2``, and the layer metadata's abstract (Layer Properties >
+    Metadata), which reads :func:`run_description`.
+
+    Args:
+        layer: the result ``QgsVectorLayer``.
+        card: the model card that ran.
+        stats: the result's ``stats``.
+    """
+    thr = stats.get("threshold", card.get("threshold"))
+    area = stats.get("min_area_m2", card.get("min_area_m2"))
+    layer.setCustomProperty("ortholens/model", str(card.get("id", "")))
+    layer.setCustomProperty("ortholens/model_version", str(card.get("version", "")))
+    if isinstance(thr, (int, float)):
+        layer.setCustomProperty("ortholens/threshold", float(thr))
+    if isinstance(area, (int, float)):
+        layer.setCustomProperty("ortholens/min_area_m2", float(area))
+    md = layer.metadata()
+    md.setAbstract(f"Detected by Ortholens with {run_description(card, stats)}.")
+    layer.setMetadata(md)
+
+
+__all__ = ["DetectTask", "run_description", "record_run"]

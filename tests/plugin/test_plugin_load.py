@@ -51,7 +51,11 @@ def test_init_gui_and_unload(qgis_iface):
         dock = main.findChild(QDockWidget, "OrtholensDock")
         assert dock is p.dock
         assert p.dock.detect_button.text() == "Detect in extent"
-        assert p.dock.threshold_spin.value() == 0.5
+        # before the daemon lists its models no number that is not the model's is shown
+        assert not p.dock.threshold_spin.isEnabled()
+        assert p.dock.threshold_spin.text() == "model's value"
+        assert p.dock.min_area_spin.text() == "model's value"
+        assert p.dock.options() == {}
         assert not p.dock.cancel_button.isEnabled()
         # The status ping (no daemon at ORTHOLENS_ENDPOINT) ends with the "not running" line.
         assert wait_until(lambda: p.status_task is None and "Checking" not in p.dock.status_label.text())

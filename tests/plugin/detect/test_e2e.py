@@ -186,8 +186,11 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
         assert p.task is None and p.last_task is task
         assert task.layer is not None, task.error
         assert Path(task.out_path).parent == tmp_path.resolve()
-        ok_msgs = qgis_iface.messageBar().get_messages(Qgis.Success)
-        assert any("detected" in m and task.out_path in m for m in ok_msgs), ok_msgs
+        from conftest import wait_until
+        bar = qgis_iface.messageBar()
+        assert wait_until(lambda: any("detected" in m and task.out_path in m
+                                      for m in bar.get_messages(Qgis.Success)), 5), \
+            bar.get_messages(Qgis.Success)
         order = [n.layerId() for n in project.layerTreeRoot().findLayers()]
         assert order.index(task.layer.id()) == order.index(layer.id()) - 1
         assert p.dock.detect_button.isEnabled() and p.dock.progress.value() == 100

@@ -1,0 +1,199 @@
+"""A GIS analyst's first minutes: the dock starts the daemon and shows its default model
+before the first click, that click runs exactly what is shown, a missing engine says
+where to set it up, the settings dialog stores what the user types, and the result file
+can be found."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QApplication, QPushButton
+from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsSettings
+
+from conftest import PV01_HELDOUT, REPO, wait_until
+
+BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
+                                     REPO / ".venv" / "backend" / "bin" / "python"))
+SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clean_settings():
+    """The Ortholens QGIS settings are empty before and after the test."""
+    qs = QgsSettings()
+    for k in SETTING_KEYS:
+        qs.remove(f"ortholens/{k}")
+    yield qs
+    for k in SETTING_KEYS:
+        qs.remove(f"ortholens/{k}")
+
+
+def _show_layer(iface, path: Path, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(str(path), name, "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    iface.setActiveLayer(layer)
+    canvas = iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    return layer
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
+def test_first_click_runs_the_default_model_with_the_values_shown(
+        qgis_iface, qgis_new_project, tmp_path, monkeypatch, clean_settings):
+    """Nothing runs when QGIS starts; the dock starts the daemon, lists its models with
+    the daemon's default selected; Detect pressed while it starts waits, then runs that
+    model with the threshold and minimum area the dock shows; the layer says so."""
+    import plugin
+
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
+    monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "my results"))
+    layer = _show_layer(qgis_iface, PV01_HELDOUT, "heldout")
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        assert wait_until(lambda: p.status_task is not None, 5)
+        assert p.status_task.start and "Starting" in p.dock.status_label.text()
+        assert p.detect() is None and p.pending_detect  # waits for the model list
+        assert not p.dock.detect_button.isEnabled()
+        assert wait_until(lambda: p.last_task is not None, 240), p.dock.message()
+        task = p.last_task
+        assert task.layer is not None, task.error
+        default = next(c for c in task.cards if c.get("default"))
+        assert task.model_id == default["id"] == task.card["id"]
+        shown = p.dock.current_card()
+        assert shown["id"] == default["id"]
+        stats = task.result["stats"]
+        assert p.dock.threshold_spin.value() == pytest.approx(stats["threshold"])
+        assert p.dock.min_area_spin.value() == pytest.approx(stats["min_area_m2"])
+        assert stats["threshold"] == pytest.approx(default["threshold"])
+        assert task.layer.customProperty("ortholens/model") == default["id"]
+        assert float(task.layer.customProperty("ortholens/threshold")) == pytest.approx(
+            stats["threshold"])
+        abstract = task.layer.metadata().abstract()
+        assert default["id"] in abstract and f"threshold {stats['threshold']:g}" in abstract
+        # the results folder the user chose, shown and copyable
+        assert Path(task.out_path).parent == (tmp_path / "my results").resolve()
+        assert p.dock.result_box.isVisibleTo(p.dock) or p.dock.result_path == task.out_path
+        p.dock.copy_path_button.click()
+        assert QApplication.clipboard().text() == task.out_path
+        assert p.dock.result_label.toolTip() == task.out_path
+        bar = qgis_iface.messageBar()
+        assert wait_until(lambda: any(f"with {default['id']} v" in m
+                                      for m in bar.get_messages(Qgis.Success)), 5), \
+            bar.get_messages(Qgis.Success)
+        proc = p.daemon_process
+        assert proc is not None and proc.poll() is None  # the plugin started it...
+    finally:
+        p.unload()
+    assert proc.wait(20) is not None  # ...and stops it again
+    assert layer.isValid()
+
+
+def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_path,
+                                          monkeypatch, clean_settings, vienna_path):
+    """A zip install without an engine: the dock says so at once, and Detect fails in
+    under two seconds with a message that names Settings and carries its button."""
+    import plugin
+    from plugin.dock import NOT_SET_UP
+
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
+    monkeypatch.setenv("ORTHOLENS_REPO", str(tmp_path))  # holds no backend/
+    _show_layer(qgis_iface, vienna_path, "vienna")
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        assert wait_until(lambda: p.dock.status_label.text() == NOT_SET_UP, 10), \
+            p.dock.status_label.text()
+        bar = qgis_iface.messageBar()
+        t0 = time.monotonic()
+        task = p.detect()
+        assert task is not None
+        assert wait_until(lambda: p.task is None, 10)
+        assert time.monotonic() - t0 < 2.0
+        assert task.error and "Settings" in task.error and task.unreachable
+        assert wait_until(lambda: bar.currentItem() is not None, 5)
+        item = bar.currentItem()
+        assert item is not None and "Settings" in item.text()
+        button = item.findChild(QPushButton, "ortholensMessageSettings")
+        assert button is not None and button.text() == "Settings…"
+        button.click()
+        assert p.settings_dialog.isVisible()
+        p.settings_dialog.reject()
+        assert p.dock.progress.value() == 0 and p.dock.detect_button.isEnabled()
+    finally:
+        p.unload()
+
+
+def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch,
+                                               clean_settings):
+    """Typed values are checked, stored in QGIS settings and used; a field an
+    environment variable overrides is read-only and says so."""
+    from plugin.settings import autostart, daemon_settings, results_dir
+    from plugin.settings_dialog import OrtholensOptionsFactory, SettingsDialog
+
+    for env in ("ORTHOLENS_REPO", "ORTHOLENS_PYTHON", "ORTHOLENS_BACKEND_PYTHON",
+                "ORTHOLENS_RESULTS", "ORTHOLENS_TOKEN", "ORTHOLENS_AUTOSTART"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
+    dlg = SettingsDialog()
+    form = dlg.form
+    assert not form.endpoint.isEnabled()
+    assert form.findChild(type(dlg.problems), "ortholensEnvNote_endpoint") is not None
+    form.python.setFilePath(str(tmp_path / "missing-python"))
+    form.repo.setFilePath(str(tmp_path))
+    dlg.accept()
+    assert dlg.result() == 0 and "does not exist" in dlg.problems.text()
+    assert "backend/" in dlg.problems.text()
+    assert QgsSettings().value("ortholens/python", "") == ""  # nothing stored
+    (tmp_path / "backend").mkdir()
+    form.python.setFilePath(str(BACKEND_PYTHON))
+    form.repo.setFilePath(str(tmp_path))
+    form.token.setText("s3cret")
+    form.results_dir.setFilePath(str(tmp_path / "out"))
+    form.autostart.setChecked(False)
+    dlg.accept()
+    assert dlg.result() == 1, dlg.problems.text()
+    s = daemon_settings()
+    assert s.python == str(BACKEND_PYTHON) and s.repo == str(tmp_path)
+    assert s.token == "s3cret" and results_dir() == str(tmp_path / "out")
+    assert not autostart()
+    # the same form is the Settings > Options page
+    page = OrtholensOptionsFactory().createWidget(None)
+    assert page.form.token.text() == "s3cret"
+    page.form.token.setText("")
+    page.apply()
+    assert daemon_settings().token is None
+
+
+def test_settings_are_reachable_from_the_dock_and_options(qgis_iface, clean_settings):
+    import plugin
+
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        qgis_iface.registerOptionsWidgetFactory.assert_called_with(p.options_factory)
+        assert p.options_factory.title() == "Ortholens"
+        p.dock.settings_button.click()
+        QCoreApplication.processEvents()
+        assert p.settings_dialog.isVisible()
+        assert p.settings_dialog.windowTitle() == "Ortholens settings"
+        p.settings_dialog.reject()
+    finally:
+        p.unload()
+    qgis_iface.unregisterOptionsWidgetFactory.assert_called()
