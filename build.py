@@ -242,6 +242,9 @@ TASKS = {
     "retrain-eval": (tool(VENV_BACKEND, "-m", "tools.retrain_eval"), "the retrain loop on real data without a person: "
                                    "before/after numbers, rollback"),
     "screenshot": (tool(VENV_QGIS, "tools/screenshot.py"), "QGIS desktop under Xvfb with a detection, as a PNG"),
+    "walkthrough": (tool(VENV_QGIS, "tools/walkthrough.py"), "the analyst's path in the QGIS desktop "
+                    "under Xvfb (open, detect, edit, retrain, Processing, bad input), one PNG "
+                    "per step (out/walkthrough/)"),
     "bench": (tool(VENV_BACKEND, "-m", "tools.bench"), "model-only vs end-to-end throughput, screen-extent latency through "
                      "the client, peak RAM (out/bench.json)"),
     "peakram": (tool(VENV_BACKEND, "-m", "tools.peakram"), "daemon peak RAM of a batch job, small vs 100x larger extent "
