@@ -46,6 +46,9 @@ class _FakeClient:
                   "model_version": "1.0.0"},
                  {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
                   "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
+                  "model_version": "1.0.0"},
+                 {"wkt": sq(-1608, 338492, 2), "class": "photovoltaic", "class_id": 1,
+                  "score": 0.8, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
                   "model_version": "1.0.0"}]
         return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
                 "features": feats, "stats": {"seconds": 1.0}}
@@ -117,10 +120,12 @@ def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_res
     _correct(layer)
     plan = prepare_retrain(layer, CLASSES)
     assert plan.model == MODEL and plan.source.kind == "file"
-    assert len(plan.features) == 3 and plan.by_class == {"photovoltaic": 3}
+    assert len(plan.features) == 4 and plan.by_class == {"photovoltaic": 4}
     assert plan.invalid == 1 and "2 feature(s) without a class" in plan.notes[0]
     assert abs(plan.reviewed_m2 - 400.0) < 1e-6
-    assert "3 corrected features" in plan.summary() and "400 m²" in plan.summary()
+    # the user's edits are counted, not the layer's features
+    assert "Your edits: 1 deleted, 2 added, 0 reshaped, 0 reclassified." in plan.summary()
+    assert "400 m²" in plan.summary() and "4 polygons" in plan.summary()
     dlg = RetrainDialog(plan)
     assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
                                                          "activate": True}
@@ -215,10 +220,10 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     req = stub.requests[0]
     assert req["model"] == MODEL and req["budget_s"] == 60.0
     assert req["source"]["path"].endswith("vienna_44_2_ortho_2023_30cm.tif")
-    assert len(req["features"]) == 3 and {f["class"] for f in req["features"]} == {"photovoltaic"}
+    assert len(req["features"]) == 4 and {f["class"] for f in req["features"]} == {"photovoltaic"}
     assert req["reviewed"][0]["extent"] == [-1610, 338490, -1590, 338510]
     assert req["invalid_geometry"] == "repair" and req["activate"] is True
-    assert "3 corrected features" in seen["summary"]
+    assert "Your edits: 1 deleted, 2 added" in seen["summary"]
     assert values and max(values) >= 50
     # before/after shown; the dock will select the new version at the next listing
     html = p.retrain.result_dialog.browser.toHtml()
@@ -263,20 +268,23 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     p.refresh_status()
     assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
     p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
+    # the shipped model is still active: Make active for @1, nothing to roll back yet
+    assert p.dock.activate_button.isEnabled() and not p.dock.rollback_button.isEnabled()
     p.dock.activate_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and "[active]" in p.dock.model_combo.currentText(), 30)
     assert p.dock.current_model_id() == f"{MODEL}@1"
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == f"{MODEL}@1"
+    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
     p.dock.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and p.dock.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
     assert "Rolled back to pv-unet-efl0" in p.dock.message()
-    # rolling back the shipped model is refused with a reason
-    p.dock.rollback_button.click()
-    assert wait_until(lambda: p.retrain.versions_task is None, 30)
-    assert "no earlier version" in p.dock.message()
+    # the shipped model is active again: nothing to roll back to, and the button says so
+    assert not p.dock.rollback_button.isEnabled()
+    assert "no earlier version" in p.dock.rollback_button.toolTip()
+    assert not p.dock.activate_button.isEnabled()  # already the active version
 
 
 def test_report_html_rejected():
@@ -358,3 +366,67 @@ def test_processing_retrain_algorithm(daemon, vienna_layer):
         assert [f.get("class", f.get("class_id")) for f in req["features"]] == ["photovoltaic", 1]
     finally:
         p.unload()
+
+
+# ----------------------------------------------------------------------------- the numbers
+
+CLASSES2 = CLASSES + [{"id": 2, "name": "solar_thermal", "color": "#1f77b4"}]
+
+
+def test_edits_are_counted_against_the_detection(plugin_with_result):
+    """One of each edit on the three detected polygons, plus one drawn: the dialog counts
+    exactly those, saved or still in the edit buffer."""
+    from plugin.retrain.dialogs import RetrainDialog
+    from plugin.retrain.plan import count_edits, prepare_retrain
+    _, layer = plugin_with_result
+    assert count_edits(layer).total == 0
+    plan = prepare_retrain(layer, CLASSES)
+    assert "You have not edited this layer" in plan.summary()
+    a, b, c = sorted(layer.getFeatures(), key=lambda f: f.geometry().boundingBox().xMinimum())
+    layer.startEditing()
+    layer.deleteFeature(c.id())                                               # deleted
+    layer.changeGeometry(a.id(), QgsGeometry.fromWkt(sq(-1608, 338492, 3)))   # reshaped
+    layer.changeAttributeValue(b.id(), layer.fields().indexOf("class"), "solar_thermal")
+    f = QgsFeature(layer.fields())
+    f.setGeometry(QgsGeometry.fromWkt(sq(-1592, 338505, 2)))
+    f.setAttribute("class", "photovoltaic")
+    layer.addFeature(f)                                                       # added
+    e = count_edits(layer)  # unsaved edits count too
+    assert (e.deleted, e.added, e.reshaped, e.reclassified, e.kept) == (1, 1, 1, 1, 0)
+    assert layer.commitChanges()
+    plan = prepare_retrain(layer, CLASSES2)
+    assert plan.edits.text() == "1 deleted, 1 added, 1 reshaped, 1 reclassified"
+    assert len(plan.features) == 3
+    dlg = RetrainDialog(plan)
+    assert "Your edits: 1 deleted, 1 added, 1 reshaped, 1 reclassified." in \
+        dlg.summary_label.text()
+    assert "95" not in dlg.summary_label.text()
+
+
+def test_reviewed_area_is_clipped_to_the_raster(plugin_with_result, vienna_layer):
+    """A detection in a map view larger than the 500 m x 500 m raster (and one in a map
+    view of another CRS): the reviewed area is the raster's 0.25 km², not the view's."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    from plugin.detect.plan import prepare_detect
+    from plugin.retrain.plan import PROP, prepare_retrain, remember_detection
+    _, layer = plugin_with_result
+    raster_m2 = vienna_layer.extent().width() * vienna_layer.extent().height()
+    assert abs(raster_m2 - 250000.0) < 1.0
+    view = QgsRectangle(-1900, 338200, -1100, 338900)  # 0.56 km² of canvas
+    remember_detection(layer, prepare_detect(vienna_layer, view, vienna_layer.crs()), MODEL)
+    plan = prepare_retrain(layer, CLASSES)
+    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
+    assert "0.250 km²" in plan.summary()
+    # the canvas in Web Mercator, wider than the raster
+    merc = QgsCoordinateReferenceSystem("EPSG:3857")
+    to_merc = QgsCoordinateTransform(vienna_layer.crs(), merc, QgsProject.instance())
+    remember_detection(layer, prepare_detect(vienna_layer, to_merc.transformBoundingBox(view),
+                                             merc), MODEL)
+    plan = prepare_retrain(layer, CLASSES)
+    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
+    # a layer remembered with the unclipped view (before clipping was done) is clipped too
+    layer.setCustomProperty(PROP + "reviewed", json.dumps([{"extent": [-1900, 338200, -1100,
+                                                                       338900]}]))
+    plan = prepare_retrain(layer, CLASSES)
+    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
