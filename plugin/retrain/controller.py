@@ -12,8 +12,8 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject
 from protocol.errors import InputError
 
 from ..settings import daemon_settings
-from .dialogs import RetrainDialog, RetrainResultDialog
-from .plan import PROP, is_result_layer, prepare_retrain, remember_detection
+from .dialogs import RetrainDialog, RetrainResultDialog, main_reason
+from .plan import is_result_layer, prepare_retrain, remember_detection
 from .task import RetrainTask, VersionsTask
 
 #: Object name of the "Retrain on corrections…" action.
@@ -102,6 +102,40 @@ class RetrainController:
     def _notify(self, text: str, level: int = Qgis.Info, short: Optional[str] = None) -> None:
         self.plugin.notify(text, level, short=short)
 
+    def _fail(self, text: str, level: int = Qgis.Warning) -> None:
+        """Tell the user why nothing (more) happens, with the progress bar at 0 (not a
+        finished job's 100 % beside the message)."""
+        dock = self.plugin.dock
+        if dock is not None and self.task is None and \
+                getattr(self.plugin, "task", None) is None:
+            dock.set_progress(0)
+        self._notify(text, level)
+
+    def _job_running(self) -> Optional[str]:
+        """Why a retrain or version switch must wait now, or None."""
+        if self.task is not None:
+            return "A retrain is running: wait for it or press Cancel."
+        if getattr(self.plugin, "task", None) is not None:
+            return "A detection is running: wait for it or press Cancel."
+        return None
+
+    @staticmethod
+    def model_for(card: Optional[Dict[str, Any]]) -> Optional[str]:
+        """The model a retrain fine-tunes: the one the dock shows (None: none shown yet,
+        the layer's own model is used).
+
+        Raises:
+            InputError: the dock shows an ensemble, which cannot be fine-tuned.
+        """
+        if not card:
+            return None
+        if card.get("kind") == "ensemble":
+            members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
+            raise InputError(f"The dock shows the ensemble {card.get('id')}, which cannot "
+                             f"be fine-tuned: select one of its members ({members}) in the "
+                             f"dock, then retrain.")
+        return str(card["id"])
+
     def retrain(self, layer: Optional[QgsMapLayer] = None) -> Optional[RetrainTask]:
         """Check the layer, ask for the budget, and start a :class:`RetrainTask`.
 
@@ -111,22 +145,18 @@ class RetrainController:
         Returns:
             The started task, or None (refused, dialog cancelled, one already running).
         """
-        if self.task is not None:
-            self._notify("A retrain is already running: wait for it or press Cancel.",
-                         Qgis.Warning)
+        busy = self._job_running()
+        if busy:
+            self._notify(busy, Qgis.Warning)
             return None
         layer = layer or self.iface.activeLayer()
         dock = self.plugin.dock
         card = dock.current_card() if dock is not None else None
-        model = None
-        if card and layer is not None and is_result_layer(layer) and base_id(card["id"]) == \
-                base_id(str(layer.customProperty(PROP + "model"))):
-            model = str(card["id"])  # the selected version of the layer's lineage
         classes = (card or {}).get("classes") if card else None
         try:
-            plan = prepare_retrain(layer, classes, model)
+            plan = prepare_retrain(layer, classes, self.model_for(card))
         except InputError as exc:
-            self._notify(str(exc), Qgis.Warning)
+            self._fail(str(exc))
             return None
         dlg = RetrainDialog(plan, self.iface.mainWindow())
         if not self.exec_dialog(dlg):
@@ -134,23 +164,34 @@ class RetrainController:
         if dlg.use_view_only():
             canvas = self.iface.mapCanvas()
             try:
-                plan = prepare_retrain(layer, classes, model, view_extent=canvas.extent(),
+                plan = prepare_retrain(layer, classes, plan.model,
+                                       view_extent=canvas.extent(),
                                        view_crs=canvas.mapSettings().destinationCrs())
             except InputError as exc:
-                self._notify(str(exc), Qgis.Warning)
+                self._fail(str(exc))
                 return None
         task = RetrainTask(plan, daemon_settings(), dlg.budget_s(), dlg.options(),
                            on_done=self._retrain_done)
         self.task = task
         if dock is not None:
             dock.set_busy(True)
-            dock.show_message(f"Retraining {plan.model} on {len(plan.features)} corrected "
-                              f"features…", Qgis.Info)
-            task.progressChanged.connect(lambda v: dock.set_progress(v) if self.plugin.dock
-                                         else None)
+            dock.show_message(f"Retraining {plan.model} (budget {dlg.budget_s() / 60:g} min)…",
+                              Qgis.Info)
+            task.progressChanged.connect(self._progress)
+            task.message.connect(self._task_message)
             dock.cancelRequested.connect(self.cancel)
         QgsApplication.taskManager().addTask(task)
         return task
+
+    def _progress(self, value: float) -> None:
+        if self.plugin.dock is not None and self.task is not None:
+            self.plugin.dock.set_progress(value)
+
+    def _task_message(self, text: str) -> None:
+        """Show the retrain's phase and time left in the dock."""
+        if self.plugin.dock is not None and self.task is not None:
+            self.plugin.dock.show_message(f"Retraining {self.task.plan.model}: {text}",
+                                          Qgis.Info)
 
     def cancel(self) -> None:
         """Cancel the running retrain (the daemon stops at its next step)."""
@@ -169,23 +210,25 @@ class RetrainController:
             except (TypeError, RuntimeError):
                 pass
             dock.set_busy(False)
+        if dock is not None:
+            dock.set_progress(100 if task.report is not None else 0)
         if task.report is not None:
             r = task.report
             if r.get("accepted"):
-                text = f"Retrain: new version {r.get('model')} — {r.get('reason')}"
+                text = f"Retrain: new version {r.get('model')} — {main_reason(r)}"
                 if dock is not None and hasattr(dock, "prefer_model"):
                     dock.prefer_model(str(r.get("active") or r.get("model")))
                 self._notify(text, Qgis.Success, short=f"New version {r.get('model')}"
                              + (" (active)" if r.get("active") == r.get("model") else ""))
             else:
-                self._notify(f"Retrain: the candidate was rejected — {r.get('reason')}",
+                self._notify(f"Retrain: the candidate was rejected — {main_reason(r)}",
                              Qgis.Warning, short="Retrain: rejected, no new version")
             self.show_result(r)
             self.plugin.refresh_status()
         elif task.cancelled:
-            self._notify("Retrain cancelled; nothing was changed.", Qgis.Info)
+            self._fail("Retrain cancelled; nothing was changed.", Qgis.Info)
         else:
-            self._notify(task.error or "The retrain failed.", Qgis.Critical)
+            self._fail(task.error or "The retrain failed.", Qgis.Critical)
 
     def show_result(self, report: Dict[str, Any]) -> RetrainResultDialog:
         """Show a retrain report in a non-modal window (replacing an earlier one)."""
@@ -207,19 +250,27 @@ class RetrainController:
 
     def _versions(self, action: str, model_id: str) -> Optional[VersionsTask]:
         if not model_id:
-            self._notify("Choose a model first.", Qgis.Warning)
+            self._fail("Choose a model first.")
+            return None
+        busy = self._job_running()
+        if busy:  # the buttons are disabled then; this is for other callers
+            self._notify(busy, Qgis.Warning)
             return None
         if self.versions_task is not None:
             return None
         task = VersionsTask(action, model_id, daemon_settings(), on_done=self._versions_done)
         self.versions_task = task
+        if self.plugin.dock is not None:
+            self.plugin.dock.set_versions_running(True)
         QgsApplication.taskManager().addTask(task)
         return task
 
     def _versions_done(self, task: VersionsTask) -> None:
         self.versions_task = None
+        if self.plugin.dock is not None:
+            self.plugin.dock.set_versions_running(False)
         if task.result is None:
-            self._notify(f"{task.action.capitalize()} failed: {task.error}", Qgis.Warning)
+            self._fail(f"{task.action.capitalize()} failed: {task.error}")
             return
         active = str(task.result.get("active"))
         dock = self.plugin.dock

@@ -1,9 +1,16 @@
-"""The retrain dialogs: budget and options before, before/after metrics after."""
+"""The retrain dialogs: budget and options before, the outcome after.
+
+The result window is compact: one sentence saying what was decided and the main
+reason, a small before/after table, then a few short notes (the time taken against the
+budget, what the daemon found in the corrections, warnings).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import html
+from typing import Any, Dict, List, Optional, Tuple
 
+from qgis.PyQt.QtGui import QTextDocument
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -12,18 +19,28 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QLabel,
     QSpinBox,
-    QTextBrowser,
     QVBoxLayout,
 )
 
 from .plan import RetrainPlan
+
+#: What the time budget covers, as the dialog says it.
+BUDGET_COVERS = ("the whole retrain: preparing your corrections, training, checking the "
+                 "new version and saving it (training gets what the rest leaves)")
+#: Smallest measured surface, km², over which a per-km² rate is shown.
+MIN_RATE_KM2 = 1.0
+
+
+def _base(model_id: str) -> str:
+    return str(model_id).split("@", 1)[0]
 
 
 class RetrainDialog(QDialog):
     """Budget and options of a retrain, with what will be used.
 
     Args:
-        plan: what the retrain will send (its summary is shown).
+        plan: what the retrain will send (the model, the user's edits and the reviewed
+            area are shown).
         parent: the parent widget.
         has_view_option: offer "only its part in the current map view".
 
@@ -37,10 +54,16 @@ class RetrainDialog(QDialog):
         self.setWindowTitle("Ortholens: retrain on corrections")
         self.plan = plan
         lay = QVBoxLayout(self)
-        head = QLabel(f"Fine-tune <b>{plan.model}</b> from its current weights on the "
-                      f"corrections in <b>{plan.layer_name}</b>.", self)
-        head.setWordWrap(True)
-        lay.addWidget(head)
+        other = (f"<br><i>The layer was detected with {html.escape(plan.detected_model)};"
+                 f" {html.escape(plan.model)} is the model selected in the dock.</i>"
+                 if plan.detected_model and _base(plan.detected_model) != _base(plan.model)
+                 else "")
+        self.head_label = QLabel(f"Fine-tune <b>{html.escape(plan.model)}</b> from its "
+                                 f"current weights on your corrections in "
+                                 f"<b>{html.escape(plan.layer_name)}</b>.{other}", self)
+        self.head_label.setObjectName("ortholensRetrainHead")
+        self.head_label.setWordWrap(True)
+        lay.addWidget(self.head_label)
         self.summary_label = QLabel(plan.summary() + ("<br>" + " ".join(plan.notes)
                                                       if plan.notes else ""), self)
         self.summary_label.setObjectName("ortholensRetrainSummary")
@@ -52,9 +75,12 @@ class RetrainDialog(QDialog):
         self.budget_spin.setRange(1, 120)
         self.budget_spin.setValue(2)
         self.budget_spin.setSuffix(" min")
-        self.budget_spin.setToolTip("Training time; reading the corrections and checking "
-                                    "the result come on top (about a minute on a CPU)")
-        form.addRow("Training budget", self.budget_spin)
+        self.budget_spin.setToolTip(f"Time budget of {BUDGET_COVERS}")
+        form.addRow("Time budget", self.budget_spin)
+        self.budget_note = QLabel(f"<small>Covers {BUDGET_COVERS}.</small>", self)
+        self.budget_note.setObjectName("ortholensRetrainBudgetNote")
+        self.budget_note.setWordWrap(True)
+        form.addRow("", self.budget_note)
         self.area_combo = QComboBox(self)
         self.area_combo.addItem("the whole detection extent", False)
         if has_view_option:
@@ -81,7 +107,7 @@ class RetrainDialog(QDialog):
         lay.addWidget(self.buttons)
 
     def budget_s(self) -> float:
-        """The training budget, seconds."""
+        """The time budget of the whole retrain, seconds."""
         return float(self.budget_spin.value() * 60)
 
     def use_view_only(self) -> bool:
@@ -95,60 +121,180 @@ class RetrainDialog(QDialog):
                 "activate": self.activate_check.isChecked()}
 
 
-def _fmt(v: Any) -> str:
+# ----------------------------------------------------------------------------- result
+
+def main_reason(report: Dict[str, Any]) -> str:
+    """The first (main) reason of a retrain report's ``reason`` (the daemon joins
+    several with ``"; "``), arrows as ``→``; ``""`` when there is none."""
+    reason = str(report.get("reason") or "").split("; ")[0].strip()
+    return reason.replace(" -> ", " → ")
+
+
+def verdict(report: Dict[str, Any]) -> str:
+    """One sentence: what was decided and why (the main reason, once).
+
+    Args:
+        report: the daemon's retrain report (``accepted``, ``model``, ``active``,
+            ``reason``).
+    """
+    why = main_reason(report)
+    why = f": {why}" if why else ""
+    if report.get("accepted"):
+        active = " and made active" if report.get("active") == report.get("model") else ""
+        return f"New version {report.get('model')} kept{active}{why}."
+    return f"Rejected, no new version kept{why}."
+
+
+def holdout_empty(report: Dict[str, Any]) -> bool:
+    """True when the held-out part of the corrections held none of the user's
+    polygons (object F1 and IoU cannot be measured there)."""
+    held = ((report.get("corrections") or {}).get("holdout") or {})
+    if isinstance(held.get("features"), int):
+        return held["features"] == 0
+    before = ((report.get("before") or {}).get("user_holdout") or {})
+    return before.get("objects_true") == 0
+
+
+def _ratio(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
+def _count(v: Any) -> str:
+    return "n/a" if v is None else str(int(v))
+
+
+def _rate(v: Any) -> str:
     if v is None:
-        return "–"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return "n/a"
+    return f"{float(v):.1f}" if float(v) < 10 else f"{float(v):.0f}"
+
+
+#: Parts of a report's metrics, as the table names them.
+PARTS = (("user_holdout", "held-out part of your corrections"),
+         ("user_train", "your corrections trained on"),
+         ("guard", "reference tiles (pv01 validation)"))
+
+
+def result_rows(report: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
+    """The before/after table: ``(measured on, metric, before, after)`` rows.
+
+    Ratios (object F1, pixel IoU) have 3 decimals, counts none; false polygons per km²
+    appear only over at least :data:`MIN_RATE_KM2` (a rate over a few hundred m² would
+    mean nothing); F1 and IoU of a held-out part without polygons are left out
+    (:func:`holdout_empty`); a value that could not be measured reads ``n/a``.
+    """
+    b, a = report.get("before") or {}, report.get("after") or {}
+    empty = holdout_empty(report)
+    rows = []
+    for key, label in PARTS:
+        if key not in b or key not in a:
+            continue
+        mb, ma = b[key] or {}, a[key] or {}
+        area = max(float(mb.get("area_km2") or 0.0), float(ma.get("area_km2") or 0.0))
+        metrics = [("object_errors", "object errors", _count),
+                   ("false_objects", "false polygons", _count)]
+        if not (key == "user_holdout" and empty):
+            metrics = [("object_f1", "object F1", _ratio)] + metrics + \
+                [("pixel_iou", "pixel IoU", _ratio)]
+        if area >= MIN_RATE_KM2:
+            metrics.append(("false_polygons_per_km2", "false polygons / km²", _rate))
+        for m, name, fmt in metrics:
+            if mb.get(m) is None and ma.get(m) is None:
+                continue
+            rows.append((label, name, fmt(mb.get(m)), fmt(ma.get(m))))
+    return rows
+
+
+def result_notes(report: Dict[str, Any]) -> List[str]:
+    """Short notes under the table: the held-out check that could not be made, the
+    time against the budget, what the daemon found in the corrections, up to three
+    warnings."""
+    notes = []
+    if holdout_empty(report):
+        km2 = (((report.get("before") or {}).get("user_holdout") or {}).get("area_km2"))
+        where = f" ({float(km2):.3f} km²)" if isinstance(km2, (int, float)) else ""
+        notes.append(f"Held-out check could not be made: the held-out part of your "
+                     f"corrections{where} holds none of your polygons, so object F1 and "
+                     f"IoU are not defined there; only polygons drawn there count as "
+                     f"errors.")
+    t, train = report.get("time") or {}, report.get("train") or {}
+    budget = t.get("budget_s", report.get("budget_s"))
+    steps = f", {train['steps']} steps" if isinstance(train.get("steps"), int) else ""
+    if isinstance(t.get("seconds"), (int, float)) and isinstance(budget, (int, float)):
+        within = t.get("within_budget", t["seconds"] <= budget)
+        of = "of the" if within else "— over the"
+        notes.append(f"Took {t['seconds']:.0f} s {of} {budget:.0f} s budget "
+                     f"({t.get('training_s') or train.get('seconds') or 0:.0f} s "
+                     f"training{steps}).")
+    elif isinstance(train.get("seconds"), (int, float)):
+        notes.append(f"Trained {train['seconds']:.0f} s{steps}.")
+    found = _found(report.get("corrections") or {})
+    if found:
+        notes.append(found)
+    for w in (report.get("warnings") or [])[:3]:
+        notes.append(str(w)[:1].upper() + str(w)[1:] + ("" if str(w).endswith(".") else "."))
+    return notes
+
+
+def _found(corr: Dict[str, Any]) -> Optional[str]:
+    """``"Compared with the model's own detections, your corrections delete 1 object,
+    add 1 and reclassify 0."`` from the daemon's corrections summary."""
+    parts = [corr.get(k) or {} for k in ("train", "holdout")]
+    if not any(parts):
+        return None
+
+    def total(key: str) -> int:
+        return int(sum(int(p.get(key) or 0) for p in parts))
+    d, a, c = total("deleted"), total("added"), total("class_change_objects")
+    return (f"Compared with the model's own detection, your corrections delete {d} "
+            f"object{'s' if d != 1 else ''}, add {a} and reclassify {c}.")
 
 
 def report_html(report: Dict[str, Any]) -> str:
-    """Before/after metrics of a retrain report (the daemon's ``result["retrain"]``)
-    as HTML: the verdict, what was trained, a table and the warnings."""
-    b, a = report.get("before") or {}, report.get("after") or {}
-    rows = []
-    parts = (("user_holdout", "your held-out corrections"),
-             ("user_train", "your corrections it trained on"),
-             ("guard", "reference validation tiles (pv01)"))
-    for key, label in parts:
-        if key not in b or key not in a:
-            continue
-        for m, name in (("object_f1", "object F1"), ("object_errors", "object errors"),
-                        ("pixel_iou", "pixel IoU"),
-                        ("false_polygons_per_km2", "false polygons / km²")):
-            if b[key].get(m) is None and a[key].get(m) is None:
-                continue
-            rows.append(f"<tr><td>{label}</td><td>{name}</td><td>{_fmt(b[key].get(m))}</td>"
-                        f"<td>{_fmt(a[key].get(m))}</td></tr>")
-    verdict = (f"<b>New version {report.get('model')}</b>"
-               + (" (now active)" if report.get("active") == report.get("model") else "")
-               if report.get("accepted") else "<b>Rejected</b>: no new version was kept")
-    train = report.get("train") or {}
-    corr = report.get("corrections") or {}
-    return (f"<p>{verdict}. {report.get('reason', '')}</p>"
-            f"<p>Fine-tuned {report.get('parent')} for {train.get('seconds', '?')} s "
-            f"({train.get('steps', '?')} steps, budget {report.get('budget_s', '?')} s) on "
-            f"{corr.get('features', '?')} corrected features.</p>"
-            "<table border='1' cellpadding='3' cellspacing='0'><tr><th>measured on</th>"
-            "<th>metric</th><th>before</th><th>after</th></tr>" + "".join(rows) + "</table>"
-            + "".join(f"<p><i>{w}</i></p>" for w in (report.get("warnings") or [])[:5])
-            + f"<p><small>{report.get('rule', '')}</small></p>")
+    """A retrain report as HTML: :func:`verdict`, the :func:`result_rows` table and the
+    :func:`result_notes`."""
+    rows = "".join(f"<tr><td>{html.escape(p)}</td><td>{html.escape(m)}</td>"
+                   f"<td align='right'>{b}</td><td align='right'>{a}</td></tr>"
+                   for p, m, b, a in result_rows(report))
+    table = ("<table border='1' cellpadding='3' cellspacing='0'><tr><th>measured on</th>"
+             "<th>metric</th><th>before</th><th>after</th></tr>" + rows + "</table>"
+             if rows else "")
+    notes = "".join(f"<p><small>{html.escape(n)}</small></p>" for n in result_notes(report))
+    return f"<p><b>{html.escape(verdict(report))}</b></p>{table}{notes}"
 
 
 class RetrainResultDialog(QDialog):
-    """Non-modal window with a retrain's before/after metrics (:func:`report_html`)."""
+    """Non-modal window with a retrain's outcome: :func:`verdict`, the before/after
+    table and short notes; the acceptance rule is the sentence's tooltip.
+
+    Args:
+        report: the daemon's retrain report (``result["retrain"]``).
+        parent: the parent widget.
+    """
 
     def __init__(self, report: Dict[str, Any], parent=None):
         super().__init__(parent)
         self.setObjectName("OrtholensRetrainResult")
         self.setWindowTitle("Ortholens: retrain result")
+        self.report = report
         lay = QVBoxLayout(self)
-        self.browser = QTextBrowser(self)
-        self.browser.setHtml(report_html(report))
-        lay.addWidget(self.browser)
+        self.label = QLabel(report_html(report), self)
+        self.label.setObjectName("ortholensRetrainResultText")
+        self.label.setWordWrap(True)
+        self.label.setToolTip(str(report.get("rule") or ""))
+        lay.addWidget(self.label)
         box = QDialogButtonBox(QDialogButtonBox.Close, self)
         box.rejected.connect(self.close)
         lay.addWidget(box)
-        self.resize(560, 420)
+        self.setMinimumWidth(480)
+        self.adjustSize()
+
+    def text(self) -> str:
+        """The window's text, without markup."""
+        doc = QTextDocument()
+        doc.setHtml(self.label.text())
+        return doc.toPlainText()
 
 
-__all__ = ["RetrainDialog", "report_html", "RetrainResultDialog"]
+__all__ = ["BUDGET_COVERS", "RetrainDialog", "main_reason", "verdict", "holdout_empty",
+           "result_rows", "result_notes", "report_html", "RetrainResultDialog"]

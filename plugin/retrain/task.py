@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+from qgis.PyQt.QtCore import pyqtSignal
 from qgis.core import QgsTask
 
 from protocol.errors import OrtholensError
@@ -22,18 +23,26 @@ class RetrainTask(QgsTask):
     Args:
         plan: from :func:`~.plan.prepare_retrain`.
         settings: how to reach/start the daemon.
-        budget_s: fine-tuning time, seconds.
+        budget_s: time of the whole retrain (preparing, training, checking, saving),
+            seconds.
         options: further :class:`~protocol.params.RetrainParams` fields
             (``invalid_geometry``, ``activate``...).
         on_done: called with this task on the UI thread when it finishes.
         timeout_s: per-request timeout of the daemon client, seconds.
         job_timeout_s: give up after this many seconds without news of the job.
 
+    While it runs, :attr:`message` carries what it is doing: connecting, rendering,
+    then the daemon's phase and time left ("training: step 3/40, loss 0.41 — about
+    50 s left").
+
     After ``finished``: ``report`` (the daemon's retrain report or None), ``error``
-    (message or None), ``cancelled``, ``message`` (the daemon's last progress message),
+    (message or None), ``cancelled``, ``last_message`` (the last progress message),
     ``daemon_process`` (a daemon this task started, else None); then ``on_done(self)``
     on the UI thread.
     """
+
+    #: A progress message for the dock (worker thread -> UI thread).
+    message = pyqtSignal(str)
 
     def __init__(self, plan: RetrainPlan, settings: DaemonSettings, budget_s: float,
                  options: Optional[Dict[str, Any]] = None,
@@ -47,11 +56,12 @@ class RetrainTask(QgsTask):
         self.report: Optional[Dict[str, Any]] = None
         self.error: Optional[str] = None
         self.cancelled = False
-        self.message = ""
+        self.last_message = ""
         self.daemon_process = None
 
     def run(self) -> bool:  # noqa: D401 - QgsTask API
         """Connect, retrain; never raises, errors go to ``self.error``."""
+        self._keep_message("connecting to the daemon…")
         def work() -> bool:
             with task_client(self) as client:
                 return self._run(client)
@@ -61,6 +71,7 @@ class RetrainTask(QgsTask):
         self.setProgress(2)
         pixels, source = None, self.plan.source
         if self.plan.render is not None:
+            self._keep_message("preparing data: rendering the layer…")
             card = pick_card(client.models(), self.plan.model)
             rendered = render_pixels(self.plan.render, float(card["gsd_m"]),
                                      is_cancelled=self.isCanceled)
@@ -68,6 +79,7 @@ class RetrainTask(QgsTask):
         if self.isCanceled():
             raise InterruptedError
         self.setProgress(5)
+        self._keep_message(f"preparing data: sending {len(self.plan.features)} polygons…")
         res = client.retrain(self.plan.params(source, self.budget_s, **self.options),
                              pixels=pixels, is_cancelled=self.isCanceled,
                              on_progress=progress_callback(self, 5, 94, self._keep_message),
@@ -77,7 +89,9 @@ class RetrainTask(QgsTask):
         return True
 
     def _keep_message(self, message: Any) -> None:
-        self.message = str(message or "")
+        if message:
+            self.last_message = str(message)
+            self.message.emit(self.last_message)
 
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
         """Settle ``cancelled`` / ``error`` and call ``on_done`` (UI thread)."""

@@ -130,6 +130,7 @@ def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_res
     assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
                                                          "activate": True}
     assert "1 with an invalid geometry" in dlg.summary_label.text()
+    assert "whole retrain" in dlg.budget_note.text()
     # only the part of the extent in the map view
     part = prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(-1600, 338490, -1580, 338510),
                            view_crs=layer.crs())
@@ -162,13 +163,16 @@ class _Stub:
             if cancelled():
                 from protocol.errors import JobCancelled
                 raise JobCancelled()
-            progress(min(i / 10, 1.0), f"fine-tuning: step {i}")
+            progress(min(i / 10, 1.0), f"training: step {i + 1}/{n}, loss 0.5 — about "
+                                       f"{n - i} s left")
             time.sleep(0.02)
         return {"crs": "", "features": [], "stats": {}, "retrain": {
             "accepted": True, "model": f"{MODEL}@1", "parent": MODEL,
             "active": f"{MODEL}@1", "reason": "object errors on the held-out corrections "
                                               "2 -> 0", "budget_s": request["budget_s"],
-            "train": {"steps": 9, "seconds": 60.2},
+            "train": {"steps": 9, "seconds": 30.2},
+            "time": {"budget_s": request["budget_s"], "seconds": 40.4, "training_s": 30.2,
+                     "within_budget": True},
             "corrections": {"features": len(request["features"])},
             "before": {"user_holdout": {"object_f1": None, "object_errors": 2,
                                         "pixel_iou": 0.0, "false_polygons_per_km2": 64.0},
@@ -226,9 +230,12 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     assert "Your edits: 1 deleted, 2 added" in seen["summary"]
     assert values and max(values) >= 50
     # before/after shown; the dock will select the new version at the next listing
-    html = p.retrain.result_dialog.browser.toHtml()
-    assert "pv-unet-efl0@1" in html and "0.773" in html and "0.859" in html
+    text = p.retrain.result_dialog.text()
+    assert text.startswith("New version pv-unet-efl0@1 kept and made active: object "
+                           "errors on the held-out corrections 2 → 0.")
+    assert "0.773" in text and "0.859" in text and "Took 40 s of the 60 s budget" in text
     assert p.retrain.result_dialog.isVisible()
+    assert p.dock.progress.value() == 100
     assert any("new version pv-unet-efl0@1" in m
                for m in qgis_iface.messageBar().get_messages(Qgis.Success))
     p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
@@ -253,18 +260,26 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
     assert wait_until(lambda: p.retrain.task is None, 30)
     assert task.cancelled and task.report is None
     assert "cancelled" in p.dock.message().lower()
+    assert p.dock.progress.value() == 0  # no stale bar beside the message
 
 
-def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, daemon):
-    p, _ = plugin_with_result
-    _, _, users = daemon
-    # a user version as backend.models.versions writes it (the weights are not needed here)
+def _user_version(users, active=False):
+    """A user version ``<MODEL>@1`` as backend.models.versions writes it (the weights
+    are not needed here), made active when ``active``."""
     d = users / MODEL / "1"
     d.mkdir(parents=True)
     shipped = json.loads((REPO / "models" / MODEL / "card.json").read_text())
     raw = dict(shipped, id=f"{MODEL}@1", version="1.0.0+u1",
                base_model=MODEL, lineage={"parent": MODEL, "number": 1})
     (d / "card.json").write_text(json.dumps(raw))
+    if active:
+        (users / MODEL / "active.json").write_text(json.dumps({"active": f"{MODEL}@1"}))
+
+
+def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, daemon):
+    p, _ = plugin_with_result
+    _, _, users = daemon
+    _user_version(users)
     p.refresh_status()
     assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
     p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
@@ -285,14 +300,72 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     assert not p.dock.rollback_button.isEnabled()
     assert "no earlier version" in p.dock.rollback_button.toolTip()
     assert not p.dock.activate_button.isEnabled()  # already the active version
+    # the daemon's refusal, if asked anyway, comes with the bar at 0
+    p.dock.set_progress(100)
+    p.retrain.rollback(MODEL)
+    assert wait_until(lambda: p.retrain.versions_task is None, 30)
+    assert "no earlier version" in p.dock.message() and p.dock.progress.value() == 0
 
 
-def test_report_html_rejected():
-    from plugin.retrain.dialogs import report_html
-    html = report_html({"accepted": False, "reason": "more object errors (1 -> 3)",
-                        "before": {"user_holdout": {"object_errors": 1}},
-                        "after": {"user_holdout": {"object_errors": 3}}})
-    assert "Rejected" in html and "more object errors" in html and "<td>3</td>" in html
+#: The report of the issue's rejected retrain: a held-out part without polygons,
+#: the reason given twice, a per-km² rate over 0.005 km².
+REJECTED = {
+    "accepted": False, "model": None, "parent": MODEL, "active": MODEL,
+    "reason": "more object errors on the held-out corrections (0 -> 8); no fewer object "
+              "errors (held-out corrections 0 -> 8)",
+    "budget_s": 60.0, "train": {"steps": 40, "seconds": 66.0},
+    "time": {"budget_s": 60.0, "seconds": 126.0, "training_s": 66.0,
+             "within_budget": False},
+    "corrections": {"features": 95,
+                    "train": {"features": 95, "deleted": 1, "added": 1,
+                              "class_change_objects": 0},
+                    "holdout": {"features": 0, "deleted": 0, "added": 0,
+                                "class_change_objects": 0}},
+    "before": {"user_holdout": {"object_f1": None, "object_errors": 0, "false_objects": 0,
+                                "pixel_iou": None, "area_km2": 0.004566,
+                                "false_polygons_per_km2": 0.0},
+               "guard": {"object_f1": 0.8441, "object_errors": 10, "false_objects": 4,
+                         "pixel_iou": 0.7734, "area_km2": 0.0059,
+                         "false_polygons_per_km2": 677.9}},
+    "after": {"user_holdout": {"object_f1": 0.0, "object_errors": 8, "false_objects": 8,
+                               "pixel_iou": 0.0, "area_km2": 0.004566,
+                               "false_polygons_per_km2": 1751.5},
+              "guard": {"object_f1": 0.8512, "object_errors": 9, "false_objects": 3,
+                        "pixel_iou": 0.7791, "area_km2": 0.0059,
+                        "false_polygons_per_km2": 508.4}},
+    "rule": "the rule", "warnings": []}
+
+
+def test_result_window_says_why_once_then_the_table():
+    from qgis.PyQt.QtWidgets import QAbstractScrollArea
+
+    from plugin.retrain.dialogs import RetrainResultDialog, result_rows
+    dlg = RetrainResultDialog(REJECTED)
+    text = dlg.text()
+    first = text.splitlines()[0]
+    assert first == ("Rejected, no new version kept: more object errors on the held-out "
+                     "corrections (0 → 8).")
+    assert text.count("0 → 8") == 1 and "no fewer" not in text and "->" not in text
+    # no absurd rates over a few thousand m², no dashes for what could not be measured
+    assert "1751" not in text and "677" not in text and "/ km²" not in text
+    assert "–" not in text
+    assert "Held-out check could not be made" in text and "(0.005 km²)" in text
+    rows = result_rows(REJECTED)
+    held = [r for r in rows if r[0].startswith("held-out")]
+    assert [r[1] for r in held] == ["object errors", "false polygons"]
+    assert ("held-out part of your corrections", "object errors", "0", "8") in held
+    assert ("reference tiles (pv01 validation)", "pixel IoU", "0.773", "0.779") in rows
+    assert "Took 126 s — over the 60 s budget (66 s training, 40 steps)." in text
+    assert "delete 1 object, add 1 and reclassify 0" in text
+    # compact: no scrolling widget, the whole text fits a modest window
+    assert not dlg.findChildren(QAbstractScrollArea)
+    assert dlg.sizeHint().height() < 520
+    # a rate is shown where the surface makes it meaningful
+    big = json.loads(json.dumps(REJECTED))
+    for side in ("before", "after"):
+        big[side]["guard"]["area_km2"] = 2.5
+    assert ("reference tiles (pv01 validation)", "false polygons / km²", "678", "508") in \
+        result_rows(big)
 
 
 def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, qgis_iface):
@@ -430,3 +503,109 @@ def test_reviewed_area_is_clipped_to_the_raster(plugin_with_result, vienna_layer
                                                                        338900]}]))
     plan = prepare_retrain(layer, CLASSES)
     assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
+
+
+def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
+    """The dock shows another model than the one the layer was detected with: that model
+    is fine-tuned and the dialog says so; an ensemble is refused with a way out."""
+    p, layer = plugin_with_result
+    other = dict(CARD, id="pv-fpn-r34", version="2.0.0")
+    ens = {"id": "pv-ensemble", "version": "1.0.0", "kind": "ensemble", "gsd_m": 0.1,
+           "classes": CLASSES, "members": [{"id": MODEL}, {"id": "pv-fpn-r34"}]}
+    p.dock.set_models([CARD, other, ens])
+    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-fpn-r34"))
+    seen = {}
+
+    def run_dialog(dlg):
+        seen["head"], seen["model"] = dlg.head_label.text(), dlg.plan.model
+        return False
+
+    p.retrain.exec_dialog = run_dialog
+    assert p.retrain.retrain(layer) is None
+    assert seen["model"] == "pv-fpn-r34"
+    assert "Fine-tune <b>pv-fpn-r34</b>" in seen["head"]
+    assert f"detected with {MODEL}" in seen["head"]
+    seen.clear()
+    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-ensemble"))
+    assert p.retrain.retrain(layer) is None and not seen
+    assert "ensemble pv-ensemble" in p.dock.message() and MODEL in p.dock.message()
+
+
+def test_refused_retrain_resets_the_bar(plugin_with_result, qgis_iface):
+    """After a detection the bar reads 100 %; a refused retrain leaves no full bar beside
+    its message."""
+    p, _ = plugin_with_result
+    p.dock.set_progress(100)
+    p.retrain.retrain(QgsProject.instance().mapLayersByName("vienna")[0])
+    assert "not an Ortholens result layer" in p.dock.message()
+    assert p.dock.progress.value() == 0
+
+
+def test_phases_and_time_left_are_shown_during_a_retrain(plugin_with_result, daemon):
+    p, layer = plugin_with_result
+    p.retrain.exec_dialog = lambda dlg: dlg.budget_spin.setValue(1) or True
+    shown = set()
+    task = p.retrain.retrain(layer)
+    assert task is not None
+    assert wait_until(lambda: shown.add(p.dock.message()) or p.retrain.task is None, 60)
+    assert any(m.startswith(f"Retraining {MODEL}: training: step ") and m.endswith("s left")
+               for m in shown), shown
+
+
+def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemon,
+                                                      monkeypatch, qgis_iface):
+    """Make active and Roll back can act (a retrained version is active), but not while
+    a retrain or a detection runs."""
+    from plugin import tasks
+    p, layer = plugin_with_result
+    _, _, users = daemon
+    _user_version(users, active=True)
+    p.refresh_status()
+    assert wait_until(lambda: p.status_task is None
+                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    cards = list(p.dock._cards)
+    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(MODEL))
+    buttons = (p.dock.activate_button, p.dock.rollback_button)
+    assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
+    # a retrain that runs until cancelled
+    p.retrain.exec_dialog = lambda dlg: dlg.budget_spin.setValue(59) or True
+    task = p.retrain.retrain(layer)
+    assert task is not None and wait_until(lambda: task.progress() > 5, 30)
+    assert not any(b.isEnabled() for b in buttons) and not p.dock.retrain_button.isEnabled()
+    assert "Wait until the running job has finished" in p.dock.rollback_button.toolTip()
+    activated = []
+    p.dock.activateRequested.connect(activated.append)
+    p.dock.activate_button.click()
+    assert p.retrain.versions_task is None and not activated
+    p.dock.cancel_button.click()
+    assert wait_until(lambda: p.retrain.task is None, 30)
+    assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
+
+    # a detection that runs until cancelled
+    class Slow:
+        process = None
+
+        def models(self):
+            return cards
+
+        def detect(self, *args, is_cancelled=None, **kw):
+            while not is_cancelled():
+                time.sleep(0.02)
+            from protocol.errors import JobCancelled
+            raise JobCancelled()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: Slow())
+    raster = QgsProject.instance().mapLayersByName("vienna")[0]
+    qgis_iface.setActiveLayer(raster)
+    qgis_iface.mapCanvas().setDestinationCrs(raster.crs())
+    qgis_iface.mapCanvas().setExtent(EXTENT)
+    det = p.detect()
+    assert det is not None, p.dock.message()
+    assert wait_until(lambda: p.task is not None and not p.dock.detect_button.isEnabled(), 10)
+    assert not any(b.isEnabled() for b in buttons)
+    p.dock.cancel_button.click()
+    assert wait_until(lambda: p.task is None, 30)
+    assert all(b.isEnabled() for b in buttons) and p.dock.progress.value() == 0
