@@ -279,11 +279,35 @@ def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid: Grid,
     return cmap, dets
 
 
-def features(dets: List[Detection], card: ModelCard) -> List[Dict]:
-    """Protocol ``result`` features for detections: ``wkt`` plus the attributes of
-    ``protocol.results.RESULT_FIELDS`` except ``detected_at``."""
+def to_source_crs(dets: List[Detection], grid: Grid) -> List[Detection]:
+    """The detections with their geometries in the raster's own CRS when the grid was
+    reprojected (``grid.source_crs_wkt``; see ``raster.grid_crs``), else unchanged.
+
+    ``area_m2`` stays the grid's (ground square metres). Geometries are transformed
+    vertex by vertex by GDAL (``rasterio.warp.transform_geom``).
+    """
+    if not grid.source_crs_wkt:
+        return dets
+    import shapely.geometry
+    from rasterio.warp import transform_geom
+
+    return [dataclasses.replace(d, geometry=shapely.geometry.shape(transform_geom(
+        grid.crs_wkt, grid.source_crs_wkt, shapely.geometry.mapping(d.geometry),
+        precision=-1))) for d in dets]
+
+
+def wkt_precision(crs_wkt: str) -> int:
+    """Decimals kept in result WKT: 3 (millimetres) for a projected CRS, 9 (about
+    0.1 mm) for degrees."""
+    from rasterio.crs import CRS
+    return 3 if CRS.from_wkt(crs_wkt).is_projected else 9
+
+
+def features(dets: List[Detection], card: ModelCard, precision: int = 3) -> List[Dict]:
+    """Protocol ``result`` features for detections: ``wkt`` (``precision`` decimals)
+    plus the attributes of ``protocol.results.RESULT_FIELDS`` except ``detected_at``."""
     import shapely
-    return [{"wkt": shapely.to_wkt(d.geometry, rounding_precision=3),
+    return [{"wkt": shapely.to_wkt(d.geometry, rounding_precision=precision),
              "class": card.class_name(d.class_id), "class_id": d.class_id,
              "score": round(d.score, 4), "agreement": round(d.agreement, 4),
              "area_m2": round(d.area_m2, 3), "model": card.id,
@@ -343,7 +367,8 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
         on_probs(probs, valid, grid)
     progress(0.92, "polygonizing")
     _, dets = detections_from_probs(probs, valid, grid, card, opts)
-    feats = features(dets, card)
+    out_crs = grid.source_crs_wkt or grid.crs_wkt
+    feats = features(to_source_crs(dets, grid), card, wkt_precision(out_crs))
     per_class: Dict[str, int] = {}
     for f in feats:
         per_class[f["class"]] = per_class.get(f["class"], 0) + 1
@@ -358,4 +383,4 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
              "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
              "warnings": grid.warnings}
     progress(1.0, f"{len(feats)} polygons")
-    return {"crs": grid.crs_wkt, "features": feats, "stats": stats}
+    return {"crs": out_crs, "features": feats, "stats": stats}

@@ -1,10 +1,14 @@
 """Raster input: open a source, check it against a model card, plan the output grid,
 and read resampled windows.
 
-The output grid is north-up, in the raster's own CRS, at the model's GSD, covering the
-requested extent clipped to the raster. Windows are read through a GDAL warped VRT
-(``rasterio.vrt.WarpedVRT``, bilinear resampling, an alpha band marking valid data),
-so memory stays at one batch of tiles whatever the raster size.
+The output grid is north-up, at the model's GSD in ground metres, covering the requested
+extent clipped to the raster. Its CRS is the raster's own when that CRS is projected and
+its units are ground metres within 1 % where the extent lies (UTM, national grids);
+otherwise (degrees, Web Mercator away from the equator, feet) it is the WGS 84 / UTM zone
+of the extent's centre (:func:`grid_crs`), so a pixel always covers the model's GSD on
+the ground. Windows are read through a GDAL warped VRT (``rasterio.vrt.WarpedVRT``,
+bilinear resampling, an alpha band marking valid data), so memory stays at one batch of
+tiles whatever the raster size.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ class Grid:
     Attributes:
         transform: affine pixel -> CRS transform (north-up, pixel size = GSD, metres).
         width, height: pixels.
-        crs_wkt: the raster's CRS as WKT.
+        crs_wkt: the grid's CRS as WKT (the raster's, or a UTM zone; see
+            :func:`grid_crs`).
         bands: 1-based source bands read as the model's input bands.
-        warnings: human-readable notes (resampling, ignored bands).
+        src_gsd: the raster's ground pixel size, metres.
+        warnings: human-readable notes (resampling, ignored bands, reprojection).
+        source_crs_wkt: the raster's own CRS as WKT when it differs from ``crs_wkt``
+            (the grid was reprojected), else None.
     """
 
     transform: Affine
@@ -48,6 +56,93 @@ class Grid:
     bands: List[int]
     src_gsd: float
     warnings: List[str] = field(default_factory=list)
+    source_crs_wkt: Optional[str] = None
+
+
+#: Largest departure of a CRS's unit from a ground metre (after its own linear unit
+#: factor) for the raster's CRS to be used as the grid CRS (UTM's scale factor is
+#: within 0.1 %; Web Mercator at 48° N is 49 % off).
+MAX_SCALE_ERROR = 0.01
+
+
+def ground_scale(crs, x: float, y: float, step: float) -> Tuple[float, float]:
+    """Ground metres per CRS unit east and north at ``(x, y)``.
+
+    Measured as the geodesic (WGS 84 ellipsoid, ``pyproj.Geod``) length of two segments
+    of ``2 * step`` CRS units centred on the point.
+
+    Args:
+        crs: a projected ``rasterio.crs.CRS``.
+        x, y: the point, CRS units.
+        step: half the segment length, CRS units (e.g. 1 % of the extent).
+
+    Returns:
+        ``(east, north)`` metres per unit (1.0 for a true-scale metre CRS).
+    """
+    from pyproj import Geod
+    from rasterio.warp import transform
+
+    xs = [x - step, x + step, x, x]
+    ys = [y, y, y - step, y + step]
+    lon, lat = transform(crs, "EPSG:4326", xs, ys)
+    geod = Geod(ellps="WGS84")
+    _, _, east = geod.inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, north = geod.inv(lon[2], lat[2], lon[3], lat[3])
+    return east / (2 * step), north / (2 * step)
+
+
+def grid_crs(crs, bounds: Sequence[float]) -> Tuple[Any, Optional[str]]:
+    """The CRS to plan a grid in over ``bounds`` of a raster in ``crs``.
+
+    The raster's CRS when it is projected and one of its units is one ground metre
+    within :data:`MAX_SCALE_ERROR` (after ``linear_units_factor``) both east and north
+    at the centre of ``bounds``; otherwise the WGS 84 / UTM zone of that centre
+    (``pyproj.database.query_utm_crs_info``), where it is.
+
+    Args:
+        crs: the raster's ``rasterio.crs.CRS``.
+        bounds: ``(xmin, ymin, xmax, ymax)`` in ``crs``.
+
+    Returns:
+        ``(crs, note)``: the grid CRS and, when it is not the raster's, a sentence for
+        the result's warnings.
+
+    Raises:
+        InputError: the centre of ``bounds`` has no longitude/latitude (outside the
+            CRS's area).
+    """
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    xmin, ymin, xmax, ymax = bounds
+    cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
+    if crs.is_projected:
+        unit = crs.linear_units_factor[1]
+        step = max(xmax - xmin, ymax - ymin, 1e-6) / 100
+        try:
+            east, north = ground_scale(crs, cx, cy, step)
+        except Exception:  # noqa: BLE001 - judged below as "not a metre CRS"
+            east = north = float("nan")
+        if all(abs(s / unit - 1.0) <= MAX_SCALE_ERROR for s in (east, north)):
+            return crs, None
+        why = (f"its units are {east:.3f} ground metres here" if math.isfinite(east)
+               else "its ground scale is unknown here")
+    else:
+        why = "it is in degrees"
+    (lon,), (lat,) = transform(crs, "EPSG:4326", [cx], [cy])
+    if not (math.isfinite(lon) and math.isfinite(lat)):
+        raise InputError(f"the extent's centre ({cx:g}, {cy:g}) has no longitude/"
+                         f"latitude in the raster's CRS ({crs.to_string()})")
+    info = query_utm_crs_info(datum_name="WGS 84",
+                              area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+    if not info:
+        raise InputError(f"no UTM zone covers longitude {lon:.4f}, latitude {lat:.4f}")
+    utm = CRS.from_epsg(int(info[0].code))
+    return utm, (f"the raster's CRS ({crs.to_string()}) is not a ground-metre CRS here "
+                 f"({why}); it is read through a view in {info[0].name} at the model's "
+                 f"ground GSD, and the polygons are returned in the raster's CRS")
 
 
 @contextmanager
@@ -161,8 +256,8 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
         max_pixels: refuse grids larger than this (default ``MAX_GRID_PIXELS``).
 
     Raises:
-        InputError: raster without CRS or in a geographic CRS, extent that misses the
-            raster or is smaller than a pixel, or a grid above ``max_pixels``.
+        InputError: raster without CRS, extent that misses the raster or is smaller
+            than a pixel, or a grid above ``max_pixels``.
     """
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
@@ -171,9 +266,6 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
     if ds.crs is None:
         raise InputError("the raster has no CRS; assign one (Layer Properties > Source) "
                          "before detecting")
-    if not ds.crs.is_projected:
-        raise InputError(f"the raster's CRS ({ds.crs.to_string()}) is geographic; the "
-                         f"model works in metres: reproject the raster to a projected CRS")
     bands, warnings = choose_bands(ds, bands_req, n_bands)
     max_pixels = MAX_GRID_PIXELS if max_pixels is None else max_pixels
     rb = ds.bounds
@@ -193,7 +285,13 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
         xmax, ymax = min(xmax, rb.right), min(ymax, rb.top)
         if not (xmin < xmax and ymin < ymax):
             raise InputError("the extent does not intersect the raster")
-    unit = ds.crs.linear_units_factor[1] if hasattr(ds.crs, "linear_units_factor") else 1.0
+    gcrs, note = grid_crs(ds.crs, (xmin, ymin, xmax, ymax))
+    src_gsd = _source_gsd(ds, (xmin, ymin, xmax, ymax), geodesic=note is not None)
+    if note:
+        warnings.append(note)
+        xmin, ymin, xmax, ymax = transform_bounds(ds.crs, gcrs, xmin, ymin, xmax, ymax,
+                                                  densify_pts=21)
+    unit = gcrs.linear_units_factor[1]
     gsd = gsd_m / unit
     width = int(math.ceil((xmax - xmin) / gsd - 1e-6))
     height = int(math.ceil((ymax - ymin) / gsd - 1e-6))
@@ -205,14 +303,35 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
             f"the extent is too large for one in-extent detection: {width} x {height} px "
             f"at {gsd_m} m ({width * height / 1e6:.0f} Mpx > {max_pixels / 1e6:.0f} Mpx); "
             f"zoom in or use the batch algorithm", P.E_INVALID_INPUT)
-    src_gsd = float(abs(ds.transform.a) * unit) if ds.transform.b == 0 else float(
-        math.hypot(ds.transform.a, ds.transform.d) * unit)
     ratio = src_gsd / gsd_m
     if ratio > 2.0 or ratio < 0.5:
         warnings.append(f"the raster's GSD ({src_gsd:.3f} m) is far from the model's "
                         f"({gsd_m} m); it is resampled, expect lower accuracy")
     return Grid(Affine(gsd, 0.0, xmin, 0.0, -gsd, ymax), width, height,
-                ds.crs.to_wkt(), bands, src_gsd, warnings)
+                gcrs.to_wkt(), bands, src_gsd, warnings,
+                source_crs_wkt=ds.crs.to_wkt() if note else None)
+
+
+def _source_gsd(ds, bounds: Sequence[float], geodesic: bool) -> float:
+    """The raster's ground pixel size, metres.
+
+    Its pixel size in CRS units times the CRS's linear unit (metre CRSs, ``geodesic``
+    False), or times the ground metres per unit at the centre of ``bounds``
+    (:func:`ground_scale`: degrees, Web Mercator)."""
+    a, b, d, e = ds.transform.a, ds.transform.b, ds.transform.d, ds.transform.e
+    px = math.hypot(a, d) if b or d else abs(a)
+    py = math.hypot(b, e) if b or d else abs(e)
+    if not geodesic:
+        return float(math.sqrt(px * py) * ds.crs.linear_units_factor[1])
+    xmin, ymin, xmax, ymax = bounds
+    try:
+        east, north = ground_scale(ds.crs, (xmin + xmax) / 2, (ymin + ymax) / 2,
+                                   max(px, py))
+    except Exception:  # noqa: BLE001 - fall back to the CRS's nominal unit
+        east = north = ds.crs.linear_units_factor[1] if ds.crs.is_projected else 1.0
+    if not (math.isfinite(east) and math.isfinite(north)):
+        east = north = ds.crs.linear_units_factor[1] if ds.crs.is_projected else 1.0
+    return float(math.sqrt(px * east * py * north))
 
 
 def _alpha_band(ds) -> Optional[int]:
@@ -236,7 +355,7 @@ class WindowReader:
 
         self.grid = grid
         alpha = _alpha_band(ds)
-        self.vrt = WarpedVRT(ds, crs=ds.crs, transform=grid.transform, width=grid.width,
+        self.vrt = WarpedVRT(ds, crs=grid.crs_wkt, transform=grid.transform, width=grid.width,
                              height=grid.height, resampling=Resampling.bilinear,
                              add_alpha=alpha is None)
         # the raster's own alpha band, or the added one (last)

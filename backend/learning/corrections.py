@@ -517,7 +517,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
                                                    None, cancelled)
                 finally:
                     reader.close()
-                raster_crs = ds.crs
+                raster_crs = CRS.from_wkt(grid.crs_wkt)  # the grid's (UTM for degrees)
         except CorrectionsError:
             raise
         except InputError as exc:
@@ -525,7 +525,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
         image = np.ascontiguousarray(data[:-1])
         valid = valid & (data[-1] > 0)
         pred, _ = detections_from_probs(probs, valid, grid, card, opts)
-        # corrected polygons of this area, in the raster's CRS
+        # corrected polygons of this area, in the grid's CRS
         x0, y1 = grid.transform.c, grid.transform.f
         x1 = x0 + grid.width * grid.transform.a
         y0 = y1 + grid.height * grid.transform.e

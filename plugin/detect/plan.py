@@ -5,16 +5,17 @@
    without a valid CRS, an empty map view, a map view that does not overlap the layer.
 2. :func:`prepare_detect` builds a :class:`DetectPlan`:
 
-   * a file-backed GDAL layer in a metre CRS is sent by path (a
-     ``protocol.params.FileSource``) with the map extent in the *canvas* CRS; the
-     daemon reads and resamples it;
+   * a file-backed GDAL layer is sent by path (a ``protocol.params.FileSource``) with
+     the map extent in the *canvas* CRS; the daemon reads and resamples it (through a
+     UTM view at the model's ground GSD when the file's CRS is in degrees or its units
+     are not ground metres);
    * any other raster (WMS, XYZ, WCS, ...) is rendered by the plugin: a
      :class:`RenderPlan` holds a *clone* of the layer's data provider (safe to read on a
      worker thread) and the map extent, clipped to the layer. The pixels are rendered
      in the layer CRS when it is a metre CRS with a scale within 1 % of true (UTM,
      national grids); otherwise (degrees, Web Mercator away from the equator, feet)
      they are reprojected to the WGS 84 / UTM zone of the extent's centre, because the
-     daemon takes CRS units as ground metres. A file in such a CRS is rendered too.
+     pixels sent must have the model's ground GSD.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
         extent: the area to search in ``extent_crs`` (usually the canvas extent).
         extent_crs: the canvas CRS.
         context: transform context (default: the project's).
-        force_pixels: render pixels even for a file-backed GDAL layer in a metre CRS
+        force_pixels: render pixels even for a file-backed GDAL layer
             (tests, or files the daemon cannot open).
 
     Returns:
@@ -233,7 +234,7 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
     in_layer = validate_inputs(layer, extent, extent_crs, context)
     plan = DetectPlan(layer_id=layer.id(), layer_name=layer.name())
     metric = is_metric(layer.crs(), in_layer, context)
-    path = None if force_pixels or not metric else file_source_path(layer)
+    path = None if force_pixels else file_source_path(layer)
     if path:
         plan.source = FileSource(path)
         plan.extent = extent_tuple(extent)

@@ -108,14 +108,17 @@ def test_single_band_raster_is_repeated_as_grey(tmp_path, qgis_new_project):
     assert np.array_equal(out.array[0], out.array[2])
 
 
-def test_geographic_file_is_rendered_in_utm(tmp_path, qgis_new_project):
-    """A raster in degrees goes as pixels reprojected to its UTM zone (the daemon takes
-    CRS units as metres), even when it is a file."""
+def test_geographic_file_goes_by_path_and_renders_in_utm(tmp_path, qgis_new_project):
+    """A file in degrees goes by path (the daemon reads it through a UTM view at the
+    model's ground GSD); rendered as pixels (a web layer, or forced), it is reprojected
+    to its UTM zone by the plugin."""
     # 0.0002 deg pixels at 16.30 E, 48.19 N: about 14.9 m x 22.2 m on the ground
     path = make_raster(tmp_path / "wgs84.tif", srs_epsg=4326, size=(10, 10),
                        geotransform=(16.30, 0.0002, 0.0, 48.19, 0.0, -0.0002))
     rl = QgsRasterLayer(str(path), "wgs84", "gdal")
-    plan = prepare_detect(rl, rl.extent(), rl.crs())
+    by_path = prepare_detect(rl, rl.extent(), rl.crs())
+    assert by_path.render is None and by_path.source.path == str(path.resolve())
+    plan = prepare_detect(rl, rl.extent(), rl.crs(), force_pixels=True)
     assert plan.source is None and plan.render is not None
     rp = plan.render
     assert rp.reproject and rp.crs.authid() == "EPSG:32633"
@@ -131,7 +134,7 @@ def test_geographic_file_is_rendered_in_utm(tmp_path, qgis_new_project):
 
 
 def test_web_mercator_is_not_taken_as_metres(tmp_path, qgis_new_project):
-    """EPSG:3857 units are 1.5 ground metres at 48 N: rendered in UTM instead."""
+    """EPSG:3857 units are 1.5 ground metres at 48 N: pixels are rendered in UTM."""
     from plugin.detect.crs import ground_scale, is_metric
 
     path = make_raster(tmp_path / "merc.tif", srs_epsg=3857, size=(20, 20),
@@ -140,7 +143,7 @@ def test_web_mercator_is_not_taken_as_metres(tmp_path, qgis_new_project):
     sx, sy = ground_scale(rl.crs(), rl.extent())
     assert sx == pytest.approx(0.667, abs=0.01) and sy == pytest.approx(0.667, abs=0.01)
     assert not is_metric(rl.crs(), rl.extent())
-    plan = prepare_detect(rl, rl.extent(), rl.crs())
+    plan = prepare_detect(rl, rl.extent(), rl.crs(), force_pixels=True)
     assert plan.render is not None and plan.render.crs.authid() == "EPSG:32633"
     assert plan.render.extent.width() == pytest.approx(6 * 0.667, rel=0.02)
 
@@ -185,7 +188,7 @@ def test_16bit_raster_rendering_is_refused_clearly(tmp_path, qgis_new_project):
     ds = None
     rl = QgsRasterLayer(str(path), "u16", "gdal")
     with pytest.raises(InputError, match=r"'u16' has 1 band\(s\) of data type\(s\) UInt16"):
-        prepare_detect(rl, rl.extent(), rl.crs())
+        prepare_detect(rl, rl.extent(), rl.crs(), force_pixels=True)
 
 
 def test_argb_blocks_decode_to_rgb():
