@@ -6,7 +6,8 @@ the project: the real data sets are read where they lie.
 
 ``ORTHOLENS_DATA``    the real data folder (default ``<repo>/../shared/data``)
 ``ORTHOLENS_MODELS``  the model folder with one sub-folder per model card
-                      (default ``<repo>/models``)
+                      (default ``<repo>/models`` in a checkout; in an installed engine
+                      package, the models it ships, ``backend/shipped_models``)
 ``ORTHOLENS_ROOTS``   ``os.pathsep``-separated folders a non-loopback daemon may read
                       rasters from (loopback daemons read any file the user can)
 ``ORTHOLENS_THREADS`` CPU threads of training and fine-tuning (default: all cores)
@@ -18,6 +19,9 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: The models an installed engine package ships (``pyproject.toml`` maps the repository's
+#: ``models/`` here); absent in a checkout.
+SHIPPED_MODELS = Path(__file__).resolve().parent / "shipped_models"
 
 
 def data_dir() -> Path:
@@ -26,8 +30,12 @@ def data_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """The model folder (``ORTHOLENS_MODELS``, default ``<repo>/models``)."""
-    return Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models")).resolve()
+    """The model folder: ``ORTHOLENS_MODELS``, else the installed package's
+    :data:`SHIPPED_MODELS` when it exists, else ``<repo>/models`` (a checkout)."""
+    env = os.environ.get("ORTHOLENS_MODELS")
+    if env:
+        return Path(env).resolve()
+    return SHIPPED_MODELS if SHIPPED_MODELS.is_dir() else (REPO / "models").resolve()
 
 
 def pv01_dir() -> Path:

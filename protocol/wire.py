@@ -18,7 +18,10 @@ field against ``REQUEST_SCHEMAS`` and raises :class:`ProtocolError` with a stabl
 
 Requests (client -> daemon) and the replies they get:
 
-``ping``      -> ``pong`` {version, protocol, device, models, jobs}
+``ping``      -> ``pong`` {version, protocol, device, device_info, models, jobs};
+                 ``device_info``: ``{"kind": "cuda", "name", "memory_gib"}`` or
+                 ``{"kind": "cpu", "cores"}``, with ``runtime`` (``onnxruntime`` or
+                 ``torch``) and ``torch`` (its version, None when not installed)
 ``models``    -> ``models`` {models: [model card + {"default": bool}, ...]}; one
                  card is the default for this daemon's device (``backend.models.catalog``)
 ``detect``    -> ``accepted`` {job_id}, then ``progress`` events

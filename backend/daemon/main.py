@@ -8,6 +8,11 @@ Options: ``--host H`` (default 127.0.0.1), ``--port P`` (default 5591), ``--toke
 Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
 tcp://H:P``, and nothing else; logs go to stderr. SIGINT / SIGTERM stop it gracefully.
 Exit codes: 0 after a stop, 2 when it cannot start (port in use, bad options).
+
+Installed as a package (``pyproject.toml``) the same command is ``ortholens-daemon``.
+Once bound, a model of the model folder that has weights but no ``model.onnx`` is
+exported to ONNX in the background (:func:`export_missing_onnx`; needs PyTorch, which
+an engine installed for detection only lacks; its package ships the ONNX files).
 """
 
 from __future__ import annotations
@@ -46,6 +51,41 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def export_missing_onnx() -> List[str]:
+    """Export every model of the model folder that has weights but no ``model.onnx``.
+
+    Runs in a background thread of a started daemon. Never raises: a model that cannot
+    be exported is logged and served as it is (PyTorch on the CPU).
+
+    Returns:
+        The ids of the models exported.
+    """
+    log = logging.getLogger("ortholens.daemon")
+    done: List[str] = []
+    try:
+        from backend.config import models_dir
+        from backend.inference.engines import torch_available
+        from backend.models.catalog import list_cards
+        cards = [c for c in list_cards(models_dir()) if not c.is_ensemble
+                 and c.weights_path.is_file() and not c.onnx_path.is_file()]
+        if cards and not torch_available():
+            log.warning("models without an ONNX file (%s) cannot be exported: this engine "
+                        "has no PyTorch", ", ".join(c.id for c in cards))
+            return done
+        if cards:
+            from backend.models.export import export_onnx
+        for card in cards:
+            try:
+                export_onnx(card)
+                done.append(card.id)
+                log.info("exported %s to %s", card.id, card.onnx_path)
+            except Exception as exc:  # noqa: BLE001 - the model still runs with PyTorch
+                log.warning("cannot export %s to ONNX: %s", card.id, exc)
+    except Exception as exc:  # noqa: BLE001 - an unreadable model folder: serve anyway
+        log.warning("cannot look for models to export: %s", exc)
+    return done
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the daemon; returns the process exit code (see the module docstring)."""
     args = _parser().parse_args(argv)
@@ -81,6 +121,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(f"ortholens daemon listening on {endpoint}", flush=True)
+    import threading
+    threading.Thread(target=export_missing_onnx, name="ortholens-export",
+                     daemon=True).start()
     server.serve_forever()
     return 0
 

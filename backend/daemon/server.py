@@ -80,6 +80,12 @@ def _default_detect_fn(request, arrays, progress, cancelled):
 
 
 def _default_retrain_fn(request, arrays, progress, cancelled):
+    from backend.inference.engines import torch_available
+    if not torch_available():
+        raise P.JobError("this engine was installed for detection only (ONNX Runtime, no "
+                         "PyTorch): retraining needs PyTorch. Run 'Set up the engine…' "
+                         "again with PyTorch ticked, or pip install the engine with its "
+                         "'train' extra.", P.E_NOT_FOUND)
     from backend.learning.finetune import run_retrain  # lazy: imports torch
     return run_retrain(request, arrays, progress, cancelled)
 
@@ -91,6 +97,17 @@ def _probe_device() -> str:
     except Exception as exc:  # engines missing or torch broken: the daemon still answers
         log.warning("cannot probe the inference device (%s); reporting cpu", exc)
         return "cpu"
+
+
+def _probe_device_info() -> Dict[str, Any]:
+    """``backend.inference.engines.device_info()`` (GPU name and memory, or CPU cores;
+    the runtime; the PyTorch version or None); ``{"kind": "cpu"}`` when it fails."""
+    try:
+        from backend.inference.engines import device_info
+        return dict(device_info())
+    except Exception as exc:  # the daemon still answers
+        log.warning("cannot describe the inference device (%s)", exc)
+        return {"kind": "cpu"}
 
 
 class Server:
@@ -147,6 +164,9 @@ class Server:
         self.max_queue_bytes = int(max_queue_bytes)
         self.workers = int(workers)
         self.device = device
+        #: what ``pong`` says about the device beyond its name (see
+        #: ``backend.inference.engines.device_info``); probed when serving starts.
+        self.device_info: Optional[Dict[str, Any]] = None
         self.history_s = float(history_s)
         self.progress_interval_s = float(progress_interval_s)
         self.stop_timeout_s = float(stop_timeout_s)
@@ -242,6 +262,8 @@ class Server:
         self.bind()
         if self.device is None:
             self.device = _probe_device()
+        if self.device_info is None:
+            self.device_info = _probe_device_info()
         for n in range(self.workers):
             self._start_job_thread(f"ortholens-worker-{n}", self._next_job)
         self._start_job_thread("ortholens-batch", self.batch.next_job, self.batch.job_ended)
@@ -432,7 +454,9 @@ class Server:
             ids = []
         return [(identity, P.reply("pong", header["id"], version=__version__,
                                    protocol=P.PROTOCOL_VERSION,
-                                   device=self.device or "cpu", models=ids, jobs=active))]
+                                   device=self.device or "cpu",
+                                   device_info=self.device_info or {"kind": "cpu"},
+                                   models=ids, jobs=active))]
 
     def _on_models(self, identity, header, arrays):
         from backend.models.catalog import default_model_id

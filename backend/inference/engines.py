@@ -10,7 +10,8 @@ stitched grid can tell which members vote for each polygon (``agreement``).
 
 Choice (:func:`get_engine`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
 is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
-otherwise PyTorch on the CPU.
+otherwise PyTorch on the CPU. An engine installed for detection only has no PyTorch
+(nothing here imports it at module level); it runs the ONNX files.
 """
 
 from __future__ import annotations
@@ -38,12 +39,51 @@ def cuda_available() -> bool:
         return False
 
 
+def torch_available() -> bool:
+    """True when PyTorch can be imported (an engine installed for detection only, with
+    ONNX Runtime, has none)."""
+    try:
+        import torch  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
 def device_name() -> str:
     """``"cuda:0 <GPU name>"`` or ``"cpu"``."""
     if cuda_available():
         import torch
         return f"cuda:0 {torch.cuda.get_device_name(0)}"
     return "cpu"
+
+
+def device_info() -> Dict[str, object]:
+    """What the engine runs on, for the ``pong`` reply and the plugin's dock.
+
+    Returns:
+        ``{"kind": "cuda", "name": str, "memory_gib": float, "runtime": "torch"}`` on a
+        GPU, else ``{"kind": "cpu", "cores": int, "runtime": "onnxruntime"|"torch"}``;
+        both with ``"torch"``: the PyTorch version, or None when it is not installed
+        (detection only: ONNX Runtime, no retraining).
+    """
+    torch_version = None
+    try:
+        import torch
+        torch_version = str(torch.__version__)
+    except Exception:
+        torch = None
+    if torch is not None and cuda_available():
+        props = torch.cuda.get_device_properties(0)
+        return {"kind": "cuda", "name": str(props.name),
+                "memory_gib": round(props.total_memory / 2 ** 30, 1), "runtime": "torch",
+                "torch": torch_version}
+    try:
+        import onnxruntime  # noqa: F401
+        runtime = "onnxruntime"
+    except Exception:
+        runtime = "torch"
+    return {"kind": "cpu", "cores": int(os.cpu_count() or 1), "runtime": runtime,
+            "torch": torch_version}
 
 
 def normalize(tiles: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -286,6 +326,12 @@ def get_engine(card: ModelCard, prefer: Optional[str] = None) -> Engine:
             eng = TorchEngine(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
             eng = OnnxEngine(card)
+        elif not torch_available():
+            raise ModelNotFound(
+                f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this engine "
+                f"has no PyTorch to run its weights (it was installed for detection "
+                f"only): reinstall the engine, or install it with PyTorch (the 'train' "
+                f"extra) to export the model")
         else:
             eng = TorchEngine(card, "cpu")
         _CACHE[key] = eng
