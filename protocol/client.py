@@ -24,7 +24,7 @@ import zmq
 
 import protocol as P
 from .errors import DaemonError, DaemonUnavailable, JobCancelled, OrtholensError
-from .params import BatchParams, DetectParams, RetrainParams
+from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
 
 log = logging.getLogger("ortholens.client")
 
@@ -246,6 +246,101 @@ class OrtholensClient:
         """
         return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
                          is_cancelled, job_timeout_s, liveness_s)
+
+    def upload(self, spec: PixelUpload,
+               read_window: Callable[[int, int, int, int], Any],
+               on_progress: Optional[Callable[[float, str], None]] = None,
+               is_cancelled: Optional[Callable[[], bool]] = None,
+               in_flight: int = 2, ack_timeout_s: float = 60.0) -> UploadSource:
+        """Stream an image to the daemon window by window; returns the source a
+        :meth:`detect` then names.
+
+        Only one window is read at a time and at most ``in_flight`` sent windows wait
+        for the daemon's acknowledgement, so neither side holds the whole image: a
+        large extent costs the client about ``in_flight + 1`` windows of memory. The
+        windows are those of ``protocol.wire.chunk_windows`` on the daemon's
+        ``chunk_px`` grid, row by row.
+
+        Args:
+            spec: the image (size, bands, dtype, CRS and transform).
+            read_window: ``read_window(row, col, rows, cols)`` returns that window,
+                ``(spec.count, rows, cols)`` of ``spec.dtype`` (pixels, top-left at
+                ``row``, ``col``).
+            on_progress: called as ``on_progress(fraction 0..1, message)`` after each
+                acknowledged window.
+            is_cancelled: polled before each window; once true the upload is dropped
+                on the daemon and :class:`~protocol.errors.JobCancelled` raised.
+            in_flight: most windows sent but not yet acknowledged (>= 1).
+            ack_timeout_s: longest wait for one acknowledgement, seconds (a window of a
+                few MiB may take seconds on a slow network).
+
+        Returns:
+            :class:`~protocol.params.UploadSource` of the completed upload.
+
+        Raises:
+            DaemonError: the daemon refused the upload or a window (``bad_request``,
+                ``busy`` when its upload space is full, ``not_found`` when the upload
+                expired).
+            DaemonUnavailable: no answer in time.
+            JobCancelled: ``is_cancelled()`` turned true.
+            protocol.ProtocolError: an invalid ``spec``, or ``read_window`` returned an
+                array of another shape or dtype (nothing more is sent; the upload is
+                dropped).
+        """
+        import numpy as np
+        opened = self._call("upload", **{k: v for k, v in spec.to_header().items()
+                                         if k not in ("v", "type", "id")})
+        upload_id, chunk_px = str(opened["upload_id"]), int(opened["chunk_px"])
+        windows = P.chunk_windows(spec.width, spec.height, chunk_px)
+        pending: List[str] = []
+        done = 0
+        last: Dict[str, Any] = opened
+        finished = False
+
+        def acknowledge(rid: str) -> Dict[str, Any]:
+            ack = self._receive(rid, max(ack_timeout_s, self.timeout_s))
+            if ack is None:
+                self._reset()
+                raise DaemonUnavailable(f"the daemon at {self.endpoint} did not "
+                                        f"acknowledge a window of upload {upload_id} "
+                                        f"within {ack_timeout_s:g} s")
+            _raise_if_error(ack)
+            return ack
+
+        try:
+            for row, col, rows, cols in windows:
+                if is_cancelled is not None and is_cancelled():
+                    raise JobCancelled(f"upload {upload_id} was cancelled")
+                arr = np.ascontiguousarray(read_window(row, col, rows, cols))
+                if arr.shape != (spec.count, rows, cols) or str(arr.dtype) != spec.dtype:
+                    raise P.ProtocolError(
+                        f"the window at row {row}, col {col} is {arr.dtype} "
+                        f"{tuple(arr.shape)}; the upload needs {spec.dtype} "
+                        f"{(spec.count, rows, cols)}")
+                header = P.request("chunk", upload_id=upload_id, row=row, col=col,
+                                   token=self.token)
+                self._send(header, [arr])
+                del arr  # zmq keeps the buffer until it is sent
+                pending.append(header["id"])
+                while len(pending) >= max(1, in_flight):
+                    last = acknowledge(pending.pop(0))
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(done / len(windows), f"sent {done}/{len(windows)} "
+                                                         f"windows")
+            while pending:
+                last = acknowledge(pending.pop(0))
+                done += 1
+                if on_progress is not None:
+                    on_progress(done / len(windows), f"sent {done}/{len(windows)} windows")
+            if not last.get("complete"):
+                raise DaemonError(f"upload {upload_id} is incomplete after all "
+                                  f"{len(windows)} windows were sent", P.E_INTERNAL)
+            finished = True
+            return UploadSource(upload_id)
+        finally:
+            if not finished:
+                self._cancel_quietly(upload_id)
 
     def retrain(self, params: RetrainParams, pixels: Any = None,
                 on_progress: Optional[Callable[[float, str], None]] = None,
@@ -505,8 +600,13 @@ def _arrays(pixels: Any) -> List[Any]:
 
 
 def _raise_if_error(reply: Dict[str, Any]) -> None:
+    """Raise the :class:`DaemonError` of an ``error`` reply (code, message, job id and
+    ``field``); other replies pass."""
     if reply.get("type") == "error":
-        raise DaemonError(str(reply.get("message", "")), str(reply.get("code", P.E_INTERNAL)), reply.get("job_id"))
+        field = reply.get("field")
+        raise DaemonError(str(reply.get("message", "")),
+                          str(reply.get("code", P.E_INTERNAL)), reply.get("job_id"),
+                          field=field if isinstance(field, str) else None)
 
 
 # ---------------------------------------------------------------------- daemon process
@@ -537,7 +637,8 @@ def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
                  cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
                  wait_s: float = 60.0, *, host: str = P.DEFAULT_HOST,
                  token: Optional[str] = None,
-                 log_path: Optional[str] = None) -> subprocess.Popen:
+                 log_path: Optional[str] = None,
+                 args: Sequence[str] = ()) -> subprocess.Popen:
     """Start ``<python> -m backend --host H --port P`` detached and wait until it answers.
 
     Args:
@@ -552,6 +653,8 @@ def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
         token: passed as ``ORTHOLENS_TOKEN`` and used for the ping.
         log_path: daemon stdout+stderr (default ``log_dir()/daemon-<port>.log``,
             truncated).
+        args: further command-line options of the daemon (e.g.
+            ``["--restrict-paths"]``).
 
     Returns:
         The running process (its own session / process group; the caller may leave it).
@@ -568,7 +671,7 @@ def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
         log_file = folder / f"daemon-{port}.log"
     else:
         log_file = Path(log_path)
-    cmd = [python, "-m", "backend", "--host", host, "--port", str(port)]
+    cmd = [python, "-m", "backend", "--host", host, "--port", str(port), *args]
     kwargs: Dict[str, Any] = {}
     if sys.platform == "win32":
         kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]

@@ -4,7 +4,10 @@ Every error that the daemon, the client or the plugin raises on purpose is an
 :class:`OrtholensError`: it carries ``message`` (a sentence a user can read, also
 ``str(exc)``) and ``code`` (one of the ``E_*`` strings below, stable across versions so
 that clients may branch on it). Each subclass has a default code and takes the same
-arguments, ``(message, code=None)``, like ``rasterio.errors``.
+arguments, ``(message, code=None)``, like ``rasterio.errors``. An error about one request
+field also names it as ``field`` (keyword-only; e.g. ``"source"`` for a raster file the
+daemon may not or cannot read), and an ``error`` reply carries it, so that a client can
+react to it without parsing the message (the plugin then sends the pixels instead).
 
 The daemon turns an error that ends a job into an ``error`` reply with the same code;
 the client turns that reply back into a :class:`DaemonError` with that code. Codes
@@ -43,18 +46,20 @@ class OrtholensError(Exception):
     Args:
         message: a sentence a user can read; ``str(exc)`` returns it.
         code: one of the ``E_*`` codes; default: the class's :attr:`default_code`.
+        field: the request field the error is about (e.g. ``"source"``), or None.
 
     Attributes:
-        message: as given.
-        code: the error code.
+        message, code, field: as given.
     """
 
     default_code = E_INTERNAL
 
-    def __init__(self, message: str, code: Optional[str] = None):
+    def __init__(self, message: str, code: Optional[str] = None, *,
+                 field: Optional[str] = None):
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        self.field = field
 
     def __str__(self) -> str:
         return self.message
@@ -132,11 +137,12 @@ class DaemonError(OrtholensError):
         message: the reply's message.
         code: the reply's code.
         job_id: the job the error ended, or None for a rejected request.
+        field: the reply's ``field``: the request field at fault (``"source"``), or None.
     """
 
     def __init__(self, message: str, code: Optional[str] = None,
-                 job_id: Optional[str] = None):
-        super().__init__(message, code)
+                 job_id: Optional[str] = None, field: Optional[str] = None):
+        super().__init__(message, code, field=field)
         self.job_id = job_id
 
 

@@ -1,7 +1,7 @@
 """Typed request parameters: what a ``detect``, ``batch`` or ``retrain`` job is asked to do.
 
 One dataclass per task (as Deepness keeps one parameter dataclass per processing
-task). They are built by the plugin (dock, Processing algorithms), turned into a
+task), and :class:`PixelUpload` for an image streamed to the daemon in windows. They are built by the plugin (dock, Processing algorithms), turned into a
 request header by :meth:`to_header` (validated against ``protocol.wire``'s schema),
 and rebuilt by the daemon from the validated header with :meth:`from_header`. ``None``
 means "not given": the daemon then uses the model card's value (threshold, minimum
@@ -63,7 +63,24 @@ class PixelSource:
         return d
 
 
-Source = Union[FileSource, PixelSource]
+@dataclass(frozen=True)
+class UploadSource:
+    """A completed pixel upload (see :class:`PixelUpload`), named by its id: the pixels
+    already wait on the daemon's side. Only a ``detect`` takes one, and consumes it.
+
+    Attributes:
+        upload_id: the id of the daemon's ``upload`` reply.
+    """
+
+    upload_id: str
+    kind: str = field(default="upload", init=False)
+
+    def to_wire(self) -> Dict[str, Any]:
+        """``{"kind": "upload", "upload_id": ...}``."""
+        return {"kind": "upload", "upload_id": self.upload_id}
+
+
+Source = Union[FileSource, PixelSource, UploadSource]
 
 
 def source_from_wire(d: Union[Source, Mapping[str, Any]]) -> Source:
@@ -72,13 +89,15 @@ def source_from_wire(d: Union[Source, Mapping[str, Any]]) -> Source:
     Raises:
         ProtocolError: ``bad_request`` for anything that is not a valid source.
     """
-    if isinstance(d, (FileSource, PixelSource)):
+    if isinstance(d, (FileSource, PixelSource, UploadSource)):
         return d
-    err = wire.check_source(d)
+    err = wire.check_source(d, allow_upload=True)
     if err:
         raise ProtocolError(f"source {err}")
     if d["kind"] == "file":
         return FileSource(d["path"])
+    if d["kind"] == "upload":
+        return UploadSource(d["upload_id"])
     return PixelSource(d["crs"], tuple(float(v) for v in d["transform"]), d.get("nodata"))
 
 
@@ -136,8 +155,8 @@ class DetectParams(_Request):
     """A ``detect`` request: find objects in an extent of a raster.
 
     Attributes:
-        source: the raster (:class:`FileSource`, :class:`PixelSource`; a wire dict is
-            converted).
+        source: the raster (:class:`FileSource`, :class:`PixelSource`,
+            :class:`UploadSource`; a wire dict is converted).
         model: model id (``<base>`` or a user version ``<base>@<n>``).
         extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs``; None for the whole raster.
         extent_crs: CRS of ``extent`` (WKT or ``EPSG:n``); None: the raster's CRS.
@@ -169,6 +188,44 @@ class DetectParams(_Request):
         object.__setattr__(self, "extent", _extent(self.extent))
         if self.bands is not None:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+
+
+@dataclass(frozen=True)
+class PixelUpload(_Request):
+    """An ``upload`` request: an image the client streams to the daemon window by
+    window (``chunk`` requests), then names as an :class:`UploadSource`.
+
+    Attributes:
+        crs: CRS of the pixels, WKT or an authority id such as ``EPSG:32651``.
+        transform: affine ``(a, b, c, d, e, f)``: x = c + a*col + b*row,
+            y = f + d*col + e*row, in CRS units (as :class:`PixelSource`).
+        width, height: image size, pixels.
+        count: bands.
+        dtype: one of ``protocol.wire.ALLOWED_DTYPES``.
+        nodata: pixel value meaning "no data", or None.
+        chunk_px: window side the client would like, pixels; None: the daemon's
+            (``protocol.wire.DEFAULT_CHUNK_PX``). The reply's ``chunk_px`` is the one
+            to use.
+    """
+
+    TYPE = "upload"
+
+    crs: str
+    transform: Tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    count: int = 3
+    dtype: str = "uint8"
+    nodata: Optional[float] = None
+    chunk_px: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transform", tuple(float(v) for v in self.transform))
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the whole image, bytes."""
+        return self.width * self.height * self.count * wire.DTYPE_BYTES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -353,5 +410,5 @@ class RetrainParams(_Request):
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
 
 
-__all__ = ["FileSource", "PixelSource", "Source", "source_from_wire", "DetectParams",
-           "BatchParams", "CorrectedFeature", "ReviewedArea", "RetrainParams"]
+__all__ = ["FileSource", "PixelSource", "UploadSource", "Source", "source_from_wire",
+           "DetectParams", "PixelUpload", "BatchParams", "CorrectedFeature", "ReviewedArea", "RetrainParams"]

@@ -29,7 +29,25 @@ Requests (client -> daemon) and the replies they get:
                  ``result`` {job_id, crs, features, stats}, ``error`` {job_id, code,
                  message} or ``cancelled`` {job_id}
 ``status``    -> ``status`` {jobs: [{job_id, state, fraction, message}]}
-``cancel``    -> ``cancelled`` {job_id} (the job stops at its next batch boundary)
+``cancel``    -> ``cancelled`` {job_id} (the job stops at its next batch boundary); the
+                 id of an upload (below) drops that upload
+``upload``    -> ``upload`` {upload_id, width, height, count, dtype, chunk_px, chunks,
+                 received, complete, expires_s}: opens a *pixel upload*, an image of
+                 ``width`` x ``height`` pixels, ``count`` bands of ``dtype``, georeferenced
+                 by ``crs`` and ``transform`` (as a ``pixels`` source), that the client
+                 then streams window by window; at most ``MAX_UPLOAD_BYTES``
+``chunk``     -> ``upload`` (as above) after storing one window of an upload: ``row``,
+                 ``col`` (its top-left pixel) and exactly one array frame (``count``, rows,
+                 cols) of the upload's dtype. Windows lie on the grid of the reply's
+                 ``chunk_px`` (:func:`chunk_windows`: row and col multiples of
+                 ``chunk_px``, clipped at the right and bottom edges); a window sent again
+                 replaces the earlier one. Once every window arrived (``complete``) a
+                 ``detect`` may name it as its source ``{"kind": "upload", "upload_id"}``;
+                 the detection consumes it (one detection per upload). An upload nobody
+                 sends to for ``expires_s`` seconds is dropped. Neither side ever holds the
+                 whole image in memory: the daemon writes each window to a file, the
+                 client renders one window at a time (``protocol.client``'s
+                 ``OrtholensClient.upload``)
 ``batch``     -> ``accepted`` {job_id}, then ``progress`` events and one ``result``
                  {job_id, crs, features: [], stats: {out_path, layer, count, ...}} /
                  ``error`` / ``cancelled``: a streaming, resumable job over a raster
@@ -56,6 +74,11 @@ Requests (client -> daemon) and the replies they get:
 ``activate``  -> ``versions`` (as above) after making ``model`` (an id of a version)
                  the active version of its lineage
 ``rollback``  -> ``versions`` after making the active version's parent active
+
+An ``error`` reply {code, message, job_id?, field?} names in ``field`` the request field
+at fault when there is one: ``"source"`` for a raster file outside the folders the
+daemon may read (``forbidden``) or missing on its computer (``not_found``), the cases in
+which the plugin sends the pixels instead.
 
 A ``result`` feature is ``{"wkt": str, "class": str, "class_id": int, "score": float,
 "agreement": float, "area_m2": float, "model": str, "model_version": str}`` (``score``:
@@ -94,10 +117,21 @@ MAX_FRAMES = 4
 MAX_EXTENT_PIXELS = 100_000
 
 ALLOWED_DTYPES = ("uint8", "uint16", "int16", "float32")
+#: Bytes per pixel and band of each allowed dtype.
+DTYPE_BYTES = {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}
 
-REQUEST_TYPES = ("ping", "models", "detect", "status", "cancel")
+#: Largest pixel upload (``width * height * count`` times the dtype's bytes), bytes:
+#: 1 GiB, e.g. an RGB extent of 18 000 x 18 000 pixels, more than one in-extent
+#: detection takes (the daemon's grid limit, 64 Mpx).
+MAX_UPLOAD_BYTES = 1 << 30
+#: Side of an upload's windows, pixels: the client's default, and the range a client
+#: may ask for (a 3 x 4096 x 4096 uint8 window is 48 MiB; the daemon lowers the side
+#: when a window of a deeper image would exceed ``MAX_FRAME_BYTES``).
+DEFAULT_CHUNK_PX, MIN_CHUNK_PX, MAX_CHUNK_PX = 1024, 64, 4096
+
+REQUEST_TYPES = ("ping", "models", "detect", "status", "cancel", "upload", "chunk")
 REPLY_TYPES = ("pong", "models", "accepted", "progress", "result", "error",
-               "status", "cancelled")
+               "status", "cancelled", "upload")
 
 from .errors import E_BAD_REQUEST, E_UNKNOWN_TYPE, E_VERSION, ProtocolError
 
@@ -138,11 +172,22 @@ def _check_transform(x: Any) -> Optional[str]:
     return None
 
 
-def check_source(x: Any) -> Optional[str]:
-    """Why ``x`` is not a valid ``source`` object, or None when it is."""
+def check_source(x: Any, allow_upload: bool = False) -> Optional[str]:
+    """Why ``x`` is not a valid ``source`` object, or None when it is.
+
+    Args:
+        x: the decoded ``source`` field.
+        allow_upload: also accept kind ``upload`` (``{"kind": "upload", "upload_id"}``,
+            a completed pixel upload; only a ``detect`` takes one).
+    """
     if not isinstance(x, dict):
         return "must be an object"
     kind = x.get("kind")
+    if kind == "upload" and allow_upload:
+        if _string(64)(x.get("upload_id")):
+            return "of kind 'upload' needs an 'upload_id' string of 1-64 characters"
+        extra = set(x) - {"kind", "upload_id"}
+        return f"has unknown field(s) {sorted(extra)}" if extra else None
     if kind == "file":
         if not isinstance(x.get("path"), str) or not x["path"] or len(x["path"]) > 4096:
             return "of kind 'file' needs a non-empty 'path' string"
@@ -159,7 +204,8 @@ def check_source(x: Any) -> Optional[str]:
             return "nodata must be a number or null"
         extra = set(x) - {"kind", "crs", "transform", "nodata"}
     else:
-        return "kind must be 'file' or 'pixels'"
+        return ("kind must be 'file', 'pixels' or 'upload'" if allow_upload
+                else "kind must be 'file' or 'pixels'")
     if extra:
         return f"has unknown field(s) {sorted(extra)}"
     return None
@@ -226,7 +272,7 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Tuple[bool, Callable[[Any], Optional[str]]]
     "status": {"job_id": (False, _string(64))},
     "cancel": {"job_id": (True, _string(64))},
     "detect": {
-        "source": (True, check_source),
+        "source": (True, lambda x: check_source(x, allow_upload=True)),
         "model": (True, _string(128)),
         # Extent to process, in ``extent_crs`` (default: the raster's CRS). Omit or
         # null for the whole raster.
@@ -242,6 +288,76 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Tuple[bool, Callable[[Any], Optional[str]]]
         "orthogonalize": (False, _boolean),
     },
 }
+
+
+# ----------------------------------------------------------------------------- uploads
+
+def _nodata(x: Any) -> Optional[str]:
+    return None if x is None or _is_number(x) else "must be a number or null"
+
+
+REQUEST_SCHEMAS["upload"] = {
+    "crs": (True, _string(20000)),               # WKT or an authority id (EPSG:n)
+    "transform": (True, _check_transform),       # pixel -> CRS affine (a, b, c, d, e, f)
+    "width": (True, _int_range(1, MAX_EXTENT_PIXELS)),   # columns, pixels
+    "height": (True, _int_range(1, MAX_EXTENT_PIXELS)),  # rows, pixels
+    "count": (True, _int_range(1, 16)),          # bands
+    "dtype": (True, lambda x: None if x in ALLOWED_DTYPES
+              else f"must be one of {list(ALLOWED_DTYPES)}"),
+    "nodata": (False, _nodata),
+    # the window side the client would like; the daemon's reply says the one to use
+    "chunk_px": (False, _int_range(MIN_CHUNK_PX, MAX_CHUNK_PX)),
+}
+REQUEST_SCHEMAS["chunk"] = {
+    "upload_id": (True, _string(64)),
+    "row": (True, _int_range(0, MAX_EXTENT_PIXELS - 1)),  # top-left pixel of the window
+    "col": (True, _int_range(0, MAX_EXTENT_PIXELS - 1)),
+}
+
+
+def upload_bytes(header: Dict[str, Any]) -> int:
+    """Bytes of the image an ``upload`` header describes (``width * height * count`` x
+    the dtype's bytes); its fields must have passed their own checks."""
+    return (int(header["width"]) * int(header["height"]) * int(header["count"])
+            * DTYPE_BYTES[header["dtype"]])
+
+
+def _check_upload(header: Dict[str, Any]) -> Optional[str]:
+    n = upload_bytes(header)
+    if n > MAX_UPLOAD_BYTES:
+        return (f"the image of {header['width']} x {header['height']} pixels "
+                f"({n >> 20} MiB) exceeds the {MAX_UPLOAD_BYTES >> 20} MiB an upload may "
+                f"hold; detect in a smaller extent")
+    return None
+
+
+#: Checks of a whole request header after its fields passed: type -> checker.
+REQUEST_CHECKS: Dict[str, Callable[[Dict[str, Any]], Optional[str]]] = {
+    "upload": _check_upload}
+
+
+def chunk_windows(width: int, height: int, chunk_px: int) -> List[Tuple[int, int, int, int]]:
+    """The windows of an upload, row by row: ``[(row, col, rows, cols), ...]`` in pixels,
+    the top-left corner on multiples of ``chunk_px``, clipped at the image's right and
+    bottom edges; together they cover the ``width`` x ``height`` image once.
+
+    Raises:
+        ValueError: a size or ``chunk_px`` below 1.
+    """
+    if width < 1 or height < 1 or chunk_px < 1:
+        raise ValueError(f"bad upload grid {width} x {height} / {chunk_px}")
+    return [(r, c, min(chunk_px, height - r), min(chunk_px, width - c))
+            for r in range(0, height, chunk_px) for c in range(0, width, chunk_px)]
+
+
+def chunk_shape(width: int, height: int, chunk_px: int, row: int, col: int
+                ) -> Optional[Tuple[int, int]]:
+    """``(rows, cols)`` of the window of :func:`chunk_windows` at ``(row, col)``, or None
+    when no window starts there."""
+    if (row < 0 or col < 0 or row >= height or col >= width or row % chunk_px
+            or col % chunk_px):
+        return None
+    return min(chunk_px, height - row), min(chunk_px, width - col)
 
 
 # ----------------------------------------------------------------------------- batch jobs
@@ -416,6 +532,10 @@ def validate_request(header: Any) -> Dict[str, Any]:
         err = check(header[name])
         if err:
             raise ProtocolError(f"{mtype}: field '{name}' {err}", E_BAD_REQUEST)
+    whole = REQUEST_CHECKS.get(mtype)
+    err = whole(header) if whole else None
+    if err:
+        raise ProtocolError(f"{mtype}: {err}", E_BAD_REQUEST)
     return header
 
 
@@ -564,16 +684,22 @@ def reply(mtype: str, request_id: Optional[str], **fields: Any) -> Dict[str, Any
 
 
 def error_reply(request_id: Optional[str], code: str, message: str,
-                job_id: Optional[str] = None) -> Dict[str, Any]:
-    """Build an ``error`` reply; ``job_id`` set when the error ends a job."""
+                job_id: Optional[str] = None, field: Optional[str] = None
+                ) -> Dict[str, Any]:
+    """Build an ``error`` reply; ``job_id`` set when the error ends a job, ``field`` when
+    it is about one request field (e.g. ``"source"``)."""
     fields: Dict[str, Any] = {"code": code, "message": message}
     if job_id is not None:
         fields["job_id"] = job_id
+    if field is not None:
+        fields["field"] = field
     return reply("error", request_id, **fields)
 
 
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_PORT", "DEFAULT_HOST", "DEFAULT_ENDPOINT", "MAX_HEADER_BYTES",
            "MAX_REPLY_HEADER_BYTES", "MAX_FRAME_BYTES", "MAX_FRAMES", "MAX_EXTENT_PIXELS",
-           "ALLOWED_DTYPES", "REQUEST_TYPES", "REPLY_TYPES", "REQUEST_SCHEMAS",
+           "ALLOWED_DTYPES", "DTYPE_BYTES", "MAX_UPLOAD_BYTES", "DEFAULT_CHUNK_PX",
+           "MIN_CHUNK_PX", "MAX_CHUNK_PX", "upload_bytes", "chunk_windows", "chunk_shape",
+           "REQUEST_CHECKS", "REQUEST_TYPES", "REPLY_TYPES", "REQUEST_SCHEMAS",
            "MAX_RETRAIN_FEATURES", "MAX_REVIEWED_AREAS", "validate_request", "encode",
            "decode", "check_source", "new_id", "request", "reply", "error_reply"]

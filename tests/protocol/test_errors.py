@@ -47,6 +47,14 @@ def test_errors_keep_the_builtin_bases_callers_catch():
     assert E.JobCancelled(job_id="j2").job_id == "j2"
 
 
+def test_an_error_may_name_the_request_field_at_fault():
+    assert E.InputError("x").field is None
+    exc = E.InputError("file missing", E.E_NOT_FOUND, field="source")
+    assert (exc.code, exc.field) == (E.E_NOT_FOUND, "source")
+    exc = E.DaemonError("outside the roots", E.E_FORBIDDEN, None, field="source")
+    assert exc.field == "source" and exc.job_id is None
+
+
 def test_codes_sent_in_error_replies_exclude_the_callers_own():
     assert E.E_CANCELLED not in E.ERROR_CODES and E.E_UNAVAILABLE not in E.ERROR_CODES
     assert len(set(E.ERROR_CODES)) == len(E.ERROR_CODES) == 8

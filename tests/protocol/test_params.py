@@ -8,7 +8,8 @@ import pytest
 
 import protocol as P
 from protocol.params import (BatchParams, CorrectedFeature, DetectParams, FileSource,
-                             PixelSource, RetrainParams, ReviewedArea, source_from_wire)
+                             PixelSource, PixelUpload, RetrainParams, ReviewedArea,
+                             UploadSource, source_from_wire)
 
 FILE = FileSource("/data/ortho.tif")
 PIX = PixelSource("EPSG:31256", (0.1, 0.0, -1600.0, 0.0, -0.1, 338500.0), nodata=0)
@@ -35,6 +36,21 @@ def test_pixel_sources_and_wire_dicts_become_typed():
                                                           338500.0],
                                             "nodata": 0}
     assert source_from_wire({"kind": "file", "path": "/x.tif"}) == FileSource("/x.tif")
+    up = DetectParams(source={"kind": "upload", "upload_id": "u1"}, model="m")
+    assert up.source == UploadSource("u1")
+    assert up.to_header()["source"] == {"kind": "upload", "upload_id": "u1"}
+
+
+def test_pixel_upload_round_trips_and_counts_its_bytes():
+    spec = PixelUpload("EPSG:32651", [0.1, 0, 5, 0, -0.1, 7], width=300, height=200,
+                       count=3, dtype="uint16", chunk_px=256)
+    header = spec.to_header(token="t")
+    assert header["type"] == "upload" and header["transform"] == [0.1, 0, 5, 0, -0.1, 7]
+    assert "nodata" not in header and header["token"] == "t"
+    assert PixelUpload.from_header(P.validate_request(header)) == spec
+    assert spec.nbytes == 300 * 200 * 3 * 2 == P.upload_bytes(header)
+    with pytest.raises(P.ProtocolError, match="exceeds"):
+        PixelUpload("EPSG:1", (1, 0, 0, 0, -1, 0), 40_000, 40_000).to_header()
 
 
 @pytest.mark.parametrize("bad", [{"kind": "file"}, {"kind": "s3", "path": "x"},

@@ -205,3 +205,57 @@ def test_fuzz_decode_validate_only_protocol_errors(header, raw, frames):
         P.validate_request(h)
     except P.ProtocolError as exc:
         assert exc.code in P.ERROR_CODES
+
+
+# ----------------------------------------------------------------------------- uploads
+
+def _upload(**kw):
+    h = {"v": 1, "type": "upload", "id": "u1", "crs": "EPSG:32651",
+         "transform": [0.1, 0, 0, 0, -0.1, 0], "width": 100, "height": 50, "count": 3,
+         "dtype": "uint8"}
+    h.update(kw)
+    return {k: v for k, v in h.items() if v is not ...}
+
+
+@pytest.mark.parametrize("header, needle", [
+    (_upload(width=0), "'width'"),
+    (_upload(height=P.MAX_EXTENT_PIXELS + 1), "'height'"),
+    (_upload(count=17), "'count'"),
+    (_upload(dtype="float64"), "'dtype'"),
+    (_upload(transform=[1, 0, 0, 0, 0, 0]), "singular"),
+    (_upload(crs=...), "'crs'"),
+    (_upload(nodata="none"), "'nodata'"),
+    (_upload(chunk_px=P.MAX_CHUNK_PX + 1), "'chunk_px'"),
+    (_upload(chunk_px=P.MIN_CHUNK_PX - 1), "'chunk_px'"),
+    # 20 000 x 20 000 x 3 bytes: 1144 MiB, more than an upload may hold
+    (_upload(width=20_000, height=20_000), "exceeds the 1024 MiB"),
+    (_upload(width=10_000, height=10_000, dtype="float32", count=4), "exceeds"),
+    ({"v": 1, "type": "chunk", "id": "c", "upload_id": "u", "row": -1, "col": 0}, "'row'"),
+    ({"v": 1, "type": "chunk", "id": "c", "upload_id": "", "row": 0, "col": 0},
+     "'upload_id'"),
+    ({"v": 1, "type": "chunk", "id": "c", "row": 0, "col": 0}, "'upload_id'"),
+    (_detect(source={"kind": "upload"}), "upload_id"),
+    (_detect(source={"kind": "upload", "upload_id": "a", "path": "/x"}), "unknown"),
+])
+def test_upload_requests_are_validated_and_size_limited(header, needle):
+    with pytest.raises(P.ProtocolError) as e:
+        P.validate_request(header)
+    assert e.value.code == P.E_BAD_REQUEST and needle in e.value.message, e.value.message
+
+
+def test_only_a_detection_takes_an_upload_source():
+    up = {"kind": "upload", "upload_id": "abc"}
+    assert P.validate_request(_detect(source=up))["source"] == up
+    assert P.validate_request(_upload(width=18_000, height=18_000))  # 927 MiB: fits
+    for mtype, extra in (("batch", {"out_path": "/x.gpkg"}),
+                         ("retrain", {"features": []})):
+        h = {"v": 1, "type": mtype, "id": "a", "model": "m", "source": up, **extra}
+        with pytest.raises(P.ProtocolError, match="'source'"):
+            P.validate_request(h)
+    assert P.check_source(up) == "kind must be 'file' or 'pixels'"
+
+
+def test_error_replies_name_the_field_at_fault():
+    r = P.error_reply("r", P.E_FORBIDDEN, "outside", field="source")
+    assert r["field"] == "source" and "job_id" not in r
+    assert "field" not in P.error_reply("r", P.E_BUSY, "later", job_id="j")
