@@ -82,7 +82,8 @@ class Access:
         check cannot lead it outside the roots.
 
         Raises:
-            ProtocolError: ``forbidden`` for a path outside the allowed roots.
+            ProtocolError: ``forbidden`` for a path outside the allowed roots (its
+                ``field`` is ``"source"``).
         """
         if not self.restrict_paths:
             return path
@@ -92,7 +93,7 @@ class Access:
             if real == root or real.startswith(prefix):
                 return real
         raise P.ProtocolError("the raster path is outside the folders this daemon may "
-                              "read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN)
+                              "read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field="source")
 
     def check_source(self, source: Dict[str, Any]) -> Dict[str, Any]:
         """A wire ``source`` with its file path checked and resolved (pixels pass).

@@ -2,7 +2,8 @@
 
 Options: ``--host H`` (default 127.0.0.1), ``--port P`` (default 5591), ``--token T``
 (default: env ``ORTHOLENS_TOKEN``; required when H is not loopback), ``--workers N``,
-``--max-queue N``, ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
+``--max-queue N``, ``--restrict-paths`` (read rasters only below ``ORTHOLENS_ROOTS``
+even on loopback), ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
 ``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon).
 
 Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--token", default=os.environ.get("ORTHOLENS_TOKEN") or None,
                     help="shared secret every request must carry (default: env "
                          "ORTHOLENS_TOKEN; prefer the variable, argv is visible to ps)")
+    ap.add_argument("--restrict-paths", action="store_true",
+                    help="read rasters only below ORTHOLENS_ROOTS also when bound to "
+                         "loopback (always so on other addresses); clients send the "
+                         "pixels of other rasters")
     ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                     help="jobs run at once (default %(default)s)")
     ap.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
@@ -104,7 +109,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         server = Server(args.host, args.port, token=args.token, workers=args.workers,
                         max_queue=args.max_queue, jobs_dir=args.jobs_dir,
-                        resume_jobs=args.resume_jobs)
+                        resume_jobs=args.resume_jobs,
+                        restrict_paths=True if args.restrict_paths else None)
     except ValueError as exc:
         return fail(str(exc))
     try:

@@ -22,6 +22,10 @@ default. Binding any other address needs a token (:class:`ValueError` otherwise)
 then every request must carry ``"token"``; a daemon bound beyond loopback also only
 reads raster files that resolve inside ``allowed_roots`` (``ORTHOLENS_ROOTS``).
 
+Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``chunk`` requests stream an
+image the daemon cannot read itself into a file, window by window, and a ``detect``
+names it as its source; the file goes when that detection ends.
+
 Clients that go away: the ROUTER socket is ``ROUTER_MANDATORY`` (and sends ZMTP
 heartbeats), so a reply or job event for a client that has disconnected fails with
 ``EHOSTUNREACH``; the daemon then cancels every job of that client (queued ones at once,
@@ -45,6 +49,7 @@ import protocol as P
 from backend import __version__
 from backend.daemon.access import Access
 from backend.daemon.batch_service import BatchService
+from backend.daemon.uploads import DEFAULT_IDLE_S, DEFAULT_MAX_BYTES, UploadStore
 from backend.daemon.jobs import (
     CANCELLED,
     DONE,
@@ -140,6 +145,10 @@ class Server:
         resume_jobs: at start, resume the batch jobs a killed daemon left running.
         retrain_fn: the ``retrain`` job function (default
             ``backend.learning.finetune.run_retrain``), same contract as ``detect_fn``.
+        upload_dir: folder of the pixel uploads (default: a private temporary folder,
+            deleted when the daemon stops).
+        max_upload_bytes: most bytes of all open pixel uploads; more get ``E_BUSY``.
+        upload_idle_s: a pixel upload nobody sends to for this long is dropped, seconds.
 
     Raises:
         ValueError: a non-loopback ``host`` without ``token``; ``workers`` or
@@ -154,7 +163,9 @@ class Server:
                  device: Optional[str] = None, history_s: float = 3600.0,
                  progress_interval_s: float = 0.1, stop_timeout_s: float = 5.0,
                  jobs_dir: Optional[str] = None, resume_jobs: bool = False,
-                 retrain_fn: Optional[JobFn] = None):
+                 retrain_fn: Optional[JobFn] = None, upload_dir: Optional[str] = None,
+                 max_upload_bytes: int = DEFAULT_MAX_BYTES,
+                 upload_idle_s: float = DEFAULT_IDLE_S):
         self.access = Access.for_bind(host, token, restrict_paths, allowed_roots)
         if workers < 1 or max_queue < 1:
             raise ValueError("workers and max_queue must be >= 1")
@@ -185,6 +196,8 @@ class Server:
         self._served = False
         #: batch jobs: their own queue, thread and store
         self.batch = BatchService(self.access, self._stop, jobs_dir, resume_jobs)
+        #: pixel uploads (``upload`` / ``chunk`` requests, ``upload`` sources)
+        self.uploads = UploadStore(upload_dir, max_upload_bytes, idle_s=upload_idle_s)
         #: the job function of each job kind (``Job.kind``)
         self._job_fns: Dict[str, JobFn] = {
             "detect": detect_fn or _default_detect_fn,
@@ -284,6 +297,7 @@ class Server:
                     last_prune = time.monotonic()
                     with self._lock:
                         self._prune_locked()
+                    self.uploads.prune(self._job_active)
             self._shutdown(poller)
         finally:
             self._close()
@@ -339,6 +353,7 @@ class Server:
 
     def _close(self) -> None:
         alive = any(t.is_alive() for t in self._workers)
+        self.uploads.close()
         for s in (self._pull, self._router):
             if s is not None:
                 s.close(linger=0 if s is self._pull else 1000)
@@ -432,7 +447,8 @@ class Server:
             except OrtholensError as exc:
                 if exc.code not in P.ERROR_CODES:
                     raise
-                return [(identity, P.error_reply(request_id, exc.code, _clip(exc.message)))]
+                return [(identity, P.error_reply(request_id, exc.code, _clip(exc.message),
+                                                 field=exc.field))]
         except Exception as exc:
             log.exception("internal error answering request %s", request_id)
             return [(identity, P.error_reply(request_id, P.E_INTERNAL,
@@ -468,7 +484,11 @@ class Server:
 
     def _on_detect(self, identity, header, arrays):
         request = {k: v for k, v in header.items() if k != "token"}
-        request["source"] = self.access.check_source(header["source"])
+        upload_id = None
+        if header["source"].get("kind") == "upload":
+            upload_id = header["source"]["upload_id"]  # the daemon's own file: no roots
+        else:
+            request["source"] = self.access.check_source(header["source"])
         nbytes = sum(a.nbytes for a in arrays)
         with self._lock:  # only this thread adds jobs: the check holds until we do
             if self._stop.is_set():
@@ -480,10 +500,14 @@ class Server:
             if nbytes and queued_bytes and queued_bytes + nbytes > self.max_queue_bytes:
                 raise P.JobError(f"the queued jobs already hold {queued_bytes >> 20} MiB of "
                                  f"pixels; try again later", P.E_BUSY)
+        job_id = uuid.uuid4().hex
+        if upload_id is not None:  # the job reads the upload's file, deleted at its end
+            request["source"] = {"kind": "file",
+                                 "path": self.uploads.claim(upload_id, job_id)}
         copies = [np.array(a, copy=True) for a in arrays]  # frames get reused
         with self._cond:
             self._prune_locked()
-            job = Job(uuid.uuid4().hex, header["id"], identity, request, copies)
+            job = Job(job_id, header["id"], identity, request, copies)
             self._jobs[job.job_id] = job
             self._queue.append(job)
             self._cond.notify()
@@ -507,6 +531,9 @@ class Server:
     def _on_cancel(self, identity, header, arrays):
         if header["job_id"] not in self._jobs and self.batch.has(header["job_id"]):
             return self.batch.cancel(identity, header)
+        if header["job_id"] not in self._jobs and self.uploads.drop(header["job_id"]):
+            return [(identity, P.reply("cancelled", header["id"], job_id=header["job_id"],
+                                       state=CANCELLED))]
         out = []
         with self._lock:
             job = self._jobs.get(header["job_id"])
@@ -552,6 +579,24 @@ class Server:
         reply = self._versions_reply(header, rollback)
         log.info("rolled back %s to %s", reply["model"], reply["active"])
         return [(identity, reply)]
+
+    def _on_upload(self, identity, header, arrays):
+        """Open a pixel upload (``backend.daemon.uploads``)."""
+        self.uploads.prune(self._job_active)
+        if self._stop.is_set():
+            raise P.JobError("the daemon is shutting down", P.E_BUSY)
+        return [(identity, P.reply("upload", header["id"], **self.uploads.open(header)))]
+
+    def _on_chunk(self, identity, header, arrays):
+        """Store one window of a pixel upload."""
+        return [(identity, P.reply("upload", header["id"],
+                                   **self.uploads.write(header, arrays)))]
+
+    def _job_active(self, job_id: str) -> bool:
+        """True while the interactive job ``job_id`` is queued or running."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is not None and job.finished is None
 
     def _on_batch(self, identity, header, arrays):
         return self.batch.on_batch(identity, header)
@@ -653,6 +698,7 @@ class Server:
             state, message, header = self._failure(job, exc)
             frames = P.encode(header)
         job.arrays = None
+        self.uploads.release_job(job.job_id)
         with self._lock:
             job.state, job.finished = state, time.time()
             if state == DONE:
@@ -691,7 +737,8 @@ class Server:
             return ERROR, msg, P.error_reply(rid, P.E_BUSY, msg, job_id=jid)
         if isinstance(exc, OrtholensError) and exc.code in P.ERROR_CODES:
             msg = _clip(exc.message or exc)
-            return ERROR, msg, P.error_reply(rid, exc.code, msg, job_id=jid)
+            return ERROR, msg, P.error_reply(rid, exc.code, msg, job_id=jid,
+                                             field=exc.field)
         log.error("job %s failed", jid, exc_info=exc)
         msg = _clip(f"internal error: {type(exc).__name__}: {exc}", 200)
         return ERROR, msg, P.error_reply(rid, P.E_INTERNAL, msg, job_id=jid)

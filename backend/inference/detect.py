@@ -59,11 +59,12 @@ def model_errors() -> Iterator[None]:
 
 @contextmanager
 def input_errors() -> Iterator[None]:
-    """Turn unusable input (raster, extent, CRS, bands) into a job error, same code."""
+    """Turn unusable input (raster, extent, CRS, bands) into a job error, same code and
+    ``field``."""
     try:
         yield
     except InputError as exc:
-        raise JobError(exc.message, exc.code) from None
+        raise JobError(exc.message, exc.code, field=exc.field) from None
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,8 @@ def open_source(source: Union[Source, Mapping[str, Any]],
         an open ``rasterio.DatasetReader``.
 
     Raises:
-        InputError: missing file (``not_found``), not a raster GDAL can read, no pixel
-            array for kind ``pixels``, or an invalid CRS.
+        InputError: missing file (``not_found``, ``field`` ``"source"``), not a raster
+            GDAL can read, no pixel array for kind ``pixels``, or an invalid CRS.
     """
     import rasterio
     from rasterio.crs import CRS
@@ -172,7 +172,8 @@ def open_source(source: Union[Source, Mapping[str, Any]],
     if source.kind == "file":
         path = source.path
         if not os.path.exists(path):
-            raise InputError(f"raster file not found: {path}", P.E_NOT_FOUND)
+            raise InputError(f"raster file not found on the engine's computer: {path}",
+                             P.E_NOT_FOUND, field="source")
         try:
             ds = rasterio.open(path)
         except RasterioIOError as exc:
