@@ -174,8 +174,11 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         warnings: List[str] = list(plan.get("warnings", []))
         results = _results(executor, params, plan, pending, cancelled, engine)
         tiles_run = tiles_cached = grown = truncated = 0
+        unreadable: Dict[str, List[int]] = {}  # damaged file -> chunks skipped
         try:
             for res in results:
+                if res.unreadable:
+                    unreadable.setdefault(res.unreadable, []).append(res.index)
                 written += writer.append(res)
                 store.mark_done(job_id, res.index, len(res.features))
                 done[res.index] = len(res.features)
@@ -204,7 +207,10 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
     except BaseException as exc:
         store.set_state(job_id, ERROR, f"{type(exc).__name__}: {exc}")
         raise
-    store.set_state(job_id, DONE, f"{count} polygons")
+    skipped = sum(len(v) for v in unreadable.values())
+    store.set_state(job_id, DONE, f"{count} polygons" + (
+        f"; {skipped} chunk(s) unreadable in {', '.join(sorted(unreadable))}"
+        if skipped else ""))
     g = grid_from_plan(plan)
     elapsed = time.perf_counter() - t0
     stats = {"out_path": writer.path, "layer": writer.layer, "count": count,
@@ -214,6 +220,8 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
              "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
              "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
              "seconds": round(elapsed, 3), "executor": executor,
+             "chunks_unreadable": skipped,
+             "damaged_files": {k: sorted(v) for k, v in sorted(unreadable.items())},
              "warnings": warnings}
     progress(1.0, f"{count} polygons in {writer.path}")
     return {"crs": plan["crs_wkt"], "features": [], "stats": stats}

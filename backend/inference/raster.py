@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from affine import Affine
@@ -335,6 +336,38 @@ def _source_gsd(ds, bounds: Sequence[float], geodesic: bool) -> float:
     return float(math.sqrt(px * east * py * north))
 
 
+def read_failure(path: str, exc: BaseException) -> InputError:
+    """An ``invalid_input`` error for pixels GDAL could not read (a truncated or
+    corrupt file, or a damaged tile of a VRT mosaic).
+
+    The message names ``path``, the damaged file GDAL names in the exception chain
+    (``"<file>, band <n>: ..."``, e.g. one tile of a mosaic) and GDAL's innermost
+    reason (e.g. ``TIFFFillStrip: Read error at scanline 304``).
+
+    Args:
+        path: the raster the request named.
+        exc: the ``rasterio`` exception (its ``__cause__``/``__context__`` chain holds
+            GDAL's messages).
+
+    Returns:
+        The :class:`~protocol.errors.InputError` (``P.E_INVALID_INPUT``); its
+        ``damaged`` attribute is the damaged file's name (or ``path``).
+    """
+    chain, c = [], exc
+    while c is not None and len(chain) < 20:
+        chain.append(str(c))
+        c = c.__cause__ or c.__context__
+    damaged = next((m.group(1) for text in chain
+                    for m in [re.search(r"([^\s:,]+), band \d+:", text)] if m), None)
+    reason = chain[-1] if chain else "read failed"
+    where = f" (damaged part: {damaged})" if damaged and damaged not in path else ""
+    err = InputError(f"cannot read the pixels of {path}{where}: the file is damaged or "
+                     f"truncated ({reason}). Check or re-create the file (e.g. "
+                     f"gdalinfo -checksum)", P.E_INVALID_INPUT)
+    err.damaged = damaged or os.path.basename(path)
+    return err
+
+
 def _alpha_band(ds) -> Optional[int]:
     """1-based index of the raster's alpha band, or None."""
     from rasterio.enums import ColorInterp
@@ -344,17 +377,39 @@ def _alpha_band(ds) -> Optional[int]:
     return None
 
 
+#: Smallest block, pixels, a damaged window is split into before it is given up as
+#: unreadable (``WindowReader`` with ``damaged="mask"``).
+SALVAGE_PX = 16
+
+
 class WindowReader:
     """Reads tiles of a :class:`Grid` from a dataset through a warped VRT.
+
+    Args:
+        ds: the open rasterio dataset.
+        grid: the grid to read.
+        damaged: what a window GDAL cannot read does: ``"raise"`` an ``invalid_input``
+            :func:`read_failure` (one detection: the user's file is damaged), or
+            ``"mask"``: the window is read again in quadrants down to
+            :data:`SALVAGE_PX` pixels and the blocks that still fail are no-data
+            (batch jobs over mosaics: one damaged tile must not stop the rest);
+            ``unreadable`` then counts the pixels lost per damaged file.
 
     Thread-safety: one reader per thread (GDAL datasets are not thread-safe).
     """
 
-    def __init__(self, ds, grid: Grid):
+    def __init__(self, ds, grid: Grid, damaged: str = "raise"):
+        if damaged not in ("raise", "mask"):
+            raise ValueError(f"damaged must be 'raise' or 'mask', not {damaged!r}")
+        self.damaged = damaged
+        #: damaged file name -> grid pixels that could not be read (``"mask"`` mode)
+        self.unreadable: Dict[str, int] = {}
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
         self.grid = grid
+        #: the raster's path (or in-memory name), for error messages
+        self.path = str(getattr(ds, "name", "") or "the raster")
         alpha = _alpha_band(ds)
         self.vrt = WarpedVRT(ds, crs=grid.crs_wkt, transform=grid.transform, width=grid.width,
                              height=grid.height, resampling=Resampling.bilinear,
@@ -374,15 +429,22 @@ class WindowReader:
 
         Raises:
             ValueError: the tile does not overlap the grid.
+            InputError: GDAL cannot read the pixels (:func:`read_failure`).
         """
+        from rasterio.errors import RasterioIOError
         from rasterio.windows import Window
 
         r0, c0 = max(row, 0), max(col, 0)
         r1, c1 = min(row + size, self.grid.height), min(col + size, self.grid.width)
         if r1 <= r0 or c1 <= c0:
             raise ValueError(f"tile at ({row}, {col}) size {size} misses the grid")
-        data = self.vrt.read(self.grid.bands + [self.alpha],
-                             window=Window(c0, r0, c1 - c0, r1 - r0))
+        try:
+            data = self.vrt.read(self.grid.bands + [self.alpha],
+                                 window=Window(c0, r0, c1 - c0, r1 - r0))
+        except RasterioIOError as exc:
+            if self.damaged == "raise":
+                raise read_failure(self.path, exc) from None
+            data = self._salvage(r0, c0, r1, c1)
         img, valid = data[:-1], data[-1] > 0
         pads = ((r0 - row, row + size - r1), (c0 - col, col + size - c1))
         if any(p for pair in pads for p in pair):
@@ -390,6 +452,33 @@ class WindowReader:
             img = np.pad(img, ((0, 0),) + pads, mode=mode)
             valid = np.pad(valid, pads, constant_values=False)
         return img, valid
+
+    def _salvage(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+        """Bands + alpha of the window ``[r0, r1) x [c0, c1)`` read in quadrants; the
+        blocks of :data:`SALVAGE_PX` or less that GDAL still cannot read are zeros
+        with alpha 0, counted in ``unreadable``."""
+        from rasterio.errors import RasterioIOError
+        from rasterio.windows import Window
+
+        bands = self.grid.bands + [self.alpha]
+        out = np.zeros((len(bands), r1 - r0, c1 - c0), dtype=self.vrt.dtypes[0])
+        todo = [(r0, c0, r1, c1)]
+        while todo:
+            a0, b0, a1, b1 = todo.pop()
+            try:
+                out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self.vrt.read(
+                    bands, window=Window(b0, a0, b1 - b0, a1 - a0))
+                continue
+            except RasterioIOError as exc:
+                if max(a1 - a0, b1 - b0) > SALVAGE_PX:
+                    am, bm = (a0 + a1) // 2, (b0 + b1) // 2
+                    todo += [q for q in ((a0, b0, am, bm), (a0, bm, am, b1),
+                                         (am, b0, a1, bm), (am, bm, a1, b1))
+                             if q[0] < q[2] and q[1] < q[3]]
+                    continue
+                name = read_failure(self.path, exc).damaged
+                self.unreadable[name] = self.unreadable.get(name, 0) + (a1 - a0) * (b1 - b0)
+        return out
 
     def close(self) -> None:
         """Close the warped VRT (not the dataset it reads)."""

@@ -369,7 +369,12 @@ def make_plan(params: BatchParams, card: ModelCard,
 
 @dataclass
 class ChunkResult:
-    """What one chunk produced: protocol ``result`` features (plus ``chunk``)."""
+    """What one chunk produced: protocol ``result`` features (plus ``chunk``).
+
+    ``unreadable`` names the damaged file(s) when GDAL could not read some pixels of
+    the chunk's tiles (a truncated tile of a mosaic): those pixels are no-data, the
+    chunk's other objects are kept, and the job goes on.
+    """
 
     index: int
     features: List[Dict[str, Any]]
@@ -379,6 +384,7 @@ class ChunkResult:
     truncated: int = 0
     seconds: float = 0.0
     warnings: List[str] = field(default_factory=list)
+    unreadable: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data, to travel between processes."""
@@ -429,7 +435,7 @@ class ChunkWorker:
                 GDAL_CACHEMAX=int(plan.get("gdal_cache_mb", DEFAULT_GDAL_CACHE_MB))))
             with input_errors():
                 ds = self._stack.enter_context(open_source(params.detect.source))
-            self.reader = WindowReader(ds, self.grid)
+            self.reader = WindowReader(ds, self.grid, damaged="mask")
             self._stack.callback(self.reader.close)
         except BaseException:
             self._stack.close()
@@ -557,10 +563,27 @@ class ChunkWorker:
                 ) -> ChunkResult:
         """Detect the objects chunk ``idx`` owns.
 
+        Pixels GDAL cannot read (a damaged tile of a mosaic) are no-data (the reader
+        salvages the rest, ``WindowReader(damaged="mask")``); the result then names
+        the damaged file in ``unreadable`` and a warning.
+
         Raises:
             JobCancelled: ``cancelled()`` turned true.
         """
         t0 = time.perf_counter()
+        lost_before = dict(self.reader.unreadable)
+        res = self._process(idx, t0, cancelled)
+        lost = {k: v - lost_before.get(k, 0) for k, v in self.reader.unreadable.items()
+                if v > lost_before.get(k, 0)}
+        if lost:
+            res.unreadable = ", ".join(sorted(lost))
+            res.warnings.append(
+                f"chunk {idx}: {sum(lost.values())} pixel(s) of its tiles could not be read "
+                f"from {res.unreadable} (damaged or truncated) and count as no-data")
+        return res
+
+    def _process(self, idx: int, t0: float, cancelled: Optional[Callable[[], bool]]
+                 ) -> ChunkResult:
         first_note = len(self.warnings)
         core = self.chunks.core(idx)
         card, opts, g = self.card, self.opts, self.grid

@@ -92,6 +92,78 @@ def test_chunked_equals_in_extent_on_vrt_mosaic(pv01_vrt, tmp_path):
     assert store.get(job)["state"] == "done"
 
 
+@needs_model
+def test_mosaic_with_a_damaged_tile_reports_it_and_finishes_the_rest(pv01_vrt, tmp_path):
+    """One of four mosaic tiles truncated to a third: the job ends done, names the tile,
+    and every panel 10 m or more from that tile comes out as in a mosaic that simply
+    leaves the tile out (no-data there). Nearer, the readable rows of the damaged tile
+    are context the other mosaic lacks, so outlines may differ."""
+    import rasterio
+    import shapely
+    from shapely.geometry import box
+
+    from backend.daemon.batch_runner import run_batch, submit
+    from backend.daemon.jobstore import JobStore
+
+    exe = shutil.which("gdalbuildvrt")
+    files = []
+    for n in PV01_BLOCK:
+        dst = tmp_path / f"{n}.tif"
+        data = (PV01 / f"{n}.tif").read_bytes()
+        dst.write_bytes(data[: len(data) // 3] if n == PV01_BLOCK[-1] else data)
+        files.append(dst)
+    with rasterio.open(pv01_vrt) as ds:
+        b = ds.bounds
+    with rasterio.open(PV01 / f"{PV01_BLOCK[-1]}.tif") as ds:
+        bad = box(*ds.bounds)
+    damaged = tmp_path / "damaged.vrt"
+    intact = tmp_path / "intact.vrt"  # the same extent with the damaged tile left out
+    subprocess.run([exe, "-q", str(damaged)] + [str(f) for f in files], check=True)
+    subprocess.run([exe, "-q", "-te", str(b.left), str(b.bottom), str(b.right), str(b.top),
+                    str(intact)] + [str(f) for f in files[:-1]], check=True)
+    outs = {}
+    for name, vrt in (("damaged", damaged), ("intact", intact)):
+        store = JobStore(tmp_path / f"jobs-{name}")
+        job = submit(store, BatchParams(DetectParams(FileSource(str(vrt)), MODEL),
+                                        out_path=str(tmp_path / f"{name}.gpkg"),
+                                        chunk_px=100, halo_px=16))
+        outs[name] = (run_batch(store, job)["stats"], store.get(job))
+    stats, job = outs["damaged"]
+    name = f"{PV01_BLOCK[-1]}.tif"
+    assert job["state"] == "done" and name in job["message"], job["message"]
+    assert list(stats["damaged_files"]) == [name] and stats["chunks_unreadable"] >= 1
+    assert any(name in w and "no-data" in w for w in stats["warnings"])
+    got, _ = _rows_with_chunks(tmp_path / "damaged.gpkg")
+    ref, _ = _rows_with_chunks(tmp_path / "intact.gpkg")
+
+    def away(rows):  # panels beyond the model's context (a 512 px tile) of the bad tile
+        return [r for r in rows if shapely.from_wkb(r[1]).distance(bad) >= 10.0]
+
+    got_away, ref_away = away(got), away(ref)
+    assert len(ref_away) >= 5 and len(got_away) == len(ref_away)
+    for r in ref_away:
+        rg = shapely.from_wkb(r[1])
+        match = max(got_away, key=lambda g: shapely.from_wkb(g[1]).intersection(rg).area)
+        mg = shapely.from_wkb(match[1])
+        assert mg.intersection(rg).area / mg.union(rg).area > 0.95
+        assert abs(match[2] - r[2]) < 0.02
+
+
+def _rows_with_chunks(path, layer="detections"):
+    """``(rows, chunks)`` of a batch GeoPackage in file order (see :func:`gpkg_set`)."""
+    import shapely
+    from pyogrio.raw import read
+    meta, _, geoms, fields = read(str(path), layer=layer)[:4]
+    col = {n: fields[i] for i, n in enumerate(meta["fields"])}
+    rows = []
+    for i, g in enumerate(geoms):
+        mp = shapely.from_wkb(g)
+        poly = mp.geoms[0] if len(mp.geoms) == 1 else mp
+        rows.append((str(col["class"][i]), poly.wkb, float(col["score"][i]),
+                     float(col["area_m2"][i])))
+    return rows, [int(c) for c in col["chunk"]]
+
+
 def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
     """A crash after a chunk's rows were written but before the store recorded it."""
     from backend.daemon.batch_runner import reconcile_output
