@@ -1,0 +1,195 @@
+"""backend.inference.tiling at exact values: tile starts, tile plans, the blending ramp
+and the stitcher's weighted average, each against constants worked out by hand from the
+documented rule (stride ``tile - overlap``, last tile flush with the grid edge; weights
+``(i + 0.5) / n`` over ``n = overlap // 2`` pixels at every edge not on the grid
+border)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from backend.inference.tiling import (TILE_MULTIPLE, Stitcher, TilePlan, batches,
+                                      plan_tiling, positions, ramp, round32,
+                                      shifted_tile_grid, tile_grid)
+
+
+# ----------------------------------------------------------------------------- sizes
+
+@pytest.mark.parametrize("n, expected", [(-5, 32), (0, 32), (1, 32), (31, 32), (32, 32),
+                                         (33, 64), (64, 64), (65, 96), (511, 512)])
+def test_round32(n, expected):
+    assert TILE_MULTIPLE == 32
+    assert round32(n) == expected
+
+
+@pytest.mark.parametrize("length, tile, overlap, expected", [
+    (1, 64, 0, [0]),                 # a grid smaller than a tile: one tile
+    (64, 64, 32, [0]),               # exactly one tile
+    (65, 64, 32, [0, 1]),            # one pixel more: the last tile flush with the edge
+    (100, 64, 32, [0, 32, 36]),      # stride 32, then the flush tile
+    (128, 64, 32, [0, 32, 64]),      # stride lands on the edge: no duplicate
+    (200, 64, 0, [0, 64, 128, 136]),
+    (3, 1, 0, [0, 1, 2]),            # one-pixel tiles
+    (10, 4, 3, [0, 1, 2, 3, 4, 5, 6]),  # the largest overlap: stride 1
+])
+def test_positions(length, tile, overlap, expected):
+    assert positions(length, tile, overlap) == expected
+
+
+@pytest.mark.parametrize("length, tile, overlap", [
+    (0, 64, 0), (-1, 64, 0), (10, 0, 0), (10, -4, 0), (10, 4, 4), (10, 4, 5), (10, 4, -1)])
+def test_positions_refuses_invalid_sizes(length, tile, overlap):
+    with pytest.raises(ValueError) as e:
+        positions(length, tile, overlap)
+    assert str(e.value) == f"invalid tiling: length={length} tile={tile} overlap={overlap}"
+
+
+def test_tile_grids_plain_and_shifted():
+    """Row-major ``(row, col)``; the shifted grid starts half a tile outside the grid."""
+    assert tile_grid(65, 100, 64, 32) == [(0, 0), (0, 32), (0, 36), (1, 0), (1, 32),
+                                          (1, 36)]
+    # positions(65 + 32) = [0, 32, 33] and positions(100 + 32) = [0, 32, 64, 68], less 32
+    assert shifted_tile_grid(65, 100, 64, 32, 32) == [
+        (r, c) for r in (-32, 0, 1) for c in (-32, 0, 32, 36)]
+
+
+# ----------------------------------------------------------------------------- plans
+
+CARD = SimpleNamespace(tile_size=512, overlap=64, shifts=True)
+
+
+@pytest.mark.parametrize("height, width, kwargs, expected", [
+    (100, 60, {}, TilePlan(128, 0, False)),      # inside one tile: its side rounded to 32
+    (512, 300, {}, TilePlan(512, 0, False)),     # exactly one tile: no borders to hide
+    (513, 10, {}, TilePlan(512, 64, True)),      # one pixel more: overlap and the shift
+    (10, 2000, {}, TilePlan(512, 64, True)),     # the longer side decides
+    (300, 300, {"tile_size": 256}, TilePlan(256, 64, True)),
+    (300, 300, {"tile_size": 256, "overlap": 0}, TilePlan(256, 0, True)),  # 0 is a value
+    (300, 300, {"tile_size": 256, "overlap": None}, TilePlan(256, 64, True)),
+    (200, 200, {"tile_size": 1000}, TilePlan(224, 0, False)),  # capped at the grid
+])
+def test_plan_tiling(height, width, kwargs, expected):
+    assert plan_tiling(CARD, height, width, **kwargs) == expected
+
+
+def test_plan_tiling_without_shifts_and_with_numbers_as_strings():
+    card = SimpleNamespace(tile_size="256", overlap="32", shifts=0)
+    plan = plan_tiling(card, 1000, 1000)
+    assert plan == TilePlan(256, 32, False)
+    assert type(plan.tile) is int and type(plan.overlap) is int and plan.shifted is False
+
+
+def test_tile_plan_shift_axes_and_offsets():
+    plain, shifted = TilePlan(64, 32, False), TilePlan(64, 32, True)
+    assert (plain.shift, shifted.shift) == (0, 32)
+    assert plain.axes(65, 100) == [([0, 1], [0, 32, 36])]
+    assert shifted.axes(65, 100) == [([0, 1], [0, 32, 36]), ([-32, 0, 1], [-32, 0, 32, 36])]
+    assert plain.offsets(65, 100) == tile_grid(65, 100, 64, 32)
+    assert shifted.offsets(65, 100) == (tile_grid(65, 100, 64, 32)
+                                        + shifted_tile_grid(65, 100, 64, 32, 32))
+    assert len(shifted.offsets(65, 100)) == 6 + 12
+
+
+def test_batches():
+    assert list(batches([1, 2, 3, 4, 5], 2)) == [[1, 2], [3, 4], [5]]
+    assert list(batches([1, 2, 3, 4], 4)) == [[1, 2, 3, 4]]
+    assert list(batches([], 3)) == []
+
+
+# ----------------------------------------------------------------------------- ramp
+
+@pytest.mark.parametrize("overlap, at_start, at_end, expected", [
+    (4, False, False, [0.25, 0.75, 1, 1, 1, 1, 0.75, 0.25]),
+    (4, True, False, [1, 1, 1, 1, 1, 1, 0.75, 0.25]),
+    (4, False, True, [0.25, 0.75, 1, 1, 1, 1, 1, 1]),
+    (4, True, True, [1] * 8),
+    (2, False, False, [0.5, 1, 1, 1, 1, 1, 1, 0.5]),     # n = 1
+    (5, False, False, [0.25, 0.75, 1, 1, 1, 1, 0.75, 0.25]),  # n = 5 // 2 = 2
+    (1, False, False, [1] * 8),                         # n = 0: no ramp
+    (0, False, False, [1] * 8),
+    (8, False, False, [0.125, 0.375, 0.625, 0.875, 0.875, 0.625, 0.375, 0.125]),
+])
+def test_ramp_weights(overlap, at_start, at_end, expected):
+    w = ramp(8, overlap, at_start, at_end)
+    assert w.dtype == np.float32 and w.shape == (8,)
+    assert w.tolist() == expected
+
+
+# ----------------------------------------------------------------------------- stitcher
+
+def _blend_two(axis: int) -> np.ndarray:
+    """A tile of 0s at offset 0 and a tile of 1s at offset 1 along ``axis`` of a grid of
+    9 x 8 pixels (tile 8, overlap 4): the layout ``positions(9, 8, 4) == [0, 1]`` gives."""
+    shape = (9, 8) if axis == 0 else (8, 9)
+    st = Stitcher(1, *shape, tile=8, overlap=4)
+    st.add(0, 0, np.zeros((1, 8, 8), np.float32))
+    st.add(*((1, 0) if axis == 0 else (0, 1)), np.ones((1, 8, 8), np.float32))
+    out = st.result()
+    assert out.dtype == np.float32 and out.shape == (1,) + shape
+    return out[0] if axis == 1 else out[0].T
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_two_tiles_blend_with_the_ramp_weights(axis):
+    """The first tile touches the grid start (full weight there) and ramps down over its
+    last 2 px; the second starts inside the grid (ramps up over its first 2 px) and ends
+    on the grid border (full weight). Stitched value = w1 / (w0 + w1)."""
+    row = _blend_two(axis)
+    expected = [0.0, 0.25 / 1.25, 0.75 / 1.75, 0.5, 0.5, 0.5, 1 / 1.75, 1 / 1.25, 1.0]
+    assert np.allclose(row, np.array(expected, np.float32)[None, :], atol=1e-6, rtol=0)
+
+
+def test_shifted_tile_blends_with_the_plain_one_at_the_grid_start():
+    """A plain tile at 0 (full weight at the grid start) and a shifted one at -4: on the
+    4 px they share, the plain tile's weights are 1 and the shifted tile's are its ramp
+    down, ``[1, 1, 0.75, 0.25]``."""
+    st = Stitcher(1, 8, 12, tile=8, overlap=4)
+    st.add(0, 0, np.zeros((1, 8, 8), np.float32))
+    st.add(0, -4, np.ones((1, 8, 8), np.float32))
+    out = st.result()[0]
+    expected = [0.5, 0.5, 0.75 / 1.75, 0.25 / 1.25, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert np.allclose(out, np.array(expected, np.float32)[None, :], atol=1e-6, rtol=0)
+
+
+def test_a_lone_tile_is_returned_as_it_is_whatever_its_weights():
+    """A tile inside a larger grid has ramped weights on all sides; alone, they cancel:
+    its probabilities come back unchanged, and the pixels no tile covers are 0."""
+    probs = (np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8) + 1) / 200
+    st = Stitcher(2, 20, 20, tile=8, overlap=4)
+    st.add(5, 6, probs)
+    out = st.result()
+    assert out.dtype == np.float32 and out.shape == (2, 20, 20)
+    np.testing.assert_allclose(out[:, 5:13, 6:14], probs, rtol=1e-6)
+    out[:, 5:13, 6:14] = 0
+    assert not out.any()
+
+
+def test_parts_of_a_tile_outside_the_grid_are_ignored():
+    """Tiles hanging over each edge of a 10 x 10 grid: every pixel gets the value of the
+    tile pixel that lies on it."""
+    base = np.arange(10 * 10, dtype=np.float32).reshape(1, 10, 10)
+    for row, col in [(4, 4), (-3, -5), (-2, 6), (5, -1)]:
+        tile = np.zeros((1, 8, 8), np.float32)
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + 8, 10), min(col + 8, 10)
+        tile[:, r0 - row:r1 - row, c0 - col:c1 - col] = base[:, r0:r1, c0:c1]
+        st = Stitcher(1, 10, 10, tile=8, overlap=4)
+        st.add(row, col, tile)
+        out = st.result()
+        np.testing.assert_allclose(out[:, r0:r1, c0:c1], base[:, r0:r1, c0:c1], rtol=1e-6)
+        assert st.wsum[r0:r1, c0:c1].min() > 0
+        out[:, r0:r1, c0:c1] = 0
+        assert not out.any(), (row, col)
+
+
+def test_a_constant_survives_any_tiling():
+    """Blending is an average: tiles of one constant stitch to that constant everywhere,
+    plain and shifted tilings alike."""
+    plan = TilePlan(32, 16, True)
+    st = Stitcher(1, 70, 50, plan.tile, plan.overlap)
+    for r, c in plan.offsets(70, 50):
+        st.add(r, c, np.full((1, 32, 32), 0.3, np.float32))
+    np.testing.assert_allclose(st.result(), 0.3, rtol=1e-6)
