@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import zmq
 
 import protocol as P
 from .errors import DaemonError, DaemonUnavailable, JobCancelled, OrtholensError
+from .wire import is_loopback, parse_endpoint  # noqa: F401 - part of this module's API
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
 
 log = logging.getLogger("ortholens.client")
@@ -59,18 +60,6 @@ def log_dir() -> Path:
     except Exception:
         user = "user"
     return Path(tempfile.gettempdir()) / f"ortholens-{user}"
-
-
-def parse_endpoint(endpoint: str) -> Tuple[str, int]:
-    """``"tcp://host:port"`` -> ``(host, port)`` (IPv6 brackets removed).
-
-    Raises:
-        ValueError: not a ``tcp://host:port`` endpoint.
-    """
-    if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
-        raise ValueError(f"not a tcp://host:port endpoint: {endpoint!r}")
-    host, port = endpoint[6:].rsplit(":", 1)
-    return host.strip("[]"), int(port)
 
 
 class OrtholensClient:
@@ -767,15 +756,3 @@ def port_open(host: str, port: int) -> bool:
     except OSError:
         return False
 
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``127.0.0.0/8`` and ``::1`` (brackets allowed): the
-    addresses a daemon may serve without a token."""
-    import ipaddress
-    h = host.strip().strip("[]").lower()
-    if h == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False

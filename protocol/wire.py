@@ -658,6 +658,31 @@ def _as_bytes(frame: Any) -> bytes:
 
 # ----------------------------------------------------------------------------- helpers
 
+def parse_endpoint(endpoint: str) -> Tuple[str, int]:
+    """``"tcp://host:port"`` -> ``(host, port)`` (IPv6 brackets removed).
+
+    Raises:
+        ValueError: not a ``tcp://host:port`` endpoint.
+    """
+    if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
+        raise ValueError(f"not a tcp://host:port endpoint: {endpoint!r}")
+    host, port = endpoint[6:].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.0/8`` and ``::1`` (brackets allowed): the
+    addresses a daemon may serve without a token, and an engine on this computer."""
+    import ipaddress
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
 def new_id() -> str:
     """A fresh request id (32 hex characters)."""
     return uuid.uuid4().hex
@@ -700,6 +725,7 @@ __all__ = ["PROTOCOL_VERSION", "DEFAULT_PORT", "DEFAULT_HOST", "DEFAULT_ENDPOINT
            "MAX_REPLY_HEADER_BYTES", "MAX_FRAME_BYTES", "MAX_FRAMES", "MAX_EXTENT_PIXELS",
            "ALLOWED_DTYPES", "DTYPE_BYTES", "MAX_UPLOAD_BYTES", "DEFAULT_CHUNK_PX",
            "MIN_CHUNK_PX", "MAX_CHUNK_PX", "upload_bytes", "chunk_windows", "chunk_shape",
-           "REQUEST_CHECKS", "REQUEST_TYPES", "REPLY_TYPES", "REQUEST_SCHEMAS",
+           "REQUEST_CHECKS", "parse_endpoint", "is_loopback", "REQUEST_TYPES",
+           "REPLY_TYPES", "REQUEST_SCHEMAS",
            "MAX_RETRAIN_FEATURES", "MAX_REVIEWED_AREAS", "validate_request", "encode",
            "decode", "check_source", "new_id", "request", "reply", "error_reply"]

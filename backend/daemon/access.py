@@ -65,7 +65,8 @@ class Access:
         """Accept a request header whose ``token`` matches (in constant time).
 
         Raises:
-            ProtocolError: ``forbidden`` for a missing or wrong token.
+            ProtocolError: ``forbidden`` (``field`` ``"token"``) for a missing or wrong
+                token.
         """
         if self.token is None:
             return
@@ -73,7 +74,7 @@ class Access:
         if not isinstance(given, str) or not hmac.compare_digest(
                 given.encode("utf-8", "surrogatepass"),
                 self.token.encode("utf-8", "surrogatepass")):
-            raise P.ProtocolError("missing or wrong token", P.E_FORBIDDEN)
+            raise P.ProtocolError("missing or wrong token", P.E_FORBIDDEN, field="token")
 
     def check_path(self, path: str) -> str:
         """``path`` resolved (symlinks, ``..``) when paths are restricted, else as given.

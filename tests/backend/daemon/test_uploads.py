@@ -195,7 +195,7 @@ def test_upload_limits_token_cancel_and_expiry(tmp_path):
         with OrtholensClient(server.endpoint) as anon:
             with pytest.raises(DaemonError) as ei:
                 anon.upload(spec(img), windows_of(img))
-            assert ei.value.code == P.E_FORBIDDEN
+            assert ei.value.code == P.E_FORBIDDEN and ei.value.field == "token"
         with OrtholensClient(server.endpoint, token="s3cret") as c:
             first = c._call("upload", **{k: v for k, v in spec(img).to_header().items()
                                          if k not in ("v", "type", "id")})
