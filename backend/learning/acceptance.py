@@ -274,5 +274,5 @@ def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
         return False, "; ".join(reasons)
     guard = (f"; guard (pv01 validation tiles) pixel IoU {hb['pixel_iou']:.3f} -> "
              f"{ha['pixel_iou']:.3f}"
-             if hb and ha and hb.get("pixel_iou") is not None else "")
+             if drop(hb, ha, "pixel_iou") is not None else "")
     return True, better + guard
