@@ -145,6 +145,28 @@ def test_decide_applies_the_stated_rule():
     assert not ok and why.count("0 -> 8") == 1 and "no fewer" not in why
 
 
+def test_a_default_retrain_allows_a_pixel_iou_drop_of_0_02_not_more():
+    """The tolerance a retrain applies when the request names none: a guard drop of
+    0.020 passes, 0.021 does not, and the rule stated in the card says 0.02."""
+    from backend.learning.acceptance import ACCEPTANCE_RULE, decide
+    from backend.learning.finetune import RetrainConfig
+    from protocol.params import FileSource, RetrainParams
+
+    params = RetrainParams(source=FileSource("/x.tif"), model=MODEL, features=())
+    cfg = RetrainConfig.from_params(params)
+    assert cfg.max_iou_drop == RetrainConfig().max_iou_drop == 0.02
+    before = {"user_holdout": {"object_errors": 2, "object_f1": 0.8, "pixel_iou": 0.8},
+              "guard": {"pixel_iou": 0.88}}
+    for guard_after, accepted in ((0.86, True), (0.859, False)):
+        after = {"user_holdout": {"object_errors": 1, "object_f1": 0.8, "pixel_iou": 0.8},
+                 "guard": {"pixel_iou": guard_after}}
+        assert decide(before, after, cfg.max_iou_drop)[0] is accepted, guard_after
+    rule = ACCEPTANCE_RULE.format(max_iou_drop=cfg.max_iou_drop)
+    assert rule.count("drops by at most 0.02") == 2
+    assert cfg.from_params(RetrainParams(source=FileSource("/x.tif"), model=MODEL,
+                                         features=(), max_iou_drop=0.05)).max_iou_drop == 0.05
+
+
 def test_diff_maps_counts_mistakes():
     from backend.learning.corrections import diff_maps, mistake_maps
     pred = np.zeros((60, 60), np.uint8)
