@@ -112,7 +112,7 @@ def setup_venv(venv: Path, files, system_site: bool, nodeps_file: str = None) ->
 
 def setup() -> None:
     setup_apt()
-    setup_venv(VENV_BACKEND, ["requirements-backend.txt"], False,
+    setup_venv(VENV_BACKEND, ["requirements-backend.txt", "requirements-dev.txt"], False,
                "requirements-backend-nodeps.txt")
     setup_venv(VENV_QGIS, ["requirements-qgis.txt"], True)
     # ONNX graphs are derived from the shipped fp16 safetensors (kept out of git).
@@ -254,6 +254,10 @@ TASKS = {
     "package": (package, "the installable plugin zip, out/ortholens.zip"),
     "imports": (imports, "check the import rules (layers, no cycles, no qgis in the "
                          "backend, no backend in the plugin)"),
+    "mutants": (tool(VENV_BACKEND, "-m", "tools.mutants"), "mutation testing (mutmut) of "
+                "tiling, metrics, the acceptance rule, grid planning and protocol "
+                "validation: the surviving mutants (out/mutants/report.txt; not in test) "
+                "[--module FILE] [--max-children N]"),
 }
 
 
