@@ -137,13 +137,36 @@ class CardValue:
                                else f"The model's value{known} is used")
 
 
-def pong_text(pong: Dict[str, Any], endpoint: str) -> str:
-    """Status line for a ``pong`` reply."""
-    parts = [f"Daemon {pong.get('version', '?')}"]
-    if pong.get("device"):
-        parts.append(f"on {pong['device']}")
-    parts.append(f"at {endpoint}")
-    return " ".join(parts)
+def device_text(pong: Dict[str, Any]) -> str:
+    """What the engine runs on, from a ``pong`` reply: ``"GPU NVIDIA H200, 139.8 GiB"``
+    or ``"CPU, 16 cores"`` from its ``device_info``, else its ``device`` string
+    (``""`` when neither is given)."""
+    info = pong.get("device_info")
+    if isinstance(info, dict) and info.get("kind") == "cuda" and info.get("name"):
+        mem = info.get("memory_gib")
+        return f"GPU {info['name']}" + (f", {mem:g} GiB" if isinstance(mem, (int, float))
+                                        else "")
+    if isinstance(info, dict) and info.get("kind") == "cpu":
+        cores = info.get("cores")
+        return "CPU" + (f", {cores} cores" if isinstance(cores, int) else "")
+    return str(pong.get("device") or "")
+
+
+def pong_text(pong: Dict[str, Any], settings: Any) -> str:
+    """Status line for a ``pong`` reply: the engine's version, where it runs (this
+    computer or another host), its address and its device, e.g. ``"Engine 0.1.0 on
+    this computer (tcp://127.0.0.1:5591) — CPU, 16 cores"``.
+
+    Args:
+        pong: the ``pong`` reply.
+        settings: the :class:`~.settings.DaemonSettings` the ping used (or just the
+            endpoint string).
+    """
+    endpoint = getattr(settings, "endpoint", settings)
+    where = settings.where() if hasattr(settings, "where") else "at"
+    text = f"Engine {pong.get('version', '?')} {where} ({endpoint})"
+    device = device_text(pong)
+    return f"{text} — {device}" if device else text
 
 
 class OrtholensDock(QDockWidget):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from protocol.errors import (
+    E_FORBIDDEN,
+    E_NOT_FOUND,
     DaemonError,
     DaemonUnavailable,
     InputError,
@@ -18,7 +20,7 @@ from protocol.errors import (
     ResultLayerError,
 )
 
-from .settings import DaemonSettings
+from .settings import TOKEN_FROM_ENV, DaemonSettings
 
 #: The command that starts the daemon by hand, for messages.
 START_BY_HAND = "'python -m backend' in the Ortholens folder"
@@ -39,6 +41,8 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
     Raises:
         DaemonUnavailable: no answer (after the start attempt); the message says how to
             fix it.
+        DaemonError: ``forbidden`` with ``field`` ``"token"``: the engine refused the
+            token (:func:`describe_error` says where to give it).
         ImportError: pyzmq is missing (see :func:`describe_error`).
     """
     from protocol.client import (OrtholensClient, ensure_daemon, is_loopback,
@@ -62,10 +66,48 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
             raise
         return client
     except DaemonUnavailable as exc:
+        if settings.is_remote():
+            raise DaemonUnavailable(
+                f"The Ortholens engine at {settings.endpoint} (another computer) does "
+                f"not answer ({exc}): start it there (ortholens-daemon or python -m "
+                f"backend, with --host and its token), or correct the engine's address "
+                f"in Ortholens Settings….") from None
         why = settings.start_hint() if start else "it is not running"
         raise DaemonUnavailable(f"The Ortholens daemon at {settings.endpoint} is not "
                                 f"reachable ({exc}); {why}. You can start it by hand with "
                                 f"{START_BY_HAND}.") from None
+
+
+def token_refused(settings: DaemonSettings) -> str:
+    """The message for an engine that refused the token (a ``forbidden`` answer to a
+    ping): which token was sent, where to give the right one.
+
+    Args:
+        settings: the settings the request was sent with (``token``,
+            ``token_source``, ``token_problem``).
+    """
+    head = f"The Ortholens engine at {settings.endpoint} refused the request"
+    if settings.token and settings.token_source == TOKEN_FROM_ENV:
+        return (f"{head}: the token in ORTHOLENS_TOKEN is not the engine's. Set "
+                f"ORTHOLENS_TOKEN to the engine's token (it wins over Ortholens "
+                f"Settings…).")
+    if settings.token:
+        return (f"{head}: the token stored in Ortholens Settings… is not the engine's. "
+                f"Type the engine's token there (it is kept in QGIS's authentication "
+                f"database), or set ORTHOLENS_TOKEN.")
+    why = f" ({settings.token_problem})" if settings.token_problem else ""
+    return (f"{head}: it needs a token and none was sent{why}. Give the engine's token "
+            f"in Ortholens Settings… (it is kept in QGIS's authentication database), or "
+            f"set ORTHOLENS_TOKEN.")
+
+
+def source_unreadable(exc: BaseException) -> bool:
+    """True for the daemon's answer that it may not (``forbidden``: outside its
+    ``ORTHOLENS_ROOTS``) or cannot (``not_found``: not on its computer) read the raster
+    file a request named: the error's ``field`` is ``"source"``. The plugin then sends
+    the pixels instead."""
+    return (isinstance(exc, DaemonError) and exc.field == "source"
+            and exc.code in (E_FORBIDDEN, E_NOT_FOUND))
 
 
 def default_card(cards: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -109,14 +151,28 @@ def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
     return notes
 
 
-def describe_error(exc: BaseException, action: str = "run the detection") -> str:
+def describe_error(exc: BaseException, action: str = "run the detection",
+                   settings: Optional[DaemonSettings] = None) -> str:
     """A one-paragraph user message for an exception raised while talking to the daemon.
 
     Args:
         exc: the exception.
         action: what the daemon was asked to do, as in "The daemon could not
             <action>", e.g. ``"retrain"``.
+        settings: the settings the request was sent with; a refused token
+            (``field`` ``"token"``) is then explained with where the token came from
+            (:func:`token_refused`).
     """
+    if source_unreadable(exc):
+        return (f"The daemon could not {action}: it cannot read the raster file ({exc}). "
+                "It reads files on its own computer below its ORTHOLENS_ROOTS: put the "
+                "raster there, or use Detect in extent in the Ortholens dock, which "
+                "sends the pixels of the map view.")
+    if isinstance(exc, DaemonError) and exc.field == "token":
+        return token_refused(settings) if settings is not None else (
+            f"The Ortholens engine refused the request ({exc}): give the engine's token "
+            f"in Ortholens Settings… (it is kept in QGIS's authentication database), or "
+            f"set ORTHOLENS_TOKEN.")
     if isinstance(exc, DaemonError):
         return f"The daemon could not {action} ({exc.code}): {exc}"
     if isinstance(exc, (DaemonUnavailable, InputError, LookupError, ResultLayerError)):
@@ -127,5 +183,5 @@ def describe_error(exc: BaseException, action: str = "run the detection") -> str
     return f"Unexpected error: {exc!r} (details in the Ortholens log)."
 
 
-__all__ = ["connect_daemon", "default_card", "pick_card", "daemon_notes", "describe_error",
-           "START_BY_HAND"]
+__all__ = ["connect_daemon", "token_refused", "source_unreadable", "default_card",
+           "pick_card", "daemon_notes", "describe_error", "START_BY_HAND"]

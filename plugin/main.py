@@ -22,7 +22,8 @@ from .detect.plan import prepare_detect
 from .detect.task import DetectTask
 from .dock import NOT_RUNNING, NOT_SET_UP, STARTING, OrtholensDock, pong_text
 from .layers import default_result_path
-from .settings import autostart, daemon_settings, resource_path, results_dir
+from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
+                       results_dir)
 from .tasks import LOG_TAG, DaemonStatusTask
 
 MENU = "&Ortholens"
@@ -101,6 +102,11 @@ class OrtholensPlugin:
         # the dock opens with QGIS: start the daemon (when allowed) so that its default
         # model and that model's values are shown before the first detection
         QTimer.singleShot(0, lambda: self.refresh_status(start=autostart()))
+        # a token an earlier version kept in plain settings goes to the auth database
+        problem = migrate_plain_token()
+        if problem:
+            QgsMessageLog.logMessage(f"Ortholens: the engine token stays in the plain "
+                                     f"settings for now: {problem}", LOG_TAG, Qgis.Warning)
 
     def unload(self) -> None:
         """Remove every GUI element and cancel a running detection."""
@@ -223,7 +229,7 @@ class OrtholensPlugin:
         if self.dock is None:
             return
         if task.pong is not None:
-            self.dock.set_status(pong_text(task.pong, task.settings.endpoint))
+            self.dock.set_status(pong_text(task.pong, task.settings))
             self.dock.set_models(task.cards)
         elif task.error:
             self.dock.set_status(task.error)

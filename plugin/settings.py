@@ -11,7 +11,10 @@ key under ``ortholens/``), then a default:
 * daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.client``) or
   ``ORTHOLENS_PYTHON`` / ``ortholens/python``, default ``<repo>/.venv/backend/bin/python``
   (``Scripts/python.exe`` on Windows);
-* token: ``ORTHOLENS_TOKEN`` / ``ortholens/token``, default none;
+* token: ``ORTHOLENS_TOKEN``, else the QGIS authentication database (the auth config
+  whose id ``ortholens/token_authcfg`` holds, see :func:`stored_token`; never plain
+  settings: a plain ``ortholens/token`` of an earlier version is moved there), default
+  none;
 * results folder: ``ORTHOLENS_RESULTS`` / ``ortholens/results_dir``, default none (then
   the saved project's folder, else ``<QGIS profile>/ortholens/results``, see
   ``layers.default_result_path``);
@@ -22,8 +25,12 @@ key under ``ortholens/``), then a default:
 button and *Settings > Options > Ortholens*); an environment variable still wins over
 the stored value, and the dialog says so next to the field.
 
-Nothing here imports ``qgis`` at module level except inside :func:`_setting`, so the module
-is cheap to import.
+Where the engine runs: an endpoint whose host is not a loopback address
+(:meth:`DaemonSettings.is_remote`) is an engine on another computer, which cannot read
+the user's files; the plugin then sends the pixels of the extent.
+
+Nothing here imports ``qgis`` at module level (only inside functions), so the module is
+cheap to import.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from protocol.wire import DEFAULT_ENDPOINT
 
@@ -53,11 +60,133 @@ def _value(env: str, key: str) -> Optional[str]:
     return os.environ.get(env) or _setting(key)
 
 
-#: The QGIS setting keys (under ``ortholens/``) and the environment variable that
-#: overrides each (None: no variable).
+#: The settings (under ``ortholens/``) and the environment variable that overrides each
+#: (None: no variable). ``token`` is not a QGIS setting: it lives in the authentication
+#: database (:func:`store_token`).
 SETTING_KEYS = {"endpoint": "ORTHOLENS_ENDPOINT", "repo": "ORTHOLENS_REPO",
                 "python": "ORTHOLENS_PYTHON", "token": "ORTHOLENS_TOKEN",
                 "results_dir": "ORTHOLENS_RESULTS", "autostart": "ORTHOLENS_AUTOSTART"}
+
+#: The QGIS setting holding the id of the token's auth config.
+TOKEN_AUTHCFG_KEY = "token_authcfg"
+#: The name of that auth config (*Settings > Options > Authentication*).
+TOKEN_AUTH_NAME = "Ortholens engine token"
+#: Where the token can come from, for messages (:attr:`DaemonSettings.token_source`).
+TOKEN_FROM_ENV, TOKEN_FROM_AUTH = "ORTHOLENS_TOKEN", "the QGIS authentication database"
+#: Why an auth config cannot be read or written, for messages.
+_LOCKED = ("QGIS's authentication database is locked: enter its master password when "
+           "QGIS asks (for qgis_process, name a file holding it in "
+           "QGIS_AUTH_PASSWORD_FILE), or set ORTHOLENS_TOKEN")
+
+
+def _auth_manager():
+    """``QgsApplication.authManager()``, or None outside QGIS or when QGIS's
+    authentication system is disabled (no Qt cryptography plugin)."""
+    try:
+        from qgis.core import QgsApplication
+    except ImportError:  # pragma: no cover - outside QGIS
+        return None
+    am = QgsApplication.authManager()
+    return None if am is None or am.isDisabled() else am
+
+
+def stored_token() -> Tuple[Optional[str], Optional[str]]:
+    """The token kept in QGIS's authentication database, ignoring ``ORTHOLENS_TOKEN``.
+
+    A plain ``ortholens/token`` setting (an earlier version stored it so) is moved into
+    the database first (:func:`migrate_plain_token`).
+
+    Returns:
+        ``(token, problem)``: the token or None (none stored, or unreadable), and None or
+        one sentence saying why a stored token cannot be read (the database is locked:
+        no master password given; the auth config was deleted).
+    """
+    problem = migrate_plain_token()
+    if problem:  # not moved: it is still usable from the plain setting
+        return _setting("token"), None
+    cfg_id = _setting(TOKEN_AUTHCFG_KEY)
+    if not cfg_id:
+        return None, None
+    am = _auth_manager()
+    if am is None:
+        return None, "QGIS's authentication system is disabled, so the engine token " \
+                     "cannot be read: set ORTHOLENS_TOKEN"
+    from qgis.core import QgsAuthMethodConfig
+    if cfg_id not in am.configIds():
+        return None, (f"the engine token's auth config {cfg_id} is no longer in QGIS's "
+                      "authentication database: give the token again in Ortholens "
+                      "Settings…")
+    ok, cfg = am.loadAuthenticationConfig(cfg_id, QgsAuthMethodConfig(), True)
+    token = cfg.config("password") if ok else ""
+    if not ok or not token:
+        return None, f"the engine token cannot be read: {_LOCKED}"
+    return token, None
+
+
+def store_token(token: str) -> Optional[str]:
+    """Keep ``token`` in QGIS's authentication database (a *Basic* auth config named
+    :data:`TOKEN_AUTH_NAME`, user ``ortholens``, the token as its password, encrypted
+    with the master password) and its id in the setting ``ortholens/token_authcfg``;
+    an existing config is updated. A plain ``ortholens/token`` setting is removed.
+
+    Returns:
+        None when stored, else one sentence saying why not (nothing changed then).
+    """
+    am = _auth_manager()
+    if am is None:
+        return ("The token cannot be stored: QGIS's authentication system is disabled. "
+                "Set ORTHOLENS_TOKEN instead.")
+    from qgis.core import QgsAuthMethodConfig, QgsSettings
+    cfg = QgsAuthMethodConfig("Basic")
+    cfg.setName(TOKEN_AUTH_NAME)
+    cfg.setConfig("username", "ortholens")
+    cfg.setConfig("password", token)
+    cfg_id = _setting(TOKEN_AUTHCFG_KEY)
+    if cfg_id and cfg_id in am.configIds():
+        cfg.setId(cfg_id)
+        ok = am.updateAuthenticationConfig(cfg)
+    else:
+        result = am.storeAuthenticationConfig(cfg)
+        ok, cfg = result if isinstance(result, tuple) else (result, cfg)
+    ok = bool(ok[0] if isinstance(ok, tuple) else ok)
+    if not ok or not cfg.id():
+        return f"The token was not stored: {_LOCKED}."
+    qs = QgsSettings()
+    qs.setValue(f"ortholens/{TOKEN_AUTHCFG_KEY}", cfg.id())
+    qs.remove("ortholens/token")
+    return None
+
+
+def forget_token() -> None:
+    """Delete the token's auth config and setting (and a plain ``ortholens/token``)."""
+    from qgis.core import QgsSettings
+    cfg_id = _setting(TOKEN_AUTHCFG_KEY)
+    am = _auth_manager()
+    if cfg_id and am is not None and cfg_id in am.configIds():
+        am.removeAuthenticationConfig(cfg_id)
+    qs = QgsSettings()
+    qs.remove(f"ortholens/{TOKEN_AUTHCFG_KEY}")
+    qs.remove("ortholens/token")
+
+
+def token_is_stored() -> bool:
+    """True when a token is kept for the engine (its auth config id, or a plain setting
+    not yet moved); nothing is decrypted."""
+    return bool(_setting(TOKEN_AUTHCFG_KEY) or _setting("token"))
+
+
+def migrate_plain_token() -> Optional[str]:
+    """Move a plain ``ortholens/token`` setting (an earlier version's) into QGIS's
+    authentication database (:func:`store_token`), then remove it.
+
+    Returns:
+        None when there was nothing to move or it was moved; else why it stays (the
+        database is locked): it is then still used from the plain setting.
+    """
+    plain = _setting("token")
+    if not plain:
+        return None
+    return store_token(plain)
 
 
 def overriding_env(key: str) -> Optional[str]:
@@ -70,22 +199,25 @@ def overriding_env(key: str) -> Optional[str]:
 
 def stored_setting(key: str) -> str:
     """The value stored in QGIS settings for ``key`` (``""`` when unset), ignoring the
-    environment: what the settings dialog shows and edits."""
-    return _setting(key) or ""
+    environment: what the settings dialog shows and edits (``""`` for ``token``, which
+    is never shown: see :func:`token_is_stored`)."""
+    return "" if key == "token" else _setting(key) or ""
 
 
 def save_settings(values: dict) -> None:
     """Store ``{key: value}`` under ``ortholens/<key>`` (QgsSettings); an empty value
-    removes the key, so the default applies again.
+    removes the key, so the default applies again. ``token`` is not stored here (see
+    :func:`store_token`).
 
     Raises:
-        KeyError: a key that is not in :data:`SETTING_KEYS`.
+        KeyError: a key that is not in :data:`SETTING_KEYS`, or ``token``.
     """
     from qgis.core import QgsSettings
     qs = QgsSettings()
     for key, value in values.items():
-        if key not in SETTING_KEYS:
-            raise KeyError(f"unknown Ortholens setting {key!r}")
+        if key not in SETTING_KEYS or key == "token":
+            raise KeyError(f"unknown Ortholens setting {key!r}" if key != "token" else
+                           "the token goes to the authentication database: store_token")
         if value in (None, ""):
             qs.remove(f"ortholens/{key}")
         else:
@@ -115,12 +247,47 @@ class DaemonSettings:
             when no daemon installation was found (then it cannot be auto-started).
         repo: working directory for ``python -m backend`` (holds ``backend/``), or None.
         token: shared secret sent with every request, or None.
+        token_source: where ``token`` came from (:data:`TOKEN_FROM_ENV`,
+            :data:`TOKEN_FROM_AUTH`), or None.
+        token_problem: why a stored token could not be read (a locked authentication
+            database), or None.
     """
 
     endpoint: str
     python: Optional[str]
     repo: Optional[str]
     token: Optional[str]
+    token_source: Optional[str] = None
+    token_problem: Optional[str] = None
+
+    def host(self) -> Optional[str]:
+        """The endpoint's host (brackets of IPv6 removed), or None when the endpoint is
+        not ``tcp://host:port``."""
+        from protocol.wire import parse_endpoint
+        try:
+            return parse_endpoint(self.endpoint)[0]
+        except ValueError:
+            return None
+
+    def is_remote(self) -> bool:
+        """True when the engine runs on another computer (the endpoint's host is not a
+        loopback address): it cannot read this computer's files, and it is never
+        started from here."""
+        from protocol.wire import is_loopback
+        host = self.host()
+        return host is not None and not is_loopback(host)
+
+    def where(self) -> str:
+        """Where the engine runs, for the dock and messages: ``"on this computer"`` or
+        ``"on 10.0.0.5 (remote)"``."""
+        return f"on {self.host()} (remote)" if self.is_remote() else "on this computer"
+
+    def installed_engine(self) -> Optional[str]:
+        """The version of the engine package installed in ``python``'s virtual
+        environment (by *Set up the engine…* or pip), or None (see
+        :func:`.install.locate.installed_version`; nothing is run)."""
+        from .install.locate import installed_version
+        return installed_version(self.python)
 
     def can_start(self) -> bool:
         """True when both the interpreter and the backend folder exist on disk."""
@@ -150,8 +317,12 @@ def daemon_settings() -> DaemonSettings:
     if not python and repo:
         sub = ("Scripts", "python.exe") if sys.platform == "win32" else ("bin", "python")
         python = str(Path(repo, ".venv", "backend", *sub))
-    token = _value("ORTHOLENS_TOKEN", "token")
-    return DaemonSettings(endpoint=endpoint, python=python, repo=repo, token=token)
+    token, source, problem = os.environ.get("ORTHOLENS_TOKEN") or None, TOKEN_FROM_ENV, None
+    if token is None:
+        token, problem = stored_token()
+        source = TOKEN_FROM_AUTH if token else None
+    return DaemonSettings(endpoint=endpoint, python=python, repo=repo, token=token,
+                          token_source=source, token_problem=problem)
 
 
 def resource_path(name: str) -> str:

@@ -4,9 +4,10 @@
 Both show one :class:`SettingsWidget`: where the detection engine listens (endpoint) and,
 to start it, its Python interpreter and folder; the token; the results folder; whether
 the engine starts when the dock opens. Values are stored with ``QgsSettings`` under
-``ortholens/`` (:func:`~.settings.save_settings`); a field that an environment variable
-overrides is shown read-only with the variable's name, because the variable wins (see
-:mod:`.settings`).
+``ortholens/`` (:func:`~.settings.save_settings`), the token in QGIS's authentication
+database (:func:`~.settings.store_token`; the field never shows it: typing replaces it,
+*Remove* deletes it); a field that an environment variable overrides is shown read-only
+with the variable's name, because the variable wins (see :mod:`.settings`).
 """
 
 from __future__ import annotations
@@ -20,43 +21,63 @@ from qgis.PyQt.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 from qgis.gui import QgsFileWidget, QgsOptionsPageWidget, QgsOptionsWidgetFactory, QgsPasswordLineEdit
 
+from protocol.wire import is_loopback
+
 from .settings import (
+    TOKEN_AUTH_NAME,
     autostart,
     daemon_settings,
+    forget_token,
     overriding_env,
     save_settings,
+    store_token,
     stored_setting,
+    token_is_stored,
 )
 
 #: ``tcp://host:port`` with a port 1-65535 (IPv6 hosts in brackets).
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 
 
-def check_values(values: Dict[str, str]) -> List[str]:
+def check_values(values: Dict[str, str], token_kept: bool = False) -> List[str]:
     """Problems with settings a user typed, as sentences (empty list: all usable).
 
     Args:
         values: ``{key: text}`` as :meth:`SettingsWidget.values` returns them; an empty
-            text means "use the default".
+            text means "use the default" (for ``token``: keep the stored one).
+        token_kept: a token stays stored (or ``ORTHOLENS_TOKEN`` is set) when ``token``
+            is empty.
 
-    Checks: the endpoint is ``tcp://host:port`` with a port in 1-65535; the Python
-    interpreter is an existing file; the engine folder holds ``backend/``; the results
-    folder, when given, exists or can be created (its parent exists).
+    Checks: the endpoint is ``tcp://host:port`` with a port in 1-65535, and an engine
+    on another computer (a host that is not loopback) has a token; the token is at
+    most 256 printable characters; the Python interpreter is an existing file; the
+    engine folder holds ``backend/``; the results folder, when given, exists or can be
+    created (its parent exists).
     """
     problems = []
     endpoint = values.get("endpoint", "")
+    token = values.get("token", "")
     if endpoint:
         m = _ENDPOINT.match(endpoint.strip())
         if not m or not 1 <= int(m.group(2)) <= 65535:
             problems.append(f"The engine address '{endpoint}' is not tcp://host:port "
                             "(e.g. tcp://127.0.0.1:5591).")
+        elif not is_loopback(m.group(1)) and not token and not token_kept:
+            problems.append(f"The engine at '{endpoint}' runs on another computer, which "
+                            "only answers requests that carry its token: give the token "
+                            "(the engine's ORTHOLENS_TOKEN).")
+    if token and (len(token) > 256 or not token.isprintable()):
+        problems.append("The token must be at most 256 printable characters (no line "
+                        "breaks).")
     python = values.get("python", "")
     if python and not Path(python).is_file():
         problems.append(f"The engine Python '{python}' does not exist.")
@@ -103,7 +124,20 @@ class SettingsWidget(QWidget):
         self.token = QgsPasswordLineEdit(self)
         self.token.setObjectName("ortholensToken")
         self.token.setToolTip("Shared secret sent with every request; needed when the "
-                              "engine listens on a network address.")
+                              "engine listens on a network address. Kept in QGIS's "
+                              "authentication database (encrypted with its master "
+                              f"password) as '{TOKEN_AUTH_NAME}'.")
+        self.forget_token = QToolButton(self)
+        self.forget_token.setObjectName("ortholensForgetToken")
+        self.forget_token.setText("Remove")
+        self.forget_token.setToolTip("Delete the stored token when OK is pressed")
+        self.forget_token.setCheckable(True)
+        self.forget_token.toggled.connect(self._forget_toggled)
+        token_row = QWidget(self)
+        lay = QHBoxLayout(token_row)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.token, 1)
+        lay.addWidget(self.forget_token)
         self.results_dir = QgsFileWidget(self)
         self.results_dir.setObjectName("ortholensResultsDir")
         self.results_dir.setStorageMode(QgsFileWidget.GetDirectory)
@@ -120,7 +154,7 @@ class SettingsWidget(QWidget):
                       "token": ("Token", self.token),
                       "results_dir": ("Results folder", self.results_dir)}
         for key, (label, widget) in self._rows.items():
-            form.addRow(label, widget)
+            form.addRow(label, token_row if key == "token" else widget)
             env = overriding_env(key)
             if env:
                 widget.setEnabled(False)
@@ -143,10 +177,28 @@ class SettingsWidget(QWidget):
             w.setText(text)
 
     def load(self) -> None:
-        """Show the stored QGIS settings (not the environment's values)."""
+        """Show the stored QGIS settings (not the environment's values); the token
+        field stays empty, its placeholder says whether one is stored."""
         for key in self._rows:
             self._set_text(key, stored_setting(key))
         self.autostart.setChecked(autostart())
+        self.forget_token.setChecked(False)
+        self._show_token_state()
+
+    def _show_token_state(self) -> None:
+        kept = token_is_stored()
+        self.token.setPlaceholderText(
+            "stored in the QGIS authentication database; type to replace" if kept
+            else "none (an engine on this computer needs none)")
+        self.forget_token.setEnabled(kept and overriding_env("token") is None)
+
+    def _forget_toggled(self, on: bool) -> None:
+        self.token.setEnabled(not on and overriding_env("token") is None)
+        if on:
+            self.token.clear()
+            self.token.setPlaceholderText("the stored token is removed when OK is pressed")
+        else:
+            self._show_token_state()
 
     def values(self) -> Dict[str, str]:
         """``{key: text}`` of the form; ``""`` means the default."""
@@ -155,16 +207,32 @@ class SettingsWidget(QWidget):
         return out
 
     def save(self) -> List[str]:
-        """Store the form when :func:`check_values` finds no problem.
+        """Store the form when :func:`check_values` finds no problem: the settings in
+        QgsSettings, a typed token in QGIS's authentication database (*Remove* pressed:
+        the stored one is deleted; field left empty: it is kept).
 
         Returns:
-            The problems (nothing was stored), or an empty list (stored).
+            The problems (nothing was stored, or, for a token the database refused,
+            everything but the token), or an empty list (stored).
         """
         values = self.values()
-        problems = check_values(values)
-        if not problems:
-            save_settings(values)
-        return problems
+        forget = self.forget_token.isChecked()
+        kept = (token_is_stored() and not forget) or overriding_env("token") is not None
+        problems = check_values(values, token_kept=kept)
+        if problems:
+            return problems
+        token = values.pop("token")
+        save_settings(values)
+        if forget:
+            forget_token()
+        if token:
+            problem = store_token(token)
+            if problem:
+                return [problem]
+            self.token.clear()
+        self.forget_token.setChecked(False)
+        self._show_token_state()
+        return []
 
 
 class SettingsDialog(QDialog):

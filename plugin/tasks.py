@@ -140,7 +140,7 @@ class DaemonStatusTask(QgsTask):
         except Exception as exc:  # noqa: BLE001 - shown in the status line
             # not running is the normal state before the first detection: no error,
             # unless the daemon was to be started and could not be
-            self.error = (describe_error(exc) if self.start
+            self.error = (describe_error(exc, settings=self.settings) if self.start
                           or not isinstance(exc, DaemonUnavailable) else None)
             return True  # the answer is the status; QGIS must not report a failed task
 

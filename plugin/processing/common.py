@@ -75,7 +75,8 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
         return _models_cache[1]
     settings = daemon_settings()
     try:
-        from protocol.client import OrtholensClient, is_loopback, parse_endpoint, port_open
+        from protocol.client import OrtholensClient, port_open
+        from protocol.wire import is_loopback, parse_endpoint
         try:
             host, port = parse_endpoint(settings.endpoint)
         except ValueError as exc:
@@ -88,7 +89,7 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
     except DaemonUnavailable:
         return EngineModels(note=_not_running_note(settings))
     except Exception as exc:  # noqa: BLE001 - no zmq, refused token: said in the note
-        return EngineModels(note=describe_error(exc, "list its models"))
+        return EngineModels(note=describe_error(exc, "list its models", settings))
     if not cards:
         return EngineModels(note="The engine has no models installed.")
     result = EngineModels(cards)
@@ -176,18 +177,22 @@ def resolve_model(client: Any, model: Optional[str]) -> str:
 
 def connect(feedback: Optional[QgsProcessingFeedback] = None, timeout_s: float = 10.0):
     """A client of a daemon that answers (started from the settings when needed); the
-    caller closes it.
+    caller closes it. The engine settings are the dock's (:func:`~..settings.daemon_settings`:
+    endpoint, token from ``ORTHOLENS_TOKEN`` or QGIS's authentication database).
 
     Raises:
-        QgsProcessingException: no daemon and none can be started (says how to fix).
+        QgsProcessingException: no daemon and none can be started, or it refused the
+            token (says how to fix).
     """
     settings = daemon_settings()
     if feedback is not None:
-        feedback.pushInfo(f"Ortholens daemon: {settings.endpoint}")
+        token = f", token from {settings.token_source}" if settings.token else ""
+        feedback.pushInfo(f"Ortholens engine: {settings.endpoint}, {settings.where()}"
+                          f"{token}")
     try:
         return connect_daemon(settings, start=True, timeout_s=timeout_s)
     except Exception as exc:  # noqa: BLE001 - DaemonUnavailable, ImportError (zmq)
-        raise QgsProcessingException(describe_error(exc)) from None
+        raise QgsProcessingException(describe_error(exc, settings=settings)) from None
 
 
 @contextmanager

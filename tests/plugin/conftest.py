@@ -53,6 +53,26 @@ def wait_until(pred, timeout_s: float = 15.0) -> bool:
     return False
 
 
+#: The master password of the test profile's QGIS authentication database
+#: (``tests/plugin/.qgis-settings``), where the engine token is kept.
+TEST_MASTER_PASSWORD = "ortholens-tests"
+
+
+@pytest.fixture
+def qgis_auth(qgis_app):
+    """QGIS's authentication manager with the test profile's master password given, as
+    a user does when QGIS asks for it (the first run sets it)."""
+    from qgis.core import QgsApplication
+
+    am = QgsApplication.authManager()
+    assert not am.isDisabled(), "QGIS's authentication system is disabled (no QCA)"
+    if not am.masterPasswordIsSet():
+        assert am.setMasterPassword(TEST_MASTER_PASSWORD, True), (
+            "the test profile's authentication database has another master password: "
+            f"delete {QgsApplication.qgisAuthDatabaseFilePath()}")
+    return am
+
+
 @pytest.fixture(scope="session")
 def vienna_path() -> Path:
     if not VIENNA.is_file():

@@ -19,7 +19,8 @@ from conftest import PV01_HELDOUT, REPO, wait_until
 
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
-SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
+SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
+                "autostart")
 
 
 def _free_port() -> int:
@@ -30,11 +31,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def clean_settings():
-    """The Ortholens QGIS settings are empty before and after the test."""
+    """The Ortholens QGIS settings (and a stored token) are empty before and after the
+    test."""
+    from plugin.settings import forget_token
+
     qs = QgsSettings()
+    forget_token()
     for k in SETTING_KEYS:
         qs.remove(f"ortholens/{k}")
     yield qs
+    forget_token()
     for k in SETTING_KEYS:
         qs.remove(f"ortholens/{k}")
 
@@ -141,9 +147,10 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
 
 
 def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch,
-                                               clean_settings):
-    """Typed values are checked, stored in QGIS settings and used; a field an
-    environment variable overrides is read-only and says so."""
+                                               clean_settings, qgis_auth):
+    """Typed values are checked, stored in QGIS settings (the token in its
+    authentication database) and used; a field an environment variable overrides is
+    read-only and says so."""
     from plugin.settings import autostart, daemon_settings, results_dir
     from plugin.settings_dialog import OrtholensOptionsFactory, SettingsDialog
 
@@ -172,11 +179,14 @@ def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch
     s = daemon_settings()
     assert s.python == str(BACKEND_PYTHON) and s.repo == str(tmp_path)
     assert s.token == "s3cret" and results_dir() == str(tmp_path / "out")
+    assert QgsSettings().value("ortholens/token", "") == ""  # never in plain settings
     assert not autostart()
-    # the same form is the Settings > Options page
+    # the same form is the Settings > Options page; it never shows the token
     page = OrtholensOptionsFactory().createWidget(None)
-    assert page.form.token.text() == "s3cret"
-    page.form.token.setText("")
+    assert page.form.token.text() == "" and "stored" in page.form.token.placeholderText()
+    page.apply()  # an empty field keeps it
+    assert daemon_settings().token == "s3cret"
+    page.form.forget_token.setChecked(True)
     page.apply()
     assert daemon_settings().token is None
 
