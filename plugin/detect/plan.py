@@ -8,7 +8,9 @@
    * a file-backed GDAL layer is sent by path (a ``protocol.params.FileSource``) with
      the map extent in the *canvas* CRS; the daemon reads and resamples it (through a
      UTM view at the model's ground GSD when the file's CRS is in degrees or its units
-     are not ground metres);
+     are not ground metres). Such a plan also holds a render plan as its ``fallback``:
+     when the engine cannot read the file (it runs on another computer, or the file is
+     outside its ``ORTHOLENS_ROOTS``) the pixels are sent instead;
    * any other raster (WMS, XYZ, WCS, ...) is rendered by the plugin: a
      :class:`RenderPlan` holds a *clone* of the layer's data provider (safe to read on a
      worker thread) and the map extent, clipped to the layer. The pixels are rendered
@@ -168,6 +170,10 @@ class DetectPlan:
         extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs`` (file layers), else None.
         extent_crs: the canvas CRS as WKT (file layers), else None.
         render: the :class:`RenderPlan` for other layers, else None.
+        fallback: for file layers, the :class:`RenderPlan` of the same area, used when
+            the engine cannot read ``source``; None when the layer cannot be rendered
+            (then ``fallback_error`` says why).
+        fallback_error: why the file layer cannot be sent as pixels, or None.
     """
 
     layer_id: str
@@ -176,6 +182,20 @@ class DetectPlan:
     extent: Optional[Extent] = None
     extent_crs: Optional[str] = None
     render: Optional[RenderPlan] = None
+    fallback: Optional[RenderPlan] = None
+    fallback_error: Optional[str] = None
+
+    def pixels_plan(self) -> RenderPlan:
+        """The render plan to send pixels with: ``render``, else ``fallback``.
+
+        Raises:
+            InputError: a file layer that cannot be rendered (``fallback_error``).
+        """
+        plan = self.render or self.fallback
+        if plan is None:
+            raise InputError(self.fallback_error or f"The layer '{self.layer_name}' "
+                             "cannot be sent as pixels.")
+        return plan
 
 
 def _render_mode(layer: QgsRasterLayer) -> tuple:
@@ -225,7 +245,8 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
             (tests, or files the daemon cannot open).
 
     Returns:
-        A :class:`DetectPlan` with ``source`` set (file) or ``render`` set (pixels).
+        A :class:`DetectPlan` with ``source`` (and ``fallback``) set (file) or
+        ``render`` set (pixels).
 
     Raises:
         InputError: see :func:`validate_inputs` and, for rendered layers, a raster
@@ -239,7 +260,24 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
         plan.source = FileSource(path)
         plan.extent = extent_tuple(extent)
         plan.extent_crs = crs_wkt(extent_crs)
+        try:
+            plan.fallback = _render_plan(layer, in_layer, metric, context)
+        except InputError as exc:  # e.g. 16-bit: the daemon refuses it anyway
+            plan.fallback_error = str(exc)
         return plan
+    plan.render = _render_plan(layer, in_layer, metric, context)
+    return plan
+
+
+def _render_plan(layer: QgsRasterLayer, in_layer: QgsRectangle, metric: bool,
+                 context: Optional[QgsCoordinateTransformContext]) -> RenderPlan:
+    """The :class:`RenderPlan` of ``in_layer`` (layer CRS units) of ``layer`` (UI
+    thread: clones the data provider).
+
+    Raises:
+        InputError: bands that cannot be rendered (see :func:`_render_mode`), or an
+            extent that cannot be transformed to the extent's UTM zone.
+    """
     mode, bands = _render_mode(layer)
     if metric:
         crs, render_ext = layer.crs(), QgsRectangle(in_layer)
@@ -256,12 +294,11 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
     nodata = None
     if mode != "argb" and prov.sourceHasNoDataValue(bands[0]) and prov.useSourceNoDataValue(bands[0]):
         nodata = float(prov.sourceNoDataValue(bands[0]))
-    plan.render = RenderPlan(provider=prov.clone(), src_crs=layer.crs(), crs=crs,
-                             crs_wkt=crs_wkt(crs), extent=render_ext, reproject=not metric,
-                             mode=mode, bands=bands, nodata=nodata,
-                             context=QgsCoordinateTransformContext(
-                                 context or QgsProject.instance().transformContext()))
-    return plan
+    return RenderPlan(provider=prov.clone(), src_crs=layer.crs(), crs=crs,
+                      crs_wkt=crs_wkt(crs), extent=render_ext, reproject=not metric,
+                      mode=mode, bands=bands, nodata=nodata,
+                      context=QgsCoordinateTransformContext(
+                          context or QgsProject.instance().transformContext()))
 
 
 __all__ = ["validate_inputs", "file_source_path", "RenderPlan", "DetectPlan",

@@ -1,5 +1,11 @@
 """Rendering a :class:`~.plan.RenderPlan` to 8-bit RGB pixels for the daemon (any
-thread: only the plan's cloned data provider is read)."""
+thread: only the plan's cloned data provider is read).
+
+:func:`render_grid` fixes the pixel grid of the extent at the model's GSD;
+:func:`render_window` renders one window of it, so that a large extent is streamed to
+the daemon window by window (:func:`upload_spec`, ``OrtholensClient.upload``) and never
+held whole; :func:`render_pixels` renders the whole grid at once (one message).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +22,46 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from protocol.params import PixelSource
+from protocol.params import PixelSource, PixelUpload
 
 from .plan import RenderPlan
 
-#: Largest rendered image side, pixels (3 x 8192 x 8192 uint8 = 192 MiB, under the
-#: protocol's frame limit). Larger extents are rendered coarser, and the user is told.
-MAX_RENDER_SIDE = 8192
+#: Largest rendered image side, pixels: 8000 x 8000 = 64 Mpx, the most one in-extent
+#: detection of the daemon takes (3 x 8000 x 8000 uint8 = 183 MiB, under the protocol's
+#: frame limit). Larger extents are rendered coarser, and the user is told.
+MAX_RENDER_SIDE = 8000
+
+
+@dataclass(frozen=True)
+class RenderGrid:
+    """The pixel grid an extent is rendered on (north-up, in the plan's ``crs``).
+
+    Attributes:
+        width, height: pixels.
+        pixel_size: ground size of a pixel, metres (the plan's CRS units).
+        x0, y1: left and top edges of the grid, CRS units.
+        capped: True when the extent was too large for the largest side at the model's
+            GSD and the pixel was enlarged.
+    """
+
+    width: int
+    height: int
+    pixel_size: float
+    x0: float
+    y1: float
+    capped: bool
+
+    @property
+    def transform(self) -> List[float]:
+        """``[a, b, c, d, e, f]``: x = a*col + b*row + c, y = d*col + e*row + f."""
+        return [self.pixel_size, 0.0, self.x0, 0.0, -self.pixel_size, self.y1]
+
+    def window_extent(self, row: int, col: int, rows: int, cols: int) -> QgsRectangle:
+        """The extent of a window (top-left pixel ``row``, ``col``; ``rows`` x
+        ``cols`` pixels), CRS units."""
+        px = self.pixel_size
+        return QgsRectangle(self.x0 + col * px, self.y1 - (row + rows) * px,
+                            self.x0 + (col + cols) * px, self.y1 - row * px)
 
 
 @dataclass
@@ -81,6 +120,18 @@ def render_size(plan: RenderPlan, gsd_m: float, max_side: int = MAX_RENDER_SIDE)
     return w, h, px, px, capped
 
 
+def render_grid(plan: RenderPlan, gsd_m: float, max_side: int = MAX_RENDER_SIDE
+                ) -> RenderGrid:
+    """The grid :func:`render_pixels` and :func:`render_window` render ``plan`` on
+    (see :func:`render_size`).
+
+    Raises:
+        ValueError: ``gsd_m`` is not positive.
+    """
+    w, h, px, _, capped = render_size(plan, gsd_m, max_side)
+    return RenderGrid(w, h, px, plan.extent.xMinimum(), plan.extent.yMaximum(), capped)
+
+
 def argb_to_rgb(raw: bytes, width: int, height: int) -> np.ndarray:
     """Native-endian 32-bit ``0xAARRGGBB`` pixels (a QGIS ARGB32 block, or a
     ``QImage.Format_ARGB32`` buffer) to uint8 ``(3, height, width)`` RGB."""
@@ -105,34 +156,68 @@ def render_pixels(plan: RenderPlan, gsd_m: float, max_side: int = MAX_RENDER_SID
         RuntimeError: the provider returned no data (e.g. a web service that failed).
         InterruptedError: cancelled.
     """
-    w, h, px, used, capped = render_size(plan, gsd_m, max_side)
-    x0, y1 = plan.extent.xMinimum(), plan.extent.yMaximum()
-    render_ext = QgsRectangle(x0, y1 - h * px, x0 + w * px, y1)
+    grid = render_grid(plan, gsd_m, max_side)
+    arr = render_window(plan, grid, 0, 0, grid.height, grid.width, is_cancelled)
+    return RenderedPixels(array=arr, transform=grid.transform, gsd_m=grid.pixel_size,
+                          capped=grid.capped)
+
+
+def render_window(plan: RenderPlan, grid: RenderGrid, row: int, col: int, rows: int,
+                  cols: int, is_cancelled: Optional[Callable[[], bool]] = None
+                  ) -> np.ndarray:
+    """Render one window of ``grid`` (any thread).
+
+    A window holds the pixels of the same grid as a whole render: windows rendered
+    side by side make up the image :func:`render_pixels` returns.
+
+    Args:
+        plan: from :func:`~.plan.prepare_detect`.
+        grid: from :func:`render_grid`.
+        row, col: the window's top-left pixel in ``grid``.
+        rows, cols: its size, pixels.
+        is_cancelled: polled between bands; a True answer raises ``InterruptedError``.
+
+    Returns:
+        uint8 ``(3, rows, cols)`` RGB, C-contiguous.
+
+    Raises:
+        RuntimeError: the provider returned no data (e.g. a web service that failed).
+        InterruptedError: cancelled.
+    """
     feedback = QgsRasterBlockFeedback()
     source = plan.provider
     if plan.reproject:
         source = QgsRasterProjector()
         source.setCrs(plan.src_crs, plan.crs, plan.context or QgsCoordinateTransformContext())
         source.setInput(plan.provider)
+    extent = grid.window_extent(row, col, rows, cols)
     channels = []
     for band in plan.bands:
         if is_cancelled and is_cancelled():
             raise InterruptedError("cancelled")
-        block = source.block(band, render_ext, w, h, feedback)
-        if block is None or not block.isValid() or block.width() != w or block.height() != h:
+        block = source.block(band, extent, cols, rows, feedback)
+        if (block is None or not block.isValid() or block.width() != cols
+                or block.height() != rows):
             err = plan.provider.error().summary() if plan.provider.error() else ""
             raise RuntimeError(f"the layer returned no pixels for band {band}"
                                + (f": {err}" if err else ""))
         raw = bytes(block.data())
         if plan.mode == "argb":
-            channels = list(argb_to_rgb(raw, w, h))
+            channels = list(argb_to_rgb(raw, cols, rows))
         else:
-            channels.append(np.frombuffer(raw, dtype=np.uint8, count=w * h).reshape(h, w))
+            channels.append(np.frombuffer(raw, dtype=np.uint8,
+                                          count=cols * rows).reshape(rows, cols))
     if plan.mode == "gray":
         channels = channels * 3
-    arr = np.ascontiguousarray(np.stack(channels, axis=0))
-    return RenderedPixels(array=arr, transform=[px, 0.0, x0, 0.0, -px, y1],
-                          gsd_m=used, capped=capped)
+    return np.ascontiguousarray(np.stack(channels, axis=0))
+
+
+def upload_spec(plan: RenderPlan, grid: RenderGrid) -> PixelUpload:
+    """The ``upload`` request of ``grid``'s pixels: uint8 RGB, the plan's CRS, the grid's
+    transform; the no-data value as in :func:`pixel_source`."""
+    nodata = plan.nodata if plan.nodata is not None and 0 <= plan.nodata <= 255 else None
+    return PixelUpload(crs=plan.crs_wkt, transform=tuple(grid.transform), width=grid.width,
+                       height=grid.height, count=3, dtype="uint8", nodata=nodata)
 
 
 def pixel_source(plan: RenderPlan, rendered: RenderedPixels) -> PixelSource:
@@ -145,5 +230,5 @@ def pixel_source(plan: RenderPlan, rendered: RenderedPixels) -> PixelSource:
                        nodata=nodata)
 
 
-__all__ = ["MAX_RENDER_SIDE", "RenderedPixels", "render_size", "argb_to_rgb",
-           "render_pixels", "pixel_source"]
+__all__ = ["MAX_RENDER_SIDE", "RenderGrid", "RenderedPixels", "render_size", "render_grid",
+           "argb_to_rgb", "render_pixels", "render_window", "upload_spec", "pixel_source"]

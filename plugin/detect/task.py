@@ -1,29 +1,38 @@
 """:class:`DetectTask`: one detection off the UI thread, its result layer on it.
 
-The task connects to the daemon (starting it when needed), picks the model card,
-renders pixels for a :class:`~.plan.RenderPlan` at the card's ``gsd_m``, runs the
-detection with progress and cancellation, and writes the GeoPackage, all in the
+The task connects to the daemon (starting it when needed), picks the model card, runs
+the detection with progress and cancellation, and writes the GeoPackage, all in the
 worker thread; ``finished()`` (UI thread) loads the result layer.
+
+How the raster reaches the engine: a file layer goes by path when the engine runs on
+this computer. When it runs on another one (:meth:`~..settings.DaemonSettings.is_remote`),
+or answers that it may not or cannot read the file (``forbidden`` / ``not_found`` about
+the ``source``: outside its ``ORTHOLENS_ROOTS``, or a file system of its own), and for
+layers that are not files, the plugin renders the extent at the card's ``gsd_m`` and
+streams it window by window (``OrtholensClient.upload``): a large extent is never held
+whole in memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.core import QgsTask
 
-from protocol.errors import DaemonUnavailable
+from protocol.errors import DaemonError, DaemonUnavailable
 from protocol.params import DetectParams
 
-from ..engine import START_BY_HAND, daemon_notes, describe_error, pick_card
+from ..engine import (START_BY_HAND, daemon_notes, describe_error, pick_card,
+                      source_unreadable)
 from ..layers import (load_result_layer, next_result_run, result_layer_name, safe_name,
                       write_result_gpkg)
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
 from .plan import DetectPlan
-from .render import pixel_source, render_pixels
+from .render import render_grid, render_window, upload_spec
 
 
 class DetectTask(QgsTask):
@@ -47,7 +56,9 @@ class DetectTask(QgsTask):
     ``cards`` (all the daemon offers), ``notes`` (warnings for the user: a capped render
     size, the daemon's ``stats["warnings"]`` such as a resampled GSD), ``n_features``,
     ``table`` (the GeoPackage table), ``daemon_process`` (the ``Popen`` of a daemon this
-    task started, else None).
+    task started, else None), ``transfer`` (``"file"``: the engine read the file;
+    ``"pixels"``: the plugin sent the pixels), ``file_refused`` (the engine's answer
+    when it could not read the file and the pixels were sent instead, else None).
     """
 
     #: A progress message for the dock (worker thread -> UI thread).
@@ -78,8 +89,13 @@ class DetectTask(QgsTask):
         self.n_features = 0
         self.table = "detections"
         self.daemon_process = None
-        #: no daemon answered (the user may need the settings to point to one).
+        #: no daemon answered, or it refused the token (the fix is in the settings).
         self.unreachable = False
+        self.transfer: Optional[str] = None
+        self.file_refused: Optional[str] = None
+        #: side of the windows the pixels are streamed in, pixels; None: the engine's
+        #: default (``protocol.wire.DEFAULT_CHUNK_PX``).
+        self.chunk_px: Optional[int] = None
 
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
@@ -88,7 +104,8 @@ class DetectTask(QgsTask):
         Returns False only when cancelled: an error is reported by the plugin in its
         own words, and QGIS's generic "Task failed" notice would push it out of sight.
         """
-        ok = run_reporting(self, self._run)
+        ok = run_reporting(self, self._run,
+                           lambda exc: describe_error(exc, settings=self.settings))
         return ok or self.error is not None
 
     def _run(self) -> bool:
@@ -100,6 +117,9 @@ class DetectTask(QgsTask):
         except DaemonUnavailable:
             self.unreachable = not self.cards  # never connected
             raise
+        except DaemonError as exc:
+            self.unreachable = exc.field == "token"
+            raise
 
     def _detect(self, client) -> bool:
         self.cards = list(client.models())
@@ -108,38 +128,22 @@ class DetectTask(QgsTask):
         if self.isCanceled():
             raise InterruptedError
         self.setProgress(5)
-        pixels = None
-        if self.plan.render is not None:
-            self.message.emit("Rendering the layer…")
-            rendered = render_pixels(self.plan.render, float(self.card["gsd_m"]),
-                                     is_cancelled=self.isCanceled)
-            if rendered.capped:
-                self.notes.append(
-                    f"The map view is too large to send at the model's "
-                    f"{self.card['gsd_m']:g} m/pixel; it was rendered at "
-                    f"{rendered.gsd_m:.2f} m/pixel ({rendered.width} x {rendered.height} "
-                    "pixels), which lowers detection quality. Zoom in for best results.")
-            params = DetectParams(pixel_source(self.plan.render, rendered), model_id,
-                                  **self.options)
-            pixels = rendered.array
-        else:
+        gsd = float(self.card["gsd_m"])
+        if self.plan.source is not None and not self.settings.is_remote():
             params = DetectParams(self.plan.source, model_id, extent=self.plan.extent,
                                   extent_crs=self.plan.extent_crs, **self.options)
-        self.setProgress(10)
-        self.message.emit(f"Detecting with {model_id}…")
-        try:
-            self.result = client.detect(
-                params, pixels=pixels, is_cancelled=self.isCanceled,
-                on_progress=progress_callback(self, 10, 85, self._show_message),
-                job_timeout_s=self.job_timeout_s)
-        except DaemonUnavailable as exc:
-            # the daemon died (or hangs) mid-job: say so, and what happens next
-            again = ("run Detect in extent again: the daemon is restarted automatically"
-                     if self.settings.can_start() else
-                     f"start the daemon again ({START_BY_HAND}), then run Detect in "
-                     "extent again")
-            raise DaemonUnavailable(f"The Ortholens daemon stopped during the detection "
-                                    f"({exc}). Nothing was saved; {again}.") from None
+            try:
+                self.result = self._run_job(client, params, start=10)
+                self.transfer = "file"
+            except DaemonError as exc:
+                if not source_unreadable(exc):
+                    raise
+                self.file_refused = str(exc)
+                self.message.emit(f"The engine cannot read the file ({exc}); sending its "
+                                  "pixels…")
+                self.result = self._detect_pixels(client, model_id, gsd)
+        else:  # a layer that is no file, or an engine on another computer
+            self.result = self._detect_pixels(client, model_id, gsd)
         if self.isCanceled():
             raise InterruptedError
         self.notes.extend(daemon_notes(self.result))
@@ -149,6 +153,59 @@ class DetectTask(QgsTask):
         self.n_features = write_result_gpkg(self.result, self.out_path, self.table)
         self.setProgress(100)
         return True
+
+    def _detect_pixels(self, client, model_id: str, gsd_m: float) -> Dict[str, Any]:
+        """Render the extent at ``gsd_m`` window by window, stream it to the engine
+        (progress 5-25 %), then detect in it (25-95 %); returns the ``result``.
+
+        Raises:
+            InputError: a file layer that cannot be rendered.
+            DaemonError, DaemonUnavailable, JobCancelled, InterruptedError: as
+                :meth:`_run_job` and ``OrtholensClient.upload``.
+        """
+        plan = self.plan.pixels_plan()
+        grid = render_grid(plan, gsd_m)
+        if grid.capped:
+            self.notes.append(
+                f"The map view is too large to send at the model's {gsd_m:g} m/pixel; it "
+                f"was rendered at {grid.pixel_size:.2f} m/pixel ({grid.width} x "
+                f"{grid.height} pixels), which lowers detection quality. Zoom in for best "
+                "results.")
+        self.message.emit(f"Sending the pixels ({grid.width} x {grid.height})…")
+        spec = dataclasses.replace(upload_spec(plan, grid), chunk_px=self.chunk_px)
+        source = client.upload(
+            spec,
+            lambda row, col, rows, cols: render_window(plan, grid, row, col, rows, cols,
+                                                       self.isCanceled),
+            on_progress=progress_callback(self, 5, 20, self._show_message),
+            is_cancelled=self.isCanceled)
+        self.transfer = "pixels"
+        params = DetectParams(source, model_id, **self.options)
+        return self._run_job(client, params, start=25)
+
+    def _run_job(self, client, params: DetectParams, start: float) -> Dict[str, Any]:
+        """Run the detection ``params`` (progress ``start``-95 %); returns its result.
+
+        Raises:
+            DaemonUnavailable: the daemon died or hangs mid-job (the message says what
+                to do next).
+            DaemonError, JobCancelled: as ``OrtholensClient.detect``.
+        """
+        self.setProgress(start)
+        self.message.emit(f"Detecting with {params.model}…")
+        try:
+            return client.detect(
+                params, is_cancelled=self.isCanceled,
+                on_progress=progress_callback(self, start, 95 - start, self._show_message),
+                job_timeout_s=self.job_timeout_s)
+        except DaemonUnavailable as exc:
+            # the daemon died (or hangs) mid-job: say so, and what happens next
+            again = ("run Detect in extent again: the daemon is restarted automatically"
+                     if self.settings.can_start() and not self.settings.is_remote() else
+                     f"start the daemon again ({START_BY_HAND}), then run Detect in "
+                     "extent again")
+            raise DaemonUnavailable(f"The Ortholens daemon stopped during the detection "
+                                    f"({exc}). Nothing was saved; {again}.") from None
 
     def _show_message(self, message: Any) -> None:
         if message:

@@ -206,3 +206,53 @@ def test_argb_blocks_decode_to_rgb():
     assert rgb.shape == (3, 3, 5) and rgb.dtype == np.uint8
     assert rgb[:, 0, 0].tolist() == [10, 200, 30]
     assert rgb[:, 2, 4].tolist() == [250, 5, 128]
+
+
+@pytest.mark.parametrize("gsd", [0.1, 0.3, 0.47])
+def test_windows_rendered_side_by_side_equal_the_whole_render(vienna_layer, gsd):
+    """What is streamed window by window is the image a whole render gives: pixel for
+    pixel on the file's own grid (0.3 m) and finer (0.1 m); coarser (0.47 m) GDAL's
+    nearest-neighbour downsampling picks its source pixels per window, so a few pixels
+    come from a neighbouring source pixel (far below what a window shifted by one
+    pixel would change)."""
+    from plugin.detect.render import render_grid, render_window, upload_spec
+
+    ext = QgsRectangle(-1600.0, 338400.0, -1530.3, 338451.1)
+    plan = prepare_detect(vienna_layer, ext, GK_EAST).fallback  # a file layer's pixels
+    assert plan is not None
+    whole = render_pixels(plan, gsd)
+    grid = render_grid(plan, gsd)
+    assert (grid.height, grid.width) == whole.array.shape[1:]
+    assert grid.transform == whole.transform
+    parts = np.zeros_like(whole.array)
+    for row, col, rows, cols in protocol.chunk_windows(grid.width, grid.height, 128):
+        parts[:, row:row + rows, col:col + cols] = render_window(plan, grid, row, col,
+                                                                 rows, cols)
+    if gsd <= 0.3:
+        assert np.array_equal(parts, whole.array)
+    else:
+        a, b = parts.astype(int), whole.array.astype(int)
+        shifted = np.abs(b[:, :, 1:] - b[:, :, :-1]).mean()
+        assert np.abs(a - b).mean() < 0.15 * shifted, (np.abs(a - b).mean(), shifted)
+    spec = upload_spec(plan, grid)
+    assert (spec.width, spec.height, spec.count, spec.dtype) == (grid.width, grid.height,
+                                                                 3, "uint8")
+    protocol.validate_request(spec.to_header())
+
+
+def test_a_file_layer_keeps_a_pixel_fallback_unless_it_cannot_be_rendered(
+        vienna_layer, tmp_path):
+    plan = prepare_detect(vienna_layer, vienna_layer.extent(), GK_EAST)
+    assert plan.source is not None and plan.render is None
+    assert plan.pixels_plan() is plan.fallback and plan.fallback.mode == "rgb"
+    from osgeo import gdal
+    path = tmp_path / "u16.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, 3, gdal.GDT_UInt16)
+    ds.SetGeoTransform((1000.0, 0.5, 0.0, 2000.0, 0.0, -0.5))
+    ds.SetProjection(vienna_layer.crs().toWkt())
+    ds = None
+    rl = QgsRasterLayer(str(path), "u16", "gdal")
+    plan = prepare_detect(rl, rl.extent(), rl.crs())
+    assert plan.source is not None and plan.fallback is None
+    with pytest.raises(protocol.InputError, match="8-bit RGB"):
+        plan.pixels_plan()
