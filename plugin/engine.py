@@ -164,10 +164,11 @@ def describe_error(exc: BaseException, action: str = "run the detection",
             (:func:`token_refused`).
     """
     if source_unreadable(exc):
+        dock = (", or use Detect in extent in the Ortholens dock, which sends the pixels "
+                "of the map view" if action == "run the detection" else "")
         return (f"The daemon could not {action}: it cannot read the raster file ({exc}). "
-                "It reads files on its own computer below its ORTHOLENS_ROOTS: put the "
-                "raster there, or use Detect in extent in the Ortholens dock, which "
-                "sends the pixels of the map view.")
+                f"It reads files on its own computer below its ORTHOLENS_ROOTS: put the "
+                f"raster there{dock}.")
     if isinstance(exc, DaemonError) and exc.field == "token":
         return token_refused(settings) if settings is not None else (
             f"The Ortholens engine refused the request ({exc}): give the engine's token "

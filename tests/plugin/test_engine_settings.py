@@ -142,6 +142,7 @@ def test_a_file_the_engine_cannot_read_is_explained():
     assert source_unreadable(outside)
     text = describe_error(outside)
     assert "ORTHOLENS_ROOTS" in text and "Detect in extent" in text
+    assert "Detect in extent" not in describe_error(outside, "retrain")
     assert source_unreadable(DaemonError("raster file not found on the engine's computer",
                                          "not_found", "job1", field="source"))
     assert not source_unreadable(DaemonError("no model 'x'", "not_found", "job1"))
