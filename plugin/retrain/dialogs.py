@@ -223,16 +223,20 @@ def result_notes(report: Dict[str, Any]) -> List[str]:
     if isinstance(t.get("seconds"), (int, float)) and isinstance(budget, (int, float)):
         within = t.get("within_budget", t["seconds"] <= budget)
         of = "of the" if within else "— over the"
+        advice = "" if within else "; give a larger budget or review a smaller area"
         notes.append(f"Took {t['seconds']:.0f} s {of} {budget:.0f} s budget "
                      f"({t.get('training_s') or train.get('seconds') or 0:.0f} s "
-                     f"training{steps}).")
+                     f"training{steps}){advice}.")
     elif isinstance(train.get("seconds"), (int, float)):
         notes.append(f"Trained {train['seconds']:.0f} s{steps}.")
     found = _found(report.get("corrections") or {})
     if found:
         notes.append(found)
-    for w in (report.get("warnings") or [])[:3]:
-        notes.append(str(w)[:1].upper() + str(w)[1:] + ("" if str(w).endswith(".") else "."))
+    timed = any(n.startswith("Took ") for n in notes)
+    warnings = [str(w) for w in report.get("warnings") or []
+                if not (timed and "budget" in str(w))]  # the time note says it already
+    for w in warnings[:3]:
+        notes.append(w[:1].upper() + w[1:] + ("" if w.endswith(".") else "."))
     return notes
 
 

@@ -355,7 +355,7 @@ def test_result_window_says_why_once_then_the_table():
     assert [r[1] for r in held] == ["object errors", "false polygons"]
     assert ("held-out part of your corrections", "object errors", "0", "8") in held
     assert ("reference tiles (pv01 validation)", "pixel IoU", "0.773", "0.779") in rows
-    assert "Took 126 s — over the 60 s budget (66 s training, 40 steps)." in text
+    assert "Took 126 s — over the 60 s budget (66 s training, 40 steps); give a larger budget or review a smaller area." in text
     assert "delete 1 object, add 1 and reclassify 0" in text
     # compact: no scrolling widget, the whole text fits a modest window
     assert not dlg.findChildren(QAbstractScrollArea)
