@@ -72,7 +72,8 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
                 "Raster: the raster file the polygons were drawn on.\n"
                 "Reviewed extent: where the polygons are the whole truth (default: the "
                 "raster's extent).\n"
-                "Training budget (min): the longest training time.\n"
+                "Time budget (min): the whole retrain (reading the corrections, "
+                "training, the gate).\n"
                 "Invalid geometries: repair them (with a warning) or refuse the run.\n"
                 "Activate if accepted: the new version becomes the active one of its "
                 "lineage, which the Ortholens dock selects for the next detection.\n\n"
@@ -92,8 +93,9 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
             "Where the polygons are the whole truth. Default: the raster's extent."))
         self.addParameter(model_parameter(self.MODEL))
         self.addParameter(with_help(QgsProcessingParameterNumber(
-            self.BUDGET, "Training budget (min)", QgsProcessingParameterNumber.Double,
-            defaultValue=2.0, minValue=0.1, maxValue=600.0), "The longest training time."))
+            self.BUDGET, "Time budget (min)", QgsProcessingParameterNumber.Double,
+            defaultValue=2.0, minValue=0.1, maxValue=600.0),
+            "The whole retrain: reading the corrections, training and the gate."))
         self.addParameter(QgsProcessingParameterEnum(
             self.INVALID_GEOM, "Invalid geometries",
             options=["Repair (make valid) with a warning", "Refuse"], defaultValue=0))
