@@ -199,9 +199,77 @@ def train(args) -> int:
 
 
 
+#: What the engine wheel carries of each model folder (models/<id>/): the card, its
+#: Markdown, the fp16 weights (retraining) and the ONNX graph (detection without PyTorch).
+MODEL_FILES = ("card.json", "MODEL_CARD.md", "weights.safetensors", "model.onnx")
+
+
+def build_wheel(dest: Path) -> Path:
+    """Build the engine wheel (``pyproject.toml``: backend, protocol, the shipped models)
+    into ``dest`` and return its path.
+
+    The sources are staged in a temporary folder first, so the build leaves nothing in
+    the checkout; the build runs in ``.venv/backend`` (pip and setuptools, offline).
+
+    Raises:
+        SystemExit: a model has no ``model.onnx`` (``build.py setup`` exports them), or
+            pip fails.
+    """
+    import json
+    import shutil
+    import tempfile
+    missing = [str(d / "model.onnx") for d in sorted((REPO / "models").iterdir())
+               if (d / "card.json").is_file()
+               and json.loads((d / "card.json").read_text()).get("kind") != "ensemble"
+               and not (d / "model.onnx").is_file()]
+    if missing:
+        sys.exit("[build] no ONNX file (python3 build.py setup exports them): "
+                 + ", ".join(missing))
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("ortholens_engine-*.whl"):
+        old.unlink()
+    no_cache = shutil.ignore_patterns("__pycache__", "*.pyc")
+    with tempfile.TemporaryDirectory(prefix="ortholens-wheel-") as tmp:
+        stage = Path(tmp) / "src"
+        stage.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy2(REPO / name, stage / name)
+        for pkg in ("backend", "protocol"):
+            shutil.copytree(REPO / pkg, stage / pkg, ignore=no_cache)
+        (stage / "models").mkdir()
+        shutil.copy2(REPO / "models" / "defaults.json", stage / "models" / "defaults.json")
+        for d in sorted((REPO / "models").iterdir()):
+            if (d / "card.json").is_file():
+                (stage / "models" / d.name).mkdir()
+                for name in MODEL_FILES:
+                    if (d / name).is_file():
+                        shutil.copy2(d / name, stage / "models" / d.name / name)
+        run([VENV_BACKEND / "bin" / "python", "-m", "pip", "wheel", "-q", "--no-deps",
+             "--no-build-isolation", "--disable-pip-version-check", "-w", dest, stage])
+    wheels = sorted(dest.glob("ortholens_engine-*.whl"))
+    if len(wheels) != 1:
+        sys.exit(f"[build] expected one engine wheel in {dest}, found {wheels}")
+    return wheels[0]
+
+
 def package(args) -> int:
-    OUT.mkdir(exist_ok=True)
-    target = OUT / "ortholens.zip"
+    """``build.py package [--out DIR]``: the engine wheel, then the plugin zip
+    ``DIR/ortholens.zip`` (default ``out/``) holding the plugin, the shared protocol
+    (``ortholens/ext/protocol``), metadata, icon, README, LICENSE, CHANGELOG and the
+    wheel (``ortholens/engine/``), from which *Set up the engine…* installs the engine.
+    Runs ``setup`` first when the backend environment or an ONNX file is missing."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="build.py package")
+    ap.add_argument("--out", default=str(OUT), help="folder of the zip (default out/)")
+    a = ap.parse_args(args)
+    out = Path(a.out).resolve()
+    if not (VENV_BACKEND / "bin" / "python").exists() or not all(
+            (d / "model.onnx").is_file() for d in (REPO / "models").iterdir()
+            if (d / "weights.safetensors").is_file()):
+        setup()
+    out.mkdir(parents=True, exist_ok=True)
+    wheel = build_wheel(out / "engine")
+    target = out / "ortholens.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
         for p in sorted((REPO / "plugin").rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts:
@@ -215,8 +283,13 @@ def package(args) -> int:
         for p in sorted((REPO / "resources").rglob("*")):
             if p.is_file():
                 z.write(p, Path("ortholens") / "resources" / p.relative_to(REPO / "resources"))
-        z.write(REPO / "README.md", "ortholens/README.md")
-    log(f"wrote {target}")
+        for name in ("README.md", "LICENSE", "CHANGELOG.md"):
+            z.write(REPO / name, f"ortholens/{name}")
+        # already compressed: stored as it is
+        z.write(wheel, f"ortholens/engine/{wheel.name}", compress_type=zipfile.ZIP_STORED)
+    mib = 1 << 20
+    log(f"wrote {wheel} ({wheel.stat().st_size / mib:.1f} MiB)")
+    log(f"wrote {target} ({target.stat().st_size / mib:.1f} MiB)")
     return 0
 
 
@@ -251,7 +324,8 @@ TASKS = {
                          "(out/peakram.json)"),
     "load": (tool(VENV_BACKEND, "-m", "tools.loadtest"), "load test: 100 detections from 5 concurrent clients; p50/p99 latency "
                    "(out/load.json)"),
-    "package": (package, "the installable plugin zip, out/ortholens.zip"),
+    "package": (package, "the engine wheel and the installable plugin zip that carries it, "
+                         "out/ortholens.zip [--out DIR]"),
     "imports": (imports, "check the import rules (layers, no cycles, no qgis in the "
                          "backend, no backend in the plugin)"),
     "mutants": (tool(VENV_BACKEND, "-m", "tools.mutants"), "mutation testing (mutmut) of "
