@@ -39,8 +39,9 @@ NOT_RUNNING = "Daemon not running — it will be started on first use."
 #: The status line while the plugin starts the daemon to list its models.
 STARTING = "Starting the daemon to list its models…"
 #: The status line when no daemon answers and none can be started.
-NOT_SET_UP = ("No detection engine is set up: press Settings… to give the engine's "
-              "folder and Python, or its address.")
+NOT_SET_UP = ("No detection engine is set up: press 'Set up the engine…' to install "
+              "it (a few minutes, once), or Settings… to give the address of a running "
+              "engine.")
 
 _LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
                  Qgis.Warning: "#9a6700", Qgis.Critical: "#b71c1c"}
@@ -189,6 +190,8 @@ class OrtholensDock(QDockWidget):
     rollbackRequested = pyqtSignal(str)
     #: Settings… was pressed.
     settingsRequested = pyqtSignal()
+    #: Set up the engine… was pressed.
+    setupRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__("Ortholens", parent)
@@ -212,10 +215,17 @@ class OrtholensDock(QDockWidget):
         self.settings_button.setToolTip("Engine location or address, token, results "
                                         "folder (also in Settings > Options > Ortholens)")
         self.settings_button.clicked.connect(self.settingsRequested)
+        self.setup_button = QPushButton("Set up the engine…", body)
+        self.setup_button.setObjectName("ortholensSetupButton")
+        self.setup_button.setToolTip("Install the detection engine the plugin carries into "
+                                     "a virtual environment of its own, or repair or "
+                                     "remove it")
+        self.setup_button.clicked.connect(self.setupRequested)
         row.addWidget(self.status_label, 1)
         buttons = QVBoxLayout()
         buttons.addWidget(self.refresh_button)
         buttons.addWidget(self.settings_button)
+        buttons.addWidget(self.setup_button)
         row.addLayout(buttons)
         outer.addLayout(row)
 

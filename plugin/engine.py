@@ -23,7 +23,7 @@ from protocol.errors import (
 from .settings import TOKEN_FROM_ENV, DaemonSettings
 
 #: The command that starts the daemon by hand, for messages.
-START_BY_HAND = "'python -m backend' in the Ortholens folder"
+START_BY_HAND = "'ortholens-daemon' (or 'python -m backend') in the engine's environment"
 
 
 def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: float = 5.0):
@@ -50,7 +50,7 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
 
     try:
         if start and settings.can_start():
-            return ensure_daemon(settings.endpoint, settings.python, settings.repo,
+            return ensure_daemon(settings.endpoint, settings.python, settings.cwd(),
                                  token=settings.token, timeout_s=timeout_s)
         try:
             host, port = parse_endpoint(settings.endpoint)
@@ -127,8 +127,8 @@ def pick_card(cards: List[Dict[str, Any]], model_id: Optional[str]) -> Dict[str,
         ModelNotFound: no models, or no card with that id (the message lists the ids).
     """
     if not cards:
-        raise ModelNotFound("The daemon has no models installed: run 'build.py setup' (or "
-                            "train/export a model) and restart the daemon.")
+        raise ModelNotFound("The engine has no models installed: repair it with 'Set up "
+                            "the engine…' in the Ortholens panel, then restart it.")
     if model_id is None:
         return default_card(cards)
     for c in cards:

@@ -91,6 +91,7 @@ class OrtholensPlugin:
         self.dock.cancelRequested.connect(self.cancel)
         self.dock.refreshRequested.connect(lambda: self.refresh_status(start=True))
         self.dock.settingsRequested.connect(self.open_settings)
+        self.dock.setupRequested.connect(self.open_setup)
         self.dock.visibilityChanged.connect(self._dock_visibility)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
@@ -99,6 +100,9 @@ class OrtholensPlugin:
         self.iface.registerOptionsWidgetFactory(self.options_factory)
         from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
+        from .install.zmqcheck import zmq_available
+        if not zmq_available():  # say so now, not at the first click
+            self.warn_pyzmq()
         # the dock opens with QGIS: start the daemon (when allowed) so that its default
         # model and that model's values are shown before the first detection
         QTimer.singleShot(0, lambda: self.refresh_status(start=autostart()))
@@ -126,6 +130,13 @@ class OrtholensPlugin:
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None
+        setup, self.setup_dialog = getattr(self, "setup_dialog", None), None
+        if setup is not None:  # a running setup stops with its pip command
+            if setup.task is not None:
+                setup.task.on_done = None
+                setup.task.cancel()
+            setup.close()
+            setup.deleteLater()
         if self.dock is not None:
             self.iface.removePluginRasterMenu(MENU, self.dock.toggleViewAction())
             self.iface.removeDockWidget(self.dock)
@@ -166,6 +177,79 @@ class OrtholensPlugin:
         self.settings_dialog = dlg
         return dlg
 
+    def open_setup(self):
+        """Open the *Set up the detection engine* dialog (not modal; a running setup
+        goes on when it is closed, and this shows it again). When the engine was
+        installed, repaired or removed, its status is asked again (and it is started
+        when allowed).
+
+        Returns:
+            The :class:`~.install.dialog.EngineSetupDialog` shown.
+        """
+        dlg = getattr(self, "setup_dialog", None)
+        if dlg is None:
+            from .install.dialog import EngineSetupDialog
+            dlg = EngineSetupDialog(self.iface.mainWindow(),
+                                    before_change=self.stop_started_daemon)
+            dlg.engineChanged.connect(lambda: self.refresh_status(start=autostart()))
+            self.setup_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+        dlg.activateWindow()
+        return dlg
+
+    def warn_pyzmq(self) -> None:
+        """pyzmq is missing from QGIS's Python: say so with the command that fixes it
+        and an *Install pyzmq…* button (pip into the user's site-packages, after
+        asking)."""
+        from .install.zmqcheck import missing_message
+        text = missing_message()
+        if self.dock is not None:
+            self.dock.set_status(text)
+        bar = self.iface.messageBar()
+        item = bar.createMessage("Ortholens", text)
+        button = QPushButton("Install pyzmq…", item)
+        button.setObjectName("ortholensInstallPyzmq")
+        button.clicked.connect(self.install_pyzmq)
+        item.layout().addWidget(button)
+        bar.pushWidget(item, Qgis.Warning, 0)
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+
+    def install_pyzmq(self, confirm: bool = True) -> bool:
+        """Install pyzmq into the user's site-packages with QGIS's Python's pip, after
+        the user agreed to the command shown; on success the engine's status is asked
+        again (no restart needed).
+
+        Args:
+            confirm: ask first (tests pass False).
+
+        Returns:
+            True when ``import zmq`` works afterwards.
+        """
+        from qgis.PyQt.QtWidgets import QApplication, QMessageBox
+
+        from .install.plan import shell_command
+        from .install.zmqcheck import install_command, install_pyzmq, user_site
+        cmd = shell_command(install_command())
+        if confirm and QMessageBox.question(
+                self.iface.mainWindow(), "Install pyzmq",
+                f"Install pyzmq into your user site-packages ({user_site()}) with pip?\n\n"
+                f"It runs:\n{cmd}") != QMessageBox.Yes:
+            return False
+        QApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            ok, text = install_pyzmq()
+        finally:
+            QApplication.restoreOverrideCursor()
+        if ok:
+            self.notify("pyzmq is installed: Ortholens can talk to its engine now.",
+                        Qgis.Success)
+            self.refresh_status(start=autostart())
+        else:
+            self.notify(f"pyzmq could not be installed ({text[-600:]}). Install it "
+                        f"yourself with: {cmd}", Qgis.Critical)
+        return ok
+
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if
         none are known yet."""
@@ -200,6 +284,10 @@ class OrtholensPlugin:
             button.setObjectName("ortholensMessageSettings")
             button.clicked.connect(self.open_settings)
             item.layout().addWidget(button)
+            setup = QPushButton("Set up the engine…", item)
+            setup.setObjectName("ortholensMessageSetup")
+            setup.clicked.connect(self.open_setup)
+            item.layout().addWidget(setup)
             bar.pushWidget(item, level, keep)
         else:
             bar.pushMessage("Ortholens", text, level=level, duration=keep)

@@ -10,6 +10,8 @@ key under ``ortholens/``), then a default:
   ``backend/`` (a development checkout);
 * daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.client``) or
   ``ORTHOLENS_PYTHON`` / ``ortholens/python``, default ``<repo>/.venv/backend/bin/python``
+  in a checkout; without a repository, the engine *Set up the engine…* installed
+  (``<engine folder>/venv/bin/python``, see :mod:`.install.locate`);
   (``Scripts/python.exe`` on Windows);
 * token: ``ORTHOLENS_TOKEN``, else the QGIS authentication database (the auth config
   whose id ``ortholens/token_authcfg`` holds, see :func:`stored_token`; never plain
@@ -290,16 +292,34 @@ class DaemonSettings:
         return installed_version(self.python)
 
     def can_start(self) -> bool:
-        """True when both the interpreter and the backend folder exist on disk."""
-        return bool(self.python and Path(self.python).is_file()
-                    and self.repo and (Path(self.repo) / "backend").is_dir())
+        """True when the interpreter exists and either the backend folder exists on disk
+        (a checkout) or the engine package is installed in the interpreter's
+        environment."""
+        if not (self.python and Path(self.python).is_file()):
+            return False
+        return bool(self.repo and (Path(self.repo) / "backend").is_dir()
+                    or self.installed_engine())
+
+    def cwd(self) -> Optional[str]:
+        """The engine's working directory: the repository when it holds ``backend/``,
+        else the engine folder above the interpreter's environment (``<venv>/..``)."""
+        if self.repo and (Path(self.repo) / "backend").is_dir():
+            return self.repo
+        if self.python:
+            return str(Path(self.python).absolute().parent.parent.parent)
+        return None
 
     def start_hint(self) -> str:
         """One sentence saying why the daemon cannot be started, for user messages."""
-        if not self.repo or not (Path(self.repo) / "backend").is_dir():
-            return ("no detection engine is set up: in Ortholens Settings… give the "
-                    "engine's folder (it holds backend/) and its Python, or the address "
-                    "of a running engine")
+        has_repo = bool(self.repo and (Path(self.repo) / "backend").is_dir())
+        if not has_repo and not self.installed_engine():
+            if self.python and Path(self.python).is_file():
+                return (f"the engine's Python {self.python} has no Ortholens engine "
+                        "installed: press 'Set up the engine…' in the Ortholens panel to "
+                        "install or repair it")
+            return ("no detection engine is set up: press 'Set up the engine…' in the "
+                    "Ortholens panel to install one, or give the address of a running "
+                    "engine in Settings…")
         if not self.python or not Path(self.python).is_file():
             return (f"the engine's Python {self.python or '(unset)'} does not exist: "
                     "give the engine's Python in Ortholens Settings…")
@@ -314,6 +334,9 @@ def daemon_settings() -> DaemonSettings:
         repo = str(PLUGIN_DIR.parent)
     python = (os.environ.get("ORTHOLENS_BACKEND_PYTHON") or os.environ.get("ORTHOLENS_PYTHON")
               or _setting("python"))
+    if not python and not repo:  # an engine installed by 'Set up the engine…'
+        from .install.locate import installed_python
+        python = installed_python()
     if not python and repo:
         sub = ("Scripts", "python.exe") if sys.platform == "win32" else ("bin", "python")
         python = str(Path(repo, ".venv", "backend", *sub))

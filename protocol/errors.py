@@ -38,6 +38,7 @@ ERROR_CODES = (E_BAD_REQUEST, E_VERSION, E_UNKNOWN_TYPE, E_NOT_FOUND, E_INVALID_
 # Codes of what happens on the caller's side; never sent as an ``error`` reply.
 E_CANCELLED = "cancelled"              # the job was cancelled (a ``cancelled`` reply)
 E_UNAVAILABLE = "unavailable"          # no daemon answered in time
+E_SETUP = "setup_failed"               # the plugin could not install its engine
 
 
 class OrtholensError(Exception):
@@ -153,8 +154,31 @@ class ResultLayerError(OrtholensError):
     default_code = E_INVALID_INPUT
 
 
+class EngineSetupError(OrtholensError):
+    """The plugin could not install, repair or check its engine (``setup_failed``).
+
+    Args:
+        message: what failed, a sentence or two a user can act on.
+        code: default ``setup_failed``.
+        package: the package pip could not install (e.g. ``onnxruntime==1.32.0``), when
+            known.
+        command: the command that failed, as the user would type it to retry.
+        log_path: the setup's full log.
+    """
+
+    default_code = E_SETUP
+
+    def __init__(self, message: str, code: Optional[str] = None, *,
+                 package: Optional[str] = None, command: Optional[str] = None,
+                 log_path: Optional[str] = None):
+        super().__init__(message, code)
+        self.package = package
+        self.command = command
+        self.log_path = log_path
+
+
 __all__ = ["E_BAD_REQUEST", "E_VERSION", "E_UNKNOWN_TYPE", "E_NOT_FOUND",
            "E_INVALID_INPUT", "E_FORBIDDEN", "E_BUSY", "E_INTERNAL", "ERROR_CODES",
-           "E_CANCELLED", "E_UNAVAILABLE", "OrtholensError", "ProtocolError", "InputError",
+           "E_CANCELLED", "E_UNAVAILABLE", "E_SETUP", "OrtholensError", "ProtocolError", "InputError",
            "CorrectionsError", "ModelNotFound", "ModelCorrupt", "VersionError", "JobError",
-           "JobCancelled", "DaemonUnavailable", "DaemonError", "ResultLayerError"]
+           "JobCancelled", "DaemonUnavailable", "DaemonError", "ResultLayerError", "EngineSetupError"]

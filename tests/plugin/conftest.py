@@ -28,6 +28,9 @@ if not os.environ.get("XDG_RUNTIME_DIR"):
 os.environ.setdefault("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
 # ... nor start one when the dock opens (the tests of that start it on their own port).
 os.environ.setdefault("ORTHOLENS_AUTOSTART", "0")
+# ... nor find an engine 'Set up the engine…' installed for the user running the tests.
+os.environ.setdefault("ORTHOLENS_ENGINE_DIR", str(Path(tempfile.gettempdir())
+                                                  / f"ortholens-no-engine-{os.getuid()}"))
 
 
 def data_dir() -> Path:

@@ -14,7 +14,7 @@ CLASSES = [c for _, c in inspect.getmembers(E, inspect.isclass)
 
 def test_every_error_is_an_ortholens_error_with_a_known_default_code():
     assert len(CLASSES) >= 12
-    codes = set(E.ERROR_CODES) | {E.E_CANCELLED, E.E_UNAVAILABLE}
+    codes = set(E.ERROR_CODES) | {E.E_CANCELLED, E.E_UNAVAILABLE, E.E_SETUP}
     for cls in CLASSES:
         exc = cls("a sentence for the user")
         assert str(exc) == exc.message == "a sentence for the user", cls
@@ -36,6 +36,10 @@ def test_default_codes_say_what_went_wrong():
     assert E.JobCancelled().code == E.E_CANCELLED
     assert E.DaemonUnavailable("x").code == E.E_UNAVAILABLE
     assert E.JobError("x").code == E.E_INTERNAL
+    err = E.EngineSetupError("pip failed", package="onnxruntime==1.32.0",
+                             command="python -m pip install x", log_path="/tmp/setup.log")
+    assert err.code == E.E_SETUP and err.package == "onnxruntime==1.32.0"
+    assert err.command == "python -m pip install x" and err.log_path == "/tmp/setup.log"
 
 
 def test_errors_keep_the_builtin_bases_callers_catch():
