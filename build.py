@@ -318,6 +318,10 @@ TASKS = {
     "walkthrough": (tool(VENV_QGIS, "tools/walkthrough.py"), "the analyst's path in the QGIS desktop "
                     "under Xvfb (open, detect, edit, retrain, Processing, bad input), one PNG "
                     "per step (out/walkthrough/)"),
+    "install-shots": (tool(VENV_QGIS, "tools/install_shots.py"), "a QGIS user's install "
+                      "from the plugin zip alone under Xvfb: no engine, the setup dialog "
+                      "installing, the dock after it, a detection (out/install/*.png), "
+                      "with zip size, setup time and disk used (out/install/install.json)"),
     "bench": (tool(VENV_BACKEND, "-m", "tools.bench"), "model-only vs end-to-end throughput, screen-extent latency through "
                      "the client, peak RAM (out/bench.json)"),
     "peakram": (tool(VENV_BACKEND, "-m", "tools.peakram"), "daemon peak RAM of a batch job, small vs 100x larger extent "

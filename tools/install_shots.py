@@ -1,0 +1,401 @@
+"""A QGIS user's install from the plugin zip alone, in the QGIS desktop under Xvfb: one
+screenshot per step and the measured figures (a script, not a test: ``build.py
+install-shots``).
+
+Launcher (run from the repository root)::
+
+    python3 tools/install_shots.py [--zip ZIP] [--raster RASTER] [--out DIR]
+                                   [--timeout 1500] [--keep]
+
+``--zip`` defaults to a fresh ``build.py package`` into the temporary folder; ``--raster``
+to the pv01 held-out tile ``PV01_325228_1203845.tif`` (``<data>/pv01/heldout``, ``<data>``
+= ``backend.config.data_dir``); ``--out`` to ``out/install``. It extracts the zip into a
+fresh QGIS profile's ``python/plugins`` (as *Install from ZIP* does) with the plugin
+enabled, gives QGIS a temporary user data folder (``XDG_DATA_HOME``: the engine goes to
+``<tmp>/data/ortholens/engine``) and no repository (no ``ORTHOLENS_REPO``), and drives
+QGIS with a ``QTimer``:
+
+==  ======================  ==============================================================
+01  ``01-no-engine.png``    QGIS with the held-out tile: the dock says no engine is set up
+                            and offers *Set up the engine…*
+02  ``02-installing.png``   the setup dialog while pip installs (the CPU path: no PyTorch)
+03  ``03-installed.png``    the dialog after the self-test
+04  ``04-dock.png``         the dock after the setup: engine version, device, models
+05  ``05-detect.png``       *Detect in extent* on the tile with the installed engine
+==  ======================  ==============================================================
+
+``DIR/install.json`` holds each step (``name``, ``png``, ``ok``, ``note``, ``seconds``) and
+the measurements: the zip's and the wheel's size, the setup's time (environment, pip,
+self-test: the task's wall time), the disk the engine's environment uses (the sum of its
+files' allocated blocks, as ``du``), the packages pip installed, the self-test's
+report. The exit status is 0 when every step is ok.
+
+Requirements: ``qgis`` (Debian 3.22), ``xvfb-run`` (xvfb + xauth), a Python >= 3.10 with
+``venv``, and pip's package index (or its configured mirror).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Dict
+
+SCREEN = "1440x900x24"
+WIDTH, HEIGHT = 1440, 900
+#: Step names, in order (the PNG of step i is ``f"{i:02d}-{name}.png"``).
+STEPS = ["no-engine", "installing", "installed", "dock", "detect"]
+
+
+# =============================================================================== launcher
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes ``path`` takes on disk: the sum of its files' allocated blocks (``du``)."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+def run_install_shots(zip_path: str, raster: str, out_dir: str,
+                      timeout_s: float = 1500.0, keep: bool = False) -> Dict[str, Any]:
+    """Install the plugin zip into a fresh profile, set up its engine through the
+    plugin under Xvfb, and save the screenshots and ``install.json``.
+
+    Args:
+        zip_path: the plugin zip (``build.py package``'s ``ortholens.zip``).
+        raster: the orthophoto to detect on.
+        out_dir: folder of the PNGs and ``install.json`` (created; old PNGs removed).
+        timeout_s: kill QGIS after this many seconds.
+        keep: keep the temporary folder (profile, engine).
+
+    Returns:
+        ``{"ok", "steps", "measured", "returncode", "wall_seconds", "log_tail"}``.
+
+    Raises:
+        FileNotFoundError: the zip, the raster, ``qgis`` or ``xvfb-run`` is missing.
+    """
+    from tools.screenshot import qgis_child_env, write_profile
+
+    zip_p, raster_p = Path(zip_path).resolve(), Path(raster).resolve()
+    for p in (zip_p, raster_p):
+        if not p.is_file():
+            raise FileNotFoundError(f"not found: {p}")
+    for exe in ("qgis", "xvfb-run"):
+        if shutil.which(exe) is None:
+            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("*.png")) + [out / "install.json"]:
+        if old.exists():
+            old.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix="ortholens-install-"))
+    try:
+        profiles = tmp / "profiles"
+        write_profile(profiles)
+        plugins = profiles / "profiles" / "default" / "python" / "plugins"
+        plugins.mkdir(parents=True)
+        with zipfile.ZipFile(zip_p) as z:
+            z.extractall(plugins)
+        wheel = next((plugins / "ortholens" / "engine").glob("*.whl"))
+        xdg = tmp / "xdg"
+        xdg.mkdir(mode=0o700)
+        env = qgis_child_env()
+        for var in ("QT_QPA_PLATFORM", "ORTHOLENS_REPO", "ORTHOLENS_PYTHON",
+                    "ORTHOLENS_BACKEND_PYTHON", "ORTHOLENS_MODELS", "ORTHOLENS_ENGINE_DIR",
+                    "QGIS_PLUGINPATH"):
+            env.pop(var, None)
+        env.update({
+            "ORTHOLENS_INSTALL_INSIDE": "1",
+            "ORTHOLENS_RASTER": str(raster_p),
+            "ORTHOLENS_INSTALL_OUT": str(out),
+            "ORTHOLENS_INSTALL_TIMEOUT": str(max(60.0, timeout_s - 60.0)),
+            "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{_free_port()}",
+            "ORTHOLENS_AUTOSTART": "1",
+            "ORTHOLENS_RESULTS": str(tmp / "results"),
+            "XDG_DATA_HOME": str(tmp / "data"),
+            "XDG_RUNTIME_DIR": str(xdg),
+        })
+        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", "qgis", "--nologo",
+               "--noversioncheck", "--profiles-path", str(profiles),
+               "--code", str(Path(__file__).resolve())]
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=timeout_s)
+            rc, log = proc.returncode, proc.stdout.decode("utf-8", "replace")
+        except subprocess.TimeoutExpired as exc:
+            rc, log = 124, (exc.stdout or b"").decode("utf-8", "replace")
+        summary = out / "install.json"
+        try:
+            info = json.loads(summary.read_text("utf-8"))
+        except (OSError, ValueError):
+            info = {"steps": []}
+        venv = tmp / "data" / "ortholens" / "engine" / "venv"
+        mib = 1 << 20
+        measured = dict(info.get("measured") or {})
+        measured.update({
+            "zip_bytes": zip_p.stat().st_size,
+            "zip_mib": round(zip_p.stat().st_size / mib, 1),
+            "wheel_bytes": wheel.stat().st_size,
+            "wheel_mib": round(wheel.stat().st_size / mib, 1),
+            "engine_disk_bytes": disk_usage(venv) if venv.is_dir() else None,
+            "engine_disk_mib": round(disk_usage(venv) / mib) if venv.is_dir() else None,
+        })
+        info["measured"] = measured
+        steps = info.get("steps", [])
+        info["ok"] = len(steps) == len(STEPS) and all(s["ok"] for s in steps)
+        info["returncode"] = rc
+        info["wall_seconds"] = round(time.monotonic() - t0, 1)
+        info["log_tail"] = log[-3000:]
+        summary.write_text(json.dumps(info, indent=2), encoding="utf-8")
+        return info
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    """The launcher's command line (see the module docstring); the exit status."""
+    repo = _repo()
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from backend.config import data_dir
+
+    ap = argparse.ArgumentParser(description="Install from the plugin zip in QGIS, "
+                                             "screenshots and figures")
+    ap.add_argument("--zip", default=None, help="plugin zip (default: build.py package "
+                                                "into the temporary folder)")
+    ap.add_argument("--raster", default=str(data_dir() / "pv01" / "heldout"
+                                            / "PV01_325228_1203845.tif"))
+    ap.add_argument("--out", default=str(repo / "out" / "install"))
+    ap.add_argument("--timeout", type=float, default=1500.0, help="seconds")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ortholens-zip-") as dist:
+        zip_path = a.zip
+        if zip_path is None:
+            r = subprocess.run([sys.executable, str(repo / "build.py"), "package", "--out",
+                                dist])
+            if r.returncode != 0:
+                return r.returncode
+            zip_path = str(Path(dist) / "ortholens.zip")
+        info = run_install_shots(zip_path, a.raster, a.out, a.timeout, a.keep)
+    for s in info.get("steps", []):
+        print(f"{'ok ' if s['ok'] else 'BAD'} {s['name']:<12} {s['seconds']:7.1f} s  {s['note']}")
+    print(json.dumps(info.get("measured", {}), indent=2))
+    if not info["ok"]:
+        print(info["log_tail"], file=sys.stderr)
+        return 1
+    return 0
+
+
+# =============================================================================== inside QGIS
+
+def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
+    """The in-QGIS driver: each step starts something, waits for its condition, lets the
+    canvas settle and grabs the screen."""
+    import qgis.utils
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtGui import QGuiApplication
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    iface = qgis.utils.iface
+    env = os.environ
+    out = Path(env["ORTHOLENS_INSTALL_OUT"])
+    deadline = time.monotonic() + float(env.get("ORTHOLENS_INSTALL_TIMEOUT", "1400"))
+    st: Dict[str, Any] = {"i": 0, "t": time.monotonic(), "stage": "start", "quiet": 0,
+                          "steps": [], "note": "", "ok": True, "measured": {}}
+
+    def plugin():
+        return qgis.utils.plugins.get("ortholens")
+
+    def record(ok: bool, note: str) -> None:
+        st["ok"], st["note"] = ok, note
+
+    def s_open_start():
+        mw = iface.mainWindow()
+        mw.setGeometry(0, 0, WIDTH, HEIGHT)
+        mw.showMaximized()
+        layer = QgsRasterLayer(env["ORTHOLENS_RASTER"], Path(env["ORTHOLENS_RASTER"]).stem)
+        QgsProject.instance().addMapLayer(layer)
+        st["raster"] = layer
+        iface.setActiveLayer(layer)
+        canvas = iface.mapCanvas()
+        canvas.setDestinationCrs(layer.crs())
+        canvas.setExtent(layer.extent())
+
+    def s_open_done():
+        p = plugin()
+        if p is None or p.dock is None or p.status_task is not None:
+            return False
+        text = p.dock.status_label.text()
+        record("No detection engine is set up" in text and p.dock.setup_button.isVisible(),
+               f"dock: {text}")
+        return True
+
+    def s_installing_start():
+        p = plugin()
+        p.dock.setup_button.click()
+        dlg = p.setup_dialog
+        dlg.move(200, 80)
+        dlg.torch_check.setChecked(False)  # the CPU path
+        st["dialog"] = dlg
+        st["task"] = dlg.start()
+        if st["task"] is None:
+            record(False, f"the setup did not start: {dlg.plan_problem}")
+
+    def s_installing_done():
+        task = st.get("task")
+        if task is None:
+            return True
+        if st["dialog"].task is None:  # finished before the shot: still record it
+            record(task.report is not None, "the setup ended before pip was half way")
+            return True
+        collected = sum(1 for t in task.lines if t.lstrip().startswith("Collecting"))
+        if collected < 8:
+            return False
+        record(True, f"{collected} packages collected; "
+                     f"status: {st['dialog'].status_label.text()[:120]}")
+        return True
+
+    def s_installed_start():
+        pass
+
+    def s_installed_done():
+        dlg, task = st["dialog"], st.get("task")
+        if task is None:
+            return True
+        if dlg.task is not None:
+            return False
+        if task.report is None:
+            record(False, str(task.error or "cancelled"))
+            return True
+        installed = [t for t in task.lines if t.startswith("Successfully installed")]
+        st["measured"].update({
+            "setup_seconds": round(task.seconds, 1),
+            "plan": task.plan.describe(),
+            "packages_installed": len(installed[-1].split()) - 2 if installed else None,
+            "self_test": task.report.to_dict(),
+        })
+        record(True, f"{task.seconds:.0f} s: {task.report.summary()}")
+        return True
+
+    def s_dock_start():
+        st["dialog"].close()
+
+    def s_dock_done():
+        p = plugin()
+        if p.status_task is not None or p.dock.current_card() is None:
+            return False
+        card = p.dock.current_card()
+        text = p.dock.status_label.text()
+        st["measured"]["dock_status"] = text
+        record("0.1.0" in text, f"dock: {text}; model {card['id']}")
+        return True
+
+    def s_detect_start():
+        iface.setActiveLayer(st["raster"])
+        iface.mapCanvas().setExtent(st["raster"].extent())
+        plugin().dock.detect_button.click()
+
+    def s_detect_done():
+        p = plugin()
+        if p.task is not None or p.pending_detect or p.last_task is None:
+            return False
+        t = p.last_task
+        record(t.layer is not None, t.summary(full_path=False) if t.layer is not None
+               else (t.error or "no result layer"))
+        return True
+
+    steps = [(s_open_start, s_open_done), (s_installing_start, s_installing_done),
+             (s_installed_start, s_installed_done), (s_dock_start, s_dock_done),
+             (s_detect_start, s_detect_done)]
+    timer = QTimer()
+    timer.setInterval(250)
+
+    def save() -> None:
+        (out / "install.json").write_text(json.dumps(
+            {"steps": st["steps"], "measured": st["measured"]}, indent=2), encoding="utf-8")
+
+    def quit_qgis() -> None:
+        timer.stop()
+        save()
+        p = plugin()
+        if p is not None:
+            p.stop_started_daemon()
+        QgsProject.instance().setDirty(False)
+        QTimer.singleShot(200, iface.actionExit().trigger)
+        QTimer.singleShot(15000, lambda: os._exit(0))
+
+    def tick() -> None:
+        try:
+            _tick()
+        except Exception as exc:  # noqa: BLE001 - recorded, then the next step
+            import traceback
+            record(False, f"driver error: {exc!r} {traceback.format_exc()[-400:]}")
+            st["stage"] = "settle"
+
+    def _tick() -> None:
+        i = st["i"]
+        if i >= len(steps):
+            quit_qgis()
+            return
+        start, done = steps[i]
+        if time.monotonic() > deadline:
+            record(False, f"timed out in step {STEPS[i]}")
+            st["stage"] = "settle"
+        if st["stage"] == "start":
+            st["t"], st["ok"], st["note"] = time.monotonic(), True, ""
+            st["stage"] = "wait"
+            start()
+            return
+        if st["stage"] == "wait":
+            if done():
+                st["stage"], st["quiet"] = "settle", 0
+            return
+        if st["stage"] == "settle":  # the canvas finished drawing, then one more second
+            st["quiet"] = st["quiet"] + 1 if not iface.mapCanvas().isDrawing() else 0
+            if st["quiet"] < 5 and STEPS[i] != "installing":
+                return
+            png = out / f"{i + 1:02d}-{STEPS[i]}.png"
+            saved = QGuiApplication.primaryScreen().grabWindow(0).save(str(png), "PNG")
+            st["steps"].append({"name": STEPS[i], "png": png.name, "ok": st["ok"] and saved,
+                                "note": st["note"],
+                                "seconds": round(time.monotonic() - st["t"], 1)})
+            save()
+            st["i"], st["stage"] = i + 1, "start"
+
+    timer.timeout.connect(tick)
+    qgis.utils._ortholens_install_shots = (timer, tick, st)  # type: ignore[attr-defined]
+    QTimer.singleShot(1500, timer.start)
+
+
+if os.environ.get("ORTHOLENS_INSTALL_INSIDE") == "1" and "qgis.utils" in sys.modules \
+        and getattr(sys.modules["qgis.utils"], "iface", None) is not None:
+    _inside_qgis()
+elif __name__ == "__main__":
+    sys.exit(main())
