@@ -132,7 +132,10 @@ def grid_crs(crs, bounds: Sequence[float]) -> Tuple[Any, Optional[str]]:
                else "its ground scale is unknown here")
     else:
         why = "it is in degrees"
-    (lon,), (lat,) = transform(crs, "EPSG:4326", [cx], [cy])
+    try:
+        (lon,), (lat,) = transform(crs, "EPSG:4326", [cx], [cy])
+    except Exception:  # noqa: BLE001 - PROJ: "Point outside of projection domain"
+        lon = lat = float("nan")
     if not (math.isfinite(lon) and math.isfinite(lat)):
         raise InputError(f"the extent's centre ({cx:g}, {cy:g}) has no longitude/"
                          f"latitude in the raster's CRS ({crs.to_string()})")
