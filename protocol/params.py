@@ -101,6 +101,52 @@ def source_from_wire(d: Union[Source, Mapping[str, Any]]) -> Source:
     return PixelSource(d["crs"], tuple(float(v) for v in d["transform"]), d.get("nodata"))
 
 
+@dataclass(frozen=True)
+class Stretch:
+    """How raster values become the model's 8-bit input (16-bit, float rasters).
+
+    Attributes:
+        mode: ``"percentile"`` (per band, the ``low`` and ``high`` percentiles of the
+            valid pixels over the extent map to 0 and 255), ``"minmax"`` (the given
+            ``min`` and ``max`` per band map to 0 and 255) or ``"none"`` (values are
+            clipped to 0-255 as they are).
+        low, high: percentiles, 0..100 (``percentile``); default 2 and 98, the
+            default of QGIS's own "cumulative count cut".
+        min, max: per mapped band, in raster units (``minmax``).
+    """
+
+    mode: str = "percentile"
+    low: float = 2.0
+    high: float = 98.0
+    min: Optional[Tuple[float, ...]] = None
+    max: Optional[Tuple[float, ...]] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        """The ``stretch`` field (see ``protocol.wire.check_stretch``)."""
+        if self.mode == "percentile":
+            return {"mode": "percentile", "low": float(self.low), "high": float(self.high)}
+        if self.mode == "minmax":
+            return {"mode": "minmax", "min": [float(v) for v in self.min or ()],
+                    "max": [float(v) for v in self.max or ()]}
+        return {"mode": self.mode}
+
+
+def stretch_from_wire(d: Union[Stretch, Mapping[str, Any], None]) -> Optional[Stretch]:
+    """A :class:`Stretch` from its wire form (None and typed values pass through).
+
+    Raises:
+        ProtocolError: ``bad_request`` for an invalid stretch.
+    """
+    if d is None or isinstance(d, Stretch):
+        return d
+    err = wire.check_stretch(d)
+    if err:
+        raise ProtocolError(f"stretch {err}")
+    return Stretch(d["mode"], float(d.get("low", 2.0)), float(d.get("high", 98.0)),
+                   tuple(float(v) for v in d["min"]) if d.get("min") else None,
+                   tuple(float(v) for v in d["max"]) if d.get("max") else None)
+
+
 def _extent(x: Optional[Sequence[float]]) -> Optional[Extent]:
     return None if x is None else tuple(float(v) for v in x)  # type: ignore[return-value]
 
@@ -112,7 +158,7 @@ def _header(mtype: str, obj: Any, token: Optional[str], request_id: Optional[str
         v = getattr(obj, f.name)
         if v is None:
             continue
-        if f.name == "source":
+        if f.name in ("source", "stretch"):
             v = v.to_wire()
         elif f.name in ("features", "reviewed"):
             v = [x.to_wire() for x in v]
@@ -163,11 +209,18 @@ class DetectParams(_Request):
         threshold: class probability threshold in (0, 1]; None: the card's.
         min_area_m2: smallest object kept, square metres; None: the card's.
         simplify_m: polygon simplification tolerance, metres; None: the card's.
-        bands: 1-based raster bands read as the model's input bands; None: the card's
-            default mapping (the first bands).
+        bands: 1-based raster bands read as the model's input bands (a band may
+            repeat: ``(1, 1, 1)`` feeds a grey band as RGB); None: the bands the
+            raster's colour interpretation names red, green, blue, else the first.
+        stretch: how 16-bit and float values become 0-255 (:class:`Stretch`); None:
+            per-band 2-98 % percentiles for rasters that are not 8-bit.
         batch_size: tiles per model call; None: the daemon's default (4).
         orthogonalize: replace near-rectangular polygons by their minimum rotated
             rectangle; None: the card's.
+        by_area: True: where a version of ``model``'s lineage retrained on this area
+            is in use and its site footprint covers the whole extent, run that version
+            instead (the result's ``stats`` name the model used and why); None/False:
+            exactly ``model``.
     """
 
     TYPE = "detect"
@@ -180,14 +233,17 @@ class DetectParams(_Request):
     min_area_m2: Optional[float] = None
     simplify_m: Optional[float] = None
     bands: Optional[Tuple[int, ...]] = None
+    stretch: Optional[Stretch] = None
     batch_size: Optional[int] = None
     orthogonalize: Optional[bool] = None
+    by_area: Optional[bool] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", source_from_wire(self.source))
         object.__setattr__(self, "extent", _extent(self.extent))
         if self.bands is not None:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+        object.__setattr__(self, "stretch", stretch_from_wire(self.stretch))
 
 
 @dataclass(frozen=True)
@@ -375,6 +431,11 @@ class RetrainParams(_Request):
         mistake_weight: loss weight of pixels the model got wrong.
         invalid_geometry: ``repair`` or ``refuse`` invalid polygons.
         bands: 1-based raster bands read as the model's input bands.
+        scope: ``"area"``: a version for the area it is taught on, judged on the
+            held-out corrections, the guard only warning; ``"general"``: a version for
+            everywhere, the guard vetoing; None: ``"area"``.
+        site_margin_m: how far an area version's footprint reaches beyond the reviewed
+            extents, metres; None: the daemon's (250).
     """
 
     TYPE = "retrain"
@@ -397,6 +458,8 @@ class RetrainParams(_Request):
     mistake_weight: Optional[float] = None
     invalid_geometry: Optional[str] = None
     bands: Optional[Tuple[int, ...]] = None
+    scope: Optional[str] = None
+    site_margin_m: Optional[float] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", source_from_wire(self.source))
@@ -411,4 +474,5 @@ class RetrainParams(_Request):
 
 
 __all__ = ["FileSource", "PixelSource", "UploadSource", "Source", "source_from_wire",
+           "Stretch", "stretch_from_wire",
            "DetectParams", "PixelUpload", "BatchParams", "CorrectedFeature", "ReviewedArea", "RetrainParams"]

@@ -61,19 +61,24 @@ Requests (client -> daemon) and the replies they get:
                  daemon stopped while it ran)
 ``resume``    -> like ``batch``: continues a stored batch job where it stopped
 ``retrain``   -> ``accepted`` {job_id}, ``progress`` events, then ``result`` {job_id,
-                 crs: "", features: [], stats, retrain: {accepted, reason, model,
-                 parent, active, before, after, corrections, train, time, rule,
-                 ...}} /
+                 crs: "", features: [], stats, retrain: {accepted, verdict, reason,
+                 model, parent, active, scope, in_use, change, pending, before, after,
+                 corrections, train, time, rule, ...}} /
                  ``error`` / ``cancelled``: fine-tunes ``model`` on the user's corrected
                  polygons (``features`` + ``crs``, like a result) inside the
                  ``reviewed`` areas, the whole job within ``budget_s`` (progress
                  messages name the phase and the time left); a better model becomes a new
                  version ``<model>@<n>`` (see ``backend.learning.finetune``)
 ``versions``  -> ``versions`` {model, active, versions: [{id, number, version, parent,
-                 created, active, corrections, metrics, decision}]}
+                 created, active, corrections, metrics, decision, verdict, scope,
+                 in_use}]}
 ``activate``  -> ``versions`` (as above) after making ``model`` (an id of a version)
                  the active version of its lineage
-``rollback``  -> ``versions`` after making the active version's parent active
+``rollback``  -> ``versions`` after making the active version's parent active (for a
+                 version in use in its own area: after taking it out of use there)
+``keep``      -> ``versions`` + {kept: the new version's id} after making the retrain
+                 report's ``pending`` candidate (one the rule did not accept) a version
+                 after all; its lineage records the rule's verdict and the user's choice
 
 An ``error`` reply {code, message, job_id?, field?} names in ``field`` the request field
 at fault when there is one: ``"source"`` for a raster file outside the folders the
@@ -245,6 +250,31 @@ def _bands(x: Any) -> Optional[str]:
     return None
 
 
+def check_stretch(x: Any) -> Optional[str]:
+    """Error text for a ``stretch`` field, or None when valid.
+
+    ``{"mode": "percentile", "low": 2, "high": 98}`` (per band, over the extent; 0 <=
+    low < high <= 100), ``{"mode": "minmax", "min": [...], "max": [...]}`` (one finite
+    value per band, min < max) or ``{"mode": "none"}`` (values taken as 8-bit).
+    """
+    if not isinstance(x, dict) or x.get("mode") not in ("percentile", "minmax", "none"):
+        return "must be an object with mode 'percentile', 'minmax' or 'none'"
+    extra = set(x) - {"mode", "low", "high", "min", "max"}
+    if extra:
+        return f"has unknown field(s) {sorted(extra)}"
+    if x["mode"] == "percentile":
+        lo, hi = x.get("low", 2.0), x.get("high", 98.0)
+        if not (_is_number(lo) and _is_number(hi) and 0.0 <= lo < hi <= 100.0):
+            return "percentiles must satisfy 0 <= low < high <= 100"
+    if x["mode"] == "minmax":
+        lo, hi = x.get("min"), x.get("max")
+        if (not isinstance(lo, list) or not isinstance(hi, list) or not 1 <= len(lo) <= 16
+                or len(lo) != len(hi) or not all(_is_number(v) for v in lo + hi)
+                or not all(a < b for a, b in zip(lo, hi))):
+            return "min and max must be lists of numbers, one per band, with min < max"
+    return None
+
+
 def _boolean(x: Any) -> Optional[str]:
     return None if isinstance(x, bool) else "must be true or false"
 
@@ -282,10 +312,16 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Tuple[bool, Callable[[Any], Optional[str]]]
         "min_area_m2": (False, _num_range(0.0, 1e6)),
         "simplify_m": (False, _num_range(0.0, 100.0)),
         "bands": (False, _bands),
+        # How bands other than 8-bit become the model's 0-255 (default: per-band 2-98 %
+        # percentiles over the extent for 16-bit and float rasters; see check_stretch).
+        "stretch": (False, check_stretch),
         "batch_size": (False, _int_range(1, 256)),
         # Replace near-rectangular polygons (panels, roofs) by their minimum rotated
         # rectangle (default: the model card's ``orthogonalize``, else false).
         "orthogonalize": (False, _boolean),
+        # Run the version of the model's lineage taught on this area, where one covers
+        # the whole extent (default false: exactly ``model``).
+        "by_area": (False, _boolean),
     },
 }
 
@@ -396,7 +432,8 @@ def _one_of(*values: str) -> Callable[[Any], Optional[str]]:
     return check
 
 
-REQUEST_SCHEMAS["batch"] = dict(REQUEST_SCHEMAS["detect"])
+REQUEST_SCHEMAS["batch"] = {k: v for k, v in REQUEST_SCHEMAS["detect"].items()
+                             if k != "by_area"}  # a batch job runs the model it names
 REQUEST_SCHEMAS["batch"].update({
     "source": (True, _check_file_source),
     "out_path": (True, _gpkg_path),        # the GeoPackage the job writes
@@ -485,11 +522,17 @@ REQUEST_SCHEMAS["retrain"] = {
     "mistake_weight": (False, _num_range(1.0, 100.0)),
     "invalid_geometry": (False, _one_of("repair", "refuse")),
     "bands": (False, _bands),
+    # a version for the reviewed area (default) or for everywhere
+    "scope": (False, _one_of("area", "general")),
+    "site_margin_m": (False, _num_range(0.0, 10000.0)),  # footprint beyond the extents, m
 }
 REQUEST_SCHEMAS["versions"] = {"model": (True, _string(128))}
 REQUEST_SCHEMAS["activate"] = {"model": (True, _string(128))}
 REQUEST_SCHEMAS["rollback"] = {"model": (True, _string(128))}
-REQUEST_TYPES = REQUEST_TYPES + ("retrain", "versions", "activate", "rollback")
+# keep a candidate the rule did not accept: the retrain report's ``pending``
+REQUEST_SCHEMAS["keep"] = {"model": (True, _string(128)), "pending": (True, _string(64)),
+                           "note": (False, _string(500))}
+REQUEST_TYPES = REQUEST_TYPES + ("retrain", "versions", "activate", "rollback", "keep")
 REPLY_TYPES = REPLY_TYPES + ("versions",)
 
 def validate_request(header: Any) -> Dict[str, Any]:

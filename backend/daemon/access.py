@@ -88,6 +88,12 @@ class Access:
         """
         if not self.restrict_paths:
             return path
+        if path.startswith(("http://", "https://", "/vsi")):
+            # fetching URLs for remote clients would let them reach any host the
+            # daemon's network can (server-side request forgery)
+            raise P.ProtocolError("this daemon reads only files under its allowed "
+                                  "folders (ORTHOLENS_ROOTS), not URLs or GDAL virtual "
+                                  "paths", P.E_FORBIDDEN, field="source")
         real = os.path.normcase(os.path.realpath(path))
         for root in self.allowed_roots:
             prefix = root if root.endswith(os.sep) else root + os.sep

@@ -350,11 +350,14 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
     with model_errors():
         card = load_card(params.model)
         engine = engine or get_engine(card)
-    opts = dataclasses.replace(Options.resolve(card, params), **(overrides or {}))
     progress(0.0, "reading raster")
+    choice = None
     with input_errors(), open_source(params.source, arrays[0] if arrays else None) as ds:
         grid = plan_grid(ds, params.extent, params.extent_crs, card.gsd_m, card.bands,
-                         params.bands)
+                         params.bands, stretch=params.stretch)
+        if params.by_area:
+            card, engine, choice = _area_version(card, grid, engine)
+        opts = dataclasses.replace(Options.resolve(card, params), **(overrides or {}))
         reader = WindowReader(ds, grid)
         try:
             probs, valid, n_tiles = predict_grid(reader, grid, engine, opts.batch_size,
@@ -382,6 +385,24 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
              "mpx_per_s": round(grid.width * grid.height / 1e6 / max(elapsed, 1e-9), 3),
              "engine": engine.kind, "device": engine.device, "per_class": per_class,
              "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
-             "warnings": grid.warnings}
+             "bands": list(grid.bands), "stretch": grid.stretch_info,
+             "warnings": grid.warnings, "model": card.id, "model_version": card.version}
+    if choice is not None:
+        stats["model_choice"] = choice
     progress(1.0, f"{len(feats)} polygons")
     return {"crs": out_crs, "features": feats, "stats": stats}
+
+
+def _area_version(card, grid: Grid, engine: Optional[Engine]):
+    """``(card, engine, why)`` of a ``by_area`` detection: the version of ``card``'s
+    lineage taught on the grid's area when one in use covers it
+    (``backend.models.versions.version_for_extent``), else ``card`` itself; ``engine``
+    (a caller's) is kept only when the card is."""
+    from backend.models.versions import version_for_extent
+    t = grid.transform
+    bounds = (t.c, t.f + grid.height * t.e, t.c + grid.width * t.a, t.f)
+    chosen, why = version_for_extent(card.id, bounds, grid.crs_wkt)
+    if chosen is None or chosen.id == card.id:
+        return card, engine, why
+    with model_errors():
+        return chosen, get_engine(chosen), why

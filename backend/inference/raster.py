@@ -48,6 +48,10 @@ class Grid:
         warnings: human-readable notes (resampling, ignored bands, reprojection).
         source_crs_wkt: the raster's own CRS as WKT when it differs from ``crs_wkt``
             (the grid was reprojected), else None.
+        stretch: per mapped band, the raster values ``(low, high)`` mapped to 0 and
+            255 (:func:`plan_stretch`), or None: the values are 8-bit already.
+        stretch_info: what was done, for the result's stats and the layer metadata:
+            ``{"mode", "low"?, "high"?, "ranges": [[low, high], ...], "dtype"}``.
     """
 
     transform: Affine
@@ -58,6 +62,8 @@ class Grid:
     src_gsd: float
     warnings: List[str] = field(default_factory=list)
     source_crs_wkt: Optional[str] = None
+    stretch: Optional[List[Tuple[float, float]]] = None
+    stretch_info: Optional[Dict[str, Any]] = None
 
 
 #: Largest departure of a CRS's unit from a ground metre (after its own linear unit
@@ -175,17 +181,28 @@ def open_source(source: Union[Source, Mapping[str, Any]],
     source = source_from_wire(source)
     if source.kind == "file":
         path = source.path
-        if not os.path.exists(path):
+        gdal_path = vsi_path(path)
+        remote = gdal_path.startswith("/vsi")
+        if not remote and not os.path.exists(path):
             raise InputError(f"raster file not found on the engine's computer: {path}",
                              P.E_NOT_FOUND, field="source")
-        try:
-            ds = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise InputError(f"{path} is not a raster GDAL can read: {exc}") from None
-        try:
-            yield ds
-        finally:
-            ds.close()
+        # a URL is opened without listing its "folder" (one request less, and no
+        # 404 noise); reads are HTTP range requests
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+                          GDAL_HTTP_MAX_RETRY="2", GDAL_HTTP_TIMEOUT="30"):
+            try:
+                ds = rasterio.open(gdal_path)
+                if ds.count == 1 and _is_paletted(ds):  # expand the colour table
+                    ds.close()
+                    ds = rasterio.open(f"vrt://{gdal_path}?expand=rgba")
+            except RasterioIOError as exc:
+                what = "URL" if remote else "file"
+                raise InputError(f"{path} is not a raster GDAL can read ({what}): {exc}",
+                                 P.E_INVALID_INPUT, field="source") from None
+            try:
+                yield ds
+            finally:
+                ds.close()
         return
     if pixels is None:
         raise InputError("source kind 'pixels' needs one array frame (bands, H, W)",
@@ -210,45 +227,174 @@ def open_source(source: Union[Source, Mapping[str, Any]],
             yield ds
 
 
+def vsi_path(path: str) -> str:
+    """The path GDAL opens for a request's ``path``: ``http(s)://`` URLs are read
+    through ``/vsicurl/`` (HTTP range requests: a cloud-optimised GeoTIFF is fetched
+    only where the extent needs it); anything else is returned as it is."""
+    if path.startswith(("http://", "https://")):
+        return "/vsicurl/" + path
+    return path
+
+
+def _is_paletted(ds) -> bool:
+    from rasterio.enums import ColorInterp
+    return ds.colorinterp[0] == ColorInterp.palette
+
+
+#: Data types the model's input can be stretched from.
+STRETCHABLE = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
 def choose_bands(ds, bands_req: Optional[Sequence[int]], n_bands: int
                  ) -> Tuple[List[int], List[str]]:
     """Source bands that feed the model, and warnings.
 
+    Without a requested mapping: the bands whose colour interpretation is red, green
+    and blue (in that order) when the raster names them, else the first ``n_bands``;
+    a single band (grey, or grey + alpha) is repeated as R, G and B. The alpha band,
+    if any, is never a model band: it is the valid-data mask.
+
+    Args:
+        ds: the open dataset.
+        bands_req: explicit 1-based mapping (bands may repeat), or None.
+        n_bands: bands the model takes (3: R, G, B).
+
     Raises:
-        InputError: band numbers out of range, wrong band count, or a data type the
-            model cannot take (the card expects uint8).
+        InputError: band numbers out of range, wrong band count, or a data type that
+            cannot be stretched (complex).
     """
+    from rasterio.enums import ColorInterp
+
     warnings: List[str] = []
+    alpha = _alpha_band(ds)
+    colour = [b for b in range(1, ds.count + 1) if b != alpha]
     if bands_req:
-        bad = [b for b in bands_req if b > ds.count]
+        bad = [b for b in bands_req if not 1 <= b <= ds.count]
         if bad:
             raise InputError(f"band(s) {bad} requested but the raster has {ds.count}")
         if len(bands_req) != n_bands:
             raise InputError(f"the model takes {n_bands} bands; {len(bands_req)} given")
         bands = list(bands_req)
-    elif ds.count >= n_bands:
-        bands = list(range(1, n_bands + 1))
-        if ds.count > n_bands:
-            alpha = _alpha_band(ds)
-            rest = "band %d is the alpha (valid-data) mask" % alpha if alpha else "the rest ignored"
-            warnings.append(f"the raster has {ds.count} bands; bands "
-                            f"{bands} are used as RGB, {rest}")
     else:
-        raise InputError(
-            f"the model needs {n_bands} bands (RGB) but the raster has {ds.count} "
-            f"({ds.dtypes[0]}); choose a {n_bands}-band RGB orthophoto or give an "
-            f"explicit band mapping")
-    dtypes = {ds.dtypes[b - 1] for b in bands}
-    if dtypes != {"uint8"}:
-        raise InputError(
-            f"the model expects 8-bit RGB; bands {bands} are {sorted(dtypes)}. Convert "
-            f"the raster to 8 bits (e.g. gdal_translate -ot Byte -scale) first")
+        ci = {c: i for i, c in enumerate(ds.colorinterp, start=1)}
+        rgb = [ci.get(c) for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)]
+        if n_bands == 3 and all(rgb):
+            bands = [int(b) for b in rgb]
+        elif len(colour) >= n_bands:
+            bands = colour[:n_bands]
+        elif len(colour) == 1:
+            bands = colour * n_bands
+            warnings.append("the raster has one band; it is used as grey for R, G and "
+                            "B (the model learnt colour imagery: expect lower accuracy)")
+        else:
+            raise InputError(
+                f"the model needs {n_bands} bands (RGB) but the raster has {ds.count} "
+                f"({ds.dtypes[0]}); choose a {n_bands}-band RGB orthophoto or give an "
+                f"explicit band mapping")
+        unused = [b for b in colour if b not in bands]
+        if unused:
+            rest = f"; band {alpha} is the alpha (valid-data) mask" if alpha else ""
+            warnings.append(f"the raster has {ds.count} bands; bands {bands} are used as "
+                            f"RGB, band(s) {unused} ignored{rest}")
+    bad_types = sorted({ds.dtypes[b - 1] for b in bands} - set(STRETCHABLE))
+    if bad_types:
+        raise InputError(f"bands {bands} are of type {bad_types}, which cannot be "
+                         f"stretched to the model's 8-bit input")
     return bands, warnings
+
+
+def plan_stretch(ds, bands: Sequence[int], bounds: Sequence[float],
+                 stretch: Optional[Any] = None, sample_px: int = 1024
+                 ) -> Tuple[Optional[List[Tuple[float, float]]], Optional[Dict[str, Any]]]:
+    """The value range of each mapped band that becomes the model's 0-255.
+
+    8-bit bands without a requested stretch are left as they are. Otherwise, by
+    ``stretch.mode``: ``"percentile"`` (the default for 16-bit and float rasters) takes
+    the ``low`` and ``high`` percentiles (2 and 98: QGIS's "cumulative count cut") of
+    the valid pixels of each band over ``bounds``, read decimated to at most
+    ``sample_px`` pixels a side (nearest); ``"minmax"`` takes the given values;
+    ``"none"`` clips the values to 0-255.
+
+    Args:
+        ds: the open dataset.
+        bands: 1-based mapped bands.
+        bounds: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
+        stretch: a ``protocol.params.Stretch`` or None.
+        sample_px: longest side of the sample, pixels.
+
+    Returns:
+        ``(ranges, info)``: ``[(low, high), ...]`` per mapped band and the stats entry,
+        or ``(None, None)`` when nothing is stretched.
+
+    Raises:
+        InputError: a ``minmax`` with another number of bands than mapped, or no valid
+            pixel in the extent to take percentiles from.
+    """
+    from rasterio.windows import from_bounds
+
+    dtypes = sorted({ds.dtypes[b - 1] for b in bands})
+    mode = stretch.mode if stretch is not None else (
+        None if dtypes == ["uint8"] else "percentile")
+    if mode is None:
+        return None, None
+    info: Dict[str, Any] = {"mode": mode, "dtype": ",".join(dtypes)}
+    if mode == "none":
+        ranges = [(0.0, 255.0)] * len(bands)
+    elif mode == "minmax":
+        lo, hi = list(stretch.min or ()), list(stretch.max or ())
+        if len(lo) != len(bands):
+            raise InputError(f"the stretch gives {len(lo)} min/max pair(s) for "
+                             f"{len(bands)} mapped bands", field="stretch")
+        ranges = [(float(a), float(b)) for a, b in zip(lo, hi)]
+    else:
+        low = stretch.low if stretch is not None else 2.0
+        high = stretch.high if stretch is not None else 98.0
+        info.update(low=low, high=high)
+        win = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
+        win = win.intersection(rasterio_window_full(ds))
+        scale = max(win.width, win.height) / float(sample_px)
+        shape = (max(1, int(win.height / max(scale, 1.0))),
+                 max(1, int(win.width / max(scale, 1.0))))
+        uniq = sorted(set(bands))
+        data = ds.read(uniq, window=win, out_shape=(len(uniq),) + shape, masked=True)
+        ranges = []
+        for b in bands:
+            band = data[uniq.index(b)]
+            vals = band.compressed() if np.ma.isMaskedArray(band) else band.ravel()
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                raise InputError("no valid pixel in the extent to stretch the values "
+                                 "from: give min/max values or another extent",
+                                 field="stretch")
+            a, c = np.percentile(vals, [low, high])
+            ranges.append((float(a), float(c) if c > a else float(a) + 1.0))
+    info["ranges"] = [[round(a, 6), round(b, 6)] for a, b in ranges]
+    return ranges, info
+
+
+def rasterio_window_full(ds):
+    """The window of the whole dataset."""
+    from rasterio.windows import Window
+    return Window(0, 0, ds.width, ds.height)
+
+
+def to_uint8(img: np.ndarray, ranges: Optional[Sequence[Tuple[float, float]]]
+             ) -> np.ndarray:
+    """Bands ``(B, H, W)`` of any numeric dtype as uint8 for the model: each band
+    linearly from its ``(low, high)`` to 0-255, clipped; ``ranges`` None: the values
+    must already be 8-bit and are returned unchanged."""
+    if ranges is None:
+        return img
+    out = np.empty(img.shape, np.uint8)
+    for i, (lo, hi) in enumerate(ranges):
+        v = (img[i].astype(np.float32) - lo) * (255.0 / (hi - lo))
+        out[i] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+    return out
 
 
 def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
               gsd_m: float, n_bands: int, bands_req: Optional[Sequence[int]] = None,
-              max_pixels: Optional[int] = None) -> Grid:
+              max_pixels: Optional[int] = None, stretch: Optional[Any] = None) -> Grid:
     """Plan the model-GSD grid over ``extent`` (in ``extent_crs``) clipped to ``ds``.
 
     Args:
@@ -257,8 +403,9 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
         extent_crs: CRS of ``extent`` (WKT / "EPSG:n"); None = the raster's CRS.
         gsd_m: model GSD, metres per pixel.
         n_bands: bands the model takes.
-        bands_req: explicit 1-based band mapping, or None.
+        bands_req: explicit 1-based band mapping, or None (:func:`choose_bands`).
         max_pixels: refuse grids larger than this (default ``MAX_GRID_PIXELS``).
+        stretch: a ``protocol.params.Stretch``, or None (:func:`plan_stretch`).
 
     Raises:
         InputError: raster without CRS, extent that misses the raster or is smaller
@@ -290,6 +437,13 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
         xmax, ymax = min(xmax, rb.right), min(ymax, rb.top)
         if not (xmin < xmax and ymin < ymax):
             raise InputError("the extent does not intersect the raster")
+    ranges, stretch_info = plan_stretch(ds, bands, (xmin, ymin, xmax, ymax), stretch)
+    if stretch_info is not None and stretch_info["mode"] != "none":
+        shown = ", ".join(f"{a:g}-{b:g}" for a, b in ranges)
+        how = (f"{stretch_info['low']:g}-{stretch_info['high']:g} % percentiles"
+               if stretch_info["mode"] == "percentile" else "the given min/max")
+        warnings.append(f"the {stretch_info['dtype']} bands {bands} were stretched to "
+                        f"8 bits by {how} ({shown})")
     gcrs, note = grid_crs(ds.crs, (xmin, ymin, xmax, ymax))
     src_gsd = _source_gsd(ds, (xmin, ymin, xmax, ymax), geodesic=note is not None)
     if note:
@@ -314,7 +468,8 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
                         f"({gsd_m} m); it is resampled, expect lower accuracy")
     return Grid(Affine(gsd, 0.0, xmin, 0.0, -gsd, ymax), width, height,
                 gcrs.to_wkt(), bands, src_gsd, warnings,
-                source_crs_wkt=ds.crs.to_wkt() if note else None)
+                source_crs_wkt=ds.crs.to_wkt() if note else None,
+                stretch=ranges, stretch_info=stretch_info)
 
 
 def _source_gsd(ds, bounds: Sequence[float], geodesic: bool) -> float:
@@ -427,8 +582,9 @@ class WindowReader:
         tilings, grids smaller than a tile): the missing part is padded by reflection.
 
         Returns:
-            ``(image, valid)``: image of the source dtype (bands, size, size); valid
-            bool (size, size), False on nodata, outside the raster and padding.
+            ``(image, valid)``: image uint8 (bands, size, size), stretched when the
+            grid says so (:func:`to_uint8`); valid bool (size, size), False on
+            nodata, outside the raster and padding.
 
         Raises:
             ValueError: the tile does not overlap the grid.
@@ -448,7 +604,7 @@ class WindowReader:
             if self.damaged == "raise":
                 raise read_failure(self.path, exc) from None
             data = self._salvage(r0, c0, r1, c1)
-        img, valid = data[:-1], data[-1] > 0
+        img, valid = to_uint8(data[:-1], self.grid.stretch), data[-1] > 0
         pads = ((r0 - row, row + size - r1), (c0 - col, col + size - c1))
         if any(p for pair in pads for p in pair):
             mode = "reflect" if min(r1 - r0, c1 - c0) > 1 else "edge"

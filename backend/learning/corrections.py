@@ -22,7 +22,11 @@ the truth: what is not covered by a polygon is background.
 4. reviewed areas are split into a *train* part and a *held-out* part that is never
    trained on, used to decide whether the retrained model is better
    (:func:`split_areas`): whole spatial groups of areas when there are several, else a
-   strip cut off the area with a gap between the parts;
+   strip cut off the area with a gap between the parts. A held-out part is read with a
+   margin of context around it (:data:`CONTEXT_TILE_FRACTION` of the model's tile,
+   within the raster): both models see it as a detection would, with the pixels around,
+   and only the part itself is scored (:attr:`AreaData.scored`). Every corrected
+   feature that touches the part counts there, clipped to it;
 5. :class:`ChipSampler` draws training chips weighted toward the mistakes (hard-example
    mining: most chips are centred on a mistake) with pixel loss weights that are higher
    on mistake pixels.
@@ -48,6 +52,10 @@ log = logging.getLogger("ortholens.corrections")
 MAX_REVIEWED_PIXELS = 64_000_000
 #: Smallest mistake component (pixels) that counts as an object-level mistake.
 MIN_MISTAKE_PX = 20
+#: Context read around a held-out part, as a fraction of the model's tile side: a
+#: strip a quarter of an area wide, read alone, would be judged on tiles padded by
+#: reflection on three sides, which no detection of the area ever sees.
+CONTEXT_TILE_FRACTION = 0.25
 
 
 @dataclass
@@ -87,6 +95,8 @@ class AreaData:
         weight: float32 (H, W) pixel loss weights.
         hard: bool (H, W) pixels of object-level mistakes (chip centres are drawn there).
         stats: diff counts (see :func:`diff_maps`).
+        scored: bool (H, W) the pixels that are judged (a held-out part read with
+            context: the part itself, valid); None: every valid pixel.
     """
 
     area: Area
@@ -99,15 +109,22 @@ class AreaData:
     hard: np.ndarray
     stats: Dict[str, Any] = field(default_factory=dict)
     n_features: int = 0
+    scored: Optional[np.ndarray] = None
 
     @property
     def holdout(self) -> bool:
         return bool(self.area.holdout)
 
     @property
+    def scored_mask(self) -> np.ndarray:
+        """bool (H, W): the pixels judged (:attr:`scored`, else :attr:`valid`)."""
+        return self.valid if self.scored is None else self.scored
+
+    @property
     def area_m2(self) -> float:
+        """The judged surface, m²."""
         t = self.grid.transform
-        return float(self.valid.sum()) * abs(t.a * t.e)
+        return float(self.scored_mask.sum()) * abs(t.a * t.e)
 
 
 @dataclass
@@ -441,7 +458,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
     from backend.inference.detect import Options, detections_from_probs, predict_grid
     from protocol.errors import JobCancelled
     from backend.inference.engines import get_engine
-    from backend.inference.raster import WindowReader, open_source, plan_grid
+    from backend.inference.raster import WindowReader, open_source, plan_grid, to_uint8
 
     progress = progress or (lambda f, m: None)
     engine = engine or get_engine(card)
@@ -503,7 +520,15 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
         try:
             with open_source(a.source, arrays[a.array] if a.source.get("kind") == "pixels"
                              else None) as ds:
-                grid = plan_grid(ds, list(_bounds(a, ds)), None, card.gsd_m, card.bands,
+                own = _bounds(a, ds)
+                read = own
+                if a.holdout:  # with context around it (clipped to the raster by plan_grid)
+                    m = CONTEXT_TILE_FRACTION * card.tile_size * card.gsd_m
+                    if ds.crs.is_geographic:
+                        m /= 111_320.0
+                    read = (own[0] - m, own[1] - m, own[2] + m, own[3] + m)
+                ds_crs = ds.crs
+                grid = plan_grid(ds, list(read), None, card.gsd_m, card.bands,
                                  params.bands)
                 total_px += grid.width * grid.height
                 if total_px > MAX_REVIEWED_PIXELS:
@@ -522,7 +547,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
             raise
         except InputError as exc:
             raise CorrectionsError(f"reviewed area {a.index}: {exc.message}", exc.code) from None
-        image = np.ascontiguousarray(data[:-1])
+        image = np.ascontiguousarray(to_uint8(data[:-1], grid.stretch))
         valid = valid & (data[-1] > 0)
         pred, _ = detections_from_probs(probs, valid, grid, card, opts)
         # corrected polygons of this area, in the grid's CRS
@@ -530,6 +555,15 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
         x1 = x0 + grid.width * grid.transform.a
         y0 = y1 + grid.height * grid.transform.e
         frame = box(x0, y0, x1, y1)
+        scored = None
+        if read != own:  # judge the part itself, not its context
+            part = box(*own)
+            if ds_crs != raster_crs:
+                part = shape(transform_geom(ds_crs, raster_crs, mapping(part)))
+            inside = rasterize([(part, 1)], out_shape=(grid.height, grid.width),
+                               transform=grid.transform, fill=0, dtype="uint8") > 0
+            scored = valid & inside
+            frame = part
         shapes = []
         n_here = 0
         for fi, (g, cid, area_idx) in enumerate(feats):
@@ -537,11 +571,12 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
                 continue
             if feat_crs is not None and feat_crs != raster_crs:
                 g = shape(transform_geom(feat_crs, raster_crs, mapping(g)))
-            if not g.intersects(frame):
+            if not g.intersects(box(x0, y0, x1, y1)):
                 continue
             shapes.append((g, cid))
-            used_features.add(fi)
-            n_here += 1
+            if g.intersects(frame):
+                used_features.add(fi)
+                n_here += 1
         target = np.zeros((grid.height, grid.width), np.uint8)
         if shapes:
             # larger polygons first, so a small polygon of another class drawn on top
@@ -550,9 +585,11 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
             target = rasterize(shapes, out_shape=target.shape, transform=grid.transform,
                                fill=0, dtype="uint8")
         target[~valid] = 0
-        weight, hard = mistake_maps(pred, target, valid, mistake_weight)
-        stats = diff_maps(pred, target, valid, n_classes)
-        ad = AreaData(a, grid, image, valid, pred, target, weight, hard, stats, n_here)
+        judged = valid if scored is None else scored
+        weight, hard = mistake_maps(pred, target, judged, mistake_weight)
+        stats = diff_maps(pred, target, judged, n_classes)
+        ad = AreaData(a, grid, image, valid, pred, target, weight, hard, stats, n_here,
+                      scored)
         (out_hold if a.holdout else out_train).append(ad)
     unused = [(g, ai) for fi, (g, _, ai) in enumerate(feats) if fi not in used_features]
     in_gap = sum(1 for g, ai in unused

@@ -112,16 +112,21 @@ def validate_inputs(layer: Optional[QgsMapLayer], extent: QgsRectangle,
 
 
 def file_source_path(layer: QgsRasterLayer) -> Optional[str]:
-    """The absolute path of a file-backed GDAL layer, or None.
+    """The absolute path of a file-backed GDAL layer, its URL, or None.
 
-    ``layer.source()`` may carry ``|option:...`` suffixes; they are dropped. Virtual
-    paths (``/vsicurl/``, ``/vsizip/``) and subdatasets return None: those layers are
+    ``layer.source()`` may carry ``|option:...`` suffixes; they are dropped. A raster
+    read over HTTP (``/vsicurl/https://...`` or an ``https://`` source) is returned as
+    its ``https://`` URL: the daemon reads it with range requests itself. Other
+    virtual paths (``/vsizip/``...) and subdatasets return None: those layers are
     rendered by the plugin instead.
     """
     if layer.providerType() != "gdal":
         return None
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     path = parts.get("path") or layer.source().split("|", 1)[0]
+    url = path[len("/vsicurl/"):] if path and path.startswith("/vsicurl/") else path
+    if url and url.startswith(("http://", "https://")):
+        return url
     if not path or not Path(path).is_file():
         return None
     return str(Path(path).resolve())

@@ -327,14 +327,18 @@ def grid_to_plan(grid: Grid) -> Dict[str, Any]:
     return {"width": grid.width, "height": grid.height,
             "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "crs_wkt": grid.crs_wkt,
             "bands": list(grid.bands), "src_gsd": grid.src_gsd,
-            "warnings": list(grid.warnings)}
+            "warnings": list(grid.warnings),
+            "stretch": [list(r) for r in grid.stretch] if grid.stretch else None,
+            "stretch_info": grid.stretch_info}
 
 
 def grid_from_plan(plan: Dict[str, Any]) -> Grid:
     """The grid a plan describes (inverse of :func:`grid_to_plan`)."""
     return Grid(Affine(*plan["transform"]), int(plan["width"]), int(plan["height"]),
                 plan["crs_wkt"], list(plan["bands"]), float(plan["src_gsd"]),
-                list(plan.get("warnings", [])))
+                list(plan.get("warnings", [])),
+                stretch=[tuple(r) for r in plan["stretch"]] if plan.get("stretch") else None,
+                stretch_info=plan.get("stretch_info"))
 
 
 def make_plan(params: BatchParams, card: ModelCard,
@@ -353,6 +357,7 @@ def make_plan(params: BatchParams, card: ModelCard,
     d = params.detect
     with input_errors(), open_source(d.source) as ds:
         grid = plan_grid(ds, d.extent, d.extent_crs, card.gsd_m, card.bands, d.bands,
+                         stretch=d.stretch,
                          max_pixels=MAX_BATCH_GRID_PIXELS)
     plan = grid_to_plan(grid)
     halo = config.halo_px if config.halo_px is not None else max(64, 2 * card.overlap)

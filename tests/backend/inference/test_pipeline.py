@@ -191,7 +191,7 @@ def test_four_band_raster_uses_rgb_with_warning():
 
 
 @pytest.mark.parametrize("case, code, words", [
-    ("one_band_uint16", P.E_INVALID_INPUT, "needs 3 bands"),
+    ("two_band_mapping", P.E_INVALID_INPUT, "takes 3 bands; 2 given"),
     ("missing_file", P.E_NOT_FOUND, "not found"),
     ("not_a_raster", P.E_INVALID_INPUT, "not a raster"),
     ("no_crs", P.E_INVALID_INPUT, "no CRS"),
@@ -202,8 +202,8 @@ def test_four_band_raster_uses_rgb_with_warning():
 ])
 def test_bad_input_gets_clear_error(case, code, words, tmp_path, monkeypatch):
     path, kw = VIENNA, {}
-    if case == "one_band_uint16":
-        path = ATLANTA
+    if case == "two_band_mapping":
+        path, kw = ATLANTA, {"bands": [1, 1]}
     elif case == "missing_file":
         path = tmp_path / "nope.tif"
     elif case == "not_a_raster":

@@ -256,3 +256,16 @@ def test_a_file_layer_keeps_a_pixel_fallback_unless_it_cannot_be_rendered(
     assert plan.source is not None and plan.fallback is None
     with pytest.raises(protocol.InputError, match="8-bit RGB"):
         plan.pixels_plan()
+
+
+def test_raster_over_http_goes_by_url(qgis_new_project):
+    """A COG opened as /vsicurl/ (or by its https URL) is sent as its URL: the daemon
+    reads the extent with range requests instead of the plugin rendering it."""
+    from plugin.detect.plan import file_source_path
+
+    for source in ("/vsicurl/https://example.org/ortho_cog.tif",
+                   "https://example.org/ortho_cog.tif"):
+        rl = QgsRasterLayer(source, "cog", "gdal")  # unreachable: only the source matters
+        assert file_source_path(rl) == "https://example.org/ortho_cog.tif"
+    local = QgsRasterLayer("/vsizip//tmp/none.zip/a.tif", "zipped", "gdal")
+    assert file_source_path(local) is None
