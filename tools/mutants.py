@@ -50,11 +50,13 @@ class Scope:
         functions: mutmut's mangled names of the functions mutated (``x_name`` for a
             function, ``xǁClassǁmethod`` for a method), or ``("*",)`` for every one.
         tests: the test files whose tests may kill its mutants.
+        exclude: mangled names of functions left out of ``("*",)``.
     """
 
     path: str
     functions: Tuple[str, ...]
     tests: Tuple[str, ...]
+    exclude: Tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -68,14 +70,19 @@ class Scope:
 
     def covers(self, mutant: str) -> bool:
         """Whether ``mutant`` (a mutmut mutant name) belongs to this scope."""
-        return any(fnmatch.fnmatchcase(mutant, p) for p in self.patterns())
+        return (any(fnmatch.fnmatchcase(mutant, p) for p in self.patterns())
+                and not any(mutant.startswith(f"{self.module}.{f}__mutmut_")
+                            for f in self.exclude))
 
 
 #: The core modules: tiling and stitching, metrics, the acceptance rule, extent/CRS
 #: planning and protocol validation. In ``acceptance.py`` the rule and the numbers it
 #: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
 #: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). In
-#: ``raster.py`` the grid planning; opening and reading windows belong to GDAL.
+#: ``raster.py`` the grid planning; opening and reading windows belong to GDAL. In
+#: ``wire.py`` validation, framing and the message helpers; the endpoint and upload-window
+#: helpers are tested with the daemon (tests/backend/daemon/test_uploads.py and
+#: test_server.py).
 SCOPE: Tuple[Scope, ...] = (
     Scope("backend/inference/tiling.py", ("*",),
           ("tests/backend/inference/test_tiling.py",
@@ -88,8 +95,9 @@ SCOPE: Tuple[Scope, ...] = (
            "x__source_gsd", "x__alpha_band"),
           ("tests/backend/inference/test_raster.py",
            "tests/backend/inference/test_stitching.py")),
-    Scope("protocol/wire.py", ("*",),
-          ("tests/protocol/test_wire.py", "tests/protocol/test_wire_checks.py")),
+    Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
+          exclude=("x_parse_endpoint", "x_is_loopback", "x_chunk_windows", "x_chunk_shape",
+                   "x_new_id")),
 )
 
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.

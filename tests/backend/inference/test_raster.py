@@ -117,27 +117,40 @@ def test_a_centre_without_a_utm_zone_is_an_input_error():
 # ----------------------------------------------------------------------------- bands
 
 def test_choose_bands():
-    with raster(*VIENNA) as ds:
+    """The bands named red, green and blue, else the first ones; a lone grey band as R,
+    G and B; never the alpha band; unused bands named in a warning."""
+    ci = ColorInterp
+    with raster(*VIENNA, colorinterp=[ci.red, ci.green, ci.blue]) as ds:
         assert choose_bands(ds, None, 3) == ([1, 2, 3], [])
         assert choose_bands(ds, [3, 2, 1], 3) == ([3, 2, 1], [])
         assert choose_bands(ds, [3, 3, 3], 3) == ([3, 3, 3], [])
         for req, msg in [([4, 1, 2], "band(s) [4] requested but the raster has 3"),
+                         ([0, 1, 2], "band(s) [0] requested but the raster has 3"),
                          ([1, 2], "the model takes 3 bands; 2 given")]:
             with pytest.raises(InputError) as e:
                 choose_bands(ds, req, 3)
             assert str(e.value) == msg
-    plain = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
-    with raster(*VIENNA[:3], 50, count=4, colorinterp=plain) as ds:
+    with raster(*VIENNA, colorinterp=[ci.blue, ci.green, ci.red]) as ds:
+        assert choose_bands(ds, None, 3) == ([3, 2, 1], [])
+    with raster(*VIENNA[:3], 50, count=4,
+                colorinterp=[ci.red, ci.green, ci.blue, ci.undefined]) as ds:
         assert _alpha_band(ds) is None
         assert choose_bands(ds, None, 3) == ([1, 2, 3], [
-            "the raster has 4 bands; bands [1, 2, 3] are used as RGB, the rest ignored"])
-    ci = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    with raster(*VIENNA[:3], 50, count=4, colorinterp=ci) as ds:
-        assert _alpha_band(ds) == 4
-        assert choose_bands(ds, None, 3) == ([1, 2, 3], [
-            "the raster has 4 bands; bands [1, 2, 3] are used as RGB, band 4 is the "
-            "alpha (valid-data) mask"])
-    with raster(*VIENNA[:3], 50, count=2) as ds:
+            "the raster has 4 bands; bands [1, 2, 3] are used as RGB, band(s) [4] ignored"])
+    with raster(*VIENNA[:3], 50, count=5,
+                colorinterp=[ci.undefined, ci.undefined, ci.alpha, ci.undefined,
+                             ci.undefined]) as ds:
+        assert _alpha_band(ds) == 3
+        assert choose_bands(ds, None, 3) == ([1, 2, 4], [
+            "the raster has 5 bands; bands [1, 2, 4] are used as RGB, band(s) [5] "
+            "ignored; band 3 is the alpha (valid-data) mask"])
+    grey = ("the raster has one band; it is used as grey for R, G and B (the model learnt "
+            "colour imagery: expect lower accuracy)")
+    with raster(*VIENNA[:3], 50, count=1) as ds:
+        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
+    with raster(*VIENNA[:3], 50, count=2, colorinterp=[ci.gray, ci.alpha]) as ds:
+        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
+    with raster(*VIENNA[:3], 50, count=2, colorinterp=[ci.gray, ci.undefined]) as ds:
         with pytest.raises(InputError) as e:
             choose_bands(ds, None, 3)
         assert str(e.value) == ("the model needs 3 bands (RGB) but the raster has 2 "
@@ -145,11 +158,12 @@ def test_choose_bands():
                                 "explicit band mapping")
         assert choose_bands(ds, None, 2) == ([1, 2], [])
     with raster(*VIENNA, dtype="uint16") as ds:
+        assert choose_bands(ds, None, 3)[0] == [1, 2, 3]       # stretched, not refused
+    with raster(*VIENNA, dtype="complex64") as ds:
         with pytest.raises(InputError) as e:
             choose_bands(ds, None, 3)
-        assert str(e.value) == ("the model expects 8-bit RGB; bands [1, 2, 3] are "
-                                "['uint16']. Convert the raster to 8 bits (e.g. "
-                                "gdal_translate -ot Byte -scale) first")
+        assert str(e.value) == ("bands [1, 2, 3] are of type ['complex64'], which cannot "
+                                "be stretched to the model's 8-bit input")
 
 
 # ----------------------------------------------------------------------------- plan_grid
@@ -375,7 +389,7 @@ def _vrt(tmp_path, dtypes):
     bands = []
     for i, dt in enumerate(dtypes, start=1):
         src = tmp_path / f"b{i}.tif"
-        np_dt = {"Byte": "uint8", "UInt16": "uint16"}[dt]
+        np_dt = {"Byte": "uint8", "UInt16": "uint16", "CFloat32": "complex64"}[dt]
         with MemoryFile() as _:
             import rasterio
             with rasterio.open(src, "w", driver="GTiff", width=10, height=10, count=1,
@@ -392,19 +406,19 @@ def _vrt(tmp_path, dtypes):
     return vrt
 
 
-def test_only_the_bands_the_model_reads_must_be_8_bit(tmp_path):
+def test_only_the_bands_the_model_reads_must_be_stretchable(tmp_path):
     import rasterio
-    with rasterio.open(_vrt(tmp_path, ["Byte", "Byte", "Byte", "UInt16"])) as ds:
-        assert ds.dtypes == ("uint8", "uint8", "uint8", "uint16")
+    with rasterio.open(_vrt(tmp_path, ["Byte", "Byte", "Byte", "CFloat32"])) as ds:
+        assert ds.dtypes == ("uint8", "uint8", "uint8", "complex64")
         bands, _ = choose_bands(ds, None, 3)
         assert bands == [1, 2, 3]
         with pytest.raises(InputError) as e:
             choose_bands(ds, [4, 2, 1], 3)
-        assert "bands [4, 2, 1] are ['uint16', 'uint8']" in str(e.value)
-    with rasterio.open(_vrt(tmp_path, ["UInt16", "Byte"])) as ds:
+        assert "bands [4, 2, 1] are of type ['complex64']" in str(e.value)
+    with rasterio.open(_vrt(tmp_path, ["CFloat32", "Byte"])) as ds:
         with pytest.raises(InputError) as e:
             choose_bands(ds, None, 3)
-        assert "the raster has 2 (uint16)" in str(e.value)
+        assert "the raster has 2 (complex64)" in str(e.value)
 
 
 def test_plan_grid_reads_the_requested_bands():
