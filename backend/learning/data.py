@@ -108,6 +108,19 @@ def clusters(tiles: Sequence[Tile], radius_deg: float = 0.0008) -> List[List[Til
         lambda t, u: abs(t.lat - u.lat) <= radius_deg and abs(t.lon - u.lon) <= radius_deg)
 
 
+def site_of(name: str, tiles: Sequence[Tile]) -> List[Tile]:
+    """The site cluster (:func:`clusters`) of ``tiles`` that holds the tile ``name``,
+    sorted by name.
+
+    Raises:
+        ValueError: no tile of ``tiles`` is called ``name``.
+    """
+    for g in clusters(tiles):
+        if any(t.name == name for t in g):
+            return sorted(g, key=lambda t: t.name)
+    raise ValueError(f"no pv01 tile named {name!r} in the {len(tiles)} tiles given")
+
+
 def split_train(tiles: Sequence[Tile], val_fraction: float, seed: int
                 ) -> Tuple[List[Tile], List[Tile]]:
     """Split train tiles into ``(fit, val)`` by whole spatial clusters.

@@ -158,7 +158,8 @@ def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
     return best[1]
 
 
-def fit_val_tiles(config: Dict[str, Any], fold: Optional[int] = None, folds: int = 3
+def fit_val_tiles(config: Dict[str, Any], fold: Optional[int] = None, folds: int = 3,
+                  without_site: Optional[str] = None
                   ) -> Tuple[List[pvdata.Tile], List[pvdata.Tile]]:
     """The train tiles a run fits on and validates on.
 
@@ -166,20 +167,34 @@ def fit_val_tiles(config: Dict[str, Any], fold: Optional[int] = None, folds: int
     folds). Otherwise ``"val_fraction": 0`` fits on the whole train split with no *val*
     (the post-processing then comes from the config, chosen by cross-validation), and
     any other fraction splits off whole clusters (:func:`backend.learning.data.split_train`).
+    ``without_site`` (a tile name): the site cluster holding that tile
+    (:func:`backend.learning.data.site_of`) is then removed from both, so the model
+    never sees that site.
+
+    Raises:
+        ValueError: ``without_site`` names no train-split tile.
     """
     tiles = pvdata.list_tiles("train")
     if fold is not None:
-        return pvdata.cv_folds(tiles, folds)[fold]
-    frac = float(config.get("val_fraction", 0.15))
-    if frac <= 0:
-        return list(tiles), []
-    # One fit/val split for every member of an ensemble (split_seed), so that the
-    # ensemble's threshold can be chosen on tiles no member was fitted on.
-    return pvdata.split_train(tiles, frac, int(config.get("split_seed", 0)))
+        fit, val = pvdata.cv_folds(tiles, folds)[fold]
+    else:
+        frac = float(config.get("val_fraction", 0.15))
+        if frac <= 0:
+            fit, val = list(tiles), []
+        else:
+            # One fit/val split for every member of an ensemble (split_seed), so that
+            # the ensemble's threshold can be chosen on tiles no member was fitted on.
+            fit, val = pvdata.split_train(tiles, frac, int(config.get("split_seed", 0)))
+    if without_site:
+        out = {t.name for t in pvdata.site_of(without_site, tiles)}
+        fit = [t for t in fit if t.name not in out]
+        val = [t for t in val if t.name not in out]
+    return fit, val
 
 
 def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = None,
-          fold: Optional[int] = None, folds: int = 3) -> ModelCard:
+          fold: Optional[int] = None, folds: int = 3,
+          without_site: Optional[str] = None) -> ModelCard:
     """Train one member as described by ``config``; returns the written card.
 
     Args:
@@ -188,9 +203,13 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         budget_s: wall-clock cap, seconds (default: the config's, else 600).
         fold: train the cross-validation model of this fold (:func:`fit_val_tiles`).
         folds: number of cross-validation folds.
+        without_site: a train-split tile name: its whole site cluster is left out of
+            fitting and validation (:func:`fit_val_tiles`) and named in the card's
+            ``training.left_out_names``, which a retrain never replays.
 
     Raises:
         FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
+        ValueError: ``without_site`` names no train-split tile.
     """
     import torch
 
@@ -205,7 +224,9 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     max_steps = int(config["steps"]) if config.get("steps") else None
 
     split_seed = int(config.get("split_seed", 0))
-    fit, val = fit_val_tiles(config, fold, folds)
+    fit, val = fit_val_tiles(config, fold, folds, without_site)
+    left_out = ([t.name for t in pvdata.site_of(without_site, pvdata.list_tiles("train"))]
+                if without_site else [])
     fit_a = pvdata.load_arrays(fit)
     # pretrained encoders expect their own input scaling (the config gives it)
     norm = dict(config["normalize"]) if config.get("normalize") else \
@@ -290,6 +311,7 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
                 "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
         "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
+        "left_out_names": left_out,
         "fold": fold, "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
         "train_seconds": round(train_s, 1), "device": device, "threads": threads,
         "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
@@ -373,6 +395,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--fold", type=int, default=None,
                     help="train the cross-validation model of this fold (0-based)")
     ap.add_argument("--folds", type=int, default=3, help="number of folds (default 3)")
+    ap.add_argument("--without-site", default=None, metavar="TILE",
+                    help="leave out the whole site cluster holding this train-split tile "
+                         "(a model that never saw that site)")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     out = args.out or (models_dir() / config["id"])
@@ -381,10 +406,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {out}/card.json (threshold {card.threshold}, min area "
               f"{card.min_area_m2} m2)")
         return 0
-    card = train(config, out, args.budget_s, args.fold, args.folds)
+    card = train(config, out, args.budget_s, args.fold, args.folds, args.without_site)
     print(f"wrote {out}/card.json and weights.safetensors "
           f"(threshold {card.threshold}, min area {card.min_area_m2} m2)")
-    if args.fold is None:
+    if args.fold is None and not args.without_site:
         export_onnx(card)
     return 0
 

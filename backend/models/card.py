@@ -257,6 +257,9 @@ class TrainingInfo(_Record):
 
     Attributes:
         val_names: pv01 train-split tiles the model was validated on, not fitted on.
+        left_out_names: pv01 train-split tiles of a site the model never saw at all
+            (``backend.learning.train --without-site``); a retrain neither replays nor
+            guards on them.
         fit_tiles, val_tiles: tile counts of the fit / validation split.
         data: the training data and its licence, in words.
         seed, split_seed: random seeds of training and of the fit/val split.
@@ -273,6 +276,7 @@ class TrainingInfo(_Record):
     """
 
     val_names: List[str] = _field(_list_of(_str), list)
+    left_out_names: List[str] = _field(_list_of(_str), list)
     fit_tiles: Optional[int] = _field(_int, None)
     val_tiles: Optional[int] = _field(_int, None)
     data: Optional[str] = _field(_str, None)
@@ -433,6 +437,12 @@ class ModelCard(_Record):
         (``training.val_names``, written by ``backend.learning.train``); empty when the
         card names none."""
         return list(self.training.val_names) if self.training else []
+
+    @property
+    def left_out_names(self) -> List[str]:
+        """Names of the pv01 train-split tiles of a site the model never saw, neither
+        fitted nor validated on (``training.left_out_names``); usually empty."""
+        return list(self.training.left_out_names) if self.training else []
 
     def class_name(self, class_id: int) -> str:
         """The name of class ``class_id``.
