@@ -447,6 +447,20 @@ class OrtholensClient:
         """
         return self._call("rollback", model=model)
 
+    def keep(self, model: str, pending: str, note: Optional[str] = None) -> Dict[str, Any]:
+        """Keep a retrain candidate the acceptance rule did not accept: the report's
+        ``pending`` becomes a version of ``model``'s lineage (in use in its area, or
+        active); returns :meth:`versions` plus ``kept``, the new version's id.
+
+        Raises:
+            DaemonError: ``not_found`` when the candidate is gone (kept already, or
+                removed after a week).
+        """
+        extra = {"note": note} if note else {}
+        # writing the version may export it to ONNX first: up to a minute on a busy CPU
+        return self._call("keep", timeout_s=max(self.timeout_s, 60.0), model=model,
+                          pending=pending, **extra)
+
     def _submit(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> Dict[str, Any]:
         """Send a job request and return its ``accepted`` reply (with ``job_id``).
 

@@ -4,8 +4,8 @@ Threads:
 
 * the **main loop** (:meth:`Server.serve_forever`) owns the ROUTER socket and an inproc
   PULL socket; it decodes and validates every request, answers ``ping``, ``models``,
-  ``status`` and ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` of
-  the user model versions, ``backend.models.versions``), and queues ``detect`` and
+  ``status`` and ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` /
+  ``keep`` of the user model versions, ``backend.models.versions``), and queues ``detect`` and
   ``retrain`` jobs (``backend.learning.finetune``: same events, one queue, so a
   detection waits while a retrain job runs on a single worker);
 * ``workers`` **worker threads** take jobs from a queue that is served round-robin
@@ -578,6 +578,15 @@ class Server:
         from backend.models.versions import rollback
         reply = self._versions_reply(header, rollback)
         log.info("rolled back %s to %s", reply["model"], reply["active"])
+        return [(identity, reply)]
+
+    def _on_keep(self, identity, header, arrays):
+        """Keep a retrain candidate the rule did not accept (the user's choice)."""
+        from backend.models.versions import keep_pending
+        reply = self._versions_reply(
+            header, lambda m: keep_pending(m, header["pending"], header.get("note")))
+        log.info("kept candidate %s of %s as %s", header["pending"], reply["model"],
+                 reply["kept"])
         return [(identity, reply)]
 
     def _on_upload(self, identity, header, arrays):

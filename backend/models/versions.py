@@ -23,6 +23,20 @@ the one the plugin selects for the next detection; :func:`activate` switches it 
 that name an id explicitly always get exactly that version, so outputs of a version
 never change once it is written.
 
+*Area versions.* A version retrained with a scope (``lineage["scope"]``, see
+:mod:`backend.models.scope`) was taught on one area and is not made active for
+everywhere: ``active.json`` lists it under ``area_versions`` (in use there), and a
+detection that asks for it (``by_area``) runs the newest such version whose site
+footprint covers the extent (:func:`version_for_extent`), else the model it named.
+:func:`activate` of such a version puts it back in use in its area, :func:`rollback` of
+it takes it out of use (its files stay).
+
+*Pending candidates.* A candidate the acceptance rule did not accept is kept for a
+while as ``<root>/<base>/.pending-<token>/`` (:func:`save_pending`) so that the user,
+who has seen the numbers, may still keep it (:func:`keep_pending`); its lineage then
+records the rule's verdict and the user's choice. Pending folders older than
+:data:`PENDING_DAYS` days are removed by later writes.
+
 Atomicity: a version is written into ``<root>/<base>/.tmp-<random>/`` and renamed to
 ``<n>/`` in one ``os.rename`` only when complete, so a trainer killed half-way leaves
 no half-written version (only a ``.tmp-*`` folder that listings ignore and later writes
@@ -51,6 +65,9 @@ from protocol.errors import E_INVALID_INPUT, ModelNotFound, VersionError
 SEP = "@"
 _NUM = re.compile(r"^[1-9][0-9]{0,5}$")
 _STALE_TMP_S = 24 * 3600
+#: Days a rejected candidate stays available to be kept by the user.
+PENDING_DAYS = 7
+_PENDING = re.compile(r"^[0-9a-f]{32}$")
 
 
 def user_models_dir() -> Path:
@@ -127,7 +144,9 @@ def load_version_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
         raise ModelNotFound(f"no model version {model_id!r} in {lineage_dir(base, root)} "
                             f"(user versions of {base}: {have})")
     card = read_card(path)
-    card.lineage = (card.lineage or Lineage()).with_active(active_id(base, root) == card.id)
+    lin = card.lineage or Lineage()
+    card.lineage = lin.with_active(active_id(base, root) == card.id,
+                                   (card.id in area_ids(base, root)) if lin.scope else None)
     return card
 
 
@@ -161,13 +180,36 @@ def _shipped_card(base: str) -> ModelCard:
 
 # ----------------------------------------------------------------------------- active
 
+def _active_file(base: str, root: Optional[Path] = None) -> Dict[str, Any]:
+    """The content of ``<root>/<base>/active.json`` (``{}`` when missing or unreadable)."""
+    try:
+        d = json.loads((lineage_dir(base, root) / "active.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def area_ids(base: str, root: Optional[Path] = None) -> List[str]:
+    """The versions of ``base`` in use in their own area (``active.json``'s
+    ``area_versions`` that still exist), newest first."""
+    have = set(_numbers(base, root))
+    out = []
+    for mid in _active_file(base, root).get("area_versions") or []:
+        try:
+            b, n = split_id(str(mid))
+        except VersionError:
+            continue
+        if b == base and n in have and str(mid) not in out:
+            out.append(str(mid))
+    return sorted(out, key=lambda m: -split_id(m)[1])
+
+
 def active_id(base: str, root: Optional[Path] = None) -> str:
     """The active model id of ``base``'s lineage (``base`` when none was chosen or the
     chosen version has disappeared)."""
-    p = lineage_dir(base, root) / "active.json"
     try:
-        mid = str(json.loads(p.read_text("utf-8"))["active"])
-    except (OSError, ValueError, KeyError, TypeError):
+        mid = str(_active_file(base, root)["active"])
+    except (KeyError, TypeError):
         return base
     try:
         b, n = split_id(mid)
@@ -188,8 +230,25 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _write_active(base: str, active: str, areas: List[str],
+                  root: Optional[Path] = None) -> None:
+    _write_json_atomic(lineage_dir(base, root) / "active.json",
+                       {"active": active, "previous": active_id(base, root),
+                        "area_versions": areas, "changed": _now_iso()})
+
+
+def _scope_of(model_id: str, root: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """The ``scope`` of a user version's lineage (None: shipped or general)."""
+    if split_id(model_id)[1] == 0:
+        return None
+    card = load_version_card(model_id, root)
+    return card.lineage.scope if card.lineage else None
+
+
 def activate(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
-    """Make ``model_id`` (a shipped id or ``<base>@<n>``) the active version.
+    """Make ``model_id`` (a shipped id or ``<base>@<n>``) the active version; a version
+    with a scope (taught on one area) is instead put in use in its area (added to
+    ``area_versions``), the active version staying as it is.
 
     Returns:
         :func:`describe` of the lineage afterwards.
@@ -206,15 +265,19 @@ def activate(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
             _shipped_card(base)
         except Exception as exc:
             raise VersionError(f"no model {base!r}: {exc}") from None
-    d = lineage_dir(base, root)
-    prev = active_id(base, root)
-    _write_json_atomic(d / "active.json", {"active": version_id(base, n), "previous": prev,
-                                           "changed": _now_iso()})
+    mid = version_id(base, n)
+    areas = area_ids(base, root)
+    if _scope_of(mid, root) is not None:
+        _write_active(base, active_id(base, root), [mid] + [a for a in areas if a != mid],
+                      root)
+    else:
+        _write_active(base, mid, areas, root)
     return describe(base, root)
 
 
 def rollback(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
-    """Make the parent of the active version of ``model_id``'s lineage active.
+    """Make the parent of the active version of ``model_id``'s lineage active; for a
+    version in use in its area (see :func:`area_ids`), take it out of use there instead.
 
     Args:
         model_id: any id of the lineage (``pv-unet-efl0`` or ``pv-unet-efl0@3``).
@@ -225,7 +288,12 @@ def rollback(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
     Raises:
         VersionError: the shipped model is active: there is nothing to roll back to.
     """
-    base, _ = split_id(model_id)
+    base, n_given = split_id(model_id)
+    given = version_id(base, n_given)
+    if n_given and given in area_ids(base, root):  # an area version: out of use there
+        _write_active(base, active_id(base, root),
+                      [a for a in area_ids(base, root) if a != given], root)
+        return describe(base, root)
     cur = active_id(base, root)
     _, n = split_id(cur)
     if n == 0:
@@ -244,7 +312,8 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
     """``{"model": base, "active": id, "versions": [...]}``, the shipped model first.
 
     Each version: ``{id, number, version, parent, created, active, corrections,
-    metrics, decision}`` (JSON-safe).
+    metrics, decision, verdict, scope, in_use}`` (JSON-safe; ``scope`` None and
+    ``in_use`` None for a general version, see :mod:`backend.models.scope`).
     """
     base, _ = split_id(base_or_id)
     _check_base(base)
@@ -254,7 +323,8 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
         shipped = _shipped_card(base)
         out.append({"id": base, "number": 0, "version": shipped.version, "parent": None,
                     "created": None, "active": active == base, "corrections": 0,
-                    "metrics": shipped.metrics or {}, "decision": "shipped"})
+                    "metrics": shipped.metrics or {}, "decision": "shipped",
+                    "verdict": None, "scope": None, "in_use": None})
     except Exception:
         shipped = None
     for n in _numbers(base, root):
@@ -266,7 +336,9 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
         out.append({"id": card.id, "number": n, "version": card.version,
                     "parent": lin.parent, "created": lin.created,
                     "active": active == card.id, "corrections": int(lin.corrections or 0),
-                    "metrics": lin.metrics or {}, "decision": lin.decision})
+                    "metrics": lin.metrics or {}, "decision": lin.decision,
+                    "verdict": lin.verdict, "scope": lin.scope,
+                    "in_use": lin.in_use if lin.scope else None})
     if shipped is None and not out:
         raise VersionError(f"no model {base!r} and no user versions of it")
     return {"model": base, "active": active, "versions": out}
@@ -280,12 +352,13 @@ def _now_iso() -> str:
 
 def _cleanup_stale(d: Path) -> None:
     now = time.time()
-    for p in d.glob(".tmp-*"):
-        try:
-            if now - p.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
+    for pattern, age in ((".tmp-*", _STALE_TMP_S), (".pending-*", PENDING_DAYS * 86400)):
+        for p in d.glob(pattern):
+            try:
+                if now - p.stat().st_mtime > age:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def candidate_dir(base: str, root: Optional[Path] = None) -> Path:
@@ -392,6 +465,122 @@ def write_version(parent_card: ModelCard, state_dict: Optional[Dict[str, Any]],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def version_for_extent(model_id: str, bounds: Tuple[float, float, float, float],
+                       crs_wkt: str, root: Optional[Path] = None
+                       ) -> Tuple[Optional[ModelCard], str]:
+    """The version of ``model_id``'s lineage taught on the area of an extent.
+
+    Args:
+        model_id: the model a detection asked for (any id of the lineage).
+        bounds: the extent ``(xmin, ymin, xmax, ymax)`` in ``crs_wkt``.
+        crs_wkt: its CRS (WKT or ``EPSG:n``).
+        root: user model folder (default :func:`user_models_dir`).
+
+    Returns:
+        ``(card, why)``: the newest version in use (:func:`area_ids`) whose site
+        footprint covers the whole extent and ``"<id> was taught on this area
+        (<scope>)"``; or ``(None, why)`` when there is none (``why`` says so, naming
+        the areas that do not cover it).
+    """
+    from backend.models.scope import Scope, covers
+    base, _ = split_id(model_id)
+    _check_base(base)
+    seen = []
+    for mid in area_ids(base, root):
+        try:
+            card = load_version_card(mid, root)
+        except Exception:  # an unreadable version is skipped, like in listings
+            continue
+        scope = Scope.from_dict(card.lineage.scope if card.lineage else None)
+        if scope is None:
+            continue
+        if covers(scope, bounds, crs_wkt):
+            return card, f"{mid} was taught on this area ({scope.describe()})"
+        seen.append(mid)
+    if seen:
+        return None, (f"no version of {base} was taught on this area ({', '.join(seen)} "
+                      f"cover other areas): {model_id} was used")
+    return None, f"{base} has no version taught on an area: {model_id} was used"
+
+
+# ----------------------------------------------------------------------------- pending
+
+def save_pending(parent_card: ModelCard, prepared: Path, card_updates: Dict[str, Any],
+                 lineage: Dict[str, Any], root: Optional[Path] = None) -> str:
+    """Keep a candidate the rule did not accept, so that the user may still keep it.
+
+    Args:
+        parent_card: the model that was fine-tuned.
+        prepared: a folder holding the candidate's ``weights.safetensors`` (and
+            ``model.onnx``), see :func:`candidate_dir`; they are moved out of it.
+        card_updates, lineage: what :func:`write_version` will be given if it is kept.
+        root: user model folder.
+
+    Returns:
+        The token naming it (32 hex digits) for :func:`keep_pending`.
+    """
+    base, _ = split_id(parent_card.id)
+    d = lineage_dir(base, root)
+    d.mkdir(parents=True, exist_ok=True)
+    _cleanup_stale(d)
+    token = uuid.uuid4().hex
+    p = d / f".pending-{token}"
+    p.mkdir()
+    for name in ("weights.safetensors", "model.onnx"):
+        if (Path(prepared) / name).is_file():
+            shutil.move(str(Path(prepared) / name), str(p / name))
+    _write_json_atomic(p / "pending.json", {"parent": parent_card.id,
+                                            "card_updates": card_updates,
+                                            "lineage": lineage, "created": _now_iso()})
+    return token
+
+
+def keep_pending(model_id: str, token: str, note: Optional[str] = None,
+                 root: Optional[Path] = None) -> Dict[str, Any]:
+    """Make a pending candidate (:func:`save_pending`) a version after all: the user
+    saw the numbers and chose to keep it against the rule's verdict.
+
+    Its lineage keeps the rule's ``verdict`` and ``reason`` and records ``decision``
+    ``"kept by the user"`` (with ``note``, the user's words, when given). A version
+    with a scope is put in use in its area, a general one is made active.
+
+    Args:
+        model_id: any id of the candidate's lineage.
+        token: the retrain report's ``pending``.
+        note: why the user keeps it (optional, at most 500 characters are kept).
+        root: user model folder.
+
+    Returns:
+        :func:`describe` of the lineage, plus ``kept``: the new version's id.
+
+    Raises:
+        VersionError: no such pending candidate (never made, already kept, or removed
+            after :data:`PENDING_DAYS` days).
+    """
+    base, _ = split_id(model_id)
+    _check_base(base)
+    if not _PENDING.match(str(token)):
+        raise VersionError(f"invalid pending candidate {token!r}", E_INVALID_INPUT)
+    p = lineage_dir(base, root) / f".pending-{token}"
+    try:
+        meta = json.loads((p / "pending.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        raise VersionError(f"no pending candidate {token} of {base}: it was kept already, "
+                           f"or removed after {PENDING_DAYS} days; retrain again") from None
+    parent_id = str(meta["parent"])
+    parent = (_shipped_card(base) if split_id(parent_id)[1] == 0
+              else load_version_card(parent_id, root))
+    lineage = dict(meta.get("lineage") or {})
+    lineage["decision"] = "kept by the user"
+    lineage["kept"] = {"at": _now_iso(), "note": (note or "")[:500]}
+    new = write_version(parent, None, dict(meta.get("card_updates") or {}), lineage, root,
+                        prepared=p)
+    shutil.rmtree(p, ignore_errors=True)
+    out = activate(new.id, root)
+    out["kept"] = new.id
+    return out
 
 
 def _write_text_synced(path: Path, text: str) -> None:
