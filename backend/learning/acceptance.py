@@ -9,14 +9,24 @@ pipeline (tiling, blending, threshold, cleaning) on
 - ``user_train``: the corrected areas trained on, only when the held-out corrections
   show no change in object errors (part (3) of the rule);
 
-and :func:`decide` applies :data:`ACCEPTANCE_RULE` to the two sets of numbers. The
-pv01 held-out split is never used here: accepting a version is a decision, and
-decisions are never taken on held-out data.
+and :func:`judge` gives the verdict: :data:`AREA_RULE` for a version scoped to the
+area it was taught on (the default: the guard is then a measured warning, not a veto),
+:data:`ACCEPTANCE_RULE` (:func:`decide`) for a general-purpose one. Both first ask
+whether the held-out corrections can decide at all (:data:`MIN_HOLDOUT_OBJECTS`), and
+both see the uncertainty of the held-out change (:func:`held_out_change`: a paired
+bootstrap over the held-out objects). The pv01 held-out split is never used here:
+accepting a version is a decision, and decisions are never taken on held-out data.
+
+The held-out part is judged with context: its pixels are read with a margin around
+them (``backend.learning.corrections``), both models see that margin as they would in
+a detection, and only the part itself is scored (:attr:`AreaData.scored`), so objects
+cut by its border are judged on what the user's labels say inside it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,6 +56,51 @@ ACCEPTANCE_RULE = (
     "corrections or, when they stay equal there, object errors (or, when those stay "
     "equal too, wrongly classified pixels) decrease on the corrected areas it was "
     "trained on.")
+
+
+#: Fewest objects (places where the corrections or either model has an object of at
+#: least 20 px) the held-out corrections must hold for the rule to give a verdict. With
+#: fewer, one object moves object F1 by 0.1 or more and the bootstrap interval says
+#: nothing; the verdict is then "undecided" and the user decides.
+MIN_HOLDOUT_OBJECTS = 10
+#: Two-sided confidence of the interval of the held-out change.
+CONFIDENCE = 0.9
+#: Bootstrap resamples of the held-out objects (seeded: the interval repeats).
+BOOTSTRAP_RESAMPLES = 2000
+#: What a retrain may produce: a version for the area it was taught on, or one for
+#: everywhere.
+SCOPES = ("area", "general")
+
+#: The rule of a version scoped to its area (the default), stated in its card.
+AREA_RULE = (
+    "A version retrained on your corrections is used only inside the area it was taught "
+    "on (the reviewed extents and a site footprint of {margin_m:g} m around them); it is "
+    "judged there, on the held-out part of your corrections (never trained on, read with "
+    "its surroundings as a detection reads it). Objects are 8-connected components of "
+    ">= 20 px matched at IoU 0.5; object errors = false + missed objects. The held-out "
+    "part must hold at least {min_objects} objects, else there is no verdict (not enough "
+    "held-out corrections to decide). It is accepted when, there, object errors "
+    "decrease, object F1 does not decrease, the lower end of the {confidence:.0%} "
+    "bootstrap interval of the object F1 change (resampling the held-out objects) is not "
+    "below 0, and pixel IoU drops by at most {max_iou_drop:g}. Its pixel IoU on the "
+    "guard, pv01 validation tiles the model never trained on, is measured and reported "
+    "as a warning when it drops by more than {max_iou_drop:g}; it does not decide.")
+
+
+def rule_text(scope: str, max_iou_drop: float, margin_m: float) -> str:
+    """The rule a retrain of ``scope`` (:data:`SCOPES`) applies, as stated in the card.
+
+    Args:
+        scope: ``"area"`` or ``"general"``.
+        max_iou_drop: the largest pixel IoU drop allowed.
+        margin_m: the site footprint's reach beyond the reviewed extents, metres.
+    """
+    if scope == "general":
+        return (ACCEPTANCE_RULE.format(max_iou_drop=max_iou_drop) +
+                f" With fewer than {MIN_HOLDOUT_OBJECTS} held-out objects there is no "
+                f"verdict (not enough held-out corrections to decide).")
+    return AREA_RULE.format(max_iou_drop=max_iou_drop, margin_m=margin_m,
+                            min_objects=MIN_HOLDOUT_OBJECTS, confidence=CONFIDENCE)
 
 
 # ----------------------------------------------------------------------------- engines
@@ -119,11 +174,101 @@ def eval_areas(areas: Sequence[AreaData], card: ModelCard,
     wrong = 0
     area_m2 = 0.0
     for a, pred in zip(areas, preds):
+        m = _scored(a)
         for k in range(1, len(card.classes) + 1):
-            tot.add(compare((pred == k) & a.valid, (a.target == k) & a.valid))
-        wrong += int(((pred != a.target) & a.valid).sum())
+            tot.add(compare((pred == k) & m, (a.target == k) & m))
+        wrong += int(((pred != a.target) & m).sum())
         area_m2 += a.area_m2
     return _summary(tot, area_m2, wrong)
+
+
+def _scored(area: Any) -> np.ndarray:
+    """The judged pixels of an area (its ``scored`` mask when it has one, else every
+    valid pixel: :attr:`AreaData.scored_mask`)."""
+    scored = getattr(area, "scored", None)
+    return area.valid if scored is None else scored
+
+
+def object_units(areas: Sequence[AreaData], card: ModelCard,
+                 before: Sequence[np.ndarray], after: Sequence[np.ndarray]
+                 ) -> np.ndarray:
+    """Per-object counts of two models on the same areas, for a paired bootstrap.
+
+    A *unit* is an 8-connected component of the union of the corrected map and both
+    models' class maps (per class, inside each area's scored pixels): the objects that
+    overlap, and so may match each other, always share one unit, so the counts of all
+    units add up to :func:`eval_areas`' counts.
+
+    Returns:
+        int64 (n, 6): per unit ``tp, fp, fn`` objects of ``before`` then of ``after``
+        (units whose components are all below 20 px are left out).
+    """
+    from scipy import ndimage
+    rows = []
+    eight = np.ones((3, 3), bool)
+    for a, pb, pa in zip(areas, before, after):
+        m = _scored(a)
+        for k in range(1, len(card.classes) + 1):
+            t, b, f = (a.target == k) & m, (pb == k) & m, (pa == k) & m
+            lab, n = ndimage.label(t | b | f, structure=eight)
+            for j, sl in enumerate(ndimage.find_objects(lab), start=1):
+                if sl is None:
+                    continue
+                sel = lab[sl] == j
+                cb = compare(b[sl] & sel, t[sl] & sel)
+                ca = compare(f[sl] & sel, t[sl] & sel)
+                row = (cb.tp_obj, cb.fp_obj, cb.fn_obj, ca.tp_obj, ca.fp_obj, ca.fn_obj)
+                if any(row):
+                    rows.append(row)
+    return np.asarray(rows, np.int64).reshape(-1, 6)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def held_out_change(units: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                    confidence: float = CONFIDENCE, seed: int = 0) -> Dict[str, Any]:
+    """The change of object F1 and object errors from ``before`` to ``after`` on the
+    held-out objects, with a paired bootstrap interval.
+
+    Args:
+        units: :func:`object_units`' rows.
+        resamples: bootstrap resamples of the units (with replacement).
+        confidence: two-sided confidence of the intervals.
+        seed: seed of the resampling (the interval repeats).
+
+    Returns:
+        ``{"objects": n, "object_f1": [before, after], "f1_change": after - before,
+        "f1_interval": [lo, hi], "errors": [before, after], "errors_interval": [lo, hi]
+        (of the change), "confidence", "resamples", "enough": n >= MIN_HOLDOUT_OBJECTS,
+        "min_objects"}``; F1 values rounded to 4 decimals, None without units.
+    """
+    n = int(len(units))
+    out: Dict[str, Any] = {"objects": n, "confidence": confidence, "resamples": resamples,
+                           "min_objects": MIN_HOLDOUT_OBJECTS,
+                           "enough": n >= MIN_HOLDOUT_OBJECTS}
+    if n == 0:
+        out.update({"object_f1": [None, None], "f1_change": None,
+                    "f1_interval": [None, None], "errors": [0, 0],
+                    "errors_interval": [0, 0]})
+        return out
+    tot = units.sum(0)
+    f_b, f_a = float(_f1(*tot[:3])), float(_f1(*tot[3:]))
+    idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    sums = units[idx].sum(1)  # (resamples, 6)
+    df = _f1(sums[:, 3], sums[:, 4], sums[:, 5]) - _f1(sums[:, 0], sums[:, 1], sums[:, 2])
+    de = (sums[:, 4] + sums[:, 5]) - (sums[:, 1] + sums[:, 2])
+    q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
+    lo, hi = np.percentile(df, q)
+    elo, ehi = np.percentile(de, q)
+    out.update({"object_f1": [round(f_b, 4), round(f_a, 4)],
+                "f1_change": round(f_a - f_b, 4),
+                "f1_interval": [round(float(lo), 4), round(float(hi), 4)],
+                "errors": [int(tot[1] + tot[2]), int(tot[4] + tot[5])],
+                "errors_interval": [int(round(float(elo))), int(round(float(ehi)))]})
+    return out
 
 
 def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
@@ -176,8 +321,9 @@ def _guard_before(engine: Engine, card: ModelCard, tiles: List[Tile],
 
 def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Corrections,
              guard: Optional[GuardSet], progress: Progress,
-             cancelled: Cancelled = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The numbers :func:`decide` compares, for the current model and the candidate.
+             cancelled: Cancelled = None
+             ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """The numbers :func:`judge` compares, for the current model and the candidate.
 
     Args:
         card: the current model's card (the candidate shares its post-processing).
@@ -190,17 +336,20 @@ def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Correcti
         cancelled: polled between tiles and batches.
 
     Returns:
-        ``(before, after)``, each ``{"user_holdout": {...}, "guard"?: {...},
-        "user_train"?: {...}}`` (see :func:`eval_areas`, :func:`eval_tiles`).
+        ``(before, after, change)``: ``before`` and ``after`` each ``{"user_holdout":
+        {...}, "guard"?: {...}, "user_train"?: {...}}`` (see :func:`eval_areas`,
+        :func:`eval_tiles`), ``change`` the held-out change with its bootstrap interval
+        (:func:`held_out_change`).
 
     Raises:
         JobCancelled: ``cancelled()`` turned true.
     """
     progress(0.0, "the held-out corrections")
-    before = {"user_holdout": eval_areas(corr.holdout, card, [a.pred for a in corr.holdout])}
-    after = {"user_holdout": eval_areas(corr.holdout, card,
-                                        [predict_area(candidate, a, card, cancelled)
-                                         for a in corr.holdout])}
+    preds_b = [a.pred for a in corr.holdout]
+    preds_a = [predict_area(candidate, a, card, cancelled) for a in corr.holdout]
+    before = {"user_holdout": eval_areas(corr.holdout, card, preds_b)}
+    after = {"user_holdout": eval_areas(corr.holdout, card, preds_a)}
+    change = held_out_change(object_units(corr.holdout, card, preds_b, preds_a))
     if guard:
         progress(0.35, f"{len(guard)} pv01 validation tiles (guard)")
         before["guard"] = _guard_before(current, card, guard.tiles, cancelled)
@@ -213,7 +362,7 @@ def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Correcti
         after["user_train"] = eval_areas(corr.train, card,
                                          [predict_area(candidate, a, card, cancelled)
                                           for a in corr.train])
-    return before, after
+    return before, after, change
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -276,3 +425,99 @@ def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
              f"{ha['pixel_iou']:.3f}"
              if drop(hb, ha, "pixel_iou") is not None else "")
     return True, better + guard
+
+
+@dataclass
+class Verdict:
+    """What the rule says about a candidate.
+
+    Attributes:
+        verdict: ``"accepted"``, ``"rejected"`` or ``"undecided"`` (too few held-out
+            objects to decide).
+        reason: the reasons, joined with ``"; "``, the main one first.
+        warnings: measured facts that do not decide (the guard of an area version).
+    """
+
+    verdict: str
+    reason: str
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict == "accepted"
+
+
+def guard_warning(before: Dict[str, Any], after: Dict[str, Any],
+                  max_iou_drop: float) -> Optional[str]:
+    """``"this version is worse on the original training data (pv01 validation tiles)
+    by 0.075 pixel IoU (0.881 -> 0.806)"`` when the guard's pixel IoU drops by more than
+    ``max_iou_drop``; None otherwise or without a guard."""
+    hb, ha = before.get("guard"), after.get("guard")
+    if not hb or not ha or hb.get("pixel_iou") is None or ha.get("pixel_iou") is None:
+        return None
+    d = hb["pixel_iou"] - ha["pixel_iou"]
+    if d <= max_iou_drop + 1e-9:
+        return None
+    return (f"this version is worse on the original training data (pv01 validation "
+            f"tiles) by {d:.3f} pixel IoU ({hb['pixel_iou']:.3f} -> {ha['pixel_iou']:.3f})"
+            f"; it is meant for its own area only")
+
+
+def _interval(change: Dict[str, Any]) -> str:
+    lo, hi = change["f1_interval"]
+    return (f"object F1 change {change['f1_change']:+.3f}, {change['confidence']:.0%} "
+            f"interval {lo:+.3f} to {hi:+.3f} over {change['objects']} held-out objects")
+
+
+def judge(before: Dict[str, Any], after: Dict[str, Any], change: Dict[str, Any],
+          max_iou_drop: float, scope: str = "area") -> Verdict:
+    """The verdict on a candidate.
+
+    Args:
+        before, after: :func:`evaluate`'s numbers of the current model and the
+            candidate.
+        change: :func:`evaluate`'s held-out change (:func:`held_out_change`).
+        max_iou_drop: the largest pixel IoU drop allowed (held-out corrections; the
+            guard's limit, which only warns for an area version).
+        scope: ``"area"`` (:data:`AREA_RULE`) or ``"general"`` (:data:`ACCEPTANCE_RULE`,
+            :func:`decide`: the guard vetoes).
+
+    Raises:
+        ValueError: an unknown scope.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    if not change.get("enough"):
+        return Verdict("undecided", (
+            f"not enough held-out corrections to decide: the held-out part holds "
+            f"{change.get('objects', 0)} objects, at least {MIN_HOLDOUT_OBJECTS} are needed "
+            f"(review a larger area, or keep the version yourself after looking at the "
+            f"numbers)"))
+    if scope == "general":
+        ok, why = decide(before, after, max_iou_drop)
+        if change.get("f1_change") is not None:
+            why += f" ({_interval(change)})"
+        return Verdict("accepted" if ok else "rejected", why)
+    ub, ua = before["user_holdout"], after["user_holdout"]
+    eb, ea = ub["object_errors"], ua["object_errors"]
+    reasons = []
+    if ea > eb:
+        reasons.append(f"more object errors on the held-out corrections ({eb} -> {ea})")
+    elif ea == eb:
+        reasons.append(f"no fewer object errors on the held-out corrections ({eb} -> {ea}):"
+                       f" nothing learned shows outside the part trained on")
+    fb, fa = ub.get("object_f1"), ua.get("object_f1")
+    if fb is not None and fa is not None and fa < fb - 1e-9:
+        reasons.append(f"object F1 on the held-out corrections fell {fb:.3f} -> {fa:.3f}")
+    if ea < eb and change["f1_interval"][0] is not None and change["f1_interval"][0] < 0:
+        reasons.append(f"the gain may be noise: {_interval(change)}")
+    if (ub.get("pixel_iou") is not None and ua.get("pixel_iou") is not None
+            and ub["pixel_iou"] - ua["pixel_iou"] > max_iou_drop + 1e-9):
+        reasons.append(f"pixel IoU on the held-out corrections fell {ub['pixel_iou']:.3f} "
+                       f"-> {ua['pixel_iou']:.3f} (more than {max_iou_drop:g})")
+    warn = guard_warning(before, after, max_iou_drop)
+    warnings = [warn] if warn else []
+    if reasons:
+        return Verdict("rejected", "; ".join(reasons), warnings)
+    return Verdict("accepted", f"object errors on the held-out corrections {eb} -> {ea} "
+                               f"({_interval(change)})", warnings)

@@ -23,11 +23,19 @@
 3. **evaluate** the current model and the candidate (its fp16-rounded weights, exactly
    what would be saved, through the engine ``detect`` would use) on the held-out
    corrections and the guard (:mod:`backend.learning.acceptance`);
-4. **decide** with :data:`~backend.learning.acceptance.ACCEPTANCE_RULE` (written into
-   every new card): register a new version (:mod:`backend.models.versions`: atomic,
-   with lineage) and make it active, or report why the candidate was rejected. Every
-   run, accepted, rejected, failed or cancelled, is logged to the MLflow file store
-   ``<user models>/mlruns``.
+4. **decide** (:func:`~backend.learning.acceptance.judge`): a retrain with ``scope``
+   ``"area"`` (the default) makes a version for the area it was taught on
+   (:mod:`backend.models.scope`), judged by
+   :data:`~backend.learning.acceptance.AREA_RULE` with the guard as a measured warning;
+   ``"general"`` makes one for everywhere, judged by
+   :data:`~backend.learning.acceptance.ACCEPTANCE_RULE` with the guard as a veto. The
+   rule is written into every new card. An accepted candidate becomes a new version
+   (:mod:`backend.models.versions`: atomic, with lineage and scope), in use in its
+   area (or made active, for a general one); one the rule rejects or cannot decide on
+   is kept aside for :data:`~backend.models.versions.PENDING_DAYS` days
+   (``pending`` in the report) so that the user may keep it after all
+   (``keep`` request). Every run, accepted, rejected, failed or cancelled, is logged to
+   the MLflow file store ``<user models>/mlruns``.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import protocol as P
 from backend.config import train_threads
 from backend.inference.detect import model_errors
 from backend.inference.engines import Engine, get_engine
-from backend.learning.acceptance import ACCEPTANCE_RULE, decide, evaluate
+from backend.learning.acceptance import evaluate, judge, rule_text
 from backend.learning.augment import augment_weighted_batch, normalize_batch
 from backend.learning.corrections import AreaData, ChipSampler, build_corrections
 from backend.learning.data import GuardSet, ReplaySet, tile_sampling_weights
@@ -55,6 +63,7 @@ from backend.learning.optim import lr_factor, optimizer_step
 from backend.models import versions as V
 from backend.models.card import ModelCard
 from backend.models.catalog import load_card
+from backend.models.scope import SITE_MARGIN_M, build_scope
 from backend.models.torch_models import load_torch_model, save_weights
 from protocol.errors import CorrectionsError, JobCancelled, JobError
 from protocol.params import FileSource, RetrainParams
@@ -228,6 +237,10 @@ class RetrainConfig:
         warmup: warm-up steps.
         holdout_fraction: share of the reviewed areas held out to evaluate.
         max_iou_drop: largest pixel IoU drop the acceptance rule allows.
+        scope: ``"area"``: a version for the area it was taught on (the guard warns);
+            ``"general"``: one for everywhere (the guard vetoes).
+        site_margin_m: how far an area version's site footprint reaches beyond the
+            reviewed extents, metres (:data:`backend.models.scope.SITE_MARGIN_M`).
     """
 
     budget_s: float = 120.0
@@ -244,6 +257,8 @@ class RetrainConfig:
     warmup: int = 5
     holdout_fraction: float = 0.25
     max_iou_drop: float = 0.02
+    scope: str = "area"
+    site_margin_m: float = SITE_MARGIN_M
 
     @classmethod
     def from_params(cls, params: RetrainParams) -> "RetrainConfig":
@@ -375,7 +390,9 @@ def finetune(card: ModelCard, areas: Sequence[AreaData], cfg: RetrainConfig,
     corr = ChipSampler(areas, cfg.chip, rng, cfg.hard_fraction) if areas else None
     if corr is not None and not len(corr):
         corr = None
-    replay = ReplaySet.without(card.val_names) if cfg.replay_fraction > 0 else None
+    # never the tiles it was validated on, nor a site it never saw
+    replay = (ReplaySet.without(list(card.val_names) + card.left_out_names)
+              if cfg.replay_fraction > 0 else None)
     rep = (ReplaySampler(replay.arrays, cfg.chip, rng)
            if replay is not None and replay.arrays is not None else None)
     if corr is None and rep is None:
@@ -484,7 +501,8 @@ def _guard(card: ModelCard, params: RetrainParams, warnings: List[str]
     if params.guard is False:
         return None
     try:
-        guard = GuardSet.of(card.val_names, _file_sources(params))
+        guard = GuardSet.of([n for n in card.val_names if n not in card.left_out_names],
+                            _file_sources(params))
     except FileNotFoundError as exc:
         warnings.append(f"pv01 data missing ({exc}); the forgetting guard was skipped")
         return None
@@ -512,7 +530,9 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         cancelled: polled between steps and tiles.
         root: the user model folder (default ``backend.models.versions.user_models_dir``).
         keep: for in-process callers such as ``tools.retrain_eval``: a dict that
-            receives the candidate's ``engine`` and ``card`` even when it is rejected.
+            receives the candidate's ``engine`` and ``card`` even when it is rejected,
+            the ``corrections`` and ``guard`` it was judged on and the ``current``
+            model's engine (to put another candidate through the same gate).
 
     Returns:
         ``{"crs": "", "features": [], "stats": {...}, "retrain": report}``; the report
@@ -579,49 +599,64 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         cand = candidate_engine(card, model, cand_dir)
         _MEASURED["export_s"] = time.monotonic() - t_export
         if keep is not None:
-            keep.update({"engine": cand, "card": card})
-        before, after = evaluate(card, engine, cand, corr, guard,
-                                 lambda f, m: clock.report("evaluating the gate", m),
-                                 cancelled)
-        accepted, reason = decide(before, after, cfg.max_iou_drop)
+            keep.update({"engine": cand, "card": card, "corrections": corr,
+                         "guard": guard, "current": engine})
+        before, after, change = evaluate(card, engine, cand, corr, guard,
+                                         lambda f, m: clock.report("evaluating the gate", m),
+                                         cancelled)
+        verdict = judge(before, after, change, cfg.max_iou_drop, cfg.scope)
+        accepted, reason = verdict.accepted, verdict.reason
+        warnings += verdict.warnings
+        if change.get("f1_change") is not None:
+            run.log_metric("holdout.f1_change", change["f1_change"])
+            run.log_metric("holdout.objects", change["objects"])
         for tag, m in (("before", before), ("after", after)):
             for part, s in m.items():
                 for k in ("object_f1", "pixel_iou", "object_errors", "false_objects",
                           "missed_objects", "wrong_px", "false_polygons_per_km2"):
                     if s.get(k) is not None:
                         run.log_metric(f"{tag}.{part}.{k}", s[k])
-        rule = ACCEPTANCE_RULE.format(max_iou_drop=cfg.max_iou_drop)
+        rule = rule_text(cfg.scope, cfg.max_iou_drop, cfg.site_margin_m)
+        scope = area_scope(corr.train + corr.holdout, cfg) if cfg.scope == "area" else None
         report: Dict[str, Any] = {
-            "accepted": accepted, "reason": reason, "model": None, "parent": card.id,
+            "accepted": accepted, "verdict": verdict.verdict, "reason": reason,
+            "model": None, "parent": card.id, "scope": scope, "change": change,
+            "pending": None, "in_use": None,
             "before": before, "after": after, "corrections": summary, "train": info,
             "budget_s": cfg.budget_s, "rule": rule, "warnings": warnings,
             "mlflow_run": str(run.dir), "active": V.active_id(base, root)}
+        lineage = {
+            "created": V._now_iso(), "corrections": summary["features"],
+            "data": {"sources": _file_sources(params) or ["pixels sent by the plugin"],
+                     "reviewed": [{"area": a.area.index, "part": a.area.part or "whole",
+                                   "holdout": a.holdout,
+                                   "bounds": [round(v, 3) for v in _grid_bounds(a)]}
+                                  for a in corr.train + corr.holdout],
+                     "replay": (f"pv01 train split, fit tiles ({info['replay_tiles']})"
+                                if info["replay_tiles"] else "none")},
+            "summary": summary, "metrics": {"before": before, "after": after,
+                                            "held_out_change": change},
+            "config": asdict(cfg), "train": info, "decision": verdict.verdict,
+            "verdict": verdict.verdict, "reason": reason, "scope": scope,
+            "warnings": list(verdict.warnings), "mlflow_run_id": run.run_id}
+        updates = {"acceptance_rule": rule,
+                   "retrain": {"parent": card.id, "reason": reason,
+                               "budget_s": cfg.budget_s, "steps": info["steps"]}}
         if accepted:
             if cancelled and cancelled():
                 raise JobCancelled()
             clock.report("saving", f"the new version of {base}")
-            lineage = {
-                "created": V._now_iso(), "corrections": summary["features"],
-                "data": {"sources": _file_sources(params) or ["pixels sent by the plugin"],
-                         "reviewed": [{"area": a.area.index, "part": a.area.part or "whole",
-                                       "holdout": a.holdout,
-                                       "bounds": [round(v, 3) for v in _grid_bounds(a)]}
-                                      for a in corr.train + corr.holdout],
-                         "replay": (f"pv01 train split, fit tiles ({info['replay_tiles']})"
-                                    if info["replay_tiles"] else "none")},
-                "summary": summary, "metrics": {"before": before, "after": after},
-                "config": asdict(cfg), "train": info, "decision": "accepted",
-                "reason": reason, "mlflow_run_id": run.run_id}
-            updates = {"acceptance_rule": rule,
-                       "retrain": {"parent": card.id, "reason": reason,
-                                   "budget_s": cfg.budget_s, "steps": info["steps"]}}
             new = V.write_version(card, model.state_dict(), updates, lineage, root,
                                   prepared=cand_dir)
             report["model"] = new.id
             if params.activate is not False:
                 V.activate(new.id, root)
             report["active"] = V.active_id(base, root)
+            if scope is not None:
+                report["in_use"] = new.id in V.area_ids(base, root)
             run.set_tag("ortholens.model", new.id)
+        elif not (cancelled and cancelled()):
+            report["pending"] = V.save_pending(card, cand_dir, updates, lineage, root)
         report["time"] = times = clock.summary()
         if not times["within_budget"]:
             over = times.get("preparing_s", 0.0) + times.get("checking_s", 0.0)
@@ -650,6 +685,22 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         run.end(status)
         if cand_dir is not None:
             shutil.rmtree(cand_dir, ignore_errors=True)
+
+
+def area_scope(areas: Sequence[AreaData], cfg: RetrainConfig) -> Dict[str, Any]:
+    """The scope (JSON) of a version taught on ``areas``: their extents, and the site
+    footprint :data:`RetrainConfig.site_margin_m` around them
+    (:func:`backend.models.scope.build_scope`), computed in the first area's grid CRS
+    (metres; the others are brought into it)."""
+    from rasterio.warp import transform_bounds
+    crs = areas[0].grid.crs_wkt
+    boxes = []
+    for a in areas:
+        b = _grid_bounds(a)
+        if a.grid.crs_wkt != crs:
+            b = transform_bounds(a.grid.crs_wkt, crs, *b, densify_pts=21)
+        boxes.append(tuple(b))
+    return build_scope(boxes, crs, cfg.site_margin_m).to_dict()
 
 
 def _cuda() -> bool:
