@@ -35,6 +35,7 @@ from qgis.core import (
     QgsMapLayer,
     QgsProject,
     QgsProviderRegistry,
+    QgsRaster,
     QgsRasterLayer,
     QgsRectangle,
 )
@@ -165,6 +166,36 @@ class RenderPlan:
     context: Optional[QgsCoordinateTransformContext] = None
 
 
+def layer_bands(layer: QgsRasterLayer) -> Optional[tuple]:
+    """The band mapping (1-based R, G, B bands) a detection on ``layer`` sends.
+
+    The bands whose colour interpretation is red, green and blue when the raster names
+    all three (QGIS 3.22's default renderer ignores it, so a BGR file is shown with
+    swapped colours, but the model must get R, G, B); else the red, green and blue
+    bands of a multiband colour renderer the user set to something other than 1, 2,
+    3 (Layer Properties > Symbology); else a single-band grey renderer's band three
+    times; else None: the daemon then follows the colour interpretation itself.
+    """
+    prov = layer.dataProvider()
+    n = layer.bandCount()
+    ci = {prov.colorInterpretation(b): b for b in range(n, 0, -1)}
+    rgb = tuple(ci.get(c) for c in (QgsRaster.RedBand, QgsRaster.GreenBand,
+                                    QgsRaster.BlueBand))
+    if all(rgb):
+        return rgb
+    renderer = layer.renderer()
+    if renderer is None:
+        return None
+    if renderer.type() == "multibandcolor":
+        shown = (renderer.redBand(), renderer.greenBand(), renderer.blueBand())
+        if all(1 <= b <= n for b in shown) and shown != (1, 2, 3):
+            return shown
+        return None
+    if renderer.type() == "singlebandgray" and 1 <= renderer.grayBand() <= n:
+        return (renderer.grayBand(),) * 3
+    return None
+
+
 @dataclass
 class DetectPlan:
     """A validated request, minus the model and options: a file source or a render plan.
@@ -179,6 +210,8 @@ class DetectPlan:
             the engine cannot read ``source``; None when the layer cannot be rendered
             (then ``fallback_error`` says why).
         fallback_error: why the file layer cannot be sent as pixels, or None.
+        bands: the 1-based bands the layer shows as R, G, B (file layers; see
+            :func:`layer_bands`), sent as the band mapping, else None.
     """
 
     layer_id: str
@@ -189,6 +222,7 @@ class DetectPlan:
     render: Optional[RenderPlan] = None
     fallback: Optional[RenderPlan] = None
     fallback_error: Optional[str] = None
+    bands: Optional[tuple] = None
 
     def pixels_plan(self) -> RenderPlan:
         """The render plan to send pixels with: ``render``, else ``fallback``.
@@ -265,9 +299,10 @@ def prepare_detect(layer: Optional[QgsMapLayer], extent: QgsRectangle,
         plan.source = FileSource(path)
         plan.extent = extent_tuple(extent)
         plan.extent_crs = crs_wkt(extent_crs)
+        plan.bands = layer_bands(layer)
         try:
             plan.fallback = _render_plan(layer, in_layer, metric, context)
-        except InputError as exc:  # e.g. 16-bit: the daemon refuses it anyway
+        except InputError as exc:  # e.g. 16-bit: only the daemon can stretch it
             plan.fallback_error = str(exc)
         return plan
     plan.render = _render_plan(layer, in_layer, metric, context)

@@ -11,9 +11,17 @@ the ``source``: outside its ``ORTHOLENS_ROOTS``, or a file system of its own), a
 layers that are not files, the plugin renders the extent at the card's ``gsd_m`` and
 streams it window by window (``OrtholensClient.upload``): a large extent is never held
 whole in memory.
+
+Which model runs: the dock's. Unless the dock shows a version taught on one area, the
+request asks for ``by_area``: where a version of the model's lineage was retrained on
+this area and covers the extent, the daemon runs that version instead, and the result
+says so (``stats["model"]``, ``stats["model_choice"]``); the task then takes that
+version's card for the layer and the message.
 """
 
 from __future__ import annotations
+
+import json
 
 import dataclasses
 from pathlib import Path
@@ -125,13 +133,18 @@ class DetectTask(QgsTask):
         self.cards = list(client.models())
         self.card = pick_card(self.cards, self.model_id)
         model_id = str(self.card["id"])
+        # a version taught on one area runs as chosen; any other model lets the daemon
+        # pick the version of its lineage taught on this area
+        self.options.setdefault("by_area", not is_area_version(self.card))
         if self.isCanceled():
             raise InterruptedError
         self.setProgress(5)
         gsd = float(self.card["gsd_m"])
         if self.plan.source is not None and not self.settings.is_remote():
+            options = dict(self.options)
+            options.setdefault("bands", self.plan.bands)  # as the layer shows R, G, B
             params = DetectParams(self.plan.source, model_id, extent=self.plan.extent,
-                                  extent_crs=self.plan.extent_crs, **self.options)
+                                  extent_crs=self.plan.extent_crs, **options)
             try:
                 self.result = self._run_job(client, params, start=10)
                 self.transfer = "file"
@@ -146,6 +159,12 @@ class DetectTask(QgsTask):
             self.result = self._detect_pixels(client, model_id, gsd)
         if self.isCanceled():
             raise InterruptedError
+        used = ((self.result or {}).get("stats") or {}).get("model")
+        if used and used != model_id:  # a version taught on this area ran
+            self.card = next((c for c in self.cards if c.get("id") == used),
+                             dict(self.card, id=used, version=(self.result.get("stats") or
+                                                              {}).get("model_version")))
+            model_id = str(used)
         self.notes.extend(daemon_notes(self.result))
         self.setProgress(96)
         self.message.emit("Writing the GeoPackage…")
@@ -247,6 +266,12 @@ class DetectTask(QgsTask):
                 f"{run_description(self.card or {}, stats)}; saved to {where}")
 
 
+def is_area_version(card: Optional[Dict[str, Any]]) -> bool:
+    """True for a card of a version retrained for one area (its ``lineage`` has a
+    ``scope``)."""
+    return bool(((card or {}).get("lineage") or {}).get("scope"))
+
+
 def run_description(card: Dict[str, Any], stats: Dict[str, Any]) -> str:
     """``"pv-unet-efl0 v2.0.0, threshold 0.5, minimum area 2 m²"``: the model and the
     values a detection ran with (the daemon's ``stats``, else the card's).
@@ -258,6 +283,8 @@ def run_description(card: Dict[str, Any], stats: Dict[str, Any]) -> str:
     thr = stats.get("threshold", card.get("threshold"))
     area = stats.get("min_area_m2", card.get("min_area_m2"))
     parts = [f"{card.get('id', '?')} v{card.get('version', '?')}"]
+    if is_area_version(card) and stats.get("model") == card.get("id"):
+        parts[0] += " (taught on this area)"
     if isinstance(thr, (int, float)):
         parts.append(f"threshold {thr:g}")
     if isinstance(area, (int, float)):
@@ -284,9 +311,16 @@ def record_run(layer, card: Dict[str, Any], stats: Dict[str, Any]) -> None:
         layer.setCustomProperty("ortholens/threshold", float(thr))
     if isinstance(area, (int, float)):
         layer.setCustomProperty("ortholens/min_area_m2", float(area))
+    stretch = stats.get("stretch") or {}
+    how = ""
+    if stretch.get("ranges"):
+        ranges = ", ".join(f"{a:g}-{b:g}" for a, b in stretch["ranges"])
+        how = (f" Bands {stats.get('bands')} ({stretch.get('dtype')}) stretched to 8 bits "
+               f"({stretch.get('mode')}: {ranges}).")
+        layer.setCustomProperty("ortholens/stretch", json.dumps(stretch))
     md = layer.metadata()
-    md.setAbstract(f"Detected by Ortholens with {run_description(card, stats)}.")
+    md.setAbstract(f"Detected by Ortholens with {run_description(card, stats)}.{how}")
     layer.setMetadata(md)
 
 
-__all__ = ["DetectTask", "run_description", "record_run"]
+__all__ = ["DetectTask", "run_description", "record_run", "is_area_version"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from qgis.core import (
     QgsCoordinateTransform,
@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -26,13 +27,14 @@ from qgis.core import (
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsVectorLayer,
     QgsWkbTypes,
 )
 
 from protocol.errors import JobCancelled
-from protocol.params import BatchParams, DetectParams, FileSource
+from protocol.params import BatchParams, DetectParams, FileSource, Stretch
 
 from ..detect.crs import crs_wkt, extent_tuple
 from .common import (
@@ -61,7 +63,12 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
 
     INPUT, EXTENT, COVERAGE, MODEL = "INPUT", "EXTENT", "COVERAGE", "MODEL"
     THRESHOLD, MIN_AREA, CHUNK_PX, EXECUTOR = "THRESHOLD", "MIN_AREA", "CHUNK_PX", "EXECUTOR"
+    BANDS, STRETCH, STRETCH_MIN, STRETCH_MAX = "BANDS", "STRETCH", "STRETCH_MIN", "STRETCH_MAX"
     OUTPUT = "OUTPUT"
+    #: STRETCH choices, in order: automatic (percentiles for 16-bit/float), given
+    #: min/max, none (values clipped to 0-255)
+    STRETCHES = ["automatic: 2-98 % per band for 16-bit and float rasters",
+                 "minimum / maximum given below", "none (values taken as 8-bit)"]
 
     def name(self) -> str:
         return "detect"
@@ -77,7 +84,14 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                 "progress, so an interrupted job can be resumed with 'List / resume batch "
                 "jobs'. Objects crossing chunk borders are kept exactly once; the polygons "
                 "equal those of 'Detect in extent' on the same area.\n\n"
-                "Orthophoto: an 8-bit RGB raster file (GeoTIFF, VRT, COG).\n"
+                "Orthophoto: a raster file (GeoTIFF, VRT, COG, or an https:// URL read "
+                "with range requests); 8-bit RGB, or 16-bit/float stretched to 8 bits.\n"
+                "Bands (advanced): the raster bands used as R, G, B (default: those its "
+                "colour interpretation names red, green, blue, else the first three; one "
+                "band is used as grey). Stretch (advanced): how 16-bit and float values "
+                "become 0-255: by default the 2-98 % percentiles of each band over the "
+                "extent, or the minimum and maximum you give per band (comma-"
+                "separated, one per mapped band); the choice is in the log.\n"
                 "Extent: the area to search (default: the whole raster).\n"
                 "Coverage polygons: only detections that meet them are kept, and the "
                 "search is limited to their bounding box.\n"
@@ -113,13 +127,55 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
             self.EXECUTOR, "Run chunks on", options=["this computer (engine)",
                                                      "a Ray cluster (RAY_ADDRESS)"],
             defaultValue=0), "A Ray cluster is reached at the RAY_ADDRESS of the engine.")
-        for p in (chunk, executor):
+        bands = with_help(QgsProcessingParameterBand(
+            self.BANDS, "Bands (R, G, B)", parentLayerParameterName=self.INPUT,
+            optional=True, allowMultiple=True),
+            "Three bands in R, G, B order. Default: from the colour interpretation.")
+        stretch = with_help(QgsProcessingParameterEnum(
+            self.STRETCH, "Stretch to 8 bits", options=self.STRETCHES, defaultValue=0),
+            "For 16-bit and float rasters; 8-bit ones are used as they are.")
+        smin = with_help(QgsProcessingParameterString(
+            self.STRETCH_MIN, "Stretch minimum", optional=True),
+            "Per mapped band, comma-separated, e.g. 120, 140, 90.")
+        smax = with_help(QgsProcessingParameterString(
+            self.STRETCH_MAX, "Stretch maximum", optional=True),
+            "Per mapped band, comma-separated, e.g. 3800, 3600, 3500.")
+        for p in (chunk, executor, bands, stretch, smin, smax):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, "Detections", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
         self.addOutput(QgsProcessingOutputString("JOB_ID", "Batch job id"))
+
+    def _stretch(self, parameters, context, bands) -> Optional[Stretch]:
+        """The :class:`~protocol.params.Stretch` of the STRETCH* parameters (None:
+        automatic).
+
+        Raises:
+            QgsProcessingException: min/max missing, not numbers, of another count
+                than the mapped bands, or min >= max.
+        """
+        choice = self.parameterAsEnum(parameters, self.STRETCH, context)
+        if choice == 0:
+            return None
+        if choice == 2:
+            return Stretch("none")
+        texts = [self.parameterAsString(parameters, k, context) or ""
+                 for k in (self.STRETCH_MIN, self.STRETCH_MAX)]
+        try:
+            lo, hi = ([float(v) for v in t.replace(";", ",").split(",") if v.strip()]
+                      for t in texts)
+        except ValueError:
+            raise QgsProcessingException("Stretch minimum and maximum must be numbers "
+                                         "separated by commas.") from None
+        n = len(bands) if bands else 3
+        if len(lo) == 1 and len(hi) == 1:
+            lo, hi = lo * n, hi * n  # one pair for every band
+        if len(lo) != n or len(hi) != n or not all(a < b for a, b in zip(lo, hi)):
+            raise QgsProcessingException(f"Stretch: give one minimum and one maximum per "
+                                         f"band ({n}), each minimum below its maximum.")
+        return Stretch("minmax", min=tuple(lo), max=tuple(hi))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
         """Run the batch job and copy its polygons to OUTPUT (COUNT, JOB_ID).
@@ -165,6 +221,11 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         chunk_px = (self.parameterAsInt(parameters, self.CHUNK_PX, context)
                     if parameters.get(self.CHUNK_PX) not in (None, "") else None)
         executor = EXECUTORS[self.parameterAsEnum(parameters, self.EXECUTOR, context)]
+        bands = tuple(self.parameterAsInts(parameters, self.BANDS, context) or ()) or None
+        if bands is not None and len(bands) != 3:
+            raise QgsProcessingException(f"Bands: choose three bands (R, G, B), not "
+                                         f"{len(bands)}.")
+        stretch = self._stretch(parameters, context, bands)
         out = os.path.join(QgsProcessingUtils.tempFolder(),
                            f"ortholens_batch_{uuid.uuid4().hex[:12]}.gpkg")
         try:
@@ -172,7 +233,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                 model = resolve_model(client, self.parameterAsString(parameters, self.MODEL,
                                                                      context))
                 params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
-                                                  extent_crs=extent_crs, **optional),
+                                                  extent_crs=extent_crs, bands=bands,
+                                                  stretch=stretch, **optional),
                                      out_path=out, chunk_px=chunk_px, executor=executor)
                 chunks = f"{chunk_px} px" if chunk_px else "the daemon's default size"
                 feedback.pushInfo(f"Batch job: {path} with {model}, chunks of {chunks}, "

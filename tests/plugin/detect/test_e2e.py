@@ -198,3 +198,42 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
     finally:
         p.unload()
         project.setFileName("")
+
+
+def test_16bit_bgr_layer_detects_as_its_8bit_original(daemon_endpoint, tmp_path,
+                                                      qgis_new_project):
+    """A 16-bit copy of the tile with bands in B, G, R order and that colour
+    interpretation: QGIS shows bands 3, 2, 1 as R, G, B, the dock sends that mapping,
+    the daemon stretches 2-98 % and finds the panels; the layer metadata says how."""
+    from osgeo import gdal
+
+    from plugin.detect.plan import prepare_detect
+    from plugin.detect.task import DetectTask
+    from plugin.settings import DaemonSettings
+
+    src = gdal.Open(str(PV01_HELDOUT))
+    u16 = tmp_path / "bgr16.tif"
+    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
+                                               3, gdal.GDT_UInt16)
+    dst.SetGeoTransform(src.GetGeoTransform())
+    dst.SetProjection(src.GetProjection())
+    for i, ci in enumerate((gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand)):
+        band = dst.GetRasterBand(i + 1)
+        band.WriteArray(src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000)
+        band.SetColorInterpretation(ci)
+    dst = src = None
+    layer = QgsRasterLayer(str(u16), "bgr16", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    plan = prepare_detect(layer, layer.extent(), layer.crs())
+    assert plan.bands == (3, 2, 1)
+    settings = DaemonSettings(endpoint=daemon_endpoint, python=str(BACKEND_PYTHON),
+                              repo=str(REPO), token=None)
+    task = DetectTask(plan, settings, str(tmp_path / "u16.gpkg"), model_id=MODEL,
+                      add_to_project=False)
+    task.finished(task.run())
+    assert task.layer is not None, task.error
+    stats = task.result["stats"]
+    assert stats["bands"] == [3, 2, 1] and stats["stretch"]["mode"] == "percentile"
+    assert task.layer.featureCount() >= 1
+    abstract = task.layer.metadata().abstract()
+    assert "stretched to 8 bits (percentile:" in abstract and "uint16" in abstract

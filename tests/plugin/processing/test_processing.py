@@ -535,3 +535,38 @@ def test_batch_over_rasters_evaluate_and_chips(daemon, tmp_path, provider):
         img = gdal.Open(str(m).replace("_mask.tif", ".tif"))
         assert img.RasterCount == 3 and img.GetGeoTransform() == chip.GetGeoTransform()
     assert (chips / "manifest.csv").read_text().count("\n") == 5
+
+
+@needs_daemon
+def test_detect_takes_band_mapping_and_a_16bit_stretch(daemon, tmp_path, provider):
+    """A 16-bit BGR copy of a tile (v * 40 + 1000, bands reversed): with Bands 3, 2, 1
+    and the min/max that undo the scaling, Detect objects gives the 8-bit tile's
+    polygons; a wrong number of min/max values is a clear error."""
+    from osgeo import gdal
+
+    tif = PV01 / f"{BLOCK[0]}.tif"
+    src = gdal.Open(str(tif))
+    u16 = tmp_path / "bgr16.tif"
+    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
+                                               3, gdal.GDT_UInt16)
+    dst.SetGeoTransform(src.GetGeoTransform())
+    dst.SetProjection(src.GetProjection())
+    for i in range(3):
+        band = src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000
+        dst.GetRasterBand(i + 1).WriteArray(band)
+    dst = src = None
+    ref_out, out = tmp_path / "ref.gpkg", tmp_path / "u16.gpkg"
+    _, ok, _ = run_alg("ortholens:detect", {"INPUT": str(tif), "MODEL": MODEL,
+                                            "OUTPUT": str(ref_out)})
+    assert ok
+    _, ok, _ = run_alg("ortholens:detect", {
+        "INPUT": str(u16), "MODEL": MODEL, "BANDS": [3, 2, 1], "STRETCH": 1,
+        "STRETCH_MIN": "1000", "STRETCH_MAX": "11200", "OUTPUT": str(out)})
+    assert ok
+    ref = features_of(ref_out)
+    assert ref and features_of(out) == ref
+    from qgis.core import QgsProcessingException
+    alg = QgsApplication.processingRegistry().createAlgorithmById("ortholens:detect")
+    with pytest.raises(QgsProcessingException, match="one minimum and one maximum per band"):
+        alg._stretch({"STRETCH": 1, "STRETCH_MIN": "1, 2", "STRETCH_MAX": "3, 4"},
+                     QgsProcessingContext(), (3, 2, 1))
