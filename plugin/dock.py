@@ -34,6 +34,7 @@ from qgis.PyQt.QtWidgets import (
 from qgis.core import Qgis
 
 from .engine import default_card
+from .retrain.dialogs import scope_text
 
 NOT_RUNNING = "Daemon not running — it will be started on first use."
 #: The status line while the plugin starts the daemon to list its models.
@@ -49,9 +50,16 @@ _LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
 
 def card_label(card: Dict[str, Any]) -> str:
     """Combo box text of a model card: ``id vversion — class, class`` (``[active]``
-    after the active version of a retrained lineage)."""
+    after the active version of a retrained lineage; a version taught on one area reads
+    ``[area 0.27 km², in use]`` or ``[area 0.27 km², not in use]``)."""
     classes = ", ".join(str(c.get("name")) for c in card.get("classes") or [])
-    active = " [active]" if (card.get("lineage") or {}).get("active") else ""
+    lineage = card.get("lineage") or {}
+    scope = lineage.get("scope")
+    if isinstance(scope, dict):
+        use = "in use" if lineage.get("in_use") else "not in use"
+        active = f" [area {float(scope.get('area_km2') or 0.0):.2f} km², {use}]"
+    else:
+        active = " [active]" if lineage.get("active") else ""
     return f"{card.get('id')} v{card.get('version', '?')}{active} — {classes or 'no classes'}"
 
 
@@ -386,6 +394,18 @@ class OrtholensDock(QDockWidget):
             act = back = why
         elif card is None:
             act = back = "Models are listed once the daemon runs"
+        elif (card.get("lineage") or {}).get("scope"):  # a version for one area
+            cid = str(card.get("id"))
+            in_use = bool((card.get("lineage") or {}).get("in_use"))
+            act = f"{cid} is already used in its area" if in_use else None
+            back = None if in_use else f"{cid} is not in use"
+            self.activate_button.setEnabled(act is None)
+            self.activate_button.setToolTip(act or f"Use {cid} again for detections in "
+                                                   f"its area")
+            self.rollback_button.setEnabled(back is None)
+            self.rollback_button.setToolTip(back or f"Stop using {cid} in its area (its "
+                                                    f"files are kept)")
+            return
         else:
             cid = str(card.get("id"))
             act = (f"{cid} is already the active version"
@@ -427,6 +447,12 @@ class OrtholensDock(QDockWidget):
         self.model_combo.clear()
         for c in self._cards:
             self.model_combo.addItem(card_label(c), c["id"])
+            scope = (c.get("lineage") or {}).get("scope")
+            if isinstance(scope, dict):  # where it was taught, in the item's tooltip
+                self.model_combo.setItemData(
+                    self.model_combo.count() - 1,
+                    f"Taught on {scope_text(scope)}: detections there with "
+                    f"{str(c['id']).split('@', 1)[0]} use it", Qt.ToolTipRole)
         idx = self.model_combo.findData(current) if current else -1
         self.model_combo.setCurrentIndex(idx if idx >= 0 else (0 if self._cards else -1))
         self.model_combo.blockSignals(False)

@@ -214,12 +214,21 @@ class RetrainController:
             dock.set_progress(100 if task.report is not None else 0)
         if task.report is not None:
             r = task.report
-            if r.get("accepted"):
+            if r.get("accepted") and r.get("scope"):
+                # the dock keeps its model: detections in this area pick the version
+                text = (f"Retrain: new version {r.get('model')} for this area — "
+                        f"{main_reason(r)}")
+                self._notify(text, Qgis.Success, short=f"New version {r.get('model')}"
+                             + (" (used in this area)" if r.get("in_use") else ""))
+            elif r.get("accepted"):
                 text = f"Retrain: new version {r.get('model')} — {main_reason(r)}"
                 if dock is not None and hasattr(dock, "prefer_model"):
                     dock.prefer_model(str(r.get("active") or r.get("model")))
                 self._notify(text, Qgis.Success, short=f"New version {r.get('model')}"
                              + (" (active)" if r.get("active") == r.get("model") else ""))
+            elif r.get("verdict") == "undecided":
+                self._notify(f"Retrain: no verdict — {main_reason(r)}", Qgis.Warning,
+                             short="Retrain: no verdict; you may keep the version")
             else:
                 self._notify(f"Retrain: the candidate was rejected — {main_reason(r)}",
                              Qgis.Warning, short="Retrain: rejected, no new version")
@@ -234,7 +243,10 @@ class RetrainController:
         """Show a retrain report in a non-modal window (replacing an earlier one)."""
         if self.result_dialog is not None:
             self.result_dialog.close()
-        self.result_dialog = RetrainResultDialog(report, self.iface.mainWindow())
+        parent = str(report.get("parent") or "")
+        self.result_dialog = RetrainResultDialog(
+            report, self.iface.mainWindow(),
+            on_keep=(lambda pending: self.keep(parent, pending)) if parent else None)
         self.result_dialog.setWindowModality(Qt.NonModal)
         self.result_dialog.show()
         return self.result_dialog
@@ -248,7 +260,15 @@ class RetrainController:
         """Roll ``model_id``'s lineage back to the active version's parent."""
         return self._versions("rollback", model_id)
 
-    def _versions(self, action: str, model_id: str) -> Optional[VersionsTask]:
+    def keep(self, model_id: str, pending: str) -> Optional[VersionsTask]:
+        """Keep the retrain candidate ``pending`` of ``model_id``'s lineage that the rule
+        did not accept (the result window's **Keep this version anyway**); its lineage
+        records that the user kept it against the rule's verdict."""
+        return self._versions("keep", model_id, {"pending": pending,
+                                                 "note": "kept from the result window"})
+
+    def _versions(self, action: str, model_id: str,
+                  extra: Optional[Dict[str, Any]] = None) -> Optional[VersionsTask]:
         if not model_id:
             self._fail("Choose a model first.")
             return None
@@ -258,7 +278,8 @@ class RetrainController:
             return None
         if self.versions_task is not None:
             return None
-        task = VersionsTask(action, model_id, daemon_settings(), on_done=self._versions_done)
+        task = VersionsTask(action, model_id, daemon_settings(), on_done=self._versions_done,
+                            extra=extra)
         self.versions_task = task
         if self.plugin.dock is not None:
             self.plugin.dock.set_versions_running(True)
@@ -274,9 +295,21 @@ class RetrainController:
             return
         active = str(task.result.get("active"))
         dock = self.plugin.dock
+        changed = task.result.get("kept") or task.model
+        version = next((v for v in task.result.get("versions") or []
+                        if v.get("id") == changed), {})
+        if version.get("scope"):  # an area version: the dock keeps its model
+            use = "now used in its area" if version.get("in_use") else "no longer used"
+            text = (f"Kept {changed} against the rule's verdict (recorded in its lineage); "
+                    f"{use}" if task.action == "keep" else f"{changed} is {use}")
+            self._notify(text + ".", Qgis.Success)
+            self.plugin.refresh_status()
+            return
         if dock is not None and hasattr(dock, "prefer_model"):
             dock.prefer_model(active)
-        verb = "Rolled back to" if task.action == "rollback" else "Active version:"
+        verb = {"rollback": "Rolled back to", "keep": f"Kept {changed} against the rule's "
+                "verdict (recorded in its lineage); active version:"}.get(
+                    task.action, "Active version:")
         self._notify(f"{verb} {active}", Qgis.Success)
         self.plugin.refresh_status()
 

@@ -8,7 +8,7 @@ budget, what the daemon found in the corrections, warnings).
 from __future__ import annotations
 
 import html
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qgis.PyQt.QtGui import QTextDocument
 from qgis.PyQt.QtWidgets import (
@@ -29,6 +29,20 @@ BUDGET_COVERS = ("the whole retrain: preparing your corrections, training, check
                  "new version and saving it (training gets what the rest leaves)")
 #: Smallest measured surface, km², over which a per-km² rate is shown.
 MIN_RATE_KM2 = 1.0
+#: The daemon's default reach of an area version beyond the reviewed extents.
+SITE_MARGIN_TEXT = "250 m"
+#: The rule of each scope, as the retrain dialog says it.
+RULES = {
+    "area": ("The new version is judged on the part of your corrections it is not "
+             "trained on: it is kept when it makes fewer mistakes there, by more than "
+             "chance, and then used only in this area. How it does on the reference "
+             "tiles is measured and shown, not required. With too few corrected "
+             "objects held out there is no verdict; you decide."),
+    "general": ("The new version is kept only if it does not get worse on the part of "
+                "your corrections it was not trained on, nor on reference validation "
+                "tiles it never trained on, and has learned from your corrections; "
+                "otherwise you are told why."),
+}
 
 
 def _base(model_id: str) -> str:
@@ -90,21 +104,35 @@ class RetrainDialog(QDialog):
         self.invalid_combo.addItem("repair them (make valid) and warn", "repair")
         self.invalid_combo.addItem("refuse the retrain", "refuse")
         form.addRow("Invalid geometries", self.invalid_combo)
+        self.scope_combo = QComboBox(self)
+        self.scope_combo.setObjectName("ortholensRetrainScope")
+        self.scope_combo.addItem("this area (used only where you corrected)", "area")
+        self.scope_combo.addItem("everywhere (general-purpose)", "general")
+        self.scope_combo.setToolTip(
+            "This area: the new version is used by detections inside the reviewed extents "
+            f"and about {SITE_MARGIN_TEXT} around them, the model as before elsewhere. "
+            "Everywhere: it replaces the model for every detection, so it must also not "
+            "get worse on the reference tiles the model was validated on.")
+        self.scope_combo.currentIndexChanged.connect(self._scope_changed)
+        form.addRow("New version for", self.scope_combo)
         self.activate_check = QCheckBox("Use the new version for the next detection", self)
         self.activate_check.setChecked(True)
         form.addRow("", self.activate_check)
         lay.addLayout(form)
-        rule = QLabel("A new version is kept only if it does not get worse on the part "
-                      "of your corrections it was not trained on, nor on reference "
-                      "validation tiles it never trained on, and has learned from your "
-                      "corrections; otherwise you are told why.", self)
-        rule.setWordWrap(True)
-        lay.addWidget(rule)
+        self.rule_label = QLabel(self)
+        self.rule_label.setObjectName("ortholensRetrainRule")
+        self.rule_label.setWordWrap(True)
+        lay.addWidget(self.rule_label)
+        self._scope_changed()
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
         self.buttons.button(QDialogButtonBox.Ok).setText("Retrain")
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         lay.addWidget(self.buttons)
+
+    def _scope_changed(self, *_: Any) -> None:
+        """Say the rule of the chosen scope (:data:`RULES`)."""
+        self.rule_label.setText(RULES[self.scope_combo.currentData()])
 
     def budget_s(self) -> float:
         """The time budget of the whole retrain, seconds."""
@@ -115,10 +143,11 @@ class RetrainDialog(QDialog):
         return bool(self.area_combo.currentData())
 
     def options(self) -> Dict[str, Any]:
-        """``invalid_geometry`` and ``activate`` of the
+        """``invalid_geometry``, ``activate`` and ``scope`` of the
         :class:`~protocol.params.RetrainParams`."""
         return {"invalid_geometry": self.invalid_combo.currentData(),
-                "activate": self.activate_check.isChecked()}
+                "activate": self.activate_check.isChecked(),
+                "scope": self.scope_combo.currentData()}
 
 
 # ----------------------------------------------------------------------------- result
@@ -140,8 +169,14 @@ def verdict(report: Dict[str, Any]) -> str:
     why = main_reason(report)
     why = f": {why}" if why else ""
     if report.get("accepted"):
+        if report.get("scope"):
+            where = (" and used in this area" if report.get("in_use") else
+                     " for this area (not in use yet)")
+            return f"New version {report.get('model')} kept{where}{why}."
         active = " and made active" if report.get("active") == report.get("model") else ""
         return f"New version {report.get('model')} kept{active}{why}."
+    if report.get("verdict") == "undecided":
+        return f"No verdict, no new version kept yet{why}."
     return f"Rejected, no new version kept{why}."
 
 
@@ -202,7 +237,35 @@ def result_rows(report: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
             if mb.get(m) is None and ma.get(m) is None:
                 continue
             rows.append((label, name, fmt(mb.get(m)), fmt(ma.get(m))))
+        if key == "user_holdout":
+            rows += _change_rows(report.get("change") or {}, label)
     return rows
+
+
+def _change_rows(change: Dict[str, Any], label: str) -> List[Tuple[str, str, str, str]]:
+    """The held-out change's uncertainty as a row: ``(label, "object F1 change", "",
+    "+0.298 (90 % interval +0.18 to +0.41, 52 objects)")``; none without one."""
+    lo, hi = (change.get("f1_interval") or [None, None])[:2]
+    if change.get("f1_change") is None or lo is None or hi is None:
+        return []
+    conf = float(change.get("confidence") or 0.9)
+    return [(label, "object F1 change", "",
+             f"{float(change['f1_change']):+.3f} ({conf:.0%} interval {float(lo):+.3f} to "
+             f"{float(hi):+.3f}, {int(change.get('objects') or 0)} objects)")]
+
+
+def scope_text(scope: Optional[Dict[str, Any]]) -> str:
+    """``"0.27 km² around 32.5129° N, 120.4246° E (11 reviewed extents + 250 m)"`` of
+    a version's ``scope`` (the daemon's ``backend.models.scope.Scope`` JSON); ``""``
+    for none."""
+    if not isinstance(scope, dict):
+        return ""
+    lon, lat = (list(scope.get("centre") or [0.0, 0.0]) + [0.0, 0.0])[:2]
+    n = len(scope.get("reviewed") or [])
+    return (f"{float(scope.get('area_km2') or 0.0):.2f} km² around {abs(lat):.4f}° "
+            f"{'N' if lat >= 0 else 'S'}, {abs(lon):.4f}° {'E' if lon >= 0 else 'W'} "
+            f"({n} reviewed extent{'s' if n != 1 else ''} + "
+            f"{float(scope.get('margin_m') or 0.0):g} m)")
 
 
 def result_notes(report: Dict[str, Any]) -> List[str]:
@@ -210,6 +273,13 @@ def result_notes(report: Dict[str, Any]) -> List[str]:
     time against the budget, what the daemon found in the corrections, up to three
     warnings."""
     notes = []
+    if report.get("scope"):
+        notes.append(f"Area of the new version: {scope_text(report['scope'])}; elsewhere "
+                     f"detections use {report.get('parent')} as before.")
+    if report.get("pending"):
+        notes.append("The rule did not accept this version, but you may keep it: it is "
+                     "then used in its area, and its record says that you kept it "
+                     "against the rule's verdict.")
     if holdout_empty(report):
         km2 = (((report.get("before") or {}).get("user_holdout") or {}).get("area_km2"))
         where = f" ({float(km2):.3f} km²)" if isinstance(km2, (int, float)) else ""
@@ -269,14 +339,18 @@ def report_html(report: Dict[str, Any]) -> str:
 
 class RetrainResultDialog(QDialog):
     """Non-modal window with a retrain's outcome: :func:`verdict`, the before/after
-    table and short notes; the acceptance rule is the sentence's tooltip.
+    table and short notes; the acceptance rule is the sentence's tooltip. When the
+    rule did not accept the candidate and the daemon kept it aside (``pending``),
+    **Keep this version anyway** calls ``on_keep(pending)`` and closes the window.
 
     Args:
         report: the daemon's retrain report (``result["retrain"]``).
         parent: the parent widget.
+        on_keep: called with the report's ``pending`` when the user keeps the version.
     """
 
-    def __init__(self, report: Dict[str, Any], parent=None):
+    def __init__(self, report: Dict[str, Any], parent=None,
+                 on_keep: Optional[Callable[[str], None]] = None):
         super().__init__(parent)
         self.setObjectName("OrtholensRetrainResult")
         self.setWindowTitle("Ortholens: retrain result")
@@ -289,6 +363,15 @@ class RetrainResultDialog(QDialog):
         lay.addWidget(self.label)
         box = QDialogButtonBox(QDialogButtonBox.Close, self)
         box.rejected.connect(self.close)
+        self.keep_button = None
+        if report.get("pending") and on_keep is not None:
+            self.keep_button = box.addButton("Keep this version anyway",
+                                             QDialogButtonBox.ActionRole)
+            self.keep_button.setObjectName("ortholensKeepButton")
+            self.keep_button.setToolTip("Keep the new version although the rule did not "
+                                        "accept it; its record says you chose to")
+            pending = str(report["pending"])
+            self.keep_button.clicked.connect(lambda *_: (on_keep(pending), self.close()))
         lay.addWidget(box)
         self.setMinimumWidth(480)
         self.adjustSize()
@@ -300,5 +383,6 @@ class RetrainResultDialog(QDialog):
         return doc.toPlainText()
 
 
-__all__ = ["BUDGET_COVERS", "RetrainDialog", "main_reason", "verdict", "holdout_empty",
-           "result_rows", "result_notes", "report_html", "RetrainResultDialog"]
+__all__ = ["BUDGET_COVERS", "RULES", "RetrainDialog", "main_reason", "verdict",
+           "holdout_empty", "result_rows", "result_notes", "scope_text", "report_html",
+           "RetrainResultDialog"]

@@ -104,17 +104,21 @@ class RetrainTask(QgsTask):
 
 
 class VersionsTask(QgsTask):
-    """``versions`` / ``activate`` / ``rollback`` on the daemon (worker thread).
+    """``versions`` / ``activate`` / ``rollback`` / ``keep`` on the daemon (worker
+    thread).
 
     Args:
-        action: ``"versions"``, ``"activate"`` or ``"rollback"``.
+        action: ``"versions"``, ``"activate"``, ``"rollback"`` or ``"keep"`` (keep a
+            retrain candidate the rule did not accept: ``extra`` gives its
+            ``pending`` and an optional ``note``).
         model: the model id (``<base>`` or ``<base>@<n>``).
         settings: how to reach/start the daemon.
         on_done: called with this task on the UI thread when it finishes.
         timeout_s: per-request timeout, seconds.
+        extra: further arguments of the client call (``keep``: ``pending``, ``note``).
 
-    After ``finished``: ``result`` ({model, active, versions}) or ``error``;
-    ``daemon_process`` (a daemon this task started, else None).
+    After ``finished``: ``result`` ({model, active, versions}; ``kept`` for ``keep``)
+    or ``error``; ``daemon_process`` (a daemon this task started, else None).
 
     Raises:
         ValueError: an unknown ``action``.
@@ -122,11 +126,12 @@ class VersionsTask(QgsTask):
 
     def __init__(self, action: str, model: str, settings: DaemonSettings,
                  on_done: Optional[Callable[["VersionsTask"], None]] = None,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0, extra: Optional[Dict[str, Any]] = None):
         super().__init__(f"Ortholens: {action} {model}", QgsTask.CanCancel)
-        if action not in ("versions", "activate", "rollback"):
+        if action not in ("versions", "activate", "rollback", "keep"):
             raise ValueError(action)
         self.action, self.model, self.settings = action, model, settings
+        self.extra = dict(extra or {})
         self.on_done, self.timeout_s = on_done, timeout_s
         self.result: Optional[Dict[str, Any]] = None
         self.error: Optional[str] = None
@@ -136,7 +141,7 @@ class VersionsTask(QgsTask):
         """Send the request; never raises, errors go to ``self.error``."""
         try:
             with task_client(self) as client:
-                self.result = getattr(client, self.action)(self.model)
+                self.result = getattr(client, self.action)(self.model, **self.extra)
             return True
         except Exception as exc:  # noqa: BLE001 - shown to the user
             # the daemon's own sentence ("no earlier version...") says it best

@@ -14,6 +14,7 @@ import json
 import time
 
 import pytest
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
@@ -128,7 +129,7 @@ def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_res
     assert "400 m²" in plan.summary() and "4 polygons" in plan.summary()
     dlg = RetrainDialog(plan)
     assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
-                                                         "activate": True}
+                                                         "activate": True, "scope": "area"}
     assert "1 with an invalid geometry" in dlg.summary_label.text()
     assert "whole retrain" in dlg.budget_note.text()
     # only the part of the extent in the map view
@@ -609,3 +610,116 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     p.dock.cancel_button.click()
     assert wait_until(lambda: p.task is None, 30)
     assert all(b.isEnabled() for b in buttons) and p.dock.progress.value() == 0
+
+
+# ----------------------------------------------------------------------------- area versions
+
+#: A retrain report whose candidate the rule could not decide on (too few held-out
+#: objects), kept aside by the daemon as ``pending``; the guard got worse.
+UNDECIDED = {
+    "accepted": False, "verdict": "undecided", "model": None, "parent": MODEL,
+    "active": MODEL, "pending": "0123456789abcdef0123456789abcdef",
+    "scope": {"crs": "EPSG:4326", "footprint_wkt": "POLYGON ((16.31 48.18, 16.32 48.18, "
+              "16.32 48.19, 16.31 48.19, 16.31 48.18))",
+              "reviewed": [[16.314, 48.184, 16.315, 48.185]], "margin_m": 250.0,
+              "area_km2": 0.27, "reviewed_km2": 0.0004, "centre": [16.3149, 48.1846]},
+    "change": {"objects": 4, "enough": False, "object_f1": [0.5, 0.857],
+               "f1_change": 0.357, "f1_interval": [0.0, 0.667], "confidence": 0.9},
+    "reason": "not enough held-out corrections to decide: the held-out part holds 4 "
+              "objects, at least 10 are needed (review a larger area, or keep the version "
+              "yourself after looking at the numbers)",
+    "before": {"user_holdout": {"object_f1": 0.5, "object_errors": 2, "pixel_iou": 0.6},
+               "guard": {"object_f1": 0.9, "object_errors": 3, "pixel_iou": 0.881}},
+    "after": {"user_holdout": {"object_f1": 0.857, "object_errors": 1, "pixel_iou": 0.7},
+              "guard": {"object_f1": 0.8, "object_errors": 5, "pixel_iou": 0.806}},
+    "train": {"steps": 40, "seconds": 50.0}, "rule": "the area rule",
+    "warnings": ["this version is worse on the original training data (pv01 validation "
+                 "tiles) by 0.075 pixel IoU (0.881 -> 0.806); it is meant for its own "
+                 "area only"]}
+
+
+def _pending(users, token):
+    """A candidate the daemon kept aside (``backend.models.versions.save_pending``'s
+    layout; the weights are not read here)."""
+    d = users / MODEL / f".pending-{token}"
+    d.mkdir(parents=True)
+    (d / "weights.safetensors").write_bytes(b"w")
+    (d / "model.onnx").write_bytes(b"o")
+    (d / "pending.json").write_text(json.dumps({
+        "parent": MODEL, "card_updates": {"acceptance_rule": "the area rule"},
+        "lineage": {"decision": "undecided", "verdict": "undecided",
+                    "reason": UNDECIDED["reason"], "scope": UNDECIDED["scope"]}}))
+
+
+def test_dialog_offers_a_version_for_this_area_or_everywhere(plugin_with_result, daemon):
+    p, layer = plugin_with_result
+    _, stub, _ = daemon
+    seen = {}
+
+    def run_dialog(dlg):
+        seen["default"] = dlg.options()["scope"]
+        seen["area_rule"] = dlg.rule_label.text()
+        dlg.scope_combo.setCurrentIndex(dlg.scope_combo.findData("general"))
+        seen["general_rule"] = dlg.rule_label.text()
+        dlg.budget_spin.setValue(1)
+        return True
+
+    p.retrain.exec_dialog = run_dialog
+    task = p.retrain.retrain(layer)
+    assert task is not None and wait_until(lambda: p.retrain.task is None, 60)
+    assert seen["default"] == "area" and "used only in this area" in seen["area_rule"]
+    assert "measured and shown, not required" in seen["area_rule"]
+    assert "reference validation tiles" in seen["general_rule"]
+    assert stub.requests[-1]["scope"] == "general"
+
+
+def test_result_window_shows_the_numbers_and_the_user_may_keep_the_version(
+        plugin_with_result, daemon):
+    """No verdict: the window says so with the held-out change and its interval, the
+    guard and its warning; Keep this version anyway makes it a version of this area,
+    recorded as kept by the user; the dock lists it with its area and Roll back takes
+    it out of use."""
+    from plugin.retrain.dialogs import result_rows
+    p, _ = plugin_with_result
+    _, _, users = daemon
+    _pending(users, UNDECIDED["pending"])
+    dlg = p.retrain.show_result(UNDECIDED)
+    text = dlg.text()
+    assert text.startswith("No verdict, no new version kept yet: not enough held-out "
+                           "corrections to decide: the held-out part holds 4 objects")
+    assert ("held-out part of your corrections", "object F1 change", "",
+            "+0.357 (90% interval +0.000 to +0.667, 4 objects)") in result_rows(UNDECIDED)
+    assert ("reference tiles (pv01 validation)", "pixel IoU", "0.881", "0.806") in \
+        result_rows(UNDECIDED)
+    assert "worse on the original training data" in text
+    assert "Area of the new version: 0.27 km² around 48.1846° N, 16.3149° E (1 reviewed " \
+           "extent + 250 m)" in text
+    assert "you may keep it" in text
+    assert dlg.keep_button is not None and dlg.keep_button.isVisible()
+    dlg.keep_button.click()
+    assert wait_until(lambda: p.retrain.versions_task is None, 30)
+    lineage = json.loads((users / MODEL / "1" / "lineage.json").read_text())
+    assert lineage["decision"] == "kept by the user" and lineage["verdict"] == "undecided"
+    assert lineage["kept"]["note"] == "kept from the result window"
+    assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == \
+        [f"{MODEL}@1"]
+    assert "Kept pv-unet-efl0@1 against the rule's verdict (recorded in its lineage); " \
+           "now used in its area." == p.dock.message()
+    p.refresh_status()
+    assert wait_until(lambda: p.status_task is None
+                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    idx = p.dock.model_combo.findData(f"{MODEL}@1")
+    assert "[area 0.27 km², in use]" in p.dock.model_combo.itemText(idx)
+    assert "Taught on 0.27 km² around 48.1846° N" in p.dock.model_combo.itemData(
+        idx, Qt.ToolTipRole)
+    assert p.dock.current_model_id() == MODEL  # the dock keeps its model
+    p.dock.model_combo.setCurrentIndex(idx)
+    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
+    assert "Stop using pv-unet-efl0@1 in its area" in p.dock.rollback_button.toolTip()
+    p.dock.rollback_button.click()
+    assert wait_until(lambda: p.retrain.versions_task is None, 30)
+    assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == []
+    assert p.dock.message() == "pv-unet-efl0@1 is no longer used."
+    # a rejected report without a pending candidate offers no keep button
+    plain = p.retrain.show_result(dict(UNDECIDED, pending=None, verdict="rejected"))
+    assert plain.keep_button is None
