@@ -268,6 +268,13 @@ class OrtholensDock(QDockWidget):
         self.min_area_spin.setToolTip("Smaller objects are dropped")
         self.min_area = CardValue(self.min_area_spin, "min_area_m2", body)
         form.addRow("Minimum area", self.min_area.row(body))
+        self.bands_label = QLabel("", body)
+        self.bands_label.setObjectName("ortholensBands")
+        self.bands_label.setWordWrap(True)
+        self.bands_label.setToolTip("The raster bands sent as red, green, blue: those the "
+                                    "file names so, else the bands chosen in Layer "
+                                    "Properties > Symbology")
+        form.addRow("Bands (R, G, B)", self.bands_label)
         outer.addLayout(form)
 
         self.detect_button = QPushButton("Detect in extent", body)
@@ -482,6 +489,18 @@ class OrtholensDock(QDockWidget):
 
     def _card_values(self) -> Tuple[CardValue, ...]:
         return (self.threshold, self.min_area)
+
+    def show_bands(self, bands: Optional[Tuple[int, ...]], layer_name: str = "") -> None:
+        """Show the band mapping a detection in the active layer sends: ``bands``
+        (1-based R, G, B), or the engine's own choice when None; empty without a
+        raster layer."""
+        if not layer_name:
+            self.bands_label.setText("")
+        elif bands:
+            self.bands_label.setText(", ".join(str(b) for b in bands))
+        else:
+            self.bands_label.setText("as the engine reads the file (colour "
+                                     "interpretation, else 1, 2, 3)")
 
     def options(self) -> Dict[str, Any]:
         """The ``DetectParams`` fields the user set: ``threshold`` (0..1],

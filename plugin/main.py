@@ -94,6 +94,7 @@ class OrtholensPlugin:
         self.dock.setupRequested.connect(self.open_setup)
         self.dock.visibilityChanged.connect(self._dock_visibility)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.currentLayerChanged.connect(self._layer_changed)
         self.iface.addPluginToRasterMenu(MENU, self.dock.toggleViewAction())
         from .settings_dialog import OrtholensOptionsFactory
         self.options_factory = OrtholensOptionsFactory(QIcon(resource_path("icon.svg")))
@@ -114,6 +115,11 @@ class OrtholensPlugin:
 
     def unload(self) -> None:
         """Remove every GUI element and cancel a running detection."""
+        if self.dock is not None:
+            try:
+                self.iface.currentLayerChanged.disconnect(self._layer_changed)
+            except (TypeError, RuntimeError):  # never connected
+                pass
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
@@ -249,6 +255,18 @@ class OrtholensPlugin:
             self.notify(f"pyzmq could not be installed ({text[-600:]}). Install it "
                         f"yourself with: {cmd}", Qgis.Critical)
         return ok
+
+    def _layer_changed(self, layer: Any) -> None:
+        """The active layer changed: show the band mapping a detection would send."""
+        if self.dock is None:
+            return
+        from qgis.core import QgsRasterLayer
+
+        from .detect.plan import layer_bands
+        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            self.dock.show_bands(layer_bands(layer), layer.name())
+        else:
+            self.dock.show_bands(None, "")
 
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if

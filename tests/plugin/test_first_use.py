@@ -207,3 +207,29 @@ def test_settings_are_reachable_from_the_dock_and_options(qgis_iface, clean_sett
     finally:
         p.unload()
     qgis_iface.unregisterOptionsWidgetFactory.assert_called()
+
+
+def test_dock_shows_the_band_mapping_of_the_active_raster(qgis_iface, qgis_new_project,
+                                                          tmp_path, clean_settings):
+    """BGR bands named by their colour interpretation: the dock shows 3, 2, 1."""
+    from osgeo import gdal
+
+    import plugin
+
+    path = tmp_path / "bgr.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 0.1, 0, 5339000.0, 0, -0.1))
+    for i, ci in enumerate((gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand)):
+        ds.GetRasterBand(i + 1).SetColorInterpretation(ci)
+    ds = None
+    p = plugin.classFactory(qgis_iface)
+    p.initGui()
+    try:
+        layer = QgsRasterLayer(str(path), "bgr", "gdal")
+        QgsProject.instance().addMapLayer(layer)
+        p._layer_changed(layer)
+        assert p.dock.bands_label.text() == "3, 2, 1"
+        p._layer_changed(None)
+        assert p.dock.bands_label.text() == ""
+    finally:
+        p.unload()
