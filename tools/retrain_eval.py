@@ -3,14 +3,26 @@
 Usage::
 
     python -m tools.retrain_eval [--steps 150] [--budget-s 300] [--vienna-budget-s S]
-                                   [--folds AB,BA] [--no-control]
+                                   [--folds AB,BA] [--no-control] [--no-site]
                                    [--out out/retrain-eval] [--user-models DIR]
 
-Three experiments, run in a fresh user model folder (a temporary one by default;
+Four experiments, run in a fresh user model folder (a temporary one by default;
 shipped models are never touched). Every retrain runs a fixed number of steps
 (:data:`STEPS`, seed 0) so that the figures repeat whatever the machine's load; the
 time budget only caps it.
 
+0. **A site the model never saw: the user's own area.** A model is trained with the
+   shipped model's recipe without one train-split site (:data:`SITE`, the 29 tiles of
+   pv01's solar-roof site; :func:`site_model`, trained once into ``out/site-models``
+   and reused). The simulated user corrects a third of the site (the block of
+   :func:`site_split`: 11 tiles) and retrains for that area (``scope: "area"``: the
+   version is judged on the held-out part of its corrections, the guard only warns).
+   Detection as the plugin asks for it (``by_area``) is then measured on the rest of the
+   site (18 tiles the corrections never touched), against the model before and against a
+   *control*: a replay-only fine-tune with the same steps, which goes through the same
+   gate. Detection on the other sites (the pv01 held-out split) shows the version is not
+   used outside its area; the candidate's own figures there say what it would have done.
+   Taking the version out of use gives back exactly the features of before.
 1. **pv01, corrections on one set of sites, measured on others.** The held-out tiles
    form four spatial clusters (``backend.learning.data.clusters``), grouped in two halves A (7
    tiles, 26 panels) and B (5 tiles, 5 panels). In fold ``AB`` detections are made on
@@ -25,7 +37,8 @@ time budget only caps it.
    so that each of the 31 held-out panels is measured once by a retrain that never saw
    its cluster. A *control* fine-tune with the same steps but without corrections
    (replay of the pv01 fit tiles only) separates what the corrections add from what
-   more training adds.
+   more training adds. Measured on other sites, the question is a general-purpose
+   version: these retrains ask for ``scope: "general"`` (the guard vetoes).
 2. **Vienna, a persistent false-positive pattern.** The scene has no panels: the user
    deletes every detection in its west half (the corrected layer is empty there) and
    retrains the shipped model (in its own sub-folder: the pv01 version may already
@@ -42,6 +55,7 @@ Prints a summary and writes ``<out>/metrics.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -80,6 +94,58 @@ VIENNA_TRAIN = [-1750.0, 338300.0, -1500.0, 338800.0]
 VIENNA_UNSEEN = [-1500.0, 338300.0, -1250.0, 338800.0]
 
 
+#: The site experiment: a train-split site the model is trained without (named by one
+#: of its tiles): the solar-roof site, 29 tiles of large roof arrays (the largest pv01
+#: site cluster; :func:`backend.learning.data.site_of`).
+SITE = "PV01_325123_1204229"
+#: Training steps of the model without the site (the shipped config's recipe and seed;
+#: 500 instead of 1000 steps so that a fresh checkout builds it in about 6 minutes on
+#: two idle cores; it is kept under ``out/site-models`` and reused).
+SITE_STEPS = 500
+#: Share of the site the simulated user corrects (the rest measures the effect).
+SITE_SHARE = 1.0 / 3.0
+
+
+def site_model_id() -> str:
+    """The id of the model trained without :data:`SITE`: ``<base>-nosite``."""
+    return f"{base_model()}-nosite"
+
+
+def site_model(folder: Path = REPO / "out" / "site-models", progress=print):
+    """The model never trained on :data:`SITE`, trained first when missing or stale.
+
+    The shipped model's training config (``models/configs/<base>.json``) with
+    :data:`SITE_STEPS` steps and the whole site cluster left out of fitting and
+    validation (``backend.learning.train --without-site``), written with its ONNX
+    export to ``<folder>/<id>/`` (:func:`site_model_id`). ``folder`` serves as a model
+    folder (``ORTHOLENS_MODELS``). A model there whose recorded config differs is
+    trained again.
+
+    Returns:
+        The :class:`~backend.models.card.ModelCard`.
+
+    Raises:
+        FileNotFoundError: the pv01 data or the config is missing.
+    """
+    from backend.learning.train import train
+    from backend.models.card import read_card
+    from backend.models.export import export_onnx
+    config = json.loads((REPO / "models" / "configs" / f"{base_model()}.json")
+                        .read_text("utf-8"))
+    config.update({"id": site_model_id(), "steps": SITE_STEPS})
+    out = Path(folder) / config["id"]
+    if (out / "card.json").is_file() and (out / "model.onnx").is_file():
+        card = read_card(out / "card.json")
+        if card.training and card.training.config == config and card.left_out_names:
+            return card
+    progress(f"[site] training {config['id']}: {SITE_STEPS} steps without the site of "
+             f"{SITE} (once; kept in {out})")
+    card = train(config, out, budget_s=float(config.get("budget_s", 3600)),
+                 without_site=SITE)
+    export_onnx(card)
+    return read_card(out / "card.json")
+
+
 def cluster_split(a_names: Sequence[str] = CLUSTERS_A, b_names: Sequence[str] = CLUSTERS_B):
     """``(A tiles, B tiles)``: the held-out clusters holding the named tiles."""
     groups = pvdata.clusters(pvdata.list_tiles("heldout"))
@@ -95,11 +161,14 @@ def cluster_split(a_names: Sequence[str] = CLUSTERS_A, b_names: Sequence[str] = 
     return a, b
 
 
-def detect(model_id: str, path: str, extent=None, engine=None) -> Dict[str, Any]:
-    """A ``detect`` job as the daemon runs it (``engine``: an in-memory candidate)."""
+def detect(model_id: str, path: str, extent=None, engine=None,
+           by_area: Optional[bool] = None) -> Dict[str, Any]:
+    """A ``detect`` job as the daemon runs it (``engine``: an in-memory candidate;
+    ``by_area``: as the plugin asks, the version taught on the area where one is in
+    use)."""
     from backend.inference.detect import run_detect
-    return run_detect(DetectParams(FileSource(str(path)), model_id, extent=extent), [],
-                      engine=engine)
+    return run_detect(DetectParams(FileSource(str(path)), model_id, extent=extent,
+                                   by_area=by_area), [], engine=engine)
 
 
 def reference_polygons(tile) -> List[Any]:
@@ -162,17 +231,21 @@ def simulate_user(detections: List[Dict[str, Any]], reference: List[Any], area: 
             "kept": kept}
 
 
-def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
+def score_tiles(model_id: str, tiles, engine=None, by_area: Optional[bool] = None
+                ) -> Dict[str, Any]:
     """Object/pixel metrics of ``detect`` (polygons rasterized back, as
-    ``tools.evaluate``) over tiles, plus the raw feature lists."""
+    ``tools.evaluate``) over tiles, plus the raw feature lists and ``models``: the ids
+    of the models that ran (with ``by_area``, a version taught on the area may)."""
     import rasterio
 
     from tools.evaluate import rasterize_features
     from protocol.metrics import Counts, compare
     tot = Counts()
     feats = {}
+    used = set()
     for t in tiles:
-        res = detect(model_id, t.image_path, engine=engine)
+        res = detect(model_id, t.image_path, engine=engine, by_area=by_area)
+        used.add(res["stats"]["model"])
         feats[t.name] = res["features"]
         with rasterio.open(t.mask_path) as src:
             ref = src.read(1) > 0
@@ -182,7 +255,7 @@ def score_tiles(model_id: str, tiles, engine=None) -> Dict[str, Any]:
     keys = ("object_f1", "object_precision", "object_recall", "pixel_iou", "objects_true",
             "objects_pred", "false_objects", "missed_objects")
     return {"metrics": {k: (round(s[k], 4) if isinstance(s[k], float) else s[k])
-                        for k in keys}, "features": feats}
+                        for k in keys}, "features": feats, "models": sorted(used)}
 
 
 def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -198,6 +271,29 @@ def _pool(*metrics: Dict[str, Any]) -> Dict[str, Any]:
             "objects_pred", "false_objects", "missed_objects")
     return {k: (None if isinstance(s[k], float) and s[k] != s[k] else
                 round(s[k], 4) if isinstance(s[k], float) else s[k]) for k in keys}
+
+
+def correct_tiles(model_id: str, tiles) -> Tuple[List[Dict[str, Any]],
+                                                 List[Dict[str, Any]], Dict[str, int], str]:
+    """Detect with ``model_id`` on each tile and correct it as a user would
+    (:func:`simulate_user`); returns ``(features, reviewed areas, edit counts, CRS)``:
+    each tile is a reviewed area (its whole extent), its features carry its index."""
+    import rasterio
+    features, reviewed = [], []
+    counts = {"deleted": 0, "reshaped": 0, "added": 0, "kept": 0}
+    crs = ""
+    for i, t in enumerate(tiles):
+        res = detect(model_id, t.image_path)
+        crs = res["crs"]
+        sim = simulate_user(res["features"], reference_polygons(t), i)
+        features += sim["features"]
+        for k in counts:
+            counts[k] += sim[k]
+        with rasterio.open(t.image_path) as ds:
+            b = ds.bounds
+        reviewed.append({"extent": [b.left, b.bottom, b.right, b.top],
+                         "source": {"kind": "file", "path": str(t.image_path)}})
+    return features, reviewed, counts, crs
 
 
 def retrain(params: RetrainParams, keep: Optional[Dict[str, Any]] = None
@@ -224,33 +320,20 @@ def pv01_experiment(budget_s: float, steps: Optional[int] = None, fold: str = "A
     ``steps``: a fixed number of fine-tuning steps (reproducible), ``budget_s`` caps
     the time."""
     from backend.models import versions as V
-    import rasterio
     a_tiles, b_tiles = cluster_split()
     if fold == "BA":
         a_tiles, b_tiles = b_tiles, a_tiles
     src, dst = fold[0], fold[1]
     active0 = V.active_id(base_model())
     progress(f"[1 {fold}] detect on clusters {src} ({len(a_tiles)} tiles) with {active0}")
-    features, reviewed = [], []
-    counts = {"deleted": 0, "reshaped": 0, "added": 0, "kept": 0}
-    crs = None
-    for i, t in enumerate(a_tiles):
-        res = detect(active0, t.image_path)
-        crs = res["crs"]
-        sim = simulate_user(res["features"], reference_polygons(t), i)
-        features += sim["features"]
-        for k in counts:
-            counts[k] += sim[k]
-        with rasterio.open(t.image_path) as ds:
-            b = ds.bounds
-        reviewed.append({"extent": [b.left, b.bottom, b.right, b.top],
-                         "source": {"kind": "file", "path": str(t.image_path)}})
+    features, reviewed, counts, crs = correct_tiles(active0, a_tiles)
     progress(f"[1 {fold}] simulated user: {counts}; detect on clusters {dst} "
              f"({len(b_tiles)} tiles)")
     before_b = score_tiles(active0, b_tiles)
+    # measured on other sites: the question is a general-purpose version
     params = RetrainParams(reviewed[0]["source"], active0, features, crs=crs,
                            reviewed=reviewed, budget_s=budget_s,
-                           steps=int(steps) if steps else None)
+                           steps=int(steps) if steps else None, scope="general")
     progress(f"[1 {fold}] retrain {active0}: {steps or 'no fixed'} steps, at most "
              f"{budget_s:g} s")
     keep: Dict[str, Any] = {}
@@ -290,6 +373,125 @@ def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = No
             "note": "same pipeline as detect, candidate in memory, not registered"}
 
 
+@contextlib.contextmanager
+def _env(**values: str):
+    """Set environment variables for a block, restoring them afterwards."""
+    prev = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def site_split() -> Tuple[List[Any], List[Any]]:
+    """``(tiles the user corrects, the rest of the site)`` of :data:`SITE`.
+
+    The site's tiles are grouped into blocks (site clusters at half the site radius,
+    :func:`backend.learning.data.clusters`); the user corrects the block whose size is
+    closest to :data:`SITE_SHARE` of the site (the larger on a tie), the rest measures.
+    """
+    site = pvdata.site_of(SITE, pvdata.list_tiles("train"))
+    blocks = pvdata.clusters(site, 0.0004)
+    user = min(blocks, key=lambda b: (abs(len(b) - SITE_SHARE * len(site)), -len(b)))
+    names = {t.name for t in user}
+    return (sorted(user, key=lambda t: t.name),
+            [t for t in site if t.name not in names])
+
+
+def gate_on(keep: Dict[str, Any], engine, scope: str = "area",
+            max_iou_drop: float = 0.02) -> Dict[str, Any]:
+    """Put another candidate (``engine``) through the gate a retrain used (``keep``, see
+    :func:`backend.learning.finetune.run_retrain`): the same held-out corrections and
+    guard, the same rule; returns ``{verdict, reason, warnings, change, before,
+    after}``."""
+    from backend.learning.acceptance import evaluate, judge
+    before, after, change = evaluate(keep["card"], keep["current"], engine,
+                                     keep["corrections"], keep["guard"],
+                                     lambda f, m: None)
+    v = judge(before, after, change, max_iou_drop, scope)
+    return {"verdict": v.verdict, "reason": v.reason, "warnings": v.warnings,
+            "change": change, "before": before, "after": after}
+
+
+def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool = True,
+                    progress=print) -> Dict[str, Any]:
+    """Experiment 0: a site the model never saw (see the module docstring).
+
+    The model trained without :data:`SITE` (:func:`site_model`); the simulated user
+    corrects a third of the site (:func:`site_split`) and retrains it for that area;
+    detection, as the plugin asks for it (``by_area``), is then measured on the rest of
+    the site and on the other sites (the pv01 held-out split), against the model before
+    and the replay-only control, whose candidate goes through the same gate. Finally
+    the version is taken out of use and detection on the rest of the site must give
+    exactly the features it gave before. The user folder must be set already.
+    """
+    from backend.inference.engines import TorchEngine
+    from backend.learning.finetune import RetrainConfig, finetune
+    from backend.models import versions as V
+    card0 = site_model(progress=progress)
+    with _env(ORTHOLENS_MODELS=str(card0.path.parent)):
+        mid = card0.id
+        user, rest = site_split()
+        other = pvdata.list_tiles("heldout")
+        progress(f"[0] site of {SITE}: the user corrects {len(user)} tiles with {mid}")
+        features, reviewed, counts, crs = correct_tiles(mid, user)
+        progress(f"[0] simulated user: {counts}; detect on the rest of the site "
+                 f"({len(rest)} tiles) and on other sites ({len(other)} held-out tiles)")
+        before = score_tiles(mid, rest)
+        other_before = score_tiles(mid, other)
+        params = RetrainParams(reviewed[0]["source"], mid, features, crs=crs,
+                               reviewed=reviewed, budget_s=budget_s,
+                               steps=int(steps) if steps else None, scope="area")
+        keep: Dict[str, Any] = {}
+        progress(f"[0] retrain {mid} for this area: {steps or 'no fixed'} steps")
+        t0 = time.monotonic()
+        from backend.learning.finetune import run_retrain
+        rep = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)["retrain"]
+        secs = time.monotonic() - t0
+        progress(f"[0] {_outcome(rep)}; detect by area on the rest of the site")
+        after = score_tiles(mid, rest, by_area=True)
+        other_after = score_tiles(mid, other, by_area=True)
+        cand = score_tiles(mid, rest, engine=keep["engine"])
+        other_cand = score_tiles(mid, other, engine=keep["engine"])
+        out: Dict[str, Any] = {
+            "site": SITE, "model": mid, "site_tiles": len(user) + len(rest),
+            "tiles_user": [t.name for t in user], "tiles_rest": [t.name for t in rest],
+            "user_edits": counts, "features": len(features), "steps": steps,
+            "job_seconds": round(secs, 1), "retrain": _brief(rep),
+            "rest_before": before["metrics"], "rest_after": after["metrics"],
+            "rest_after_models": after["models"], "rest_candidate": cand["metrics"],
+            "other_tiles": len(other),
+            "other_before": other_before["metrics"], "other_after": other_after["metrics"],
+            "other_after_models": other_after["models"],
+            "other_candidate": other_cand["metrics"],
+            "other_identical": other_after["features"] == other_before["features"]}
+        if control:
+            progress(f"[0c] control: replay-only fine-tune of {mid}, then the same gate")
+            card = keep["card"]
+            model, info = finetune(card, [], RetrainConfig(budget_s=budget_s, steps=steps,
+                                                           replay_fraction=1.0))
+            eng = TorchEngine(card, model=model)
+            out["control"] = {"steps": info["steps"],
+                              "rest": score_tiles(mid, rest, engine=eng)["metrics"],
+                              "gate": gate_on(keep, eng)}
+        if rep["accepted"]:
+            d = V.rollback(rep["model"])  # out of use in its area
+            again = score_tiles(mid, rest, by_area=True)
+            out["rollback"] = {"version": rep["model"], "in_use_after": rep["model"] in
+                               V.area_ids(V.split_id(mid)[0]),
+                               "models": again["models"],
+                               "identical_features": again["features"] ==
+                               before["features"], "active": d["active"]}
+            progress(f"[0] {rep['model']} taken out of use: features on the rest of the "
+                     f"site identical to before: {out['rollback']['identical_features']}")
+    return out
+
+
 def vienna_experiment(budget_s: float, steps: Optional[int] = None,
                       progress=print) -> Dict[str, Any]:
     """Experiment 2 (see the module docstring)."""
@@ -305,7 +507,7 @@ def vienna_experiment(budget_s: float, steps: Optional[int] = None,
     east0 = detect(active0, path, VIENNA_UNSEEN)
     params = RetrainParams(FileSource(path), active0, (), crs=crs,
                            reviewed=[{"extent": VIENNA_TRAIN}], budget_s=budget_s,
-                           steps=int(steps) if steps else None)
+                           steps=int(steps) if steps else None, scope="general")
     progress(f"[2] retrain {active0}: {steps or 'no fixed'} steps, at most {budget_s:g} s")
     rep, secs, active1 = retrain(params)
     progress(f"[2] {_outcome(rep)}; detect on the east half with {active1}")
@@ -369,7 +571,8 @@ def rollback_experiment(folds: Dict[str, Dict[str, Any]], user_models: Path,
 
 
 def _brief(rep: Dict[str, Any]) -> Dict[str, Any]:
-    keys = ("accepted", "reason", "model", "parent", "active", "rule", "warnings")
+    keys = ("accepted", "verdict", "reason", "model", "parent", "active", "in_use",
+            "scope", "change", "pending", "rule", "warnings")
     out = {k: rep.get(k) for k in keys}
     out["train"] = {k: rep["train"].get(k) for k in ("steps", "seconds", "device",
                                                       "train_encoder", "replay_tiles")}
@@ -381,9 +584,12 @@ def _brief(rep: Dict[str, Any]) -> Dict[str, Any]:
 def run(budget_s: float = 300.0, vienna_budget_s: Optional[float] = None,
         control: bool = True, user_models: Optional[Path] = None,
         steps: Optional[int] = STEPS, folds: Sequence[str] = ("AB", "BA"),
-        progress=print) -> Dict[str, Any]:
-    """Run experiments 1-3 (and the controls) in ``user_models`` (default: a fresh
+        progress=print, site: bool = True, site_control: bool = True) -> Dict[str, Any]:
+    """Run experiments 0-3 (and the controls) in ``user_models`` (default: a fresh
     temporary folder); returns the measurements.
+
+    Experiment 0 (``site``; its control with ``site_control``) runs in the sub-folder
+    ``site`` of ``user_models``.
 
     Fold ``AB`` runs in ``user_models`` itself (its version is the one experiments 2
     and 3 build on); fold ``BA`` starts again from the shipped model in a sub-folder,
@@ -402,6 +608,9 @@ def run(budget_s: float = 300.0, vienna_budget_s: Optional[float] = None,
         res: Dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu",
                                "threads": train_threads(),
                                "folds": {}, "controls": {}}
+        if site:
+            with _env(ORTHOLENS_USER_MODELS=str(user_models / "site")):
+                res["site"] = site_experiment(budget_s, steps, site_control, progress)
         for fold in folds:
             if fold != folds[0]:
                 os.environ["ORTHOLENS_USER_MODELS"] = str(user_models / f"fold-{fold}")
@@ -446,11 +655,72 @@ _HEAD = ["    | {} | object F1 | precision | recall | pixel IoU | true | pred | 
          "missed |", "    |---|---|---|---|---|---|---|---|---|"]
 
 
+def site_table(si: Dict[str, Any]) -> List[str]:
+    """Experiment 0 as a Markdown table (README, Retrain): object and pixel figures on
+    the rest of the site and on the other sites, with the gate's verdict."""
+    r = si["retrain"]
+    ch = r.get("change") or {}
+    head = ["| on the rest of the site ({} tiles) | object F1 | precision | recall | "
+            "pixel IoU | false | missed | gate's verdict |".format(len(si["tiles_rest"])),
+            "|---|---|---|---|---|---|---|---|"]
+
+    def row(name, m, verdict=""):
+        return (f"| {name} | {_f(m['object_f1'])} | {_f(m['object_precision'])} | "
+                f"{_f(m['object_recall'])} | {_f(m['pixel_iou'])} | {m['false_objects']} | "
+                f"{m['missed_objects']} | {verdict} |")
+    used = ", ".join(si["rest_after_models"])
+    lines = head + [row(f"before ({si['model']})", si["rest_before"])]
+    lines.append(row(f"after: detection by area (ran {used})", si["rest_after"],
+                     f"**{r['verdict']}**"))
+    if not r["accepted"]:
+        lines.append(row("the candidate itself (not used)", si["rest_candidate"]))
+    if "control" in si:
+        g = si["control"]["gate"]
+        lines.append(row("control: replay only, same steps", si["control"]["rest"],
+                         f"**{g['verdict']}**"))
+    lines += ["", "| on other sites (pv01 held-out split, {} tiles) | object F1 | "
+              "precision | recall | pixel IoU | false | missed | |".format(si["other_tiles"]),
+              "|---|---|---|---|---|---|---|---|",
+              row(f"before ({si['model']})", si["other_before"]),
+              row(f"after: detection by area (ran {', '.join(si['other_after_models'])})",
+                  si["other_after"]),
+              row("the candidate itself, were it used there", si["other_candidate"])]
+    if ch.get("f1_change") is not None:
+        lines += ["", f"Held-out corrections (the strips of the corrected tiles): "
+                      f"{ch['objects']} objects, object F1 {_f(ch['object_f1'][0])} -> "
+                      f"{_f(ch['object_f1'][1])}, change {ch['f1_change']:+.3f} "
+                      f"({ch['confidence']:.0%} interval {ch['f1_interval'][0]:+.3f} to "
+                      f"{ch['f1_interval'][1]:+.3f})."]
+    return lines
+
+
 def report(res: Dict[str, Any]) -> str:
     """The printed summary."""
     vi = res["vienna"]
     lines = [f"Retrain evaluation on {res['device']} ({res['threads']} threads), "
              f"{res.get('seconds', '?')} s in all", ""]
+    if "site" in res:
+        si = res["site"]
+        r = si["retrain"]
+        lines += [
+            f"(0) a site the model never saw: {si['model']} (trained without the "
+            f"{si['site_tiles']} tiles of the site of {si['site']}); the user corrects "
+            f"{len(si['tiles_user'])} of them ({si['user_edits']['deleted']} deleted, "
+            f"{si['user_edits']['reshaped']} reshaped, {si['user_edits']['added']} "
+            f"added, {si['user_edits']['kept']} kept) and retrains for this area: "
+            f"{r['train']['steps']} steps, job {si['job_seconds']} s -> "
+            f"{r['verdict'].upper()}: {r['reason']}"]
+        for w in r.get("warnings") or []:
+            lines.append(f"    warning: {w}")
+        if "control" in si:
+            g = si["control"]["gate"]
+            lines.append(f"    control (replay only) through the same gate -> "
+                         f"{g['verdict'].upper()}: {g['reason']}")
+        if "rollback" in si:
+            rb = si["rollback"]
+            lines.append(f"    {rb['version']} taken out of use: the rest of the site "
+                         f"gives the features it gave before: {rb['identical_features']}")
+        lines += ["    " + x for x in site_table(si)] + [""]
     for fold, pv in res["folds"].items():
         r = pv["retrain"]
         src, dst = fold[0], fold[1]
@@ -535,6 +805,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(default AB,BA)")
     ap.add_argument("--no-control", action="store_true",
                     help="skip the replay-only control fine-tunes")
+    ap.add_argument("--no-site", action="store_true",
+                    help="skip experiment 0 (a site the model never saw; its model is "
+                         "trained once, about 6 minutes, into out/site-models)")
     ap.add_argument("--user-models", type=Path, default=None,
                     help="user model folder to write versions to (default: a temporary "
                          "folder, deleted afterwards)")
@@ -544,7 +817,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not folds or folds[0] != "AB" or any(f not in ("AB", "BA") for f in folds):
         ap.error("--folds must start with AB and hold AB and/or BA")
     res = run(args.budget_s, args.vienna_budget_s, not args.no_control, args.user_models,
-              args.steps or None, folds)
+              args.steps or None, folds, site=not args.no_site,
+              site_control=not args.no_control)
     for f in res["folds"].values():
         f.pop("_features_b", None)
     res.pop("pv01", None)  # the same dict as folds["AB"]
