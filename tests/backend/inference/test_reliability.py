@@ -55,25 +55,35 @@ def _converted(tmp_path: Path, dtype: str) -> Path:
 
 # ----------------------------------------------------------------------------- bad input
 
+#: min/max that undo each conversion of :func:`_converted`
+_UNDO = {"uint16": {"mode": "minmax", "min": [0, 0, 0], "max": [65535, 65535, 65535]},
+         "float32": {"mode": "minmax", "min": [0, 0, 0], "max": [1, 1, 1]}}
+
+
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])
-def test_non_8bit_rgb_file_is_refused_clearly(dtype, tmp_path):
-    """A 3-band 16-bit or float raster: refused with what to do, not misread as 8-bit."""
+def test_non_8bit_rgb_file_is_stretched_not_misread(dtype, tmp_path):
+    """A 3-band 16-bit or float raster: never read as if 8-bit. With the min/max that
+    undo the conversion it gives the 8-bit tile's polygons; by default it is stretched
+    2-98 % with a warning that says so."""
     path = _converted(tmp_path, dtype)
-    with pytest.raises(D.JobError) as ei:
-        D.run_detect(_request({"kind": "file", "path": str(path)}), [])
-    assert ei.value.code == P.E_INVALID_INPUT
-    msg = ei.value.message
-    assert "8-bit" in msg and dtype in msg and "gdal_translate" in msg, msg
+    ref = D.run_detect(_request({"kind": "file", "path": str(TILE)}), [])
+    undone = D.run_detect(_request({"kind": "file", "path": str(path)},
+                                   stretch=_UNDO[dtype]), [])
+    assert ref["features"] and ([f["wkt"] for f in undone["features"]]
+                                == [f["wkt"] for f in ref["features"]])
+    auto = D.run_detect(_request({"kind": "file", "path": str(path)}), [])
+    assert any("stretched to 8 bits" in w and dtype in w for w in auto["stats"]["warnings"])
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])
-def test_non_8bit_pixels_are_refused_clearly(dtype, tmp_path):
+def test_non_8bit_pixels_are_stretched_too(dtype, tmp_path):
     """The same for pixels sent by the plugin (source kind ``pixels``)."""
     with rasterio.open(_converted(tmp_path, dtype)) as src:
         arr, t, crs = src.read(), src.transform, src.crs.to_wkt()
-    with pytest.raises(D.JobError) as ei:
-        D.run_detect(_request({"kind": "pixels", "crs": crs, "transform": list(t)[:6]}), [arr])
-    assert ei.value.code == P.E_INVALID_INPUT and "8-bit" in ei.value.message
+    ref = D.run_detect(_request({"kind": "file", "path": str(TILE)}), [])
+    res = D.run_detect(_request({"kind": "pixels", "crs": crs, "transform": list(t)[:6]},
+                                stretch=_UNDO[dtype]), [arr])
+    assert [f["wkt"] for f in res["features"]] == [f["wkt"] for f in ref["features"]]
 
 
 def test_gsd_far_from_model_is_resampled_with_warning():
