@@ -269,3 +269,49 @@ def test_raster_over_http_goes_by_url(qgis_new_project):
         assert file_source_path(rl) == "https://example.org/ortho_cog.tif"
     local = QgsRasterLayer("/vsizip//tmp/none.zip/a.tif", "zipped", "gdal")
     assert file_source_path(local) is None
+
+
+def test_reprojected_render_matches_a_gdal_warp(tmp_path, vienna_path, qgis_new_project):
+    """A layer in Web Mercator (the Vienna scene warped by GDAL) is rendered by the
+    plugin into the UTM zone at 0.3 m: it lies on GDAL's own nearest-neighbour warp of
+    the same raster onto the same grid within a quarter pixel (7.5 cm).
+
+    Both are nearest-neighbour at about the source's resolution, so single pixels differ
+    wherever a target centre falls near a source pixel border (QGIS's projector
+    approximates the transform); the check is geometric: the mean absolute difference
+    is smallest at zero shift and far below that of a one-pixel shift, and a parabola
+    through the shifts -1, 0, +1 puts the offset under 0.25 px in x and y.
+    """
+    from osgeo import gdal
+
+    merc = tmp_path / "vienna_3857.tif"
+    gdal.Warp(str(merc), str(vienna_path), dstSRS="EPSG:3857", resampleAlg="near")
+    rl = QgsRasterLayer(str(merc), "merc", "gdal")
+    assert rl.isValid()
+    e = rl.extent()
+    box = QgsRectangle(e.center().x() - 150, e.center().y() - 150,
+                       e.center().x() + 150, e.center().y() + 150)
+    plan = prepare_detect(rl, box, rl.crs(), force_pixels=True)
+    rp = plan.render
+    assert rp.reproject and rp.crs.authid() == "EPSG:32633"
+    out = render_pixels(rp, 0.3)
+    a, _, x0, _, e_, y0 = out.transform
+    h, w = out.array.shape[1:]
+    ref = gdal.Warp("", str(merc), format="MEM", dstSRS="EPSG:32633", resampleAlg="near",
+                    outputBounds=(x0, y0 + e_ * h, x0 + a * w, y0), width=w, height=h
+                    ).ReadAsArray().astype(float)
+    got = out.array.astype(float)
+    assert ref.shape == got.shape and h > 600 and w > 600
+    core = ref[:, 2:h - 2, 2:w - 2]
+
+    def mad(dy, dx):
+        return np.abs(got[:, 2 + dy:h - 2 + dy, 2 + dx:w - 2 + dx] - core).mean()
+
+    grid = {(dy, dx): mad(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    assert min(grid, key=grid.get) == (0, 0), grid
+    one_px = min(np.abs(ref[:, 2:h - 2, 3:w - 1] - core).mean(),
+                 np.abs(ref[:, 3:h - 1, 2:w - 2] - core).mean())
+    assert grid[0, 0] < 0.8 * one_px, (grid[0, 0], one_px)
+    for m1, m0, p1 in ((grid[0, -1], grid[0, 0], grid[0, 1]),
+                       (grid[-1, 0], grid[0, 0], grid[1, 0])):
+        assert abs((m1 - p1) / (2 * (m1 - 2 * m0 + p1))) < 0.25
