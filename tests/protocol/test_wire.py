@@ -657,6 +657,8 @@ _MINMAX = "min and max must be lists of numbers, one per band, with min < max"
     ({"mode": "percentile", "high": 100.5}, _PERCENT),
     ({"mode": "percentile", "low": 50, "high": 50}, _PERCENT),
     ({"mode": "percentile", "low": 99}, _PERCENT),        # above the default high, 98
+    ({"mode": "percentile", "low": 98.5}, _PERCENT),
+    ({"mode": "percentile", "high": 2.5}, None),          # above the default low, 2
     ({"mode": "percentile", "high": 1}, _PERCENT),        # below the default low, 2
     ({"mode": "percentile", "low": "2"}, _PERCENT),
     ({"mode": "percentile", "high": True}, _PERCENT),

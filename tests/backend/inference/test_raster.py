@@ -38,12 +38,13 @@ def _mercator_scale(lat_deg: float):
 
 
 @contextmanager
-def raster(crs, transform, width, height, count=3, dtype="uint8", colorinterp=None):
-    """An open in-memory GeoTIFF (zeros) with this georeferencing."""
+def raster(crs, transform, width, height, count=3, dtype="uint8", colorinterp=None,
+           data=None):
+    """An open in-memory GeoTIFF (``data``, or zeros) with this georeferencing."""
     with MemoryFile() as mem:
         with mem.open(driver="GTiff", width=width, height=height, count=count,
                       dtype=dtype, crs=crs, transform=transform) as w:
-            w.write(np.zeros((count, height, width), dtype))
+            w.write(np.zeros((count, height, width), dtype) if data is None else data)
             if colorinterp:
                 w.colorinterp = colorinterp
         with mem.open() as ds:
@@ -448,3 +449,49 @@ def test_source_gsd_falls_back_to_the_crs_unit_where_the_scale_is_undefined():
     with raster("EPSG:4326", Affine(3e-6, 0, 16.37, 0, -3e-6, 48.2), 10, 10) as ds:
         assert _source_gsd(ds, (16, 100, 17, 101), geodesic=True) == pytest.approx(
             3e-6, rel=1e-12)
+
+
+def _uint16_vienna():
+    """The VIENNA raster as uint16: band b holds ``10000 (b - 1) + row * 100 + col``."""
+    base = np.arange(5000, dtype=np.uint16).reshape(50, 100)
+    return raster(*VIENNA, dtype="uint16", data=np.stack([base + 10000 * b for b in range(3)]))
+
+
+def test_16_bit_bands_are_stretched_by_their_2_and_98_percentiles():
+    """Over the whole raster band 1 holds 0..4999: its 2nd and 98th percentiles are
+    0.02 x 4999 and 0.98 x 4999 (linear interpolation); the warning says so."""
+    expected = [(99.98 + 10000 * b, 4899.02 + 10000 * b) for b in range(3)]
+    with _uint16_vienna() as ds:
+        g = plan_grid(ds, None, None, 0.1, 3)
+    assert [v for r in g.stretch for v in r] == pytest.approx(
+        [v for r in expected for v in r], abs=1e-9)
+    info = dict(g.stretch_info)
+    assert [v for r in info.pop("ranges") for v in r] == pytest.approx(
+        [v for r in expected for v in r], abs=1e-6)
+    assert info == {"mode": "percentile", "dtype": "uint16", "low": 2.0, "high": 98.0}
+    assert g.warnings == ["the uint16 bands [1, 2, 3] were stretched to 8 bits by 2-98 % "
+                          "percentiles (99.98-4899.02, 10100-14899, 20100-24899)", FAR]
+    # over the left half only (columns 0..49): its own percentiles
+    with _uint16_vienna() as ds:
+        half = plan_grid(ds, [-1700, 338545, -1685, 338560], None, 0.1, 3)
+    vals = (np.arange(50)[:, None] * 100 + np.arange(50)[None, :]).ravel()
+    assert half.stretch[0] == pytest.approx(tuple(np.percentile(vals, [2, 98])), abs=1e-9)
+
+
+def test_requested_stretches():
+    from protocol.params import Stretch
+    with _uint16_vienna() as ds:
+        g = plan_grid(ds, None, None, 0.1, 3,
+                      stretch=Stretch("minmax", min=(0, 0, 0), max=(1000, 2000, 3000)))
+        assert g.stretch == [(0.0, 1000.0), (0.0, 2000.0), (0.0, 3000.0)]
+        assert g.warnings[0] == ("the uint16 bands [1, 2, 3] were stretched to 8 bits by "
+                                 "the given min/max (0-1000, 0-2000, 0-3000)")
+        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("percentile", 10, 90))
+        assert g.warnings[0].startswith("the uint16 bands [1, 2, 3] were stretched to 8 "
+                                        "bits by 10-90 % percentiles (499.9-4499.1, ")
+        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("none"))
+        assert g.stretch == [(0.0, 255.0)] * 3 and g.stretch_info["mode"] == "none"
+        assert g.warnings == [FAR]
+    with raster(*VIENNA) as ds:
+        g = plan_grid(ds, None, None, 0.1, 3)
+        assert g.stretch is None and g.stretch_info is None
