@@ -272,7 +272,7 @@ def package(args) -> int:
     target = out / "ortholens.zip"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
         for p in sorted((REPO / "plugin").rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts:
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
                 z.write(p, Path("ortholens") / p.relative_to(REPO / "plugin"))
         # the shared protocol package travels inside the plugin (plugin/__init__.py puts
         # ortholens/ext on sys.path)
