@@ -496,7 +496,11 @@ def version_for_extent(model_id: str, bounds: Tuple[float, float, float, float],
         scope = Scope.from_dict(card.lineage.scope if card.lineage else None)
         if scope is None:
             continue
-        if covers(scope, bounds, crs_wkt):
+        try:
+            inside = covers(scope, bounds, crs_wkt)
+        except Exception:  # an extent that cannot be put in lon/lat is in no area
+            inside = False
+        if inside:
             return card, f"{mid} was taught on this area ({scope.describe()})"
         seen.append(mid)
     if seen:

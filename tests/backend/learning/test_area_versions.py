@@ -106,6 +106,9 @@ def test_area_versions_are_in_use_in_their_area_only(user_dir):
     assert chosen is not None and chosen.id == vid and "taught on this area" in why
     none, why = V.version_for_extent(MODEL, *_bounds(OUTSIDE))
     assert none is None and vid in why and f"{MODEL} was used" in why
+    # an extent in a CRS that cannot be put in lon/lat lies in no area
+    local = 'LOCAL_CS["engineering",UNIT["metre",1]]'
+    assert V.version_for_extent(MODEL, _bounds(INSIDE_2)[0], local)[0] is None
     d = V.describe(MODEL)
     row = next(v for v in d["versions"] if v["id"] == vid)
     assert row["in_use"] is True and row["scope"]["margin_m"] == 250.0
