@@ -393,7 +393,8 @@ def _engine_pids(port: int) -> list:
 
 def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         qgis_iface, qgis_new_project, tmp_path, monkeypatch, clean_settings):
-    """The issue's clean-profile test (see the module docstring)."""
+    """The clean-profile test (see the module docstring); then a repair and the
+    removal through the same dialog."""
     from protocol.client import start_daemon
     from tools.screenshot import qgis_child_env
 
@@ -552,6 +553,25 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert _features(str(out)) == got  # the batch path: the same polygons
         started = (tmp_path / "logs" / f"daemon-{qp_port}.log").read_text()
         assert f"listening on tcp://127.0.0.1:{qp_port}" in started, started[-2000:]
+        for pid in _engine_pids(qp_port):
+            os.kill(pid, 15)
+
+        # 8. set up again: a repair (the engine reinstalled over itself); then removed
+        dlg.show()
+        assert dlg.start_button.text() == "Repair" and dlg.plan.repair
+        dlg.start_button.click()
+        task = dlg.task
+        assert task is not None and wait_until(lambda: dlg.task is None, 600)
+        assert task.report is not None, f"{task.error}\n" + "\n".join(task.lines[-30:])
+        assert any("--force-reinstall" in t for t in task.lines)
+        assert wait_until(lambda: p.status_task is None and p.dock.current_card()
+                          is not None, 120), p.dock.status_label.text()
+        dlg.confirm = False
+        assert dlg.remove() and installed_python() is None
+        assert not (home / "venv").exists() and p.daemon_process is None
+        assert wait_until(lambda: p.status_task is None
+                          and p.dock.status_label.text() == NOT_SET_UP, 30), \
+            p.dock.status_label.text()
     finally:
         p.unload()
         if ref_proc is not None and ref_proc.poll() is None:
