@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 SCREEN = "1280x800x24"
 WIDTH, HEIGHT = 1280, 800
@@ -125,6 +125,45 @@ def write_profile(profiles: Path) -> Path:
     return ini
 
 
+def run_qgis_code(script: Path, tmp: Path, env_extra: Dict[str, str], timeout_s: float,
+                  screen: str = SCREEN) -> Tuple[int, str]:
+    """Run ``script`` inside the QGIS desktop under Xvfb with the release-shaped plugin.
+
+    In ``tmp``: the plugin (:func:`assemble_plugin`), a fresh profile
+    (:func:`write_profile`) and a private ``XDG_RUNTIME_DIR``; QGIS runs
+    ``--code script`` with :func:`qgis_child_env` plus ``QGIS_PLUGINPATH``,
+    ``ORTHOLENS_REPO`` (this repository) and ``env_extra``.
+
+    Args:
+        script: the Python file QGIS runs (it drives QGIS with a QTimer and quits).
+        tmp: an empty temporary folder (the caller removes it).
+        env_extra: further environment variables (the script's own settings).
+        timeout_s: kill QGIS after this many seconds.
+        screen: the Xvfb screen, ``WIDTHxHEIGHTxDEPTH``.
+
+    Returns:
+        ``(returncode, output)``: 124 and what was printed when the time ran out.
+    """
+    assemble_plugin(_repo(), tmp / "plugins")
+    write_profile(tmp / "profiles")
+    xdg = tmp / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = qgis_child_env()
+    env.pop("QT_QPA_PLATFORM", None)
+    env.update({"QGIS_PLUGINPATH": str(tmp / "plugins"), "ORTHOLENS_REPO": str(_repo()),
+                "XDG_RUNTIME_DIR": str(xdg)})
+    env.update(env_extra)
+    cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {screen}", "qgis", "--nologo",
+           "--noversioncheck", "--profiles-path", str(tmp / "profiles"),
+           "--code", str(Path(script).resolve())]
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout_s)
+        return proc.returncode, proc.stdout.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired as exc:
+        return 124, (exc.stdout or b"").decode("utf-8", "replace")
+
+
 def default_endpoint() -> str:
     """The daemon's default endpoint (``protocol.wire``'s host and port)."""
     from protocol.wire import DEFAULT_ENDPOINT
@@ -167,17 +206,10 @@ def take_screenshot(raster: str, out_png: str, endpoint: Optional[str] = None,
     for p in (out, summary_path):
         if p.exists():
             p.unlink()
-    repo = _repo()
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-shot-"))
     try:
-        assemble_plugin(repo, tmp / "plugins")
-        write_profile(tmp / "profiles")
-        xdg = tmp / "xdg"
-        xdg.mkdir(mode=0o700)
-        env = qgis_child_env()
-        env.pop("QT_QPA_PLATFORM", None)
-        env.update({
-            "QGIS_PLUGINPATH": str(tmp / "plugins"),
+        t0 = time.monotonic()
+        rc, log = run_qgis_code(Path(__file__), tmp, {
             "ORTHOLENS_SHOT_INSIDE": "1",
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_SCREENSHOT": str(out),
@@ -185,19 +217,7 @@ def take_screenshot(raster: str, out_png: str, endpoint: Optional[str] = None,
             "ORTHOLENS_MODEL": model or "",
             "ORTHOLENS_SHOT_DETECT": "1" if detect else "0",
             "ORTHOLENS_SHOT_TIMEOUT": str(max(30.0, timeout_s - 30.0)),
-            "ORTHOLENS_REPO": str(repo),
-            "XDG_RUNTIME_DIR": str(xdg),
-        })
-        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", "qgis", "--nologo",
-               "--noversioncheck", "--profiles-path", str(tmp / "profiles"),
-               "--code", str(Path(__file__).resolve())]
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=timeout_s)
-            rc, log = proc.returncode, proc.stdout.decode("utf-8", "replace")
-        except subprocess.TimeoutExpired as exc:
-            rc, log = 124, (exc.stdout or b"").decode("utf-8", "replace")
+        }, timeout_s)
         info: Dict[str, Any] = {}
         if summary_path.is_file():
             try:

@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,7 +82,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
     Raises:
         FileNotFoundError: the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
-    from tools.screenshot import assemble_plugin, qgis_child_env, write_profile
+    from tools.screenshot import run_qgis_code
 
     raster_p = Path(raster).resolve()
     if not raster_p.is_file():
@@ -96,17 +95,10 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
     for old in list(out.glob("*.png")) + [out / "walkthrough.json"]:
         if old.exists():
             old.unlink()
-    repo = _repo()
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-walk-"))
     try:
-        assemble_plugin(repo, tmp / "plugins")
-        write_profile(tmp / "profiles")
-        xdg = tmp / "xdg"
-        xdg.mkdir(mode=0o700)
-        env = qgis_child_env()
-        env.pop("QT_QPA_PLATFORM", None)
-        env.update({
-            "QGIS_PLUGINPATH": str(tmp / "plugins"),
+        t0 = time.monotonic()
+        rc, log = run_qgis_code(Path(__file__), tmp, {
             "ORTHOLENS_WALK_INSIDE": "1",
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_WALK_OUT": str(out),
@@ -117,19 +109,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
             # the retrained version and any job state stay in the temporary folder
             "ORTHOLENS_USER_MODELS": str(tmp / "user-models"),
             "XDG_DATA_HOME": str(tmp / "data"),
-            "ORTHOLENS_REPO": str(repo),
-            "XDG_RUNTIME_DIR": str(xdg),
-        })
-        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", "qgis", "--nologo",
-               "--noversioncheck", "--profiles-path", str(tmp / "profiles"),
-               "--code", str(Path(__file__).resolve())]
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=timeout_s)
-            rc, log = proc.returncode, proc.stdout.decode("utf-8", "replace")
-        except subprocess.TimeoutExpired as exc:
-            rc, log = 124, (exc.stdout or b"").decode("utf-8", "replace")
+        }, timeout_s, screen=SCREEN)
         summary = out / "walkthrough.json"
         try:
             info = json.loads(summary.read_text("utf-8"))
