@@ -3,7 +3,7 @@
 Usage::
 
     python -m tools.bench [--models ID ...] [--raster PATH] [--out out/bench.json]
-                          [--no-client] [--repeat 3]
+                          [--no-client] [--repeat 3] [--no-retrain]
 
 For each model (a member or an ensemble card, e.g. ``pv-unet-efl0``; default: the
 catalog's CPU default model) on the same raster (default: the real Vienna 2023
@@ -18,6 +18,11 @@ orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 (c) *screen extent*: the round trip of a 1920 x 1080 px extent at 0.1 m (192 m x 108 m)
     through the plugin's client to a real daemon process (median of ``--repeat``, after
     one warm-up call);
+
+(d) *retrain budget* (unless ``--no-retrain``): a real retrain of a small Vienna area with a
+    45 s budget for the whole job (preparing, training, the gate, saving), into a
+    temporary user-models folder: whether it ended within the budget, and each phase's
+    seconds (:class:`backend.learning.finetune.TimePlan`);
 
 plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
 Prints a table and writes JSON. Timings are wall-clock with ``time.perf_counter``.
@@ -95,6 +100,38 @@ def screen_latency(model_id: str, raster: Path, repeat: int = 3) -> Dict:
             "daemon_peak_rss_mb": round(daemon_peak, 1)}
 
 
+def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
+    """Wall-clock seconds of a real retrain job against its whole budget ``budget_s``.
+
+    The area is 60 m x 40 m of ``raster`` (the Vienna scene, EPSG:31256) with no
+    corrected feature: the model's detections there are all deleted. Versions go to a
+    temporary folder (``ORTHOLENS_USER_MODELS``), never the user's.
+    """
+    import tempfile
+
+    from backend.learning.finetune import run_retrain
+    old = os.environ.get("ORTHOLENS_USER_MODELS")
+    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp:
+        os.environ["ORTHOLENS_USER_MODELS"] = tmp
+        try:
+            req = {"type": "retrain", "model": model_id,
+                   "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
+                   "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
+                   "budget_s": budget_s}
+            t0 = time.perf_counter()
+            rep = run_retrain(req, [])["retrain"]
+            seconds = time.perf_counter() - t0
+        finally:
+            if old is None:
+                os.environ.pop("ORTHOLENS_USER_MODELS", None)
+            else:
+                os.environ["ORTHOLENS_USER_MODELS"] = old
+    return {"budget_s": budget_s, "seconds": round(seconds, 1),
+            "within_budget": rep["time"]["within_budget"], "steps": rep["train"]["steps"],
+            "phases": {k: v for k, v in rep["time"].items() if k.endswith("_s")
+                       and k != "budget_s"}}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Ortholens throughput benchmark")
     ap.add_argument("--models", nargs="*", default=None,
@@ -103,6 +140,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench.json")
     ap.add_argument("--no-client", action="store_true", help="skip the screen-extent round trip")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-retrain", action="store_true",
+                    help="skip the real retrain against a 45 s budget")
     args = ap.parse_args(argv)
     report = {"device": device_name(), "cpu_count": os.cpu_count(),
               "platform": platform.platform(), "raster": str(args.raster), "models": {}}
@@ -116,6 +155,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
         if not args.no_client:
             r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
+        if not args.no_retrain and not load_card(mid).members:
+            r["retrain_budget"] = retrain_budget(mid, args.raster)
         if cuda:
             import torch
             r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

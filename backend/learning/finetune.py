@@ -203,9 +203,13 @@ class TimePlan:
 
     def summary(self) -> Dict[str, Any]:
         """``{budget_s, seconds, preparing_s, training_s, checking_s, saving_s,
-        within_budget}`` (seconds, rounded to 0.1; a phase not reached is absent)."""
+        train_budget_s, within_budget}`` (seconds, rounded to 0.1; a phase not reached
+        is absent, and ``train_budget_s``, the training's planned share, before
+        :meth:`plan_training`)."""
         total = self.elapsed_s()
         out: Dict[str, Any] = {"budget_s": self.budget_s, "seconds": round(total, 1)}
+        if self.train_s is not None:
+            out["train_budget_s"] = round(self.train_s, 1)
         names = [p for p in PHASES if p in self.marks]
         for i, p in enumerate(names):
             stop = self.marks[names[i + 1]] if i + 1 < len(names) else total
