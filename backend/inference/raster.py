@@ -454,7 +454,10 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
     gsd = gsd_m / unit
     width = int(math.ceil((xmax - xmin) / gsd - 1e-6))
     height = int(math.ceil((ymax - ymin) / gsd - 1e-6))
-    if width < 1 or height < 1 or (xmax - xmin) < gsd or (ymax - ymin) < gsd:
+    # a millionth of a pixel of slack: coordinates one pixel apart differ by a float's
+    # rounding (-1690.2 - -1690.3 = 0.09999999999990905)
+    short = gsd * (1.0 - 1e-6)
+    if width < 1 or height < 1 or (xmax - xmin) < short or (ymax - ymin) < short:
         raise InputError(f"the extent ({xmax - xmin:.2f} x {ymax - ymin:.2f} m) is smaller "
                          f"than one pixel at the model's {gsd_m} m GSD")
     if width * height > max_pixels:

@@ -222,6 +222,18 @@ def test_one_pixel_is_the_smallest_extent():
             assert "is smaller than one pixel at the model's 0.125 m GSD" in str(e.value)
 
 
+def test_one_pixel_from_float_coordinates_is_one_pixel():
+    """Coordinates one 0.1 m pixel apart differ by a little less than 0.1 in floating
+    point (-1690.2 - -1690.3 = 0.0999999999999): still one pixel, not "smaller than one
+    pixel"; a thousandth of a pixel less is refused."""
+    assert -1690.2 - -1690.3 < 0.1
+    with raster(*VIENNA) as ds:
+        g = plan_grid(ds, [-1690.3, 338550.7, -1690.2, 338550.8], None, 0.1, 3)
+        assert (g.width, g.height) == (1, 1)
+        with pytest.raises(InputError, match="smaller than one pixel"):
+            plan_grid(ds, [-1690.3, 338550.7, -1690.2001, 338550.8], None, 0.1, 3)
+
+
 @pytest.mark.parametrize("extent, crs, message", [
     ([-1600, 338550, -1590, 338555], None, "the extent does not intersect the raster"),
     ([-1670, 338550, -1660, 338555], None, "the extent does not intersect the raster"),
