@@ -323,3 +323,55 @@ def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def _cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU: the real torch "
+                    "out-of-memory path (build.py ALLOWED_SKIPS)")
+def test_real_cuda_oom_halves_the_batch_and_gives_the_same_probabilities():
+    """The torch engine on the GPU with its memory capped (a quarter of a GiB more than
+    the weights and one tile need): a batch of 64 tiles of 512 px raises torch's real
+    ``OutOfMemoryError``, the job halves the batch until it fits and the probabilities
+    equal those of one tile a batch."""
+    import torch
+
+    from backend.inference.engines import TorchEngine
+    card = load_card(MODEL)
+    eng = TorchEngine(card, "cuda:0")
+    dev = torch.device("cuda:0")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(dev)
+    one = np.random.default_rng(0).integers(0, 256, (1, card.bands, 512, 512), np.uint8)
+    eng.predict_raw(one)
+    need = torch.cuda.max_memory_allocated(dev)
+    total = torch.cuda.get_device_properties(dev).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (need + 2**28) / total), dev)
+    try:
+        with rasterio.open(VIENNA) as ds:
+            grid = plan_grid(ds, [-1900, 338300, -1600, 338600], None, card.gsd_m, 3)
+
+            def run(batch, warnings):
+                reader = WindowReader(ds, grid)
+                try:
+                    return D.predict_grid(reader, grid, eng, batch, tile_size=512,
+                                          overlap=128, warnings=warnings)
+                finally:
+                    reader.close()
+            ref, ref_valid, n = run(1, [])
+            torch.cuda.empty_cache()
+            warnings = []
+            probs, valid, n2 = run(64, warnings)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        torch.cuda.empty_cache()
+    assert n2 == n >= 64
+    assert warnings and "out of memory at 64 tiles" in warnings[0], warnings
+    np.testing.assert_array_equal(valid, ref_valid)
+    np.testing.assert_allclose(probs, ref, atol=2e-3)
