@@ -230,7 +230,9 @@ def report(res: Dict[str, List[Tuple[str, str]]], explained: Dict[str, str],
         mark = "" if n in explained else "   <- NOT EXPLAINED"
         lines.append(f"- {n} ({v}){mark}")
         lines += [f"      {d}" for d in shown.get(n, "").splitlines()]
-    stale = sorted(set(explained) - {n for n, _ in survivors}
+    # only the modules that ran (``--module``) can show an explanation to be stale
+    ran = tuple(path[:-len(".py")].replace("/", ".") + "." for path in res)
+    stale = sorted({n for n in explained if n.startswith(ran)} - {n for n, _ in survivors}
                    - {n for items in res.values() for n, v in items if v != "killed"})
     if stale:
         lines.append(f"\nexplained in tools/mutants_equivalent.md but killed or gone "

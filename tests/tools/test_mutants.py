@@ -49,3 +49,25 @@ def test_every_explained_survivor_is_in_the_scope_and_has_a_reason():
         assert len(reason.split("|")[-1].strip()) > 20, name
     assert explained_names("| `a.x_f__mutmut_2` | `x` | why |\n| not a row |") == {
         "a.x_f__mutmut_2": "`x` | why"}
+
+
+def test_a_run_of_one_module_judges_only_that_module(monkeypatch):
+    """With ``--module``, explanations of the other modules are not called stale, while
+    a killed mutant of the module that ran still is; an unexplained survivor fails."""
+    import tools.mutants as M
+    monkeypatch.setattr(M, "diffs", lambda names: {})
+    explained = {"backend.inference.raster.x_plan_grid__mutmut_1": "why",
+                 "backend.inference.raster.x_plan_grid__mutmut_2": "why",
+                 "backend.inference.tiling.x_ramp__mutmut_3": "why"}
+    res = {"backend/inference/raster.py": [
+        ("backend.inference.raster.x_plan_grid__mutmut_1", "survived"),
+        ("backend.inference.raster.x_plan_grid__mutmut_2", "killed"),
+        ("backend.inference.raster.x_plan_grid__mutmut_4", "killed")]}
+    text, ok = M.report(res, explained, 60.0)
+    stale = [line for line in text.splitlines() if "killed or gone" in line]
+    assert len(stale) == 1 and "raster.x_plan_grid__mutmut_2" in stale[0]
+    assert "tiling" not in stale[0]
+    res["backend/inference/raster.py"].append(
+        ("backend.inference.raster.x_plan_grid__mutmut_5", "survived"))
+    text, ok = M.report(res, explained, 60.0)
+    assert not ok and "mutmut_5 (survived)   <- NOT EXPLAINED" in text
