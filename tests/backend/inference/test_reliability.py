@@ -153,14 +153,16 @@ class OomEngine(Engine):
         return np.concatenate([1 - p, p], 1)
 
 
-def _grid_probs(engine, batch_size, warnings=None):
+def _grid_probs(engine, batch_size, warnings=None, extent=(-1700, 338500, -1640, 338560),
+                tile_size=128, overlap=32):
+    """``predict_grid`` of ``engine`` over ``extent`` of the Vienna scene (EPSG:31256)."""
     card = engine.card
     with rasterio.open(VIENNA) as ds:
-        grid = plan_grid(ds, [-1700, 338500, -1640, 338560], None, card.gsd_m, 3)
+        grid = plan_grid(ds, list(extent), None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
         try:
-            return D.predict_grid(reader, grid, engine, batch_size, tile_size=128,
-                                  overlap=32, warnings=warnings)
+            return D.predict_grid(reader, grid, engine, batch_size, tile_size=tile_size,
+                                  overlap=overlap, warnings=warnings)
         finally:
             reader.close()
 
@@ -353,21 +355,12 @@ def test_real_cuda_oom_halves_the_batch_and_gives_the_same_probabilities():
     need = torch.cuda.max_memory_allocated(dev)
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, (need + 2**28) / total), dev)
+    big = dict(extent=(-1750, 338300, -1450, 338600), tile_size=512, overlap=128)
     try:
-        with rasterio.open(VIENNA) as ds:
-            grid = plan_grid(ds, [-1900, 338300, -1600, 338600], None, card.gsd_m, 3)
-
-            def run(batch, warnings):
-                reader = WindowReader(ds, grid)
-                try:
-                    return D.predict_grid(reader, grid, eng, batch, tile_size=512,
-                                          overlap=128, warnings=warnings)
-                finally:
-                    reader.close()
-            ref, ref_valid, n = run(1, [])
-            torch.cuda.empty_cache()
-            warnings = []
-            probs, valid, n2 = run(64, warnings)
+        ref, ref_valid, n = _grid_probs(eng, 1, [], **big)
+        torch.cuda.empty_cache()
+        warnings = []
+        probs, valid, n2 = _grid_probs(eng, 64, warnings, **big)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
         torch.cuda.empty_cache()
