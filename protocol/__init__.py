@@ -10,6 +10,7 @@ Modules:
     params    typed request parameters: :class:`DetectParams`, :class:`BatchParams`,
               :class:`RetrainParams`
     results   the attribute schema of a result polygon, shared by layers and GeoPackages
+    paths     where a user's engine and model versions live (both sides)
     metrics   pixel IoU and object precision/recall/F1: how both sides score a result
     client    :class:`~protocol.client.OrtholensClient` (detect, batch, retrain and
               version requests; liveness checks), daemon start-up (pyzmq)

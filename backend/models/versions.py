@@ -61,6 +61,7 @@ from backend.config import models_dir
 from backend.models.card import Lineage, ModelCard, card_path, read_card
 from backend.models.torch_models import save_weights
 from protocol.errors import E_INVALID_INPUT, ModelNotFound, VersionError
+from protocol.paths import user_data_dir
 
 SEP = "@"
 _NUM = re.compile(r"^[1-9][0-9]{0,5}$")
@@ -72,14 +73,7 @@ _PENDING = re.compile(r"^[0-9a-f]{32}$")
 
 def user_models_dir() -> Path:
     """The user model folder (see the module docstring); not created here."""
-    env = os.environ.get("ORTHOLENS_USER_MODELS")
-    if env:
-        return Path(env).expanduser().resolve()
-    if sys.platform == "win32" and os.environ.get("APPDATA"):
-        base = Path(os.environ["APPDATA"])
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return (base / "ortholens" / "models").resolve()
+    return user_data_dir("models", "ORTHOLENS_USER_MODELS")
 
 
 def split_id(model_id: str) -> Tuple[str, int]:

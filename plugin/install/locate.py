@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from protocol.paths import user_data_dir
+
 #: The engine's distribution name as pip writes it in ``*.dist-info`` folders.
 DIST = "ortholens_engine"
 #: The oldest Python the engine supports (``pyproject.toml``'s ``requires-python``).
@@ -38,14 +40,7 @@ PLUGIN_DIR = Path(__file__).resolve().parent.parent
 def engine_home() -> Path:
     """The engine folder: ``ORTHOLENS_ENGINE_DIR``, else ``<user data>/ortholens/engine``
     (see the module docstring); not created here."""
-    env = os.environ.get("ORTHOLENS_ENGINE_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    if sys.platform == "win32" and os.environ.get("APPDATA"):
-        base = Path(os.environ["APPDATA"])
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return (base / "ortholens" / "engine").resolve()
+    return user_data_dir("engine", "ORTHOLENS_ENGINE_DIR")
 
 
 def venv_dir(home: Optional[Path] = None) -> Path:
@@ -172,7 +167,7 @@ def check_python(path: str, timeout_s: float = 30.0) -> PythonCheck:
                            f"{exe} is Python {version[0]}.{version[1]}; the engine needs "
                            f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer")
     if "ok" not in lines:
-        hint = (f" (Debian/Ubuntu: sudo apt install python3-venv)"
+        hint = (" (Debian/Ubuntu: sudo apt install python3-venv)"
                 if sys.platform.startswith("linux") else "")
         return PythonCheck(str(exe), version,  # type: ignore[arg-type]
                            f"{exe} cannot create virtual environments: its venv or "
