@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,12 +58,6 @@ STEPS = ["no-engine", "installing", "installed", "dock", "detect"]
 
 def _repo() -> Path:
     return Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def disk_usage(path: Path) -> int:
@@ -98,6 +91,7 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
     Raises:
         FileNotFoundError: the zip, the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
+    from tools.common import free_port
     from tools.screenshot import qgis_child_env, write_profile
 
     zip_p, raster_p = Path(zip_path).resolve(), Path(raster).resolve()
@@ -133,7 +127,7 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_INSTALL_OUT": str(out),
             "ORTHOLENS_INSTALL_TIMEOUT": str(max(60.0, timeout_s - 60.0)),
-            "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{_free_port()}",
+            "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
             "ORTHOLENS_AUTOSTART": "1",
             "ORTHOLENS_RESULTS": str(tmp / "results"),
             "XDG_DATA_HOME": str(tmp / "data"),

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -58,12 +57,6 @@ WIDTH, HEIGHT = 1440, 900
 def _repo() -> Path:
     env = os.environ.get("ORTHOLENS_REPO")
     return Path(env).resolve() if env else Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
@@ -82,6 +75,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
     Raises:
         FileNotFoundError: the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
+    from tools.common import free_port
     from tools.screenshot import run_qgis_code
 
     raster_p = Path(raster).resolve()
@@ -103,7 +97,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_WALK_OUT": str(out),
             "ORTHOLENS_WALK_TIMEOUT": str(max(60.0, timeout_s - 60.0)),
-            "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{_free_port()}",
+            "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
             "ORTHOLENS_AUTOSTART": "1",
             "ORTHOLENS_RESULTS": str(tmp / "results"),
             # the retrained version and any job state stay in the temporary folder

@@ -42,6 +42,25 @@ VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 PV01_HELDOUT = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` (loopback) that was free a moment ago."""
+    import socket
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc) -> None:
+    """Terminate a daemon the tests started; kill it when it has not exited in 15 s."""
+    import subprocess
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def wait_until(pred, timeout_s: float = 15.0) -> bool:
     """Process Qt events until ``pred()`` is true (True) or ``timeout_s`` passes (False)."""
     import time

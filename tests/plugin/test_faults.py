@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
 
-from conftest import REPO, wait_until
+from conftest import REPO, free_port, wait_until
 
 MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
@@ -119,12 +118,6 @@ def test_failed_write_leaves_the_existing_gpkg_intact(tmp_path, monkeypatch):
     assert layer.isValid() and layer.featureCount() == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 @pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
 def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_path,
@@ -139,7 +132,7 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
 
     layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
     QgsProject.instance().addMapLayer(layer)
-    port = _free_port()
+    port = free_port()
     settings = _settings(f"tcp://127.0.0.1:{port}")
     assert settings.can_start()
     proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,

@@ -6,7 +6,6 @@ can be found."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -15,18 +14,12 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsSettings
 
-from conftest import PV01_HELDOUT, REPO, wait_until
+from conftest import PV01_HELDOUT, REPO, free_port, wait_until
 
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
                                      REPO / ".venv" / "backend" / "bin" / "python"))
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
                 "autostart")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -65,7 +58,7 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
     model with the threshold and minimum area the dock shows; the layer says so."""
     import plugin
 
-    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "my results"))
     layer = _show_layer(qgis_iface, PV01_HELDOUT, "heldout")
@@ -117,7 +110,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     import plugin
     from plugin.dock import NOT_SET_UP
 
-    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_REPO", str(tmp_path))  # holds no backend/
     _show_layer(qgis_iface, vienna_path, "vienna")

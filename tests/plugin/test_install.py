@@ -17,7 +17,6 @@ import configparser
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -28,16 +27,10 @@ import pytest
 from qgis.PyQt.QtWidgets import QPushButton
 from qgis.core import QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 
-from conftest import PV01_HELDOUT, REPO, wait_until
+from conftest import PV01_HELDOUT, REPO, free_port, wait_until
 
 BACKEND_PYTHON = REPO / ".venv" / "backend" / "bin" / "python"
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -419,7 +412,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
     data_home = tmp_path / "data"
     home = data_home / "ortholens" / "engine"
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
-    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("ORTHOLENS_LOG_DIR", str(tmp_path / "logs"))
@@ -432,7 +425,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
     assert daemon_settings().repo is None and not daemon_settings().can_start()
 
     ref_proc = None
-    qp_port = _free_port()
+    qp_port = free_port()
     p = ortholens.classFactory(qgis_iface)
     p.initGui()
     try:
@@ -521,7 +514,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert got
 
         # 6. the repository's engine on the same request gives the same polygons
-        ref_port = _free_port()
+        ref_port = free_port()
         ref_proc = start_daemon(str(BACKEND_PYTHON), ref_port, cwd=str(REPO),
                                 log_path=str(tmp_path / "ref.log"))
         ref_settings = DaemonSettings(endpoint=f"tcp://127.0.0.1:{ref_port}",

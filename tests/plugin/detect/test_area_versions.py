@@ -10,14 +10,13 @@ card and its message. Needs what ``test_e2e.py`` needs.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import REPO, data_dir
+from conftest import REPO, data_dir, free_port, stop_process
 
 MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
@@ -55,12 +54,6 @@ print(new.id)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def area_daemon(tmp_path_factory):
     """A daemon whose user model folder holds one area version; yields
@@ -74,18 +67,13 @@ def area_daemon(tmp_path_factory):
                           timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     vid = made.stdout.strip().splitlines()[-1]
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("daemon") / "daemon.log"
     proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO),
                         env={"ORTHOLENS_USER_MODELS": str(users)}, wait_s=120,
                         log_path=str(log))
     yield f"tcp://127.0.0.1:{port}", vid
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except Exception:  # noqa: BLE001
-        proc.kill()
-        proc.wait(5)
+    stop_process(proc)
 
 
 def _detect(endpoint, path, tmp_path, model_id=MODEL):

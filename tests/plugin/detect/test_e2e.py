@@ -8,13 +8,12 @@ a few seconds of CPU inference.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import PV01_HELDOUT, REPO
+from conftest import PV01_HELDOUT, REPO, free_port, stop_process
 
 MODEL = "pv-unet-efl0"
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
@@ -29,27 +28,16 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def daemon_endpoint(tmp_path_factory):
     from protocol.client import start_daemon
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("daemon") / "daemon.log"
     proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
                         log_path=str(log))
     yield f"tcp://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except Exception:  # noqa: BLE001
-        proc.kill()
-        proc.wait(5)
+    stop_process(proc)
 
 
 def test_detect_task_on_heldout_tile(daemon_endpoint, tmp_path, qgis_new_project):

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import PV01_HELDOUT, REPO
+from conftest import PV01_HELDOUT, REPO, free_port, stop_process
 
 MODEL = "pv-unet-efl0"
 TOKEN = "remote-engine-7c41"
@@ -45,20 +44,13 @@ def engine(tmp_path_factory):
 
     roots = tmp_path_factory.mktemp("engine-roots")
     assert not str(PV01_HELDOUT.resolve()).startswith(str(roots.resolve()))
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
+    port = free_port(HOST)
     log = tmp_path_factory.mktemp("daemon") / "daemon.log"
     proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), host=HOST, token=TOKEN,
                         env={"ORTHOLENS_ROOTS": str(roots)}, args=["--restrict-paths"],
                         wait_s=120, log_path=str(log))
     yield f"tcp://{HOST}:{port}", roots
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except Exception:  # noqa: BLE001
-        proc.kill()
-        proc.wait(5)
+    stop_process(proc)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from conftest import REPO, data_dir
+from conftest import REPO, data_dir, stop_process
 
 MODEL = "pv-unet-efl0"
 #: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
@@ -100,12 +100,7 @@ def daemon(tmp_path_factory, daemon_port, model_folder):
     else:
         os.environ["ORTHOLENS_ENDPOINT"] = old
     forget_models()
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
