@@ -103,29 +103,23 @@ def screen_latency(model_id: str, raster: Path, repeat: int = 3) -> Dict:
 def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
     """Wall-clock seconds of a real retrain job against its whole budget ``budget_s``.
 
-    The area is 60 m x 40 m of ``raster`` (the Vienna scene, EPSG:31256) with no
+    The area is 60 m x 40 m of ``raster``, the Vienna scene (EPSG:31256), with no
     corrected feature: the model's detections there are all deleted. Versions go to a
     temporary folder (``ORTHOLENS_USER_MODELS``), never the user's.
     """
     import tempfile
+    from unittest import mock
 
     from backend.learning.finetune import run_retrain
-    old = os.environ.get("ORTHOLENS_USER_MODELS")
-    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp:
-        os.environ["ORTHOLENS_USER_MODELS"] = tmp
-        try:
-            req = {"type": "retrain", "model": model_id,
-                   "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
-                   "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
-                   "budget_s": budget_s}
-            t0 = time.perf_counter()
-            rep = run_retrain(req, [])["retrain"]
-            seconds = time.perf_counter() - t0
-        finally:
-            if old is None:
-                os.environ.pop("ORTHOLENS_USER_MODELS", None)
-            else:
-                os.environ["ORTHOLENS_USER_MODELS"] = old
+    req = {"type": "retrain", "model": model_id,
+           "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
+           "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
+           "budget_s": budget_s}
+    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp, \
+            mock.patch.dict(os.environ, {"ORTHOLENS_USER_MODELS": tmp}):
+        t0 = time.perf_counter()
+        rep = run_retrain(req, [])["retrain"]
+        seconds = time.perf_counter() - t0
     return {"budget_s": budget_s, "seconds": round(seconds, 1),
             "within_budget": rep["time"]["within_budget"], "steps": rep["train"]["steps"],
             "phases": {k: v for k, v in rep["time"].items() if k.endswith("_s")
@@ -156,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.no_client:
             r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
         if not args.no_retrain and not load_card(mid).members:
-            r["retrain_budget"] = retrain_budget(mid, args.raster)
+            r["retrain_budget"] = retrain_budget(mid, vienna_scene())
         if cuda:
             import torch
             r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
