@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
             "ORTHOLENS_RESULTS": str(tmp / "results"),
             "XDG_DATA_HOME": str(tmp / "data"),
             "XDG_RUNTIME_DIR": str(xdg),
+            "ORTHOLENS_QGIS_STEPS": str(Path(__file__).resolve().with_name("qgis_steps.py")),
         })
         cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", "qgis", "--nologo",
                "--noversioncheck", "--profiles-path", str(profiles),
@@ -213,22 +215,22 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     """The in-QGIS driver: each step starts something, waits for its condition, lets the
     canvas settle and grabs the screen."""
     import qgis.utils
-    from qgis.PyQt.QtCore import QTimer
-    from qgis.PyQt.QtGui import QGuiApplication
     from qgis.core import QgsProject, QgsRasterLayer
 
     iface = qgis.utils.iface
     env = os.environ
-    out = Path(env["ORTHOLENS_INSTALL_OUT"])
-    deadline = time.monotonic() + float(env.get("ORTHOLENS_INSTALL_TIMEOUT", "1400"))
-    st: Dict[str, Any] = {"i": 0, "t": time.monotonic(), "stage": "start", "quiet": 0,
-                          "steps": [], "note": "", "ok": True, "measured": {}}
+    ns = runpy.run_path(env["ORTHOLENS_QGIS_STEPS"])  # tools/qgis_steps.py
+    Step = ns["Step"]
 
     def plugin():
         return qgis.utils.plugins.get("ortholens")
 
-    def record(ok: bool, note: str) -> None:
-        st["ok"], st["note"] = ok, note
+    measured: Dict[str, Any] = {}
+    runner = ns["StepRunner"](iface, plugin, Path(env["ORTHOLENS_INSTALL_OUT"]),
+                              "install.json",
+                              float(env.get("ORTHOLENS_INSTALL_TIMEOUT", "1400")),
+                              lambda: {"measured": measured})
+    st, record = runner.st, runner.record
 
     def s_open_start():
         mw = iface.mainWindow()
@@ -289,7 +291,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
             record(False, str(task.error or "cancelled"))
             return True
         installed = [t for t in task.lines if t.startswith("Successfully installed")]
-        st["measured"].update({
+        measured.update({
             "setup_seconds": round(task.seconds, 1),
             "plan": task.plan.describe(),
             "packages_installed": len(installed[-1].split()) - 2 if installed else None,
@@ -307,7 +309,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
             return False
         card = p.dock.current_card()
         text = p.dock.status_label.text()
-        st["measured"]["dock_status"] = text
+        measured["dock_status"] = text
         record("0.1.0" in text, f"dock: {text}; model {card['id']}")
         return True
 
@@ -325,67 +327,13 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
                else (t.error or "no result layer"))
         return True
 
-    steps = [(s_open_start, s_open_done), (s_installing_start, s_installing_done),
-             (s_installed_start, s_installed_done), (s_dock_start, s_dock_done),
-             (s_detect_start, s_detect_done)]
-    timer = QTimer()
-    timer.setInterval(250)
-
-    def save() -> None:
-        (out / "install.json").write_text(json.dumps(
-            {"steps": st["steps"], "measured": st["measured"]}, indent=2), encoding="utf-8")
-
-    def quit_qgis() -> None:
-        timer.stop()
-        save()
-        p = plugin()
-        if p is not None:
-            p.stop_started_daemon()
-        QgsProject.instance().setDirty(False)
-        QTimer.singleShot(200, iface.actionExit().trigger)
-        QTimer.singleShot(15000, lambda: os._exit(0))
-
-    def tick() -> None:
-        try:
-            _tick()
-        except Exception as exc:  # noqa: BLE001 - recorded, then the next step
-            import traceback
-            record(False, f"driver error: {exc!r} {traceback.format_exc()[-400:]}")
-            st["stage"] = "settle"
-
-    def _tick() -> None:
-        i = st["i"]
-        if i >= len(steps):
-            quit_qgis()
-            return
-        start, done = steps[i]
-        if time.monotonic() > deadline:
-            record(False, f"timed out in step {STEPS[i]}")
-            st["stage"] = "settle"
-        if st["stage"] == "start":
-            st["t"], st["ok"], st["note"] = time.monotonic(), True, ""
-            st["stage"] = "wait"
-            start()
-            return
-        if st["stage"] == "wait":
-            if done():
-                st["stage"], st["quiet"] = "settle", 0
-            return
-        if st["stage"] == "settle":  # the canvas finished drawing, then one more second
-            st["quiet"] = st["quiet"] + 1 if not iface.mapCanvas().isDrawing() else 0
-            if st["quiet"] < 5 and STEPS[i] != "installing":
-                return
-            png = out / f"{i + 1:02d}-{STEPS[i]}.png"
-            saved = QGuiApplication.primaryScreen().grabWindow(0).save(str(png), "PNG")
-            st["steps"].append({"name": STEPS[i], "png": png.name, "ok": st["ok"] and saved,
-                                "note": st["note"],
-                                "seconds": round(time.monotonic() - st["t"], 1)})
-            save()
-            st["i"], st["stage"] = i + 1, "start"
-
-    timer.timeout.connect(tick)
-    qgis.utils._ortholens_install_shots = (timer, tick, st)  # type: ignore[attr-defined]
-    QTimer.singleShot(1500, timer.start)
+    runner.run([Step("no-engine", s_open_start, s_open_done),
+                # the install is caught while pip runs: no waiting for the canvas
+                Step("installing", s_installing_start, s_installing_done, settle=False),
+                Step("installed", s_installed_start, s_installed_done),
+                Step("dock", s_dock_start, s_dock_done),
+                Step("detect", s_detect_start, s_detect_done)])
+    qgis.utils._ortholens_install_shots = runner  # type: ignore[attr-defined]
 
 
 if os.environ.get("ORTHOLENS_INSTALL_INSIDE") == "1" and "qgis.utils" in sys.modules \

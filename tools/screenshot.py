@@ -132,7 +132,8 @@ def run_qgis_code(script: Path, tmp: Path, env_extra: Dict[str, str], timeout_s:
     In ``tmp``: the plugin (:func:`assemble_plugin`), a fresh profile
     (:func:`write_profile`) and a private ``XDG_RUNTIME_DIR``; QGIS runs
     ``--code script`` with :func:`qgis_child_env` plus ``QGIS_PLUGINPATH``,
-    ``ORTHOLENS_REPO`` (this repository) and ``env_extra``.
+    ``ORTHOLENS_REPO`` (this repository), ``ORTHOLENS_QGIS_STEPS`` (the step runner,
+    :mod:`tools.qgis_steps`) and ``env_extra``.
 
     Args:
         script: the Python file QGIS runs (it drives QGIS with a QTimer and quits).
@@ -151,7 +152,8 @@ def run_qgis_code(script: Path, tmp: Path, env_extra: Dict[str, str], timeout_s:
     env = qgis_child_env()
     env.pop("QT_QPA_PLATFORM", None)
     env.update({"QGIS_PLUGINPATH": str(tmp / "plugins"), "ORTHOLENS_REPO": str(_repo()),
-                "XDG_RUNTIME_DIR": str(xdg)})
+                "XDG_RUNTIME_DIR": str(xdg),
+                "ORTHOLENS_QGIS_STEPS": str(_repo() / "tools" / "qgis_steps.py")})
     env.update(env_extra)
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {screen}", "qgis", "--nologo",
            "--noversioncheck", "--profiles-path", str(tmp / "profiles"),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
 import sys
 import tempfile
@@ -154,8 +155,6 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     """The in-QGIS driver: each step starts something, waits for its condition, lets
     the canvas settle and grabs the screen."""
     import qgis.utils
-    from qgis.PyQt.QtCore import QTimer
-    from qgis.PyQt.QtGui import QGuiApplication
     from qgis.PyQt.QtWidgets import QApplication, QDialog
     from qgis.core import (
         QgsGeometry,
@@ -168,13 +167,16 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     iface = qgis.utils.iface
     env = os.environ
-    out = Path(env["ORTHOLENS_WALK_OUT"])
-    deadline = time.monotonic() + float(env.get("ORTHOLENS_WALK_TIMEOUT", "1400"))
-    st: Dict[str, Any] = {"i": 0, "t": time.monotonic(), "stage": "start", "quiet": 0,
-                          "steps": [], "note": "", "ok": True}
+    ns = runpy.run_path(env["ORTHOLENS_QGIS_STEPS"])  # tools/qgis_steps.py
+    Step = ns["Step"]
 
     def plugin():
         return qgis.utils.plugins.get("ortholens")
+
+    runner = ns["StepRunner"](iface, plugin, Path(env["ORTHOLENS_WALK_OUT"]),
+                                  "walkthrough.json",
+                                  float(env.get("ORTHOLENS_WALK_TIMEOUT", "1400")))
+    st, record = runner.st, runner.record
 
     def dialogs() -> List[QDialog]:
         return [w for w in QApplication.topLevelWidgets()
@@ -183,9 +185,6 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     def message() -> str:
         p = plugin()
         return p.dock.message() if p is not None and p.dock is not None else ""
-
-    def record(ok: bool, note: str) -> None:
-        st["ok"], st["note"] = ok, note
 
     # each step: (start() -> None, done() -> bool); start records the note and the
     # verdict through ``record``, done may record them too
@@ -345,80 +344,20 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         iface.mapCanvas().setExtent(QgsRectangle(e.xMaximum() + 5000, e.yMinimum(),
                                                  e.xMaximum() + 5400, e.yMinimum() + 300))
 
-    nothing = lambda: None  # noqa: E731
-    steps = [(s_open_start, s_open_done, nothing),
-             (s_detect_start, s_detect_done, nothing),
-             (s_edit_start, s_edit_done, s_edit_after),
-             (s_rdialog_start, s_rdialog_done, s_rdialog_after),
-             (s_running_start, s_running_done, nothing),
-             (s_result_start, s_result_done, s_result_after),
-             (s_processing_start, s_processing_done, s_processing_after),
-             (*bad_input(no_layer, "No active layer"), nothing),
-             (*bad_input(vector_layer, "is a vector layer"), nothing),
-             (*bad_input(off_raster, "does not overlap"), nothing)]
-    timer = QTimer()
-    timer.setInterval(250)
-
-    def save() -> None:
-        (out / "walkthrough.json").write_text(json.dumps({"steps": st["steps"]}, indent=2),
-                                              encoding="utf-8")
-
-    def quit_qgis() -> None:
-        timer.stop()
-        save()
-        p = plugin()
-        if p is not None:
-            p.stop_started_daemon()
-        QgsProject.instance().setDirty(False)
-        QTimer.singleShot(200, iface.actionExit().trigger)
-        QTimer.singleShot(15000, lambda: os._exit(0))
-
-    def tick() -> None:
-        try:
-            _tick()
-        except Exception as exc:  # noqa: BLE001 - recorded, then the next step
-            import traceback
-            record(False, f"driver error: {exc!r} {traceback.format_exc()[-400:]}")
-            st["stage"] = "settle"
-
-    def _tick() -> None:
-        i = st["i"]
-        if i >= len(steps):
-            quit_qgis()
-            return
-        start, done, after = steps[i]
-        if time.monotonic() > deadline:
-            record(False, f"timed out in step {STEPS[i]}")
-            st["stage"] = "settle"
-        if st["stage"] == "start":
-            st["t"], st["ok"], st["note"] = time.monotonic(), True, ""
-            st["stage"] = "wait"
-            if start is s_rdialog_start:  # the dialog is modal: open it after this tick
-                QTimer.singleShot(0, start)
-            else:
-                start()
-            return
-        if st["stage"] == "wait":
-            if done():
-                st["stage"], st["quiet"] = "settle", 0
-            return
-        if st["stage"] == "settle":  # the canvas finished drawing, then one more second
-            st["quiet"] = st["quiet"] + 1 if not iface.mapCanvas().isDrawing() else 0
-            if st["quiet"] < 5:
-                return
-            png = out / f"{i + 1:02d}-{STEPS[i]}.png"
-            img = QGuiApplication.primaryScreen().grabWindow(0)
-            saved = img.save(str(png), "PNG")
-            st["steps"].append({"name": STEPS[i], "png": png.name, "ok": st["ok"] and saved,
-                                "note": st["note"],
-                                "seconds": round(time.monotonic() - st["t"], 1)})
-            save()
-            st["i"], st["stage"] = i + 1, "start"
-            after()
-
-    timer.timeout.connect(tick)
-    qgis.utils._ortholens_walkthrough = (timer, tick, st)  # type: ignore[attr-defined]
-    QTimer.singleShot(1500, timer.start)
+    runner.run([Step("open", s_open_start, s_open_done),
+                Step("detect", s_detect_start, s_detect_done),
+                Step("edit", s_edit_start, s_edit_done, s_edit_after),
+                # the dialog is modal: opened after the tick that starts the step
+                Step("retrain-dialog", s_rdialog_start, s_rdialog_done, s_rdialog_after,
+                     modal=True),
+                Step("retrain-running", s_running_start, s_running_done),
+                Step("retrain-result", s_result_start, s_result_done, s_result_after),
+                Step("processing", s_processing_start, s_processing_done,
+                     s_processing_after),
+                Step("no-layer", *bad_input(no_layer, "No active layer")),
+                Step("vector-layer", *bad_input(vector_layer, "is a vector layer")),
+                Step("off-raster", *bad_input(off_raster, "does not overlap"))])
+    qgis.utils._ortholens_walkthrough = runner  # type: ignore[attr-defined]
 
 
 if os.environ.get("ORTHOLENS_WALK_INSIDE") == "1" and "qgis.utils" in sys.modules \
