@@ -51,6 +51,9 @@ from protocol.metrics import Counts, compare
 
 #: Coarser GSDs scored besides the model's: municipal orthophotos come at 0.2-0.3 m.
 FACTORS = (1, 2, 3)
+#: GSDs, as multiples of the model's, at which the coarser imagery is also run (besides
+#: the model's own, 1): each coarse pixel is a whole number of pixels of the run.
+RUNS = {2: (2,), 3: (1.5, 3)}
 
 
 def fold_dir(work: Path, model_id: str, fold: int) -> Path:
@@ -97,18 +100,21 @@ def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
     return EnsembleEngine(card, members)
 
 
-def coarsen(image: np.ndarray, mask: np.ndarray, factor: int):
+def coarsen(image: np.ndarray, mask: np.ndarray, factor: int, run: float = 1.0):
     """A tile as a ``factor`` times coarser orthophoto shows it.
 
     Args:
         image: uint8 (B, H, W) at the model's GSD.
         mask: uint8/bool (H, W) reference.
         factor: integer coarsening (1: unchanged).
+        run: the GSD it is resampled to (bilinear), as a multiple of the model's: 1 as
+            the detection pipeline reads coarser rasters; ``factor / run`` must be a
+            whole number.
 
     Returns:
-        ``(image uint8 (B, h*factor, w*factor) back at the model's GSD, reference bool
-        (h, w) on the coarse grid)`` with ``h = H // factor`` (the bottom and right
-        remainders are cropped).
+        ``(image uint8 (B, h*factor/run, w*factor/run) at ``run`` times the model's
+        GSD, reference bool (h, w) on the coarse grid)`` with ``h = H // factor`` (the
+        bottom and right remainders are cropped).
     """
     if factor == 1:
         return image, mask > 0
@@ -118,7 +124,8 @@ def coarsen(image: np.ndarray, mask: np.ndarray, factor: int):
     h, w = hh // factor, ww // factor
     img = image[:, :h * factor, :w * factor].astype(np.float32)
     small = img.reshape(b, h, factor, w, factor).mean((2, 4))
-    up = F.interpolate(torch.from_numpy(small)[None], size=(h * factor, w * factor),
+    block = int(round(factor / run))
+    up = F.interpolate(torch.from_numpy(small)[None], size=(h * block, w * block),
                        mode="bilinear", align_corners=False)[0].numpy()
     ref = (mask[:h * factor, :w * factor] > 0).reshape(h, factor, w, factor).mean((1, 3))
     return np.clip(np.round(up), 0, 255).astype(np.uint8), ref >= 0.5
@@ -277,6 +284,7 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
     tiles = pvdata.list_tiles("train")
     splits = pvdata.cv_folds(tiles, folds)
     oof: Dict[int, List] = {f: [] for f in FACTORS}  # factor -> [(fold, probs, ref)]
+    runs: Dict[tuple, List] = {(f, r): [] for f, rs in RUNS.items() for r in rs}
     gsd_m, n_classes = None, None
     for k, (_, val) in enumerate(splits):
         engine = fold_engine(config, work, k, folds, train_missing, configs_dir)
@@ -284,10 +292,11 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
         for t in val:
             img, mask = t.read()
             for f in FACTORS:
-                im, ref = coarsen(img, mask, f)
-                h, w = im.shape[1:]
-                p = predict(engine, [pad32(im)])[0][:, :h, :w]
-                oof[f].append((k, p, ref))
+                for r in (1, *RUNS.get(f, ())):
+                    im, ref = coarsen(img, mask, f, r)
+                    h, w = im.shape[1:]
+                    p = predict(engine, [pad32(im)])[0][:, :h, :w]
+                    (oof[f] if r == 1 else runs[(f, r)]).append((k, p, ref))
         print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
     fine = oof[1]
     pp = choose_postprocess(np.stack([p for _, p, _ in fine]),
@@ -302,19 +311,26 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
                            "tiles_per_fold": [len(v) for _, v in splits],
                            "sites_per_fold": [len(pvdata.clusters(v)) for _, v in splits],
                            "regularisation": regular, "gsd": {}}
-    for f in FACTORS:
+    def figures(items, run):
         per_fold = [Counts() for _ in range(folds)]
         pooled = Counts()
-        for k, p, ref in oof[f]:
-            c = score(p, ref, chosen, gsd_m, n_classes, f)
+        for k, p, ref in items:
+            c = score(p, ref, chosen, gsd_m * run, n_classes, p.shape[-1] // ref.shape[-1])
             per_fold[k].add(c)
             pooled.add(c)
         sums = [c.summary() for c in per_fold]
-        out["gsd"][f"{gsd_m * f:.1f}"] = {
-            "pixel_iou": spread([s["pixel_iou"] for s in sums]),
-            "object_f1": spread([s["object_f1"] for s in sums]),
-            "pooled": {k: (round(v, 4) if isinstance(v, float) else v)
-                       for k, v in pooled.summary().items()}}
+        return {"pixel_iou": spread([s["pixel_iou"] for s in sums]),
+                "object_f1": spread([s["object_f1"] for s in sums]),
+                "pooled": {k: (round(v, 4) if isinstance(v, float) else v)
+                           for k, v in pooled.summary().items()}}
+
+    for f in FACTORS:
+        out["gsd"][f"{gsd_m * f:.1f}"] = figures(oof[f], 1)
+    # coarser imagery run at other GSDs than the model's (the post-processing's areas
+    # are in square metres, so it carries over)
+    out["run_gsd"] = {f"{gsd_m * f:.1f}": {
+        f"{gsd_m * r:.2f}".rstrip("0"): figures(oof[f] if r == 1 else runs[(f, r)], r)
+        for r in (1, *rs)} for f, rs in RUNS.items()}
     return out
 
 
@@ -338,6 +354,13 @@ def markdown(r: Dict[str, Any]) -> str:
                      f"{f1['mean']:.3f} ± {f1['std']:.3f} "
                      f"({', '.join(f'{x:.3f}' for x in f1['folds'])}) | "
                      f"{v['pooled']['pixel_iou']:.3f} | {v['pooled']['object_f1']:.3f} |")
+    if r.get("run_gsd"):
+        lines += ["", "Coarser imagery run at other GSDs (resampled bilinearly; scored on "
+                  "the coarse grid; object F1 mean ± std over folds):", ""]
+        for g, by_run in r["run_gsd"].items():
+            lines.append(f"- {g} m imagery: " + "; ".join(
+                f"run at {run} m: {v['object_f1']['mean']:.3f} ± {v['object_f1']['std']:.3f}"
+                f" (pixel IoU {v['pixel_iou']['mean']:.3f})" for run, v in by_run.items()))
     reg = r.get("regularisation")
     if reg:
         lines += ["", "Outlines (polygons of the 0.1 m out-of-fold predictions): "
