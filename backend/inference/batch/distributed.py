@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from backend.config import REPO
 from backend.inference.batch.chunks import ChunkResult, ChunkWorker
-from protocol.errors import JobCancelled, JobError
+from protocol.errors import E_INVALID_INPUT, JobCancelled, JobError
 from protocol.params import BatchParams
 
 log = logging.getLogger("ortholens.distributed")
@@ -104,7 +104,12 @@ def _single_node_mode(ray) -> None:
 
 def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
     """Connect to ``address`` / ``RAY_ADDRESS`` or start a local cluster, unless Ray is
-    already initialised in this process. Returns True when this call started it."""
+    already initialised in this process. Returns True when this call started it.
+
+    Raises:
+        JobError: ``invalid_input`` naming ``RAY_ADDRESS`` when the cluster there cannot
+            be joined (no head, a wrong or missing token).
+    """
     import ray
     if ray.is_initialized():
         return False
@@ -113,7 +118,19 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
                                   runtime_env=_runtime_env())
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises many kinds for one cause
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - nothing was started
+                pass
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            raise JobError(
+                f"cannot use the Ray cluster at RAY_ADDRESS={address}: {reason}. Check "
+                f"that its head runs there and that RAY_AUTH_MODE=token and "
+                f"RAY_AUTH_TOKEN are the cluster's, in the engine's environment",
+                E_INVALID_INPUT) from None
     else:
         cpus = num_cpus or int(os.environ.get("ORTHOLENS_RAY_CPUS", 0)) or os.cpu_count() or 1
         log.info("starting a local Ray cluster with %d CPUs on 127.0.0.1", cpus)

@@ -149,11 +149,31 @@ _DRIVER = ("import ray, sys\n"
            "print('CPU', ray.cluster_resources().get('CPU'))\n")
 
 
-def test_cluster_head_on_loopback_with_a_token(tmp_path):
+#: A daemon's batch job on the cluster at ``RAY_ADDRESS`` (argv: VRT, GeoPackage, jobs
+#: folder, model); prints the executor, or the error code and message.
+_BATCH = ("import sys\n"
+          "from backend.daemon.batch_runner import run_batch, submit\n"
+          "from backend.daemon.jobstore import JobStore\n"
+          "from protocol.errors import JobError\n"
+          "from protocol.params import BatchParams, DetectParams\n"
+          "vrt, out, jobs, model = sys.argv[1:5]\n"
+          "store = JobStore(jobs)\n"
+          "job = submit(store, BatchParams(DetectParams({'kind': 'file', 'path': vrt}, model),\n"
+          "             out_path=out, chunk_px=100, halo_px=16, executor='ray'))\n"
+          "try:\n"
+          "    print('EXECUTOR', run_batch(store, job)['stats']['executor'])\n"
+          "except JobError as e:\n"
+          "    print('ERROR', e.code, e.message)\n")
+
+
+@needs_model
+def test_cluster_head_on_loopback_with_a_token(tmp_path, pv01_vrt):  # noqa: F811
     """A cluster started for batch jobs as the README says (``ray start --head
     --node-ip-address=127.0.0.1`` with ``RAY_AUTH_MODE=token``) listens on 127.0.0.1
     (but for the ports Ray binds everywhere), and admits a driver with its token and no
-    driver with another one: the token is what guards those ports."""
+    driver with another one: the token is what guards those ports. A batch job sent
+    there through ``RAY_ADDRESS`` with the token gives the single machine's polygons;
+    with a wrong token it is ``invalid_input`` naming ``RAY_ADDRESS``."""
     import os
     import secrets
     import subprocess
@@ -186,6 +206,23 @@ def test_cluster_head_on_loopback_with_a_token(tmp_path):
                              env=dict(env, RAY_AUTH_TOKEN=secrets.token_hex(16)),
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode != 0 and "CPU 1.0" not in bad.stdout
+        from backend.config import REPO
+        from backend.inference.detect import run_detect
+        job_env = dict(env, RAY_ADDRESS=address, PYTHONPATH=str(REPO))
+        args = [sys.executable, "-c", _BATCH, str(pv01_vrt), str(tmp_path / "ray.gpkg"),
+                str(tmp_path / "jobs"), MODEL]
+        done = subprocess.run(args, env=job_env, cwd=str(REPO), capture_output=True,
+                              text=True, timeout=600)
+        assert "EXECUTOR ray" in done.stdout, (done.stdout[-1000:], done.stderr[-2000:])
+        got, _ = gpkg_set(tmp_path / "ray.gpkg")
+        ref = run_detect({"source": {"kind": "file", "path": str(pv01_vrt)}, "model": MODEL},
+                         [])
+        assert got == polygon_set(ref["features"]) and len(got) >= 10
+        args[4] = str(tmp_path / "ray-bad.gpkg")
+        refused = subprocess.run(args, env=dict(job_env, RAY_AUTH_TOKEN=secrets.token_hex(16)),
+                                 cwd=str(REPO), capture_output=True, text=True, timeout=300)
+        assert "ERROR invalid_input cannot use the Ray cluster at RAY_ADDRESS=" \
+            f"{address}" in refused.stdout, (refused.stdout[-1000:], refused.stderr[-2000:])
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True,
                        timeout=120)
