@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -138,16 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--out", type=Path, default=REPO / "out" / "strip-check")
     args = ap.parse_args(argv)
-    prev = os.environ.get("ORTHOLENS_USER_MODELS")
-    with tempfile.TemporaryDirectory(prefix="ortholens-strip-check-") as tmp:
-        os.environ["ORTHOLENS_USER_MODELS"] = tmp
-        try:
-            res = check(args.tiles, args.steps)
-        finally:
-            if prev is None:
-                os.environ.pop("ORTHOLENS_USER_MODELS", None)
-            else:
-                os.environ["ORTHOLENS_USER_MODELS"] = prev
+    from tools.retrain_eval import _env
+    with tempfile.TemporaryDirectory(prefix="ortholens-strip-check-") as tmp, \
+            _env(ORTHOLENS_USER_MODELS=tmp):
+        res = check(args.tiles, args.steps)
     print("\n" + table(res))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tiles}.json").write_text(json.dumps(res, indent=2) + "\n", "utf-8")
