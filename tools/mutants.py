@@ -78,8 +78,9 @@ class Scope:
 #: The core modules: tiling and stitching, metrics, the acceptance rule, extent/CRS
 #: planning and protocol validation. In ``acceptance.py`` the rule and the numbers it
 #: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
-#: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). In
-#: ``raster.py`` the grid planning; opening and reading windows belong to GDAL. In
+#: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). The
+#: grid planning of ``grid.py`` and the band choice of ``bands.py``; opening and reading
+#: windows belong to GDAL. In
 #: ``wire.py`` validation, framing and the message helpers; the endpoint and upload-window
 #: helpers are tested with the daemon (tests/backend/daemon/test_uploads.py and
 #: test_server.py).
@@ -90,11 +91,11 @@ SCOPE: Tuple[Scope, ...] = (
     Scope("protocol/metrics.py", ("*",), ("tests/protocol/test_metrics.py",)),
     Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x__summary"),
           ("tests/backend/learning/test_acceptance.py",)),
-    Scope("backend/inference/raster.py",
-          ("x_ground_scale", "x_grid_crs", "x_choose_bands", "x_plan_grid",
-           "x__source_gsd", "x__alpha_band"),
+    Scope("backend/inference/grid.py", ("*",),
           ("tests/backend/inference/test_raster.py",
            "tests/backend/inference/test_stitching.py")),
+    Scope("backend/inference/bands.py", ("x_choose_bands", "x_alpha_band"),
+          ("tests/backend/inference/test_raster.py",)),
     Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
           exclude=("x_parse_endpoint", "x_is_loopback", "x_chunk_windows", "x_chunk_shape",
                    "x_new_id")),

@@ -3,7 +3,7 @@ describe it.
 
 :func:`submit` checks a job's parameters and records it in the
 :class:`~backend.daemon.jobstore.JobStore`; :func:`run_batch` runs (or resumes) a stored
-job: it plans the grid at the first start (``backend.inference.batch.chunks.make_plan``,
+job: it plans the grid at the first start (``backend.inference.batch.regions.make_plan``,
 stored with the job), reconciles the output with the store, picks the executor (``local``
 or ``ray``) for the chunks still to do and appends each chunk's polygons to the
 GeoPackage before recording the chunk as done.
@@ -22,14 +22,15 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import protocol as P
 from backend.daemon.jobstore import CANCELLED, DONE, ERROR, QUEUED, RUNNING, JobStore
-from backend.inference.batch.chunks import ChunkResult, grid_from_plan, local_results, make_plan
+from backend.inference.batch.regions import RegionResult, grid_from_plan, local_results, make_plan
 from backend.inference.batch.distributed import ray_results
 from backend.inference.batch.gpkg import DEFAULT_LAYER, GpkgWriter
-from backend.inference.detect import model_errors
+from backend.inference.pipeline import model_errors
 from backend.inference.engines import Engine
 from backend.models.catalog import load_card
 from protocol.errors import JobCancelled, JobError
@@ -114,13 +115,26 @@ def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[i
 
 def _results(executor: str, params: BatchParams, plan: Dict[str, Any],
              pending: Sequence[int], cancelled: Optional[Callable[[], bool]],
-             engine: Optional[Engine]) -> Iterator[ChunkResult]:
+             engine: Optional[Engine]) -> Iterator[RegionResult]:
     """The chunk results of ``pending`` from the chosen executor."""
     if executor == "ray":
         return ray_results(params, plan, pending, cancelled=cancelled)
     if executor == "local":
         return local_results(params, plan, pending, cancelled, engine)
     raise JobError(f"unknown executor {executor!r}", P.E_BAD_REQUEST)
+
+
+@dataclass
+class _Tally:
+    """What the regions of one run produced, for the job's stats."""
+
+    written: int = 0
+    tiles_run: int = 0
+    tiles_cached: int = 0
+    grown: int = 0
+    truncated: int = 0
+    warnings: List[str] = field(default_factory=list)
+    unreadable: Dict[str, List[int]] = field(default_factory=dict)  # file -> regions
 
 
 def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
@@ -131,10 +145,10 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
 
     Args:
         store: the job store holding ``job_id``.
-        progress: receives (fraction 0..1, message) after every chunk.
-        cancelled: polled between model batches and chunks; the job then stops and
+        progress: receives (fraction 0..1, message) after every region.
+        cancelled: polled between model batches and regions; the job then stops and
             stays resumable (state ``cancelled``).
-        engine: engine for the local executor (tests, benchmarks).
+        engine: predictor for the local executor (tests, benchmarks).
         executor: ``"local"`` or ``"ray"`` (``backend.inference.batch.distributed``;
             ``RAY_ADDRESS`` picks the cluster); default: the job's, else local.
 
@@ -162,42 +176,22 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         if plan is None:
             progress(0.0, "planning")
             plan = make_plan(params, card)
-            store.set_plan(job_id, plan, plan["n_chunks"])
-        n = int(plan["n_chunks"])
+            store.set_plan(job_id, plan, plan["n_regions"])
+        n = int(plan["n_regions"])
         writer = GpkgWriter(params.out_path, params.layer or DEFAULT_LAYER,
-                            plan["crs_wkt"], plan.get("detected_at", ""))
+                            _output_crs(plan), plan.get("detected_at", ""))
         done = reconcile_output(writer, store, job_id)
         resumed = len(done)
         pending = [i for i in range(n) if i not in done]
-        written = sum(done.values())
+        tally = _Tally(written=sum(done.values()), warnings=list(plan.get("warnings", [])))
         progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks done")
-        warnings: List[str] = list(plan.get("warnings", []))
         results = _results(executor, params, plan, pending, cancelled, engine)
-        tiles_run = tiles_cached = grown = truncated = 0
-        unreadable: Dict[str, List[int]] = {}  # damaged file -> chunks skipped
-        try:
-            for res in results:
-                if res.unreadable:
-                    unreadable.setdefault(res.unreadable, []).append(res.index)
-                written += writer.append(res)
-                store.mark_done(job_id, res.index, len(res.features))
-                done[res.index] = len(res.features)
-                tiles_run += res.tiles_run
-                tiles_cached += res.tiles_cached
-                grown += int(res.halo_px > int(plan["halo_px"]))
-                truncated += res.truncated
-                warnings.extend(w for w in res.warnings if w not in warnings)
-                progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks, {written} polygons")
-                if cancelled and cancelled() and len(done) < n:
-                    raise JobCancelled()
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+        _write_results(results, writer, store, job_id, plan, done, tally, progress,
+                       cancelled)
         count = writer.count()
-        if count != written or len(done) != n:  # pragma: no cover - a bug, never silent
-            raise JobError(f"output holds {count} polygons, chunks recorded {written} "
-                           f"({len(done)}/{n} chunks)", P.E_INTERNAL)
+        if count != tally.written or len(done) != n:  # pragma: no cover - a bug
+            raise JobError(f"output holds {count} polygons, chunks recorded "
+                           f"{tally.written} ({len(done)}/{n} chunks)", P.E_INTERNAL)
     except JobCancelled:
         store.set_state(job_id, CANCELLED, "cancelled; resumable")
         raise
@@ -207,24 +201,69 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
     except BaseException as exc:
         store.set_state(job_id, ERROR, f"{type(exc).__name__}: {exc}")
         raise
-    skipped = sum(len(v) for v in unreadable.values())
+    skipped = sum(len(v) for v in tally.unreadable.values())
     store.set_state(job_id, DONE, f"{count} polygons" + (
-        f"; {skipped} chunk(s) unreadable in {', '.join(sorted(unreadable))}"
+        f"; {skipped} chunk(s) unreadable in {', '.join(sorted(tally.unreadable))}"
         if skipped else ""))
-    g = grid_from_plan(plan)
-    elapsed = time.perf_counter() - t0
-    stats = {"out_path": writer.path, "layer": writer.layer, "count": count,
-             "chunks": n, "chunks_resumed": resumed, "chunk_px": plan["chunk_px"],
-             "halo_px": plan["halo_px"], "chunks_halo_grown": grown,
-             "objects_cut": truncated, "tiles_run": tiles_run, "tiles_cached": tiles_cached,
-             "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
-             "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
-             "seconds": round(elapsed, 3), "executor": executor,
-             "chunks_unreadable": skipped,
-             "damaged_files": {k: sorted(v) for k, v in sorted(unreadable.items())},
-             "warnings": warnings}
+    stats = _stats(plan, card, writer, count, n, resumed, tally, executor,
+                   time.perf_counter() - t0)
     progress(1.0, f"{count} polygons in {writer.path}")
-    return {"crs": plan["crs_wkt"], "features": [], "stats": stats}
+    return {"crs": _output_crs(plan), "features": [], "stats": stats}
+
+
+def _write_results(results, writer: GpkgWriter, store: JobStore, job_id: str,
+                   plan: Dict[str, Any], done: Dict[int, int], tally: _Tally,
+                   progress: Progress, cancelled: Optional[Callable[[], bool]]) -> None:
+    """Append each region's polygons to the GeoPackage, then record the region as done
+    (the exactly-once order), updating ``done`` and ``tally``.
+
+    Raises:
+        JobCancelled: ``cancelled()`` turned true before the last region.
+    """
+    n = int(plan["n_regions"])
+    try:
+        for res in results:
+            if res.unreadable:
+                tally.unreadable.setdefault(res.unreadable, []).append(res.index)
+            tally.written += writer.append(res)
+            store.mark_done(job_id, res.index, len(res.features))
+            done[res.index] = len(res.features)
+            tally.tiles_run += res.tiles_run
+            tally.tiles_cached += res.tiles_cached
+            tally.grown += int(res.halo_px > int(plan["halo_px"]))
+            tally.truncated += res.truncated
+            tally.warnings.extend(w for w in res.warnings if w not in tally.warnings)
+            progress(len(done) / max(n, 1),
+                     f"{len(done)}/{n} chunks, {tally.written} polygons")
+            if cancelled and cancelled() and len(done) < n:
+                raise JobCancelled()
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def _stats(plan: Dict[str, Any], card, writer: GpkgWriter, count: int, n: int,
+           resumed: int, tally: _Tally, executor: str, elapsed: float) -> Dict[str, Any]:
+    """The ``stats`` of a finished batch job's reply."""
+    g = grid_from_plan(plan)
+    return {"out_path": writer.path, "layer": writer.layer, "count": count,
+            "chunks": n, "chunks_resumed": resumed, "chunk_px": plan["region_px"],
+            "halo_px": plan["halo_px"], "chunks_halo_grown": tally.grown,
+            "objects_cut": tally.truncated, "tiles_run": tally.tiles_run,
+            "tiles_cached": tally.tiles_cached,
+            "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
+            "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
+            "seconds": round(elapsed, 3), "executor": executor,
+            "chunks_unreadable": sum(len(v) for v in tally.unreadable.values()),
+            "damaged_files": {k: sorted(v) for k, v in sorted(tally.unreadable.items())},
+            "warnings": tally.warnings}
+
+
+def _output_crs(plan: Dict[str, Any]) -> str:
+    """The CRS of a job's polygons, WKT: the raster's own (the grid's is a UTM view
+    of a raster in degrees)."""
+    return plan.get("source_crs_wkt") or plan["crs_wkt"]
 
 
 def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -178,8 +178,6 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
     Returns:
         list of :class:`Detection`, in the transform's CRS.
     """
-    from rasterio import features
-    from shapely.geometry import shape
     from shapely.validation import make_valid
 
     dets: List[Detection] = []
@@ -196,23 +194,8 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         idx = np.arange(1, n + 1)
         sums = ndimage.sum_labels(probs[k], lab, index=idx)
         counts = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-        votes = np.ones(n, np.float64)
-        if member_probs is not None and len(member_probs):
-            means = np.stack([ndimage.sum_labels(mp[k - 1], lab, index=idx)
-                              for mp in member_probs]) / np.maximum(counts, 1)
-            votes = (means >= threshold).mean(axis=0)
-        geoms: Dict[int, list] = {}
-        # rasterio.features.shapes uses 4-connectivity by default; 8 keeps a
-        # component (as labelled above) in one polygon.
-        trace = transform if pixel_offset is None else Affine(
-            1.0, 0.0, float(pixel_offset[1]), 0.0, 1.0, float(pixel_offset[0]))
-        for geom, val in features.shapes(lab.astype(np.int32), mask=lab > 0,
-                                         transform=trace, connectivity=8):
-            g = shape(geom)
-            if pixel_offset is not None:
-                g = _pixels_to_crs(g, transform)
-            geoms.setdefault(int(val), []).append(g)
-        for lid, parts in geoms.items():
+        votes = _votes(lab, idx, counts, member_probs, int(k), threshold)
+        for lid, parts in _outlines(lab, transform, pixel_offset).items():
             g = parts[0] if len(parts) == 1 else _union(parts)
             rect = orthogonalize(g) if ortho else g
             if rect is not g:
@@ -229,6 +212,39 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                                   area_m2=float(area if px_area else 0.0),
                                   agreement=float(votes[lid - 1])))
     return dets
+
+
+def _votes(lab: np.ndarray, idx: np.ndarray, counts: np.ndarray,
+           member_probs: Optional[np.ndarray], k: int, threshold: float) -> np.ndarray:
+    """Per labelled object, the fraction of ensemble members whose mean probability of
+    class ``k`` over its pixels reaches ``threshold`` (float64 (n,); ones without
+    members)."""
+    if member_probs is None or not len(member_probs):
+        return np.ones(len(idx), np.float64)
+    means = np.stack([ndimage.sum_labels(mp[k - 1], lab, index=idx)
+                      for mp in member_probs]) / np.maximum(counts, 1)
+    return (means >= threshold).mean(axis=0)
+
+
+def _outlines(lab: np.ndarray, transform: Affine, pixel_offset: Optional[Sequence[int]]
+              ) -> Dict[int, list]:
+    """``{label: [polygon parts]}`` of a label image (int, (H, W)) traced by
+    ``rasterio.features.shapes`` with 8-connectivity (4, its default, would split a
+    component labelled 8-connected), in the CRS of ``transform`` (see
+    :func:`polygonize`'s ``pixel_offset``)."""
+    from rasterio import features
+    from shapely.geometry import shape
+
+    geoms: Dict[int, list] = {}
+    trace = transform if pixel_offset is None else Affine(
+        1.0, 0.0, float(pixel_offset[1]), 0.0, 1.0, float(pixel_offset[0]))
+    for geom, val in features.shapes(lab.astype(np.int32), mask=lab > 0,
+                                     transform=trace, connectivity=8):
+        g = shape(geom)
+        if pixel_offset is not None:
+            g = _pixels_to_crs(g, transform)
+        geoms.setdefault(int(val), []).append(g)
+    return geoms
 
 
 def _pixels_to_crs(geom, transform: Affine):

@@ -12,9 +12,9 @@ and pixels near a tile edge, where a CNN sees the least context, count least (th
 approach of overlap-tile inference, Ronneberger et al. 2015, with smooth blending).
 
 :func:`plan_tiling` decides tile side, overlap and whether a second, half-tile shifted
-tiling is added, for in-extent detections (``backend.inference.detect.predict_grid``)
-and batch windows (``backend.inference.batch.chunks.Tiling``) alike: both must lay the
-very same tiles for a chunked run to equal an in-extent one bit for bit.
+tiling is added; :class:`Stitcher` blends them over the whole grid or over one window
+of it (a region of a batch job) with the same weights, so a run in regions equals one
+over the whole grid bit for bit (``backend.inference.pipeline``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from protocol.window import Window
 
 #: Tile sides are multiples of this (the encoders downsample by 32).
 TILE_MULTIPLE = 32
@@ -69,6 +71,16 @@ class TilePlan:
         they are run and stitched: the plain tiling row-major, then the shifted one
         (the same tiles as :func:`tile_grid` and :func:`shifted_tile_grid`)."""
         return [(r, c) for rows, cols in self.axes(height, width) for r in rows for c in cols]
+
+    def intersecting(self, window: Window, height: int, width: int) -> List[Tuple[int, int]]:
+        """``(row, col)`` of the tiles of an ``height`` x ``width`` grid that meet
+        ``window``, in the order of :meth:`offsets` (the whole grid's run order)."""
+        out: List[Tuple[int, int]] = []
+        for rows, cols in self.axes(height, width):
+            rr = [r for r in rows if r < window.row_stop and r + self.tile > window.row]
+            cc = [c for c in cols if c < window.col_stop and c + self.tile > window.col]
+            out.extend((r, c) for r in rr for c in cc)
+        return out
 
 
 def plan_tiling(card, height: int, width: int, tile_size: Optional[int] = None,
@@ -156,38 +168,65 @@ def ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
 
 
 class Stitcher:
-    """Accumulates weighted tile probabilities over a grid.
+    """Accumulates weighted tile probabilities over a window of a grid.
 
-    Memory: ``(C + 1) x H x W`` float32.
+    The weights of a tile depend on where it lies in the *whole* grid (a tile edge on
+    the grid border keeps full weight, :func:`ramp`), never on the window, so stitching
+    the same tiles in the same order gives bit for bit the same probabilities on a
+    window as on the whole grid: one detection and the regions of a batch job agree.
+
+    Memory: ``(C + 1) x h x w`` float32 and ``h x w`` bool for a window of ``h x w``.
 
     Args:
         channels: C, number of probability channels.
-        height, width: grid size in pixels.
-        tile, overlap: as used by :func:`tile_grid`.
+        height, width: the whole grid's size, pixels.
+        tile, overlap: tile side and overlap, pixels (:class:`TilePlan`).
+        window: the part of the grid to stitch (default: the whole grid).
     """
 
-    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int):
+    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int,
+                 window: Optional[Window] = None):
         self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
-        self.acc = np.zeros((channels, height, width), np.float32)
-        self.wsum = np.zeros((height, width), np.float32)
+        self.window = window or Window(0, 0, height, width)
+        shape = self.window.shape
+        self.acc = np.zeros((channels,) + shape, np.float32)
+        self.wsum = np.zeros(shape, np.float32)
+        #: bool (h, w): pixels some added tile marked valid
+        self.valid = np.zeros(shape, bool)
 
-    def add(self, row: int, col: int, probs: np.ndarray) -> None:
-        """Blend one tile's probabilities (C, tile, tile) at pixel offset (row, col).
+    def add(self, row: int, col: int, probs: np.ndarray,
+            valid: Optional[np.ndarray] = None) -> None:
+        """Blend one tile's probabilities, float32 (C, tile, tile), at whole-grid pixel
+        offset (row, col), and its valid-data mask, bool (tile, tile), when given.
 
-        Offsets may be negative; parts of a tile that fall outside the grid are ignored.
+        Offsets may be negative; the parts of a tile outside the window are ignored.
         """
-        r0, c0 = max(row, 0), max(col, 0)
-        r1 = min(row + self.tile, self.height)
-        c1 = min(col + self.tile, self.width)
-        wy = ramp(self.tile, self.overlap, row <= 0, row + self.tile >= self.height)
-        wx = ramp(self.tile, self.overlap, col <= 0, col + self.tile >= self.width)
-        weight = wy[r0 - row:r1 - row, None] * wx[None, c0 - col:c1 - col]
-        self.acc[:, r0:r1, c0:c1] += probs[:, r0 - row:r1 - row, c0 - col:c1 - col] * weight
-        self.wsum[r0:r1, c0:c1] += weight
+        t = self.tile
+        part = Window(row, col, t, t).intersection(self.window)
+        part = part and part.intersection(Window(0, 0, self.height, self.width))
+        if part is None:
+            return
+        wy = ramp(t, self.overlap, row <= 0, row + t >= self.height)
+        wx = ramp(t, self.overlap, col <= 0, col + t >= self.width)
+        src = part.slices(Window(row, col, t, t))
+        dst = part.slices(self.window)
+        weight = wy[src[0], None] * wx[None, src[1]]
+        self.acc[(slice(None),) + dst] += probs[(slice(None),) + src] * weight
+        self.wsum[dst] += weight
+        if valid is not None:
+            self.valid[dst] |= valid[src]
 
     def result(self) -> np.ndarray:
-        """Stitched probabilities, float32 (C, H, W); pixels never covered are 0."""
+        """Stitched probabilities, float32 (C, h, w); pixels never covered are 0."""
         return self.acc / np.maximum(self.wsum, 1e-12)
+
+    def masked_result(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(probs, valid)``: :meth:`result` with every pixel no tile marked valid set
+        to background (probability 1 on channel 0, 0 elsewhere), and the valid mask."""
+        probs = self.result()
+        probs[:, ~self.valid] = 0.0
+        probs[0, ~self.valid] = 1.0
+        return probs, self.valid
 
 
 def batches(items: List, size: int) -> Iterator[List]:

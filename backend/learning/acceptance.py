@@ -31,12 +31,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from backend.inference.detect import Options, detections_from_probs, predict_grid
+from backend.inference.pipeline import Options, detections_from_probs, predict_grid
 from backend.inference.engines import Engine
 from backend.learning.corrections import AreaData, Corrections
 from backend.learning.data import GuardSet, Tile
 from backend.models.card import ModelCard
 from protocol.errors import JobCancelled
+from protocol.window import Window
 from protocol.metrics import Counts, compare
 
 Progress = Callable[[float, str], None]
@@ -111,15 +112,16 @@ class ArrayReader:
     def __init__(self, image: np.ndarray, valid: np.ndarray):
         self.image, self.valid = image, valid
 
-    def read(self, row: int, col: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(image (B, size, size), valid bool (size, size))`` of the tile at
-        ``(row, col)``, padded by reflection (valid False) beyond the image."""
+    def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
+        """``(image (B, h, w), valid bool (h, w))`` of ``window`` (pixels of the image),
+        padded by reflection (valid False) beyond the image."""
         h, w = self.valid.shape
-        r0, c0 = max(row, 0), max(col, 0)
-        r1, c1 = min(row + size, h), min(col + size, w)
+        r0, c0 = max(window.row, 0), max(window.col, 0)
+        r1, c1 = min(window.row_stop, h), min(window.col_stop, w)
         img = self.image[:, r0:r1, c0:c1]
         valid = self.valid[r0:r1, c0:c1]
-        pads = ((r0 - row, row + size - r1), (c0 - col, col + size - c1))
+        pads = ((r0 - window.row, window.row_stop - r1),
+                (c0 - window.col, window.col_stop - c1))
         if any(p for pair in pads for p in pair):
             mode = "reflect" if min(r1 - r0, c1 - c0) > max(max(pads)) else "edge"
             img = np.pad(img, ((0, 0),) + pads, mode=mode)
@@ -279,7 +281,8 @@ def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
     Raises:
         JobCancelled: ``cancelled()`` turned true.
     """
-    from backend.inference.raster import WindowReader, open_source, plan_grid
+    from backend.inference.grid import plan_grid
+    from backend.inference.raster import WindowReader, open_source
     tot = Counts()
     wrong, area_m2 = 0, 0.0
     opts = Options.resolve(card)

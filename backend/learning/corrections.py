@@ -455,10 +455,12 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
     from rasterio.warp import transform_geom
     from shapely.geometry import box, mapping, shape
 
-    from backend.inference.detect import Options, detections_from_probs, predict_grid
+    from backend.inference.pipeline import Options, detections_from_probs, predict_grid
     from protocol.errors import JobCancelled
     from backend.inference.engines import get_engine
-    from backend.inference.raster import WindowReader, open_source, plan_grid, to_uint8
+    from backend.inference.bands import to_uint8
+    from backend.inference.grid import plan_grid
+    from backend.inference.raster import WindowReader, open_source
 
     progress = progress or (lambda f, m: None)
     engine = engine or get_engine(card)

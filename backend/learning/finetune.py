@@ -52,7 +52,7 @@ import numpy as np
 
 import protocol as P
 from backend.config import train_threads
-from backend.inference.detect import model_errors
+from backend.inference.pipeline import model_errors
 from backend.inference.engines import Engine, get_engine
 from backend.learning.acceptance import evaluate, judge, rule_text
 from backend.learning.augment import augment_weighted_batch, normalize_batch

@@ -1,11 +1,11 @@
 """A batch job's chunks on a Ray cluster: one actor per worker, each holding an engine.
 
 :func:`ray_results` is the ``"ray"`` executor of ``backend.daemon.batch_runner.run_batch``
-(the ``"local"`` one is ``backend.inference.batch.chunks.local_results``): the driver
+(the ``"local"`` one is ``backend.inference.batch.regions.local_results``): the driver
 (the daemon, or any process calling ``run_batch``) plans the job, keeps the job store
 and writes the GeoPackage exactly as in a local run; only
-:meth:`backend.inference.batch.chunks.ChunkWorker.process` runs remotely, in
-:class:`ChunkActor` actors (model loaded once per actor, tile cache per actor). Chunks
+:meth:`backend.inference.batch.regions.RegionWorker.process` runs remotely, in
+:class:`RegionActor` actors (model loaded once per actor, tile cache per actor). Chunks
 are handed out by Ray's own ``ray.util.ActorPool`` (``map_unordered``), no scheduler of
 ours. Results come back in any order; the exactly-once rule does not care (each chunk
 keeps only the objects whose first pixel it owns), so the polygons are the same as on
@@ -32,7 +32,7 @@ import os
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from backend.config import REPO
-from backend.inference.batch.chunks import ChunkResult, ChunkWorker
+from backend.inference.batch.regions import RegionResult, RegionWorker
 from protocol.errors import E_INVALID_INPUT, JobCancelled, JobError
 from protocol.params import BatchParams
 
@@ -42,8 +42,8 @@ _PASS_ENV = ("ORTHOLENS_MODELS", "ORTHOLENS_DATA", "ORTHOLENS_TILE_CACHE_MB",
              "ORTHOLENS_GDAL_CACHE_MB")
 
 
-class ChunkActor:
-    """Holds one :class:`~backend.inference.batch.chunks.ChunkWorker` (engine, reader,
+class RegionActor:
+    """Holds one :class:`~backend.inference.batch.regions.RegionWorker` (engine, reader,
     tile cache).
 
     Args:
@@ -58,17 +58,17 @@ class ChunkActor:
     def __init__(self, params: BatchParams, plan: Dict[str, Any], threads: int = 1):
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         engine = None
-        from backend.inference.detect import model_errors
+        from backend.inference.pipeline import model_errors
         from backend.inference.engines import OnnxEngine, cuda_available
         from backend.models.catalog import load_card
         with model_errors():
             card = load_card(params.detect.model)
             if not card.is_ensemble and not cuda_available() and card.onnx_path.is_file():
                 engine = OnnxEngine(card, threads=threads)  # not all cores per actor
-        self.worker = ChunkWorker(params, plan, engine)
+        self.worker = RegionWorker(params, plan, engine)
 
     def process(self, idx: int) -> Dict[str, Any]:
-        """Chunk ``idx``'s :class:`ChunkResult` as plain data."""
+        """Chunk ``idx``'s :class:`RegionResult` as plain data."""
         return self.worker.process(idx).to_dict()
 
     def ping(self) -> str:
@@ -142,7 +142,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
 def ray_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int],
                 cancelled: Optional[Callable[[], bool]] = None,
                 address: Optional[str] = None, num_workers: Optional[int] = None,
-                cpus_per_worker: Optional[int] = None) -> Iterator[ChunkResult]:
+                cpus_per_worker: Optional[int] = None) -> Iterator[RegionResult]:
     """Chunk results of ``pending`` computed by Ray actors, in completion order.
 
     Raises:
@@ -162,14 +162,14 @@ def ray_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int
         total = int(ray.cluster_resources().get("CPU", 1))
         n = num_workers or int(os.environ.get("ORTHOLENS_RAY_WORKERS", 0)) or max(1, total // cpw)
         n = max(1, min(n, len(pending)))
-        remote = ray.remote(num_cpus=cpw)(ChunkActor)
+        remote = ray.remote(num_cpus=cpw)(RegionActor)
         actors = [remote.remote(params, plan, cpw) for _ in range(n)]
         log.info("batch on Ray: %d actor(s) x %d CPU for %d chunk(s)", n, cpw, len(pending))
         pool = ActorPool(actors)
         for out in pool.map_unordered(lambda a, i: a.process.remote(i), pending):
             if cancelled and cancelled():
                 raise JobCancelled()
-            yield ChunkResult.from_dict(out)
+            yield RegionResult.from_dict(out)
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, (JobError, JobCancelled)):
@@ -185,4 +185,4 @@ def ray_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int
             ray.shutdown()
 
 
-__all__ = ["ChunkActor", "init_ray", "ray_results"]
+__all__ = ["RegionActor", "init_ray", "ray_results"]

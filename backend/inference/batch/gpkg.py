@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
-from backend.inference.batch.chunks import ChunkResult
+from backend.inference.batch.regions import RegionResult
 from protocol.results import RESULT_FIELDS
 
 # pyogrio logs "Created N records" at INFO for every chunk appended
@@ -74,7 +74,7 @@ class GpkgWriter:
                 os.remove(self.path + suffix)
         self._write([], append=False)
 
-    def append(self, result: ChunkResult) -> int:
+    def append(self, result: RegionResult) -> int:
         """Append a chunk's polygons (one transaction); returns how many."""
         if result.features:
             self._write(result.features, append=True, chunk=result.index)

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from backend.config import data_dir
@@ -168,7 +167,7 @@ def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
     """A crash after a chunk's rows were written but before the store recorded it."""
     from backend.daemon.batch_runner import reconcile_output
     from backend.daemon.jobstore import JobStore
-    from backend.inference.batch.chunks import ChunkResult
+    from backend.inference.batch.regions import RegionResult
     from backend.inference.batch.gpkg import GpkgWriter
 
     store = JobStore(tmp_path / "jobs")
@@ -178,9 +177,9 @@ def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
     feat = {"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))", "class": "photovoltaic",
             "class_id": 1, "score": 0.9, "agreement": 1.0, "area_m2": 1.0,
             "model": MODEL, "model_version": "1"}
-    w.append(ChunkResult(0, [feat, feat]))
+    w.append(RegionResult(0, [feat, feat]))
     store.mark_done("j1", 0, 2)
-    w.append(ChunkResult(1, [feat]))          # written, then "killed": not recorded
+    w.append(RegionResult(1, [feat]))          # written, then "killed": not recorded
     assert w.chunk_counts() == {0: 2, 1: 1}
     assert reconcile_output(w, store, "j1") == {0: 2}
     assert w.chunk_counts() == {0: 2}
@@ -332,55 +331,6 @@ def test_batch_requests_are_checked_before_a_job_exists(tmp_path):
             assert c.jobs() == []  # nothing was recorded
     finally:
         server.stop()
-
-
-@pytest.mark.parametrize("height,width,shifts", [(256, 256, False), (600, 1300, False),
-                                                  (1500, 700, True), (300, 200, True),
-                                                  (1024, 1024, True)])
-def test_tiling_is_the_one_predict_grid_uses(monkeypatch, height, width, shifts):
-    """The batch path's window tiling must be predict_grid's whole-grid tiling (same
-    offsets, same order): that is what makes chunked probabilities identical."""
-    from types import SimpleNamespace
-
-    from backend.inference import detect
-    from backend.inference.batch.chunks import Box, Tiling
-
-    card = SimpleNamespace(tile_size=512, overlap=128, shifts=shifts, num_outputs=2)
-    added = []
-
-    class Recorder:
-        def __init__(self, channels, h, w, tile, overlap):
-            added.append(("tile", tile, overlap))
-
-        def add(self, r, c, p):
-            added.append((r, c))
-
-        def result(self):
-            return np.zeros((2, height, width), np.float32)
-
-    class Reader:
-        def read(self, r, c, size):
-            return np.zeros((3, size, size), np.uint8), np.ones((size, size), bool)
-
-    class Engine:
-        channels, device = 2, "cpu"
-
-        def __init__(self):
-            self.card = card
-
-        def predict_raw(self, x):
-            return np.zeros((len(x), 2) + x.shape[2:], np.float32)
-
-    monkeypatch.setattr(detect, "Stitcher", Recorder)
-    detect.predict_grid(Reader(), SimpleNamespace(height=height, width=width), Engine(), 4)
-    t = Tiling.for_grid(height, width, card)
-    assert added[0] == ("tile", t.tile, t.overlap)
-    assert added[1:] == t.intersecting(Box(0, 0, height, width))
-    # a window gets exactly the tiles that meet it, in the same relative order
-    win = Box(height // 3, width // 4, height // 3 + 100, width // 4 + 150)
-    meet = [(r, c) for r, c in added[1:] if r < win.r1 and r + t.tile > win.r0
-            and c < win.c1 and c + t.tile > win.c0]
-    assert t.intersecting(win) == meet
 
 
 def test_resume_jobs_at_start_picks_up_interrupted_jobs(tmp_path):

@@ -20,6 +20,7 @@ import rasterio.shutil
 from backend.config import data_dir
 from backend.daemon.access import Access
 from backend.inference import detect as D
+from protocol.errors import JobError
 from protocol.errors import ProtocolError
 from protocol.params import DetectParams, FileSource
 
@@ -98,7 +99,7 @@ def test_cog_by_url_equals_the_local_file_and_fetches_a_part(served):
 
 def test_missing_url_is_a_clear_input_error(served):
     _, url = served
-    with pytest.raises(D.JobError) as info:
+    with pytest.raises(JobError) as info:
         D.run_detect(DetectParams(FileSource(url.replace("vienna_cog", "nothing")), MODEL),
                      [])
     assert info.value.code == "invalid_input" and "nothing.tif" in info.value.message

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import rasterio
 
-from backend.inference import detect as D
-from backend.config import data_dir, pv01_dir
-from backend.inference.engines import EnsembleEngine, apply_tta, get_engine, invert_tta
-from backend.inference.raster import WindowReader, plan_grid
+from protocol.window import Window
+from backend.inference import pipeline as PL
+from backend.config import data_dir
+from backend.inference.engines import EnsembleEngine, apply_tta, invert_tta
+from backend.inference.grid import plan_grid
+from backend.inference.raster import WindowReader
 from backend.inference.tiling import tile_grid
 from backend.models.card import TTA_TRANSFORMS, ModelCard
 from backend.models.catalog import load_card
@@ -67,8 +68,9 @@ def test_ensemble_tta_and_shifts_are_exact_for_an_equivariant_member():
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1640, 338560], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, n = D.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=64)
-        whole, _ = reader.read(0, 0, max(grid.width, grid.height))
+        probs, valid, n = PL.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=64)
+        side = max(grid.width, grid.height)
+        whole, _ = reader.read(Window(0, 0, side, side))
         reader.close()
     n_plain = len(tile_grid(grid.height, grid.width, 256, 64))
     assert n > n_plain  # the shifted tiling really ran
@@ -87,10 +89,10 @@ def test_agreement_counts_member_votes():
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1680, 338520], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, _ = D.predict_grid(reader, grid, eng, 4)
+        probs, valid, _ = PL.predict_grid(reader, grid, eng, 4)
         reader.close()
-    opts = D.Options(threshold=0.3, min_area_m2=0.5, max_hole_m2=0, simplify_m=0)
-    _, dets = D.detections_from_probs(probs, valid, grid, card, opts)
+    opts = PL.Options(threshold=0.3, min_area_m2=0.5, max_hole_m2=0, simplify_m=0)
+    _, dets = PL.detections_from_probs(probs, valid, grid, card, opts)
     assert dets
     assert all(d.agreement == 0.5 for d in dets)
 
@@ -117,11 +119,11 @@ def test_shifted_tiling_only_where_a_grid_has_tile_borders():
     with rasterio.open(VIENNA) as ds:
         small = plan_grid(ds, [-1700, 338500, -1680, 338520], None, card.gsd_m, 3)
         r = WindowReader(ds, small)
-        _, _, n_small = D.predict_grid(r, small, eng, 4, tile_size=256, overlap=64)
+        _, _, n_small = PL.predict_grid(r, small, eng, 4, tile_size=256, overlap=64)
         r.close()
         big = plan_grid(ds, [-1700, 338500, -1660, 338540], None, card.gsd_m, 3)
         r = WindowReader(ds, big)
-        _, _, n_big = D.predict_grid(r, big, eng, 4, tile_size=256, overlap=64)
+        _, _, n_big = PL.predict_grid(r, big, eng, 4, tile_size=256, overlap=64)
         r.close()
     assert n_small == 1
     assert n_big == len(tile_grid(400, 400, 256, 64)) + len(tile_grid(528, 528, 256, 64))

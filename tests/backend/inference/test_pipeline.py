@@ -15,12 +15,16 @@ import pytest
 import rasterio
 import shapely
 
+from protocol.window import Window
 from backend.inference import detect as D
+from backend.inference import pipeline as PL
+from protocol.errors import JobError
 from backend.config import data_dir, pv01_dir
 from backend.inference.engines import Engine, get_engine
 from tools.evaluate import eval_heldout, rasterize_features
 from protocol.metrics import compare
-from backend.inference.raster import WindowReader, plan_grid
+from backend.inference.grid import plan_grid
+from backend.inference.raster import WindowReader
 from backend.models.catalog import load_card
 import protocol as P
 
@@ -62,13 +66,40 @@ def test_stitching_is_seamless_on_real_raster():
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1600, 338570], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, n_tiles = D.predict_grid(reader, grid, eng, 3, tile_size=256, overlap=64)
-        whole, _ = reader.read(0, 0, max(grid.width, grid.height))
+        probs, valid, n_tiles = PL.predict_grid(reader, grid, eng, 3, tile_size=256, overlap=64)
+        side = max(grid.width, grid.height)
+        whole, _ = reader.read(Window(0, 0, side, side))
         reader.close()
     assert n_tiles > 6  # really tiled, with seams inside the area
     expect = whole[:, :grid.height, :grid.width].astype(np.float32).mean(0) / 255.0
     assert valid.all()
     np.testing.assert_allclose(probs[1], expect, atol=1e-4)
+
+
+def test_a_region_has_the_whole_grids_probabilities_bit_for_bit():
+    """One pipeline: the probabilities of a region's window are those of the whole
+    grid at the same pixels, exactly, with the real model and two tilings (the regions
+    of a batch job and a detection of the extent share every number)."""
+    card = load_card(MODEL)
+    eng = get_engine(card)
+    opts = PL.Options(threshold=0.5, min_area_m2=0, max_hole_m2=0, simplify_m=0,
+                      tile_size=256, overlap=64)
+    with rasterio.open(VIENNA) as ds:
+        grid = plan_grid(ds, [-1700, 338500, -1600, 338570], None, card.gsd_m, 3)
+        reader = WindowReader(ds, grid)
+        win = Window(130, 170, 200, 240)
+        det = PL.RegionDetector(card, eng, reader, grid, opts, cache_mb=64)
+        part = det.probabilities(win)
+        cached_again = det.probabilities(win)
+        whole = PL.RegionDetector(card, eng, reader, grid, opts).probabilities(det.whole)
+        reader.close()
+    assert whole.tiles > 6 and 0 < part.tiles < whole.tiles
+    assert part.probs.shape == (eng.channels, 200, 240)
+    assert np.array_equal(part.probs, whole.probs[(slice(None),) + win.slices()])
+    assert np.array_equal(part.valid, whole.valid[win.slices()])
+    # the second time every tile comes from the cache, and nothing changes
+    assert cached_again.run == 0 and cached_again.cached == part.tiles
+    assert np.array_equal(cached_again.probs, part.probs)
 
 
 @pytest.mark.parametrize("name", ["PV01_325228_1203845", "PV01_325192_1204249"])
@@ -81,13 +112,13 @@ def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
     with rasterio.open(path) as ds:
         grid = plan_grid(ds, None, None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        tiled, valid, n = D.predict_grid(reader, grid, eng, 4, tile_size=192, overlap=96)
-        whole, _, n1 = D.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=0)
+        tiled, valid, n = PL.predict_grid(reader, grid, eng, 4, tile_size=192, overlap=96)
+        whole, _, n1 = PL.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=0)
         reader.close()
     assert n == 4 and n1 == 1
-    opts = D.Options.resolve(card)
-    cm_t, dets_t = D.detections_from_probs(tiled, valid, grid, card, opts)
-    cm_w, dets_w = D.detections_from_probs(whole, valid, grid, card, opts)
+    opts = PL.Options.resolve(card)
+    cm_t, dets_t = PL.detections_from_probs(tiled, valid, grid, card, opts)
+    cm_w, dets_w = PL.detections_from_probs(whole, valid, grid, card, opts)
     assert len(dets_w) >= 1
     assert len(dets_t) == len(dets_w)
     agree = compare(cm_t == 1, cm_w == 1).summary()
@@ -220,16 +251,16 @@ def test_bad_input_gets_clear_error(case, code, words, tmp_path, monkeypatch):
         kw = {"extent": [-1600, 338500, -1599.95, 338500.05]}
     elif case == "extent_gigantic":
         # the whole Vienna scene is 25 Mpx at 0.1 m; cap one request at 1 Mpx
-        from backend.inference import raster
-        monkeypatch.setattr(raster, "MAX_GRID_PIXELS", 1_000_000)
+        from backend.inference import grid as grid_module
+        monkeypatch.setattr(grid_module, "MAX_GRID_PIXELS", 1_000_000)
     elif case == "unknown_model":
         req = {"v": 1, "id": "x", "type": "detect", "model": "no-such-model",
                "source": {"kind": "file", "path": str(VIENNA)}}
-        with pytest.raises(D.JobError) as ei:
+        with pytest.raises(JobError) as ei:
             D.run_detect(P.validate_request(req), [])
         assert ei.value.code == code and words in ei.value.message
         return
-    with pytest.raises(D.JobError) as ei:
+    with pytest.raises(JobError) as ei:
         detect(path, **kw)
     assert ei.value.code == code, ei.value.message
     assert words in ei.value.message
@@ -255,7 +286,7 @@ def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
     req = {"v": 1, "id": "m", "type": "detect", "model": MODEL,
            "source": {"kind": "file", "path": str(VIENNA)},
            "extent": [-1600, 338500, -1590, 338510]}
-    with pytest.raises(D.JobError) as ei:
+    with pytest.raises(JobError) as ei:
         D.run_detect(P.validate_request(req), [])
     assert ei.value.code == P.E_INVALID_INPUT and "cannot be loaded" in ei.value.message
 

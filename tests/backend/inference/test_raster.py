@@ -16,8 +16,9 @@ from rasterio.enums import ColorInterp
 from rasterio.io import MemoryFile
 
 import protocol as P
-from backend.inference.raster import (MAX_GRID_PIXELS, _alpha_band, _source_gsd,
-                                      choose_bands, grid_crs, ground_scale, plan_grid)
+from backend.inference.bands import alpha_band, choose_bands
+from backend.inference.grid import (MAX_GRID_PIXELS, _source_gsd, grid_crs, ground_scale,
+                                    plan_grid)
 from protocol.errors import InputError
 
 A_WGS84 = 6378137.0
@@ -135,13 +136,13 @@ def test_choose_bands():
         assert choose_bands(ds, None, 3) == ([3, 2, 1], [])
     with raster(*VIENNA[:3], 50, count=4,
                 colorinterp=[ci.red, ci.green, ci.blue, ci.undefined]) as ds:
-        assert _alpha_band(ds) is None
+        assert alpha_band(ds) is None
         assert choose_bands(ds, None, 3) == ([1, 2, 3], [
             "the raster has 4 bands; bands [1, 2, 3] are used as RGB, band(s) [4] ignored"])
     with raster(*VIENNA[:3], 50, count=5,
                 colorinterp=[ci.undefined, ci.undefined, ci.alpha, ci.undefined,
                              ci.undefined]) as ds:
-        assert _alpha_band(ds) == 3
+        assert alpha_band(ds) == 3
         assert choose_bands(ds, None, 3) == ([1, 2, 4], [
             "the raster has 5 bands; bands [1, 2, 4] are used as RGB, band(s) [5] "
             "ignored; band 3 is the alpha (valid-data) mask"])

@@ -18,7 +18,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 
 from backend.config import pv01_dir
 from backend.inference import detect as D
-from backend.inference.raster import grid_crs, plan_grid
+from backend.inference.grid import grid_crs, plan_grid
 import protocol as P
 
 MODEL = "pv-unet-efl0"

@@ -20,8 +20,12 @@ import rasterio
 import protocol as P
 from backend.config import data_dir, pv01_dir
 from backend.inference import detect as D
+from backend.inference import pipeline as PL
+from backend.inference.backoff import is_out_of_memory
+from protocol.errors import JobError
 from backend.inference.engines import Engine
-from backend.inference.raster import WindowReader, plan_grid
+from backend.inference.grid import plan_grid
+from backend.inference.raster import WindowReader
 from backend.models.catalog import load_card
 from protocol.params import DetectParams
 
@@ -106,7 +110,7 @@ def test_model_without_weights_is_not_found(tmp_path, monkeypatch):
     shutil.copy(card.path / "card.json", folder / "card.json")
     monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
     req = _request({"kind": "file", "path": str(TILE)})
-    with pytest.raises(D.JobError) as ei:
+    with pytest.raises(JobError) as ei:
         D.run_detect(req, [])
     assert ei.value.code == P.E_NOT_FOUND
     assert "no weights" in ei.value.message and "weights.safetensors" in ei.value.message
@@ -161,7 +165,7 @@ def _grid_probs(engine, batch_size, warnings=None, extent=(-1700, 338500, -1640,
         grid = plan_grid(ds, list(extent), None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
         try:
-            return D.predict_grid(reader, grid, engine, batch_size, tile_size=tile_size,
+            return PL.predict_grid(reader, grid, engine, batch_size, tile_size=tile_size,
                                   overlap=overlap, warnings=warnings)
         finally:
             reader.close()
@@ -198,7 +202,7 @@ def test_oom_warning_reaches_stats_and_memoryerror_counts():
 def test_oom_on_a_single_tile_is_a_clear_error():
     card = load_card(MODEL)
     eng = OomEngine(card, limit=0)
-    with pytest.raises(D.JobError) as ei:
+    with pytest.raises(JobError) as ei:
         _grid_probs(eng, 2)
     assert ei.value.code == P.E_BUSY and "out of memory even for one tile" in ei.value.message
 
@@ -209,7 +213,7 @@ def test_other_engine_errors_are_not_taken_for_oom():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         _grid_probs(eng, 4)
     assert eng.calls == [4]
-    assert D.is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
                                            "Failed to allocate memory for requested buffer"))
 
 

@@ -62,7 +62,7 @@ def test_the_same_box_in_two_crss_gives_the_same_grid():
     from rasterio.warp import transform_bounds
 
     from backend.config import vienna_scene
-    from backend.inference.raster import plan_grid
+    from backend.inference.grid import plan_grid
 
     path = vienna_scene()
     if not path.is_file():

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from protocol.window import Window
 from backend.inference.tiling import (TILE_MULTIPLE, Stitcher, TilePlan, batches,
                                       plan_tiling, positions, ramp, round32,
                                       shifted_tile_grid, tile_grid)
@@ -193,3 +194,20 @@ def test_a_constant_survives_any_tiling():
     for r, c in plan.offsets(70, 50):
         st.add(r, c, np.full((1, 32, 32), 0.3, np.float32))
     np.testing.assert_allclose(st.result(), 0.3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("height,width,shifts", [(256, 256, False), (600, 1300, False),
+                                                  (1500, 700, True), (300, 200, True),
+                                                  (1024, 1024, True)])
+def test_a_window_gets_the_whole_grids_tiles_in_their_order(height, width, shifts):
+    """A region's window is stitched from the whole grid's tiles that meet it, in the
+    whole grid's order: what makes a batch job's probabilities those of one detection."""
+    card = SimpleNamespace(tile_size=512, overlap=128, shifts=shifts)
+    plan = plan_tiling(card, height, width)
+    whole = plan.offsets(height, width)
+    assert plan.intersecting(Window(0, 0, height, width), height, width) == whole
+    win = Window(height // 3, width // 4, 100, 150)
+    meet = [(r, c) for r, c in whole if r < win.row_stop and r + plan.tile > win.row
+            and c < win.col_stop and c + plan.tile > win.col]
+    assert meet and plan.intersecting(win, height, width) == meet
+    assert plan.intersecting(Window(height + plan.tile, 0, 10, 10), height, width) == []
