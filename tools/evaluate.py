@@ -209,23 +209,30 @@ def coarser_copy(image_path: Path, mask_path: Path, gsd_m: float, out_dir: Path
                  ) -> Tuple[Path, np.ndarray, object]:
     """A held-out tile as a coarser orthophoto would show it.
 
-    The image is averaged down to ``gsd_m`` (GDAL ``average`` resampling, as
-    ``gdalwarp -r average`` makes coarser orthophotos) and written as a GeoTIFF; the
-    reference mask is averaged the same way and a coarse pixel is a panel when at least
-    half of it was.
+    The image is averaged down to pixels of exactly ``gsd_m`` (GDAL's warper with
+    ``average`` resampling: the pixels of ``gdal_translate -tr G G -r average``, and an
+    exact block mean where ``gsd_m`` is a whole multiple of the tile's GSD) and written
+    as a GeoTIFF; the reference mask is averaged the same way and a coarse pixel is a
+    panel when at least half of it was. (A decimated ``DatasetReader.read`` with
+    ``out_shape`` is not used: GDAL then resamples with another kernel, whose blur
+    made 0.3 m imagery look far harder than it is.)
 
     Returns:
-        ``(image file, bool (h, w) reference mask, affine transform)`` at ``gsd_m``.
+        ``(image file, bool (h, w) reference mask, affine transform)`` at ``gsd_m``;
+        ``h`` and ``w`` are the tile's size in metres over ``gsd_m``, rounded.
     """
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
     with rasterio.open(image_path) as src:
-        f = gsd_m / abs(src.transform.a)
-        h, w = max(1, int(round(src.height / f))), max(1, int(round(src.width / f)))
-        img = src.read(out_shape=(src.count, h, w), resampling=Resampling.average)
-        transform = src.transform * src.transform.scale(src.width / w, src.height / h)
+        t = src.transform
+        w = max(1, int(round(src.width * abs(t.a) / gsd_m)))
+        h = max(1, int(round(src.height * abs(t.e) / gsd_m)))
+        transform = rasterio.Affine(gsd_m, 0.0, t.c, 0.0, -gsd_m, t.f)
+        img = np.zeros((src.count, h, w), src.dtypes[0])
+        reproject(src.read(), img, src_transform=t, src_crs=src.crs,
+                  dst_transform=transform, dst_crs=src.crs, resampling=Resampling.average)
         profile = dict(src.profile, width=w, height=h, transform=transform, tiled=False)
     for key in ("blockxsize", "blockysize"):
         profile.pop(key, None)
