@@ -298,39 +298,73 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
                     p = predict(engine, [pad32(im)])[0][:, :h, :w]
                     (oof[f] if r == 1 else runs[(f, r)]).append((k, p, ref))
         print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
-    fine = oof[1]
+    out = summarise(config, oof, runs, gsd_m, n_classes, folds)
+    out.update({"tiles_per_fold": [len(v) for _, v in splits],
+                "sites_per_fold": [len(pvdata.clusters(v)) for _, v in splits]})
+    return out
+
+
+def choose_all(fine: Sequence, gsd_m: float, n_classes: int, simplify_m: float
+               ) -> Dict[str, Any]:
+    """The post-processing chosen on pooled 0.1 m out-of-fold predictions ``[(fold,
+    probs, ref)]``: threshold, minimum area and hole size
+    (:func:`backend.learning.train.choose_postprocess`), then the object filters
+    (:func:`choose_filters`) and outline regularisation (:func:`choose_regularisation`,
+    whose comparison is returned under ``"_regularisation"``)."""
     pp = choose_postprocess(np.stack([p for _, p, _ in fine]),
                             np.stack([r.astype(np.uint8) for _, _, r in fine]),
                             gsd_m, n_classes)
     chosen = {k: pp[k] for k in ("threshold", "min_area_m2", "max_hole_m2")}
     chosen.update(choose_filters(fine, chosen, gsd_m, n_classes))
-    simplify_m = float(config.get("simplify_m", 0.05))
     regular = choose_regularisation(fine, chosen, gsd_m, n_classes, simplify_m)
     chosen["orthogonalize"] = regular["orthogonalize"]
-    out: Dict[str, Any] = {"id": config["id"], "folds": folds, "postprocess": chosen,
-                           "tiles_per_fold": [len(v) for _, v in splits],
-                           "sites_per_fold": [len(pvdata.clusters(v)) for _, v in splits],
-                           "regularisation": regular, "gsd": {}}
-    def figures(items, run):
-        per_fold = [Counts() for _ in range(folds)]
-        pooled = Counts()
-        for k, p, ref in items:
-            c = score(p, ref, chosen, gsd_m * run, n_classes, p.shape[-1] // ref.shape[-1])
-            per_fold[k].add(c)
-            pooled.add(c)
-        sums = [c.summary() for c in per_fold]
-        return {"pixel_iou": spread([s["pixel_iou"] for s in sums]),
-                "object_f1": spread([s["object_f1"] for s in sums]),
-                "pooled": {k: (round(v, 4) if isinstance(v, float) else v)
-                           for k, v in pooled.summary().items()}}
+    chosen["_regularisation"] = regular
+    return chosen
 
+
+def figures(items: Sequence, chosen: Dict[str, Any], gsd_m: float, n_classes: int,
+            folds: int) -> Dict[str, Any]:
+    """Per-fold pixel IoU and object F1 (:func:`spread`) and the pooled summary of
+    out-of-fold predictions ``[(fold, probs, ref)]`` run at ``gsd_m`` under the
+    post-processing ``chosen`` (scored on each reference's own, coarser, grid)."""
+    per_fold = [Counts() for _ in range(folds)]
+    pooled = Counts()
+    for k, p, ref in items:
+        c = score(p, ref, chosen, gsd_m, n_classes, p.shape[-1] // ref.shape[-1])
+        per_fold[k].add(c)
+        pooled.add(c)
+    sums = [c.summary() for c in per_fold]
+    return {"pixel_iou": spread([s["pixel_iou"] for s in sums]),
+            "object_f1": spread([s["object_f1"] for s in sums]),
+            "pooled": {k: (round(v, 4) if isinstance(v, float) else v)
+                       for k, v in pooled.summary().items()}}
+
+
+def summarise(config: Dict[str, Any], oof: Dict[int, List], runs: Dict[tuple, List],
+              gsd_m: float, n_classes: int, folds: int) -> Dict[str, Any]:
+    """Choose the post-processing on ``oof[1]`` (:func:`choose_all`) and score every
+    GSD of :data:`FACTORS` and every coarser run of :data:`RUNS` with it.
+
+    Args:
+        oof: factor -> ``[(fold, probs, ref)]`` run at the model's GSD.
+        runs: ``(factor, run)`` -> the same, run at ``run`` times the model's GSD.
+
+    Returns:
+        ``{"id", "folds", "postprocess", "regularisation", "gsd", "run_gsd"}`` (see
+        :func:`cross_validate`).
+    """
+    chosen = choose_all(oof[1], gsd_m, n_classes, float(config.get("simplify_m", 0.05)))
+    regular = chosen.pop("_regularisation")
+    out: Dict[str, Any] = {"id": config["id"], "folds": folds, "postprocess": chosen,
+                           "regularisation": regular, "gsd": {}}
     for f in FACTORS:
-        out["gsd"][f"{gsd_m * f:.1f}"] = figures(oof[f], 1)
+        out["gsd"][f"{gsd_m * f:.1f}"] = figures(oof[f], chosen, gsd_m, n_classes, folds)
     # coarser imagery run at other GSDs than the model's (the post-processing's areas
     # are in square metres, so it carries over)
     out["run_gsd"] = {f"{gsd_m * f:.1f}": {
-        f"{gsd_m * r:.2f}".rstrip("0"): figures(oof[f] if r == 1 else runs[(f, r)], r)
-        for r in (1, *rs)} for f, rs in RUNS.items()}
+        f"{gsd_m * r:.2f}".rstrip("0"): figures(oof[f] if r == 1 else runs[(f, r)], chosen,
+                                               gsd_m * r, n_classes, folds)
+        for r in (1, *rs)} for f, rs in RUNS.items() if runs}
     return out
 
 

@@ -1,0 +1,219 @@
+"""Cross-validated choice of an ensemble's fusion: members, test-time augmentation,
+post-processing.
+
+Usage::
+
+    python -m tools.cv_ensemble models/configs/pv-ensemble.json [--write-config]
+
+The fold models of every member config (``tools.cv`` with ``--train`` trains them in
+``<work>/<id>/fold<k>``) predict every validation tile of their fold out of fold, at
+0.1, 0.2 and 0.3 m (:func:`tools.cv.coarsen`), once per test-time augmentation of
+:data:`TTA` (the D4 flips and a rotation; each prediction mapped back). Every fusion
+variant of :func:`variants` is then the mean of those probabilities over its members
+and augmentations, so a variant costs no new inference: each member alone, the members
+together without augmentation, and with it. Each variant gets its own post-processing
+chosen on its pooled 0.1 m out-of-fold predictions (:func:`tools.cv.choose_all`) and
+per-fold figures at each GSD (:func:`tools.cv.summarise`).
+
+The rule, fixed before any variant was scored: among the variants with at least three
+members, the one with the highest mean of the fold-mean object F1 at 0.1, 0.2 and
+0.3 m wins (the rule that chose the members' recipe); a variant with augmentation must
+beat the same members without it by more than 0.005 to be chosen, since it costs four
+times the inference. Shifted tilings cannot be scored on 256-pixel tiles (one tile
+covers each, there is no seam to hide), so the ensemble runs one tiling.
+
+``--write-config`` stores the chosen ``tta``, the post-processing and the
+cross-validation figures in the ensemble config, where ``build.py train`` takes them
+for the ensemble card. The member out-of-fold probabilities are kept in
+``<out>/<id>-oof.npz`` for later measurements (review ranking). Held-out tiles are never
+read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from backend.config import REPO
+from backend.inference.engines import TorchEngine, apply_tta, invert_tta
+from backend.learning import data as pvdata
+from tools.cv import FACTORS, coarsen, fold_card, pad32, summarise
+
+#: Test-time augmentations predicted for every tile (flips and a quarter turn).
+TTA = ("identity", "hflip", "vflip", "rot90")
+#: Smallest gain of mean object F1 that pays for four times the inference.
+TTA_MIN_GAIN = 0.005
+
+
+def member_oof(configs: Sequence[Dict[str, Any]], work: Path, folds: int,
+               train_missing: bool) -> Tuple[np.ndarray, List[Tuple[int, int, int]],
+                                             List[np.ndarray]]:
+    """Out-of-fold foreground probabilities of every member under every augmentation.
+
+    Args:
+        configs: the member configs (one class: photovoltaic).
+        work: where fold models are found (or trained with ``train_missing``).
+
+    Returns:
+        ``(probs, keys, refs)``: probs float16 (members, len(TTA), items, H, W) of the
+        panel class, where item ``i`` is ``keys[i] = (fold, factor, tile index)`` at
+        the model's GSD (coarser imagery resampled back to it, as detection reads it),
+        padded to the largest tile (256 px); ``refs[i]`` the bool reference on the
+        item's own grid.
+    """
+    tiles = pvdata.list_tiles("train")
+    splits = pvdata.cv_folds(tiles, folds)
+    keys: List[Tuple[int, int, int]] = []
+    refs: List[np.ndarray] = []
+    images: List[np.ndarray] = []
+    for k, (_, val) in enumerate(splits):
+        for ti, t in enumerate(val):
+            img, mask = t.read()
+            for f in FACTORS:
+                im, ref = coarsen(img, mask, f)
+                keys.append((k, f, ti))
+                refs.append(ref)
+                images.append(im)
+    side = max(im.shape[-1] for im in images)
+    out = np.zeros((len(configs), len(TTA), len(images), side, side), np.float16)
+    for m, config in enumerate(configs):
+        for k in range(folds):
+            engine = TorchEngine(fold_card(config, work, k, folds, train_missing))
+            for i in (i for i, key in enumerate(keys) if key[0] == k):
+                im = images[i]
+                h, w = im.shape[1:]
+                for a, name in enumerate(TTA):
+                    x = np.ascontiguousarray(apply_tta(pad32(im)[None], name))
+                    p = invert_tta(engine.predict_raw(x), name)[0, 1, :h, :w]
+                    out[m, a, i, :h, :w] = p
+        print(f"member {config['id']}: {len(keys)} out-of-fold predictions x "
+              f"{len(TTA)} augmentations", flush=True)
+    return out, keys, refs
+
+
+def variants(names: Sequence[str]) -> List[Tuple[str, Tuple[int, ...], Tuple[str, ...]]]:
+    """``[(label, member indexes, augmentations)]`` scored: each member alone, then all
+    members without and with augmentation."""
+    every = tuple(range(len(names)))
+    return ([(n, (i,), ("identity",)) for i, n in enumerate(names)]
+            + [("+".join(names), every, ("identity",)),
+               ("+".join(names) + " x TTA", every, TTA)])
+
+
+def fused_oof(probs: np.ndarray, keys: Sequence[Tuple[int, int, int]],
+              refs: Sequence[np.ndarray], members: Sequence[int],
+              tta: Sequence[str]) -> Dict[int, List]:
+    """``factor -> [(fold, probs float32 (2, h, w), ref)]``: the mean over ``members``
+    and ``tta`` of :func:`member_oof`'s probabilities, as ``tools.cv`` scores them."""
+    a = [TTA.index(t) for t in tta]
+    out: Dict[int, List] = {f: [] for f in FACTORS}
+    for i, (k, f, _) in enumerate(keys):
+        h, w = refs[i].shape[0] * f, refs[i].shape[1] * f
+        fg = probs[list(members)][:, a, i, :h, :w].astype(np.float32).mean((0, 1))
+        out[f].append((k, np.stack([1.0 - fg, fg]), refs[i]))
+    return out
+
+
+def score_rule(result: Dict[str, Any]) -> float:
+    """The rule's score: the mean over GSDs of the fold-mean object F1."""
+    return float(np.mean([v["object_f1"]["mean"] for v in result["gsd"].values()]))
+
+
+def choose(rows: List[Dict[str, Any]], n_members: int) -> Dict[str, Any]:
+    """The variant the rule (module docstring) picks among ``rows`` (each with
+    ``members``, ``tta``, ``score``)."""
+    full = [r for r in rows if len(r["members"]) >= min(3, n_members)]
+    plain = max((r for r in full if len(r["tta"]) == 1), key=lambda r: r["score"])
+    best = max(full, key=lambda r: r["score"])
+    if len(best["tta"]) > 1 and round(best["score"] - plain["score"], 4) <= TTA_MIN_GAIN:
+        return plain
+    return best
+
+
+def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
+                          train_missing: bool = False,
+                          configs_dir: Optional[Path] = None,
+                          keep: Optional[Path] = None) -> Dict[str, Any]:
+    """Score every fusion variant out of fold and choose one (module docstring).
+
+    Returns:
+        ``{"id", "variants": [{label, members, tta, score, cv}], "chosen": label,
+        "postprocess", "cross_validation"}``.
+    """
+    configs_dir = configs_dir or (REPO / "models" / "configs")
+    configs = [json.loads((configs_dir / f"{m['id']}.json").read_text("utf-8"))
+               for m in config["members"]]
+    names = [c["id"] for c in configs]
+    probs, keys, refs = member_oof(configs, work, folds, train_missing)
+    if keep is not None:
+        np.savez_compressed(keep, probs=probs, keys=np.asarray(keys),
+                            **{f"ref{i}": r for i, r in enumerate(refs)})
+    gsd_m = float(configs[0]["gsd_m"])
+    rows = []
+    for label, members, tta in variants(names):
+        r = summarise(dict(config, simplify_m=configs[0].get("simplify_m", 0.05)),
+                      fused_oof(probs, keys, refs, members, tta), {}, gsd_m, 1, folds)
+        rows.append({"label": label, "members": [names[i] for i in members],
+                     "tta": list(tta), "score": round(score_rule(r), 4), "cv": r})
+        print(f"{label}: rule score {rows[-1]['score']:.4f}", flush=True)
+    best = choose(rows, len(names))
+    return {"id": config["id"], "variants": rows, "chosen": best["label"],
+            "tta": best["tta"], "postprocess": best["cv"]["postprocess"],
+            "cross_validation": {g: {"pixel_iou": v["pixel_iou"]["mean"],
+                                     "pixel_iou_std": v["pixel_iou"]["std"],
+                                     "object_f1": v["object_f1"]["mean"],
+                                     "object_f1_std": v["object_f1"]["std"]}
+                                 for g, v in best["cv"]["gsd"].items()}}
+
+
+def markdown(r: Dict[str, Any]) -> str:
+    """A Markdown table of :func:`cross_validate_fusion`'s variants."""
+    lines = [f"# Fusion of {r['id']} on cross-validation", "",
+             "| variant | rule score | object F1 0.1 / 0.2 / 0.3 m (fold mean ± std) | "
+             "pixel IoU 0.1 m | threshold | min area m² |", "|---|---|---|---|---|---|"]
+    for v in r["variants"]:
+        g = v["cv"]["gsd"]
+        f1 = " / ".join(f"{x['object_f1']['mean']:.3f} ± {x['object_f1']['std']:.3f}"
+                        for x in g.values())
+        pp = v["cv"]["postprocess"]
+        lines.append(f"| {v['label']} | {v['score']:.4f} | {f1} | "
+                     f"{g['0.1']['pixel_iou']['mean']:.3f} | {pp['threshold']} | "
+                     f"{pp['min_area_m2']} |")
+    lines += ["", f"Chosen: **{r['chosen']}**."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=REPO / "out" / "cv" / "models")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "cv")
+    ap.add_argument("--train", action="store_true", help="train missing fold models")
+    ap.add_argument("--write-config", action="store_true",
+                    help="store the chosen fusion and post-processing in the config")
+    args = ap.parse_args(argv)
+    config = json.loads(args.config.read_text("utf-8"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    r = cross_validate_fusion(config, args.work, args.folds, args.train,
+                              args.config.parent, args.out / f"{config['id']}-oof.npz")
+    (args.out / f"{config['id']}-fusion.json").write_text(json.dumps(r, indent=2) + "\n",
+                                                          "utf-8")
+    md = markdown(r)
+    (args.out / f"{config['id']}-fusion.md").write_text(md, "utf-8")
+    print(md)
+    if args.write_config:
+        config.update(r["postprocess"])
+        config["tta"] = r["tta"]
+        config["shifts"] = False
+        config["cross_validation"] = r["cross_validation"]
+        args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
