@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsSettings
+from qgis.core import QgsSettings
 
-from conftest import TEST_MASTER_PASSWORD
+from helpers import TEST_MASTER_PASSWORD
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
 
-from conftest import REPO, free_port, wait_until
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, FakeClient, start_test_engine,
+                     wait_until)
 
-MODEL = "pv-unet-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
+MODEL = DEFAULT_MODEL
 GSD_WARNING = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is "
                "resampled, expect lower accuracy")
 CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1,
@@ -32,22 +30,6 @@ def _result(n=1, warnings=()):
               "agreement": 1.0, "area_m2": 4.0, "model": MODEL, "model_version": "1.0.0"}] * n
     return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
             "features": feats, "stats": {"seconds": 1.0, "warnings": list(warnings)}}
-
-
-class _FakeClient:
-    process = None
-
-    def __init__(self, result):
-        self.result = result
-
-    def models(self):
-        return [CARD]
-
-    def detect(self, *args, **kw):
-        return self.result
-
-    def close(self):
-        pass
 
 
 def _settings(endpoint="tcp://127.0.0.1:1", python=None):
@@ -66,7 +48,7 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
     from plugin.detect.task import DetectTask
 
     monkeypatch.setattr(tasks, "connect_daemon",
-                        lambda *a, **k: _FakeClient(_result(1, [GSD_WARNING])))
+                        lambda *a, **k: FakeClient([CARD], _result(1, [GSD_WARNING])))
     plan = prepare_detect(vienna_layer, QgsRectangle(-1610, 338490, -1590, 338510),
                           vienna_layer.crs())
     # the project owns the result layer: one owned only by Python that is still alive
@@ -125,18 +107,15 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
     """SIGKILL the real daemon while DetectTask waits for it: the task fails within
     seconds with a clear message, writes nothing and leaves an earlier result intact;
     the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
-    from protocol.client import start_daemon
     from plugin.layers import write_result_gpkg
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
 
     layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
     QgsProject.instance().addMapLayer(layer)
-    port = free_port()
-    settings = _settings(f"tcp://127.0.0.1:{port}")
+    endpoint, proc = start_test_engine(tmp_path / "daemon.log")
+    settings = _settings(endpoint)
     assert settings.can_start()
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
-                        log_path=str(tmp_path / "daemon.log"))
     restarted = None
     try:
         out = tmp_path / "result.gpkg"

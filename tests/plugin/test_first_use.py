@@ -5,7 +5,6 @@ can be found."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -14,10 +13,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsSettings
 
-from conftest import PV01_HELDOUT, REPO, free_port, wait_until
+from helpers import BACKEND_PYTHON, PV01_HELDOUT, free_port, wait_until
 
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
                 "autostart")
 

@@ -27,9 +27,9 @@ import pytest
 from qgis.PyQt.QtWidgets import QPushButton
 from qgis.core import QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 
-from conftest import PV01_HELDOUT, REPO, free_port, wait_until
+from helpers import (BACKEND_PYTHON, PV01_HELDOUT, REPO, free_port, start_test_engine,
+                     wait_until)
 
-BACKEND_PYTHON = REPO / ".venv" / "backend" / "bin" / "python"
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
 
 
@@ -388,7 +388,6 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         qgis_iface, qgis_new_project, tmp_path, monkeypatch, clean_settings):
     """The clean-profile test (see the module docstring); then a repair and the
     removal through the same dialog."""
-    from protocol.client import start_daemon
     from tools.screenshot import qgis_child_env
 
     # the zip, as a QGIS user downloads it, extracted into a fresh profile
@@ -514,10 +513,8 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert got
 
         # 6. the repository's engine on the same request gives the same polygons
-        ref_port = free_port()
-        ref_proc = start_daemon(str(BACKEND_PYTHON), ref_port, cwd=str(REPO),
-                                log_path=str(tmp_path / "ref.log"))
-        ref_settings = DaemonSettings(endpoint=f"tcp://127.0.0.1:{ref_port}",
+        ref_endpoint, ref_proc = start_test_engine(tmp_path / "ref.log")
+        ref_settings = DaemonSettings(endpoint=ref_endpoint,
                                       python=str(BACKEND_PYTHON), repo=str(REPO),
                                       token=None)
         ref = type(mine)(mine.plan, ref_settings, str(tmp_path / "ref.gpkg"),

@@ -36,8 +36,9 @@ from plugin.layers import (
     write_result_layer,
 )
 from protocol.errors import ResultLayerError
-from conftest import make_raster
+from helpers import DEFAULT_MODEL, FakeClient, make_raster
 
+MODEL = DEFAULT_MODEL
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 X0, Y0 = 254315.0, 3601390.0  # inside pv01's tiles, EPSG:32651
 
@@ -51,9 +52,9 @@ def fake_result():
     crs = QgsCoordinateReferenceSystem("EPSG:32651").toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
     feats = [
         {"wkt": square(X0, Y0, 2.0), "class": "photovoltaic", "class_id": 1, "score": 0.91,
-         "agreement": 1.0, "area_m2": 4.0, "model": "pv-unet-efl0", "model_version": "1.0.0"},
+         "agreement": 1.0, "area_m2": 4.0, "model": MODEL, "model_version": "1.0.0"},
         {"wkt": "MULTIPOLYGON(((%s)))" % square(X0 + 5, Y0, 3.0)[9:-2], "class": "photovoltaic",
-         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0, "model": "pv-unet-efl0",
+         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0, "model": MODEL,
          "model_version": "1.0.0"},
     ]
     return {"crs": crs, "features": feats, "stats": {"seconds": 0.1}}
@@ -163,7 +164,7 @@ def result_in(crs_id, wkts, classes=("photovoltaic",)):
     """A daemon-like result in ``crs_id`` with one detected feature per WKT."""
     crs = QgsCoordinateReferenceSystem(crs_id).toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
     feats = [{"wkt": w, "class": classes[0], "class_id": 1, "score": 0.8, "agreement": 1.0,
-              "area_m2": 1.0, "model": "pv-unet-efl0", "model_version": "2.0.0"}
+              "area_m2": 1.0, "model": MODEL, "model_version": "2.0.0"}
              for w in wkts]
     return {"crs": crs, "features": feats}
 
@@ -339,20 +340,6 @@ def test_result_layer_name_says_model_version_source_and_run():
     assert result_layer_name("m@3", None, "x", 1, when) == "m@3 on x (run 1, 14:05)"
 
 
-class _FakeClient:
-    process = None
-    card = {"id": "pv-unet-efl0", "version": "2.0.0", "gsd_m": 0.1, "classes": CLASSES}
-
-    def models(self):
-        return [self.card]
-
-    def detect(self, *args, **kw):
-        return result_in("EPSG:31256", [DRAWN["EPSG:31256"][1]])
-
-    def close(self):
-        pass
-
-
 def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_path,
                                                                monkeypatch):
     """Through DetectTask, as the dock runs it: the second result lies above the first
@@ -362,13 +349,15 @@ def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_
     from plugin.detect.task import DetectTask
     from plugin.settings import DaemonSettings
 
-    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
+    card = {"id": MODEL, "version": "2.0.0", "gsd_m": 0.1, "classes": CLASSES}
+    monkeypatch.setattr(tasks, "connect_daemon", lambda *a, **k: FakeClient(
+        [card], result_in("EPSG:31256", [DRAWN["EPSG:31256"][1]])))
     extent = QgsRectangle(-1630, 338490, -1590, 338510)
     settings = DaemonSettings("tcp://127.0.0.1:1", None, str(tmp_path), None)
     layers = []
     for n in (1, 2):
         task = DetectTask(prepare_detect(vienna_layer, extent, vienna_layer.crs()),
-                          settings, str(tmp_path / f"{n}.gpkg"), model_id="pv-unet-efl0")
+                          settings, str(tmp_path / f"{n}.gpkg"), model_id=MODEL)
         ok = task.run()
         task.finished(ok)
         assert task.layer is not None, task.error
@@ -376,4 +365,4 @@ def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_
     order = [n.layerId() for n in QgsProject.instance().layerTreeRoot().findLayers()]
     assert order == [layers[1].id(), layers[0].id(), vienna_layer.id()]
     for n, layer in enumerate(layers, 1):
-        assert layer.name().startswith(f"pv-unet-efl0 v2.0.0 on vienna (run {n}, ")
+        assert layer.name().startswith(f"{MODEL} v2.0.0 on vienna (run {n}, ")

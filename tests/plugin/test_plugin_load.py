@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-from pathlib import Path
 
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtGui import QIcon
@@ -14,9 +13,7 @@ from plugin.dock import NOT_RUNNING
 from plugin.main import ACTION_NAME, TOOLBAR_NAME
 from plugin.settings import resource_path
 
-from conftest import wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, wait_until
 
 
 def _flush_deletes():

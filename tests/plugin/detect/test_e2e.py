@@ -7,18 +7,15 @@ a few seconds of CPU inference.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import PV01_HELDOUT, REPO, free_port, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, PV01_HELDOUT, REPO, start_test_engine,
+                     stop_process, wait_until)
 
-MODEL = "pv-unet-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
-MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
+MODEL = DEFAULT_MODEL
 
 _missing = [str(p) for p in (MODELS / MODEL / "card.json", BACKEND_PYTHON, PV01_HELDOUT)
             if not p.exists()]
@@ -30,13 +27,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def daemon_endpoint(tmp_path_factory):
-    from protocol.client import start_daemon
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
-                        log_path=str(log))
-    yield f"tcp://127.0.0.1:{port}"
+    endpoint, proc = start_test_engine(tmp_path_factory.mktemp("daemon") / "daemon.log")
+    yield endpoint
     stop_process(proc)
 
 
@@ -174,7 +166,6 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
         assert p.task is None and p.last_task is task
         assert task.layer is not None, task.error
         assert Path(task.out_path).parent == tmp_path.resolve()
-        from conftest import wait_until
         bar = qgis_iface.messageBar()
         assert wait_until(lambda: any("detected" in m and task.out_path in m
                                       for m in bar.get_messages(Qgis.Success)), 5), \

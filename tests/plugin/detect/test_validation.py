@@ -13,7 +13,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from conftest import make_raster
+from helpers import make_raster
 from plugin.detect.plan import validate_inputs
 from protocol.errors import InputError
 

@@ -23,13 +23,12 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from conftest import REPO, data_dir, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, data_dir, free_port, start_test_engine,
+                     stop_process)
 
-MODEL = "pv-unet-efl0"
+MODEL = DEFAULT_MODEL
 #: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
 ALT_MODEL = "pv-alt-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
 PV01 = data_dir() / "pv01" / "heldout"
 BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
          "PV01_325192_1204249"]
@@ -54,10 +53,7 @@ def provider():
 @pytest.fixture(scope="module")
 def daemon_port():
     """The port the module's daemon will listen on (free now)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +78,11 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, daemon_port, model_folder):
-    from protocol.client import start_daemon
     tmp = tmp_path_factory.mktemp("daemon")
-    proc = start_daemon(str(BACKEND_PYTHON), daemon_port, str(REPO), wait_s=120,
-                        env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
-                             "ORTHOLENS_MODELS": str(model_folder),
-                             "ORTHOLENS_USER_MODELS": str(tmp / "user_models")},
-                        log_path=str(tmp / "daemon.log"))
-    endpoint = f"tcp://127.0.0.1:{daemon_port}"
+    endpoint, proc = start_test_engine(tmp / "daemon.log", daemon_port,
+                                       env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
+                                            "ORTHOLENS_MODELS": str(model_folder),
+                                            "ORTHOLENS_USER_MODELS": str(tmp / "user_models")})
     old = os.environ.get("ORTHOLENS_ENDPOINT")
     os.environ["ORTHOLENS_ENDPOINT"] = endpoint
     from plugin.processing.common import forget_models

@@ -18,9 +18,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
-from conftest import REPO, wait_until
+from helpers import DEFAULT_MODEL, REPO, FakeClient, wait_until
 
-MODEL = "pv-unet-efl0"
+MODEL = DEFAULT_MODEL
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
 EXTENT = QgsRectangle(-1610, 338490, -1590, 338510)  # 20 m x 20 m of Vienna
@@ -33,29 +33,21 @@ def sq(x, y, s):
 BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
 
 
-class _FakeClient:
-    process = None
-
-    def models(self):
-        return [CARD]
-
-    def detect(self, *args, **kw):
-        from plugin.detect.crs import crs_wkt
-        from qgis.core import QgsCoordinateReferenceSystem
-        feats = [{"wkt": sq(-1600, 338500, 2), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.9, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-                  "model_version": "1.0.0"},
-                 {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
-                  "model_version": "1.0.0"},
-                 {"wkt": sq(-1608, 338492, 2), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.8, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-                  "model_version": "1.0.0"}]
-        return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
-                "features": feats, "stats": {"seconds": 1.0}}
-
-    def close(self):
-        pass
+def _detected():
+    """The stand-in engine's detection: three squares in the test extent."""
+    from plugin.detect.crs import crs_wkt
+    from qgis.core import QgsCoordinateReferenceSystem
+    feats = [{"wkt": sq(-1600, 338500, 2), "class": "photovoltaic", "class_id": 1,
+              "score": 0.9, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
+              "model_version": "1.0.0"},
+             {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
+              "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
+              "model_version": "1.0.0"},
+             {"wkt": sq(-1608, 338492, 2), "class": "photovoltaic", "class_id": 1,
+              "score": 0.8, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
+              "model_version": "1.0.0"}]
+    return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
+            "features": feats, "stats": {"seconds": 1.0}}
 
 
 @pytest.fixture
@@ -70,7 +62,7 @@ def plugin_with_result(vienna_layer, tmp_path, qgis_iface):
     # only the detection talks to the fake; the retrain task must reach the real (test)
     # daemon, and every other fixture's patches (the user folder) must stay in place
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
+        mp.setattr(tasks, "connect_daemon", lambda *a, **k: FakeClient([CARD], _detected()))
         plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
         settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
         task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
@@ -232,12 +224,12 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     assert values and max(values) >= 50
     # before/after shown; the dock will select the new version at the next listing
     text = p.retrain.result_dialog.text()
-    assert text.startswith("New version pv-unet-efl0@1 kept and made active: object "
+    assert text.startswith(f"New version {MODEL}@1 kept and made active: object "
                            "errors on the held-out corrections 2 → 0.")
     assert "0.773" in text and "0.859" in text and "Took 40 s of the 60 s budget" in text
     assert p.retrain.result_dialog.isVisible()
     assert p.dock.progress.value() == 100
-    assert any("new version pv-unet-efl0@1" in m
+    assert any(f"new version {MODEL}@1" in m
                for m in qgis_iface.messageBar().get_messages(Qgis.Success))
     p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
                                   lineage={"active": True, "number": 1})])
@@ -296,7 +288,7 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
                  and p.dock.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
-    assert "Rolled back to pv-unet-efl0" in p.dock.message()
+    assert f"Rolled back to {MODEL}" in p.dock.message()
     # the shipped model is active again: nothing to roll back to, and the button says so
     assert not p.dock.rollback_button.isEnabled()
     assert "no earlier version" in p.dock.rollback_button.toolTip()
@@ -703,7 +695,7 @@ def test_result_window_shows_the_numbers_and_the_user_may_keep_the_version(
     assert lineage["kept"]["note"] == "kept from the result window"
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == \
         [f"{MODEL}@1"]
-    assert "Kept pv-unet-efl0@1 against the rule's verdict (recorded in its lineage); " \
+    assert f"Kept {MODEL}@1 against the rule's verdict (recorded in its lineage); " \
            "now used in its area." == p.dock.message()
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
@@ -715,11 +707,11 @@ def test_result_window_shows_the_numbers_and_the_user_may_keep_the_version(
     assert p.dock.current_model_id() == MODEL  # the dock keeps its model
     p.dock.model_combo.setCurrentIndex(idx)
     assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
-    assert "Stop using pv-unet-efl0@1 in its area" in p.dock.rollback_button.toolTip()
+    assert f"Stop using {MODEL}@1 in its area" in p.dock.rollback_button.toolTip()
     p.dock.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == []
-    assert p.dock.message() == "pv-unet-efl0@1 is no longer used."
+    assert p.dock.message() == f"{MODEL}@1 is no longer used."
     # a rejected report without a pending candidate offers no keep button
     plain = p.retrain.show_result(dict(UNDECIDED, pending=None, verdict="rejected"))
     assert plain.keep_button is None
