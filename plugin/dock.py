@@ -33,7 +33,7 @@ from qgis.PyQt.QtWidgets import (
 )
 from qgis.core import Qgis
 
-from .engine import default_card
+from .cards import default_card
 from .retrain.dialogs import scope_text
 
 NOT_RUNNING = "Daemon not running — it will be started on first use."

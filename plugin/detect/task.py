@@ -33,8 +33,8 @@ from qgis.core import QgsTask
 from protocol.errors import DaemonError, DaemonUnavailable
 from protocol.params import DetectParams
 
-from ..engine import (START_BY_HAND, daemon_notes, describe_error, pick_card,
-                      source_unreadable)
+from ..cards import pick_card
+from ..connection import START_BY_HAND, daemon_notes, describe_error, source_unreadable
 from ..layers import (load_result_layer, next_result_run, result_layer_name, safe_name,
                       write_result_gpkg)
 from ..settings import DaemonSettings

@@ -20,11 +20,6 @@ from .task import RetrainTask, VersionsTask
 RETRAIN_ACTION = "OrtholensRetrainAction"
 
 
-def base_id(model_id: str) -> str:
-    """``pv-unet-efl0@3`` -> ``pv-unet-efl0``."""
-    return str(model_id).split("@", 1)[0]
-
-
 class RetrainController:
     """The retrain and versions actions of the plugin (``main.OrtholensPlugin``).
 
@@ -339,4 +334,4 @@ class RetrainController:
         self.action.deleteLater()
 
 
-__all__ = ["RETRAIN_ACTION", "RetrainController", "base_id"]
+__all__ = ["RETRAIN_ACTION", "RetrainController"]
