@@ -70,6 +70,13 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 15.0) -> bool:
     return False
 
 
+def flush_deletes() -> None:
+    """Delete the Qt objects ``deleteLater`` scheduled, now."""
+    from qgis.PyQt.QtCore import QCoreApplication, QEvent
+    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.processEvents()
+
+
 def start_test_engine(log_path: Path, port: Optional[int] = None, host: str = "127.0.0.1",
                       **options: Any) -> Tuple[str, subprocess.Popen]:
     """Start the repository's engine (``BACKEND_PYTHON -m backend``) on ``host`` and wait

@@ -71,8 +71,8 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
         assert f"Ortholens:{note}" in qgis_iface.messageBar().get_messages(Qgis.Warning)
         assert any("1 object detected" in m
                    for m in qgis_iface.messageBar().get_messages(Qgis.Success))
-        assert "1 object detected" in p.dock.message()
-        assert f"Warning: {note}" in p.dock.message()
+        assert "1 object detected" in p.dock.detection.message()
+        assert f"Warning: {note}" in p.dock.detection.message()
     finally:
         p.unload()
 

@@ -63,19 +63,19 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
     p.initGui()
     try:
         assert wait_until(lambda: p.status_task is not None, 5)
-        assert p.status_task.start and "Starting" in p.dock.status_label.text()
+        assert p.status_task.start and "Starting" in p.dock.status.status_label.text()
         assert p.detect() is None and p.pending_detect  # waits for the model list
-        assert not p.dock.detect_button.isEnabled()
-        assert wait_until(lambda: p.last_task is not None, 240), p.dock.message()
+        assert not p.dock.detection.detect_button.isEnabled()
+        assert wait_until(lambda: p.last_task is not None, 240), p.dock.detection.message()
         task = p.last_task
         assert task.layer is not None, task.error
         default = next(c for c in task.cards if c.get("default"))
         assert task.model_id == default["id"] == task.card["id"]
-        shown = p.dock.current_card()
+        shown = p.dock.models.current_card()
         assert shown["id"] == default["id"]
         stats = task.result["stats"]
-        assert p.dock.threshold_spin.value() == pytest.approx(stats["threshold"])
-        assert p.dock.min_area_spin.value() == pytest.approx(stats["min_area_m2"])
+        assert p.dock.models.threshold_spin.value() == pytest.approx(stats["threshold"])
+        assert p.dock.models.min_area_spin.value() == pytest.approx(stats["min_area_m2"])
         assert stats["threshold"] == pytest.approx(default["threshold"])
         assert task.layer.customProperty("ortholens/model") == default["id"]
         assert float(task.layer.customProperty("ortholens/threshold")) == pytest.approx(
@@ -84,10 +84,11 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
         assert default["id"] in abstract and f"threshold {stats['threshold']:g}" in abstract
         # the results folder the user chose, shown and copyable
         assert Path(task.out_path).parent == (tmp_path / "my results").resolve()
-        assert p.dock.result_box.isVisibleTo(p.dock) or p.dock.result_path == task.out_path
-        p.dock.copy_path_button.click()
+        assert (p.dock.detection.result_box.isVisibleTo(p.dock)
+                or p.dock.detection.result_path == task.out_path)
+        p.dock.detection.copy_path_button.click()
         assert QApplication.clipboard().text() == task.out_path
-        assert p.dock.result_label.toolTip() == task.out_path
+        assert p.dock.detection.result_label.toolTip() == task.out_path
         bar = qgis_iface.messageBar()
         assert wait_until(lambda: any(f"with {default['id']} v" in m
                                       for m in bar.get_messages(Qgis.Success)), 5), \
@@ -105,7 +106,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     """A zip install without an engine: the dock says so at once, and Detect fails in
     under two seconds with a message that names Settings and carries its button."""
     import plugin
-    from plugin.dock import NOT_SET_UP
+    from plugin.dock.status import NOT_SET_UP
 
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
@@ -114,8 +115,8 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
-        assert wait_until(lambda: p.dock.status_label.text() == NOT_SET_UP, 10), \
-            p.dock.status_label.text()
+        assert wait_until(lambda: p.dock.status.status_label.text() == NOT_SET_UP, 10), \
+            p.dock.status.status_label.text()
         bar = qgis_iface.messageBar()
         t0 = time.monotonic()
         task = p.detect()
@@ -131,7 +132,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
         button.click()
         assert p.settings_dialog.isVisible()
         p.settings_dialog.reject()
-        assert p.dock.progress.value() == 0 and p.dock.detect_button.isEnabled()
+        assert p.dock.detection.progress.value() == 0 and p.dock.detection.detect_button.isEnabled()
     finally:
         p.unload()
 
@@ -189,7 +190,7 @@ def test_settings_are_reachable_from_the_dock_and_options(qgis_iface, clean_sett
     try:
         qgis_iface.registerOptionsWidgetFactory.assert_called_with(p.options_factory)
         assert p.options_factory.title() == "Ortholens"
-        p.dock.settings_button.click()
+        p.dock.status.settings_button.click()
         QCoreApplication.processEvents()
         assert p.settings_dialog.isVisible()
         assert p.settings_dialog.windowTitle() == "Ortholens settings"
@@ -218,8 +219,8 @@ def test_dock_shows_the_band_mapping_of_the_active_raster(qgis_iface, qgis_new_p
         layer = QgsRasterLayer(str(path), "bgr", "gdal")
         QgsProject.instance().addMapLayer(layer)
         p._layer_changed(layer)
-        assert p.dock.bands_label.text() == "3, 2, 1"
+        assert p.dock.models.bands_label.text() == "3, 2, 1"
         p._layer_changed(None)
-        assert p.dock.bands_label.text() == ""
+        assert p.dock.models.bands_label.text() == ""
     finally:
         p.unload()

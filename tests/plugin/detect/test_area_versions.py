@@ -104,7 +104,7 @@ def test_the_area_version_runs_inside_its_area_and_the_model_outside(
     assert "taught on this area" not in outside.summary()
     # the dock lists the version with its area; chosen there, it runs as chosen
     listed = {c["id"]: c for c in inside.cards}
-    from plugin.dock import card_label
+    from plugin.dock.models import card_label
     assert card_label(listed[vid]).startswith(f"{vid} v2.0.0+u1 [area 0.2")
     assert "in use]" in card_label(listed[vid])
     pinned = _detect(endpoint, OUTSIDE, tmp_path, model_id=vid)

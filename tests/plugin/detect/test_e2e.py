@@ -157,8 +157,8 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
     try:
         qgis_iface.messageBar().clear_messages()
         task = p.detect()
-        assert task is not None, p.dock.message()
-        assert not p.dock.detect_button.isEnabled()
+        assert task is not None, p.dock.detection.message()
+        assert not p.dock.detection.detect_button.isEnabled()
         end = time.monotonic() + 120
         while p.task is not None and time.monotonic() < end:
             QCoreApplication.processEvents()
@@ -172,8 +172,9 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
             bar.get_messages(Qgis.Success)
         order = [n.layerId() for n in project.layerTreeRoot().findLayers()]
         assert order.index(task.layer.id()) == order.index(layer.id()) - 1
-        assert p.dock.detect_button.isEnabled() and p.dock.progress.value() == 100
-        assert p.dock.current_model_id() == MODEL  # the combo was filled from the daemon
+        assert p.dock.detection.detect_button.isEnabled()
+        assert p.dock.detection.progress.value() == 100
+        assert p.dock.models.current_model_id() == MODEL  # the combo was filled from the daemon
     finally:
         p.unload()
         project.setFileName("")

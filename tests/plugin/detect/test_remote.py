@@ -75,7 +75,7 @@ def _run(plan, settings, out, chunk_px=None):
 
 def test_detection_through_pixel_transfer_equals_reading_the_file(
         engine_settings, tmp_path, qgis_new_project):
-    from plugin.dock import pong_text
+    from plugin.dock.status import pong_text
     from plugin.detect.plan import prepare_detect
     from plugin.settings import TOKEN_FROM_AUTH, daemon_settings
     from plugin.tasks import DaemonStatusTask

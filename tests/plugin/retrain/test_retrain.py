@@ -72,7 +72,7 @@ def plugin_with_result(vienna_layer, tmp_path, qgis_iface):
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     p._detect_done(task)
-    p.dock.set_models([CARD])
+    p.dock.models.set_models([CARD])
     try:
         yield p, task.layer
     finally:
@@ -97,9 +97,9 @@ def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
     p, _ = plugin_with_result
     act = qgis_iface.mainWindow().findChild(QAction, RETRAIN_ACTION)
     assert act is p.retrain.action and act.text() == "Retrain on corrections…"
-    assert p.dock.retrain_button.isEnabled()
-    assert p.dock.activate_button.text() == "Make active"
-    assert p.dock.rollback_button.text() == "Roll back"
+    assert p.dock.versions.retrain_button.isEnabled()
+    assert p.dock.versions.activate_button.text() == "Make active"
+    assert p.dock.versions.rollback_button.text() == "Roll back"
 
 
 def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_result):
@@ -210,7 +210,7 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     qgis_iface.setActiveLayer(layer)
     values = []
     task = p.retrain.retrain()
-    assert task is not None and not p.dock.detect_button.isEnabled()
+    assert task is not None and not p.dock.detection.detect_button.isEnabled()
     task.progressChanged.connect(values.append)
     assert wait_until(lambda: p.retrain.task is None, 60)
     assert task.report and task.report["accepted"], task.error
@@ -228,14 +228,14 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
                            "errors on the held-out corrections 2 → 0.")
     assert "0.773" in text and "0.859" in text and "Took 40 s of the 60 s budget" in text
     assert p.retrain.result_dialog.isVisible()
-    assert p.dock.progress.value() == 100
+    assert p.dock.detection.progress.value() == 100
     assert any(f"new version {MODEL}@1" in m
                for m in qgis_iface.messageBar().get_messages(Qgis.Success))
-    p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
+    p.dock.models.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
                                   lineage={"active": True, "number": 1})])
-    assert p.dock.current_model_id() == f"{MODEL}@1"
-    assert "[active]" in p.dock.model_combo.currentText()
-    assert p.dock.detect_button.isEnabled()
+    assert p.dock.models.current_model_id() == f"{MODEL}@1"
+    assert "[active]" in p.dock.models.model_combo.currentText()
+    assert p.dock.detection.detect_button.isEnabled()
 
 
 def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
@@ -249,11 +249,11 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
     task = p.retrain.retrain(layer)
     assert task is not None
     assert wait_until(lambda: task.progress() > 5, 30)
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.retrain.task is None, 30)
     assert task.cancelled and task.report is None
-    assert "cancelled" in p.dock.message().lower()
-    assert p.dock.progress.value() == 0  # no stale bar beside the message
+    assert "cancelled" in p.dock.detection.message().lower()
+    assert p.dock.detection.progress.value() == 0  # no stale bar beside the message
 
 
 def _user_version(users, active=False):
@@ -274,30 +274,32 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     _, _, users = daemon
     _user_version(users)
     p.refresh_status()
-    assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
+    assert wait_until(lambda: p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData(f"{MODEL}@1"))
     # the shipped model is still active: Make active for @1, nothing to roll back yet
-    assert p.dock.activate_button.isEnabled() and not p.dock.rollback_button.isEnabled()
-    p.dock.activate_button.click()
+    versions = p.dock.versions
+    assert versions.activate_button.isEnabled() and not versions.rollback_button.isEnabled()
+    p.dock.versions.activate_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
-                 and "[active]" in p.dock.model_combo.currentText(), 30)
-    assert p.dock.current_model_id() == f"{MODEL}@1"
+                 and "[active]" in p.dock.models.model_combo.currentText(), 30)
+    assert p.dock.models.current_model_id() == f"{MODEL}@1"
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == f"{MODEL}@1"
-    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
-    p.dock.rollback_button.click()
+    assert versions.rollback_button.isEnabled() and not versions.activate_button.isEnabled()
+    p.dock.versions.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
-                 and p.dock.current_model_id() == MODEL, 30)
+                 and p.dock.models.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
-    assert f"Rolled back to {MODEL}" in p.dock.message()
+    assert f"Rolled back to {MODEL}" in p.dock.detection.message()
     # the shipped model is active again: nothing to roll back to, and the button says so
-    assert not p.dock.rollback_button.isEnabled()
-    assert "no earlier version" in p.dock.rollback_button.toolTip()
-    assert not p.dock.activate_button.isEnabled()  # already the active version
+    assert not p.dock.versions.rollback_button.isEnabled()
+    assert "no earlier version" in p.dock.versions.rollback_button.toolTip()
+    assert not p.dock.versions.activate_button.isEnabled()  # already the active version
     # the daemon's refusal, if asked anyway, comes with the bar at 0
-    p.dock.set_progress(100)
+    p.dock.detection.set_progress(100)
     p.retrain.rollback(MODEL)
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
-    assert "no earlier version" in p.dock.message() and p.dock.progress.value() == 0
+    assert "no earlier version" in p.dock.detection.message()
+    assert p.dock.detection.progress.value() == 0
 
 
 #: The report of the issue's rejected retrain: a held-out part without polygons,
@@ -505,8 +507,8 @@ def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
     other = dict(CARD, id="pv-fpn-r34", version="2.0.0")
     ens = {"id": "pv-ensemble", "version": "1.0.0", "kind": "ensemble", "gsd_m": 0.1,
            "classes": CLASSES, "members": [{"id": MODEL}, {"id": "pv-fpn-r34"}]}
-    p.dock.set_models([CARD, other, ens])
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-fpn-r34"))
+    p.dock.models.set_models([CARD, other, ens])
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData("pv-fpn-r34"))
     seen = {}
 
     def run_dialog(dlg):
@@ -519,19 +521,20 @@ def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
     assert "Fine-tune <b>pv-fpn-r34</b>" in seen["head"]
     assert f"detected with {MODEL}" in seen["head"]
     seen.clear()
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-ensemble"))
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData("pv-ensemble"))
     assert p.retrain.retrain(layer) is None and not seen
-    assert "ensemble pv-ensemble" in p.dock.message() and MODEL in p.dock.message()
+    message = p.dock.detection.message()
+    assert "ensemble pv-ensemble" in message and MODEL in message
 
 
 def test_refused_retrain_resets_the_bar(plugin_with_result, qgis_iface):
     """After a detection the bar reads 100 %; a refused retrain leaves no full bar beside
     its message."""
     p, _ = plugin_with_result
-    p.dock.set_progress(100)
+    p.dock.detection.set_progress(100)
     p.retrain.retrain(QgsProject.instance().mapLayersByName("vienna")[0])
-    assert "not an Ortholens result layer" in p.dock.message()
-    assert p.dock.progress.value() == 0
+    assert "not an Ortholens result layer" in p.dock.detection.message()
+    assert p.dock.detection.progress.value() == 0
 
 
 def test_phases_and_time_left_are_shown_during_a_retrain(plugin_with_result, daemon):
@@ -540,7 +543,7 @@ def test_phases_and_time_left_are_shown_during_a_retrain(plugin_with_result, dae
     shown = set()
     task = p.retrain.retrain(layer)
     assert task is not None
-    assert wait_until(lambda: shown.add(p.dock.message()) or p.retrain.task is None, 60)
+    assert wait_until(lambda: shown.add(p.dock.detection.message()) or p.retrain.task is None, 60)
     assert any(m.startswith(f"Retraining {MODEL}: training: step ") and m.endswith("s left")
                for m in shown), shown
 
@@ -555,22 +558,23 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     _user_version(users, active=True)
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
-                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    cards = list(p.dock._cards)
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(MODEL))
-    buttons = (p.dock.activate_button, p.dock.rollback_button)
+                      and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    cards = list(p.dock.models.cards)
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData(MODEL))
+    buttons = (p.dock.versions.activate_button, p.dock.versions.rollback_button)
     assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
     # a retrain that runs until cancelled
     p.retrain.exec_dialog = lambda dlg: dlg.budget_spin.setValue(59) or True
     task = p.retrain.retrain(layer)
     assert task is not None and wait_until(lambda: task.progress() > 5, 30)
-    assert not any(b.isEnabled() for b in buttons) and not p.dock.retrain_button.isEnabled()
-    assert "Wait until the running job has finished" in p.dock.rollback_button.toolTip()
+    assert not any(b.isEnabled() for b in buttons)
+    assert not p.dock.versions.retrain_button.isEnabled()
+    assert "Wait until the running job has finished" in p.dock.versions.rollback_button.toolTip()
     activated = []
-    p.dock.activateRequested.connect(activated.append)
-    p.dock.activate_button.click()
+    p.dock.versions.activateRequested.connect(activated.append)
+    p.dock.versions.activate_button.click()
     assert p.retrain.versions_task is None and not activated
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.retrain.task is None, 30)
     assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
 
@@ -596,12 +600,13 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     qgis_iface.mapCanvas().setDestinationCrs(raster.crs())
     qgis_iface.mapCanvas().setExtent(EXTENT)
     det = p.detect()
-    assert det is not None, p.dock.message()
-    assert wait_until(lambda: p.task is not None and not p.dock.detect_button.isEnabled(), 10)
+    assert det is not None, p.dock.detection.message()
+    assert wait_until(lambda: p.task is not None
+                      and not p.dock.detection.detect_button.isEnabled(), 10)
     assert not any(b.isEnabled() for b in buttons)
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.task is None, 30)
-    assert all(b.isEnabled() for b in buttons) and p.dock.progress.value() == 0
+    assert all(b.isEnabled() for b in buttons) and p.dock.detection.progress.value() == 0
 
 
 # ----------------------------------------------------------------------------- area versions
@@ -696,22 +701,23 @@ def test_result_window_shows_the_numbers_and_the_user_may_keep_the_version(
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == \
         [f"{MODEL}@1"]
     assert f"Kept {MODEL}@1 against the rule's verdict (recorded in its lineage); " \
-           "now used in its area." == p.dock.message()
+           "now used in its area." == p.dock.detection.message()
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
-                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    idx = p.dock.model_combo.findData(f"{MODEL}@1")
-    assert "[area 0.27 km², in use]" in p.dock.model_combo.itemText(idx)
-    assert "Taught on 0.27 km² around 48.1846° N" in p.dock.model_combo.itemData(
+                      and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    idx = p.dock.models.model_combo.findData(f"{MODEL}@1")
+    assert "[area 0.27 km², in use]" in p.dock.models.model_combo.itemText(idx)
+    assert "Taught on 0.27 km² around 48.1846° N" in p.dock.models.model_combo.itemData(
         idx, Qt.ToolTipRole)
-    assert p.dock.current_model_id() == MODEL  # the dock keeps its model
-    p.dock.model_combo.setCurrentIndex(idx)
-    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
-    assert f"Stop using {MODEL}@1 in its area" in p.dock.rollback_button.toolTip()
-    p.dock.rollback_button.click()
+    assert p.dock.models.current_model_id() == MODEL  # the dock keeps its model
+    p.dock.models.model_combo.setCurrentIndex(idx)
+    versions = p.dock.versions
+    assert versions.rollback_button.isEnabled() and not versions.activate_button.isEnabled()
+    assert f"Stop using {MODEL}@1 in its area" in p.dock.versions.rollback_button.toolTip()
+    p.dock.versions.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == []
-    assert p.dock.message() == f"{MODEL}@1 is no longer used."
+    assert p.dock.detection.message() == f"{MODEL}@1 is no longer used."
     # a rejected report without a pending candidate offers no keep button
     plain = p.retrain.show_result(dict(UNDECIDED, pending=None, verdict="rejected"))
     assert plain.keep_button is None
