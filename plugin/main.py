@@ -22,7 +22,7 @@ from .detect.plan import prepare_detect
 from .detect.task import DetectTask
 from .dock.panel import OrtholensDock
 from .dock.status import NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
-from .layers import default_result_path
+from .layers.naming import default_result_path
 from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
                        results_dir)
 from .tasks import LOG_TAG, DaemonStatusTask

@@ -1,6 +1,6 @@
 """What the plugin tests share: paths to the repository, the engine's Python and the real
-data, the default model, free ports, waiting on Qt, a test engine, small rasters and a
-stand-in client.
+data, the default model, free ports, waiting on Qt, a test engine, small rasters, results
+as the engine sends them and a stand-in client.
 
 Imported as ``helpers`` (``tests/plugin`` is on ``sys.path``: pytest puts the folder of
 the root ``conftest.py`` there). Real data: ``ORTHOLENS_DATA``, default
@@ -137,6 +137,49 @@ def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,
     ds.FlushCache()
     ds = None
     return path
+
+
+#: The classes of a card with the one class ``photovoltaic``.
+CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
+#: A corner inside pv01's tiles (EPSG:32651, metres).
+X0, Y0 = 254315.0, 3601390.0
+
+
+def square(x: float, y: float, side: float) -> str:
+    """The WKT of the axis-aligned square with corner ``(x, y)`` and ``side`` (CRS
+    units)."""
+    return (f"POLYGON(({x} {y}, {x + side} {y}, {x + side} {y + side}, "
+            f"{x} {y + side}, {x} {y}))")
+
+
+def fake_result() -> Dict[str, Any]:
+    """A result as the engine sends it: two detections of :data:`DEFAULT_MODEL` near
+    ``(X0, Y0)`` in EPSG:32651, a 2 m square (score 0.91, agreement 1) and a 3 m
+    MultiPolygon square (score 0.66, agreement 0.5)."""
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    crs = QgsCoordinateReferenceSystem("EPSG:32651").toWkt(
+        QgsCoordinateReferenceSystem.WKT_PREFERRED)
+    feats = [
+        {"wkt": square(X0, Y0, 2.0), "class": "photovoltaic", "class_id": 1, "score": 0.91,
+         "agreement": 1.0, "area_m2": 4.0, "model": DEFAULT_MODEL, "model_version": "1.0.0"},
+        {"wkt": "MULTIPOLYGON(((%s)))" % square(X0 + 5, Y0, 3.0)[9:-2], "class": "photovoltaic",
+         "class_id": 1, "score": 0.66, "agreement": 0.5, "area_m2": 9.0,
+         "model": DEFAULT_MODEL, "model_version": "1.0.0"},
+    ]
+    return {"crs": crs, "features": feats, "stats": {"seconds": 0.1}}
+
+
+def result_in(crs_id: str, wkts: List[str], classes=("photovoltaic",)) -> Dict[str, Any]:
+    """A daemon-like result in ``crs_id`` with one detected feature per WKT (class
+    ``classes[0]``, score 0.8, ``area_m2`` 1, :data:`DEFAULT_MODEL` v2.0.0)."""
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    crs = QgsCoordinateReferenceSystem(crs_id).toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED)
+    feats = [{"wkt": w, "class": classes[0], "class_id": 1, "score": 0.8, "agreement": 1.0,
+              "area_m2": 1.0, "model": DEFAULT_MODEL, "model_version": "2.0.0"}
+             for w in wkts]
+    return {"crs": crs, "features": feats}
 
 
 class FakeClient:

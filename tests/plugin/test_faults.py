@@ -1,6 +1,6 @@
-"""Faults on the plugin side: the daemon's warnings reach the user, a daemon killed
-during a detection is reported clearly and restarted by the next detection, and a result
-GeoPackage is never left half-written.
+"""Faults on the plugin side: the daemon's warnings reach the user, and a daemon killed
+during a detection is reported clearly, leaves an earlier result intact and is restarted
+by the next detection. (A GeoPackage write that fails: tests/plugin/layers/test_gpkg.py.)
 """
 
 from __future__ import annotations
@@ -77,29 +77,6 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
         p.unload()
 
 
-def test_failed_write_leaves_the_existing_gpkg_intact(tmp_path, monkeypatch):
-    """The GeoPackage is written under a temporary name and renamed when complete: a
-    write that fails midway leaves the previous file as it was and no debris."""
-    from qgis.core import QgsVectorFileWriter, QgsVectorLayer
-
-    from plugin.layers import write_result_gpkg
-    from protocol.errors import ResultLayerError
-
-    out = tmp_path / "result.gpkg"
-    assert write_result_gpkg(_result(2), str(out), "detections") == 2
-    before = out.read_bytes()
-    monkeypatch.setattr(QgsVectorFileWriter, "addFeatures", lambda self, feats, *a: False)
-    with pytest.raises(ResultLayerError, match="cannot write features"):
-        write_result_gpkg(_result(3), str(out), "detections")
-    assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
-    monkeypatch.undo()
-    assert write_result_gpkg(_result(3), str(out), "detections") == 3  # replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
-    layer = QgsVectorLayer(f"{out}|layername=detections", "r", "ogr")
-    assert layer.isValid() and layer.featureCount() == 3
-
-
 @pytest.mark.e2e
 @pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
 def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_path,
@@ -107,7 +84,7 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
     """SIGKILL the real daemon while DetectTask waits for it: the task fails within
     seconds with a clear message, writes nothing and leaves an earlier result intact;
     the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
-    from plugin.layers import write_result_gpkg
+    from plugin.layers.gpkg import write_result_gpkg
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
 
