@@ -13,7 +13,8 @@ from protocol.errors import InputError
 
 from ..settings import daemon_settings
 from .dialogs import RetrainDialog, RetrainResultDialog, main_reason
-from .plan import is_result_layer, prepare_retrain, remember_detection
+from .memory import is_result_layer, remember_detection
+from .plan import prepare_retrain
 from .task import RetrainTask, VersionsTask
 
 #: Object name of the "Retrain on corrections…" action.

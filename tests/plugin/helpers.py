@@ -141,6 +141,10 @@ def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,
 
 #: The classes of a card with the one class ``photovoltaic``.
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
+#: A card of :data:`DEFAULT_MODEL` with :data:`CLASSES`, as the engine lists it.
+CARD = {"id": DEFAULT_MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
+#: 20 m x 20 m of the Vienna orthophoto: ``(xmin, ymin, xmax, ymax)`` in EPSG:31256.
+VIENNA_PATCH = (-1610.0, 338490.0, -1590.0, 338510.0)
 #: A corner inside pv01's tiles (EPSG:32651, metres).
 X0, Y0 = 254315.0, 3601390.0
 

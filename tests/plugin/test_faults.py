@@ -12,14 +12,12 @@ import time
 import pytest
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
 
-from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, FakeClient, start_test_engine,
+from helpers import (BACKEND_PYTHON, CARD, DEFAULT_MODEL, REPO, FakeClient, start_test_engine,
                      wait_until)
 
 MODEL = DEFAULT_MODEL
 GSD_WARNING = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is "
                "resampled, expect lower accuracy")
-CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1,
-        "classes": [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]}
 SQUARE = "POLYGON ((-1600 338500, -1598 338500, -1598 338502, -1600 338502, -1600 338500))"
 
 

@@ -1,7 +1,8 @@
-"""Retrain on the plugin side: the result layer remembers its detection, the
-corrected layer becomes a retrain request (dialog with budget and what is used), the
-job runs as a QgsTask with progress and cancel against a daemon, the outcome is shown
-and the new version selected; versions are switched and rolled back from the dock.
+"""Retrain on the plugin side: the corrected layer's retrain request goes through its
+dialog (budget and what is used), the job runs as a QgsTask with progress and cancel
+against a daemon, the outcome is shown and the new version selected; versions are
+switched and rolled back from the dock. (The plan a corrected layer becomes:
+test_plan.py; the edits counted: test_memory.py.)
 
 The daemon here is ``backend.daemon.server.Server`` in a thread with a stand-in retrain
 function (the real fine-tuning is tested in tests/backend/learning/test_retrain.py); the
@@ -18,78 +19,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
-from helpers import DEFAULT_MODEL, REPO, FakeClient, wait_until
+from helpers import CARD, CLASSES, DEFAULT_MODEL, REPO, VIENNA_PATCH, square, wait_until
 
 MODEL = DEFAULT_MODEL
-CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
-CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
-EXTENT = QgsRectangle(-1610, 338490, -1590, 338510)  # 20 m x 20 m of Vienna
-
-
-def sq(x, y, s):
-    return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
-
-
-BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
-
-
-def _detected():
-    """The stand-in engine's detection: three squares in the test extent."""
-    from plugin.detect.crs import crs_wkt
-    from qgis.core import QgsCoordinateReferenceSystem
-    feats = [{"wkt": sq(-1600, 338500, 2), "class": "photovoltaic", "class_id": 1,
-              "score": 0.9, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-              "model_version": "1.0.0"},
-             {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
-              "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
-              "model_version": "1.0.0"},
-             {"wkt": sq(-1608, 338492, 2), "class": "photovoltaic", "class_id": 1,
-              "score": 0.8, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-              "model_version": "1.0.0"}]
-    return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
-            "features": feats, "stats": {"seconds": 1.0}}
-
-
-@pytest.fixture
-def plugin_with_result(vienna_layer, tmp_path, qgis_iface):
-    """The plugin, loaded, with one finished detection (a 20 m extent of Vienna)."""
-    import plugin
-    from plugin import tasks
-    from plugin.detect.plan import prepare_detect
-    from plugin.detect.task import DetectTask
-    from plugin.settings import DaemonSettings
-
-    # only the detection talks to the fake; the retrain task must reach the real (test)
-    # daemon, and every other fixture's patches (the user folder) must stay in place
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks, "connect_daemon", lambda *a, **k: FakeClient([CARD], _detected()))
-        plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
-        settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
-        task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
-        ok = task.run()
-        task.finished(ok)
-    assert ok and task.layer is not None, task.error
-    p = plugin.classFactory(qgis_iface)
-    p.initGui()
-    p._detect_done(task)
-    p.dock.models.set_models([CARD])
-    try:
-        yield p, task.layer
-    finally:
-        p.unload()
-
-
-def _correct(layer):
-    """The user's edits: delete one detection, draw a missed panel (no class typed in)
-    and a self-intersecting polygon."""
-    layer.startEditing()
-    first = next(layer.getFeatures())
-    layer.deleteFeature(first.id())
-    for wkt in (sq(-1590.5, 338505, 1.5), BOWTIE):
-        f = QgsFeature(layer.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        layer.addFeature(f)
-    assert layer.commitChanges()
 
 
 def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
@@ -100,46 +32,6 @@ def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
     assert p.dock.versions.retrain_button.isEnabled()
     assert p.dock.versions.activate_button.text() == "Make active"
     assert p.dock.versions.rollback_button.text() == "Roll back"
-
-
-def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_result):
-    from plugin.retrain.dialogs import RetrainDialog
-    from plugin.retrain.plan import PROP, prepare_retrain
-    from protocol.errors import InputError
-    p, layer = plugin_with_result
-    assert layer.customProperty(PROP + "model") == MODEL
-    reviewed = json.loads(layer.customProperty(PROP + "reviewed"))
-    assert reviewed[0]["extent"] == [-1610, 338490, -1590, 338510]
-    _correct(layer)
-    plan = prepare_retrain(layer, CLASSES)
-    assert plan.model == MODEL and plan.source.kind == "file"
-    assert len(plan.features) == 4 and plan.by_class == {"photovoltaic": 4}
-    assert plan.invalid == 1 and "2 feature(s) without a class" in plan.notes[0]
-    assert abs(plan.reviewed_m2 - 400.0) < 1e-6
-    # the user's edits are counted, not the layer's features
-    assert "Your edits: 1 deleted, 2 added, 0 reshaped, 0 reclassified." in plan.summary()
-    assert "400 m²" in plan.summary() and "4 polygons" in plan.summary()
-    dlg = RetrainDialog(plan)
-    assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
-                                                         "activate": True, "scope": "area"}
-    assert "1 with an invalid geometry" in dlg.summary_label.text()
-    assert "whole retrain" in dlg.budget_note.text()
-    # only the part of the extent in the map view
-    part = prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(-1600, 338490, -1580, 338510),
-                           view_crs=layer.crs())
-    assert part.reviewed[0].extent == (-1600, 338490, -1590, 338510)
-    with pytest.raises(InputError, match="no reviewed area|No reviewed area"):
-        prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(0, 0, 1, 1),
-                        view_crs=layer.crs())
-    # a class the model does not know, or a layer that is no result layer
-    layer.startEditing()
-    f = next(layer.getFeatures())
-    layer.changeAttributeValue(f.id(), layer.fields().indexOf("class"), "roof")
-    layer.commitChanges()
-    with pytest.raises(InputError, match="Unknown class"):
-        prepare_retrain(layer, CLASSES)
-    with pytest.raises(InputError, match="not an Ortholens result layer"):
-        prepare_retrain(QgsProject.instance().mapLayersByName("vienna")[0], CLASSES)
 
 
 class _Stub:
@@ -194,10 +86,10 @@ def daemon(tmp_path, monkeypatch):
 
 
 def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, daemon,
-                                                            qgis_iface):
+                                                            qgis_iface, correct):
     p, layer = plugin_with_result
     _, stub, _ = daemon
-    _correct(layer)
+    correct(layer)
     seen = {}
 
     def run_dialog(dlg):
@@ -369,7 +261,7 @@ def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, 
     from types import SimpleNamespace
 
     from plugin.retrain.controller import RetrainController
-    from plugin.retrain.plan import PROP
+    from plugin.retrain.memory import PROP
     _, result = plugin_with_result
     calls = []
 
@@ -416,7 +308,8 @@ def test_processing_retrain_algorithm(daemon, vienna_layer):
         alg = QgsApplication.processingRegistry().createAlgorithmById("ortholens:retrain")
         assert alg is not None
         mem = QgsVectorLayer("Polygon?crs=EPSG:31256&field=class:string", "fixed", "memory")
-        for wkt, cls in ((sq(-1600, 338500, 2), "photovoltaic"), (sq(-1595, 338500, 2), None)):
+        for wkt, cls in ((square(-1600, 338500, 2), "photovoltaic"),
+                         (square(-1595, 338500, 2), None)):
             f = QgsFeature(mem.fields())
             f.setGeometry(QgsGeometry.fromWkt(wkt))
             f.setAttributes([cls])
@@ -435,69 +328,6 @@ def test_processing_retrain_algorithm(daemon, vienna_layer):
     finally:
         p.unload()
 
-
-# ----------------------------------------------------------------------------- the numbers
-
-CLASSES2 = CLASSES + [{"id": 2, "name": "solar_thermal", "color": "#1f77b4"}]
-
-
-def test_edits_are_counted_against_the_detection(plugin_with_result):
-    """One of each edit on the three detected polygons, plus one drawn: the dialog counts
-    exactly those, saved or still in the edit buffer."""
-    from plugin.retrain.dialogs import RetrainDialog
-    from plugin.retrain.plan import count_edits, prepare_retrain
-    _, layer = plugin_with_result
-    assert count_edits(layer).total == 0
-    plan = prepare_retrain(layer, CLASSES)
-    assert "You have not edited this layer" in plan.summary()
-    a, b, c = sorted(layer.getFeatures(), key=lambda f: f.geometry().boundingBox().xMinimum())
-    layer.startEditing()
-    layer.deleteFeature(c.id())                                               # deleted
-    layer.changeGeometry(a.id(), QgsGeometry.fromWkt(sq(-1608, 338492, 3)))   # reshaped
-    layer.changeAttributeValue(b.id(), layer.fields().indexOf("class"), "solar_thermal")
-    f = QgsFeature(layer.fields())
-    f.setGeometry(QgsGeometry.fromWkt(sq(-1592, 338505, 2)))
-    f.setAttribute("class", "photovoltaic")
-    layer.addFeature(f)                                                       # added
-    e = count_edits(layer)  # unsaved edits count too
-    assert (e.deleted, e.added, e.reshaped, e.reclassified, e.kept) == (1, 1, 1, 1, 0)
-    assert layer.commitChanges()
-    plan = prepare_retrain(layer, CLASSES2)
-    assert plan.edits.text() == "1 deleted, 1 added, 1 reshaped, 1 reclassified"
-    assert len(plan.features) == 3
-    dlg = RetrainDialog(plan)
-    assert "Your edits: 1 deleted, 1 added, 1 reshaped, 1 reclassified." in \
-        dlg.summary_label.text()
-    assert "95" not in dlg.summary_label.text()
-
-
-def test_reviewed_area_is_clipped_to_the_raster(plugin_with_result, vienna_layer):
-    """A detection in a map view larger than the 500 m x 500 m raster (and one in a map
-    view of another CRS): the reviewed area is the raster's 0.25 km², not the view's."""
-    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
-
-    from plugin.detect.plan import prepare_detect
-    from plugin.retrain.plan import PROP, prepare_retrain, remember_detection
-    _, layer = plugin_with_result
-    raster_m2 = vienna_layer.extent().width() * vienna_layer.extent().height()
-    assert abs(raster_m2 - 250000.0) < 1.0
-    view = QgsRectangle(-1900, 338200, -1100, 338900)  # 0.56 km² of canvas
-    remember_detection(layer, prepare_detect(vienna_layer, view, vienna_layer.crs()), MODEL)
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
-    assert "0.250 km²" in plan.summary()
-    # the canvas in Web Mercator, wider than the raster
-    merc = QgsCoordinateReferenceSystem("EPSG:3857")
-    to_merc = QgsCoordinateTransform(vienna_layer.crs(), merc, QgsProject.instance())
-    remember_detection(layer, prepare_detect(vienna_layer, to_merc.transformBoundingBox(view),
-                                             merc), MODEL)
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
-    # a layer remembered with the unclipped view (before clipping was done) is clipped too
-    layer.setCustomProperty(PROP + "reviewed", json.dumps([{"extent": [-1900, 338200, -1100,
-                                                                       338900]}]))
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
 
 
 def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
@@ -598,7 +428,7 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     raster = QgsProject.instance().mapLayersByName("vienna")[0]
     qgis_iface.setActiveLayer(raster)
     qgis_iface.mapCanvas().setDestinationCrs(raster.crs())
-    qgis_iface.mapCanvas().setExtent(EXTENT)
+    qgis_iface.mapCanvas().setExtent(QgsRectangle(*VIENNA_PATCH))
     det = p.detect()
     assert det is not None, p.dock.detection.message()
     assert wait_until(lambda: p.task is not None
