@@ -139,6 +139,41 @@ def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,
     return path
 
 
+def write_bgr16(src_path: Path, path: Path, colour_interpretation: bool = False) -> Path:
+    """Write a 16-bit copy of the 3-band raster ``src_path``: bands in reverse order
+    (B, G, R), values ``v * 40 + 1000``; with ``colour_interpretation`` the bands are
+    labelled blue, green, red. Returns ``path``."""
+    from osgeo import gdal
+
+    src = gdal.Open(str(src_path))
+    dst = gdal.GetDriverByName("GTiff").Create(str(path), src.RasterXSize, src.RasterYSize,
+                                               3, gdal.GDT_UInt16)
+    dst.SetGeoTransform(src.GetGeoTransform())
+    dst.SetProjection(src.GetProjection())
+    for i, ci in enumerate((gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand)):
+        band = dst.GetRasterBand(i + 1)
+        band.WriteArray(src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000)
+        if colour_interpretation:
+            band.SetColorInterpretation(ci)
+    dst = src = None
+    return path
+
+
+def show_layer(iface: Any, path: Path, name: str):
+    """Open the raster ``path`` as layer ``name``, add it to the project, make it the
+    active layer and show all of it in the map canvas (in its CRS); returns the layer."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(path), name, "gdal")
+    assert layer.isValid(), path
+    QgsProject.instance().addMapLayer(layer)
+    iface.setActiveLayer(layer)
+    canvas = iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    return layer
+
+
 #: The classes of a card with the one class ``photovoltaic``.
 CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
 #: A card of :data:`DEFAULT_MODEL` with :data:`CLASSES`, as the engine lists it.

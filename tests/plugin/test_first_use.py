@@ -13,7 +13,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsSettings
 
-from helpers import BACKEND_PYTHON, PV01_HELDOUT, free_port, wait_until
+from helpers import BACKEND_PYTHON, PV01_HELDOUT, free_port, show_layer, wait_until
 
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
                 "autostart")
@@ -35,17 +35,6 @@ def clean_settings():
         qs.remove(f"ortholens/{k}")
 
 
-def _show_layer(iface, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name, "gdal")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    iface.setActiveLayer(layer)
-    canvas = iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    return layer
-
-
 @pytest.mark.e2e
 @pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
 def test_first_click_runs_the_default_model_with_the_values_shown(
@@ -58,7 +47,7 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "my results"))
-    layer = _show_layer(qgis_iface, PV01_HELDOUT, "heldout")
+    layer = show_layer(qgis_iface, PV01_HELDOUT, "heldout")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
@@ -111,7 +100,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_REPO", str(tmp_path))  # holds no backend/
-    _show_layer(qgis_iface, vienna_path, "vienna")
+    show_layer(qgis_iface, vienna_path, "vienna")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 from qgis.PyQt.QtWidgets import QPushButton
-from qgis.core import QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
+from qgis.core import QgsSettings, QgsVectorLayer
 
-from helpers import (BACKEND_PYTHON, PV01_HELDOUT, REPO, free_port, start_test_engine,
-                     wait_until)
+from helpers import (BACKEND_PYTHON, PV01_HELDOUT, REPO, free_port, show_layer,
+                     start_test_engine, wait_until)
 
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
 
@@ -498,13 +498,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         dlg.close()
 
         # 5. Detect in extent on a real held-out tile
-        layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
-        assert layer.isValid()
-        QgsProject.instance().addMapLayer(layer)
-        qgis_iface.setActiveLayer(layer)
-        canvas = qgis_iface.mapCanvas()
-        canvas.setDestinationCrs(layer.crs())
-        canvas.setExtent(layer.extent())
+        show_layer(qgis_iface, PV01_HELDOUT, "heldout")
         assert p.detect() is not None
         assert wait_until(lambda: p.task is None and p.last_task is not None, 300)
         mine = p.last_task

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, PV01_HELDOUT, REPO, start_test_engine,
-                     stop_process, wait_until)
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, PV01_HELDOUT, REPO, show_layer,
+                     start_test_engine, stop_process, wait_until, write_bgr16)
 
 MODEL = DEFAULT_MODEL
 
@@ -146,12 +146,7 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", daemon_endpoint)
     project = QgsProject.instance()
     project.setFileName(str(tmp_path / "demo.qgz"))  # results go next to the project
-    layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
-    project.addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    canvas = qgis_iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
+    layer = show_layer(qgis_iface, PV01_HELDOUT, "heldout")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
@@ -185,23 +180,11 @@ def test_16bit_bgr_layer_detects_as_its_8bit_original(daemon_endpoint, tmp_path,
     """A 16-bit copy of the tile with bands in B, G, R order and that colour
     interpretation: QGIS shows bands 3, 2, 1 as R, G, B, the dock sends that mapping,
     the daemon stretches 2-98 % and finds the panels; the layer metadata says how."""
-    from osgeo import gdal
-
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
     from plugin.settings import DaemonSettings
 
-    src = gdal.Open(str(PV01_HELDOUT))
-    u16 = tmp_path / "bgr16.tif"
-    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
-                                               3, gdal.GDT_UInt16)
-    dst.SetGeoTransform(src.GetGeoTransform())
-    dst.SetProjection(src.GetProjection())
-    for i, ci in enumerate((gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand)):
-        band = dst.GetRasterBand(i + 1)
-        band.WriteArray(src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000)
-        band.SetColorInterpretation(ci)
-    dst = src = None
+    u16 = write_bgr16(PV01_HELDOUT, tmp_path / "bgr16.tif", colour_interpretation=True)
     layer = QgsRasterLayer(str(u16), "bgr16", "gdal")
     QgsProject.instance().addMapLayer(layer)
     plan = prepare_detect(layer, layer.extent(), layer.crs())

@@ -23,8 +23,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, data_dir, free_port, start_test_engine,
-                     stop_process)
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, data_dir, free_port,
+                     start_test_engine, stop_process, write_bgr16)
 
 MODEL = DEFAULT_MODEL
 #: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
@@ -530,19 +530,8 @@ def test_detect_takes_band_mapping_and_a_16bit_stretch(daemon, tmp_path, provide
     """A 16-bit BGR copy of a tile (v * 40 + 1000, bands reversed): with Bands 3, 2, 1
     and the min/max that undo the scaling, Detect objects gives the 8-bit tile's
     polygons; a wrong number of min/max values is a clear error."""
-    from osgeo import gdal
-
     tif = PV01 / f"{BLOCK[0]}.tif"
-    src = gdal.Open(str(tif))
-    u16 = tmp_path / "bgr16.tif"
-    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
-                                               3, gdal.GDT_UInt16)
-    dst.SetGeoTransform(src.GetGeoTransform())
-    dst.SetProjection(src.GetProjection())
-    for i in range(3):
-        band = src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000
-        dst.GetRasterBand(i + 1).WriteArray(band)
-    dst = src = None
+    u16 = write_bgr16(tif, tmp_path / "bgr16.tif")
     ref_out, out = tmp_path / "ref.gpkg", tmp_path / "u16.gpkg"
     _, ok, _ = run_alg("ortholens:detect", {"INPUT": str(tif), "MODEL": MODEL,
                                             "OUTPUT": str(ref_out)})
