@@ -20,8 +20,9 @@ from protocol.errors import InputError
 
 from .detect.plan import prepare_detect
 from .detect.task import DetectTask
-from .dock import NOT_RUNNING, NOT_SET_UP, STARTING, OrtholensDock, pong_text
-from .layers import default_result_path
+from .dock.panel import OrtholensDock
+from .dock.status import NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
+from .layers.naming import default_result_path
 from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
                        results_dir)
 from .tasks import LOG_TAG, DaemonStatusTask
@@ -38,7 +39,7 @@ class OrtholensPlugin:
         iface: the ``QgisInterface``.
 
     Attributes (after ``initGui``): ``action`` (QAction "Detect in extent"), ``toolbar``,
-    ``dock`` (:class:`~.dock.OrtholensDock`), ``task`` (the running
+    ``dock`` (:class:`~.dock.panel.OrtholensDock`), ``task`` (the running
     :class:`~.detect.task.DetectTask` or None), ``last_task`` (the last finished one).
     """
 
@@ -87,11 +88,11 @@ class OrtholensPlugin:
         self.iface.addPluginToRasterMenu(MENU, self.action)
 
         self.dock = OrtholensDock(main)
-        self.dock.detectRequested.connect(self.detect)
-        self.dock.cancelRequested.connect(self.cancel)
-        self.dock.refreshRequested.connect(lambda: self.refresh_status(start=True))
-        self.dock.settingsRequested.connect(self.open_settings)
-        self.dock.setupRequested.connect(self.open_setup)
+        self.dock.detection.detectRequested.connect(self.detect)
+        self.dock.detection.cancelRequested.connect(self.cancel)
+        self.dock.status.refreshRequested.connect(lambda: self.refresh_status(start=True))
+        self.dock.status.settingsRequested.connect(self.open_settings)
+        self.dock.status.setupRequested.connect(self.open_setup)
         self.dock.visibilityChanged.connect(self._dock_visibility)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.iface.currentLayerChanged.connect(self._layer_changed)
@@ -211,7 +212,7 @@ class OrtholensPlugin:
         from .install.zmqcheck import missing_message
         text = missing_message()
         if self.dock is not None:
-            self.dock.set_status(text)
+            self.dock.status.set_status(text)
         bar = self.iface.messageBar()
         item = bar.createMessage("Ortholens", text)
         button = QPushButton("Install pyzmq…", item)
@@ -264,14 +265,14 @@ class OrtholensPlugin:
 
         from .detect.plan import layer_bands
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
-            self.dock.show_bands(layer_bands(layer), layer.name())
+            self.dock.models.show_bands(layer_bands(layer), layer.name())
         else:
-            self.dock.show_bands(None, "")
+            self.dock.models.show_bands(None, "")
 
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if
         none are known yet."""
-        if visible and self.dock is not None and self.dock.current_card() is None:
+        if visible and self.dock is not None and self.dock.models.current_card() is None:
             self.refresh_status(start=autostart())
 
     # messages --------------------------------------------------------------------
@@ -287,7 +288,7 @@ class OrtholensPlugin:
         notice right after a task's ``finished`` and would otherwise cover it.
         """
         if self.dock is not None:
-            self.dock.show_message(short or text, level)
+            self.dock.detection.show_message(short or text, level)
         if after_task:
             QTimer.singleShot(0, lambda: self._push(text, level, duration, settings_button))
         else:
@@ -323,8 +324,8 @@ class OrtholensPlugin:
             return
         settings = daemon_settings()
         task = DaemonStatusTask(settings, on_done=self._status_done, start=start)
-        self.dock.set_status(STARTING if task.start
-                             else f"Checking the daemon at {settings.endpoint}…")
+        self.dock.status.set_status(STARTING if task.start
+                                    else f"Checking the daemon at {settings.endpoint}…")
         self.status_task = task
         QgsApplication.taskManager().addTask(task)
 
@@ -335,14 +336,14 @@ class OrtholensPlugin:
         if self.dock is None:
             return
         if task.pong is not None:
-            self.dock.set_status(pong_text(task.pong, task.settings))
-            self.dock.set_models(task.cards)
+            self.dock.status.set_status(pong_text(task.pong, task.settings))
+            self.dock.models.set_models(task.cards)
         elif task.error:
-            self.dock.set_status(task.error)
+            self.dock.status.set_status(task.error)
         elif not task.settings.can_start():
-            self.dock.set_status(NOT_SET_UP)
+            self.dock.status.set_status(NOT_SET_UP)
         else:
-            self.dock.set_status(NOT_RUNNING)
+            self.dock.status.set_status(NOT_RUNNING)
         if self.pending_detect:
             self.pending_detect = False
             if task.pong is not None:
@@ -373,17 +374,17 @@ class OrtholensPlugin:
         except InputError as exc:
             self.notify(str(exc), Qgis.Warning)
             return None
-        card = self.dock.current_card() if self.dock is not None else None
+        card = self.dock.models.current_card() if self.dock is not None else None
         if card is None and self.status_task is not None and self.status_task.start:
             # the daemon is starting to list its models: detect once the dock shows
             # the default model and its values, so that what runs is what is shown
             self.pending_detect = True
             if self.dock is not None:
                 self.dock.set_busy(True)
-                self.dock.show_message("Waiting for the daemon to start…", Qgis.Info)
+                self.dock.detection.show_message("Waiting for the daemon to start…", Qgis.Info)
             return None
         model_id = str(card["id"]) if card else None
-        options = self.dock.options() if self.dock is not None else {}
+        options = self.dock.models.options() if self.dock is not None else {}
         try:
             out = default_result_path(f"{layer.name()}_{model_id or 'detections'}",
                                       folder=results_dir())
@@ -396,7 +397,7 @@ class OrtholensPlugin:
         self.task = task
         if self.dock is not None:
             self.dock.set_busy(True)
-            self.dock.show_message(f"Detecting in '{layer.name()}'…", Qgis.Info)
+            self.dock.detection.show_message(f"Detecting in '{layer.name()}'…", Qgis.Info)
             task.progressChanged.connect(self._progress)
             task.message.connect(self._task_message)
         QgsApplication.taskManager().addTask(task)
@@ -404,11 +405,11 @@ class OrtholensPlugin:
 
     def _progress(self, value: float) -> None:
         if self.dock is not None:
-            self.dock.set_progress(value)
+            self.dock.detection.set_progress(value)
 
     def _task_message(self, text: str) -> None:
         if self.dock is not None and self.task is not None:
-            self.dock.show_message(text, Qgis.Info)
+            self.dock.detection.show_message(text, Qgis.Info)
 
     def cancel(self) -> None:
         """Cancel the running detection (it stops at the daemon's next batch)."""
@@ -416,11 +417,11 @@ class OrtholensPlugin:
             self.pending_detect = False
             if self.dock is not None:
                 self.dock.set_busy(False)
-                self.dock.show_message("Detection cancelled.", Qgis.Info)
+                self.dock.detection.show_message("Detection cancelled.", Qgis.Info)
         if self.task is not None:
             self.task.cancel()
             if self.dock is not None:
-                self.dock.show_message("Cancelling…", Qgis.Info)
+                self.dock.detection.show_message("Cancelling…", Qgis.Info)
 
     def _detect_done(self, task: DetectTask) -> None:
         self.task = None
@@ -430,18 +431,18 @@ class OrtholensPlugin:
         if self.dock is not None:
             self.dock.set_busy(False)
             if task.card is not None:  # show the model that ran (the daemon's default
-                self.dock.prefer_model(str(task.card.get("id")))  # if none was listed)
+                self.dock.models.prefer_model(str(task.card.get("id")))  # if none was listed)
             if task.cards:
-                self.dock.set_models(task.cards)
+                self.dock.models.set_models(task.cards)
             if task.layer is None:
-                self.dock.set_progress(0)
+                self.dock.detection.set_progress(0)
             QTimer.singleShot(0, self.refresh_status)
         if task.layer is not None:
             if self.retrain is not None:  # its extent becomes the reviewed area
                 self.retrain.remember_detection(task)
             if self.dock is not None:
-                self.dock.set_progress(100)
-                self.dock.show_result(task.out_path)
+                self.dock.detection.set_progress(100)
+                self.dock.detection.show_result(task.out_path)
             for note in task.notes:
                 self.notify(note, Qgis.Warning, after_task=True)
             short = task.summary(full_path=False)

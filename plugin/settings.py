@@ -19,7 +19,7 @@ key under ``ortholens/``), then a default:
   none;
 * results folder: ``ORTHOLENS_RESULTS`` / ``ortholens/results_dir``, default none (then
   the saved project's folder, else ``<QGIS profile>/ortholens/results``, see
-  ``layers.default_result_path``);
+  ``layers.naming.default_result_path``);
 * start the engine when the dock opens: ``ORTHOLENS_AUTOSTART`` / ``ortholens/autostart``,
   default on.
 

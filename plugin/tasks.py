@@ -14,7 +14,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 
 from protocol.errors import DaemonUnavailable, JobCancelled
 
-from .engine import connect_daemon, describe_error
+from .connection import connect_daemon, describe_error
 from .settings import DaemonSettings
 
 #: Tag of the plugin's messages in QGIS's log panel.
@@ -82,7 +82,7 @@ def task_client(task: Any) -> Iterator[Any]:
     daemon, or None); closes the client after the body.
 
     Raises:
-        DaemonUnavailable: see ``engine.connect_daemon``.
+        DaemonUnavailable: see ``connection.connect_daemon``.
     """
     client = connect_daemon(task.settings, start=True, timeout_s=task.timeout_s)
     task.daemon_process = getattr(client, "process", None)

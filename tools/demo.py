@@ -109,8 +109,9 @@ def demo(out: Path, model: Optional[str] = None) -> int:
     from qgis.core import QgsProject, QgsRasterLayer
 
     from backend.config import data_dir
-    from plugin.engine import pick_card
-    from plugin.layers import load_result_layer, write_result_gpkg
+    from plugin.cards import pick_card
+    from plugin.layers.gpkg import write_result_gpkg
+    from plugin.layers.load import load_result_layer
     from plugin.settings import daemon_settings
     from protocol.client import ensure_daemon
     from protocol.errors import DaemonError, DaemonUnavailable, ModelNotFound

@@ -248,14 +248,15 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         p = plugin()
         if p is None or p.dock is None or p.status_task is not None:
             return False
-        text = p.dock.status_label.text()
-        record("No detection engine is set up" in text and p.dock.setup_button.isVisible(),
+        text = p.dock.status.status_label.text()
+        record("No detection engine is set up" in text
+               and p.dock.status.setup_button.isVisible(),
                f"dock: {text}")
         return True
 
     def s_installing_start():
         p = plugin()
-        p.dock.setup_button.click()
+        p.dock.status.setup_button.click()
         dlg = p.setup_dialog
         dlg.move(200, 80)
         dlg.torch_check.setChecked(False)  # the CPU path
@@ -305,10 +306,10 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     def s_dock_done():
         p = plugin()
-        if p.status_task is not None or p.dock.current_card() is None:
+        if p.status_task is not None or p.dock.models.current_card() is None:
             return False
-        card = p.dock.current_card()
-        text = p.dock.status_label.text()
+        card = p.dock.models.current_card()
+        text = p.dock.status.status_label.text()
         measured["dock_status"] = text
         record("0.1.0" in text, f"dock: {text}; model {card['id']}")
         return True
@@ -316,7 +317,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     def s_detect_start():
         iface.setActiveLayer(st["raster"])
         iface.mapCanvas().setExtent(st["raster"].extent())
-        plugin().dock.detect_button.click()
+        plugin().dock.detection.detect_button.click()
 
     def s_detect_done():
         p = plugin()

@@ -307,7 +307,7 @@ def _inside_qgis() -> None:
         timer.stop()
         p = plugin()
         if p is not None and p.dock is not None:
-            st["summary"]["message"] = p.dock.message()
+            st["summary"]["message"] = p.dock.detection.message()
         img = iface.mainWindow().grab()
         saved = img.save(str(out), "PNG")
         s = st["summary"]
@@ -367,14 +367,14 @@ def _inside_qgis() -> None:
             if p.status_task is not None and time.monotonic() - st["phase_t"] < 20:
                 return
             if p.dock is not None and model:
-                idx = p.dock.model_combo.findData(model)
+                idx = p.dock.models.model_combo.findData(model)
                 if idx >= 0:
-                    p.dock.model_combo.setCurrentIndex(idx)
+                    p.dock.models.model_combo.setCurrentIndex(idx)
             iface.setActiveLayer(st["raster"])
             iface.mapCanvas().setExtent(st["raster"].extent())
             task = p.detect()
             if task is None:
-                finish(p.dock.message() if p.dock is not None else "detect refused")
+                finish(p.dock.detection.message() if p.dock is not None else "detect refused")
                 return
             st["phase"] = "detect"
             return

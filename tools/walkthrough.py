@@ -184,7 +184,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     def message() -> str:
         p = plugin()
-        return p.dock.message() if p is not None and p.dock is not None else ""
+        return p.dock.detection.message() if p is not None and p.dock is not None else ""
 
     # each step: (start() -> None, done() -> bool); start records the note and the
     # verdict through ``record``, done may record them too
@@ -202,18 +202,18 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     def s_open_done():
         p = plugin()
-        if p is None or p.status_task is not None or p.dock.current_card() is None:
+        if p is None or p.status_task is not None or p.dock.models.current_card() is None:
             return False
-        card = p.dock.current_card()
-        record(True, f"dock: {p.dock.status_label.text()}; model {card['id']}, threshold "
-                     f"{p.dock.threshold_spin.value():g}, min area "
-                     f"{p.dock.min_area_spin.value():g} m²")
+        card = p.dock.models.current_card()
+        record(True, f"dock: {p.dock.status.status_label.text()}; model {card['id']}, threshold "
+                     f"{p.dock.models.threshold_spin.value():g}, min area "
+                     f"{p.dock.models.min_area_spin.value():g} m²")
         return True
 
     def s_detect_start():
         iface.setActiveLayer(st["raster"])
         iface.mapCanvas().setExtent(st["raster"].extent())
-        plugin().dock.detect_button.click()
+        plugin().dock.detection.detect_button.click()
 
     def s_detect_done():
         p = plugin()
@@ -260,7 +260,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         iface.setActiveLayer(layer)
 
     def s_rdialog_start():
-        plugin().dock.retrain_button.click()  # opens the modal dialog (nested loop)
+        plugin().dock.versions.retrain_button.click()  # opens the modal dialog (nested loop)
 
     def s_rdialog_done():
         d = [w for w in dialogs() if "etrain" in w.windowTitle()]
@@ -324,7 +324,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     def bad_input(setup: Callable[[], None], expected: str):
         def start():
             setup()
-            plugin().dock.detect_button.click()
+            plugin().dock.detection.detect_button.click()
 
         def done():
             text = message()

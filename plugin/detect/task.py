@@ -33,10 +33,11 @@ from qgis.core import QgsTask
 from protocol.errors import DaemonError, DaemonUnavailable
 from protocol.params import DetectParams
 
-from ..engine import (START_BY_HAND, daemon_notes, describe_error, pick_card,
-                      source_unreadable)
-from ..layers import (load_result_layer, next_result_run, result_layer_name, safe_name,
-                      write_result_gpkg)
+from ..cards import pick_card
+from ..connection import START_BY_HAND, daemon_notes, describe_error, source_unreadable
+from ..layers.gpkg import write_result_gpkg
+from ..layers.load import load_result_layer
+from ..layers.naming import next_result_run, result_layer_name, safe_name
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
 from .plan import DetectPlan

@@ -150,51 +150,21 @@ def run_self_test(python: str, cwd: str, folder: Path, log: Callable[[str], None
             engine's log when it did not start.
         InterruptedError: cancelled.
     """
-    from protocol.client import OrtholensClient, start_daemon
-    from protocol.params import DetectParams
+    from protocol.client import OrtholensClient
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chip = write_chip(folder / "chip.tif")
     port = free_port()
     report = SelfTest()
-    log(f"Self-test: starting the engine on 127.0.0.1:{port}…")
-    t0 = time.monotonic()
-    try:
-        proc = start_daemon(python, port, cwd=cwd, wait_s=timeout_s,
-                            log_path=str(folder / "daemon.log"))
-    except OrtholensError as exc:
-        raise EngineSetupError(f"Self-test: the engine does not start: {exc}",
-                               log_path=str(folder / "daemon.log")) from None
-    report.start_s = time.monotonic() - t0
+    proc = _start_engine(python, cwd, port, folder / "daemon.log", report, log, timeout_s)
     try:
         with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=30.0) as client:
-            pong = client.ping()
-            report.version = str(pong.get("version", "?"))
-            report.device = str(pong.get("device", "?"))
-            report.device_info = dict(pong.get("device_info") or {})
-            log(f"Self-test: ping answered in {report.start_s:.1f} s after the start: "
-                f"engine {report.version} on "
-                f"{describe_device(report.device_info, report.device)}")
-            cards = client.models()
-            report.models = [str(c.get("id")) for c in cards]
-            if not cards:
-                raise EngineSetupError("Self-test: the engine lists no models (its "
-                                       "package should carry them): repair the engine.")
-            default = next((c for c in cards if c.get("default")), cards[0])
-            report.default_model = str(default["id"])
-            log(f"Self-test: models {', '.join(report.models)} (default "
-                f"{report.default_model})")
+            _ping(client, report, log)
+            _list_models(client, report, log)
             if is_cancelled():
                 raise InterruptedError("cancelled")
-            t1 = time.monotonic()
-            result = client.detect(DetectParams(source={"kind": "file", "path": str(chip)},
-                                                model=report.default_model),
-                                   is_cancelled=is_cancelled, job_timeout_s=timeout_s)
-            report.detect_s = time.monotonic() - t1
-            report.polygons = len(result.get("features") or [])
-            log(f"Self-test: detection on the {CHIP_PX} x {CHIP_PX} px test chip in "
-                f"{report.detect_s:.1f} s ({report.polygons} polygons)")
+            _detect_chip(client, chip, report, log, is_cancelled, timeout_s)
     except OrtholensError as exc:
         if getattr(exc, "code", None) == "cancelled":
             raise InterruptedError("cancelled") from None
@@ -203,13 +173,85 @@ def run_self_test(python: str, cwd: str, folder: Path, log: Callable[[str], None
         raise EngineSetupError(f"Self-test failed: {exc}",
                                log_path=str(folder / "daemon.log")) from None
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except Exception:  # noqa: BLE001 - a daemon that ignores SIGTERM
-                proc.kill()
+        _stop(proc)
     return report
+
+
+def _start_engine(python: str, cwd: str, port: int, log_path: Path, report: SelfTest,
+                  log: Callable[[str], None], timeout_s: float):
+    """Start ``python -m backend`` on 127.0.0.1:``port`` and wait for its first answer;
+    sets ``report.start_s``.
+
+    Returns:
+        The engine's ``subprocess.Popen``.
+
+    Raises:
+        EngineSetupError: it does not start (the message ends with its log).
+    """
+    from protocol.client import start_daemon
+
+    log(f"Self-test: starting the engine on 127.0.0.1:{port}…")
+    t0 = time.monotonic()
+    try:
+        proc = start_daemon(python, port, cwd=cwd, wait_s=timeout_s, log_path=str(log_path))
+    except OrtholensError as exc:
+        raise EngineSetupError(f"Self-test: the engine does not start: {exc}",
+                               log_path=str(log_path)) from None
+    report.start_s = time.monotonic() - t0
+    return proc
+
+
+def _ping(client: Any, report: SelfTest, log: Callable[[str], None]) -> None:
+    """``ping``: the engine's version and device into ``report``."""
+    pong = client.ping()
+    report.version = str(pong.get("version", "?"))
+    report.device = str(pong.get("device", "?"))
+    report.device_info = dict(pong.get("device_info") or {})
+    log(f"Self-test: ping answered in {report.start_s:.1f} s after the start: "
+        f"engine {report.version} on {describe_device(report.device_info, report.device)}")
+
+
+def _list_models(client: Any, report: SelfTest, log: Callable[[str], None]) -> None:
+    """``models``: their ids and the default one into ``report``.
+
+    Raises:
+        EngineSetupError: the engine lists no models.
+    """
+    cards = client.models()
+    report.models = [str(c.get("id")) for c in cards]
+    if not cards:
+        raise EngineSetupError("Self-test: the engine lists no models (its "
+                               "package should carry them): repair the engine.")
+    default = next((c for c in cards if c.get("default")), cards[0])
+    report.default_model = str(default["id"])
+    log(f"Self-test: models {', '.join(report.models)} (default {report.default_model})")
+
+
+def _detect_chip(client: Any, chip: Path, report: SelfTest, log: Callable[[str], None],
+                 is_cancelled: Callable[[], bool], timeout_s: float) -> None:
+    """A detection with the default model on the chip: its time and polygon count into
+    ``report``."""
+    from protocol.params import DetectParams
+
+    t1 = time.monotonic()
+    result = client.detect(DetectParams(source={"kind": "file", "path": str(chip)},
+                                        model=report.default_model),
+                           is_cancelled=is_cancelled, job_timeout_s=timeout_s)
+    report.detect_s = time.monotonic() - t1
+    report.polygons = len(result.get("features") or [])
+    log(f"Self-test: detection on the {CHIP_PX} x {CHIP_PX} px test chip in "
+        f"{report.detect_s:.1f} s ({report.polygons} polygons)")
+
+
+def _stop(proc: Any) -> None:
+    """Terminate the engine the self-test started; kill it when it does not exit in
+    10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:  # noqa: BLE001 - a daemon that ignores SIGTERM
+            proc.kill()
 
 
 __all__ = ["CHIP_PX", "CHIP_GSD_M", "CHIP_EPSG", "write_chip", "free_port", "SelfTest",

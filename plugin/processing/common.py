@@ -19,8 +19,9 @@ from qgis.core import (
 
 from protocol.errors import DaemonUnavailable, JobCancelled
 
+from ..cards import default_card
+from ..connection import connect_daemon, describe_error
 from ..detect.plan import file_source_path
-from ..engine import connect_daemon, default_card, describe_error
 from ..settings import daemon_settings
 
 #: How long a model list the daemon sent is reused, seconds: the help text and the
@@ -48,7 +49,7 @@ class EngineModels:
 
     @property
     def default_id(self) -> Optional[str]:
-        """The id of the daemon's default card (``engine.default_card``), or None."""
+        """The id of the daemon's default card (``cards.default_card``), or None."""
         card = default_card(list(self.cards))
         return str(card["id"]) if card else None
 
@@ -202,7 +203,7 @@ def daemon_session(feedback: Optional[QgsProcessingFeedback] = None,
 
     Errors of the body other than ``QgsProcessingException`` and ``JobCancelled`` (the
     algorithm reports a cancel its own way) become a ``QgsProcessingException`` with a
-    user message (``engine.describe_error`` with ``action``).
+    user message (``connection.describe_error`` with ``action``).
     """
     client = connect(feedback)
     try:

@@ -4,7 +4,7 @@ The flow:
 
 1. every detection remembers, on its result layer (custom layer properties, saved with
    the project), the raster it searched, the extent it covered and the model it used
-   (:func:`.plan.remember_detection`);
+   (:func:`.memory.remember_detection`);
 2. the user edits that layer: deletes false detections, draws missed panels, reshapes
    or re-classes polygons;
 3. **Retrain on corrections…** (dock button, Raster menu, or the layer's context menu)

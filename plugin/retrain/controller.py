@@ -13,16 +13,12 @@ from protocol.errors import InputError
 
 from ..settings import daemon_settings
 from .dialogs import RetrainDialog, RetrainResultDialog, main_reason
-from .plan import is_result_layer, prepare_retrain, remember_detection
+from .memory import is_result_layer, remember_detection
+from .plan import prepare_retrain
 from .task import RetrainTask, VersionsTask
 
 #: Object name of the "Retrain on corrections…" action.
 RETRAIN_ACTION = "OrtholensRetrainAction"
-
-
-def base_id(model_id: str) -> str:
-    """``pv-unet-efl0@3`` -> ``pv-unet-efl0``."""
-    return str(model_id).split("@", 1)[0]
 
 
 class RetrainController:
@@ -71,10 +67,10 @@ class RetrainController:
             QgsProject.instance().layersAdded.connect(self._layers_added)
             self._layers_added(list(QgsProject.instance().mapLayers().values()))
         dock = plugin.dock
-        if dock is not None and hasattr(dock, "retrainRequested"):
-            dock.retrainRequested.connect(lambda: self.retrain())
-            dock.activateRequested.connect(self.activate)
-            dock.rollbackRequested.connect(self.rollback)
+        if dock is not None:
+            dock.versions.retrainRequested.connect(lambda: self.retrain())
+            dock.versions.activateRequested.connect(self.activate)
+            dock.versions.rollbackRequested.connect(self.rollback)
 
     # layers ---------------------------------------------------------------------------
     def _offer_action(self, layer: QgsMapLayer) -> None:
@@ -108,7 +104,7 @@ class RetrainController:
         dock = self.plugin.dock
         if dock is not None and self.task is None and \
                 getattr(self.plugin, "task", None) is None:
-            dock.set_progress(0)
+            dock.detection.set_progress(0)
         self._notify(text, level)
 
     def _job_running(self) -> Optional[str]:
@@ -151,7 +147,7 @@ class RetrainController:
             return None
         layer = layer or self.iface.activeLayer()
         dock = self.plugin.dock
-        card = dock.current_card() if dock is not None else None
+        card = dock.models.current_card() if dock is not None else None
         classes = (card or {}).get("classes") if card else None
         try:
             plan = prepare_retrain(layer, classes, self.model_for(card))
@@ -175,23 +171,23 @@ class RetrainController:
         self.task = task
         if dock is not None:
             dock.set_busy(True)
-            dock.show_message(f"Retraining {plan.model} (budget {dlg.budget_s() / 60:g} min)…",
-                              Qgis.Info)
+            dock.detection.show_message(
+                f"Retraining {plan.model} (budget {dlg.budget_s() / 60:g} min)…", Qgis.Info)
             task.progressChanged.connect(self._progress)
             task.message.connect(self._task_message)
-            dock.cancelRequested.connect(self.cancel)
+            dock.detection.cancelRequested.connect(self.cancel)
         QgsApplication.taskManager().addTask(task)
         return task
 
     def _progress(self, value: float) -> None:
         if self.plugin.dock is not None and self.task is not None:
-            self.plugin.dock.set_progress(value)
+            self.plugin.dock.detection.set_progress(value)
 
     def _task_message(self, text: str) -> None:
         """Show the retrain's phase and time left in the dock."""
         if self.plugin.dock is not None and self.task is not None:
-            self.plugin.dock.show_message(f"Retraining {self.task.plan.model}: {text}",
-                                          Qgis.Info)
+            self.plugin.dock.detection.show_message(
+                f"Retraining {self.task.plan.model}: {text}", Qgis.Info)
 
     def cancel(self) -> None:
         """Cancel the running retrain (the daemon stops at its next step)."""
@@ -206,12 +202,12 @@ class RetrainController:
             self.plugin.daemon_process = task.daemon_process
         if dock is not None:
             try:
-                dock.cancelRequested.disconnect(self.cancel)
+                dock.detection.cancelRequested.disconnect(self.cancel)
             except (TypeError, RuntimeError):
                 pass
             dock.set_busy(False)
         if dock is not None:
-            dock.set_progress(100 if task.report is not None else 0)
+            dock.detection.set_progress(100 if task.report is not None else 0)
         if task.report is not None:
             r = task.report
             if r.get("accepted") and r.get("scope"):
@@ -222,8 +218,8 @@ class RetrainController:
                              + (" (used in this area)" if r.get("in_use") else ""))
             elif r.get("accepted"):
                 text = f"Retrain: new version {r.get('model')} — {main_reason(r)}"
-                if dock is not None and hasattr(dock, "prefer_model"):
-                    dock.prefer_model(str(r.get("active") or r.get("model")))
+                if dock is not None:
+                    dock.models.prefer_model(str(r.get("active") or r.get("model")))
                 self._notify(text, Qgis.Success, short=f"New version {r.get('model')}"
                              + (" (active)" if r.get("active") == r.get("model") else ""))
             elif r.get("verdict") == "undecided":
@@ -282,14 +278,14 @@ class RetrainController:
                             extra=extra)
         self.versions_task = task
         if self.plugin.dock is not None:
-            self.plugin.dock.set_versions_running(True)
+            self.plugin.dock.versions.set_versions_running(True)
         QgsApplication.taskManager().addTask(task)
         return task
 
     def _versions_done(self, task: VersionsTask) -> None:
         self.versions_task = None
         if self.plugin.dock is not None:
-            self.plugin.dock.set_versions_running(False)
+            self.plugin.dock.versions.set_versions_running(False)
         if task.result is None:
             self._fail(f"{task.action.capitalize()} failed: {task.error}")
             return
@@ -305,8 +301,8 @@ class RetrainController:
             self._notify(text + ".", Qgis.Success)
             self.plugin.refresh_status()
             return
-        if dock is not None and hasattr(dock, "prefer_model"):
-            dock.prefer_model(active)
+        if dock is not None:
+            dock.models.prefer_model(active)
         verb = {"rollback": "Rolled back to", "keep": f"Kept {changed} against the rule's "
                 "verdict (recorded in its lineage); active version:"}.get(
                     task.action, "Active version:")
@@ -339,4 +335,4 @@ class RetrainController:
         self.action.deleteLater()
 
 
-__all__ = ["RETRAIN_ACTION", "RetrainController", "base_id"]
+__all__ = ["RETRAIN_ACTION", "RetrainController"]

@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..cards import base_id
 from .plan import RetrainPlan
 
 #: What the time budget covers, as the dialog says it.
@@ -45,10 +46,6 @@ RULES = {
 }
 
 
-def _base(model_id: str) -> str:
-    return str(model_id).split("@", 1)[0]
-
-
 class RetrainDialog(QDialog):
     """Budget and options of a retrain, with what will be used.
 
@@ -70,7 +67,7 @@ class RetrainDialog(QDialog):
         lay = QVBoxLayout(self)
         other = (f"<br><i>The layer was detected with {html.escape(plan.detected_model)};"
                  f" {html.escape(plan.model)} is the model selected in the dock.</i>"
-                 if plan.detected_model and _base(plan.detected_model) != _base(plan.model)
+                 if plan.detected_model and base_id(plan.detected_model) != base_id(plan.model)
                  else "")
         self.head_label = QLabel(f"Fine-tune <b>{html.escape(plan.model)}</b> from its "
                                  f"current weights on your corrections in "

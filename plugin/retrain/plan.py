@@ -1,22 +1,20 @@
 """What a retrain sends, built on the UI thread from a corrected result layer.
 
 A result layer carries what its detection searched (custom layer properties written by
-:func:`remember_detection`); :func:`prepare_retrain` reads them back with the layer's
-polygons into a :class:`RetrainPlan`.
+:func:`.memory.remember_detection`); :func:`prepare_retrain` reads them back with the
+layer's polygons into a :class:`RetrainPlan`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCsException,
-    QgsGeometry,
     QgsMapLayer,
     QgsProject,
     QgsRasterLayer,
@@ -35,172 +33,10 @@ from protocol.params import (
     source_from_wire,
 )
 
-from ..detect.crs import crs_from_text, crs_wkt, extent_tuple
-from ..detect.plan import DetectPlan, RenderPlan, prepare_detect
-
-#: Prefix of the custom layer properties of a result layer.
-PROP = "ortholens/"
-#: Custom layer properties written by :func:`remember_detection`.
-PROPS = ("model", "raster_layer_id", "source", "reviewed", "render_crs", "render_extent",
-         "original")
-
-
-def _digest(geom: QgsGeometry) -> str:
-    """A short fingerprint of a geometry (its WKT to the millimetre)."""
-    return hashlib.sha1(geom.asWkt(3).encode()).hexdigest()[:12]
-
-
-def _class_of(feature: Any, index: int) -> Optional[str]:
-    """The ``class`` attribute of ``feature`` (field ``index``, -1: none), None when
-    empty or NULL."""
-    value = feature.attribute(index) if index >= 0 else None
-    return None if value is None or str(value) in ("", "NULL") else str(value)
-
-
-def _snapshot(layer: QgsVectorLayer) -> Dict[str, List[Any]]:
-    """``{feature id: [class, geometry fingerprint]}`` of every feature of ``layer``."""
-    ci = layer.fields().indexOf("class")
-    out = {}
-    for f in layer.getFeatures():
-        g = f.geometry()
-        out[str(f.id())] = [_class_of(f, ci), "" if g is None or g.isNull() else _digest(g)]
-    return out
-
-
-def clip_to_raster(area: ReviewedArea, raster: Optional[QgsRasterLayer],
-                   project: Optional[QgsProject] = None) -> Optional[ReviewedArea]:
-    """The part of a reviewed area on its raster, in the raster's CRS.
-
-    Args:
-        area: the reviewed area (``extent`` in ``extent_crs``; None: the whole raster).
-        raster: the raster it lies on; None or invalid: ``area`` is returned unchanged.
-        project: for the transform context (default ``QgsProject.instance()``).
-
-    Returns:
-        The area with ``extent`` = its bounding box in the raster CRS intersected with
-        the raster's extent, ``extent_crs`` the raster CRS (WKT); None when they do not
-        overlap (or the transform fails).
-    """
-    if raster is None or not raster.isValid():
-        return area
-    project = project or QgsProject.instance()
-    r_crs = raster.crs()
-    rect = QgsRectangle(*area.extent) if area.extent else QgsRectangle(raster.extent())
-    src = crs_from_text(area.extent_crs) if area.extent and area.extent_crs else r_crs
-    if src.isValid() and r_crs.isValid() and src != r_crs:
-        try:
-            rect = QgsCoordinateTransform(src, r_crs, project).transformBoundingBox(rect)
-        except QgsCsException:
-            return None
-    inter = rect.intersect(raster.extent())
-    if inter.isEmpty() or inter.width() <= 0 or inter.height() <= 0:
-        return None
-    return ReviewedArea(extent_tuple(inter), crs_wkt(r_crs), area.source, area.holdout,
-                        area.array)
-
-
-def remember_detection(layer: QgsMapLayer, plan: DetectPlan, model_id: str,
-                       project: Optional[QgsProject] = None) -> None:
-    """Store on a result layer what the detection searched and found (UI thread).
-
-    The reviewed area is the searched extent clipped to the raster (a map view wider
-    than the raster covers blank canvas, which nobody reviewed); the features as
-    detected (class and geometry fingerprint per feature id) let :func:`count_edits`
-    tell the user's edits apart later.
-
-    Args:
-        layer: the result layer.
-        plan: the plan of the detection.
-        model_id: the model it used.
-        project: where the raster layer is (default ``QgsProject.instance()``).
-    """
-    project = project or QgsProject.instance()
-    layer.setCustomProperty(PROP + "model", str(model_id))
-    layer.setCustomProperty(PROP + "raster_layer_id", str(plan.layer_id))
-    if isinstance(layer, QgsVectorLayer):
-        layer.setCustomProperty(PROP + "original", json.dumps(_snapshot(layer)))
-    if plan.source is not None:
-        layer.setCustomProperty(PROP + "source", json.dumps(plan.source.to_wire()))
-        reviewed = ReviewedArea(plan.extent, plan.extent_crs)
-        raster = project.mapLayer(str(plan.layer_id))
-        reviewed = clip_to_raster(reviewed, raster if isinstance(raster, QgsRasterLayer)
-                                  else None, project) or reviewed
-    else:  # rendered pixels: the extent in the render CRS (clipped to the layer)
-        r = plan.render
-        ext = extent_tuple(r.extent)
-        layer.setCustomProperty(PROP + "source", "")
-        layer.setCustomProperty(PROP + "render_crs", r.crs_wkt)
-        layer.setCustomProperty(PROP + "render_extent", json.dumps(ext))
-        reviewed = ReviewedArea(ext, r.crs_wkt)
-    layer.setCustomProperty(PROP + "reviewed", json.dumps([reviewed.to_wire()]))
-
-
-def is_result_layer(layer: Optional[QgsMapLayer]) -> bool:
-    """True for a vector layer written by a detection (see :func:`remember_detection`)."""
-    return (isinstance(layer, QgsVectorLayer) and layer.isValid()
-            and bool(layer.customProperty(PROP + "model", "")))
-
-
-@dataclass
-class Edits:
-    """The user's edits of a result layer since its detection (:func:`count_edits`).
-
-    Attributes:
-        deleted: detected features no longer in the layer.
-        added: features that were not detected (drawn by the user).
-        reshaped: detected features whose geometry changed.
-        reclassified: detected features whose ``class`` changed (a feature both
-            reshaped and reclassified counts in both).
-        kept: detected features left as they were.
-    """
-
-    deleted: int = 0
-    added: int = 0
-    reshaped: int = 0
-    reclassified: int = 0
-    kept: int = 0
-
-    @property
-    def total(self) -> int:
-        """All edits (deleted + added + reshaped + reclassified)."""
-        return self.deleted + self.added + self.reshaped + self.reclassified
-
-    def text(self) -> str:
-        """``"1 deleted, 1 added, 0 reshaped, 0 reclassified"``."""
-        return (f"{self.deleted} deleted, {self.added} added, {self.reshaped} reshaped, "
-                f"{self.reclassified} reclassified")
-
-
-def count_edits(layer: QgsVectorLayer) -> Optional[Edits]:
-    """Compare ``layer`` (with unsaved edits) with its features as detected.
-
-    Returns:
-        The counts, or None when the layer does not remember its detection's features
-        (remembered before this was recorded).
-    """
-    try:
-        original = json.loads(str(layer.customProperty(PROP + "original", "") or "null"))
-    except ValueError:
-        return None
-    if not isinstance(original, dict):
-        return None
-    now = _snapshot(layer)
-    e = Edits()
-    e.deleted = sum(1 for fid in original if fid not in now)
-    for fid, (cls, digest) in now.items():
-        if fid not in original:
-            e.added += 1
-            continue
-        o_cls, o_digest = original[fid]
-        changed = False
-        if digest != o_digest:
-            e.reshaped += 1
-            changed = True
-        if cls != o_cls and cls is not None:
-            e.reclassified += 1
-            changed = True
-        e.kept += 0 if changed else 1
-    return e
+from ..detect.crs import crs_from_text, extent_tuple
+from ..detect.plan import RenderPlan, prepare_detect
+from .memory import (PROP, Edits, class_of, clip_to_raster, count_edits, is_result_layer,
+                     stored_reviewed)
 
 
 @dataclass
@@ -317,15 +153,6 @@ def _clip_reviewed(reviewed: List[ReviewedArea], view: QgsRectangle,
     return out
 
 
-def _stored_reviewed(layer: QgsMapLayer) -> List[ReviewedArea]:
-    """The reviewed areas remembered on ``layer`` (none when the property is unreadable)."""
-    try:
-        return [ReviewedArea.from_wire(r)
-                for r in json.loads(str(layer.customProperty(PROP + "reviewed", "[]")))]
-    except (ValueError, TypeError, KeyError):
-        return []
-
-
 def _raster_of(layer: QgsMapLayer, source: Optional[FileSource],
                project: QgsProject) -> Optional[QgsRasterLayer]:
     """The raster a result layer was detected in: the project's layer, else the
@@ -356,13 +183,35 @@ def prepare_retrain(layer: Optional[QgsMapLayer], classes: Optional[List[Dict[st
 
     The reviewed areas are clipped to the raster (layers remembered before that was
     done included); the user's edits are counted against the detection
-    (:func:`count_edits`).
+    (:func:`.memory.count_edits`).
 
     Raises:
         InputError: not a result layer, a raster that is gone, features without a
             class in a multi-class model, an unknown class name, no reviewed area.
     """
     project = project or QgsProject.instance()
+    _check_result_layer(layer)
+    detected = str(layer.customProperty(PROP + "model"))
+    names = [str(c.get("name")) for c in (classes or []) if c.get("name")]
+    source, render = _detected_source(layer, project)
+    reviewed = _reviewed_areas(layer, source, project, view_extent, view_crs)
+    found = _corrected_features(layer, names)
+    plan = RetrainPlan(layer_id=layer.id(), layer_name=layer.name(), model=model or detected,
+                       source=source, render=render, crs=layer.crs().toWkt(),
+                       features=found.features, reviewed=reviewed, by_class=found.by_class,
+                       invalid=found.invalid, edits=count_edits(layer),
+                       detected_model=detected)
+    plan.reviewed_m2 = sum(_extent_area_m2(r, layer.crs(), project)
+                           for r in reviewed if r.extent)
+    if found.missing:
+        plan.notes.append(f"{found.missing} feature(s) without a class count as "
+                          f"'{names[0]}'.")
+    return plan
+
+
+def _check_result_layer(layer: Optional[QgsMapLayer]) -> None:
+    """Raise :class:`InputError` unless ``layer`` is a polygon result layer of a
+    detection (:func:`.memory.is_result_layer`)."""
     if layer is None:
         raise InputError("Select the corrected Ortholens result layer first.")
     if not is_result_layer(layer):
@@ -372,41 +221,91 @@ def prepare_retrain(layer: Optional[QgsMapLayer], classes: Optional[List[Dict[st
             "remembered there).")
     if QgsWkbTypes.geometryType(layer.wkbType()) != QgsWkbTypes.PolygonGeometry:
         raise InputError(f"'{layer.name()}' is not a polygon layer.")
-    detected = str(layer.customProperty(PROP + "model"))
-    model = model or detected
-    names = [str(c.get("name")) for c in (classes or []) if c.get("name")]
+
+
+def _detected_source(layer: QgsMapLayer, project: QgsProject
+                     ) -> Tuple[Optional[FileSource], Optional[RenderPlan]]:
+    """What the detection of ``layer`` searched: ``(file source, None)``, or
+    ``(None, render plan)`` for a raster QGIS rendered (its pixels are rendered again).
+
+    Raises:
+        InputError: the rendered raster is no longer in the project.
+    """
     source_txt = str(layer.customProperty(PROP + "source", "") or "")
     source = source_from_wire(json.loads(source_txt)) if source_txt else None
-    render = None
-    if source is None:
-        raster = project.mapLayer(str(layer.customProperty(PROP + "raster_layer_id", "")))
-        if raster is None:
-            raise InputError(
-                "The raster this layer was detected in is no longer in the project; add "
-                "it again (it was rendered by QGIS, so the daemon needs QGIS to read it).")
-        r_crs = crs_from_text(str(layer.customProperty(PROP + "render_crs", "")))
-        r_ext = QgsRectangle(*json.loads(str(layer.customProperty(PROP + "render_extent"))))
-        render = prepare_detect(raster, r_ext, r_crs, project.transformContext(),
+    if source is not None:
+        return source, None
+    raster = project.mapLayer(str(layer.customProperty(PROP + "raster_layer_id", "")))
+    if raster is None:
+        raise InputError(
+            "The raster this layer was detected in is no longer in the project; add "
+            "it again (it was rendered by QGIS, so the daemon needs QGIS to read it).")
+    r_crs = crs_from_text(str(layer.customProperty(PROP + "render_crs", "")))
+    r_ext = QgsRectangle(*json.loads(str(layer.customProperty(PROP + "render_extent"))))
+    return None, prepare_detect(raster, r_ext, r_crs, project.transformContext(),
                                 force_pixels=True).render
-    reviewed = _stored_reviewed(layer)
+
+
+def _reviewed_areas(layer: QgsMapLayer, source: Optional[FileSource], project: QgsProject,
+                    view_extent: Optional[QgsRectangle],
+                    view_crs: Optional[QgsCoordinateReferenceSystem]) -> List[ReviewedArea]:
+    """The reviewed areas remembered on ``layer``, clipped to its raster and, when
+    given, to the map view.
+
+    Raises:
+        InputError: none is left.
+    """
     raster = _raster_of(layer, source, project)
-    reviewed = [c for c in (clip_to_raster(r, raster, project) for r in reviewed) if c]
+    reviewed = [c for c in (clip_to_raster(r, raster, project)
+                            for r in stored_reviewed(layer)) if c]
     if view_extent is not None and view_crs is not None:
         reviewed = _clip_reviewed(reviewed, view_extent, view_crs, project)
     if not reviewed:
         raise InputError("No reviewed area: the map view does not overlap the "
                          "detection extent of this layer on its raster.")
-    feats, by_class, invalid, missing, unknown = [], {}, 0, 0, set()
+    return reviewed
+
+
+@dataclass
+class _Corrections:
+    """The polygons of a corrected layer (:func:`_corrected_features`).
+
+    Attributes:
+        features: each polygon with its class.
+        by_class: polygon count per class name.
+        invalid: polygons with an invalid geometry.
+        missing: polygons without a class, given the model's only class.
+    """
+
+    features: List[CorrectedFeature] = field(default_factory=list)
+    by_class: Dict[str, int] = field(default_factory=dict)
+    invalid: int = 0
+    missing: int = 0
+
+
+def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections:
+    """Every polygon of ``layer`` with its class (WKT to the millimetre); a polygon
+    without a class gets the model's only class.
+
+    Args:
+        layer: the corrected result layer.
+        names: the model's class names (empty: any class is accepted).
+
+    Raises:
+        InputError: a polygon has no class and the model has several (or none), or a
+            class is not one of ``names``.
+    """
+    found, unknown = _Corrections(), set()
     ci = layer.fields().indexOf("class")
     for f in layer.getFeatures():
         g = f.geometry()
         if g is None or g.isNull() or g.isEmpty():
             continue
-        name = _class_of(f, ci)
+        name = class_of(f, ci)
         if name is None:
             if len(names) == 1:
                 name = names[0]
-                missing += 1
+                found.missing += 1
             else:
                 raise InputError(
                     f"Feature {f.id()} has no 'class'; set it to one of "
@@ -414,24 +313,13 @@ def prepare_retrain(layer: Optional[QgsMapLayer], classes: Optional[List[Dict[st
         if names and name not in names:
             unknown.add(name)
         if not g.isGeosValid():
-            invalid += 1
-        feats.append(CorrectedFeature(g.asWkt(3), class_name=name))
-        by_class[name] = by_class.get(name, 0) + 1
+            found.invalid += 1
+        found.features.append(CorrectedFeature(g.asWkt(3), class_name=name))
+        found.by_class[name] = found.by_class.get(name, 0) + 1
     if unknown:
         raise InputError(f"Unknown class(es) {', '.join(sorted(unknown))}: the model "
                          f"knows {', '.join(names)}. Fix the 'class' attribute.")
-    plan = RetrainPlan(layer_id=layer.id(), layer_name=layer.name(), model=model,
-                       source=source, render=render, crs=layer.crs().toWkt(),
-                       features=feats, reviewed=reviewed, by_class=by_class,
-                       invalid=invalid, edits=count_edits(layer),
-                       detected_model=detected)
-    plan.reviewed_m2 = sum(_extent_area_m2(r, layer.crs(), project)
-                           for r in reviewed if r.extent)
-    if missing:
-        plan.notes.append(f"{missing} feature(s) without a class count as "
-                          f"'{names[0]}'.")
-    return plan
+    return found
 
 
-__all__ = ["PROP", "PROPS", "clip_to_raster", "remember_detection", "is_result_layer",
-           "Edits", "count_edits", "RetrainPlan", "prepare_retrain"]
+__all__ = ["RetrainPlan", "prepare_retrain"]

@@ -10,8 +10,9 @@ from qgis.core import QgsTask
 
 from protocol.errors import OrtholensError
 
+from ..cards import pick_card
+from ..connection import describe_error
 from ..detect.render import pixel_source, render_pixels
-from ..engine import describe_error, pick_card
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
 from .plan import RetrainPlan

@@ -1,8 +1,9 @@
-"""Fixtures of the plugin tests: paths to the real data and small synthetic rasters.
+"""Fixtures of the plugin tests: the test profile's authentication database and the
+real Vienna orthophoto; the environment every test starts from.
 
 The plugin package is imported as ``plugin`` from the repository root (in a release it
 is the ``ortholens`` folder; its imports are all relative, so the name does not matter).
-Real data: ``ORTHOLENS_DATA``, default ``<repo>/../shared/data``.
+What the tests share besides fixtures is in :mod:`helpers`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from helpers import TEST_MASTER_PASSWORD, VIENNA  # noqa: E402 (needs the path above)
 
 # Qt complains on stderr without a private runtime dir; harmless but noisy.
 if not os.environ.get("XDG_RUNTIME_DIR"):
@@ -31,53 +34,6 @@ os.environ.setdefault("ORTHOLENS_AUTOSTART", "0")
 # ... nor find an engine 'Set up the engine…' installed for the user running the tests.
 os.environ.setdefault("ORTHOLENS_ENGINE_DIR", str(Path(tempfile.gettempdir())
                                                   / f"ortholens-no-engine-{os.getuid()}"))
-
-
-def data_dir() -> Path:
-    from backend.config import data_dir as backend_data_dir  # the one default
-    return backend_data_dir()
-
-
-VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
-PV01_HELDOUT = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` (loopback) that was free a moment ago."""
-    import socket
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def stop_process(proc) -> None:
-    """Terminate a daemon the tests started; kill it when it has not exited in 15 s."""
-    import subprocess
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def wait_until(pred, timeout_s: float = 15.0) -> bool:
-    """Process Qt events until ``pred()`` is true (True) or ``timeout_s`` passes (False)."""
-    import time
-
-    from qgis.PyQt.QtCore import QCoreApplication
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        QCoreApplication.processEvents()
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-#: The master password of the test profile's QGIS authentication database
-#: (``tests/plugin/.qgis-settings``), where the engine token is kept.
-TEST_MASTER_PASSWORD = "ortholens-tests"
 
 
 @pytest.fixture
@@ -111,24 +67,3 @@ def vienna_layer(vienna_path, qgis_new_project):
     assert layer.isValid(), f"cannot open {vienna_path}"
     QgsProject.instance().addMapLayer(layer)
     return layer
-
-
-def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,
-                geotransform=(1000.0, 0.5, 0.0, 2000.0, 0.0, -0.5)) -> Path:
-    """Write a small GeoTIFF of uint8 gradients with GDAL; ``srs_epsg=None`` -> no CRS."""
-    import numpy as np
-    from osgeo import gdal, osr
-
-    w, h = size
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, bands, gdal.GDT_Byte)
-    ds.SetGeoTransform(geotransform)
-    if srs_epsg:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(srs_epsg)
-        ds.SetProjection(srs.ExportToWkt())
-    for b in range(bands):
-        arr = (np.arange(w * h, dtype=np.uint32).reshape(h, w) * (b + 1) % 256).astype(np.uint8)
-        ds.GetRasterBand(b + 1).WriteArray(arr)
-    ds.FlushCache()
-    ds = None
-    return path

@@ -1,15 +1,15 @@
 """The engine's settings: the token kept in QGIS's authentication database (moved there
 from plain settings, ``ORTHOLENS_TOKEN`` winning, a locked database said so), where the
-engine runs, the checks of the settings dialog, and the dock's status line."""
+engine runs, the checks of the settings dialog."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsSettings
+from qgis.core import QgsSettings
 
-from conftest import TEST_MASTER_PASSWORD
+from helpers import TEST_MASTER_PASSWORD
 
 
 @pytest.fixture
@@ -111,40 +111,3 @@ def test_dialog_checks_a_remote_engine_has_a_token():
     assert check_values({"endpoint": "tcp://127.0.0.2:5591"}) == []
     assert any("256" in p for p in check_values({"token": "x" * 257}))
     assert any("printable" in p for p in check_values({"token": "a\nb"}))
-
-
-def test_dock_status_says_where_the_engine_runs_and_its_device():
-    from plugin.dock import device_text, pong_text
-    from plugin.settings import DaemonSettings
-
-    local = DaemonSettings("tcp://127.0.0.1:5591", None, None, None)
-    remote = DaemonSettings("tcp://10.0.0.5:5591", None, None, "t")
-    cpu = {"version": "0.1.0", "device": "cpu",
-           "device_info": {"kind": "cpu", "cores": 16, "runtime": "onnxruntime"}}
-    gpu = {"version": "0.1.0", "device": "cuda:0 NVIDIA H200",
-           "device_info": {"kind": "cuda", "name": "NVIDIA H200", "memory_gib": 139.8}}
-    assert pong_text(cpu, local) == ("Engine 0.1.0 on this computer "
-                                     "(tcp://127.0.0.1:5591) — CPU, 16 cores")
-    assert pong_text(gpu, remote) == ("Engine 0.1.0 on 10.0.0.5 (remote) "
-                                      "(tcp://10.0.0.5:5591) — GPU NVIDIA H200, 139.8 GiB")
-    assert device_text({"device": "cpu"}) == "cpu"  # an engine without device_info
-    assert "tcp://x:1" in pong_text({}, "tcp://x:1")
-
-
-def test_a_file_the_engine_cannot_read_is_explained():
-    """Processing's batch jobs read files on the engine's computer: an engine that may
-    not or cannot read the raster says where it must be, and what sends pixels."""
-    from plugin.engine import describe_error, source_unreadable
-    from protocol.errors import DaemonError
-
-    outside = DaemonError("the raster path is outside the folders this daemon may read "
-                          "(ORTHOLENS_ROOTS)", "forbidden", field="source")
-    assert source_unreadable(outside)
-    text = describe_error(outside)
-    assert "ORTHOLENS_ROOTS" in text and "Detect in extent" in text
-    assert "Detect in extent" not in describe_error(outside, "retrain")
-    assert source_unreadable(DaemonError("raster file not found on the engine's computer",
-                                         "not_found", "job1", field="source"))
-    assert not source_unreadable(DaemonError("no model 'x'", "not_found", "job1"))
-    assert not source_unreadable(DaemonError("missing or wrong token", "forbidden",
-                                             field="token"))

@@ -1,6 +1,6 @@
-"""Faults on the plugin side: the daemon's warnings reach the user, a daemon killed
-during a detection is reported clearly and restarted by the next detection, and a result
-GeoPackage is never left half-written.
+"""Faults on the plugin side: the daemon's warnings reach the user, and a daemon killed
+during a detection is reported clearly, leaves an earlier result intact and is restarted
+by the next detection. (A GeoPackage write that fails: tests/plugin/layers/test_gpkg.py.)
 """
 
 from __future__ import annotations
@@ -8,20 +8,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
 
-from conftest import REPO, free_port, wait_until
+from helpers import (BACKEND_PYTHON, CARD, DEFAULT_MODEL, REPO, FakeClient, start_test_engine,
+                     wait_until)
 
-MODEL = "pv-unet-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
+MODEL = DEFAULT_MODEL
 GSD_WARNING = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is "
                "resampled, expect lower accuracy")
-CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1,
-        "classes": [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]}
 SQUARE = "POLYGON ((-1600 338500, -1598 338500, -1598 338502, -1600 338502, -1600 338500))"
 
 
@@ -32,22 +28,6 @@ def _result(n=1, warnings=()):
               "agreement": 1.0, "area_m2": 4.0, "model": MODEL, "model_version": "1.0.0"}] * n
     return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
             "features": feats, "stats": {"seconds": 1.0, "warnings": list(warnings)}}
-
-
-class _FakeClient:
-    process = None
-
-    def __init__(self, result):
-        self.result = result
-
-    def models(self):
-        return [CARD]
-
-    def detect(self, *args, **kw):
-        return self.result
-
-    def close(self):
-        pass
 
 
 def _settings(endpoint="tcp://127.0.0.1:1", python=None):
@@ -66,7 +46,7 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
     from plugin.detect.task import DetectTask
 
     monkeypatch.setattr(tasks, "connect_daemon",
-                        lambda *a, **k: _FakeClient(_result(1, [GSD_WARNING])))
+                        lambda *a, **k: FakeClient([CARD], _result(1, [GSD_WARNING])))
     plan = prepare_detect(vienna_layer, QgsRectangle(-1610, 338490, -1590, 338510),
                           vienna_layer.crs())
     # the project owns the result layer: one owned only by Python that is still alive
@@ -89,33 +69,10 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
         assert f"Ortholens:{note}" in qgis_iface.messageBar().get_messages(Qgis.Warning)
         assert any("1 object detected" in m
                    for m in qgis_iface.messageBar().get_messages(Qgis.Success))
-        assert "1 object detected" in p.dock.message()
-        assert f"Warning: {note}" in p.dock.message()
+        assert "1 object detected" in p.dock.detection.message()
+        assert f"Warning: {note}" in p.dock.detection.message()
     finally:
         p.unload()
-
-
-def test_failed_write_leaves_the_existing_gpkg_intact(tmp_path, monkeypatch):
-    """The GeoPackage is written under a temporary name and renamed when complete: a
-    write that fails midway leaves the previous file as it was and no debris."""
-    from qgis.core import QgsVectorFileWriter, QgsVectorLayer
-
-    from plugin.layers import write_result_gpkg
-    from protocol.errors import ResultLayerError
-
-    out = tmp_path / "result.gpkg"
-    assert write_result_gpkg(_result(2), str(out), "detections") == 2
-    before = out.read_bytes()
-    monkeypatch.setattr(QgsVectorFileWriter, "addFeatures", lambda self, feats, *a: False)
-    with pytest.raises(ResultLayerError, match="cannot write features"):
-        write_result_gpkg(_result(3), str(out), "detections")
-    assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
-    monkeypatch.undo()
-    assert write_result_gpkg(_result(3), str(out), "detections") == 3  # replaced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.gpkg"]
-    layer = QgsVectorLayer(f"{out}|layername=detections", "r", "ogr")
-    assert layer.isValid() and layer.featureCount() == 3
 
 
 @pytest.mark.e2e
@@ -125,18 +82,15 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
     """SIGKILL the real daemon while DetectTask waits for it: the task fails within
     seconds with a clear message, writes nothing and leaves an earlier result intact;
     the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
-    from protocol.client import start_daemon
-    from plugin.layers import write_result_gpkg
+    from plugin.layers.gpkg import write_result_gpkg
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
 
     layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
     QgsProject.instance().addMapLayer(layer)
-    port = free_port()
-    settings = _settings(f"tcp://127.0.0.1:{port}")
+    endpoint, proc = start_test_engine(tmp_path / "daemon.log")
+    settings = _settings(endpoint)
     assert settings.can_start()
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
-                        log_path=str(tmp_path / "daemon.log"))
     restarted = None
     try:
         out = tmp_path / "result.gpkg"

@@ -5,7 +5,6 @@ can be found."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -14,10 +13,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QApplication, QPushButton
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsSettings
 
-from conftest import PV01_HELDOUT, REPO, free_port, wait_until
+from helpers import BACKEND_PYTHON, PV01_HELDOUT, free_port, show_layer, wait_until
 
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
                 "autostart")
 
@@ -38,17 +35,6 @@ def clean_settings():
         qs.remove(f"ortholens/{k}")
 
 
-def _show_layer(iface, path: Path, name: str) -> QgsRasterLayer:
-    layer = QgsRasterLayer(str(path), name, "gdal")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    iface.setActiveLayer(layer)
-    canvas = iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
-    return layer
-
-
 @pytest.mark.e2e
 @pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
 def test_first_click_runs_the_default_model_with_the_values_shown(
@@ -61,24 +47,24 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "my results"))
-    layer = _show_layer(qgis_iface, PV01_HELDOUT, "heldout")
+    layer = show_layer(qgis_iface, PV01_HELDOUT, "heldout")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
         assert wait_until(lambda: p.status_task is not None, 5)
-        assert p.status_task.start and "Starting" in p.dock.status_label.text()
+        assert p.status_task.start and "Starting" in p.dock.status.status_label.text()
         assert p.detect() is None and p.pending_detect  # waits for the model list
-        assert not p.dock.detect_button.isEnabled()
-        assert wait_until(lambda: p.last_task is not None, 240), p.dock.message()
+        assert not p.dock.detection.detect_button.isEnabled()
+        assert wait_until(lambda: p.last_task is not None, 240), p.dock.detection.message()
         task = p.last_task
         assert task.layer is not None, task.error
         default = next(c for c in task.cards if c.get("default"))
         assert task.model_id == default["id"] == task.card["id"]
-        shown = p.dock.current_card()
+        shown = p.dock.models.current_card()
         assert shown["id"] == default["id"]
         stats = task.result["stats"]
-        assert p.dock.threshold_spin.value() == pytest.approx(stats["threshold"])
-        assert p.dock.min_area_spin.value() == pytest.approx(stats["min_area_m2"])
+        assert p.dock.models.threshold_spin.value() == pytest.approx(stats["threshold"])
+        assert p.dock.models.min_area_spin.value() == pytest.approx(stats["min_area_m2"])
         assert stats["threshold"] == pytest.approx(default["threshold"])
         assert task.layer.customProperty("ortholens/model") == default["id"]
         assert float(task.layer.customProperty("ortholens/threshold")) == pytest.approx(
@@ -87,10 +73,11 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
         assert default["id"] in abstract and f"threshold {stats['threshold']:g}" in abstract
         # the results folder the user chose, shown and copyable
         assert Path(task.out_path).parent == (tmp_path / "my results").resolve()
-        assert p.dock.result_box.isVisibleTo(p.dock) or p.dock.result_path == task.out_path
-        p.dock.copy_path_button.click()
+        assert (p.dock.detection.result_box.isVisibleTo(p.dock)
+                or p.dock.detection.result_path == task.out_path)
+        p.dock.detection.copy_path_button.click()
         assert QApplication.clipboard().text() == task.out_path
-        assert p.dock.result_label.toolTip() == task.out_path
+        assert p.dock.detection.result_label.toolTip() == task.out_path
         bar = qgis_iface.messageBar()
         assert wait_until(lambda: any(f"with {default['id']} v" in m
                                       for m in bar.get_messages(Qgis.Success)), 5), \
@@ -108,17 +95,17 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     """A zip install without an engine: the dock says so at once, and Detect fails in
     under two seconds with a message that names Settings and carries its button."""
     import plugin
-    from plugin.dock import NOT_SET_UP
+    from plugin.dock.status import NOT_SET_UP
 
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
     monkeypatch.setenv("ORTHOLENS_REPO", str(tmp_path))  # holds no backend/
-    _show_layer(qgis_iface, vienna_path, "vienna")
+    show_layer(qgis_iface, vienna_path, "vienna")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
-        assert wait_until(lambda: p.dock.status_label.text() == NOT_SET_UP, 10), \
-            p.dock.status_label.text()
+        assert wait_until(lambda: p.dock.status.status_label.text() == NOT_SET_UP, 10), \
+            p.dock.status.status_label.text()
         bar = qgis_iface.messageBar()
         t0 = time.monotonic()
         task = p.detect()
@@ -134,7 +121,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
         button.click()
         assert p.settings_dialog.isVisible()
         p.settings_dialog.reject()
-        assert p.dock.progress.value() == 0 and p.dock.detect_button.isEnabled()
+        assert p.dock.detection.progress.value() == 0 and p.dock.detection.detect_button.isEnabled()
     finally:
         p.unload()
 
@@ -192,7 +179,7 @@ def test_settings_are_reachable_from_the_dock_and_options(qgis_iface, clean_sett
     try:
         qgis_iface.registerOptionsWidgetFactory.assert_called_with(p.options_factory)
         assert p.options_factory.title() == "Ortholens"
-        p.dock.settings_button.click()
+        p.dock.status.settings_button.click()
         QCoreApplication.processEvents()
         assert p.settings_dialog.isVisible()
         assert p.settings_dialog.windowTitle() == "Ortholens settings"
@@ -221,8 +208,8 @@ def test_dock_shows_the_band_mapping_of_the_active_raster(qgis_iface, qgis_new_p
         layer = QgsRasterLayer(str(path), "bgr", "gdal")
         QgsProject.instance().addMapLayer(layer)
         p._layer_changed(layer)
-        assert p.dock.bands_label.text() == "3, 2, 1"
+        assert p.dock.models.bands_label.text() == "3, 2, 1"
         p._layer_changed(None)
-        assert p.dock.bands_label.text() == ""
+        assert p.dock.models.bands_label.text() == ""
     finally:
         p.unload()

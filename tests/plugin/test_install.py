@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 from qgis.PyQt.QtWidgets import QPushButton
-from qgis.core import QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
+from qgis.core import QgsSettings, QgsVectorLayer
 
-from conftest import PV01_HELDOUT, REPO, free_port, wait_until
+from helpers import (BACKEND_PYTHON, PV01_HELDOUT, REPO, free_port, show_layer,
+                     start_test_engine, wait_until)
 
-BACKEND_PYTHON = REPO / ".venv" / "backend" / "bin" / "python"
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
 
 
@@ -288,7 +288,7 @@ def test_plugin_loads_without_pyzmq_and_says_how_to_install_it(qgis_iface, monke
         button = item.findChild(QPushButton, "ortholensInstallPyzmq")
         assert button is not None and button.text() == "Install pyzmq…"
         assert wait_until(lambda: p.status_task is None, 10)
-        assert "pyzmq" in p.dock.status_label.text()
+        assert "pyzmq" in p.dock.status.status_label.text()
     finally:
         p.unload()
         bar.clearWidgets()
@@ -388,7 +388,6 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         qgis_iface, qgis_new_project, tmp_path, monkeypatch, clean_settings):
     """The clean-profile test (see the module docstring); then a repair and the
     removal through the same dialog."""
-    from protocol.client import start_daemon
     from tools.screenshot import qgis_child_env
 
     # the zip, as a QGIS user downloads it, extracted into a fresh profile
@@ -419,7 +418,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
     monkeypatch.syspath_prepend(str(plugins))
     import ortholens
     assert Path(ortholens.__file__).parent == plugins / "ortholens"
-    from ortholens.dock import NOT_SET_UP
+    from ortholens.dock.status import NOT_SET_UP
     from ortholens.install.locate import installed_python
     from ortholens.settings import DaemonSettings, daemon_settings
     assert daemon_settings().repo is None and not daemon_settings().can_start()
@@ -429,9 +428,9 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
     p = ortholens.classFactory(qgis_iface)
     p.initGui()
     try:
-        assert wait_until(lambda: p.dock.status_label.text() == NOT_SET_UP, 15), \
-            p.dock.status_label.text()
-        p.dock.setup_button.click()
+        assert wait_until(lambda: p.dock.status.status_label.text() == NOT_SET_UP, 15), \
+            p.dock.status.status_label.text()
+        p.dock.status.setup_button.click()
         dlg = p.setup_dialog
         assert dlg.isVisible() and dlg.start_button.text() == "Set up"
         dlg.torch_check.setChecked(False)  # the CPU path, also on a machine with a GPU
@@ -462,7 +461,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         dlg.cancel_button.click()
         assert wait_until(lambda: dlg.task is None, 30)
         assert task.cancelled and task.error is None and installed_python() is None
-        assert p.dock.status_label.text() == NOT_SET_UP
+        assert p.dock.status.status_label.text() == NOT_SET_UP
 
         # 3. the install, through the dialog's button
         dlg.start_button.click()
@@ -491,21 +490,15 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert record["extra"] == "" and record["self_test"]["models"] == task.report.models
 
         # 4. the dock: the engine it started from that environment, its device, models
-        assert wait_until(lambda: p.status_task is None and p.dock.current_card()
-                          is not None, 120), p.dock.status_label.text()
-        status = p.dock.status_label.text()
+        assert wait_until(lambda: p.status_task is None and p.dock.models.current_card()
+                          is not None, 120), p.dock.status.status_label.text()
+        status = p.dock.status.status_label.text()
         assert "0.1.0" in status and f"{os.cpu_count()} cores" in status, status
         assert p.daemon_process is not None and p.daemon_process.args[0] == str(python)
         dlg.close()
 
         # 5. Detect in extent on a real held-out tile
-        layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
-        assert layer.isValid()
-        QgsProject.instance().addMapLayer(layer)
-        qgis_iface.setActiveLayer(layer)
-        canvas = qgis_iface.mapCanvas()
-        canvas.setDestinationCrs(layer.crs())
-        canvas.setExtent(layer.extent())
+        show_layer(qgis_iface, PV01_HELDOUT, "heldout")
         assert p.detect() is not None
         assert wait_until(lambda: p.task is None and p.last_task is not None, 300)
         mine = p.last_task
@@ -514,10 +507,8 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert got
 
         # 6. the repository's engine on the same request gives the same polygons
-        ref_port = free_port()
-        ref_proc = start_daemon(str(BACKEND_PYTHON), ref_port, cwd=str(REPO),
-                                log_path=str(tmp_path / "ref.log"))
-        ref_settings = DaemonSettings(endpoint=f"tcp://127.0.0.1:{ref_port}",
+        ref_endpoint, ref_proc = start_test_engine(tmp_path / "ref.log")
+        ref_settings = DaemonSettings(endpoint=ref_endpoint,
                                       python=str(BACKEND_PYTHON), repo=str(REPO),
                                       token=None)
         ref = type(mine)(mine.plan, ref_settings, str(tmp_path / "ref.gpkg"),
@@ -557,14 +548,14 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert task is not None and wait_until(lambda: dlg.task is None, 600)
         assert task.report is not None, f"{task.error}\n" + "\n".join(task.lines[-30:])
         assert any("--force-reinstall" in t for t in task.lines)
-        assert wait_until(lambda: p.status_task is None and p.dock.current_card()
-                          is not None, 120), p.dock.status_label.text()
+        assert wait_until(lambda: p.status_task is None and p.dock.models.current_card()
+                          is not None, 120), p.dock.status.status_label.text()
         dlg.confirm = False
         assert dlg.remove() and installed_python() is None
         assert not (home / "venv").exists() and p.daemon_process is None
         assert wait_until(lambda: p.status_task is None
-                          and p.dock.status_label.text() == NOT_SET_UP, 30), \
-            p.dock.status_label.text()
+                          and p.dock.status.status_label.text() == NOT_SET_UP, 30), \
+            p.dock.status.status_label.text()
     finally:
         p.unload()
         if ref_proc is not None and ref_proc.poll() is None:

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import REPO, data_dir, free_port, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, REPO, data_dir, start_test_engine,
+                     stop_process)
 
-MODEL = "pv-unet-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
-MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
+MODEL = DEFAULT_MODEL
 HELDOUT = data_dir() / "pv01" / "heldout"
 TAUGHT = HELDOUT / "PV01_325228_1203845.tif"     # the version's reviewed extent
 INSIDE = HELDOUT / "PV01_325228_1203843.tif"     # same site, not reviewed
@@ -58,8 +55,6 @@ print(new.id)
 def area_daemon(tmp_path_factory):
     """A daemon whose user model folder holds one area version; yields
     ``(endpoint, version id)``."""
-    from protocol.client import start_daemon
-
     users = tmp_path_factory.mktemp("user-models")
     env = dict(os.environ, ORTHOLENS_USER_MODELS=str(users), PYTHONPATH=str(REPO))
     made = subprocess.run([str(BACKEND_PYTHON), "-c", MAKE_VERSION, MODEL, str(TAUGHT)],
@@ -67,12 +62,9 @@ def area_daemon(tmp_path_factory):
                           timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     vid = made.stdout.strip().splitlines()[-1]
-    port = free_port()
-    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO),
-                        env={"ORTHOLENS_USER_MODELS": str(users)}, wait_s=120,
-                        log_path=str(log))
-    yield f"tcp://127.0.0.1:{port}", vid
+    endpoint, proc = start_test_engine(tmp_path_factory.mktemp("daemon") / "daemon.log",
+                                       env={"ORTHOLENS_USER_MODELS": str(users)})
+    yield endpoint, vid
     stop_process(proc)
 
 
@@ -112,7 +104,7 @@ def test_the_area_version_runs_inside_its_area_and_the_model_outside(
     assert "taught on this area" not in outside.summary()
     # the dock lists the version with its area; chosen there, it runs as chosen
     listed = {c["id"]: c for c in inside.cards}
-    from plugin.dock import card_label
+    from plugin.dock.models import card_label
     assert card_label(listed[vid]).startswith(f"{vid} v2.0.0+u1 [area 0.2")
     assert "in use]" in card_label(listed[vid])
     pinned = _detect(endpoint, OUTSIDE, tmp_path, model_id=vid)

@@ -7,18 +7,15 @@ a few seconds of CPU inference.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import PV01_HELDOUT, REPO, free_port, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, PV01_HELDOUT, REPO, show_layer,
+                     start_test_engine, stop_process, wait_until, write_bgr16)
 
-MODEL = "pv-unet-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
-MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
+MODEL = DEFAULT_MODEL
 
 _missing = [str(p) for p in (MODELS / MODEL / "card.json", BACKEND_PYTHON, PV01_HELDOUT)
             if not p.exists()]
@@ -30,13 +27,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def daemon_endpoint(tmp_path_factory):
-    from protocol.client import start_daemon
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), wait_s=120,
-                        log_path=str(log))
-    yield f"tcp://127.0.0.1:{port}"
+    endpoint, proc = start_test_engine(tmp_path_factory.mktemp("daemon") / "daemon.log")
+    yield endpoint
     stop_process(proc)
 
 
@@ -154,19 +146,14 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", daemon_endpoint)
     project = QgsProject.instance()
     project.setFileName(str(tmp_path / "demo.qgz"))  # results go next to the project
-    layer = QgsRasterLayer(str(PV01_HELDOUT), "heldout", "gdal")
-    project.addMapLayer(layer)
-    qgis_iface.setActiveLayer(layer)
-    canvas = qgis_iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(layer.extent())
+    layer = show_layer(qgis_iface, PV01_HELDOUT, "heldout")
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
         qgis_iface.messageBar().clear_messages()
         task = p.detect()
-        assert task is not None, p.dock.message()
-        assert not p.dock.detect_button.isEnabled()
+        assert task is not None, p.dock.detection.message()
+        assert not p.dock.detection.detect_button.isEnabled()
         end = time.monotonic() + 120
         while p.task is not None and time.monotonic() < end:
             QCoreApplication.processEvents()
@@ -174,15 +161,15 @@ def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, t
         assert p.task is None and p.last_task is task
         assert task.layer is not None, task.error
         assert Path(task.out_path).parent == tmp_path.resolve()
-        from conftest import wait_until
         bar = qgis_iface.messageBar()
         assert wait_until(lambda: any("detected" in m and task.out_path in m
                                       for m in bar.get_messages(Qgis.Success)), 5), \
             bar.get_messages(Qgis.Success)
         order = [n.layerId() for n in project.layerTreeRoot().findLayers()]
         assert order.index(task.layer.id()) == order.index(layer.id()) - 1
-        assert p.dock.detect_button.isEnabled() and p.dock.progress.value() == 100
-        assert p.dock.current_model_id() == MODEL  # the combo was filled from the daemon
+        assert p.dock.detection.detect_button.isEnabled()
+        assert p.dock.detection.progress.value() == 100
+        assert p.dock.models.current_model_id() == MODEL  # the combo was filled from the daemon
     finally:
         p.unload()
         project.setFileName("")
@@ -193,23 +180,11 @@ def test_16bit_bgr_layer_detects_as_its_8bit_original(daemon_endpoint, tmp_path,
     """A 16-bit copy of the tile with bands in B, G, R order and that colour
     interpretation: QGIS shows bands 3, 2, 1 as R, G, B, the dock sends that mapping,
     the daemon stretches 2-98 % and finds the panels; the layer metadata says how."""
-    from osgeo import gdal
-
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
     from plugin.settings import DaemonSettings
 
-    src = gdal.Open(str(PV01_HELDOUT))
-    u16 = tmp_path / "bgr16.tif"
-    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
-                                               3, gdal.GDT_UInt16)
-    dst.SetGeoTransform(src.GetGeoTransform())
-    dst.SetProjection(src.GetProjection())
-    for i, ci in enumerate((gdal.GCI_BlueBand, gdal.GCI_GreenBand, gdal.GCI_RedBand)):
-        band = dst.GetRasterBand(i + 1)
-        band.WriteArray(src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000)
-        band.SetColorInterpretation(ci)
-    dst = src = None
+    u16 = write_bgr16(PV01_HELDOUT, tmp_path / "bgr16.tif", colour_interpretation=True)
     layer = QgsRasterLayer(str(u16), "bgr16", "gdal")
     QgsProject.instance().addMapLayer(layer)
     plan = prepare_detect(layer, layer.extent(), layer.crs())

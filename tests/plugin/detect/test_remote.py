@@ -11,21 +11,17 @@ Needs the backend virtual environment, the shipped model and the pv01 held-out t
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 from qgis.core import QgsProject, QgsRasterLayer
 
-from conftest import PV01_HELDOUT, REPO, free_port, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, MODELS, PV01_HELDOUT, start_test_engine,
+                     stop_process)
 
-MODEL = "pv-unet-efl0"
+MODEL = DEFAULT_MODEL
 TOKEN = "remote-engine-7c41"
 HOST = "127.0.0.2"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
-MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
 
 _missing = [str(p) for p in (MODELS / MODEL / "card.json", BACKEND_PYTHON, PV01_HELDOUT)
             if not p.exists()]
@@ -40,16 +36,13 @@ pytestmark = [
 def engine(tmp_path_factory):
     """``(endpoint, roots)``: a daemon on 127.0.0.2 with a token, reading files only
     below ``roots`` (which does not hold the held-out tiles)."""
-    from protocol.client import start_daemon
-
     roots = tmp_path_factory.mktemp("engine-roots")
     assert not str(PV01_HELDOUT.resolve()).startswith(str(roots.resolve()))
-    port = free_port(HOST)
-    log = tmp_path_factory.mktemp("daemon") / "daemon.log"
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), host=HOST, token=TOKEN,
-                        env={"ORTHOLENS_ROOTS": str(roots)}, args=["--restrict-paths"],
-                        wait_s=120, log_path=str(log))
-    yield f"tcp://{HOST}:{port}", roots
+    endpoint, proc = start_test_engine(tmp_path_factory.mktemp("daemon") / "daemon.log",
+                                       host=HOST, token=TOKEN,
+                                       env={"ORTHOLENS_ROOTS": str(roots)},
+                                       args=["--restrict-paths"])
+    yield endpoint, roots
     stop_process(proc)
 
 
@@ -82,7 +75,7 @@ def _run(plan, settings, out, chunk_px=None):
 
 def test_detection_through_pixel_transfer_equals_reading_the_file(
         engine_settings, tmp_path, qgis_new_project):
-    from plugin.dock import pong_text
+    from plugin.dock.status import pong_text
     from plugin.detect.plan import prepare_detect
     from plugin.settings import TOKEN_FROM_AUTH, daemon_settings
     from plugin.tasks import DaemonStatusTask

@@ -15,7 +15,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from conftest import make_raster
+from helpers import make_raster
 import protocol
 from plugin.detect.crs import crs_wkt
 from plugin.detect.plan import file_source_path, prepare_detect

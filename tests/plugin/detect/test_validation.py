@@ -13,7 +13,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from conftest import make_raster
+from helpers import make_raster
 from plugin.detect.plan import validate_inputs
 from protocol.errors import InputError
 
@@ -91,7 +91,7 @@ def test_plugin_reports_errors_in_message_bar_and_dock(qgis_iface, qgis_new_proj
         assert p.detect() is None
         warnings = qgis_iface.messageBar().get_messages(Qgis.Warning)
         assert any("'points' is a vector layer" in m for m in warnings), warnings
-        assert "'points' is a vector layer" in p.dock.message()
+        assert "'points' is a vector layer" in p.dock.detection.message()
         assert p.task is None
     finally:
         p.unload()

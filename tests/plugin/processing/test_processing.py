@@ -23,13 +23,12 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from conftest import REPO, data_dir, stop_process
+from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, data_dir, free_port,
+                     start_test_engine, stop_process, write_bgr16)
 
-MODEL = "pv-unet-efl0"
+MODEL = DEFAULT_MODEL
 #: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
 ALT_MODEL = "pv-alt-efl0"
-BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
-                                     REPO / ".venv" / "backend" / "bin" / "python"))
 PV01 = data_dir() / "pv01" / "heldout"
 BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
          "PV01_325192_1204249"]
@@ -54,10 +53,7 @@ def provider():
 @pytest.fixture(scope="module")
 def daemon_port():
     """The port the module's daemon will listen on (free now)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +78,11 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, daemon_port, model_folder):
-    from protocol.client import start_daemon
     tmp = tmp_path_factory.mktemp("daemon")
-    proc = start_daemon(str(BACKEND_PYTHON), daemon_port, str(REPO), wait_s=120,
-                        env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
-                             "ORTHOLENS_MODELS": str(model_folder),
-                             "ORTHOLENS_USER_MODELS": str(tmp / "user_models")},
-                        log_path=str(tmp / "daemon.log"))
-    endpoint = f"tcp://127.0.0.1:{daemon_port}"
+    endpoint, proc = start_test_engine(tmp / "daemon.log", daemon_port,
+                                       env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
+                                            "ORTHOLENS_MODELS": str(model_folder),
+                                            "ORTHOLENS_USER_MODELS": str(tmp / "user_models")})
     old = os.environ.get("ORTHOLENS_ENDPOINT")
     os.environ["ORTHOLENS_ENDPOINT"] = endpoint
     from plugin.processing.common import forget_models
@@ -537,19 +530,8 @@ def test_detect_takes_band_mapping_and_a_16bit_stretch(daemon, tmp_path, provide
     """A 16-bit BGR copy of a tile (v * 40 + 1000, bands reversed): with Bands 3, 2, 1
     and the min/max that undo the scaling, Detect objects gives the 8-bit tile's
     polygons; a wrong number of min/max values is a clear error."""
-    from osgeo import gdal
-
     tif = PV01 / f"{BLOCK[0]}.tif"
-    src = gdal.Open(str(tif))
-    u16 = tmp_path / "bgr16.tif"
-    dst = gdal.GetDriverByName("GTiff").Create(str(u16), src.RasterXSize, src.RasterYSize,
-                                               3, gdal.GDT_UInt16)
-    dst.SetGeoTransform(src.GetGeoTransform())
-    dst.SetProjection(src.GetProjection())
-    for i in range(3):
-        band = src.GetRasterBand(3 - i).ReadAsArray().astype("uint16") * 40 + 1000
-        dst.GetRasterBand(i + 1).WriteArray(band)
-    dst = src = None
+    u16 = write_bgr16(tif, tmp_path / "bgr16.tif")
     ref_out, out = tmp_path / "ref.gpkg", tmp_path / "u16.gpkg"
     _, ok, _ = run_alg("ortholens:detect", {"INPUT": str(tif), "MODEL": MODEL,
                                             "OUTPUT": str(ref_out)})

@@ -1,7 +1,8 @@
-"""Retrain on the plugin side: the result layer remembers its detection, the
-corrected layer becomes a retrain request (dialog with budget and what is used), the
-job runs as a QgsTask with progress and cancel against a daemon, the outcome is shown
-and the new version selected; versions are switched and rolled back from the dock.
+"""Retrain on the plugin side: the corrected layer's retrain request goes through its
+dialog (budget and what is used), the job runs as a QgsTask with progress and cancel
+against a daemon, the outcome is shown and the new version selected; versions are
+switched and rolled back from the dock. (The plan a corrected layer becomes:
+test_plan.py; the edits counted: test_memory.py.)
 
 The daemon here is ``backend.daemon.server.Server`` in a thread with a stand-in retrain
 function (the real fine-tuning is tested in tests/backend/learning/test_retrain.py); the
@@ -18,86 +19,9 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
-from conftest import REPO, wait_until
+from helpers import CARD, CLASSES, DEFAULT_MODEL, REPO, VIENNA_PATCH, square, wait_until
 
-MODEL = "pv-unet-efl0"
-CLASSES = [{"id": 1, "name": "photovoltaic", "color": "#ff7f0e"}]
-CARD = {"id": MODEL, "version": "1.0.0", "gsd_m": 0.1, "classes": CLASSES}
-EXTENT = QgsRectangle(-1610, 338490, -1590, 338510)  # 20 m x 20 m of Vienna
-
-
-def sq(x, y, s):
-    return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
-
-
-BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
-
-
-class _FakeClient:
-    process = None
-
-    def models(self):
-        return [CARD]
-
-    def detect(self, *args, **kw):
-        from plugin.detect.crs import crs_wkt
-        from qgis.core import QgsCoordinateReferenceSystem
-        feats = [{"wkt": sq(-1600, 338500, 2), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.9, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-                  "model_version": "1.0.0"},
-                 {"wkt": sq(-1595, 338500, 3), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.7, "agreement": 1.0, "area_m2": 9.0, "model": MODEL,
-                  "model_version": "1.0.0"},
-                 {"wkt": sq(-1608, 338492, 2), "class": "photovoltaic", "class_id": 1,
-                  "score": 0.8, "agreement": 1.0, "area_m2": 4.0, "model": MODEL,
-                  "model_version": "1.0.0"}]
-        return {"type": "result", "crs": crs_wkt(QgsCoordinateReferenceSystem("EPSG:31256")),
-                "features": feats, "stats": {"seconds": 1.0}}
-
-    def close(self):
-        pass
-
-
-@pytest.fixture
-def plugin_with_result(vienna_layer, tmp_path, qgis_iface):
-    """The plugin, loaded, with one finished detection (a 20 m extent of Vienna)."""
-    import plugin
-    from plugin import tasks
-    from plugin.detect.plan import prepare_detect
-    from plugin.detect.task import DetectTask
-    from plugin.settings import DaemonSettings
-
-    # only the detection talks to the fake; the retrain task must reach the real (test)
-    # daemon, and every other fixture's patches (the user folder) must stay in place
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks, "connect_daemon", lambda *a, **k: _FakeClient())
-        plan = prepare_detect(vienna_layer, EXTENT, vienna_layer.crs())
-        settings = DaemonSettings("tcp://127.0.0.1:1", None, str(REPO), None)
-        task = DetectTask(plan, settings, str(tmp_path / "r.gpkg"), model_id=MODEL)
-        ok = task.run()
-        task.finished(ok)
-    assert ok and task.layer is not None, task.error
-    p = plugin.classFactory(qgis_iface)
-    p.initGui()
-    p._detect_done(task)
-    p.dock.set_models([CARD])
-    try:
-        yield p, task.layer
-    finally:
-        p.unload()
-
-
-def _correct(layer):
-    """The user's edits: delete one detection, draw a missed panel (no class typed in)
-    and a self-intersecting polygon."""
-    layer.startEditing()
-    first = next(layer.getFeatures())
-    layer.deleteFeature(first.id())
-    for wkt in (sq(-1590.5, 338505, 1.5), BOWTIE):
-        f = QgsFeature(layer.fields())
-        f.setGeometry(QgsGeometry.fromWkt(wkt))
-        layer.addFeature(f)
-    assert layer.commitChanges()
+MODEL = DEFAULT_MODEL
 
 
 def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
@@ -105,49 +29,9 @@ def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
     p, _ = plugin_with_result
     act = qgis_iface.mainWindow().findChild(QAction, RETRAIN_ACTION)
     assert act is p.retrain.action and act.text() == "Retrain on corrections…"
-    assert p.dock.retrain_button.isEnabled()
-    assert p.dock.activate_button.text() == "Make active"
-    assert p.dock.rollback_button.text() == "Roll back"
-
-
-def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_result):
-    from plugin.retrain.dialogs import RetrainDialog
-    from plugin.retrain.plan import PROP, prepare_retrain
-    from protocol.errors import InputError
-    p, layer = plugin_with_result
-    assert layer.customProperty(PROP + "model") == MODEL
-    reviewed = json.loads(layer.customProperty(PROP + "reviewed"))
-    assert reviewed[0]["extent"] == [-1610, 338490, -1590, 338510]
-    _correct(layer)
-    plan = prepare_retrain(layer, CLASSES)
-    assert plan.model == MODEL and plan.source.kind == "file"
-    assert len(plan.features) == 4 and plan.by_class == {"photovoltaic": 4}
-    assert plan.invalid == 1 and "2 feature(s) without a class" in plan.notes[0]
-    assert abs(plan.reviewed_m2 - 400.0) < 1e-6
-    # the user's edits are counted, not the layer's features
-    assert "Your edits: 1 deleted, 2 added, 0 reshaped, 0 reclassified." in plan.summary()
-    assert "400 m²" in plan.summary() and "4 polygons" in plan.summary()
-    dlg = RetrainDialog(plan)
-    assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
-                                                         "activate": True, "scope": "area"}
-    assert "1 with an invalid geometry" in dlg.summary_label.text()
-    assert "whole retrain" in dlg.budget_note.text()
-    # only the part of the extent in the map view
-    part = prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(-1600, 338490, -1580, 338510),
-                           view_crs=layer.crs())
-    assert part.reviewed[0].extent == (-1600, 338490, -1590, 338510)
-    with pytest.raises(InputError, match="no reviewed area|No reviewed area"):
-        prepare_retrain(layer, CLASSES, view_extent=QgsRectangle(0, 0, 1, 1),
-                        view_crs=layer.crs())
-    # a class the model does not know, or a layer that is no result layer
-    layer.startEditing()
-    f = next(layer.getFeatures())
-    layer.changeAttributeValue(f.id(), layer.fields().indexOf("class"), "roof")
-    layer.commitChanges()
-    with pytest.raises(InputError, match="Unknown class"):
-        prepare_retrain(layer, CLASSES)
-    with pytest.raises(InputError, match="not an Ortholens result layer"):
-        prepare_retrain(QgsProject.instance().mapLayersByName("vienna")[0], CLASSES)
+    assert p.dock.versions.retrain_button.isEnabled()
+    assert p.dock.versions.activate_button.text() == "Make active"
+    assert p.dock.versions.rollback_button.text() == "Roll back"
 
 
 class _Stub:
@@ -202,10 +86,10 @@ def daemon(tmp_path, monkeypatch):
 
 
 def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, daemon,
-                                                            qgis_iface):
+                                                            qgis_iface, correct):
     p, layer = plugin_with_result
     _, stub, _ = daemon
-    _correct(layer)
+    correct(layer)
     seen = {}
 
     def run_dialog(dlg):
@@ -218,7 +102,7 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     qgis_iface.setActiveLayer(layer)
     values = []
     task = p.retrain.retrain()
-    assert task is not None and not p.dock.detect_button.isEnabled()
+    assert task is not None and not p.dock.detection.detect_button.isEnabled()
     task.progressChanged.connect(values.append)
     assert wait_until(lambda: p.retrain.task is None, 60)
     assert task.report and task.report["accepted"], task.error
@@ -232,18 +116,18 @@ def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, 
     assert values and max(values) >= 50
     # before/after shown; the dock will select the new version at the next listing
     text = p.retrain.result_dialog.text()
-    assert text.startswith("New version pv-unet-efl0@1 kept and made active: object "
+    assert text.startswith(f"New version {MODEL}@1 kept and made active: object "
                            "errors on the held-out corrections 2 → 0.")
     assert "0.773" in text and "0.859" in text and "Took 40 s of the 60 s budget" in text
     assert p.retrain.result_dialog.isVisible()
-    assert p.dock.progress.value() == 100
-    assert any("new version pv-unet-efl0@1" in m
+    assert p.dock.detection.progress.value() == 100
+    assert any(f"new version {MODEL}@1" in m
                for m in qgis_iface.messageBar().get_messages(Qgis.Success))
-    p.dock.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
+    p.dock.models.set_models([CARD, dict(CARD, id=f"{MODEL}@1", version="1.0.0+u1",
                                   lineage={"active": True, "number": 1})])
-    assert p.dock.current_model_id() == f"{MODEL}@1"
-    assert "[active]" in p.dock.model_combo.currentText()
-    assert p.dock.detect_button.isEnabled()
+    assert p.dock.models.current_model_id() == f"{MODEL}@1"
+    assert "[active]" in p.dock.models.model_combo.currentText()
+    assert p.dock.detection.detect_button.isEnabled()
 
 
 def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
@@ -257,11 +141,11 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
     task = p.retrain.retrain(layer)
     assert task is not None
     assert wait_until(lambda: task.progress() > 5, 30)
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.retrain.task is None, 30)
     assert task.cancelled and task.report is None
-    assert "cancelled" in p.dock.message().lower()
-    assert p.dock.progress.value() == 0  # no stale bar beside the message
+    assert "cancelled" in p.dock.detection.message().lower()
+    assert p.dock.detection.progress.value() == 0  # no stale bar beside the message
 
 
 def _user_version(users, active=False):
@@ -282,30 +166,32 @@ def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, da
     _, _, users = daemon
     _user_version(users)
     p.refresh_status()
-    assert wait_until(lambda: p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(f"{MODEL}@1"))
+    assert wait_until(lambda: p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData(f"{MODEL}@1"))
     # the shipped model is still active: Make active for @1, nothing to roll back yet
-    assert p.dock.activate_button.isEnabled() and not p.dock.rollback_button.isEnabled()
-    p.dock.activate_button.click()
+    versions = p.dock.versions
+    assert versions.activate_button.isEnabled() and not versions.rollback_button.isEnabled()
+    p.dock.versions.activate_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
-                 and "[active]" in p.dock.model_combo.currentText(), 30)
-    assert p.dock.current_model_id() == f"{MODEL}@1"
+                 and "[active]" in p.dock.models.model_combo.currentText(), 30)
+    assert p.dock.models.current_model_id() == f"{MODEL}@1"
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == f"{MODEL}@1"
-    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
-    p.dock.rollback_button.click()
+    assert versions.rollback_button.isEnabled() and not versions.activate_button.isEnabled()
+    p.dock.versions.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None and p.status_task is None
-                 and p.dock.current_model_id() == MODEL, 30)
+                 and p.dock.models.current_model_id() == MODEL, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["active"] == MODEL
-    assert "Rolled back to pv-unet-efl0" in p.dock.message()
+    assert f"Rolled back to {MODEL}" in p.dock.detection.message()
     # the shipped model is active again: nothing to roll back to, and the button says so
-    assert not p.dock.rollback_button.isEnabled()
-    assert "no earlier version" in p.dock.rollback_button.toolTip()
-    assert not p.dock.activate_button.isEnabled()  # already the active version
+    assert not p.dock.versions.rollback_button.isEnabled()
+    assert "no earlier version" in p.dock.versions.rollback_button.toolTip()
+    assert not p.dock.versions.activate_button.isEnabled()  # already the active version
     # the daemon's refusal, if asked anyway, comes with the bar at 0
-    p.dock.set_progress(100)
+    p.dock.detection.set_progress(100)
     p.retrain.rollback(MODEL)
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
-    assert "no earlier version" in p.dock.message() and p.dock.progress.value() == 0
+    assert "no earlier version" in p.dock.detection.message()
+    assert p.dock.detection.progress.value() == 0
 
 
 #: The report of the issue's rejected retrain: a held-out part without polygons,
@@ -375,7 +261,7 @@ def test_layer_context_menu_offers_retrain_on_result_layers(plugin_with_result, 
     from types import SimpleNamespace
 
     from plugin.retrain.controller import RetrainController
-    from plugin.retrain.plan import PROP
+    from plugin.retrain.memory import PROP
     _, result = plugin_with_result
     calls = []
 
@@ -422,7 +308,8 @@ def test_processing_retrain_algorithm(daemon, vienna_layer):
         alg = QgsApplication.processingRegistry().createAlgorithmById("ortholens:retrain")
         assert alg is not None
         mem = QgsVectorLayer("Polygon?crs=EPSG:31256&field=class:string", "fixed", "memory")
-        for wkt, cls in ((sq(-1600, 338500, 2), "photovoltaic"), (sq(-1595, 338500, 2), None)):
+        for wkt, cls in ((square(-1600, 338500, 2), "photovoltaic"),
+                         (square(-1595, 338500, 2), None)):
             f = QgsFeature(mem.fields())
             f.setGeometry(QgsGeometry.fromWkt(wkt))
             f.setAttributes([cls])
@@ -442,69 +329,6 @@ def test_processing_retrain_algorithm(daemon, vienna_layer):
         p.unload()
 
 
-# ----------------------------------------------------------------------------- the numbers
-
-CLASSES2 = CLASSES + [{"id": 2, "name": "solar_thermal", "color": "#1f77b4"}]
-
-
-def test_edits_are_counted_against_the_detection(plugin_with_result):
-    """One of each edit on the three detected polygons, plus one drawn: the dialog counts
-    exactly those, saved or still in the edit buffer."""
-    from plugin.retrain.dialogs import RetrainDialog
-    from plugin.retrain.plan import count_edits, prepare_retrain
-    _, layer = plugin_with_result
-    assert count_edits(layer).total == 0
-    plan = prepare_retrain(layer, CLASSES)
-    assert "You have not edited this layer" in plan.summary()
-    a, b, c = sorted(layer.getFeatures(), key=lambda f: f.geometry().boundingBox().xMinimum())
-    layer.startEditing()
-    layer.deleteFeature(c.id())                                               # deleted
-    layer.changeGeometry(a.id(), QgsGeometry.fromWkt(sq(-1608, 338492, 3)))   # reshaped
-    layer.changeAttributeValue(b.id(), layer.fields().indexOf("class"), "solar_thermal")
-    f = QgsFeature(layer.fields())
-    f.setGeometry(QgsGeometry.fromWkt(sq(-1592, 338505, 2)))
-    f.setAttribute("class", "photovoltaic")
-    layer.addFeature(f)                                                       # added
-    e = count_edits(layer)  # unsaved edits count too
-    assert (e.deleted, e.added, e.reshaped, e.reclassified, e.kept) == (1, 1, 1, 1, 0)
-    assert layer.commitChanges()
-    plan = prepare_retrain(layer, CLASSES2)
-    assert plan.edits.text() == "1 deleted, 1 added, 1 reshaped, 1 reclassified"
-    assert len(plan.features) == 3
-    dlg = RetrainDialog(plan)
-    assert "Your edits: 1 deleted, 1 added, 1 reshaped, 1 reclassified." in \
-        dlg.summary_label.text()
-    assert "95" not in dlg.summary_label.text()
-
-
-def test_reviewed_area_is_clipped_to_the_raster(plugin_with_result, vienna_layer):
-    """A detection in a map view larger than the 500 m x 500 m raster (and one in a map
-    view of another CRS): the reviewed area is the raster's 0.25 km², not the view's."""
-    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
-
-    from plugin.detect.plan import prepare_detect
-    from plugin.retrain.plan import PROP, prepare_retrain, remember_detection
-    _, layer = plugin_with_result
-    raster_m2 = vienna_layer.extent().width() * vienna_layer.extent().height()
-    assert abs(raster_m2 - 250000.0) < 1.0
-    view = QgsRectangle(-1900, 338200, -1100, 338900)  # 0.56 km² of canvas
-    remember_detection(layer, prepare_detect(vienna_layer, view, vienna_layer.crs()), MODEL)
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
-    assert "0.250 km²" in plan.summary()
-    # the canvas in Web Mercator, wider than the raster
-    merc = QgsCoordinateReferenceSystem("EPSG:3857")
-    to_merc = QgsCoordinateTransform(vienna_layer.crs(), merc, QgsProject.instance())
-    remember_detection(layer, prepare_detect(vienna_layer, to_merc.transformBoundingBox(view),
-                                             merc), MODEL)
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
-    # a layer remembered with the unclipped view (before clipping was done) is clipped too
-    layer.setCustomProperty(PROP + "reviewed", json.dumps([{"extent": [-1900, 338200, -1100,
-                                                                       338900]}]))
-    plan = prepare_retrain(layer, CLASSES)
-    assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
-
 
 def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
     """The dock shows another model than the one the layer was detected with: that model
@@ -513,8 +337,8 @@ def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
     other = dict(CARD, id="pv-fpn-r34", version="2.0.0")
     ens = {"id": "pv-ensemble", "version": "1.0.0", "kind": "ensemble", "gsd_m": 0.1,
            "classes": CLASSES, "members": [{"id": MODEL}, {"id": "pv-fpn-r34"}]}
-    p.dock.set_models([CARD, other, ens])
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-fpn-r34"))
+    p.dock.models.set_models([CARD, other, ens])
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData("pv-fpn-r34"))
     seen = {}
 
     def run_dialog(dlg):
@@ -527,19 +351,20 @@ def test_dialog_names_the_model_the_dock_shows(plugin_with_result):
     assert "Fine-tune <b>pv-fpn-r34</b>" in seen["head"]
     assert f"detected with {MODEL}" in seen["head"]
     seen.clear()
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData("pv-ensemble"))
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData("pv-ensemble"))
     assert p.retrain.retrain(layer) is None and not seen
-    assert "ensemble pv-ensemble" in p.dock.message() and MODEL in p.dock.message()
+    message = p.dock.detection.message()
+    assert "ensemble pv-ensemble" in message and MODEL in message
 
 
 def test_refused_retrain_resets_the_bar(plugin_with_result, qgis_iface):
     """After a detection the bar reads 100 %; a refused retrain leaves no full bar beside
     its message."""
     p, _ = plugin_with_result
-    p.dock.set_progress(100)
+    p.dock.detection.set_progress(100)
     p.retrain.retrain(QgsProject.instance().mapLayersByName("vienna")[0])
-    assert "not an Ortholens result layer" in p.dock.message()
-    assert p.dock.progress.value() == 0
+    assert "not an Ortholens result layer" in p.dock.detection.message()
+    assert p.dock.detection.progress.value() == 0
 
 
 def test_phases_and_time_left_are_shown_during_a_retrain(plugin_with_result, daemon):
@@ -548,7 +373,7 @@ def test_phases_and_time_left_are_shown_during_a_retrain(plugin_with_result, dae
     shown = set()
     task = p.retrain.retrain(layer)
     assert task is not None
-    assert wait_until(lambda: shown.add(p.dock.message()) or p.retrain.task is None, 60)
+    assert wait_until(lambda: shown.add(p.dock.detection.message()) or p.retrain.task is None, 60)
     assert any(m.startswith(f"Retraining {MODEL}: training: step ") and m.endswith("s left")
                for m in shown), shown
 
@@ -563,22 +388,23 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     _user_version(users, active=True)
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
-                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    cards = list(p.dock._cards)
-    p.dock.model_combo.setCurrentIndex(p.dock.model_combo.findData(MODEL))
-    buttons = (p.dock.activate_button, p.dock.rollback_button)
+                      and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    cards = list(p.dock.models.cards)
+    p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData(MODEL))
+    buttons = (p.dock.versions.activate_button, p.dock.versions.rollback_button)
     assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
     # a retrain that runs until cancelled
     p.retrain.exec_dialog = lambda dlg: dlg.budget_spin.setValue(59) or True
     task = p.retrain.retrain(layer)
     assert task is not None and wait_until(lambda: task.progress() > 5, 30)
-    assert not any(b.isEnabled() for b in buttons) and not p.dock.retrain_button.isEnabled()
-    assert "Wait until the running job has finished" in p.dock.rollback_button.toolTip()
+    assert not any(b.isEnabled() for b in buttons)
+    assert not p.dock.versions.retrain_button.isEnabled()
+    assert "Wait until the running job has finished" in p.dock.versions.rollback_button.toolTip()
     activated = []
-    p.dock.activateRequested.connect(activated.append)
-    p.dock.activate_button.click()
+    p.dock.versions.activateRequested.connect(activated.append)
+    p.dock.versions.activate_button.click()
     assert p.retrain.versions_task is None and not activated
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.retrain.task is None, 30)
     assert all(b.isEnabled() for b in buttons), [b.toolTip() for b in buttons]
 
@@ -602,14 +428,15 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     raster = QgsProject.instance().mapLayersByName("vienna")[0]
     qgis_iface.setActiveLayer(raster)
     qgis_iface.mapCanvas().setDestinationCrs(raster.crs())
-    qgis_iface.mapCanvas().setExtent(EXTENT)
+    qgis_iface.mapCanvas().setExtent(QgsRectangle(*VIENNA_PATCH))
     det = p.detect()
-    assert det is not None, p.dock.message()
-    assert wait_until(lambda: p.task is not None and not p.dock.detect_button.isEnabled(), 10)
+    assert det is not None, p.dock.detection.message()
+    assert wait_until(lambda: p.task is not None
+                      and not p.dock.detection.detect_button.isEnabled(), 10)
     assert not any(b.isEnabled() for b in buttons)
-    p.dock.cancel_button.click()
+    p.dock.detection.cancel_button.click()
     assert wait_until(lambda: p.task is None, 30)
-    assert all(b.isEnabled() for b in buttons) and p.dock.progress.value() == 0
+    assert all(b.isEnabled() for b in buttons) and p.dock.detection.progress.value() == 0
 
 
 # ----------------------------------------------------------------------------- area versions
@@ -703,23 +530,24 @@ def test_result_window_shows_the_numbers_and_the_user_may_keep_the_version(
     assert lineage["kept"]["note"] == "kept from the result window"
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == \
         [f"{MODEL}@1"]
-    assert "Kept pv-unet-efl0@1 against the rule's verdict (recorded in its lineage); " \
-           "now used in its area." == p.dock.message()
+    assert f"Kept {MODEL}@1 against the rule's verdict (recorded in its lineage); " \
+           "now used in its area." == p.dock.detection.message()
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
-                      and p.dock.model_combo.findData(f"{MODEL}@1") >= 0, 30)
-    idx = p.dock.model_combo.findData(f"{MODEL}@1")
-    assert "[area 0.27 km², in use]" in p.dock.model_combo.itemText(idx)
-    assert "Taught on 0.27 km² around 48.1846° N" in p.dock.model_combo.itemData(
+                      and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
+    idx = p.dock.models.model_combo.findData(f"{MODEL}@1")
+    assert "[area 0.27 km², in use]" in p.dock.models.model_combo.itemText(idx)
+    assert "Taught on 0.27 km² around 48.1846° N" in p.dock.models.model_combo.itemData(
         idx, Qt.ToolTipRole)
-    assert p.dock.current_model_id() == MODEL  # the dock keeps its model
-    p.dock.model_combo.setCurrentIndex(idx)
-    assert p.dock.rollback_button.isEnabled() and not p.dock.activate_button.isEnabled()
-    assert "Stop using pv-unet-efl0@1 in its area" in p.dock.rollback_button.toolTip()
-    p.dock.rollback_button.click()
+    assert p.dock.models.current_model_id() == MODEL  # the dock keeps its model
+    p.dock.models.model_combo.setCurrentIndex(idx)
+    versions = p.dock.versions
+    assert versions.rollback_button.isEnabled() and not versions.activate_button.isEnabled()
+    assert f"Stop using {MODEL}@1 in its area" in p.dock.versions.rollback_button.toolTip()
+    p.dock.versions.rollback_button.click()
     assert wait_until(lambda: p.retrain.versions_task is None, 30)
     assert json.loads((users / MODEL / "active.json").read_text())["area_versions"] == []
-    assert p.dock.message() == "pv-unet-efl0@1 is no longer used."
+    assert p.dock.detection.message() == f"{MODEL}@1 is no longer used."
     # a rejected report without a pending candidate offers no keep button
     plain = p.retrain.show_result(dict(UNDECIDED, pending=None, verdict="rejected"))
     assert plain.keep_button is None

@@ -1,9 +1,10 @@
-"""The plugin's link to the daemon: connect (starting it when allowed), choose a model
-card, and put the daemon's errors and warnings into sentences a user can act on.
+"""The plugin's connection to the engine (the daemon): connect, starting it when
+allowed, and put the engine's errors and warnings into sentences a user can act on.
 
 No QGIS here, so scripts (``tools/demo.py``) use it too. ``protocol.client`` (pyzmq) is
 imported only when a connection is made, so the plugin loads where pyzmq is missing and
-says how to install it when it is needed.
+says how to install it when it is needed. Which model card to use is
+:mod:`.cards`' business.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from protocol.errors import (
     DaemonError,
     DaemonUnavailable,
     InputError,
-    ModelNotFound,
     ResultLayerError,
 )
 
@@ -110,34 +110,6 @@ def source_unreadable(exc: BaseException) -> bool:
             and exc.code in (E_FORBIDDEN, E_NOT_FOUND))
 
 
-def default_card(cards: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The card the daemon flags ``"default": true`` in its ``models`` reply (its
-    default for the device it runs on), else the first card, else None."""
-    return next((c for c in cards if c.get("default")), cards[0] if cards else None)
-
-
-def pick_card(cards: List[Dict[str, Any]], model_id: Optional[str]) -> Dict[str, Any]:
-    """The card of ``model_id``, or the daemon's default card when ``model_id`` is None.
-
-    Args:
-        cards: the daemon's ``models`` reply.
-        model_id: a card id (``<base>`` or ``<base>@<n>``), or None.
-
-    Raises:
-        ModelNotFound: no models, or no card with that id (the message lists the ids).
-    """
-    if not cards:
-        raise ModelNotFound("The engine has no models installed: repair it with 'Set up "
-                            "the engine…' in the Ortholens panel, then restart it.")
-    if model_id is None:
-        return default_card(cards)
-    for c in cards:
-        if c.get("id") == model_id:
-            return c
-    raise ModelNotFound(f"The daemon has no model '{model_id}' (available: "
-                        f"{', '.join(str(c.get('id')) for c in cards)}).")
-
-
 def daemon_notes(result: Optional[Dict[str, Any]]) -> List[str]:
     """The daemon's ``stats["warnings"]`` of a result (e.g. a raster resampled from a
     GSD far from the model's, an out-of-memory back-off) as sentences for the user:
@@ -184,5 +156,5 @@ def describe_error(exc: BaseException, action: str = "run the detection",
     return f"Unexpected error: {exc!r} (details in the Ortholens log)."
 
 
-__all__ = ["connect_daemon", "token_refused", "source_unreadable", "default_card",
-           "pick_card", "daemon_notes", "describe_error", "START_BY_HAND"]
+__all__ = ["connect_daemon", "token_refused", "source_unreadable", "daemon_notes",
+           "describe_error", "START_BY_HAND"]

@@ -1,0 +1,148 @@
+"""The dock's detection section: Detect in extent, the running job's progress bar and
+Cancel, the message line, and the last result's file (Copy path, Open folder).
+
+The progress bar, Cancel and the message line serve every job the dock starts (a
+detection, a retrain, a version switch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import (
+    QApplication,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+from qgis.core import Qgis
+
+#: The message line's colour of each message level.
+LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
+                Qgis.Warning: "#9a6700", Qgis.Critical: "#b71c1c"}
+
+
+class DetectionSection(QWidget):
+    """Detect in extent, progress and Cancel, the message line, the result file.
+
+    Attributes:
+        result_path: the last result's GeoPackage (absolute path), or None.
+
+    Signals:
+        detectRequested(): Detect in extent was pressed.
+        cancelRequested(): Cancel was pressed.
+    """
+
+    detectRequested = pyqtSignal()
+    cancelRequested = pyqtSignal()
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.detect_button = QPushButton("Detect in extent", self)
+        self.detect_button.setObjectName("ortholensDetectButton")
+        self.detect_button.setToolTip("Detect in the visible part of the active raster layer")
+        self.detect_button.clicked.connect(self.detectRequested)
+        outer.addWidget(self.detect_button)
+        self._add_progress_row(outer)
+        self.message_label = QLabel("", self)
+        self.message_label.setObjectName("ortholensMessage")
+        self.message_label.setWordWrap(True)
+        self.message_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        # Long, unbreakable text (file paths) must not widen the dock over the map.
+        self.message_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        self.message_label.setMinimumWidth(120)
+        outer.addWidget(self.message_label)
+        self._add_result_row(outer)
+
+    def _add_progress_row(self, outer: QVBoxLayout) -> None:
+        """The progress bar (percent) and Cancel (enabled while a job runs)."""
+        row = QHBoxLayout()
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel_button)
+        outer.addLayout(row)
+
+    def _add_result_row(self, outer: QVBoxLayout) -> None:
+        """The last result's file: its name (full path as tooltip), Copy path, Open
+        folder; hidden until a result exists."""
+        self.result_box = QWidget(self)
+        self.result_box.setObjectName("ortholensResultBox")
+        lay = QHBoxLayout(self.result_box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.result_label = QLabel("", self.result_box)
+        self.result_label.setObjectName("ortholensResultPath")
+        self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.result_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Minimum)
+        self.copy_path_button = QToolButton(self.result_box)
+        self.copy_path_button.setObjectName("ortholensCopyPath")
+        self.copy_path_button.setText("Copy path")
+        self.copy_path_button.setToolTip("Copy the result GeoPackage's full path")
+        self.copy_path_button.clicked.connect(self.copy_result_path)
+        self.open_folder_button = QToolButton(self.result_box)
+        self.open_folder_button.setObjectName("ortholensOpenFolder")
+        self.open_folder_button.setText("Open folder")
+        self.open_folder_button.setToolTip("Show the results folder in the file manager")
+        self.open_folder_button.clicked.connect(self._open_folder)
+        lay.addWidget(self.result_label, 1)
+        lay.addWidget(self.copy_path_button)
+        lay.addWidget(self.open_folder_button)
+        self.result_box.setVisible(False)
+        self.result_path: Optional[str] = None
+        outer.addWidget(self.result_box)
+
+    def show_result(self, path: str) -> None:
+        """Show the result file ``path`` (absolute) in the result row."""
+        self.result_path = path
+        self.result_label.setText(f"Saved: {Path(path).name}")
+        self.result_label.setToolTip(path)
+        self.result_box.setVisible(True)
+
+    def copy_result_path(self) -> None:
+        """Put the last result's full path on the clipboard."""
+        if self.result_path:
+            QApplication.clipboard().setText(self.result_path)
+
+    def _open_folder(self) -> None:
+        if self.result_path:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(self.result_path).parent)))
+
+    def set_busy(self, busy: bool) -> None:
+        """Enable Cancel and disable Detect while a job runs (and the reverse); the bar
+        starts at 0."""
+        self.detect_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.progress.setValue(0)
+
+    def set_progress(self, value: float) -> None:
+        """Set the progress bar, percent."""
+        self.progress.setValue(int(round(value)))
+
+    def show_message(self, text: str, level: int = Qgis.Info) -> None:
+        """Show ``text`` under the buttons, coloured by message level."""
+        color = LEVEL_COLORS.get(level, "#000000")
+        self.message_label.setStyleSheet(f"color: {color};")
+        self.message_label.setText(text)
+        self.message_label.setToolTip(text)
+
+    def message(self) -> str:
+        """The message shown under the buttons."""
+        return self.message_label.text()
+
+
+__all__ = ["LEVEL_COLORS", "DetectionSection"]

@@ -1,0 +1,80 @@
+"""The attribute table of a result layer: ``protocol.results``' result schema, with
+``detected_at`` a GeoPackage DateTime (UTC)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Dict, List
+
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QTime, QVariant
+from qgis.core import QgsField, QgsFields
+
+from protocol import results
+from protocol.errors import ResultLayerError
+
+#: QVariant type and Python conversion of each kind of ``protocol.results``.
+_KINDS = {"str": (QVariant.String, str), "int": (QVariant.Int, int),
+          "float": (QVariant.Double, float)}
+
+#: Fields stored as a GeoPackage DateTime (UTC) although the protocol carries text.
+DATETIME_FIELDS = ("detected_at",)
+
+#: (name, QVariant type) of the result table's fields, in order: the protocol's result
+#: schema, with :data:`DATETIME_FIELDS` as ``QVariant.DateTime``.
+RESULT_FIELDS = tuple((name, QVariant.DateTime if name in DATETIME_FIELDS else _KINDS[kind][0])
+                      for name, kind in results.RESULT_FIELDS)
+
+
+def result_fields() -> QgsFields:
+    """The attribute fields of a result layer (see :data:`RESULT_FIELDS`)."""
+    fields = QgsFields()
+    for name, vtype in RESULT_FIELDS:
+        fields.append(QgsField(name, vtype))
+    return fields
+
+
+def utc_datetime(value: Any) -> QDateTime:
+    """``value`` as a UTC ``QDateTime`` (millisecond precision).
+
+    Args:
+        value: a ``datetime.datetime`` or ISO 8601 text (``2024-05-06T07:08:09Z``,
+            ``...+02:00``); a time without an offset is taken as UTC.
+
+    Raises:
+        ResultLayerError: ``value`` is not a date and time.
+    """
+    if isinstance(value, _dt.datetime):
+        when = value
+    else:
+        try:
+            when = _dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ResultLayerError(f"{value!r} is not an ISO 8601 date and time") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(_dt.timezone.utc)
+    return QDateTime(QDate(when.year, when.month, when.day),
+                     QTime(when.hour, when.minute, when.second, when.microsecond // 1000),
+                     Qt.UTC)
+
+
+def feature_attributes(feature: Dict[str, Any], detected_at: QDateTime) -> List[Any]:
+    """The attribute values of a result feature in :data:`RESULT_FIELDS` order: each
+    converted to its kind; ``detected_at`` for that field; a field the feature lacks is
+    NULL.
+
+    Args:
+        feature: a feature as in ``protocol.wire`` (the fields of ``protocol.results``).
+        detected_at: the detection time (see :func:`utc_datetime`).
+    """
+    values = []
+    for name, kind in results.RESULT_FIELDS:
+        if name == "detected_at":
+            values.append(detected_at)
+            continue
+        value = feature.get(name)
+        values.append(None if value is None else _KINDS[kind][1](value))
+    return values
+
+
+__all__ = ["DATETIME_FIELDS", "RESULT_FIELDS", "result_fields", "utc_datetime",
+           "feature_attributes"]
