@@ -296,8 +296,8 @@ class RegionDetector:
         probs = [None] * len(group)
         for j, i in enumerate(live):
             probs[i] = np.ascontiguousarray(out[j])
-        t = self.plan.tile
-        return [p if p is not None else np.zeros((self.engine.channels, t, t), np.float32)
+        shape = (self.engine.channels,) + self.plan.shape
+        return [p if p is not None else np.zeros(shape, np.float32)
                 for p in probs], len(live)
 
     def probabilities(self, window: Window, progress: Optional[Progress] = None,
@@ -314,7 +314,7 @@ class RegionDetector:
             JobCancelled: ``cancelled()`` returned True.
             JobError: ``busy`` when one tile does not fit in the device's memory.
         """
-        g, t = self.grid, self.plan.tile
+        g = self.grid
         needed = self.plan.intersecting(window, g.height, g.width)
         have: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
         missing = []
@@ -324,8 +324,8 @@ class RegionDetector:
                 missing.append(key)
             else:
                 have[key] = item
-        stitch = Stitcher(self.engine.channels, g.height, g.width, t, self.plan.overlap,
-                          window)
+        stitch = Stitcher(self.engine.channels, g.height, g.width, self.plan.shape,
+                          self.plan.overlap, window)
         pos = run = 0
 
         def drain() -> None:
@@ -338,7 +338,7 @@ class RegionDetector:
 
         drain()
         groups = list(batches(missing, self.backoff.size))
-        with closing(read_ahead(self.reader, groups, t)) as tiles:
+        with closing(read_ahead(self.reader, groups, self.plan.shape)) as tiles:
             for group, imgs, masks in tiles:
                 if cancelled and cancelled():
                     raise JobCancelled()

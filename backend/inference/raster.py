@@ -250,7 +250,7 @@ class WindowReader:
 
 
 def read_ahead(reader: WindowReader, groups: Sequence[Sequence[Tuple[int, int]]],
-               size: int) -> Iterator[Tuple[Sequence[Tuple[int, int]], np.ndarray,
+               size: Tuple[int, int]) -> Iterator[Tuple[Sequence[Tuple[int, int]], np.ndarray,
                                             List[np.ndarray]]]:
     """Read groups of tiles in a background thread, one group ahead of the caller, so
     that reading overlaps the model's work on the previous group.
@@ -261,12 +261,12 @@ def read_ahead(reader: WindowReader, groups: Sequence[Sequence[Tuple[int, int]]]
     Args:
         reader: the grid's reader (used by the background thread only).
         groups: tile offsets ``(row, col)`` per model batch.
-        size: tile side, pixels.
+        size: ``(height, width)`` of a tile, pixels.
 
     Yields:
         ``(group, images, masks)``: the group, its tiles stacked to
-        ``(len(group), bands, size, size)`` of the source dtype, and one bool
-        ``(size, size)`` valid-data mask per tile (see :meth:`WindowReader.read`).
+        ``(len(group), bands, height, width)`` of the source dtype, and one bool
+        ``(height, width)`` valid-data mask per tile (see :meth:`WindowReader.read`).
 
     Raises:
         Whatever :meth:`WindowReader.read` raised, in the caller's thread.
@@ -279,7 +279,7 @@ def read_ahead(reader: WindowReader, groups: Sequence[Sequence[Tuple[int, int]]]
             for group in groups:
                 if stop.is_set():
                     return
-                tiles = [reader.read(Window(r, c, size, size)) for r, c in group]
+                tiles = [reader.read(Window(r, c, *size)) for r, c in group]
                 q.put((group, np.stack([t[0] for t in tiles]), [t[1] for t in tiles]))
             q.put(None)
         except BaseException as exc:  # raised again in the consumer

@@ -40,36 +40,41 @@ class TilePlan:
     """How a grid is tiled.
 
     Attributes:
-        tile: tile side, pixels.
+        height, width: tile size, pixels (multiples of :data:`TILE_MULTIPLE`).
         overlap: overlap of neighbouring tiles, pixels (0 when one tile covers the grid).
-        shifted: a second tiling offset by ``-tile // 2`` on both axes is added, so that
+        shifted: a second tiling offset by half a tile on both axes is added, so that
             its tile borders fall on the first tiling's tile centres.
     """
 
-    tile: int
+    height: int
+    width: int
     overlap: int
     shifted: bool
 
     @property
-    def shift(self) -> int:
-        """Offset of the shifted tiling, pixels (0 when there is none)."""
-        return self.tile // 2 if self.shifted else 0
+    def shape(self) -> Tuple[int, int]:
+        """``(height, width)`` of a tile, pixels."""
+        return self.height, self.width
+
+    @property
+    def shift(self) -> Tuple[int, int]:
+        """``(rows, cols)`` offset of the shifted tiling, pixels ((0, 0) without one)."""
+        return (self.height // 2, self.width // 2) if self.shifted else (0, 0)
 
     def axes(self, height: int, width: int) -> List[Tuple[List[int], List[int]]]:
         """``[(row starts, col starts)]`` of the plain tiling, then of the shifted one
         when there is one (its starts are negative where it begins outside the grid)."""
-        out = [(positions(height, self.tile, self.overlap),
-                positions(width, self.tile, self.overlap))]
+        out = [(positions(height, self.height, self.overlap),
+                positions(width, self.width, self.overlap))]
         if self.shifted:
-            s = self.shift
-            out.append(([r - s for r in positions(height + s, self.tile, self.overlap)],
-                        [c - s for c in positions(width + s, self.tile, self.overlap)]))
+            sr, sc = self.shift
+            out.append(([r - sr for r in positions(height + sr, self.height, self.overlap)],
+                        [c - sc for c in positions(width + sc, self.width, self.overlap)]))
         return out
 
     def offsets(self, height: int, width: int) -> List[Tuple[int, int]]:
         """``(row, col)`` of every tile over an ``height`` x ``width`` grid, in the order
-        they are run and stitched: the plain tiling row-major, then the shifted one
-        (the same tiles as :func:`tile_grid` and :func:`shifted_tile_grid`)."""
+        they are run and stitched: the plain tiling row-major, then the shifted one."""
         return [(r, c) for rows, cols in self.axes(height, width) for r in rows for c in cols]
 
     def intersecting(self, window: Window, height: int, width: int) -> List[Tuple[int, int]]:
@@ -77,10 +82,31 @@ class TilePlan:
         ``window``, in the order of :meth:`offsets` (the whole grid's run order)."""
         out: List[Tuple[int, int]] = []
         for rows, cols in self.axes(height, width):
-            rr = [r for r in rows if r < window.row_stop and r + self.tile > window.row]
-            cc = [c for c in cols if c < window.col_stop and c + self.tile > window.col]
+            rr = [r for r in rows if r < window.row_stop and r + self.height > window.row]
+            cc = [c for c in cols if c < window.col_stop and c + self.width > window.col]
             out.extend((r, c) for r in rr for c in cc)
         return out
+
+    def window(self, row: int, col: int) -> Window:
+        """The tile at ``(row, col)`` as a window of the grid."""
+        return Window(row, col, self.height, self.width)
+
+
+def balanced_side(length: int, max_side: int, overlap: int) -> int:
+    """The tile side along an axis of ``length`` pixels: as many tiles as sides of
+    ``max_side`` overlapping by ``overlap`` need, each as short as they can be to cover
+    the axis (rounded up to :data:`TILE_MULTIPLE`), so the model runs on the fewest
+    pixels beyond the grid's (1920 px at 1024 / 64: two tiles of 992, not three of 1024).
+
+    Args:
+        length: grid length, pixels (> 0).
+        max_side: the card's tile side, pixels (a multiple of 32).
+        overlap: pixels, 0 <= overlap < max_side.
+    """
+    if length <= max_side:  # one tile, still longer than the overlap the plan keeps
+        return min(max_side, max(round32(length), round32(overlap + 1)))
+    n = -(-(length - overlap) // (max_side - overlap))
+    return min(max_side, round32(-(-(length + (n - 1) * overlap) // n)))
 
 
 def plan_tiling(card, height: int, width: int, tile_size: Optional[int] = None,
@@ -94,18 +120,18 @@ def plan_tiling(card, height: int, width: int, tile_size: Optional[int] = None,
         tile_size, overlap: override the card's values (None: the card's).
 
     Returns:
-        A :class:`TilePlan`. A grid smaller than a tile runs as one tile of its longer
-        side rounded up to a multiple of 32, without overlap and without the shifted
-        tiling (there are no tile borders to hide, and shifted tiles would be half
-        reflection padding).
+        A :class:`TilePlan` whose tiles are at most ``tile_size`` on a side and as short
+        as covering each axis allows (:func:`balanced_side`). A grid inside one tile
+        runs as one tile of its size rounded up to multiples of 32, without overlap and
+        without the shifted tiling (there are no tile borders to hide, and shifted
+        tiles would be half reflection padding).
     """
-    tile_size = tile_size or card.tile_size
-    overlap = card.overlap if overlap is None else overlap
-    longest = max(height, width)
-    tile = min(int(tile_size), round32(longest))
-    if longest <= tile:
-        return TilePlan(tile, 0, False)
-    return TilePlan(tile, int(overlap), bool(card.shifts))
+    tile_size = int(tile_size or card.tile_size)
+    overlap = int(card.overlap if overlap is None else overlap)
+    if height <= tile_size and width <= tile_size:
+        return TilePlan(round32(height), round32(width), 0, False)
+    return TilePlan(balanced_side(height, tile_size, overlap),
+                    balanced_side(width, tile_size, overlap), overlap, bool(card.shifts))
 
 
 def positions(length: int, tile: int, overlap: int) -> List[int]:
@@ -130,24 +156,6 @@ def positions(length: int, tile: int, overlap: int) -> List[int]:
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
     return starts
-
-
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> List[Tuple[int, int]]:
-    """``(row, col)`` pixel offsets of every tile over an ``height`` x ``width`` grid."""
-    return [(r, c) for r in positions(height, tile, overlap)
-            for c in positions(width, tile, overlap)]
-
-
-def shifted_tile_grid(height: int, width: int, tile: int, overlap: int,
-                      shift: int) -> List[Tuple[int, int]]:
-    """Like :func:`tile_grid` but offset by ``-shift`` pixels on both axes.
-
-    The first tiles start outside the grid (at ``-shift``), so tile borders fall where
-    the unshifted grid has tile centres; averaging both tilings removes any trace of
-    tile edges (the "shifted tilings" of ensemble inference).
-    """
-    return [(r - shift, c - shift) for r, c in
-            tile_grid(height + shift, width + shift, tile, overlap)]
 
 
 def ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
@@ -180,13 +188,15 @@ class Stitcher:
     Args:
         channels: C, number of probability channels.
         height, width: the whole grid's size, pixels.
-        tile, overlap: tile side and overlap, pixels (:class:`TilePlan`).
+        tile: tile side, or ``(height, width)``, pixels (:class:`TilePlan`).
+        overlap: overlap of neighbouring tiles, pixels.
         window: the part of the grid to stitch (default: the whole grid).
     """
 
-    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int,
+    def __init__(self, channels: int, height: int, width: int, tile, overlap: int,
                  window: Optional[Window] = None):
-        self.height, self.width, self.tile, self.overlap = height, width, tile, overlap
+        self.height, self.width, self.overlap = height, width, overlap
+        self.tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
         self.window = window or Window(0, 0, height, width)
         shape = self.window.shape
         self.acc = np.zeros((channels,) + shape, np.float32)
@@ -196,19 +206,20 @@ class Stitcher:
 
     def add(self, row: int, col: int, probs: np.ndarray,
             valid: Optional[np.ndarray] = None) -> None:
-        """Blend one tile's probabilities, float32 (C, tile, tile), at whole-grid pixel
-        offset (row, col), and its valid-data mask, bool (tile, tile), when given.
+        """Blend one tile's probabilities, float32 (C, th, tw), at whole-grid pixel
+        offset (row, col), and its valid-data mask, bool (th, tw), when given.
 
         Offsets may be negative; the parts of a tile outside the window are ignored.
         """
-        t = self.tile
-        part = Window(row, col, t, t).intersection(self.window)
+        th, tw = self.tile
+        tile = Window(row, col, th, tw)
+        part = tile.intersection(self.window)
         part = part and part.intersection(Window(0, 0, self.height, self.width))
         if part is None:
             return
-        wy = ramp(t, self.overlap, row <= 0, row + t >= self.height)
-        wx = ramp(t, self.overlap, col <= 0, col + t >= self.width)
-        src = part.slices(Window(row, col, t, t))
+        wy = ramp(th, self.overlap, row <= 0, row + th >= self.height)
+        wx = ramp(tw, self.overlap, col <= 0, col + tw >= self.width)
+        src = part.slices(tile)
         dst = part.slices(self.window)
         weight = wy[src[0], None] * wx[None, src[1]]
         self.acc[(slice(None),) + dst] += probs[(slice(None),) + src] * weight

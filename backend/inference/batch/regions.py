@@ -169,11 +169,12 @@ def _cache_mb(plan: Dict[str, Any], detector: RegionDetector) -> float:
     """The tile cache's budget: the plan's, but never more than the tiles of two
     windows (what consecutive regions share)."""
     t, g = detector.plan, detector.grid
-    win = int(plan["region_px"]) + 2 * int(plan["halo_px"]) + t.tile
     rows, cols = t.axes(g.height, g.width)[0]
-    per_axis = min(max(len(rows), len(cols)), win // max(1, t.tile - t.overlap) + 2)
-    tile_mb = (detector.engine.channels * 4 + 1) * t.tile * t.tile / float(1 << 20)
-    two_windows_mb = 2 * per_axis * per_axis * tile_mb * (2 if t.shifted else 1)
+    side = int(plan["region_px"]) + 2 * int(plan["halo_px"])
+    per_rows = min(len(rows), (side + t.height) // max(1, t.height - t.overlap) + 2)
+    per_cols = min(len(cols), (side + t.width) // max(1, t.width - t.overlap) + 2)
+    tile_mb = (detector.engine.channels * 4 + 1) * t.height * t.width / float(1 << 20)
+    two_windows_mb = 2 * per_rows * per_cols * tile_mb * (2 if t.shifted else 1)
     return min(float(plan.get("tile_cache_mb", DEFAULT_TILE_CACHE_MB)), two_windows_mb)
 
 

@@ -13,7 +13,7 @@ from backend.config import data_dir
 from backend.inference.engines import EnsembleEngine, apply_tta, invert_tta
 from backend.inference.grid import plan_grid
 from backend.inference.raster import WindowReader
-from backend.inference.tiling import tile_grid
+from backend.inference.tiling import plan_tiling
 from backend.models.card import TTA_TRANSFORMS, ModelCard
 from backend.models.catalog import load_card
 from protocol.errors import ModelCorrupt
@@ -72,7 +72,8 @@ def test_ensemble_tta_and_shifts_are_exact_for_an_equivariant_member():
         side = max(grid.width, grid.height)
         whole, _ = reader.read(Window(0, 0, side, side))
         reader.close()
-    n_plain = len(tile_grid(grid.height, grid.width, 256, 64))
+    plan = plan_tiling(card, grid.height, grid.width, 256, 64)
+    n_plain = len(plan.axes(grid.height, grid.width)[0][0]) * len(plan.axes(grid.height, grid.width)[0][1])
     assert n > n_plain  # the shifted tiling really ran
     f = whole[:, :grid.height, :grid.width].astype(np.float32).mean(0) / 255.0
     expect = (1.0 * f + 3.0 * 0.5 * f) / 4.0  # weighted mean of the two members
@@ -126,4 +127,6 @@ def test_shifted_tiling_only_where_a_grid_has_tile_borders():
         _, _, n_big = PL.predict_grid(r, big, eng, 4, tile_size=256, overlap=64)
         r.close()
     assert n_small == 1
-    assert n_big == len(tile_grid(400, 400, 256, 64)) + len(tile_grid(528, 528, 256, 64))
+    # 400 px: two rows and columns of 160-px tiles; shifted by 80, three of each
+    assert plan_tiling(card, 400, 400, 256, 64).shape == (160, 160)
+    assert n_big == 2 * 2 + 3 * 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.inference.tiling import Stitcher, ramp, tile_grid
+from backend.inference.tiling import Stitcher, TilePlan, ramp
 
 TILE, OVERLAP = 64, 32
 
@@ -41,7 +41,7 @@ def test_position_dependent_tiles_have_no_seams():
     h = w = 200
     ramp_tile = np.tile(np.linspace(0.0, 1.0, TILE, dtype=np.float32), (TILE, 1))[None]
     st = Stitcher(1, h, w, TILE, OVERLAP)
-    for r, c in tile_grid(h, w, TILE, OVERLAP):
+    for r, c in TilePlan(TILE, TILE, OVERLAP, False).offsets(h, w):
         st.add(r, c, ramp_tile)
     out = st.result()[0]
     raw_edge_jump = 1.0          # where one unblended tile ends and the next begins
@@ -49,7 +49,7 @@ def test_position_dependent_tiles_have_no_seams():
     assert jumps.max() < 0.1 * raw_edge_jump, jumps.max()
     # without feathering (uniform weights) the same tiles leave seams
     hard = np.zeros((h, w), np.float32)
-    for r, c in tile_grid(h, w, TILE, OVERLAP):
+    for r, c in TilePlan(TILE, TILE, OVERLAP, False).offsets(h, w):
         hard[r:r + TILE, c:c + TILE] = ramp_tile[0]
     assert np.abs(np.diff(hard, axis=1)).max() > 0.4
 

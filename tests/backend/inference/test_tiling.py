@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from protocol.window import Window
-from backend.inference.tiling import (TILE_MULTIPLE, Stitcher, TilePlan, batches,
-                                      plan_tiling, positions, ramp, round32,
-                                      shifted_tile_grid, tile_grid)
+from backend.inference.tiling import (TILE_MULTIPLE, Stitcher, TilePlan, balanced_side,
+                                      batches, plan_tiling, positions, ramp, round32)
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -48,50 +47,65 @@ def test_positions_refuses_invalid_sizes(length, tile, overlap):
     assert str(e.value) == f"invalid tiling: length={length} tile={tile} overlap={overlap}"
 
 
-def test_tile_grids_plain_and_shifted():
-    """Row-major ``(row, col)``; the shifted grid starts half a tile outside the grid."""
-    assert tile_grid(65, 100, 64, 32) == [(0, 0), (0, 32), (0, 36), (1, 0), (1, 32),
-                                          (1, 36)]
-    # positions(65 + 32) = [0, 32, 33] and positions(100 + 32) = [0, 32, 64, 68], less 32
-    assert shifted_tile_grid(65, 100, 64, 32, 32) == [
-        (r, c) for r in (-32, 0, 1) for c in (-32, 0, 32, 36)]
-
-
 # ----------------------------------------------------------------------------- plans
 
 CARD = SimpleNamespace(tile_size=512, overlap=64, shifts=True)
 
 
 @pytest.mark.parametrize("height, width, kwargs, expected", [
-    (100, 60, {}, TilePlan(128, 0, False)),      # inside one tile: its side rounded to 32
-    (512, 300, {}, TilePlan(512, 0, False)),     # exactly one tile: no borders to hide
-    (513, 10, {}, TilePlan(512, 64, True)),      # one pixel more: overlap and the shift
-    (10, 2000, {}, TilePlan(512, 64, True)),     # the longer side decides
-    (300, 300, {"tile_size": 256}, TilePlan(256, 64, True)),
-    (300, 300, {"tile_size": 256, "overlap": 0}, TilePlan(256, 0, True)),  # 0 is a value
-    (300, 300, {"tile_size": 256, "overlap": None}, TilePlan(256, 64, True)),
-    (200, 200, {"tile_size": 1000}, TilePlan(224, 0, False)),  # capped at the grid
+    (100, 60, {}, TilePlan(128, 64, 0, False)),  # inside one tile: its size rounded to 32
+    (512, 300, {}, TilePlan(512, 320, 0, False)),  # exactly one tile: no borders to hide
+    (513, 10, {}, TilePlan(320, 96, 64, True)),  # one pixel more: two rows of 320 px
+    (10, 2000, {}, TilePlan(96, 480, 64, True)),  # (2000 - 64) / 448 -> 5 tiles of 480
+    (300, 300, {"tile_size": 256}, TilePlan(192, 192, 64, True)),
+    (300, 300, {"tile_size": 256, "overlap": 0}, TilePlan(160, 160, 0, True)),  # 0 is a value
+    (300, 300, {"tile_size": 256, "overlap": None}, TilePlan(192, 192, 64, True)),
+    (200, 200, {"tile_size": 1000}, TilePlan(224, 224, 0, False)),  # capped at the grid
+    (1080, 1920, {"tile_size": 1024}, TilePlan(576, 992, 64, True)),  # a screen: 2 x 2
 ])
 def test_plan_tiling(height, width, kwargs, expected):
     assert plan_tiling(CARD, height, width, **kwargs) == expected
 
 
+@pytest.mark.parametrize("length, max_side, overlap, expected", [
+    (1, 512, 64, 96),            # one tile, longer than the overlap
+    (512, 512, 64, 512), (513, 512, 64, 320), (960, 512, 64, 512), (961, 512, 64, 384),
+    (1920, 1024, 64, 992), (1921, 1024, 64, 1024), (5000, 512, 128, 512),
+    (5000, 1024, 64, 896)])
+def test_balanced_sides_cover_the_axis_with_the_fewest_tiles(length, max_side, overlap,
+                                                             expected):
+    """As many tiles as sides of ``max_side`` need, each as short as covering allows:
+    the tiles of :func:`positions` cover the axis, one tile fewer would not, and a tile
+    32 px shorter would need one more."""
+    side = balanced_side(length, max_side, overlap)
+    assert side == expected and side % 32 == 0 and side <= max_side
+    n = len(positions(length, side, overlap))
+    starts = positions(length, side, overlap)
+    assert starts[0] == 0 and starts[-1] + side >= length
+    assert n == len(positions(length, max_side, overlap))
+    if side > 32 and length > side:
+        assert len(positions(length, side - 32, overlap)) > n
+
+
 def test_plan_tiling_without_shifts_and_with_numbers_as_strings():
     card = SimpleNamespace(tile_size="256", overlap="32", shifts=0)
     plan = plan_tiling(card, 1000, 1000)
-    assert plan == TilePlan(256, 32, False)
-    assert type(plan.tile) is int and type(plan.overlap) is int and plan.shifted is False
+    assert plan == TilePlan(256, 256, 32, False)  # five tiles of 256 cover 1000 px
+    assert type(plan.height) is int and type(plan.overlap) is int and plan.shifted is False
 
 
 def test_tile_plan_shift_axes_and_offsets():
-    plain, shifted = TilePlan(64, 32, False), TilePlan(64, 32, True)
-    assert (plain.shift, shifted.shift) == (0, 32)
+    plain, shifted = TilePlan(64, 64, 32, False), TilePlan(64, 64, 32, True)
+    assert (plain.shift, shifted.shift) == ((0, 0), (32, 32))
     assert plain.axes(65, 100) == [([0, 1], [0, 32, 36])]
     assert shifted.axes(65, 100) == [([0, 1], [0, 32, 36]), ([-32, 0, 1], [-32, 0, 32, 36])]
-    assert plain.offsets(65, 100) == tile_grid(65, 100, 64, 32)
-    assert shifted.offsets(65, 100) == (tile_grid(65, 100, 64, 32)
-                                        + shifted_tile_grid(65, 100, 64, 32, 32))
-    assert len(shifted.offsets(65, 100)) == 6 + 12
+    # row-major, then the shifted tiling, which starts half a tile outside the grid
+    assert plain.offsets(65, 100) == [(0, 0), (0, 32), (0, 36), (1, 0), (1, 32), (1, 36)]
+    assert shifted.offsets(65, 100) == plain.offsets(65, 100) + [
+        (r, c) for r in (-32, 0, 1) for c in (-32, 0, 32, 36)]
+    rect = TilePlan(32, 64, 16, True)
+    assert rect.shift == (16, 32) and rect.window(3, -2) == Window(3, -2, 32, 64)
+    assert rect.axes(40, 100) == [([0, 8], [0, 36]), ([-16, 0, 8], [-32, 16, 36])]
 
 
 def test_batches():
@@ -189,10 +203,10 @@ def test_parts_of_a_tile_outside_the_grid_are_ignored():
 def test_a_constant_survives_any_tiling():
     """Blending is an average: tiles of one constant stitch to that constant everywhere,
     plain and shifted tilings alike."""
-    plan = TilePlan(32, 16, True)
-    st = Stitcher(1, 70, 50, plan.tile, plan.overlap)
+    plan = TilePlan(32, 48, 16, True)
+    st = Stitcher(1, 70, 50, plan.shape, plan.overlap)
     for r, c in plan.offsets(70, 50):
-        st.add(r, c, np.full((1, 32, 32), 0.3, np.float32))
+        st.add(r, c, np.full((1, 32, 48), 0.3, np.float32))
     np.testing.assert_allclose(st.result(), 0.3, rtol=1e-6)
 
 
@@ -207,7 +221,7 @@ def test_a_window_gets_the_whole_grids_tiles_in_their_order(height, width, shift
     whole = plan.offsets(height, width)
     assert plan.intersecting(Window(0, 0, height, width), height, width) == whole
     win = Window(height // 3, width // 4, 100, 150)
-    meet = [(r, c) for r, c in whole if r < win.row_stop and r + plan.tile > win.row
-            and c < win.col_stop and c + plan.tile > win.col]
+    meet = [(r, c) for r, c in whole if r < win.row_stop and r + plan.height > win.row
+            and c < win.col_stop and c + plan.width > win.col]
     assert meet and plan.intersecting(win, height, width) == meet
-    assert plan.intersecting(Window(height + plan.tile, 0, 10, 10), height, width) == []
+    assert plan.intersecting(Window(height + plan.height, 0, 10, 10), height, width) == []
