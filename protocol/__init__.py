@@ -12,6 +12,8 @@ Modules:
     results   the attribute schema of a result polygon, shared by layers and GeoPackages
     paths     where a user's engine and model versions live (both sides)
     metrics   pixel IoU and object precision/recall/F1: how both sides score a result
+    window    :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the
+              windows a pixel upload travels in
     client    :class:`~protocol.client.OrtholensClient` (detect, batch, retrain and
               version requests; liveness checks), daemon start-up (pyzmq)
 """
