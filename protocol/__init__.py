@@ -22,5 +22,7 @@ from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .wire import *  # noqa: F401,F403
 from .wire import __all__ as _wire_all
+from .window import *  # noqa: F401,F403
+from .window import __all__ as _window_all
 
-__all__ = list(_errors_all) + list(_wire_all)
+__all__ = list(_errors_all) + list(_wire_all) + list(_window_all)

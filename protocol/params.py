@@ -5,8 +5,8 @@ task), and :class:`PixelUpload` for an image streamed to the daemon in windows. 
 request header by :meth:`to_header` (validated against ``protocol.wire``'s schema),
 and rebuilt by the daemon from the validated header with :meth:`from_header`. ``None``
 means "not given": the daemon then uses the model card's value (threshold, minimum
-area, simplification, orthogonalisation) or its own default (batch size, chunk size,
-retrain settings). The dock and the Processing algorithms follow the same rule.
+area, simplification, orthogonalisation) or its own default (batch size, batch chunk
+size, upload window size, retrain settings). The dock and the Processing algorithms follow the same rule.
 
 Needs only the standard library.
 """
@@ -249,7 +249,7 @@ class DetectParams(_Request):
 @dataclass(frozen=True)
 class PixelUpload(_Request):
     """An ``upload`` request: an image the client streams to the daemon window by
-    window (``chunk`` requests), then names as an :class:`UploadSource`.
+    window (``window`` requests), then names as an :class:`UploadSource`.
 
     Attributes:
         crs: CRS of the pixels, WKT or an authority id such as ``EPSG:32651``.
@@ -259,8 +259,8 @@ class PixelUpload(_Request):
         count: bands.
         dtype: one of ``protocol.wire.ALLOWED_DTYPES``.
         nodata: pixel value meaning "no data", or None.
-        chunk_px: window side the client would like, pixels; None: the daemon's
-            (``protocol.wire.DEFAULT_CHUNK_PX``). The reply's ``chunk_px`` is the one
+        window_px: window side the client would like, pixels; None: the daemon's
+            (``protocol.wire.DEFAULT_WINDOW_PX``). The reply's ``window_px`` is the one
             to use.
     """
 
@@ -273,7 +273,7 @@ class PixelUpload(_Request):
     count: int = 3
     dtype: str = "uint8"
     nodata: Optional[float] = None
-    chunk_px: Optional[int] = None
+    window_px: Optional[int] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transform", tuple(float(v) for v in self.transform))

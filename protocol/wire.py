@@ -31,16 +31,16 @@ Requests (client -> daemon) and the replies they get:
 ``status``    -> ``status`` {jobs: [{job_id, state, fraction, message}]}
 ``cancel``    -> ``cancelled`` {job_id} (the job stops at its next batch boundary); the
                  id of an upload (below) drops that upload
-``upload``    -> ``upload`` {upload_id, width, height, count, dtype, chunk_px, chunks,
+``upload``    -> ``upload`` {upload_id, width, height, count, dtype, window_px, windows,
                  received, complete, expires_s}: opens a *pixel upload*, an image of
                  ``width`` x ``height`` pixels, ``count`` bands of ``dtype``, georeferenced
                  by ``crs`` and ``transform`` (as a ``pixels`` source), that the client
                  then streams window by window; at most ``MAX_UPLOAD_BYTES``
-``chunk``     -> ``upload`` (as above) after storing one window of an upload: ``row``,
+``window``    -> ``upload`` (as above) after storing one window of an upload: ``row``,
                  ``col`` (its top-left pixel) and exactly one array frame (``count``, rows,
                  cols) of the upload's dtype. Windows lie on the grid of the reply's
-                 ``chunk_px`` (:func:`chunk_windows`: row and col multiples of
-                 ``chunk_px``, clipped at the right and bottom edges); a window sent again
+                 ``window_px`` (``protocol.window.upload_windows``: row and col multiples
+                 of ``window_px``, clipped at the right and bottom edges); a window sent again
                  replaces the earlier one. Once every window arrived (``complete``) a
                  ``detect`` may name it as its source ``{"kind": "upload", "upload_id"}``;
                  the detection consumes it (one detection per upload). An upload nobody
@@ -132,9 +132,9 @@ MAX_UPLOAD_BYTES = 1 << 30
 #: Side of an upload's windows, pixels: the client's default, and the range a client
 #: may ask for (a 3 x 4096 x 4096 uint8 window is 48 MiB; the daemon lowers the side
 #: when a window of a deeper image would exceed ``MAX_FRAME_BYTES``).
-DEFAULT_CHUNK_PX, MIN_CHUNK_PX, MAX_CHUNK_PX = 1024, 64, 4096
+DEFAULT_WINDOW_PX, MIN_WINDOW_PX, MAX_WINDOW_PX = 1024, 64, 4096
 
-REQUEST_TYPES = ("ping", "models", "detect", "status", "cancel", "upload", "chunk")
+REQUEST_TYPES = ("ping", "models", "detect", "status", "cancel", "upload", "window")
 REPLY_TYPES = ("pong", "models", "accepted", "progress", "result", "error",
                "status", "cancelled", "upload")
 
@@ -342,9 +342,9 @@ REQUEST_SCHEMAS["upload"] = {
               else f"must be one of {list(ALLOWED_DTYPES)}"),
     "nodata": (False, _nodata),
     # the window side the client would like; the daemon's reply says the one to use
-    "chunk_px": (False, _int_range(MIN_CHUNK_PX, MAX_CHUNK_PX)),
+    "window_px": (False, _int_range(MIN_WINDOW_PX, MAX_WINDOW_PX)),
 }
-REQUEST_SCHEMAS["chunk"] = {
+REQUEST_SCHEMAS["window"] = {
     "upload_id": (True, _string(64)),
     "row": (True, _int_range(0, MAX_EXTENT_PIXELS - 1)),  # top-left pixel of the window
     "col": (True, _int_range(0, MAX_EXTENT_PIXELS - 1)),
@@ -370,30 +370,6 @@ def _check_upload(header: Dict[str, Any]) -> Optional[str]:
 #: Checks of a whole request header after its fields passed: type -> checker.
 REQUEST_CHECKS: Dict[str, Callable[[Dict[str, Any]], Optional[str]]] = {
     "upload": _check_upload}
-
-
-def chunk_windows(width: int, height: int, chunk_px: int) -> List[Tuple[int, int, int, int]]:
-    """The windows of an upload, row by row: ``[(row, col, rows, cols), ...]`` in pixels,
-    the top-left corner on multiples of ``chunk_px``, clipped at the image's right and
-    bottom edges; together they cover the ``width`` x ``height`` image once.
-
-    Raises:
-        ValueError: a size or ``chunk_px`` below 1.
-    """
-    if width < 1 or height < 1 or chunk_px < 1:
-        raise ValueError(f"bad upload grid {width} x {height} / {chunk_px}")
-    return [(r, c, min(chunk_px, height - r), min(chunk_px, width - c))
-            for r in range(0, height, chunk_px) for c in range(0, width, chunk_px)]
-
-
-def chunk_shape(width: int, height: int, chunk_px: int, row: int, col: int
-                ) -> Optional[Tuple[int, int]]:
-    """``(rows, cols)`` of the window of :func:`chunk_windows` at ``(row, col)``, or None
-    when no window starts there."""
-    if (row < 0 or col < 0 or row >= height or col >= width or row % chunk_px
-            or col % chunk_px):
-        return None
-    return min(chunk_px, height - row), min(chunk_px, width - col)
 
 
 # ----------------------------------------------------------------------------- batch jobs
@@ -766,8 +742,8 @@ def error_reply(request_id: Optional[str], code: str, message: str,
 
 __all__ = ["PROTOCOL_VERSION", "DEFAULT_PORT", "DEFAULT_HOST", "DEFAULT_ENDPOINT", "MAX_HEADER_BYTES",
            "MAX_REPLY_HEADER_BYTES", "MAX_FRAME_BYTES", "MAX_FRAMES", "MAX_EXTENT_PIXELS",
-           "ALLOWED_DTYPES", "DTYPE_BYTES", "MAX_UPLOAD_BYTES", "DEFAULT_CHUNK_PX",
-           "MIN_CHUNK_PX", "MAX_CHUNK_PX", "upload_bytes", "chunk_windows", "chunk_shape",
+           "ALLOWED_DTYPES", "DTYPE_BYTES", "MAX_UPLOAD_BYTES", "DEFAULT_WINDOW_PX",
+           "MIN_WINDOW_PX", "MAX_WINDOW_PX", "upload_bytes",
            "REQUEST_CHECKS", "parse_endpoint", "is_loopback", "REQUEST_TYPES",
            "REPLY_TYPES", "REQUEST_SCHEMAS",
            "MAX_RETRAIN_FEATURES", "MAX_REVIEWED_AREAS", "validate_request", "encode",

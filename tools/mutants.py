@@ -80,9 +80,8 @@ class Scope:
 #: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
 #: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). In
 #: ``raster.py`` the grid planning; opening and reading windows belong to GDAL. In
-#: ``wire.py`` validation, framing and the message helpers; the endpoint and upload-window
-#: helpers are tested with the daemon (tests/backend/daemon/test_uploads.py and
-#: test_server.py).
+#: ``wire.py`` validation, framing and the message helpers; the endpoint helpers are
+#: tested with the daemon (tests/backend/daemon/test_server.py).
 SCOPE: Tuple[Scope, ...] = (
     Scope("backend/inference/tiling.py", ("*",),
           ("tests/backend/inference/test_tiling.py",
@@ -96,8 +95,7 @@ SCOPE: Tuple[Scope, ...] = (
           ("tests/backend/inference/test_raster.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
-          exclude=("x_parse_endpoint", "x_is_loopback", "x_chunk_windows", "x_chunk_shape",
-                   "x_new_id")),
+          exclude=("x_parse_endpoint", "x_is_loopback", "x_new_id")),
 )
 
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.
