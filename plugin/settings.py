@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from protocol.wire import DEFAULT_ENDPOINT
+from protocol.framing import DEFAULT_ENDPOINT
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -265,7 +265,7 @@ class DaemonSettings:
     def host(self) -> Optional[str]:
         """The endpoint's host (brackets of IPv6 removed), or None when the endpoint is
         not ``tcp://host:port``."""
-        from protocol.wire import parse_endpoint
+        from protocol.framing import parse_endpoint
         try:
             return parse_endpoint(self.endpoint)[0]
         except ValueError:
@@ -275,7 +275,7 @@ class DaemonSettings:
         """True when the engine runs on another computer (the endpoint's host is not a
         loopback address): it cannot read this computer's files, and it is never
         started from here."""
-        from protocol.wire import is_loopback
+        from protocol.framing import is_loopback
         host = self.host()
         return host is not None and not is_loopback(host)
 

@@ -1,4 +1,4 @@
-"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`protocol.wire`.
+"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`protocol.framing`.
 
 It imports neither ``qgis`` nor ``torch``: it runs inside QGIS's Python and in the
 backend's tests alike. numpy is imported only when pixels are sent.
@@ -24,7 +24,7 @@ import zmq
 
 import protocol as P
 from .errors import DaemonError, DaemonUnavailable, JobCancelled, OrtholensError
-from .wire import is_loopback, parse_endpoint  # noqa: F401 - part of this module's API
+from .framing import is_loopback, parse_endpoint  # noqa: F401 - part of this module's API
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
 from .window import Window, upload_windows
 
@@ -411,7 +411,7 @@ class OrtholensClient:
         return self._submit(P.request("resume", job_id=job_id, token=self.token))
 
     def jobs(self, job_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """The daemon's batch jobs (newest first; see ``protocol.wire``'s ``jobs``)."""
+        """The daemon's batch jobs (newest first; see ``docs/protocol.md``'s ``jobs``)."""
         return list(self._call("jobs", job_id=job_id)["jobs"])
 
     def follow(self, request_id: str, job_id: str,

@@ -80,8 +80,11 @@ class Scope:
 #: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
 #: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). In
 #: ``raster.py`` the grid planning; opening and reading windows belong to GDAL. In
-#: ``wire.py`` validation, framing and the message helpers; the endpoint helpers are
-#: tested with the daemon (tests/backend/daemon/test_server.py).
+#: ``protocol/`` the framing, field checkers, rules and request validation, with the
+#: message helpers; the endpoint helpers are tested with the daemon
+#: (tests/backend/daemon/test_server.py).
+_PROTOCOL_TESTS = tuple(f"tests/protocol/test_{m}.py"
+                        for m in ("framing", "checks", "rules", "schema"))
 SCOPE: Tuple[Scope, ...] = (
     Scope("backend/inference/tiling.py", ("*",),
           ("tests/backend/inference/test_tiling.py",
@@ -94,8 +97,11 @@ SCOPE: Tuple[Scope, ...] = (
            "x__source_gsd", "x__alpha_band"),
           ("tests/backend/inference/test_raster.py",
            "tests/backend/inference/test_stitching.py")),
-    Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
+    Scope("protocol/framing.py", ("*",), _PROTOCOL_TESTS,
           exclude=("x_parse_endpoint", "x_is_loopback", "x_new_id")),
+    Scope("protocol/checks.py", ("*",), _PROTOCOL_TESTS),
+    Scope("protocol/rules.py", ("*",), _PROTOCOL_TESTS),
+    Scope("protocol/schema.py", ("*",), _PROTOCOL_TESTS),
 )
 
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.

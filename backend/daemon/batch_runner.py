@@ -228,7 +228,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
 
 
 def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """A ``jobs`` reply entry for a stored job (see ``protocol.wire``).
+    """A ``jobs`` reply entry for a stored job (see ``docs/protocol.md``).
 
     Args:
         job: the job as :meth:`JobStore.get` returns it.

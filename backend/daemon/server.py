@@ -1,4 +1,4 @@
-"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.wire``.
+"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.schema``.
 
 Threads:
 

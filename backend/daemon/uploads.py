@@ -13,7 +13,7 @@ client sent to for ``idle_s`` seconds, and those whose job ended, are deleted by
 :meth:`UploadStore.prune`; :meth:`UploadStore.close` deletes the folder when the daemon
 stops.
 
-Limits: one upload at most ``protocol.wire.MAX_UPLOAD_BYTES`` (checked by the request
+Limits: one upload at most ``protocol.framing.MAX_UPLOAD_BYTES`` (checked by the request
 schema), all open uploads together at most ``max_bytes`` and ``max_uploads``; more get
 ``busy``. The store is thread-safe (the main loop writes, job threads release).
 """
@@ -89,8 +89,8 @@ class Upload:
 
 def window_side(requested: Optional[int], count: int, dtype: str) -> int:
     """The window side of an upload, pixels: ``requested`` (default
-    ``protocol.wire.DEFAULT_WINDOW_PX``), lowered so that one window's frame stays within
-    ``protocol.wire.MAX_FRAME_BYTES``; a multiple of 16 (GeoTIFF blocks)."""
+    ``protocol.framing.DEFAULT_WINDOW_PX``), lowered so that one window's frame stays within
+    ``protocol.framing.MAX_FRAME_BYTES``; a multiple of 16 (GeoTIFF blocks)."""
     side = int(requested or P.DEFAULT_WINDOW_PX)
     fits = int(math.isqrt(P.MAX_FRAME_BYTES // (count * P.DTYPE_BYTES[dtype])))
     side = min(side, fits, P.MAX_WINDOW_PX)

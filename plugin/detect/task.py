@@ -102,7 +102,7 @@ class DetectTask(QgsTask):
         self.transfer: Optional[str] = None
         self.file_refused: Optional[str] = None
         #: side of the windows the pixels are streamed in, pixels; None: the engine's
-        #: default (``protocol.wire.DEFAULT_WINDOW_PX``).
+        #: default (``protocol.framing.DEFAULT_WINDOW_PX``).
         self.window_px: Optional[int] = None
 
     # worker thread -------------------------------------------------------------

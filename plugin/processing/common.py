@@ -76,7 +76,7 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
     settings = daemon_settings()
     try:
         from protocol.client import OrtholensClient, port_open
-        from protocol.wire import is_loopback, parse_endpoint
+        from protocol.framing import is_loopback, parse_endpoint
         try:
             host, port = parse_endpoint(settings.endpoint)
         except ValueError as exc:

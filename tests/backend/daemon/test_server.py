@@ -533,7 +533,7 @@ def test_models_mark_one_default_per_device(monkeypatch):
 
 _FROZEN_CLIENT = """
 import sys, zmq
-import protocol.wire as P
+import protocol as P
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.connect(sys.argv[1])
