@@ -8,7 +8,7 @@ key under ``ortholens/``), then a default:
 * repository (the daemon's working directory, holds ``backend/``): ``ORTHOLENS_REPO`` /
   ``ortholens/repo``, default the folder above the plugin folder when it holds
   ``backend/`` (a development checkout);
-* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.client``) or
+* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.launcher``) or
   ``ORTHOLENS_PYTHON`` / ``ortholens/python``, default ``<repo>/.venv/backend/bin/python``
   in a checkout; without a repository, the engine *Set up the engine…* installed
   (``<engine folder>/venv/bin/python``, see :mod:`.install.locate`);

@@ -4,22 +4,26 @@ QGIS-free and torch-free (the standard library, numpy, pyzmq). Shipped inside th
 plugin zip and beside the backend alike. The requests and replies: ``docs/protocol.md``.
 
 Modules:
-    errors    the one exception family and its stable error codes
-    framing   message framing (multipart JSON header + raw array frames), limits,
-              endpoints, ids, reply builders
-    checks    the checker of each kind of request field (value -> error text)
-    rules     how a parameter declares its field's checker, and a header is checked
-    params    typed request parameters: :class:`DetectParams`, :class:`BatchParams`,
-              :class:`RetrainParams`, :class:`PixelUpload`, each field with its rule
-    schema    the schema of every request type, :func:`validate_request`,
-              :func:`request`
-    window    :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the
-              windows a pixel upload travels in
-    results   the attribute schema of a result polygon, shared by layers and GeoPackages
-    paths     where a user's engine and model versions live (both sides)
-    metrics   pixel IoU and object precision/recall/F1: how both sides score a result
-    client    :class:`~protocol.client.OrtholensClient` (detect, batch, retrain and
-              version requests; liveness checks), daemon start-up (pyzmq)
+    errors      the one exception family and its stable error codes
+    framing     message framing (multipart JSON header + raw array frames), limits,
+                endpoints, ids, reply builders
+    checks      the checker of each kind of request field (value -> error text)
+    rules       how a parameter declares its field's checker, and a header is checked
+    params      typed request parameters: :class:`DetectParams`, :class:`BatchParams`,
+                :class:`RetrainParams`, :class:`PixelUpload`, each field with its rule
+    schema      the schema of every request type, :func:`validate_request`,
+                :func:`request`
+    window      :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the
+                windows a pixel upload travels in
+    results     the attribute schema of a result polygon, shared by layers and GeoPackages
+    paths       where a user's engine and model versions live (both sides)
+    metrics     pixel IoU and object precision/recall/F1: how both sides score a result
+    connection  :class:`~protocol.connection.DaemonConnection`, a DEALER socket to the
+                daemon: requests out, their replies in (pyzmq)
+    client      :class:`~protocol.client.OrtholensClient` (detect, upload, batch, retrain
+                and version requests; liveness checks)
+    launcher    starting a daemon on this computer (``start_daemon``, ``ensure_daemon``),
+                its default interpreter and log folder
 
 ``import protocol as P`` gives the names of ``errors``, ``framing``, ``schema`` and
 ``window``, and those of ``checks`` that callers use (:func:`check_source`,

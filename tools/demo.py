@@ -112,7 +112,7 @@ def demo(out: Path, model: Optional[str] = None) -> int:
     from plugin.engine import pick_card
     from plugin.layers import load_result_layer, write_result_gpkg
     from plugin.settings import daemon_settings
-    from protocol.client import ensure_daemon
+    from protocol.launcher import ensure_daemon
     from protocol.errors import DaemonError, DaemonUnavailable, ModelNotFound
 
     app = _qgis_app()

@@ -56,7 +56,8 @@ def measure(mode: str, raster: str, gsd: float, window_px: int) -> Dict[str, Any
     else:
         import dataclasses
 
-        from protocol.client import OrtholensClient, start_daemon
+        from protocol.client import OrtholensClient
+        from protocol.launcher import start_daemon
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

@@ -150,7 +150,8 @@ def run_self_test(python: str, cwd: str, folder: Path, log: Callable[[str], None
             engine's log when it did not start.
         InterruptedError: cancelled.
     """
-    from protocol.client import OrtholensClient, start_daemon
+    from protocol.client import OrtholensClient
+    from protocol.launcher import start_daemon
     from protocol.params import DetectParams
 
     folder = Path(folder)

@@ -125,7 +125,7 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
     """SIGKILL the real daemon while DetectTask waits for it: the task fails within
     seconds with a clear message, writes nothing and leaves an earlier result intact;
     the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
     from plugin.layers import write_result_gpkg
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask

@@ -278,6 +278,8 @@ def test_plugin_loads_without_pyzmq_and_says_how_to_install_it(qgis_iface, monke
 
     monkeypatch.setitem(sys.modules, "zmq", None)
     monkeypatch.delitem(sys.modules, "protocol.client", raising=False)
+    monkeypatch.delitem(sys.modules, "protocol.connection", raising=False)
+    monkeypatch.delitem(sys.modules, "protocol.launcher", raising=False)
     bar = qgis_iface.messageBar()
     bar.clearWidgets()
     p = plugin.classFactory(qgis_iface)
@@ -388,7 +390,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         qgis_iface, qgis_new_project, tmp_path, monkeypatch, clean_settings):
     """The clean-profile test (see the module docstring); then a repair and the
     removal through the same dialog."""
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
     from tools.screenshot import qgis_child_env
 
     # the zip, as a QGIS user downloads it, extracted into a fresh profile

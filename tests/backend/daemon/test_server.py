@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 import protocol as P
-from protocol.client import is_loopback
+from protocol.framing import is_loopback
 from backend.daemon.server import Server
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled, JobError

@@ -58,7 +58,7 @@ print(new.id)
 def area_daemon(tmp_path_factory):
     """A daemon whose user model folder holds one area version; yields
     ``(endpoint, version id)``."""
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
 
     users = tmp_path_factory.mktemp("user-models")
     env = dict(os.environ, ORTHOLENS_USER_MODELS=str(users), PYTHONPATH=str(REPO))

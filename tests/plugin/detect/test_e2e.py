@@ -30,7 +30,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def daemon_endpoint(tmp_path_factory):
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
 
     port = free_port()
     log = tmp_path_factory.mktemp("daemon") / "daemon.log"

@@ -40,7 +40,7 @@ pytestmark = [
 def engine(tmp_path_factory):
     """``(endpoint, roots)``: a daemon on 127.0.0.2 with a token, reading files only
     below ``roots`` (which does not hold the held-out tiles)."""
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
 
     roots = tmp_path_factory.mktemp("engine-roots")
     assert not str(PV01_HELDOUT.resolve()).startswith(str(roots.resolve()))

@@ -82,7 +82,7 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, daemon_port, model_folder):
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
     tmp = tmp_path_factory.mktemp("daemon")
     proc = start_daemon(str(BACKEND_PYTHON), daemon_port, str(REPO), wait_s=120,
                         env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
@@ -222,7 +222,7 @@ def test_help_and_model_list_follow_the_daemon_start(daemon_port, provider, proc
                                                      request):
     """Before the daemon runs, the dialog opens at once and says it will be started;
     once it runs, the next dialog lists its models: a failure is not remembered."""
-    from protocol.client import port_open
+    from protocol.launcher import port_open
     from plugin.processing.common import NOT_RUNNING
     from plugin.processing.model_widget import DEFAULT_ENTRY
     AlgorithmDialog, _ = processing_gui
