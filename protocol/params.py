@@ -5,7 +5,7 @@ task), and :class:`PixelUpload` for an image streamed to the daemon in windows. 
 are built by the plugin (dock, Processing algorithms), turned into a request header by
 :meth:`to_header` and rebuilt by the daemon from the validated header with
 :meth:`from_header`. Each field declares the checker of its request field
-(:func:`protocol.checks.rule`), from which ``protocol.schema`` derives the schemas of
+(:func:`protocol.rules.rule`), from which ``protocol.schema`` derives the schemas of
 these requests. ``None`` means "not given": the daemon then uses the model card's value
 (threshold, minimum area, simplification, orthogonalisation) or its own default (batch
 size, batch chunk size, upload window size, retrain settings). The dock and the
