@@ -267,7 +267,7 @@ def _output_crs(plan: Dict[str, Any]) -> str:
 
 
 def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """A ``jobs`` reply entry for a stored job (see ``protocol.wire``).
+    """A ``jobs`` reply entry for a stored job (see ``docs/protocol.md``).
 
     Args:
         job: the job as :meth:`JobStore.get` returns it.

@@ -1,4 +1,4 @@
-"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.wire``.
+"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.schema``.
 
 Threads:
 
@@ -22,7 +22,7 @@ default. Binding any other address needs a token (:class:`ValueError` otherwise)
 then every request must carry ``"token"``; a daemon bound beyond loopback also only
 reads raster files that resolve inside ``allowed_roots`` (``ORTHOLENS_ROOTS``).
 
-Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``chunk`` requests stream an
+Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``window`` requests stream an
 image the daemon cannot read itself into a file, window by window, and a ``detect``
 names it as its source; the file goes when that detection ends.
 
@@ -196,7 +196,7 @@ class Server:
         self._served = False
         #: batch jobs: their own queue, thread and store
         self.batch = BatchService(self.access, self._stop, jobs_dir, resume_jobs)
-        #: pixel uploads (``upload`` / ``chunk`` requests, ``upload`` sources)
+        #: pixel uploads (``upload`` / ``window`` requests, ``upload`` sources)
         self.uploads = UploadStore(upload_dir, max_upload_bytes, idle_s=upload_idle_s)
         #: the job function of each job kind (``Job.kind``)
         self._job_fns: Dict[str, JobFn] = {
@@ -596,7 +596,7 @@ class Server:
             raise P.JobError("the daemon is shutting down", P.E_BUSY)
         return [(identity, P.reply("upload", header["id"], **self.uploads.open(header)))]
 
-    def _on_chunk(self, identity, header, arrays):
+    def _on_window(self, identity, header, arrays):
         """Store one window of a pixel upload."""
         return [(identity, P.reply("upload", header["id"],
                                    **self.uploads.write(header, arrays)))]

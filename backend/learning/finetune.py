@@ -1,7 +1,7 @@
 """Fine-tune a model on the user's corrections; keep the result only when it is better.
 
 :func:`run_retrain` is what the daemon runs for a ``retrain`` request (see
-``protocol.wire``). Steps:
+``protocol.schema``). Steps:
 
 1. **corrections** (:mod:`backend.learning.corrections`): read the reviewed areas, run
    the current model, diff with the corrected polygons, split the areas into a train
@@ -526,7 +526,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
     """Run a ``retrain`` request (the daemon's job function).
 
     Args:
-        request: the header validated by ``protocol.wire.validate_request`` (type
+        request: the header validated by ``protocol.schema.validate_request`` (type
             ``retrain``); read once into :class:`~protocol.params.RetrainParams`.
         arrays: the request's pixel frames (for ``pixels`` sources).
         progress: receives (fraction 0..1, message ``"<phase>: <detail> — about N s

@@ -43,7 +43,7 @@ def test_pixel_sources_and_wire_dicts_become_typed():
 
 def test_pixel_upload_round_trips_and_counts_its_bytes():
     spec = PixelUpload("EPSG:32651", [0.1, 0, 5, 0, -0.1, 7], width=300, height=200,
-                       count=3, dtype="uint16", chunk_px=256)
+                       count=3, dtype="uint16", window_px=256)
     header = spec.to_header(token="t")
     assert header["type"] == "upload" and header["transform"] == [0.1, 0, 5, 0, -0.1, 7]
     assert "nodata" not in header and header["token"] == "t"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import OrtholensClient, start_daemon
+from protocol.client import OrtholensClient
+from protocol.launcher import start_daemon
 from protocol.errors import DaemonError
 from protocol.params import DetectParams, RetrainParams
 

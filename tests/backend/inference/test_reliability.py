@@ -301,7 +301,8 @@ def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_pat
     import subprocess
     import sys
 
-    from protocol.client import OrtholensClient, start_daemon
+    from protocol.client import OrtholensClient
+    from protocol.launcher import start_daemon
     from protocol.errors import DaemonError
 
     env = {k: v for k, v in os.environ.items() if k != "ORTHOLENS_TOKEN"}

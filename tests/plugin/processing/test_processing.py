@@ -215,7 +215,7 @@ def test_help_and_model_list_follow_the_daemon_start(daemon_port, provider, proc
                                                      request):
     """Before the daemon runs, the dialog opens at once and says it will be started;
     once it runs, the next dialog lists its models: a failure is not remembered."""
-    from protocol.client import port_open
+    from protocol.launcher import port_open
     from plugin.processing.common import NOT_RUNNING
     from plugin.processing.model_widget import DEFAULT_ENTRY
     AlgorithmDialog, _ = processing_gui
