@@ -8,7 +8,7 @@ are built by the plugin (dock, Processing algorithms), turned into a request hea
 (:func:`protocol.rules.rule`), from which ``protocol.schema`` derives the schemas of
 these requests. ``None`` means "not given": the daemon then uses the model card's value
 (threshold, minimum area, simplification, orthogonalisation) or its own default (batch
-size, batch chunk size, upload window size, retrain settings). The dock and the
+size, batch region size, upload window size, retrain settings). The dock and the
 Processing algorithms follow the same rule.
 
 Needs only the standard library.
@@ -267,8 +267,8 @@ class BatchParams(RequestParams):
         out_path: the ``.gpkg`` to write.
         layer: its table; None: ``detections``.
         overwrite: replace an existing ``out_path``.
-        chunk_px: chunk side, pixels at the model's GSD; None: the daemon's (2048).
-        halo_px: first halo around a chunk, pixels; None: from the model's tiling.
+        region_px: region side, pixels at the model's GSD; None: the daemon's (2048).
+        halo_px: first halo around a region, pixels; None: from the model's tiling.
         executor: ``local`` or ``ray``; None: ``local``.
     """
 
@@ -279,7 +279,7 @@ class BatchParams(RequestParams):
     out_path: str = rule(check_gpkg_path, required=True)
     layer: Optional[str] = rule(check_layer_name, default=None)
     overwrite: Optional[bool] = rule(check_boolean, default=None)
-    chunk_px: Optional[int] = rule(int_range(32, 16384), default=None)
+    region_px: Optional[int] = rule(int_range(32, 16384), default=None)
     halo_px: Optional[int] = rule(int_range(0, 8192), default=None)
     executor: Optional[str] = rule(one_of("local", "ray"), default=None)
 

@@ -5,13 +5,13 @@ describe it.
 :class:`~backend.daemon.jobstore.JobStore`; :func:`run_batch` runs (or resumes) a stored
 job: it plans the grid at the first start (``backend.inference.batch.regions.make_plan``,
 stored with the job), reconciles the output with the store, picks the executor (``local``
-or ``ray``) for the chunks still to do and appends each chunk's polygons to the
-GeoPackage before recording the chunk as done.
+or ``ray``) for the regions still to do and appends each region's polygons to the
+GeoPackage before recording the region as done.
 
 Exactly once: the GeoPackage append (one SQLite transaction, every row carrying its
-``chunk``) comes before the store's record of the chunk. On (re)start,
-:func:`reconcile_output` deletes the rows of chunks the store does not list as done and
-those chunks run again: no polygon is lost or written twice, whenever the daemon was
+``region``) comes before the store's record of the region. On (re)start,
+:func:`reconcile_output` deletes the rows of regions the store does not list as done and
+those regions run again: no polygon is lost or written twice, whenever the daemon was
 killed.
 """
 
@@ -85,30 +85,30 @@ def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -
 
 
 def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[int, int]:
-    """Make the output agree with the store before (re)starting; returns the done chunks
-    as ``{chunk index: polygons}``.
+    """Make the output agree with the store before (re)starting; returns the done regions
+    as ``{region index: polygons}``.
 
-    * no output yet: create it (and forget any chunk the store lists: it must rerun);
-    * rows of chunks the store does not list as done (a crash after the write, before
-      the record) or whose row count differs: deleted, and those chunks rerun.
+    * no output yet: create it (and forget any region the store lists: it must rerun);
+    * rows of regions the store does not list as done (a crash after the write, before
+      the record) or whose row count differs: deleted, and those regions rerun.
     """
-    done = store.done_chunks(job_id)
+    done = store.done_regions(job_id)
     if not writer.exists():
         if done:
-            log.warning("job %s: output %s is missing; restarting all chunks", job_id,
+            log.warning("job %s: output %s is missing; restarting all regions", job_id,
                         writer.path)
-            store.clear_chunks(job_id)
+            store.clear_regions(job_id)
         writer.create()
         return {}
-    present = writer.chunk_counts()
+    present = writer.region_counts()
     bad = {c for c, n in present.items() if done.get(c) != n}
     bad |= {c for c, n in done.items() if n and present.get(c, 0) != n}
     if bad:
-        removed = writer.delete_chunks(bad)
-        log.info("job %s: removed %d row(s) of %d unfinished chunk(s)", job_id, removed,
+        removed = writer.delete_regions(bad)
+        log.info("job %s: removed %d row(s) of %d unfinished region(s)", job_id, removed,
                  len(bad))
         keep = {c for c in done if c not in bad}
-        store.clear_chunks(job_id, keep)
+        store.clear_regions(job_id, keep)
         done = {c: n for c, n in done.items() if c in keep}
     return done
 
@@ -116,7 +116,7 @@ def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[i
 def _results(executor: str, params: BatchParams, plan: Dict[str, Any],
              pending: Sequence[int], cancelled: Optional[Callable[[], bool]],
              engine: Optional[Engine]) -> Iterator[RegionResult]:
-    """The chunk results of ``pending`` from the chosen executor."""
+    """The region results of ``pending`` from the chosen executor."""
     if executor == "ray":
         return ray_results(params, plan, pending, cancelled=cancelled)
     if executor == "local":
@@ -154,7 +154,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
 
     Returns:
         ``{"crs", "features": [], "stats"}`` (the polygons are in the GeoPackage;
-        ``stats`` holds ``out_path``, ``layer``, ``count``, ``chunks``...).
+        ``stats`` holds ``out_path``, ``layer``, ``count``, ``regions``...).
 
     Raises:
         JobError: unknown job (``not_found``), unusable raster or model, unknown
@@ -184,14 +184,14 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         resumed = len(done)
         pending = [i for i in range(n) if i not in done]
         tally = _Tally(written=sum(done.values()), warnings=list(plan.get("warnings", [])))
-        progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks done")
+        progress(len(done) / max(n, 1), f"{len(done)}/{n} regions done")
         results = _results(executor, params, plan, pending, cancelled, engine)
         _write_results(results, writer, store, job_id, plan, done, tally, progress,
                        cancelled)
         count = writer.count()
         if count != tally.written or len(done) != n:  # pragma: no cover - a bug
-            raise JobError(f"output holds {count} polygons, chunks recorded "
-                           f"{tally.written} ({len(done)}/{n} chunks)", P.E_INTERNAL)
+            raise JobError(f"output holds {count} polygons, regions recorded "
+                           f"{tally.written} ({len(done)}/{n} regions)", P.E_INTERNAL)
     except JobCancelled:
         store.set_state(job_id, CANCELLED, "cancelled; resumable")
         raise
@@ -203,7 +203,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         raise
     skipped = sum(len(v) for v in tally.unreadable.values())
     store.set_state(job_id, DONE, f"{count} polygons" + (
-        f"; {skipped} chunk(s) unreadable in {', '.join(sorted(tally.unreadable))}"
+        f"; {skipped} region(s) unreadable in {', '.join(sorted(tally.unreadable))}"
         if skipped else ""))
     stats = _stats(plan, card, writer, count, n, resumed, tally, executor,
                    time.perf_counter() - t0)
@@ -234,7 +234,7 @@ def _write_results(results, writer: GpkgWriter, store: JobStore, job_id: str,
             tally.truncated += res.truncated
             tally.warnings.extend(w for w in res.warnings if w not in tally.warnings)
             progress(len(done) / max(n, 1),
-                     f"{len(done)}/{n} chunks, {tally.written} polygons")
+                     f"{len(done)}/{n} regions, {tally.written} polygons")
             if cancelled and cancelled() and len(done) < n:
                 raise JobCancelled()
     finally:
@@ -248,14 +248,14 @@ def _stats(plan: Dict[str, Any], card, writer: GpkgWriter, count: int, n: int,
     """The ``stats`` of a finished batch job's reply."""
     g = grid_from_plan(plan)
     return {"out_path": writer.path, "layer": writer.layer, "count": count,
-            "chunks": n, "chunks_resumed": resumed, "chunk_px": plan["region_px"],
-            "halo_px": plan["halo_px"], "chunks_halo_grown": tally.grown,
+            "regions": n, "regions_resumed": resumed, "region_px": plan["region_px"],
+            "halo_px": plan["halo_px"], "regions_halo_grown": tally.grown,
             "objects_cut": tally.truncated, "tiles_run": tally.tiles_run,
             "tiles_cached": tally.tiles_cached,
             "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
             "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
             "seconds": round(elapsed, 3), "executor": executor,
-            "chunks_unreadable": sum(len(v) for v in tally.unreadable.values()),
+            "regions_unreadable": sum(len(v) for v in tally.unreadable.values()),
             "damaged_files": {k: sorted(v) for k, v in sorted(tally.unreadable.items())},
             "warnings": tally.warnings}
 
@@ -274,15 +274,15 @@ def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> D
         live: the job's ``Job.public()`` when this daemon has it queued or running.
     """
     params = BatchParams.from_header(job["request"])
-    n = job["n_chunks"]
+    n = job["n_regions"]
     state = job["state"]
     running = live is not None
     if state in (RUNNING, QUEUED) and not running:
         state = INTERRUPTED
     return {"job_id": job["job_id"], "state": state, "running": running,
             "resumable": state != DONE and not running,
-            "chunks_done": job["chunks_done"], "chunks_total": n,
-            "fraction": round(job["chunks_done"] / n, 4) if n else 0.0,
+            "regions_done": job["regions_done"], "regions_total": n,
+            "fraction": round(job["regions_done"] / n, 4) if n else 0.0,
             "polygons": job["n_features"], "out_path": params.out_path,
             "layer": params.layer or DEFAULT_LAYER, "model": params.detect.model,
             "source": params.detect.source.path,

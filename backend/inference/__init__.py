@@ -3,7 +3,7 @@ source, plans the model-GSD grid and reads tiles; ``tiling`` lays overlapping ti
 stitches their probabilities without seams; ``engines`` runs a model (ONNX Runtime,
 PyTorch, ensembles); ``postprocess`` turns probabilities into clean polygons; ``detect``
 chains them into one in-extent detection (:func:`~backend.inference.detect.run_detect`);
-the ``batch`` package does the same chunk by chunk for rasters of any size. This layer
+the ``batch`` package does the same region by region for rasters of any size. This layer
 sits above ``backend.models`` and below ``backend.learning`` and ``backend.daemon``: it
 knows nothing of jobs, queues or sockets.
 """

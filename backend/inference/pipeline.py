@@ -54,7 +54,7 @@ Progress = Callable[[float, str], None]
 
 #: Tiles per model call when a request does not say.
 DEFAULT_BATCH_SIZE = 4
-#: Region side of batch jobs, pixels at the model's GSD (``ORTHOLENS_CHUNK_PX``).
+#: Region side of batch jobs, pixels at the model's GSD (``ORTHOLENS_REGION_PX``).
 DEFAULT_REGION_PX = 2048
 MIN_REGION_PX = 32
 #: The halo is doubled up to this for objects larger than it, pixels.
@@ -145,8 +145,8 @@ class Options:
         """The options of a request (a :class:`DetectParams` or a :class:`BatchParams`,
         or None for the card's): each field the request leaves None takes the card's
         value (batch size: :data:`DEFAULT_BATCH_SIZE`); the region knobs come from the
-        environment (``ORTHOLENS_CHUNK_PX``, ``ORTHOLENS_TILE_CACHE_MB``,
-        ``ORTHOLENS_GDAL_CACHE_MB``), then a batch request's ``chunk_px`` and
+        environment (``ORTHOLENS_REGION_PX``, ``ORTHOLENS_TILE_CACHE_MB``,
+        ``ORTHOLENS_GDAL_CACHE_MB``), then a batch request's ``region_px`` and
         ``halo_px``; the region side is at least :data:`MIN_REGION_PX`."""
         job = params if isinstance(params, BatchParams) else None
         detect: Optional[DetectParams] = job.detect if job is not None else params
@@ -155,10 +155,10 @@ class Options:
             value = None if detect is None else getattr(detect, name)
             return default if value is None else value
 
-        region_px = _env_int("ORTHOLENS_CHUNK_PX", DEFAULT_REGION_PX)
+        region_px = _env_int("ORTHOLENS_REGION_PX", DEFAULT_REGION_PX)
         halo_px = None
-        if job is not None and job.chunk_px is not None:
-            region_px = int(job.chunk_px)
+        if job is not None and job.region_px is not None:
+            region_px = int(job.region_px)
         if job is not None and job.halo_px is not None:
             halo_px = int(job.halo_px)
         return cls(threshold=float(pick("threshold", card.threshold)),

@@ -72,10 +72,10 @@ def test_values_outside_the_schema_are_refused_before_sending(field, value):
 
 def test_batch_params_hold_detect_params_and_round_trip():
     params = BatchParams(detect=DetectParams(source=FILE, model="m", threshold=0.3),
-                         out_path="/tmp/out.gpkg", chunk_px=512, executor="ray")
+                         out_path="/tmp/out.gpkg", region_px=512, executor="ray")
     header = params.to_header()
     assert header["type"] == "batch" and header["threshold"] == 0.3
-    assert header["out_path"] == "/tmp/out.gpkg" and header["chunk_px"] == 512
+    assert header["out_path"] == "/tmp/out.gpkg" and header["region_px"] == 512
     assert BatchParams.from_header(header) == params
     with pytest.raises(P.ProtocolError, match="kind 'file'"):
         BatchParams(detect=DetectParams(source=PIX, model="m"),

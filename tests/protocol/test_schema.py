@@ -212,7 +212,7 @@ def test_validation_messages_word_for_word(header, code, message):
 
 def test_requests_of_every_kind_pass():
     ok = [{"type": "batch", "source": _SRC, "model": "m", "out_path": "/o/a.gpkg",
-           "layer": "det", "overwrite": True, "chunk_px": 32, "halo_px": 0,
+           "layer": "det", "overwrite": True, "region_px": 32, "halo_px": 0,
            "executor": "ray"},
           {"type": "retrain", "model": "m", "source": _SRC, "features": [],
            "reviewed": [{}], "budget_s": 1.0, "steps": 1, "seed": 0,

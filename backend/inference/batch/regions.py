@@ -249,7 +249,7 @@ class RegionWorker:
         out = self.detector.detect(self.regions.core(idx), cancelled=cancelled)
         if out.truncated:
             max_halo = self.detector.opts.max_halo_px
-            self.warnings.append(f"chunk {idx}: {out.truncated} object(s) larger than the "
+            self.warnings.append(f"region {idx}: {out.truncated} object(s) larger than the "
                                  f"largest halo ({max_halo} px) were cut at its edge")
         res = RegionResult(idx, features(out.detections, self.card, self.grid),
                            out.tiles_run, out.tiles_cached, out.halo_px, out.truncated,
@@ -259,7 +259,7 @@ class RegionWorker:
         if lost:
             res.unreadable = ", ".join(sorted(lost))
             res.warnings.append(
-                f"chunk {idx}: {sum(lost.values())} pixel(s) of its tiles could not be read "
+                f"region {idx}: {sum(lost.values())} pixel(s) of its tiles could not be read "
                 f"from {res.unreadable} (damaged or truncated) and count as no-data")
         return res
 
