@@ -582,7 +582,7 @@ class Server:
 
     def _on_keep(self, identity, header, arrays):
         """Keep a retrain candidate the rule did not accept (the user's choice)."""
-        from backend.models.versions import keep_pending
+        from backend.models.pending import keep_pending
         reply = self._versions_reply(
             header, lambda m: keep_pending(m, header["pending"], header.get("note")))
         log.info("kept candidate %s of %s as %s", header["pending"], reply["model"],

@@ -63,7 +63,10 @@ from backend.learning.optim import lr_factor, optimizer_step
 from backend.models import versions as V
 from backend.models.card import ModelCard
 from backend.models.catalog import load_card
-from backend.models.scope import SITE_MARGIN_M, build_scope
+from backend.models.area import AREA_MARGIN_M, build_area
+from backend.models.pending import save_pending
+from backend.models.tracking import MlflowRun, mlruns_dir
+from backend.models.version_writer import candidate_dir, write_version
 from backend.models.torch_models import load_torch_model, save_weights
 from protocol.errors import CorrectionsError, JobCancelled, JobError
 from protocol.params import FileSource, RetrainParams
@@ -262,7 +265,7 @@ class RetrainConfig:
     holdout_fraction: float = 0.25
     max_iou_drop: float = 0.02
     scope: str = "area"
-    site_margin_m: float = SITE_MARGIN_M
+    site_margin_m: float = AREA_MARGIN_M
 
     @classmethod
     def from_params(cls, params: RetrainParams) -> "RetrainConfig":
@@ -564,7 +567,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
     cfg = RetrainConfig.from_params(params)
     clock = TimePlan(cfg.budget_s, progress)
     base = V.split_id(card.id)[0]
-    run = V.MlflowRun(V.mlruns_dir(root), f"retrain {card.id}")
+    run = MlflowRun(mlruns_dir(root), f"retrain {card.id}")
     run.log_params({"model": card.id, "model_version": card.version, **asdict(cfg)})
     status = "FAILED"
     cand_dir = None
@@ -599,7 +602,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
             run.log_metric("train.final_loss", info["final_loss"], info["steps"])
         clock.report("evaluating the gate", "exporting the candidate")
         t_export = time.monotonic()
-        cand_dir = V.candidate_dir(base, root)
+        cand_dir = candidate_dir(base, root)
         cand = candidate_engine(card, model, cand_dir)
         _MEASURED["export_s"] = time.monotonic() - t_export
         if keep is not None:
@@ -630,7 +633,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
             "budget_s": cfg.budget_s, "rule": rule, "warnings": warnings,
             "mlflow_run": str(run.dir), "active": V.active_id(base, root)}
         lineage = {
-            "created": V._now_iso(), "corrections": summary["features"],
+            "created": V.now_iso(), "corrections": summary["features"],
             "data": {"sources": _file_sources(params) or ["pixels sent by the plugin"],
                      "reviewed": [{"area": a.area.index, "part": a.area.part or "whole",
                                    "holdout": a.holdout,
@@ -650,7 +653,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
             if cancelled and cancelled():
                 raise JobCancelled()
             clock.report("saving", f"the new version of {base}")
-            new = V.write_version(card, model.state_dict(), updates, lineage, root,
+            new = write_version(card, model.state_dict(), updates, lineage, root,
                                   prepared=cand_dir)
             report["model"] = new.id
             if params.activate is not False:
@@ -660,7 +663,7 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
                 report["in_use"] = new.id in V.area_ids(base, root)
             run.set_tag("ortholens.model", new.id)
         elif not (cancelled and cancelled()):
-            report["pending"] = V.save_pending(card, cand_dir, updates, lineage, root)
+            report["pending"] = save_pending(card, cand_dir, updates, lineage, root)
         report["time"] = times = clock.summary()
         if not times["within_budget"]:
             over = times.get("preparing_s", 0.0) + times.get("checking_s", 0.0)
@@ -704,7 +707,7 @@ def area_scope(areas: Sequence[AreaData], cfg: RetrainConfig) -> Dict[str, Any]:
         if a.grid.crs_wkt != crs:
             b = transform_bounds(a.grid.crs_wkt, crs, *b, densify_pts=21)
         boxes.append(tuple(b))
-    return build_scope(boxes, crs, cfg.site_margin_m).to_dict()
+    return build_area(boxes, crs, cfg.site_margin_m).to_dict()
 
 
 def _cuda() -> bool:

@@ -314,11 +314,11 @@ class Lineage(_Record):
         data, summary, metrics, config, train: the retrain job's report parts.
         mlflow_run_id: the MLflow run of the retrain.
         onnx_export_error: why no ``model.onnx`` was written, when it failed.
-        scope: the area the version was taught on (``backend.models.scope.Scope``'s
-            JSON: reviewed extents and site footprint in EPSG:4326), or None for a
+        scope: the area the version was taught on (``backend.models.area.Area``'s
+            JSON: reviewed extents and the area's outline in EPSG:4326), or None for a
             general-purpose version.
-        in_use: for a version with a ``scope``: whether detection with ``by_area``
-            uses it inside its area (set on reading).
+        in_use: for a version with an area: whether detection with ``by_area`` uses
+            it inside its area (set on reading).
         verdict: what the acceptance rule said (``accepted``, ``rejected`` or
             ``undecided``); ``decision`` says what was done (``accepted``, or
             ``kept by the user`` against the rule's verdict).
@@ -347,7 +347,7 @@ class Lineage(_Record):
     _doc: Dict[str, Any] = _doc_field()
 
     def with_active(self, active: bool, in_use: Optional[bool] = None) -> "Lineage":
-        """A copy with ``active`` (and, for a version with a scope, ``in_use``) set."""
+        """A copy with ``active`` (and, for a version with an area, ``in_use``) set."""
         d = dict(self.to_dict(), active=bool(active))
         if in_use is not None:
             d["in_use"] = bool(in_use)

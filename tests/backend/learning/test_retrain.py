@@ -13,7 +13,6 @@ east half, and rollback. The numbers are printed and written to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -23,31 +22,10 @@ import numpy as np
 import pytest
 
 from backend.models import versions as V
-from backend.config import REPO, data_dir, models_dir
+from backend.config import REPO, data_dir
 import protocol as P
-
-MODEL = "pv-unet-efl0"
-HAVE_DATA = (data_dir() / "pv01" / "heldout").is_dir() and \
-    (data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif").is_file()
-HAVE_MODEL = (models_dir() / MODEL / "weights.safetensors").is_file()
-needs_real = pytest.mark.skipif(not (HAVE_DATA and HAVE_MODEL),
-                                reason="real data (ORTHOLENS_DATA) or shipped model missing")
-
-
-@pytest.fixture
-def user_dir(tmp_path, monkeypatch):
-    d = tmp_path / "user-models"
-    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(d))
-    return d
-
-
-def _shipped_digest() -> str:
-    h = hashlib.sha256()
-    for p in sorted((models_dir() / MODEL).iterdir()):
-        if p.is_file() and p.suffix in (".json", ".safetensors"):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from tests.backend.version_helpers import (HAVE_DATA, HAVE_MODEL, MODEL, needs_real,
+                                           shipped_digest)
 
 
 # ----------------------------------------------------------------------------- corrections
@@ -337,78 +315,6 @@ def test_real_retrain_plans_its_whole_budget(user_dir):
     assert fr == sorted(fr)
 
 
-# ----------------------------------------------------------------------------- versions
-
-def _state():
-    from safetensors.torch import load_file
-    from backend.models.catalog import load_card
-    card = load_card(MODEL)
-    return card, load_file(str(card.weights_path))
-
-
-@needs_real
-def test_versions_atomic_lineage_switch_and_rollback(user_dir):
-    from backend.models.catalog import list_cards, load_card
-    from protocol.errors import ModelNotFound
-    before = _shipped_digest()
-    card, state = _state()
-    # a trainer killed just before the rename leaves no version
-    with pytest.raises(KeyboardInterrupt):
-        V.write_version(card, state, {}, {"corrections": 1}, export=False,
-                        before_rename=lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
-    # ... and one killed harder (SIGKILL) leaves only a .tmp-* folder that nobody lists
-    (V.lineage_dir(MODEL) / ".tmp-deadbeef").mkdir(parents=True)
-    (V.lineage_dir(MODEL) / ".tmp-deadbeef" / "weights.safetensors").write_bytes(b"half")
-    assert [c.id for c in list_cards() if "@" in c.id] == []
-    with pytest.raises(ModelNotFound):
-        load_card(f"{MODEL}@1")
-
-    v1 = V.write_version(card, state, {"threshold": 0.55}, {"corrections": 3,
-                                                           "metrics": {"x": 1}}, export=False)
-    assert v1.id == f"{MODEL}@1" and v1.version == f"{card.version}+u1" and v1.threshold == 0.55
-    v2 = V.write_version(v1, state, {}, {"corrections": 5}, export=False)
-    assert v2.id == f"{MODEL}@2"
-    lin = json.loads((V.lineage_dir(MODEL) / "2" / "lineage.json").read_text())
-    assert lin["parent"] == f"{MODEL}@1" and lin["corrections"] == 5 and lin["created"]
-    ids = [c.id for c in list_cards()]
-    assert MODEL in ids and f"{MODEL}@1" in ids and f"{MODEL}@2" in ids
-    assert load_card(f"{MODEL}@2").path == V.lineage_dir(MODEL) / "2"
-    assert V.active_id(MODEL) == MODEL  # written, not yet active
-    d = V.activate(f"{MODEL}@2")
-    assert d["active"] == f"{MODEL}@2"
-    assert [v["active"] for v in d["versions"]] == [False, False, True]
-    assert load_card(f"{MODEL}@2").lineage.active is True
-    assert V.rollback(MODEL)["active"] == f"{MODEL}@1"   # one call: to the parent
-    assert V.rollback(f"{MODEL}@1")["active"] == MODEL
-    with pytest.raises(V.VersionError, match="nothing|no earlier"):
-        V.rollback(MODEL)
-    with pytest.raises(V.VersionError):
-        V.activate(f"{MODEL}@9")
-    assert _shipped_digest() == before  # shipped models are never written
-
-
-def test_mlflow_file_store_layout(tmp_path):
-    import yaml
-    run = V.MlflowRun(tmp_path / "mlruns", "retrain x")
-    run.log_params({"budget_s": 60, "config": {"a": 1}})
-    run.log_metric("after.user_holdout.object_f1", 0.8)
-    run.log_metric("train.steps", 12, 12)
-    run.set_tag("ortholens.decision", "accepted")
-    run.end("FINISHED")
-    exp = yaml.safe_load((tmp_path / "mlruns" / run.experiment_id / "meta.yaml").read_text())
-    assert exp["name"] == V.MLFLOW_EXPERIMENT and exp["lifecycle_stage"] == "active"
-    assert (tmp_path / "mlruns" / "0" / "meta.yaml").is_file()  # MLflow's Default
-    meta = yaml.safe_load((run.dir / "meta.yaml").read_text())
-    assert meta["run_id"] == run.run_id and meta["status"] == 3 and meta["end_time"]
-    assert meta["experiment_id"] == run.experiment_id
-    assert (run.dir / "params" / "budget_s").read_text() == "60"
-    ts, value, step = (run.dir / "metrics" / "train.steps").read_text().split()
-    assert float(value) == 12 and step == "12" and int(ts) > 0
-    assert (run.dir / "tags" / "mlflow.runName").read_text() == "retrain x"
-    # a second run lands in the same experiment
-    assert V.MlflowRun(tmp_path / "mlruns", "y").experiment_id == run.experiment_id
-
-
 # ----------------------------------------------------------------------------- protocol
 
 def test_retrain_request_schema():
@@ -530,7 +436,7 @@ def loop(tmp_path_factory):
     if not (HAVE_DATA and HAVE_MODEL):
         pytest.skip("real data (ORTHOLENS_DATA) or shipped model missing")
     from tools import retrain_eval as E
-    before = _shipped_digest()
+    before = shipped_digest()
     user = tmp_path_factory.mktemp("loop-user-models")
     # fixed step counts (E.STEPS): the outcome does not depend on the machine's load;
     # the time cap only guards against a runaway job
@@ -547,7 +453,7 @@ def loop(tmp_path_factory):
     (out / "retrain-eval-test.json").write_text(
         json.dumps({k: v for k, v in res.items() if k != "pv01"}, indent=2, default=str))
     res["_features_b"] = feats
-    assert _shipped_digest() == before
+    assert shipped_digest() == before
     return res
 
 
