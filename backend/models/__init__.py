@@ -1,5 +1,5 @@
 """Models: what a model is and where it lives. :mod:`~backend.models.card` parses and
-writes the model card (every field typed),
+writes the model card (every field typed, with :mod:`~backend.models.record`),
 :mod:`~backend.models.catalog` lists the shipped models and user versions and names the
 default per device, :mod:`~backend.models.versions` stores fine-tuned versions with
 lineage and rollback (:mod:`~backend.models.version_writer` writes them,
