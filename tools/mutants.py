@@ -77,8 +77,9 @@ class Scope:
 
 #: The core modules: tiling and stitching, metrics, the acceptance rule, extent/CRS
 #: planning and protocol validation. In ``acceptance.py`` the rule and the numbers it
-#: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
-#: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). In
+#: compares (``decide``, ``eval_areas``, ``metrics_summary``); the functions that run
+#: engines on rasters (``backend/learning/evaluation.py``) are covered by
+#: tests/backend/learning/test_retrain.py (minutes per run). In
 #: ``raster.py`` the grid planning; opening and reading windows belong to GDAL. In
 #: ``wire.py`` validation, framing and the message helpers; the endpoint and upload-window
 #: helpers are tested with the daemon (tests/backend/daemon/test_uploads.py and
@@ -88,7 +89,7 @@ SCOPE: Tuple[Scope, ...] = (
           ("tests/backend/inference/test_tiling.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("protocol/metrics.py", ("*",), ("tests/protocol/test_metrics.py",)),
-    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x__summary"),
+    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x_metrics_summary"),
           ("tests/backend/learning/test_acceptance.py",)),
     Scope("backend/inference/raster.py",
           ("x_ground_scale", "x_grid_crs", "x_choose_bands", "x_plan_grid",

@@ -91,7 +91,7 @@ def _default_retrain_fn(request, arrays, progress, cancelled):
                          "PyTorch): retraining needs PyTorch. Run 'Set up the engine…' "
                          "again with PyTorch ticked, or pip install the engine with its "
                          "'train' extra.", P.E_NOT_FOUND)
-    from backend.learning.finetune import run_retrain  # lazy: imports torch
+    from backend.learning.retrain import run_retrain  # lazy: imports torch
     return run_retrain(request, arrays, progress, cancelled)
 
 

@@ -120,6 +120,30 @@ def build_area(boxes: Sequence[Box], crs_wkt: str, margin_m: float = AREA_MARGIN
                 outline.area / 1e6, reviewed.area / 1e6, (c.x, c.y))
 
 
+def area_of_extents(extents: Sequence[Tuple[Box, str]], margin_m: float = AREA_MARGIN_M
+                    ) -> Area:
+    """The area of reviewed extents each given in its own metric CRS: computed
+    (:func:`build_area`) in the first one's CRS, the others brought into it.
+
+    Args:
+        extents: ``((xmin, ymin, xmax, ymax), CRS WKT)`` of each reviewed extent.
+        margin_m: the outline's reach beyond them, metres (>= 0).
+
+    Raises:
+        ValueError: no extents, or a negative margin.
+    """
+    from rasterio.warp import transform_bounds
+    if not extents:
+        return build_area([], "", margin_m)
+    crs = extents[0][1]
+    boxes = []
+    for b, b_crs in extents:
+        if b_crs != crs:
+            b = transform_bounds(b_crs, crs, *b, densify_pts=21)
+        boxes.append(tuple(b))
+    return build_area(boxes, crs, margin_m)
+
+
 def extent_lonlat(bounds: Box, crs_wkt: str):
     """The extent ``bounds`` (in ``crs_wkt``) as a shapely polygon in EPSG:4326 (its
     edges densified, so a curved image of a straight edge is followed)."""
@@ -141,4 +165,5 @@ def covers(area: Area, bounds: Box, crs_wkt: str) -> bool:
     return bool(outline.buffer(1e-7).covers(extent_lonlat(bounds, crs_wkt)))
 
 
-__all__ = ["AREA_MARGIN_M", "AREA_CRS", "Area", "build_area", "extent_lonlat", "covers"]
+__all__ = ["AREA_MARGIN_M", "AREA_CRS", "Area", "build_area", "area_of_extents",
+           "extent_lonlat", "covers"]
