@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from backend.models.card import ModelCard
-from backend.models.version_writer import (PENDING_DAYS, cleanup_stale,
+from backend.models.version_writer import (PENDING_DAYS, lineage_folder,
                                            move_candidate_files, write_version)
 from backend.models.versions import (activate, check_base, lineage_dir, load_version_card,
                                      now_iso, shipped_card, split_id, write_json_atomic)
@@ -46,12 +46,8 @@ def save_pending(parent_card: ModelCard, prepared: Path, card_updates: Dict[str,
     Returns:
         The token naming it (32 hex digits) for :func:`keep_pending`.
     """
-    base, _ = split_id(parent_card.id)
-    d = lineage_dir(base, root)
-    d.mkdir(parents=True, exist_ok=True)
-    cleanup_stale(d)
     token = uuid.uuid4().hex
-    p = d / f".pending-{token}"
+    p = lineage_folder(split_id(parent_card.id)[0], root) / f".pending-{token}"
     p.mkdir()
     move_candidate_files(Path(prepared), p)
     write_json_atomic(p / "pending.json", {"parent": parent_card.id,

@@ -32,7 +32,16 @@ PENDING_DAYS = 7
 CANDIDATE_FILES = ("weights.safetensors", "model.onnx")
 
 
-def cleanup_stale(d: Path) -> None:
+def lineage_folder(base: str, root: Optional[Path] = None) -> Path:
+    """``<root>/<base>``, created, its stale ``.tmp-*`` and ``.pending-*`` folders
+    removed: where a new version or pending candidate is written."""
+    d = lineage_dir(base, root)
+    d.mkdir(parents=True, exist_ok=True)
+    _cleanup_stale(d)
+    return d
+
+
+def _cleanup_stale(d: Path) -> None:
     """Remove, in the lineage folder ``d``, the ``.tmp-*`` folders older than a day and
     the ``.pending-*`` ones older than :data:`PENDING_DAYS` days."""
     now = time.time()
@@ -97,9 +106,7 @@ def write_version(parent_card: ModelCard, state_dict: Optional[Dict[str, Any]],
         ModelCorrupt: ``card_updates`` holds a field of the wrong type.
     """
     base, _ = split_id(parent_card.id)
-    d = lineage_dir(base, root)
-    d.mkdir(parents=True, exist_ok=True)
-    cleanup_stale(d)
+    d = lineage_folder(base, root)
     tmp = d / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
