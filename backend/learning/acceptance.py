@@ -297,6 +297,7 @@ class Verdict:
 
     @property
     def accepted(self) -> bool:
+        """Whether the verdict is ``"accepted"``."""
         return self.verdict == "accepted"
 
 

@@ -67,7 +67,7 @@ class ArrayReader:
         return img, valid
 
     def close(self) -> None:
-        pass
+        """Nothing to close: the image is in memory."""
 
 
 def predict_area(engine: Engine, area: ReviewedData, card: ModelCard,

@@ -286,6 +286,7 @@ class ModelCard(Record):
 
     @property
     def is_ensemble(self) -> bool:
+        """Whether the card is an ensemble of members (``kind`` ``"ensemble"``)."""
         return self.kind == "ensemble"
 
     @property
