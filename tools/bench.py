@@ -22,7 +22,7 @@ orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 (d) *retrain budget* (unless ``--no-retrain``): a real retrain of a small Vienna area with a
     45 s budget for the whole job (preparing, training, the gate, saving), into a
     temporary user-models folder: whether it ended within the budget, and each phase's
-    seconds (:class:`backend.learning.finetune.TimePlan`);
+    seconds (:class:`backend.learning.time_plan.TimePlan`);
 
 plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
 Prints a table and writes JSON. Timings are wall-clock with ``time.perf_counter``.
@@ -110,7 +110,7 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
     import tempfile
     from unittest import mock
 
-    from backend.learning.finetune import run_retrain
+    from backend.learning.retrain import run_retrain
     req = {"type": "retrain", "model": model_id,
            "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
            "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],

@@ -77,12 +77,13 @@ class Scope:
 
 #: The core modules: tiling and stitching, metrics, the acceptance rule, extent/CRS
 #: planning and protocol validation. In ``acceptance.py`` the rule and the numbers it
-#: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
-#: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). The
-#: grid planning of ``grid.py`` and the band choice of ``bands.py``; opening and reading
-#: windows belong to GDAL. In ``protocol/`` the framing, field checkers, rules and
-#: request validation, with the message helpers; the endpoint helpers are tested with
-#: the daemon (tests/backend/daemon/test_server.py).
+#: compares (``decide``, ``eval_areas``, ``metrics_summary``); the functions that run
+#: engines on rasters (``backend/learning/evaluation.py``) are covered by
+#: tests/backend/learning/test_retrain.py (minutes per run). The grid planning of
+#: ``grid.py`` and the band choice of ``bands.py``; opening and reading windows belong to
+#: GDAL. In ``protocol/`` the framing, field checkers, rules and request validation,
+#: with the message helpers; the endpoint helpers are tested with the daemon
+#: (tests/backend/daemon/test_server.py).
 _PROTOCOL_TESTS = tuple(f"tests/protocol/test_{m}.py"
                         for m in ("framing", "checks", "rules", "schema"))
 SCOPE: Tuple[Scope, ...] = (
@@ -90,7 +91,7 @@ SCOPE: Tuple[Scope, ...] = (
           ("tests/backend/inference/test_tiling.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("protocol/metrics.py", ("*",), ("tests/protocol/test_metrics.py",)),
-    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x__summary"),
+    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x_metrics_summary"),
           ("tests/backend/learning/test_acceptance.py",)),
     Scope("backend/inference/grid.py", ("*",),
           ("tests/backend/inference/test_raster.py",

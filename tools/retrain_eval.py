@@ -308,8 +308,8 @@ def retrain(params: RetrainParams, keep: Optional[Dict[str, Any]] = None
             ) -> Tuple[Dict[str, Any], float, str]:
     """Run a retrain job in this process as the daemon would; returns ``(report, seconds,
     the active model id afterwards)``. ``keep`` receives the candidate (see
-    :func:`backend.learning.finetune.run_retrain`)."""
-    from backend.learning.finetune import run_retrain
+    :func:`backend.learning.retrain.run_retrain`)."""
+    from backend.learning.retrain import run_retrain
     from backend.models import versions as V
     t0 = time.monotonic()
     out = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)
@@ -414,16 +414,15 @@ def site_split() -> Tuple[List[Any], List[Any]]:
 def gate_on(keep: Dict[str, Any], engine, scope: str = "area",
             max_iou_drop: float = 0.02) -> Dict[str, Any]:
     """Put another candidate (``engine``) through the gate a retrain used (``keep``, see
-    :func:`backend.learning.finetune.run_retrain`): the same held-out corrections and
+    :func:`backend.learning.retrain.run_retrain`): the same held-out corrections and
     guard, the same rule; returns ``{verdict, reason, warnings, change, before,
     after}``."""
-    from backend.learning.acceptance import evaluate, judge
-    before, after, change = evaluate(keep["card"], keep["current"], engine,
-                                     keep["corrections"], keep["guard"],
-                                     lambda f, m: None)
-    v = judge(before, after, change, max_iou_drop, scope)
+    from backend.learning.evaluation import gate
+    g = gate(keep["card"], keep["current"], engine, keep["corrections"], keep["guard"],
+             max_iou_drop, scope, lambda f, m: None)
+    v = g.verdict
     return {"verdict": v.verdict, "reason": v.reason, "warnings": v.warnings,
-            "change": change, "before": before, "after": after}
+            "change": g.change, "before": g.before, "after": g.after}
 
 
 def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool = True,
@@ -458,7 +457,7 @@ def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool 
         keep: Dict[str, Any] = {}
         progress(f"[0] retrain {mid} for this area: {steps or 'no fixed'} steps")
         t0 = time.monotonic()
-        from backend.learning.finetune import run_retrain
+        from backend.learning.retrain import run_retrain
         rep = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)["retrain"]
         secs = time.monotonic() - t0
         progress(f"[0] {_outcome(rep)}; detect by area on the rest of the site")

@@ -57,7 +57,8 @@ def _check(mid: str, chosen, rest, steps: int, progress) -> Dict[str, Any]:
     from backend.inference.engines import TorchEngine
     from backend.learning import corrections as C
     from backend.learning.acceptance import (decide, eval_areas, held_out_change, judge,
-                                             object_units, predict_area)
+                                             object_units)
+    from backend.learning.evaluation import predict_area
     from backend.learning.finetune import RetrainConfig, finetune
     from backend.models.catalog import load_card
     from protocol.params import RetrainParams

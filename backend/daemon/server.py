@@ -91,7 +91,7 @@ def _default_retrain_fn(request, arrays, progress, cancelled):
                          "PyTorch): retraining needs PyTorch. Run 'Set up the engine…' "
                          "again with PyTorch ticked, or pip install the engine with its "
                          "'train' extra.", P.E_NOT_FOUND)
-    from backend.learning.finetune import run_retrain  # lazy: imports torch
+    from backend.learning.retrain import run_retrain  # lazy: imports torch
     return run_retrain(request, arrays, progress, cancelled)
 
 
@@ -582,7 +582,7 @@ class Server:
 
     def _on_keep(self, identity, header, arrays):
         """Keep a retrain candidate the rule did not accept (the user's choice)."""
-        from backend.models.versions import keep_pending
+        from backend.models.pending import keep_pending
         reply = self._versions_reply(
             header, lambda m: keep_pending(m, header["pending"], header.get("note")))
         log.info("kept candidate %s of %s as %s", header["pending"], reply["model"],
