@@ -10,7 +10,7 @@ validation in exactly one fold; the large solar-roof site is fitted in every fol
 For a member config, fold ``k``'s model is trained (``--train``, or found) in
 ``<work>/<id>/fold<k>`` by :func:`backend.learning.train.train` with the same recipe,
 seed and steps as the shipped model. For an ensemble config the fold models of its
-members are fused as the ensemble engine fuses them (weighted mean of probabilities
+members are fused as the ensemble predictor fuses them (weighted mean of probabilities
 over members and test-time augmentations; one tiling, as the 256 px tiles fit one
 model tile).
 
@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from backend.config import REPO
-from backend.inference.engines import Engine, EnsembleEngine, TorchEngine
+from backend.inference.predictors import Predictor, EnsemblePredictor, TorchPredictor
 from backend.learning import data as pvdata
 from backend.learning.train import choose_postprocess, postprocessed, train
 from backend.models.card import ModelCard
@@ -78,17 +78,17 @@ def fold_card(config: Dict[str, Any], work: Path, fold: int, folds: int,
     return ModelCard.from_dict(json.loads((d / "card.json").read_text("utf-8")), d)
 
 
-def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
-                train_missing: bool, configs_dir: Path) -> Engine:
-    """The engine of fold ``fold``: a :class:`TorchEngine` on the CPU, or for an
-    ensemble config an :class:`EnsembleEngine` over its members' fold models (members'
+def fold_predictor(config: Dict[str, Any], work: Path, fold: int, folds: int,
+                train_missing: bool, configs_dir: Path) -> Predictor:
+    """The predictor of fold ``fold``: a :class:`TorchPredictor` on the CPU, or for an
+    ensemble config an :class:`EnsemblePredictor` over its members' fold models (members'
     configs are ``<configs_dir>/<member id>.json``)."""
     if config.get("kind") != "ensemble":
-        return TorchEngine(fold_card(config, work, fold, folds, train_missing))
+        return TorchPredictor(fold_card(config, work, fold, folds, train_missing))
     members = []
     for m in config["members"]:
         mc = json.loads((configs_dir / f"{m['id']}.json").read_text("utf-8"))
-        members.append((TorchEngine(fold_card(mc, work, fold, folds, train_missing)),
+        members.append((TorchPredictor(fold_card(mc, work, fold, folds, train_missing)),
                         float(m.get("weight", 1.0))))
     first = members[0][0].card
     card = ModelCard.from_dict({
@@ -97,7 +97,7 @@ def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
         "classes": [c.to_dict() for c in first.classes], "bands": first.bands,
         "gsd_m": first.gsd_m, "tile_size": first.tile_size, "overlap": first.overlap,
         "threshold": 0.5, "min_area_m2": 0.0, "simplify_m": first.simplify_m})
-    return EnsembleEngine(card, members)
+    return EnsemblePredictor(card, members)
 
 
 def coarsen(image: np.ndarray, mask: np.ndarray, factor: int, run: float = 1.0):
@@ -140,11 +140,11 @@ def to_coarse(pred: np.ndarray, factor: int) -> np.ndarray:
     return pred[:h * factor, :w * factor].reshape(h, factor, w, factor).mean((1, 3)) >= 0.5
 
 
-def predict(engine: Engine, images: Sequence[np.ndarray]) -> np.ndarray:
+def predict(predictor: Predictor, images: Sequence[np.ndarray]) -> np.ndarray:
     """Probabilities float32 (N, 1 + classes, H, W) of uint8 tiles (B, H, W), H and W
     multiples of 32 (the fused channels only, for an ensemble)."""
-    n_out = engine.card.num_outputs
-    return np.concatenate([engine.predict_raw(im[None])[:, :n_out] for im in images])
+    n_out = predictor.card.num_outputs
+    return np.concatenate([predictor.predict_raw(im[None])[:, :n_out] for im in images])
 
 
 def pad32(image: np.ndarray) -> np.ndarray:
@@ -287,15 +287,15 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
     runs: Dict[tuple, List] = {(f, r): [] for f, rs in RUNS.items() for r in rs}
     gsd_m, n_classes = None, None
     for k, (_, val) in enumerate(splits):
-        engine = fold_engine(config, work, k, folds, train_missing, configs_dir)
-        gsd_m, n_classes = engine.card.gsd_m, len(engine.card.classes)
+        predictor = fold_predictor(config, work, k, folds, train_missing, configs_dir)
+        gsd_m, n_classes = predictor.card.gsd_m, len(predictor.card.classes)
         for t in val:
             img, mask = t.read()
             for f in FACTORS:
                 for r in (1, *RUNS.get(f, ())):
                     im, ref = coarsen(img, mask, f, r)
                     h, w = im.shape[1:]
-                    p = predict(engine, [pad32(im)])[0][:, :h, :w]
+                    p = predict(predictor, [pad32(im)])[0][:, :h, :w]
                     (oof[f] if r == 1 else runs[(f, r)]).append((k, p, ref))
         print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
     out = summarise(config, oof, runs, gsd_m, n_classes, folds)
@@ -459,7 +459,7 @@ def apply_to_card(config: Dict[str, Any], folder: Path) -> None:
     if val and d.get("kind") != "ensemble":
         card = ModelCard.from_dict(d, folder)
         arr = pvdata.load_arrays(val)
-        probs = predict(TorchEngine(card), list(arr["images"]))
+        probs = predict(TorchPredictor(card), list(arr["images"]))
         t["postprocess_chosen_on_val"] = val_postprocess(
             config, probs, arr["masks"], card.gsd_m, len(card.classes))["val"]
     (folder / "card.json").write_text(json.dumps(d, indent=2) + "\n", "utf-8")

@@ -31,7 +31,7 @@ from backend.inference.batch.regions import RegionResult, grid_from_plan, local_
 from backend.inference.batch.distributed import ray_results
 from backend.inference.batch.gpkg import DEFAULT_LAYER, GpkgWriter
 from backend.inference.pipeline import model_errors
-from backend.inference.engines import Engine
+from backend.inference.predictors import Predictor
 from backend.models.catalog import load_card
 from protocol.errors import JobCancelled, JobError
 from protocol.params import BatchParams
@@ -115,12 +115,12 @@ def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[i
 
 def _results(executor: str, params: BatchParams, plan: Dict[str, Any],
              pending: Sequence[int], cancelled: Optional[Callable[[], bool]],
-             engine: Optional[Engine]) -> Iterator[RegionResult]:
+             predictor: Optional[Predictor]) -> Iterator[RegionResult]:
     """The region results of ``pending`` from the chosen executor."""
     if executor == "ray":
         return ray_results(params, plan, pending, cancelled=cancelled)
     if executor == "local":
-        return local_results(params, plan, pending, cancelled, engine)
+        return local_results(params, plan, pending, cancelled, predictor)
     raise JobError(f"unknown executor {executor!r}", P.E_BAD_REQUEST)
 
 
@@ -139,7 +139,7 @@ class _Tally:
 
 def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
               cancelled: Optional[Callable[[], bool]] = None,
-              engine: Optional[Engine] = None,
+              predictor: Optional[Predictor] = None,
               executor: Optional[str] = None) -> Dict[str, Any]:
     """Run (or resume) a stored batch job to completion.
 
@@ -148,7 +148,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         progress: receives (fraction 0..1, message) after every region.
         cancelled: polled between model batches and regions; the job then stops and
             stays resumable (state ``cancelled``).
-        engine: predictor for the local executor (tests, benchmarks).
+        predictor: predictor for the local executor (tests, benchmarks).
         executor: ``"local"`` or ``"ray"`` (``backend.inference.batch.distributed``;
             ``RAY_ADDRESS`` picks the cluster); default: the job's, else local.
 
@@ -185,7 +185,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         pending = [i for i in range(n) if i not in done]
         tally = _Tally(written=sum(done.values()), warnings=list(plan.get("warnings", [])))
         progress(len(done) / max(n, 1), f"{len(done)}/{n} regions done")
-        results = _results(executor, params, plan, pending, cancelled, engine)
+        results = _results(executor, params, plan, pending, cancelled, predictor)
         _write_results(results, writer, store, job_id, plan, done, tally, progress,
                        cancelled)
         count = writer.count()

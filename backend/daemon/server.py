@@ -85,7 +85,7 @@ def _default_detect_fn(request, arrays, progress, cancelled):
 
 
 def _default_retrain_fn(request, arrays, progress, cancelled):
-    from backend.inference.engines import torch_available
+    from backend.inference.predictors import torch_available
     if not torch_available():
         raise P.JobError("this engine was installed for detection only (ONNX Runtime, no "
                          "PyTorch): retraining needs PyTorch. Run 'Set up the engine…' "
@@ -97,7 +97,7 @@ def _default_retrain_fn(request, arrays, progress, cancelled):
 
 def _probe_device() -> str:
     try:
-        from backend.inference.engines import device_name
+        from backend.inference.predictors import device_name
         return str(device_name())
     except Exception as exc:  # engines missing or torch broken: the daemon still answers
         log.warning("cannot probe the inference device (%s); reporting cpu", exc)
@@ -105,10 +105,10 @@ def _probe_device() -> str:
 
 
 def _probe_device_info() -> Dict[str, Any]:
-    """``backend.inference.engines.device_info()`` (GPU name and memory, or CPU cores;
+    """``backend.inference.predictors.device_info()`` (GPU name and memory, or CPU cores;
     the runtime; the PyTorch version or None); ``{"kind": "cpu"}`` when it fails."""
     try:
-        from backend.inference.engines import device_info
+        from backend.inference.predictors import device_info
         return dict(device_info())
     except Exception as exc:  # the daemon still answers
         log.warning("cannot describe the inference device (%s)", exc)
@@ -135,7 +135,7 @@ class Server:
         detect_fn: the ``detect`` job function (``backend.daemon.jobs.JobFn``; default
             ``backend.inference.detect.run_detect``; the engine loads at the first job).
         device: the device string ``pong`` reports; default: probed with
-            ``backend.inference.engines.device_name()`` when serving starts.
+            ``backend.inference.predictors.device_name()`` when serving starts.
         history_s: how long finished jobs stay visible to ``status``, seconds.
         progress_interval_s: least time between two ``progress`` events of one job.
         stop_timeout_s: on stop, how long to wait for running jobs to end.
@@ -176,7 +176,7 @@ class Server:
         self.workers = int(workers)
         self.device = device
         #: what ``pong`` says about the device beyond its name (see
-        #: ``backend.inference.engines.device_info``); probed when serving starts.
+        #: ``backend.inference.predictors.device_info``); probed when serving starts.
         self.device_info: Optional[Dict[str, Any]] = None
         self.history_s = float(history_s)
         self.progress_interval_s = float(progress_interval_s)

@@ -266,7 +266,7 @@ class RegionDetector:
 
     Args:
         card: the model card (classes, tiling).
-        engine: the predictor (``backend.inference.engines``).
+        predictor: the predictor (``backend.inference.predictors``).
         reader: reads tiles of ``grid`` (``backend.inference.raster.WindowReader``);
             used by one background thread at a time.
         grid: the output grid (``backend.inference.grid.Grid``).
@@ -276,9 +276,9 @@ class RegionDetector:
             objects cut at the largest halo).
     """
 
-    def __init__(self, card: ModelCard, engine, reader, grid, opts: Options,
+    def __init__(self, card: ModelCard, predictor, reader, grid, opts: Options,
                  cache_mb: float = 0.0, warnings: Optional[List[str]] = None):
-        self.card, self.engine, self.reader, self.grid, self.opts = (card, engine, reader,
+        self.card, self.predictor, self.reader, self.grid, self.opts = (card, predictor, reader,
                                                                      grid, opts)
         self.plan = plan_tiling(card, grid.height, grid.width, opts.tile_size, opts.overlap)
         self.whole = Window(0, 0, grid.height, grid.width)
@@ -288,16 +288,16 @@ class RegionDetector:
 
     def _run(self, group, imgs: np.ndarray, masks: List[np.ndarray]
              ) -> Tuple[List[np.ndarray], int]:
-        """``(probabilities, tiles run)`` of a group of tiles; tiles without a valid pixel only cover
-        pixels that end up background anyway (validity is a property of the pixel, the
+        """``(probabilities, tiles run)`` of a group of tiles; tiles without a valid
+        pixel only cover pixels that end up background anyway (validity is a property of the pixel, the
         same in every tile), so the predictor skips them and they get zeros."""
         live = [i for i, m in enumerate(masks) if m.any()]
-        out = self.backoff.predict(self.engine, imgs[live]) if live else None
+        out = self.backoff.predict(self.predictor, imgs[live]) if live else None
         probs = [None] * len(group)
         for j, i in enumerate(live):
             probs[i] = np.ascontiguousarray(out[j])
         t = self.plan.tile
-        return [p if p is not None else np.zeros((self.engine.channels, t, t), np.float32)
+        return [p if p is not None else np.zeros((self.predictor.channels, t, t), np.float32)
                 for p in probs], len(live)
 
     def probabilities(self, window: Window, progress: Optional[Progress] = None,
@@ -324,7 +324,7 @@ class RegionDetector:
                 missing.append(key)
             else:
                 have[key] = item
-        stitch = Stitcher(self.engine.channels, g.height, g.width, t, self.plan.overlap,
+        stitch = Stitcher(self.predictor.channels, g.height, g.width, t, self.plan.overlap,
                           window)
         pos = run = 0
 
@@ -394,7 +394,7 @@ class RegionDetector:
                             float(st.valid.mean()) if st.valid.size else 0.0, t_probs)
 
 
-def predict_grid(reader, grid, engine, batch_size: int,
+def predict_grid(reader, grid, predictor, batch_size: int,
                  progress: Optional[Progress] = None,
                  cancelled: Optional[Callable[[], bool]] = None,
                  tile_size: Optional[int] = None, overlap: Optional[int] = None,
@@ -404,7 +404,7 @@ def predict_grid(reader, grid, engine, batch_size: int,
     of the grid's window).
 
     Returns:
-        ``(probs, valid, n_tiles)``: float32 (engine.channels, H, W) probabilities
+        ``(probs, valid, n_tiles)``: float32 (predictor.channels, H, W) probabilities
         (background = 1 and the rest 0 on invalid pixels), bool (H, W) valid-data mask,
         and the number of tiles of the plan (both tilings when the card asks for
         shifts).
@@ -415,7 +415,7 @@ def predict_grid(reader, grid, engine, batch_size: int,
     """
     opts = Options(threshold=0.5, min_area_m2=0.0, max_hole_m2=0.0, simplify_m=0.0,
                    batch_size=batch_size, tile_size=tile_size, overlap=overlap)
-    det = RegionDetector(engine.card, engine, reader, grid, opts, warnings=warnings)
+    det = RegionDetector(predictor.card, predictor, reader, grid, opts, warnings=warnings)
     st = det.probabilities(det.whole, progress, cancelled)
     return st.probs, st.valid, st.tiles
 

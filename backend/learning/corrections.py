@@ -199,7 +199,7 @@ def _inside(geom, geom_crs, bounds) -> bool:
 # ----------------------------------------------------------------------------- build
 
 def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
-                      engine=None, progress: Optional[Progress] = None,
+                      predictor=None, progress: Optional[Progress] = None,
                       cancelled: Optional[Callable[[], bool]] = None,
                       mistake_weight: float = 5.0,
                       holdout_fraction: float = 0.25) -> Corrections:
@@ -210,7 +210,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
             ``reviewed``, ``extent``, ``invalid_geometry``, ``bands`` are read).
         arrays: the request's pixel frames (for ``pixels`` sources).
         card: the model card being corrected (``backend.models.card.ModelCard``).
-        engine: the engine of the current model (default ``get_engine(card)``: the
+        engine: the engine of the current model (default ``get_predictor(card)``: the
             same one ``detect`` uses).
         progress: receives (fraction 0..1, ``"reading reviewed area i/n"``).
         cancelled: polled between the parts and while the model runs.
@@ -224,10 +224,10 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
         JobCancelled: cancelled.
     """
     from backend.inference.pipeline import Options
-    from backend.inference.engines import get_engine
+    from backend.inference.predictors import get_predictor
 
     progress = progress or (lambda f, m: None)
-    engine = engine or get_engine(card)
+    predictor = predictor or get_predictor(card)
     class_ids = {c.name: c.id for c in card.classes}
     feats, warnings, repaired = parse_features(
         [f.to_wire() for f in params.features], class_ids,
@@ -250,7 +250,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
             raise JobCancelled()
         progress(pi / len(parts), f"reading reviewed area {a.index + 1}/{len(areas)}"
                                   + (f" ({a.part})" if a.part else ""))
-        read, total_px = _read_part(a, arrays, card, params.bands, engine, opts.batch_size,
+        read, total_px = _read_part(a, arrays, card, params.bands, predictor, opts.batch_size,
                                     cancelled, total_px)
         ad = _part_data(a, read, feats, feat_crs, card, opts, mistake_weight, used_features)
         (out_hold if a.holdout else out_train).append(ad)
@@ -344,7 +344,7 @@ class _Read:
     raster_crs: Any
 
 
-def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, engine,
+def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predictor,
                batch_size: int, cancelled, total_px: int) -> Tuple[_Read, int]:
     """Read a part (a held-out one with :data:`CONTEXT_TILE_FRACTION` of context) on
     the model's grid and run the current model on it; returns it and the pixels read
@@ -378,7 +378,7 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, engin
             reader = WindowReader(ds, grid)
             try:
                 data = reader.vrt.read(grid.bands + [reader.alpha])
-                probs, valid, _ = predict_grid(reader, grid, engine, batch_size, None,
+                probs, valid, _ = predict_grid(reader, grid, predictor, batch_size, None,
                                                cancelled)
             finally:
                 reader.close()

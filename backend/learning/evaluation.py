@@ -9,7 +9,7 @@ the ``detect`` pipeline (tiling, blending, threshold, cleaning) on
 
 :func:`gate` evaluates (:func:`evaluate`) and judges
 (:func:`backend.learning.acceptance.judge`). The candidate is evaluated through the
-engine ``detect`` would use for it (:func:`candidate_engine`: its fp16 weights, exactly
+predictor ``detect`` would use for it (:func:`candidate_predictor`: its fp16 weights, exactly
 what would be saved).
 
 The held-out part is judged with context: its pixels are read with a margin around
@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from backend.inference.pipeline import Options, detections_from_probs, predict_grid
-from backend.inference.engines import Engine
+from backend.inference.predictors import Predictor
 from backend.learning.acceptance import (Verdict, eval_areas, held_out_change, judge,
                                          metrics_summary, object_units)
 from backend.learning.corrections import Corrections
@@ -72,9 +72,9 @@ class ArrayReader:
         """Nothing to close: the image is in memory."""
 
 
-def predict_area(engine: Engine, area: ReviewedData, card: ModelCard,
+def predict_area(predictor: Predictor, area: ReviewedData, card: ModelCard,
                  cancelled: Cancelled = None) -> np.ndarray:
-    """Cleaned class map (uint8 (H, W)) of ``engine`` on an area in memory (the
+    """Cleaned class map (uint8 (H, W)) of ``predictor`` on an area in memory (the
     ``detect`` pipeline: tiling, blending, threshold, cleaning with the card's
     post-processing).
 
@@ -82,13 +82,13 @@ def predict_area(engine: Engine, area: ReviewedData, card: ModelCard,
         JobCancelled: ``cancelled()`` turned true.
     """
     opts = Options.resolve(card)
-    probs, valid, _ = predict_grid(ArrayReader(area.image, area.valid), area.grid, engine,
+    probs, valid, _ = predict_grid(ArrayReader(area.image, area.valid), area.grid, predictor,
                                    opts.batch_size, None, cancelled)
     cmap, _ = detections_from_probs(probs, valid & area.valid, area.grid, card, opts)
     return cmap
 
 
-def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
+def eval_tiles(predictor: Predictor, card: ModelCard, tiles: Sequence[Tile],
                cancelled: Cancelled = None) -> Dict[str, Any]:
     """Metrics of the ``detect`` pipeline over pv01 tiles (photovoltaic class), as
     :func:`~backend.learning.acceptance.eval_areas` plus ``tiles``.
@@ -108,7 +108,7 @@ def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
             grid = plan_grid(ds, None, None, card.gsd_m, card.bands)
             reader = WindowReader(ds, grid)
             try:
-                probs, valid, _ = predict_grid(reader, grid, engine, opts.batch_size)
+                probs, valid, _ = predict_grid(reader, grid, predictor, opts.batch_size)
             finally:
                 reader.close()
         cmap, _ = detections_from_probs(probs, valid, grid, card, opts)
@@ -128,16 +128,16 @@ def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
 _GUARD_CACHE: Dict[Tuple, Dict[str, Any]] = {}
 
 
-def _guard_before(engine: Engine, card: ModelCard, tiles: List[Tile],
+def _guard_before(predictor: Predictor, card: ModelCard, tiles: List[Tile],
                   cancelled: Cancelled) -> Dict[str, Any]:
     key = (card.id, card.version, str(card.weights_path),
            card.weights_path.stat().st_mtime, tuple(str(t.image_path) for t in tiles))
     if key not in _GUARD_CACHE:
-        _GUARD_CACHE[key] = eval_tiles(engine, card, tiles, cancelled)
+        _GUARD_CACHE[key] = eval_tiles(predictor, card, tiles, cancelled)
     return dict(_GUARD_CACHE[key])
 
 
-def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Corrections,
+def evaluate(card: ModelCard, current: Predictor, candidate: Predictor, corr: Corrections,
              guard: Optional[GuardSet], progress: Progress,
              cancelled: Cancelled = None
              ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
@@ -146,7 +146,7 @@ def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Correcti
 
     Args:
         card: the current model's card (the candidate shares its post-processing).
-        current, candidate: their engines.
+        current, candidate: their predictors.
         corr: the corrections (``holdout`` and ``train`` areas, with the current
             model's class maps in ``pred``).
         guard: the guard tiles, or None / empty to skip the guard.
@@ -202,7 +202,7 @@ class Gate:
     verdict: Verdict
 
 
-def gate(card: ModelCard, current: Engine, candidate: Engine, corr: Corrections,
+def gate(card: ModelCard, current: Predictor, candidate: Predictor, corr: Corrections,
          guard: Optional[GuardSet], max_iou_drop: float, scope: str, progress: Progress,
          cancelled: Cancelled = None) -> Gate:
     """Evaluate a candidate (:func:`evaluate`) and judge it by the rule of ``scope``
@@ -217,10 +217,10 @@ def gate(card: ModelCard, current: Engine, candidate: Engine, corr: Corrections,
     return Gate(before, after, change, judge(before, after, change, max_iou_drop, scope))
 
 
-def candidate_engine(card: ModelCard, model, folder: Path) -> Engine:
+def candidate_predictor(card: ModelCard, model, folder: Path) -> Predictor:
     """Save the candidate's fp16 weights in ``folder``, export them to ONNX and return
-    an ONNX Runtime engine over them: the engine ``detect`` would use for the new
-    version on a CPU. On a GPU, or when the export fails, a PyTorch engine over the
+    an ONNX Runtime predictor over them: the predictor ``detect`` would use for the new
+    version on a CPU. On a GPU, or when the export fails, a PyTorch predictor over the
     in-memory module.
 
     Args:
@@ -231,22 +231,22 @@ def candidate_engine(card: ModelCard, model, folder: Path) -> Engine:
     import contextlib
     import sys
 
-    from backend.inference.engines import OnnxEngine, TorchEngine, cuda_available
+    from backend.inference.predictors import OnnxPredictor, TorchPredictor, cuda_available
     from backend.models.export import export_onnx
     save_weights(model.state_dict(), folder / "weights.safetensors")
     cand_card = card.updated({"weights": "weights.safetensors", "onnx": "model.onnx"},
                              folder)
     if cuda_available():
-        return TorchEngine(card, "cuda:0", model=model.to("cuda:0"))
+        return TorchPredictor(card, "cuda:0", model=model.to("cuda:0"))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the daemon's stdout is reserved
             export_onnx(cand_card)
-        return OnnxEngine(cand_card)
+        return OnnxPredictor(cand_card)
     except Exception as exc:
         log.warning("candidate ONNX export failed (%s); evaluating with PyTorch", exc)
         for p in folder.glob("*.onnx*"):
             p.unlink()
-        return TorchEngine(card, "cpu", model=model)
+        return TorchPredictor(card, "cpu", model=model)
 
 
 def choose_guard(card: ModelCard, wanted: Optional[bool], sources: List[str],

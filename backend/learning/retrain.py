@@ -13,7 +13,7 @@ better.
    (:class:`~backend.learning.time_plan.TimePlan`: the budget covers the whole job);
 3. **judge** (:func:`backend.learning.evaluation.gate`): evaluate the current model and
    the candidate (its fp16-rounded weights, exactly what would be saved, through the
-   engine ``detect`` would use) on the held-out corrections and the guard, and apply
+   predictor ``detect`` would use) on the held-out corrections and the guard, and apply
    the rule (:func:`~backend.learning.acceptance.judge`): a retrain with ``scope``
    ``"area"`` (the default) makes a version for the area it was taught on
    (:mod:`backend.models.area`), judged by
@@ -45,15 +45,15 @@ import numpy as np
 
 import protocol as P
 from backend.inference.pipeline import model_errors
-from backend.inference.engines import Engine, get_engine
+from backend.inference.predictors import Predictor, get_predictor
 from backend.learning.acceptance import rule_text
 from backend.learning.corrections import Corrections, build_corrections
 from backend.learning.data import GuardSet
-from backend.learning.evaluation import (Gate, candidate_engine, choose_guard, gate,
+from backend.learning.evaluation import (Gate, candidate_predictor, choose_guard, gate,
                                          guard_pixels)
 from backend.learning.finetune import RetrainConfig, finetune
 from backend.learning.reviewed import file_sources
-from backend.learning.time_plan import Progress, TimedEngine, TimePlan, remember_export_s
+from backend.learning.time_plan import Progress, TimedPredictor, TimePlan, remember_export_s
 from backend.models.area import area_of_extents
 from backend.models.card import ModelCard
 from backend.models.catalog import load_card
@@ -81,9 +81,9 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
         cancelled: polled between steps and tiles.
         root: the user model folder (default ``backend.models.versions.user_models_dir``).
         keep: for in-process callers such as ``tools.retrain_eval``: a dict that
-            receives the candidate's ``engine`` and ``card`` even when it is rejected,
+            receives the candidate's ``predictor`` and ``card`` even when it is rejected,
             the ``corrections`` and ``guard`` it was judged on and the ``current``
-            model's engine (to put another candidate through the same gate).
+            model's predictor (to put another candidate through the same gate).
 
     Returns:
         ``{"crs": "", "features": [], "stats": {...}, "retrain": report}``; the report
@@ -146,11 +146,11 @@ class _Job:
 
 @dataclass
 class _Prepared:
-    """The prepared corrections: the current model's engine and its seconds spent on
+    """The prepared corrections: the current model's predictor and its seconds spent on
     the reviewed areas, the corrections and their summary, the guard, and the warnings
     so far."""
 
-    engine: Engine
+    predictor: Predictor
     model_s: float
     corr: Corrections
     summary: Dict[str, Any]
@@ -185,8 +185,8 @@ def _start_run(card: ModelCard, cfg: RetrainConfig, root: Optional[Path]) -> Mlf
 def _prepare(job: _Job, arrays: List[np.ndarray]) -> _Prepared:
     """Step 1: the corrections (timing the current model on them) and the guard."""
     job.plan.report("preparing data", "loading the model")
-    engine = get_engine(job.card)
-    timed = TimedEngine(engine)
+    predictor = get_predictor(job.card)
+    timed = TimedPredictor(predictor)
     corr = build_corrections(job.params, arrays, job.card, timed,
                              lambda f, m: job.plan.report("preparing data", m),
                              job.cancelled, job.cfg.mistake_weight, job.cfg.holdout_fraction)
@@ -200,7 +200,7 @@ def _prepare(job: _Job, arrays: List[np.ndarray]) -> _Prepared:
             job.run.log_metric(f"corrections.{side}.{k}", summary[side][k])
     warnings = list(corr.warnings)
     guard = choose_guard(job.card, job.params.guard, file_sources(job.params), warnings)
-    return _Prepared(engine, timed.seconds, corr, summary, guard, warnings)
+    return _Prepared(predictor, timed.seconds, corr, summary, guard, warnings)
 
 
 def _train(job: _Job, prep: _Prepared) -> Tuple[Any, Dict[str, Any]]:
@@ -227,12 +227,12 @@ def _judge(job: _Job, prep: _Prepared, model, keep: Optional[Dict[str, Any]]) ->
     job.plan.report("evaluating the gate", "exporting the candidate")
     t_export = time.monotonic()
     job.cand_dir = candidate_dir(job.base, job.root)
-    cand = candidate_engine(job.card, model, job.cand_dir)
+    cand = candidate_predictor(job.card, model, job.cand_dir)
     remember_export_s(time.monotonic() - t_export)
     if keep is not None:
-        keep.update({"engine": cand, "card": job.card, "corrections": prep.corr,
-                     "guard": prep.guard, "current": prep.engine})
-    judged = gate(job.card, prep.engine, cand, prep.corr, prep.guard, job.cfg.max_iou_drop,
+        keep.update({"predictor": cand, "card": job.card, "corrections": prep.corr,
+                     "guard": prep.guard, "current": prep.predictor})
+    judged = gate(job.card, prep.predictor, cand, prep.corr, prep.guard, job.cfg.max_iou_drop,
                   job.cfg.scope, lambda f, m: job.plan.report("evaluating the gate", m),
                   job.cancelled)
     if judged.change.get("f1_change") is not None:

@@ -3,7 +3,7 @@
 The budget covers the whole job: preparing the data, training, evaluating the gate and
 saving (:class:`TimePlan`). The training gets what the other steps leave, estimated
 from the speed of the current model while the reviewed areas were read
-(:class:`TimedEngine`) and the export time of the last candidate
+(:class:`TimedPredictor`) and the export time of the last candidate
 (:func:`remember_export_s`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from backend.inference.engines import Engine
+from backend.inference.predictors import Predictor
 
 Progress = Callable[[float, str], None]
 
@@ -51,26 +51,26 @@ def left_text(seconds: float) -> str:
     return f"about {int(round(seconds / 60.0))} min left"
 
 
-class TimedEngine:
-    """An engine that counts the seconds spent in ``predict_raw`` (``seconds``); every
-    other attribute is the wrapped engine's.
+class TimedPredictor:
+    """A predictor that counts the seconds spent in ``predict_raw`` (``seconds``); every
+    other attribute is the wrapped predictor's.
 
     Args:
-        engine: the engine measured.
+        predictor: the predictor measured.
     """
 
-    def __init__(self, engine: Engine):
-        self._engine = engine
+    def __init__(self, predictor: Predictor):
+        self._predictor = predictor
         self.seconds = 0.0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
+        return getattr(self._predictor, name)
 
     def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
-        """The wrapped engine's ``predict_raw``, timed."""
+        """The wrapped predictor's ``predict_raw``, timed."""
         t = time.monotonic()
         try:
-            return self._engine.predict_raw(tiles)
+            return self._predictor.predict_raw(tiles)
         finally:
             self.seconds += time.monotonic() - t
 
@@ -136,7 +136,7 @@ class TimePlan:
 
         Args:
             px_s: seconds the current model took per pixel of the reviewed areas while
-                they were read (:class:`TimedEngine`); the candidate is assumed as fast.
+                they were read (:class:`TimedPredictor`); the candidate is assumed as fast.
             check_px: pixels the gate will run the models on (held-out and trained-on
                 areas, the guard tiles twice), at the model GSD.
             device: ``"cpu"`` or ``"cuda"`` (the export time assumed before one was

@@ -392,7 +392,7 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
         FileNotFoundError: the pv01 data is missing.
     """
     from backend.inference.detect import run_detect
-    from backend.inference.engines import get_engine
+    from backend.inference.predictors import get_predictor
     members = [load_card(m["id"]) for m in config["members"]]
     first = members[0]
     names = set(first.val_names)
@@ -414,14 +414,14 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     card_path = out_dir / "card.json"
     card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
     card = ModelCard.from_dict(d, out_dir)
-    engine = get_engine(card)
+    predictor = get_predictor(card)
     val = [t for t in pvdata.list_tiles("train") if t.name in names]
     probs, masks = [], []
     for t in val:
         got = []
         run_detect({"type": "detect", "model": card.id,
                     "source": {"kind": "file", "path": str(t.image_path)}}, [],
-                   engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
+                   predictor=predictor, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
         probs.append(got[0])
         masks.append(t.read()[1])
     pp = val_postprocess(config, np.stack(probs), np.stack(masks), card.gsd_m,

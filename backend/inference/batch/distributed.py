@@ -1,4 +1,4 @@
-"""A batch job's regions on a Ray cluster: one actor per worker, each holding an engine.
+"""A batch job's regions on a Ray cluster: one actor per worker, each holding a predictor.
 
 :func:`ray_results` is the ``"ray"`` executor of ``backend.daemon.batch_runner.run_batch``
 (the ``"local"`` one is ``backend.inference.batch.regions.local_results``): the driver
@@ -43,7 +43,7 @@ _PASS_ENV = ("ORTHOLENS_MODELS", "ORTHOLENS_DATA", "ORTHOLENS_TILE_CACHE_MB",
 
 
 class RegionActor:
-    """Holds one :class:`~backend.inference.batch.regions.RegionWorker` (engine, reader,
+    """Holds one :class:`~backend.inference.batch.regions.RegionWorker` (predictor, reader,
     tile cache).
 
     Args:
@@ -57,15 +57,15 @@ class RegionActor:
 
     def __init__(self, params: BatchParams, plan: Dict[str, Any], threads: int = 1):
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        engine = None
+        predictor = None
         from backend.inference.pipeline import model_errors
-        from backend.inference.engines import OnnxEngine, cuda_available
+        from backend.inference.predictors import OnnxPredictor, cuda_available
         from backend.models.catalog import load_card
         with model_errors():
             card = load_card(params.detect.model)
             if not card.is_ensemble and not cuda_available() and card.onnx_path.is_file():
-                engine = OnnxEngine(card, threads=threads)  # not all cores per actor
-        self.worker = RegionWorker(params, plan, engine)
+                predictor = OnnxPredictor(card, threads=threads)  # not all cores per actor
+        self.worker = RegionWorker(params, plan, predictor)
 
     def process(self, idx: int) -> Dict[str, Any]:
         """Region ``idx``'s :class:`RegionResult` as plain data."""

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from affine import Affine
 
-from backend.inference.engines import Engine, get_engine
+from backend.inference.predictors import Predictor, get_predictor
 from backend.inference.grid import Grid, plan_grid
 from backend.inference.objects import features
 from backend.inference.pipeline import (DEFAULT_GDAL_CACHE_MB, DEFAULT_TILE_CACHE_MB,
@@ -172,7 +172,7 @@ def _cache_mb(plan: Dict[str, Any], detector: RegionDetector) -> float:
     win = int(plan["region_px"]) + 2 * int(plan["halo_px"]) + t.tile
     rows, cols = t.axes(g.height, g.width)[0]
     per_axis = min(max(len(rows), len(cols)), win // max(1, t.tile - t.overlap) + 2)
-    tile_mb = (detector.engine.channels * 4 + 1) * t.tile * t.tile / float(1 << 20)
+    tile_mb = (detector.predictor.channels * 4 + 1) * t.tile * t.tile / float(1 << 20)
     two_windows_mb = 2 * per_axis * per_axis * tile_mb * (2 if t.shifted else 1)
     return min(float(plan.get("tile_cache_mb", DEFAULT_TILE_CACHE_MB)), two_windows_mb)
 
@@ -185,18 +185,18 @@ class RegionWorker:
     Args:
         params: the job's parameters.
         plan: from :func:`make_plan`.
-        engine: a predictor (default: ``get_engine`` for the job's model).
+        predictor: a predictor (default: ``get_predictor`` for the job's model).
 
     Raises:
         JobError: unknown or corrupt model, unreadable raster.
     """
 
     def __init__(self, params: BatchParams, plan: Dict[str, Any],
-                 engine: Optional[Engine] = None):
+                 predictor: Optional[Predictor] = None):
         self.params, self.plan = params, plan
         with model_errors():
             self.card = load_card(params.detect.model)
-            engine = engine or get_engine(self.card)
+            predictor = predictor or get_predictor(self.card)
         opts = dataclasses.replace(
             Options.resolve(self.card, params), region_px=int(plan["region_px"]),
             halo_px=int(plan["halo_px"]),
@@ -216,7 +216,7 @@ class RegionWorker:
         except BaseException:
             self._stack.close()
             raise
-        self.detector = RegionDetector(self.card, engine, self.reader, self.grid, opts,
+        self.detector = RegionDetector(self.card, predictor, self.reader, self.grid, opts,
                                        warnings=self.warnings)
         self.detector.cache.max_bytes = int(_cache_mb(plan, self.detector)
                                             * (1 << 20))
@@ -266,14 +266,14 @@ class RegionWorker:
 
 def local_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int],
                   cancelled: Optional[Callable[[], bool]] = None,
-                  engine: Optional[Engine] = None) -> Iterator[RegionResult]:
+                  predictor: Optional[Predictor] = None) -> Iterator[RegionResult]:
     """The ``local`` executor: region results computed in this process, in region order.
 
     Raises:
         JobError: as :class:`RegionWorker`.
         JobCancelled: ``cancelled()`` turned true (checked between regions and batches).
     """
-    with RegionWorker(params, plan, engine) as worker:
+    with RegionWorker(params, plan, predictor) as worker:
         for idx in pending:
             if cancelled and cancelled():
                 raise JobCancelled()
