@@ -222,29 +222,20 @@ def coarser_copy(image_path: Path, mask_path: Path, gsd_m: float, out_dir: Path
         ``h`` and ``w`` are the tile's size in metres over ``gsd_m``, rounded.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
 
     with rasterio.open(image_path) as src:
         t = src.transform
-        w = max(1, int(round(src.width * abs(t.a) / gsd_m)))
-        h = max(1, int(round(src.height * abs(t.e) / gsd_m)))
+        with rasterio.open(mask_path) as msrc:
+            img, ref = pvdata.average_down(src.read(), msrc.read(1), gsd_m, abs(t.a))
+        h, w = ref.shape
         transform = rasterio.Affine(gsd_m, 0.0, t.c, 0.0, -gsd_m, t.f)
-        img = np.zeros((src.count, h, w), src.dtypes[0])
-        reproject(src.read(), img, src_transform=t, src_crs=src.crs,
-                  dst_transform=transform, dst_crs=src.crs, resampling=Resampling.average)
         profile = dict(src.profile, width=w, height=h, transform=transform, tiled=False)
     for key in ("blockxsize", "blockysize"):
         profile.pop(key, None)
-    with rasterio.open(mask_path) as src:
-        share = np.zeros((h, w), np.float32)  # panel share of each coarse pixel
-        reproject((src.read(1) > 0).astype(np.float32), share, src_transform=src.transform,
-                  src_crs=src.crs, dst_transform=transform, dst_crs=src.crs,
-                  resampling=Resampling.average)
     out = out_dir / f"{image_path.stem}_{gsd_m:g}m.tif"
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(img)
-    return out, share >= 0.5, transform
+    return out, ref > 0, transform
 
 
 def eval_heldout_at(model_id: str, gsd_m: float, predictor=None) -> Dict:

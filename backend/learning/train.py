@@ -78,12 +78,20 @@ def normalize_stats(images: np.ndarray) -> Dict[str, Any]:
 
 
 def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
-    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W)."""
+    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W) of
+    any size: they are padded by reflection to multiples of 32 (the encoders' stride)
+    and the probabilities cropped back."""
     import torch
+    import torch.nn.functional as F
+    h, w = images_norm.shape[-2:]
+    pad = (0, -w % 32, 0, -h % 32)
     out = []
     with torch.inference_mode():
         for i in range(0, images_norm.shape[0], batch):
-            out.append(torch.softmax(model(images_norm[i:i + batch]), 1).numpy())
+            x = images_norm[i:i + batch]
+            if any(pad):
+                x = F.pad(x, pad, mode="reflect")
+            out.append(torch.softmax(model(x), 1)[..., :h, :w].numpy())
     return np.concatenate(out)
 
 
@@ -226,7 +234,7 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     fit, val = fit_val_tiles(config, fold, folds, without_site)
     left_out = ([t.name for t in pvdata.site_of(without_site, pvdata.list_tiles("train"))]
                 if without_site else [])
-    fit_a = pvdata.load_arrays(fit)
+    fit_a = pvdata.load_arrays(fit, float(config["gsd_m"]))
     card_d = _card_fields(config, fit_a["images"])
     card = ModelCard.from_dict(card_d)
     model = _new_model(card, config, device)
@@ -236,7 +244,7 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     model = model.to("cpu").float().eval()
     pp = cv_postprocess(config)
     if val:
-        val_a = pvdata.load_arrays(val)
+        val_a = pvdata.load_arrays(val, float(config["gsd_m"]))
         probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
         pp = val_postprocess(config, probs, val_a["masks"], card.gsd_m, len(card.classes))
         print(f"val: {json.dumps(pp)}", flush=True)
@@ -325,7 +333,9 @@ def _fit(model, card: ModelCard, config: Dict[str, Any], fit_a: Dict[str, np.nda
     """Train ``model`` on the fit tiles (``fit_a``: images uint8 (N, B, H, W), masks
     uint8 (N, H, W)) until ``max_steps`` or ``budget_s`` seconds: AdamW (a pretrained
     encoder at ``encoder_lr_factor`` of the rate) with warm-up and cosine decay,
-    cross-entropy + soft Dice, panel-rich tiles drawn more often."""
+    cross-entropy + soft Dice (plus, with ``hard_negatives``, the cross-entropy of the
+    hardest background pixels, :func:`backend.learning.losses.dice_ce_loss`),
+    panel-rich tiles drawn more often."""
     import torch
     fit_x = normalize_batch(fit_a["images"], card.normalize)
     fit_y = torch.from_numpy(fit_a["masks"]).long()
@@ -333,6 +343,7 @@ def _fit(model, card: ModelCard, config: Dict[str, Any], fit_a: Dict[str, np.nda
     opt = _optimizer(model, config)
     n_classes = len(card.classes)
     bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
+    hard_negatives = float(config.get("hard_negatives", 0.0))
     rng = np.random.default_rng(seed)
     t0 = time.time()
     step, losses = 0, []
@@ -351,7 +362,8 @@ def _fit(model, card: ModelCard, config: Dict[str, Any], fit_a: Dict[str, np.nda
                              norm=card.normalize, scale_range=scale_range)
         x, y = x.to(device), y.to(device)
         losses.append(optimizer_step(model, opt, x,
-                                     lambda logits: dice_ce_loss(logits, y, n_classes),
+                                     lambda logits: dice_ce_loss(logits, y, n_classes,
+                                                                 hard_negatives),
                                      device, channels_last=True))
         step += 1
         if step % 25 == 0:
