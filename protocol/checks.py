@@ -119,6 +119,11 @@ def check_dtype(x: Any) -> Optional[str]:
 
 #: A model id (``<base>`` or a version ``<base>@<n>``).
 check_model = string(128)
+
+
+def check_optional_model(x: Any) -> Optional[str]:
+    """Null (the engine chooses by the layer's GSD) or a model id."""
+    return None if x is None else check_model(x)
 #: A job id, and the id of a pixel upload (32 hex characters when the daemon made it).
 check_job_id = check_upload_id = string(64)
 #: A pixel row or column of an image, and the width or height of one, pixels.

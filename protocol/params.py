@@ -22,6 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 from .checks import (check_bands, check_boolean, check_crs, check_dtype, check_features,
                      check_file_source, check_gpkg_path, check_image_side,
                      check_layer_name, check_model, check_nodata, check_optional_extent,
+                     check_optional_model,
                      check_optional_string, check_reviewed, check_source,
                      check_source_or_upload, check_stretch, check_transform, check_upload,
                      int_range, num_range, one_of)
@@ -168,7 +169,8 @@ class DetectParams(RequestParams):
     Attributes:
         source: the raster (:class:`FileSource`, :class:`PixelSource`,
             :class:`UploadSource`; a wire dict is converted).
-        model: model id (``<base>`` or a user version ``<base>@<n>``).
+        model: model id (``<base>`` or a user version ``<base>@<n>``); None: the engine
+            chooses by the layer's GSD (``protocol.choice``).
         extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs``; None for the whole raster.
         extent_crs: CRS of ``extent`` (WKT or ``EPSG:n``); None: the raster's CRS.
         threshold: class probability threshold in (0, 1]; None: the card's.
@@ -191,7 +193,7 @@ class DetectParams(RequestParams):
     TYPE = "detect"
 
     source: Source = rule(check_source_or_upload, required=True)
-    model: str = rule(check_model, required=True)
+    model: Optional[str] = rule(check_optional_model, default=None)
     extent: Optional[Extent] = rule(check_optional_extent, default=None)
     extent_crs: Optional[str] = rule(check_optional_string, default=None)
     threshold: Optional[float] = rule(num_range(0.0, 1.0, lo_open=True), default=None)

@@ -30,7 +30,9 @@ from backend.daemon.jobstore import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Job
 from backend.inference.batch.regions import RegionResult, grid_from_plan, local_results, make_plan
 from backend.inference.batch.distributed import ray_results
 from backend.inference.batch.gpkg import DEFAULT_LAYER, GpkgWriter
-from backend.inference.pipeline import model_errors
+from backend.inference.detect import model_for
+from backend.inference.pipeline import input_errors, model_errors
+from backend.inference.raster import open_source
 from backend.inference.predictors import Predictor
 from backend.models.catalog import load_card
 from protocol.errors import JobCancelled, JobError
@@ -67,7 +69,6 @@ def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -
             file source, not a ``.gpkg``).
     """
     out = os.path.abspath(params.out_path)
-    header = dataclasses.replace(params, out_path=out).to_header()
     if os.path.exists(out) and not params.overwrite:
         raise JobError(f"{out} exists: choose a new file or set overwrite",
                        P.E_INVALID_INPUT)
@@ -78,7 +79,14 @@ def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -
     if not os.path.isfile(raster):
         raise JobError(f"raster file not found: {raster}", P.E_NOT_FOUND)
     with model_errors():
-        load_card(params.detect.model)
+        if params.detect.model is not None:
+            card = load_card(params.detect.model)
+        else:
+            with input_errors(), open_source(params.detect.source) as ds:
+                card, _ = model_for(params.detect, ds)
+    # a job stores the model it runs: one chosen by the layer's GSD stays when it resumes
+    detect = dataclasses.replace(params.detect, model=card.id)
+    header = dataclasses.replace(params, out_path=out, detect=detect).to_header()
     job_id = job_id or uuid.uuid4().hex
     store.create(job_id, {k: v for k, v in header.items() if k not in _NOT_STORED})
     return job_id

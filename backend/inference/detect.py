@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from backend.inference.predictors import Predictor, get_predictor
-from backend.inference.grid import Grid, plan_grid
+from backend.inference.grid import Grid, layer_gsd, plan_grid
 from backend.inference.objects import features, output_crs
 from backend.inference.pipeline import (Options, Progress, RegionDetector, RegionOutput,
                                         input_errors, model_errors)
 from backend.inference.raster import WindowReader, open_source
+from backend.models.card import ModelCard
 from backend.models.catalog import load_card
+from protocol.choice import GsdChoice
 from protocol.params import DetectParams
 
 
@@ -60,14 +62,16 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
     params = request if isinstance(request, DetectParams) else DetectParams.from_header(request)
     t0 = time.perf_counter()
     progress = progress or (lambda f, m: None)
-    with model_errors():
-        card = load_card(params.model)
-        predictor = predictor or get_predictor(card)
     progress(0.0, "reading raster")
     choice = None
     with input_errors(), open_source(params.source, arrays[0] if arrays else None) as ds:
+        with model_errors():
+            card, by_gsd = model_for(params, ds)
+            predictor = predictor or get_predictor(card)
         grid = plan_grid(ds, params.extent, params.extent_crs, card.gsd_m, card.bands,
                          params.bands, stretch=params.stretch)
+        if by_gsd is not None and not by_gsd.inside:
+            grid.warnings.append(by_gsd.why)
         if params.by_area:
             card, predictor, choice = _area_version(card, grid, predictor)
         opts = dataclasses.replace(Options.resolve(card, params), **(overrides or {}))
@@ -87,8 +91,28 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
                    t_detect - t0 + out.probs_seconds)
     if choice is not None:
         stats["model_choice"] = choice
+    if by_gsd is not None:
+        stats["gsd_choice"] = by_gsd.to_wire()
     progress(1.0, f"{len(feats)} polygons")
     return {"crs": output_crs(grid), "features": feats, "stats": stats}
+
+
+def model_for(params: DetectParams, ds) -> Tuple[ModelCard, Optional[GsdChoice]]:
+    """The card a detection runs: the one ``params.model`` names, or, when it names
+    none, the one chosen for the layer's GSD over the extent among the device's
+    candidates (``backend.models.catalog.choose_for_layer``), with that choice.
+
+    Raises:
+        ModelNotFound, ModelCorrupt: the model is missing or unreadable.
+        InputError: the raster has no CRS, or the extent misses it.
+    """
+    if params.model is not None:
+        return load_card(params.model), None
+    from backend.inference.predictors import cuda_available
+    from backend.models.catalog import choose_for_layer, list_cards
+    gsd = layer_gsd(ds, params.extent, params.extent_crs)
+    choice = choose_for_layer(list_cards(), cuda_available(), gsd)
+    return load_card(choice.model), choice
 
 
 def _stats(grid: Grid, card, opts: Options, predictor, feats: List[Dict],

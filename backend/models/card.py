@@ -22,6 +22,9 @@ Fields read by the code:
                                  (:class:`Normalization`): the input is
                                  ``(x / scale - mean) / std`` per band (single models)
 ``gsd_m``                        ground sampling distance the model was trained at (m/px)
+``gsd_range_m``                  ``[low, high]``: the layer GSDs (m/px) the model serves,
+                                 chosen on cross-validation (``protocol.choice``); absent:
+                                 ``gsd_m / 1.5`` to ``gsd_m * 1.5``
 ``tile_size, overlap``           inference tile side and overlap, pixels at ``gsd_m``
 ``threshold``                    probability threshold (chosen on a validation split of
                                  the *train* data, never on held-out)
@@ -259,6 +262,7 @@ class ModelCard(Record):
     architecture: str = typed_field(as_str, "")
     encoder: str = typed_field(as_str, "")
     arch_kwargs: Dict[str, Any] = typed_field(as_dict, dict)
+    gsd_range_m: Optional[List[float]] = typed_field(list_of(as_float), None)
     band_names: Optional[List[str]] = typed_field(list_of(as_str), None)
     dtype: str = typed_field(as_str, "uint8")
     normalize: Optional[Normalization] = typed_field(record_of(Normalization), None)
@@ -363,6 +367,10 @@ class ModelCard(Record):
             bad = [t for t in card.tta if t not in TTA_TRANSFORMS]
             if bad:
                 raise BadField(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
+            r = card.gsd_range_m
+            if r is not None and not (len(r) == 2 and 0 < r[0] < r[1]):
+                raise BadField(f"gsd_range_m must be [low, high] metres with 0 < low < "
+                               f"high, not {r}")
             return card
         except BadField as exc:
             raise ModelCorrupt(f"model card {path or ''} is invalid: {exc}") from None
@@ -419,3 +427,4 @@ def write_card(card: ModelCard, path: Optional[Path] = None) -> Path:
     tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n", "utf-8")
     tmp.replace(path)
     return path
+

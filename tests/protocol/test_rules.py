@@ -128,8 +128,12 @@ def test_every_field_of_the_request_parameters_has_its_rule_once():
     assert batch["threshold"] is request_rules(DetectParams)["threshold"]
     assert P.REQUEST_SCHEMAS["batch"] == batch
     detect, retrain = request_rules(DetectParams), request_rules(RetrainParams)
-    for name in ("model", "extent", "extent_crs", "bands"):
+    for name in ("extent", "extent_crs", "bands"):
         assert detect[name].check is retrain[name].check, name
-    assert P.REQUEST_SCHEMAS["versions"]["model"].check is detect["model"].check
+    # a detection may leave the model to the engine (chosen by the layer's GSD); a
+    # retrain and the version requests name one
+    assert detect["model"] == Rule(False, C.check_optional_model)
+    assert retrain["model"] == Rule(True, C.check_model)
+    assert P.REQUEST_SCHEMAS["versions"]["model"].check is retrain["model"].check
     assert P.REQUEST_CHECKS == {"upload": C.check_upload}
     assert PixelUpload.HEADER_CHECK is C.check_upload

@@ -42,7 +42,7 @@ def _detect(**kw):
     ({"v": 1, "type": "cancel", "id": "a"}, P.E_BAD_REQUEST, "'job_id'"),
     ({"v": 1, "type": "status", "id": "a", "job_id": ["x"]}, P.E_BAD_REQUEST, "'job_id'"),
     (_detect(source=...), P.E_BAD_REQUEST, "'source'"),
-    (_detect(model=...), P.E_BAD_REQUEST, "'model'"),
+    (_detect(model=5), P.E_BAD_REQUEST, "'model'"),
     (_detect(model=""), P.E_BAD_REQUEST, "'model'"),
     (_detect(source="a.tif"), P.E_BAD_REQUEST, "'source'"),
     (_detect(source={"kind": "url", "path": "x"}), P.E_BAD_REQUEST, "kind"),
@@ -232,3 +232,9 @@ def test_request():
     assert set(h) == {"v", "type", "id"} and len(h["id"]) == 32
     with pytest.raises(P.ProtocolError):
         P.request("cancel")
+
+
+def test_a_detection_may_leave_the_model_to_the_engine():
+    """No model, or null: the engine chooses one by the layer's GSD."""
+    for h in (_detect(model=...), _detect(model=None)):
+        assert P.validate_request(h) == h
