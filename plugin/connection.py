@@ -1,10 +1,10 @@
 """The plugin's connection to the engine (the daemon): connect, starting it when
 allowed, and put the engine's errors and warnings into sentences a user can act on.
 
-No QGIS here, so scripts (``tools/demo.py``) use it too. ``protocol.client`` (pyzmq) is
-imported only when a connection is made, so the plugin loads where pyzmq is missing and
-says how to install it when it is needed. Which model card to use is
-:mod:`.cards`' business.
+No QGIS here, so scripts (``tools/demo.py``) use it too. ``protocol.client`` and
+``protocol.launcher`` (pyzmq) are imported only when a connection is made, so the plugin
+loads where pyzmq is missing and says how to install it when it is needed. Which model
+card to use is :mod:`.cards`' business.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
             token (:func:`describe_error` says where to give it).
         ImportError: pyzmq is missing (see :func:`describe_error`).
     """
-    from protocol.client import (OrtholensClient, ensure_daemon, is_loopback,
-                                 parse_endpoint, port_open)
+    from protocol.client import OrtholensClient
+    from protocol.framing import is_loopback, parse_endpoint
+    from protocol.launcher import ensure_daemon, port_open
 
     try:
         if start and settings.can_start():

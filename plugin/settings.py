@@ -8,7 +8,7 @@ key under ``ortholens/``), then a default:
 * repository (the daemon's working directory, holds ``backend/``): ``ORTHOLENS_REPO`` /
   ``ortholens/repo``, default the folder above the plugin folder when it holds
   ``backend/`` (a development checkout);
-* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.client``) or
+* daemon interpreter: ``ORTHOLENS_BACKEND_PYTHON`` (as in ``protocol.launcher``) or
   ``ORTHOLENS_PYTHON`` / ``ortholens/python``, default ``<repo>/.venv/backend/bin/python``
   in a checkout; without a repository, the engine *Set up the engine…* installed
   (``<engine folder>/venv/bin/python``, see :mod:`.install.locate`);
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from protocol.wire import DEFAULT_ENDPOINT
+from protocol.framing import DEFAULT_ENDPOINT
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 
@@ -265,7 +265,7 @@ class DaemonSettings:
     def host(self) -> Optional[str]:
         """The endpoint's host (brackets of IPv6 removed), or None when the endpoint is
         not ``tcp://host:port``."""
-        from protocol.wire import parse_endpoint
+        from protocol.framing import parse_endpoint
         try:
             return parse_endpoint(self.endpoint)[0]
         except ValueError:
@@ -275,7 +275,7 @@ class DaemonSettings:
         """True when the engine runs on another computer (the endpoint's host is not a
         loopback address): it cannot read this computer's files, and it is never
         started from here."""
-        from protocol.wire import is_loopback
+        from protocol.framing import is_loopback
         host = self.host()
         return host is not None and not is_loopback(host)
 

@@ -30,7 +30,7 @@ from qgis.PyQt.QtWidgets import (
 )
 from qgis.gui import QgsFileWidget, QgsOptionsPageWidget, QgsOptionsWidgetFactory, QgsPasswordLineEdit
 
-from protocol.wire import is_loopback
+from protocol.framing import is_loopback
 
 from .settings import (
     TOKEN_AUTH_NAME,

@@ -1,69 +1,34 @@
-"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`protocol.wire`.
+"""Client of the Ortholens daemon: pure Python + pyzmq + :mod:`protocol.framing`.
 
 It imports neither ``qgis`` nor ``torch``: it runs inside QGIS's Python and in the
 backend's tests alike. numpy is imported only when pixels are sent.
 
-:class:`OrtholensClient` talks to a running daemon; :func:`start_daemon` starts one
-(``<python> -m backend``) detached from the caller; :func:`ensure_daemon` pings and
-starts one only when nothing answers.
+:class:`OrtholensClient` talks to a running daemon (over a
+:class:`~protocol.connection.DaemonConnection`); starting one is
+:mod:`protocol.launcher`'s (``start_daemon``, ``ensure_daemon``).
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
-
-import zmq
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import protocol as P
-from .errors import DaemonError, DaemonUnavailable, JobCancelled, OrtholensError
-from .wire import is_loopback, parse_endpoint  # noqa: F401 - part of this module's API
+from .connection import DaemonConnection, raise_if_error
+from .errors import DaemonError, DaemonUnavailable, JobCancelled
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
+from .window import Window, upload_windows
 
 log = logging.getLogger("ortholens.client")
 
 DEFAULT_ENDPOINT = P.DEFAULT_ENDPOINT
 
 
-def repo_dir() -> Path:
-    """The repository root in a development checkout (the folder holding
-    ``protocol/`` and ``backend/``); meaningless inside the plugin zip, where callers
-    pass the engine's interpreter and folder explicitly."""
-    return Path(__file__).resolve().parent.parent
-
-
-def default_backend_python() -> str:
-    """``ORTHOLENS_BACKEND_PYTHON``, else the repo's ``.venv/backend`` interpreter."""
-    env = os.environ.get("ORTHOLENS_BACKEND_PYTHON")
-    if env:
-        return env
-    venv = repo_dir() / ".venv" / "backend"
-    if sys.platform == "win32":
-        return str(venv / "Scripts" / "python.exe")
-    return str(venv / "bin" / "python")
-
-
-def log_dir() -> Path:
-    """Folder of the daemon logs: ``ORTHOLENS_LOG_DIR``, else ``<tmp>/ortholens-<user>``."""
-    env = os.environ.get("ORTHOLENS_LOG_DIR")
-    if env:
-        return Path(env)
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "user"
-    return Path(tempfile.gettempdir()) / f"ortholens-{user}"
-
-
-class OrtholensClient:
-    """A connection to the daemon (a DEALER socket with its own ``zmq.Context``).
+class OrtholensClient(DaemonConnection):
+    """A client of the daemon: its requests, and the jobs they start followed to their
+    end, over a :class:`~protocol.connection.DaemonConnection`.
 
     Not thread-safe: use one client per thread. Replies are matched to requests by
     their ``id``; stale replies (to requests that timed out) are skipped.
@@ -82,88 +47,10 @@ class OrtholensClient:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: Optional[str] = None,
                  timeout_s: float = 5.0):
-        self.endpoint = endpoint
-        self.token = token or None
-        self.timeout_s = float(timeout_s)
-        self._ctx = zmq.Context()
-        self._sock: Optional[zmq.Socket] = None
-        #: the daemon process when :func:`ensure_daemon` started one, else None.
+        super().__init__(endpoint, token, timeout_s)
+        #: the daemon process when ``protocol.launcher.ensure_daemon`` started one,
+        #: else None.
         self.process: Optional[subprocess.Popen] = None
-
-    # ------------------------------------------------------------------ socket
-
-    def _socket(self) -> zmq.Socket:
-        if self._sock is None:
-            if self._ctx is None:
-                raise OrtholensError("the client is closed")
-            s = self._ctx.socket(zmq.DEALER)
-            s.linger = 0
-            s.sndtimeo = max(1, int(self.timeout_s * 1000))
-            if "[" in self.endpoint:
-                s.setsockopt(zmq.IPV6, 1)
-            s.connect(self.endpoint)
-            self._sock = s
-        return self._sock
-
-    def _reset(self) -> None:
-        """Drop the socket (it may hold unsent requests / stale replies)."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-
-    def close(self) -> None:
-        """Close the socket and the context; the client cannot be used afterwards."""
-        self._reset()
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-
-    def __enter__(self) -> "OrtholensClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _send(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> None:
-        try:
-            self._socket().send_multipart(P.encode(header, arrays), copy=False)
-        except zmq.Again:
-            self._reset()
-            raise DaemonUnavailable(f"cannot send to the daemon at {self.endpoint}") from None
-
-    def _receive(self, request_id: Any, wait_s: float) -> Optional[Dict[str, Any]]:
-        """The next reply whose id is ``request_id`` (a string, or a collection of
-        them) within ``wait_s`` s, else None."""
-        ids = {request_id} if isinstance(request_id, str) else set(request_id)
-        sock = self._socket()
-        end = time.monotonic() + wait_s
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
-                return None
-            frames = sock.recv_multipart(copy=False)
-            try:
-                header, _ = P.decode(frames, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
-            except P.ProtocolError as exc:
-                log.warning("skipping an undecodable reply: %s", exc)
-                continue
-            if header.get("id") not in ids:
-                log.debug("skipping a stale %s reply", header.get("type"))
-                continue
-            return header
-
-    def _call(self, mtype: str, timeout_s: Optional[float] = None,
-              **fields: Any) -> Dict[str, Any]:
-        header = P.request(mtype, token=self.token, **fields)
-        self._send(header)
-        wait = self.timeout_s if timeout_s is None else float(timeout_s)
-        reply = self._receive(header["id"], wait)
-        if reply is None:
-            self._reset()
-            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not answer "
-                                    f"{mtype} within {wait:g} s")
-        _raise_if_error(reply)
-        return reply
 
     # ------------------------------------------------------------------ requests
 
@@ -236,8 +123,7 @@ class OrtholensClient:
         return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
                          is_cancelled, job_timeout_s, liveness_s)
 
-    def upload(self, spec: PixelUpload,
-               read_window: Callable[[int, int, int, int], Any],
+    def upload(self, spec: PixelUpload, read_window: Callable[[Window], Any],
                on_progress: Optional[Callable[[float, str], None]] = None,
                is_cancelled: Optional[Callable[[], bool]] = None,
                in_flight: int = 2, ack_timeout_s: float = 60.0) -> UploadSource:
@@ -247,14 +133,14 @@ class OrtholensClient:
         Only one window is read at a time and at most ``in_flight`` sent windows wait
         for the daemon's acknowledgement, so neither side holds the whole image: a
         large extent costs the client about ``in_flight + 1`` windows of memory. The
-        windows are those of ``protocol.wire.chunk_windows`` on the daemon's
-        ``chunk_px`` grid, row by row.
+        windows are those of ``protocol.window.upload_windows`` on the daemon's
+        ``window_px`` grid, row by row.
 
         Args:
             spec: the image (size, bands, dtype, CRS and transform).
-            read_window: ``read_window(row, col, rows, cols)`` returns that window,
-                ``(spec.count, rows, cols)`` of ``spec.dtype`` (pixels, top-left at
-                ``row``, ``col``).
+            read_window: ``read_window(window)`` returns that
+                :class:`~protocol.window.Window` of the image (pixels of the image's
+                grid), ``(spec.count, window.height, window.width)`` of ``spec.dtype``.
             on_progress: called as ``on_progress(fraction 0..1, message)`` after each
                 acknowledged window.
             is_cancelled: polled before each window; once true the upload is dropped
@@ -276,52 +162,14 @@ class OrtholensClient:
                 array of another shape or dtype (nothing more is sent; the upload is
                 dropped).
         """
-        import numpy as np
         opened = self._call("upload", **{k: v for k, v in spec.to_header().items()
                                          if k not in ("v", "type", "id")})
-        upload_id, chunk_px = str(opened["upload_id"]), int(opened["chunk_px"])
-        windows = P.chunk_windows(spec.width, spec.height, chunk_px)
-        pending: List[str] = []
-        done = 0
-        last: Dict[str, Any] = opened
+        upload_id = str(opened["upload_id"])
+        windows = upload_windows(spec.width, spec.height, int(opened["window_px"]))
         finished = False
-
-        def acknowledge(rid: str) -> Dict[str, Any]:
-            ack = self._receive(rid, max(ack_timeout_s, self.timeout_s))
-            if ack is None:
-                self._reset()
-                raise DaemonUnavailable(f"the daemon at {self.endpoint} did not "
-                                        f"acknowledge a window of upload {upload_id} "
-                                        f"within {ack_timeout_s:g} s")
-            _raise_if_error(ack)
-            return ack
-
         try:
-            for row, col, rows, cols in windows:
-                if is_cancelled is not None and is_cancelled():
-                    raise JobCancelled(f"upload {upload_id} was cancelled")
-                arr = np.ascontiguousarray(read_window(row, col, rows, cols))
-                if arr.shape != (spec.count, rows, cols) or str(arr.dtype) != spec.dtype:
-                    raise P.ProtocolError(
-                        f"the window at row {row}, col {col} is {arr.dtype} "
-                        f"{tuple(arr.shape)}; the upload needs {spec.dtype} "
-                        f"{(spec.count, rows, cols)}")
-                header = P.request("chunk", upload_id=upload_id, row=row, col=col,
-                                   token=self.token)
-                self._send(header, [arr])
-                del arr  # zmq keeps the buffer until it is sent
-                pending.append(header["id"])
-                while len(pending) >= max(1, in_flight):
-                    last = acknowledge(pending.pop(0))
-                    done += 1
-                    if on_progress is not None:
-                        on_progress(done / len(windows), f"sent {done}/{len(windows)} "
-                                                         f"windows")
-            while pending:
-                last = acknowledge(pending.pop(0))
-                done += 1
-                if on_progress is not None:
-                    on_progress(done / len(windows), f"sent {done}/{len(windows)} windows")
+            last = self._send_windows(spec, upload_id, windows, read_window, on_progress,
+                                      is_cancelled, in_flight, ack_timeout_s)
             if not last.get("complete"):
                 raise DaemonError(f"upload {upload_id} is incomplete after all "
                                   f"{len(windows)} windows were sent", P.E_INTERNAL)
@@ -330,6 +178,68 @@ class OrtholensClient:
         finally:
             if not finished:
                 self._cancel_quietly(upload_id)
+
+    def _send_windows(self, spec: PixelUpload, upload_id: str, windows: List[Window],
+                      read_window: Callable[[Window], Any],
+                      on_progress: Optional[Callable[[float, str], None]],
+                      is_cancelled: Optional[Callable[[], bool]], in_flight: int,
+                      ack_timeout_s: float) -> Dict[str, Any]:
+        """Read and send ``windows`` of the upload ``upload_id`` in order, keeping at
+        most ``in_flight`` unacknowledged (see :meth:`upload`); returns the last
+        acknowledgement (an ``upload`` reply).
+
+        Raises:
+            As :meth:`upload`.
+        """
+        import numpy as np
+        pending: List[str] = []
+        done = 0
+        last: Dict[str, Any] = {}
+
+        def acknowledge_oldest() -> None:
+            nonlocal done, last
+            last = self._acknowledge(pending.pop(0), upload_id, ack_timeout_s)
+            done += 1
+            if on_progress is not None:
+                on_progress(done / len(windows), f"sent {done}/{len(windows)} windows")
+
+        for window in windows:
+            if is_cancelled is not None and is_cancelled():
+                raise JobCancelled(f"upload {upload_id} was cancelled")
+            arr = np.ascontiguousarray(read_window(window))
+            want = (spec.count,) + window.shape
+            if arr.shape != want or str(arr.dtype) != spec.dtype:
+                raise P.ProtocolError(
+                    f"the window at row {window.row}, col {window.col} is {arr.dtype} "
+                    f"{tuple(arr.shape)}; the upload needs {spec.dtype} {want}")
+            header = P.request("window", upload_id=upload_id, row=window.row,
+                               col=window.col, token=self.token)
+            self._send(header, [arr])
+            del arr  # zmq keeps the buffer until it is sent
+            pending.append(header["id"])
+            while len(pending) >= max(1, in_flight):
+                acknowledge_oldest()
+        while pending:
+            acknowledge_oldest()
+        return last
+
+    def _acknowledge(self, request_id: str, upload_id: str, ack_timeout_s: float
+                     ) -> Dict[str, Any]:
+        """The daemon's answer to the ``window`` request ``request_id``.
+
+        Raises:
+            DaemonUnavailable: none within ``ack_timeout_s`` (or the client's
+                ``timeout_s``, the longer); the socket is reset.
+            DaemonError: an ``error`` answer.
+        """
+        ack = self._receive(request_id, max(ack_timeout_s, self.timeout_s))
+        if ack is None:
+            self._reset()
+            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not "
+                                    f"acknowledge a window of upload {upload_id} "
+                                    f"within {ack_timeout_s:g} s")
+        raise_if_error(ack)
+        return ack
 
     def retrain(self, params: RetrainParams, pixels: Any = None,
                 on_progress: Optional[Callable[[float, str], None]] = None,
@@ -387,7 +297,7 @@ class OrtholensClient:
         return self._submit(P.request("resume", job_id=job_id, token=self.token))
 
     def jobs(self, job_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """The daemon's batch jobs (newest first; see ``protocol.wire``'s ``jobs``)."""
+        """The daemon's batch jobs (newest first; see ``docs/protocol.md``'s ``jobs``)."""
         return list(self._call("jobs", job_id=job_id)["jobs"])
 
     def follow(self, request_id: str, job_id: str,
@@ -460,25 +370,6 @@ class OrtholensClient:
         # writing the version may export it to ONNX first: up to a minute on a busy CPU
         return self._call("keep", timeout_s=max(self.timeout_s, 60.0), model=model,
                           pending=pending, **extra)
-
-    def _submit(self, header: Dict[str, Any], arrays: Sequence[Any] = ()) -> Dict[str, Any]:
-        """Send a job request and return its ``accepted`` reply (with ``job_id``).
-
-        Raises:
-            DaemonUnavailable: no reply within ``timeout_s`` (the socket is reset).
-            DaemonError: an ``error`` reply, or a reply other than ``accepted``.
-        """
-        self._send(header, arrays)
-        first = self._receive(header["id"], self.timeout_s)
-        if first is None:
-            self._reset()
-            raise DaemonUnavailable(f"the daemon at {self.endpoint} did not accept the "
-                                    f"{header['type']} request within {self.timeout_s:g} s")
-        _raise_if_error(first)
-        if first.get("type") != "accepted" or not isinstance(first.get("job_id"), str):
-            raise DaemonError(f"unexpected reply {first.get('type')!r} "
-                                            f"to {header['type']}", P.E_INTERNAL)
-        return first
 
     def _job(self, header: Dict[str, Any], arrays: Sequence[Any],
              on_progress: Optional[Callable[[float, str], None]],
@@ -553,15 +444,6 @@ class OrtholensClient:
             if not finished:  # timeout, callback exception, KeyboardInterrupt...
                 self._cancel_quietly(job_id)
 
-    def _cancel_quietly(self, job_id: str) -> None:
-        """Best-effort cancel (waits at most ``timeout_s``); resets the socket on failure."""
-        try:
-            self._call("cancel", job_id=job_id)
-        except OrtholensError as exc:
-            log.debug("cancel of job %s: %s", job_id, exc)
-        except zmq.ZMQError as exc:
-            log.debug("cancel of job %s: %s", job_id, exc)
-            self._reset()
 
 
 #: Events that end a job.
@@ -586,7 +468,7 @@ def _job_event(event: Dict[str, Any], job_id: str,
     elif kind == "result":
         return event
     elif kind == "error":
-        _raise_if_error(event)
+        raise_if_error(event)
     elif kind == "cancelled":
         raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
     else:
@@ -600,173 +482,3 @@ def _arrays(pixels: Any) -> List[Any]:
         return []
     import numpy as np
     return [np.ascontiguousarray(pixels)]
-
-
-def _raise_if_error(reply: Dict[str, Any]) -> None:
-    """Raise the :class:`DaemonError` of an ``error`` reply (code, message, job id and
-    ``field``); other replies pass."""
-    if reply.get("type") == "error":
-        field = reply.get("field")
-        raise DaemonError(str(reply.get("message", "")),
-                          str(reply.get("code", P.E_INTERNAL)), reply.get("job_id"),
-                          field=field if isinstance(field, str) else None)
-
-
-# ---------------------------------------------------------------------- daemon process
-
-def _tail(path: Path, max_bytes: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            return f.read().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        return f"(no log: {exc})"
-
-
-def _child_env(env: Optional[Mapping[str, str]], token: Optional[str]) -> Dict[str, str]:
-    # QGIS points PYTHONHOME/PYTHONPATH at its own Python; the backend venv must not
-    # inherit them.
-    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-    if env:
-        out.update(env)
-    if token:
-        out["ORTHOLENS_TOKEN"] = token  # not on the command line, where ps shows it
-    out.setdefault("PYTHONUNBUFFERED", "1")
-    return out
-
-
-def start_daemon(python: Optional[str] = None, port: int = P.DEFAULT_PORT,
-                 cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-                 wait_s: float = 60.0, *, host: str = P.DEFAULT_HOST,
-                 token: Optional[str] = None,
-                 log_path: Optional[str] = None,
-                 args: Sequence[str] = ()) -> subprocess.Popen:
-    """Start ``<python> -m backend --host H --port P`` detached and wait until it answers.
-
-    Args:
-        python: interpreter of the backend environment (default
-            :func:`default_backend_python`).
-        port: TCP port for the daemon.
-        cwd: working directory, the repository root (default :func:`repo_dir`).
-        env: variables added to the inherited environment (``PYTHONHOME`` and
-            ``PYTHONPATH`` are not inherited).
-        wait_s: how long to wait for the first ``pong``, seconds.
-        host: interface to bind (loopback default).
-        token: passed as ``ORTHOLENS_TOKEN`` and used for the ping.
-        log_path: daemon stdout+stderr (default ``log_dir()/daemon-<port>.log``,
-            truncated).
-        args: further command-line options of the daemon (e.g.
-            ``["--restrict-paths"]``).
-
-    Returns:
-        The running process (its own session / process group; the caller may leave it).
-
-    Raises:
-        DaemonUnavailable: the process exited or did not answer within ``wait_s``
-            (the message ends with the tail of its log); it is killed in the latter case.
-    """
-    python = python or default_backend_python()
-    cwd = cwd or str(repo_dir())
-    if log_path is None:
-        folder = log_dir()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log_file = folder / f"daemon-{port}.log"
-    else:
-        log_file = Path(log_path)
-    cmd = [python, "-m", "backend", "--host", host, "--port", str(port), *args]
-    kwargs: Dict[str, Any] = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-                                   | subprocess.CREATE_NO_WINDOW)  # type: ignore[attr-defined]
-    else:
-        kwargs["start_new_session"] = True
-    try:
-        with open(log_file, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(env, token),
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, close_fds=True, **kwargs)
-    except OSError as exc:
-        raise DaemonUnavailable(f"cannot start {python!r} -m backend: {exc}") from None
-    ping_host = f"[{host}]" if ":" in host else host
-    client = OrtholensClient(f"tcp://{ping_host}:{port}", token=token, timeout_s=1.0)
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise DaemonUnavailable(f"the daemon exited with code {proc.returncode} "
-                                        f"(log {log_file}):\n{_tail(log_file)}")
-            try:
-                client.ping()
-            except DaemonUnavailable:
-                pass
-            else:
-                time.sleep(0.05)
-                if proc.poll() is not None:  # another daemon answered on that port
-                    continue
-                log.info("daemon started: pid %d, port %d, log %s", proc.pid, port, log_file)
-                return proc
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait(5)
-                raise DaemonUnavailable(f"the daemon did not answer within {wait_s:g} s "
-                                        f"(log {log_file}):\n{_tail(log_file)}")
-            time.sleep(0.2)
-    except DaemonError:
-        proc.kill()
-        raise
-    finally:
-        client.close()
-
-
-def ensure_daemon(endpoint: str = DEFAULT_ENDPOINT, python: Optional[str] = None,
-                  cwd: Optional[str] = None, *, token: Optional[str] = None,
-                  timeout_s: float = 5.0, wait_s: float = 60.0) -> OrtholensClient:
-    """A client of a daemon that answers: pings ``endpoint`` and, if nothing answers
-    and the endpoint is on this computer, starts one with :func:`start_daemon`.
-
-    Returns:
-        A connected :class:`OrtholensClient` (``timeout_s``, ``token``); its
-        ``process`` is the started daemon's ``Popen``, or None when one was running.
-
-    Raises:
-        DaemonUnavailable: nothing answers and a daemon cannot be started (or the
-            endpoint is not loopback).
-        DaemonError: a daemon answers but refuses (e.g. ``forbidden``: wrong token).
-    """
-    host, port = parse_endpoint(endpoint)
-    client = OrtholensClient(endpoint, token=token, timeout_s=timeout_s)
-    try:
-        local = is_loopback(host)
-        if not local or port_open(host, port):  # refused: nothing to wait for
-            try:
-                client.ping(timeout_s=min(2.0, timeout_s))
-                return client
-            except DaemonUnavailable:
-                pass
-        if not local:
-            raise DaemonUnavailable(f"no daemon answers at {endpoint}; only a daemon on "
-                                    f"this computer is started automatically")
-        try:
-            client.process = start_daemon(python, port, cwd, wait_s=wait_s, host=host,
-                                          token=token)
-        except DaemonUnavailable as exc:
-            try:
-                client.ping()  # a slow daemon may hold the port after all
-            except DaemonUnavailable:
-                raise exc from None
-        return client
-    except BaseException:
-        client.close()
-        raise
-
-
-def port_open(host: str, port: int) -> bool:
-    """True when a TCP connection to ``host:port`` succeeds within 0.5 s."""
-    import socket
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-

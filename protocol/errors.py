@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-# Error codes sent in ``error`` replies (see ``protocol.wire``).
+# Error codes sent in ``error`` replies (see ``docs/protocol.md``).
 E_BAD_REQUEST = "bad_request"          # malformed JSON / frames / fields
 E_VERSION = "unsupported_version"      # header["v"] != PROTOCOL_VERSION
 E_UNKNOWN_TYPE = "unknown_type"        # header["type"] not a request type

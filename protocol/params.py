@@ -1,12 +1,15 @@
 """Typed request parameters: what a ``detect``, ``batch`` or ``retrain`` job is asked to do.
 
 One dataclass per task (as Deepness keeps one parameter dataclass per processing
-task), and :class:`PixelUpload` for an image streamed to the daemon in windows. They are built by the plugin (dock, Processing algorithms), turned into a
-request header by :meth:`to_header` (validated against ``protocol.wire``'s schema),
-and rebuilt by the daemon from the validated header with :meth:`from_header`. ``None``
-means "not given": the daemon then uses the model card's value (threshold, minimum
-area, simplification, orthogonalisation) or its own default (batch size, chunk size,
-retrain settings). The dock and the Processing algorithms follow the same rule.
+task), and :class:`PixelUpload` for an image streamed to the daemon in windows. They
+are built by the plugin (dock, Processing algorithms), turned into a request header by
+:meth:`to_header` and rebuilt by the daemon from the validated header with
+:meth:`from_header`. Each field declares the checker of its request field
+(:func:`protocol.rules.rule`), from which ``protocol.schema`` derives the schemas of
+these requests. ``None`` means "not given": the daemon then uses the model card's value
+(threshold, minimum area, simplification, orthogonalisation) or its own default (batch
+size, batch region size, upload window size, retrain settings). The dock and the
+Processing algorithms follow the same rule.
 
 Needs only the standard library.
 """
@@ -16,8 +19,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from . import wire
+from .checks import (check_bands, check_boolean, check_crs, check_dtype, check_features,
+                     check_file_source, check_gpkg_path, check_image_side,
+                     check_layer_name, check_model, check_nodata, check_optional_extent,
+                     check_optional_model,
+                     check_optional_string, check_reviewed, check_source,
+                     check_source_or_upload, check_stretch, check_transform, check_upload,
+                     int_range, num_range, one_of)
 from .errors import ProtocolError
+from .framing import DTYPE_BYTES, MAX_WINDOW_PX, MIN_WINDOW_PX
+from .rules import RequestParams, Rule, check_fields, flat, request_rules, rule
 
 Extent = Tuple[float, float, float, float]
 
@@ -91,7 +102,7 @@ def source_from_wire(d: Union[Source, Mapping[str, Any]]) -> Source:
     """
     if isinstance(d, (FileSource, PixelSource, UploadSource)):
         return d
-    err = wire.check_source(d, allow_upload=True)
+    err = check_source_or_upload(d)
     if err:
         raise ProtocolError(f"source {err}")
     if d["kind"] == "file":
@@ -122,7 +133,7 @@ class Stretch:
     max: Optional[Tuple[float, ...]] = None
 
     def to_wire(self) -> Dict[str, Any]:
-        """The ``stretch`` field (see ``protocol.wire.check_stretch``)."""
+        """The ``stretch`` field (see ``protocol.checks.check_stretch``)."""
         if self.mode == "percentile":
             return {"mode": "percentile", "low": float(self.low), "high": float(self.high)}
         if self.mode == "minmax":
@@ -139,7 +150,7 @@ def stretch_from_wire(d: Union[Stretch, Mapping[str, Any], None]) -> Optional[St
     """
     if d is None or isinstance(d, Stretch):
         return d
-    err = wire.check_stretch(d)
+    err = check_stretch(d)
     if err:
         raise ProtocolError(f"stretch {err}")
     return Stretch(d["mode"], float(d.get("low", 2.0)), float(d.get("high", 98.0)),
@@ -151,59 +162,15 @@ def _extent(x: Optional[Sequence[float]]) -> Optional[Extent]:
     return None if x is None else tuple(float(v) for v in x)  # type: ignore[return-value]
 
 
-def _header(mtype: str, obj: Any, token: Optional[str], request_id: Optional[str]
-            ) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if v is None:
-            continue
-        if f.name in ("source", "stretch"):
-            v = v.to_wire()
-        elif f.name in ("features", "reviewed"):
-            v = [x.to_wire() for x in v]
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    if request_id is not None:
-        out["id"] = request_id
-    return wire.request(mtype, token=token, **out)
-
-
-class _Request:
-    """Conversion of a parameter dataclass to and from its request header."""
-
-    TYPE = ""
-
-    def to_header(self, token: Optional[str] = None,
-                  request_id: Optional[str] = None) -> Dict[str, Any]:
-        """The validated request header (fields left None are omitted).
-
-        Args:
-            token: the daemon's access token, when it needs one.
-            request_id: the request id (default: a fresh one).
-
-        Raises:
-            ProtocolError: ``bad_request`` for a value outside the schema.
-        """
-        return _header(self.TYPE, self, token, request_id)
-
-    @classmethod
-    def from_header(cls, header: Mapping[str, Any]):
-        """Parameters of a request header that ``protocol.wire.validate_request``
-        accepted (other fields, such as ``id`` and ``token``, are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in header.items() if k in names})
-
-
 @dataclass(frozen=True)
-class DetectParams(_Request):
+class DetectParams(RequestParams):
     """A ``detect`` request: find objects in an extent of a raster.
 
     Attributes:
         source: the raster (:class:`FileSource`, :class:`PixelSource`,
             :class:`UploadSource`; a wire dict is converted).
-        model: model id (``<base>`` or a user version ``<base>@<n>``).
+        model: model id (``<base>`` or a user version ``<base>@<n>``); None: the engine
+            chooses by the layer's GSD (``protocol.choice``).
         extent: ``(xmin, ymin, xmax, ymax)`` in ``extent_crs``; None for the whole raster.
         extent_crs: CRS of ``extent`` (WKT or ``EPSG:n``); None: the raster's CRS.
         threshold: class probability threshold in (0, 1]; None: the card's.
@@ -225,18 +192,18 @@ class DetectParams(_Request):
 
     TYPE = "detect"
 
-    source: Source
-    model: str
-    extent: Optional[Extent] = None
-    extent_crs: Optional[str] = None
-    threshold: Optional[float] = None
-    min_area_m2: Optional[float] = None
-    simplify_m: Optional[float] = None
-    bands: Optional[Tuple[int, ...]] = None
-    stretch: Optional[Stretch] = None
-    batch_size: Optional[int] = None
-    orthogonalize: Optional[bool] = None
-    by_area: Optional[bool] = None
+    source: Source = rule(check_source_or_upload, required=True)
+    model: Optional[str] = rule(check_optional_model, default=None)
+    extent: Optional[Extent] = rule(check_optional_extent, default=None)
+    extent_crs: Optional[str] = rule(check_optional_string, default=None)
+    threshold: Optional[float] = rule(num_range(0.0, 1.0, lo_open=True), default=None)
+    min_area_m2: Optional[float] = rule(num_range(0.0, 1e6), default=None)
+    simplify_m: Optional[float] = rule(num_range(0.0, 100.0), default=None)
+    bands: Optional[Tuple[int, ...]] = rule(check_bands, default=None)
+    stretch: Optional[Stretch] = rule(check_stretch, default=None)
+    batch_size: Optional[int] = rule(int_range(1, 256), default=None)
+    orthogonalize: Optional[bool] = rule(check_boolean, default=None)
+    by_area: Optional[bool] = rule(check_boolean, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", source_from_wire(self.source))
@@ -247,9 +214,9 @@ class DetectParams(_Request):
 
 
 @dataclass(frozen=True)
-class PixelUpload(_Request):
+class PixelUpload(RequestParams):
     """An ``upload`` request: an image the client streams to the daemon window by
-    window (``chunk`` requests), then names as an :class:`UploadSource`.
+    window (``window`` requests), then names as an :class:`UploadSource`.
 
     Attributes:
         crs: CRS of the pixels, WKT or an authority id such as ``EPSG:32651``.
@@ -257,23 +224,28 @@ class PixelUpload(_Request):
             y = f + d*col + e*row, in CRS units (as :class:`PixelSource`).
         width, height: image size, pixels.
         count: bands.
-        dtype: one of ``protocol.wire.ALLOWED_DTYPES``.
+        dtype: one of ``protocol.framing.ALLOWED_DTYPES``.
         nodata: pixel value meaning "no data", or None.
-        chunk_px: window side the client would like, pixels; None: the daemon's
-            (``protocol.wire.DEFAULT_CHUNK_PX``). The reply's ``chunk_px`` is the one
-            to use.
+        window_px: window side the client would like, pixels; None: the daemon's
+            (``protocol.framing.DEFAULT_WINDOW_PX``). The reply's ``window_px`` is the
+            one to use.
+
+    The whole image may hold at most ``protocol.framing.MAX_UPLOAD_BYTES``
+    (:func:`protocol.checks.check_upload`).
     """
 
     TYPE = "upload"
+    HEADER_CHECK = staticmethod(check_upload)
 
-    crs: str
-    transform: Tuple[float, float, float, float, float, float]
-    width: int
-    height: int
-    count: int = 3
-    dtype: str = "uint8"
-    nodata: Optional[float] = None
-    chunk_px: Optional[int] = None
+    crs: str = rule(check_crs, required=True)
+    transform: Tuple[float, float, float, float, float, float] = rule(check_transform,
+                                                                     required=True)
+    width: int = rule(check_image_side, required=True)
+    height: int = rule(check_image_side, required=True)
+    count: int = rule(int_range(1, 16), required=True, default=3)
+    dtype: str = rule(check_dtype, required=True, default="uint8")
+    nodata: Optional[float] = rule(check_nodata, default=None)
+    window_px: Optional[int] = rule(int_range(MIN_WINDOW_PX, MAX_WINDOW_PX), default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transform", tuple(float(v) for v in self.transform))
@@ -281,34 +253,37 @@ class PixelUpload(_Request):
     @property
     def nbytes(self) -> int:
         """Size of the whole image, bytes."""
-        return self.width * self.height * self.count * wire.DTYPE_BYTES[self.dtype]
+        return self.width * self.height * self.count * DTYPE_BYTES[self.dtype]
 
 
 @dataclass(frozen=True)
-class BatchParams(_Request):
+class BatchParams(RequestParams):
     """A ``batch`` request: a streaming, resumable detection over a raster of any size
     that writes its polygons to a GeoPackage.
 
     Attributes:
-        detect: what to detect where (its ``source`` must be a :class:`FileSource`: a
-            batch job reads the raster again when it resumes).
+        detect: what to detect where (its fields travel in the ``batch`` header; its
+            ``source`` must be a :class:`FileSource`: a batch job reads the raster again
+            when it resumes; a batch job runs the model it names, ``by_area`` is not
+            sent).
         out_path: the ``.gpkg`` to write.
         layer: its table; None: ``detections``.
         overwrite: replace an existing ``out_path``.
-        chunk_px: chunk side, pixels at the model's GSD; None: the daemon's (2048).
-        halo_px: first halo around a chunk, pixels; None: from the model's tiling.
+        region_px: region side, pixels at the model's GSD; None: the daemon's (2048).
+        halo_px: first halo around a region, pixels; None: from the model's tiling.
         executor: ``local`` or ``ray``; None: ``local``.
     """
 
     TYPE = "batch"
 
-    detect: DetectParams
-    out_path: str
-    layer: Optional[str] = None
-    overwrite: Optional[bool] = None
-    chunk_px: Optional[int] = None
-    halo_px: Optional[int] = None
-    executor: Optional[str] = None
+    detect: DetectParams = flat(DetectParams, without=("by_area",),
+                                rules={"source": Rule(True, check_file_source)})
+    out_path: str = rule(check_gpkg_path, required=True)
+    layer: Optional[str] = rule(check_layer_name, default=None)
+    overwrite: Optional[bool] = rule(check_boolean, default=None)
+    region_px: Optional[int] = rule(int_range(32, 16384), default=None)
+    halo_px: Optional[int] = rule(int_range(0, 8192), default=None)
+    executor: Optional[str] = rule(one_of("local", "ray"), default=None)
 
     def to_header(self, token: Optional[str] = None,
                   request_id: Optional[str] = None) -> Dict[str, Any]:
@@ -319,11 +294,9 @@ class BatchParams(_Request):
         """
         header = self.detect.to_header(token, request_id)
         header["type"] = self.TYPE
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name != "detect" and v is not None:
-                header[f.name] = v
-        return wire.validate_request(header)
+        header.update({k: v for k, v in self.wire_fields().items() if k != "detect"})
+        check_fields(self.TYPE, header, request_rules(BatchParams))
+        return header
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> "BatchParams":
@@ -409,7 +382,7 @@ class ReviewedArea:
 
 
 @dataclass(frozen=True)
-class RetrainParams(_Request):
+class RetrainParams(RequestParams):
     """A ``retrain`` request: fine-tune a model on the user's corrections.
 
     Attributes:
@@ -440,26 +413,26 @@ class RetrainParams(_Request):
 
     TYPE = "retrain"
 
-    source: Source
-    model: str
-    features: Tuple[CorrectedFeature, ...]
-    crs: Optional[str] = None
-    reviewed: Optional[Tuple[ReviewedArea, ...]] = None
-    extent: Optional[Extent] = None
-    extent_crs: Optional[str] = None
-    budget_s: Optional[float] = None
-    steps: Optional[int] = None
-    seed: Optional[int] = None
-    activate: Optional[bool] = None
-    guard: Optional[bool] = None
-    holdout_fraction: Optional[float] = None
-    max_iou_drop: Optional[float] = None
-    replay_fraction: Optional[float] = None
-    mistake_weight: Optional[float] = None
-    invalid_geometry: Optional[str] = None
-    bands: Optional[Tuple[int, ...]] = None
-    scope: Optional[str] = None
-    site_margin_m: Optional[float] = None
+    source: Source = rule(check_source, required=True)
+    model: str = rule(check_model, required=True)
+    features: Tuple[CorrectedFeature, ...] = rule(check_features, required=True)
+    crs: Optional[str] = rule(check_optional_string, default=None)
+    reviewed: Optional[Tuple[ReviewedArea, ...]] = rule(check_reviewed, default=None)
+    extent: Optional[Extent] = rule(check_optional_extent, default=None)
+    extent_crs: Optional[str] = rule(check_optional_string, default=None)
+    budget_s: Optional[float] = rule(num_range(1.0, 86400.0), default=None)
+    steps: Optional[int] = rule(int_range(1, 1_000_000), default=None)
+    seed: Optional[int] = rule(int_range(0, 2 ** 31 - 1), default=None)
+    activate: Optional[bool] = rule(check_boolean, default=None)
+    guard: Optional[bool] = rule(check_boolean, default=None)
+    holdout_fraction: Optional[float] = rule(num_range(0.05, 0.5), default=None)
+    max_iou_drop: Optional[float] = rule(num_range(0.0, 1.0), default=None)
+    replay_fraction: Optional[float] = rule(num_range(0.0, 0.95), default=None)
+    mistake_weight: Optional[float] = rule(num_range(1.0, 100.0), default=None)
+    invalid_geometry: Optional[str] = rule(one_of("repair", "refuse"), default=None)
+    bands: Optional[Tuple[int, ...]] = rule(check_bands, default=None)
+    scope: Optional[str] = rule(one_of("area", "general"), default=None)
+    site_margin_m: Optional[float] = rule(num_range(0.0, 10000.0), default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", source_from_wire(self.source))

@@ -1,7 +1,7 @@
 """The attribute schema of a result polygon: one definition for every place that
 stores detections (the plugin's result layers, batch jobs' GeoPackages).
 
-A ``result`` reply's feature (see :mod:`protocol.wire`) carries ``wkt`` plus the
+A ``result`` reply's feature (see ``docs/protocol.md``) carries ``wkt`` plus the
 fields below except ``detected_at``, which the side that writes the layer stamps.
 """
 

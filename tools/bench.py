@@ -9,8 +9,8 @@ For each model (a member or an ensemble card, e.g. ``pv-unet-efl0``; default: th
 catalog's CPU default model) on the same raster (default: the real Vienna 2023
 orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 
-(a) *model only*: batches of random uint8 tiles already in memory through the engine
-    (``Engine.predict_raw``: normalisation, inference, softmax; for ensembles every
+(a) *model only*: batches of random uint8 tiles already in memory through the predictor
+    (``Predictor.predict_raw``: normalisation, inference, softmax; for ensembles every
     member x TTA), in Mpx/s of input;
 (b) *end to end*: :func:`backend.inference.detect.run_detect` on the whole raster: read ->
     resample -> tile -> infer -> stitch -> threshold -> polygonize, in Mpx/s and km²/h at
@@ -22,7 +22,7 @@ orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 (d) *retrain budget* (unless ``--no-retrain``): a real retrain of a small Vienna area with a
     45 s budget for the whole job (preparing, training, the gate, saving), into a
     temporary user-models folder: whether it ended within the budget, and each phase's
-    seconds (:class:`backend.learning.finetune.TimePlan`);
+    seconds (:class:`backend.learning.time_plan.TimePlan`);
 
 plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
 Prints a table and writes JSON. Timings are wall-clock with ``time.perf_counter``.
@@ -42,7 +42,7 @@ import numpy as np
 
 from backend.config import REPO, vienna_scene
 from backend.inference.detect import run_detect
-from backend.inference.engines import device_name, get_engine
+from backend.inference.predictors import device_name, get_predictor
 from backend.models.catalog import cpu_default_model_id, load_card
 from protocol.client import OrtholensClient
 from protocol.params import DetectParams, FileSource
@@ -50,19 +50,19 @@ from tools.common import local_daemon, peak_rss_mb
 
 
 def model_only(model_id: str, tile: int = 512, batch: int = 4, seconds: float = 8.0) -> Dict:
-    """Throughput of the engine on random tiles already in memory (Mpx/s)."""
+    """Throughput of the predictor on random tiles already in memory (Mpx/s)."""
     card = load_card(model_id)
-    eng = get_engine(card)
+    predictor = get_predictor(card)
     x = np.random.default_rng(0).integers(0, 256, (batch, card.bands, tile, tile), np.uint8)
-    eng.predict_raw(x)  # warm-up (graph optimisation, allocator)
+    predictor.predict_raw(x)  # warm-up (graph optimisation, allocator)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 2:
-        eng.predict_raw(x)
+        predictor.predict_raw(x)
         n += 1
     dt = time.perf_counter() - t0
     mpx = n * batch * tile * tile / 1e6
     return {"mpx_per_s": round(mpx / dt, 3), "batches": n, "batch": batch, "tile": tile,
-            "engine": eng.kind, "device": eng.device}
+            "runtime": predictor.kind, "device": predictor.device}
 
 
 def end_to_end(model_id: str, raster: Path) -> Dict:
@@ -110,7 +110,7 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
     import tempfile
     from unittest import mock
 
-    from backend.learning.finetune import run_retrain
+    from backend.learning.retrain import run_retrain
     req = {"type": "retrain", "model": model_id,
            "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
            "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],

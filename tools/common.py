@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Tuple
 
-from protocol.client import repo_dir, start_daemon
+from protocol.launcher import repo_dir, start_daemon
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ validation in exactly one fold; the large solar-roof site is fitted in every fol
 For a member config, fold ``k``'s model is trained (``--train``, or found) in
 ``<work>/<id>/fold<k>`` by :func:`backend.learning.train.train` with the same recipe,
 seed and steps as the shipped model. For an ensemble config the fold models of its
-members are fused as the ensemble engine fuses them (weighted mean of probabilities
+members are fused as the ensemble predictor fuses them (weighted mean of probabilities
 over members and test-time augmentations; one tiling, as the 256 px tiles fit one
 model tile).
 
@@ -38,12 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from backend.config import REPO
-from backend.inference.engines import Engine, EnsembleEngine, TorchEngine
+from backend.inference.predictors import Predictor, EnsemblePredictor, TorchPredictor
 from backend.learning import data as pvdata
 from backend.learning.train import choose_postprocess, postprocessed, train
 from backend.models.card import ModelCard
@@ -78,17 +78,17 @@ def fold_card(config: Dict[str, Any], work: Path, fold: int, folds: int,
     return ModelCard.from_dict(json.loads((d / "card.json").read_text("utf-8")), d)
 
 
-def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
-                train_missing: bool, configs_dir: Path) -> Engine:
-    """The engine of fold ``fold``: a :class:`TorchEngine` on the CPU, or for an
-    ensemble config an :class:`EnsembleEngine` over its members' fold models (members'
+def fold_predictor(config: Dict[str, Any], work: Path, fold: int, folds: int,
+                train_missing: bool, configs_dir: Path) -> Predictor:
+    """The predictor of fold ``fold``: a :class:`TorchPredictor` on the CPU, or for an
+    ensemble config an :class:`EnsemblePredictor` over its members' fold models (members'
     configs are ``<configs_dir>/<member id>.json``)."""
     if config.get("kind") != "ensemble":
-        return TorchEngine(fold_card(config, work, fold, folds, train_missing))
+        return TorchPredictor(fold_card(config, work, fold, folds, train_missing))
     members = []
     for m in config["members"]:
         mc = json.loads((configs_dir / f"{m['id']}.json").read_text("utf-8"))
-        members.append((TorchEngine(fold_card(mc, work, fold, folds, train_missing)),
+        members.append((TorchPredictor(fold_card(mc, work, fold, folds, train_missing)),
                         float(m.get("weight", 1.0))))
     first = members[0][0].card
     card = ModelCard.from_dict({
@@ -97,26 +97,27 @@ def fold_engine(config: Dict[str, Any], work: Path, fold: int, folds: int,
         "classes": [c.to_dict() for c in first.classes], "bands": first.bands,
         "gsd_m": first.gsd_m, "tile_size": first.tile_size, "overlap": first.overlap,
         "threshold": 0.5, "min_area_m2": 0.0, "simplify_m": first.simplify_m})
-    return EnsembleEngine(card, members)
+    return EnsemblePredictor(card, members)
 
 
 def coarsen(image: np.ndarray, mask: np.ndarray, factor: int, run: float = 1.0):
-    """A tile as a ``factor`` times coarser orthophoto shows it.
+    """A tile as a ``factor`` times coarser orthophoto shows it, read at the GSD a model
+    runs at.
 
     Args:
-        image: uint8 (B, H, W) at the model's GSD.
+        image: uint8 (B, H, W) at the data's 0.1 m (``pvdata.NATIVE_GSD_M``).
         mask: uint8/bool (H, W) reference.
-        factor: integer coarsening (1: unchanged).
-        run: the GSD it is resampled to (bilinear), as a multiple of the model's: 1 as
-            the detection pipeline reads coarser rasters; ``factor / run`` must be a
-            whole number.
+        factor: integer coarsening of the imagery (1: the 0.1 m tile).
+        run: the GSD the imagery is resampled to, as a multiple of 0.1 m: the model's,
+            as the detection pipeline reads any raster (bilinear, antialiased when it
+            makes the imagery coarser, as GDAL's warper widens its kernel then).
 
     Returns:
-        ``(image uint8 (B, h*factor/run, w*factor/run) at ``run`` times the model's
-        GSD, reference bool (h, w) on the coarse grid)`` with ``h = H // factor`` (the
-        bottom and right remainders are cropped).
+        ``(image uint8 (B, round(h * factor / run), ...) at ``run`` x 0.1 m, reference
+        bool (h, w) on the imagery's grid)`` with ``h = H // factor`` (the bottom and
+        right remainders are cropped).
     """
-    if factor == 1:
+    if factor == 1 and run == 1:
         return image, mask > 0
     import torch
     import torch.nn.functional as F
@@ -124,27 +125,34 @@ def coarsen(image: np.ndarray, mask: np.ndarray, factor: int, run: float = 1.0):
     h, w = hh // factor, ww // factor
     img = image[:, :h * factor, :w * factor].astype(np.float32)
     small = img.reshape(b, h, factor, w, factor).mean((2, 4))
-    block = int(round(factor / run))
-    up = F.interpolate(torch.from_numpy(small)[None], size=(h * block, w * block),
-                       mode="bilinear", align_corners=False)[0].numpy()
     ref = (mask[:h * factor, :w * factor] > 0).reshape(h, factor, w, factor).mean((1, 3))
-    return np.clip(np.round(up), 0, 255).astype(np.uint8), ref >= 0.5
+    size = (int(round(h * factor / run)), int(round(w * factor / run)))
+    if size == (h, w):
+        out = small
+    else:
+        out = F.interpolate(torch.from_numpy(small)[None], size=size, mode="bilinear",
+                            align_corners=False, antialias=size[0] < h)[0].numpy()
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), ref >= 0.5
 
 
-def to_coarse(pred: np.ndarray, factor: int) -> np.ndarray:
-    """A bool (H, W) prediction at the model's GSD on the coarse grid (majority of each
-    ``factor`` x ``factor`` block), as polygons are rasterised on the coarse grid."""
-    if factor == 1:
+def to_coarse(pred: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """A bool (H, W) prediction on the imagery's grid of ``shape``: the share of each
+    imagery pixel the prediction covers (area average) at least a half, as polygons are
+    rasterised on that grid (for a whole ratio: the majority of each block)."""
+    if pred.shape == tuple(shape):
         return pred
-    h, w = pred.shape[0] // factor, pred.shape[1] // factor
-    return pred[:h * factor, :w * factor].reshape(h, factor, w, factor).mean((1, 3)) >= 0.5
+    import torch
+    import torch.nn.functional as F
+    share = F.interpolate(torch.from_numpy(pred.astype(np.float32))[None, None],
+                          size=tuple(shape), mode="area")[0, 0].numpy()
+    return share >= 0.5
 
 
-def predict(engine: Engine, images: Sequence[np.ndarray]) -> np.ndarray:
+def predict(predictor: Predictor, images: Sequence[np.ndarray]) -> np.ndarray:
     """Probabilities float32 (N, 1 + classes, H, W) of uint8 tiles (B, H, W), H and W
     multiples of 32 (the fused channels only, for an ensemble)."""
-    n_out = engine.card.num_outputs
-    return np.concatenate([engine.predict_raw(im[None])[:, :n_out] for im in images])
+    n_out = predictor.card.num_outputs
+    return np.concatenate([predictor.predict_raw(im[None])[:, :n_out] for im in images])
 
 
 def pad32(image: np.ndarray) -> np.ndarray:
@@ -155,11 +163,11 @@ def pad32(image: np.ndarray) -> np.ndarray:
 
 
 def score(probs: np.ndarray, mask: np.ndarray, pp: Dict[str, float], gsd_m: float,
-          n_classes: int, factor: int) -> Counts:
-    """Counts of one tile's post-processed prediction (class 1) against its reference
-    (``mask`` on the coarse grid when ``factor > 1``)."""
-    pred = to_coarse(postprocessed(probs, pp, gsd_m, n_classes) == 1, factor)
-    return compare(pred[:mask.shape[0], :mask.shape[1]], mask)
+          n_classes: int) -> Counts:
+    """Counts of one tile's post-processed prediction (class 1; ``probs`` at ``gsd_m``)
+    against its reference (``mask`` on the imagery's grid, :func:`to_coarse`)."""
+    return compare(to_coarse(postprocessed(probs, pp, gsd_m, n_classes) == 1, mask.shape),
+                   mask)
 
 
 #: Object filters tried (:func:`backend.inference.postprocess.filter_objects`).
@@ -188,7 +196,7 @@ def choose_filters(oof: Sequence, pp: Dict[str, float], gsd_m: float, n_classes:
             tot = Counts()
             for _, p, ref in oof:
                 tot.add(score(p, ref, dict(pp, min_solidity=sol, min_score=sc), gsd_m,
-                              n_classes, 1))
+                              n_classes))
             s = tot.summary()
             rows.append((round(s["object_f1"], 4), s["pixel_iou"], sol, sc))
     for r in rows:
@@ -266,6 +274,25 @@ def spread(values: List[float]) -> Dict[str, Any]:
             "folds": [round(float(x), 4) for x in v]}
 
 
+def imagery(config: Dict[str, Any]) -> Tuple[Tuple[int, ...], Dict[int, tuple], float]:
+    """``(factors, extra runs, model run)`` of a config's cross-validation: the imagery
+    GSDs scored (multiples of 0.1 m), for the 0.1 m model also run at other GSDs
+    (:data:`RUNS`), and the model's own GSD as a multiple of 0.1 m. A model of a coarser
+    GSD (``gsd_m`` 0.2 or 0.3) is scored on 0.2 and 0.3 m imagery read at its GSD; its
+    post-processing is chosen on the imagery of its own GSD.
+
+    Raises:
+        ValueError: a ``gsd_m`` that is not 0.1 m times one of :data:`FACTORS`.
+    """
+    run = float(config["gsd_m"]) / pvdata.NATIVE_GSD_M
+    if abs(run - 1.0) < 1e-6:
+        return FACTORS, RUNS, 1.0
+    if not any(abs(run - f) < 1e-6 for f in FACTORS):
+        raise ValueError(f"cross-validation scores 0.1 m x {FACTORS} imagery: a model of "
+                         f"{config['gsd_m']} m is not one of them")
+    return tuple(f for f in FACTORS if f > 1), {}, float(round(run))
+
+
 def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
                    train_missing: bool = False, configs_dir: Optional[Path] = None
                    ) -> Dict[str, Any]:
@@ -283,20 +310,21 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
     configs_dir = configs_dir or (REPO / "models" / "configs")
     tiles = pvdata.list_tiles("train")
     splits = pvdata.cv_folds(tiles, folds)
-    oof: Dict[int, List] = {f: [] for f in FACTORS}  # factor -> [(fold, probs, ref)]
-    runs: Dict[tuple, List] = {(f, r): [] for f, rs in RUNS.items() for r in rs}
+    factors, extra_runs, model_run = imagery(config)
+    oof: Dict[int, List] = {f: [] for f in factors}  # factor -> [(fold, probs, ref)]
+    runs: Dict[tuple, List] = {(f, r): [] for f, rs in extra_runs.items() for r in rs}
     gsd_m, n_classes = None, None
     for k, (_, val) in enumerate(splits):
-        engine = fold_engine(config, work, k, folds, train_missing, configs_dir)
-        gsd_m, n_classes = engine.card.gsd_m, len(engine.card.classes)
+        predictor = fold_predictor(config, work, k, folds, train_missing, configs_dir)
+        gsd_m, n_classes = predictor.card.gsd_m, len(predictor.card.classes)
         for t in val:
             img, mask = t.read()
-            for f in FACTORS:
-                for r in (1, *RUNS.get(f, ())):
+            for f in factors:
+                for r in (model_run, *extra_runs.get(f, ())):
                     im, ref = coarsen(img, mask, f, r)
                     h, w = im.shape[1:]
-                    p = predict(engine, [pad32(im)])[0][:, :h, :w]
-                    (oof[f] if r == 1 else runs[(f, r)]).append((k, p, ref))
+                    p = predict(predictor, [pad32(im)])[0][:, :h, :w]
+                    (oof[f] if r == model_run else runs[(f, r)]).append((k, p, ref))
         print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
     out = summarise(config, oof, runs, gsd_m, n_classes, folds)
     out.update({"tiles_per_fold": [len(v) for _, v in splits],
@@ -330,7 +358,7 @@ def figures(items: Sequence, chosen: Dict[str, Any], gsd_m: float, n_classes: in
     per_fold = [Counts() for _ in range(folds)]
     pooled = Counts()
     for k, p, ref in items:
-        c = score(p, ref, chosen, gsd_m, n_classes, p.shape[-1] // ref.shape[-1])
+        c = score(p, ref, chosen, gsd_m, n_classes)
         per_fold[k].add(c)
         pooled.add(c)
     sums = [c.summary() for c in per_fold]
@@ -342,23 +370,27 @@ def figures(items: Sequence, chosen: Dict[str, Any], gsd_m: float, n_classes: in
 
 def summarise(config: Dict[str, Any], oof: Dict[int, List], runs: Dict[tuple, List],
               gsd_m: float, n_classes: int, folds: int) -> Dict[str, Any]:
-    """Choose the post-processing on ``oof[1]`` (:func:`choose_all`) and score every
-    GSD of :data:`FACTORS` and every coarser run of :data:`RUNS` with it.
+    """Choose the post-processing on the imagery of the model's own GSD
+    (:func:`choose_all`) and score every imagery GSD and every coarser run of
+    :data:`RUNS` with it.
 
     Args:
-        oof: factor -> ``[(fold, probs, ref)]`` run at the model's GSD.
+        oof: imagery factor (x 0.1 m) -> ``[(fold, probs, ref)]`` run at the model's
+            GSD.
         runs: ``(factor, run)`` -> the same, run at ``run`` times the model's GSD.
 
     Returns:
         ``{"id", "folds", "postprocess", "regularisation", "gsd", "run_gsd"}`` (see
         :func:`cross_validate`).
     """
-    chosen = choose_all(oof[1], gsd_m, n_classes, float(config.get("simplify_m", 0.05)))
+    own = int(round(gsd_m / pvdata.NATIVE_GSD_M))
+    chosen = choose_all(oof[own], gsd_m, n_classes, float(config.get("simplify_m", 0.05)))
     regular = chosen.pop("_regularisation")
     out: Dict[str, Any] = {"id": config["id"], "folds": folds, "postprocess": chosen,
                            "regularisation": regular, "gsd": {}}
-    for f in FACTORS:
-        out["gsd"][f"{gsd_m * f:.1f}"] = figures(oof[f], chosen, gsd_m, n_classes, folds)
+    for f in sorted(oof):
+        out["gsd"][f"{pvdata.NATIVE_GSD_M * f:.1f}"] = figures(oof[f], chosen, gsd_m,
+                                                               n_classes, folds)
     # coarser imagery run at other GSDs than the model's (the post-processing's areas
     # are in square metres, so it carries over)
     out["run_gsd"] = {f"{gsd_m * f:.1f}": {
@@ -459,7 +491,7 @@ def apply_to_card(config: Dict[str, Any], folder: Path) -> None:
     if val and d.get("kind") != "ensemble":
         card = ModelCard.from_dict(d, folder)
         arr = pvdata.load_arrays(val)
-        probs = predict(TorchEngine(card), list(arr["images"]))
+        probs = predict(TorchPredictor(card), list(arr["images"]))
         t["postprocess_chosen_on_val"] = val_postprocess(
             config, probs, arr["masks"], card.gsd_m, len(card.classes))["val"]
     (folder / "card.json").write_text(json.dumps(d, indent=2) + "\n", "utf-8")

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from backend.config import REPO
-from backend.inference.engines import TorchEngine, apply_tta, invert_tta
+from backend.inference.predictors import TorchPredictor, apply_tta, invert_tta
 from backend.learning import data as pvdata
 from tools.cv import FACTORS, coarsen, fold_card, pad32, summarise
 
@@ -82,13 +82,13 @@ def member_oof(configs: Sequence[Dict[str, Any]], work: Path, folds: int,
     out = np.zeros((len(configs), len(TTA), len(images), side, side), np.float16)
     for m, config in enumerate(configs):
         for k in range(folds):
-            engine = TorchEngine(fold_card(config, work, k, folds, train_missing))
+            predictor = TorchPredictor(fold_card(config, work, k, folds, train_missing))
             for i in (i for i, key in enumerate(keys) if key[0] == k):
                 im = images[i]
                 h, w = im.shape[1:]
                 for a, name in enumerate(TTA):
                     x = np.ascontiguousarray(apply_tta(pad32(im)[None], name))
-                    p = invert_tta(engine.predict_raw(x), name)[0, 1, :h, :w]
+                    p = invert_tta(predictor.predict_raw(x), name)[0, 1, :h, :w]
                     out[m, a, i, :h, :w] = p
         print(f"member {config['id']}: {len(keys)} out-of-fold predictions x "
               f"{len(TTA)} augmentations", flush=True)

@@ -113,7 +113,7 @@ def demo(out: Path, model: Optional[str] = None) -> int:
     from plugin.layers.gpkg import write_result_gpkg
     from plugin.layers.load import load_result_layer
     from plugin.settings import daemon_settings
-    from protocol.client import ensure_daemon
+    from protocol.launcher import ensure_daemon
     from protocol.errors import DaemonError, DaemonUnavailable, ModelNotFound
 
     app = _qgis_app()

@@ -52,7 +52,7 @@ import numpy as np
 
 from backend.config import REPO, models_dir, vienna_scene
 from backend.inference.detect import run_detect
-from backend.inference.engines import EnsembleEngine, get_engine
+from backend.inference.predictors import EnsemblePredictor, get_predictor
 from backend.learning import data as pvdata
 from backend.models.card import ModelCard, write_card
 from backend.models.catalog import list_cards, load_card
@@ -88,13 +88,13 @@ def bootstrap(per_tile: List[Counts], key: str, n: int = 1000, seed: int = 0) ->
     return [round(float(np.percentile(vals, 5)), 4), round(float(np.percentile(vals, 95)), 4)]
 
 
-def variant_engine(card: ModelCard, tta: Optional[List[str]] = None,
+def variant_predictor(card: ModelCard, tta: Optional[List[str]] = None,
                    shifts: Optional[bool] = None):
-    """The engine of ``card`` with TTA / shifted tilings switched (ensembles only)."""
+    """The predictor of ``card`` with TTA / shifted tilings switched (ensembles only)."""
     if not card.is_ensemble or (tta is None and shifts is None):
-        return get_engine(card)
+        return get_predictor(card)
     changes = {k: v for k, v in (("tta", tta), ("shifts", shifts)) if v is not None}
-    return EnsembleEngine(card.updated(changes), get_engine(card).members)
+    return EnsemblePredictor(card.updated(changes), get_predictor(card).members)
 
 
 def ece(hist_pos: np.ndarray, hist_neg: np.ndarray, n_bins: int = 10) -> Tuple[float, list]:
@@ -137,13 +137,13 @@ def pr_curve(hist_pos: np.ndarray, hist_neg: np.ndarray) -> List[Tuple[float, fl
     return out
 
 
-def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
-    """Metrics of one model (or variant engine) over the pv01 held-out tiles.
+def eval_heldout(model_id: str, raw: bool = False, predictor=None) -> Dict:
+    """Metrics of one model (or variant predictor) over the pv01 held-out tiles.
 
     Args:
         model_id: model card id.
         raw: bare model (threshold 0.5, no min area, no hole filling, no simplify).
-        engine: an engine to use (ensemble variants); default the card's.
+        predictor: a predictor to use (ensemble variants); default the card's.
 
     Returns:
         the :meth:`Counts.summary` keys plus ``*_90ci``, ``ece``, ``reliability``,
@@ -178,7 +178,7 @@ def eval_heldout(model_id: str, raw: bool = False, engine=None) -> Dict:
             params = DetectParams(params.source, model_id, threshold=0.5, min_area_m2=0.0,
                                   simplify_m=0.0)
             over = {"max_hole_m2": 0.0}
-        res = run_detect(params, [], engine=engine, overrides=over, on_probs=collect)
+        res = run_detect(params, [], predictor=predictor, overrides=over, on_probs=collect)
         pred = rasterize_features(res["features"], ref.shape, transform) > 0
         n_vertices += sum(vertices(shapely.from_wkt(f["wkt"])) for f in res["features"])
         n_polygons += len(res["features"])
@@ -222,32 +222,23 @@ def coarser_copy(image_path: Path, mask_path: Path, gsd_m: float, out_dir: Path
         ``h`` and ``w`` are the tile's size in metres over ``gsd_m``, rounded.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.warp import reproject
 
     with rasterio.open(image_path) as src:
         t = src.transform
-        w = max(1, int(round(src.width * abs(t.a) / gsd_m)))
-        h = max(1, int(round(src.height * abs(t.e) / gsd_m)))
+        with rasterio.open(mask_path) as msrc:
+            img, ref = pvdata.average_down(src.read(), msrc.read(1), gsd_m, abs(t.a))
+        h, w = ref.shape
         transform = rasterio.Affine(gsd_m, 0.0, t.c, 0.0, -gsd_m, t.f)
-        img = np.zeros((src.count, h, w), src.dtypes[0])
-        reproject(src.read(), img, src_transform=t, src_crs=src.crs,
-                  dst_transform=transform, dst_crs=src.crs, resampling=Resampling.average)
         profile = dict(src.profile, width=w, height=h, transform=transform, tiled=False)
     for key in ("blockxsize", "blockysize"):
         profile.pop(key, None)
-    with rasterio.open(mask_path) as src:
-        share = np.zeros((h, w), np.float32)  # panel share of each coarse pixel
-        reproject((src.read(1) > 0).astype(np.float32), share, src_transform=src.transform,
-                  src_crs=src.crs, dst_transform=transform, dst_crs=src.crs,
-                  resampling=Resampling.average)
     out = out_dir / f"{image_path.stem}_{gsd_m:g}m.tif"
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(img)
-    return out, share >= 0.5, transform
+    return out, ref > 0, transform
 
 
-def eval_heldout_at(model_id: str, gsd_m: float, engine=None) -> Dict:
+def eval_heldout_at(model_id: str, gsd_m: float, predictor=None) -> Dict:
     """Metrics over the held-out tiles made coarser to ``gsd_m`` (:func:`coarser_copy`):
     what users of 0.2-0.3 m orthophotos get. The pipeline resamples each tile to the
     model's GSD as for any raster; the polygons are compared with the coarse mask on
@@ -257,7 +248,7 @@ def eval_heldout_at(model_id: str, gsd_m: float, engine=None) -> Dict:
     with tempfile.TemporaryDirectory() as tmp:
         for t in pvdata.list_tiles("heldout"):
             path, ref, transform = coarser_copy(t.image_path, t.mask_path, gsd_m, Path(tmp))
-            res = run_detect(DetectParams(FileSource(str(path)), model_id), [], engine=engine)
+            res = run_detect(DetectParams(FileSource(str(path)), model_id), [], predictor=predictor)
             c = compare(rasterize_features(res["features"], ref.shape, transform) > 0, ref)
             per_tile.append(c)
             total.add(c)
@@ -268,17 +259,17 @@ def eval_heldout_at(model_id: str, gsd_m: float, engine=None) -> Dict:
     return s
 
 
-def eval_vienna(model_id: str, engine=None, extent: Optional[List[float]] = None) -> Dict:
+def eval_vienna(model_id: str, predictor=None, extent: Optional[List[float]] = None) -> Dict:
     """False positives on the panel-free Vienna scene (``extent`` EPSG:31256 metres,
     default the whole 500 m x 500 m scene, 0.25 km²)."""
     res = run_detect(DetectParams(FileSource(str(vienna_scene())), model_id,
-                                  extent=extent or None), [], engine=engine)
+                                  extent=extent or None), [], predictor=predictor)
     area = res["stats"]["area_km2"]
     fp_m2 = sum(f["area_m2"] for f in res["features"])
     return {"area_km2": area, "false_polygons": len(res["features"]),
             "false_polygons_per_km2": round(len(res["features"]) / area, 1),
             "false_m2_per_km2": round(fp_m2 / area, 1), "seconds": res["stats"]["seconds"],
-            "engine": res["stats"]["engine"], "extent": extent or "whole scene",
+            "runtime": res["stats"]["runtime"], "extent": extent or "whole scene",
             "areas_m2": sorted(round(f["area_m2"], 1) for f in res["features"]),
             "scores": sorted(round(f["score"], 3) for f in res["features"])}
 
@@ -406,17 +397,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     for card in cards:
         results[card.id] = {"variants": []}
         for vname, kw in variants(card):
-            eng = variant_engine(card, **kw)
+            predictor = variant_predictor(card, **kw)
             t0 = time.perf_counter()
-            s = eval_heldout(card.id, engine=eng)
+            s = eval_heldout(card.id, predictor=predictor)
             entry = {"variant": vname, "heldout": s}
             if vname in ("single", "ensemble"):
-                entry["coarser"] = [eval_heldout_at(card.id, g, engine=eng) for g in args.gsd]
+                entry["coarser"] = [eval_heldout_at(card.id, g, predictor=predictor) for g in args.gsd]
                 for c in entry["coarser"]:
                     print(f"{card.id} [{vname}] at {c['gsd_m']:g} m: pixel IoU "
                           f"{c['pixel_iou']:.3f}, object F1 {c['object_f1']:.3f}", flush=True)
             if not args.no_vienna:
-                entry["vienna"] = eval_vienna(card.id, engine=eng)
+                entry["vienna"] = eval_vienna(card.id, predictor=predictor)
             print(f"{card.id} [{vname}]: pixel IoU {s['pixel_iou']:.3f}, object F1 "
                   f"{s['object_f1']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
             results[card.id]["variants"].append(entry)

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from backend.config import pv01_dir, vienna_scene
 from backend.models.catalog import cpu_default_model_id
-from protocol.client import OrtholensClient, repo_dir
+from protocol.client import OrtholensClient
+from protocol.launcher import repo_dir
 from protocol.params import DetectParams, FileSource
 from tools.common import local_daemon
 

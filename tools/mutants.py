@@ -77,28 +77,32 @@ class Scope:
 
 #: The core modules: tiling and stitching, metrics, the acceptance rule, extent/CRS
 #: planning and protocol validation. In ``acceptance.py`` the rule and the numbers it
-#: compares (``decide``, ``eval_areas``, ``_summary``); the functions that run engines on
-#: rasters are covered by tests/backend/learning/test_retrain.py (minutes per run). The
-#: grid planning of ``grid.py`` and the band choice of ``bands.py``; opening and reading
-#: windows belong to GDAL. In
-#: ``wire.py`` validation, framing and the message helpers; the endpoint and upload-window
-#: helpers are tested with the daemon (tests/backend/daemon/test_uploads.py and
-#: test_server.py).
+#: compares (``decide``, ``eval_areas``, ``metrics_summary``); the functions that run
+#: engines on rasters (``backend/learning/evaluation.py``) are covered by
+#: tests/backend/learning/test_retrain.py (minutes per run). The grid planning of
+#: ``grid.py`` and the band choice of ``bands.py``; opening and reading windows belong to
+#: GDAL. In ``protocol/`` the framing, field checkers, rules and request validation,
+#: with the message helpers; the endpoint helpers are tested with the daemon
+#: (tests/backend/daemon/test_server.py).
+_PROTOCOL_TESTS = tuple(f"tests/protocol/test_{m}.py"
+                        for m in ("framing", "checks", "rules", "schema"))
 SCOPE: Tuple[Scope, ...] = (
     Scope("backend/inference/tiling.py", ("*",),
           ("tests/backend/inference/test_tiling.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("protocol/metrics.py", ("*",), ("tests/protocol/test_metrics.py",)),
-    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x__summary"),
+    Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x_metrics_summary"),
           ("tests/backend/learning/test_acceptance.py",)),
     Scope("backend/inference/grid.py", ("*",),
           ("tests/backend/inference/test_raster.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("backend/inference/bands.py", ("x_choose_bands", "x_alpha_band"),
           ("tests/backend/inference/test_raster.py",)),
-    Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
-          exclude=("x_parse_endpoint", "x_is_loopback", "x_chunk_windows", "x_chunk_shape",
-                   "x_new_id")),
+    Scope("protocol/framing.py", ("*",), _PROTOCOL_TESTS,
+          exclude=("x_parse_endpoint", "x_is_loopback", "x_new_id")),
+    Scope("protocol/checks.py", ("*",), _PROTOCOL_TESTS),
+    Scope("protocol/rules.py", ("*",), _PROTOCOL_TESTS),
+    Scope("protocol/schema.py", ("*",), _PROTOCOL_TESTS),
 )
 
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.

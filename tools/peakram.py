@@ -1,7 +1,7 @@
 """Peak RAM of the daemon running a batch job: a small extent vs a 100x larger one.
 
 ``python -m tools.peakram [--raster R] [--mosaic 2] [--small-m 64] [--scale 100]
-[--chunk-px 512] [--model ID] [--out out/peakram.json]``
+[--region-px 512] [--model ID] [--out out/peakram.json]``
 (``python3 build.py peakram``; the model is the catalog's CPU default unless named).
 
 The input is a VRT mosaic of ``mosaic`` x ``mosaic`` copies of the raster side by side
@@ -11,7 +11,7 @@ daemon (``python -m backend`` on a free port, its own job store), submits one ``
 job over a square extent centred on the mosaic (``small-m`` metres a side, then
 ``sqrt(scale)`` times that, i.e. ``scale`` times the area), waits for the result and
 reads the daemon's peak resident memory, ``VmHWM`` of ``/proc/<pid>/status``, before
-stopping it. Both runs use the same chunk size and the small one already fills a model
+stopping it. Both runs use the same region size and the small one already fills a model
 batch (64 m = 4 tiles of 512 px), so a bounded pipeline peaks at about the same RSS for
 both. Prints a table and writes JSON.
 """
@@ -60,7 +60,7 @@ def mosaic_vrt(src: str, n: int, path: Path) -> Path:
     return path
 
 
-def measure(raster: str, extent, chunk_px: int, model: str, workdir: Path) -> Dict[str, Any]:
+def measure(raster: str, extent, region_px: int, model: str, workdir: Path) -> Dict[str, Any]:
     """One batch job in a fresh daemon (its own job store); returns its stats and the
     daemon's peak RSS."""
     run = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
@@ -76,7 +76,7 @@ def measure(raster: str, extent, chunk_px: int, model: str, workdir: Path) -> Di
                     trace[q] = round(status_kb(proc.pid, "VmHWM") / 1024, 1)
 
         params = BatchParams(DetectParams(FileSource(raster), model, extent=tuple(extent)),
-                             str(run / "out.gpkg"), chunk_px=chunk_px)
+                             str(run / "out.gpkg"), region_px=region_px)
         with OrtholensClient(endpoint, timeout_s=30) as c:
             res = c.batch(params, on_progress=on_progress, job_timeout_s=1800)
         seconds = time.monotonic() - t0
@@ -84,7 +84,7 @@ def measure(raster: str, extent, chunk_px: int, model: str, workdir: Path) -> Di
     st = res["stats"]
     return {"extent": list(extent), "side_m": extent[2] - extent[0],
             "grid_px": [st["width"], st["height"]], "mpx": round(st["width"] * st["height"] / 1e6, 2),
-            "chunks": st["chunks"], "chunk_px": st["chunk_px"], "tiles_run": st["tiles_run"],
+            "regions": st["regions"], "region_px": st["region_px"], "tiles_run": st["tiles_run"],
             "polygons": st["count"], "seconds": round(seconds, 1),
             "peak_rss_mb": round(peak_kb / 1024, 1), "idle_rss_mb": round(idle_kb / 1024, 1),
             "peak_rss_mb_at": {f"{int(q * 100)}%": v for q, v in sorted(trace.items())}}
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mosaic", type=int, default=2, help="copies a side in the VRT")
     ap.add_argument("--small-m", type=float, default=64.0, help="small extent side, m")
     ap.add_argument("--scale", type=float, default=100.0, help="area ratio large/small")
-    ap.add_argument("--chunk-px", type=int, default=512)
+    ap.add_argument("--region-px", type=int, default=512)
     ap.add_argument("--model", default=None,
                     help="model id (default: the catalog's CPU default model)")
     ap.add_argument("--out", default=str(REPO / "out" / "peakram.json"))
@@ -115,15 +115,15 @@ def main(argv=None) -> int:
                    min(b.top, cy + h))
             print(f"[peakram] batch job over {ext[2] - ext[0]:.0f} x {ext[3] - ext[1]:.0f} m "
                   f"of a {args.mosaic}x{args.mosaic} VRT mosaic of {Path(args.raster).name} "
-                  f"(chunks of {args.chunk_px} px)...", flush=True)
-            runs.append(measure(raster, ext, args.chunk_px, model, Path(tmp)))
+                  f"(regions of {args.region_px} px)...", flush=True)
+            runs.append(measure(raster, ext, args.region_px, model, Path(tmp)))
     small, large = runs
     ratio_area = large["mpx"] / max(small["mpx"], 1e-9)
-    print(f"{'extent':>14} {'grid px':>13} {'Mpx':>7} {'chunks':>6} {'s':>7} "
+    print(f"{'extent':>14} {'grid px':>13} {'Mpx':>7} {'regions':>6} {'s':>7} "
           f"{'peak RSS MB':>12} {'idle RSS MB':>12}")
     for r in runs:
         print(f"{r['side_m']:>12.0f} m {r['grid_px'][0]:>6}x{r['grid_px'][1]:<6} "
-              f"{r['mpx']:>7.2f} {r['chunks']:>6} {r['seconds']:>7.1f} "
+              f"{r['mpx']:>7.2f} {r['regions']:>6} {r['seconds']:>7.1f} "
               f"{r['peak_rss_mb']:>12.1f} {r['idle_rss_mb']:>12.1f}")
     growth = large["peak_rss_mb"] / max(small["peak_rss_mb"], 1e-9)
     at = ", ".join(f"{k} {v:.0f} MB" for k, v in large["peak_rss_mb_at"].items())
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"raster": args.raster, "mosaic": args.mosaic,
                                "model": model,
-                               "chunk_px": args.chunk_px, "runs": runs,
+                               "region_px": args.region_px, "runs": runs,
                                "area_ratio": round(ratio_area, 2),
                                "peak_rss_ratio": round(growth, 3)}, indent=2))
     print(f"wrote {out}")

@@ -1,7 +1,7 @@
 """Memory and time of sending an extent's pixels: one whole render vs the windows the
 plugin streams to an engine that cannot read the file (``OrtholensClient.upload``).
 
-``.venv/qgis/bin/python -m tools.pixel_upload [--raster R] [--gsd 0.1] [--chunk-px N]
+``.venv/qgis/bin/python -m tools.pixel_upload [--raster R] [--gsd 0.1] [--window-px N]
 [--out out/pixel_upload.json]`` (QGIS's Python: it renders with the plugin's code).
 
 Each mode runs in a fresh process, which prints its figures as JSON: ``whole`` renders
@@ -35,7 +35,7 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(mode: str, raster: str, gsd: float, chunk_px: int) -> Dict[str, Any]:
+def measure(mode: str, raster: str, gsd: float, window_px: int) -> Dict[str, Any]:
     """Run one mode in this process (see the module docstring); returns its figures."""
     from qgis.core import QgsApplication, QgsRasterLayer
 
@@ -56,7 +56,8 @@ def measure(mode: str, raster: str, gsd: float, chunk_px: int) -> Dict[str, Any]
     else:
         import dataclasses
 
-        from protocol.client import OrtholensClient, start_daemon
+        from protocol.client import OrtholensClient
+        from protocol.launcher import start_daemon
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -64,9 +65,9 @@ def measure(mode: str, raster: str, gsd: float, chunk_px: int) -> Dict[str, Any]
                             str(REPO), wait_s=120)
         try:
             t0 = time.perf_counter()
-            spec = dataclasses.replace(upload_spec(plan, grid), chunk_px=chunk_px)
+            spec = dataclasses.replace(upload_spec(plan, grid), window_px=window_px)
             with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=30) as client:
-                client.upload(spec, lambda r, c, h, w: render_window(plan, grid, r, c, h, w))
+                client.upload(spec, lambda window: render_window(plan, grid, window))
         finally:
             proc.terminate()
             proc.wait(15)
@@ -74,14 +75,14 @@ def measure(mode: str, raster: str, gsd: float, chunk_px: int) -> Dict[str, Any]
     return {"mode": mode, "width": grid.width, "height": grid.height,
             "image_mib": round(grid.width * grid.height * 3 / 2 ** 20, 1),
             "seconds": round(seconds, 2), "peak_rss_above_start_mib": round(_rss_mib() - base, 1),
-            "chunk_px": chunk_px if mode == "stream" else None}
+            "window_px": window_px if mode == "stream" else None}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.pixel_upload", description=__doc__)
     ap.add_argument("--raster", default=None, help="default: the Vienna orthophoto")
     ap.add_argument("--gsd", type=float, default=0.1, help="metres a pixel (the model's)")
-    ap.add_argument("--chunk-px", type=int, default=1024)
+    ap.add_argument("--window-px", type=int, default=1024)
     ap.add_argument("--out", default=str(REPO / "out" / "pixel_upload.json"))
     ap.add_argument("--mode", choices=["whole", "stream"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -89,14 +90,14 @@ def main(argv=None) -> int:
         from backend.config import vienna_scene
         args.raster = str(vienna_scene())
     if args.mode:  # a child: one mode, JSON on stdout
-        print(json.dumps(measure(args.mode, args.raster, args.gsd, args.chunk_px)),
+        print(json.dumps(measure(args.mode, args.raster, args.gsd, args.window_px)),
               flush=True)
         os._exit(0)  # no QGIS teardown: its order at interpreter exit can crash
     rows = []
     for mode in ("whole", "stream"):
         out = subprocess.run([sys.executable, "-m", "tools.pixel_upload", "--mode", mode,
                               "--raster", args.raster, "--gsd", str(args.gsd),
-                              "--chunk-px", str(args.chunk_px)], cwd=REPO, check=True,
+                              "--window-px", str(args.window_px)], cwd=REPO, check=True,
                              capture_output=True, text=True, env=dict(os.environ)).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print("| mode | grid | image | seconds | peak RSS above start |")

@@ -169,14 +169,14 @@ def cluster_split(a_names: Sequence[str] = CLUSTERS_A, b_names: Sequence[str] = 
     return a, b
 
 
-def detect(model_id: str, path: str, extent=None, engine=None,
+def detect(model_id: str, path: str, extent=None, predictor=None,
            by_area: Optional[bool] = None) -> Dict[str, Any]:
     """A ``detect`` job as the daemon runs it (``engine``: an in-memory candidate;
     ``by_area``: as the plugin asks, the version taught on the area where one is in
     use)."""
     from backend.inference.detect import run_detect
     return run_detect(DetectParams(FileSource(str(path)), model_id, extent=extent,
-                                   by_area=by_area), [], engine=engine)
+                                   by_area=by_area), [], predictor=predictor)
 
 
 def reference_polygons(tile) -> List[Any]:
@@ -239,7 +239,7 @@ def simulate_user(detections: List[Dict[str, Any]], reference: List[Any], area: 
             "kept": kept}
 
 
-def score_tiles(model_id: str, tiles, engine=None, by_area: Optional[bool] = None
+def score_tiles(model_id: str, tiles, predictor=None, by_area: Optional[bool] = None
                 ) -> Dict[str, Any]:
     """Object/pixel metrics of ``detect`` (polygons rasterized back, as
     ``tools.evaluate``) over tiles, plus the raw feature lists and ``models``: the ids
@@ -252,7 +252,7 @@ def score_tiles(model_id: str, tiles, engine=None, by_area: Optional[bool] = Non
     feats = {}
     used = set()
     for t in tiles:
-        res = detect(model_id, t.image_path, engine=engine, by_area=by_area)
+        res = detect(model_id, t.image_path, predictor=predictor, by_area=by_area)
         used.add(res["stats"]["model"])
         feats[t.name] = res["features"]
         with rasterio.open(t.mask_path) as src:
@@ -308,8 +308,8 @@ def retrain(params: RetrainParams, keep: Optional[Dict[str, Any]] = None
             ) -> Tuple[Dict[str, Any], float, str]:
     """Run a retrain job in this process as the daemon would; returns ``(report, seconds,
     the active model id afterwards)``. ``keep`` receives the candidate (see
-    :func:`backend.learning.finetune.run_retrain`)."""
-    from backend.learning.finetune import run_retrain
+    :func:`backend.learning.retrain.run_retrain`)."""
+    from backend.learning.retrain import run_retrain
     from backend.models import versions as V
     t0 = time.monotonic()
     out = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)
@@ -349,10 +349,10 @@ def pv01_experiment(budget_s: float, steps: Optional[int] = None, fold: str = "A
     progress(f"[1 {fold}] {_outcome(rep)}; detect on clusters {dst} with {active1}")
     after_b = score_tiles(active1, b_tiles)
     extra = {}
-    if not rep["accepted"] and keep.get("engine") is not None:
+    if not rep["accepted"] and keep.get("predictor") is not None:
         progress(f"[1 {fold}] the rejected candidate on {dst} (for the record; not registered)")
         extra["b_rejected_candidate"] = score_tiles(active0, b_tiles,
-                                                    engine=keep["engine"])["metrics"]
+                                                    predictor=keep["predictor"])["metrics"]
     return {**extra, "fold": fold, "tiles_a": [t.name for t in a_tiles],
             "tiles_b": [t.name for t in b_tiles],
             "user_edits": counts, "features": len(features), "budget_s": budget_s,
@@ -367,7 +367,7 @@ def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = No
     """Fine-tune ``model_id`` on the replay data only (no corrections), same steps and
     budget; metrics of the candidate on the fold's measured clusters (in memory, not
     registered)."""
-    from backend.inference.engines import TorchEngine
+    from backend.inference.predictors import TorchPredictor
     from backend.learning.finetune import RetrainConfig, finetune
     from backend.models.catalog import load_card
     a_tiles, b_tiles = cluster_split()
@@ -376,7 +376,7 @@ def control_experiment(budget_s: float, model_id: str, steps: Optional[int] = No
     cfg = RetrainConfig(budget_s=budget_s, steps=steps, replay_fraction=1.0)
     progress(f"[1c {fold}] control: replay-only fine-tune of {model_id}")
     model, info = finetune(card, [], cfg)
-    s = score_tiles(model_id, dst_tiles, engine=TorchEngine(card, model=model))
+    s = score_tiles(model_id, dst_tiles, predictor=TorchPredictor(card, model=model))
     return {"steps": info["steps"], "seconds": info["seconds"], "b_after": s["metrics"],
             "note": "same pipeline as detect, candidate in memory, not registered"}
 
@@ -411,19 +411,18 @@ def site_split() -> Tuple[List[Any], List[Any]]:
             [t for t in site if t.name not in names])
 
 
-def gate_on(keep: Dict[str, Any], engine, scope: str = "area",
+def gate_on(keep: Dict[str, Any], predictor, scope: str = "area",
             max_iou_drop: float = 0.02) -> Dict[str, Any]:
     """Put another candidate (``engine``) through the gate a retrain used (``keep``, see
-    :func:`backend.learning.finetune.run_retrain`): the same held-out corrections and
+    :func:`backend.learning.retrain.run_retrain`): the same held-out corrections and
     guard, the same rule; returns ``{verdict, reason, warnings, change, before,
     after}``."""
-    from backend.learning.acceptance import evaluate, judge
-    before, after, change = evaluate(keep["card"], keep["current"], engine,
-                                     keep["corrections"], keep["guard"],
-                                     lambda f, m: None)
-    v = judge(before, after, change, max_iou_drop, scope)
+    from backend.learning.evaluation import gate
+    g = gate(keep["card"], keep["current"], predictor, keep["corrections"], keep["guard"],
+             max_iou_drop, scope, lambda f, m: None)
+    v = g.verdict
     return {"verdict": v.verdict, "reason": v.reason, "warnings": v.warnings,
-            "change": change, "before": before, "after": after}
+            "change": g.change, "before": g.before, "after": g.after}
 
 
 def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool = True,
@@ -438,7 +437,7 @@ def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool 
     the version is taken out of use and detection on the rest of the site must give
     exactly the features it gave before. The user folder must be set already.
     """
-    from backend.inference.engines import TorchEngine
+    from backend.inference.predictors import TorchPredictor
     from backend.learning.finetune import RetrainConfig, finetune
     from backend.models import versions as V
     card0 = site_model(progress=progress)
@@ -458,14 +457,14 @@ def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool 
         keep: Dict[str, Any] = {}
         progress(f"[0] retrain {mid} for this area: {steps or 'no fixed'} steps")
         t0 = time.monotonic()
-        from backend.learning.finetune import run_retrain
+        from backend.learning.retrain import run_retrain
         rep = run_retrain(params.to_header(), [], lambda f, m: None, keep=keep)["retrain"]
         secs = time.monotonic() - t0
         progress(f"[0] {_outcome(rep)}; detect by area on the rest of the site")
         after = score_tiles(mid, rest, by_area=True)
         other_after = score_tiles(mid, other, by_area=True)
-        cand = score_tiles(mid, rest, engine=keep["engine"])
-        other_cand = score_tiles(mid, other, engine=keep["engine"])
+        cand = score_tiles(mid, rest, predictor=keep["predictor"])
+        other_cand = score_tiles(mid, other, predictor=keep["predictor"])
         out: Dict[str, Any] = {
             "site": SITE, "model": mid, "site_tiles": len(user) + len(rest),
             "tiles_user": [t.name for t in user], "tiles_rest": [t.name for t in rest],
@@ -483,10 +482,10 @@ def site_experiment(budget_s: float, steps: Optional[int] = None, control: bool 
             card = keep["card"]
             model, info = finetune(card, [], RetrainConfig(budget_s=budget_s, steps=steps,
                                                            replay_fraction=1.0))
-            eng = TorchEngine(card, model=model)
+            predictor = TorchPredictor(card, model=model)
             out["control"] = {"steps": info["steps"],
-                              "rest": score_tiles(mid, rest, engine=eng)["metrics"],
-                              "gate": gate_on(keep, eng)}
+                              "rest": score_tiles(mid, rest, predictor=predictor)["metrics"],
+                              "gate": gate_on(keep, predictor)}
         if rep["accepted"]:
             d = V.rollback(rep["model"])  # out of use in its area
             again = score_tiles(mid, rest, by_area=True)

@@ -2,7 +2,7 @@
 
 One file, two roles:
 
-* **Launcher** (the standard library, ``backend.config`` and ``protocol.wire``), run from
+* **Launcher** (the standard library, ``backend.config`` and ``protocol.framing``), run from
   the repository root (``build.py screenshot``)::
 
       python3 tools/screenshot.py [--raster RASTER] [--out OUT.png] \\
@@ -167,8 +167,8 @@ def run_qgis_code(script: Path, tmp: Path, env_extra: Dict[str, str], timeout_s:
 
 
 def default_endpoint() -> str:
-    """The daemon's default endpoint (``protocol.wire``'s host and port)."""
-    from protocol.wire import DEFAULT_ENDPOINT
+    """The daemon's default endpoint (``protocol.framing``'s host and port)."""
+    from protocol.framing import DEFAULT_ENDPOINT
     return DEFAULT_ENDPOINT
 
 

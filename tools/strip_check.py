@@ -54,10 +54,11 @@ def check(tiles: str = "first3", steps: int = 150, progress=print) -> Dict[str, 
 
 
 def _check(mid: str, chosen, rest, steps: int, progress) -> Dict[str, Any]:
-    from backend.inference.engines import TorchEngine
+    from backend.inference.predictors import TorchPredictor
     from backend.learning import corrections as C
     from backend.learning.acceptance import (decide, eval_areas, held_out_change, judge,
-                                             object_units, predict_area)
+                                             object_units)
+    from backend.learning.evaluation import predict_area
     from backend.learning.finetune import RetrainConfig, finetune
     from backend.models.catalog import load_card
     from protocol.params import RetrainParams
@@ -84,17 +85,17 @@ def _check(mid: str, chosen, rest, steps: int, progress) -> Dict[str, Any]:
     progress(f"fine-tuning one candidate: {steps} steps")
     model, info = finetune(card, ways["context"].train,
                            RetrainConfig(budget_s=86400, steps=steps))
-    eng = TorchEngine(card, "cpu", model=model)
+    predictor = TorchPredictor(card, "cpu", model=model)
     out: Dict[str, Any] = {"model": mid, "tiles": [t.name for t in chosen],
                            "user_edits": counts, "steps": info["steps"],
                            "rest_tiles": len(rest),
                            "rest_before": R.score_tiles(mid, rest)["metrics"],
-                           "rest_after": R.score_tiles(mid, rest, engine=eng)["metrics"]}
+                           "rest_after": R.score_tiles(mid, rest, predictor=predictor)["metrics"]}
     keys = ("object_f1", "object_errors", "objects_true", "pixel_iou", "pixel_precision",
             "pixel_recall")
     for name, corr in ways.items():
         pb = [a.pred for a in corr.holdout]
-        pa = [predict_area(eng, a, card) for a in corr.holdout]
+        pa = [predict_area(predictor, a, card) for a in corr.holdout]
         b, a = eval_areas(corr.holdout, card, pb), eval_areas(corr.holdout, card, pa)
         ch = held_out_change(object_units(corr.holdout, card, pb, pa))
         old = decide({"user_holdout": b}, {"user_holdout": a}, 0.02)

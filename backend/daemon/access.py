@@ -15,7 +15,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import protocol as P
-from protocol.client import is_loopback
+from protocol.framing import is_loopback
 
 
 def roots_from_env() -> List[str]:

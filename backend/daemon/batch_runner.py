@@ -5,13 +5,13 @@ describe it.
 :class:`~backend.daemon.jobstore.JobStore`; :func:`run_batch` runs (or resumes) a stored
 job: it plans the grid at the first start (``backend.inference.batch.regions.make_plan``,
 stored with the job), reconciles the output with the store, picks the executor (``local``
-or ``ray``) for the chunks still to do and appends each chunk's polygons to the
-GeoPackage before recording the chunk as done.
+or ``ray``) for the regions still to do and appends each region's polygons to the
+GeoPackage before recording the region as done.
 
 Exactly once: the GeoPackage append (one SQLite transaction, every row carrying its
-``chunk``) comes before the store's record of the chunk. On (re)start,
-:func:`reconcile_output` deletes the rows of chunks the store does not list as done and
-those chunks run again: no polygon is lost or written twice, whenever the daemon was
+``region``) comes before the store's record of the region. On (re)start,
+:func:`reconcile_output` deletes the rows of regions the store does not list as done and
+those regions run again: no polygon is lost or written twice, whenever the daemon was
 killed.
 """
 
@@ -30,8 +30,10 @@ from backend.daemon.jobstore import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Job
 from backend.inference.batch.regions import RegionResult, grid_from_plan, local_results, make_plan
 from backend.inference.batch.distributed import ray_results
 from backend.inference.batch.gpkg import DEFAULT_LAYER, GpkgWriter
-from backend.inference.pipeline import model_errors
-from backend.inference.engines import Engine
+from backend.inference.detect import model_for
+from backend.inference.pipeline import input_errors, model_errors
+from backend.inference.raster import open_source
+from backend.inference.predictors import Predictor
 from backend.models.catalog import load_card
 from protocol.errors import JobCancelled, JobError
 from protocol.params import BatchParams
@@ -67,7 +69,6 @@ def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -
             file source, not a ``.gpkg``).
     """
     out = os.path.abspath(params.out_path)
-    header = dataclasses.replace(params, out_path=out).to_header()
     if os.path.exists(out) and not params.overwrite:
         raise JobError(f"{out} exists: choose a new file or set overwrite",
                        P.E_INVALID_INPUT)
@@ -78,49 +79,56 @@ def submit(store: JobStore, params: BatchParams, job_id: Optional[str] = None) -
     if not os.path.isfile(raster):
         raise JobError(f"raster file not found: {raster}", P.E_NOT_FOUND)
     with model_errors():
-        load_card(params.detect.model)
+        if params.detect.model is not None:
+            card = load_card(params.detect.model)
+        else:
+            with input_errors(), open_source(params.detect.source) as ds:
+                card, _ = model_for(params.detect, ds)
+    # a job stores the model it runs: one chosen by the layer's GSD stays when it resumes
+    detect = dataclasses.replace(params.detect, model=card.id)
+    header = dataclasses.replace(params, out_path=out, detect=detect).to_header()
     job_id = job_id or uuid.uuid4().hex
     store.create(job_id, {k: v for k, v in header.items() if k not in _NOT_STORED})
     return job_id
 
 
 def reconcile_output(writer: GpkgWriter, store: JobStore, job_id: str) -> Dict[int, int]:
-    """Make the output agree with the store before (re)starting; returns the done chunks
-    as ``{chunk index: polygons}``.
+    """Make the output agree with the store before (re)starting; returns the done regions
+    as ``{region index: polygons}``.
 
-    * no output yet: create it (and forget any chunk the store lists: it must rerun);
-    * rows of chunks the store does not list as done (a crash after the write, before
-      the record) or whose row count differs: deleted, and those chunks rerun.
+    * no output yet: create it (and forget any region the store lists: it must rerun);
+    * rows of regions the store does not list as done (a crash after the write, before
+      the record) or whose row count differs: deleted, and those regions rerun.
     """
-    done = store.done_chunks(job_id)
+    done = store.done_regions(job_id)
     if not writer.exists():
         if done:
-            log.warning("job %s: output %s is missing; restarting all chunks", job_id,
+            log.warning("job %s: output %s is missing; restarting all regions", job_id,
                         writer.path)
-            store.clear_chunks(job_id)
+            store.clear_regions(job_id)
         writer.create()
         return {}
-    present = writer.chunk_counts()
+    present = writer.region_counts()
     bad = {c for c, n in present.items() if done.get(c) != n}
     bad |= {c for c, n in done.items() if n and present.get(c, 0) != n}
     if bad:
-        removed = writer.delete_chunks(bad)
-        log.info("job %s: removed %d row(s) of %d unfinished chunk(s)", job_id, removed,
+        removed = writer.delete_regions(bad)
+        log.info("job %s: removed %d row(s) of %d unfinished region(s)", job_id, removed,
                  len(bad))
         keep = {c for c in done if c not in bad}
-        store.clear_chunks(job_id, keep)
+        store.clear_regions(job_id, keep)
         done = {c: n for c, n in done.items() if c in keep}
     return done
 
 
 def _results(executor: str, params: BatchParams, plan: Dict[str, Any],
              pending: Sequence[int], cancelled: Optional[Callable[[], bool]],
-             engine: Optional[Engine]) -> Iterator[RegionResult]:
-    """The chunk results of ``pending`` from the chosen executor."""
+             predictor: Optional[Predictor]) -> Iterator[RegionResult]:
+    """The region results of ``pending`` from the chosen executor."""
     if executor == "ray":
         return ray_results(params, plan, pending, cancelled=cancelled)
     if executor == "local":
-        return local_results(params, plan, pending, cancelled, engine)
+        return local_results(params, plan, pending, cancelled, predictor)
     raise JobError(f"unknown executor {executor!r}", P.E_BAD_REQUEST)
 
 
@@ -139,7 +147,7 @@ class _Tally:
 
 def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
               cancelled: Optional[Callable[[], bool]] = None,
-              engine: Optional[Engine] = None,
+              predictor: Optional[Predictor] = None,
               executor: Optional[str] = None) -> Dict[str, Any]:
     """Run (or resume) a stored batch job to completion.
 
@@ -148,13 +156,13 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         progress: receives (fraction 0..1, message) after every region.
         cancelled: polled between model batches and regions; the job then stops and
             stays resumable (state ``cancelled``).
-        engine: predictor for the local executor (tests, benchmarks).
+        predictor: predictor for the local executor (tests, benchmarks).
         executor: ``"local"`` or ``"ray"`` (``backend.inference.batch.distributed``;
             ``RAY_ADDRESS`` picks the cluster); default: the job's, else local.
 
     Returns:
         ``{"crs", "features": [], "stats"}`` (the polygons are in the GeoPackage;
-        ``stats`` holds ``out_path``, ``layer``, ``count``, ``chunks``...).
+        ``stats`` holds ``out_path``, ``layer``, ``count``, ``regions``...).
 
     Raises:
         JobError: unknown job (``not_found``), unusable raster or model, unknown
@@ -184,14 +192,14 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         resumed = len(done)
         pending = [i for i in range(n) if i not in done]
         tally = _Tally(written=sum(done.values()), warnings=list(plan.get("warnings", [])))
-        progress(len(done) / max(n, 1), f"{len(done)}/{n} chunks done")
-        results = _results(executor, params, plan, pending, cancelled, engine)
+        progress(len(done) / max(n, 1), f"{len(done)}/{n} regions done")
+        results = _results(executor, params, plan, pending, cancelled, predictor)
         _write_results(results, writer, store, job_id, plan, done, tally, progress,
                        cancelled)
         count = writer.count()
         if count != tally.written or len(done) != n:  # pragma: no cover - a bug
-            raise JobError(f"output holds {count} polygons, chunks recorded "
-                           f"{tally.written} ({len(done)}/{n} chunks)", P.E_INTERNAL)
+            raise JobError(f"output holds {count} polygons, regions recorded "
+                           f"{tally.written} ({len(done)}/{n} regions)", P.E_INTERNAL)
     except JobCancelled:
         store.set_state(job_id, CANCELLED, "cancelled; resumable")
         raise
@@ -203,7 +211,7 @@ def run_batch(store: JobStore, job_id: str, progress: Optional[Progress] = None,
         raise
     skipped = sum(len(v) for v in tally.unreadable.values())
     store.set_state(job_id, DONE, f"{count} polygons" + (
-        f"; {skipped} chunk(s) unreadable in {', '.join(sorted(tally.unreadable))}"
+        f"; {skipped} region(s) unreadable in {', '.join(sorted(tally.unreadable))}"
         if skipped else ""))
     stats = _stats(plan, card, writer, count, n, resumed, tally, executor,
                    time.perf_counter() - t0)
@@ -234,7 +242,7 @@ def _write_results(results, writer: GpkgWriter, store: JobStore, job_id: str,
             tally.truncated += res.truncated
             tally.warnings.extend(w for w in res.warnings if w not in tally.warnings)
             progress(len(done) / max(n, 1),
-                     f"{len(done)}/{n} chunks, {tally.written} polygons")
+                     f"{len(done)}/{n} regions, {tally.written} polygons")
             if cancelled and cancelled() and len(done) < n:
                 raise JobCancelled()
     finally:
@@ -248,14 +256,14 @@ def _stats(plan: Dict[str, Any], card, writer: GpkgWriter, count: int, n: int,
     """The ``stats`` of a finished batch job's reply."""
     g = grid_from_plan(plan)
     return {"out_path": writer.path, "layer": writer.layer, "count": count,
-            "chunks": n, "chunks_resumed": resumed, "chunk_px": plan["region_px"],
-            "halo_px": plan["halo_px"], "chunks_halo_grown": tally.grown,
+            "regions": n, "regions_resumed": resumed, "region_px": plan["region_px"],
+            "halo_px": plan["halo_px"], "regions_halo_grown": tally.grown,
             "objects_cut": tally.truncated, "tiles_run": tally.tiles_run,
             "tiles_cached": tally.tiles_cached,
             "width": g.width, "height": g.height, "gsd_m": card.gsd_m,
             "area_km2": round(g.width * g.height * card.gsd_m ** 2 / 1e6, 6),
             "seconds": round(elapsed, 3), "executor": executor,
-            "chunks_unreadable": sum(len(v) for v in tally.unreadable.values()),
+            "regions_unreadable": sum(len(v) for v in tally.unreadable.values()),
             "damaged_files": {k: sorted(v) for k, v in sorted(tally.unreadable.items())},
             "warnings": tally.warnings}
 
@@ -267,22 +275,22 @@ def _output_crs(plan: Dict[str, Any]) -> str:
 
 
 def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """A ``jobs`` reply entry for a stored job (see ``protocol.wire``).
+    """A ``jobs`` reply entry for a stored job (see ``docs/protocol.md``).
 
     Args:
         job: the job as :meth:`JobStore.get` returns it.
         live: the job's ``Job.public()`` when this daemon has it queued or running.
     """
     params = BatchParams.from_header(job["request"])
-    n = job["n_chunks"]
+    n = job["n_regions"]
     state = job["state"]
     running = live is not None
     if state in (RUNNING, QUEUED) and not running:
         state = INTERRUPTED
     return {"job_id": job["job_id"], "state": state, "running": running,
             "resumable": state != DONE and not running,
-            "chunks_done": job["chunks_done"], "chunks_total": n,
-            "fraction": round(job["chunks_done"] / n, 4) if n else 0.0,
+            "regions_done": job["regions_done"], "regions_total": n,
+            "fraction": round(job["regions_done"] / n, 4) if n else 0.0,
             "polygons": job["n_features"], "out_path": params.out_path,
             "layer": params.layer or DEFAULT_LAYER, "model": params.detect.model,
             "source": params.detect.source.path,

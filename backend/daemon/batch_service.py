@@ -149,8 +149,8 @@ class BatchService:
                              P.E_INVALID_INPUT)
         self._check_stopping()
         self._enqueue(identity, header["id"], job_id)
-        log.info("batch job %s resumed (%d/%d chunks done)", job_id, job["chunks_done"],
-                 job["n_chunks"])
+        log.info("batch job %s resumed (%d/%d regions done)", job_id, job["regions_done"],
+                 job["n_regions"])
         return [(identity, P.reply("accepted", header["id"], job_id=job_id))]
 
     def on_jobs(self, identity: bytes, header: Dict[str, Any]) -> Replies:

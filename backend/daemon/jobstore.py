@@ -1,26 +1,26 @@
 """The batch job store: which batch jobs exist, with what parameters, and which of
-their chunks are finished. One SQLite file, so a daemon that was killed finds its jobs
+their regions are finished. One SQLite file, so a daemon that was killed finds its jobs
 again when it restarts and resumes them where they stopped.
 
 Location: ``ORTHOLENS_JOBS_DIR`` or the daemon's ``--jobs-dir``; by default
 ``$XDG_DATA_HOME/ortholens/jobs`` (``~/.local/share/ortholens/jobs``; ``%LOCALAPPDATA%``
-on Windows). The file is ``jobs.sqlite`` in that folder.
+on Windows). The file is ``batch-jobs.sqlite`` in that folder.
 
 Tables::
 
-    jobs(job_id PK, created, updated, state, request JSON, plan JSON, n_chunks,
+    jobs(job_id PK, created, updated, state, request JSON, plan JSON, n_regions,
          n_features, message)
-    chunks(job_id, idx, n_features, finished, PK (job_id, idx))
+    regions(job_id, idx, n_features, finished, PK (job_id, idx))
 
 States: ``queued`` (accepted, not started), ``running`` (a daemon works on it, or
 worked on it when it was killed: then it is *interrupted*), ``cancelled``, ``error``,
 ``done``. Every job that is not ``done`` can be resumed.
 
-Exactly-once bookkeeping: the batch runner appends a chunk's polygons to the output
-GeoPackage (one SQLite transaction, each row carrying its chunk index) and only then
-records the chunk here. A crash between the two leaves rows of an unrecorded chunk in
+Exactly-once bookkeeping: the batch runner appends a region's polygons to the output
+GeoPackage (one SQLite transaction, each row carrying its region index) and only then
+records the region here. A crash between the two leaves rows of an unrecorded region in
 the GeoPackage; :func:`backend.daemon.batch_runner.reconcile_output` deletes them before
-the job resumes, and the chunk runs again. Every connection is short-lived and per call, so
+the job resumes, and the region runs again. Every connection is short-lived and per call, so
 the store can be used from any thread.
 """
 
@@ -47,11 +47,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     request TEXT NOT NULL,
     plan TEXT,
-    n_chunks INTEGER NOT NULL DEFAULT 0,
+    n_regions INTEGER NOT NULL DEFAULT 0,
     n_features INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS chunks (
+CREATE TABLE IF NOT EXISTS regions (
     job_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
     n_features INTEGER NOT NULL,
@@ -76,16 +76,16 @@ def default_jobs_dir() -> Path:
 
 
 class JobStore:
-    """SQLite-backed record of batch jobs and their finished chunks.
+    """SQLite-backed record of batch jobs and their finished regions.
 
     Args:
-        folder: where ``jobs.sqlite`` lives (created); default :func:`default_jobs_dir`.
+        folder: where ``batch-jobs.sqlite`` lives (created); default :func:`default_jobs_dir`.
     """
 
     def __init__(self, folder: Optional[os.PathLike] = None):
         self.folder = Path(folder) if folder is not None else default_jobs_dir()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / "jobs.sqlite"
+        self.path = self.folder / "batch-jobs.sqlite"
         with self._db() as db:
             db.executescript(_SCHEMA)
 
@@ -110,11 +110,11 @@ class JobStore:
                        "VALUES (?, ?, ?, ?, ?)",
                        (job_id, now, now, QUEUED, json.dumps(request)))
 
-    def set_plan(self, job_id: str, plan: Dict[str, Any], n_chunks: int) -> None:
-        """Store the job's grid/chunk plan (fixed at its first start)."""
+    def set_plan(self, job_id: str, plan: Dict[str, Any], n_regions: int) -> None:
+        """Store the job's grid/region plan (fixed at its first start)."""
         with self._db() as db:
-            db.execute("UPDATE jobs SET plan = ?, n_chunks = ?, updated = ? WHERE job_id = ?",
-                       (json.dumps(plan), int(n_chunks), time.time(), job_id))
+            db.execute("UPDATE jobs SET plan = ?, n_regions = ?, updated = ? WHERE job_id = ?",
+                       (json.dumps(plan), int(n_regions), time.time(), job_id))
 
     def set_state(self, job_id: str, state: str, message: str = "") -> None:
         """Record the job's state and a message (at most 500 characters kept).
@@ -129,14 +129,14 @@ class JobStore:
                        (state, message[:500], time.time(), job_id))
 
     def get(self, job_id: str) -> Optional[Dict[str, Any]]:
-        """The job as a dict (``request`` and ``plan`` decoded, ``chunks_done``), or None."""
+        """The job as a dict (``request`` and ``plan`` decoded, ``regions_done``), or None."""
         with self._db() as db:
             row = db.execute("SELECT job_id, created, updated, state, request, plan, "
-                             "n_chunks, n_features, message FROM jobs WHERE job_id = ?",
+                             "n_regions, n_features, message FROM jobs WHERE job_id = ?",
                              (job_id,)).fetchone()
             if row is None:
                 return None
-            done = db.execute("SELECT COUNT(*), COALESCE(SUM(n_features), 0) FROM chunks "
+            done = db.execute("SELECT COUNT(*), COALESCE(SUM(n_features), 0) FROM regions "
                               "WHERE job_id = ?", (job_id,)).fetchone()
         return _row(row, done)
 
@@ -144,51 +144,51 @@ class JobStore:
         """Every job, newest first (see :meth:`get`)."""
         with self._db() as db:
             rows = db.execute("SELECT job_id, created, updated, state, request, plan, "
-                              "n_chunks, n_features, message FROM jobs "
+                              "n_regions, n_features, message FROM jobs "
                               "ORDER BY created DESC").fetchall()
             counts = {r[0]: (r[1], r[2]) for r in db.execute(
-                "SELECT job_id, COUNT(*), COALESCE(SUM(n_features), 0) FROM chunks "
+                "SELECT job_id, COUNT(*), COALESCE(SUM(n_features), 0) FROM regions "
                 "GROUP BY job_id")}
         return [_row(r, counts.get(r[0], (0, 0))) for r in rows]
 
     def delete(self, job_id: str) -> None:
-        """Forget the job and its chunks."""
+        """Forget the job and its regions."""
         with self._db() as db:
-            db.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM regions WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
-    # ------------------------------------------------------------------ chunks
+    # ------------------------------------------------------------------ regions
 
-    def done_chunks(self, job_id: str) -> Dict[int, int]:
-        """``{chunk index: polygons written}`` of the job's finished chunks."""
+    def done_regions(self, job_id: str) -> Dict[int, int]:
+        """``{region index: polygons written}`` of the job's finished regions."""
         with self._db() as db:
             return {int(i): int(n) for i, n in db.execute(
-                "SELECT idx, n_features FROM chunks WHERE job_id = ?", (job_id,))}
+                "SELECT idx, n_features FROM regions WHERE job_id = ?", (job_id,))}
 
     def mark_done(self, job_id: str, idx: int, n_features: int) -> None:
-        """Record chunk ``idx`` as finished with ``n_features`` polygons written."""
+        """Record region ``idx`` as finished with ``n_features`` polygons written."""
         now = time.time()
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO chunks (job_id, idx, n_features, finished) "
+            db.execute("INSERT OR REPLACE INTO regions (job_id, idx, n_features, finished) "
                        "VALUES (?, ?, ?, ?)", (job_id, int(idx), int(n_features), now))
             db.execute("UPDATE jobs SET n_features = (SELECT COALESCE(SUM(n_features), 0) "
-                       "FROM chunks WHERE job_id = ?), updated = ? WHERE job_id = ?",
+                       "FROM regions WHERE job_id = ?), updated = ? WHERE job_id = ?",
                        (job_id, now, job_id))
 
-    def clear_chunks(self, job_id: str, keep: Optional[Set[int]] = None) -> None:
-        """Forget the job's finished chunks (all, or all but ``keep``)."""
+    def clear_regions(self, job_id: str, keep: Optional[Set[int]] = None) -> None:
+        """Forget the job's finished regions (all, or all but ``keep``)."""
         with self._db() as db:
             if not keep:
-                db.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM regions WHERE job_id = ?", (job_id,))
             else:
                 marks = ",".join("?" * len(keep))
-                db.execute(f"DELETE FROM chunks WHERE job_id = ? AND idx NOT IN ({marks})",
+                db.execute(f"DELETE FROM regions WHERE job_id = ? AND idx NOT IN ({marks})",
                            (job_id, *sorted(keep)))
 
 
 def _row(row, done) -> Dict[str, Any]:
-    job_id, created, updated, state, request, plan, n_chunks, n_features, message = row
+    job_id, created, updated, state, request, plan, n_regions, n_features, message = row
     return {"job_id": job_id, "created": created, "updated": updated, "state": state,
             "request": json.loads(request), "plan": json.loads(plan) if plan else None,
-            "n_chunks": int(n_chunks), "chunks_done": int(done[0]),
+            "n_regions": int(n_regions), "regions_done": int(done[0]),
             "n_features": int(done[1]), "message": message}

@@ -69,7 +69,7 @@ def export_missing_onnx() -> List[str]:
     done: List[str] = []
     try:
         from backend.config import models_dir
-        from backend.inference.engines import torch_available
+        from backend.inference.predictors import torch_available
         from backend.models.catalog import list_cards
         cards = [c for c in list_cards(models_dir()) if not c.is_ensemble
                  and c.weights_path.is_file() and not c.onnx_path.is_file()]

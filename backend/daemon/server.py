@@ -1,4 +1,4 @@
-"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.wire``.
+"""The Ortholens daemon: a ZeroMQ ROUTER that answers the requests of ``protocol.schema``.
 
 Threads:
 
@@ -22,7 +22,7 @@ default. Binding any other address needs a token (:class:`ValueError` otherwise)
 then every request must carry ``"token"``; a daemon bound beyond loopback also only
 reads raster files that resolve inside ``allowed_roots`` (``ORTHOLENS_ROOTS``).
 
-Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``chunk`` requests stream an
+Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``window`` requests stream an
 image the daemon cannot read itself into a file, window by window, and a ``detect``
 names it as its source; the file goes when that detection ends.
 
@@ -85,19 +85,19 @@ def _default_detect_fn(request, arrays, progress, cancelled):
 
 
 def _default_retrain_fn(request, arrays, progress, cancelled):
-    from backend.inference.engines import torch_available
+    from backend.inference.predictors import torch_available
     if not torch_available():
         raise P.JobError("this engine was installed for detection only (ONNX Runtime, no "
                          "PyTorch): retraining needs PyTorch. Run 'Set up the engine…' "
                          "again with PyTorch ticked, or pip install the engine with its "
                          "'train' extra.", P.E_NOT_FOUND)
-    from backend.learning.finetune import run_retrain  # lazy: imports torch
+    from backend.learning.retrain import run_retrain  # lazy: imports torch
     return run_retrain(request, arrays, progress, cancelled)
 
 
 def _probe_device() -> str:
     try:
-        from backend.inference.engines import device_name
+        from backend.inference.predictors import device_name
         return str(device_name())
     except Exception as exc:  # engines missing or torch broken: the daemon still answers
         log.warning("cannot probe the inference device (%s); reporting cpu", exc)
@@ -105,10 +105,10 @@ def _probe_device() -> str:
 
 
 def _probe_device_info() -> Dict[str, Any]:
-    """``backend.inference.engines.device_info()`` (GPU name and memory, or CPU cores;
+    """``backend.inference.predictors.device_info()`` (GPU name and memory, or CPU cores;
     the runtime; the PyTorch version or None); ``{"kind": "cpu"}`` when it fails."""
     try:
-        from backend.inference.engines import device_info
+        from backend.inference.predictors import device_info
         return dict(device_info())
     except Exception as exc:  # the daemon still answers
         log.warning("cannot describe the inference device (%s)", exc)
@@ -135,7 +135,7 @@ class Server:
         detect_fn: the ``detect`` job function (``backend.daemon.jobs.JobFn``; default
             ``backend.inference.detect.run_detect``; the engine loads at the first job).
         device: the device string ``pong`` reports; default: probed with
-            ``backend.inference.engines.device_name()`` when serving starts.
+            ``backend.inference.predictors.device_name()`` when serving starts.
         history_s: how long finished jobs stay visible to ``status``, seconds.
         progress_interval_s: least time between two ``progress`` events of one job.
         stop_timeout_s: on stop, how long to wait for running jobs to end.
@@ -176,7 +176,7 @@ class Server:
         self.workers = int(workers)
         self.device = device
         #: what ``pong`` says about the device beyond its name (see
-        #: ``backend.inference.engines.device_info``); probed when serving starts.
+        #: ``backend.inference.predictors.device_info``); probed when serving starts.
         self.device_info: Optional[Dict[str, Any]] = None
         self.history_s = float(history_s)
         self.progress_interval_s = float(progress_interval_s)
@@ -196,7 +196,7 @@ class Server:
         self._served = False
         #: batch jobs: their own queue, thread and store
         self.batch = BatchService(self.access, self._stop, jobs_dir, resume_jobs)
-        #: pixel uploads (``upload`` / ``chunk`` requests, ``upload`` sources)
+        #: pixel uploads (``upload`` / ``window`` requests, ``upload`` sources)
         self.uploads = UploadStore(upload_dir, max_upload_bytes, idle_s=upload_idle_s)
         #: the job function of each job kind (``Job.kind``)
         self._job_fns: Dict[str, JobFn] = {
@@ -582,7 +582,7 @@ class Server:
 
     def _on_keep(self, identity, header, arrays):
         """Keep a retrain candidate the rule did not accept (the user's choice)."""
-        from backend.models.versions import keep_pending
+        from backend.models.pending import keep_pending
         reply = self._versions_reply(
             header, lambda m: keep_pending(m, header["pending"], header.get("note")))
         log.info("kept candidate %s of %s as %s", header["pending"], reply["model"],
@@ -596,7 +596,7 @@ class Server:
             raise P.JobError("the daemon is shutting down", P.E_BUSY)
         return [(identity, P.reply("upload", header["id"], **self.uploads.open(header)))]
 
-    def _on_chunk(self, identity, header, arrays):
+    def _on_window(self, identity, header, arrays):
         """Store one window of a pixel upload."""
         return [(identity, P.reply("upload", header["id"],
                                    **self.uploads.write(header, arrays)))]

@@ -4,16 +4,16 @@ a web layer the client rendered).
 
 An ``upload`` request opens one (:meth:`UploadStore.open`): an uncompressed, tiled,
 sparse GeoTIFF in the daemon's upload folder, georeferenced as the request says. Each
-``chunk`` request writes one window into it (:meth:`UploadStore.write`), so the daemon
+``window`` request writes one window into it (:meth:`UploadStore.write`), so the daemon
 holds one window in memory, never the image. Once every window of the grid
-(``protocol.wire.chunk_windows``) arrived the file is closed and a ``detect`` may name
+(``protocol.window.upload_windows``) arrived the file is closed and a ``detect`` may name
 the upload as its source: :meth:`UploadStore.claim` hands that job the file's path,
 and the file is deleted when the job ends (:meth:`UploadStore.release_job`). Uploads no
 client sent to for ``idle_s`` seconds, and those whose job ended, are deleted by
 :meth:`UploadStore.prune`; :meth:`UploadStore.close` deletes the folder when the daemon
 stops.
 
-Limits: one upload at most ``protocol.wire.MAX_UPLOAD_BYTES`` (checked by the request
+Limits: one upload at most ``protocol.framing.MAX_UPLOAD_BYTES`` (checked by the request
 schema), all open uploads together at most ``max_bytes`` and ``max_uploads``; more get
 ``busy``. The store is thread-safe (the main loop writes, job threads release).
 """
@@ -29,12 +29,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 
 import protocol as P
 from protocol.errors import InputError, JobError, ProtocolError
+from protocol.window import Window, upload_window_at, upload_windows
 
 log = logging.getLogger("ortholens.uploads")
 
@@ -50,10 +51,10 @@ class Upload:
         upload_id: 32 hex characters (unguessable: it is the upload's only key).
         path: the GeoTIFF it is written to.
         width, height, count, dtype: the image (pixels, bands, numpy dtype name).
-        chunk_px: side of its windows, pixels.
+        window_px: side of its windows, pixels.
         nbytes: size of the image, bytes.
-        windows: ``(row, col)`` of every window of its grid.
-        received: ``(row, col)`` of the windows written so far.
+        windows: every window of its grid (``upload_windows``).
+        received: the windows written so far.
         seen: ``time.monotonic()`` of its last request.
         job_id: the detection that claimed it, or None.
         writer: the open rasterio dataset while windows arrive, else None.
@@ -65,10 +66,10 @@ class Upload:
     height: int
     count: int
     dtype: str
-    chunk_px: int
+    window_px: int
     nbytes: int
-    windows: Set[Tuple[int, int]]
-    received: Set[Tuple[int, int]] = field(default_factory=set)
+    windows: Set[Window]
+    received: Set[Window] = field(default_factory=set)
     seen: float = field(default_factory=time.monotonic)
     job_id: Optional[str] = None
     writer: Any = None
@@ -81,19 +82,19 @@ class Upload:
     def public(self, idle_s: float) -> Dict[str, Any]:
         """The fields of an ``upload`` reply."""
         return {"upload_id": self.upload_id, "width": self.width, "height": self.height,
-                "count": self.count, "dtype": self.dtype, "chunk_px": self.chunk_px,
-                "chunks": len(self.windows), "received": len(self.received),
+                "count": self.count, "dtype": self.dtype, "window_px": self.window_px,
+                "windows": len(self.windows), "received": len(self.received),
                 "complete": self.complete, "expires_s": idle_s}
 
 
-def chunk_side(requested: Optional[int], count: int, dtype: str) -> int:
+def window_side(requested: Optional[int], count: int, dtype: str) -> int:
     """The window side of an upload, pixels: ``requested`` (default
-    ``protocol.wire.DEFAULT_CHUNK_PX``), lowered so that one window's frame stays within
-    ``protocol.wire.MAX_FRAME_BYTES``; a multiple of 16 (GeoTIFF blocks)."""
-    side = int(requested or P.DEFAULT_CHUNK_PX)
+    ``protocol.framing.DEFAULT_WINDOW_PX``), lowered so that one window's frame stays within
+    ``protocol.framing.MAX_FRAME_BYTES``; a multiple of 16 (GeoTIFF blocks)."""
+    side = int(requested or P.DEFAULT_WINDOW_PX)
     fits = int(math.isqrt(P.MAX_FRAME_BYTES // (count * P.DTYPE_BYTES[dtype])))
-    side = min(side, fits, P.MAX_CHUNK_PX)
-    return max(P.MIN_CHUNK_PX, side - side % 16)
+    side = min(side, fits, P.MAX_WINDOW_PX)
+    return max(P.MIN_WINDOW_PX, side - side % 16)
 
 
 class UploadStore:
@@ -132,7 +133,7 @@ class UploadStore:
         """Open an upload for a validated ``upload`` request header.
 
         Returns:
-            The ``upload`` reply's fields (``upload_id``, ``chunk_px``, ...).
+            The ``upload`` reply's fields (``upload_id``, ``window_px``, ...).
 
         Raises:
             JobError: ``busy`` when the open uploads would exceed ``max_bytes`` or
@@ -150,7 +151,7 @@ class UploadStore:
         except CRSError as exc:
             raise InputError(f"upload: invalid CRS: {exc}", field="crs") from None
         count, dtype = int(header["count"]), str(header["dtype"])
-        chunk = chunk_side(header.get("chunk_px"), count, dtype)
+        side = window_side(header.get("window_px"), count, dtype)
         with self._lock:
             held = sum(u.nbytes for u in self._uploads.values())
             if len(self._uploads) >= self.max_uploads or held + nbytes > self.max_bytes:
@@ -169,12 +170,11 @@ class UploadStore:
             if count == 3 and dtype == "uint8":
                 opts["photometric"] = "RGB"
             writer = rasterio.open(path, "w", **opts)
-            up = Upload(upload_id, path, width, height, count, dtype, chunk, nbytes,
-                        {(r, c) for r, c, _, _ in P.chunk_windows(width, height, chunk)},
-                        writer=writer)
+            up = Upload(upload_id, path, width, height, count, dtype, side, nbytes,
+                        set(upload_windows(width, height, side)), writer=writer)
             self._uploads[upload_id] = up
             log.info("upload %s opened: %d x %d x %d %s, %d windows of %d px", upload_id,
-                     width, height, count, dtype, len(up.windows), chunk)
+                     width, height, count, dtype, len(up.windows), side)
             return up.public(self.idle_s)
 
     def _get(self, upload_id: str, field_name: str = "upload_id") -> Upload:
@@ -186,12 +186,12 @@ class UploadStore:
         return up
 
     def write(self, header: Dict[str, Any], arrays: List[np.ndarray]) -> Dict[str, Any]:
-        """Write the window of a validated ``chunk`` request.
+        """Write the window of a validated ``window`` request.
 
         Args:
             header: ``{upload_id, row, col}``.
             arrays: its array frames: exactly one, (count, rows, cols) of the upload's
-                dtype, the window of ``protocol.wire.chunk_windows`` at (row, col).
+                dtype, the window of ``protocol.window.upload_windows`` at (row, col).
 
         Returns:
             The ``upload`` reply's fields (``received``, ``complete``...).
@@ -201,7 +201,7 @@ class UploadStore:
                 ``ProtocolError``) for a window off the grid, a missing or extra array,
                 or one of another shape or dtype, or a window for a claimed upload.
         """
-        from rasterio.windows import Window
+        from rasterio.windows import Window as RasterioWindow
 
         row, col = int(header["row"]), int(header["col"])
         with self._lock:
@@ -210,21 +210,21 @@ class UploadStore:
             if up.job_id is not None or up.writer is None:
                 raise ProtocolError(f"upload {up.upload_id} is complete; it takes no more "
                                     f"windows")
-            shape = P.chunk_shape(up.width, up.height, up.chunk_px, row, col)
-            if shape is None:
-                raise ProtocolError(f"chunk: no window of the upload's {up.chunk_px}-pixel "
+            window = upload_window_at(up.width, up.height, up.window_px, row, col)
+            if window is None:
+                raise ProtocolError(f"window: no window of the upload's {up.window_px}-pixel "
                                     f"grid starts at row {row}, col {col}")
-            want = (up.count,) + shape
+            want = (up.count,) + window.shape
             if len(arrays) != 1:
-                raise ProtocolError(f"chunk: needs exactly one array frame, got "
+                raise ProtocolError(f"window: needs exactly one array frame, got "
                                     f"{len(arrays)}")
             arr = arrays[0]
             if tuple(arr.shape) != want or str(arr.dtype) != up.dtype:
-                raise ProtocolError(f"chunk: the window at row {row}, col {col} must be "
+                raise ProtocolError(f"window: the window at row {row}, col {col} must be "
                                     f"{up.dtype} {want}, got {arr.dtype} "
                                     f"{tuple(arr.shape)}")
-            up.writer.write(arr, window=Window(col, row, shape[1], shape[0]))
-            up.received.add((row, col))
+            up.writer.write(arr, window=RasterioWindow.from_slices(*window.slices()))
+            up.received.add(window)
             if up.complete:
                 up.writer.close()
                 up.writer = None
@@ -320,5 +320,5 @@ class UploadStore:
                 self._folder = None
 
 
-__all__ = ["Upload", "UploadStore", "chunk_side", "DEFAULT_MAX_BYTES",
+__all__ = ["Upload", "UploadStore", "window_side", "DEFAULT_MAX_BYTES",
            "DEFAULT_MAX_UPLOADS", "DEFAULT_IDLE_S"]

@@ -44,8 +44,8 @@ class BatchBackoff:
         self.size = max(1, int(batch_size))
         self.warnings = warnings if warnings is not None else []
 
-    def predict(self, engine, tiles: np.ndarray) -> np.ndarray:
-        """``engine.predict_raw(tiles)`` (raw tiles (N, bands, H, W) -> float32
+    def predict(self, predictor, tiles: np.ndarray) -> np.ndarray:
+        """``predictor.predict_raw(tiles)`` (raw tiles (N, bands, H, W) -> float32
         (N, channels, H, W)), in calls of at most :attr:`size` tiles.
 
         Raises:
@@ -53,23 +53,23 @@ class BatchBackoff:
         """
         out, i = [], 0
         while i < len(tiles):
-            chunk = tiles[i:i + self.size]
+            part = tiles[i:i + self.size]
             try:
-                out.append(engine.predict_raw(chunk))
+                out.append(predictor.predict_raw(part))
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 free_device_memory()
-                if len(chunk) <= 1:
-                    raise JobError(f"the inference device ({engine.device}) ran out of "
+                if len(part) <= 1:
+                    raise JobError(f"the inference device ({predictor.device}) ran out of "
                                    f"memory even for one tile: free memory (close other "
                                    f"GPU programs) and try again", P.E_BUSY) from None
-                self.size = max(1, len(chunk) // 2)
-                self.warnings.append(f"the inference device ({engine.device}) ran out of "
-                                     f"memory at {len(chunk)} tiles per batch; continued "
+                self.size = max(1, len(part) // 2)
+                self.warnings.append(f"the inference device ({predictor.device}) ran out of "
+                                     f"memory at {len(part)} tiles per batch; continued "
                                      f"with {self.size} (slower)")
                 continue
-            i += len(chunk)
+            i += len(part)
         return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
 

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from backend.inference.engines import Engine, get_engine
-from backend.inference.grid import Grid, plan_grid
+from backend.inference.predictors import Predictor, get_predictor
+from backend.inference.grid import Grid, layer_gsd, plan_grid
 from backend.inference.objects import features, output_crs
 from backend.inference.pipeline import (Options, Progress, RegionDetector, RegionOutput,
                                         input_errors, model_errors)
 from backend.inference.raster import WindowReader, open_source
+from backend.models.card import ModelCard
 from backend.models.catalog import load_card
+from protocol.choice import GsdChoice
 from protocol.params import DetectParams
 
 
 def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.ndarray],
                progress: Optional[Progress] = None,
                cancelled: Optional[Callable[[], bool]] = None,
-               engine: Optional[Engine] = None, overrides: Optional[Dict[str, Any]] = None,
+               predictor: Optional[Predictor] = None, overrides: Optional[Dict[str, Any]] = None,
                on_probs: Optional[Callable[[np.ndarray, np.ndarray, Grid], None]] = None
                ) -> Dict:
     """Run a ``detect`` request.
@@ -41,7 +43,7 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
         arrays: the request's array frames (the pixels for a ``PixelSource``).
         progress: receives (fraction 0..1, message).
         cancelled: polled between batches.
-        engine: a predictor to use instead of the cached default (tests, benchmarks).
+        predictor: a predictor to use instead of the cached default (tests, benchmarks).
         overrides: :class:`~backend.inference.pipeline.Options` fields to force
             (evaluation of variants).
         on_probs: called with the stitched ``(probs, valid, grid)`` before
@@ -60,20 +62,22 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
     params = request if isinstance(request, DetectParams) else DetectParams.from_header(request)
     t0 = time.perf_counter()
     progress = progress or (lambda f, m: None)
-    with model_errors():
-        card = load_card(params.model)
-        engine = engine or get_engine(card)
     progress(0.0, "reading raster")
     choice = None
     with input_errors(), open_source(params.source, arrays[0] if arrays else None) as ds:
+        with model_errors():
+            card, by_gsd = model_for(params, ds)
+            predictor = predictor or get_predictor(card)
         grid = plan_grid(ds, params.extent, params.extent_crs, card.gsd_m, card.bands,
                          params.bands, stretch=params.stretch)
+        if by_gsd is not None and not by_gsd.inside:
+            grid.warnings.append(by_gsd.why)
         if params.by_area:
-            card, engine, choice = _area_version(card, grid, engine)
+            card, predictor, choice = _area_version(card, grid, predictor)
         opts = dataclasses.replace(Options.resolve(card, params), **(overrides or {}))
         reader = WindowReader(ds, grid)
         try:
-            detector = RegionDetector(card, engine, reader, grid, opts,
+            detector = RegionDetector(card, predictor, reader, grid, opts,
                                       warnings=grid.warnings)
             t_detect = time.perf_counter()
             out = detector.detect(
@@ -83,15 +87,35 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
             reader.close()
     progress(0.92, "polygonizing")
     feats = features(out.detections, card, grid)
-    stats = _stats(grid, card, opts, engine, feats, out, t0,
+    stats = _stats(grid, card, opts, predictor, feats, out, t0,
                    t_detect - t0 + out.probs_seconds)
     if choice is not None:
         stats["model_choice"] = choice
+    if by_gsd is not None:
+        stats["gsd_choice"] = by_gsd.to_wire()
     progress(1.0, f"{len(feats)} polygons")
     return {"crs": output_crs(grid), "features": feats, "stats": stats}
 
 
-def _stats(grid: Grid, card, opts: Options, engine, feats: List[Dict],
+def model_for(params: DetectParams, ds) -> Tuple[ModelCard, Optional[GsdChoice]]:
+    """The card a detection runs: the one ``params.model`` names, or, when it names
+    none, the one chosen for the layer's GSD over the extent among the device's
+    candidates (``backend.models.catalog.choose_for_layer``), with that choice.
+
+    Raises:
+        ModelNotFound, ModelCorrupt: the model is missing or unreadable.
+        InputError: the raster has no CRS, or the extent misses it.
+    """
+    if params.model is not None:
+        return load_card(params.model), None
+    from backend.inference.predictors import cuda_available
+    from backend.models.catalog import choose_for_layer, list_cards
+    gsd = layer_gsd(ds, params.extent, params.extent_crs)
+    choice = choose_for_layer(list_cards(), cuda_available(), gsd)
+    return load_card(choice.model), choice
+
+
+def _stats(grid: Grid, card, opts: Options, predictor, feats: List[Dict],
            out: RegionOutput, t0: float, t_model: float) -> Dict[str, Any]:
     """The ``stats`` of a detection's reply."""
     per_class: Dict[str, int] = {}
@@ -104,22 +128,22 @@ def _stats(grid: Grid, card, opts: Options, engine, feats: List[Dict],
             "area_km2": round(area_km2, 6), "valid_fraction": round(out.valid_fraction, 4),
             "seconds": round(elapsed, 3), "model_seconds": round(t_model, 3),
             "mpx_per_s": round(grid.width * grid.height / 1e6 / max(elapsed, 1e-9), 3),
-            "engine": engine.kind, "device": engine.device, "per_class": per_class,
+            "runtime": predictor.kind, "device": predictor.device, "per_class": per_class,
             "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
             "bands": list(grid.bands), "stretch": grid.stretch_info,
             "warnings": grid.warnings, "model": card.id, "model_version": card.version}
 
 
-def _area_version(card, grid: Grid, engine: Optional[Engine]):
-    """``(card, engine, why)`` of a ``by_area`` detection: the version of ``card``'s
+def _area_version(card, grid: Grid, predictor: Optional[Predictor]):
+    """``(card, predictor, why)`` of a ``by_area`` detection: the version of ``card``'s
     lineage taught on the grid's area when one in use covers it
-    (``backend.models.versions.version_for_extent``), else ``card`` itself; ``engine``
+    (``backend.models.versions.version_for_extent``), else ``card`` itself; ``predictor``
     (a caller's) is kept only when the card is."""
     from backend.models.versions import version_for_extent
     t = grid.transform
     bounds = (t.c, t.f + grid.height * t.e, t.c + grid.width * t.a, t.f)
     chosen, why = version_for_extent(card.id, bounds, grid.crs_wkt)
     if chosen is None or chosen.id == card.id:
-        return card, engine, why
+        return card, predictor, why
     with model_errors():
-        return chosen, get_engine(chosen), why
+        return chosen, get_predictor(chosen), why

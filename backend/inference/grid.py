@@ -200,6 +200,21 @@ def plan_grid(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str],
                 stretch=ranges, stretch_info=stretch_info)
 
 
+def layer_gsd(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str]) -> float:
+    """The raster's ground pixel size over ``extent`` (in ``extent_crs``; None: the
+    whole raster), metres: what chooses the model for a layer (``protocol.choice``).
+
+    Raises:
+        InputError: raster without CRS, or an extent that misses the raster.
+    """
+    if ds.crs is None:
+        raise InputError("the raster has no CRS; assign one (Layer Properties > Source) "
+                         "before detecting")
+    bounds = _clipped_extent(ds, extent, extent_crs)
+    _, note = grid_crs(ds.crs, bounds)
+    return _source_gsd(ds, bounds, geodesic=note is not None)
+
+
 def _clipped_extent(ds, extent: Optional[Sequence[float]], extent_crs: Optional[str]
                     ) -> Tuple[float, float, float, float]:
     """``extent`` (in ``extent_crs``, None: the raster's CRS; None: the whole raster)

@@ -54,7 +54,7 @@ Progress = Callable[[float, str], None]
 
 #: Tiles per model call when a request does not say.
 DEFAULT_BATCH_SIZE = 4
-#: Region side of batch jobs, pixels at the model's GSD (``ORTHOLENS_CHUNK_PX``).
+#: Region side of batch jobs, pixels at the model's GSD (``ORTHOLENS_REGION_PX``).
 DEFAULT_REGION_PX = 2048
 MIN_REGION_PX = 32
 #: The halo is doubled up to this for objects larger than it, pixels.
@@ -145,8 +145,8 @@ class Options:
         """The options of a request (a :class:`DetectParams` or a :class:`BatchParams`,
         or None for the card's): each field the request leaves None takes the card's
         value (batch size: :data:`DEFAULT_BATCH_SIZE`); the region knobs come from the
-        environment (``ORTHOLENS_CHUNK_PX``, ``ORTHOLENS_TILE_CACHE_MB``,
-        ``ORTHOLENS_GDAL_CACHE_MB``), then a batch request's ``chunk_px`` and
+        environment (``ORTHOLENS_REGION_PX``, ``ORTHOLENS_TILE_CACHE_MB``,
+        ``ORTHOLENS_GDAL_CACHE_MB``), then a batch request's ``region_px`` and
         ``halo_px``; the region side is at least :data:`MIN_REGION_PX`."""
         job = params if isinstance(params, BatchParams) else None
         detect: Optional[DetectParams] = job.detect if job is not None else params
@@ -155,10 +155,10 @@ class Options:
             value = None if detect is None else getattr(detect, name)
             return default if value is None else value
 
-        region_px = _env_int("ORTHOLENS_CHUNK_PX", DEFAULT_REGION_PX)
+        region_px = _env_int("ORTHOLENS_REGION_PX", DEFAULT_REGION_PX)
         halo_px = None
-        if job is not None and job.chunk_px is not None:
-            region_px = int(job.chunk_px)
+        if job is not None and job.region_px is not None:
+            region_px = int(job.region_px)
         if job is not None and job.halo_px is not None:
             halo_px = int(job.halo_px)
         return cls(threshold=float(pick("threshold", card.threshold)),
@@ -266,7 +266,7 @@ class RegionDetector:
 
     Args:
         card: the model card (classes, tiling).
-        engine: the predictor (``backend.inference.engines``).
+        predictor: the predictor (``backend.inference.predictors``).
         reader: reads tiles of ``grid`` (``backend.inference.raster.WindowReader``);
             used by one background thread at a time.
         grid: the output grid (``backend.inference.grid.Grid``).
@@ -276,9 +276,9 @@ class RegionDetector:
             objects cut at the largest halo).
     """
 
-    def __init__(self, card: ModelCard, engine, reader, grid, opts: Options,
+    def __init__(self, card: ModelCard, predictor, reader, grid, opts: Options,
                  cache_mb: float = 0.0, warnings: Optional[List[str]] = None):
-        self.card, self.engine, self.reader, self.grid, self.opts = (card, engine, reader,
+        self.card, self.predictor, self.reader, self.grid, self.opts = (card, predictor, reader,
                                                                      grid, opts)
         self.plan = plan_tiling(card, grid.height, grid.width, opts.tile_size, opts.overlap)
         self.whole = Window(0, 0, grid.height, grid.width)
@@ -288,15 +288,15 @@ class RegionDetector:
 
     def _run(self, group, imgs: np.ndarray, masks: List[np.ndarray]
              ) -> Tuple[List[np.ndarray], int]:
-        """``(probabilities, tiles run)`` of a group of tiles; tiles without a valid pixel only cover
-        pixels that end up background anyway (validity is a property of the pixel, the
+        """``(probabilities, tiles run)`` of a group of tiles; tiles without a valid
+        pixel only cover pixels that end up background anyway (validity is a property of the pixel, the
         same in every tile), so the predictor skips them and they get zeros."""
         live = [i for i, m in enumerate(masks) if m.any()]
-        out = self.backoff.predict(self.engine, imgs[live]) if live else None
+        out = self.backoff.predict(self.predictor, imgs[live]) if live else None
         probs = [None] * len(group)
         for j, i in enumerate(live):
             probs[i] = np.ascontiguousarray(out[j])
-        shape = (self.engine.channels,) + self.plan.shape
+        shape = (self.predictor.channels,) + self.plan.shape
         return [p if p is not None else np.zeros(shape, np.float32)
                 for p in probs], len(live)
 
@@ -324,7 +324,7 @@ class RegionDetector:
                 missing.append(key)
             else:
                 have[key] = item
-        stitch = Stitcher(self.engine.channels, g.height, g.width, self.plan.shape,
+        stitch = Stitcher(self.predictor.channels, g.height, g.width, self.plan.shape,
                           self.plan.overlap, window)
         pos = run = 0
 
@@ -394,7 +394,7 @@ class RegionDetector:
                             float(st.valid.mean()) if st.valid.size else 0.0, t_probs)
 
 
-def predict_grid(reader, grid, engine, batch_size: int,
+def predict_grid(reader, grid, predictor, batch_size: int,
                  progress: Optional[Progress] = None,
                  cancelled: Optional[Callable[[], bool]] = None,
                  tile_size: Optional[int] = None, overlap: Optional[int] = None,
@@ -404,7 +404,7 @@ def predict_grid(reader, grid, engine, batch_size: int,
     of the grid's window).
 
     Returns:
-        ``(probs, valid, n_tiles)``: float32 (engine.channels, H, W) probabilities
+        ``(probs, valid, n_tiles)``: float32 (predictor.channels, H, W) probabilities
         (background = 1 and the rest 0 on invalid pixels), bool (H, W) valid-data mask,
         and the number of tiles of the plan (both tilings when the card asks for
         shifts).
@@ -415,7 +415,7 @@ def predict_grid(reader, grid, engine, batch_size: int,
     """
     opts = Options(threshold=0.5, min_area_m2=0.0, max_hole_m2=0.0, simplify_m=0.0,
                    batch_size=batch_size, tile_size=tile_size, overlap=overlap)
-    det = RegionDetector(engine.card, engine, reader, grid, opts, warnings=warnings)
+    det = RegionDetector(predictor.card, predictor, reader, grid, opts, warnings=warnings)
     st = det.probabilities(det.whole, progress, cancelled)
     return st.probs, st.valid, st.tiles
 

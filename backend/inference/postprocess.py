@@ -170,7 +170,7 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
         threshold: the probability a member's mean must reach to vote for an object.
         ortho: replace near-rectangular polygons by rectangles (:func:`orthogonalize`).
         pixel_offset: ``(row, col)`` of ``cmap``'s first pixel in a larger grid whose
-            transform is ``transform`` (a window of that grid, as the chunked batch
+            transform is ``transform`` (a window of that grid, as the region-by-region batch
             path uses). Outlines are then traced in that grid's pixel coordinates
             (exact integers) and mapped through ``transform`` with the same arithmetic
             as polygonizing the whole grid, so a window gives bit-identical polygons.

@@ -1,47 +1,30 @@
-"""Whether a retrained candidate becomes a new version: the evaluation and the rule.
+"""Whether a retrained candidate becomes a new version: the rule and the numbers it
+compares.
 
-:func:`evaluate` runs the current model and the candidate through the ``detect``
-pipeline (tiling, blending, threshold, cleaning) on
-
-- ``user_holdout``: the held-out part of the user's corrections (never trained on);
-- ``guard``: the model's pv01 validation tiles (:class:`backend.learning.data.GuardSet`),
-  where forgetting would show;
-- ``user_train``: the corrected areas trained on, only when the held-out corrections
-  show no change in object errors (part (3) of the rule);
-
-and :func:`judge` gives the verdict: :data:`AREA_RULE` for a version scoped to the
-area it was taught on (the default: the guard is then a measured warning, not a veto),
-:data:`ACCEPTANCE_RULE` (:func:`decide`) for a general-purpose one. Both first ask
-whether the held-out corrections can decide at all (:data:`MIN_HOLDOUT_OBJECTS`), and
-both see the uncertainty of the held-out change (:func:`held_out_change`: a paired
-bootstrap over the held-out objects). The pv01 held-out split is never used here:
-accepting a version is a decision, and decisions are never taken on held-out data.
-
-The held-out part is judged with context: its pixels are read with a margin around
-them (``backend.learning.corrections``), both models see that margin as they would in
-a detection, and only the part itself is scored (:attr:`AreaData.scored`), so objects
-cut by its border are judged on what the user's labels say inside it.
+The evaluation (:mod:`backend.learning.evaluation`) runs the current model and the
+candidate on the held-out corrections, the guard and, when needed, the corrected areas
+trained on; :func:`eval_areas` and :func:`held_out_change` turn their class maps into
+the numbers compared here, and :func:`judge` gives the verdict: :data:`AREA_RULE` for a
+version for the area it was taught on (the default: the guard is then a measured
+warning, not a veto), :data:`ACCEPTANCE_RULE` (:func:`decide`) for a general-purpose
+one. Both first ask whether the held-out corrections can decide at all
+(:data:`MIN_HOLDOUT_OBJECTS`), and both see the uncertainty of the held-out change
+(:func:`held_out_change`: a paired bootstrap over the held-out objects). The pv01
+held-out split is never used here: accepting a version is a decision, and decisions
+are never taken on held-out data.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from backend.inference.pipeline import Options, detections_from_probs, predict_grid
-from backend.inference.engines import Engine
-from backend.learning.corrections import AreaData, Corrections
-from backend.learning.data import GuardSet, Tile
+from backend.learning.reviewed import ReviewedData
 from backend.models.card import ModelCard
-from protocol.errors import JobCancelled
-from protocol.window import Window
 from protocol.metrics import Counts, compare
-
-Progress = Callable[[float, str], None]
-Cancelled = Optional[Callable[[], bool]]
 
 #: The acceptance rule, stated in every retrained card (``acceptance_rule``).
 ACCEPTANCE_RULE = (
@@ -72,7 +55,7 @@ BOOTSTRAP_RESAMPLES = 2000
 #: everywhere.
 SCOPES = ("area", "general")
 
-#: The rule of a version scoped to its area (the default), stated in its card.
+#: The rule of a version for its area (the default), stated in its card.
 AREA_RULE = (
     "A version retrained on your corrections is used only inside the area it was taught "
     "on (the reviewed extents and a site footprint of {margin_m:g} m around them); it is "
@@ -94,7 +77,8 @@ def rule_text(scope: str, max_iou_drop: float, margin_m: float) -> str:
     Args:
         scope: ``"area"`` or ``"general"``.
         max_iou_drop: the largest pixel IoU drop allowed.
-        margin_m: the site footprint's reach beyond the reviewed extents, metres.
+        margin_m: how far the version's area reaches beyond the reviewed extents,
+            metres.
     """
     if scope == "general":
         return (ACCEPTANCE_RULE.format(max_iou_drop=max_iou_drop) +
@@ -104,37 +88,14 @@ def rule_text(scope: str, max_iou_drop: float, margin_m: float) -> str:
                             min_objects=MIN_HOLDOUT_OBJECTS, confidence=CONFIDENCE)
 
 
-# ----------------------------------------------------------------------------- engines
-
-class ArrayReader:
-    """``WindowReader``'s interface over an image already in memory (a reviewed area)."""
-
-    def __init__(self, image: np.ndarray, valid: np.ndarray):
-        self.image, self.valid = image, valid
-
-    def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
-        """``(image (B, h, w), valid bool (h, w))`` of ``window`` (pixels of the image),
-        padded by reflection (valid False) beyond the image."""
-        h, w = self.valid.shape
-        r0, c0 = max(window.row, 0), max(window.col, 0)
-        r1, c1 = min(window.row_stop, h), min(window.col_stop, w)
-        img = self.image[:, r0:r1, c0:c1]
-        valid = self.valid[r0:r1, c0:c1]
-        pads = ((r0 - window.row, window.row_stop - r1),
-                (c0 - window.col, window.col_stop - c1))
-        if any(p for pair in pads for p in pair):
-            mode = "reflect" if min(r1 - r0, c1 - c0) > max(max(pads)) else "edge"
-            img = np.pad(img, ((0, 0),) + pads, mode=mode)
-            valid = np.pad(valid, pads, constant_values=False)
-        return img, valid
-
-    def close(self) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------- metrics
 
-def _summary(counts: Counts, area_m2: float, wrong_px: int) -> Dict[str, Any]:
+def metrics_summary(counts: Counts, area_m2: float, wrong_px: int) -> Dict[str, Any]:
+    """The figures the rule compares, from pooled object/pixel ``counts`` over
+    ``area_m2`` m² with ``wrong_px`` wrongly classified pixels: the
+    :meth:`Counts.summary` keys (rounded to 4 decimals, NaN as None, without
+    ``mean_matched_iou``) plus ``object_errors``, ``wrong_px``, ``area_km2`` and
+    ``false_polygons_per_km2``."""
     s = counts.summary()
     out = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else
                (None if isinstance(v, float) else v))
@@ -147,23 +108,7 @@ def _summary(counts: Counts, area_m2: float, wrong_px: int) -> Dict[str, Any]:
     return out
 
 
-def predict_area(engine: Engine, area: AreaData, card: ModelCard,
-                 cancelled: Cancelled = None) -> np.ndarray:
-    """Cleaned class map (uint8 (H, W)) of ``engine`` on an area in memory (the
-    ``detect`` pipeline: tiling, blending, threshold, cleaning with the card's
-    post-processing).
-
-    Raises:
-        JobCancelled: ``cancelled()`` turned true.
-    """
-    opts = Options.resolve(card)
-    probs, valid, _ = predict_grid(ArrayReader(area.image, area.valid), area.grid, engine,
-                                   opts.batch_size, None, cancelled)
-    cmap, _ = detections_from_probs(probs, valid & area.valid, area.grid, card, opts)
-    return cmap
-
-
-def eval_areas(areas: Sequence[AreaData], card: ModelCard,
+def eval_areas(areas: Sequence[ReviewedData], card: ModelCard,
                preds: Sequence[np.ndarray]) -> Dict[str, Any]:
     """Object/pixel metrics of class maps against the corrected maps of ``areas``
     (objects compared per class, counts pooled over classes and areas).
@@ -181,17 +126,17 @@ def eval_areas(areas: Sequence[AreaData], card: ModelCard,
             tot.add(compare((pred == k) & m, (a.target == k) & m))
         wrong += int(((pred != a.target) & m).sum())
         area_m2 += a.area_m2
-    return _summary(tot, area_m2, wrong)
+    return metrics_summary(tot, area_m2, wrong)
 
 
 def _scored(area: Any) -> np.ndarray:
     """The judged pixels of an area (its ``scored`` mask when it has one, else every
-    valid pixel: :attr:`AreaData.scored_mask`)."""
+    valid pixel: :attr:`ReviewedData.scored_mask`)."""
     scored = getattr(area, "scored", None)
     return area.valid if scored is None else scored
 
 
-def object_units(areas: Sequence[AreaData], card: ModelCard,
+def object_units(areas: Sequence[ReviewedData], card: ModelCard,
                  before: Sequence[np.ndarray], after: Sequence[np.ndarray]
                  ) -> np.ndarray:
     """Per-object counts of two models on the same areas, for a paired bootstrap.
@@ -273,101 +218,6 @@ def held_out_change(units: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
     return out
 
 
-def eval_tiles(engine: Engine, card: ModelCard, tiles: Sequence[Tile],
-               cancelled: Cancelled = None) -> Dict[str, Any]:
-    """Metrics of the ``detect`` pipeline over pv01 tiles (photovoltaic class), as
-    :func:`eval_areas` plus ``tiles``.
-
-    Raises:
-        JobCancelled: ``cancelled()`` turned true.
-    """
-    from backend.inference.grid import plan_grid
-    from backend.inference.raster import WindowReader, open_source
-    tot = Counts()
-    wrong, area_m2 = 0, 0.0
-    opts = Options.resolve(card)
-    for t in tiles:
-        if cancelled and cancelled():
-            raise JobCancelled()
-        with open_source({"kind": "file", "path": str(t.image_path)}) as ds:
-            grid = plan_grid(ds, None, None, card.gsd_m, card.bands)
-            reader = WindowReader(ds, grid)
-            try:
-                probs, valid, _ = predict_grid(reader, grid, engine, opts.batch_size)
-            finally:
-                reader.close()
-        cmap, _ = detections_from_probs(probs, valid, grid, card, opts)
-        _, mask = t.read()
-        if mask.shape != cmap.shape:  # the grid of a tile is the tile itself at 0.1 m
-            h, w = min(mask.shape[0], cmap.shape[0]), min(mask.shape[1], cmap.shape[1])
-            mask, cmap = mask[:h, :w], cmap[:h, :w]
-        tot.add(compare(cmap == 1, mask == 1))
-        wrong += int(((cmap == 1) != (mask == 1)).sum())
-        area_m2 += cmap.size * card.gsd_m ** 2
-    s = _summary(tot, area_m2, wrong)
-    s["tiles"] = len(tiles)
-    return s
-
-
-#: The current model's guard numbers per (model, weights, tiles): they do not change.
-_GUARD_CACHE: Dict[Tuple, Dict[str, Any]] = {}
-
-
-def _guard_before(engine: Engine, card: ModelCard, tiles: List[Tile],
-                  cancelled: Cancelled) -> Dict[str, Any]:
-    key = (card.id, card.version, str(card.weights_path),
-           card.weights_path.stat().st_mtime, tuple(str(t.image_path) for t in tiles))
-    if key not in _GUARD_CACHE:
-        _GUARD_CACHE[key] = eval_tiles(engine, card, tiles, cancelled)
-    return dict(_GUARD_CACHE[key])
-
-
-def evaluate(card: ModelCard, current: Engine, candidate: Engine, corr: Corrections,
-             guard: Optional[GuardSet], progress: Progress,
-             cancelled: Cancelled = None
-             ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
-    """The numbers :func:`judge` compares, for the current model and the candidate.
-
-    Args:
-        card: the current model's card (the candidate shares its post-processing).
-        current, candidate: their engines.
-        corr: the corrections (``holdout`` and ``train`` areas, with the current
-            model's class maps in ``pred``).
-        guard: the guard tiles, or None / empty to skip the guard.
-        progress: receives (fraction 0..1 of this evaluation, message naming what is
-            evaluated).
-        cancelled: polled between tiles and batches.
-
-    Returns:
-        ``(before, after, change)``: ``before`` and ``after`` each ``{"user_holdout":
-        {...}, "guard"?: {...}, "user_train"?: {...}}`` (see :func:`eval_areas`,
-        :func:`eval_tiles`), ``change`` the held-out change with its bootstrap interval
-        (:func:`held_out_change`).
-
-    Raises:
-        JobCancelled: ``cancelled()`` turned true.
-    """
-    progress(0.0, "the held-out corrections")
-    preds_b = [a.pred for a in corr.holdout]
-    preds_a = [predict_area(candidate, a, card, cancelled) for a in corr.holdout]
-    before = {"user_holdout": eval_areas(corr.holdout, card, preds_b)}
-    after = {"user_holdout": eval_areas(corr.holdout, card, preds_a)}
-    change = held_out_change(object_units(corr.holdout, card, preds_b, preds_a))
-    if guard:
-        progress(0.35, f"{len(guard)} pv01 validation tiles (guard)")
-        before["guard"] = _guard_before(current, card, guard.tiles, cancelled)
-        after["guard"] = eval_tiles(candidate, card, guard.tiles, cancelled)
-    ub, ua = before["user_holdout"], after["user_holdout"]
-    if (ua["object_errors"] == ub["object_errors"] and corr.train
-            and not (cancelled and cancelled())):
-        progress(0.6, "the corrected areas trained on")
-        before["user_train"] = eval_areas(corr.train, card, [a.pred for a in corr.train])
-        after["user_train"] = eval_areas(corr.train, card,
-                                         [predict_area(candidate, a, card, cancelled)
-                                          for a in corr.train])
-    return before, after, change
-
-
 # ----------------------------------------------------------------------------- the rule
 
 def decide(before: Dict[str, Any], after: Dict[str, Any], max_iou_drop: float
@@ -447,6 +297,7 @@ class Verdict:
 
     @property
     def accepted(self) -> bool:
+        """Whether the verdict is ``"accepted"``."""
         return self.verdict == "accepted"
 
 

@@ -170,9 +170,54 @@ def cv_folds(tiles: Sequence[Tile], k: int = 3) -> List[Tuple[List[Tile], List[T
     return out
 
 
-def load_arrays(tiles: Sequence[Tile]) -> Dict[str, np.ndarray]:
-    """Stack tiles: ``{"images": uint8 (N, 3, H, W), "masks": uint8 (N, H, W)}``."""
-    imgs, masks = zip(*(t.read() for t in tiles))
+#: The pv01 tiles' ground sampling distance, metres.
+NATIVE_GSD_M = 0.1
+
+
+def average_down(image: np.ndarray, mask: np.ndarray, gsd_m: float,
+                 native_gsd_m: float = NATIVE_GSD_M) -> Tuple[np.ndarray, np.ndarray]:
+    """A tile as an orthophoto of ``gsd_m`` shows it: each pixel of exactly ``gsd_m``
+    the mean of the finer pixels under it (GDAL's warper with ``average`` resampling,
+    the pixels of ``gdal_translate -tr G G -r average``), and the reference a panel
+    where at least half of the finer pixels were.
+
+    Args:
+        image: uint8 (B, H, W) at ``native_gsd_m``.
+        mask: uint8/bool (H, W), 1 = panel.
+        gsd_m: the coarser GSD, metres (>= ``native_gsd_m``).
+
+    Returns:
+        ``(image uint8 (B, h, w), mask uint8 (h, w))`` with ``h = round(H *
+        native_gsd_m / gsd_m)``; the grid starts at the tile's top-left corner.
+    """
+    from rasterio import Affine
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    if abs(gsd_m - native_gsd_m) < 1e-9:
+        return image, (mask > 0).astype(np.uint8)
+    b, hh, ww = image.shape
+    h = max(1, int(round(hh * native_gsd_m / gsd_m)))
+    w = max(1, int(round(ww * native_gsd_m / gsd_m)))
+    src = Affine(native_gsd_m, 0.0, 0.0, 0.0, -native_gsd_m, 0.0)
+    dst = Affine(gsd_m, 0.0, 0.0, 0.0, -gsd_m, 0.0)
+    common = dict(src_transform=src, src_crs="EPSG:3857", dst_transform=dst,
+                  dst_crs="EPSG:3857", resampling=Resampling.average)
+    out = np.zeros((b, h, w), np.uint8)
+    reproject(image, out, **common)
+    share = np.zeros((h, w), np.float32)
+    reproject((mask > 0).astype(np.float32), share, **common)
+    return out, (share >= 0.5).astype(np.uint8)
+
+
+def load_arrays(tiles: Sequence[Tile], gsd_m: Optional[float] = None
+                ) -> Dict[str, np.ndarray]:
+    """Stack tiles: ``{"images": uint8 (N, 3, H, W), "masks": uint8 (N, H, W)}``, at
+    their own 0.1 m or, with ``gsd_m``, averaged down to it (:func:`average_down`)."""
+    pairs = [t.read() for t in tiles]
+    if gsd_m is not None:
+        pairs = [average_down(im, m, gsd_m) for im, m in pairs]
+    imgs, masks = zip(*pairs)
     return {"images": np.stack(imgs), "masks": np.stack(masks)}
 
 

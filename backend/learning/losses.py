@@ -29,22 +29,34 @@ def _soft_dice_term(p, target, n_classes: int, mask=None):
     return dice
 
 
-def dice_ce_loss(logits, target, n_classes: int):
-    """Cross-entropy + (1 - soft Dice) averaged over the foreground classes.
+def dice_ce_loss(logits, target, n_classes: int, hard_negatives: float = 0.0):
+    """Cross-entropy + (1 - soft Dice) averaged over the foreground classes, plus with
+    ``hard_negatives`` the mean cross-entropy of the hardest background pixels.
+
+    Hard negatives (online hard example mining, Shrivastava et al. 2016, CVPR): of the
+    background pixels of the batch, the ``hard_negatives`` share with the highest
+    cross-entropy (the roofs, skylights and shadows the model takes for panels) count
+    once more, so that the few of them in a batch are not drowned by easy background.
 
     Args:
         logits: float32 (N, 1 + n_classes, H, W).
         target: int64 (N, H, W) class ids.
         n_classes: foreground classes.
+        hard_negatives: share of background pixels counted again, 0..1 (0: none).
 
     Returns:
         A scalar tensor.
     """
     import torch
     import torch.nn.functional as F
-    ce = F.cross_entropy(logits, target)
+    loss = F.cross_entropy(logits, target)
+    if hard_negatives > 0:
+        bg = F.cross_entropy(logits, target, reduction="none")[target == 0]
+        k = int(round(hard_negatives * bg.numel()))
+        if k > 0:
+            loss = loss + torch.topk(bg, k, sorted=False).values.mean()
     p = torch.softmax(logits, 1)
-    return ce + _soft_dice_term(p, target, n_classes) / n_classes
+    return loss + _soft_dice_term(p, target, n_classes) / n_classes
 
 
 def weighted_dice_ce_loss(logits, target, weight, n_classes: int):

@@ -78,12 +78,20 @@ def normalize_stats(images: np.ndarray) -> Dict[str, Any]:
 
 
 def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
-    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W)."""
+    """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W) of
+    any size: they are padded by reflection to multiples of 32 (the encoders' stride)
+    and the probabilities cropped back."""
     import torch
+    import torch.nn.functional as F
+    h, w = images_norm.shape[-2:]
+    pad = (0, -w % 32, 0, -h % 32)
     out = []
     with torch.inference_mode():
         for i in range(0, images_norm.shape[0], batch):
-            out.append(torch.softmax(model(images_norm[i:i + batch]), 1).numpy())
+            x = images_norm[i:i + batch]
+            if any(pad):
+                x = F.pad(x, pad, mode="reflect")
+            out.append(torch.softmax(model(x), 1)[..., :h, :w].numpy())
     return np.concatenate(out)
 
 
@@ -223,14 +231,53 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     # wall-clock budget then only caps the run (and is the schedule when no steps).
     max_steps = int(config["steps"]) if config.get("steps") else None
 
-    split_seed = int(config.get("split_seed", 0))
     fit, val = fit_val_tiles(config, fold, folds, without_site)
     left_out = ([t.name for t in pvdata.site_of(without_site, pvdata.list_tiles("train"))]
                 if without_site else [])
-    fit_a = pvdata.load_arrays(fit)
-    # pretrained encoders expect their own input scaling (the config gives it)
+    fit_a = pvdata.load_arrays(fit, float(config["gsd_m"]))
+    card_d = _card_fields(config, fit_a["images"])
+    card = ModelCard.from_dict(card_d)
+    model = _new_model(card, config, device)
+    look, scale_range = _appearance(config)
+    run = _fit(model, card, config, fit_a, look, scale_range, budget_s, max_steps, seed,
+               device)
+    model = model.to("cpu").float().eval()
+    pp = cv_postprocess(config)
+    if val:
+        val_a = pvdata.load_arrays(val, float(config["gsd_m"]))
+        probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
+        pp = val_postprocess(config, probs, val_a["masks"], card.gsd_m, len(card.classes))
+        print(f"val: {json.dumps(pp)}", flush=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), out_dir / "weights.safetensors")
+    card_d.update({k: pp[k] for k in PP_KEYS if k in pp})
+    card_d["training"] = {
+        "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
+                "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
+        "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
+        "left_out_names": left_out,
+        "fold": fold, "seed": seed, "split_seed": int(config.get("split_seed", 0)),
+        "steps": run.steps, "batch_size": run.batch_size, "chip": run.chip,
+        "budget_s": budget_s,
+        "train_seconds": round(run.seconds, 1), "device": device, "threads": threads,
+        "torch": torch.__version__, "final_loss": round(float(np.mean(run.losses[-50:])), 4),
+        "config": config,
+        "postprocess_chosen_on_val": pp.get("val") or {},
+        "cross_validation": config.get("cross_validation"),
+        "augmentation": dict(dataclasses.asdict(look), scale_range=list(scale_range)),
+    }
+    card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
+    return ModelCard.from_dict(card_d, out_dir)
+
+
+def _card_fields(config: Dict[str, Any], images: np.ndarray) -> Dict[str, Any]:
+    """The card fields of a new member: the config's, with the input normalisation
+    (the config's, which a pretrained encoder expects, else the statistics of the fit
+    ``images``, uint8 (N, B, H, W)) and default post-processing."""
     norm = dict(config["normalize"]) if config.get("normalize") else \
-        normalize_stats(fit_a["images"])
+        normalize_stats(images)
     card_d = {k: config[k] for k in ("id", "version", "architecture", "encoder", "classes",
                                      "gsd_m", "tile_size", "overlap", "simplify_m")}
     card_d.update({"arch_kwargs": config.get("arch_kwargs", {}), "bands": 3,
@@ -238,8 +285,13 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
                    "normalize": norm, "threshold": 0.5, "min_area_m2": 1.0,
                    "max_hole_m2": 0.5, "weights": "weights.safetensors",
                    "onnx": "model.onnx"})
-    card = ModelCard.from_dict(card_d)
-    n_classes = len(card.classes)
+    return card_d
+
+
+def _new_model(card: ModelCard, config: Dict[str, Any], device: str):
+    """The member's torch module on ``device`` (channels-last on CUDA): random weights,
+    or with ``"pretrained"`` an ImageNet encoder (:mod:`backend.learning.pretrained`)."""
+    import torch
     model = build_torch_model(card)
     pretrained = config.get("pretrained")
     if pretrained:
@@ -249,28 +301,49 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
     model = model.to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    return model
 
-    fit_x = normalize_batch(fit_a["images"], card.normalize)
-    fit_y = torch.from_numpy(fit_a["masks"]).long()
-    weights = pvdata.tile_sampling_weights(fit_a["masks"])
 
-    lr = float(config.get("lr", 2e-3))
-    # a pretrained encoder learns slower than the fresh decoder, so that fine-tuning
-    # keeps what ImageNet taught it
-    enc_factor = float(config.get("encoder_lr_factor", 1.0))
-    groups = [{"params": list(model.parameters()), "base_lr": lr}]
-    if enc_factor != 1.0:
-        groups = [{"params": [p for n, p in model.named_parameters()
-                              if not n.startswith("encoder.")], "base_lr": lr},
-                  {"params": list(model.encoder.parameters()), "base_lr": lr * enc_factor}]
-    opt = torch.optim.AdamW(groups, lr=lr,
-                            weight_decay=float(config.get("weight_decay", 1e-4)))
+def _appearance(config: Dict[str, Any]):
+    """``(look, scale_range)``: the appearance changes drawn in training (the recipe's,
+    :data:`~backend.learning.augment.GENERALISE` or ``PLAIN``, with the config's
+    ``appearance`` fields) and the scale range."""
     look = GENERALISE if config.get("recipe") == "generalise" else PLAIN
     if config.get("appearance"):  # the recipe's appearance changes, field by field
         look = dataclasses.replace(look, **{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in config["appearance"].items()})
-    scale_range = tuple(config.get("scale_range", SCALE_RANGE))
+    return look, tuple(config.get("scale_range", SCALE_RANGE))
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the training loop did: its steps and their losses, its time (seconds), and
+    the batch size and chip side (px) it used."""
+
+    steps: int
+    losses: List[float]
+    seconds: float
+    batch_size: int
+    chip: int
+
+
+def _fit(model, card: ModelCard, config: Dict[str, Any], fit_a: Dict[str, np.ndarray],
+         look, scale_range, budget_s: float, max_steps: Optional[int], seed: int,
+         device: str) -> _Run:
+    """Train ``model`` on the fit tiles (``fit_a``: images uint8 (N, B, H, W), masks
+    uint8 (N, H, W)) until ``max_steps`` or ``budget_s`` seconds: AdamW (a pretrained
+    encoder at ``encoder_lr_factor`` of the rate) with warm-up and cosine decay,
+    cross-entropy + soft Dice (plus, with ``hard_negatives``, the cross-entropy of the
+    hardest background pixels, :func:`backend.learning.losses.dice_ce_loss`),
+    panel-rich tiles drawn more often."""
+    import torch
+    fit_x = normalize_batch(fit_a["images"], card.normalize)
+    fit_y = torch.from_numpy(fit_a["masks"]).long()
+    weights = pvdata.tile_sampling_weights(fit_a["masks"])
+    opt = _optimizer(model, config)
+    n_classes = len(card.classes)
     bs, chip = int(config.get("batch_size", 8)), int(config.get("chip", 256))
+    hard_negatives = float(config.get("hard_negatives", 0.0))
     rng = np.random.default_rng(seed)
     t0 = time.time()
     step, losses = 0, []
@@ -284,45 +357,35 @@ def train(config: Dict[str, Any], out_dir: Path, budget_s: Optional[float] = Non
         factor = lr_factor(step, frac_t, warmup, 0.02)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        idx = rng.choice(len(fit), size=bs, p=weights)
+        idx = rng.choice(len(fit_x), size=bs, p=weights)
         x, y = augment_batch(fit_x[idx], fit_y[idx], chip, rng, look=look,
                              norm=card.normalize, scale_range=scale_range)
         x, y = x.to(device), y.to(device)
         losses.append(optimizer_step(model, opt, x,
-                                     lambda logits: dice_ce_loss(logits, y, n_classes),
+                                     lambda logits: dice_ce_loss(logits, y, n_classes,
+                                                                 hard_negatives),
                                      device, channels_last=True))
         step += 1
         if step % 25 == 0:
             print(f"step {step:5d}  {elapsed:6.0f}s  loss {np.mean(losses[-25:]):.4f}",
                   flush=True)
-    train_s = time.time() - t0
-    model = model.to("cpu").float().eval()
-    pp = cv_postprocess(config)
-    if val:
-        val_a = pvdata.load_arrays(val)
-        probs = predict_probs(model, normalize_batch(val_a["images"], card.normalize))
-        pp = val_postprocess(config, probs, val_a["masks"], card.gsd_m, n_classes)
-        print(f"val: {json.dumps(pp)}", flush=True)
+    return _Run(step, losses, time.time() - t0, bs, chip)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(model.state_dict(), out_dir / "weights.safetensors")
-    card_d.update({k: pp[k] for k in PP_KEYS if k in pp})
-    card_d["training"] = {
-        "data": "pv01 train split (Jiang et al. 2021, Multi-resolution dataset for "
-                "photovoltaic panel segmentation, doi:10.5281/zenodo.5171712, CC BY 4.0)",
-        "fit_tiles": len(fit), "val_tiles": len(val), "val_names": [t.name for t in val],
-        "left_out_names": left_out,
-        "fold": fold, "seed": seed, "split_seed": split_seed, "steps": step, "batch_size": bs, "chip": chip, "budget_s": budget_s,
-        "train_seconds": round(train_s, 1), "device": device, "threads": threads,
-        "torch": torch.__version__, "final_loss": round(float(np.mean(losses[-50:])), 4),
-        "config": config,
-        "postprocess_chosen_on_val": pp.get("val") or {},
-        "cross_validation": config.get("cross_validation"),
-        "augmentation": dict(dataclasses.asdict(look), scale_range=list(scale_range)),
-    }
-    card_d["parameters"] = int(sum(p.numel() for p in model.parameters()))
-    (out_dir / "card.json").write_text(json.dumps(card_d, indent=2) + "\n", "utf-8")
-    return ModelCard.from_dict(card_d, out_dir)
+
+def _optimizer(model, config: Dict[str, Any]):
+    """AdamW over the model, at ``lr``; a pretrained encoder learns slower than the
+    fresh decoder (``encoder_lr_factor``), so that fine-tuning keeps what ImageNet
+    taught it. Each group's ``base_lr`` is its rate before the schedule."""
+    import torch
+    lr = float(config.get("lr", 2e-3))
+    enc_factor = float(config.get("encoder_lr_factor", 1.0))
+    groups = [{"params": list(model.parameters()), "base_lr": lr}]
+    if enc_factor != 1.0:
+        groups = [{"params": [p for n, p in model.named_parameters()
+                              if not n.startswith("encoder.")], "base_lr": lr},
+                  {"params": list(model.encoder.parameters()), "base_lr": lr * enc_factor}]
+    return torch.optim.AdamW(groups, lr=lr,
+                             weight_decay=float(config.get("weight_decay", 1e-4)))
 
 
 def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
@@ -341,7 +404,7 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
         FileNotFoundError: the pv01 data is missing.
     """
     from backend.inference.detect import run_detect
-    from backend.inference.engines import get_engine
+    from backend.inference.predictors import get_predictor
     members = [load_card(m["id"]) for m in config["members"]]
     first = members[0]
     names = set(first.val_names)
@@ -363,14 +426,14 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     card_path = out_dir / "card.json"
     card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")
     card = ModelCard.from_dict(d, out_dir)
-    engine = get_engine(card)
+    predictor = get_predictor(card)
     val = [t for t in pvdata.list_tiles("train") if t.name in names]
     probs, masks = [], []
     for t in val:
         got = []
         run_detect({"type": "detect", "model": card.id,
                     "source": {"kind": "file", "path": str(t.image_path)}}, [],
-                   engine=engine, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
+                   predictor=predictor, on_probs=lambda p, v, g: got.append(p[:card.num_outputs]))
         probs.append(got[0])
         masks.append(t.read()[1])
     pp = val_postprocess(config, np.stack(probs), np.stack(masks), card.gsd_m,

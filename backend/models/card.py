@@ -22,6 +22,9 @@ Fields read by the code:
                                  (:class:`Normalization`): the input is
                                  ``(x / scale - mean) / std`` per band (single models)
 ``gsd_m``                        ground sampling distance the model was trained at (m/px)
+``gsd_range_m``                  ``[low, high]``: the layer GSDs (m/px) the model serves,
+                                 chosen on cross-validation (``protocol.choice``); absent:
+                                 ``gsd_m / 1.5`` to ``gsd_m * 1.5``
 ``tile_size, overlap``           inference tile side and overlap, pixels at ``gsd_m``
 ``threshold``                    probability threshold (chosen on a validation split of
                                  the *train* data, never on held-out)
@@ -43,16 +46,19 @@ Fields written by the tools and the retrain job (documentation and lineage):
 (:class:`RetrainInfo`), ``acceptance_rule``. Any other key of a card file is kept
 as it is and written back by :meth:`ModelCard.to_dict`.
 
-This module depends on nothing else of the backend but the protocol's errors.
+Every part of the card is a typed :class:`~backend.models.record.Record`. This module
+depends on nothing else of the backend but those records and the protocol's errors.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
+from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
+                                   as_str, doc_field, list_of, record_of, typed_field)
 from protocol.errors import ModelCorrupt, ModelNotFound
 
 #: Test-time augmentations an ensemble may list (the dihedral group D4 of the square).
@@ -60,153 +66,10 @@ TTA_TRANSFORMS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270",
                   "transpose", "antitranspose")
 
 
-# ----------------------------------------------------------------------------- parsing
-
-_REQUIRED = object()
-
-
-class _BadField(ValueError):
-    """A card field of the wrong type (turned into ModelCorrupt by the caller)."""
-
-
-def _str(x: Any) -> str:
-    if not isinstance(x, str):
-        raise TypeError(f"expected a string, got {type(x).__name__}")
-    return x
-
-
-def _int(x: Any) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or int(x) != x:
-        raise TypeError(f"expected an integer, got {x!r}")
-    return int(x)
-
-
-def _float(x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise TypeError(f"expected a number, got {x!r}")
-    return float(x)
-
-
-def _bool(x: Any) -> bool:
-    if not isinstance(x, bool):
-        raise TypeError(f"expected true or false, got {x!r}")
-    return x
-
-
-def _dict(x: Any) -> Dict[str, Any]:
-    if not isinstance(x, dict):
-        raise TypeError(f"expected an object, got {type(x).__name__}")
-    return dict(x)
-
-
-def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], List[Any]]:
-    def check(x: Any) -> List[Any]:
-        if not isinstance(x, list):
-            raise TypeError(f"expected a list, got {type(x).__name__}")
-        return [item(v) for v in x]
-    return check
-
-
-def _record(cls) -> Callable[[Any], Any]:
-    return lambda x: cls.from_dict(_dict(x))
-
-
-def _field(check: Callable[[Any], Any], default: Any = _REQUIRED) -> Any:
-    """A typed card field: ``check`` parses its JSON value (raising TypeError or
-    ValueError), ``default`` (a value, or a callable making one) is used when the key
-    is absent or null; without a default the key is required."""
-    meta = {"check": check}
-    if default is _REQUIRED:
-        return field(metadata=meta)
-    if callable(default):
-        return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _default(f) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return _REQUIRED
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, _Record):
-        return v.to_dict()
-    if isinstance(v, (list, tuple)):
-        return [_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _json(x) for k, x in v.items()}
-    return v
-
-
-class _Record:
-    """A typed part of a card, read from and written back to JSON.
-
-    Each field declared with :func:`_field` is the JSON key of the same name.
-    ``_doc`` (private) holds the dict the record was parsed from: keys this module does
-    not know (documentation added by hand) and the key order of the file survive a
-    read-modify-write. :meth:`to_dict` writes every typed field that was in the file or
-    differs from its default, on top of that dict.
-    """
-
-    _doc: Dict[str, Any]
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], **extra: Any):
-        """Parse the typed fields of ``d`` (``extra``: non-JSON constructor arguments).
-
-        Raises:
-            _BadField: a required key is missing or a value has the wrong type.
-        """
-        kwargs = dict(extra)
-        for f in fields(cls):
-            check = f.metadata.get("check")
-            if check is None:
-                continue
-            value, default = d.get(f.name), _default(f)
-            if value is None:
-                if default is _REQUIRED:
-                    raise _BadField(f"missing field {f.name!r}")
-                kwargs[f.name] = default
-                continue
-            try:
-                kwargs[f.name] = check(value)
-            except (TypeError, ValueError) as exc:
-                raise _BadField(f"field {f.name!r}: {exc}") from None
-        return cls(_doc=dict(d), **kwargs)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]):
-        """Parse a JSON object.
-
-        Raises:
-            _BadField: a required key is missing or a value has the wrong type (a
-                :class:`ModelCorrupt` once it reaches :meth:`ModelCard.from_dict`).
-        """
-        return cls._parse(d)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """The JSON form (a new dict)."""
-        out = dict(self._doc)
-        for f in fields(self):
-            if "check" not in f.metadata:
-                continue
-            v, default = getattr(self, f.name), _default(f)
-            if f.name in self._doc or default is _REQUIRED or v != default:
-                out[f.name] = _json(v)
-        return out
-
-
-def _doc_field() -> Any:
-    return field(default_factory=dict, repr=False, compare=False)
-
-
 # ----------------------------------------------------------------------------- parts
 
 @dataclass
-class ClassSpec(_Record):
+class ClassSpec(Record):
     """One output class.
 
     Attributes:
@@ -215,14 +78,14 @@ class ClassSpec(_Record):
         color: ``#rrggbb`` for the plugin's layer style, or None.
     """
 
-    id: int = _field(_int)
-    name: str = _field(_str)
-    color: Optional[str] = _field(_str, None)
-    _doc: Dict[str, Any] = _doc_field()
+    id: int = typed_field(as_int)
+    name: str = typed_field(as_str)
+    color: Optional[str] = typed_field(as_str, None)
+    _doc: Dict[str, Any] = doc_field()
 
 
 @dataclass
-class Member(_Record):
+class Member(Record):
     """One member of an ensemble.
 
     Attributes:
@@ -230,13 +93,13 @@ class Member(_Record):
         weight: its weight in the fused probability mean.
     """
 
-    id: str = _field(_str)
-    weight: float = _field(_float, 1.0)
-    _doc: Dict[str, Any] = _doc_field()
+    id: str = typed_field(as_str)
+    weight: float = typed_field(as_float, 1.0)
+    _doc: Dict[str, Any] = doc_field()
 
 
 @dataclass
-class Normalization(_Record):
+class Normalization(Record):
     """Input normalisation: ``(x / scale - mean) / std`` per band.
 
     Attributes:
@@ -244,14 +107,14 @@ class Normalization(_Record):
         scale: divisor of the raw values (255 for uint8).
     """
 
-    mean: List[float] = _field(_list_of(_float))
-    std: List[float] = _field(_list_of(_float))
-    scale: float = _field(_float, 255.0)
-    _doc: Dict[str, Any] = _doc_field()
+    mean: List[float] = typed_field(list_of(as_float))
+    std: List[float] = typed_field(list_of(as_float))
+    scale: float = typed_field(as_float, 255.0)
+    _doc: Dict[str, Any] = doc_field()
 
 
 @dataclass
-class TrainingInfo(_Record):
+class TrainingInfo(Record):
     """How a model was trained (``backend.learning.train``), or how an ensemble's
     post-processing was chosen.
 
@@ -275,32 +138,32 @@ class TrainingInfo(_Record):
         augmentation: the appearance changes and scale range drawn in training.
     """
 
-    val_names: List[str] = _field(_list_of(_str), list)
-    left_out_names: List[str] = _field(_list_of(_str), list)
-    fit_tiles: Optional[int] = _field(_int, None)
-    val_tiles: Optional[int] = _field(_int, None)
-    data: Optional[str] = _field(_str, None)
-    seed: Optional[int] = _field(_int, None)
-    split_seed: Optional[int] = _field(_int, None)
-    steps: Optional[int] = _field(_int, None)
-    batch_size: Optional[int] = _field(_int, None)
-    chip: Optional[int] = _field(_int, None)
-    budget_s: Optional[float] = _field(_float, None)
-    train_seconds: Optional[float] = _field(_float, None)
-    device: Optional[str] = _field(_str, None)
-    threads: Optional[int] = _field(_int, None)
-    torch: Optional[str] = _field(_str, None)
-    final_loss: Optional[float] = _field(_float, None)
-    config: Dict[str, Any] = _field(_dict, dict)
-    postprocess_chosen_on_val: Dict[str, Any] = _field(_dict, dict)
-    cross_validation: Optional[Dict[str, Any]] = _field(_dict, None)
-    fold: Optional[int] = _field(_int, None)
-    augmentation: Optional[Dict[str, Any]] = _field(_dict, None)
-    _doc: Dict[str, Any] = _doc_field()
+    val_names: List[str] = typed_field(list_of(as_str), list)
+    left_out_names: List[str] = typed_field(list_of(as_str), list)
+    fit_tiles: Optional[int] = typed_field(as_int, None)
+    val_tiles: Optional[int] = typed_field(as_int, None)
+    data: Optional[str] = typed_field(as_str, None)
+    seed: Optional[int] = typed_field(as_int, None)
+    split_seed: Optional[int] = typed_field(as_int, None)
+    steps: Optional[int] = typed_field(as_int, None)
+    batch_size: Optional[int] = typed_field(as_int, None)
+    chip: Optional[int] = typed_field(as_int, None)
+    budget_s: Optional[float] = typed_field(as_float, None)
+    train_seconds: Optional[float] = typed_field(as_float, None)
+    device: Optional[str] = typed_field(as_str, None)
+    threads: Optional[int] = typed_field(as_int, None)
+    torch: Optional[str] = typed_field(as_str, None)
+    final_loss: Optional[float] = typed_field(as_float, None)
+    config: Dict[str, Any] = typed_field(as_dict, dict)
+    postprocess_chosen_on_val: Dict[str, Any] = typed_field(as_dict, dict)
+    cross_validation: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    fold: Optional[int] = typed_field(as_int, None)
+    augmentation: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    _doc: Dict[str, Any] = doc_field()
 
 
 @dataclass
-class Lineage(_Record):
+class Lineage(Record):
     """Where a user version comes from (``backend.models.versions``); on a shipped card
     that has user versions only ``base``, ``number`` 0, ``parent`` None and ``active``.
 
@@ -314,40 +177,40 @@ class Lineage(_Record):
         data, summary, metrics, config, train: the retrain job's report parts.
         mlflow_run_id: the MLflow run of the retrain.
         onnx_export_error: why no ``model.onnx`` was written, when it failed.
-        scope: the area the version was taught on (``backend.models.scope.Scope``'s
-            JSON: reviewed extents and site footprint in EPSG:4326), or None for a
+        scope: the area the version was taught on (``backend.models.area.Area``'s
+            JSON: reviewed extents and the area's outline in EPSG:4326), or None for a
             general-purpose version.
-        in_use: for a version with a ``scope``: whether detection with ``by_area``
-            uses it inside its area (set on reading).
+        in_use: for a version with an area: whether detection with ``by_area`` uses
+            it inside its area (set on reading).
         verdict: what the acceptance rule said (``accepted``, ``rejected`` or
             ``undecided``); ``decision`` says what was done (``accepted``, or
             ``kept by the user`` against the rule's verdict).
     """
 
-    id: Optional[str] = _field(_str, None)
-    base: Optional[str] = _field(_str, None)
-    number: Optional[int] = _field(_int, None)
-    parent: Optional[str] = _field(_str, None)
-    parent_version: Optional[str] = _field(_str, None)
-    created: Optional[str] = _field(_str, None)
-    active: Optional[bool] = _field(_bool, None)
-    corrections: Optional[int] = _field(_int, None)
-    decision: Optional[str] = _field(_str, None)
-    reason: Optional[str] = _field(_str, None)
-    data: Optional[Dict[str, Any]] = _field(_dict, None)
-    summary: Optional[Dict[str, Any]] = _field(_dict, None)
-    metrics: Optional[Dict[str, Any]] = _field(_dict, None)
-    config: Optional[Dict[str, Any]] = _field(_dict, None)
-    train: Optional[Dict[str, Any]] = _field(_dict, None)
-    mlflow_run_id: Optional[str] = _field(_str, None)
-    onnx_export_error: Optional[str] = _field(_str, None)
-    scope: Optional[Dict[str, Any]] = _field(_dict, None)
-    in_use: Optional[bool] = _field(_bool, None)
-    verdict: Optional[str] = _field(_str, None)
-    _doc: Dict[str, Any] = _doc_field()
+    id: Optional[str] = typed_field(as_str, None)
+    base: Optional[str] = typed_field(as_str, None)
+    number: Optional[int] = typed_field(as_int, None)
+    parent: Optional[str] = typed_field(as_str, None)
+    parent_version: Optional[str] = typed_field(as_str, None)
+    created: Optional[str] = typed_field(as_str, None)
+    active: Optional[bool] = typed_field(as_bool, None)
+    corrections: Optional[int] = typed_field(as_int, None)
+    decision: Optional[str] = typed_field(as_str, None)
+    reason: Optional[str] = typed_field(as_str, None)
+    data: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    summary: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    metrics: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    config: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    train: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    mlflow_run_id: Optional[str] = typed_field(as_str, None)
+    onnx_export_error: Optional[str] = typed_field(as_str, None)
+    scope: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    in_use: Optional[bool] = typed_field(as_bool, None)
+    verdict: Optional[str] = typed_field(as_str, None)
+    _doc: Dict[str, Any] = doc_field()
 
     def with_active(self, active: bool, in_use: Optional[bool] = None) -> "Lineage":
-        """A copy with ``active`` (and, for a version with a scope, ``in_use``) set."""
+        """A copy with ``active`` (and, for a version with an area, ``in_use``) set."""
         d = dict(self.to_dict(), active=bool(active))
         if in_use is not None:
             d["in_use"] = bool(in_use)
@@ -355,7 +218,7 @@ class Lineage(_Record):
 
 
 @dataclass
-class RetrainInfo(_Record):
+class RetrainInfo(Record):
     """The retrain that produced a user version.
 
     Attributes:
@@ -364,11 +227,11 @@ class RetrainInfo(_Record):
         budget_s: the time budget, seconds. steps: the steps it ran.
     """
 
-    parent: Optional[str] = _field(_str, None)
-    reason: Optional[str] = _field(_str, None)
-    budget_s: Optional[float] = _field(_float, None)
-    steps: Optional[int] = _field(_int, None)
-    _doc: Dict[str, Any] = _doc_field()
+    parent: Optional[str] = typed_field(as_str, None)
+    reason: Optional[str] = typed_field(as_str, None)
+    budget_s: Optional[float] = typed_field(as_float, None)
+    steps: Optional[int] = typed_field(as_int, None)
+    _doc: Dict[str, Any] = doc_field()
 
 
 # ----------------------------------------------------------------------------- the card
@@ -378,54 +241,56 @@ _MODEL_ONLY = ("architecture", "encoder", "normalize")
 
 
 @dataclass
-class ModelCard(_Record):
+class ModelCard(Record):
     """A parsed ``card.json``; the fields are described in the module docstring.
 
     ``path`` is the folder the card was read from (it holds the weights), or None for a
     card built in memory.
     """
 
-    id: str = _field(_str)
-    version: str = _field(_str)
-    classes: List[ClassSpec] = _field(_list_of(_record(ClassSpec)))
-    bands: int = _field(_int)
-    gsd_m: float = _field(_float)
-    tile_size: int = _field(_int)
-    overlap: int = _field(_int)
-    threshold: float = _field(_float)
-    min_area_m2: float = _field(_float)
-    simplify_m: float = _field(_float)
-    kind: str = _field(_str, "model")
-    architecture: str = _field(_str, "")
-    encoder: str = _field(_str, "")
-    arch_kwargs: Dict[str, Any] = _field(_dict, dict)
-    band_names: Optional[List[str]] = _field(_list_of(_str), None)
-    dtype: str = _field(_str, "uint8")
-    normalize: Optional[Normalization] = _field(_record(Normalization), None)
-    max_hole_m2: float = _field(_float, 0.0)
-    orthogonalize: bool = _field(_bool, False)
-    min_solidity: float = _field(_float, 0.0)
-    min_score: float = _field(_float, 0.0)
-    weights: str = _field(_str, "weights.safetensors")
-    onnx: str = _field(_str, "model.onnx")
-    members: List[Member] = _field(_list_of(_record(Member)), list)
-    tta: List[str] = _field(_list_of(_str), lambda: ["identity"])
-    shifts: bool = _field(_bool, False)
-    training: Optional[TrainingInfo] = _field(_record(TrainingInfo), None)
-    parameters: Optional[int] = _field(_int, None)
-    heldout_metrics: Optional[Dict[str, Any]] = _field(_dict, None)
-    vienna_false_positives: Optional[Dict[str, Any]] = _field(_dict, None)
-    metrics: Optional[Dict[str, Any]] = _field(_dict, None)
-    base_model: Optional[str] = _field(_str, None)
-    base_version: Optional[str] = _field(_str, None)
-    lineage: Optional[Lineage] = _field(_record(Lineage), None)
-    retrain: Optional[RetrainInfo] = _field(_record(RetrainInfo), None)
-    acceptance_rule: Optional[str] = _field(_str, None)
+    id: str = typed_field(as_str)
+    version: str = typed_field(as_str)
+    classes: List[ClassSpec] = typed_field(list_of(record_of(ClassSpec)))
+    bands: int = typed_field(as_int)
+    gsd_m: float = typed_field(as_float)
+    tile_size: int = typed_field(as_int)
+    overlap: int = typed_field(as_int)
+    threshold: float = typed_field(as_float)
+    min_area_m2: float = typed_field(as_float)
+    simplify_m: float = typed_field(as_float)
+    kind: str = typed_field(as_str, "model")
+    architecture: str = typed_field(as_str, "")
+    encoder: str = typed_field(as_str, "")
+    arch_kwargs: Dict[str, Any] = typed_field(as_dict, dict)
+    gsd_range_m: Optional[List[float]] = typed_field(list_of(as_float), None)
+    band_names: Optional[List[str]] = typed_field(list_of(as_str), None)
+    dtype: str = typed_field(as_str, "uint8")
+    normalize: Optional[Normalization] = typed_field(record_of(Normalization), None)
+    max_hole_m2: float = typed_field(as_float, 0.0)
+    orthogonalize: bool = typed_field(as_bool, False)
+    min_solidity: float = typed_field(as_float, 0.0)
+    min_score: float = typed_field(as_float, 0.0)
+    weights: str = typed_field(as_str, "weights.safetensors")
+    onnx: str = typed_field(as_str, "model.onnx")
+    members: List[Member] = typed_field(list_of(record_of(Member)), list)
+    tta: List[str] = typed_field(list_of(as_str), lambda: ["identity"])
+    shifts: bool = typed_field(as_bool, False)
+    training: Optional[TrainingInfo] = typed_field(record_of(TrainingInfo), None)
+    parameters: Optional[int] = typed_field(as_int, None)
+    heldout_metrics: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    vienna_false_positives: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    metrics: Optional[Dict[str, Any]] = typed_field(as_dict, None)
+    base_model: Optional[str] = typed_field(as_str, None)
+    base_version: Optional[str] = typed_field(as_str, None)
+    lineage: Optional[Lineage] = typed_field(record_of(Lineage), None)
+    retrain: Optional[RetrainInfo] = typed_field(record_of(RetrainInfo), None)
+    acceptance_rule: Optional[str] = typed_field(as_str, None)
     path: Optional[Path] = field(default=None, compare=False)
-    _doc: Dict[str, Any] = _doc_field()
+    _doc: Dict[str, Any] = doc_field()
 
     @property
     def is_ensemble(self) -> bool:
+        """Whether the card is an ensemble of members (``kind`` ``"ensemble"``)."""
         return self.kind == "ensemble"
 
     @property
@@ -490,20 +355,24 @@ class ModelCard(_Record):
         """
         try:
             if not isinstance(d, Mapping):
-                raise _BadField("a card must be a JSON object")
-            card = cls._parse(d, path=Path(path) if path is not None else None)
+                raise BadField("a card must be a JSON object")
+            card = cls.parse_fields(d, path=Path(path) if path is not None else None)
             if card.kind not in ("model", "ensemble"):
-                raise _BadField(f"kind must be 'model' or 'ensemble', not {card.kind!r}")
+                raise BadField(f"kind must be 'model' or 'ensemble', not {card.kind!r}")
             if card.is_ensemble and not card.members:
-                raise _BadField("an ensemble needs members [{'id': ..., 'weight': ...}]")
+                raise BadField("an ensemble needs members [{'id': ..., 'weight': ...}]")
             missing = [k for k in _MODEL_ONLY if not card.is_ensemble and d.get(k) is None]
             if missing:
-                raise _BadField(f"missing field {missing[0]!r}")
+                raise BadField(f"missing field {missing[0]!r}")
             bad = [t for t in card.tta if t not in TTA_TRANSFORMS]
             if bad:
-                raise _BadField(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
+                raise BadField(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
+            r = card.gsd_range_m
+            if r is not None and not (len(r) == 2 and 0 < r[0] < r[1]):
+                raise BadField(f"gsd_range_m must be [low, high] metres with 0 < low < "
+                               f"high, not {r}")
             return card
-        except _BadField as exc:
+        except BadField as exc:
             raise ModelCorrupt(f"model card {path or ''} is invalid: {exc}") from None
 
     def updated(self, changes: Mapping[str, Any], path: Optional[Path] = None
@@ -558,3 +427,4 @@ def write_card(card: ModelCard, path: Optional[Path] = None) -> Path:
     tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n", "utf-8")
     tmp.replace(path)
     return path
+

@@ -18,6 +18,8 @@ from typing import List, Optional
 from backend.config import models_dir
 from backend.models.card import TTA_TRANSFORMS, Lineage, ModelCard, card_path, read_card
 from backend.models.versions import SEP, active_id, list_version_cards, load_version_card
+from protocol.choice import (GsdChoice, ModelRange, candidates_from_cards,
+                             choose_for_gsd)
 from protocol.errors import ModelCorrupt, ModelNotFound
 
 # ModelCard and the torch constructors are importable from here for callers that only
@@ -99,11 +101,51 @@ def default_model_id(cards: List[ModelCard], cuda: bool,
         ``cards``; None if there are no cards.
     """
     ids = [c.id for c in cards]
-    wanted = os.environ.get("ORTHOLENS_DEFAULT_MODEL") or _defaults(root).get(
-        "cuda" if cuda else "cpu")
+    wanted = os.environ.get("ORTHOLENS_DEFAULT_MODEL") or next(
+        iter(_device_list(root, cuda)), None)
     if wanted in ids:
         return wanted
     return ids[0] if ids else None
+
+
+def gsd_candidates(cards: List[ModelCard], cuda: bool,
+                   root: Optional[Path] = None) -> List[ModelRange]:
+    """The models a detection that names none chooses from by the layer's GSD, in order
+    of preference (``protocol.choice``): the ``cuda`` or ``cpu`` list of
+    ``<models>/defaults.json`` among ``cards`` (``ORTHOLENS_DEFAULT_MODEL`` first when
+    set), else the default model alone.
+
+    Returns:
+        :class:`~protocol.choice.ModelRange` per candidate; empty without cards.
+    """
+    order = list(_device_list(root, cuda))
+    first = default_model_id(cards, cuda, root)
+    if first is not None:
+        order = [first] + [m for m in order if m != first]
+    return candidates_from_cards([c.to_dict() for c in cards], order)
+
+
+def choose_for_layer(cards: List[ModelCard], cuda: bool, gsd_m: float,
+                     root: Optional[Path] = None) -> GsdChoice:
+    """The model for a layer of ``gsd_m`` metres per pixel
+    (:func:`protocol.choice.choose_for_gsd` over :func:`gsd_candidates`).
+
+    Raises:
+        ModelNotFound: there are no model cards.
+    """
+    candidates = gsd_candidates(cards, cuda, root)
+    if not candidates:
+        raise ModelNotFound("no model cards to choose from")
+    return choose_for_gsd(candidates, gsd_m)
+
+
+def _device_list(root: Optional[Path], cuda: bool) -> List[str]:
+    """The ``cuda`` or ``cpu`` entry of ``defaults.json`` as a list of model ids (one id
+    or a list of them)."""
+    entry = _defaults(root).get("cuda" if cuda else "cpu")
+    if isinstance(entry, str):
+        return [entry]
+    return [str(m) for m in entry] if isinstance(entry, list) else []
 
 
 def cpu_default_model_id() -> str:

@@ -77,30 +77,54 @@ def _validation(v: Dict[str, Any]) -> List[str]:
 
 
 def render_markdown(card: ModelCard) -> str:
-    """Markdown model card for ``card`` (single model or ensemble)."""
+    """Markdown model card for ``card`` (single model or ensemble): its kind, intended
+    use, input and output, training, cross-validation and held-out figures,
+    limitations and credits."""
     lines = [f"# Model card: {card.id} v{card.version}", ""]
-    if card.is_ensemble:
-        lines += ["**Kind:** ensemble of " + ", ".join(
-            f"`{m.id}` (weight {m.weight})" for m in card.members),
-            f"**Test-time augmentation:** {', '.join(card.tta)}",
-            f"**Shifted tilings:** {'yes (a second tiling offset by half a tile)' if card.shifts else 'no'}",
-            "**Fusion:** weighted mean of member probabilities over members x TTA x tilings; "
-            "each polygon carries `agreement`, the fraction of members whose own mean "
-            "probability over it reaches the threshold.", ""]
-    else:
-        cfg = card.training.config if card.training else {}
-        init = (PRETRAINED_CREDITS.get(cfg.get("pretrained"), f"the ImageNet weights of "
-                                       f"`{cfg.get('pretrained')}`")
-                if cfg.get("pretrained") else
-                "random initialisation (no model hub is reachable)")
-        lines += [f"**Architecture:** segmentation-models-pytorch `{card.architecture}` with "
-                  f"encoder `{card.encoder}` {json.dumps(card.arch_kwargs) if card.arch_kwargs else ''}, "
-                  f"{card.parameters:,} parameters; encoder initialised from {init}; "
-                  f"weights stored as fp16 safetensors (inference never needs the package); "
-                  f"ONNX (opset 17) exported from them by `python -m backend.models.export`."
-                  if card.parameters is not None
-                  else f"**Architecture:** `{card.architecture}` / `{card.encoder}`", ""]
-    lines += [
+    lines += _ensemble_kind(card) if card.is_ensemble else _architecture(card)
+    lines += _use_and_io(card)
+    lines += _training(card)
+    lines += _cross_validation(card)
+    lines += _heldout(card)
+    lines += ["## Limitations",
+              "- Trained on the pv01 train split (0.03 km²) of one region (Jiangsu, China) on "
+              "a CPU; expect lower accuracy on other roof types, seasons and sensors.",
+              "- Held-out numbers come from 12 tiles and ~30 objects: see the intervals.",
+              "- One class only (photovoltaic): the data has no solar-thermal labels.", "",
+              "## Data and licences", DATA_CREDITS + (ENCODER_CREDIT if _pretrained(card) else "")]
+    return "\n".join(lines)
+
+
+def _ensemble_kind(card: ModelCard) -> List[str]:
+    """An ensemble's members, test-time augmentation, tilings and fusion."""
+    return ["**Kind:** ensemble of " + ", ".join(
+        f"`{m.id}` (weight {m.weight})" for m in card.members),
+        f"**Test-time augmentation:** {', '.join(card.tta)}",
+        f"**Shifted tilings:** {'yes (a second tiling offset by half a tile)' if card.shifts else 'no'}",
+        "**Fusion:** weighted mean of member probabilities over members x TTA x tilings; "
+        "each polygon carries `agreement`, the fraction of members whose own mean "
+        "probability over it reaches the threshold.", ""]
+
+
+def _architecture(card: ModelCard) -> List[str]:
+    """A single model's architecture, encoder initialisation and stored weights."""
+    cfg = card.training.config if card.training else {}
+    init = (PRETRAINED_CREDITS.get(cfg.get("pretrained"), f"the ImageNet weights of "
+                                   f"`{cfg.get('pretrained')}`")
+            if cfg.get("pretrained") else
+            "random initialisation (no model hub is reachable)")
+    return [f"**Architecture:** segmentation-models-pytorch `{card.architecture}` with "
+            f"encoder `{card.encoder}` {json.dumps(card.arch_kwargs) if card.arch_kwargs else ''}, "
+            f"{card.parameters:,} parameters; encoder initialised from {init}; "
+            f"weights stored as fp16 safetensors (inference never needs the package); "
+            f"ONNX (opset 17) exported from them by `python -m backend.models.export`."
+            if card.parameters is not None
+            else f"**Architecture:** `{card.architecture}` / `{card.encoder}`", ""]
+
+
+def _use_and_io(card: ModelCard) -> List[str]:
+    """The intended use, the classes, input, GSD, tiling and post-processing."""
+    return [
         "## Intended use",
         "Rooftop solar panel segmentation in RGB orthophotos near 0.1 m GSD, returned as "
         "polygons. Not validated for satellite imagery, other GSDs far from 0.1 m, or "
@@ -127,66 +151,76 @@ def render_markdown(card: ModelCard) -> str:
            if card.training and card.training.cross_validation else
            "on the validation part of the *train* split")
         + ", never on held-out data.", ""]
+
+
+def _training(card: ModelCard) -> List[str]:
+    """How the model was trained (an ensemble: how its fusion was set), with the
+    validation figures; nothing without a training record."""
     t = card.training
-    if t and card.is_ensemble:
-        lines += ["## Fusion settings",
-                  f"- No training of its own: the members are trained separately (see their "
-                  f"cards) on one fit/validation split; the ensemble's threshold, minimum "
-                  f"area and hole size were chosen on the members' {t.val_tiles} "
-                  f"validation tiles (train split), never on held-out data.",
-                  f"- Reproduce: `python3 build.py train models/configs/{card.id}.json` "
-                  f"(after its members)", ""]
-        lines += _validation(t.postprocess_chosen_on_val)
-    elif t:
-        split_seed = t.split_seed if t.split_seed is not None else t.seed
-        lines += ["## Training", f"- Data: {t.data}",
-                  f"- Split: {t.fit_tiles} fit tiles, {t.val_tiles} validation "
-                  f"tiles (whole spatial clusters of the train split, split seed "
-                  f"{split_seed}); held-out tiles never used.",
-                  f"- {t.steps} steps of batch {t.batch_size} chips of "
-                  f"{t.chip} px, {t.train_seconds} s on {t.device} "
-                  f"({t.threads} threads), seed {t.seed}, torch {t.torch}",
-                  _augmentation(t),
-                  f"- Reproduce: `python3 build.py train models/configs/{card.id}.json`", ""]
-        lines += _validation(t.postprocess_chosen_on_val)
-    cv = t.cross_validation if t else None
-    if cv:
-        lines += ["## Cross-validation (train split)",
-                  "Three leave-cluster-out folds (whole sites validated by a model that never "
-                  "saw them; `python -m tools.cv models/configs/" + card.id + ".json`); mean "
-                  "± standard deviation over folds.", "",
-                  "| GSD | pixel IoU | object F1 |", "|---|---|---|"]
-        lines += [f"| {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
-                  f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |" for g, v in cv.items()]
-        lines.append("")
+    if not t:
+        return []
+    if card.is_ensemble:
+        return ["## Fusion settings",
+                f"- No training of its own: the members are trained separately (see their "
+                f"cards) on one fit/validation split; the ensemble's threshold, minimum "
+                f"area and hole size were chosen on the members' {t.val_tiles} "
+                f"validation tiles (train split), never on held-out data.",
+                f"- Reproduce: `python3 build.py train models/configs/{card.id}.json` "
+                f"(after its members)", ""] + _validation(t.postprocess_chosen_on_val)
+    split_seed = t.split_seed if t.split_seed is not None else t.seed
+    return ["## Training", f"- Data: {t.data}",
+            f"- Split: {t.fit_tiles} fit tiles, {t.val_tiles} validation "
+            f"tiles (whole spatial clusters of the train split, split seed "
+            f"{split_seed}); held-out tiles never used.",
+            f"- {t.steps} steps of batch {t.batch_size} chips of "
+            f"{t.chip} px, {t.train_seconds} s on {t.device} "
+            f"({t.threads} threads), seed {t.seed}, torch {t.torch}",
+            _augmentation(t),
+            f"- Reproduce: `python3 build.py train models/configs/{card.id}.json`",
+            ""] + _validation(t.postprocess_chosen_on_val)
+
+
+def _cross_validation(card: ModelCard) -> List[str]:
+    """The cross-validation table per GSD (none without one)."""
+    cv = card.training.cross_validation if card.training else None
+    if not cv:
+        return []
+    lines = ["## Cross-validation (train split)",
+             "Three leave-cluster-out folds (whole sites validated by a model that never "
+             "saw them; `python -m tools.cv models/configs/" + card.id + ".json`); mean "
+             "± standard deviation over folds.", "",
+             "| GSD | pixel IoU | object F1 |", "|---|---|---|"]
+    lines += [f"| {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
+              f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |" for g, v in cv.items()]
+    lines.append("")
+    return lines
+
+
+def _heldout(card: ModelCard) -> List[str]:
+    """The held-out metrics table with its intervals (none without them)."""
     m = card.heldout_metrics
-    if m:
-        lines += ["## Held-out metrics (pv01 held-out split: 12 tiles, 31 panel objects)",
-                  "Measured by `python3 build.py eval` through the shipped pipeline (tiling, "
-                  "stitching, post-processing, polygonization; polygons rasterized back). "
-                  "Objects: 8-connected components >= 20 px, matched at IoU >= 0.5. 90 % "
-                  "bootstrap intervals over tiles in brackets.", "",
-                  "| metric | value |", "|---|---|"]
-        for k in ("pixel_iou", "pixel_precision", "pixel_recall", "object_precision",
-                  "object_recall", "object_f1", "false_objects", "missed_objects"):
-            if k in m:
-                ci = m.get(f"{k}_90ci")
-                lines.append(f"| {k} | {_f(m[k])}{' ' + _f(ci) if ci else ''} |")
-        for c in m.get("coarser", []):
-            lines.append(f"| held-out made coarser to {c['gsd_m']:g} m: pixel IoU / object F1 "
-                         f"| {_f(c['pixel_iou'])} / {_f(c['object_f1'])} |")
-        if "vertices_per_polygon" in m:
-            lines.append(f"| vertices per polygon | {m['vertices_per_polygon']} |")
-        vi = card.vienna_false_positives
-        if vi:
-            lines.append(f"| false polygons per km² on Vienna 2023 (no panels) | "
-                         f"{vi['false_polygons_per_km2']} ({vi['false_polygons']} on "
-                         f"{vi['area_km2']} km²) |")
-        lines.append("")
-    lines += ["## Limitations",
-              "- Trained on the pv01 train split (0.03 km²) of one region (Jiangsu, China) on "
-              "a CPU; expect lower accuracy on other roof types, seasons and sensors.",
-              "- Held-out numbers come from 12 tiles and ~30 objects: see the intervals.",
-              "- One class only (photovoltaic): the data has no solar-thermal labels.", "",
-              "## Data and licences", DATA_CREDITS + (ENCODER_CREDIT if _pretrained(card) else "")]
-    return "\n".join(lines)
+    if not m:
+        return []
+    lines = ["## Held-out metrics (pv01 held-out split: 12 tiles, 31 panel objects)",
+             "Measured by `python3 build.py eval` through the shipped pipeline (tiling, "
+             "stitching, post-processing, polygonization; polygons rasterized back). "
+             "Objects: 8-connected components >= 20 px, matched at IoU >= 0.5. 90 % "
+             "bootstrap intervals over tiles in brackets.", "",
+             "| metric | value |", "|---|---|"]
+    for k in ("pixel_iou", "pixel_precision", "pixel_recall", "object_precision",
+              "object_recall", "object_f1", "false_objects", "missed_objects"):
+        if k in m:
+            ci = m.get(f"{k}_90ci")
+            lines.append(f"| {k} | {_f(m[k])}{' ' + _f(ci) if ci else ''} |")
+    for c in m.get("coarser", []):
+        lines.append(f"| held-out made coarser to {c['gsd_m']:g} m: pixel IoU / object F1 "
+                     f"| {_f(c['pixel_iou'])} / {_f(c['object_f1'])} |")
+    if "vertices_per_polygon" in m:
+        lines.append(f"| vertices per polygon | {m['vertices_per_polygon']} |")
+    vi = card.vienna_false_positives
+    if vi:
+        lines.append(f"| false polygons per km² on Vienna 2023 (no panels) | "
+                     f"{vi['false_polygons_per_km2']} ({vi['false_polygons']} on "
+                     f"{vi['area_km2']} km²) |")
+    lines.append("")
+    return lines

@@ -23,6 +23,7 @@ from qgis.core import (
 )
 
 from protocol.params import PixelSource, PixelUpload
+from protocol.window import Window
 
 from .plan import RenderPlan
 
@@ -56,12 +57,11 @@ class RenderGrid:
         """``[a, b, c, d, e, f]``: x = a*col + b*row + c, y = d*col + e*row + f."""
         return [self.pixel_size, 0.0, self.x0, 0.0, -self.pixel_size, self.y1]
 
-    def window_extent(self, row: int, col: int, rows: int, cols: int) -> QgsRectangle:
-        """The extent of a window (top-left pixel ``row``, ``col``; ``rows`` x
-        ``cols`` pixels), CRS units."""
+    def window_extent(self, window: Window) -> QgsRectangle:
+        """The extent of a window of this grid (pixels of the grid), CRS units."""
         px = self.pixel_size
-        return QgsRectangle(self.x0 + col * px, self.y1 - (row + rows) * px,
-                            self.x0 + (col + cols) * px, self.y1 - row * px)
+        return QgsRectangle(self.x0 + window.col * px, self.y1 - window.row_stop * px,
+                            self.x0 + window.col_stop * px, self.y1 - window.row * px)
 
 
 @dataclass
@@ -157,14 +157,13 @@ def render_pixels(plan: RenderPlan, gsd_m: float, max_side: int = MAX_RENDER_SID
         InterruptedError: cancelled.
     """
     grid = render_grid(plan, gsd_m, max_side)
-    arr = render_window(plan, grid, 0, 0, grid.height, grid.width, is_cancelled)
+    arr = render_window(plan, grid, Window(0, 0, grid.height, grid.width), is_cancelled)
     return RenderedPixels(array=arr, transform=grid.transform, gsd_m=grid.pixel_size,
                           capped=grid.capped)
 
 
-def render_window(plan: RenderPlan, grid: RenderGrid, row: int, col: int, rows: int,
-                  cols: int, is_cancelled: Optional[Callable[[], bool]] = None
-                  ) -> np.ndarray:
+def render_window(plan: RenderPlan, grid: RenderGrid, window: Window,
+                  is_cancelled: Optional[Callable[[], bool]] = None) -> np.ndarray:
     """Render one window of ``grid`` (any thread).
 
     A window holds the pixels of the same grid as a whole render: windows rendered
@@ -173,12 +172,11 @@ def render_window(plan: RenderPlan, grid: RenderGrid, row: int, col: int, rows: 
     Args:
         plan: from :func:`~.plan.prepare_detect`.
         grid: from :func:`render_grid`.
-        row, col: the window's top-left pixel in ``grid``.
-        rows, cols: its size, pixels.
+        window: the window, pixels of ``grid``.
         is_cancelled: polled between bands; a True answer raises ``InterruptedError``.
 
     Returns:
-        uint8 ``(3, rows, cols)`` RGB, C-contiguous.
+        uint8 ``(3, window.height, window.width)`` RGB, C-contiguous.
 
     Raises:
         RuntimeError: the provider returned no data (e.g. a web service that failed).
@@ -190,7 +188,8 @@ def render_window(plan: RenderPlan, grid: RenderGrid, row: int, col: int, rows: 
         source = QgsRasterProjector()
         source.setCrs(plan.src_crs, plan.crs, plan.context or QgsCoordinateTransformContext())
         source.setInput(plan.provider)
-    extent = grid.window_extent(row, col, rows, cols)
+    extent = grid.window_extent(window)
+    rows, cols = window.shape
     channels = []
     for band in plan.bands:
         if is_cancelled and is_cancelled():

@@ -103,8 +103,8 @@ class DetectTask(QgsTask):
         self.transfer: Optional[str] = None
         self.file_refused: Optional[str] = None
         #: side of the windows the pixels are streamed in, pixels; None: the engine's
-        #: default (``protocol.wire.DEFAULT_CHUNK_PX``).
-        self.chunk_px: Optional[int] = None
+        #: default (``protocol.framing.DEFAULT_WINDOW_PX``).
+        self.window_px: Optional[int] = None
 
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
@@ -192,11 +192,9 @@ class DetectTask(QgsTask):
                 f"{grid.height} pixels), which lowers detection quality. Zoom in for best "
                 "results.")
         self.message.emit(f"Sending the pixels ({grid.width} x {grid.height})…")
-        spec = dataclasses.replace(upload_spec(plan, grid), chunk_px=self.chunk_px)
+        spec = dataclasses.replace(upload_spec(plan, grid), window_px=self.window_px)
         source = client.upload(
-            spec,
-            lambda row, col, rows, cols: render_window(plan, grid, row, col, rows, cols,
-                                                       self.isCanceled),
+            spec, lambda window: render_window(plan, grid, window, self.isCanceled),
             on_progress=progress_callback(self, 5, 20, self._show_message),
             is_cancelled=self.isCanceled)
         self.transfer = "pixels"

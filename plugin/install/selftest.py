@@ -188,7 +188,7 @@ def _start_engine(python: str, cwd: str, port: int, log_path: Path, report: Self
     Raises:
         EngineSetupError: it does not start (the message ends with its log).
     """
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
 
     log(f"Self-test: starting the engine on 127.0.0.1:{port}…")
     t0 = time.monotonic()

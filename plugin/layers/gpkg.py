@@ -32,7 +32,7 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
 
     Args:
         result: the daemon's result, ``{"crs": WKT, "features": [feature, ...], ...}``
-            with features as in ``protocol.wire`` (``wkt`` and the fields of
+            with features as in ``docs/protocol.md`` (``wkt`` and the fields of
             ``protocol.results``).
         path: the ``.gpkg`` file to create; an existing file is replaced. The file is
             written under a temporary name in the same folder and renamed atomically

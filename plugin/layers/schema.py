@@ -63,7 +63,7 @@ def feature_attributes(feature: Dict[str, Any], detected_at: QDateTime) -> List[
     NULL.
 
     Args:
-        feature: a feature as in ``protocol.wire`` (the fields of ``protocol.results``).
+        feature: a feature as in ``docs/protocol.md`` (the fields of ``protocol.results``).
         detected_at: the detection time (see :func:`utc_datetime`).
     """
     values = []

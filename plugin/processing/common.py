@@ -76,8 +76,9 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
         return _models_cache[1]
     settings = daemon_settings()
     try:
-        from protocol.client import OrtholensClient, port_open
-        from protocol.wire import is_loopback, parse_endpoint
+        from protocol.client import OrtholensClient
+        from protocol.framing import is_loopback, parse_endpoint
+        from protocol.launcher import port_open
         try:
             host, port = parse_endpoint(settings.endpoint)
         except ValueError as exc:

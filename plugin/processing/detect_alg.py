@@ -54,7 +54,7 @@ EXECUTORS = ["local", "ray"]
 class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
     """Detect objects in a raster (or a part of it) with an Ortholens model.
 
-    The daemon runs it as a *batch job*: chunk by chunk, polygons streamed to a
+    The daemon runs it as a *batch job*: region by region, polygons streamed to a
     GeoPackage, bounded memory, resumable (``ortholens:batchjobs``). The result equals
     the dock's *Detect in extent* on the same area. The features are then copied to
     the chosen output (GeoPackage, memory layer, ...), keeping only those that meet the
@@ -62,7 +62,7 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
     """
 
     INPUT, EXTENT, COVERAGE, MODEL = "INPUT", "EXTENT", "COVERAGE", "MODEL"
-    THRESHOLD, MIN_AREA, CHUNK_PX, EXECUTOR = "THRESHOLD", "MIN_AREA", "CHUNK_PX", "EXECUTOR"
+    THRESHOLD, MIN_AREA, REGION_PX, EXECUTOR = "THRESHOLD", "MIN_AREA", "REGION_PX", "EXECUTOR"
     BANDS, STRETCH, STRETCH_MIN, STRETCH_MAX = "BANDS", "STRETCH", "STRETCH_MIN", "STRETCH_MAX"
     OUTPUT = "OUTPUT"
     #: STRETCH choices, in order: automatic (percentiles for 16-bit/float), given
@@ -80,9 +80,9 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         return ("Detects objects (rooftop solar panels with the shipped model) in a raster "
                 "file of any size, a VRT mosaic included, and writes typed polygons "
                 "(class, score, agreement, area_m2, model, model_version). The engine "
-                "processes the raster chunk by chunk with bounded memory and records "
+                "processes the raster region by region with bounded memory and records "
                 "progress, so an interrupted job can be resumed with 'List / resume batch "
-                "jobs'. Objects crossing chunk borders are kept exactly once; the polygons "
+                "jobs'. Objects crossing region borders are kept exactly once; the polygons "
                 "equal those of 'Detect in extent' on the same area.\n\n"
                 "Orthophoto: a raster file (GeoTIFF, VRT, COG, or an https:// URL read "
                 "with range requests); 8-bit RGB, or 16-bit/float stretched to 8 bits.\n"
@@ -97,8 +97,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                 "search is limited to their bounding box.\n"
                 "Probability threshold, Smallest object (m²): empty means the model "
                 "card's values, as in the Ortholens dock.\n"
-                "Chunk size (advanced): pixels at the model's resolution (default: the "
-                "engine's). Run chunks on: this computer or a Ray cluster (RAY_ADDRESS).\n\n"
+                "Region size (advanced): pixels at the model's resolution (default: the "
+                "engine's). Run regions on: this computer or a Ray cluster (RAY_ADDRESS).\n\n"
                 + model_help())
 
     def createInstance(self):  # noqa: N802
@@ -119,12 +119,12 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.MIN_AREA, "Smallest object (m²)", QgsProcessingParameterNumber.Double,
             optional=True, minValue=0.0, maxValue=1e6), "Default: the model card's."))
-        chunk = with_help(QgsProcessingParameterNumber(
-            self.CHUNK_PX, "Chunk size (pixels)", QgsProcessingParameterNumber.Integer,
+        region = with_help(QgsProcessingParameterNumber(
+            self.REGION_PX, "Region size (pixels)", QgsProcessingParameterNumber.Integer,
             optional=True, minValue=32, maxValue=16384),
             "Pixels at the model's resolution. Default: the engine's.")
         executor = with_help(QgsProcessingParameterEnum(
-            self.EXECUTOR, "Run chunks on", options=["this computer (engine)",
+            self.EXECUTOR, "Run regions on", options=["this computer (engine)",
                                                      "a Ray cluster (RAY_ADDRESS)"],
             defaultValue=0), "A Ray cluster is reached at the RAY_ADDRESS of the engine.")
         bands = with_help(QgsProcessingParameterBand(
@@ -140,7 +140,7 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         smax = with_help(QgsProcessingParameterString(
             self.STRETCH_MAX, "Stretch maximum", optional=True),
             "Per mapped band, comma-separated, e.g. 3800, 3600, 3500.")
-        for p in (chunk, executor, bands, stretch, smin, smax):
+        for p in (region, executor, bands, stretch, smin, smax):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(QgsProcessingParameterFeatureSink(
@@ -218,8 +218,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                     for key, pname in (("threshold", self.THRESHOLD),
                                        ("min_area_m2", self.MIN_AREA))
                     if parameters.get(pname) not in (None, "")}
-        chunk_px = (self.parameterAsInt(parameters, self.CHUNK_PX, context)
-                    if parameters.get(self.CHUNK_PX) not in (None, "") else None)
+        region_px = (self.parameterAsInt(parameters, self.REGION_PX, context)
+                    if parameters.get(self.REGION_PX) not in (None, "") else None)
         executor = EXECUTORS[self.parameterAsEnum(parameters, self.EXECUTOR, context)]
         bands = tuple(self.parameterAsInts(parameters, self.BANDS, context) or ()) or None
         if bands is not None and len(bands) != 3:
@@ -235,9 +235,9 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                 params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
                                                   extent_crs=extent_crs, bands=bands,
                                                   stretch=stretch, **optional),
-                                     out_path=out, chunk_px=chunk_px, executor=executor)
-                chunks = f"{chunk_px} px" if chunk_px else "the daemon's default size"
-                feedback.pushInfo(f"Batch job: {path} with {model}, chunks of {chunks}, "
+                                     out_path=out, region_px=region_px, executor=executor)
+                regions = f"{region_px} px" if region_px else "the daemon's default size"
+                feedback.pushInfo(f"Batch job: {path} with {model}, regions of {regions}, "
                                   f"on {executor}")
                 result = client.batch(params, progress_to(feedback), feedback.isCanceled)
         except JobCancelled:
@@ -247,7 +247,7 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         stats = result.get("stats") or {}
         for w in stats.get("warnings") or []:
             feedback.pushWarning(w)
-        feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('chunks')} chunks, "
+        feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('regions')} regions, "
                           f"{stats.get('seconds')} s; job {result.get('job_id')}")
         return self._copy(out, stats.get("layer") or "detections", coverage, parameters,
                           context, feedback, result.get("job_id", ""))
@@ -257,7 +257,7 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         if not src.isValid():
             raise QgsProcessingException(f"cannot open the daemon's output {path}")
         fields = QgsFields()
-        keep = [i for i, f in enumerate(src.fields()) if f.name() not in ("fid", "chunk")]
+        keep = [i for i, f in enumerate(src.fields()) if f.name() not in ("fid", "region")]
         for i in keep:
             fields.append(src.fields().at(i))
         sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields,

@@ -28,8 +28,8 @@ def job_line(j: Dict[str, Any]) -> str:
     """One line of the job table."""
     when = _dt.datetime.fromtimestamp(float(j.get("updated") or 0)).strftime("%Y-%m-%d %H:%M")
     flag = " (resumable)" if j.get("resumable") else ""
-    return (f"{j.get('job_id')}  {j.get('state')}{flag}  {j.get('chunks_done')}/"
-            f"{j.get('chunks_total')} chunks  {j.get('polygons')} polygons  {when}  "
+    return (f"{j.get('job_id')}  {j.get('state')}{flag}  {j.get('regions_done')}/"
+            f"{j.get('regions_total')} regions  {j.get('polygons')} polygons  {when}  "
             f"{j.get('source')} -> {j.get('out_path')}")
 
 

@@ -253,7 +253,7 @@ def _change_rows(change: Dict[str, Any], label: str) -> List[Tuple[str, str, str
 
 def scope_text(scope: Optional[Dict[str, Any]]) -> str:
     """``"0.27 km² around 32.5129° N, 120.4246° E (11 reviewed extents + 250 m)"`` of
-    a version's ``scope`` (the daemon's ``backend.models.scope.Scope`` JSON); ``""``
+    a version's ``scope`` (the daemon's ``backend.models.area.Area`` JSON); ``""``
     for none."""
     if not isinstance(scope, dict):
         return ""

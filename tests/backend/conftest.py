@@ -30,3 +30,11 @@ def port() -> int:
 def get_free_port():
     """The :func:`free_port` function, for tests that need several ports."""
     return free_port
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """A fresh user model folder (``ORTHOLENS_USER_MODELS``) for the test."""
+    d = tmp_path / "user-models"
+    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(d))
+    return d

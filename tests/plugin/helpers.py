@@ -86,13 +86,13 @@ def start_test_engine(log_path: Path, port: Optional[int] = None, host: str = "1
         log_path: the engine's log file.
         port: its port (default: a free one on ``host``).
         host: the loopback address it binds.
-        **options: further :func:`protocol.client.start_daemon` arguments (``env``,
+        **options: further :func:`protocol.launcher.start_daemon` arguments (``env``,
             ``token``, ``args``).
 
     Returns:
         ``(endpoint, process)``, the endpoint as ``tcp://host:port``.
     """
-    from protocol.client import start_daemon
+    from protocol.launcher import start_daemon
 
     port = port or free_port(host)
     proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), host=host, wait_s=120,

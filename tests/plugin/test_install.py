@@ -278,6 +278,8 @@ def test_plugin_loads_without_pyzmq_and_says_how_to_install_it(qgis_iface, monke
 
     monkeypatch.setitem(sys.modules, "zmq", None)
     monkeypatch.delitem(sys.modules, "protocol.client", raising=False)
+    monkeypatch.delitem(sys.modules, "protocol.connection", raising=False)
+    monkeypatch.delitem(sys.modules, "protocol.launcher", raising=False)
     bar = qgis_iface.messageBar()
     bar.clearWidgets()
     p = plugin.classFactory(qgis_iface)

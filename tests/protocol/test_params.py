@@ -43,7 +43,7 @@ def test_pixel_sources_and_wire_dicts_become_typed():
 
 def test_pixel_upload_round_trips_and_counts_its_bytes():
     spec = PixelUpload("EPSG:32651", [0.1, 0, 5, 0, -0.1, 7], width=300, height=200,
-                       count=3, dtype="uint16", chunk_px=256)
+                       count=3, dtype="uint16", window_px=256)
     header = spec.to_header(token="t")
     assert header["type"] == "upload" and header["transform"] == [0.1, 0, 5, 0, -0.1, 7]
     assert "nodata" not in header and header["token"] == "t"
@@ -72,10 +72,10 @@ def test_values_outside_the_schema_are_refused_before_sending(field, value):
 
 def test_batch_params_hold_detect_params_and_round_trip():
     params = BatchParams(detect=DetectParams(source=FILE, model="m", threshold=0.3),
-                         out_path="/tmp/out.gpkg", chunk_px=512, executor="ray")
+                         out_path="/tmp/out.gpkg", region_px=512, executor="ray")
     header = params.to_header()
     assert header["type"] == "batch" and header["threshold"] == 0.3
-    assert header["out_path"] == "/tmp/out.gpkg" and header["chunk_px"] == 512
+    assert header["out_path"] == "/tmp/out.gpkg" and header["region_px"] == 512
     assert BatchParams.from_header(header) == params
     with pytest.raises(P.ProtocolError, match="kind 'file'"):
         BatchParams(detect=DetectParams(source=PIX, model="m"),

@@ -32,9 +32,9 @@ def _tree(root: Path, files: dict) -> Path:
 
 
 CLEAN = {
-    "protocol/wire.py": "import json\nimport numpy\n",
-    "protocol/client.py": "import zmq\nfrom . import wire\n",
-    "plugin/main.py": "from qgis.core import QgsProject\nfrom protocol import wire\nfrom . import dock\n",
+    "protocol/framing.py": "import json\nimport numpy\n",
+    "protocol/client.py": "import zmq\nfrom . import framing\n",
+    "plugin/main.py": "from qgis.core import QgsProject\nfrom protocol import framing\nfrom . import dock\n",
     "plugin/dock.py": "from .main import x  # noqa\n" if False else "import os\n",
     "backend/config.py": "import os\n",
     "backend/models/__init__.py": "",

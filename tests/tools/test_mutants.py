@@ -14,11 +14,11 @@ from tools.mutants import EXPLAINED, SCOPE, Scope, explained_names, setup_cfg, v
 
 
 def test_scope_patterns_and_exclusions():
-    s = Scope("protocol/wire.py", ("*",), ("tests/protocol/test_wire.py",),
+    s = Scope("protocol/framing.py", ("*",), ("tests/protocol/test_framing.py",),
               exclude=("x_parse_endpoint",))
-    assert s.module == "protocol.wire" and s.patterns() == ["protocol.wire.*"]
-    assert s.covers("protocol.wire.x_decode__mutmut_3")
-    assert not s.covers("protocol.wire.x_parse_endpoint__mutmut_1")
+    assert s.module == "protocol.framing" and s.patterns() == ["protocol.framing.*"]
+    assert s.covers("protocol.framing.x_decode__mutmut_3")
+    assert not s.covers("protocol.framing.x_parse_endpoint__mutmut_1")
     assert not s.covers("protocol.metrics.x_compare__mutmut_1")
     r = Scope("backend/inference/raster.py", ("x_plan_grid",), ())
     assert r.patterns() == ["backend.inference.raster.x_plan_grid__mutmut_*"]

@@ -1,13 +1,13 @@
-"""A batch job's chunks on a Ray cluster: one actor per worker, each holding an engine.
+"""A batch job's regions on a Ray cluster: one actor per worker, each holding a predictor.
 
 :func:`ray_results` is the ``"ray"`` executor of ``backend.daemon.batch_runner.run_batch``
 (the ``"local"`` one is ``backend.inference.batch.regions.local_results``): the driver
 (the daemon, or any process calling ``run_batch``) plans the job, keeps the job store
 and writes the GeoPackage exactly as in a local run; only
 :meth:`backend.inference.batch.regions.RegionWorker.process` runs remotely, in
-:class:`RegionActor` actors (model loaded once per actor, tile cache per actor). Chunks
+:class:`RegionActor` actors (model loaded once per actor, tile cache per actor). Regions
 are handed out by Ray's own ``ray.util.ActorPool`` (``map_unordered``), no scheduler of
-ours. Results come back in any order; the exactly-once rule does not care (each chunk
+ours. Results come back in any order; the exactly-once rule does not care (each region
 keeps only the objects whose first pixel it owns), so the polygons are the same as on
 one machine, and a killed driver resumes like a local job.
 
@@ -43,12 +43,12 @@ _PASS_ENV = ("ORTHOLENS_MODELS", "ORTHOLENS_DATA", "ORTHOLENS_TILE_CACHE_MB",
 
 
 class RegionActor:
-    """Holds one :class:`~backend.inference.batch.regions.RegionWorker` (engine, reader,
+    """Holds one :class:`~backend.inference.batch.regions.RegionWorker` (predictor, reader,
     tile cache).
 
     Args:
         params: the job's parameters.
-        plan: the job's plan (``chunks.make_plan``).
+        plan: the job's plan (``regions.make_plan``).
         threads: inference threads of this actor (and ``OMP_NUM_THREADS``).
 
     Raises:
@@ -57,18 +57,18 @@ class RegionActor:
 
     def __init__(self, params: BatchParams, plan: Dict[str, Any], threads: int = 1):
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        engine = None
+        predictor = None
         from backend.inference.pipeline import model_errors
-        from backend.inference.engines import OnnxEngine, cuda_available
+        from backend.inference.predictors import OnnxPredictor, cuda_available
         from backend.models.catalog import load_card
         with model_errors():
             card = load_card(params.detect.model)
             if not card.is_ensemble and not cuda_available() and card.onnx_path.is_file():
-                engine = OnnxEngine(card, threads=threads)  # not all cores per actor
-        self.worker = RegionWorker(params, plan, engine)
+                predictor = OnnxPredictor(card, threads=threads)  # not all cores per actor
+        self.worker = RegionWorker(params, plan, predictor)
 
     def process(self, idx: int) -> Dict[str, Any]:
-        """Chunk ``idx``'s :class:`RegionResult` as plain data."""
+        """Region ``idx``'s :class:`RegionResult` as plain data."""
         return self.worker.process(idx).to_dict()
 
     def ping(self) -> str:
@@ -143,11 +143,11 @@ def ray_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int
                 cancelled: Optional[Callable[[], bool]] = None,
                 address: Optional[str] = None, num_workers: Optional[int] = None,
                 cpus_per_worker: Optional[int] = None) -> Iterator[RegionResult]:
-    """Chunk results of ``pending`` computed by Ray actors, in completion order.
+    """Region results of ``pending`` computed by Ray actors, in completion order.
 
     Raises:
-        JobError: a chunk failed with an input or model error (as locally).
-        JobCancelled: ``cancelled()`` turned true (checked between chunks).
+        JobError: a region failed with an input or model error (as locally).
+        JobCancelled: ``cancelled()`` turned true (checked between regions).
     """
     import ray
     from ray.util import ActorPool
@@ -164,7 +164,7 @@ def ray_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int
         n = max(1, min(n, len(pending)))
         remote = ray.remote(num_cpus=cpw)(RegionActor)
         actors = [remote.remote(params, plan, cpw) for _ in range(n)]
-        log.info("batch on Ray: %d actor(s) x %d CPU for %d chunk(s)", n, cpw, len(pending))
+        log.info("batch on Ray: %d actor(s) x %d CPU for %d region(s)", n, cpw, len(pending))
         pool = ActorPool(actors)
         for out in pool.map_unordered(lambda a, i: a.process.remote(i), pending):
             if cancelled and cancelled():

@@ -1,9 +1,9 @@
-"""The output of a batch job: one GeoPackage layer that chunk results are appended to.
+"""The output of a batch job: one GeoPackage layer that region results are appended to.
 
 Columns: the geometry (MultiPolygon, the raster's CRS), the result attributes of
 ``protocol.results.RESULT_FIELDS`` (the schema the plugin's result layers use too), and
-a private ``chunk`` column: the index of the chunk that wrote the row, so that a resumed
-job can delete the rows of chunks the job store never recorded as finished
+a private ``region`` column: the index of the region that wrote the row, so that a resumed
+job can delete the rows of regions the job store never recorded as finished
 (``backend.daemon.batch_runner.reconcile_output``).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from backend.inference.batch.regions import RegionResult
 from protocol.results import RESULT_FIELDS
 
-# pyogrio logs "Created N records" at INFO for every chunk appended
+# pyogrio logs "Created N records" at INFO for every region appended
 logging.getLogger("pyogrio._io").setLevel(logging.WARNING)
 
 #: Layer name when a job does not choose one.
@@ -31,7 +31,7 @@ _DTYPES = {"str": object, "int": np.int32, "float": np.float64}
 
 #: ``(name, numpy dtype)`` of the layer's attribute columns, after the geometry.
 COLUMNS: Tuple[Tuple[str, Any], ...] = tuple(
-    (name, _DTYPES[kind]) for name, kind in RESULT_FIELDS) + (("chunk", np.int32),)
+    (name, _DTYPES[kind]) for name, kind in RESULT_FIELDS) + (("region", np.int32),)
 
 #: Values of attributes a feature may leave out (a single model's polygons have no
 #: ensemble vote to report, hence full agreement).
@@ -43,7 +43,7 @@ def _quote(name: str) -> str:
 
 
 class GpkgWriter:
-    """Appends chunk results to one GeoPackage layer (MultiPolygon, pyogrio).
+    """Appends region results to one GeoPackage layer (MultiPolygon, pyogrio).
 
     Args:
         path: the ``.gpkg`` file.
@@ -75,12 +75,12 @@ class GpkgWriter:
         self._write([], append=False)
 
     def append(self, result: RegionResult) -> int:
-        """Append a chunk's polygons (one transaction); returns how many."""
+        """Append a region's polygons (one transaction); returns how many."""
         if result.features:
-            self._write(result.features, append=True, chunk=result.index)
+            self._write(result.features, append=True, region=result.index)
         return len(result.features)
 
-    def _write(self, feats: Sequence[Dict[str, Any]], append: bool, chunk: int = -1) -> None:
+    def _write(self, feats: Sequence[Dict[str, Any]], append: bool, region: int = -1) -> None:
         import shapely
         from pyogrio.raw import write
 
@@ -94,8 +94,8 @@ class GpkgWriter:
         def value(f: Dict[str, Any], name: str) -> Any:
             if name == "detected_at":
                 return self.detected_at
-            if name == "chunk":
-                return chunk
+            if name == "region":
+                return region
             return f[name] if name in f else _FEATURE_DEFAULTS[name]
 
         data = [np.array([value(f, name) for f in feats], dtype=dt) for name, dt in COLUMNS]
@@ -105,26 +105,26 @@ class GpkgWriter:
               crs=self.crs_wkt, append=append,
               dataset_options=None if append else {"VERSION": "1.2"})
 
-    def chunk_counts(self) -> Dict[int, int]:
-        """``{chunk: rows}`` present in the layer."""
+    def region_counts(self) -> Dict[int, int]:
+        """``{region: rows}`` present in the layer."""
         db = sqlite3.connect(self.path, timeout=30.0)
         try:
             return {int(c): int(n) for c, n in db.execute(
-                f"SELECT chunk, COUNT(*) FROM {_quote(self.layer)} GROUP BY chunk")}
+                f"SELECT region, COUNT(*) FROM {_quote(self.layer)} GROUP BY region")}
         finally:
             db.close()
 
-    def delete_chunks(self, chunks: Iterable[int]) -> int:
-        """Delete the rows of these chunks (one transaction); returns rows deleted."""
-        chunks = sorted(set(int(c) for c in chunks))
-        if not chunks:
+    def delete_regions(self, regions: Iterable[int]) -> int:
+        """Delete the rows of these regions (one transaction); returns rows deleted."""
+        regions = sorted(set(int(c) for c in regions))
+        if not regions:
             return 0
         db = sqlite3.connect(self.path, timeout=30.0)
         try:
             with db:
                 n = 0
-                for c in chunks:
-                    n += db.execute(f"DELETE FROM {_quote(self.layer)} WHERE chunk = ?",
+                for c in regions:
+                    n += db.execute(f"DELETE FROM {_quote(self.layer)} WHERE region = ?",
                                     (c,)).rowcount
             return n
         finally:
@@ -132,7 +132,7 @@ class GpkgWriter:
 
     def count(self) -> int:
         """Rows in the layer."""
-        return sum(self.chunk_counts().values())
+        return sum(self.region_counts().values())
 
 
 __all__ = ["GpkgWriter", "COLUMNS", "DEFAULT_LAYER"]

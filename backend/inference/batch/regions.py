@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from affine import Affine
 
-from backend.inference.engines import Engine, get_engine
+from backend.inference.predictors import Predictor, get_predictor
 from backend.inference.grid import Grid, plan_grid
 from backend.inference.objects import features
 from backend.inference.pipeline import (DEFAULT_GDAL_CACHE_MB, DEFAULT_TILE_CACHE_MB,
@@ -173,7 +173,7 @@ def _cache_mb(plan: Dict[str, Any], detector: RegionDetector) -> float:
     side = int(plan["region_px"]) + 2 * int(plan["halo_px"])
     per_rows = min(len(rows), (side + t.height) // max(1, t.height - t.overlap) + 2)
     per_cols = min(len(cols), (side + t.width) // max(1, t.width - t.overlap) + 2)
-    tile_mb = (detector.engine.channels * 4 + 1) * t.height * t.width / float(1 << 20)
+    tile_mb = (detector.predictor.channels * 4 + 1) * t.height * t.width / float(1 << 20)
     two_windows_mb = 2 * per_rows * per_cols * tile_mb * (2 if t.shifted else 1)
     return min(float(plan.get("tile_cache_mb", DEFAULT_TILE_CACHE_MB)), two_windows_mb)
 
@@ -186,18 +186,18 @@ class RegionWorker:
     Args:
         params: the job's parameters.
         plan: from :func:`make_plan`.
-        engine: a predictor (default: ``get_engine`` for the job's model).
+        predictor: a predictor (default: ``get_predictor`` for the job's model).
 
     Raises:
         JobError: unknown or corrupt model, unreadable raster.
     """
 
     def __init__(self, params: BatchParams, plan: Dict[str, Any],
-                 engine: Optional[Engine] = None):
+                 predictor: Optional[Predictor] = None):
         self.params, self.plan = params, plan
         with model_errors():
             self.card = load_card(params.detect.model)
-            engine = engine or get_engine(self.card)
+            predictor = predictor or get_predictor(self.card)
         opts = dataclasses.replace(
             Options.resolve(self.card, params), region_px=int(plan["region_px"]),
             halo_px=int(plan["halo_px"]),
@@ -217,7 +217,7 @@ class RegionWorker:
         except BaseException:
             self._stack.close()
             raise
-        self.detector = RegionDetector(self.card, engine, self.reader, self.grid, opts,
+        self.detector = RegionDetector(self.card, predictor, self.reader, self.grid, opts,
                                        warnings=self.warnings)
         self.detector.cache.max_bytes = int(_cache_mb(plan, self.detector)
                                             * (1 << 20))
@@ -250,7 +250,7 @@ class RegionWorker:
         out = self.detector.detect(self.regions.core(idx), cancelled=cancelled)
         if out.truncated:
             max_halo = self.detector.opts.max_halo_px
-            self.warnings.append(f"chunk {idx}: {out.truncated} object(s) larger than the "
+            self.warnings.append(f"region {idx}: {out.truncated} object(s) larger than the "
                                  f"largest halo ({max_halo} px) were cut at its edge")
         res = RegionResult(idx, features(out.detections, self.card, self.grid),
                            out.tiles_run, out.tiles_cached, out.halo_px, out.truncated,
@@ -260,21 +260,21 @@ class RegionWorker:
         if lost:
             res.unreadable = ", ".join(sorted(lost))
             res.warnings.append(
-                f"chunk {idx}: {sum(lost.values())} pixel(s) of its tiles could not be read "
+                f"region {idx}: {sum(lost.values())} pixel(s) of its tiles could not be read "
                 f"from {res.unreadable} (damaged or truncated) and count as no-data")
         return res
 
 
 def local_results(params: BatchParams, plan: Dict[str, Any], pending: Sequence[int],
                   cancelled: Optional[Callable[[], bool]] = None,
-                  engine: Optional[Engine] = None) -> Iterator[RegionResult]:
+                  predictor: Optional[Predictor] = None) -> Iterator[RegionResult]:
     """The ``local`` executor: region results computed in this process, in region order.
 
     Raises:
         JobError: as :class:`RegionWorker`.
         JobCancelled: ``cancelled()`` turned true (checked between regions and batches).
     """
-    with RegionWorker(params, plan, engine) as worker:
+    with RegionWorker(params, plan, predictor) as worker:
         for idx in pending:
             if cancelled and cancelled():
                 raise JobCancelled()

@@ -10,7 +10,7 @@ H and W multiples of 32 (dynamic), and returns ``logits`` float32
 input: the largest absolute logit difference to PyTorch must stay below 1e-3.
 
 Needs only the card and the torch constructors, so that the version store
-(:mod:`backend.models.versions`) can export the versions it writes.
+(:mod:`backend.models.version_writer`) can export the versions it writes.
 """
 
 from __future__ import annotations

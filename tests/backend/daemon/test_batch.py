@@ -1,7 +1,7 @@
-"""Streaming batch jobs: chunked == in-extent, exactly once across a daemon SIGKILL.
+"""Streaming batch jobs: region-by-region == in-extent, exactly once across a daemon SIGKILL.
 
 Real data (``ORTHOLENS_DATA``): a VRT mosaic of four pv01 held-out tiles and a part of
-the Vienna scene. Small extents and tiny chunks keep the runs to seconds.
+the Vienna scene. Small extents and tiny regions keep the runs to seconds.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def polygon_set(features):
 
 
 def gpkg_set(path, layer="detections"):
-    """The same tuples read back from a batch GeoPackage, plus the chunk column."""
+    """The same tuples read back from a batch GeoPackage, plus the region column."""
     import shapely
     from pyogrio.raw import read
     meta, _, geoms, fields = read(str(path), layer=layer)[:4]
@@ -53,7 +53,7 @@ def gpkg_set(path, layer="detections"):
         poly = mp.geoms[0] if len(mp.geoms) == 1 else mp
         out.append((str(col["class"][i]), poly.wkb, float(col["score"][i]),
                     float(col["area_m2"][i])))
-    return sorted(out), [int(c) for c in col["chunk"]]
+    return sorted(out), [int(c) for c in col["region"]]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def pv01_vrt(tmp_path_factory):
 
 
 @needs_model
-def test_chunked_equals_in_extent_on_vrt_mosaic(pv01_vrt, tmp_path):
+def test_regions_equal_in_extent_on_vrt_mosaic(pv01_vrt, tmp_path):
     from backend.daemon.batch_runner import run_batch, submit
     from backend.daemon.jobstore import JobStore
     from backend.inference.detect import run_detect
@@ -77,15 +77,15 @@ def test_chunked_equals_in_extent_on_vrt_mosaic(pv01_vrt, tmp_path):
     ref = run_detect(dict(req), [])
     assert len(ref["features"]) >= 10  # the block has panels on several roofs
     store = JobStore(tmp_path / "jobs")
-    # tiny chunks and halo: many objects cross chunk borders, several need a larger halo
+    # tiny regions and halo: many objects cross region borders, several need a larger halo
     job = submit(store, BatchParams(DetectParams(FileSource(str(pv01_vrt)), MODEL),
-                                    out_path=str(tmp_path / "out.gpkg"), chunk_px=100,
+                                    out_path=str(tmp_path / "out.gpkg"), region_px=100,
                                     halo_px=16))
     out = run_batch(store, job)
     stats = out["stats"]
-    assert stats["chunks"] == 45 and stats["chunks_halo_grown"] > 0
+    assert stats["regions"] == 45 and stats["regions_halo_grown"] > 0
     assert stats["objects_cut"] == 0
-    got, chunks = gpkg_set(tmp_path / "out.gpkg")
+    got, regions = gpkg_set(tmp_path / "out.gpkg")
     assert got == polygon_set(ref["features"])  # same WKT, score and area: exactly
     assert stats["count"] == len(got)
     assert store.get(job)["state"] == "done"
@@ -125,15 +125,15 @@ def test_mosaic_with_a_damaged_tile_reports_it_and_finishes_the_rest(pv01_vrt, t
         store = JobStore(tmp_path / f"jobs-{name}")
         job = submit(store, BatchParams(DetectParams(FileSource(str(vrt)), MODEL),
                                         out_path=str(tmp_path / f"{name}.gpkg"),
-                                        chunk_px=100, halo_px=16))
+                                        region_px=100, halo_px=16))
         outs[name] = (run_batch(store, job)["stats"], store.get(job))
     stats, job = outs["damaged"]
     name = f"{PV01_BLOCK[-1]}.tif"
     assert job["state"] == "done" and name in job["message"], job["message"]
-    assert list(stats["damaged_files"]) == [name] and stats["chunks_unreadable"] >= 1
+    assert list(stats["damaged_files"]) == [name] and stats["regions_unreadable"] >= 1
     assert any(name in w and "no-data" in w for w in stats["warnings"])
-    got, _ = _rows_with_chunks(tmp_path / "damaged.gpkg")
-    ref, _ = _rows_with_chunks(tmp_path / "intact.gpkg")
+    got, _ = _rows_with_regions(tmp_path / "damaged.gpkg")
+    ref, _ = _rows_with_regions(tmp_path / "intact.gpkg")
 
     def away(rows):  # panels beyond the model's context (a 512 px tile) of the bad tile
         return [r for r in rows if shapely.from_wkb(r[1]).distance(bad) >= 10.0]
@@ -148,8 +148,8 @@ def test_mosaic_with_a_damaged_tile_reports_it_and_finishes_the_rest(pv01_vrt, t
         assert abs(match[2] - r[2]) < 0.02
 
 
-def _rows_with_chunks(path, layer="detections"):
-    """``(rows, chunks)`` of a batch GeoPackage in file order (see :func:`gpkg_set`)."""
+def _rows_with_regions(path, layer="detections"):
+    """``(rows, regions)`` of a batch GeoPackage in file order (see :func:`gpkg_set`)."""
     import shapely
     from pyogrio.raw import read
     meta, _, geoms, fields = read(str(path), layer=layer)[:4]
@@ -160,11 +160,11 @@ def _rows_with_chunks(path, layer="detections"):
         poly = mp.geoms[0] if len(mp.geoms) == 1 else mp
         rows.append((str(col["class"][i]), poly.wkb, float(col["score"][i]),
                      float(col["area_m2"][i])))
-    return rows, [int(c) for c in col["chunk"]]
+    return rows, [int(c) for c in col["region"]]
 
 
-def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
-    """A crash after a chunk's rows were written but before the store recorded it."""
+def test_reconcile_drops_rows_of_unrecorded_regions(tmp_path):
+    """A crash after a region's rows were written but before the store recorded it."""
     from backend.daemon.batch_runner import reconcile_output
     from backend.daemon.jobstore import JobStore
     from backend.inference.batch.regions import RegionResult
@@ -180,10 +180,10 @@ def test_reconcile_drops_rows_of_unrecorded_chunks(tmp_path):
     w.append(RegionResult(0, [feat, feat]))
     store.mark_done("j1", 0, 2)
     w.append(RegionResult(1, [feat]))          # written, then "killed": not recorded
-    assert w.chunk_counts() == {0: 2, 1: 1}
+    assert w.region_counts() == {0: 2, 1: 1}
     assert reconcile_output(w, store, "j1") == {0: 2}
-    assert w.chunk_counts() == {0: 2}
-    store.mark_done("j1", 1, 0)               # a chunk recorded with rows missing
+    assert w.region_counts() == {0: 2}
+    store.mark_done("j1", 1, 0)               # a region recorded with rows missing
     store.mark_done("j1", 2, 3)
     assert reconcile_output(w, store, "j1") == {0: 2, 1: 0}
 
@@ -220,18 +220,18 @@ def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tm
     log = tmp_path / "daemon.log"
     source = {"kind": "file", "path": str(VIENNA)}
     params = BatchParams(DetectParams(source, MODEL, extent=VIENNA_EXTENT, threshold=0.3),
-                         out_path=str(out), chunk_px=160, halo_px=64)  # 8 x 8 chunks
+                         out_path=str(out), region_px=160, halo_px=64)  # 8 x 8 regions
     port = free_port()
     proc, client = _start_daemon(port, jobs_dir, log)
     try:
         acc = client.submit_batch(params)
         job_id = acc["job_id"]
         deadline = time.monotonic() + 120
-        while True:  # kill once some, not all, chunks are recorded
+        while True:  # kill once some, not all, regions are recorded
             job = client.jobs(job_id)[0]
-            if job["chunks_done"] >= 0.3 * max(job["chunks_total"], 1) > 0:
+            if job["regions_done"] >= 0.3 * max(job["regions_total"], 1) > 0:
                 # freeze it at once (a status round trip is far shorter than a
-                # chunk), then kill: no chunk can complete in between
+                # region), then kill: no region can complete in between
                 os.killpg(proc.pid, signal.SIGSTOP)
                 break
             assert job["state"] not in ("done", "error"), job
@@ -243,19 +243,19 @@ def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tm
         client.close()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert job["chunks_done"] < job["chunks_total"] == 64
+    assert job["regions_done"] < job["regions_total"] == 64
 
     proc, client = _start_daemon(free_port(), jobs_dir, log)
     try:
         listed = client.jobs()
         mine = [j for j in listed if j["job_id"] == job_id]
         assert mine and mine[0]["state"] == "interrupted" and mine[0]["resumable"]
-        assert mine[0]["chunks_done"] >= job["chunks_done"]
+        assert mine[0]["regions_done"] >= job["regions_done"]
         seen = []
         result = client.resume(job_id, on_progress=lambda f, m: seen.append(f),
                                job_timeout_s=300)
         stats = result["stats"]
-        assert stats["chunks_resumed"] >= job["chunks_done"] and stats["chunks"] == 64
+        assert stats["regions_resumed"] >= job["regions_done"] and stats["regions"] == 64
         assert client.jobs(job_id)[0]["state"] == "done"
         # resuming a finished job is refused, clearly
         from protocol.errors import DaemonError
@@ -270,13 +270,13 @@ def test_sigkill_mid_job_then_resume_gives_exactly_the_uninterrupted_polygons(tm
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
-    got, chunks = gpkg_set(out)
+    got, regions = gpkg_set(out)
     # the uninterrupted run: one in-extent detection of the same area
     ref = run_detect({"source": source, "model": MODEL, "extent": VIENNA_EXTENT,
                       "threshold": 0.3}, [])
     assert len(ref["features"]) > 0
     assert got == polygon_set(ref["features"])  # none lost, none twice, all identical
-    assert stats["count"] == len(got) == len(chunks)
+    assert stats["count"] == len(got) == len(regions)
 
 
 # ------------------------------------------------------------------ requests
@@ -297,7 +297,7 @@ def test_batch_requests_are_checked_before_a_job_exists(tmp_path):
                   out_path=str(tmp_path / "o.shp"))
     with pytest.raises(P.ProtocolError):
         P.request("batch", source={"kind": "file", "path": "/x.tif"}, model=MODEL,
-                  out_path=str(tmp_path / "o.gpkg"), chunk_px=8)
+                  out_path=str(tmp_path / "o.gpkg"), region_px=8)
     server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), detect_fn=lambda *a: {})
     server.start_in_thread()
     try:
@@ -363,7 +363,7 @@ def test_resume_jobs_at_start_picks_up_interrupted_jobs(tmp_path):
 
 @needs_model
 def test_resume_jobs_at_start_finishes_a_half_done_job(pv01_vrt, tmp_path):
-    """``--resume-jobs`` takes a job a killed daemon left half done (some chunks in
+    """``--resume-jobs`` takes a job a killed daemon left half done (some regions in
     the GeoPackage, state 'running') to completion, with exactly the polygons of a run
     that was never interrupted."""
     from backend.daemon.batch_runner import run_batch, submit
@@ -374,16 +374,16 @@ def test_resume_jobs_at_start_finishes_a_half_done_job(pv01_vrt, tmp_path):
     store = JobStore(tmp_path / "jobs")
     detect = DetectParams({"kind": "file", "path": str(pv01_vrt)}, MODEL)
     whole = submit(store, BatchParams(detect, out_path=str(tmp_path / "whole.gpkg"),
-                                      chunk_px=100, halo_px=16))
+                                      region_px=100, halo_px=16))
     run_batch(store, whole)
     job = submit(store, BatchParams(detect, out_path=str(tmp_path / "half.gpkg"),
-                                    chunk_px=100, halo_px=16))
+                                    region_px=100, halo_px=16))
     seen = []
-    with pytest.raises(JobCancelled):  # stop after 10 chunks, as a kill would
+    with pytest.raises(JobCancelled):  # stop after 10 regions, as a kill would
         run_batch(store, job, progress=lambda f, m: seen.append(f),
                   cancelled=lambda: len(seen) >= 10)
     half = store.get(job)
-    assert 0 < half["chunks_done"] < half["n_chunks"]
+    assert 0 < half["regions_done"] < half["n_regions"]
     store.set_state(job, "running", "killed")  # what a SIGKILL leaves behind
     server = Server(port=0, jobs_dir=str(tmp_path / "jobs"), resume_jobs=True)
     server.start_in_thread()
@@ -396,7 +396,7 @@ def test_resume_jobs_at_start_finishes_a_half_done_job(pv01_vrt, tmp_path):
         server.stop()
     done = store.get(job)
     assert done["state"] == "done", done
-    assert done["chunks_done"] == done["n_chunks"] == half["n_chunks"]
+    assert done["regions_done"] == done["n_regions"] == half["n_regions"]
     got, _ = gpkg_set(tmp_path / "half.gpkg")
     want, _ = gpkg_set(tmp_path / "whole.gpkg")
     assert got == want and len(want) >= 10

@@ -1,5 +1,5 @@
-"""The real daemon process (``python -m backend``): CLI, hostile input, start helpers, and
-an end-to-end detection with the trained model."""
+"""The real daemon process (``python -m backend``): CLI, hostile input and an end-to-end
+detection with the trained model (starting it: tests/protocol/test_launcher.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import pytest
 import zmq
 
 import protocol as P
-from protocol.client import OrtholensClient, ensure_daemon, start_daemon
-from protocol.errors import DaemonUnavailable
+from protocol.client import OrtholensClient
 from protocol.params import DetectParams
 
 REPO = Path(__file__).resolve().parents[3]
@@ -140,39 +139,6 @@ def test_cli_refuses_public_bind_without_token(monkeypatch):
                        env={k: v for k, v in os.environ.items() if k != "ORTHOLENS_TOKEN"})
     assert r.returncode == 2 and r.stdout == ""
     assert "token" in r.stderr
-
-
-def test_start_daemon_ensure_daemon_and_sigterm(tmp_path, get_free_port):
-    port = get_free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    log = tmp_path / "d.log"
-    proc = start_daemon(sys.executable, port, str(REPO), wait_s=60, log_path=str(log),
-                        token="tok")
-    try:
-        assert proc.poll() is None
-        with ensure_daemon(endpoint, sys.executable, str(REPO), token="tok") as c:
-            assert c.process is None  # it was already running: nothing started
-            assert c.ping()["type"] == "pong"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        text = log.read_text()
-        assert LISTENING.format(port) in text and "Traceback" not in text
-        # nothing answers now: ensure_daemon starts a fresh one
-        with ensure_daemon(endpoint, sys.executable, str(REPO), token="tok",
-                           timeout_s=5) as c:
-            assert c.process is not None and c.process.poll() is None
-            assert c.ping()["type"] == "pong"
-            c.process.send_signal(signal.SIGTERM)
-            assert c.process.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def test_start_daemon_reports_a_dying_daemon(tmp_path, get_free_port):
-    with pytest.raises(DaemonUnavailable, match="No module named backend"):
-        start_daemon(sys.executable, get_free_port(), str(tmp_path), wait_s=30,
-                     log_path=str(tmp_path / "d.log"))
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.client import OrtholensClient, start_daemon
+from protocol.client import OrtholensClient
+from protocol.launcher import start_daemon
 from protocol.errors import DaemonError
 from protocol.params import DetectParams, RetrainParams
 
@@ -123,6 +124,6 @@ def test_missing_onnx_is_exported_when_the_daemon_starts(tmp_path, port):
         with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=10) as c:
             res = c.detect(DetectParams(source={"kind": "file", "path": str(tile)},
                                         model=MODEL), job_timeout_s=300)
-        assert res["stats"]["engine"] == "onnxruntime" and res["features"]
+        assert res["stats"]["runtime"] == "onnxruntime" and res["features"]
     finally:
         _stop(proc)

@@ -1,6 +1,6 @@
 """The batch path on a local Ray cluster gives the same polygons as on one machine.
 
-Two actors (``ray.init(num_cpus=2)``) process the 45 tiny chunks of a VRT mosaic of four
+Two actors (``ray.init(num_cpus=2)``) process the 45 tiny regions of a VRT mosaic of four
 real pv01 held-out tiles, in whatever order Ray hands them out.
 """
 
@@ -33,17 +33,17 @@ def test_ray_executor_equals_single_machine(pv01_vrt, tmp_path, local_ray):  # n
     detect = DetectParams(req["source"], MODEL)
     store = JobStore(tmp_path / "jobs")
     local = submit(store, BatchParams(detect, out_path=str(tmp_path / "local.gpkg"),
-                                      chunk_px=100, halo_px=16))
+                                      region_px=100, halo_px=16))
     remote = submit(store, BatchParams(detect, out_path=str(tmp_path / "ray.gpkg"),
-                                       chunk_px=100, halo_px=16, executor="ray"))
+                                       region_px=100, halo_px=16, executor="ray"))
     out = run_batch(store, remote)
-    assert out["stats"]["executor"] == "ray" and out["stats"]["chunks"] == 45
+    assert out["stats"]["executor"] == "ray" and out["stats"]["regions"] == 45
     assert len(ray.nodes()) >= 1 and ray.cluster_resources().get("CPU") == 2
     run_batch(store, local)
-    got_ray, chunks_ray = gpkg_set(tmp_path / "ray.gpkg")
-    got_local, chunks_local = gpkg_set(tmp_path / "local.gpkg")
+    got_ray, regions_ray = gpkg_set(tmp_path / "ray.gpkg")
+    got_local, regions_local = gpkg_set(tmp_path / "local.gpkg")
     assert got_ray == got_local and len(got_ray) >= 10
-    assert sorted(chunks_ray) == sorted(chunks_local)  # same owners
+    assert sorted(regions_ray) == sorted(regions_local)  # same owners
     ref = run_detect({"source": req["source"], "model": MODEL}, [])
     assert got_ray == polygon_set(ref["features"])
 
@@ -159,7 +159,7 @@ _BATCH = ("import sys\n"
           "vrt, out, jobs, model = sys.argv[1:5]\n"
           "store = JobStore(jobs)\n"
           "job = submit(store, BatchParams(DetectParams({'kind': 'file', 'path': vrt}, model),\n"
-          "             out_path=out, chunk_px=100, halo_px=16, executor='ray'))\n"
+          "             out_path=out, region_px=100, halo_px=16, executor='ray'))\n"
           "try:\n"
           "    print('EXECUTOR', run_batch(store, job)['stats']['executor'])\n"
           "except JobError as e:\n"

@@ -20,7 +20,8 @@ import zmq
 
 from backend.config import data_dir
 import protocol as P
-from protocol.client import OrtholensClient, start_daemon
+from protocol.client import OrtholensClient
+from protocol.launcher import start_daemon
 from protocol.errors import DaemonUnavailable
 from protocol.params import DetectParams
 from test_server import FILE, job_state, raw_dealer, recv, running, send_detect, wait_for

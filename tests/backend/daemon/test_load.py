@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tools.loadtest import run_load, summary, write_json
-from protocol.client import start_daemon
+from protocol.launcher import start_daemon
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 import protocol as P
-from protocol.client import is_loopback
+from protocol.framing import is_loopback
 from backend.daemon.server import Server
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled, JobError
@@ -533,7 +533,7 @@ def test_models_mark_one_default_per_device(monkeypatch):
 
 _FROZEN_CLIENT = """
 import sys, zmq
-import protocol.wire as P
+import protocol as P
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.connect(sys.argv[1])

@@ -1,4 +1,4 @@
-"""Pixel uploads: an image streamed window by window (``upload`` / ``chunk``), then
+"""Pixel uploads: an image streamed window by window (``upload`` / ``window``), then
 detected as an ``upload`` source; its limits, errors and clean-up; and the real
 detection of an uploaded tile equal to the detection of the file."""
 
@@ -15,10 +15,11 @@ import zmq
 
 import protocol as P
 from backend.daemon.server import Server
-from backend.daemon.uploads import UploadStore, chunk_side
+from backend.daemon.uploads import UploadStore, window_side
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError, JobCancelled
 from protocol.params import DetectParams, FileSource, PixelUpload, UploadSource
+from protocol.window import Window
 
 CRS = "EPSG:32651"
 TRANSFORM = (0.1, 0.0, 254315.0, 0.0, -0.1, 3601415.0)
@@ -64,25 +65,17 @@ def spec(img, **kw):
 
 
 def windows_of(img, log=None):
-    def read(row, col, rows, cols):
+    def read(window):
         if log is not None:
-            log.append((row, col, rows, cols))
-        return img[:, row:row + rows, col:col + cols]
+            log.append(window)
+        return img[(slice(None),) + window.slices()]
     return read
 
 
-def test_chunk_windows_cover_the_image_once():
-    for w, h, side in [(200, 150, 64), (64, 64, 64), (1, 1, 64), (1025, 3, 1024)]:
-        seen = np.zeros((h, w), int)
-        for r, c, rows, cols in P.chunk_windows(w, h, side):
-            assert r % side == 0 and c % side == 0 and rows <= side and cols <= side
-            assert P.chunk_shape(w, h, side, r, c) == (rows, cols)
-            seen[r:r + rows, c:c + cols] += 1
-        assert (seen == 1).all()
-    assert P.chunk_shape(200, 150, 64, 0, 10) is None      # not on the grid
-    assert P.chunk_shape(200, 150, 64, 192, 0) is None     # below the image
-    assert chunk_side(None, 3, "uint8") == P.DEFAULT_CHUNK_PX
-    assert chunk_side(4096, 16, "float32") == 2048         # a window fits in a frame
+def test_the_window_side_fits_a_frame():
+    """(How the windows cover the image: tests/protocol/test_window.py.)"""
+    assert window_side(None, 3, "uint8") == P.DEFAULT_WINDOW_PX
+    assert window_side(4096, 16, "float32") == 2048         # a window fits in a frame
     assert 2048 ** 2 * 16 * 4 <= P.MAX_FRAME_BYTES
 
 
@@ -90,12 +83,12 @@ def test_an_uploaded_image_is_detected_exactly_as_sent_then_deleted(tmp_path):
     img = image()
     with running(tmp_path) as server, OrtholensClient(server.endpoint) as c:
         log, progress = [], []
-        src = c.upload(spec(img, chunk_px=64, nodata=0), windows_of(img, log),
+        src = c.upload(spec(img, window_px=64, nodata=0), windows_of(img, log),
                        on_progress=lambda f, m: progress.append(f))
         assert isinstance(src, UploadSource)
         # 3 x 4 windows of the 64-pixel grid, row by row, clipped at the edges
-        assert log == P.chunk_windows(200, 150, 64) and len(log) == 12
-        assert log[3] == (0, 192, 64, 8) and log[-1] == (128, 192, 22, 8)
+        assert log == P.upload_windows(200, 150, 64) and len(log) == 12
+        assert log[3] == Window(0, 192, 64, 8) and log[-1] == Window(128, 192, 22, 8)
         assert progress[-1] == 1.0 and progress == sorted(progress)
         res = c.detect(DetectParams(src, "m"))
         stats = res["stats"]
@@ -118,12 +111,12 @@ def test_the_client_reads_one_window_at_a_time(tmp_path):
     acked = []
     reads_after = []
 
-    def read(row, col, rows, cols):
+    def read(window):
         reads_after.append(len(acked))
-        return img[:, row:row + rows, col:col + cols]
+        return img[(slice(None),) + window.slices()]
 
     with running(tmp_path) as server, OrtholensClient(server.endpoint) as c:
-        c.upload(spec(img, chunk_px=64), read, in_flight=2,
+        c.upload(spec(img, window_px=64), read, in_flight=2,
                  on_progress=lambda f, m: acked.append(f))
     assert len(reads_after) == 25
     assert all(k - n <= 2 for k, n in enumerate(reads_after)), reads_after
@@ -133,7 +126,7 @@ def test_the_client_reads_one_window_at_a_time(tmp_path):
 def test_float_and_single_band_images(tmp_path):
     img = image(70, 90, count=1, dtype=np.float32) / 3
     with running(tmp_path) as server, OrtholensClient(server.endpoint) as c:
-        src = c.upload(spec(img, chunk_px=64), windows_of(img))
+        src = c.upload(spec(img, window_px=64), windows_of(img))
         stats = c.detect(DetectParams(src, "m"))["stats"]
         assert stats["shape"] == [1, 70, 90] and stats["digest"] == digest(img)
 
@@ -160,8 +153,8 @@ def ask(sock, header, arrays=()):
 def test_bad_windows_are_refused_and_the_upload_survives(tmp_path):
     img = image(100, 100)
     with running(tmp_path) as server, raw(server.endpoint) as s:
-        opened = ask(s, spec(img, chunk_px=64).to_header())
-        assert opened["type"] == "upload" and opened["chunks"] == 4
+        opened = ask(s, spec(img, window_px=64).to_header())
+        assert opened["type"] == "upload" and opened["windows"] == 4
         uid = opened["upload_id"]
         bad = [({"row": 0, "col": 10}, [img[:, :64, 10:74]], "grid"),         # off grid
                ({"row": 0, "col": 0}, [img[:, :64, :63]], "must be uint8"),   # shape
@@ -169,21 +162,21 @@ def test_bad_windows_are_refused_and_the_upload_survives(tmp_path):
                ({"row": 0, "col": 0}, [], "exactly one array"),
                ({"row": 0, "col": 0}, [img[:, :64, :64]] * 2, "exactly one array")]
         for fields, arrays, words in bad:
-            r = ask(s, P.request("chunk", upload_id=uid, **fields), arrays)
+            r = ask(s, P.request("window", upload_id=uid, **fields), arrays)
             assert r["type"] == "error" and r["code"] == P.E_BAD_REQUEST, r
             assert words in r["message"], r["message"]
-        r = ask(s, P.request("chunk", upload_id="nope", row=0, col=0), [img[:, :64, :64]])
+        r = ask(s, P.request("window", upload_id="nope", row=0, col=0), [img[:, :64, :64]])
         assert r["code"] == P.E_NOT_FOUND and r["field"] == "upload_id"
         # an incomplete upload cannot be detected
-        ask(s, P.request("chunk", upload_id=uid, row=0, col=0), [img[:, :64, :64]])
+        ask(s, P.request("window", upload_id=uid, row=0, col=0), [img[:, :64, :64]])
         r = ask(s, DetectParams(UploadSource(uid), "m").to_header())
         assert r["code"] == P.E_INVALID_INPUT and "1 of its 4 windows" in r["message"]
         assert r["field"] == "source"
-        for row, col, rows, cols in P.chunk_windows(100, 100, 64)[1:]:
-            last = ask(s, P.request("chunk", upload_id=uid, row=row, col=col),
-                       [img[:, row:row + rows, col:col + cols]])
+        for win in P.upload_windows(100, 100, 64)[1:]:
+            last = ask(s, P.request("window", upload_id=uid, row=win.row, col=win.col),
+                       [img[(slice(None),) + win.slices()]])
         assert last["complete"] and last["received"] == 4
-        r = ask(s, P.request("chunk", upload_id=uid, row=0, col=0), [img[:, :64, :64]])
+        r = ask(s, P.request("window", upload_id=uid, row=0, col=0), [img[:, :64, :64]])
         assert r["code"] == P.E_BAD_REQUEST and "complete" in r["message"]
 
 
@@ -208,7 +201,7 @@ def test_upload_limits_token_cancel_and_expiry(tmp_path):
             # a cancelled upload stops reading and leaves nothing behind
             reads = []
             with pytest.raises(JobCancelled):
-                c.upload(spec(img, chunk_px=64), windows_of(img, reads),
+                c.upload(spec(img, window_px=64), windows_of(img, reads),
                          is_cancelled=lambda: len(reads) >= 2)
             assert len(reads) == 2 and len(server.uploads) == 0
             # an upload nobody sends to expires
@@ -225,7 +218,8 @@ def test_a_client_that_sends_a_wrong_window_gets_a_clear_error(tmp_path):
     img = image(100, 100)
     with running(tmp_path) as server, OrtholensClient(server.endpoint) as c:
         with pytest.raises(P.ProtocolError) as ei:
-            c.upload(spec(img, chunk_px=64), lambda r, col, h, w: img[:, :h, :w - 1])
+            c.upload(spec(img, window_px=64),
+                     lambda w: img[:, :w.height, :w.width - 1])
         assert "needs uint8 (3, 64, 64)" in str(ei.value)
         assert len(server.uploads) == 0  # dropped
 
@@ -235,7 +229,7 @@ def test_the_store_deletes_its_folder():
     header = P.validate_request(spec(image(20, 20)).to_header())
     up = store.open(header)
     folder = store._folder
-    assert os.path.isdir(folder) and len(store) == 1 and up["chunks"] == 1
+    assert os.path.isdir(folder) and len(store) == 1 and up["windows"] == 1
     store.close()
     assert not os.path.exists(folder)
 
@@ -274,7 +268,7 @@ def test_real_detection_of_an_uploaded_tile_equals_the_file(tmp_path):
     with rasterio.open(tile) as ds:
         img = ds.read()
         up = PixelUpload(ds.crs.to_wkt(), tuple(ds.transform)[:6], ds.width, ds.height,
-                         ds.count, str(img.dtype), chunk_px=128)
+                         ds.count, str(img.dtype), window_px=128)
     with running(tmp_path, detect_fn=run_detect) as server, \
             OrtholensClient(server.endpoint, timeout_s=30) as c:
         by_file = c.detect(DetectParams(FileSource(str(tile)), MODEL), job_timeout_s=300)

@@ -10,7 +10,7 @@ import rasterio
 from protocol.window import Window
 from backend.inference import pipeline as PL
 from backend.config import data_dir
-from backend.inference.engines import EnsembleEngine, apply_tta, invert_tta
+from backend.inference.predictors import EnsemblePredictor, apply_tta, invert_tta
 from backend.inference.grid import plan_grid
 from backend.inference.raster import WindowReader
 from backend.inference.tiling import plan_tiling
@@ -22,7 +22,7 @@ VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 MODEL = "pv-unet-efl0"
 
 
-class PixelEngine:
+class PixelPredictor:
     """p(panel) = a per-pixel function of the raw bands, so it commutes with any D4
     transform and with any tiling: fused results must equal the plain function."""
 
@@ -63,12 +63,12 @@ def test_tta_transforms_invert(name):
 def test_ensemble_tta_and_shifts_are_exact_for_an_equivariant_member():
     card = ens_card(tta=list(TTA_TRANSFORMS), shifts=True)
     base = load_card(MODEL)
-    eng = EnsembleEngine(card, [(PixelEngine(base), 1.0), (PixelEngine(base, 0.5), 3.0)])
-    assert eng.channels == 2 + 2 * 1
+    predictor = EnsemblePredictor(card, [(PixelPredictor(base), 1.0), (PixelPredictor(base, 0.5), 3.0)])
+    assert predictor.channels == 2 + 2 * 1
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1640, 338560], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, n = PL.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=64)
+        probs, valid, n = PL.predict_grid(reader, grid, predictor, 4, tile_size=256, overlap=64)
         side = max(grid.width, grid.height)
         whole, _ = reader.read(Window(0, 0, side, side))
         reader.close()
@@ -86,11 +86,11 @@ def test_agreement_counts_member_votes():
     card = ens_card()
     base = load_card(MODEL)
     # member A says 0.9 everywhere bright, member B 0.45: threshold 0.5 -> only A votes
-    eng = EnsembleEngine(card, [(PixelEngine(base, 4.0), 1.0), (PixelEngine(base, 0.0), 1.0)])
+    predictor = EnsemblePredictor(card, [(PixelPredictor(base, 4.0), 1.0), (PixelPredictor(base, 0.0), 1.0)])
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1680, 338520], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, _ = PL.predict_grid(reader, grid, eng, 4)
+        probs, valid, _ = PL.predict_grid(reader, grid, predictor, 4)
         reader.close()
     opts = PL.Options(threshold=0.3, min_area_m2=0.5, max_hole_m2=0, simplify_m=0)
     _, dets = PL.detections_from_probs(probs, valid, grid, card, opts)
@@ -102,7 +102,7 @@ def test_ensemble_rejects_members_of_other_classes():
     base = load_card(MODEL)
     other = ModelCard.from_dict(dict(base.to_dict(), classes=[{"id": 1, "name": "tree"}]))
     with pytest.raises(ModelCorrupt):
-        EnsembleEngine(ens_card(), [(PixelEngine(other), 1.0)])
+        EnsemblePredictor(ens_card(), [(PixelPredictor(other), 1.0)])
 
 
 def test_ensemble_card_validation():
@@ -116,15 +116,15 @@ def test_shifted_tiling_only_where_a_grid_has_tile_borders():
     """A grid inside one tile runs once; a larger one gets the half-tile shifted tiling."""
     card = ens_card(shifts=True)
     base = load_card(MODEL)
-    eng = EnsembleEngine(card, [(PixelEngine(base), 1.0)])
+    predictor = EnsemblePredictor(card, [(PixelPredictor(base), 1.0)])
     with rasterio.open(VIENNA) as ds:
         small = plan_grid(ds, [-1700, 338500, -1680, 338520], None, card.gsd_m, 3)
         r = WindowReader(ds, small)
-        _, _, n_small = PL.predict_grid(r, small, eng, 4, tile_size=256, overlap=64)
+        _, _, n_small = PL.predict_grid(r, small, predictor, 4, tile_size=256, overlap=64)
         r.close()
         big = plan_grid(ds, [-1700, 338500, -1660, 338540], None, card.gsd_m, 3)
         r = WindowReader(ds, big)
-        _, _, n_big = PL.predict_grid(r, big, eng, 4, tile_size=256, overlap=64)
+        _, _, n_big = PL.predict_grid(r, big, predictor, 4, tile_size=256, overlap=64)
         r.close()
     assert n_small == 1
     # 400 px: two rows and columns of 160-px tiles; shifted by 80, three of each

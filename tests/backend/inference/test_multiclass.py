@@ -33,7 +33,7 @@ ATLANTA = data_dir() / "spacenet-atlanta"
 SPLIT_M2 = 150.0
 
 
-class OracleEngine:
+class OraclePredictor:
     """p(class k) = band k / 255 for k = 1, 2; background = the rest."""
 
     kind, device, n_members = "oracle", "cpu", 1
@@ -78,7 +78,7 @@ def test_two_classes_come_back_typed(scene, monkeypatch):
                               "source": {"kind": "pixels", "crs": scene["crs"].to_wkt(),
                                          "transform": list(t)[:6]}})
     monkeypatch.setattr(D, "load_card", lambda mid: card)  # the oracle is not on disk
-    res = D.run_detect(req, [scene["bands"]], engine=OracleEngine(card))
+    res = D.run_detect(req, [scene["bands"]], predictor=OraclePredictor(card))
     assert res["stats"]["tiles"] >= 16  # 900 x 900 px in 256 px tiles: seams everywhere
     got = [(shapely.from_wkt(f["wkt"]), f["class"], f["class_id"]) for f in res["features"]]
     names = {1: "small building", 2: "large building"}

@@ -20,7 +20,7 @@ from backend.inference import detect as D
 from backend.inference import pipeline as PL
 from protocol.errors import JobError
 from backend.config import data_dir, pv01_dir
-from backend.inference.engines import Engine, get_engine
+from backend.inference.predictors import Predictor, get_predictor
 from tools.evaluate import eval_heldout, rasterize_features
 from protocol.metrics import compare
 from backend.inference.grid import plan_grid
@@ -40,7 +40,7 @@ def detect(path, **kw):
     return D.run_detect(P.validate_request(dict(req, v=1, id="t")), [])
 
 
-class BrightnessEngine(Engine):
+class BrightnessPredictor(Predictor):
     """Probability of 'panel' = mean band value / 255: a pure per-pixel function.
 
     Tiles are read from the same grid, so any stitching error (offsets, weights, seams)
@@ -62,11 +62,11 @@ class BrightnessEngine(Engine):
 
 def test_stitching_is_seamless_on_real_raster():
     card = load_card(MODEL)
-    eng = BrightnessEngine(card)
+    predictor = BrightnessPredictor(card)
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1600, 338570], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        probs, valid, n_tiles = PL.predict_grid(reader, grid, eng, 3, tile_size=256, overlap=64)
+        probs, valid, n_tiles = PL.predict_grid(reader, grid, predictor, 3, tile_size=256, overlap=64)
         side = max(grid.width, grid.height)
         whole, _ = reader.read(Window(0, 0, side, side))
         reader.close()
@@ -81,20 +81,20 @@ def test_a_region_has_the_whole_grids_probabilities_bit_for_bit():
     grid at the same pixels, exactly, with the real model and two tilings (the regions
     of a batch job and a detection of the extent share every number)."""
     card = load_card(MODEL)
-    eng = get_engine(card)
+    predictor = get_predictor(card)
     opts = PL.Options(threshold=0.5, min_area_m2=0, max_hole_m2=0, simplify_m=0,
                       tile_size=256, overlap=64)
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, [-1700, 338500, -1600, 338570], None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
         win = Window(130, 170, 200, 240)
-        det = PL.RegionDetector(card, eng, reader, grid, opts, cache_mb=64)
+        det = PL.RegionDetector(card, predictor, reader, grid, opts, cache_mb=64)
         part = det.probabilities(win)
         cached_again = det.probabilities(win)
-        whole = PL.RegionDetector(card, eng, reader, grid, opts).probabilities(det.whole)
+        whole = PL.RegionDetector(card, predictor, reader, grid, opts).probabilities(det.whole)
         reader.close()
     assert whole.tiles > 6 and 0 < part.tiles < whole.tiles
-    assert part.probs.shape == (eng.channels, 200, 240)
+    assert part.probs.shape == (predictor.channels, 200, 240)
     assert np.array_equal(part.probs, whole.probs[(slice(None),) + win.slices()])
     assert np.array_equal(part.valid, whole.valid[win.slices()])
     # the second time every tile comes from the cache, and nothing changes
@@ -108,12 +108,12 @@ def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
     whole tile (the tile seams cross the panels of these held-out tiles)."""
     path = HELDOUT / f"{name}.tif"
     card = load_card(MODEL)
-    eng = get_engine(card)
+    predictor = get_predictor(card)
     with rasterio.open(path) as ds:
         grid = plan_grid(ds, None, None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        tiled, valid, n = PL.predict_grid(reader, grid, eng, 4, tile_size=192, overlap=96)
-        whole, _, n1 = PL.predict_grid(reader, grid, eng, 4, tile_size=256, overlap=0)
+        tiled, valid, n = PL.predict_grid(reader, grid, predictor, 4, tile_size=192, overlap=96)
+        whole, _, n1 = PL.predict_grid(reader, grid, predictor, 4, tile_size=256, overlap=0)
         reader.close()
     assert n == 4 and n1 == 1
     opts = PL.Options.resolve(card)
@@ -277,12 +277,12 @@ def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
     (bad / broken).write_bytes(b"\x00garbage" * 100)
     monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
     if broken == "model.onnx":
-        # the engine that reads the broken file, whatever the machine: on a GPU machine
+        # the predictor that reads the broken file, whatever the machine: on a GPU machine
         # detection would otherwise run PyTorch on the intact weights
-        from backend.inference import engines
-        monkeypatch.setattr(engines, "cuda_available", lambda: False)
+        from backend.inference import predictors
+        monkeypatch.setattr(predictors, "cuda_available", lambda: False)
         with pytest.raises(P.ModelCorrupt, match="cannot be loaded"):
-            engines.OnnxEngine(load_card(MODEL))
+            predictors.OnnxPredictor(load_card(MODEL))
     req = {"v": 1, "id": "m", "type": "detect", "model": MODEL,
            "source": {"kind": "file", "path": str(VIENNA)},
            "extent": [-1600, 338500, -1590, 338510]}

@@ -23,7 +23,7 @@ from backend.inference import detect as D
 from backend.inference import pipeline as PL
 from backend.inference.backoff import is_out_of_memory
 from protocol.errors import JobError
-from backend.inference.engines import Engine
+from backend.inference.predictors import Predictor
 from backend.inference.grid import plan_grid
 from backend.inference.raster import WindowReader
 from backend.models.catalog import load_card
@@ -134,7 +134,7 @@ def test_model_without_weights_is_not_found_through_the_daemon(tmp_path, monkeyp
 
 # ----------------------------------------------------------------------------- GPU OOM
 
-class OomEngine(Engine):
+class OomPredictor(Predictor):
     """Per-pixel brightness 'model' that runs out of memory above ``limit`` tiles a call,
     like a GPU whose memory fits only small batches."""
 
@@ -157,15 +157,15 @@ class OomEngine(Engine):
         return np.concatenate([1 - p, p], 1)
 
 
-def _grid_probs(engine, batch_size, warnings=None, extent=(-1700, 338500, -1640, 338560),
+def _grid_probs(predictor, batch_size, warnings=None, extent=(-1700, 338500, -1640, 338560),
                 tile_size=128, overlap=32):
     """``predict_grid`` of ``engine`` over ``extent`` of the Vienna scene (EPSG:31256)."""
-    card = engine.card
+    card = predictor.card
     with rasterio.open(VIENNA) as ds:
         grid = plan_grid(ds, list(extent), None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
         try:
-            return PL.predict_grid(reader, grid, engine, batch_size, tile_size=tile_size,
+            return PL.predict_grid(reader, grid, predictor, batch_size, tile_size=tile_size,
                                   overlap=overlap, warnings=warnings)
         finally:
             reader.close()
@@ -173,16 +173,16 @@ def _grid_probs(engine, batch_size, warnings=None, extent=(-1700, 338500, -1640,
 
 def test_oom_halves_the_batch_and_retries_the_same_tiles():
     card = load_card(MODEL)
-    ref, ref_valid, n = _grid_probs(OomEngine(card, limit=1000), 8)
-    eng = OomEngine(card, limit=2)
+    ref, ref_valid, n = _grid_probs(OomPredictor(card, limit=1000), 8)
+    predictor = OomPredictor(card, limit=2)
     warnings = []
-    probs, valid, n2 = _grid_probs(eng, 8, warnings)
+    probs, valid, n2 = _grid_probs(predictor, 8, warnings)
     assert n2 == n > 8
     np.testing.assert_array_equal(probs, ref)  # every tile ran, none twice, none lost
     np.testing.assert_array_equal(valid, ref_valid)
-    assert eng.calls[:3] == [8, 4, 2]  # halved until it fits...
-    assert max(eng.calls[3:]) == 2     # ...and stays there for the rest of the job
-    assert sum(c for c in eng.calls if c <= 2) == n
+    assert predictor.calls[:3] == [8, 4, 2]  # halved until it fits...
+    assert max(predictor.calls[3:]) == 2     # ...and stays there for the rest of the job
+    assert sum(c for c in predictor.calls if c <= 2) == n
     assert len(warnings) == 2 and "out of memory at 8 tiles" in warnings[0]
     assert "continued with 2" in warnings[1]
 
@@ -191,28 +191,28 @@ def test_oom_warning_reaches_stats_and_memoryerror_counts():
     """ONNX Runtime allocation failures arrive as MemoryError / 'Failed to allocate
     memory' errors: the same back-off, reported in ``stats["warnings"]``."""
     card = load_card(MODEL)
-    eng = OomEngine(card, limit=1, error=lambda: MemoryError("bad allocation"))
+    predictor = OomPredictor(card, limit=1, error=lambda: MemoryError("bad allocation"))
     req = _request({"kind": "file", "path": str(VIENNA)},
                    extent=[-1700, 338500, -1640, 338560], batch_size=4)
-    res = D.run_detect(req, [], engine=eng, overrides={"tile_size": 128, "overlap": 32})
+    res = D.run_detect(req, [], predictor=predictor, overrides={"tile_size": 128, "overlap": 32})
     assert any("ran out of memory at 4 tiles per batch" in w for w in res["stats"]["warnings"])
-    assert res["stats"]["tiles"] > 4 and max(eng.calls[2:]) == 1
+    assert res["stats"]["tiles"] > 4 and max(predictor.calls[2:]) == 1
 
 
 def test_oom_on_a_single_tile_is_a_clear_error():
     card = load_card(MODEL)
-    eng = OomEngine(card, limit=0)
+    predictor = OomPredictor(card, limit=0)
     with pytest.raises(JobError) as ei:
-        _grid_probs(eng, 2)
+        _grid_probs(predictor, 2)
     assert ei.value.code == P.E_BUSY and "out of memory even for one tile" in ei.value.message
 
 
 def test_other_engine_errors_are_not_taken_for_oom():
     card = load_card(MODEL)
-    eng = OomEngine(card, limit=0, error=lambda: RuntimeError("shape mismatch"))
+    predictor = OomPredictor(card, limit=0, error=lambda: RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        _grid_probs(eng, 4)
-    assert eng.calls == [4]
+        _grid_probs(predictor, 4)
+    assert predictor.calls == [4]
     assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
                                            "Failed to allocate memory for requested buffer"))
 
@@ -301,7 +301,8 @@ def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_pat
     import subprocess
     import sys
 
-    from protocol.client import OrtholensClient, start_daemon
+    from protocol.client import OrtholensClient
+    from protocol.launcher import start_daemon
     from protocol.errors import DaemonError
 
     env = {k: v for k, v in os.environ.items() if k != "ORTHOLENS_TOKEN"}
@@ -348,23 +349,23 @@ def test_real_cuda_oom_halves_the_batch_and_gives_the_same_probabilities():
     equal those of one tile a batch."""
     import torch
 
-    from backend.inference.engines import TorchEngine
+    from backend.inference.predictors import TorchPredictor
     card = load_card(MODEL)
-    eng = TorchEngine(card, "cuda:0")
+    predictor = TorchPredictor(card, "cuda:0")
     dev = torch.device("cuda:0")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(dev)
     one = np.random.default_rng(0).integers(0, 256, (1, card.bands, 512, 512), np.uint8)
-    eng.predict_raw(one)
+    predictor.predict_raw(one)
     need = torch.cuda.max_memory_allocated(dev)
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, (need + 2**28) / total), dev)
     big = dict(extent=(-1750, 338300, -1450, 338600), tile_size=512, overlap=128)
     try:
-        ref, ref_valid, n = _grid_probs(eng, 1, [], **big)
+        ref, ref_valid, n = _grid_probs(predictor, 1, [], **big)
         torch.cuda.empty_cache()
         warnings = []
-        probs, valid, n2 = _grid_probs(eng, 64, warnings, **big)
+        probs, valid, n2 = _grid_probs(predictor, 64, warnings, **big)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
         torch.cuda.empty_cache()

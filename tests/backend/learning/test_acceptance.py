@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backend.learning.acceptance import _summary, decide, eval_areas
+from backend.learning.acceptance import decide, eval_areas, metrics_summary
 from protocol.metrics import Counts
 
 MAX_DROP = 0.02
@@ -184,23 +184,23 @@ def test_fewer_errors_on_the_trained_on_areas_need_a_tie_on_the_held_out_ones():
 def test_summary_rounds_and_adds_the_rule_numbers():
     counts = Counts(tp_px=1, fp_px=2, fn_px=0, tp_obj=1, fp_obj=2, fn_obj=1,
                     matched_ious=[0.7])
-    s = _summary(counts, 2.5e6, 17)
+    s = metrics_summary(counts, 2.5e6, 17)
     assert s == {"pixel_iou": 0.3333, "pixel_precision": 0.3333, "pixel_recall": 1.0,
                  "pixel_f1": 0.5, "object_precision": 0.3333, "object_recall": 0.5,
                  "object_f1": 0.4, "objects_true": 2, "objects_pred": 3,
                  "false_objects": 2, "missed_objects": 1, "object_errors": 3,
                  "wrong_px": 17, "area_km2": 2.5, "false_polygons_per_km2": 0.8}
     assert type(s["wrong_px"]) is int and type(s["object_errors"]) is int
-    empty = _summary(Counts(), 0.0, 0)
+    empty = metrics_summary(Counts(), 0.0, 0)
     assert empty["pixel_iou"] is None and empty["object_f1"] is None
     assert empty["false_polygons_per_km2"] is None and empty["area_km2"] == 0.0
     assert empty["object_errors"] == 0 and "mean_matched_iou" not in empty
-    assert _summary(Counts(fp_obj=1), 1234.5678, 0)["area_km2"] == 0.001235
-    assert _summary(Counts(fp_obj=1), 3e5, 0)["false_polygons_per_km2"] == 3.3
+    assert metrics_summary(Counts(fp_obj=1), 1234.5678, 0)["area_km2"] == 0.001235
+    assert metrics_summary(Counts(fp_obj=1), 3e5, 0)["false_polygons_per_km2"] == 3.3
     # per km2 exactly: 1 in 4 km2 is 0.25, which rounds (half to even) to 0.2
-    assert _summary(Counts(fp_obj=1), 4e6, 0)["false_polygons_per_km2"] == 0.2
+    assert metrics_summary(Counts(fp_obj=1), 4e6, 0)["false_polygons_per_km2"] == 0.2
     # any positive area has a density, however small
-    assert _summary(Counts(fp_obj=1), 0.5, 0)["false_polygons_per_km2"] == 2e6
+    assert metrics_summary(Counts(fp_obj=1), 0.5, 0)["false_polygons_per_km2"] == 2e6
 
 
 def test_eval_areas_pools_classes_and_areas():
@@ -229,3 +229,38 @@ def test_eval_areas_pools_classes_and_areas():
     assert (s2["objects_true"], s2["false_objects"], s2["missed_objects"],
             s2["wrong_px"]) == (4, 4, 2, 96)
     assert s2["pixel_iou"] == s["pixel_iou"] and s2["area_km2"] == 0.0007
+
+
+def test_decide_applies_the_stated_rule():
+    from backend.learning.acceptance import decide
+
+    def m(err, f1=0.8, iou=0.9, wrong=1000):
+        return {"object_errors": err, "object_f1": f1, "pixel_iou": iou, "wrong_px": wrong}
+    guard = {"pixel_iou": 0.88}
+    # fewer errors on the held-out corrections: accepted
+    ok, why = decide({"user_holdout": m(2), "guard": guard},
+                     {"user_holdout": m(1, 0.9), "guard": {"pixel_iou": 0.87}}, 0.02)
+    assert ok and "2 -> 1" in why
+    # ... but not when the guard (validation tiles) loses more than 0.02 pixel IoU
+    ok, why = decide({"user_holdout": m(2), "guard": guard},
+                     {"user_holdout": m(1, 0.9), "guard": {"pixel_iou": 0.85}}, 0.02)
+    assert not ok and "guard" in why
+    # more errors on the held-out corrections: rejected whatever else improved
+    ok, why = decide({"user_holdout": m(1), "user_train": m(3)},
+                     {"user_holdout": m(2, 0.7), "user_train": m(0)}, 0.02)
+    assert not ok and "1 -> 2" in why
+    # equal there: fewer object errors, else fewer wrong pixels, on the trained-on areas
+    ok, why = decide({"user_holdout": m(1), "user_train": m(3)},
+                     {"user_holdout": m(1), "user_train": m(2)}, 0.02)
+    assert ok and "3 -> 2" in why
+    ok, why = decide({"user_holdout": m(1), "user_train": m(3, wrong=900)},
+                     {"user_holdout": m(1), "user_train": m(3, wrong=700)}, 0.02)
+    assert ok and "900 -> 700" in why
+    # nothing learned: rejected
+    ok, why = decide({"user_holdout": m(1), "user_train": m(3, wrong=700)},
+                     {"user_holdout": m(1), "user_train": m(3, wrong=700)}, 0.02)
+    assert not ok and "no fewer object errors" in why
+    # more errors on a held-out part without panels: that reason once, not twice
+    ok, why = decide({"user_holdout": m(0, None, None)},
+                     {"user_holdout": m(8, None, None)}, 0.02)
+    assert not ok and why.count("0 -> 8") == 1 and "no fewer" not in why

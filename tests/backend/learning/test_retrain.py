@@ -1,5 +1,5 @@
-"""Retrain: corrections as training data, the retrain job, model versions with
-rollback, the daemon requests, and the whole loop on real data without a person.
+"""Retrain: the retrain job, its request and the daemon's handling of it, and the
+whole loop on real data without a person.
 
 The loop tests (``test_loop_*``; deselect with ``-k "not loop"``) run ``tools.retrain_eval`` once (module
 fixture; about 15 minutes on two CPU cores, fixed step counts, plus about 6 the first
@@ -13,293 +13,25 @@ east half, and rollback. The numbers are printed and written to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from backend.models import versions as V
-from backend.config import REPO, data_dir, models_dir
+from backend.config import REPO, data_dir
 import protocol as P
-
-MODEL = "pv-unet-efl0"
-HAVE_DATA = (data_dir() / "pv01" / "heldout").is_dir() and \
-    (data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif").is_file()
-HAVE_MODEL = (models_dir() / MODEL / "weights.safetensors").is_file()
-needs_real = pytest.mark.skipif(not (HAVE_DATA and HAVE_MODEL),
-                                reason="real data (ORTHOLENS_DATA) or shipped model missing")
+from tests.backend.version_helpers import (HAVE_DATA, HAVE_MODEL, MODEL, needs_real,
+                                           shipped_digest)
 
 
-@pytest.fixture
-def user_dir(tmp_path, monkeypatch):
-    d = tmp_path / "user-models"
-    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(d))
-    return d
-
-
-def _shipped_digest() -> str:
-    h = hashlib.sha256()
-    for p in sorted((models_dir() / MODEL).iterdir()):
-        if p.is_file() and p.suffix in (".json", ".safetensors"):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- corrections
-
-BOWTIE = "POLYGON ((0 0, 10 10, 10 0, 0 10, 0 0))"
 SQUARE = "POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"
-CLASSES = {"photovoltaic": 1}
+BOWTIE = "POLYGON ((0 0, 10 10, 10 0, 0 10, 0 0))"
 
 
-def test_invalid_geometry_is_repaired_with_a_warning():
-    from backend.learning.corrections import parse_features
-    feats, warnings, repaired = parse_features(
-        [{"wkt": SQUARE, "class": "photovoltaic"}, {"wkt": BOWTIE, "class": "photovoltaic"}],
-        CLASSES, "repair")
-    assert repaired == 1 and len(feats) == 2
-    assert any("feature 1" in w and "make_valid" in w for w in warnings)
-    g = feats[1][0]
-    assert g.is_valid and g.geom_type == "MultiPolygon" and abs(g.area - 50.0) < 1e-6
-
-
-def test_invalid_geometry_is_refused_clearly():
-    from backend.learning.corrections import parse_features
-    from protocol.errors import CorrectionsError
-    with pytest.raises(CorrectionsError) as ei:
-        parse_features([{"wkt": SQUARE, "class": "photovoltaic"},
-                        {"wkt": BOWTIE, "class": "photovoltaic"}], CLASSES, "refuse")
-    assert "feature 1" in ei.value.message and "invalid geometry" in ei.value.message
-    assert "Self-intersection" in ei.value.message
-    assert ei.value.code == P.E_INVALID_INPUT
-
-
-def test_bad_features_are_refused():
-    from backend.learning.corrections import parse_features
-    from protocol.errors import CorrectionsError
-    with pytest.raises(CorrectionsError, match="class 'roof'"):
-        parse_features([{"wkt": SQUARE, "class": "roof"}], CLASSES)
-    with pytest.raises(CorrectionsError, match="unreadable WKT"):
-        parse_features([{"wkt": "POLYGON ((0 0, 1", "class": "photovoltaic"}], CLASSES)
-    feats, warnings, _ = parse_features([{"wkt": "LINESTRING (0 0, 1 1)",
-                                          "class": "photovoltaic"}], CLASSES)
-    assert feats == [] and "not a polygon" in warnings[0]
-
-
-def test_split_areas_holds_out_whole_groups_or_a_strip():
-    from backend.learning.corrections import Area, split_areas
-    crs = "EPSG:32651"
-    # three sites: two tiles side by side, and two lone tiles far away
-    bounds = [(crs, (0, 0, 25, 25)), (crs, (25, 0, 50, 25)), (crs, (1000, 0, 1025, 25)),
-              (crs, (5000, 0, 5025, 25))]
-    areas = [Area(i, {"kind": "file", "path": f"/t{i}.tif"}) for i in range(4)]
-    out = split_areas(areas, bounds, 0.25)
-    held = [a.index for a in out if a.holdout]
-    assert held == [2]  # the smallest group first, until a quarter is held out
-    assert out[0].holdout is False and out[1].holdout is False  # neighbours stay together
-    # one area: a strip at the bottom (taller than wide), 5 m gap, parts disjoint
-    out = split_areas([Area(0, {"kind": "file", "path": "/a.tif"}, [0, 0, 100, 200])],
-                      [(crs, (0, 0, 100, 200))], 0.25)
-    train, hold = [a for a in out if not a.holdout], [a for a in out if a.holdout]
-    assert hold[0].extent == [0, 0, 100, 50] and train[0].extent == [0, 55, 100, 200]
-    # the user's own choice wins
-    areas = [Area(0, {}, holdout=None), Area(1, {}, holdout=True)]
-    out = split_areas(areas, [(crs, (0, 0, 10, 10)), (crs, (10, 0, 20, 10))])
-    assert [a.holdout for a in out] == [False, True]
-
-
-def test_decide_applies_the_stated_rule():
-    from backend.learning.acceptance import decide
-
-    def m(err, f1=0.8, iou=0.9, wrong=1000):
-        return {"object_errors": err, "object_f1": f1, "pixel_iou": iou, "wrong_px": wrong}
-    guard = {"pixel_iou": 0.88}
-    # fewer errors on the held-out corrections: accepted
-    ok, why = decide({"user_holdout": m(2), "guard": guard},
-                     {"user_holdout": m(1, 0.9), "guard": {"pixel_iou": 0.87}}, 0.02)
-    assert ok and "2 -> 1" in why
-    # ... but not when the guard (validation tiles) loses more than 0.02 pixel IoU
-    ok, why = decide({"user_holdout": m(2), "guard": guard},
-                     {"user_holdout": m(1, 0.9), "guard": {"pixel_iou": 0.85}}, 0.02)
-    assert not ok and "guard" in why
-    # more errors on the held-out corrections: rejected whatever else improved
-    ok, why = decide({"user_holdout": m(1), "user_train": m(3)},
-                     {"user_holdout": m(2, 0.7), "user_train": m(0)}, 0.02)
-    assert not ok and "1 -> 2" in why
-    # equal there: fewer object errors, else fewer wrong pixels, on the trained-on areas
-    ok, why = decide({"user_holdout": m(1), "user_train": m(3)},
-                     {"user_holdout": m(1), "user_train": m(2)}, 0.02)
-    assert ok and "3 -> 2" in why
-    ok, why = decide({"user_holdout": m(1), "user_train": m(3, wrong=900)},
-                     {"user_holdout": m(1), "user_train": m(3, wrong=700)}, 0.02)
-    assert ok and "900 -> 700" in why
-    # nothing learned: rejected
-    ok, why = decide({"user_holdout": m(1), "user_train": m(3, wrong=700)},
-                     {"user_holdout": m(1), "user_train": m(3, wrong=700)}, 0.02)
-    assert not ok and "no fewer object errors" in why
-    # more errors on a held-out part without panels: that reason once, not twice
-    ok, why = decide({"user_holdout": m(0, None, None)},
-                     {"user_holdout": m(8, None, None)}, 0.02)
-    assert not ok and why.count("0 -> 8") == 1 and "no fewer" not in why
-
-
-def test_a_default_retrain_allows_a_pixel_iou_drop_of_0_02_not_more():
-    """The tolerance a retrain applies when the request names none: a guard drop of
-    0.020 passes, 0.021 does not, and the rule stated in the card says 0.02."""
-    from backend.learning.acceptance import ACCEPTANCE_RULE, decide
-    from backend.learning.finetune import RetrainConfig
-    from protocol.params import FileSource, RetrainParams
-
-    params = RetrainParams(source=FileSource("/x.tif"), model=MODEL, features=())
-    cfg = RetrainConfig.from_params(params)
-    assert cfg.max_iou_drop == RetrainConfig().max_iou_drop == 0.02
-    before = {"user_holdout": {"object_errors": 2, "object_f1": 0.8, "pixel_iou": 0.8},
-              "guard": {"pixel_iou": 0.88}}
-    for guard_after, accepted in ((0.86, True), (0.859, False)):
-        after = {"user_holdout": {"object_errors": 1, "object_f1": 0.8, "pixel_iou": 0.8},
-                 "guard": {"pixel_iou": guard_after}}
-        assert decide(before, after, cfg.max_iou_drop)[0] is accepted, guard_after
-    rule = ACCEPTANCE_RULE.format(max_iou_drop=cfg.max_iou_drop)
-    assert rule.count("drops by at most 0.02") == 2
-    assert cfg.from_params(RetrainParams(source=FileSource("/x.tif"), model=MODEL,
-                                         features=(), max_iou_drop=0.05)).max_iou_drop == 0.05
-
-
-def test_diff_maps_counts_mistakes():
-    from backend.learning.corrections import diff_maps, mistake_maps
-    pred = np.zeros((60, 60), np.uint8)
-    target = np.zeros((60, 60), np.uint8)
-    pred[5:15, 5:15] = 1                 # deleted by the user (false positive)
-    target[30:40, 30:40] = 1             # added by the user (missed)
-    pred[45:55, 5:15] = 1                # kept but re-classed to 2
-    target[45:55, 5:15] = 2
-    valid = np.ones_like(pred, bool)
-    s = diff_maps(pred, target, valid, 2)
-    assert s["fp_px"] == 100 and s["fn_px"] == 100 and s["class_change_px"] == 100
-    assert s["deleted"] == 1 and s["added"] == 1 and s["class_change_objects"] == 1
-    assert s["fp_objects"] == 2 and s["fn_objects"] == 2
-    w, hard = mistake_maps(pred, target, valid, 5.0)
-    assert w.max() == 5.0 and w.min() == 1.0 and hard.sum() == 300
-
-
-class _Background:
-    """An engine that sees background everywhere (the corrections are then all
-    additions), fast enough to read real areas in a test."""
-
-    kind, device, n_members = "test", "cpu", 1
-
-    def __init__(self, card):
-        self.card = card
-
-    @property
-    def channels(self):
-        return self.card.num_outputs
-
-    def predict_raw(self, tiles):
-        out = np.zeros((tiles.shape[0], self.card.num_outputs) + tiles.shape[2:], np.float32)
-        out[:, 0] = 1.0
-        return out
-
-
-def _sq(x, y, s):
-    return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
-
-
-@needs_real
-def test_features_in_the_split_gap_are_not_called_outside_every_area():
-    """One reviewed area of Vienna (100 m x 40 m): the held-out strip is its right
-    quarter, 5 m apart from the part trained on. A feature in that 5 m strip lies
-    inside the reviewed area: it is reported as such, not as outside every area."""
-    from backend.learning.corrections import build_corrections
-    from backend.models.catalog import load_card
-    from protocol.params import RetrainParams
-    card = load_card(MODEL)
-    x0, y0 = -1700.0, 338500.0
-    area = (x0, y0, x0 + 100, y0 + 40)  # held out: x > x0 + 75; gap x0 + 70 .. x0 + 75
-    feats = [{"wkt": _sq(x0 + 10, y0 + 10, 3), "class": "photovoltaic"},   # trained on
-             {"wkt": _sq(x0 + 71, y0 + 10, 3), "class": "photovoltaic"},   # in the gap
-             {"wkt": _sq(x0 + 85, y0 + 10, 3), "class": "photovoltaic"},   # held out
-             {"wkt": _sq(x0 + 300, y0 + 10, 3), "class": "photovoltaic"}]  # outside
-    vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
-    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats, crs="EPSG:31256",
-                           reviewed=[{"extent": list(area)}])
-    corr = build_corrections(params, [], card, _Background(card))
-    assert [a.n_features for a in corr.train] == [1] and \
-        [a.n_features for a in corr.holdout] == [1]
-    assert "1 corrected feature(s) lie outside every reviewed area" in " ".join(corr.warnings)
-    assert any(w.startswith("1 corrected feature(s) lie in the strip") for w in corr.warnings)
-    # all inside the area: no word of "outside"
-    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats[:3],
-                           crs="EPSG:31256", reviewed=[{"extent": list(area)}])
-    corr = build_corrections(params, [], card, _Background(card))
-    assert not any("outside" in w for w in corr.warnings), corr.warnings
-    s = corr.summary()
-    assert s["train"]["added"] + s["holdout"]["added"] == 2
-
-
-# ----------------------------------------------------------------------------- time budget
-
-class _Clock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-def test_time_plan_gives_training_what_preparing_and_checking_leave():
-    from backend.learning import finetune as F
-    events = []
-    clock = _Clock()
-    plan = F.TimePlan(60.0, lambda f, m: events.append((f, m)), clock)
-    plan.report("preparing data", "reading reviewed area 1/1")
-    clock.t += 10.0  # reading took 10 s; the model ran at 1e-5 s per pixel
-    F._MEASURED.pop("export_s", None)
-    train = plan.plan_training(1e-5, 1_500_000, "cpu")
-    # gate: export + 15 s of model time for 1.5 Mpx (with the margin) + saving; the
-    # training gets the rest of the 60 s
-    check = F.EXPORT_S["cpu"] + F.CHECK_MARGIN * 15 + F.SAVE_S
-    assert plan.check_s == pytest.approx(check) and 10 < train < 60
-    assert train == pytest.approx(60 - 10 - check)
-    plan.report("training", "step 3/40, loss 0.500")
-    assert events[-1][1] == "training: step 3/40, loss 0.500 — about 50 s left"
-    assert events[-1][0] == pytest.approx(10 / 60)
-    clock.t += train
-    plan.training_done()
-    plan.report("evaluating the gate", "the held-out corrections")
-    clock.t += 20.0
-    plan.report("saving", "the new version")
-    clock.t += 5.0
-    t = plan.summary()
-    assert t["preparing_s"] == 10.0 and t["training_s"] == pytest.approx(train, abs=0.1)
-    assert t["checking_s"] == 20.0 and t["saving_s"] == 5.0
-    assert t["seconds"] == pytest.approx(10 + train + 25, abs=0.1) and t["within_budget"]
-    assert t["train_budget_s"] == round(train, 1)
-    fractions = [f for f, _ in events]
-    assert fractions == sorted(fractions) and fractions[-1] < 1.0
-    assert all(" left" in m or "finishing" in m for _, m in events)
-    # preparing alone fills the budget: the least training time, and the job is late
-    clock = _Clock()
-    plan = F.TimePlan(30.0, None, clock)
-    clock.t += 40.0
-    assert plan.plan_training(1e-5, 1_000_000, "cpu") == F.MIN_TRAIN_S
-    clock.t += F.MIN_TRAIN_S + 5
-    assert not plan.summary()["within_budget"]
-    assert F.left_text(0.4) == "finishing" and F.left_text(7.2) == "about 7 s left"
-    assert F.left_text(43) == "about 45 s left" and F.left_text(400) == "about 7 min left"
-
-
-def test_expected_steps_fit_the_budget():
-    from backend.learning.finetune import expected_steps
-    assert expected_steps(10, 20.0, 60.0, None, 2.0) == 30
-    assert expected_steps(10, 20.0, 60.0, 15, 2.0) == 15
-    assert expected_steps(10, 70.0, 60.0, None, 2.0) == 10
-
+# ----------------------------------------------------------------------------- the job
 
 @needs_real
 def test_real_retrain_plans_its_whole_budget(user_dir):
@@ -308,7 +40,8 @@ def test_real_retrain_plans_its_whole_budget(user_dir):
     training got a budget of its own and used it, and progress names every phase with
     the time left, in order. Whether the job ends within 45 s depends on the machine's
     speed and load: ``build.py bench`` measures that (``retrain_budget``)."""
-    from backend.learning.finetune import MIN_TRAIN_S, run_retrain
+    from backend.learning.retrain import run_retrain
+    from backend.learning.time_plan import MIN_TRAIN_S
     vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
     req = {"type": "retrain", "model": MODEL, "source": {"kind": "file", "path": vienna},
            "crs": "EPSG:31256", "features": [],
@@ -335,78 +68,6 @@ def test_real_retrain_plans_its_whole_budget(user_dir):
     assert any(re.match(r"training: step \d+/\d+, loss", m) for m in msgs)
     fr = [f for _, f, _ in events]
     assert fr == sorted(fr)
-
-
-# ----------------------------------------------------------------------------- versions
-
-def _state():
-    from safetensors.torch import load_file
-    from backend.models.catalog import load_card
-    card = load_card(MODEL)
-    return card, load_file(str(card.weights_path))
-
-
-@needs_real
-def test_versions_atomic_lineage_switch_and_rollback(user_dir):
-    from backend.models.catalog import list_cards, load_card
-    from protocol.errors import ModelNotFound
-    before = _shipped_digest()
-    card, state = _state()
-    # a trainer killed just before the rename leaves no version
-    with pytest.raises(KeyboardInterrupt):
-        V.write_version(card, state, {}, {"corrections": 1}, export=False,
-                        before_rename=lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
-    # ... and one killed harder (SIGKILL) leaves only a .tmp-* folder that nobody lists
-    (V.lineage_dir(MODEL) / ".tmp-deadbeef").mkdir(parents=True)
-    (V.lineage_dir(MODEL) / ".tmp-deadbeef" / "weights.safetensors").write_bytes(b"half")
-    assert [c.id for c in list_cards() if "@" in c.id] == []
-    with pytest.raises(ModelNotFound):
-        load_card(f"{MODEL}@1")
-
-    v1 = V.write_version(card, state, {"threshold": 0.55}, {"corrections": 3,
-                                                           "metrics": {"x": 1}}, export=False)
-    assert v1.id == f"{MODEL}@1" and v1.version == f"{card.version}+u1" and v1.threshold == 0.55
-    v2 = V.write_version(v1, state, {}, {"corrections": 5}, export=False)
-    assert v2.id == f"{MODEL}@2"
-    lin = json.loads((V.lineage_dir(MODEL) / "2" / "lineage.json").read_text())
-    assert lin["parent"] == f"{MODEL}@1" and lin["corrections"] == 5 and lin["created"]
-    ids = [c.id for c in list_cards()]
-    assert MODEL in ids and f"{MODEL}@1" in ids and f"{MODEL}@2" in ids
-    assert load_card(f"{MODEL}@2").path == V.lineage_dir(MODEL) / "2"
-    assert V.active_id(MODEL) == MODEL  # written, not yet active
-    d = V.activate(f"{MODEL}@2")
-    assert d["active"] == f"{MODEL}@2"
-    assert [v["active"] for v in d["versions"]] == [False, False, True]
-    assert load_card(f"{MODEL}@2").lineage.active is True
-    assert V.rollback(MODEL)["active"] == f"{MODEL}@1"   # one call: to the parent
-    assert V.rollback(f"{MODEL}@1")["active"] == MODEL
-    with pytest.raises(V.VersionError, match="nothing|no earlier"):
-        V.rollback(MODEL)
-    with pytest.raises(V.VersionError):
-        V.activate(f"{MODEL}@9")
-    assert _shipped_digest() == before  # shipped models are never written
-
-
-def test_mlflow_file_store_layout(tmp_path):
-    import yaml
-    run = V.MlflowRun(tmp_path / "mlruns", "retrain x")
-    run.log_params({"budget_s": 60, "config": {"a": 1}})
-    run.log_metric("after.user_holdout.object_f1", 0.8)
-    run.log_metric("train.steps", 12, 12)
-    run.set_tag("ortholens.decision", "accepted")
-    run.end("FINISHED")
-    exp = yaml.safe_load((tmp_path / "mlruns" / run.experiment_id / "meta.yaml").read_text())
-    assert exp["name"] == V.MLFLOW_EXPERIMENT and exp["lifecycle_stage"] == "active"
-    assert (tmp_path / "mlruns" / "0" / "meta.yaml").is_file()  # MLflow's Default
-    meta = yaml.safe_load((run.dir / "meta.yaml").read_text())
-    assert meta["run_id"] == run.run_id and meta["status"] == 3 and meta["end_time"]
-    assert meta["experiment_id"] == run.experiment_id
-    assert (run.dir / "params" / "budget_s").read_text() == "60"
-    ts, value, step = (run.dir / "metrics" / "train.steps").read_text().split()
-    assert float(value) == 12 and step == "12" and int(ts) > 0
-    assert (run.dir / "tags" / "mlflow.runName").read_text() == "retrain x"
-    # a second run lands in the same experiment
-    assert V.MlflowRun(tmp_path / "mlruns", "y").experiment_id == run.experiment_id
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -485,7 +146,7 @@ def test_daemon_retrain_job_progress_result_cancel_and_versions(user_dir):
 def test_retrain_job_cancel_writes_nothing(user_dir):
     """A real retrain job cancelled while fine-tuning: no version, the MLflow run KILLED."""
     from protocol.errors import JobCancelled
-    from backend.learning.finetune import run_retrain
+    from backend.learning.retrain import run_retrain
     from tools.retrain_eval import cluster_split
     a, _ = cluster_split()
     reviewed = [{"source": {"kind": "file", "path": str(t.image_path)}} for t in a[:4]]
@@ -510,7 +171,7 @@ def test_retrain_job_cancel_writes_nothing(user_dir):
 
 @needs_real
 def test_retrain_refuses_invalid_geometry_when_asked(user_dir):
-    from backend.learning.finetune import run_retrain
+    from backend.learning.retrain import run_retrain
     from protocol.errors import JobError
     from tools.retrain_eval import cluster_split
     a, _ = cluster_split()
@@ -530,7 +191,7 @@ def loop(tmp_path_factory):
     if not (HAVE_DATA and HAVE_MODEL):
         pytest.skip("real data (ORTHOLENS_DATA) or shipped model missing")
     from tools import retrain_eval as E
-    before = _shipped_digest()
+    before = shipped_digest()
     user = tmp_path_factory.mktemp("loop-user-models")
     # fixed step counts (E.STEPS): the outcome does not depend on the machine's load;
     # the time cap only guards against a runaway job
@@ -547,7 +208,7 @@ def loop(tmp_path_factory):
     (out / "retrain-eval-test.json").write_text(
         json.dumps({k: v for k, v in res.items() if k != "pv01"}, indent=2, default=str))
     res["_features_b"] = feats
-    assert _shipped_digest() == before
+    assert shipped_digest() == before
     return res
 
 

@@ -34,19 +34,20 @@ pytestmark = [
 #: Run with the backend's Python: write the area version, put it in use.
 MAKE_VERSION = """
 import shutil, sys, rasterio
-from backend.models import versions as V
+from backend.models.area import build_area
 from backend.models.catalog import load_card
-from backend.models.scope import build_scope
+from backend.models.version_writer import candidate_dir, write_version
+from backend.models.versions import activate
 card = load_card(sys.argv[1])
 with rasterio.open(sys.argv[2]) as ds:
-    scope = build_scope([tuple(ds.bounds)], ds.crs.to_wkt(), 250.0).to_dict()
-prep = V.candidate_dir(card.id)
+    area = build_area([tuple(ds.bounds)], ds.crs.to_wkt(), 250.0).to_dict()
+prep = candidate_dir(card.id)
 for name in ("weights.safetensors", "model.onnx"):
     shutil.copy(card.path / name, prep / name)
-new = V.write_version(card, None, {}, {"scope": scope, "decision": "accepted",
-                                       "verdict": "accepted"}, prepared=prep)
+new = write_version(card, None, {}, {"scope": area, "decision": "accepted",
+                                     "verdict": "accepted"}, prepared=prep)
 shutil.rmtree(prep)
-V.activate(new.id)
+activate(new.id)
 print(new.id)
 """
 

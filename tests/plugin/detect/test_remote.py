@@ -60,12 +60,12 @@ def engine_settings(engine, qgis_auth, monkeypatch):
     forget_token()
 
 
-def _run(plan, settings, out, chunk_px=None):
+def _run(plan, settings, out, window_px=None):
     from plugin.detect.task import DetectTask
 
     task = DetectTask(plan, settings, str(out), model_id=MODEL, job_timeout_s=300,
                       add_to_project=False)
-    task.chunk_px = chunk_px
+    task.window_px = window_px
     task.messages = []
     task.message.connect(task.messages.append)
     ok = task.run()
@@ -97,7 +97,7 @@ def test_detection_through_pixel_transfer_equals_reading_the_file(
     QgsProject.instance().addMapLayer(layer)
     plan = prepare_detect(layer, layer.extent(), layer.crs())
     assert plan.source is not None and plan.fallback is not None
-    ok, by_pixels = _run(plan, settings, tmp_path / "pixels.gpkg", chunk_px=64)
+    ok, by_pixels = _run(plan, settings, tmp_path / "pixels.gpkg", window_px=64)
     assert ok and by_pixels.error is None, by_pixels.error
     assert by_pixels.transfer == "pixels"
     # 256 x 256 pixels at the model's 0.1 m, streamed as 4 x 4 windows of 64

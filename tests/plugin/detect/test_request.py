@@ -225,9 +225,8 @@ def test_windows_rendered_side_by_side_equal_the_whole_render(vienna_layer, gsd)
     assert (grid.height, grid.width) == whole.array.shape[1:]
     assert grid.transform == whole.transform
     parts = np.zeros_like(whole.array)
-    for row, col, rows, cols in protocol.chunk_windows(grid.width, grid.height, 128):
-        parts[:, row:row + rows, col:col + cols] = render_window(plan, grid, row, col,
-                                                                 rows, cols)
+    for window in protocol.upload_windows(grid.width, grid.height, 128):
+        parts[(slice(None),) + window.slices()] = render_window(plan, grid, window)
     if gsd <= 0.3:
         assert np.array_equal(parts, whole.array)
     else:

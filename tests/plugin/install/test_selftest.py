@@ -31,7 +31,7 @@ def test_the_device_in_words():
 @pytest.mark.e2e
 @needs_engine
 def test_the_repositorys_engine_passes_and_is_stopped(tmp_path):
-    from protocol.client import port_open
+    from protocol.launcher import port_open
 
     lines = []
     report = run_self_test(str(BACKEND_PYTHON), str(REPO), tmp_path / "selftest",
@@ -51,7 +51,7 @@ def test_the_repositorys_engine_passes_and_is_stopped(tmp_path):
 @needs_engine
 def test_a_cancelled_self_test_stops_its_engine(tmp_path):
     """Cancelled before the detection: InterruptedError, and the engine is stopped."""
-    from protocol.client import port_open
+    from protocol.launcher import port_open
 
     lines = []
     with pytest.raises(InterruptedError):

@@ -147,7 +147,7 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
         detect = reg.algorithmById("ortholens:detect")
         names = [p.name() for p in detect.parameterDefinitions()]
         for n in ("INPUT", "EXTENT", "COVERAGE", "MODEL", "THRESHOLD", "MIN_AREA",
-                  "CHUNK_PX", "EXECUTOR", "OUTPUT"):
+                  "REGION_PX", "EXECUTOR", "OUTPUT"):
             assert n in names
     finally:
         plugin.unload()
@@ -215,7 +215,7 @@ def test_help_and_model_list_follow_the_daemon_start(daemon_port, provider, proc
                                                      request):
     """Before the daemon runs, the dialog opens at once and says it will be started;
     once it runs, the next dialog lists its models: a failure is not remembered."""
-    from protocol.client import port_open
+    from protocol.launcher import port_open
     from plugin.processing.common import NOT_RUNNING
     from plugin.processing.model_widget import DEFAULT_ENTRY
     AlgorithmDialog, _ = processing_gui
@@ -369,7 +369,7 @@ def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, p
     r = subprocess.run(qp + ["--json", "run", "ortholens:detect", "--",
                              f"INPUT={mosaic}",
                              f"EXTENT={xmin!r},{xmax!r},{ymin!r},{ymax!r} [EPSG:32651]",
-                             f"MODEL={MODEL}", "CHUNK_PX=128", f"OUTPUT={out}"],
+                             f"MODEL={MODEL}", "REGION_PX=128", f"OUTPUT={out}"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads(r.stdout[r.stdout.index("{"):])["results"]
@@ -413,7 +413,7 @@ class _CancelAt(QgsProcessingFeedback):
 def test_progress_cancel_then_resume_through_processing(daemon, mosaic, tmp_path, provider):
     fb = _CancelAt(20.0)
     res, ok, _ = run_alg("ortholens:detect", {"INPUT": str(mosaic), "MODEL": MODEL,
-                                              "CHUNK_PX": 64, "OUTPUT": "TEMPORARY_OUTPUT"},
+                                              "REGION_PX": 64, "OUTPUT": "TEMPORARY_OUTPUT"},
                          fb)
     assert fb.isCanceled() and fb.seen and not res.get("OUTPUT")
     import time
@@ -426,14 +426,14 @@ def test_progress_cancel_then_resume_through_processing(daemon, mosaic, tmp_path
         if cancelled or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert cancelled and 0 < cancelled[0]["chunks_done"] < cancelled[0]["chunks_total"]
-    done_before = cancelled[0]["chunks_done"]
+    assert cancelled and 0 < cancelled[0]["regions_done"] < cancelled[0]["regions_total"]
+    done_before = cancelled[0]["regions_done"]
     res, ok, _ = run_alg("ortholens:batchjobs", {"ACTION": 1,
                                                  "JOB_ID": cancelled[0]["job_id"]})
     assert ok and res["COUNT"] > 0 and Path(res["OUT_PATH"]).is_file()
     after = json.loads(run_alg("ortholens:batchjobs", {"ACTION": 0})[0]["JOBS"])
     mine = [j for j in after if j["job_id"] == cancelled[0]["job_id"]][0]
-    assert mine["state"] == "done" and mine["chunks_done"] == mine["chunks_total"] > done_before
+    assert mine["state"] == "done" and mine["regions_done"] == mine["regions_total"] > done_before
 
 
 @needs_daemon

@@ -149,8 +149,8 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
 
 
 def _user_version(users, active=False):
-    """A user version ``<MODEL>@1`` as backend.models.versions writes it (the weights
-    are not needed here), made active when ``active``."""
+    """A user version ``<MODEL>@1`` as backend.models.version_writer writes it (the
+    weights are not needed here), made active when ``active``."""
     d = users / MODEL / "1"
     d.mkdir(parents=True)
     shipped = json.loads((REPO / "models" / MODEL / "card.json").read_text())
@@ -466,7 +466,7 @@ UNDECIDED = {
 
 
 def _pending(users, token):
-    """A candidate the daemon kept aside (``backend.models.versions.save_pending``'s
+    """A candidate the daemon kept aside (``backend.models.pending.save_pending``'s
     layout; the weights are not read here)."""
     d = users / MODEL / f".pending-{token}"
     d.mkdir(parents=True)

@@ -1,14 +1,14 @@
-"""Inference engines: one interface over ONNX Runtime (CPU), PyTorch (GPU/CPU) and
+"""Inference predictors: one interface over ONNX Runtime (CPU), PyTorch (GPU/CPU) and
 ensembles of them.
 
-An engine maps a batch of *raw* tiles, ``(N, bands, H, W)`` in the card's input dtype
+A predictor maps a batch of *raw* tiles, ``(N, bands, H, W)`` in the card's input dtype
 (uint8) with H and W multiples of 32, to probabilities float32
-``(N, channels, H, W)`` (:meth:`Engine.predict_raw`). The first ``1 + classes``
+``(N, channels, H, W)`` (:meth:`Predictor.predict_raw`). The first ``1 + classes``
 channels are class probabilities (softmax over the class axis, background first);
 an ensemble appends, per member, its own probability of each foreground class, so the
 stitched grid can tell which members vote for each polygon (``agreement``).
 
-Choice (:func:`get_engine`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
+Choice (:func:`get_predictor`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
 is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
 otherwise PyTorch on the CPU. An engine installed for detection only has no PyTorch
 (nothing here imports it at module level); it runs the ONNX files.
@@ -26,7 +26,7 @@ from backend.models.card import ModelCard
 from backend.models.torch_models import load_torch_model
 from protocol.errors import ModelCorrupt, ModelNotFound
 
-_CACHE: Dict[Tuple, "Engine"] = {}
+_CACHE: Dict[Tuple, "Predictor"] = {}
 _LOCK = threading.Lock()
 
 
@@ -58,7 +58,7 @@ def device_name() -> str:
 
 
 def device_info() -> Dict[str, object]:
-    """What the engine runs on, for the ``pong`` reply and the plugin's dock.
+    """What the predictor runs on, for the ``pong`` reply and the plugin's dock.
 
     Returns:
         ``{"kind": "cuda", "name": str, "memory_gib": float, "runtime": "torch"}`` on a
@@ -112,8 +112,8 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return z
 
 
-class Engine:
-    """Base class of single-model engines.
+class Predictor:
+    """Base class of single-model predictors.
 
     ``predict(x)``: normalised float32 (N, B, H, W) -> probabilities float32
     (N, 1 + classes, H, W). ``predict_raw(tiles)``: raw tiles -> the same.
@@ -169,7 +169,7 @@ def invert_tta(y: np.ndarray, name: str) -> np.ndarray:
     return apply_tta(y, _INVERSE[name])
 
 
-class EnsembleEngine(Engine):
+class EnsemblePredictor(Predictor):
     """Weighted mean of member probabilities over members x test-time augmentations.
 
     Method: probability averaging of independently trained networks and of flipped /
@@ -180,7 +180,7 @@ class EnsembleEngine(Engine):
 
     Args:
         card: the ensemble card (``kind: ensemble``).
-        members: ``[(engine, weight)]``; all members must share the card's classes.
+        members: ``[(predictor, weight)]``; all members must share the card's classes.
 
     Raises:
         ModelCorrupt: members with other classes or GSD than the ensemble card.
@@ -206,23 +206,24 @@ class EnsembleEngine(Engine):
         return self.card.num_outputs + self.n_members * len(self.card.classes)
 
     def predict_raw(self, tiles: np.ndarray) -> np.ndarray:
-        """See :class:`EnsembleEngine`: fused probabilities, then per-member ones."""
+        """See :class:`EnsemblePredictor`: fused probabilities, then per-member ones."""
         c = self.card.num_outputs
         n, _, h, w = tiles.shape
         fused = np.zeros((n, c, h, w), np.float32)
         per_member = []
         wsum = sum(wt for _, wt in self.members)
-        for eng, wt in self.members:
+        for predictor, wt in self.members:
             acc = np.zeros((n, c, h, w), np.float32)
             for t in self.tta:
-                acc += invert_tta(eng.predict_raw(np.ascontiguousarray(apply_tta(tiles, t))), t)
+                x = np.ascontiguousarray(apply_tta(tiles, t))
+                acc += invert_tta(predictor.predict_raw(x), t)
             acc /= len(self.tta)
             fused += acc * (wt / wsum)
             per_member.append(acc[:, 1:])
         return np.concatenate([fused] + per_member, axis=1)
 
 
-class OnnxEngine(Engine):
+class OnnxPredictor(Predictor):
     """ONNX Runtime on the CPU.
 
     Args:
@@ -252,12 +253,12 @@ class OnnxEngine(Engine):
         self.device = "cpu"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """See :meth:`Engine.predict`."""
+        """See :meth:`Predictor.predict`."""
         logits = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0]
         return softmax(logits)
 
 
-class TorchEngine(Engine):
+class TorchPredictor(Predictor):
     """PyTorch; on CUDA with fp16 autocast and channels_last memory format.
 
     Args:
@@ -280,7 +281,7 @@ class TorchEngine(Engine):
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """See :meth:`Engine.predict`."""
+        """See :meth:`Predictor.predict`."""
         torch = self.torch
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
@@ -293,15 +294,15 @@ class TorchEngine(Engine):
             return torch.softmax(self.model(t), 1).numpy()
 
 
-def get_engine(card: ModelCard, prefer: Optional[str] = None) -> Engine:
-    """A cached engine for ``card``.
+def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
+    """A cached predictor for ``card``.
 
     Args:
         card: model card.
         prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
             torch CPU).
 
-    An ensemble card gets an :class:`EnsembleEngine` over its members' engines.
+    An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors.
 
     Raises:
         ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
@@ -311,28 +312,30 @@ def get_engine(card: ModelCard, prefer: Optional[str] = None) -> Engine:
            weights.stat().st_mtime if weights.is_file() else None)
     if card.is_ensemble:
         from backend.models.catalog import load_card
-        members = [(get_engine(load_card(m.id, card.path.parent if card.path else None),
+        members = [(get_predictor(load_card(m.id, card.path.parent if card.path else None),
                                prefer), m.weight) for m in card.members]
         with _LOCK:
-            eng = _CACHE.get(key)
-            if eng is None or [id(e) for e, _ in eng.members] != [id(e) for e, _ in members]:
-                eng = _CACHE[key] = EnsembleEngine(card, members)
-            return eng
+            predictor = _CACHE.get(key)
+            same = predictor is not None and [id(e) for e, _ in predictor.members] == [
+                id(e) for e, _ in members]
+            if not same:
+                predictor = _CACHE[key] = EnsemblePredictor(card, members)
+            return predictor
     with _LOCK:
-        eng = _CACHE.get(key)
-        if eng is not None:
-            return eng
+        predictor = _CACHE.get(key)
+        if predictor is not None:
+            return predictor
         if prefer == "torch" or (prefer is None and cuda_available()):
-            eng = TorchEngine(card, "cuda:0" if cuda_available() else "cpu")
+            predictor = TorchPredictor(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
-            eng = OnnxEngine(card)
+            predictor = OnnxPredictor(card)
         elif not torch_available():
             raise ModelNotFound(
-                f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this engine "
+                f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this predictor "
                 f"has no PyTorch to run its weights (it was installed for detection "
-                f"only): reinstall the engine, or install it with PyTorch (the 'train' "
+                f"only): reinstall the predictor, or install it with PyTorch (the 'train' "
                 f"extra) to export the model")
         else:
-            eng = TorchEngine(card, "cpu")
-        _CACHE[key] = eng
-        return eng
+            predictor = TorchPredictor(card, "cpu")
+        _CACHE[key] = predictor
+        return predictor
