@@ -115,8 +115,10 @@ def setup() -> None:
     setup_venv(VENV_BACKEND, ["requirements-backend.txt", "requirements-dev.txt"], False,
                "requirements-backend-nodeps.txt")
     setup_venv(VENV_QGIS, ["requirements-qgis.txt"], True)
-    # ONNX graphs are derived from the shipped fp16 safetensors (kept out of git).
+    # ONNX graphs are derived from the shipped fp16 safetensors (kept out of git), and
+    # the INT8 graphs a card keeps for the CPU from those (calibrated on pv01 train chips)
     run([VENV_BACKEND / "bin" / "python", "-m", "backend.models.export"], env=base_env())
+    run([VENV_BACKEND / "bin" / "python", "-m", "backend.learning.quantize"], env=base_env())
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -203,8 +205,10 @@ def train(args) -> int:
 
 
 #: What the engine wheel carries of each model folder (models/<id>/): the card, its
-#: Markdown, the fp16 weights (retraining) and the ONNX graph (detection without PyTorch).
-MODEL_FILES = ("card.json", "MODEL_CARD.md", "weights.safetensors", "model.onnx")
+#: Markdown, the fp16 weights (retraining) and the ONNX graphs (detection without
+#: PyTorch; the INT8 one where the card keeps it for the CPU).
+MODEL_FILES = ("card.json", "MODEL_CARD.md", "weights.safetensors", "model.onnx",
+               "model.int8.onnx")
 
 
 def build_wheel(dest: Path) -> Path:

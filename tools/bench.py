@@ -1,31 +1,41 @@
-"""Throughput and latency of the inference pipeline, measured in one run.
+"""Throughput, latency and accuracy of inference variants, measured in one run.
 
 Usage::
 
     python -m tools.bench [--models ID ...] [--raster PATH] [--out out/bench.json]
-                          [--no-client] [--repeat 3] [--no-retrain]
+                          [--no-client] [--repeat 3] [--no-retrain] [--no-accuracy]
+                          [--variants baseline,fp32,int8]
 
-For each model (a member or an ensemble card, e.g. ``pv-unet-efl0``; default: the
-catalog's CPU default model) on the same raster (default: the real Vienna 2023
-orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
+For each model (default: the catalog's CPU default, and the ensemble where one is
+shipped) and each *variant* of how it runs on this device — ``baseline`` (fp32 graph,
+512 px tiles with 128 px of overlap: the geometry every model ran with before tile
+geometry was measured), ``fp32`` (the fp32 graph with the card's tiles for this device),
+``int8`` (the INT8 graph of ``backend.learning.quantize`` with the card's tiles; made in
+a temporary folder when the card keeps none) — on the same raster (default: the real
+Vienna 2023 orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 
-(a) *model only*: batches of random uint8 tiles already in memory through the predictor
-    (``Predictor.predict_raw``: normalisation, inference, softmax; for ensembles every
-    member x TTA), in Mpx/s of input;
+(a) *model only*: batches of random uint8 tiles already in memory through the
+    predictor (``Predictor.predict_raw``: normalisation, inference, softmax; for
+    ensembles every member x TTA), in Mpx/s of input;
 (b) *end to end*: :func:`backend.inference.detect.run_detect` on the whole raster: read ->
     resample -> tile -> infer -> stitch -> threshold -> polygonize, in Mpx/s and km²/h at
     the model GSD, and the ratio (b)/(a);
 (c) *screen extent*: the round trip of a 1920 x 1080 px extent at 0.1 m (192 m x 108 m)
     through the plugin's client to a real daemon process (median of ``--repeat``, after
     one warm-up call);
+(d) *accuracy* (unless ``--no-accuracy``): pixel IoU and object F1 on the pv01 held-out
+    tiles and false polygons per km² on the Vienna scene (``tools.evaluate``), and how
+    many of the variant's Vienna polygons differ from the baseline's;
 
-(d) *retrain budget* (unless ``--no-retrain``): a real retrain of a small Vienna area with a
-    45 s budget for the whole job (preparing, training, the gate, saving), into a
-    temporary user-models folder: whether it ended within the budget, and each phase's
-    seconds (:class:`backend.learning.time_plan.TimePlan`);
+(e) *retrain budget* (unless ``--no-retrain``; single models, the first variant only): a
+    real retrain of a small Vienna area with a 45 s budget for the whole job (preparing,
+    training, the gate, saving), into a temporary user-models folder: whether it ended
+    within the budget, and each phase's seconds (``backend.learning.time_plan``);
 
 plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
-Prints a table and writes JSON. Timings are wall-clock with ``time.perf_counter``.
+A variant runs from a temporary copy of the model folder whose cards say its graph and
+tiles (``ORTHOLENS_MODELS``), so the daemon of (c) runs it too. Prints a table and
+writes JSON. Timings are wall-clock with ``time.perf_counter``.
 """
 
 from __future__ import annotations
@@ -34,19 +44,68 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from backend.config import REPO, vienna_scene
+from backend.config import REPO, models_dir, vienna_scene
 from backend.inference.detect import run_detect
-from backend.inference.predictors import device_name, get_predictor
+from backend.inference.predictors import device_name, forget_predictors, get_predictor
 from backend.models.catalog import cpu_default_model_id, load_card
 from protocol.client import OrtholensClient
 from protocol.params import DetectParams, FileSource
 from tools.common import local_daemon, peak_rss_mb
+
+#: name -> (graph: "fp32" | "int8", tiles: None for the card's, else (size, overlap)).
+VARIANTS = {"baseline": ("fp32", (512, 128)), "fp32": ("fp32", None),
+            "int8": ("int8", None)}
+
+
+@contextmanager
+def variant_models(variant: str, model_ids: List[str]) -> Iterator[Path]:
+    """A temporary copy of the model folder whose cards run ``variant`` on the CPU
+    (graph and tiles), set as ``ORTHOLENS_MODELS`` while the context lasts; members of
+    an ensemble get the variant too. The INT8 graph is made when a card has none."""
+    from backend.learning.quantize import INT8_FILE, quantize_onnx
+    graph, tiles = VARIANTS[variant]
+    old = os.environ.get("ORTHOLENS_MODELS")
+    with tempfile.TemporaryDirectory(prefix=f"ortholens-bench-{variant}-") as tmp:
+        root = Path(tmp)
+        shutil.copy2(models_dir() / "defaults.json", root / "defaults.json")
+        for d in models_dir().iterdir():
+            if (d / "card.json").is_file():
+                shutil.copytree(d, root / d.name)
+        for d in root.iterdir():
+            if not (d / "card.json").is_file():
+                continue
+            card = json.loads((d / "card.json").read_text("utf-8"))
+            graphs = dict(card.get("graphs") or {})
+            if graph == "fp32":
+                graphs.pop("cpu", None)
+            elif card.get("kind") != "ensemble":
+                if not (d / INT8_FILE).is_file():
+                    quantize_onnx(load_card(d.name, root))
+                graphs["cpu"] = INT8_FILE
+            card["graphs"] = graphs
+            if tiles is not None:
+                card["tiling"] = dict(card.get("tiling") or {},
+                                      cpu={"tile_size": tiles[0], "overlap": tiles[1]})
+            (d / "card.json").write_text(json.dumps(card, indent=2) + "\n", "utf-8")
+        os.environ["ORTHOLENS_MODELS"] = str(root)
+        forget_predictors()
+        try:
+            yield root
+        finally:
+            forget_predictors()
+            if old is None:
+                os.environ.pop("ORTHOLENS_MODELS", None)
+            else:
+                os.environ["ORTHOLENS_MODELS"] = old
 
 
 def model_only(model_id: str, tile: int = 512, batch: int = 4, seconds: float = 8.0) -> Dict:
@@ -126,45 +185,92 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
                        and k != "budget_s"}}
 
 
+def accuracy(model_id: str, baseline: Optional[List[str]] = None) -> Dict:
+    """Held-out pixel IoU / object F1 and Vienna false polygons per km² of ``model_id``
+    as the current ``ORTHOLENS_MODELS`` runs it (``tools.evaluate``), and how many of its
+    Vienna polygons have no equal (WKT) among ``baseline``'s."""
+    from tools.evaluate import eval_heldout
+    h = eval_heldout(model_id)
+    v = run_detect(DetectParams(FileSource(str(vienna_scene())), model_id), [])
+    wkt = sorted(f["wkt"] for f in v["features"])
+    out = {"pixel_iou": round(h["pixel_iou"], 4), "object_f1": round(h["object_f1"], 4),
+           "vienna_fp_per_km2": round(len(wkt) / v["stats"]["area_km2"], 1),
+           "vienna_wkt": wkt}
+    if baseline is not None:
+        out["vienna_differs_from_baseline"] = len(set(v["wkt"]) ^ set(baseline))
+    return out
+
+
+def measure(mid: str, args, first: bool, baseline: Optional[List[str]]) -> Dict:
+    """Every figure of one model in the current variant (module docstring)."""
+    cuda = device_name().startswith("cuda")
+    if cuda:
+        import torch
+        torch.cuda.reset_peak_memory_stats()
+    r = {"model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
+    r["ratio_end_to_end_vs_model"] = round(
+        r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
+    if not args.no_client:
+        r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
+    if not args.no_accuracy:
+        r["accuracy"] = accuracy(mid, baseline)
+    if first and not args.no_retrain and not load_card(mid).members:
+        r["retrain_budget"] = retrain_budget(mid, vienna_scene())
+    if cuda:
+        import torch
+        r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    r["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return r
+
+
+def table(report: Dict) -> str:
+    """The report's Markdown table: one row per model and variant."""
+    rows = ["| model | variant | model only Mpx/s | end to end Mpx/s | ratio | km²/h | "
+            "screen s | held-out IoU / F1 | Vienna FP/km² | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for mid, by_variant in report["models"].items():
+        for variant, r in by_variant.items():
+            acc = r.get("accuracy") or {}
+            rows.append(
+                f"| {mid} | {variant} | {r['model_only']['mpx_per_s']} | "
+                f"{r['end_to_end']['mpx_per_s']} | {r['ratio_end_to_end_vs_model']} | "
+                f"{r['end_to_end']['km2_per_h']} | "
+                f"{r.get('screen_extent', {}).get('median_s', '')} | "
+                f"{acc.get('pixel_iou', '')} / {acc.get('object_f1', '')} | "
+                f"{acc.get('vienna_fp_per_km2', '')} | {r['peak_rss_mb']} |")
+    return "\n".join(rows)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Ortholens throughput benchmark")
     ap.add_argument("--models", nargs="*", default=None,
                     help="model ids (default: the catalog's CPU default model)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated variants of {list(VARIANTS)}")
     ap.add_argument("--raster", type=Path, default=vienna_scene())
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench.json")
     ap.add_argument("--no-client", action="store_true", help="skip the screen-extent round trip")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the accuracy figures")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-retrain", action="store_true",
                     help="skip the real retrain against a 45 s budget")
     args = ap.parse_args(argv)
     report = {"device": device_name(), "cpu_count": os.cpu_count(),
               "platform": platform.platform(), "raster": str(args.raster), "models": {}}
-    cuda = report["device"].startswith("cuda")
-    for mid in args.models or [cpu_default_model_id()]:
-        if cuda:
-            import torch
-            torch.cuda.reset_peak_memory_stats()
-        r = {"model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
-        r["ratio_end_to_end_vs_model"] = round(
-            r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
-        if not args.no_client:
-            r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
-        if not args.no_retrain and not load_card(mid).members:
-            r["retrain_budget"] = retrain_budget(mid, vienna_scene())
-        if cuda:
-            import torch
-            r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        r["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        report["models"][mid] = r
-        print(json.dumps({mid: r}, indent=2), flush=True)
+    models = args.models or [cpu_default_model_id()]
+    baseline: Dict[str, List[str]] = {}
+    for i, variant in enumerate(args.variants.split(",")):
+        with variant_models(variant, models):
+            for mid in models:
+                r = measure(mid, args, i == 0, baseline.get(mid))
+                if "accuracy" in r:
+                    wkt = r["accuracy"].pop("vienna_wkt")
+                    baseline.setdefault(mid, wkt)
+                report["models"].setdefault(mid, {})[variant] = r
+                print(json.dumps({mid: {variant: r}}, indent=2), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-    print(f"\n{'model':<16}{'model-only Mpx/s':>18}{'end-to-end Mpx/s':>18}{'ratio':>7}"
-          f"{'km2/h':>8}{'screen s':>10}{'peak RSS MiB':>14}")
-    for mid, r in report["models"].items():
-        print(f"{mid:<16}{r['model_only']['mpx_per_s']:>18}{r['end_to_end']['mpx_per_s']:>18}"
-              f"{r['ratio_end_to_end_vs_model']:>7}{r['end_to_end']['km2_per_h']:>8}"
-              f"{r.get('screen_extent', {}).get('median_s', ''):>10}{r['peak_rss_mb']:>14}")
+    print("\n" + table(report))
     print(f"device: {report['device']}; wrote {args.out}")
     return 0
 

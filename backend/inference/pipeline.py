@@ -112,9 +112,9 @@ class Options:
         orthogonalize: replace near-rectangular polygons by rectangles.
         min_solidity, min_score: object filters
             (:func:`backend.inference.postprocess.filter_objects`; the card's).
-        tile_size, overlap: tiling in pixels (None: the card's; see
-            ``backend.inference.tiling.plan_tiling``). Requests never set them; the
-            evaluation of variants does, through ``run_detect``'s ``overrides``.
+        tile_size, overlap: tiling in pixels (None: the card's for the predictor's device,
+            ``ModelCard.tile_geometry``; see ``backend.inference.tiling.plan_tiling``). Requests
+            never set them; the evaluation of variants does, through ``overrides``.
         region_px: region side of a batch job, pixels at the model's GSD.
         halo_px: first halo around a region, pixels; None: twice the tile overlap, at
             least 64.
@@ -280,7 +280,11 @@ class RegionDetector:
                  cache_mb: float = 0.0, warnings: Optional[List[str]] = None):
         self.card, self.predictor, self.reader, self.grid, self.opts = (card, predictor, reader,
                                                                      grid, opts)
-        self.plan = plan_tiling(card, grid.height, grid.width, opts.tile_size, opts.overlap)
+        size, overlap = card.tile_geometry("cuda" if str(predictor.device).startswith("cuda")
+                                           else "cpu")
+        self.plan = plan_tiling(card, grid.height, grid.width,
+                                opts.tile_size or size,
+                                overlap if opts.overlap is None else opts.overlap)
         self.whole = Window(0, 0, grid.height, grid.width)
         self.warnings = warnings if warnings is not None else []
         self.backoff = BatchBackoff(opts.batch_size, self.warnings)

@@ -8,8 +8,9 @@ channels are class probabilities (softmax over the class axis, background first)
 an ensemble appends, per member, its own probability of each foreground class, so the
 stitched grid can tell which members vote for each polygon (``agreement``).
 
-Choice (:func:`get_predictor`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
-is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
+Choice (:func:`get_predictor`): ONNX Runtime on a GPU where its CUDA provider is installed
+(the engine's ``cuda`` extra); else PyTorch on CUDA (fp16 autocast, channels_last) when a
+GPU is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
 otherwise PyTorch on the CPU. An engine installed for detection only has no PyTorch
 (nothing here imports it at module level); it runs the ONNX files.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,13 +59,15 @@ def device_name() -> str:
 
 
 def device_info() -> Dict[str, object]:
-    """What the predictor runs on, for the ``pong`` reply and the plugin's dock.
+    """What the engine runs models on, for the ``pong`` reply and the plugin's dock.
 
     Returns:
-        ``{"kind": "cuda", "name": str, "memory_gib": float, "runtime": "torch"}`` on a
-        GPU, else ``{"kind": "cpu", "cores": int, "runtime": "onnxruntime"|"torch"}``;
-        both with ``"torch"``: the PyTorch version, or None when it is not installed
-        (detection only: ONNX Runtime, no retraining).
+        ``{"kind": "cuda", "name": str, "memory_gib": float}`` on a GPU, else
+        ``{"kind": "cpu", "cores": int}``; both with ``"runtime"`` (``"onnxruntime"``
+        or ``"torch"``: what runs the models), ``"provider"`` (ONNX Runtime's execution
+        provider that runs them, e.g. ``"CUDAExecutionProvider"``, or None without
+        ONNX Runtime) and ``"torch"`` (the PyTorch version, or None when it is not
+        installed: detection only, no retraining).
     """
     torch_version = None
     try:
@@ -72,18 +75,38 @@ def device_info() -> Dict[str, object]:
         torch_version = str(torch.__version__)
     except Exception:
         torch = None
+    try:
+        provider: Optional[str] = onnx_providers()[0]
+    except Exception:  # no onnxruntime
+        provider = None
+    onnx_gpu = provider is not None and provider != "CPUExecutionProvider"
+    runtime = "onnxruntime" if provider is not None and (
+        onnx_gpu or not cuda_available()) else "torch"
+    info: Dict[str, object] = {"runtime": runtime, "provider": provider,
+                               "torch": torch_version}
     if torch is not None and cuda_available():
         props = torch.cuda.get_device_properties(0)
-        return {"kind": "cuda", "name": str(props.name),
-                "memory_gib": round(props.total_memory / 2 ** 30, 1), "runtime": "torch",
-                "torch": torch_version}
+        info.update(kind="cuda", name=str(props.name),
+                    memory_gib=round(props.total_memory / 2 ** 30, 1))
+    elif onnx_gpu:
+        info.update(kind="cuda", **_nvidia_smi())
+    else:
+        info.update(kind="cpu", cores=int(os.cpu_count() or 1))
+    return info
+
+
+def _nvidia_smi() -> Dict[str, object]:
+    """``{"name", "memory_gib"}`` of GPU 0 as ``nvidia-smi`` reports it (an engine with
+    ONNX Runtime's CUDA provider and no PyTorch); ``{"name": "GPU"}`` when it cannot."""
+    import subprocess
     try:
-        import onnxruntime  # noqa: F401
-        runtime = "onnxruntime"
-    except Exception:
-        runtime = "torch"
-    return {"kind": "cpu", "cores": int(os.cpu_count() or 1), "runtime": runtime,
-            "torch": torch_version}
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=10).stdout.splitlines()[0]
+        name, mib = (x.strip() for x in out.split(","))
+        return {"name": name, "memory_gib": round(float(mib) / 1024, 1)}
+    except Exception:  # noqa: BLE001 - no driver tool: say less
+        return {"name": "GPU"}
 
 
 def normalize(tiles: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -223,12 +246,34 @@ class EnsemblePredictor(Predictor):
         return np.concatenate([fused] + per_member, axis=1)
 
 
+def onnx_providers() -> List[str]:
+    """ONNX Runtime's execution providers for a model, best first: TensorRT and CUDA
+    where the installed ONNX Runtime has them (the ``onnxruntime-gpu`` wheel of the
+    engine's ``cuda`` extra), then the CPU; ``ORTHOLENS_ONNX_PROVIDER=cpu`` keeps the
+    CPU."""
+    import onnxruntime as ort
+    if os.environ.get("ORTHOLENS_ONNX_PROVIDER", "").lower() == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+           if p in available]
+    return gpu + ["CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+
+
 class OnnxPredictor(Predictor):
-    """ONNX Runtime on the CPU.
+    """ONNX Runtime, on the CPU or on a GPU through its CUDA (or TensorRT) provider.
+
+    The graph is the card's for the device kind (:meth:`ModelCard.graph_path`: an INT8
+    graph on the CPU where the card keeps one, an fp16 one on a GPU). On the CPU the
+    session uses every core for one model call and its threads do not spin between
+    calls (``session.intra_op.allow_spinning`` off), so that the reader thread that
+    prepares the next tiles gets the cores while a batch is stitched. On a GPU the
+    outputs are bound to the device and copied back once (I/O binding).
 
     Args:
-        card: the model card; ``card.onnx_path`` must exist.
-        threads: intra-op threads (default: all cores).
+        card: the model card; its graph must exist.
+        threads: intra-op threads on the CPU (default: all cores).
+        providers: execution providers, best first (default :func:`onnx_providers`).
 
     Raises:
         ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
@@ -236,26 +281,41 @@ class OnnxPredictor(Predictor):
 
     kind = "onnxruntime"
 
-    def __init__(self, card: ModelCard, threads: Optional[int] = None):
+    def __init__(self, card: ModelCard, threads: Optional[int] = None,
+                 providers: Optional[List[str]] = None):
         import onnxruntime as ort
-        if not card.onnx_path.is_file():
-            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
+        providers = list(providers or onnx_providers())
+        gpu = providers[0] != "CPUExecutionProvider"
+        path = card.graph_path("cuda" if gpu else "cpu")
+        if not path.is_file():
+            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {path}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(card.onnx_path), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:
             raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
         self.card = card
-        self.device = "cpu"
+        self.graph = path.name
+        #: the provider that runs the graph (``CPUExecutionProvider``, ...)
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda:0" if self.provider != "CPUExecutionProvider" else "cpu"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """See :meth:`Predictor.predict`."""
-        logits = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0]
-        return softmax(logits)
+        x = np.ascontiguousarray(x, np.float32)
+        if self.device == "cpu":
+            logits = self.session.run(None, {"input": x})[0]
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("input", x)
+            binding.bind_output("logits", "cuda")
+            self.session.run_with_iobinding(binding)
+            logits = binding.copy_outputs_to_cpu()[0]
+        return softmax(np.asarray(logits, np.float32))
 
 
 class TorchPredictor(Predictor):
@@ -294,6 +354,13 @@ class TorchPredictor(Predictor):
             return torch.softmax(self.model(t), 1).numpy()
 
 
+def forget_predictors() -> None:
+    """Drop every cached predictor (:func:`get_predictor`): the next call loads the
+    model files again (measurements of variants of the same model)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
 def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
     """A cached predictor for ``card``.
 
@@ -325,17 +392,26 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         predictor = _CACHE.get(key)
         if predictor is not None:
             return predictor
-        if prefer == "torch" or (prefer is None and cuda_available()):
+        onnx_gpu = prefer != "torch" and _onnx_gpu() and card.onnx_path.is_file()
+        if prefer == "torch" or (prefer is None and cuda_available() and not onnx_gpu):
             predictor = TorchPredictor(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
             predictor = OnnxPredictor(card)
         elif not torch_available():
             raise ModelNotFound(
-                f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this predictor "
+                f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this engine "
                 f"has no PyTorch to run its weights (it was installed for detection "
-                f"only): reinstall the predictor, or install it with PyTorch (the 'train' "
+                f"only): reinstall the engine, or install it with PyTorch (the 'train' "
                 f"extra) to export the model")
         else:
             predictor = TorchPredictor(card, "cpu")
         _CACHE[key] = predictor
         return predictor
+
+
+def _onnx_gpu() -> bool:
+    """True when ONNX Runtime can run on a GPU here (:func:`onnx_providers`)."""
+    try:
+        return onnx_providers()[0] != "CPUExecutionProvider"
+    except Exception:  # no onnxruntime: PyTorch runs the models
+        return False

@@ -33,6 +33,12 @@ Fields read by the code:
 ``min_solidity, min_score``      objects less solid (area / convex hull area) or less
                                  confident (mean probability) are dropped; 0 keeps all
 ``weights, onnx``                file names inside the model folder
+``graphs``                       ``{"cpu": "model.int8.onnx"}``: the ONNX file a device
+                                 kind runs instead of ``onnx`` (an INT8 graph kept where
+                                 it is as accurate, ``backend.learning.quantize``)
+``tiling``                       ``{"cpu": {"tile_size": .., "overlap": ..}}``: the tile
+                                 geometry a device kind runs instead of ``tile_size`` and
+                                 ``overlap`` (chosen on measurements, ``tools/bench.py``)
 ``members, tta, shifts``         ensembles: ``[{"id", "weight"}]`` (:class:`Member`),
                                  test-time augmentations (:data:`TTA_TRANSFORMS`), and a
                                  second tiling offset by half a tile; an ensemble has no
@@ -55,7 +61,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
                                    as_str, doc_field, list_of, record_of, typed_field)
@@ -272,6 +278,8 @@ class ModelCard(Record):
     min_score: float = typed_field(as_float, 0.0)
     weights: str = typed_field(as_str, "weights.safetensors")
     onnx: str = typed_field(as_str, "model.onnx")
+    graphs: Dict[str, str] = typed_field(as_dict, dict)
+    tiling: Dict[str, Any] = typed_field(as_dict, dict)
     members: List[Member] = typed_field(list_of(record_of(Member)), list)
     tta: List[str] = typed_field(list_of(as_str), lambda: ["identity"])
     shifts: bool = typed_field(as_bool, False)
@@ -309,6 +317,21 @@ class ModelCard(Record):
         """``<path>/<onnx>``; the card must have been read from a folder."""
         assert self.path is not None
         return self.path / self.onnx
+
+    def graph_path(self, device: str) -> Path:
+        """The ONNX file the ``device`` kind (``"cpu"``, ``"cuda"``) runs: its entry of
+        ``graphs``, else ``onnx``; ``ORTHOLENS_PRECISION=fp32`` always gives ``onnx``."""
+        import os
+        assert self.path is not None
+        name = self.graphs.get(device) if os.environ.get(
+            "ORTHOLENS_PRECISION", "").lower() != "fp32" else None
+        return self.path / (name or self.onnx)
+
+    def tile_geometry(self, device: str) -> Tuple[int, int]:
+        """``(tile_size, overlap)`` in pixels for the ``device`` kind: its entry of
+        ``tiling``, else the card's ``tile_size`` and ``overlap``."""
+        t = self.tiling.get(device) or {}
+        return int(t.get("tile_size", self.tile_size)), int(t.get("overlap", self.overlap))
 
     @property
     def val_names(self) -> List[str]:

@@ -1,0 +1,133 @@
+"""INT8 graphs for the CPU: static quantization of a model's ONNX export.
+
+Usage: ``python -m backend.learning.quantize [MODEL_ID ...]`` (default: every model
+whose card asks for an INT8 graph that is missing or older than its ``model.onnx``;
+``build.py setup`` runs it after the ONNX export).
+
+:func:`quantize_onnx` writes ``model.int8.onnx`` beside a card's ``model.onnx`` with ONNX
+Runtime's own tooling (``onnxruntime.quantization``): the graph is first prepared
+(shape inference and fusion, ``quant_pre_process``), then quantized statically in the
+QDQ format, weights signed 8-bit per output channel, activations unsigned 8-bit per
+tensor, with ranges calibrated (min/max) on chips of the pv01 *train* split at the
+model's GSD, normalised as the card says. EfficientNet-Lite was designed for this: no
+squeeze-and-excitation, ReLU6 activations (Tan & Le 2019; the Lite variants' release
+notes). The calibration set is fixed (the first tiles of the train split by name), so
+the graph is reproducible.
+
+Whether a model's CPU predictor runs the INT8 graph is the card's ``graphs`` field
+(``{"cpu": "model.int8.onnx"}``), set only where held-out and cross-validated accuracy
+stay within the tolerance of the fp32 graph (``tools/quantize_check.py``);
+``ORTHOLENS_PRECISION=fp32`` forces the fp32 graph everywhere.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from backend.models.card import ModelCard
+
+#: Tiles of the train split the ranges are calibrated on (the first by name).
+CALIBRATION_TILES = 24
+#: The INT8 graph's file name in a model's folder.
+INT8_FILE = "model.int8.onnx"
+
+
+def calibration_chips(card: ModelCard, n_tiles: int = CALIBRATION_TILES
+                      ) -> Iterator[np.ndarray]:
+    """Normalised float32 (1, bands, H, W) chips of the first ``n_tiles`` pv01 train
+    tiles (by name), averaged down to the card's GSD (``pvdata.average_down``) and
+    padded by reflection to multiples of 32.
+
+    Raises:
+        FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
+    """
+    from backend.learning import data as pvdata
+    n = card.normalize
+    mean = np.asarray(n.mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(n.std, np.float32).reshape(1, -1, 1, 1)
+    for t in pvdata.list_tiles("train")[:n_tiles]:
+        img, mask = t.read()
+        img, _ = pvdata.average_down(img, mask, card.gsd_m)
+        h, w = img.shape[1:]
+        img = np.pad(img, ((0, 0), (0, -h % 32), (0, -w % 32)), mode="reflect")
+        x = img[None].astype(np.float32) / np.float32(n.scale)
+        yield np.ascontiguousarray((x - mean) / std)
+
+
+def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
+                  chips: Optional[Sequence[np.ndarray]] = None) -> Path:
+    """Write the INT8 graph of ``card``'s ``model.onnx``.
+
+    Args:
+        card: a single model's card read from its folder, with its ``model.onnx``.
+        out: where to write it (default: :data:`INT8_FILE` in the card's folder).
+        chips: calibration inputs (default: :func:`calibration_chips`).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ModelNotFound: no ``model.onnx``.
+        FileNotFoundError: no calibration data.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                          QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from protocol.errors import ModelNotFound
+    if not card.onnx_path.is_file():
+        raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
+    out = Path(out) if out is not None else card.onnx_path.with_name(INT8_FILE)
+    feeds = [{"input": c} for c in (chips if chips is not None else calibration_chips(card))]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="ortholens-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(card.onnx_path), str(pre))
+        part = out.with_suffix(".onnx.tmp")
+        quantize_static(str(pre), str(part), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        part.replace(out)
+    return out
+
+
+def stale(card: ModelCard) -> bool:
+    """True when ``card`` asks for :data:`INT8_FILE` (its ``graphs``) and that file is
+    missing or older than its ``model.onnx``."""
+    if INT8_FILE not in (card.graphs or {}).values() or not card.onnx_path.is_file():
+        return False
+    q = card.onnx_path.with_name(INT8_FILE)
+    return not q.is_file() or q.stat().st_mtime < card.onnx_path.stat().st_mtime
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Quantize the named models (default: the stale ones); returns the exit status.
+
+    Raises:
+        ModelNotFound, ModelCorrupt: a named model is missing or unreadable.
+        FileNotFoundError: no calibration data.
+    """
+    import sys
+
+    from backend.models.catalog import list_cards, load_card
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cards = [load_card(a) for a in argv] if argv else [c for c in list_cards() if stale(c)]
+    for c in cards:
+        print(f"quantized {quantize_onnx(c)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
