@@ -7,8 +7,11 @@ The choice (:func:`make_plan`):
   ONNX Runtime and no PyTorch (a few hundred MB instead of a few GB; the wheel carries
   the models as ONNX). Ticking *PyTorch* adds the ``train`` extra from PyTorch's CPU
   index, for retraining.
-* **GPU** (``nvidia-smi`` reports one): the ``cuda`` extra, PyTorch with CUDA, which runs
-  the models on the GPU (and retrains); its wheels come from PyTorch's CUDA index.
+* **GPU** (``nvidia-smi`` reports one): the ``cuda`` extra, PyTorch with CUDA (for
+  retraining; its wheels come from PyTorch's CUDA index), then ONNX Runtime's GPU build
+  in place of the CPU one (:meth:`SetupPlan.gpu_runtime_commands`: the two wheels share
+  the ``onnxruntime`` package and must not both be installed), which runs the models'
+  ONNX graphs on the GPU.
 * **Offline** (a folder of wheels given): ``pip install --no-index --find-links FOLDER``;
   the folder is made on a computer with internet with ``pip download`` (README,
   *Install in QGIS*).
@@ -36,6 +39,10 @@ from .locate import (
     venv_python,
     wheel_version,
 )
+
+#: ONNX Runtime's GPU build that the ``cuda`` extra runs the ONNX graphs with (its
+#: newest release on PyPI: the CPU wheel's 1.32.0 has no GPU build).
+ONNXRUNTIME_GPU = "onnxruntime-gpu==1.31.1"
 
 #: PyTorch's wheel indexes for the two builds (pip takes the ``+cpu`` / ``+cu128``
 #: build of the pinned version from there).
@@ -126,6 +133,19 @@ class SetupPlan:
             cmd += ["--extra-index-url", TORCH_INDEX["cuda" if self.extra == "cuda" else "cpu"]]
         target = str(self.wheel) + (f"[{self.extra}]" if self.extra else "")
         return cmd + [target]
+
+    def gpu_runtime_commands(self) -> List[List[str]]:
+        """For the ``cuda`` extra: remove ONNX Runtime's CPU wheel and install its GPU
+        build (:data:`ONNXRUNTIME_GPU`), which runs the ONNX graphs on the GPU; no
+        commands for the other builds."""
+        if self.extra != "cuda":
+            return []
+        pip = [str(self.engine_python), "-m", "pip"]
+        index = (["--no-index", "--find-links", str(self.wheels_dir)] if self.wheels_dir
+                 else [])
+        return [pip + ["uninstall", "--yes", "onnxruntime"],
+                pip + ["install", "--disable-pip-version-check", "--no-input", *index,
+                       ONNXRUNTIME_GPU]]
 
     def reinstall_command(self) -> List[str]:
         """Reinstall the engine package itself over a damaged one (a repair); its

@@ -93,6 +93,8 @@ class EngineSetupTask(QgsTask):
             self._make_venv()
             self.setProgress(10)
             self._pip(plan.pip_command(), 10, 85, EXPECTED_PACKAGES.get(plan.extra, 30))
+            for cmd in plan.gpu_runtime_commands():
+                self._pip(cmd, 84, 85, 1)
             if plan.repair:
                 self._pip(plan.reinstall_command(), 84, 85, 1)
             version = installed_version(str(plan.engine_python))

@@ -119,6 +119,13 @@ def test_plan_cpu_gpu_torch_offline(tmp_path):
     gpu = make_plan(py, GpuInfo("NVIDIA A10", 23028), home=home, wheel=wheel)
     assert gpu.extra == "cuda" and gpu.pip_command()[-1] == f"{wheel}[cuda]"
     assert TORCH_INDEX["cuda"] in gpu.pip_command() and "NVIDIA A10" in gpu.what()
+    # the GPU build of ONNX Runtime replaces the CPU one (they share a package)
+    py_e = str(gpu.engine_python)
+    assert gpu.gpu_runtime_commands() == [
+        [py_e, "-m", "pip", "uninstall", "--yes", "onnxruntime"],
+        [py_e, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+         "onnxruntime-gpu==1.31.1"]]
+    assert cpu.gpu_runtime_commands() == []
     train = make_plan(py, None, want_torch=True, home=home, wheel=wheel)
     assert train.extra == "train" and TORCH_INDEX["cpu"] in train.pip_command()
     wheels = tmp_path / "wheels"
