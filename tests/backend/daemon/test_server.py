@@ -125,8 +125,8 @@ def wait_for(pred, timeout_s=5.0):
 
 
 def job_state(server, job_id):
-    with server._lock:
-        return server._jobs[job_id].state
+    with server.table.lock:
+        return server.table.jobs[job_id].state
 
 
 # ----------------------------------------------------------------------------- basics
@@ -166,8 +166,9 @@ def test_handle_never_raises_on_bare_frames():
 
 
 def test_internal_error_in_handler_is_answered(monkeypatch):
+    from backend.daemon import handlers
     server = Server(port=0, device="test", detect_fn=FakeDetect())
-    monkeypatch.setattr(server, "_cards", lambda: 1 / 0)
+    monkeypatch.setattr(handlers, "_cards", lambda: 1 / 0)
     (_, reply), = server.handle([b"p", P.encode(P.request("models", id="m1"))[0]])
     assert reply["type"] == "error" and reply["code"] == P.E_INTERNAL
     assert reply["id"] == "m1"

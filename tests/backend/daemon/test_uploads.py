@@ -207,7 +207,7 @@ def test_upload_limits_token_cancel_and_expiry(tmp_path):
             # an upload nobody sends to expires
             src = c.upload(spec(img), windows_of(img))
             time.sleep(0.4)
-            server.uploads.prune(server._job_active)
+            server.uploads.prune(server.table.is_active)
             with pytest.raises(DaemonError) as ei:
                 c.detect(DetectParams(src, "m"))
             assert ei.value.code == P.E_NOT_FOUND
