@@ -144,12 +144,17 @@ class FakeDetect:
 def running_server(**kw: Any):
     """A ``backend.daemon.server.Server`` on a free port in a thread, its detect
     function ``kw["detect_fn"]`` or a :class:`FakeDetect`; yields ``(server, detect
-    function)`` and stops the server at the end (opening the fake's gate first)."""
+    function)`` once it answers a ``ping`` (it probes its device first, which imports
+    PyTorch: seconds on a loaded machine) and stops the server at the end (opening the
+    fake's gate first)."""
     from backend.daemon.server import Server
+    from protocol.client import OrtholensClient
     fake = kw.pop("detect_fn", None) or FakeDetect()
     server = Server(port=0, device=kw.pop("device", "test"), detect_fn=fake, **kw)
     server.start_in_thread()
     try:
+        with OrtholensClient(server.endpoint, token=kw.get("token"), timeout_s=120) as c:
+            c.ping()
         yield server, fake
     finally:
         if isinstance(fake, FakeDetect):
