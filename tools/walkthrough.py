@@ -39,7 +39,6 @@ Requirements: ``qgis`` (Debian 3.22), ``xvfb-run`` (xvfb + xauth), the backend v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import shutil
@@ -77,19 +76,13 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
         FileNotFoundError: the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
     from tools.common import free_port
-    from tools.screenshot import run_qgis_code
+    from tools.screenshot import clean_out, finish_steps, require_qgis, run_qgis_code
 
     raster_p = Path(raster).resolve()
     if not raster_p.is_file():
         raise FileNotFoundError(f"raster not found: {raster_p}")
-    for exe in ("qgis", "xvfb-run"):
-        if shutil.which(exe) is None:
-            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + [out / "walkthrough.json"]:
-        if old.exists():
-            old.unlink()
+    require_qgis()
+    out = clean_out(out_dir, "walkthrough.json")
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-walk-"))
     try:
         t0 = time.monotonic()
@@ -105,18 +98,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
             "ORTHOLENS_USER_MODELS": str(tmp / "user-models"),
             "XDG_DATA_HOME": str(tmp / "data"),
         }, timeout_s, screen=SCREEN)
-        summary = out / "walkthrough.json"
-        try:
-            info = json.loads(summary.read_text("utf-8"))
-        except (OSError, ValueError):
-            info = {"steps": []}
-        steps = info.get("steps", [])
-        info["ok"] = bool(steps) and len(steps) == len(STEPS) and all(s["ok"] for s in steps)
-        info["returncode"] = rc
-        info["wall_seconds"] = round(time.monotonic() - t0, 1)
-        info["log_tail"] = log[-3000:]
-        summary.write_text(json.dumps(info, indent=2), encoding="utf-8")
-        return info
+        return finish_steps(out / "walkthrough.json", len(STEPS), rc, log, t0)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +142,6 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         QgsGeometry,
         QgsPointXY,
         QgsProject,
-        QgsRasterLayer,
         QgsRectangle,
         QgsVectorLayerUtils,
     )
@@ -189,16 +170,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     # each step: (start() -> None, done() -> bool); start records the note and the
     # verdict through ``record``, done may record them too
     def s_open_start():
-        mw = iface.mainWindow()
-        mw.setGeometry(0, 0, WIDTH, HEIGHT)
-        mw.showMaximized()
-        layer = QgsRasterLayer(env["ORTHOLENS_RASTER"], Path(env["ORTHOLENS_RASTER"]).stem)
-        QgsProject.instance().addMapLayer(layer)
-        st["raster"] = layer
-        iface.setActiveLayer(layer)
-        canvas = iface.mapCanvas()
-        canvas.setDestinationCrs(layer.crs())
-        canvas.setExtent(layer.extent())
+        st["raster"] = ns["open_raster"](iface, env["ORTHOLENS_RASTER"], WIDTH, HEIGHT)
 
     def s_open_done():
         p = plugin()
@@ -211,15 +183,12 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         return True
 
     def s_detect_start():
-        iface.setActiveLayer(st["raster"])
-        iface.mapCanvas().setExtent(st["raster"].extent())
-        plugin().dock.detection.detect_button.click()
+        runner.detect_all_of(st["raster"])
 
     def s_detect_done():
-        p = plugin()
-        if p.task is not None or p.pending_detect or p.last_task is None:
+        t = runner.finished_detection()
+        if t is None:
             return False
-        t = p.last_task
         if t.layer is None:
             record(False, t.error or "no result layer")
             return True

@@ -77,6 +77,17 @@ class EngineSetupDialog(QDialog):
         self.found_python = find_python()
 
         lay = QVBoxLayout(self)
+        self._build_intro(lay)
+        self._build_choices(lay)
+        self._build_progress(lay)
+        self._build_buttons(lay)
+        self.resize(760, 620)
+        self.update_plan()
+        self._show_state()
+
+    # construction --------------------------------------------------------------------
+    def _build_intro(self, lay: QVBoxLayout) -> None:
+        """What the engine is, and the state line (installed or not)."""
         intro = QLabel(
             "Ortholens detects with its engine, a Python program of its own that the "
             "plugin carries. Setting it up creates a virtual environment for it and "
@@ -88,6 +99,8 @@ class EngineSetupDialog(QDialog):
         self.state_label.setWordWrap(True)
         lay.addWidget(self.state_label)
 
+    def _build_choices(self, lay: QVBoxLayout) -> None:
+        """The form: the Python to use, a folder of offline wheels, PyTorch, the GPU."""
         form = QFormLayout()
         self.python_edit = QgsFileWidget(self)
         self.python_edit.setObjectName("ortholensSetupPython")
@@ -122,6 +135,8 @@ class EngineSetupDialog(QDialog):
         form.addRow("", gpu)
         lay.addLayout(form)
 
+    def _build_progress(self, lay: QVBoxLayout) -> None:
+        """The plan, the progress bar, the status line and the install's log."""
         self.plan_label = QLabel("", self)
         self.plan_label.setObjectName("ortholensSetupPlan")
         self.plan_label.setWordWrap(True)
@@ -148,6 +163,8 @@ class EngineSetupDialog(QDialog):
         self.log_view.setMinimumHeight(180)
         lay.addWidget(self.log_view, 1)
 
+    def _build_buttons(self, lay: QVBoxLayout) -> None:
+        """Set up (or Repair), Cancel, Remove engine…, Open log and Close."""
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Set up", self)
         self.start_button.setObjectName("ortholensSetupStart")
@@ -171,9 +188,6 @@ class EngineSetupDialog(QDialog):
         buttons.addWidget(self.open_log_button)
         buttons.addWidget(self.close_button)
         lay.addLayout(buttons)
-        self.resize(760, 620)
-        self.update_plan()
-        self._show_state()
 
     # state ---------------------------------------------------------------------------
     def home(self) -> Path:
