@@ -5,9 +5,10 @@ Threads:
 * the **main loop** (:meth:`Server.serve_forever`) owns the ROUTER socket and an inproc
   PULL socket; it decodes and validates every request, answers ``ping``, ``models``,
   ``status`` and ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` /
-  ``keep`` of the user model versions, ``backend.models.versions``), and queues ``detect`` and
-  ``retrain`` jobs (``backend.learning.finetune``: same events, one queue, so a
-  detection waits while a retrain job runs on a single worker);
+  ``keep`` of the user model versions, ``backend.models.versions``), and queues ``detect``,
+  ``retrain`` (``backend.learning.finetune``) and ``inventory`` (``backend.reports``)
+  jobs: same events, one queue, so a detection waits while a retrain job runs on a
+  single worker;
 * ``workers`` **worker threads** take jobs from a queue that is served round-robin
   across clients (FIFO within one client, see ``backend.daemon.jobs.FairQueue``), run
   the job function and push the job's events (``progress`` and one terminal ``result``
@@ -93,6 +94,11 @@ def _default_retrain_fn(request, arrays, progress, cancelled):
                          "'train' extra.", P.E_NOT_FOUND)
     from backend.learning.finetune import run_retrain  # lazy: imports torch
     return run_retrain(request, arrays, progress, cancelled)
+
+
+def _default_inventory_fn(request, arrays, progress, cancelled):
+    from backend.reports.job import run_inventory  # lazy: shapely, pyproj, matplotlib
+    return run_inventory(request, arrays, progress, cancelled)
 
 
 def _probe_device() -> str:
@@ -202,6 +208,7 @@ class Server:
         self._job_fns: Dict[str, JobFn] = {
             "detect": detect_fn or _default_detect_fn,
             "retrain": retrain_fn or _default_retrain_fn,
+            "inventory": _default_inventory_fn,
             "batch": self.batch.run}
 
     @property
@@ -489,6 +496,16 @@ class Server:
             upload_id = header["source"]["upload_id"]  # the daemon's own file: no roots
         else:
             request["source"] = self.access.check_source(header["source"])
+        return self._queue_job(identity, header, request, arrays, upload_id)
+
+    def _queue_job(self, identity, header, request, arrays, upload_id=None):
+        """Queue an interactive job (``request``: the checked header without its token)
+        and answer ``accepted``.
+
+        Raises:
+            JobError: ``busy`` while stopping, with a full queue or too many pixels
+                waiting.
+        """
         nbytes = sum(a.nbytes for a in arrays)
         with self._lock:  # only this thread adds jobs: the check holds until we do
             if self._stop.is_set():
@@ -511,8 +528,11 @@ class Server:
             self._jobs[job.job_id] = job
             self._queue.append(job)
             self._cond.notify()
-        log.info("job %s queued: model %s, %s source", job.job_id, request["model"],
-                 request["source"].get("kind"))
+        if "source" in request:
+            log.info("job %s queued: model %s, %s source", job.job_id, request["model"],
+                     request["source"].get("kind"))
+        else:
+            log.info("job %s queued: %s", job.job_id, header["type"])
         # Sent by the main loop before it forwards any event of the job: order holds.
         return [(identity, P.reply("accepted", header["id"], job_id=job.job_id))]
 
@@ -559,6 +579,12 @@ class Server:
         if reviewed:
             header = dict(header, reviewed=checked)
         return self._on_detect(identity, header, arrays)
+
+    def _on_inventory(self, identity, header, arrays):
+        """Queue an ``inventory`` job (``backend.reports.job``), its paths checked."""
+        request = {k: v for k, v in header.items() if k != "token"}
+        request.update(self.access.check_inventory(header))
+        return self._queue_job(identity, header, request, arrays)
 
     def _versions_reply(self, header, fn):
         d = fn(header["model"])  # VersionError carries its code
