@@ -107,8 +107,8 @@ def sites(geoms: Sequence[Any], gap_m: float) -> List[List[int]]:
 
 def _panel(ax: Any, box: Box, layers: Dict[str, Sequence[Any]], zone_names: Sequence[str],
            dots: bool) -> None:
-    """Draw zones, buildings and installations (dots at their centroids with
-    ``dots``) framed on ``box``."""
+    """Draw zones (named when given ``zone_names``), buildings and installations (dots
+    at their centroids with ``dots``) framed on ``box``."""
     _draw(ax, layers["zones"], "none", ZONE_EDGE, 1.2, "--", 1)
     _draw(ax, layers["buildings"], BUILDING, BUILDING_EDGE, 0.6, "-", 2)
     _draw(ax, layers["installations"], PANEL, PANEL_EDGE, 0.7, "-", 3)
@@ -173,7 +173,7 @@ def map_png(installations: Sequence[Any], buildings: Sequence[Any] = (),
         ax.add_patch(_box_patch(sub))
         ax.text(sub[2], sub[3], f" {k + 1}", fontsize=9, fontweight="bold", va="bottom")
         inset = fig.add_subplot(grid[1, k])
-        _panel(inset, sub, layers, zone_names, False)
+        _panel(inset, sub, layers, (), False)  # names would cover the installations
         _scale_and_north(inset, sub, north=False)
         inset.set_title(f"{k + 1}", fontsize=9, fontweight="bold")
     return _png(fig), len(close)
