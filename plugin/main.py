@@ -90,6 +90,7 @@ class OrtholensPlugin:
         self.dock = OrtholensDock(main)
         self.dock.detection.detectRequested.connect(self.detect)
         self.dock.detection.cancelRequested.connect(self.cancel)
+        self.dock.detection.inventoryRequested.connect(self.open_inventory)
         self.dock.status.refreshRequested.connect(lambda: self.refresh_status(start=True))
         self.dock.status.settingsRequested.connect(self.open_settings)
         self.dock.status.setupRequested.connect(self.open_setup)
@@ -402,6 +403,16 @@ class OrtholensPlugin:
             task.message.connect(self._task_message)
         QgsApplication.taskManager().addTask(task)
         return task
+
+    def open_inventory(self):
+        """Open the *Solar inventory* dialog (``ortholens:solarinventory``) with the
+        current result layer as its detections (``inventory_alg.current_result_layer``);
+        returns the dialog shown."""
+        from .processing.inventory_alg import current_result_layer, open_dialog
+        last = self.last_task.layer if self.last_task is not None else None
+        layer = current_result_layer(self.iface.activeLayer(), last)
+        self.inventory_dialog = open_dialog(layer, self.iface.mainWindow())
+        return self.inventory_dialog
 
     def _progress(self, value: float) -> None:
         if self.dock is not None:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import protocol as P
 from .connection import DaemonConnection, raise_if_error
 from .errors import DaemonError, DaemonUnavailable, JobCancelled
+from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
 from .window import Window, upload_windows
 
@@ -262,6 +263,17 @@ class OrtholensClient(DaemonConnection):
         return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
                          is_cancelled, job_timeout_s, liveness_s)
 
+    def inventory(self, params: InventoryParams,
+                  on_progress: Optional[Callable[[float, str], None]] = None,
+                  is_cancelled: Optional[Callable[[], bool]] = None,
+                  job_timeout_s: float = 600.0, liveness_s: float = 2.0) -> Dict[str, Any]:
+        """Make the solar inventory of :class:`~protocol.inventory.InventoryParams`
+        and wait for it (arguments and errors as :meth:`detect`). Returns the ``result``
+        header: its ``stats`` hold ``outputs`` (paths), ``totals``, ``per_class``,
+        ``crs_note``, ``change`` and ``warnings`` (``docs/inventory.md``)."""
+        return self._job(params.to_header(self.token), [], on_progress, is_cancelled,
+                         job_timeout_s, liveness_s)
+
     def submit_batch(self, params: BatchParams) -> Dict[str, Any]:
         """Send a ``batch`` request; returns the ``accepted`` reply ({job_id, id}).
 
@@ -443,7 +455,6 @@ class OrtholensClient(DaemonConnection):
         finally:
             if not finished:  # timeout, callback exception, KeyboardInterrupt...
                 self._cancel_quietly(job_id)
-
 
 
 #: Events that end a job.

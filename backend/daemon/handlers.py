@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -132,6 +132,17 @@ def on_detect(server, identity, header, arrays) -> Replies:
         upload_id = header["source"]["upload_id"]  # the daemon's own file: no roots
     else:
         request["source"] = server.access.check_source(header["source"])
+    return _queue(server, identity, header, request, arrays, upload_id)
+
+
+def _queue(server, identity, header, request: Dict[str, Any], arrays,
+           upload_id: Optional[str] = None) -> Replies:
+    """Queue a job (``request``: the checked header without its token) and answer
+    ``accepted``; the job of an ``upload`` source reads that upload's file.
+
+    Raises:
+        JobError: ``busy`` while stopping, with a full queue or too many pixels waiting.
+    """
     _check_room(server, sum(a.nbytes for a in arrays))
     job_id = uuid.uuid4().hex
     if upload_id is not None:  # the job reads the upload's file, deleted at its end
@@ -139,10 +150,20 @@ def on_detect(server, identity, header, arrays) -> Replies:
     copies = [np.array(a, copy=True) for a in arrays]  # frames get reused
     job = Job(job_id, header["id"], identity, request, copies)
     server.table.add(job)
-    log.info("job %s queued: model %s, %s source", job.job_id, request["model"],
-             request["source"].get("kind"))
+    if "source" in request:
+        log.info("job %s queued: model %s, %s source", job.job_id, request.get("model"),
+                 request["source"].get("kind"))
+    else:
+        log.info("job %s queued: %s", job.job_id, header["type"])
     # Sent by the main loop before it forwards any event of the job: order holds.
     return [(identity, P.reply("accepted", header["id"], job_id=job.job_id))]
+
+
+def on_inventory(server, identity, header, arrays) -> Replies:
+    """Queue an ``inventory`` job (``backend.reports.job``), its paths checked."""
+    request = {k: v for k, v in header.items() if k != "token"}
+    request.update(server.access.check_inventory(header))
+    return _queue(server, identity, header, request, arrays)
 
 
 def on_retrain(server, identity, header, arrays) -> Replies:
@@ -237,6 +258,7 @@ HANDLERS: Dict[str, Handler] = {
     "cancel": on_cancel,
     "detect": on_detect,
     "retrain": on_retrain,
+    "inventory": on_inventory,
     "versions": on_versions,
     "activate": on_activate,
     "rollback": on_rollback,

@@ -41,6 +41,12 @@ def default_detect_fn(request, arrays, progress, cancelled):
     return run_detect(request, arrays, progress, cancelled)
 
 
+def default_inventory_fn(request, arrays, progress, cancelled):
+    """The ``inventory`` job function: ``backend.reports.job.run_inventory``."""
+    from backend.reports.job import run_inventory  # lazy: shapely, pyproj, matplotlib
+    return run_inventory(request, arrays, progress, cancelled)
+
+
 def default_retrain_fn(request, arrays, progress, cancelled):
     """The ``retrain`` job function: ``backend.learning.retrain.run_retrain``.
 

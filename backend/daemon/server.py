@@ -6,9 +6,10 @@ Threads:
   PULL socket; it decodes and validates every request and answers it with the handler
   of its type (``backend.daemon.handlers``): ``ping``, ``models``, ``status`` and
   ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` / ``keep`` of the
-  user model versions, ``backend.models.versions``), and queues ``detect`` and
-  ``retrain`` jobs (``backend.learning.retrain``: same events, one queue, so a
-  detection waits while a retrain job runs on a single worker);
+  user model versions, ``backend.models.versions``), and queues ``detect``, ``retrain``
+  (``backend.learning.retrain``) and ``inventory`` (``backend.reports``) jobs: same
+  events, one queue, so a detection waits while a retrain job runs on a single
+  worker;
 * ``workers`` **worker threads** (``backend.daemon.job_runner``) take jobs from a queue
   that is served round-robin across clients (FIFO within one client, see
   ``backend.daemon.jobs.FairQueue``), run the job function and push the job's events
@@ -48,7 +49,8 @@ import protocol as P
 from backend.daemon.access import Access
 from backend.daemon.batch_service import BatchService
 from backend.daemon.handlers import HANDLERS
-from backend.daemon.job_runner import JobRunner, clip, default_detect_fn, default_retrain_fn
+from backend.daemon.job_runner import (JobRunner, clip, default_detect_fn,
+                                       default_inventory_fn, default_retrain_fn)
 from backend.daemon.jobs import JobFn, JobTable
 from backend.daemon.uploads import DEFAULT_IDLE_S, DEFAULT_MAX_BYTES, UploadStore
 from protocol.errors import OrtholensError
@@ -165,6 +167,7 @@ class Server:
         #: the job threads, with the job function of each job kind (``Job.kind``)
         self.runner = JobRunner({"detect": detect_fn or default_detect_fn,
                                  "retrain": retrain_fn or default_retrain_fn,
+                                 "inventory": default_inventory_fn,
                                  "batch": self.batch.run},
                                 self.table.lock, self._stop, self.uploads.release_job,
                                 progress_interval_s)

@@ -1,5 +1,6 @@
 """The dock's detection section: Detect in extent, the running job's progress bar and
-Cancel, the message line, and the last result's file (Copy path, Open folder).
+Cancel, the message line, the last result's file (Copy path, Open folder) and Solar
+inventory….
 
 The progress bar, Cancel and the message line serve every job the dock starts (a
 detection, a retrain, a version switch).
@@ -31,7 +32,8 @@ LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
 
 
 class DetectionSection(QWidget):
-    """Detect in extent, progress and Cancel, the message line, the result file.
+    """Detect in extent, progress and Cancel, the message line, the result file, Solar
+    inventory….
 
     Attributes:
         result_path: the last result's GeoPackage (absolute path), or None.
@@ -39,10 +41,12 @@ class DetectionSection(QWidget):
     Signals:
         detectRequested(): Detect in extent was pressed.
         cancelRequested(): Cancel was pressed.
+        inventoryRequested(): Solar inventory… was pressed.
     """
 
     detectRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
+    inventoryRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -63,6 +67,14 @@ class DetectionSection(QWidget):
         self.message_label.setMinimumWidth(120)
         outer.addWidget(self.message_label)
         self._add_result_row(outer)
+        self.inventory_button = QPushButton("Solar inventory…", self)
+        self.inventory_button.setObjectName("ortholensInventoryButton")
+        self.inventory_button.setToolTip(
+            "Totals of the current result layer for a survey: panel area, installations, "
+            "azimuths, modules and kWp, per building and zone, as a report "
+            "(Processing: ortholens:solarinventory)")
+        self.inventory_button.clicked.connect(self.inventoryRequested)
+        outer.addWidget(self.inventory_button)
 
     def _add_progress_row(self, outer: QVBoxLayout) -> None:
         """The progress bar (percent) and Cancel (enabled while a job runs)."""

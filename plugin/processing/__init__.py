@@ -9,6 +9,8 @@ One module per algorithm:
 * ``chips_alg``    ``ortholens:exportchips``, *Export training chips*;
 * ``jobs_alg``     ``ortholens:batchjobs``, *List / resume batch jobs* (and cancel);
 * ``retrain_alg``  ``ortholens:retrain``, *Retrain from corrected features*;
+* ``inventory_alg`` ``ortholens:solarinventory``, *Solar inventory*: the engine's
+  inventory of a result layer (GeoPackage, CSV, HTML report);
 
 plus ``provider`` (:class:`~.provider.OrtholensProvider`; more algorithms can be added
 with :func:`~.provider.register_algorithm`), ``common`` (daemon connection, model list,

@@ -7,7 +7,9 @@ import contextlib
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .common import REPO
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -100,3 +102,22 @@ def gpkg_set(path: Path, layer: str = "detections") -> Tuple[list, List[int]]:
     rows, regions = gpkg_rows(path, layer)
     return sorted(rows), regions
 
+
+#: Roof outlines digitised over three held-out tiles (see tests/fixtures/README.md).
+ROOFS = REPO / "tests" / "fixtures" / "pv01_roofs.geojson"
+
+
+def write_polygons(path: Path, geoms: Sequence[Any], crs: str,
+                   attrs: Optional[Dict[str, List[Any]]] = None,
+                   layer: str = "polygons") -> Path:
+    """Write shapely polygons (and text or number attributes) as a GeoPackage layer."""
+    import numpy as np
+    import shapely
+    from pyogrio.raw import write
+    attrs = attrs or {}
+    data = [np.array(v, dtype=object if isinstance(v[0], str) else float)
+            for v in attrs.values()]
+    write(str(path), np.array([shapely.to_wkb(g) for g in geoms], dtype=object), data,
+          list(attrs), layer=layer, driver="GPKG", crs=crs,
+          geometry_type="Unknown")
+    return path
