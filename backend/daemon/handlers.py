@@ -41,7 +41,8 @@ def _cards() -> list:
 
 
 def on_ping(server, identity, header, arrays) -> Replies:
-    """``pong``: version, protocol, device, model ids and the jobs queued or running."""
+    """``pong``: version, protocol, device, model ids, the jobs queued or running, and
+    the idle exit (seconds without work after which the engine stops; 0: never)."""
     active = server.table.active_count()
     try:
         ids = [c.id for c in _cards()]
@@ -52,7 +53,7 @@ def on_ping(server, identity, header, arrays) -> Replies:
                                protocol=P.PROTOCOL_VERSION,
                                device=server.device or "cpu",
                                device_info=server.device_info or {"kind": "cpu"},
-                               models=ids, jobs=active))]
+                               models=ids, jobs=active, idle_exit_s=server.idle_exit_s))]
 
 
 def on_models(server, identity, header, arrays) -> Replies:

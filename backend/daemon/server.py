@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import zmq
 
@@ -118,6 +118,11 @@ class Server:
             deleted when the daemon stops).
         max_upload_bytes: most bytes of all open pixel uploads; more get ``E_BUSY``.
         upload_idle_s: a pixel upload nobody sends to for this long is dropped, seconds.
+        idle_exit_s: stop after this many seconds with no request, no job queued or
+            running and no pixel upload open (0: never). The plugin and ``qgis_process``
+            start their engine with it, so that it does not stay in memory once they are
+            gone; an engine started by hand stays until stopped.
+        clock: the monotonic clock of the idle time, seconds (tests drive it).
 
     Raises:
         ValueError: a non-loopback ``host`` without ``token``; ``workers`` or
@@ -134,7 +139,8 @@ class Server:
                  jobs_dir: Optional[str] = None, resume_jobs: bool = False,
                  retrain_fn: Optional[JobFn] = None, upload_dir: Optional[str] = None,
                  max_upload_bytes: int = DEFAULT_MAX_BYTES,
-                 upload_idle_s: float = DEFAULT_IDLE_S):
+                 upload_idle_s: float = DEFAULT_IDLE_S, idle_exit_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.access = Access.for_bind(host, token, restrict_paths, allowed_roots)
         if workers < 1 or max_queue < 1:
             raise ValueError("workers and max_queue must be >= 1")
@@ -151,6 +157,9 @@ class Server:
         self.progress_interval_s = float(progress_interval_s)
         self.stop_timeout_s = float(stop_timeout_s)
         self.endpoint: Optional[str] = None
+        self.idle_exit_s = float(idle_exit_s)
+        self._clock = clock
+        self._last_busy = clock()
         #: the interactive jobs: their queue, and those ``status`` shows
         self.table = JobTable(history_s)
         self._stop = threading.Event()
@@ -268,6 +277,9 @@ class Server:
                     self._forward_events()
                 if router in ready:
                     self._serve_requests()
+                if self._idle_too_long(bool(ready)):
+                    log.info("no work for %.0f s: stopping (idle exit)", self.idle_exit_s)
+                    self._stop.set()
                 if time.monotonic() - last_prune > 10.0:
                     last_prune = time.monotonic()
                     with self.table.lock:
@@ -276,6 +288,18 @@ class Server:
             self._shutdown(poller)
         finally:
             self._close()
+
+    def _idle_too_long(self, traffic: bool) -> bool:
+        """Whether the idle exit is due: ``idle_exit_s`` seconds have passed since the
+        last request, job or open upload (``traffic``: a message arrived just now)."""
+        if self.idle_exit_s <= 0:
+            return False
+        now = self._clock()
+        if (traffic or self.table.active_count() or self.batch.active_count()
+                or len(self.uploads)):
+            self._last_busy = now
+            return False
+        return now - self._last_busy >= self.idle_exit_s
 
     def start_in_thread(self) -> threading.Thread:
         """Bind in the caller's thread (so bind errors raise here), then run

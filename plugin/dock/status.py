@@ -25,12 +25,17 @@ def device_text(pong: Dict[str, Any]) -> str:
     info = pong.get("device_info")
     if isinstance(info, dict) and info.get("kind") == "cuda" and info.get("name"):
         mem = info.get("memory_gib")
-        return f"GPU {info['name']}" + (f", {mem:g} GiB" if isinstance(mem, (int, float))
+        text = f"GPU {info['name']}" + (f", {mem:g} GiB" if isinstance(mem, (int, float))
                                         else "")
-    if isinstance(info, dict) and info.get("kind") == "cpu":
+    elif isinstance(info, dict) and info.get("kind") == "cpu":
         cores = info.get("cores")
-        return "CPU" + (f", {cores} cores" if isinstance(cores, int) else "")
-    return str(pong.get("device") or "")
+        text = "CPU" + (f", {cores} cores" if isinstance(cores, int) else "")
+    else:
+        return str(pong.get("device") or "")
+    provider = info.get("provider")
+    if isinstance(provider, str) and provider:  # which ONNX Runtime provider runs models
+        text += f", ONNX Runtime {provider.replace('ExecutionProvider', '')}"
+    return text
 
 
 def pong_text(pong: Dict[str, Any], settings: Any) -> str:
@@ -47,7 +52,11 @@ def pong_text(pong: Dict[str, Any], settings: Any) -> str:
     where = settings.where() if hasattr(settings, "where") else "at"
     text = f"Engine {pong.get('version', '?')} {where} ({endpoint})"
     device = device_text(pong)
-    return f"{text} — {device}" if device else text
+    text = f"{text} — {device}" if device else text
+    idle = pong.get("idle_exit_s")
+    if isinstance(idle, (int, float)) and idle > 0:
+        text += f"; it stops after {idle / 60:g} min without work"
+    return text
 
 
 class StatusSection(QWidget):

@@ -373,3 +373,47 @@ def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
         finally:
             child.kill()
             child.wait(10)
+
+
+def _still_serving(server) -> bool:
+    """True when the server's loop still runs after several of its 0.1 s polls."""
+    import time
+    time.sleep(0.5)
+    return server._thread.is_alive()
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_idle_exit_waits_for_the_jobs_then_stops_the_engine():
+    """An engine with an idle exit stops once it has had no request, no job and no
+    upload for that long on its clock, and never while a job runs."""
+    clock = _Clock()
+    with running(idle_exit_s=60, clock=clock) as (server, fake), \
+            raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "b1")
+        assert recv(s)["type"] == "accepted"
+        assert wait_for(lambda: fake.started == ["b1"])
+        clock.t += 3600                      # an hour of a running job: no exit
+        assert _still_serving(server)
+        fake.gate.set()
+        assert wait_for(lambda: server.table.active_count() == 0)
+        clock.t += 59                        # idle, but not long enough
+        assert _still_serving(server)
+        clock.t += 2
+        assert wait_for(lambda: not server._thread.is_alive(), timeout_s=5)
+
+
+def test_no_idle_exit_by_default():
+    clock = _Clock()
+    with running(clock=clock) as (server, _):
+        assert server.idle_exit_s == 0
+        clock.t += 10 ** 6
+        assert _still_serving(server)
