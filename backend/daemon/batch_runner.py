@@ -141,6 +141,7 @@ class _Tally:
     tiles_cached: int = 0
     grown: int = 0
     truncated: int = 0
+    empty: int = 0
     warnings: List[str] = field(default_factory=list)
     unreadable: Dict[str, List[int]] = field(default_factory=dict)  # file -> regions
 
@@ -240,6 +241,7 @@ def _write_results(results, writer: GpkgWriter, store: JobStore, job_id: str,
             tally.tiles_cached += res.tiles_cached
             tally.grown += int(res.halo_px > int(plan["halo_px"]))
             tally.truncated += res.truncated
+            tally.empty += int(res.empty)
             tally.warnings.extend(w for w in res.warnings if w not in tally.warnings)
             progress(len(done) / max(n, 1),
                      f"{len(done)}/{n} regions, {tally.written} polygons")
@@ -256,7 +258,8 @@ def _stats(plan: Dict[str, Any], card, writer: GpkgWriter, count: int, n: int,
     """The ``stats`` of a finished batch job's reply."""
     g = grid_from_plan(plan)
     return {"out_path": writer.path, "layer": writer.layer, "count": count,
-            "regions": n, "regions_resumed": resumed, "region_px": plan["region_px"],
+            "regions": n, "regions_resumed": resumed, "regions_empty": tally.empty,
+            "region_px": plan["region_px"],
             "halo_px": plan["halo_px"], "regions_halo_grown": tally.grown,
             "objects_cut": tally.truncated, "tiles_run": tally.tiles_run,
             "tiles_cached": tally.tiles_cached,
