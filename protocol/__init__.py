@@ -11,6 +11,7 @@ Modules:
     rules       how a parameter declares its field's checker, and a header is checked
     params      typed request parameters: :class:`DetectParams`, :class:`BatchParams`,
                 :class:`RetrainParams`, :class:`PixelUpload`, each field with its rule
+    version_params  typed parameters of ``versions`` (with an extent) and ``delete``
     schema      the schema of every request type, :func:`validate_request`,
                 :func:`request`
     window      :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the

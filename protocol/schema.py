@@ -1,7 +1,8 @@
 """Request schemas: which fields each request type takes, and :func:`validate_request`.
 
-The rules of ``detect``, ``upload``, ``batch`` and ``retrain`` are those their
-parameter classes declare beside each field (:mod:`protocol.params`, read with
+The rules of ``detect``, ``upload``, ``batch``, ``retrain``, ``versions`` and
+``delete`` are those their parameter classes declare beside each field
+(:mod:`protocol.params`, :mod:`protocol.version_params`, read with
 ``protocol.rules.request_rules``); the requests without a parameter class declare
 theirs here. :func:`validate_request` checks a decoded request header field by field
 and raises :class:`~protocol.errors.ProtocolError` with a stable ``code`` and a
@@ -20,6 +21,7 @@ from .errors import E_BAD_REQUEST, E_UNKNOWN_TYPE, E_VERSION, ProtocolError
 from .framing import PROTOCOL_VERSION, request_header
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
+from .version_params import DeleteParams, VersionsParams
 
 _JOB = {"job_id": Rule(True, check_job_id)}
 _ANY_JOB = {"job_id": Rule(False, check_job_id)}  # default: every job
@@ -42,12 +44,13 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     "jobs": _ANY_JOB,
     "resume": _JOB,
     "retrain": request_rules(RetrainParams),
-    "versions": _MODEL,
+    "versions": request_rules(VersionsParams),
     "activate": _MODEL,
     "rollback": _MODEL,
     # keep a candidate the acceptance rule did not accept: the retrain report's
     # ``pending``
     "keep": {**_MODEL, "pending": Rule(True, string(64)), "note": Rule(False, string(500))},
+    "delete": request_rules(DeleteParams),
 }
 REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 

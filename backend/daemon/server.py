@@ -5,7 +5,7 @@ Threads:
 * the **main loop** (:meth:`Server.serve_forever`) owns the ROUTER socket and an inproc
   PULL socket; it decodes and validates every request, answers ``ping``, ``models``,
   ``status`` and ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` /
-  ``keep`` of the user model versions, ``backend.models.versions``), and queues ``detect`` and
+  ``keep`` / ``delete`` of the user model versions, ``backend.models.versions``), and queues ``detect`` and
   ``retrain`` jobs (``backend.learning.finetune``: same events, one queue, so a
   detection waits while a retrain job runs on a single worker);
 * ``workers`` **worker threads** take jobs from a queue that is served round-robin
@@ -62,6 +62,7 @@ from backend.daemon.jobs import (
     take_next,
 )
 from protocol.errors import OrtholensError
+from protocol.version_params import DeleteParams, VersionsParams
 
 log = logging.getLogger("ortholens.server")
 
@@ -565,8 +566,18 @@ class Server:
         return P.reply("versions", header["id"], **d)
 
     def _on_versions(self, identity, header, arrays):
-        from backend.models.versions import describe
-        return [(identity, self._versions_reply(header, describe))]
+        from backend.models.versions import describe_here
+        p = VersionsParams.from_header(header)
+        return [(identity, self._versions_reply(
+            header, lambda m: describe_here(m, p.extent, p.extent_crs)))]
+
+    def _on_delete(self, identity, header, arrays):
+        """Delete a user version (``backend.models.version_delete``)."""
+        from backend.models.version_delete import delete_version
+        reply = self._versions_reply(
+            header, lambda m: delete_version(DeleteParams.from_header(header)))
+        log.info("deleted %s (rolled back first: %s)", reply["deleted"], reply["rolled_back"])
+        return [(identity, reply)]
 
     def _on_activate(self, identity, header, arrays):
         from backend.models.versions import activate
