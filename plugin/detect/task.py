@@ -35,13 +35,16 @@ from protocol.params import DetectParams
 
 from ..cards import pick_card
 from ..connection import START_BY_HAND, daemon_notes, describe_error, source_unreadable
+from ..layers.editing import DRAWN_NOTE
 from ..layers.gpkg import write_result_gpkg
 from ..layers.load import load_result_layer
 from ..layers.naming import next_result_run, result_layer_name, safe_name
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
+from ..timeleft import TimeLeft
 from .plan import DetectPlan
 from .render import render_grid, render_window, upload_spec
+from .repeat import RUN_KEY
 
 
 class DetectTask(QgsTask):
@@ -105,6 +108,8 @@ class DetectTask(QgsTask):
         #: side of the windows the pixels are streamed in, pixels; None: the engine's
         #: default (``protocol.framing.DEFAULT_WINDOW_PX``).
         self.window_px: Optional[int] = None
+        #: elapsed time and time left, added to the progress messages
+        self.time_left = TimeLeft()
 
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
@@ -195,7 +200,7 @@ class DetectTask(QgsTask):
         spec = dataclasses.replace(upload_spec(plan, grid), window_px=self.window_px)
         source = client.upload(
             spec, lambda window: render_window(plan, grid, window, self.isCanceled),
-            on_progress=progress_callback(self, 5, 20, self._show_message),
+            on_progress=progress_callback(self, 5, 20, self._show_message, self.time_left),
             is_cancelled=self.isCanceled)
         self.transfer = "pixels"
         params = DetectParams(source, model_id, **self.options)
@@ -214,7 +219,8 @@ class DetectTask(QgsTask):
         try:
             return client.detect(
                 params, is_cancelled=self.isCanceled,
-                on_progress=progress_callback(self, start, 95 - start, self._show_message),
+                on_progress=progress_callback(self, start, 95 - start, self._show_message,
+                                              self.time_left),
                 job_timeout_s=self.job_timeout_s)
         except DaemonUnavailable as exc:
             # the daemon died (or hangs) mid-job: say so, and what happens next

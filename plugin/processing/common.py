@@ -23,6 +23,7 @@ from ..cards import default_card
 from ..connection import connect_daemon, describe_error
 from ..detect.plan import file_source_path
 from ..settings import daemon_settings
+from ..timeleft import TimeLeft
 
 #: How long a model list the daemon sent is reused, seconds: the help text and the
 #: model widget of one dialog opening share one request. A failure is never reused.
@@ -235,16 +236,30 @@ def raster_file(layer: Optional[QgsRasterLayer]) -> str:
     return path
 
 
+def cancelled_text(exc: JobCancelled) -> str:
+    """What the log says when the user cancelled a batch job: a cancel, not a failure,
+    and how to go on."""
+    job = f"batch job {exc.job_id}" if getattr(exc, "job_id", None) else "the batch job"
+    return (f"Cancelled as you asked: {job} stopped; the regions it finished are kept. "
+            f"'List / resume batch jobs', or Batch jobs… in the Ortholens panel, resumes "
+            f"it where it stopped.")
+
+
 def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]:
     """An ``on_progress(fraction, message)`` for ``protocol.client`` job calls that
-    drives ``feedback``'s progress bar (percent) and progress text."""
+    drives ``feedback``'s progress bar (percent) and progress text, the message with
+    the elapsed time and the time left (:class:`~..timeleft.TimeLeft`)."""
+    time_left = TimeLeft()
+
     def on_progress(fraction: float, message: str) -> None:
         feedback.setProgress(100.0 * fraction)
+        time_left.update(fraction)
         if message:
-            feedback.setProgressText(message)
+            feedback.setProgressText(time_left.decorate(message))
     return on_progress
 
 
-__all__ = ["EngineModels", "engine_models", "forget_models", "card_text", "model_help",
+__all__ = ["EngineModels", "engine_models", "ask_running_engine", "forget_models", "card_text", "model_help",
            "model_parameter", "with_help", "resolve_model", "connect", "daemon_session",
-           "raster_file", "progress_to", "MODELS_TTL_S", "MODELS_TIMEOUT_S", "NOT_RUNNING"]
+           "raster_file", "cancelled_text", "progress_to", "MODELS_TTL_S",
+           "MODELS_TIMEOUT_S", "NOT_RUNNING"]

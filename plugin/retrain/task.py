@@ -15,6 +15,7 @@ from ..connection import describe_error
 from ..detect.render import pixel_source, render_pixels
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
+from ..timeleft import TimeLeft
 from .plan import RetrainPlan
 
 
@@ -59,6 +60,8 @@ class RetrainTask(QgsTask):
         self.cancelled = False
         self.last_message = ""
         self.daemon_process = None
+        #: elapsed time (and time left, when the engine does not say it) in messages
+        self.time_left = TimeLeft()
 
     def run(self) -> bool:  # noqa: D401 - QgsTask API
         """Connect, retrain; never raises, errors go to ``self.error``."""
@@ -83,7 +86,8 @@ class RetrainTask(QgsTask):
         self._keep_message(f"preparing data: sending {len(self.plan.features)} polygons…")
         res = client.retrain(self.plan.params(source, self.budget_s, **self.options),
                              pixels=pixels, is_cancelled=self.isCanceled,
-                             on_progress=progress_callback(self, 5, 94, self._keep_message),
+                             on_progress=progress_callback(self, 5, 94, self._keep_message,
+                                                           self.time_left),
                              job_timeout_s=self.job_timeout_s)
         self.report = dict(res.get("retrain") or {})
         self.setProgress(100)
