@@ -1,5 +1,6 @@
-"""The dock's detection section: Detect in extent, the running job's progress bar and
-Cancel, the message line, and the last result's file (Copy path, Open folder).
+"""The dock's detection section: Detect in extent and Batch jobs…, the running job's
+progress bar and Cancel, the message line, and the last result's file (Copy path, Open
+folder).
 
 The progress bar, Cancel and the message line serve every job the dock starts (a
 detection, a retrain, a version switch).
@@ -7,8 +8,9 @@ detection, a retrain, a version switch).
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
@@ -25,6 +27,8 @@ from qgis.PyQt.QtWidgets import (
 )
 from qgis.core import Qgis
 
+#: Detect in extent's tooltip.
+DETECT_TIP = "Detect in the visible part of the active raster layer"
 #: The message line's colour of each message level.
 LEVEL_COLORS = {Qgis.Info: "#1f4e79", Qgis.Success: "#2e7d32",
                 Qgis.Warning: "#9a6700", Qgis.Critical: "#b71c1c"}
@@ -39,10 +43,12 @@ class DetectionSection(QWidget):
     Signals:
         detectRequested(): Detect in extent was pressed.
         cancelRequested(): Cancel was pressed.
+        jobsRequested(): Batch jobs… was pressed.
     """
 
     detectRequested = pyqtSignal()
     cancelRequested = pyqtSignal()
+    jobsRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -50,10 +56,20 @@ class DetectionSection(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         self.detect_button = QPushButton("Detect in extent", self)
         self.detect_button.setObjectName("ortholensDetectButton")
-        self.detect_button.setToolTip("Detect in the visible part of the active raster layer")
+        self.detect_button.setToolTip(DETECT_TIP)
+        self._busy, self._engine_why = False, None
         self.detect_button.clicked.connect(self.detectRequested)
-        outer.addWidget(self.detect_button)
+        self.jobs_button = QPushButton("Batch jobs…", self)
+        self.jobs_button.setObjectName("ortholensJobsButton")
+        self.jobs_button.setToolTip("The engine's batch jobs (Processing › Ortholens › "
+                                    "Detect objects): progress, Resume, Cancel, Open result")
+        self.jobs_button.clicked.connect(self.jobsRequested)
+        top = QHBoxLayout()
+        top.addWidget(self.detect_button, 1)
+        top.addWidget(self.jobs_button)
+        outer.addLayout(top)
         self._add_progress_row(outer)
+        self._plain = ""
         self.message_label = QLabel("", self)
         self.message_label.setObjectName("ortholensMessage")
         self.message_label.setWordWrap(True)
@@ -124,25 +140,51 @@ class DetectionSection(QWidget):
     def set_busy(self, busy: bool) -> None:
         """Enable Cancel and disable Detect while a job runs (and the reverse); the bar
         starts at 0."""
-        self.detect_button.setEnabled(not busy)
+        self._busy = bool(busy)
+        self._update_detect()
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setValue(0)
+
+    def set_engine(self, why: Optional[str]) -> None:
+        """Disable Detect while no engine can run: ``why`` (its tooltip) says so; None
+        enables it again."""
+        self._engine_why = why
+        self._update_detect()
+
+    def _update_detect(self) -> None:
+        self.detect_button.setEnabled(not self._busy and self._engine_why is None)
+        self.detect_button.setToolTip(self._engine_why or DETECT_TIP)
 
     def set_progress(self, value: float) -> None:
         """Set the progress bar, percent."""
         self.progress.setValue(int(round(value)))
 
-    def show_message(self, text: str, level: int = Qgis.Info) -> None:
-        """Show ``text`` under the buttons, coloured by message level."""
+    def show_message(self, text: str, level: int = Qgis.Info,
+                     warnings: Sequence[str] = ()) -> None:
+        """Show ``text`` under the buttons, coloured by message level, and each of
+        ``warnings`` on a line of its own, ``"Warning: …"``, in the warning colour
+        (a result with a warning is still a result: green, its warnings amber)."""
+        self._plain = "\n".join([text] + [f"Warning: {w}" for w in warnings])
         color = LEVEL_COLORS.get(level, "#000000")
-        self.message_label.setStyleSheet(f"color: {color};")
-        self.message_label.setText(text)
-        self.message_label.setToolTip(text)
+        if warnings:
+            amber = LEVEL_COLORS[Qgis.Warning]
+            lines = [f"<span style='color:{color}'>{html.escape(text)}</span>"] + [
+                f"<span style='color:{amber}'>Warning: {html.escape(w)}</span>"
+                for w in warnings]
+            self.message_label.setStyleSheet("")
+            self.message_label.setTextFormat(Qt.RichText)
+            self.message_label.setText("<br>".join(lines))
+        else:
+            self.message_label.setStyleSheet(f"color: {color};")
+            self.message_label.setTextFormat(Qt.PlainText)
+            self.message_label.setText(text)
+        self.message_label.setToolTip(self._plain)
 
     def message(self) -> str:
-        """The message shown under the buttons."""
-        return self.message_label.text()
+        """The message shown under the buttons, as plain text (warnings on lines of
+        their own)."""
+        return self._plain
 
 
-__all__ = ["LEVEL_COLORS", "DetectionSection"]
+__all__ = ["DETECT_TIP", "LEVEL_COLORS", "DetectionSection"]

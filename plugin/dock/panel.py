@@ -50,6 +50,12 @@ class OrtholensDock(QDockWidget):
         self._column.insertWidget(self._column.count() - 1, section)
         return section
 
+    def set_engine(self, why: Optional[str]) -> None:
+        """Disable Detect in extent and Retrain while no engine can run (``why``, their
+        tooltip, says so); None enables them again."""
+        self.detection.set_engine(why)
+        self.versions.set_engine(why)
+
     def set_busy(self, busy: bool) -> None:
         """While a detection or retrain runs: Cancel enabled; Detect, Retrain, Make
         active and Roll back disabled (and the reverse when it ends); the bar starts

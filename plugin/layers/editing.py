@@ -22,17 +22,23 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-#: The alias of each result field, as the attribute table and forms show it.
+#: The alias of each result field, as the attribute table and forms show it: short, so
+#: that a column title is read whole (that a NULL score marks a polygon drawn by hand is
+#: in the layer's metadata, :data:`DRAWN_NOTE`).
 FIELD_ALIASES = {
     "class": "Class",
     "class_id": "Class ID",
-    "score": "Score (0–1, NULL: drawn by hand)",
+    "score": "Score (0–1)",
     "agreement": "Agreement (0–1)",
     "area_m2": "Area (m²)",
     "model": "Model",
     "model_version": "Model version",
     "detected_at": "Detected at (UTC)",
 }
+
+#: What tells a drawn polygon from a detected one, said in a result layer's metadata.
+DRAWN_NOTE = ("A polygon drawn by hand has no score, agreement, model or detection time "
+              "(NULL).")
 
 #: The equal-area CRS in which the area of a drawn or reshaped polygon is measured:
 #: EASE-Grid 2.0 Global, a Lambert cylindrical equal-area projection of the WGS 84
@@ -118,4 +124,4 @@ def _setup_class_fields(layer: QgsVectorLayer, form: QgsEditFormConfig,
         form.setReadOnly(ii, True)
 
 
-__all__ = ["FIELD_ALIASES", "AREA_CRS", "area_expression", "setup_result_fields"]
+__all__ = ["FIELD_ALIASES", "DRAWN_NOTE", "AREA_CRS", "area_expression", "setup_result_fields"]

@@ -153,4 +153,4 @@ def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_
     order = [n.layerId() for n in QgsProject.instance().layerTreeRoot().findLayers()]
     assert order == [layers[1].id(), layers[0].id(), vienna_layer.id()]
     for n, layer in enumerate(layers, 1):
-        assert layer.name().startswith(f"{MODEL} v2.0.0 on vienna (run {n}, ")
+        assert layer.name().startswith(f"#{n} vienna · ") and f"{MODEL} v2.0.0 · " in layer.name()
