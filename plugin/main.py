@@ -108,6 +108,8 @@ class OrtholensPlugin:
         self.iface.registerOptionsWidgetFactory(self.options_factory)
         from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
+        from .jobs.controller import JobsController
+        self.jobs = JobsController(self)
         from .install.zmqcheck import zmq_available
         if not zmq_available():  # say so now, not at the first click
             self.warn_pyzmq()
@@ -140,6 +142,9 @@ class OrtholensPlugin:
         if self.retrain is not None:
             self.retrain.unload()
             self.retrain = None
+        if self.jobs is not None:
+            self.jobs.unload()
+            self.jobs = None
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None

@@ -287,6 +287,10 @@ def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> D
     params = BatchParams.from_header(job["request"])
     n = job["n_regions"]
     state = job["state"]
+    plan = job.get("plan") or {}
+    t = plan.get("transform") or [0.0] * 6
+    area = (round(plan["width"] * plan["height"] * abs(t[0] * t[4]) / 1e6, 6)
+            if plan.get("width") else None)
     running = live is not None
     if state in (RUNNING, QUEUED) and not running:
         state = INTERRUPTED
@@ -296,6 +300,7 @@ def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> D
             "fraction": round(job["regions_done"] / n, 4) if n else 0.0,
             "polygons": job["n_features"], "out_path": params.out_path,
             "layer": params.layer or DEFAULT_LAYER, "model": params.detect.model,
+            "threshold": params.detect.threshold, "area_km2": area,
             "source": params.detect.source.path,
             "executor": params.executor or "local",
             "created": job["created"], "updated": job["updated"],

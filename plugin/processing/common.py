@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 from qgis.core import (
     QgsProcessingException,
@@ -30,6 +30,8 @@ from ..timeleft import TimeLeft
 MODELS_TTL_S = 5.0
 #: The longest wait for the model list when a dialog opens, seconds.
 MODELS_TIMEOUT_S = 1.0
+T = TypeVar("T")
+
 #: What the dialogs say when no daemon answers and the settings can start one.
 NOT_RUNNING = "Engine not running: it will be started when the algorithm runs."
 
@@ -77,18 +79,10 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
         return _models_cache[1]
     settings = daemon_settings()
     try:
-        from protocol.client import OrtholensClient
-        from protocol.framing import is_loopback, parse_endpoint
-        from protocol.launcher import port_open
-        try:
-            host, port = parse_endpoint(settings.endpoint)
-        except ValueError as exc:
-            return EngineModels(note=f"The engine endpoint is wrong: {exc}.")
-        if is_loopback(host) and not port_open(host, port):
-            raise DaemonUnavailable("connection refused")
-        with OrtholensClient(settings.endpoint, token=settings.token,
-                             timeout_s=timeout_s) as client:
-            cards = tuple(m for m in client.models() if isinstance(m, dict) and m.get("id"))
+        cards = tuple(m for m in ask_running_engine(lambda c: c.models(), timeout_s)
+                      if isinstance(m, dict) and m.get("id"))
+    except ValueError as exc:
+        return EngineModels(note=f"The engine endpoint is wrong: {exc}.")
     except DaemonUnavailable:
         return EngineModels(note=_not_running_note(settings))
     except Exception as exc:  # noqa: BLE001 - no zmq, refused token: said in the note
@@ -98,6 +92,28 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
     result = EngineModels(cards)
     _models_cache = (time.monotonic(), result)
     return result
+
+
+def ask_running_engine(call: Callable[[Any], T], timeout_s: float) -> T:
+    """``call(client)`` with a client of the engine the settings name, if it runs now:
+    never starts it, never waits long (a stopped local engine refuses at once, a silent
+    one is given ``timeout_s`` seconds).
+
+    Raises:
+        ValueError: the endpoint in the settings is wrong.
+        DaemonUnavailable: no engine answers.
+        Exception: whatever ``call`` raises (a refused token, no pyzmq...).
+    """
+    from protocol.client import OrtholensClient
+    from protocol.framing import is_loopback, parse_endpoint
+    from protocol.launcher import port_open
+    settings = daemon_settings()
+    host, port = parse_endpoint(settings.endpoint)
+    if is_loopback(host) and not port_open(host, port):
+        raise DaemonUnavailable("connection refused")
+    with OrtholensClient(settings.endpoint, token=settings.token,
+                         timeout_s=timeout_s) as client:
+        return call(client)
 
 
 def forget_models() -> None:
