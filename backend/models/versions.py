@@ -334,6 +334,8 @@ def describe_here(model_id: str, extent: Optional[Tuple[float, float, float, flo
         card, why = version_for_extent(model_id, extent, extent_crs or "EPSG:4326", root)
     except Exception as exc:  # an extent that cannot be placed: the model itself runs
         card, why = None, f"{model_id} was used ({exc})"
+    if card is None:  # said of the map view now, not of a detection that ran
+        why = why.replace(f": {model_id} was used", "")
     out["here"] = {"model": card.id if card is not None else model_id, "why": why}
     return out
 
@@ -343,7 +345,8 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
 
     Each version: ``{id, number, version, parent, created, active, corrections,
     metrics, decision, verdict, scope, in_use}`` (JSON-safe; ``scope`` None and
-    ``in_use`` None for a general version, see :mod:`backend.models.area`).
+    ``in_use`` None for a general version, see :mod:`backend.models.area`); the
+    shipped model also has ``heldout``, its card's pv01 held-out metrics (or None).
     """
     base, _ = split_id(base_or_id)
     check_base(base)
@@ -354,7 +357,8 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
         out.append({"id": base, "number": 0, "version": shipped.version, "parent": None,
                     "created": None, "active": active == base, "corrections": 0,
                     "metrics": shipped.metrics or {}, "decision": "shipped",
-                    "verdict": None, "scope": None, "in_use": None})
+                    "verdict": None, "scope": None, "in_use": None,
+                    "heldout": shipped.heldout_metrics or None})
     except Exception:
         shipped = None
     for n in version_numbers(base, root):

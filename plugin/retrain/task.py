@@ -109,21 +109,26 @@ class RetrainTask(QgsTask):
 
 
 class VersionsTask(QgsTask):
-    """``versions`` / ``activate`` / ``rollback`` / ``keep`` on the daemon (worker
-    thread).
+    """``versions`` / ``activate`` / ``rollback`` / ``keep`` / ``delete`` on the daemon
+    (worker thread).
 
     Args:
-        action: ``"versions"``, ``"activate"``, ``"rollback"`` or ``"keep"`` (keep a
-            retrain candidate the rule did not accept: ``extra`` gives its
-            ``pending`` and an optional ``note``).
+        action: ``"versions"`` (``extra`` may give the map view's ``extent`` and
+            ``extent_crs``: the reply then names the version in use there),
+            ``"activate"``, ``"rollback"``, ``"keep"`` (keep a retrain candidate the
+            rule did not accept: ``extra`` gives its ``pending`` and an optional
+            ``note``) or ``"delete"`` (``extra`` may give ``roll_back``: the user
+            confirmed deleting a version in use).
         model: the model id (``<base>`` or ``<base>@<n>``).
         settings: how to reach/start the daemon.
         on_done: called with this task on the UI thread when it finishes.
         timeout_s: per-request timeout, seconds.
-        extra: further arguments of the client call (``keep``: ``pending``, ``note``).
+        extra: further arguments of the client call.
 
-    After ``finished``: ``result`` ({model, active, versions}; ``kept`` for ``keep``)
-    or ``error``; ``daemon_process`` (a daemon this task started, else None).
+    After ``finished``: ``result`` ({model, active, versions}; ``here`` for
+    ``versions`` with an extent, ``kept`` for ``keep``, ``deleted`` and ``rolled_back``
+    for ``delete``) or ``error``; ``daemon_process`` (a daemon this task started, else
+    None).
 
     Raises:
         ValueError: an unknown ``action``.
@@ -133,7 +138,7 @@ class VersionsTask(QgsTask):
                  on_done: Optional[Callable[["VersionsTask"], None]] = None,
                  timeout_s: float = 10.0, extra: Optional[Dict[str, Any]] = None):
         super().__init__(f"Ortholens: {action} {model}", QgsTask.CanCancel)
-        if action not in ("versions", "activate", "rollback", "keep"):
+        if action not in ("versions", "activate", "rollback", "keep", "delete"):
             raise ValueError(action)
         self.action, self.model, self.settings = action, model, settings
         self.extra = dict(extra or {})
