@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from qgis.core import QgsCoordinateTransform, QgsFeatureRequest, QgsGeometry, QgsRectangle
+from qgis.core import QgsGeometry, QgsRectangle
 
-from .rasterize import burn, grid_for
+from .rasterize import burn, grid_for, transformed
 
 #: Share of a grid a reference may cover before a warning says it looks like a
 #: background polygon (or an inverted mask).
@@ -82,18 +82,7 @@ def detections_in(sources: Sequence[Any], crs, rect: QgsRectangle,
                   context) -> List[QgsGeometry]:
     """The geometries of the feature sources (layers) ``sources`` meeting ``rect`` (in
     ``crs``), in ``crs``."""
-    out = []
-    for source in sources:
-        to_src = QgsCoordinateTransform(crs, source.sourceCrs(), context.transformContext())
-        to_crs = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
-        request = QgsFeatureRequest().setFilterRect(to_src.transformBoundingBox(rect))
-        for f in source.getFeatures(request.setNoAttributes()):
-            g = QgsGeometry(f.geometry())
-            if g.isNull() or g.isEmpty():
-                continue
-            g.transform(to_crs)
-            out.append(g)
-    return out
+    return [g for source in sources for g in transformed(source, crs, context, rect=rect)]
 
 
 def tile_of(mask_name: str) -> str:

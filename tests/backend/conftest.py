@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,3 +40,14 @@ def user_dir(tmp_path, monkeypatch):
     d = tmp_path / "user-models"
     monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(d))
     return d
+
+
+def build_vrt(vrt: Path, files) -> Path:
+    """A VRT mosaic ``vrt`` of the raster ``files``, made with ``gdalbuildvrt``; the test
+    is skipped without gdalbuildvrt (gdal-bin) or a file."""
+    exe = shutil.which("gdalbuildvrt")
+    files = [Path(f) for f in files]
+    if exe is None or not all(f.is_file() for f in files):
+        pytest.skip("needs gdalbuildvrt (gdal-bin) and the pv01 held-out tiles")
+    subprocess.run([exe, "-q", str(vrt)] + [str(f) for f in files], check=True)
+    return vrt

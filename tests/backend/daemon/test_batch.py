@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backend.config import data_dir
-from conftest import REPO, free_port
+from conftest import REPO, build_vrt, free_port
 from protocol.params import BatchParams, DetectParams, FileSource
 
 DATA = data_dir()
@@ -58,13 +58,8 @@ def gpkg_set(path, layer="detections"):
 
 @pytest.fixture(scope="module")
 def pv01_vrt(tmp_path_factory):
-    exe = shutil.which("gdalbuildvrt")
-    files = [PV01 / f"{n}.tif" for n in PV01_BLOCK]
-    if exe is None or not all(f.is_file() for f in files):
-        pytest.skip("needs gdalbuildvrt (gdal-bin) and the pv01 held-out tiles")
-    vrt = tmp_path_factory.mktemp("vrt") / "pv01_block.vrt"
-    subprocess.run([exe, "-q", str(vrt)] + [str(f) for f in files], check=True)
-    return vrt
+    return build_vrt(tmp_path_factory.mktemp("vrt") / "pv01_block.vrt",
+                     [PV01 / f"{n}.tif" for n in PV01_BLOCK])
 
 
 @needs_model

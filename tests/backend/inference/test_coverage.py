@@ -7,14 +7,11 @@ in a VRT whose gaps read as valid black pixels (no masks).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
 from backend.config import data_dir
-from conftest import REPO
+from conftest import REPO, build_vrt
 from protocol.params import BatchParams, DetectParams, FileSource
 from protocol.window import Window
 
@@ -26,13 +23,8 @@ MODEL = "pv-unet-efl0"
 
 @pytest.fixture(scope="module")
 def sparse_vrt(tmp_path_factory):
-    exe = shutil.which("gdalbuildvrt")
-    files = [PV01 / f"{n}.tif" for n in SITE]
-    if exe is None or not all(f.is_file() for f in files):
-        pytest.skip("needs gdalbuildvrt (gdal-bin) and the pv01 held-out tiles")
-    vrt = tmp_path_factory.mktemp("vrt") / "sparse.vrt"
-    subprocess.run([exe, "-q", str(vrt)] + [str(f) for f in files], check=True)
-    return vrt
+    return build_vrt(tmp_path_factory.mktemp("vrt") / "sparse.vrt",
+                     [PV01 / f"{n}.tif" for n in SITE])
 
 
 def _grid_of(path):
