@@ -376,13 +376,16 @@ class RetrainResultDialog(QDialog):
             pending = str(report["pending"])
             self.keep_button.clicked.connect(lambda *_: (on_keep(pending), self.close()))
         lay.addWidget(box)
-        self.setMinimumWidth(560)
-        # a word-wrapped label under-reports the height of a rich-text table: give it
-        # the height its text takes at the window's width, so nothing is cut off
+        self.setMinimumWidth(480)
+        self.adjustSize()
+        # a word-wrapped label may under-report the height of a rich-text table: give
+        # it the height its text takes at the width it got, so nothing is cut off
+        lay.activate()
         doc = QTextDocument()
+        doc.setDefaultFont(self.label.font())
         doc.setHtml(self.label.text())
-        doc.setTextWidth(540)
-        self.label.setMinimumHeight(int(doc.size().height()) + 12)
+        doc.setTextWidth(max(1, self.label.contentsRect().width()))
+        self.label.setMinimumHeight(int(doc.size().height() + 0.5))
         self.adjustSize()
 
     def text(self) -> str:
