@@ -1,8 +1,8 @@
 """A detection run again with the same settings on the same extent.
 
 Each result layer carries its *run key* (:data:`RUN_KEY`, a custom layer property saved
-with the project): the raster layer, the extent searched (to a centimetre of its CRS)
-and the model with the values it runs with. Before Detect in extent starts,
+with the project): the raster layer, the extent searched (the map view on the raster,
+to a decimetre of its CRS) and the model with the values it runs with. Before Detect in extent starts,
 :func:`same_run` looks for a result layer of the project with the key of the new
 request: the same detection would only make a duplicate. The dock then says which
 layer holds it, and a second press of Detect in extent runs it anyway.
@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Optional
 
-from qgis.core import QgsMapLayer, QgsProject
+from qgis.core import (QgsCoordinateTransform, QgsCsException, QgsMapLayer, QgsProject,
+                       QgsRectangle)
 
+from .crs import crs_from_text
 from .plan import DetectPlan
 
 #: The custom layer property holding a result layer's run key.
@@ -32,15 +34,23 @@ def run_key(plan: DetectPlan, card: Optional[Dict[str, Any]],
             set are the card's.
     """
     if plan.extent is not None:
-        extent, crs = plan.extent, plan.extent_crs or ""
+        rect, crs = QgsRectangle(*plan.extent), plan.extent_crs or ""
     else:
-        r = plan.pixels_plan().extent
-        extent, crs = (r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()), \
-            plan.pixels_plan().crs_wkt
+        rect, crs = QgsRectangle(plan.pixels_plan().extent), plan.pixels_plan().crs_wkt
+    raster = QgsProject.instance().mapLayer(str(plan.layer_id))
+    if raster is not None and crs:  # what is searched: the view on the raster
+        try:
+            rect = rect.intersect(QgsCoordinateTransform(
+                raster.crs(), crs_from_text(crs), QgsProject.instance())
+                .transformBoundingBox(raster.extent()))
+        except QgsCsException:
+            pass
     card = card or {}
     values = {k: options.get(k, card.get(k)) for k in ("threshold", "min_area_m2")}
-    return json.dumps({"layer": plan.layer_id, "extent": [round(float(v), 2) for v in extent],
-                       "crs": crs, "model": card.get("id"), **values}, sort_keys=True)
+    extent = [round(v, 1) for v in (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(),
+                                     rect.yMaximum())]
+    return json.dumps({"layer": plan.layer_id, "extent": extent, "crs": crs,
+                       "model": card.get("id"), **values}, sort_keys=True)
 
 
 def same_run(key: str, project: Optional[QgsProject] = None) -> Optional[QgsMapLayer]:

@@ -1,5 +1,5 @@
 """A batch job's GeoPackage as a result layer: styled by class like the dock's results
-and named like them (``"#4 pv01_block · thr 0.5 · pv-unet-efl0 v2.0.0 · batch 14:05"``),
+and named like them (``"#4 thr 0.5 · pv01_block · pv-unet-efl0 v2.0.0 · batch 14:05"``),
 with what produced it in its metadata."""
 
 from __future__ import annotations

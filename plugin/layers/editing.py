@@ -89,6 +89,7 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
     for name, alias in FIELD_ALIASES.items():
         if fields.indexOf(name) >= 0:
             layer.setFieldAlias(fields.indexOf(name), alias)
+    _fit_column_titles(layer)
     form = layer.editFormConfig()
     ai = fields.indexOf("area_m2")
     if ai >= 0:
@@ -96,6 +97,21 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
         form.setReadOnly(ai, True)
     _setup_class_fields(layer, form, [c for c in classes if c.get("name") not in (None, "")])
     layer.setEditFormConfig(form)
+
+
+def _fit_column_titles(layer: QgsVectorLayer) -> None:
+    """Make each aliased column of the attribute table wide enough for its title (the
+    header's font, room for the sort arrow), so titles are read whole."""
+    from qgis.PyQt.QtGui import QFontMetrics
+    from qgis.PyQt.QtWidgets import QApplication
+    metrics = QFontMetrics(QApplication.font())
+    table = layer.attributeTableConfig()
+    table.update(layer.fields())
+    for i, column in enumerate(table.columns()):
+        alias = FIELD_ALIASES.get(column.name)
+        if alias:
+            table.setColumnWidth(i, max(column.width, metrics.horizontalAdvance(alias) + 40))
+    layer.setAttributeTableConfig(table)
 
 
 def _setup_class_fields(layer: QgsVectorLayer, form: QgsEditFormConfig,

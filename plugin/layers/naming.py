@@ -84,7 +84,7 @@ def result_layer_name(model_id: str, model_version: Optional[str], source_name: 
                       run: int, when: Optional[_dt.datetime] = None,
                       threshold: Optional[float] = None, batch: bool = False) -> str:
     """The Layers panel name of a result, what tells runs apart first (the panel cuts
-    long names at its right edge): ``"#2 vienna · thr 0.5 · pv-unet-efl0 v2.0.0 ·
+    long names at its right edge): ``"#2 thr 0.5 · vienna · pv-unet-efl0 v2.0.0 ·
     14:05"``.
 
     Args:
@@ -98,11 +98,9 @@ def result_layer_name(model_id: str, model_version: Optional[str], source_name: 
     """
     version = f" v{model_version}" if model_version else ""
     stamp = (when or _dt.datetime.now()).strftime("%H:%M")
-    parts = [f"#{run} {source_name}"]
-    if isinstance(threshold, (int, float)):
-        parts.append(f"thr {threshold:g}")
-    parts += [f"{model_id}{version}", f"batch {stamp}" if batch else stamp]
-    return " · ".join(parts)
+    thr = f" thr {threshold:g}" if isinstance(threshold, (int, float)) else ""
+    return " · ".join([f"#{run}{thr}", source_name, f"{model_id}{version}",
+                       f"batch {stamp}" if batch else stamp])
 
 
 __all__ = ["RUN_PROPERTY", "safe_name", "default_result_path", "next_result_run",

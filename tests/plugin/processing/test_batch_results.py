@@ -9,6 +9,7 @@ Needs the real engine and a VRT mosaic of four pv01 held-out tiles.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def loaded(context, alg_id, params):
 
 
 def assert_styled_result(layer, source_name):
-    """A batch result as the dock's: named ``#<run> <source> · thr … · <model> v… ·
+    """A batch result as the dock's: named ``#<run> thr … · <source> · <model> v… ·
     batch HH:MM``, categorized on ``class`` in the card's colour, with its metadata."""
-    assert layer.name().startswith("#") and f" {source_name} · thr " in layer.name()
+    assert re.match(rf"#\d+ thr [0-9.]+ · {source_name} · ", layer.name()), layer.name()
     assert f"{MODEL} v" in layer.name() and " · batch " in layer.name(), layer.name()
     renderer = layer.renderer()
     assert isinstance(renderer, QgsCategorizedSymbolRenderer)
