@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, TypeVar
 
-from qgis.PyQt.QtWidgets import QDockWidget, QVBoxLayout, QWidget
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .detection import DetectionSection
 from .models import ModelSection
@@ -36,14 +37,24 @@ class OrtholensDock(QDockWidget):
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__("Ortholens", parent)
         self.setObjectName("OrtholensDock")
-        body = QWidget(self)
+        # a screen too short for every section scrolls instead of cutting the last off
+        self.scroll = QScrollArea(self)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        body = QWidget(self.scroll)
         self._column = QVBoxLayout(body)
         self._column.addStretch(1)
         self.status = self.add_section(StatusSection(body))
         self.models = self.add_section(ModelSection(body))
         self.detection = self.add_section(DetectionSection(body))
         self.versions = self.add_section(VersionsSection(self.models, body))
-        self.setWidget(body)
+        self.scroll.setWidget(body)
+        self.setWidget(self.scroll)
+
+    def body(self) -> QWidget:
+        """The widget holding the column of sections (inside the dock's scroll area)."""
+        return self.scroll.widget()
 
     def add_section(self, section: SectionT) -> SectionT:
         """Put ``section`` below the others (above the free space); returns it."""

@@ -2,11 +2,11 @@
 dates, parents, areas, figures and verdicts, the version in use in the map view and
 why, and Retrain on corrections…, Make active, Roll back and Delete.
 
-The buttons act on the version picked in the panel's table (which follows the model
+The buttons act on the version picked in the panel's list (which follows the model
 selected in the model section, :mod:`.models`); the retrain controller
-(:mod:`..retrain.controller`) reacts to their signals and fills the table.
+(:mod:`..retrain.controller`) reacts to their signals and fills the list.
 :func:`version_buttons` says, without widgets, when Make active and Roll back can act;
-:mod:`.version_table` gives the table's texts and when Delete can act.
+:mod:`.version_table` gives the list's texts and when Delete can act.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -30,7 +29,7 @@ from qgis.PyQt.QtWidgets import (
 from ..cards import base_id, lineage_cards
 from ..retrain.dialogs import scope_text
 from .models import ModelSection
-from .version_table import COLUMNS, delete_why, here_line, in_use, version_cells
+from .version_table import delete_why, here_line, in_use, version_lines
 
 #: Retrain on corrections…'s tooltip.
 RETRAIN_TIP = "Fine-tune the selected model on the corrected result layer (the active layer)"
@@ -104,9 +103,9 @@ class VersionsSection(QWidget):
     Retrain on corrections…, Make active, Roll back and Delete, each disabled with
     its reason said under the buttons.
 
-    Make active, Roll back and Delete act on the version picked in the table, which
-    follows the model selected in the model section (picking a row does not change
-    what a detection runs).
+    Make active, Roll back and Delete act on the version picked in the list, which
+    follows the model selected in the model section (picking one does not change what
+    a detection runs).
 
     Args:
         models: the model section (its cards and selected model).
@@ -167,46 +166,40 @@ class VersionsSection(QWidget):
         self.update_version_buttons()
 
     def _add_table(self, outer: QVBoxLayout) -> None:
-        """The table of versions and the line saying which one is in use here."""
-        self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setObjectName("ortholensVersionsTable")
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setMinimumHeight(90)
-        self.table.setMaximumHeight(150)
-        self.table.itemSelectionChanged.connect(self.update_version_buttons)
-        outer.addWidget(self.table)
+        """The list of versions (two lines each, to fit the dock) and the line saying
+        which one is in use here."""
+        self.list = QListWidget(self)
+        self.list.setObjectName("ortholensVersionsList")
+        self.list.setWordWrap(True)
+        self.list.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.list.setMinimumHeight(90)
+        self.list.setMaximumHeight(170)
+        self.list.itemSelectionChanged.connect(self.update_version_buttons)
+        outer.addWidget(self.list)
         self.here_label = QLabel("", self)
         self.here_label.setObjectName("ortholensInUseHere")
         self.here_label.setWordWrap(True)
         outer.addWidget(self.here_label)
 
-    # the table -------------------------------------------------------------------------
+    # the list --------------------------------------------------------------------------
     def show_versions(self, reply: Dict[str, Any]) -> None:
         """Show a ``versions`` reply (with ``here`` when it was asked for the map
-        view): one row per version, the version in use here in bold, the row of the
-        model selected in the dock picked."""
+        view): two lines per version (:func:`~.version_table.version_lines`), the
+        version in use here in bold, the model selected in the dock picked."""
         self.reply = dict(reply or {})
-        rows = list(self.reply.get("versions") or [])
         here = (self.reply.get("here") or {}).get("model")
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(rows))
-        for r, v in enumerate(rows):
-            for c, text in enumerate(version_cells(v, here)):
-                item = QTableWidgetItem(text)
-                item.setData(Qt.UserRole, v.get("id"))
-                item.setToolTip(self._tip(v))
-                if v.get("id") == here:
-                    font = item.font()
-                    font.setBold(True)
-                    item.setFont(font)
-                self.table.setItem(r, c, item)
-        self.table.blockSignals(False)
+        self.list.blockSignals(True)
+        self.list.clear()
+        for v in self.reply.get("versions") or []:
+            item = QListWidgetItem(version_lines(v, here))
+            item.setData(Qt.UserRole, v.get("id"))
+            item.setToolTip(self._tip(v))
+            if v.get("id") == here:
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+            self.list.addItem(item)
+        self.list.blockSignals(False)
         self.here_label.setText(here_line(self.reply))
         self._follow_model()
 
@@ -218,19 +211,25 @@ class VersionsSection(QWidget):
         return f"{v.get('id')}: {where}. {v.get('corrections') or 0} corrected polygons."
 
     def _follow_model(self) -> None:
-        """Pick the table's row of the model selected in the dock (when listed)."""
+        """Pick the version of the model selected in the dock (when listed)."""
         mid = self.models.current_model_id()
-        for r in range(self.table.rowCount()):
-            item = self.table.item(r, 0)
-            if item is not None and item.data(Qt.UserRole) == mid:
-                self.table.selectRow(r)
+        for r in range(self.list.count()):
+            if self.list.item(r).data(Qt.UserRole) == mid:
+                self.list.setCurrentRow(r)
                 break
         self.update_version_buttons()
 
+    def pick(self, model_id: str) -> bool:
+        """Pick ``model_id`` in the list; False when it is not listed."""
+        for r in range(self.list.count()):
+            if self.list.item(r).data(Qt.UserRole) == model_id:
+                self.list.setCurrentRow(r)
+                return True
+        return False
+
     def picked_id(self) -> Optional[str]:
-        """The version picked in the table, else the model selected in the dock."""
-        rows = self.table.selectionModel().selectedRows()
-        item = self.table.item(rows[0].row(), 0) if rows else None
+        """The version picked in the list, else the model selected in the dock."""
+        item = self.list.currentItem()
         return str(item.data(Qt.UserRole)) if item is not None else \
             self.models.current_model_id()
 
@@ -273,7 +272,7 @@ class VersionsSection(QWidget):
                     self.models.current_card())
         can = version_buttons(self.models.cards, card, self._busy, self._switching)
         gone = delete_why(self.picked_version() or card, self._busy, self._switching)
-        why = []
+        why: Dict[str, List[str]] = {}
         for button, reason, tip in (
                 (self.activate_button, can.activate_why, can.activate_tip),
                 (self.rollback_button, can.rollback_why, can.rollback_tip),
@@ -283,8 +282,9 @@ class VersionsSection(QWidget):
             button.setEnabled(reason is None)
             button.setToolTip(reason or tip)
             if reason:
-                why.append(f"{button.text()}: {reason}.")
-        self.why_label.setText(" ".join(dict.fromkeys(why)))
+                why.setdefault(reason, []).append(button.text())
+        self.why_label.setText(" ".join(f"{', '.join(names)}: {reason}."
+                                        for reason, names in why.items()))
 
 
 __all__ = ["ACTIVATE_TIP", "ROLLBACK_TIP", "VersionButtons", "version_buttons",

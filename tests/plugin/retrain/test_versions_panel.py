@@ -38,12 +38,11 @@ CARDS = [{"id": MODEL, "version": "2.0.0", "lineage": {"active": True, "number":
          {"id": f"{MODEL}@2", "version": "2.0.0+u2", "lineage": {"number": 2}}]
 
 
-def _row(panel, r):
-    from plugin.dock.version_table import COLUMNS
-    return dict(zip(COLUMNS, (panel.table.item(r, c).text() for c in range(len(COLUMNS)))))
+def _lines(panel, r):
+    return panel.list.item(r).text().split("\n")
 
 
-def test_panel_rows_the_version_in_use_here_and_the_reasons(qgis_iface):
+def test_panel_lists_versions_the_one_in_use_here_and_the_reasons(qgis_iface):
     from plugin.dock.panel import OrtholensDock
     dock = OrtholensDock(qgis_iface.mainWindow())
     panel = dock.versions
@@ -51,18 +50,16 @@ def test_panel_rows_the_version_in_use_here_and_the_reasons(qgis_iface):
         dock.models.set_models(CARDS)
         dock.models.prefer_model(MODEL)
         panel.show_versions(REPLY)
-        assert panel.table.rowCount() == 3
-        shipped, area, kept = (_row(panel, r) for r in range(3))
-        assert shipped == {"Version": f"{MODEL} v2.0.0", "Created": "shipped", "Parent": "",
-                           "Area": "everywhere", "Held-out F1": "0.881 (pv01)",
-                           "Verdict": "shipped", "Use": "active"}
-        assert area["Area"] == "0.28 km²" and area["Held-out F1"] == "0.593 → 0.866"
-        assert area["Use"] == "in use here; in use in its area"
-        assert area["Verdict"] == "accepted by the rule" and area["Parent"] == MODEL
-        assert area["Created"].startswith("2024-05-0")
-        assert kept["Verdict"] == "kept by you" and kept["Use"] == "not in use"
-        assert kept["Held-out F1"] == "not measured"
-        assert panel.table.item(1, 0).font().bold() and not panel.table.item(0, 0).font().bold()
+        assert panel.list.count() == 3
+        assert _lines(panel, 0) == [f"{MODEL} v2.0.0 — active",
+                                    "shipped · everywhere · held-out F1 0.881 (pv01)"]
+        head, tail = _lines(panel, 1)
+        assert head == f"{MODEL}@1 v2.0.0+u1 — in use here; in use in its area"
+        assert tail.startswith("2024-05-0") and tail.endswith(
+            f" · from {MODEL} · 0.28 km² · held-out F1 0.593 → 0.866 · accepted by the rule")
+        assert _lines(panel, 2)[0] == f"{MODEL}@2 v2.0.0+u2 — not active"
+        assert _lines(panel, 2)[1].endswith(" · everywhere · not measured · kept by you")
+        assert panel.list.item(1).font().bold() and not panel.list.item(0).font().bold()
         assert panel.here_label.text() == (f"In use here: {MODEL}@1 — {MODEL}@1 was taught "
                                            f"on this area (0.28 km² …)")
         # the shipped model, picked because the dock selects it: nothing to do, and why
@@ -75,8 +72,7 @@ def test_panel_rows_the_version_in_use_here_and_the_reasons(qgis_iface):
         assert f"Delete: {MODEL} is a shipped model: only retrained versions can be " \
                "deleted." in why
         # the area version in use: take it out of use or delete it (asked first)
-        panel.table.selectRow(1)
-        assert panel.picked_id() == f"{MODEL}@1"
+        assert panel.pick(f"{MODEL}@1") and panel.picked_id() == f"{MODEL}@1"
         assert not panel.activate_button.isEnabled()
         assert panel.rollback_button.isEnabled() and panel.delete_button.isEnabled()
         assert "you will be asked first" in panel.delete_button.toolTip()
@@ -88,7 +84,8 @@ def test_panel_rows_the_version_in_use_here_and_the_reasons(qgis_iface):
         # while a job runs, nothing acts, and the panel says why once
         dock.set_busy(True)
         assert not panel.delete_button.isEnabled()
-        assert panel.why_label.text().count("Wait until the running job has finished") == 3
+        assert panel.why_label.text() == ("Make active, Roll back, Delete: Wait until the "
+                                          "running job has finished.")
     finally:
         dock.deleteLater()
         flush_deletes()
@@ -109,14 +106,14 @@ def test_delete_from_the_panel_asks_for_a_version_in_use(plugin_with_result, dae
                       and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
     panel = p.dock.versions
     assert wait_until(lambda: p.retrain.listing_task is None
-                      and panel.table.rowCount() == 2, 30)
+                      and panel.list.count() == 2, 30)
     # the dock shows the shipped model: exactly it runs, whatever is active
     assert wait_until(lambda: p.retrain.listing_task is None and panel.here_label.text()
                       == f"In use here: {MODEL} — {MODEL} has no version taught on an "
                          f"area", 30), panel.here_label.text()
-    rows = [_row(panel, r) for r in range(2)]
-    assert rows[1]["Use"].endswith("active") and rows[0]["Use"].endswith("not in use")
-    panel.table.selectRow(1)
+    assert _lines(panel, 1)[0].endswith(" — active")
+    assert _lines(panel, 0)[0].endswith(" — in use here; not active")
+    assert panel.pick(f"{MODEL}@1")
     asked = []
     p.retrain.confirm = lambda text: asked.append(text) or False  # the user says no
     panel.delete_button.click()
@@ -130,4 +127,4 @@ def test_delete_from_the_panel_asks_for_a_version_in_use(plugin_with_result, dae
     assert p.dock.detection.message() == (f"{MODEL}@1 was rolled back, then deleted; "
                                           f"active version: {MODEL}.")
     assert wait_until(lambda: p.retrain.listing_task is None and p.status_task is None
-                      and panel.table.rowCount() == 1, 30)
+                      and panel.list.count() == 1, 30)
