@@ -432,7 +432,7 @@ class OrtholensPlugin:
 
     def _task_message(self, text: str) -> None:
         if self.dock is not None and self.task is not None:
-            self.dock.detection.show_message(text, Qgis.Info)
+            self.dock.detection.show_progress(text, self.task.time_left)
 
     def cancel(self) -> None:
         """Cancel the running detection (it stops at the daemon's next batch)."""

@@ -41,8 +41,8 @@ def progress_callback(task: QgsTask, start: float, span: float,
         start, span: the part of the progress bar the daemon job fills, percent.
         on_message: called with the daemon's message (may be empty) after each valid
             progress event.
-        time_left: the run's :class:`~.timeleft.TimeLeft`: fed the task's progress, it
-            adds the elapsed time and the time left to the message.
+        time_left: the run's :class:`~.timeleft.TimeLeft`, fed the task's progress (the
+            dock says the elapsed time and the time left from it).
     """
     def on_progress(fraction: Any = None, message: Any = None, *_: Any) -> None:
         f = job_fraction(fraction)
@@ -51,7 +51,6 @@ def progress_callback(task: QgsTask, start: float, span: float,
         task.setProgress(start + span * f)
         if time_left is not None:
             time_left.update((start + span * f) / 100.0)
-            message = time_left.decorate(str(message or ""))
         on_message(message)
     return on_progress
 

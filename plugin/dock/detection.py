@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
-from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QApplication,
@@ -70,6 +70,10 @@ class DetectionSection(QWidget):
         outer.addLayout(top)
         self._add_progress_row(outer)
         self._plain = ""
+        self._running: Optional[Tuple[str, Any]] = None  # (message, its TimeLeft)
+        self._clock = QTimer(self)
+        self._clock.setInterval(1000)
+        self._clock.timeout.connect(self._tick)
         self.message_label = QLabel("", self)
         self.message_label.setObjectName("ortholensMessage")
         self.message_label.setWordWrap(True)
@@ -145,6 +149,8 @@ class DetectionSection(QWidget):
         self.cancel_button.setEnabled(busy)
         if busy:
             self.progress.setValue(0)
+        else:
+            self._running = None
 
     def set_engine(self, why: Optional[str]) -> None:
         """Disable Detect while no engine can run: ``why`` (its tooltip) says so; None
@@ -164,7 +170,12 @@ class DetectionSection(QWidget):
                      warnings: Sequence[str] = ()) -> None:
         """Show ``text`` under the buttons, coloured by message level, and each of
         ``warnings`` on a line of its own, ``"Warning: …"``, in the warning colour
-        (a result with a warning is still a result: green, its warnings amber)."""
+        (a result with a warning is still a result: green, its warnings amber); a
+        running job's progress (:meth:`show_progress`) is no longer said."""
+        self._running = None
+        self._set_message(text, level, warnings)
+
+    def _set_message(self, text: str, level: int, warnings: Sequence[str]) -> None:
         self._plain = "\n".join([text] + [f"Warning: {w}" for w in warnings])
         color = LEVEL_COLORS.get(level, "#000000")
         if warnings:
@@ -180,6 +191,21 @@ class DetectionSection(QWidget):
             self.message_label.setTextFormat(Qt.PlainText)
             self.message_label.setText(text)
         self.message_label.setToolTip(self._plain)
+
+    def show_progress(self, text: str, time_left: Any) -> None:
+        """Show a running job's progress message with its elapsed time and time left
+        (``time_left``, a :class:`~..timeleft.TimeLeft`), said again every second
+        until another message is shown or the job ends."""
+        self._running = (text, time_left)
+        self._tick()
+        self._clock.start()
+
+    def _tick(self) -> None:
+        if self._running is None:
+            self._clock.stop()
+            return
+        text, time_left = self._running
+        self._set_message(time_left.decorate(text), Qgis.Info, ())
 
     def message(self) -> str:
         """The message shown under the buttons, as plain text (warnings on lines of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, TypeVar
 
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .detection import DetectionSection
@@ -18,6 +18,22 @@ from .status import StatusSection
 from .versions import VersionsSection
 
 SectionT = TypeVar("SectionT", bound=QWidget)
+
+
+class _ColumnScroll(QScrollArea):
+    """A vertical scroll area as wide as its column needs (so nothing is cut at the
+    right), as short as the screen allows (the column scrolls)."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        column = self.widget()
+        width = column.minimumSizeHint().width() if column is not None else 0
+        return QSize(width + self.verticalScrollBar().sizeHint().width()
+                     + 2 * self.frameWidth(), 120)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        column = self.widget()
+        height = column.sizeHint().height() if column is not None else 400
+        return QSize(self.minimumSizeHint().width(), height)
 
 
 class OrtholensDock(QDockWidget):
@@ -38,7 +54,7 @@ class OrtholensDock(QDockWidget):
         super().__init__("Ortholens", parent)
         self.setObjectName("OrtholensDock")
         # a screen too short for every section scrolls instead of cutting the last off
-        self.scroll = QScrollArea(self)
+        self.scroll = _ColumnScroll(self)
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)

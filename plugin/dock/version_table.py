@@ -11,7 +11,7 @@ that area. The panel names the one **in use here**, in the map view.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 #: What the Verdict column says of each decision of a version's lineage.
 DECISIONS = {"shipped": "shipped", "accepted": "accepted by the rule",

@@ -20,6 +20,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
+    QListView,
     QListWidgetItem,
     QPushButton,
     QVBoxLayout,
@@ -171,6 +172,8 @@ class VersionsSection(QWidget):
         self.list = QListWidget(self)
         self.list.setObjectName("ortholensVersionsList")
         self.list.setWordWrap(True)
+        self.list.setResizeMode(QListView.Adjust)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setSelectionMode(QAbstractItemView.SingleSelection)
         self.list.setMinimumHeight(90)
         self.list.setMaximumHeight(170)
@@ -278,7 +281,7 @@ class VersionsSection(QWidget):
                 (self.rollback_button, can.rollback_why, can.rollback_tip),
                 (self.delete_button, gone, f"Delete {vid} for good (its files go; its "
                  f"number is not given again)" + (": it is in use, you will be asked "
-                 f"first" if in_use(self.picked_version()) else ""))):
+                 "first" if in_use(self.picked_version()) else ""))):
             button.setEnabled(reason is None)
             button.setToolTip(reason or tip)
             if reason:

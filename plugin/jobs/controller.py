@@ -43,20 +43,28 @@ class JobsController:
         """When a detection was refused for its size, say so with a *Run as a batch
         job…* button that opens *Detect objects* on the same layer and extent; False
         for any other outcome (nothing said)."""
+        from qgis.PyQt.QtCore import QTimer
         from qgis.PyQt.QtWidgets import QPushButton
-        from qgis.core import Qgis
+        from qgis.core import Qgis, QgsMessageLog
+
+        from ..tasks import LOG_TAG
         error = str(getattr(task, "error", "") or "")
         if "as a batch job" not in error or getattr(task, "plan", None) is None:
             return False
         plan = task.plan
-        self.plugin.notify(error, Qgis.Warning, after_task=True)
-        bar = self.plugin.iface.messageBar()
-        item = bar.createMessage("Ortholens", "This extent is a batch job's size.")
-        button = QPushButton("Run as a batch job…", item)
-        button.setObjectName("ortholensRunAsBatch")
-        button.clicked.connect(lambda: self.batch_dialog(plan))
-        item.layout().addWidget(button)
-        bar.pushWidget(item, Qgis.Info, 0)
+        if self.plugin.dock is not None:
+            self.plugin.dock.detection.show_message(error, Qgis.Warning)
+        QgsMessageLog.logMessage(error, LOG_TAG, Qgis.Warning)
+
+        def push() -> None:  # after QGIS's own "Task complete" notice, on top of it
+            bar = self.plugin.iface.messageBar()
+            item = bar.createMessage("Ortholens", error)
+            button = QPushButton("Run as a batch job…", item)
+            button.setObjectName("ortholensRunAsBatch")
+            button.clicked.connect(lambda: self.batch_dialog(plan))
+            item.layout().addWidget(button)
+            bar.pushWidget(item, Qgis.Warning, 0)
+        QTimer.singleShot(0, push)
         return True
 
     def batch_dialog(self, plan: Any):

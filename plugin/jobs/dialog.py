@@ -73,14 +73,15 @@ class BatchJobsDialog(QDialog):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(COLUMNS.index("Progress"), QHeaderView.Stretch)
+        header.setSectionResizeMode(COLUMNS.index("Output"), QHeaderView.Stretch)
+        self.table.setTextElideMode(Qt.ElideMiddle)  # a long file name, not the progress
         self.table.itemSelectionChanged.connect(self._update_buttons)
         lay.addWidget(self.table, 1)
         self.hint = QLabel("", self)
         self.hint.setObjectName("ortholensJobsHint")
         self.hint.setWordWrap(True)
         lay.addWidget(self.hint)
-        self.status = QLabel("Asking the engine for its batch jobs…", self)
+        self.status = QLabel("", self)
         self.status.setObjectName("ortholensJobsStatus")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
@@ -88,7 +89,7 @@ class BatchJobsDialog(QDialog):
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
-        self.resize(900, 360)
+        self.resize(1000, 360)
 
     def _add_buttons(self, lay: QVBoxLayout) -> None:
         row = QHBoxLayout()
@@ -139,12 +140,11 @@ class BatchJobsDialog(QDialog):
             return
         self.cards = task.cards or self.cards
         self.show_jobs(task.jobs)
+        self.setWindowTitle(f"Ortholens: batch jobs ({len(task.jobs)}, engine at "
+                            f"{task.settings.endpoint})")
         if task.cancel_id:
             self.status.setText(f"Cancel asked for job {task.cancel_id[:8]}: it stops after "
                                 f"its current batch of tiles and stays resumable.")
-        elif self.resume_task is None:
-            self.status.setText(f"{len(task.jobs)} batch job(s) of the engine at "
-                                f"{task.settings.endpoint}.")
 
     def show_jobs(self, jobs: List[Dict[str, Any]]) -> None:
         """Fill the table with ``jobs``, keeping the picked job picked."""
@@ -211,7 +211,7 @@ class BatchJobsDialog(QDialog):
             return None
         task = ResumeTask(job, self.cards, self.settings(), on_done=self._resumed)
         task.message.connect(lambda text: self.status.setText(
-            f"Job {str(job['job_id'])[:8]}: {text}"))
+            f"Job {str(job['job_id'])[:8]}: {task.time_left.decorate(text)}"))
         self.resume_task = task
         self.status.setText(f"Resuming job {str(job['job_id'])[:8]}…")
         QgsApplication.taskManager().addTask(task)

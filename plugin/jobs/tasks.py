@@ -71,8 +71,8 @@ class ResumeTask(QgsTask):
         on_done: called with this task on the UI thread when it finishes.
         job_timeout_s: give up after this many seconds without news of the job.
 
-    While it runs, :attr:`message` carries its progress with the elapsed time and time
-    left. After ``finished``: ``result`` (the job's ``result``), ``layer`` (the result
+    While it runs, :attr:`message` carries its progress and :attr:`time_left` measures
+    it. After ``finished``: ``result`` (the job's ``result``), ``layer`` (the result
     layer added, or None), ``error``, ``cancelled`` (the user cancelled: the job stays
     resumable), ``daemon_process``.
     """

@@ -255,7 +255,16 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('regions')} regions "
                           f"({stats.get('regions_empty', 0)} without data, skipped), "
                           f"{stats.get('seconds')} s; job {result.get('job_id')}")
-        styler = ResultStyler(card, optional, layer.name())
+        return self._deliver(parameters, context, feedback, result, out, coverage,
+                             ResultStyler(card, optional, layer.name()))
+
+    def _deliver(self, parameters, context, feedback, result: Dict[str, Any], out: str,
+                 coverage, styler: ResultStyler) -> Dict[str, Any]:
+        """The algorithm's results (OUTPUT, COUNT, JOB_ID) of a finished job whose
+        GeoPackage is ``out``: left at its default, OUTPUT is that file; otherwise (a
+        file the user chose, or coverage polygons) the polygons are copied to the
+        sink. Either is styled and named by ``styler`` when Processing loads it."""
+        stats = result.get("stats") or {}
         table, job_id = stats.get("layer") or "detections", result.get("job_id", "")
         wanted = parameters.get(self.OUTPUT)
         if coverage is None and is_temporary(wanted):  # the job's own GeoPackage
@@ -266,7 +275,7 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
                     "JOB_ID": job_id}
         if is_temporary(wanted):  # the part in the coverage, beside the job's file
             parameters = dict(parameters, **{self.OUTPUT: to_file(
-                wanted, results_file(f"{layer.name()}_{model}_coverage", context))})
+                wanted, out.replace(".gpkg", "_coverage.gpkg"))})
         res = self._copy(out, table, coverage, parameters, context, feedback, job_id)
         style_when_done(context, res[self.OUTPUT], styler)
         return res

@@ -199,8 +199,8 @@ class RetrainController:
     def _task_message(self, text: str) -> None:
         """Show the retrain's phase and time left in the dock."""
         if self.plugin.dock is not None and self.task is not None:
-            self.plugin.dock.detection.show_message(
-                f"Retraining {self.task.plan.model}: {text}", Qgis.Info)
+            self.plugin.dock.detection.show_progress(
+                f"Retraining {self.task.plan.model}: {text}", self.task.time_left)
 
     def cancel(self) -> None:
         """Cancel the running retrain (the daemon stops at its next step)."""

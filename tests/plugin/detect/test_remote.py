@@ -102,9 +102,7 @@ def test_detection_through_pixel_transfer_equals_reading_the_file(
     assert by_pixels.transfer == "pixels"
     # 256 x 256 pixels at the model's 0.1 m, streamed as 4 x 4 windows of 64
     assert "Sending the pixels (256 x 256)…" in by_pixels.messages
-    # each progress message carries the time elapsed (and left, once measured)
-    assert any(m.startswith("sent 16/16 windows — ") and " elapsed, " in m
-               for m in by_pixels.messages), by_pixels.messages
+    assert "sent 16/16 windows" in by_pixels.messages, by_pixels.messages
     assert "ORTHOLENS_ROOTS" in by_pixels.file_refused
     assert by_pixels.layer is not None and by_pixels.layer.isValid()
 

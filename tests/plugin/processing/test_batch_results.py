@@ -107,7 +107,7 @@ def test_job_table_lists_resumes_cancels_and_opens(daemon, provider, mosaic,  # 
         seen = []
         task = dlg.resume()
         assert task is not None and not dlg.resume_button.isEnabled()
-        task.message.connect(seen.append)
+        task.message.connect(lambda _: seen.append(dlg.status.text()))  # after the window's
         assert wait_until(lambda: dlg.resume_task is None, 300), dlg.status.text()
         assert task.error is None and task.layer is not None, task.error
         assert any("elapsed" in m for m in seen), seen

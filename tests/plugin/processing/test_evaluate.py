@@ -141,10 +141,10 @@ def test_no_reference_fails_and_the_dialog_says_so_right(provider, processing_gu
     dlg = algorithm_dialog(alg)
     log = dlg.findChild(QTextEdit, "txtLog")
     assert log is not None
-    dlg._failed = True  # after a failed run: no word of an HTML output
+    dlg._html_written = False  # a failed run, or one without the HTML report
     dlg.setInfo(f"{HTML_NOTE} by this algorithm.")
     assert HTML_NOTE not in log.toPlainText()
-    dlg._failed = False
+    dlg._html_written = True
     dlg.setInfo(f"{HTML_NOTE} by this algorithm.")
     assert HTML_NOTE in log.toPlainText()
     feedback = dlg.createFeedback()
