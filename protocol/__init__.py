@@ -13,6 +13,7 @@ Modules:
                 :class:`RetrainParams`, :class:`PixelUpload`, each field with its rule
     inventory   typed parameters of a solar inventory (:class:`InventoryParams`,
                 :class:`Assumptions`, :class:`VectorLayer`)
+    version_params  typed parameters of ``versions`` (with an extent) and ``delete``
     schema      the schema of every request type, :func:`validate_request`,
                 :func:`request`
     window      :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the

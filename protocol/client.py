@@ -20,6 +20,7 @@ from .connection import DaemonConnection, raise_if_error
 from .errors import DaemonError, DaemonUnavailable, JobCancelled
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
+from .version_params import DeleteParams, VersionsParams
 from .window import Window, upload_windows
 
 log = logging.getLogger("ortholens.client")
@@ -351,9 +352,23 @@ class OrtholensClient(DaemonConnection):
             if result is not None:
                 return result
 
-    def versions(self, model: str) -> Dict[str, Any]:
-        """``{model, active, versions: [...]}`` of ``model``'s lineage."""
-        return self._call("versions", model=model)
+    def versions(self, model: str, extent: Optional[Sequence[float]] = None,
+                 extent_crs: Optional[str] = None) -> Dict[str, Any]:
+        """``{model, active, versions: [...]}`` of ``model``'s lineage; with an extent
+        (:class:`~protocol.version_params.VersionsParams`) also ``here``, ``{model,
+        why}``: the version in use there."""
+        return self._call("versions", **VersionsParams(model, extent, extent_crs).wire_fields())
+
+    def delete(self, model: str, roll_back: bool = False) -> Dict[str, Any]:
+        """Delete the user version ``model`` (:class:`~protocol.version_params.
+        DeleteParams`; ``roll_back``: the user confirmed deleting a version in use);
+        returns :meth:`versions` plus ``deleted`` and ``rolled_back``.
+
+        Raises:
+            DaemonError: ``invalid_input`` for a shipped model or a version in use
+                without ``roll_back``; ``not_found`` for an unknown version.
+        """
+        return self._call("delete", **DeleteParams(model, roll_back or None).wire_fields())
 
     def activate(self, model: str) -> Dict[str, Any]:
         """Make ``model`` (``<id>`` or ``<id>@<n>``) the active version; returns

@@ -1,9 +1,10 @@
 """Request schemas: which fields each request type takes, and :func:`validate_request`.
 
-The rules of ``detect``, ``upload``, ``batch``, ``retrain`` and ``inventory`` are those
-their parameter classes declare beside each field (:mod:`protocol.params`,
-:mod:`protocol.inventory`, read with ``protocol.rules.request_rules``); the requests
-without a parameter class declare theirs here. :func:`validate_request` checks a decoded request header field by field
+The rules of ``detect``, ``upload``, ``batch``, ``retrain``, ``inventory``,
+``versions`` and ``delete`` are those their parameter classes declare beside each
+field (:mod:`protocol.params`, :mod:`protocol.inventory`, :mod:`protocol.version_params`,
+read with ``protocol.rules.request_rules``); the requests without a parameter class
+declare theirs here. :func:`validate_request` checks a decoded request header field by field
 and raises :class:`~protocol.errors.ProtocolError` with a stable ``code`` and a
 human-readable message on anything else; :func:`request` builds a checked header. The
 requests and the replies they get: ``docs/protocol.md``.
@@ -21,6 +22,7 @@ from .framing import PROTOCOL_VERSION, request_header
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
+from .version_params import DeleteParams, VersionsParams
 
 _JOB = {"job_id": Rule(True, check_job_id)}
 _ANY_JOB = {"job_id": Rule(False, check_job_id)}  # default: every job
@@ -43,13 +45,14 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     "jobs": _ANY_JOB,
     "resume": _JOB,
     "retrain": request_rules(RetrainParams),
-    "versions": _MODEL,
+    "versions": request_rules(VersionsParams),
     "activate": _MODEL,
     "rollback": _MODEL,
     # keep a candidate the acceptance rule did not accept: the retrain report's
     # ``pending``
     "keep": {**_MODEL, "pending": Rule(True, string(64)), "note": Rule(False, string(500))},
     "inventory": request_rules(InventoryParams),
+    "delete": request_rules(DeleteParams),
 }
 REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 

@@ -9,7 +9,8 @@ array frames. It returns the replies to send, in order, and raises an
 
 Families: the daemon's own (``ping``, ``models``, ``status``, ``cancel``); jobs queued
 on the interactive workers (``detect``, ``retrain``); the user model versions
-(``versions``, ``activate``, ``rollback``, ``keep``: ``backend.models.versions``); pixel
+(``versions``, ``activate``, ``rollback``, ``keep``, ``delete``:
+``backend.models.versions``); pixel
 uploads (``upload``, ``window``: ``backend.daemon.uploads``); batch jobs (``batch``,
 ``jobs``, ``resume``: ``backend.daemon.batch_service``).
 """
@@ -187,9 +188,23 @@ def _versions_reply(header: Dict[str, Any], fn: Callable[[str], Dict[str, Any]]
 
 
 def on_versions(server, identity, header, arrays) -> Replies:
-    """The versions of a model (``backend.models.versions.describe``)."""
-    from backend.models.versions import describe
-    return [(identity, _versions_reply(header, describe))]
+    """The versions of a model, with the one in use in the request's extent when it
+    names one (``backend.models.versions.describe_here``)."""
+    from backend.models.versions import describe_here
+    from protocol.version_params import VersionsParams
+    p = VersionsParams.from_header(header)
+    return [(identity, _versions_reply(
+        header, lambda m: describe_here(m, p.extent, p.extent_crs)))]
+
+
+def on_delete(server, identity, header, arrays) -> Replies:
+    """Delete a user version (``backend.models.version_delete``)."""
+    from backend.models.version_delete import delete_version
+    from protocol.version_params import DeleteParams
+    reply = _versions_reply(
+        header, lambda m: delete_version(DeleteParams.from_header(header)))
+    log.info("deleted %s (rolled back first: %s)", reply["deleted"], reply["rolled_back"])
+    return [(identity, reply)]
 
 
 def on_activate(server, identity, header, arrays) -> Replies:
@@ -264,6 +279,7 @@ HANDLERS: Dict[str, Handler] = {
     "activate": on_activate,
     "rollback": on_rollback,
     "keep": on_keep,
+    "delete": on_delete,
     "upload": on_upload,
     "window": on_window,
     "batch": on_batch,

@@ -18,6 +18,10 @@ NOT_SET_UP = ("No detection engine is set up: press 'Set up the engine…' to in
               "engine.")
 
 
+#: The tooltip of Detect and Retrain while they are disabled for want of an engine.
+NO_ENGINE = "No detection engine is set up yet: press 'Set up the engine…' first."
+
+
 def device_text(pong: Dict[str, Any]) -> str:
     """What the engine runs on, from a ``pong`` reply: ``"GPU NVIDIA H200, 139.8 GiB"``
     or ``"CPU, 16 cores"`` from its ``device_info``, else its ``device`` string
@@ -107,5 +111,5 @@ class StatusSection(QWidget):
         self.status_label.setText(text)
 
 
-__all__ = ["NOT_RUNNING", "STARTING", "NOT_SET_UP", "device_text", "pong_text",
+__all__ = ["NOT_RUNNING", "STARTING", "NOT_SET_UP", "NO_ENGINE", "device_text", "pong_text",
            "StatusSection"]

@@ -1,6 +1,6 @@
 """The *Set up the detection engine* dialog: what will be installed and why, the choices
 (the Python to use, a folder of wheels for an offline computer, PyTorch), the install's
-progress lines with Cancel, the log, and Repair / Remove for an installed engine."""
+progress lines with Cancel, the log, and Reinstall / Remove for an installed engine."""
 
 from __future__ import annotations
 
@@ -200,9 +200,9 @@ class EngineSetupDialog(QDialog):
         if python:
             self.state_label.setText(f"Installed: Ortholens engine "
                                      f"{installed_version(python)} in "
-                                     f"{Path(python).parent.parent}. Set up again to "
+                                     f"{Path(python).parent.parent}. Reinstall only to "
                                      f"repair it.")
-            self.start_button.setText("Repair")
+            self.start_button.setText("Reinstall")
         else:
             self.state_label.setText("No engine is installed for this user yet.")
             self.start_button.setText("Set up")
@@ -290,7 +290,7 @@ class EngineSetupDialog(QDialog):
         bar = self.log_view.verticalScrollBar()
         bar.setValue(bar.maximum())  # the newest line stays in view
         if text.startswith(("$ ", "Self-test", "Installed", "Collecting", "Installing")):
-            self.status_label.setText(text[:200])
+            self.status_label.setText(status_line(text))
 
     def _status(self, text: str, color: str) -> None:
         self.status_label.setStyleSheet(f"color: {color};" if color else "")
@@ -303,6 +303,8 @@ class EngineSetupDialog(QDialog):
             self.progress.setValue(100)
             self._status(f"The engine is set up ({task.seconds:.0f} s): "
                          f"{task.report.summary()}.", _GREEN)
+            self.close_button.setDefault(True)  # done: Close, not Reinstall, comes next
+            self.close_button.setFocus()
         elif task.cancelled:
             self._status("Cancelled: nothing is left running. Set up again to finish "
                          "or repair the installation.", "")
@@ -318,4 +320,22 @@ class EngineSetupDialog(QDialog):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(log)))
 
 
-__all__ = ["EngineSetupDialog"]
+def status_line(text: str, limit: int = 150) -> str:
+    """A setup line short enough for the status line, cut between words:
+    ``"Installing collected packages: numpy, rasterio, … (28 in all)"`` for a list,
+    else at the last space before ``limit`` characters with ``…``."""
+    if len(text) <= limit:
+        return text
+    head, sep, rest = text.partition(": ")
+    items = [i.strip() for i in rest.split(",")] if sep and "," in rest else []
+    if items:
+        shown = []
+        for item in items:
+            if len(head) + 2 + len(", ".join(shown + [item])) + 16 > limit:
+                break
+            shown.append(item)
+        return f"{head}: {', '.join(shown)}, … ({len(items)} in all)"
+    return text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+__all__ = ["EngineSetupDialog", "status_line"]

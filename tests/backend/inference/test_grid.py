@@ -201,8 +201,9 @@ def test_grid_size_limit():
             plan_grid(ds, None, None, 0.1, 3, max_pixels=44999)
         assert e.value.code == P.E_INVALID_INPUT
         assert str(e.value) == ("the extent is too large for one in-extent detection: "
-                                "300 x 150 px at 0.1 m (0 Mpx > 0 Mpx); zoom in or use "
-                                "the batch algorithm")
+                                "300 x 150 px at 0.1 m (0 Mpx > 0 Mpx); zoom in, or run "
+                                "it as a batch job (Processing › Ortholens › Detect "
+                                "objects)")
     # the default: 64 Mpx, 8000 x 8000 pixels of 0.1 m pass, 8010 x 8010 do not
     assert MAX_GRID_PIXELS == 64_000_000
     with open_raster("EPSG:31256", Affine(1, 0, 0, 0, -1, 800), 800, 800) as ds:
