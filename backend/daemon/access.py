@@ -76,15 +76,21 @@ class Access:
                 self.token.encode("utf-8", "surrogatepass")):
             raise P.ProtocolError("missing or wrong token", P.E_FORBIDDEN, field="token")
 
-    def check_path(self, path: str) -> str:
+    def check_path(self, path: str, field: str = "source",
+                   what: str = "the raster path") -> str:
         """``path`` resolved (symlinks, ``..``) when paths are restricted, else as given.
 
         The resolved path is what the job must use, so that a symlink swapped after the
         check cannot lead it outside the roots.
 
+        Args:
+            path: the path a request names.
+            field: the request field it came from, named by the error.
+            what: what it is, as the error's message says it.
+
         Raises:
             ProtocolError: ``forbidden`` for a path outside the allowed roots (its
-                ``field`` is ``"source"``).
+                ``field`` is ``field``).
         """
         if not self.restrict_paths:
             return path
@@ -93,14 +99,14 @@ class Access:
             # daemon's network can (server-side request forgery)
             raise P.ProtocolError("this daemon reads only files under its allowed "
                                   "folders (ORTHOLENS_ROOTS), not URLs or GDAL virtual "
-                                  "paths", P.E_FORBIDDEN, field="source")
+                                  "paths", P.E_FORBIDDEN, field=field)
         real = os.path.normcase(os.path.realpath(path))
         for root in self.allowed_roots:
             prefix = root if root.endswith(os.sep) else root + os.sep
             if real == root or real.startswith(prefix):
                 return real
-        raise P.ProtocolError("the raster path is outside the folders this daemon may "
-                              "read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field="source")
+        raise P.ProtocolError(f"{what} is outside the folders this daemon may "
+                              f"read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field=field)
 
     def check_source(self, source: Dict[str, Any]) -> Dict[str, Any]:
         """A wire ``source`` with its file path checked and resolved (pixels pass).
@@ -112,6 +118,28 @@ class Access:
             return source
         path = self.check_path(source["path"])
         return source if path == source["path"] else dict(source, path=path)
+
+    def check_inventory(self, header: Dict[str, Any]) -> Dict[str, Any]:
+        """The paths of an ``inventory`` header checked and resolved: the layers it
+        reads and the folder it writes (``out_dir``).
+
+        Returns:
+            The fields to replace in the job's request (``detections``, ``buildings``,
+            ``zones``, ``earlier``, ``out_dir``, those it carries).
+
+        Raises:
+            ProtocolError: ``forbidden`` for a path outside the allowed roots (its
+                ``field`` names the request field).
+        """
+        out: Dict[str, Any] = {}
+        for name in ("detections", "buildings", "zones", "earlier"):
+            layer = header.get(name)
+            if layer is not None:
+                out[name] = dict(layer, path=self.check_path(
+                    layer["path"], name, f"the {name} layer's path"))
+        out["out_dir"] = self.check_path(header["out_dir"], "out_dir",
+                                         "the output folder")
+        return out
 
 
 __all__ = ["is_loopback", "roots_from_env", "Access"]
