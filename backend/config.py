@@ -11,6 +11,8 @@ the project: the real data sets are read where they lie.
 ``ORTHOLENS_ROOTS``   ``os.pathsep``-separated folders a non-loopback daemon may read
                       rasters from (loopback daemons read any file the user can)
 ``ORTHOLENS_THREADS`` CPU threads of training and fine-tuning (default: all cores)
+``ORTHOLENS_PRECISION`` ``fp32``: models run their fp32 graph on every device, even
+                      where their card keeps a quantized one (default ``auto``)
 """
 
 from __future__ import annotations
@@ -54,3 +56,22 @@ def train_threads() -> int:
     """CPU threads of training and fine-tuning (``ORTHOLENS_THREADS``, default the
     number of cores)."""
     return int(os.environ.get("ORTHOLENS_THREADS", os.cpu_count() or 1))
+
+
+#: The values of ``ORTHOLENS_PRECISION``.
+PRECISIONS = ("auto", "fp32")
+
+
+def precision() -> str:
+    """``"fp32"`` when ``ORTHOLENS_PRECISION`` forces the fp32 graphs, else ``"auto"``
+    (each device runs the graph its model card names; ``ModelCard.graph_path``).
+
+    Raises:
+        protocol.errors.InputError: ``ORTHOLENS_PRECISION`` is neither ``auto`` nor
+            ``fp32``.
+    """
+    from protocol.errors import InputError
+    value = os.environ.get("ORTHOLENS_PRECISION", "").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise InputError(f"ORTHOLENS_PRECISION={value!r}: expected one of {PRECISIONS}")
+    return value

@@ -16,8 +16,9 @@ the graph is reproducible.
 
 Whether a model's CPU predictor runs the INT8 graph is the card's ``graphs`` field
 (``{"cpu": "model.int8.onnx"}``), set only where held-out and cross-validated accuracy
-stay within the tolerance of the fp32 graph (``tools/quantize_check.py``);
-``ORTHOLENS_PRECISION=fp32`` forces the fp32 graph everywhere.
+stay within the tolerance of the fp32 graph (``tools/perf_check.py int8``);
+the engine setting ``ORTHOLENS_PRECISION=fp32`` forces the fp32 graph everywhere
+(``backend.config.precision``).
 """
 
 from __future__ import annotations

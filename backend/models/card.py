@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from backend.config import precision
 from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
                                    as_str, doc_field, list_of, record_of, typed_field)
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -320,11 +321,14 @@ class ModelCard(Record):
 
     def graph_path(self, device: str) -> Path:
         """The ONNX file the ``device`` kind (``"cpu"``, ``"cuda"``) runs: its entry of
-        ``graphs``, else ``onnx``; ``ORTHOLENS_PRECISION=fp32`` always gives ``onnx``."""
-        import os
+        ``graphs``, else ``onnx``; always ``onnx`` when the engine's precision setting
+        forces fp32 (``backend.config.precision``).
+
+        Raises:
+            protocol.errors.InputError: the precision setting is invalid.
+        """
         assert self.path is not None
-        name = self.graphs.get(device) if os.environ.get(
-            "ORTHOLENS_PRECISION", "").lower() != "fp32" else None
+        name = self.graphs.get(device) if precision() != "fp32" else None
         return self.path / (name or self.onnx)
 
     def tile_geometry(self, device: str) -> Tuple[int, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend.models.card import ModelCard, card_path, read_card, write_card
-from protocol.errors import ModelCorrupt, ModelNotFound
+from protocol.errors import InputError, ModelCorrupt, ModelNotFound
 from tests.support import DEFAULT_MODEL, REPO, ensemble_card
 
 #: The smallest single-model card.
@@ -94,3 +94,27 @@ def test_card_paths_stay_inside_the_root(bad):
     assert card_path(Path("/m"), "pv-1") == Path("/m/pv-1/card.json")
     with pytest.raises(ModelNotFound, match="invalid model id"):
         card_path(Path("/m"), bad)
+
+
+def test_each_device_runs_its_graph_unless_fp32_is_forced(monkeypatch):
+    card = ModelCard.from_dict(dict(MINIMAL, graphs={"cpu": "model.int8.onnx"}),
+                               Path("/models/m"))
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    assert card.graph_path("cpu") == Path("/models/m/model.int8.onnx")
+    assert card.graph_path("cuda") == Path("/models/m/model.onnx")  # no entry: fp32
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "FP32")
+    assert card.graph_path("cpu") == Path("/models/m/model.onnx")
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "auto")
+    assert card.graph_path("cpu") == Path("/models/m/model.int8.onnx")
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "int4")
+    with pytest.raises(InputError, match="ORTHOLENS_PRECISION"):
+        card.graph_path("cpu")
+
+
+def test_each_device_runs_its_tile_geometry():
+    card = ModelCard.from_dict(dict(MINIMAL, tiling={"cpu": {"tile_size": 1024,
+                                                             "overlap": 32}}))
+    assert card.tile_geometry("cpu") == (1024, 32)
+    assert card.tile_geometry("cuda") == (512, 64)  # the card's own
+    half = ModelCard.from_dict(dict(MINIMAL, tiling={"cpu": {"overlap": 96}}))
+    assert half.tile_geometry("cpu") == (512, 96)
