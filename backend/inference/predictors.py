@@ -289,13 +289,9 @@ class OnnxPredictor(Predictor):
         path = card.graph_path("cuda" if gpu else "cpu")
         if not path.is_file():
             raise ModelNotFound(f"model {card.id!r} has no ONNX file at {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(threads),
+                                                providers=providers)
         except Exception as exc:
             raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
         self.card = card
@@ -310,12 +306,34 @@ class OnnxPredictor(Predictor):
         if self.device == "cpu":
             logits = self.session.run(None, {"input": x})[0]
         else:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input("input", x)
-            binding.bind_output("logits", "cuda")
-            self.session.run_with_iobinding(binding)
-            logits = binding.copy_outputs_to_cpu()[0]
+            logits = run_bound(self.session, x)
         return softmax(np.asarray(logits, np.float32))
+
+
+def session_options(threads: Optional[int] = None):
+    """ONNX Runtime ``SessionOptions`` of a predictor: ``threads`` intra-op threads
+    (default: every core), one inter-op thread, every graph optimisation, and intra-op
+    threads that sleep between calls instead of spinning
+    (``session.intra_op.allow_spinning`` 0), which leaves the cores to the reader thread
+    while a batch is stitched (ONNX Runtime's threading documentation)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def run_bound(session, x: np.ndarray) -> np.ndarray:
+    """Logits of ``x`` (float32 (N, bands, H, W)) through a GPU ``session`` with I/O
+    binding: the input is copied to the device once and the ``logits`` output stays
+    there until the one copy back (float32 or float16 (N, classes, H, W))."""
+    binding = session.io_binding()
+    binding.bind_cpu_input("input", x)
+    binding.bind_output("logits", "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
 
 
 class TorchPredictor(Predictor):

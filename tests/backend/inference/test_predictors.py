@@ -4,6 +4,7 @@ agreement) with a fake member whose output is known everywhere."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -151,3 +152,33 @@ def test_weights_without_onnx_need_pytorch(tmp_path, monkeypatch):
     assert "has no ONNX file" in str(e.value) and "has no PyTorch" in str(e.value)
     with pytest.raises(ModelNotFound, match="has no ONNX file"):
         PR.OnnxPredictor(card)
+
+
+def test_the_cpu_runs_the_cards_cpu_graph_unless_fp32_is_forced(tmp_path, monkeypatch):
+    """A card naming a CPU graph (``graphs``) runs it; ``ORTHOLENS_PRECISION=fp32`` runs
+    ``model.onnx`` instead; a named graph that is missing is a missing model."""
+    src = load_card(DEFAULT_MODEL).path
+    folder = tmp_path / DEFAULT_MODEL
+    folder.mkdir()
+    shutil.copy(src / "model.onnx", folder / "model.onnx")
+    (folder / "model.int8.onnx").symlink_to(folder / "model.onnx")  # any valid graph
+    card = load_card(DEFAULT_MODEL).updated({"graphs": {"cpu": "model.int8.onnx"}}, folder)
+    monkeypatch.setenv("ORTHOLENS_ONNX_PROVIDER", "cpu")
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    assert PR.onnx_providers() == ["CPUExecutionProvider"]
+    p = PR.OnnxPredictor(card)
+    assert (p.graph, p.provider, p.device) == ("model.int8.onnx", "CPUExecutionProvider",
+                                               "cpu")
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "fp32")
+    assert PR.OnnxPredictor(card).graph == "model.onnx"
+    monkeypatch.delenv("ORTHOLENS_PRECISION")
+    (folder / "model.int8.onnx").unlink()
+    with pytest.raises(ModelNotFound, match="model.int8.onnx"):
+        PR.OnnxPredictor(card)
+
+
+def test_session_options_use_the_cores_without_spinning():
+    opts = PR.session_options(3)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 1)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert PR.session_options().intra_op_num_threads == (os.cpu_count() or 1)
