@@ -103,7 +103,7 @@ def test_read_ahead_yields_each_group_in_order_and_raises_in_the_caller():
     img = _image()
     groups = [[(0, 0), (0, 10)], [(10, 20)]]
     with _reader(img) as reader:
-        got = list(read_ahead(reader, groups, 10))
+        got = list(read_ahead(reader, groups, (10, 10)))
     assert [g for g, _, _ in got] == groups
     assert got[0][1].shape == (2, 3, 10, 10) and len(got[0][2]) == 2
     assert np.array_equal(got[0][1][1], img[:, :10, 10:20])
@@ -114,7 +114,7 @@ def test_read_ahead_yields_each_group_in_order_and_raises_in_the_caller():
             raise InputError("cannot read")
 
     with pytest.raises(InputError, match="cannot read"):
-        list(read_ahead(Broken(), groups, 10))
+        list(read_ahead(Broken(), groups, (10, 10)))
 
 
 def test_a_read_failure_names_the_damaged_tile_and_gdal_s_reason():
