@@ -139,7 +139,10 @@ def _use_and_io(card: ModelCard) -> List[str]:
                                f"normalises as its own card says",
         f"- GSD: {card.gsd_m} m/pixel (other rasters are resampled; a warning is given "
         f"beyond a factor 2)",
-        f"- Tiles: {card.tile_size} px with {card.overlap} px overlap, blended by ramp weights",
+        f"- Tiles: {card.tile_size} px with {card.overlap} px overlap, blended by ramp weights"
+        + "".join(f"; on the {dev.upper()}: {size} px with {overlap} px"
+                  for dev, (size, overlap) in ((d, card.tile_geometry(d))
+                                               for d in sorted(card.tiling))),
         f"- Post-processing defaults: threshold {card.threshold}, minimum object "
         f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, "
         + (f"objects with a solidity below {card.min_solidity} or a mean probability below "

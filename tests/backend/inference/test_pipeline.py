@@ -58,17 +58,20 @@ def test_a_region_has_the_whole_grids_probabilities_bit_for_bit():
     assert np.array_equal(cached_again.probs, part.probs)
 
 
+@pytest.mark.parametrize("overlap", [96, load_card(DEFAULT_MODEL).tile_geometry("cpu")[1]])
 @pytest.mark.parametrize("name", ["PV01_325228_1203845", "PV01_325192_1204249"])
-def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
+def test_tiled_and_untiled_detection_agree_on_heldout_tile(name, overlap):
     """No object is cut at tile seams: 2x2 overlapping tiles give the objects of one
-    whole tile (the tile seams cross the panels of these held-out tiles)."""
+    whole tile (the tile seams cross the panels of these held-out tiles), with 96 px
+    of overlap and with the overlap the card gives the CPU."""
     path = heldout(name)
     card = load_card(DEFAULT_MODEL)
     predictor = get_predictor(card)
     with rasterio.open(path) as ds:
         grid = plan_grid(ds, None, None, card.gsd_m, 3)
         reader = WindowReader(ds, grid)
-        tiled, valid, n = PL.predict_grid(reader, grid, predictor, 4, tile_size=192, overlap=96)
+        tiled, valid, n = PL.predict_grid(reader, grid, predictor, 4,
+                                          tile_size=(256 + overlap) // 2, overlap=overlap)
         whole, _, n1 = PL.predict_grid(reader, grid, predictor, 4, tile_size=256, overlap=0)
         reader.close()
     assert n == 4 and n1 == 1
