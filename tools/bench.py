@@ -14,7 +14,8 @@ geometry was measured), ``fp32`` (the fp32 graph with the card's tiles for this 
 a temporary folder when the card keeps none) — on the same raster (default: the real
 Vienna 2023 orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 
-(a) *model only*: batches of random uint8 tiles already in memory through the
+(a) *model only*: batches of 4 random uint8 tiles of the variant's tile size (512 px for
+    ``baseline``, the card's for the device otherwise) already in memory through the
     predictor (``Predictor.predict_raw``: normalisation, inference, softmax; for
     ensembles every member x TTA), in Mpx/s of input;
 (b) *end to end*: :func:`backend.inference.detect.run_detect` on the whole raster: read ->
@@ -108,10 +109,14 @@ def variant_models(variant: str, model_ids: List[str]) -> Iterator[Path]:
                 os.environ["ORTHOLENS_MODELS"] = old
 
 
-def model_only(model_id: str, tile: int = 512, batch: int = 4, seconds: float = 8.0) -> Dict:
-    """Throughput of the predictor on random tiles already in memory (Mpx/s)."""
+def model_only(model_id: str, tile: Optional[int] = None, batch: int = 4,
+               seconds: float = 8.0) -> Dict:
+    """Throughput of the predictor on random tiles already in memory (Mpx/s); tiles of
+    ``tile`` px (default: the card's tile size for the predictor's device)."""
     card = load_card(model_id)
     predictor = get_predictor(card)
+    tile = tile or card.tile_geometry(
+        "cuda" if str(predictor.device).startswith("cuda") else "cpu")[0]
     x = np.random.default_rng(0).integers(0, 256, (batch, card.bands, tile, tile), np.uint8)
     predictor.predict_raw(x)  # warm-up (graph optimisation, allocator)
     n, t0 = 0, time.perf_counter()
@@ -121,7 +126,8 @@ def model_only(model_id: str, tile: int = 512, batch: int = 4, seconds: float = 
     dt = time.perf_counter() - t0
     mpx = n * batch * tile * tile / 1e6
     return {"mpx_per_s": round(mpx / dt, 3), "batches": n, "batch": batch, "tile": tile,
-            "runtime": predictor.kind, "device": predictor.device}
+            "runtime": predictor.kind, "device": predictor.device,
+            "graph": getattr(predictor, "graph", "")}
 
 
 def end_to_end(model_id: str, raster: Path) -> Dict:
@@ -207,7 +213,9 @@ def measure(mid: str, args, first: bool, baseline: Optional[List[str]]) -> Dict:
     if cuda:
         import torch
         torch.cuda.reset_peak_memory_stats()
-    r = {"model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
+    card = load_card(mid)
+    r = {"tiles": "{}/{}".format(*card.tile_geometry("cuda" if cuda else "cpu")),
+         "model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
     r["ratio_end_to_end_vs_model"] = round(
         r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
     if not args.no_client:
@@ -225,14 +233,14 @@ def measure(mid: str, args, first: bool, baseline: Optional[List[str]]) -> Dict:
 
 def table(report: Dict) -> str:
     """The report's Markdown table: one row per model and variant."""
-    rows = ["| model | variant | model only Mpx/s | end to end Mpx/s | ratio | km²/h | "
-            "screen s | held-out IoU / F1 | Vienna FP/km² | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | variant | tiles px | model only Mpx/s | end to end Mpx/s | ratio | "
+            "km²/h | screen s | held-out IoU / F1 | Vienna FP/km² | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mid, by_variant in report["models"].items():
         for variant, r in by_variant.items():
             acc = r.get("accuracy") or {}
             rows.append(
-                f"| {mid} | {variant} | {r['model_only']['mpx_per_s']} | "
+                f"| {mid} | {variant} | {r.get('tiles', '')} | {r['model_only']['mpx_per_s']} | "
                 f"{r['end_to_end']['mpx_per_s']} | {r['ratio_end_to_end_vs_model']} | "
                 f"{r['end_to_end']['km2_per_h']} | "
                 f"{r.get('screen_extent', {}).get('median_s', '')} | "
