@@ -50,7 +50,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -130,8 +130,8 @@ def model_only(model_id: str, tile: Optional[int] = None, batch: int = 4,
             "graph": getattr(predictor, "graph", "")}
 
 
-def end_to_end(model_id: str, raster: Path) -> Dict:
-    """Throughput of a whole detect job on ``raster``."""
+def end_to_end(model_id: str, raster: Path) -> Tuple[Dict, Dict]:
+    """Throughput of a whole detect job on ``raster``, and the job's result."""
     t0 = time.perf_counter()
     res = run_detect(DetectParams(FileSource(str(raster)), model_id), [])
     dt = time.perf_counter() - t0
@@ -139,7 +139,7 @@ def end_to_end(model_id: str, raster: Path) -> Dict:
     mpx = st["width"] * st["height"] / 1e6
     return {"mpx": round(mpx, 2), "seconds": round(dt, 2), "mpx_per_s": round(mpx / dt, 3),
             "km2_per_h": round(st["area_km2"] / dt * 3600, 2), "polygons": len(res["features"]),
-            "model_seconds": st["model_seconds"]}
+            "model_seconds": st["model_seconds"]}, res
 
 
 def screen_latency(model_id: str, raster: Path, repeat: int = 3) -> Dict:
@@ -191,19 +191,21 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
                        and k != "budget_s"}}
 
 
-def accuracy(model_id: str, baseline: Optional[List[str]] = None) -> Dict:
+def accuracy(model_id: str, baseline: Optional[List[str]] = None,
+             vienna: Optional[Dict] = None) -> Dict:
     """Held-out pixel IoU / object F1 and Vienna false polygons per km² of ``model_id``
     as the current ``ORTHOLENS_MODELS`` runs it (``tools.evaluate``), and how many of its
-    Vienna polygons have no equal (WKT) among ``baseline``'s."""
+    Vienna polygons have no equal (WKT) among ``baseline``'s; ``vienna``: the detection
+    of the whole Vienna scene when it was already run."""
     from tools.evaluate import eval_heldout
     h = eval_heldout(model_id)
-    v = run_detect(DetectParams(FileSource(str(vienna_scene())), model_id), [])
+    v = vienna or run_detect(DetectParams(FileSource(str(vienna_scene())), model_id), [])
     wkt = sorted(f["wkt"] for f in v["features"])
     out = {"pixel_iou": round(h["pixel_iou"], 4), "object_f1": round(h["object_f1"], 4),
            "vienna_fp_per_km2": round(len(wkt) / v["stats"]["area_km2"], 1),
            "vienna_wkt": wkt}
     if baseline is not None:
-        out["vienna_differs_from_baseline"] = len(set(v["wkt"]) ^ set(baseline))
+        out["vienna_differs_from_baseline"] = len(set(wkt) ^ set(baseline))
     return out
 
 
@@ -215,13 +217,15 @@ def measure(mid: str, args, first: bool, baseline: Optional[List[str]]) -> Dict:
         torch.cuda.reset_peak_memory_stats()
     card = load_card(mid)
     r = {"tiles": "{}/{}".format(*card.tile_geometry("cuda" if cuda else "cpu")),
-         "model_only": model_only(mid), "end_to_end": end_to_end(mid, args.raster)}
+         "model_only": model_only(mid)}
+    r["end_to_end"], res = end_to_end(mid, args.raster)
     r["ratio_end_to_end_vs_model"] = round(
         r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
     if not args.no_client:
         r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
     if not args.no_accuracy:
-        r["accuracy"] = accuracy(mid, baseline)
+        same = Path(args.raster).resolve() == vienna_scene().resolve()
+        r["accuracy"] = accuracy(mid, baseline, res if same else None)
     if first and not args.no_retrain and not load_card(mid).members:
         r["retrain_budget"] = retrain_budget(mid, vienna_scene())
     if cuda:
