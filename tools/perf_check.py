@@ -28,6 +28,12 @@ and the largest probability difference. The train split stands in for cross-vali
 the shipped model was fitted on 47 of those 56 tiles, and the INT8 ranges are calibrated
 on the first 24 by name, so their figures are reported separately as well.
 
+``speed``: the baseline (512 / 128) and the card's CPU tiles, fp32, measured in turns
+(ABAB..., ``--rounds``) so that a machine whose load drifts weighs on both alike: the
+model alone on random tiles of each tile size already in memory, and whole detections
+of the 200 m Vienna extent and of a 1920 x 1080 px screen extent at 0.1 m; medians,
+and the ratios new / baseline.
+
 Prints JSON and writes ``out/perf_check_<what>.json``.
 """
 
@@ -206,9 +212,46 @@ def int8(model_id: str) -> Dict:
     return out
 
 
+def speed(model_id: str, rounds: int) -> Dict:
+    """The ``speed`` check (module docstring)."""
+    from backend.inference.predictors import get_predictor
+    card = load_card(model_id)
+    predictor = get_predictor(card)
+    geos = {"baseline": (512, 128), "card": card.tile_geometry("cpu")}
+    screen = [-1596.0, 338496.0, -1404.0, 338604.0]  # 192 m x 108 m
+    times: Dict[str, Dict[str, List[float]]] = {k: {} for k in geos}
+    rng = np.random.default_rng(0)
+    for size, _ in geos.values():  # warm-up: each input shape's first call
+        predictor.predict_raw(rng.integers(0, 256, (4, card.bands, size, size), np.uint8))
+    for _ in range(rounds):
+        for name, (size, overlap) in geos.items():
+            x = rng.integers(0, 256, (4, card.bands, size, size), np.uint8)
+            t0 = time.perf_counter()
+            predictor.predict_raw(x)
+            times[name].setdefault("model_mpx_per_s", []).append(
+                x[:, 0].size / 1e6 / (time.perf_counter() - t0))
+            over = {"tile_size": size, "overlap": overlap}
+            for what, ext, mpx in (("extent", VIENNA_EXTENT, 4.0),
+                                   ("screen", screen, 1920 * 1080 / 1e6)):
+                run = detect(vienna_scene(), model_id, over, extent=ext)
+                times[name].setdefault(f"{what}_s", []).append(run["seconds"])
+                times[name].setdefault(f"{what}_mpx_per_s", []).append(mpx / run["seconds"])
+    out: Dict = {k: {m: round(float(np.median(v)), 3) for m, v in by.items()}
+                 for k, by in times.items()}
+    for m in out["card"]:
+        out.setdefault("card_vs_baseline", {})[m] = round(out["card"][m] / out["baseline"][m], 3)
+    for k in geos:
+        out[k]["tiles"] = "{}/{}".format(*geos[k])
+        out[k]["extent_ratio_vs_model"] = round(
+            out[k]["extent_mpx_per_s"] / out[k]["model_mpx_per_s"], 3)
+    out["rounds"] = rounds
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["geometry", "int8"])
+    ap.add_argument("what", choices=["geometry", "int8", "speed"])
+    ap.add_argument("--rounds", type=int, default=3, help="speed: turns of each variant")
     ap.add_argument("--model", default=None)
     ap.add_argument("--geometries", default="512/128,1024/128,1024/64,1024/32")
     ap.add_argument("--rasters", default="train,heldout,vienna",
@@ -219,6 +262,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.what == "geometry":
         geos = [tuple(int(x) for x in g.split("/")) for g in args.geometries.split(",")]
         report = geometry(mid, geos, tuple(args.rasters.split(",")))
+    elif args.what == "speed":
+        report = speed(mid, args.rounds)
     else:
         report = int8(mid)
     out = REPO / "out" / f"perf_check_{args.what}{args.tag}.json"
