@@ -13,7 +13,7 @@ Usage::
   3 x 4: 768 x 1024 px). pv01 tiles are 256 px, inside one tile of any geometry, so only a
   mosaic puts tile borders, and the seams a geometry leaves, over real panels;
 - the middle 200 m x 200 m of the Vienna scene (2000 x 2000 px at 0.1 m, no panels,
-  roofs everywhere),
+  roofs everywhere), or with ``--rasters vienna_whole`` all of it (5000 x 5000 px),
 
 and reports per geometry: pixel IoU and object F1 against the masks
 (``protocol.metrics.compare``), and against the first geometry (the baseline): the
@@ -59,6 +59,8 @@ from protocol.params import DetectParams, FileSource
 from tools.evaluate import rasterize_features
 
 MOSAIC_COLS = {"train": 8, "heldout": 4}
+#: The geometries the ``geometry`` check compares by default (the first is the baseline).
+GEOMETRIES = "512/128,1024/128,1024/64,1024/32"
 #: The middle 200 m x 200 m of the Vienna scene (EPSG:31256 metres).
 VIENNA_EXTENT = [-1600.0, 338450.0, -1400.0, 338650.0]
 
@@ -139,11 +141,13 @@ def geometry(model_id: str, geometries: List[Tuple[int, int]],
         rasters = [(s, *mosaic(s, Path(tmp))) for s in ("train", "heldout") if s in names]
         if "vienna" in names:
             rasters.append(("vienna", vienna_scene(), None))
+        if "vienna_whole" in names:
+            rasters.append(("vienna_whole", vienna_scene(), None))
         for name, path, ref in rasters:
             base = None
             for size, overlap in geometries:
                 run = detect(path, model_id, {"tile_size": size, "overlap": overlap},
-                             extent=VIENNA_EXTENT if ref is None else None)
+                             extent=VIENNA_EXTENT if name == "vienna" else None)
                 r = {"seconds": run["seconds"]}
                 if ref is not None:
                     r.update(scores(run, ref))
@@ -212,12 +216,15 @@ def int8(model_id: str) -> Dict:
     return out
 
 
-def speed(model_id: str, rounds: int) -> Dict:
-    """The ``speed`` check (module docstring)."""
+def speed(model_id: str, rounds: int,
+          geometries: Optional[List[Tuple[int, int]]] = None) -> Dict:
+    """The ``speed`` check (module docstring) of ``geometries`` (default: 512 / 128 and
+    the card's CPU tiles); ratios are against the first."""
     from backend.inference.predictors import get_predictor
     card = load_card(model_id)
     predictor = get_predictor(card)
-    geos = {"baseline": (512, 128), "card": card.tile_geometry("cpu")}
+    geometries = geometries or [(512, 128), card.tile_geometry("cpu")]
+    geos = {"{}/{}".format(*g): g for g in geometries}
     screen = [-1596.0, 338496.0, -1404.0, 338604.0]  # 192 m x 108 m
     times: Dict[str, Dict[str, List[float]]] = {k: {} for k in geos}
     rng = np.random.default_rng(0)
@@ -238,12 +245,12 @@ def speed(model_id: str, rounds: int) -> Dict:
                 times[name].setdefault(f"{what}_mpx_per_s", []).append(mpx / run["seconds"])
     out: Dict = {k: {m: round(float(np.median(v)), 3) for m, v in by.items()}
                  for k, by in times.items()}
-    for m in out["card"]:
-        out.setdefault("card_vs_baseline", {})[m] = round(out["card"][m] / out["baseline"][m], 3)
+    base = next(iter(geos))
     for k in geos:
-        out[k]["tiles"] = "{}/{}".format(*geos[k])
         out[k]["extent_ratio_vs_model"] = round(
             out[k]["extent_mpx_per_s"] / out[k]["model_mpx_per_s"], 3)
+        if k != base:
+            out[f"{k}_vs_{base}"] = {m: round(out[k][m] / out[base][m], 3) for m in out[k]}
     out["rounds"] = rounds
     return out
 
@@ -253,9 +260,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("what", choices=["geometry", "int8", "speed"])
     ap.add_argument("--rounds", type=int, default=3, help="speed: turns of each variant")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--geometries", default="512/128,1024/128,1024/64,1024/32")
+    ap.add_argument("--geometries", default=GEOMETRIES,
+                    help="tile_size/overlap,...; speed: default 512/128 and the card's")
     ap.add_argument("--rasters", default="train,heldout,vienna",
-                    help="geometry: which of train,heldout,vienna")
+                    help="geometry: which of train,heldout,vienna,vienna_whole")
     ap.add_argument("--tag", default="", help="suffix of the output file's name")
     args = ap.parse_args(argv)
     mid = args.model or cpu_default_model_id()
@@ -263,7 +271,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         geos = [tuple(int(x) for x in g.split("/")) for g in args.geometries.split(",")]
         report = geometry(mid, geos, tuple(args.rasters.split(",")))
     elif args.what == "speed":
-        report = speed(mid, args.rounds)
+        given = args.geometries if args.geometries != GEOMETRIES else None
+        report = speed(mid, args.rounds, [tuple(int(x) for x in g.split("/"))
+                                          for g in given.split(",")] if given else None)
     else:
         report = int8(mid)
     out = REPO / "out" / f"perf_check_{args.what}{args.tag}.json"
