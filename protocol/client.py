@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import protocol as P
 from .connection import DaemonConnection, raise_if_error
 from .errors import DaemonError, DaemonUnavailable, JobCancelled
+from .importing import ImportParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
 from .window import Window, upload_windows
 
@@ -370,6 +371,19 @@ class OrtholensClient(DaemonConnection):
         # writing the version may export it to ONNX first: up to a minute on a busy CPU
         return self._call("keep", timeout_s=max(self.timeout_s, 60.0), model=model,
                           pending=pending, **extra)
+
+    def import_model(self, params: ImportParams) -> Dict[str, Any]:
+        """Make an ONNX file on the daemon's computer one of its models; returns the new
+        model's card (a ``models`` entry).
+
+        Raises:
+            DaemonError: ``invalid_input``, ``field`` ``"values"``: metadata missing
+                (``protocol.importing.missing_keys``), ``"path"``: no segmenter;
+                ``not_found``: no file; ``forbidden``: outside ``ORTHOLENS_ROOTS``.
+        """
+        # reading and running the graph once takes seconds for a large model
+        return dict(self._call("import_model", timeout_s=max(self.timeout_s, 60.0),
+                               **params.wire_fields())["card"])
 
     def _job(self, header: Dict[str, Any], arrays: Sequence[Any],
              on_progress: Optional[Callable[[float, str], None]],
