@@ -10,8 +10,9 @@ stitched grid can tell which members vote for each polygon (``agreement``).
 
 Choice (:func:`get_predictor`): PyTorch on CUDA (fp16 autocast, channels_last) when a GPU
 is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
-otherwise PyTorch on the CPU. An engine installed for detection only has no PyTorch
-(nothing here imports it at module level); it runs the ONNX files.
+otherwise PyTorch on the CPU. A model imported from an ONNX file (``card.onnx_only``)
+always runs its file (:class:`ImportedPredictor`). An engine installed for detection
+only has no PyTorch (nothing here imports it at module level); it runs the ONNX files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from backend.inference.imported import ImportedGraph
 from backend.models.card import ModelCard
 from backend.models.torch_models import load_torch_model
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -193,9 +195,11 @@ class EnsemblePredictor(Predictor):
         self.members = [(e, float(w)) for e, w in members]
         names = [c.name for c in card.classes]
         for e, _ in self.members:
-            if [c.name for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m:
+            if ([c.name for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m
+                    or e.card.families() != card.families()):
                 raise ModelCorrupt(f"member {e.card.id!r} does not match ensemble "
-                                   f"{card.id!r} (classes {names}, GSD {card.gsd_m} m)")
+                                   f"{card.id!r} (classes {names}, class families "
+                                   f"{card.families()}, GSD {card.gsd_m} m)")
         self.n_members = len(self.members)
         self.device = self.members[0][0].device
         self.tta = list(card.tta)
@@ -224,7 +228,10 @@ class EnsemblePredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """ONNX Runtime on the CPU.
+    """ONNX Runtime on the CPU, over a model Ortholens exported
+    (``backend.models.export``): its output ``probabilities`` is used as it is, an
+    output named ``logits`` (files exported before the graph ended in a softmax) goes
+    through :func:`softmax`.
 
     Args:
         card: the model card; ``card.onnx_path`` must exist.
@@ -251,11 +258,37 @@ class OnnxPredictor(Predictor):
             raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
         self.card = card
         self.device = "cpu"
+        self.logits = self.session.get_outputs()[0].name == "logits"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """See :meth:`Predictor.predict`."""
-        logits = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0]
-        return softmax(logits)
+        out = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})[0]
+        return softmax(out) if self.logits else out
+
+
+class ImportedPredictor(Predictor):
+    """A model imported from an ONNX file (``card.onnx_only``): its graph run by ONNX
+    Runtime, its outputs laid out as class probabilities
+    (:class:`~backend.inference.imported.ImportedGraph`); on CUDA when ONNX Runtime
+    offers it, else on the CPU.
+
+    Args:
+        card: the imported card, read from its folder.
+
+    Raises:
+        ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
+    """
+
+    kind = "onnxruntime"
+
+    def __init__(self, card: ModelCard):
+        self.card = card
+        self.graph = ImportedGraph(card)
+        self.device = self.graph.device
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """See :meth:`Predictor.predict`."""
+        return self.graph.run(x)
 
 
 class TorchPredictor(Predictor):
@@ -302,7 +335,9 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
             torch CPU).
 
-    An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors.
+    An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors
+    (a member is looked for beside the ensemble's folder, then in the whole catalog);
+    an imported card (``onnx_only``) an :class:`ImportedPredictor` whatever ``prefer``.
 
     Raises:
         ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
@@ -311,9 +346,8 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
     key = (card.id, card.version, str(card.path), prefer,
            weights.stat().st_mtime if weights.is_file() else None)
     if card.is_ensemble:
-        from backend.models.catalog import load_card
-        members = [(get_predictor(load_card(m.id, card.path.parent if card.path else None),
-                               prefer), m.weight) for m in card.members]
+        members = [(get_predictor(_member_card(m.id, card), prefer), m.weight)
+                   for m in card.members]
         with _LOCK:
             predictor = _CACHE.get(key)
             same = predictor is not None and [id(e) for e, _ in predictor.members] == [
@@ -325,7 +359,9 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         predictor = _CACHE.get(key)
         if predictor is not None:
             return predictor
-        if prefer == "torch" or (prefer is None and cuda_available()):
+        if card.onnx_only:
+            predictor = ImportedPredictor(card)
+        elif prefer == "torch" or (prefer is None and cuda_available()):
             predictor = TorchPredictor(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
             predictor = OnnxPredictor(card)
@@ -339,3 +375,20 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
             predictor = TorchPredictor(card, "cpu")
         _CACHE[key] = predictor
         return predictor
+
+
+def _member_card(member_id: str, ensemble: ModelCard) -> ModelCard:
+    """The card of an ensemble's member: beside the ensemble's folder (shipped
+    ensembles, test folders), else anywhere in the catalog (an ensemble of imported
+    models, of shipped and imported ones).
+
+    Raises:
+        ModelNotFound, ModelCorrupt: no such member, or an unreadable card.
+    """
+    from backend.models.catalog import load_card
+    if ensemble.path is None:
+        return load_card(member_id)
+    try:
+        return load_card(member_id, ensemble.path.parent)
+    except ModelNotFound:
+        return load_card(member_id)
