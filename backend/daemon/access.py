@@ -76,15 +76,20 @@ class Access:
                 self.token.encode("utf-8", "surrogatepass")):
             raise P.ProtocolError("missing or wrong token", P.E_FORBIDDEN, field="token")
 
-    def check_path(self, path: str) -> str:
+    def check_path(self, path: str, field: str = "source", what: str = "raster") -> str:
         """``path`` resolved (symlinks, ``..``) when paths are restricted, else as given.
 
         The resolved path is what the job must use, so that a symlink swapped after the
         check cannot lead it outside the roots.
 
+        Args:
+            path: the path a request names.
+            field: the request field it came from (the error's ``field``).
+            what: what the file is, for the message (``"raster"``, ``"model"``).
+
         Raises:
             ProtocolError: ``forbidden`` for a path outside the allowed roots (its
-                ``field`` is ``"source"``).
+                ``field`` is ``field``).
         """
         if not self.restrict_paths:
             return path
@@ -93,14 +98,14 @@ class Access:
             # daemon's network can (server-side request forgery)
             raise P.ProtocolError("this daemon reads only files under its allowed "
                                   "folders (ORTHOLENS_ROOTS), not URLs or GDAL virtual "
-                                  "paths", P.E_FORBIDDEN, field="source")
+                                  "paths", P.E_FORBIDDEN, field=field)
         real = os.path.normcase(os.path.realpath(path))
         for root in self.allowed_roots:
             prefix = root if root.endswith(os.sep) else root + os.sep
             if real == root or real.startswith(prefix):
                 return real
-        raise P.ProtocolError("the raster path is outside the folders this daemon may "
-                              "read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field="source")
+        raise P.ProtocolError(f"the {what} path is outside the folders this daemon may "
+                              f"read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field=field)
 
     def check_source(self, source: Dict[str, Any]) -> Dict[str, Any]:
         """A wire ``source`` with its file path checked and resolved (pixels pass).

@@ -589,6 +589,17 @@ class Server:
                  reply["kept"])
         return [(identity, reply)]
 
+    def _on_import_model(self, identity, header, arrays):
+        """Import an ONNX file on this computer as a model (``backend.models.imported``);
+        the reply ``imported`` carries its card."""
+        from backend.models.imported import import_onnx
+        from protocol.importing import ImportParams
+        params = ImportParams.from_header(header)
+        path = self.access.check_path(params.path, field="path", what="model")
+        card = import_onnx(path, params.values, params.model)  # errors carry their code
+        log.info("imported %s as model %s", path, card.id)
+        return [(identity, P.reply("imported", header["id"], card=card.public()))]
+
     def _on_upload(self, identity, header, arrays):
         """Open a pixel upload (``backend.daemon.uploads``)."""
         self.uploads.prune(self._job_active)
