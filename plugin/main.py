@@ -4,7 +4,8 @@
 and the dock), then runs a :class:`~.detect.task.DetectTask` through QGIS's task
 manager; the result layer is added on top of the layer tree when the task finishes.
 Retrain and model versions are wired by :class:`~.retrain.controller.RetrainController`,
-the Processing algorithms by :class:`~.processing.OrtholensProvider`.
+*Add model…* by :class:`~.importing.controller.ImportController`, the Processing
+algorithms by :class:`~.processing.OrtholensProvider`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class OrtholensPlugin:
         self.provider = None
         #: retrain and model versions (:class:`~.retrain.controller.RetrainController`).
         self.retrain = None
+        #: the dock's *Add model…* (:class:`~.importing.controller.ImportController`).
+        self.importer = None
         #: the *Settings > Options > Ortholens* page factory while registered.
         self.options_factory = None
         #: Detect was pressed while the daemon was being started to list its models:
@@ -102,6 +105,8 @@ class OrtholensPlugin:
         self.iface.registerOptionsWidgetFactory(self.options_factory)
         from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
+        from .importing.controller import ImportController
+        self.importer = ImportController(self)
         from .install.zmqcheck import zmq_available
         if not zmq_available():  # say so now, not at the first click
             self.warn_pyzmq()
@@ -134,6 +139,9 @@ class OrtholensPlugin:
         if self.retrain is not None:
             self.retrain.unload()
             self.retrain = None
+        if self.importer is not None:
+            self.importer.unload()
+            self.importer = None
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None

@@ -1,5 +1,6 @@
-"""The dock's model section: the model list, a line about the selected model, its
-threshold and minimum area, and the bands a detection sends.
+"""The dock's model section: the model list and *Add model…* (an ONNX file of another
+tool, ``..importing``), a line about the selected model, its threshold and minimum
+area, and the bands a detection sends.
 
 Threshold and minimum area show the selected model card's values and are sent only
 when the user changes them (:class:`CardValue`); otherwise the daemon applies the
@@ -17,6 +18,7 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QToolButton,
     QWidget,
 )
@@ -48,6 +50,9 @@ def describe_card(card: Dict[str, Any]) -> str:
     """
     gsd = card.get("gsd_m")
     at = f", {gsd:g} m/pixel" if isinstance(gsd, (int, float)) else ""
+    if card.get("format"):
+        source = (card.get("imported") or {}).get("file") or "an ONNX file"
+        return f"Imported from {source} ({card['format']} format, ONNX only){at}"
     if card.get("kind") == "ensemble":
         members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
         extras = []
@@ -162,9 +167,11 @@ class ModelSection(QWidget):
 
     Signals:
         modelChanged(): another model was selected, or the list was filled again.
+        addModelRequested(): *Add model…* was pressed.
     """
 
     modelChanged = pyqtSignal()
+    addModelRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -186,13 +193,24 @@ class ModelSection(QWidget):
         form.addRow("Bands (R, G, B)", self.bands_label)
 
     def _add_model_rows(self, form: QFormLayout) -> None:
-        """The model combo box and the line about the selected model."""
+        """The model combo box with *Add model…*, and the line about the selected
+        model."""
         self.model_combo = QComboBox(self)
         self.model_combo.setObjectName("ortholensModel")
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(18)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
-        form.addRow("Model", self.model_combo)
+        self.add_model_button = QPushButton("Add model…", self)
+        self.add_model_button.setObjectName("ortholensAddModel")
+        self.add_model_button.setToolTip("Add a segmentation model saved as ONNX in "
+                                         "Deepness's format (metadata in the file)")
+        self.add_model_button.clicked.connect(self.addModelRequested)
+        row = QWidget(self)
+        lay = QHBoxLayout(row)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.model_combo, 1)
+        lay.addWidget(self.add_model_button)
+        form.addRow("Model", row)
         self.model_info = QLabel("", self)
         self.model_info.setWordWrap(True)
         form.addRow("", self.model_info)

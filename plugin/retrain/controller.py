@@ -10,6 +10,7 @@ from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject
 
 from protocol.errors import InputError
+from protocol.importing import onnx_only_message
 
 from ..settings import daemon_settings
 from .dialogs import RetrainDialog, RetrainResultDialog, main_reason
@@ -121,10 +122,13 @@ class RetrainController:
         the layer's own model is used).
 
         Raises:
-            InputError: the dock shows an ensemble, which cannot be fine-tuned.
+            InputError: the dock shows an ensemble or a model imported from an ONNX
+                file, which cannot be fine-tuned.
         """
         if not card:
             return None
+        if card.get("format"):
+            raise InputError(onnx_only_message(str(card.get("id"))) + ".")
         if card.get("kind") == "ensemble":
             members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
             raise InputError(f"The dock shows the ensemble {card.get('id')}, which cannot "
