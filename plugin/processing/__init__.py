@@ -9,6 +9,9 @@ One module per algorithm:
 * ``chips_alg``    ``ortholens:exportchips``, *Export training chips*;
 * ``jobs_alg``     ``ortholens:batchjobs``, *List / resume batch jobs* (and cancel);
 * ``retrain_alg``  ``ortholens:retrain``, *Retrain from corrected features*;
+* ``import_alg``   ``ortholens:importmodel``, *Add a model (ONNX)*: an ONNX file in
+  Deepness's format becomes one of the engine's models (a MODEL parameter may also be
+  such a file's path: it is added first);
 
 plus ``provider`` (:class:`~.provider.OrtholensProvider`; more algorithms can be added
 with :func:`~.provider.register_algorithm`), ``common`` (daemon connection, model list,

@@ -17,7 +17,8 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from protocol.errors import DaemonUnavailable, JobCancelled
+from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled
+from protocol.importing import ImportParams, missing_keys
 
 from ..cards import default_card
 from ..connection import connect_daemon, describe_error
@@ -131,7 +132,8 @@ def model_help() -> str:
     listed."""
     models = engine_models()
     head = ("Model: the engine's model to use; a script or qgis_process passes its id "
-            "(MODEL=pv-unet-efl0); left empty, the engine's default model.")
+            "(MODEL=pv-unet-efl0), or the path of an ONNX file in Deepness's format, "
+            "which is added first; left empty, the engine's default model.")
     if not models.cards:
         return f"{head}\n\n{models.note}"
     default = models.default_id
@@ -163,18 +165,43 @@ def with_help(param: QgsProcessingParameterDefinition,
 
 
 def resolve_model(client: Any, model: Optional[str]) -> str:
-    """``model`` when given, else the daemon's default model id (its ``models`` reply).
+    """``model`` when given, else the daemon's default model id (its ``models`` reply);
+    a path to an ``.onnx`` file (Deepness's format) is imported first and its new id
+    returned (:func:`import_onnx`).
 
     Raises:
-        QgsProcessingException: the daemon has no models.
+        QgsProcessingException: the daemon has no models, or refused the file.
     """
     model = (model or "").strip()
+    if model.lower().endswith(".onnx"):
+        return str(import_onnx(client, model)["id"])
     if model:
         return model
     card = default_card(client.models())
     if card is None:
         raise QgsProcessingException("The daemon has no models installed.")
     return str(card["id"])
+
+
+def import_onnx(client: Any, path: str, values: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
+    """Import the ONNX file ``path`` (on the engine's computer) with ``values`` for the
+    metadata it lacks; returns the new model's card (the engine gives the model it
+    already imported from the same file and values).
+
+    Raises:
+        QgsProcessingException: the file lacks metadata (the message names the keys and
+            the *Add a model (ONNX)* parameters that give them), or another refusal.
+    """
+    try:
+        return client.import_model(ImportParams(path, values or None))
+    except DaemonError as exc:
+        keys = missing_keys(exc.message) if exc.field == "values" else []
+        if not keys:
+            raise
+        raise QgsProcessingException(
+            f"{exc} — run 'Add a model (ONNX)' (ortholens:importmodel) on {path} with "
+            f"values for {', '.join(keys)}, then use the model it adds.") from None
 
 
 def connect(feedback: Optional[QgsProcessingFeedback] = None, timeout_s: float = 10.0):
@@ -246,5 +273,6 @@ def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]
 
 
 __all__ = ["EngineModels", "engine_models", "forget_models", "card_text", "model_help",
-           "model_parameter", "with_help", "resolve_model", "connect", "daemon_session",
-           "raster_file", "progress_to", "MODELS_TTL_S", "MODELS_TIMEOUT_S", "NOT_RUNNING"]
+           "model_parameter", "with_help", "resolve_model", "import_onnx", "connect",
+           "daemon_session", "raster_file", "progress_to", "MODELS_TTL_S",
+           "MODELS_TIMEOUT_S", "NOT_RUNNING"]

@@ -27,10 +27,11 @@ def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
     from .chips_alg import ExportChipsAlgorithm
     from .detect_alg import DetectObjectsAlgorithm
     from .evaluate_alg import EvaluateAlgorithm
+    from .import_alg import ImportModelAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
     from .retrain_alg import RetrainAlgorithm
     return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
-            BatchJobsAlgorithm(), RetrainAlgorithm()]
+            BatchJobsAlgorithm(), RetrainAlgorithm(), ImportModelAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):
