@@ -7,8 +7,8 @@ per output (``backend.models.outputs``). :class:`ImportedGraph` runs the graph w
 ONNX Runtime and lays the outputs out as every predictor does: float32
 ``(N, 1 + classes, H, W)``, channel ``k`` the probability of class ``k``, channel 0
 the background. With one output, channel 0 is that output's background (1 minus a
-sigmoid); with several, the least of their backgrounds. Values are clipped to 0..1,
-as Deepness clips them.
+sigmoid); with several, the least of their backgrounds. Values are clipped to 0..1
+(they are probabilities).
 
 The graph runs on the CPU, or on CUDA when ONNX Runtime offers its CUDA provider. A
 graph with a fixed batch size gets that many tiles a call; one with a fixed input size

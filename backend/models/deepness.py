@@ -18,9 +18,9 @@ ONNX file's ``metadata_props``, each value a JSON string. What Ortholens reads
 ``standardization_mean`` / ``_std``  after scaling to 0-1 -> ``normalize`` (absent: 0
                                      and 1, the inputs stay 0-1)
 ``seg_thresh``                       -> ``threshold``
-``seg_small_segment``                pixels; Deepness removes segments narrower than
-                                     that with a morphological opening; Ortholens drops
-                                     objects smaller than a square of that side:
+``seg_small_segment``                pixels ("remove small occurrences of the class",
+                                     Deepness's documentation); Ortholens drops objects
+                                     smaller than a square of that side:
                                      ``min_area_m2`` = (seg_small_segment x GSD)^2
 ===================================  ==================================================
 
