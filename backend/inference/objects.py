@@ -133,9 +133,11 @@ def owned_objects(raw: np.ndarray, cleaned: np.ndarray, win: Window, core: Windo
 
     Returns:
         ``(uint8 (families, h, w) class maps, touching count)``; ``(cleaned, 0)`` when
-        the window is the whole grid.
+        the core is the whole grid (a window grown to the whole grid around a smaller
+        core still keeps only what the core owns).
     """
-    if win == Window(0, 0, height, width):
+    whole = Window(0, 0, height, width)
+    if core == whole and win == whole:
         return cleaned, 0
     out = np.zeros_like(cleaned)
     touching = 0
