@@ -274,6 +274,7 @@ class ImportedPredictor(Predictor):
 
     Args:
         card: the imported card, read from its folder.
+        threads: intra-op threads on the CPU (default: all cores).
 
     Raises:
         ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
@@ -281,9 +282,9 @@ class ImportedPredictor(Predictor):
 
     kind = "onnxruntime"
 
-    def __init__(self, card: ModelCard):
+    def __init__(self, card: ModelCard, threads: Optional[int] = None):
         self.card = card
-        self.graph = ImportedGraph(card)
+        self.graph = ImportedGraph(card, threads)
         self.device = self.graph.device
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from backend.config import data_dir
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError
 from protocol.importing import DEEPNESS_DEFAULTS, ImportParams, ImportValues, missing_keys
-from protocol.params import DetectParams, FileSource, RetrainParams
+from protocol.params import BatchParams, DetectParams, FileSource, RetrainParams
 
 REPO = Path(__file__).resolve().parents[3]
 DEEPNESS = data_dir() / "deepness"
@@ -199,3 +199,28 @@ def test_other_types_are_refused_and_imported_models_not_retrained(engine, tmp_p
                            [{"wkt": "POINT (638850 5802600)", "class": "Coffee"}])
     with pytest.raises(DaemonError, match="needs PyTorch weights"):
         client.retrain(params, job_timeout_s=120)
+
+
+def test_a_batch_job_in_regions_gives_the_detections_polygons(engine):
+    """The batch pipeline runs an imported model too: region by region (small regions,
+    so objects cross their borders), each family's objects kept exactly once."""
+    import shapely
+    from pyogrio.raw import read
+    client, tmp = engine
+    name = "two_outputs_softmax_bsx2x512x512"
+    client.import_model(ImportParams(str(DEEPNESS / f"{name}.onnx"), values_for(name)))
+    detected = client.detect(DetectParams(FileSource(str(RASTER)), name),
+                             job_timeout_s=300)["features"]
+    out = tmp / "batch.gpkg"
+    stats = client.batch(BatchParams(DetectParams(FileSource(str(RASTER)), name),
+                                     out_path=str(out), region_px=256),
+                         job_timeout_s=600)["stats"]
+    assert stats["count"] == len(detected) and stats["regions"] > 1
+    meta, _, geoms, fields = read(str(out), layer=stats["layer"])[:4]
+    classes = fields[list(meta["fields"]).index("class")]
+
+    def shapes(rows):
+        return sorted((str(c), round(g.area, 4), round(g.centroid.x, 3),
+                       round(g.centroid.y, 3)) for c, g in rows)
+    assert shapes(zip(classes, shapely.from_wkb(geoms))) == shapes(
+        (f["class"], shapely.from_wkt(f["wkt"])) for f in detected)
