@@ -10,7 +10,8 @@ the background. With one output, channel 0 is that output's background (1 minus 
 sigmoid); with several, the least of their backgrounds. Values are clipped to 0..1
 (they are probabilities).
 
-The graph runs on the CPU, or on CUDA when ONNX Runtime offers its CUDA provider. A
+The graph runs on the CPU, or on CUDA when ONNX Runtime offers its CUDA provider;
+:func:`onnx_session` opens every ONNX file a predictor runs. A
 graph with a fixed batch size gets that many tiles a call; one with a fixed input size
 gets each tile padded to it by reflection, and its outputs cropped back.
 """
@@ -61,6 +62,30 @@ def layout(outputs: List[np.ndarray], card: ModelCard) -> np.ndarray:
     return probs
 
 
+def onnx_session(card: ModelCard, threads: Optional[int], use: List[str]):
+    """An ONNX Runtime session of ``card``'s ONNX file (every graph optimisation on).
+
+    Args:
+        card: a card read from its folder.
+        threads: intra-op threads on the CPU (default: all cores).
+        use: the execution providers, in order of preference (:func:`providers`).
+
+    Raises:
+        ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
+    """
+    import onnxruntime as ort
+    if not card.onnx_path.is_file():
+        raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(card.onnx_path), opts, providers=use)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types
+        raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
+
+
 class ImportedGraph:
     """ONNX Runtime over an imported model's graph (see the module docstring).
 
@@ -73,17 +98,7 @@ class ImportedGraph:
     """
 
     def __init__(self, card: ModelCard, threads: Optional[int] = None):
-        import onnxruntime as ort
-        if not card.onnx_path.is_file():
-            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(card.onnx_path), opts,
-                                                providers=providers())
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types
-            raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
+        self.session = onnx_session(card, threads, providers())
         self.card = card
         self.device = ("cuda:0" if "CUDAExecutionProvider" in self.session.get_providers()
                        else "cpu")
@@ -112,4 +127,4 @@ class ImportedGraph:
         return np.concatenate(parts)[:, :, :h, :w]
 
 
-__all__ = ["providers", "layout", "ImportedGraph"]
+__all__ = ["providers", "layout", "onnx_session", "ImportedGraph"]

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from backend.inference.imported import ImportedGraph
+from backend.inference.imported import ImportedGraph, onnx_session
 from backend.models.card import ModelCard
 from backend.models.torch_models import load_torch_model
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -244,18 +244,7 @@ class OnnxPredictor(Predictor):
     kind = "onnxruntime"
 
     def __init__(self, card: ModelCard, threads: Optional[int] = None):
-        import onnxruntime as ort
-        if not card.onnx_path.is_file():
-            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(card.onnx_path), opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
+        self.session = onnx_session(card, threads, ["CPUExecutionProvider"])
         self.card = card
         self.device = "cpu"
         self.logits = self.session.get_outputs()[0].name == "logits"

@@ -75,6 +75,16 @@ def first_choice(cards: List[Dict[str, Any]]) -> Optional[str]:
         default_card(cards) or {}).get("id")
 
 
+def beside(parent: QWidget, main: QWidget, button: QWidget) -> QWidget:
+    """``main`` (stretched) and ``button`` side by side in one widget, for a form row."""
+    box = QWidget(parent)
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(main, 1)
+    lay.addWidget(button)
+    return box
+
+
 class CardValue:
     """A spin box that follows the model card's value until the user sets one.
 
@@ -102,12 +112,7 @@ class CardValue:
 
     def row(self, parent: QWidget) -> QWidget:
         """The spin box and its button side by side, for a form row."""
-        box = QWidget(parent)
-        lay = QHBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.spin, 1)
-        lay.addWidget(self.button)
-        return box
+        return beside(parent, self.spin, self.button)
 
     def follow(self, card: Optional[Dict[str, Any]], keep_user_value: bool = False) -> None:
         """Take ``card``'s value; show it unless the user set a value and
@@ -205,12 +210,7 @@ class ModelSection(QWidget):
         self.add_model_button.setToolTip("Add a segmentation model saved as ONNX in "
                                          "Deepness's format (metadata in the file)")
         self.add_model_button.clicked.connect(self.addModelRequested)
-        row = QWidget(self)
-        lay = QHBoxLayout(row)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.model_combo, 1)
-        lay.addWidget(self.add_model_button)
-        form.addRow("Model", row)
+        form.addRow("Model", beside(self, self.model_combo, self.add_model_button))
         self.model_info = QLabel("", self)
         self.model_info.setWordWrap(True)
         form.addRow("", self.model_info)
@@ -313,4 +313,5 @@ class ModelSection(QWidget):
         return {f.key: f.value() for f in self._card_values() if f.value() is not None}
 
 
-__all__ = ["card_label", "describe_card", "first_choice", "CardValue", "ModelSection"]
+__all__ = ["card_label", "describe_card", "first_choice", "beside", "CardValue",
+           "ModelSection"]

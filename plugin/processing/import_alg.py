@@ -20,7 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from protocol.importing import MODEL_TYPES
+from protocol.importing import MODEL_TYPES, ImportParams
 
 from .common import daemon_session, forget_models, import_onnx, with_help
 
@@ -112,7 +112,6 @@ class ImportModelAlgorithm(QgsProcessingAlgorithm):
         values = self.values(parameters, context)
         with daemon_session(feedback, "add the model") as client:
             if model_id:
-                from protocol.importing import ImportParams
                 card = client.import_model(ImportParams(path, values or None, model_id))
             else:
                 card = import_onnx(client, path, values)

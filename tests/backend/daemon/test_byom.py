@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +26,8 @@ from protocol.client import OrtholensClient
 from protocol.errors import DaemonError
 from protocol.importing import DEEPNESS_DEFAULTS, ImportParams, ImportValues, missing_keys
 from protocol.params import BatchParams, DetectParams, FileSource, RetrainParams
+from tests.backend.daemon_process import LISTENING, read_line, start_engine, stop
 
-REPO = Path(__file__).resolve().parents[3]
 DEEPNESS = data_dir() / "deepness"
 RASTER = DEEPNESS / "dummy_fotomap_small.tif"
 GSD = 0.03
@@ -55,23 +52,15 @@ def engine(tmp_path_factory, get_free_port):
     """A real engine with an empty user model folder; yields a connected client."""
     tmp = tmp_path_factory.mktemp("byom")
     port = get_free_port()
-    env = dict(os.environ, ORTHOLENS_USER_MODELS=str(tmp / "user-models"))
     log = open(tmp / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port)],
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+    proc = start_engine(port, log, env=dict(os.environ, ORTHOLENS_USER_MODELS=str(
+        tmp / "user-models")))
     try:
-        assert "listening" in proc.stdout.readline(), log.name
+        assert read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port), log.name
         with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=30.0) as client:
             yield client, tmp
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import zmq
@@ -18,18 +15,7 @@ import zmq
 import protocol as P
 from protocol.client import OrtholensClient
 from protocol.params import DetectParams
-
-REPO = Path(__file__).resolve().parents[3]
-LISTENING = "ortholens daemon listening on tcp://127.0.0.1:{}"
-
-
-def _read_line(stream, timeout_s: float) -> str:
-    q: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: q.put(stream.readline()), daemon=True).start()
-    try:
-        return q.get(timeout=timeout_s)
-    except queue.Empty:
-        return ""
+from tests.backend.daemon_process import LISTENING, REPO, read_line, start_engine, stop
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +23,14 @@ def daemon(tmp_path_factory, get_free_port):
     """``python -m backend --port P`` in its own session; yields ``(endpoint, proc)``."""
     port = get_free_port()
     log = open(tmp_path_factory.mktemp("daemon") / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port)],
-                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=log, text=True, start_new_session=True)
+    proc = start_engine(port, log)
     try:
-        line = _read_line(proc.stdout, 60)
+        line = read_line(proc.stdout, 60)
         assert line.rstrip("\n") == LISTENING.format(port), (line, log.name)
         yield f"tcp://127.0.0.1:{port}", proc
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM a daemon process, SIGKILL it if it has not exited after 10 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -194,10 +167,7 @@ def test_two_workers_run_real_detections_concurrently_and_correctly(tmp_path,
     assert len(tiles) == 4
     port = get_free_port()
     log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port),
-                             "--workers", "2"], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+    proc = start_engine(port, log, ["--workers", "2"])
     results, errors = {}, []
 
     def one(path):
@@ -210,14 +180,14 @@ def test_two_workers_run_real_detections_concurrently_and_correctly(tmp_path,
             errors.append((path.name, repr(exc)))
 
     try:
-        assert _read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port)
+        assert read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port)
         threads = [threading.Thread(target=one, args=(t,)) for t in tiles]
         for t in threads:
             t.start()
         for t in threads:
             t.join(300)
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
     assert not errors, errors
     assert sorted(results) == sorted(t.name for t in tiles)
