@@ -53,6 +53,9 @@ ORTHOLENS_FIELDS = ("version", "min_area_m2", "max_hole_m2", "simplify_m", "orth
                     "min_solidity", "min_score", "gsd_range_m")
 #: Pixel values are scaled by this to 0-1 before standardisation (8-bit input).
 SCALE = 255.0
+#: The colours imported classes get, in class order (Tableau 10, matplotlib's ``tab10``).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,9 @@ def merged_metadata(graph: Graph, values: Optional[ImportValues], file_name: str
 
 def classes_and_outputs(class_names: Any, channels: Sequence[int]
                         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """The card's ``classes`` and ``outputs`` of a graph whose outputs have these
-    channel counts (see :mod:`backend.models.outputs` for the numbering).
+    """The card's ``classes`` (coloured from :data:`PALETTE`) and ``outputs`` of a graph
+    whose outputs have these channel counts (see :mod:`backend.models.outputs` for the
+    numbering).
 
     Args:
         class_names: Deepness's ``class_names``: one ``{"<channel>": name}`` dict, or a
@@ -211,7 +215,8 @@ def classes_and_outputs(class_names: Any, channels: Sequence[int]
             if name in taken:  # the same name in two outputs: tell them apart
                 name = f"{name} (output {index})"
             taken.add(name)
-            classes.append({"id": cid, "name": name})
+            classes.append({"id": cid, "name": name,
+                            "color": PALETTE[(cid - 1) % len(PALETTE)]})
             ids.append(cid)
         outputs.append({"index": index, "activation": "sigmoid" if n == 1 else "softmax",
                         "classes": ids})

@@ -98,6 +98,7 @@ def test_sigmoid_softmax_and_two_output_cards(user_dir):
     # softmax: channel 0 is the background, its name is not a class
     two = import_onnx(str(TWO), DIALOG)
     assert [(c.id, c.name) for c in two.classes] == [(1, "Tea"), (2, "Beer")]
+    assert [c.color for c in two.classes] == ["#1f77b4", "#ff7f0e"]  # Tableau 10
     assert [(o.index, o.activation, o.classes) for o in two.outputs] == [
         (0, "softmax", [1]), (1, "softmax", [2])]
     assert two.families() == [[1], [2]]
