@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .checks import Checker, check_model, int_range, is_number, num_range, one_of
+from .checks import check_model, int_range, is_number, num_range, one_of
 from .rules import RequestParams, request_rules, rule
 
 #: Deepness's model types; only ``Segmentor`` models can be imported.
@@ -183,10 +183,6 @@ def onnx_only_message(model_id: str) -> str:
             f"made and import the new file, or retrain one of the shipped models")
 
 
-#: The checker of every field of :class:`ImportValues`, by name (for dialogs that
-#: check a value before sending it).
-VALUE_CHECKS: Dict[str, Checker] = {n: r.check for n, r in request_rules(ImportValues).items()}
-
 __all__ = ["MODEL_TYPES", "DEEPNESS_DEFAULTS", "MISSING_PREFIX", "ImportValues",
            "ImportParams", "check_values", "check_onnx_path", "check_new_model_id",
-           "missing_message", "missing_keys", "onnx_only_message", "VALUE_CHECKS"]
+           "missing_message", "missing_keys", "onnx_only_message"]
