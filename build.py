@@ -28,7 +28,7 @@ VENV_BACKEND = REPO / ".venv" / "backend"
 VENV_QGIS = REPO / ".venv" / "qgis"
 SYSTEM_PYTHON = "/usr/bin/python3"
 APT_PACKAGES = ["python3-qgis", "qgis", "qgis-providers", "python3-venv", "python3-zmq",
-                "gdal-bin", "xvfb", "xauth", "imagemagick"]
+                "gdal-bin", "xvfb", "xauth", "imagemagick", "chromium"]
 OUT = REPO / "out"
 
 
@@ -318,6 +318,9 @@ TASKS = {
     "retrain-eval": (tool(VENV_BACKEND, "-m", "tools.retrain_eval"), "the retrain loop on real data without a person: "
                                    "before/after numbers, rollback"),
     "screenshot": (tool(VENV_QGIS, "tools/screenshot.py"), "QGIS desktop under Xvfb with a detection, as a PNG"),
+    "report-shot": (tool(VENV_BACKEND, "-m", "tools.report_shot"), "the solar inventory "
+                    "of the held-out detections (roofs, zones, an earlier date), its report "
+                    "checked and screenshotted in headless Chromium (out/report/) [--out DIR]"),
     "walkthrough": (tool(VENV_QGIS, "tools/walkthrough.py"), "the analyst's path in the QGIS desktop "
                     "under Xvfb (open, detect, edit, retrain, Processing, bad input), one PNG "
                     "per step (out/walkthrough/)"),

@@ -52,7 +52,8 @@ def connect_daemon(settings: DaemonSettings, start: bool = True, timeout_s: floa
     try:
         if start and settings.can_start():
             return ensure_daemon(settings.endpoint, settings.python, settings.cwd(),
-                                 token=settings.token, timeout_s=timeout_s)
+                                 token=settings.token, timeout_s=timeout_s,
+                                 args=settings.start_args())
         try:
             host, port = parse_endpoint(settings.endpoint)
         except ValueError as exc:

@@ -10,7 +10,7 @@ algorithms by :class:`~.processing.OrtholensProvider`.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
@@ -20,9 +20,10 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from protocol.errors import InputError
 
 from .detect.plan import prepare_detect
+from .detect.repeat import run_key, same_run
 from .detect.task import DetectTask
 from .dock.panel import OrtholensDock
-from .dock.status import NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
+from .dock.status import NO_ENGINE, NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
 from .layers.naming import default_result_path
 from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
                        results_dir)
@@ -60,11 +61,16 @@ class OrtholensPlugin:
         self.retrain = None
         #: the dock's *Add model…* (:class:`~.importing.controller.ImportController`).
         self.importer = None
+        #: the job table (:class:`~.jobs.controller.JobsController`).
+        self.jobs = None
         #: the *Settings > Options > Ortholens* page factory while registered.
         self.options_factory = None
         #: Detect was pressed while the daemon was being started to list its models:
         #: the detection runs once they are known, with the model the dock then shows.
         self.pending_detect = False
+        #: the run key of a detection the project holds already, after the press that
+        #: said so (:mod:`.detect.repeat`): the next press with it runs it anyway.
+        self.repeat_key: Optional[str] = None
 
     # lifecycle -----------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API
@@ -93,6 +99,7 @@ class OrtholensPlugin:
         self.dock = OrtholensDock(main)
         self.dock.detection.detectRequested.connect(self.detect)
         self.dock.detection.cancelRequested.connect(self.cancel)
+        self.dock.detection.inventoryRequested.connect(self.open_inventory)
         self.dock.status.refreshRequested.connect(lambda: self.refresh_status(start=True))
         self.dock.status.settingsRequested.connect(self.open_settings)
         self.dock.status.setupRequested.connect(self.open_setup)
@@ -107,6 +114,8 @@ class OrtholensPlugin:
         self.retrain = RetrainController(self, MENU)
         from .importing.controller import ImportController
         self.importer = ImportController(self)
+        from .jobs.controller import JobsController
+        self.jobs = JobsController(self)
         from .install.zmqcheck import zmq_available
         if not zmq_available():  # say so now, not at the first click
             self.warn_pyzmq()
@@ -142,6 +151,9 @@ class OrtholensPlugin:
         if self.importer is not None:
             self.importer.unload()
             self.importer = None
+        if self.jobs is not None:
+            self.jobs.unload()
+            self.jobs = None
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None
@@ -286,17 +298,18 @@ class OrtholensPlugin:
     # messages --------------------------------------------------------------------
     def notify(self, text: str, level: int = Qgis.Info, duration: int = 8,
                short: Optional[str] = None, settings_button: bool = False,
-               after_task: bool = False) -> None:
+               after_task: bool = False, warnings: Sequence[str] = ()) -> None:
         """Show ``text`` in QGIS's message bar and the log, and ``short`` (default
-        ``text``) in the dock; with ``settings_button`` the message bar item carries a
-        *Settings…* button that opens the settings dialog.
+        ``text``) in the dock, followed there by ``warnings`` in the warning colour;
+        with ``settings_button`` the message bar item carries a *Settings…* button that
+        opens the settings dialog.
 
         With ``after_task`` (the report of a finished QgsTask) the message bar item is
         pushed on the next turn of the event loop: QGIS pushes its own "Task complete"
         notice right after a task's ``finished`` and would otherwise cover it.
         """
         if self.dock is not None:
-            self.dock.detection.show_message(short or text, level)
+            self.dock.detection.show_message(short or text, level, warnings)
         if after_task:
             QTimer.singleShot(0, lambda: self._push(text, level, duration, settings_button))
         else:
@@ -343,6 +356,8 @@ class OrtholensPlugin:
             self.daemon_process = task.daemon_process
         if self.dock is None:
             return
+        missing = task.pong is None and not task.error and not task.settings.can_start()
+        self.dock.set_engine(NO_ENGINE if missing else None)
         if task.pong is not None:
             self.dock.status.set_status(pong_text(task.pong, task.settings))
             self.dock.models.set_models(task.cards)
@@ -393,6 +408,15 @@ class OrtholensPlugin:
             return None
         model_id = str(card["id"]) if card else None
         options = self.dock.models.options() if self.dock is not None else {}
+        key = run_key(plan, card, options)
+        repeat = same_run(key)
+        if repeat is not None and self.repeat_key != key:  # a second press runs it
+            self.repeat_key = key
+            self.notify(f"'{repeat.name()}' already holds this detection (same raster, "
+                        f"extent, model and values): press Detect in extent again to run "
+                        f"it anyway.", Qgis.Warning)
+            return None
+        self.repeat_key = None
         try:
             out = default_result_path(f"{layer.name()}_{model_id or 'detections'}",
                                       folder=results_dir())
@@ -401,7 +425,7 @@ class OrtholensPlugin:
                         "one in Settings….", Qgis.Critical, settings_button=True)
             return None
         task = DetectTask(plan, daemon_settings(), out, model_id=model_id, options=options,
-                          on_done=self._detect_done)
+                          on_done=self._detect_done, run_key=key)
         self.task = task
         if self.dock is not None:
             self.dock.set_busy(True)
@@ -411,13 +435,23 @@ class OrtholensPlugin:
         QgsApplication.taskManager().addTask(task)
         return task
 
+    def open_inventory(self):
+        """Open the *Solar inventory* dialog (``ortholens:solarinventory``) with the
+        current result layer as its detections (``inventory_alg.current_result_layer``);
+        returns the dialog shown."""
+        from .processing.inventory_alg import current_result_layer, open_dialog
+        last = self.last_task.layer if self.last_task is not None else None
+        layer = current_result_layer(self.iface.activeLayer(), last)
+        self.inventory_dialog = open_dialog(layer, self.iface.mainWindow())
+        return self.inventory_dialog
+
     def _progress(self, value: float) -> None:
         if self.dock is not None:
             self.dock.detection.set_progress(value)
 
     def _task_message(self, text: str) -> None:
         if self.dock is not None and self.task is not None:
-            self.dock.detection.show_message(text, Qgis.Info)
+            self.dock.detection.show_progress(text, self.task.time_left)
 
     def cancel(self) -> None:
         """Cancel the running detection (it stops at the daemon's next batch)."""
@@ -453,13 +487,12 @@ class OrtholensPlugin:
                 self.dock.detection.show_result(task.out_path)
             for note in task.notes:
                 self.notify(note, Qgis.Warning, after_task=True)
-            short = task.summary(full_path=False)
-            if task.notes:  # the dock keeps only the last message: repeat the warnings
-                short += "\n" + "\n".join(f"Warning: {n}" for n in task.notes)
-            self.notify(task.summary(), Qgis.Success, short=short, after_task=True)
+            # the dock keeps only the last message: the warnings follow it, in amber
+            self.notify(task.summary(), Qgis.Success, short=task.summary(full_path=False),
+                        after_task=True, warnings=task.notes)
         elif task.cancelled:
             self.notify("Detection cancelled.", Qgis.Info, after_task=True)
-        else:
+        elif self.jobs is None or not self.jobs.offer_batch(task):
             self.notify(task.error or "The detection failed.", Qgis.Critical,
                         settings_button=task.unreachable, after_task=True)
 

@@ -21,7 +21,10 @@ key under ``ortholens/``), then a default:
   the saved project's folder, else ``<QGIS profile>/ortholens/results``, see
   ``layers.naming.default_result_path``);
 * start the engine when the dock opens: ``ORTHOLENS_AUTOSTART`` / ``ortholens/autostart``,
-  default on.
+  default on;
+* stop an engine the plugin started after minutes without work:
+  ``ORTHOLENS_IDLE_EXIT_MIN`` / ``ortholens/idle_exit_min``, default 30 (0: never; an
+  engine started by hand stays until stopped).
 
 :class:`~.settings_dialog.SettingsWidget` edits the QGIS settings (the dock's *Settings…*
 button and *Settings > Options > Ortholens*); an environment variable still wins over
@@ -41,7 +44,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from protocol.framing import DEFAULT_ENDPOINT
 
@@ -67,7 +70,11 @@ def _value(env: str, key: str) -> Optional[str]:
 #: database (:func:`store_token`).
 SETTING_KEYS = {"endpoint": "ORTHOLENS_ENDPOINT", "repo": "ORTHOLENS_REPO",
                 "python": "ORTHOLENS_PYTHON", "token": "ORTHOLENS_TOKEN",
-                "results_dir": "ORTHOLENS_RESULTS", "autostart": "ORTHOLENS_AUTOSTART"}
+                "results_dir": "ORTHOLENS_RESULTS", "autostart": "ORTHOLENS_AUTOSTART",
+                "idle_exit_min": "ORTHOLENS_IDLE_EXIT_MIN"}
+
+#: Minutes without work after which an engine the plugin started stops (the default).
+DEFAULT_IDLE_EXIT_MIN = 30.0
 
 #: The QGIS setting holding the id of the token's auth config.
 TOKEN_AUTHCFG_KEY = "token_authcfg"
@@ -239,6 +246,18 @@ def autostart() -> bool:
     return value.strip().lower() not in ("false", "0", "no")
 
 
+def idle_exit_min() -> float:
+    """Minutes without work after which an engine started by the plugin (or by
+    ``qgis_process``) stops: ``ORTHOLENS_IDLE_EXIT_MIN`` or the setting
+    ``ortholens/idle_exit_min``, default :data:`DEFAULT_IDLE_EXIT_MIN`; 0: never."""
+    try:
+        value = float(_value("ORTHOLENS_IDLE_EXIT_MIN", "idle_exit_min")
+                      or DEFAULT_IDLE_EXIT_MIN)
+    except ValueError:
+        return DEFAULT_IDLE_EXIT_MIN
+    return max(0.0, value)
+
+
 @dataclass
 class DaemonSettings:
     """How to reach (and, if needed, start) the inference daemon.
@@ -253,6 +272,8 @@ class DaemonSettings:
             :data:`TOKEN_FROM_AUTH`), or None.
         token_problem: why a stored token could not be read (a locked authentication
             database), or None.
+        idle_exit_min: minutes without work after which an engine started from here
+            stops (0: never).
     """
 
     endpoint: str
@@ -261,6 +282,11 @@ class DaemonSettings:
     token: Optional[str]
     token_source: Optional[str] = None
     token_problem: Optional[str] = None
+    idle_exit_min: float = DEFAULT_IDLE_EXIT_MIN
+
+    def start_args(self) -> List[str]:
+        """The daemon options an engine started from here gets: its idle exit."""
+        return ["--idle-exit-s", f"{self.idle_exit_min * 60:g}"]
 
     def host(self) -> Optional[str]:
         """The endpoint's host (brackets of IPv6 removed), or None when the endpoint is
@@ -345,7 +371,8 @@ def daemon_settings() -> DaemonSettings:
         token, problem = stored_token()
         source = TOKEN_FROM_AUTH if token else None
     return DaemonSettings(endpoint=endpoint, python=python, repo=repo, token=token,
-                          token_source=source, token_problem=problem)
+                          token_source=source, token_problem=problem,
+                          idle_exit_min=idle_exit_min())
 
 
 def resource_path(name: str) -> str:

@@ -16,6 +16,7 @@ from protocol.errors import DaemonUnavailable, JobCancelled
 
 from .connection import connect_daemon, describe_error
 from .settings import DaemonSettings
+from .timeleft import TimeLeft
 
 #: Tag of the plugin's messages in QGIS's log panel.
 LOG_TAG = "Ortholens"
@@ -31,7 +32,8 @@ def job_fraction(value: Any) -> Optional[float]:
 
 
 def progress_callback(task: QgsTask, start: float, span: float,
-                      on_message: Callable[[Any], None]) -> Callable[..., None]:
+                      on_message: Callable[[Any], None],
+                      time_left: Optional[TimeLeft] = None) -> Callable[..., None]:
     """An ``on_progress(fraction, message)`` for ``protocol.client`` job calls.
 
     Args:
@@ -39,12 +41,16 @@ def progress_callback(task: QgsTask, start: float, span: float,
         start, span: the part of the progress bar the daemon job fills, percent.
         on_message: called with the daemon's message (may be empty) after each valid
             progress event.
+        time_left: the run's :class:`~.timeleft.TimeLeft`, fed the task's progress (the
+            dock says the elapsed time and the time left from it).
     """
     def on_progress(fraction: Any = None, message: Any = None, *_: Any) -> None:
         f = job_fraction(fraction)
         if f is None:
             return
         task.setProgress(start + span * f)
+        if time_left is not None:
+            time_left.update((start + span * f) / 100.0)
         on_message(message)
     return on_progress
 

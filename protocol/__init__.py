@@ -11,6 +11,9 @@ Modules:
     rules       how a parameter declares its field's checker, and a header is checked
     params      typed request parameters: :class:`DetectParams`, :class:`BatchParams`,
                 :class:`RetrainParams`, :class:`PixelUpload`, each field with its rule
+    inventory   typed parameters of a solar inventory (:class:`InventoryParams`,
+                :class:`Assumptions`, :class:`VectorLayer`)
+    version_params  typed parameters of ``versions`` (with an extent) and ``delete``
     schema      the schema of every request type, :func:`validate_request`,
                 :func:`request`
     window      :class:`~protocol.window.Window`, a rectangle of pixels of a grid, and the
@@ -20,8 +23,8 @@ Modules:
     metrics     pixel IoU and object precision/recall/F1: how both sides score a result
     connection  :class:`~protocol.connection.DaemonConnection`, a DEALER socket to the
                 daemon: requests out, their replies in (pyzmq)
-    client      :class:`~protocol.client.OrtholensClient` (detect, upload, batch, retrain
-                and version requests; liveness checks)
+    client      :class:`~protocol.client.OrtholensClient` (detect, upload, batch, retrain,
+                inventory and version requests; liveness checks)
     launcher    starting a daemon on this computer (``start_daemon``, ``ensure_daemon``),
                 its default interpreter and log folder
 

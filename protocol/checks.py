@@ -265,6 +265,62 @@ def check_layer_name(x: Any) -> Optional[str]:
     return None
 
 
+def check_path(x: Any) -> Optional[str]:
+    """The path of a file or folder: 1-4096 characters, without NUL."""
+    if not isinstance(x, str) or not x or len(x) > 4096 or "\x00" in x:
+        return "must be a path of 1-4096 characters without NUL"
+    return None
+
+
+#: A layer of a vector file, and an attribute field of it: any name of 1-255 characters
+#: (QGIS and GDAL allow spaces and non-ASCII letters in both).
+check_layer_field = string(255)
+
+
+def check_vector_layer(x: Any) -> Optional[str]:
+    """``{"path": str, "layer": str?}``: a vector file the daemon reads (GeoPackage,
+    GeoJSON, Shapefile... anything GDAL opens) and, when it holds several, its layer."""
+    if not isinstance(x, dict):
+        return "must be an object {path, layer?}"
+    extra = set(x) - {"path", "layer"}
+    if extra:
+        return f"has unknown field(s) {sorted(extra)}"
+    err = check_path(x.get("path"))
+    if err:
+        return f"path {err}"
+    if x.get("layer") is not None and check_layer_field(x["layer"]):
+        return "layer must be a non-empty string of at most 255 characters"
+    return None
+
+
+def check_optional_vector_layer(x: Any) -> Optional[str]:
+    """Null (not given), or as :func:`check_vector_layer`."""
+    return None if x is None else check_vector_layer(x)
+
+
+#: The assumptions of an inventory and the range each may take: name -> (low, high,
+#: low excluded). Units: m², W per m² of module area, a fraction, degrees.
+ASSUMPTION_RANGES = {"module_area_m2": (0.1, 10.0, True),
+                     "power_w_m2": (10.0, 500.0, False),
+                     "packing_factor": (0.0, 1.0, True),
+                     "tilt_deg": (0.0, 75.0, False)}
+
+
+def check_assumptions(x: Any) -> Optional[str]:
+    """``{"module_area_m2"?, "power_w_m2"?, "packing_factor"?, "tilt_deg"?}``, each a
+    number in its :data:`ASSUMPTION_RANGES`; one left out takes its default."""
+    if not isinstance(x, dict):
+        return "must be an object"
+    extra = set(x) - set(ASSUMPTION_RANGES)
+    if extra:
+        return f"has unknown field(s) {sorted(extra)}"
+    for name, (lo, hi, lo_open) in ASSUMPTION_RANGES.items():
+        err = num_range(lo, hi, lo_open)(x[name]) if name in x else None
+        if err:
+            return f"{name} {err}"
+    return None
+
+
 # ----------------------------------------------------------------------------- retraining
 
 def check_features(x: Any) -> Optional[str]:

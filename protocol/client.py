@@ -19,7 +19,9 @@ import protocol as P
 from .connection import DaemonConnection, raise_if_error
 from .errors import DaemonError, DaemonUnavailable, JobCancelled
 from .importing import ImportParams
+from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams, UploadSource
+from .version_params import DeleteParams, VersionsParams
 from .window import Window, upload_windows
 
 log = logging.getLogger("ortholens.client")
@@ -263,6 +265,17 @@ class OrtholensClient(DaemonConnection):
         return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
                          is_cancelled, job_timeout_s, liveness_s)
 
+    def inventory(self, params: InventoryParams,
+                  on_progress: Optional[Callable[[float, str], None]] = None,
+                  is_cancelled: Optional[Callable[[], bool]] = None,
+                  job_timeout_s: float = 600.0, liveness_s: float = 2.0) -> Dict[str, Any]:
+        """Make the solar inventory of :class:`~protocol.inventory.InventoryParams`
+        and wait for it (arguments and errors as :meth:`detect`). Returns the ``result``
+        header: its ``stats`` hold ``outputs`` (paths), ``totals``, ``per_class``,
+        ``crs_note``, ``change`` and ``warnings`` (``docs/inventory.md``)."""
+        return self._job(params.to_header(self.token), [], on_progress, is_cancelled,
+                         job_timeout_s, liveness_s)
+
     def submit_batch(self, params: BatchParams) -> Dict[str, Any]:
         """Send a ``batch`` request; returns the ``accepted`` reply ({job_id, id}).
 
@@ -340,9 +353,23 @@ class OrtholensClient(DaemonConnection):
             if result is not None:
                 return result
 
-    def versions(self, model: str) -> Dict[str, Any]:
-        """``{model, active, versions: [...]}`` of ``model``'s lineage."""
-        return self._call("versions", model=model)
+    def versions(self, model: str, extent: Optional[Sequence[float]] = None,
+                 extent_crs: Optional[str] = None) -> Dict[str, Any]:
+        """``{model, active, versions: [...]}`` of ``model``'s lineage; with an extent
+        (:class:`~protocol.version_params.VersionsParams`) also ``here``, ``{model,
+        why}``: the version in use there."""
+        return self._call("versions", **VersionsParams(model, extent, extent_crs).wire_fields())
+
+    def delete(self, model: str, roll_back: bool = False) -> Dict[str, Any]:
+        """Delete the user version ``model`` (:class:`~protocol.version_params.
+        DeleteParams`; ``roll_back``: the user confirmed deleting a version in use);
+        returns :meth:`versions` plus ``deleted`` and ``rolled_back``.
+
+        Raises:
+            DaemonError: ``invalid_input`` for a shipped model or a version in use
+                without ``roll_back``; ``not_found`` for an unknown version.
+        """
+        return self._call("delete", **DeleteParams(model, roll_back or None).wire_fields())
 
     def activate(self, model: str) -> Dict[str, Any]:
         """Make ``model`` (``<id>`` or ``<id>@<n>``) the active version; returns
@@ -457,7 +484,6 @@ class OrtholensClient(DaemonConnection):
         finally:
             if not finished:  # timeout, callback exception, KeyboardInterrupt...
                 self._cancel_quietly(job_id)
-
 
 
 #: Events that end a job.

@@ -192,9 +192,11 @@ def _wait_until_answering(proc: subprocess.Popen, client: OrtholensClient, wait_
 
 def ensure_daemon(endpoint: str = DEFAULT_ENDPOINT, python: Optional[str] = None,
                   cwd: Optional[str] = None, *, token: Optional[str] = None,
-                  timeout_s: float = 5.0, wait_s: float = 60.0) -> OrtholensClient:
+                  timeout_s: float = 5.0, wait_s: float = 60.0,
+                  args: Sequence[str] = ()) -> OrtholensClient:
     """A client of a daemon that answers: pings ``endpoint`` and, if nothing answers
-    and the endpoint is on this computer, starts one with :func:`start_daemon`.
+    and the endpoint is on this computer, starts one with :func:`start_daemon` (with
+    the daemon options ``args``, e.g. ``["--idle-exit-s", "1800"]``).
 
     Returns:
         A connected :class:`OrtholensClient` (``timeout_s``, ``token``); its
@@ -220,7 +222,7 @@ def ensure_daemon(endpoint: str = DEFAULT_ENDPOINT, python: Optional[str] = None
                                     f"this computer is started automatically")
         try:
             client.process = start_daemon(python, port, cwd, wait_s=wait_s, host=host,
-                                          token=token)
+                                          token=token, args=args)
         except DaemonUnavailable as exc:
             try:
                 client.ping()  # a slow daemon may hold the port after all

@@ -1,8 +1,10 @@
 """Request schemas: which fields each request type takes, and :func:`validate_request`.
 
-The rules of ``detect``, ``upload``, ``batch``, ``retrain`` and ``import_model`` are
-those their parameter classes declare beside each field (:mod:`protocol.params`,
-:mod:`protocol.importing`, read with ``protocol.rules.request_rules``); the requests without a parameter class declare
+The rules of ``detect``, ``upload``, ``batch``, ``retrain``, ``inventory``,
+``versions``, ``delete`` and ``import_model`` are those their parameter classes
+declare beside each field (:mod:`protocol.params`, :mod:`protocol.inventory`,
+:mod:`protocol.version_params`, :mod:`protocol.importing`, read with
+``protocol.rules.request_rules``); the requests without a parameter class declare
 theirs here. :func:`validate_request` checks a decoded request header field by field
 and raises :class:`~protocol.errors.ProtocolError` with a stable ``code`` and a
 human-readable message on anything else; :func:`request` builds a checked header. The
@@ -19,8 +21,10 @@ from .checks import check_job_id, check_model, check_pixel_index, check_upload_i
 from .errors import E_BAD_REQUEST, E_UNKNOWN_TYPE, E_VERSION, ProtocolError
 from .framing import PROTOCOL_VERSION, request_header
 from .importing import ImportParams
+from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
+from .version_params import DeleteParams, VersionsParams
 
 _JOB = {"job_id": Rule(True, check_job_id)}
 _ANY_JOB = {"job_id": Rule(False, check_job_id)}  # default: every job
@@ -43,12 +47,14 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     "jobs": _ANY_JOB,
     "resume": _JOB,
     "retrain": request_rules(RetrainParams),
-    "versions": _MODEL,
+    "versions": request_rules(VersionsParams),
     "activate": _MODEL,
     "rollback": _MODEL,
     # keep a candidate the acceptance rule did not accept: the retrain report's
     # ``pending``
     "keep": {**_MODEL, "pending": Rule(True, string(64)), "note": Rule(False, string(500))},
+    "inventory": request_rules(InventoryParams),
+    "delete": request_rules(DeleteParams),
     # make an ONNX file on the engine's computer one of its models (bring your own
     # model); the reply ``imported`` carries the new card
     "import_model": request_rules(ImportParams),
@@ -58,7 +64,7 @@ REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 #: Checks of a whole request header after its fields passed: type -> check.
 REQUEST_CHECKS: Dict[str, HeaderCheck] = {
     cls.TYPE: cls.HEADER_CHECK
-    for cls in (DetectParams, PixelUpload, BatchParams, RetrainParams)
+    for cls in (DetectParams, PixelUpload, BatchParams, RetrainParams, InventoryParams)
     if cls.HEADER_CHECK is not None}
 
 

@@ -137,7 +137,7 @@ def pr_curve(hist_pos: np.ndarray, hist_neg: np.ndarray) -> List[Tuple[float, fl
     return out
 
 
-def eval_heldout(model_id: str, raw: bool = False, predictor=None) -> Dict:
+def eval_heldout(model_id: Optional[str], raw: bool = False, predictor=None) -> Dict:
     """Metrics of one model (or variant predictor) over the pv01 held-out tiles.
 
     Args:
@@ -238,7 +238,7 @@ def coarser_copy(image_path: Path, mask_path: Path, gsd_m: float, out_dir: Path
     return out, ref > 0, transform
 
 
-def eval_heldout_at(model_id: str, gsd_m: float, predictor=None) -> Dict:
+def eval_heldout_at(model_id: Optional[str], gsd_m: float, predictor=None) -> Dict:
     """Metrics over the held-out tiles made coarser to ``gsd_m`` (:func:`coarser_copy`):
     what users of 0.2-0.3 m orthophotos get. The pipeline resamples each tile to the
     model's GSD as for any raster; the polygons are compared with the coarse mask on
@@ -259,7 +259,7 @@ def eval_heldout_at(model_id: str, gsd_m: float, predictor=None) -> Dict:
     return s
 
 
-def eval_vienna(model_id: str, predictor=None, extent: Optional[List[float]] = None) -> Dict:
+def eval_vienna(model_id: Optional[str], predictor=None, extent: Optional[List[float]] = None) -> Dict:
     """False positives on the panel-free Vienna scene (``extent`` EPSG:31256 metres,
     default the whole 500 m x 500 m scene, 0.25 km²)."""
     res = run_detect(DetectParams(FileSource(str(vienna_scene())), model_id,
@@ -367,6 +367,54 @@ def plot_errors(name: str, s: Dict, out_png: Path, n: int = 4) -> None:
     plt.close(fig)
 
 
+#: The row of what a user gets without choosing a model: each layer's GSD chooses it.
+AUTO = "automatic (by the layer's GSD)"
+
+
+def evaluate_auto(gsds: List[float], vienna: bool) -> Dict:
+    """The held-out figures at 0.1 m and each of ``gsds``, and Vienna's false polygons,
+    of detections that name no model: the engine chooses one by the layer's GSD
+    (``protocol.choice``)."""
+    entry = {"variant": "auto", "heldout": eval_heldout(None),
+             "coarser": [eval_heldout_at(None, g) for g in gsds]}
+    if vienna:
+        entry["vienna"] = eval_vienna(None)
+    return entry
+
+
+def _ci(s: Dict, key: str) -> str:
+    lo, hi = s[f"{key}_90ci"]
+    return f"{s[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_table(results: Dict[str, Dict], cards: List[ModelCard]) -> str:
+    """The one table of the accuracy docs: per model (each member, each ensemble, the
+    automatic choice) the held-out pixel IoU and object F1 with 90 % intervals, the
+    same at each coarser GSD, Vienna's false polygons per km² and the
+    cross-validation object F1 (mean ± std over folds) at each GSD."""
+    cv = {c.id: (c.training.cross_validation if c.training else None) or {} for c in cards}
+    head = ["model", "held-out pixel IoU", "held-out object F1"]
+    gsds = sorted({c["gsd_m"] for r in results.values() for c in r["variants"][0].get(
+        "coarser", [])})
+    head += [f"{g:g} m IoU / F1" for g in gsds] + ["Vienna FP/km²",
+                                                   "cross-validation F1 0.1 / 0.2 / 0.3 m"]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for mid, r in results.items():
+        main = r["variants"][0]
+        s = main["heldout"]
+        coarse = {c["gsd_m"]: c for c in main.get("coarser", [])}
+        cells = [mid, _ci(s, "pixel_iou"), _ci(s, "object_f1")]
+        cells += [f"{coarse[g]['pixel_iou']:.3f} / {coarse[g]['object_f1']:.3f}"
+                  if g in coarse else "" for g in gsds]
+        cells.append(str(main["vienna"]["false_polygons_per_km2"]) if main.get("vienna")
+                     else "")
+        folds = cv.get(mid, {})
+        cells.append(" / ".join(f"{folds[g]['object_f1']:.3f} ± {folds[g]['object_f1_std']:.3f}"
+                                for g in ("0.1", "0.2", "0.3") if g in folds))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 COLS = ["pixel_iou", "pixel_iou_90ci", "pixel_precision", "pixel_recall", "object_precision",
         "object_recall", "object_f1", "object_f1_90ci", "false_objects", "missed_objects", "ece",
         "vertices_per_polygon"]
@@ -386,6 +434,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--write-cards", action="store_true",
                     help="store the held-out metrics in each card.json and rewrite "
                          "its MODEL_CARD.md")
+    ap.add_argument("--no-auto", action="store_true",
+                    help="skip the row of the model chosen by each layer's GSD")
     args = ap.parse_args(argv)
     shipped = models_dir()
     cards = [load_card(m) for m in args.models] if args.models else sorted(
@@ -416,8 +466,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             s = eval_heldout(card.id, raw=True)
             results[card.id]["variants"].append({"variant": "raw", "heldout": s})
             table_rows.append((card.id, "raw (no post-processing)", s, None))
+    if not args.no_auto and not args.models:
+        results[AUTO] = {"variants": [evaluate_auto(args.gsd, not args.no_vienna)]}
     if args.write_cards:
-        write_cards(results)
+        write_cards({k: v for k, v in results.items() if k != AUTO})
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["| model | variant | " + " | ".join(COLS) + " | Vienna FP polygons/km² |",
              "|---" * (len(COLS) + 3) + "|"]
@@ -443,7 +495,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         lines += [f"| {mid} | {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
                   f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |"
                   for mid, g, v in cv_rows]
-    table = "\n".join(lines)
+    table = summary_table(results, cards) + "\n\nEvery variant in detail:\n\n" + \
+        "\n".join(lines)
     plot_curves([(f"{m} [{v}]", s) for m, v, s, _ in table_rows],
                 args.out / "pr_calibration.png")
     best = max(table_rows, key=lambda r: (r[2]["object_f1"], r[2]["pixel_iou"]))

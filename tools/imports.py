@@ -8,9 +8,9 @@ dependency). The rules:
 
 1. **Layers.** Each module belongs to a layer, lowest first::
 
-       protocol < backend (package root), backend.config < backend.models
-                < backend.inference < backend.learning < backend.daemon
-                < backend.__main__ < tools
+       protocol < backend (package root), backend.config < backend.reports
+                < backend.models < backend.inference < backend.learning
+                < backend.daemon < backend.__main__ < tools
 
    A module may import its own layer and the layers below it, never one above.
    ``plugin`` stands beside the backend: it may import itself and ``protocol`` only.
@@ -40,12 +40,13 @@ LAYERS: Tuple[Tuple[str, int], ...] = (
     ("protocol", 0),
     ("backend", 1),
     ("backend.config", 1),
-    ("backend.models", 2),
-    ("backend.inference", 3),
-    ("backend.learning", 4),
-    ("backend.daemon", 5),
-    ("backend.__main__", 6),
-    ("tools", 7),
+    ("backend.reports", 2),
+    ("backend.models", 3),
+    ("backend.inference", 4),
+    ("backend.learning", 5),
+    ("backend.daemon", 6),
+    ("backend.__main__", 7),
+    ("tools", 8),
 )
 
 #: Third-party top-level modules ``protocol`` may import (besides the standard library).

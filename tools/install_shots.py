@@ -93,20 +93,15 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
         FileNotFoundError: the zip, the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
     from tools.common import free_port
-    from tools.screenshot import qgis_child_env, write_profile
+    from tools.screenshot import (clean_out, finish_steps, qgis_child_env, require_qgis,
+                                  run_qgis, write_profile)
 
     zip_p, raster_p = Path(zip_path).resolve(), Path(raster).resolve()
     for p in (zip_p, raster_p):
         if not p.is_file():
             raise FileNotFoundError(f"not found: {p}")
-    for exe in ("qgis", "xvfb-run"):
-        if shutil.which(exe) is None:
-            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + [out / "install.json"]:
-        if old.exists():
-            old.unlink()
+    require_qgis()
+    out = clean_out(out_dir, "install.json")
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-install-"))
     try:
         profiles = tmp / "profiles"
@@ -135,24 +130,15 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
             "XDG_RUNTIME_DIR": str(xdg),
             "ORTHOLENS_QGIS_STEPS": str(Path(__file__).resolve().with_name("qgis_steps.py")),
         })
-        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", "qgis", "--nologo",
-               "--noversioncheck", "--profiles-path", str(profiles),
-               "--code", str(Path(__file__).resolve())]
         t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, timeout=timeout_s)
-            rc, log = proc.returncode, proc.stdout.decode("utf-8", "replace")
-        except subprocess.TimeoutExpired as exc:
-            rc, log = 124, (exc.stdout or b"").decode("utf-8", "replace")
+        rc, log = run_qgis(Path(__file__), profiles, env, tmp, timeout_s, SCREEN)
         summary = out / "install.json"
         try:
-            info = json.loads(summary.read_text("utf-8"))
+            measured = dict(json.loads(summary.read_text("utf-8")).get("measured") or {})
         except (OSError, ValueError):
-            info = {"steps": []}
+            measured = {}
         venv = tmp / "data" / "ortholens" / "engine" / "venv"
         mib = 1 << 20
-        measured = dict(info.get("measured") or {})
         measured.update({
             "zip_bytes": zip_p.stat().st_size,
             "zip_mib": round(zip_p.stat().st_size / mib, 1),
@@ -161,14 +147,7 @@ def run_install_shots(zip_path: str, raster: str, out_dir: str,
             "engine_disk_bytes": disk_usage(venv) if venv.is_dir() else None,
             "engine_disk_mib": round(disk_usage(venv) / mib) if venv.is_dir() else None,
         })
-        info["measured"] = measured
-        steps = info.get("steps", [])
-        info["ok"] = len(steps) == len(STEPS) and all(s["ok"] for s in steps)
-        info["returncode"] = rc
-        info["wall_seconds"] = round(time.monotonic() - t0, 1)
-        info["log_tail"] = log[-3000:]
-        summary.write_text(json.dumps(info, indent=2), encoding="utf-8")
-        return info
+        return finish_steps(summary, len(STEPS), rc, log, t0, {"measured": measured})
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -215,8 +194,6 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     """The in-QGIS driver: each step starts something, waits for its condition, lets the
     canvas settle and grabs the screen."""
     import qgis.utils
-    from qgis.core import QgsProject, QgsRasterLayer
-
     iface = qgis.utils.iface
     env = os.environ
     ns = runpy.run_path(env["ORTHOLENS_QGIS_STEPS"])  # tools/qgis_steps.py
@@ -233,16 +210,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     st, record = runner.st, runner.record
 
     def s_open_start():
-        mw = iface.mainWindow()
-        mw.setGeometry(0, 0, WIDTH, HEIGHT)
-        mw.showMaximized()
-        layer = QgsRasterLayer(env["ORTHOLENS_RASTER"], Path(env["ORTHOLENS_RASTER"]).stem)
-        QgsProject.instance().addMapLayer(layer)
-        st["raster"] = layer
-        iface.setActiveLayer(layer)
-        canvas = iface.mapCanvas()
-        canvas.setDestinationCrs(layer.crs())
-        canvas.setExtent(layer.extent())
+        st["raster"] = ns["open_raster"](iface, env["ORTHOLENS_RASTER"], WIDTH, HEIGHT)
 
     def s_open_done():
         p = plugin()
@@ -315,15 +283,12 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         return True
 
     def s_detect_start():
-        iface.setActiveLayer(st["raster"])
-        iface.mapCanvas().setExtent(st["raster"].extent())
-        plugin().dock.detection.detect_button.click()
+        runner.detect_all_of(st["raster"])
 
     def s_detect_done():
-        p = plugin()
-        if p.task is not None or p.pending_detect or p.last_task is None:
+        t = runner.finished_detection()
+        if t is None:
             return False
-        t = p.last_task
         record(t.layer is not None, t.summary(full_path=False) if t.layer is not None
                else (t.error or "no result layer"))
         return True

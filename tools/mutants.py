@@ -94,10 +94,10 @@ SCOPE: Tuple[Scope, ...] = (
     Scope("backend/learning/acceptance.py", ("x_decide", "x_eval_areas", "x_metrics_summary"),
           ("tests/backend/learning/test_acceptance.py",)),
     Scope("backend/inference/grid.py", ("*",),
-          ("tests/backend/inference/test_raster.py",
+          ("tests/backend/inference/test_grid.py",
            "tests/backend/inference/test_stitching.py")),
     Scope("backend/inference/bands.py", ("x_choose_bands", "x_alpha_band"),
-          ("tests/backend/inference/test_raster.py",)),
+          ("tests/backend/inference/test_bands.py",)),
     Scope("protocol/framing.py", ("*",), _PROTOCOL_TESTS,
           exclude=("x_parse_endpoint", "x_is_loopback", "x_new_id")),
     Scope("protocol/checks.py", ("*",), _PROTOCOL_TESTS),
@@ -154,7 +154,8 @@ def prepare(scopes: Sequence[Scope]) -> None:
     (WORK / "tests").mkdir(parents=True)
     for pkg in ("backend", "protocol"):
         (WORK / pkg).symlink_to(REPO / pkg, target_is_directory=True)
-    (WORK / "tests" / "conftest.py").symlink_to(REPO / "tests" / "conftest.py")
+    for shared in ("conftest.py", "support"):  # the tests' fixtures and helpers
+        (WORK / "tests" / shared).symlink_to(REPO / "tests" / shared)
     for sub in sorted({Path(t).parts[1] for s in scopes for t in s.tests}):
         (WORK / "tests" / sub).symlink_to(REPO / "tests" / sub, target_is_directory=True)
     (WORK / "setup.cfg").write_text(setup_cfg(scopes))

@@ -52,6 +52,24 @@ class Step:
     settle: bool = True
 
 
+def open_raster(iface, path: str, width: int, height: int):
+    """Maximise QGIS's main window (at ``width`` x ``height`` first), open the raster
+    ``path`` as a layer named after its file, make it the active layer and show all of
+    it in the map canvas, in its CRS; returns the layer."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    mw = iface.mainWindow()
+    mw.setGeometry(0, 0, width, height)
+    mw.showMaximized()
+    layer = QgsRasterLayer(path, Path(path).stem)
+    QgsProject.instance().addMapLayer(layer)
+    iface.setActiveLayer(layer)
+    canvas = iface.mapCanvas()
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setExtent(layer.extent())
+    return layer
+
+
 class StepRunner:
     """Runs :class:`Step` s in the QGIS desktop (see the module docstring).
 
@@ -84,6 +102,20 @@ class StepRunner:
     def record(self, ok: bool, note: str) -> None:
         """The current step's verdict and note (the last call counts)."""
         self.st["ok"], self.st["note"] = ok, note
+
+    def detect_all_of(self, layer) -> None:
+        """Make ``layer`` the active layer, show all of it and click the dock's Detect
+        button."""
+        self.iface.setActiveLayer(layer)
+        self.iface.mapCanvas().setExtent(layer.extent())
+        self.plugin().dock.detection.detect_button.click()
+
+    def finished_detection(self):
+        """The plugin's last detection task once none runs or waits, else None."""
+        p = self.plugin()
+        if p.task is not None or p.pending_detect or p.last_task is None:
+            return None
+        return p.last_task
 
     def run(self, steps: List[Step]) -> None:
         """Start the steps 1.5 s from now, on a 250 ms timer kept alive on the runner."""

@@ -155,15 +155,64 @@ def run_qgis_code(script: Path, tmp: Path, env_extra: Dict[str, str], timeout_s:
                 "XDG_RUNTIME_DIR": str(xdg),
                 "ORTHOLENS_QGIS_STEPS": str(_repo() / "tools" / "qgis_steps.py")})
     env.update(env_extra)
+    return run_qgis(script, tmp / "profiles", env, tmp, timeout_s, screen)
+
+
+def run_qgis(script: Path, profiles: Path, env: Dict[str, str], cwd: Path,
+             timeout_s: float, screen: str = SCREEN) -> Tuple[int, str]:
+    """``qgis --code script`` under Xvfb with the profiles of ``profiles``, in the
+    environment ``env`` and the folder ``cwd``; killed after ``timeout_s`` seconds.
+
+    Returns:
+        ``(returncode, output)``: 124 and what was printed when the time ran out.
+    """
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {screen}", "qgis", "--nologo",
-           "--noversioncheck", "--profiles-path", str(tmp / "profiles"),
+           "--noversioncheck", "--profiles-path", str(profiles),
            "--code", str(Path(script).resolve())]
     try:
-        proc = subprocess.run(cmd, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
+        proc = subprocess.run(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=timeout_s)
         return proc.returncode, proc.stdout.decode("utf-8", "replace")
     except subprocess.TimeoutExpired as exc:
         return 124, (exc.stdout or b"").decode("utf-8", "replace")
+
+
+def require_qgis() -> None:
+    """Raises FileNotFoundError when ``qgis`` or ``xvfb-run`` is not installed."""
+    for exe in ("qgis", "xvfb-run"):
+        if shutil.which(exe) is None:
+            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
+
+
+def clean_out(out_dir: str, report: str) -> Path:
+    """The folder of a :mod:`tools.qgis_steps` run, resolved and created, without the
+    PNGs and the report ``report`` of an earlier run."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("*.png")) + [out / report]:
+        if old.exists():
+            old.unlink()
+    return out
+
+
+def finish_steps(summary: Path, n_steps: int, rc: int, log: str, t0: float,
+                 more: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The report of a :mod:`tools.qgis_steps` run (``{"steps": []}`` when QGIS wrote
+    none) with ``more`` fields, ``ok`` (all ``n_steps`` steps ran and passed),
+    ``returncode``, ``wall_seconds`` since ``t0`` and ``log_tail``; written back to
+    ``summary`` and returned."""
+    try:
+        info = json.loads(summary.read_text("utf-8"))
+    except (OSError, ValueError):
+        info = {"steps": []}
+    info.update(more or {})
+    steps = info.get("steps", [])
+    info["ok"] = bool(steps) and len(steps) == n_steps and all(s["ok"] for s in steps)
+    info["returncode"] = rc
+    info["wall_seconds"] = round(time.monotonic() - t0, 1)
+    info["log_tail"] = log[-3000:]
+    summary.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
 
 
 def default_endpoint() -> str:
@@ -199,9 +248,7 @@ def take_screenshot(raster: str, out_png: str, endpoint: Optional[str] = None,
     raster_p = Path(raster).resolve()
     if not raster_p.is_file():
         raise FileNotFoundError(f"raster not found: {raster_p}")
-    for exe in ("qgis", "xvfb-run"):
-        if shutil.which(exe) is None:
-            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
+    require_qgis()
     out = Path(out_png).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     summary_path = out.with_suffix(".json")

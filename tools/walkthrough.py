@@ -3,43 +3,71 @@ script, not a test: ``build.py walkthrough``).
 
 Launcher (run from the repository root)::
 
-    python3 tools/walkthrough.py [--raster RASTER] [--out DIR] [--timeout 1500] [--keep]
+    python3 tools/walkthrough.py [--raster RASTER] [--out DIR] [--timeout 2700] [--keep]
 
 Defaults: ``--raster`` the Vienna orthophoto (``<data>/vienna/vienna_44_2_ortho_2023_30cm.tif``,
 ``<data>`` = ``backend.config.data_dir``), ``--out`` ``out/walkthrough``. It installs the
 release-shaped plugin into a fresh profile (as :mod:`tools.screenshot` does), lets the
 plugin start its own daemon on a free loopback port (the dock starts it when it opens),
 keeps results, retrained versions and job state in that temporary folder (never in the
-user's), and drives QGIS with a ``QTimer`` (the UI thread is never blocked). Steps and files:
+user's), and drives QGIS with a ``QTimer`` (the UI thread is never blocked). The pv01
+held-out tiles (``<data>/pv01/heldout``) give the batch steps a VRT mosaic of four
+tiles and a sparse VRT of all twelve (``gdalbuildvrt``). Steps and files:
 
 ==  ==========================  ========================================================
 01  ``01-open.png``             the orthophoto open; the dock shows the running daemon,
                                 its default model and that model's values
-02  ``02-detect.png``           *Detect in extent* on the whole scene: the result layer
-                                on top of the layer tree
-03  ``03-edit.png``             the user's corrections: detections deleted (the scene
+02  ``02-detect-running.png``   *Detect in extent* on the whole scene, running: the dock
+                                says the time elapsed and left
+03  ``03-detect.png``           its result layer on top of the layer tree, named
+                                ``#1 thr … · vienna · model · HH:MM``; a warning amber
+04  ``04-repeat.png``           Detect again with the same settings and extent: the dock
+                                says which layer holds it
+05  ``05-edit.png``             the user's corrections: detections deleted (the scene
                                 has no panels), one polygon drawn and its attributes
-                                filled (attribute table)
-04  ``04-retrain-dialog.png``   *Retrain on corrections…*: the dialog with the counts
-05  ``05-retrain-running.png``  the retrain running (phase, time left)
-06  ``06-retrain-result.png``   the retrain's result window
-07  ``07-processing.png``       the *Detect* Processing dialog (model combo box)
-08  ``08-no-layer.png``         Detect with no active layer: the message
-09  ``09-vector-layer.png``     Detect with a vector layer active: the message
-10  ``10-off-raster.png``       Detect with the map view off the raster: the message
+                                filled (attribute table, column titles whole)
+06  ``06-retrain-dialog.png``   *Retrain on corrections…*: the dialog with the counts and
+                                the warning that too few objects will be held out
+07  ``07-retrain-running.png``  the retrain running (phase, time elapsed and left)
+08  ``08-retrain-result.png``   the retrain's result window, its table whole
+09  ``09-versions.png``         *Keep this version anyway*: the versions panel lists it
+                                with its area, in use here, and says why buttons wait
+10  ``10-delete.png``           *Delete* of that version in use (the user said yes): rolled
+                                back, then deleted
+11  ``11-batch-running.png``    *Detect objects* on a VRT mosaic of four pv01 tiles in
+                                small regions: progress with the time left
+12  ``12-batch-cancel.png``     the user's Cancel: the log says it was cancelled, not failed
+13  ``13-jobs-table.png``       *Batch jobs…*: the job table with the cancelled job; why
+                                Cancel job cannot act
+14  ``14-jobs-resume.png``      *Resume*: the job finishes and its result is added, styled
+                                and named as a batch result
+15  ``15-batch-done.png``       *Detect objects* on one tile, default output: the result
+                                in the results folder, added styled and named
+16  ``16-evaluate.png``         *Evaluate* of the 12 pv01 held-out tiles' detections (one
+                                batch job each) against their masks at 0.1 m: the figures
+                                of ``build.py eval``
+17  ``17-large-extent.png``     Detect in extent on the sparse VRT of those tiles (387
+                                Mpx): refused, naming Detect objects, with *Run as a batch
+                                job…*
+18  ``18-no-layer.png``         Detect with no active layer: the message
+19  ``19-vector-layer.png``     Detect with a vector layer active: the message
+20  ``20-off-raster.png``       Detect with the map view off the raster: the message
 ==  ==========================  ========================================================
+
+Every step is checked by the texts it shows (messages, labels, logs, layer names), not
+only that it ran.
 
 ``DIR/walkthrough.json`` lists each step (``name``, ``png``, ``ok``, ``note``, ``seconds``)
 and the launcher prints it; the exit status is 0 when every step is ok. Each PNG is the
 whole 1440x900 screen (dialogs included).
 
-Requirements: ``qgis`` (Debian 3.22), ``xvfb-run`` (xvfb + xauth), the backend venv.
+Requirements: ``qgis`` (Debian 3.22), ``xvfb-run`` (xvfb + xauth), ``gdalbuildvrt``,
+the backend venv, the pv01 held-out tiles.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import shutil
@@ -60,7 +88,31 @@ def _repo() -> Path:
     return Path(env).resolve() if env else Path(__file__).resolve().parents[1]
 
 
-def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
+#: The four adjacent pv01 held-out tiles of the batch steps' mosaic.
+MOSAIC_TILES = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
+                "PV01_325192_1204249"]
+
+
+def build_vrts(heldout: Path, folder: Path) -> Dict[str, str]:
+    """``{"mosaic": VRT of MOSAIC_TILES, "sparse": VRT of all 12 held-out tiles}`` in
+    ``folder``, made with ``gdalbuildvrt``.
+
+    Raises:
+        FileNotFoundError: ``gdalbuildvrt`` or a tile is missing.
+    """
+    import subprocess
+    exe = shutil.which("gdalbuildvrt")
+    tiles = sorted(p for p in heldout.glob("PV01_*.tif") if not p.stem.endswith("_mask"))
+    if exe is None or len(tiles) != 12:
+        raise FileNotFoundError(f"gdalbuildvrt and the 12 pv01 held-out tiles in {heldout}")
+    out = {"mosaic": folder / "pv01_block.vrt", "sparse": folder / "pv01_heldout_12.vrt"}
+    subprocess.run([exe, "-q", str(out["mosaic"])] + [str(heldout / f"{t}.tif")
+                                                      for t in MOSAIC_TILES], check=True)
+    subprocess.run([exe, "-q", str(out["sparse"])] + [str(t) for t in tiles], check=True)
+    return {k: str(v) for k, v in out.items()}
+
+
+def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
                     keep: bool = False) -> Dict[str, Any]:
     """Run QGIS under Xvfb through the analyst's path and save one PNG per step.
 
@@ -76,24 +128,24 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
     Raises:
         FileNotFoundError: the raster, ``qgis`` or ``xvfb-run`` is missing.
     """
+    from backend.config import data_dir
     from tools.common import free_port
-    from tools.screenshot import run_qgis_code
+    from tools.screenshot import clean_out, finish_steps, require_qgis, run_qgis_code
 
     raster_p = Path(raster).resolve()
     if not raster_p.is_file():
         raise FileNotFoundError(f"raster not found: {raster_p}")
-    for exe in ("qgis", "xvfb-run"):
-        if shutil.which(exe) is None:
-            raise FileNotFoundError(f"'{exe}' is not installed (apt-get install qgis xvfb xauth)")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + [out / "walkthrough.json"]:
-        if old.exists():
-            old.unlink()
+    require_qgis()
+    out = clean_out(out_dir, "walkthrough.json")
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-walk-"))
     try:
         t0 = time.monotonic()
+        heldout = data_dir() / "pv01" / "heldout"
+        vrts = build_vrts(heldout, tmp)
         rc, log = run_qgis_code(Path(__file__), tmp, {
+            "ORTHOLENS_WALK_HELDOUT": str(heldout),
+            "ORTHOLENS_WALK_MOSAIC": vrts["mosaic"],
+            "ORTHOLENS_WALK_SPARSE": vrts["sparse"],
             "ORTHOLENS_WALK_INSIDE": "1",
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_WALK_OUT": str(out),
@@ -105,18 +157,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 1500.0,
             "ORTHOLENS_USER_MODELS": str(tmp / "user-models"),
             "XDG_DATA_HOME": str(tmp / "data"),
         }, timeout_s, screen=SCREEN)
-        summary = out / "walkthrough.json"
-        try:
-            info = json.loads(summary.read_text("utf-8"))
-        except (OSError, ValueError):
-            info = {"steps": []}
-        steps = info.get("steps", [])
-        info["ok"] = bool(steps) and len(steps) == len(STEPS) and all(s["ok"] for s in steps)
-        info["returncode"] = rc
-        info["wall_seconds"] = round(time.monotonic() - t0, 1)
-        info["log_tail"] = log[-3000:]
-        summary.write_text(json.dumps(info, indent=2), encoding="utf-8")
-        return info
+        return finish_steps(out / "walkthrough.json", len(STEPS), rc, log, t0)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -132,12 +173,12 @@ def main(argv=None) -> int:
     ap.add_argument("--raster", default=str(data_dir() / "vienna"
                                             / "vienna_44_2_ortho_2023_30cm.tif"))
     ap.add_argument("--out", default=str(_repo() / "out" / "walkthrough"))
-    ap.add_argument("--timeout", type=float, default=1500.0, help="seconds")
+    ap.add_argument("--timeout", type=float, default=2700.0, help="seconds")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     a = ap.parse_args(argv)
     info = run_walkthrough(a.raster, a.out, a.timeout, a.keep)
     for s in info.get("steps", []):
-        print(f"{'ok ' if s['ok'] else 'BAD'} {s['name']:<18} {s['seconds']:7.1f} s  {s['note']}")
+        print(f"{'ok ' if s['ok'] else 'BAD'} {s['name']:<16} {s['seconds']:7.1f} s  {s['note']}")
     if not info["ok"]:
         print(info["log_tail"], file=sys.stderr)
         return 1
@@ -145,8 +186,10 @@ def main(argv=None) -> int:
 
 
 #: Step names, in order (the PNG of step i is ``f"{i:02d}-{name}.png"``).
-STEPS = ["open", "detect", "edit", "retrain-dialog", "retrain-running", "retrain-result",
-         "processing", "no-layer", "vector-layer", "off-raster"]
+STEPS = ["open", "detect-running", "detect", "repeat", "edit", "retrain-dialog",
+         "retrain-running", "retrain-result", "versions", "delete", "batch-running",
+         "batch-cancel", "jobs-table", "jobs-resume", "batch-done", "evaluate",
+         "large-extent", "no-layer", "vector-layer", "off-raster"]
 
 
 # =============================================================================== inside QGIS
@@ -155,8 +198,9 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     """The in-QGIS driver: each step starts something, waits for its condition, lets
     the canvas settle and grabs the screen."""
     import qgis.utils
-    from qgis.PyQt.QtWidgets import QApplication, QDialog
+    from qgis.PyQt.QtWidgets import QApplication, QDialog, QLabel, QPushButton, QTextEdit
     from qgis.core import (
+        QgsCategorizedSymbolRenderer,
         QgsGeometry,
         QgsPointXY,
         QgsProject,
@@ -169,13 +213,15 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     env = os.environ
     ns = runpy.run_path(env["ORTHOLENS_QGIS_STEPS"])  # tools/qgis_steps.py
     Step = ns["Step"]
+    heldout = Path(env["ORTHOLENS_WALK_HELDOUT"])
+    tiles = sorted(p for p in heldout.glob("PV01_*.tif") if not p.stem.endswith("_mask"))
 
     def plugin():
         return qgis.utils.plugins.get("ortholens")
 
     runner = ns["StepRunner"](iface, plugin, Path(env["ORTHOLENS_WALK_OUT"]),
                                   "walkthrough.json",
-                                  float(env.get("ORTHOLENS_WALK_TIMEOUT", "1400")))
+                                  float(env.get("ORTHOLENS_WALK_TIMEOUT", "2600")))
     st, record = runner.st, runner.record
 
     def dialogs() -> List[QDialog]:
@@ -186,19 +232,51 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         p = plugin()
         return p.dock.detection.message() if p is not None and p.dock is not None else ""
 
-    # each step: (start() -> None, done() -> bool); start records the note and the
-    # verdict through ``record``, done may record them too
+    def add_raster(path: str, name: str, show: bool = True):
+        layer = QgsRasterLayer(path, name)
+        QgsProject.instance().addMapLayer(layer)
+        iface.setActiveLayer(layer)
+        if show:
+            iface.mapCanvas().setDestinationCrs(layer.crs())
+            iface.mapCanvas().setExtent(layer.extent())
+        return layer
+
+    def batch_layers() -> List[Any]:
+        return [n.layer() for n in QgsProject.instance().layerTreeRoot().findLayers()
+                if " · batch " in n.layer().name()]
+
+    def styled(layer) -> bool:
+        r = layer.renderer()
+        return isinstance(r, QgsCategorizedSymbolRenderer) and r.classAttribute() == "class"
+
+    # Processing dialogs, as the toolbox opens them (createCustomParametersWidget)
+    def proc_dialog(alg_id: str, params: Dict[str, Any]):
+        import processing
+        from processing.core.ProcessingConfig import ProcessingConfig
+        ProcessingConfig.setSettingValue(ProcessingConfig.KEEP_DIALOG_OPEN, True)
+        dlg = processing.createAlgorithmDialog(alg_id, params)
+        dlg.setGeometry(90, 60, 900, 720)
+        dlg.show()
+        st["finished"] = None
+        dlg.algorithmFinished.connect(lambda ok, res: st.__setitem__("finished", (ok, res)))
+        st["pdialog"] = dlg
+        return dlg
+
+    def log_of(dlg) -> str:
+        log = dlg.findChild(QTextEdit, "txtLog")
+        return log.toPlainText() if log is not None else ""
+
+    def close_pdialog():
+        dlg = st.pop("pdialog", None)
+        if dlg is not None:
+            dlg.close()
+
+    # ------------------------------------------------------------- open, detect
     def s_open_start():
         mw = iface.mainWindow()
         mw.setGeometry(0, 0, WIDTH, HEIGHT)
         mw.showMaximized()
-        layer = QgsRasterLayer(env["ORTHOLENS_RASTER"], Path(env["ORTHOLENS_RASTER"]).stem)
-        QgsProject.instance().addMapLayer(layer)
-        st["raster"] = layer
-        iface.setActiveLayer(layer)
-        canvas = iface.mapCanvas()
-        canvas.setDestinationCrs(layer.crs())
-        canvas.setExtent(layer.extent())
+        st["raster"] = add_raster(env["ORTHOLENS_RASTER"], Path(env["ORTHOLENS_RASTER"]).stem)
 
     def s_open_done():
         p = plugin()
@@ -210,12 +288,30 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
                      f"{p.dock.models.min_area_spin.value():g} m²")
         return True
 
-    def s_detect_start():
+    def s_running_start():
         iface.setActiveLayer(st["raster"])
         iface.mapCanvas().setExtent(st["raster"].extent())
+        st["seen"] = []
         plugin().dock.detection.detect_button.click()
 
+    def s_running_done():
+        p = plugin()
+        if p.task is not None and not st.get("hooked"):
+            st["hooked"] = True
+            p.task.message.connect(lambda m: st["seen"].append(m))
+        text = message()
+        if "elapsed" in text and " left" in text and "estimating" not in text:
+            record(True, text)
+            return True
+        if p.task is None and not p.pending_detect:  # over before a time left was said
+            timed = [m for m in st["seen"] if "elapsed" in m]
+            record(bool(timed), (timed or ["no time in the messages"])[-1])
+            return True
+        return False
+
     def s_detect_done():
+        from ortholens.dock.detection import LEVEL_COLORS
+        from qgis.core import Qgis
         p = plugin()
         if p.task is not None or p.pending_detect or p.last_task is None:
             return False
@@ -225,9 +321,25 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
             return True
         st["result"] = t.layer
         top = QgsProject.instance().layerTreeRoot().findLayers()[0].layer()
-        record(top is t.layer, f"{t.summary(full_path=False)}; on top: {top is t.layer}")
+        name = t.layer.name()
+        amber = ("Warning:" not in message()
+                 or LEVEL_COLORS[Qgis.Warning] in p.dock.detection.message_label.text())
+        record(top is t.layer and name.startswith("#1 thr ")
+               and f" · {st['raster'].name()} · " in name and amber,
+               f"layer '{name}' on top: {top is t.layer}; dock: {message()}")
         return True
 
+    def s_repeat_start():
+        iface.setActiveLayer(st["raster"])
+        iface.mapCanvas().setExtent(st["raster"].extent())
+        plugin().dock.detection.detect_button.click()
+
+    def s_repeat_done():
+        text = message()
+        record("already holds this detection" in text and plugin().task is None, text)
+        return True
+
+    # ------------------------------------------------------------- edit, retrain
     def s_edit_start():
         layer = st["result"]
         layer.startEditing()
@@ -242,10 +354,21 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         feats = list(layer.getFeatures())
         area = feats[0]["area_m2"] if feats else None
         st["table"] = iface.showAttributeTable(layer)
-        record(len(feats) == 1 and area is not None and abs(float(area) - 8.0) < 0.1,
-               f"deleted {len(ids)} detections, drew one 8 m² polygon: area_m2 = {area}")
+        st["ok_edit"] = len(feats) == 1 and area is not None and abs(float(area) - 8.0) < 0.1
+        st["note_edit"] = f"deleted {len(ids)} detections, drew one 8 m² polygon: area_m2 = {area}"
 
     def s_edit_done():
+        from qgis.PyQt.QtWidgets import QTableView
+        views = [v for v in st["table"].findChildren(QTableView) if v.isVisible()]
+        if not views:
+            return False
+        view = views[0]
+        header, model = view.horizontalHeader(), view.model()
+        cut = [str(model.headerData(i, 1)) for i in range(model.columnCount())
+               if not header.isSectionHidden(i)
+               and header.fontMetrics().horizontalAdvance(str(model.headerData(i, 1))) + 8
+               > header.sectionSize(i)]
+        record(st["ok_edit"] and not cut, f"{st['note_edit']}; column titles cut: {cut}")
         return True
 
     def s_edit_after():
@@ -267,34 +390,38 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         if not d:
             return False
         st["rdialog"] = d[0]
-        record(True, f"dialog '{d[0].windowTitle()}'")
+        warning = d[0].holdout_label.text() if d[0].holdout_label.isVisible() else ""
+        record("a verdict needs at least 10" in warning,
+               f"dialog '{d[0].windowTitle()}': {warning}")
         return True
 
     def s_rdialog_after():
         st.pop("rdialog").accept()
 
-    def s_running_start():
+    def s_rrunning_start():
         st["run_t"] = time.monotonic()
 
-    def s_running_done():
+    def s_rrunning_done():
         p = plugin()
         task = getattr(p.retrain, "task", None)
         if task is None:
             record(False, "no retrain task is running: " + message())
             return True
-        if time.monotonic() - st["run_t"] < 12:
-            return False
-        record(True, message())
+        text = message()
+        waited = time.monotonic() - st["run_t"]
+        if waited < 12 or not ("elapsed" in text and " left" in text):
+            if waited < 300:
+                return False
+            record(False, f"no time left after 300 s: {text}")
+            return True
+        record(True, text)
         return True
-
-    def s_result_start():
-        pass
 
     def s_result_done():
         p = plugin()
         if p.retrain.task is not None:
             return False
-        d = [w for w in dialogs() if w is not iface.mainWindow()]
+        d = [w for w in dialogs() if w.objectName() == "OrtholensRetrainResult"]
         last = p.retrain.last_task
         if not d and last is not None and getattr(last, "error", None):
             record(False, last.error)
@@ -302,24 +429,174 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         if not d:
             return False
         st["rresult"] = d[0]
-        record(True, f"result window '{d[0].windowTitle()}'")
+        label = d[0].label
+        whole = label.height() >= label.heightForWidth(label.width())
+        record(whole, f"result window '{d[0].windowTitle()}', table whole: {whole}: "
+                      f"{d[0].text().splitlines()[0]}")
         return True
 
-    def s_result_after():
-        st.pop("rresult").close()
+    def s_versions_start():
+        p = plugin()
+        p.dock.scroll.ensureWidgetVisible(p.dock.versions.why_label)
+        dlg = st.pop("rresult")
+        st["kept_t"] = time.monotonic()
+        if dlg.keep_button is not None:
+            dlg.keep_button.click()
+        else:
+            dlg.close()
 
-    def s_processing_start():
+    def s_versions_done():
+        p = plugin()
+        panel = p.dock.versions
+        if p.retrain.versions_task is not None or p.status_task is not None or \
+                p.retrain.listing_task is not None or panel.list.count() < 2:
+            if time.monotonic() - st["kept_t"] < 60:
+                return False
+            record(False, f"no version to list: {message()}")
+            return True
+        here = panel.here_label.text()
+        record(here.startswith("In use here: ") and "@1" in here and panel.why_label.text(),
+               f"{panel.list.count()} versions; {here}; {panel.why_label.text()}")
+        return True
+
+    def s_delete_start():
+        p = plugin()
+        panel = p.dock.versions
+        panel.pick(f"{p.dock.models.current_model_id().split('@')[0]}@1")
+        p.retrain.confirm = lambda text: st.__setitem__("asked", text) or True
+        panel.delete_button.click()
+
+    def s_delete_done():
+        p = plugin()
+        if p.retrain.versions_task is not None or p.retrain.listing_task is not None:
+            return False
+        text = message()
+        record("deleted" in text and "is in use" in st.get("asked", ""), text)
+        return True
+
+    # ------------------------------------------------------------- batch jobs
+    def s_brunning_start():
+        st["mosaic"] = add_raster(env["ORTHOLENS_WALK_MOSAIC"], "pv01_block")
+        proc_dialog("ortholens:detect", {"INPUT": st["mosaic"].id(), "REGION_PX": 64})
+        st["pdialog"].runAlgorithm()
+
+    def s_brunning_done():
+        label = st["pdialog"].findChild(QLabel, "lblProgress")
+        text = label.text() if label is not None else ""
+        if "elapsed" in text and " left" in text and "estimating" not in text:
+            record(True, text)
+            return True
+        if st.get("finished"):
+            record(False, f"finished before a time left was shown: {text}")
+            return True
+        return False
+
+    def s_bcancel_start():
+        st["pdialog"].cancelButton().click()
+
+    def s_bcancel_done():
+        if not st.get("finished"):
+            return False
+        log = log_of(st["pdialog"])
+        record("Cancelled as you asked" in log and "Execution failed" not in log,
+               " / ".join(line for line in log.splitlines() if "ancel" in line)[-300:])
+        return True
+
+    def s_jobs_start():
+        close_pdialog()
+        plugin().dock.detection.jobs_button.click()
+
+    def s_jobs_done():
+        dlg = plugin().jobs.dialog
+        if dlg is None or dlg.list_task is not None or not dlg.jobs:
+            return False
+        job = next((j for j in dlg.jobs if j["state"] == "cancelled"), None)
+        if job is None:
+            return False
+        dlg.select_job(job["job_id"])
+        st["job"] = job["job_id"]
+        record(dlg.resume_button.isEnabled() and "Cancel job: the job is not running"
+               in dlg.hint.text(), f"{len(dlg.jobs)} job(s); {dlg.hint.text()}")
+        return True
+
+    def s_resume_start():
+        dlg = plugin().jobs.dialog
+        dlg.select_job(st["job"])
+        dlg.resume_button.click()
+
+    def s_resume_done():
+        dlg = plugin().jobs.dialog
+        if dlg.resume_task is not None:
+            return False
+        added = batch_layers()
+        ok = bool(added) and styled(added[0]) and "was added to the map" in dlg.status.text()
+        record(ok, f"{dlg.status.text()}")
+        return True
+
+    def s_bdone_start():
+        dlg = plugin().jobs.dialog
+        if dlg is not None:
+            dlg.close()
+        tile = add_raster(str(tiles[0]), tiles[0].stem)
+        proc_dialog("ortholens:detect", {"INPUT": tile.id()})
+        st["pdialog"].runAlgorithm()
+
+    def s_bdone_done():
+        if not st.get("finished"):
+            return False
+        mine = [layer for layer in batch_layers() if f" · {tiles[0].stem} · " in layer.name()]
+        if not mine:
+            record(False, "no result layer: " + log_of(st["pdialog"])[-300:])
+            return True
+        layer, results = mine[0], env.get("ORTHOLENS_RESULTS", "")
+        ok = layer.name().startswith("#") and styled(layer) and \
+            layer.source().startswith(results)
+        record(ok and "Execution completed" in log_of(st["pdialog"]),
+               f"'{layer.name()}' from {Path(layer.source().split('|')[0]).name}")
+        return True
+
+    def s_eval_start():
+        close_pdialog()
+        st["eval_files"], st["eval_i"] = [], 0
+
+    def s_eval_done():
         import processing
-        dlg = processing.createAlgorithmDialog("ortholens:detect", {})
-        dlg.show()
-        st["pdialog"] = dlg
-
-    def s_processing_done():
-        record(True, f"'{st['pdialog'].windowTitle()}'")
+        if st["eval_i"] < len(tiles):  # one batch job a tick, as build.py eval: per tile
+            tif = tiles[st["eval_i"]]
+            out = Path(env["ORTHOLENS_RESULTS"]) / f"eval_{tif.stem}.gpkg"
+            processing.run("ortholens:detect", {"INPUT": str(tif), "OUTPUT": str(out)})
+            st["eval_files"].append(str(out))
+            st["eval_i"] += 1
+            return False
+        if "pdialog" not in st:
+            dlg = proc_dialog("ortholens:evaluate", {
+                "DETECTIONS": st["eval_files"],
+                "MASKS": [str(heldout / f"{t.stem}_mask.tif") for t in tiles],
+                "OUTPUT_JSON": str(Path(env["ORTHOLENS_RESULTS"]) / "eval.json")})
+            dlg.runAlgorithm()
+            return False
+        if not st.get("finished"):
+            return False
+        line = next((x for x in log_of(st["pdialog"]).splitlines() if "pixel IoU" in x), "")
+        record("pixel IoU 0.906" in line and "F1 0.881" in line, line)
         return True
 
-    def s_processing_after():
-        st.pop("pdialog").close()
+    def s_large_start():
+        close_pdialog()
+        add_raster(env["ORTHOLENS_WALK_SPARSE"], "pv01_heldout_12")
+        plugin().dock.detection.detect_button.click()
+
+    def s_large_done():
+        p = plugin()
+        if p.task is not None or p.pending_detect:
+            return False
+        item = iface.messageBar().currentItem()
+        button = item.findChild(QPushButton, "ortholensRunAsBatch") if item else None
+        if button is None:
+            return False  # pushed on the next turn of the event loop, on top
+        text = message()
+        record("Processing › Ortholens › Detect objects" in text, text)
+        return True
 
     def bad_input(setup: Callable[[], None], expected: str):
         def start():
@@ -333,6 +610,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         return start, done
 
     def no_layer():
+        iface.messageBar().clearWidgets()
         iface.layerTreeView().setCurrentLayer(None)
 
     def vector_layer():
@@ -340,20 +618,30 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     def off_raster():
         iface.setActiveLayer(st["raster"])
+        iface.mapCanvas().setDestinationCrs(st["raster"].crs())
         e = st["raster"].extent()
         iface.mapCanvas().setExtent(QgsRectangle(e.xMaximum() + 5000, e.yMinimum(),
                                                  e.xMaximum() + 5400, e.yMinimum() + 300))
 
     runner.run([Step("open", s_open_start, s_open_done),
-                Step("detect", s_detect_start, s_detect_done),
+                Step("detect-running", s_running_start, s_running_done, settle=False),
+                Step("detect", lambda: None, s_detect_done),
+                Step("repeat", s_repeat_start, s_repeat_done),
                 Step("edit", s_edit_start, s_edit_done, s_edit_after),
                 # the dialog is modal: opened after the tick that starts the step
                 Step("retrain-dialog", s_rdialog_start, s_rdialog_done, s_rdialog_after,
                      modal=True),
-                Step("retrain-running", s_running_start, s_running_done),
-                Step("retrain-result", s_result_start, s_result_done, s_result_after),
-                Step("processing", s_processing_start, s_processing_done,
-                     s_processing_after),
+                Step("retrain-running", s_rrunning_start, s_rrunning_done, settle=False),
+                Step("retrain-result", lambda: None, s_result_done),
+                Step("versions", s_versions_start, s_versions_done),
+                Step("delete", s_delete_start, s_delete_done),
+                Step("batch-running", s_brunning_start, s_brunning_done, settle=False),
+                Step("batch-cancel", s_bcancel_start, s_bcancel_done),
+                Step("jobs-table", s_jobs_start, s_jobs_done),
+                Step("jobs-resume", s_resume_start, s_resume_done),
+                Step("batch-done", s_bdone_start, s_bdone_done),
+                Step("evaluate", s_eval_start, s_eval_done),
+                Step("large-extent", s_large_start, s_large_done),
                 Step("no-layer", *bad_input(no_layer, "No active layer")),
                 Step("vector-layer", *bad_input(vector_layer, "is a vector layer")),
                 Step("off-raster", *bad_input(off_raster, "does not overlap"))])

@@ -76,7 +76,8 @@ class Access:
                 self.token.encode("utf-8", "surrogatepass")):
             raise P.ProtocolError("missing or wrong token", P.E_FORBIDDEN, field="token")
 
-    def check_path(self, path: str, field: str = "source", what: str = "raster") -> str:
+    def check_path(self, path: str, field: str = "source",
+                   what: str = "the raster path") -> str:
         """``path`` resolved (symlinks, ``..``) when paths are restricted, else as given.
 
         The resolved path is what the job must use, so that a symlink swapped after the
@@ -84,8 +85,8 @@ class Access:
 
         Args:
             path: the path a request names.
-            field: the request field it came from (the error's ``field``).
-            what: what the file is, for the message (``"raster"``, ``"model"``).
+            field: the request field it came from, named by the error.
+            what: what it is, as the error's message says it.
 
         Raises:
             ProtocolError: ``forbidden`` for a path outside the allowed roots (its
@@ -104,7 +105,7 @@ class Access:
             prefix = root if root.endswith(os.sep) else root + os.sep
             if real == root or real.startswith(prefix):
                 return real
-        raise P.ProtocolError(f"the {what} path is outside the folders this daemon may "
+        raise P.ProtocolError(f"{what} is outside the folders this daemon may "
                               f"read (ORTHOLENS_ROOTS)", P.E_FORBIDDEN, field=field)
 
     def check_source(self, source: Dict[str, Any]) -> Dict[str, Any]:
@@ -117,6 +118,28 @@ class Access:
             return source
         path = self.check_path(source["path"])
         return source if path == source["path"] else dict(source, path=path)
+
+    def check_inventory(self, header: Dict[str, Any]) -> Dict[str, Any]:
+        """The paths of an ``inventory`` header checked and resolved: the layers it
+        reads and the folder it writes (``out_dir``).
+
+        Returns:
+            The fields to replace in the job's request (``detections``, ``buildings``,
+            ``zones``, ``earlier``, ``out_dir``, those it carries).
+
+        Raises:
+            ProtocolError: ``forbidden`` for a path outside the allowed roots (its
+                ``field`` names the request field).
+        """
+        out: Dict[str, Any] = {}
+        for name in ("detections", "buildings", "zones", "earlier"):
+            layer = header.get(name)
+            if layer is not None:
+                out[name] = dict(layer, path=self.check_path(
+                    layer["path"], name, f"the {name} layer's path"))
+        out["out_dir"] = self.check_path(header["out_dir"], "out_dir",
+                                         "the output folder")
+        return out
 
 
 __all__ = ["is_loopback", "roots_from_env", "Access"]

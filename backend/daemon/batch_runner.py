@@ -141,6 +141,7 @@ class _Tally:
     tiles_cached: int = 0
     grown: int = 0
     truncated: int = 0
+    empty: int = 0
     warnings: List[str] = field(default_factory=list)
     unreadable: Dict[str, List[int]] = field(default_factory=dict)  # file -> regions
 
@@ -240,6 +241,7 @@ def _write_results(results, writer: GpkgWriter, store: JobStore, job_id: str,
             tally.tiles_cached += res.tiles_cached
             tally.grown += int(res.halo_px > int(plan["halo_px"]))
             tally.truncated += res.truncated
+            tally.empty += int(res.empty)
             tally.warnings.extend(w for w in res.warnings if w not in tally.warnings)
             progress(len(done) / max(n, 1),
                      f"{len(done)}/{n} regions, {tally.written} polygons")
@@ -256,7 +258,8 @@ def _stats(plan: Dict[str, Any], card, writer: GpkgWriter, count: int, n: int,
     """The ``stats`` of a finished batch job's reply."""
     g = grid_from_plan(plan)
     return {"out_path": writer.path, "layer": writer.layer, "count": count,
-            "regions": n, "regions_resumed": resumed, "region_px": plan["region_px"],
+            "regions": n, "regions_resumed": resumed, "regions_empty": tally.empty,
+            "region_px": plan["region_px"],
             "halo_px": plan["halo_px"], "regions_halo_grown": tally.grown,
             "objects_cut": tally.truncated, "tiles_run": tally.tiles_run,
             "tiles_cached": tally.tiles_cached,
@@ -284,6 +287,10 @@ def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> D
     params = BatchParams.from_header(job["request"])
     n = job["n_regions"]
     state = job["state"]
+    plan = job.get("plan") or {}
+    t = plan.get("transform") or [0.0] * 6
+    area = (round(plan["width"] * plan["height"] * abs(t[0] * t[4]) / 1e6, 6)
+            if plan.get("width") else None)
     running = live is not None
     if state in (RUNNING, QUEUED) and not running:
         state = INTERRUPTED
@@ -293,6 +300,7 @@ def job_summary(job: Dict[str, Any], live: Optional[Dict[str, Any]] = None) -> D
             "fraction": round(job["regions_done"] / n, 4) if n else 0.0,
             "polygons": job["n_features"], "out_path": params.out_path,
             "layer": params.layer or DEFAULT_LAYER, "model": params.detect.model,
+            "threshold": params.detect.threshold, "area_km2": area,
             "source": params.detect.source.path,
             "executor": params.executor or "local",
             "created": job["created"], "updated": job["updated"],

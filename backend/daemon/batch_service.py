@@ -107,6 +107,11 @@ class BatchService:
             except Exception:
                 log.exception("cannot record job %s as interrupted", job.job_id)
 
+    def active_count(self) -> int:
+        """How many batch jobs are queued or running here."""
+        with self._cond:
+            return len(self._live)
+
     def has(self, job_id: str) -> bool:
         """True while the job is queued or running here."""
         with self._cond:

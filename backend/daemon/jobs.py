@@ -1,10 +1,11 @@
 """What the daemon queues and runs: :class:`Job` (any job: ``detect``, ``retrain`` or
-``batch``), the job function contract :data:`JobFn`, the job states, and
-:class:`FairQueue`, the round-robin queue of the interactive workers.
+``batch``), the job function contract :data:`JobFn`, the job states,
+:class:`FairQueue`, the round-robin queue of the interactive workers, and
+:class:`JobTable`, the interactive jobs of one daemon under one lock.
 
-The server (``backend.daemon.server``) and the batch service
-(``backend.daemon.batch_service``) both build :class:`Job` objects; the server runs
-them and forwards their events.
+The request handlers (``backend.daemon.handlers``) and the batch service
+(``backend.daemon.batch_service``) both build :class:`Job` objects; the job threads
+(``backend.daemon.job_runner``) run them and the server forwards their events.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 #: names.
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
 FINISHED = (DONE, ERROR, CANCELLED)
+#: Most finished jobs a :class:`JobTable` keeps visible to ``status``.
+MAX_FINISHED_JOBS = 10_000
 
 #: ``fn(request, arrays, progress, cancelled) -> {"crs", "features", "stats"}``: what a
 #: job runs. ``request`` is the validated request header (without ``token``), ``arrays``
@@ -154,5 +157,94 @@ def take_next(cond: threading.Condition, queue: Any, stopping: threading.Event
         return job
 
 
+class JobTable:
+    """The interactive jobs (``detect`` and ``retrain``) of one daemon: the
+    :class:`FairQueue` of those waiting and every job ``status`` still shows, guarded by
+    :attr:`lock` (:attr:`cond` wakes the workers).
+
+    Finished jobs stay visible for ``history_s`` seconds, and at most
+    :data:`MAX_FINISHED_JOBS` of them; :meth:`prune_locked` drops the others.
+
+    Args:
+        history_s: how long a finished job stays visible, seconds.
+    """
+
+    def __init__(self, history_s: float):
+        self.history_s = float(history_s)
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.queue = FairQueue()
+        self.jobs: "collections.OrderedDict[str, Job]" = collections.OrderedDict()
+
+    def prune_locked(self) -> None:
+        """Drop the finished jobs older than ``history_s`` and the oldest beyond
+        :data:`MAX_FINISHED_JOBS`; the caller holds :attr:`lock`."""
+        cutoff = time.time() - self.history_s
+        finished = [j for j in self.jobs.values() if j.finished is not None]
+        excess = len(finished) - MAX_FINISHED_JOBS
+        for j in finished:
+            if j.finished < cutoff or excess > 0:
+                del self.jobs[j.job_id]
+                excess -= 1
+
+    def add(self, job: Job) -> None:
+        """Record ``job`` and queue it at the end of its client's line; wakes a worker."""
+        with self.cond:
+            self.prune_locked()
+            self.jobs[job.job_id] = job
+            self.queue.append(job)
+            self.cond.notify()
+
+    def next_job(self, stopping: threading.Event) -> Optional[Job]:
+        """The next queued job in round-robin order, marked running (see
+        :func:`take_next`); None once ``stopping`` is set."""
+        return take_next(self.cond, self.queue, stopping)
+
+    def active_count(self) -> int:
+        """How many jobs are queued or running."""
+        with self.lock:
+            return sum(1 for j in self.jobs.values() if j.state in (QUEUED, RUNNING))
+
+    def is_active(self, job_id: str) -> bool:
+        """True while the job ``job_id`` is queued or running."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            return job is not None and job.finished is None
+
+    def cancel_queued_locked(self, job: Job, message: str = "") -> None:
+        """Take a queued ``job`` out of the queue, ended as cancelled (with ``message``
+        when given); the caller holds :attr:`lock`."""
+        self.queue.remove(job)
+        job.state, job.finished, job.arrays = CANCELLED, time.time(), None
+        if message:
+            job.message = message
+
+    def client_gone(self, identity: bytes, reason: str) -> List[Job]:
+        """Ask every queued or running job of the client ``identity`` to stop, the
+        queued ones ended at once with ``reason``; returns those jobs."""
+        with self.cond:
+            active = [j for j in self.jobs.values()
+                      if j.identity == identity and j.state in (QUEUED, RUNNING)]
+            for job in active:
+                job.cancel_reason = reason
+                job.cancel.set()
+                if job.state == QUEUED:
+                    self.cancel_queued_locked(job, reason)
+        return active
+
+    def drop_queued(self, message: str) -> List[Job]:
+        """End every waiting job with state ``error`` and ``message`` (the daemon stops)
+        and wake every worker; returns the jobs dropped."""
+        with self.cond:
+            dropped = list(self.queue)
+            self.queue.clear()
+            now = time.time()
+            for job in dropped:
+                job.state, job.finished, job.arrays = ERROR, now, None
+                job.message = message
+            self.cond.notify_all()
+        return dropped
+
+
 __all__ = ["QUEUED", "RUNNING", "DONE", "ERROR", "CANCELLED", "FINISHED", "JobFn", "Job",
-           "FairQueue", "take_next"]
+           "FairQueue", "take_next", "JobTable", "MAX_FINISHED_JOBS"]

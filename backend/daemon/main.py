@@ -4,7 +4,10 @@ Options: ``--host H`` (default 127.0.0.1), ``--port P`` (default 5591), ``--toke
 (default: env ``ORTHOLENS_TOKEN``; required when H is not loopback), ``--workers N``,
 ``--max-queue N``, ``--restrict-paths`` (read rasters only below ``ORTHOLENS_ROOTS``
 even on loopback), ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
-``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon).
+``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon),
+``--idle-exit-s S`` (stop after S seconds without work; default: env
+``ORTHOLENS_IDLE_EXIT_S``, else never: the plugin and ``qgis_process`` pass their
+setting, 30 minutes by default, when they start the engine).
 
 Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
 tcp://H:P``, and nothing else; logs go to stderr. SIGINT / SIGTERM stop it gracefully.
@@ -51,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                          "else ~/.local/share/ortholens/jobs)")
     ap.add_argument("--resume-jobs", action="store_true",
                     help="resume the batch jobs a killed daemon left unfinished")
+    ap.add_argument("--idle-exit-s", type=float,
+                    default=float(os.environ.get("ORTHOLENS_IDLE_EXIT_S") or 0),
+                    help="stop after this many seconds with no request, no job and no "
+                         "upload (0: never)")
     ap.add_argument("--log-level", default="INFO",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return ap
@@ -110,7 +117,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         server = Server(args.host, args.port, token=args.token, workers=args.workers,
                         max_queue=args.max_queue, jobs_dir=args.jobs_dir,
                         resume_jobs=args.resume_jobs,
-                        restrict_paths=True if args.restrict_paths else None)
+                        restrict_paths=True if args.restrict_paths else None,
+                        idle_exit_s=max(0.0, args.idle_exit_s))
     except ValueError as exc:
         return fail(str(exc))
     try:

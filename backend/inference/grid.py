@@ -267,7 +267,8 @@ def _grid_size(bounds: Sequence[float], gsd: float, gsd_m: float, max_pixels: in
         raise InputError(
             f"the extent is too large for one in-extent detection: {width} x {height} px "
             f"at {gsd_m} m ({width * height / 1e6:.0f} Mpx > {max_pixels / 1e6:.0f} Mpx); "
-            f"zoom in or use the batch algorithm", P.E_INVALID_INPUT)
+            f"zoom in, or run it as a batch job (Processing › Ortholens › Detect "
+            f"objects)", P.E_INVALID_INPUT)
     return width, height
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from backend.learning.reviewed import ReviewedData
 from backend.models.card import ModelCard
+from protocol.holdout import MIN_HOLDOUT_OBJECTS
 from protocol.metrics import Counts, compare
 
 #: The acceptance rule, stated in every retrained card (``acceptance_rule``).
@@ -42,11 +43,9 @@ ACCEPTANCE_RULE = (
     "trained on.")
 
 
-#: Fewest objects (places where the corrections or either model has an object of at
-#: least 20 px) the held-out corrections must hold for the rule to give a verdict. With
-#: fewer, one object moves object F1 by 0.1 or more and the bootstrap interval says
-#: nothing; the verdict is then "undecided" and the user decides.
-MIN_HOLDOUT_OBJECTS = 10
+# MIN_HOLDOUT_OBJECTS (protocol.holdout): the fewest objects (places where the
+# corrections or either model has an object of at least 20 px) the held-out corrections
+# must hold for the rule to give a verdict; the plugin's retrain dialog warns with it.
 #: Two-sided confidence of the interval of the held-out change.
 CONFIDENCE = 0.9
 #: Bootstrap resamples of the held-out objects (seeded: the interval repeats).

@@ -52,7 +52,7 @@ from backend.learning.data import GuardSet
 from backend.learning.evaluation import (Gate, candidate_predictor, choose_guard, gate,
                                          guard_pixels)
 from backend.learning.finetune import RetrainConfig, finetune
-from backend.learning.reviewed import file_sources
+from backend.learning.reviewed import file_sources, whole_extents
 from backend.learning.time_plan import Progress, TimedPredictor, TimePlan, remember_export_s
 from backend.models.area import area_of_extents
 from backend.models.card import ModelCard
@@ -257,9 +257,9 @@ def _register(job: _Job, prep: _Prepared, model, info: Dict[str, Any],
     the job was cancelled); returns the report."""
     cfg, verdict = job.cfg, judged.verdict
     rule = rule_text(cfg.scope, cfg.max_iou_drop, cfg.site_margin_m)
-    parts = prep.corr.train + prep.corr.holdout
-    area = (area_of_extents([(a.bounds, a.grid.crs_wkt) for a in parts],
-                            cfg.site_margin_m).to_dict() if cfg.scope == "area" else None)
+    parts = whole_extents(prep.corr.train + prep.corr.holdout)
+    area = (area_of_extents(parts, cfg.site_margin_m).to_dict()
+            if cfg.scope == "area" else None)
     report: Dict[str, Any] = {
         "accepted": verdict.accepted, "verdict": verdict.verdict, "reason": verdict.reason,
         "model": None, "parent": job.card.id, "scope": area, "change": judged.change,

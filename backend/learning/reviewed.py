@@ -20,6 +20,7 @@ import numpy as np
 
 from backend.learning.data import single_link_groups
 from protocol.errors import CorrectionsError
+from protocol.holdout import HOLDOUT_FRACTION, HOLDOUT_GAP_M, holdout_strip
 from protocol.params import FileSource, RetrainParams
 
 Bounds = Tuple[float, float, float, float]
@@ -107,6 +108,23 @@ class ReviewedData:
         return grid_bounds(self.grid)
 
 
+def whole_extents(parts: List[ReviewedData]) -> List[Tuple[Bounds, str]]:
+    """The reviewed areas as the user gave them, from the parts they were read in:
+    ``[((xmin, ymin, xmax, ymax), CRS WKT), ...]``, one per reviewed area, the parts of a
+    split area (its held-out strip, the rest) merged into the box that holds them, in
+    the first part's CRS (a split area's parts share one)."""
+    merged: Dict[int, Tuple[List[float], str]] = {}
+    for part in parts:
+        b = list(part.bounds)
+        have = merged.get(part.reviewed.index)
+        if have is None:
+            merged[part.reviewed.index] = (b, part.grid.crs_wkt)
+            continue
+        box = have[0]
+        box[:] = [min(box[0], b[0]), min(box[1], b[1]), max(box[2], b[2]), max(box[3], b[3])]
+    return [(tuple(b), crs) for _, (b, crs) in sorted(merged.items())]
+
+
 def parse_areas(params: RetrainParams) -> List[ReviewedPart]:
     """The request's reviewed areas (``reviewed``; default one area: ``extent`` of the
     request over ``source``). An area without a source or extent CRS of its own takes
@@ -135,7 +153,8 @@ def file_sources(params: RetrainParams) -> List[str]:
 
 
 def split_areas(areas: List[ReviewedPart], bounds: List[Tuple[str, Bounds]],
-                fraction: float = 0.25, gap_m: float = 5.0, group_m: float = 30.0
+                fraction: float = HOLDOUT_FRACTION, gap_m: float = HOLDOUT_GAP_M,
+                group_m: float = 30.0
                 ) -> List[ReviewedPart]:
     """Decide which reviewed areas are held out (never trained on).
 
@@ -151,7 +170,8 @@ def split_areas(areas: List[ReviewedPart], bounds: List[Tuple[str, Bounds]],
     Returns:
         The areas with ``holdout`` set; a single area (or a single spatial group) is
         replaced by two parts: the held-out strip (``fraction`` of its longer side,
-        at its bottom or right end) and the rest, separated by ``gap_m``.
+        at its bottom or right end) and the rest, separated by ``gap_m``
+        (``protocol.holdout.holdout_strip``).
     """
     if any(a.holdout for a in areas):  # the user chose: the rest is for training
         return [replace(a, holdout=bool(a.holdout)) for a in areas]
@@ -187,12 +207,7 @@ def split_areas(areas: List[ReviewedPart], bounds: List[Tuple[str, Bounds]],
             raise CorrectionsError(
                 f"reviewed area {a.index} ({w:.0f} x {h:.0f} m) is too small to keep a part "
                 f"of it for checking the retrained model; review a larger area or several")
-        if h >= w:  # held-out strip at the bottom
-            cut = y0 + fraction * h
-            hold, train = [x0, y0, x1, cut], [x0, cut + gap_m, x1, y1]
-        else:  # at the right
-            cut = x1 - fraction * w
-            hold, train = [cut, y0, x1, y1], [x0, y0, cut - gap_m, y1]
+        hold, train = holdout_strip((x0, y0, x1, y1), fraction, gap_m)
         crs = bounds[i][0]
         out.append(ReviewedPart(a.index, a.source, train, crs, False, a.array, "train"))
         out.append(ReviewedPart(a.index, a.source, hold, crs, True, a.array, "holdout"))

@@ -79,18 +79,20 @@ def normalize_stats(images: np.ndarray) -> Dict[str, Any]:
 
 def predict_probs(model, images_norm, batch: int = 8) -> np.ndarray:
     """Softmax probabilities (N, C, H, W) float32 for normalised images (N, B, H, W) of
-    any size: they are padded by reflection to multiples of 32 (the encoders' stride)
+    any size: they are padded to multiples of 32 (the encoders' stride), by reflection
+    where the image is larger than the padding and by repeating the edge otherwise,
     and the probabilities cropped back."""
     import torch
     import torch.nn.functional as F
     h, w = images_norm.shape[-2:]
     pad = (0, -w % 32, 0, -h % 32)
+    mode = "reflect" if pad[1] < w and pad[3] < h else "replicate"
     out = []
     with torch.inference_mode():
         for i in range(0, images_norm.shape[0], batch):
             x = images_norm[i:i + batch]
             if any(pad):
-                x = F.pad(x, pad, mode="reflect")
+                x = F.pad(x, pad, mode=mode)
             out.append(torch.softmax(model(x), 1)[..., :h, :w].numpy())
     return np.concatenate(out)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 from backend.models.card import ModelCard
 from backend.models.torch_models import save_weights
 from backend.models.versions import (lineage_dir, load_version_card, now_iso, split_id,
-                                     version_id, version_numbers)
+                                     used_numbers, version_id)
 
 _STALE_TMP_S = 24 * 3600
 #: Days a rejected candidate (:mod:`backend.models.pending`) stays available to be kept
@@ -112,7 +112,7 @@ def write_version(parent_card: ModelCard, state_dict: Optional[Dict[str, Any]],
     try:
         _put_weights(tmp, state_dict, prepared)
         for attempt in range(1000):
-            n = (max(version_numbers(base, root), default=0) + 1) + attempt
+            n = (max(used_numbers(base, root), default=0) + 1) + attempt
             _fill_version(tmp, parent_card, base, n, card_updates, lineage, export)
             if before_rename is not None:
                 before_rename(tmp)

@@ -109,6 +109,20 @@ def version_numbers(base: str, root: Optional[Path] = None) -> List[int]:
                   if p.is_dir() and _NUM.match(p.name) and (p / "card.json").is_file())
 
 
+#: Prefix of the folder a deleted version leaves (``.deleted-<n>``: its card and
+#: lineage, no weights), so that its number is never given to another version.
+DELETED_PREFIX = ".deleted-"
+
+
+def used_numbers(base: str, root: Optional[Path] = None) -> List[int]:
+    """The numbers of ``base``'s versions, deleted ones included (the next version
+    gets one more than the highest), ascending."""
+    d = lineage_dir(base, root)
+    gone = [int(p.name[len(DELETED_PREFIX):]) for p in d.glob(DELETED_PREFIX + "*")
+            if _NUM.match(p.name[len(DELETED_PREFIX):])] if d.is_dir() else []
+    return sorted(set(version_numbers(base, root)) | set(gone))
+
+
 # ----------------------------------------------------------------------------- cards
 
 def load_version_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
@@ -298,12 +312,41 @@ def rollback(model_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
         return activate(base, root)
 
 
+def describe_here(model_id: str, extent: Optional[Tuple[float, float, float, float]],
+                  extent_crs: Optional[str], root: Optional[Path] = None
+                  ) -> Dict[str, Any]:
+    """:func:`describe` of ``model_id``'s lineage, plus ``here`` when an extent is
+    given: ``{"model", "why"}``, the version a detection of ``model_id`` there runs
+    (a version taught on one area runs as chosen; any other model lets the version in
+    use in that area run, :func:`version_for_extent`).
+
+    Raises:
+        VersionError: as :func:`describe`.
+    """
+    out = describe(model_id, root)
+    if extent is None:
+        return out
+    if _area_of(model_id, root) is not None:
+        out["here"] = {"model": model_id, "why": f"{model_id} was chosen: a version taught "
+                                                 f"on one area runs wherever it is chosen"}
+        return out
+    try:
+        card, why = version_for_extent(model_id, extent, extent_crs or "EPSG:4326", root)
+    except Exception as exc:  # an extent that cannot be placed: the model itself runs
+        card, why = None, f"{model_id} was used ({exc})"
+    if card is None:  # said of the map view now, not of a detection that ran
+        why = why.replace(f": {model_id} was used", "")
+    out["here"] = {"model": card.id if card is not None else model_id, "why": why}
+    return out
+
+
 def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
     """``{"model": base, "active": id, "versions": [...]}``, the shipped model first.
 
     Each version: ``{id, number, version, parent, created, active, corrections,
     metrics, decision, verdict, scope, in_use}`` (JSON-safe; ``scope`` None and
-    ``in_use`` None for a general version, see :mod:`backend.models.area`).
+    ``in_use`` None for a general version, see :mod:`backend.models.area`); the
+    shipped model also has ``heldout``, its card's pv01 held-out metrics (or None).
     """
     base, _ = split_id(base_or_id)
     check_base(base)
@@ -314,7 +357,8 @@ def describe(base_or_id: str, root: Optional[Path] = None) -> Dict[str, Any]:
         out.append({"id": base, "number": 0, "version": shipped.version, "parent": None,
                     "created": None, "active": active == base, "corrections": 0,
                     "metrics": shipped.metrics or {}, "decision": "shipped",
-                    "verdict": None, "scope": None, "in_use": None})
+                    "verdict": None, "scope": None, "in_use": None,
+                    "heldout": shipped.heldout_metrics or None})
     except Exception:
         shipped = None
     for n in version_numbers(base, root):

@@ -25,7 +25,7 @@ import json
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.core import QgsTask
@@ -35,13 +35,16 @@ from protocol.params import DetectParams
 
 from ..cards import pick_card
 from ..connection import START_BY_HAND, daemon_notes, describe_error, source_unreadable
+from ..layers.editing import DRAWN_NOTE
 from ..layers.gpkg import write_result_gpkg
 from ..layers.load import load_result_layer
 from ..layers.naming import next_result_run, result_layer_name, safe_name
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
+from ..timeleft import TimeLeft
 from .plan import DetectPlan
 from .render import render_grid, render_window, upload_spec
+from .repeat import RUN_KEY
 
 
 class DetectTask(QgsTask):
@@ -59,6 +62,7 @@ class DetectTask(QgsTask):
         on_done: called on the UI thread with this task after ``finished``.
         add_to_project: add the result layer to the project in ``finished``.
         timeout_s: per-request timeout of the daemon client (ping, models, accept), s.
+        run_key: the request's :func:`~.repeat.run_key`, stored on the result layer.
 
     After ``finished``: ``layer`` (the result layer or None), ``error`` (a message or
     None), ``cancelled`` (bool), ``result`` (the daemon's dict), ``card`` (model card),
@@ -77,7 +81,7 @@ class DetectTask(QgsTask):
                  model_id: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
                  job_timeout_s: float = 600.0,
                  on_done: Optional[Callable[["DetectTask"], None]] = None,
-                 add_to_project: bool = True, timeout_s: float = 5.0):
+                 add_to_project: bool = True, timeout_s: float = 5.0, run_key: str = ""):
         super().__init__(f"Ortholens: detect in {plan.layer_name}", QgsTask.CanCancel)
         self.plan = plan
         self.settings = settings
@@ -88,6 +92,7 @@ class DetectTask(QgsTask):
         self.on_done = on_done
         self.add_to_project = add_to_project
         self.timeout_s = timeout_s
+        self.run_key = run_key
         self.layer = None
         self.error: Optional[str] = None
         self.cancelled = False
@@ -105,6 +110,8 @@ class DetectTask(QgsTask):
         #: side of the windows the pixels are streamed in, pixels; None: the engine's
         #: default (``protocol.framing.DEFAULT_WINDOW_PX``).
         self.window_px: Optional[int] = None
+        #: elapsed time and time left, added to the progress messages
+        self.time_left = TimeLeft()
 
     # worker thread -------------------------------------------------------------
     def run(self) -> bool:  # noqa: D401 - QgsTask API
@@ -195,7 +202,7 @@ class DetectTask(QgsTask):
         spec = dataclasses.replace(upload_spec(plan, grid), window_px=self.window_px)
         source = client.upload(
             spec, lambda window: render_window(plan, grid, window, self.isCanceled),
-            on_progress=progress_callback(self, 5, 20, self._show_message),
+            on_progress=progress_callback(self, 5, 20, self._show_message, self.time_left),
             is_cancelled=self.isCanceled)
         self.transfer = "pixels"
         params = DetectParams(source, model_id, **self.options)
@@ -214,7 +221,8 @@ class DetectTask(QgsTask):
         try:
             return client.detect(
                 params, is_cancelled=self.isCanceled,
-                on_progress=progress_callback(self, start, 95 - start, self._show_message),
+                on_progress=progress_callback(self, start, 95 - start, self._show_message,
+                                              self.time_left),
                 job_timeout_s=self.job_timeout_s)
         except DaemonUnavailable as exc:
             # the daemon died (or hangs) mid-job: say so, and what happens next
@@ -238,12 +246,16 @@ class DetectTask(QgsTask):
             try:
                 classes = list((self.card or {}).get("classes") or [])
                 run = next_result_run()
+                thr, _ = ran_with(self.card or {}, (self.result or {}).get("stats") or {})
                 name = result_layer_name(str(self.card.get("id", "ortholens")),
-                                         self.card.get("version"), self.plan.layer_name, run)
+                                         self.card.get("version"), self.plan.layer_name, run,
+                                         threshold=thr)
                 self.layer = load_result_layer(self.out_path, self.table, classes,
                                                display_name=name, run=run,
                                                add_to_project=self.add_to_project)
                 record_run(self.layer, self.card or {}, (self.result or {}).get("stats") or {})
+                if self.run_key:
+                    self.layer.setCustomProperty(RUN_KEY, self.run_key)
             except Exception as exc:  # noqa: BLE001 - reported to the user
                 self.error = describe_error(exc)
         elif not self.cancelled and not self.error:
@@ -271,16 +283,22 @@ def is_area_version(card: Optional[Dict[str, Any]]) -> bool:
     return bool(((card or {}).get("lineage") or {}).get("scope"))
 
 
+def ran_with(card: Dict[str, Any], stats: Dict[str, Any]) -> Tuple[Any, Any]:
+    """``(threshold, min_area_m2)`` a detection ran with: the daemon's ``stats``, else
+    the card's (either may be None when neither says)."""
+    return (stats.get("threshold", card.get("threshold")),
+            stats.get("min_area_m2", card.get("min_area_m2")))
+
+
 def run_description(card: Dict[str, Any], stats: Dict[str, Any]) -> str:
     """``"pv-unet-efl0 v2.0.0, threshold 0.5, minimum area 2 m²"``: the model and the
-    values a detection ran with (the daemon's ``stats``, else the card's).
+    values a detection ran with (:func:`ran_with`).
 
     Args:
         card: the model card that ran.
         stats: the result's ``stats`` (``threshold`` 0..1, ``min_area_m2`` m²).
     """
-    thr = stats.get("threshold", card.get("threshold"))
-    area = stats.get("min_area_m2", card.get("min_area_m2"))
+    thr, area = ran_with(card, stats)
     parts = [f"{card.get('id', '?')} v{card.get('version', '?')}"]
     if is_area_version(card) and stats.get("model") == card.get("id"):
         parts[0] += " (taught on this area)"
@@ -302,8 +320,7 @@ def record_run(layer, card: Dict[str, Any], stats: Dict[str, Any]) -> None:
         card: the model card that ran.
         stats: the result's ``stats``.
     """
-    thr = stats.get("threshold", card.get("threshold"))
-    area = stats.get("min_area_m2", card.get("min_area_m2"))
+    thr, area = ran_with(card, stats)
     layer.setCustomProperty("ortholens/model", str(card.get("id", "")))
     layer.setCustomProperty("ortholens/model_version", str(card.get("version", "")))
     if isinstance(thr, (int, float)):
@@ -318,8 +335,9 @@ def record_run(layer, card: Dict[str, Any], stats: Dict[str, Any]) -> None:
                f"({stretch.get('mode')}: {ranges}).")
         layer.setCustomProperty("ortholens/stretch", json.dumps(stretch))
     md = layer.metadata()
-    md.setAbstract(f"Detected by Ortholens with {run_description(card, stats)}.{how}")
+    md.setAbstract(f"Detected by Ortholens with {run_description(card, stats)}.{how} "
+                   f"{DRAWN_NOTE}")
     layer.setMetadata(md)
 
 
-__all__ = ["DetectTask", "run_description", "record_run", "is_area_version"]
+__all__ = ["DetectTask", "ran_with", "run_description", "record_run", "is_area_version"]

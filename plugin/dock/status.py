@@ -18,6 +18,10 @@ NOT_SET_UP = ("No detection engine is set up: press 'Set up the engine…' to in
               "engine.")
 
 
+#: The tooltip of Detect and Retrain while they are disabled for want of an engine.
+NO_ENGINE = "No detection engine is set up yet: press 'Set up the engine…' first."
+
+
 def device_text(pong: Dict[str, Any]) -> str:
     """What the engine runs on, from a ``pong`` reply: ``"GPU NVIDIA H200, 139.8 GiB"``
     or ``"CPU, 16 cores"`` from its ``device_info``, else its ``device`` string
@@ -25,12 +29,17 @@ def device_text(pong: Dict[str, Any]) -> str:
     info = pong.get("device_info")
     if isinstance(info, dict) and info.get("kind") == "cuda" and info.get("name"):
         mem = info.get("memory_gib")
-        return f"GPU {info['name']}" + (f", {mem:g} GiB" if isinstance(mem, (int, float))
+        text = f"GPU {info['name']}" + (f", {mem:g} GiB" if isinstance(mem, (int, float))
                                         else "")
-    if isinstance(info, dict) and info.get("kind") == "cpu":
+    elif isinstance(info, dict) and info.get("kind") == "cpu":
         cores = info.get("cores")
-        return "CPU" + (f", {cores} cores" if isinstance(cores, int) else "")
-    return str(pong.get("device") or "")
+        text = "CPU" + (f", {cores} cores" if isinstance(cores, int) else "")
+    else:
+        return str(pong.get("device") or "")
+    provider = info.get("provider")
+    if isinstance(provider, str) and provider:  # which ONNX Runtime provider runs models
+        text += f", ONNX Runtime {provider.replace('ExecutionProvider', '')}"
+    return text
 
 
 def pong_text(pong: Dict[str, Any], settings: Any) -> str:
@@ -47,7 +56,11 @@ def pong_text(pong: Dict[str, Any], settings: Any) -> str:
     where = settings.where() if hasattr(settings, "where") else "at"
     text = f"Engine {pong.get('version', '?')} {where} ({endpoint})"
     device = device_text(pong)
-    return f"{text} — {device}" if device else text
+    text = f"{text} — {device}" if device else text
+    idle = pong.get("idle_exit_s")
+    if isinstance(idle, (int, float)) and idle > 0:
+        text += f"; it stops after {idle / 60:g} min without work"
+    return text
 
 
 class StatusSection(QWidget):
@@ -98,5 +111,5 @@ class StatusSection(QWidget):
         self.status_label.setText(text)
 
 
-__all__ = ["NOT_RUNNING", "STARTING", "NOT_SET_UP", "device_text", "pong_text",
+__all__ = ["NOT_RUNNING", "STARTING", "NOT_SET_UP", "NO_ENGINE", "device_text", "pong_text",
            "StatusSection"]

@@ -1,6 +1,6 @@
 """The *Set up the detection engine* dialog: what will be installed and why, the choices
 (the Python to use, a folder of wheels for an offline computer, PyTorch), the install's
-progress lines with Cancel, the log, and Repair / Remove for an installed engine."""
+progress lines with Cancel, the log, and Reinstall / Remove for an installed engine."""
 
 from __future__ import annotations
 
@@ -77,6 +77,17 @@ class EngineSetupDialog(QDialog):
         self.found_python = find_python()
 
         lay = QVBoxLayout(self)
+        self._build_intro(lay)
+        self._build_choices(lay)
+        self._build_progress(lay)
+        self._build_buttons(lay)
+        self.resize(760, 620)
+        self.update_plan()
+        self._show_state()
+
+    # construction --------------------------------------------------------------------
+    def _build_intro(self, lay: QVBoxLayout) -> None:
+        """What the engine is, and the state line (installed or not)."""
         intro = QLabel(
             "Ortholens detects with its engine, a Python program of its own that the "
             "plugin carries. Setting it up creates a virtual environment for it and "
@@ -88,6 +99,8 @@ class EngineSetupDialog(QDialog):
         self.state_label.setWordWrap(True)
         lay.addWidget(self.state_label)
 
+    def _build_choices(self, lay: QVBoxLayout) -> None:
+        """The form: the Python to use, a folder of offline wheels, PyTorch, the GPU."""
         form = QFormLayout()
         self.python_edit = QgsFileWidget(self)
         self.python_edit.setObjectName("ortholensSetupPython")
@@ -122,6 +135,8 @@ class EngineSetupDialog(QDialog):
         form.addRow("", gpu)
         lay.addLayout(form)
 
+    def _build_progress(self, lay: QVBoxLayout) -> None:
+        """The plan, the progress bar, the status line and the install's log."""
         self.plan_label = QLabel("", self)
         self.plan_label.setObjectName("ortholensSetupPlan")
         self.plan_label.setWordWrap(True)
@@ -148,6 +163,8 @@ class EngineSetupDialog(QDialog):
         self.log_view.setMinimumHeight(180)
         lay.addWidget(self.log_view, 1)
 
+    def _build_buttons(self, lay: QVBoxLayout) -> None:
+        """Set up (or Repair), Cancel, Remove engine…, Open log and Close."""
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Set up", self)
         self.start_button.setObjectName("ortholensSetupStart")
@@ -171,9 +188,6 @@ class EngineSetupDialog(QDialog):
         buttons.addWidget(self.open_log_button)
         buttons.addWidget(self.close_button)
         lay.addLayout(buttons)
-        self.resize(760, 620)
-        self.update_plan()
-        self._show_state()
 
     # state ---------------------------------------------------------------------------
     def home(self) -> Path:
@@ -186,9 +200,9 @@ class EngineSetupDialog(QDialog):
         if python:
             self.state_label.setText(f"Installed: Ortholens engine "
                                      f"{installed_version(python)} in "
-                                     f"{Path(python).parent.parent}. Set up again to "
+                                     f"{Path(python).parent.parent}. Reinstall only to "
                                      f"repair it.")
-            self.start_button.setText("Repair")
+            self.start_button.setText("Reinstall")
         else:
             self.state_label.setText("No engine is installed for this user yet.")
             self.start_button.setText("Set up")
@@ -276,7 +290,7 @@ class EngineSetupDialog(QDialog):
         bar = self.log_view.verticalScrollBar()
         bar.setValue(bar.maximum())  # the newest line stays in view
         if text.startswith(("$ ", "Self-test", "Installed", "Collecting", "Installing")):
-            self.status_label.setText(text[:200])
+            self.status_label.setText(status_line(text))
 
     def _status(self, text: str, color: str) -> None:
         self.status_label.setStyleSheet(f"color: {color};" if color else "")
@@ -289,6 +303,8 @@ class EngineSetupDialog(QDialog):
             self.progress.setValue(100)
             self._status(f"The engine is set up ({task.seconds:.0f} s): "
                          f"{task.report.summary()}.", _GREEN)
+            self.close_button.setDefault(True)  # done: Close, not Reinstall, comes next
+            self.close_button.setFocus()
         elif task.cancelled:
             self._status("Cancelled: nothing is left running. Set up again to finish "
                          "or repair the installation.", "")
@@ -304,4 +320,22 @@ class EngineSetupDialog(QDialog):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(log)))
 
 
-__all__ = ["EngineSetupDialog"]
+def status_line(text: str, limit: int = 150) -> str:
+    """A setup line short enough for the status line, cut between words:
+    ``"Installing collected packages: numpy, rasterio, … (28 in all)"`` for a list,
+    else at the last space before ``limit`` characters with ``…``."""
+    if len(text) <= limit:
+        return text
+    head, sep, rest = text.partition(": ")
+    items = [i.strip() for i in rest.split(",")] if sep and "," in rest else []
+    if items:
+        shown = []
+        for item in items:
+            if len(head) + 2 + len(", ".join(shown + [item])) + 16 > limit:
+                break
+            shown.append(item)
+        return f"{head}: {', '.join(shown)}, … ({len(items)} in all)"
+    return text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+__all__ = ["EngineSetupDialog", "status_line"]

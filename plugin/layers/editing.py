@@ -22,17 +22,23 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-#: The alias of each result field, as the attribute table and forms show it.
+#: The alias of each result field, as the attribute table and forms show it: short, so
+#: that a column title is read whole (that a NULL score marks a polygon drawn by hand is
+#: in the layer's metadata, :data:`DRAWN_NOTE`).
 FIELD_ALIASES = {
     "class": "Class",
     "class_id": "Class ID",
-    "score": "Score (0–1, NULL: drawn by hand)",
+    "score": "Score (0–1)",
     "agreement": "Agreement (0–1)",
     "area_m2": "Area (m²)",
     "model": "Model",
     "model_version": "Model version",
     "detected_at": "Detected at (UTC)",
 }
+
+#: What tells a drawn polygon from a detected one, said in a result layer's metadata.
+DRAWN_NOTE = ("A polygon drawn by hand has no score, agreement, model or detection time "
+              "(NULL).")
 
 #: The equal-area CRS in which the area of a drawn or reshaped polygon is measured:
 #: EASE-Grid 2.0 Global, a Lambert cylindrical equal-area projection of the WGS 84
@@ -83,6 +89,7 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
     for name, alias in FIELD_ALIASES.items():
         if fields.indexOf(name) >= 0:
             layer.setFieldAlias(fields.indexOf(name), alias)
+    _fit_column_titles(layer)
     form = layer.editFormConfig()
     ai = fields.indexOf("area_m2")
     if ai >= 0:
@@ -90,6 +97,21 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
         form.setReadOnly(ai, True)
     _setup_class_fields(layer, form, [c for c in classes if c.get("name") not in (None, "")])
     layer.setEditFormConfig(form)
+
+
+def _fit_column_titles(layer: QgsVectorLayer) -> None:
+    """Make each aliased column of the attribute table wide enough for its title (the
+    header's font, room for the sort arrow), so titles are read whole."""
+    from qgis.PyQt.QtGui import QFontMetrics
+    from qgis.PyQt.QtWidgets import QApplication
+    metrics = QFontMetrics(QApplication.font())
+    table = layer.attributeTableConfig()
+    table.update(layer.fields())
+    for i, column in enumerate(table.columns()):
+        alias = FIELD_ALIASES.get(column.name)
+        if alias:
+            table.setColumnWidth(i, max(column.width, metrics.horizontalAdvance(alias) + 40))
+    layer.setAttributeTableConfig(table)
 
 
 def _setup_class_fields(layer: QgsVectorLayer, form: QgsEditFormConfig,
@@ -118,4 +140,4 @@ def _setup_class_fields(layer: QgsVectorLayer, form: QgsEditFormConfig,
         form.setReadOnly(ii, True)
 
 
-__all__ = ["FIELD_ALIASES", "AREA_CRS", "area_expression", "setup_result_fields"]
+__all__ = ["FIELD_ALIASES", "DRAWN_NOTE", "AREA_CRS", "area_expression", "setup_result_fields"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from qgis.core import QgsProject, QgsVectorLayer
+from qgis.core import QgsEditorWidgetSetup, QgsProject, QgsVectorLayer
 
 from protocol.errors import ResultLayerError
 
@@ -52,14 +52,40 @@ def load_result_layer(path: str, layer_name: str, classes: List[Dict[str, Any]],
     if not layer.isValid():
         raise ResultLayerError(f"cannot open the result layer {layer_name!r} in {path}")
     run = int(run) if run else next_result_run(project)
-    present = sorted({str(v) for v in layer.uniqueValues(layer.fields().indexOf("class"))})
-    layer.setRenderer(class_renderer(classes, present, run_outline(run, classes)))
-    setup_result_fields(layer, classes)
-    layer.setCustomProperty(RUN_PROPERTY, run)
+    style_result_layer(layer, classes, run)
     if add_to_project:
         add_layer_on_top(layer, project)
         record_result_run(run, project)
     return layer
+
+
+def style_result_layer(layer: QgsVectorLayer, classes: List[Dict[str, Any]],
+                       run: int) -> None:
+    """Give a result layer its look and fields (UI thread): categorized on ``class``
+    (:func:`~.style.class_renderer`) with the ``run``-th result's outline
+    (:func:`~.style.run_outline`), its fields set up for editing
+    (:func:`~.editing.setup_result_fields`), its run number stored
+    (:data:`~.naming.RUN_PROPERTY`) and a batch job's bookkeeping column ``region``
+    hidden. What the dock's results and the Processing outputs share.
+
+    Args:
+        layer: a layer of result polygons.
+        classes: the model card's classes.
+        run: the layer's run number (see :func:`~.naming.next_result_run`).
+    """
+    present = sorted({str(v) for v in layer.uniqueValues(layer.fields().indexOf("class"))})
+    layer.setRenderer(class_renderer(classes, present, run_outline(run, classes)))
+    setup_result_fields(layer, classes)
+    layer.setCustomProperty(RUN_PROPERTY, run)
+    hidden = layer.fields().indexOf("region")
+    if hidden >= 0:
+        layer.setEditorWidgetSetup(hidden, QgsEditorWidgetSetup("Hidden", {}))
+        table = layer.attributeTableConfig()
+        table.update(layer.fields())
+        names = [c.name for c in table.columns()]
+        if "region" in names:
+            table.setColumnHidden(names.index("region"), True)
+            layer.setAttributeTableConfig(table)
 
 
 def add_layer_on_top(layer, project: Optional[QgsProject] = None) -> None:
@@ -103,4 +129,5 @@ def write_result_layer(result: Dict[str, Any], path: str, layer_name: str,
                              add_to_project=add_to_project, run=run)
 
 
-__all__ = ["load_result_layer", "add_layer_on_top", "write_result_layer"]
+__all__ = ["load_result_layer", "style_result_layer", "add_layer_on_top",
+           "write_result_layer"]

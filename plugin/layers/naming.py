@@ -81,8 +81,11 @@ def record_result_run(run: int, project: Optional[QgsProject] = None) -> None:
 
 
 def result_layer_name(model_id: str, model_version: Optional[str], source_name: str,
-                      run: int, when: Optional[_dt.datetime] = None) -> str:
-    """The Layers panel name of a result: ``"pv-unet-efl0 v2.0.0 on vienna (run 2, 14:05)"``.
+                      run: int, when: Optional[_dt.datetime] = None,
+                      threshold: Optional[float] = None, batch: bool = False) -> str:
+    """The Layers panel name of a result, what tells runs apart first (the panel cuts
+    long names at its right edge): ``"#2 thr 0.5 · vienna · pv-unet-efl0 v2.0.0 ·
+    14:05"``.
 
     Args:
         model_id: the model that ran.
@@ -90,10 +93,14 @@ def result_layer_name(model_id: str, model_version: Optional[str], source_name: 
         source_name: the name of the layer detected in.
         run: the run number (see :func:`next_result_run`).
         when: the local time shown (default: now).
+        threshold: the probability threshold it ran with (left out when None).
+        batch: a batch job's result (``"batch 14:05"``).
     """
     version = f" v{model_version}" if model_version else ""
     stamp = (when or _dt.datetime.now()).strftime("%H:%M")
-    return f"{model_id}{version} on {source_name} (run {run}, {stamp})"
+    thr = f" thr {threshold:g}" if isinstance(threshold, (int, float)) else ""
+    return " · ".join([f"#{run}{thr}", source_name, f"{model_id}{version}",
+                       f"batch {stamp}" if batch else stamp])
 
 
 __all__ = ["RUN_PROPERTY", "safe_name", "default_result_path", "next_result_run",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 from qgis.core import (
     QgsProcessingException,
@@ -24,12 +24,15 @@ from ..cards import default_card
 from ..connection import connect_daemon, describe_error
 from ..detect.plan import file_source_path
 from ..settings import daemon_settings
+from ..timeleft import TimeLeft
 
 #: How long a model list the daemon sent is reused, seconds: the help text and the
 #: model widget of one dialog opening share one request. A failure is never reused.
 MODELS_TTL_S = 5.0
 #: The longest wait for the model list when a dialog opens, seconds.
 MODELS_TIMEOUT_S = 1.0
+T = TypeVar("T")
+
 #: What the dialogs say when no daemon answers and the settings can start one.
 NOT_RUNNING = "Engine not running: it will be started when the algorithm runs."
 
@@ -77,18 +80,10 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
         return _models_cache[1]
     settings = daemon_settings()
     try:
-        from protocol.client import OrtholensClient
-        from protocol.framing import is_loopback, parse_endpoint
-        from protocol.launcher import port_open
-        try:
-            host, port = parse_endpoint(settings.endpoint)
-        except ValueError as exc:
-            return EngineModels(note=f"The engine endpoint is wrong: {exc}.")
-        if is_loopback(host) and not port_open(host, port):
-            raise DaemonUnavailable("connection refused")
-        with OrtholensClient(settings.endpoint, token=settings.token,
-                             timeout_s=timeout_s) as client:
-            cards = tuple(m for m in client.models() if isinstance(m, dict) and m.get("id"))
+        cards = tuple(m for m in ask_running_engine(lambda c: c.models(), timeout_s)
+                      if isinstance(m, dict) and m.get("id"))
+    except ValueError as exc:
+        return EngineModels(note=f"The engine endpoint is wrong: {exc}.")
     except DaemonUnavailable:
         return EngineModels(note=_not_running_note(settings))
     except Exception as exc:  # noqa: BLE001 - no zmq, refused token: said in the note
@@ -98,6 +93,28 @@ def engine_models(max_age_s: float = MODELS_TTL_S,
     result = EngineModels(cards)
     _models_cache = (time.monotonic(), result)
     return result
+
+
+def ask_running_engine(call: Callable[[Any], T], timeout_s: float) -> T:
+    """``call(client)`` with a client of the engine the settings name, if it runs now:
+    never starts it, never waits long (a stopped local engine refuses at once, a silent
+    one is given ``timeout_s`` seconds).
+
+    Raises:
+        ValueError: the endpoint in the settings is wrong.
+        DaemonUnavailable: no engine answers.
+        Exception: whatever ``call`` raises (a refused token, no pyzmq...).
+    """
+    from protocol.client import OrtholensClient
+    from protocol.framing import is_loopback, parse_endpoint
+    from protocol.launcher import port_open
+    settings = daemon_settings()
+    host, port = parse_endpoint(settings.endpoint)
+    if is_loopback(host) and not port_open(host, port):
+        raise DaemonUnavailable("connection refused")
+    with OrtholensClient(settings.endpoint, token=settings.token,
+                         timeout_s=timeout_s) as client:
+        return call(client)
 
 
 def forget_models() -> None:
@@ -262,17 +279,31 @@ def raster_file(layer: Optional[QgsRasterLayer]) -> str:
     return path
 
 
+def cancelled_text(exc: JobCancelled) -> str:
+    """What the log says when the user cancelled a batch job: a cancel, not a failure,
+    and how to go on."""
+    job = f"batch job {exc.job_id}" if getattr(exc, "job_id", None) else "the batch job"
+    return (f"Cancelled as you asked: {job} stopped; the regions it finished are kept. "
+            f"'List / resume batch jobs', or Batch jobs… in the Ortholens panel, resumes "
+            f"it where it stopped.")
+
+
 def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]:
     """An ``on_progress(fraction, message)`` for ``protocol.client`` job calls that
-    drives ``feedback``'s progress bar (percent) and progress text."""
+    drives ``feedback``'s progress bar (percent) and progress text, the message with
+    the elapsed time and the time left (:class:`~..timeleft.TimeLeft`)."""
+    time_left = TimeLeft()
+
     def on_progress(fraction: float, message: str) -> None:
         feedback.setProgress(100.0 * fraction)
+        time_left.update(fraction)
         if message:
-            feedback.setProgressText(message)
+            feedback.setProgressText(time_left.decorate(message))
     return on_progress
 
 
-__all__ = ["EngineModels", "engine_models", "forget_models", "card_text", "model_help",
-           "model_parameter", "with_help", "resolve_model", "import_onnx", "connect",
-           "daemon_session", "raster_file", "progress_to", "MODELS_TTL_S",
+__all__ = ["EngineModels", "engine_models", "ask_running_engine", "forget_models",
+           "card_text", "model_help", "model_parameter", "with_help", "resolve_model",
+           "import_onnx", "connect", "daemon_session", "raster_file", "cancelled_text",
+           "progress_to", "MODELS_TTL_S",
            "MODELS_TIMEOUT_S", "NOT_RUNNING"]

@@ -3,8 +3,6 @@ raster of any size, its polygons copied to the algorithm's output."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any, Dict, Optional
 
 from qgis.core import (
@@ -28,7 +26,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingUtils,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -38,6 +35,7 @@ from protocol.params import BatchParams, DetectParams, FileSource, Stretch
 
 from ..detect.crs import crs_wkt, extent_tuple
 from .common import (
+    cancelled_text,
     daemon_session,
     model_help,
     model_parameter,
@@ -46,6 +44,8 @@ from .common import (
     resolve_model,
     with_help,
 )
+from .outputs import (ResultStyler, is_temporary, load_when_done, results_file,
+                      style_when_done, to_file)
 
 #: ``BatchParams.executor`` of each EXECUTOR choice.
 EXECUTORS = ["local", "ray"]
@@ -103,6 +103,11 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return DetectObjectsAlgorithm()
+
+    def createCustomParametersWidget(self, parent=None):  # noqa: N802 - QGIS API
+        """QGIS's dialog, saying a cancel and a failure right (:mod:`.dialog`)."""
+        from .dialog import algorithm_dialog
+        return algorithm_dialog(self, parent)
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
@@ -226,31 +231,54 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"Bands: choose three bands (R, G, B), not "
                                          f"{len(bands)}.")
         stretch = self._stretch(parameters, context, bands)
-        out = os.path.join(QgsProcessingUtils.tempFolder(),
-                           f"ortholens_batch_{uuid.uuid4().hex[:12]}.gpkg")
         try:
             with daemon_session(feedback) as client:
                 model = resolve_model(client, self.parameterAsString(parameters, self.MODEL,
                                                                      context))
+                card = next((c for c in client.models() if c.get("id") == model),
+                            {"id": model})
+                out = results_file(f"{layer.name()}_{model}", context)
                 params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
                                                   extent_crs=extent_crs, bands=bands,
                                                   stretch=stretch, **optional),
                                      out_path=out, region_px=region_px, executor=executor)
                 regions = f"{region_px} px" if region_px else "the daemon's default size"
                 feedback.pushInfo(f"Batch job: {path} with {model}, regions of {regions}, "
-                                  f"on {executor}")
+                                  f"on {executor}; its GeoPackage: {out}")
                 result = client.batch(params, progress_to(feedback), feedback.isCanceled)
-        except JobCancelled:
-            feedback.reportError("Cancelled; the job can be resumed with 'List / resume "
-                                 "batch jobs'.")
+        except JobCancelled as exc:
+            feedback.pushWarning(cancelled_text(exc))
             return {}
         stats = result.get("stats") or {}
         for w in stats.get("warnings") or []:
             feedback.pushWarning(w)
-        feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('regions')} regions, "
+        feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('regions')} regions "
+                          f"({stats.get('regions_empty', 0)} without data, skipped), "
                           f"{stats.get('seconds')} s; job {result.get('job_id')}")
-        return self._copy(out, stats.get("layer") or "detections", coverage, parameters,
-                          context, feedback, result.get("job_id", ""))
+        return self._deliver(parameters, context, feedback, result, out, coverage,
+                             ResultStyler(card, optional, layer.name()))
+
+    def _deliver(self, parameters, context, feedback, result: Dict[str, Any], out: str,
+                 coverage, styler: ResultStyler) -> Dict[str, Any]:
+        """The algorithm's results (OUTPUT, COUNT, JOB_ID) of a finished job whose
+        GeoPackage is ``out``: left at its default, OUTPUT is that file; otherwise (a
+        file the user chose, or coverage polygons) the polygons are copied to the
+        sink. Either is styled and named by ``styler`` when Processing loads it."""
+        stats = result.get("stats") or {}
+        table, job_id = stats.get("layer") or "detections", result.get("job_id", "")
+        wanted = parameters.get(self.OUTPUT)
+        if coverage is None and is_temporary(wanted):  # the job's own GeoPackage
+            dest = f"{out}|layername={table}"
+            if getattr(wanted, "destinationProject", None) is not None:
+                load_when_done(context, dest, self.OUTPUT, styler, wanted.destinationProject)
+            return {self.OUTPUT: dest, "COUNT": int(stats.get("count") or 0),
+                    "JOB_ID": job_id}
+        if is_temporary(wanted):  # the part in the coverage, beside the job's file
+            parameters = dict(parameters, **{self.OUTPUT: to_file(
+                wanted, out.replace(".gpkg", "_coverage.gpkg"))})
+        res = self._copy(out, table, coverage, parameters, context, feedback, job_id)
+        style_when_done(context, res[self.OUTPUT], styler)
+        return res
 
     def _copy(self, path, table, coverage, parameters, context, feedback, job_id):
         src = QgsVectorLayer(f"{path}|layername={table}", "batch", "ogr")

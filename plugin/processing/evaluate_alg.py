@@ -1,61 +1,40 @@
-"""*Evaluate against reference polygons* (``ortholens:evaluate``): pixel IoU and object
-precision/recall/F1 of detections, scored as ``protocol.metrics`` scores them (the
-benchmark's definition), written as JSON and HTML."""
+"""*Evaluate against reference polygons or masks* (``ortholens:evaluate``): pixel IoU and
+object precision/recall/F1 of detections, scored as ``protocol.metrics`` scores them
+(the benchmark's definition) on one grid per reference mask, per coverage polygon or
+over one area (:mod:`.scoring`), written as JSON and HTML."""
 
 from __future__ import annotations
 
-import html
 import json
-import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from qgis.core import (
+    QgsMapLayer,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsRectangle,
     QgsUnitTypes,
 )
 
 from .common import with_help
-from .rasterize import burn, grid_for, transformed
-
-
-def compare_masks(pred, ref, min_pixels: int = 20, iou_match: float = 0.5) -> Dict[str, Any]:
-    """Pixel IoU/precision/recall/F1 and object precision/recall/F1 of two masks.
-
-    Args:
-        pred, ref: bool (H, W) masks of the detections and the reference.
-        min_pixels: smaller 8-connected objects are ignored on both sides.
-        iou_match: IoU for a detected object to match a reference object.
-
-    Returns:
-        ``protocol.metrics.Counts.summary()`` plus ``matched_objects`` and the pixel
-        counts ``tp_px``, ``fp_px``, ``fn_px``; a ratio without a denominator is None.
-
-    Raises:
-        ImportError: scipy is missing (``protocol.metrics`` labels objects with it).
-    """
-    from protocol.metrics import compare
-
-    counts = compare(pred, ref, min_pixels=min_pixels, iou_match=iou_match)
-    report = {k: None if isinstance(v, float) and math.isnan(v) else v
-              for k, v in counts.summary().items()}
-    report.update(matched_objects=counts.tp_obj, tp_px=counts.tp_px, fp_px=counts.fp_px,
-                  fn_px=counts.fn_px)
-    return report
+from .rasterize import transformed
+from .scoring import Scored, html_report, score_masks, score_polygons
 
 
 class EvaluateAlgorithm(QgsProcessingAlgorithm):
-    """Compare detections with reference polygons on a common pixel grid."""
+    """Compare detections with reference masks or polygons, grid by grid."""
 
-    DETECTIONS, REFERENCE, AREA = "DETECTIONS", "REFERENCE", "AREA"
+    DETECTIONS, REFERENCE, MASKS, MASK_VALUE = "DETECTIONS", "REFERENCE", "MASKS", "MASK_VALUE"
+    COVERAGE, AREA = "COVERAGE", "AREA"
     PIXEL_SIZE, IOU, MIN_PIXELS = "PIXEL_SIZE", "IOU", "MIN_PIXELS"
     OUTPUT_JSON, OUTPUT_HTML = "OUTPUT_JSON", "OUTPUT_HTML"
 
@@ -63,32 +42,65 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         return "evaluate"
 
     def displayName(self) -> str:  # noqa: N802
-        return "Evaluate against reference polygons"
+        return "Evaluate against reference polygons or masks"
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return ("Rasterises the detections and the reference polygons on one grid (the "
-                "reference layer's CRS, a metre CRS, at the given pixel size) over the area "
-                "(default: both layers' extents) and reports pixel IoU, precision, recall "
-                "and F1, and object precision, recall and F1: objects are 8-connected "
+        return ("Scores detections against the ground truth: pixel IoU, precision, recall "
+                "and F1, and object precision, recall and F1 (objects are 8-connected "
                 "components of at least 'smallest object' pixels, matched one-to-one when "
-                "their IoU reaches the threshold (the project's benchmark convention). "
-                "Writes a JSON report and, optionally, an HTML one.")
+                "their IoU reaches the threshold: the project's benchmark convention).\n\n"
+                "Detections: one layer, or one per tile (e.g. Detect objects run on each "
+                "tile): a reference mask is then scored against the detection layers "
+                "named after its tile only, as 'build.py eval' scores each tile with its "
+                "own detection (pv01's tiles overlap one another).\n"
+                "Reference masks: rasters whose non-zero pixels (or the given class value) "
+                "are the objects, such as pv01's *_mask.tif; each is scored on its own "
+                "grid, so scattered tiles never make one huge grid, and the counts of all "
+                "are added up (as 'build.py eval' does).\n"
+                "Reference polygons: rasterised with the detections on a grid of the "
+                "given pixel size in the reference layer's CRS (a metre CRS), over each "
+                "coverage polygon (pixels outside it do not count) or over the area "
+                "(default: both layers' extents).\n\n"
+                "A reference covering most of a grid is warned about: it is usually the "
+                "background (DN = 0) polygon of a polygonized mask. Writes a JSON report "
+                "and, optionally, an HTML one (only when the evaluation succeeded).")
 
     def createInstance(self):  # noqa: N802
         return EvaluateAlgorithm()
 
+    def createCustomParametersWidget(self, parent=None):  # noqa: N802 - QGIS API
+        """QGIS's dialog, saying a cancel and a failure right (:mod:`.dialog`)."""
+        from .dialog import algorithm_dialog
+        return algorithm_dialog(self, parent)
+
     def initAlgorithm(self, config=None):  # noqa: N802
         poly = [QgsProcessing.TypeVectorPolygon]
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DETECTIONS, "Detections", poly))
+        self.addParameter(with_help(QgsProcessingParameterMultipleLayers(
+            self.DETECTIONS, "Detections", QgsProcessing.TypeVectorPolygon),
+            "One layer, or one per tile: a mask is scored against the layers named after "
+            "its tile (as Detect objects names its results), else against all."))
+        self.addParameter(with_help(QgsProcessingParameterMultipleLayers(
+            self.MASKS, "Reference masks", QgsProcessing.TypeRaster, optional=True),
+            "Rasters of the ground truth (non-zero = object), each scored on its own grid."))
         self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            self.REFERENCE, "Reference polygons", poly), "The ground truth."))
+            self.REFERENCE, "Reference polygons", poly, optional=True),
+            "The ground truth as polygons (instead of masks)."))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.COVERAGE, "Scored areas", poly, optional=True),
+            "Polygons scored one by one (reference polygons): e.g. the surveyed tiles."))
         self.addParameter(with_help(QgsProcessingParameterExtent(
             self.AREA, "Area", optional=True), "Default: both layers' extents."))
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.PIXEL_SIZE, "Pixel size (m)", QgsProcessingParameterNumber.Double,
             defaultValue=0.1, minValue=0.01, maxValue=100.0),
-            "The grid both layers are rasterised on, in the reference layer's CRS."))
+            "The grid reference polygons are rasterised on, in their layer's CRS; masks "
+            "keep their own grid."))
+        value = with_help(QgsProcessingParameterNumber(
+            self.MASK_VALUE, "Class value in masks", QgsProcessingParameterNumber.Integer,
+            optional=True, minValue=0, maxValue=65535),
+            "The masks' value of the class scored. Default: any non-zero value.")
+        value.setFlags(value.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(value)
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.IOU, "IoU for an object match", QgsProcessingParameterNumber.Double,
             defaultValue=0.5, minValue=0.01, maxValue=1.0),
@@ -107,55 +119,100 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
-        """Rasterise both layers on one grid and write the metrics (JSON, HTML).
+        """Score the detections grid by grid and write the metrics (JSON, HTML).
 
         Raises:
-            QgsProcessingException: a missing layer, a reference not in a metre CRS,
-                empty layers, a grid too large, or scipy missing.
+            QgsProcessingException: no detections, no reference or both kinds, a
+                reference not in a metre CRS, empty layers, a grid too large, nothing
+                scored, or scipy missing.
         """
-        det = self.parameterAsSource(parameters, self.DETECTIONS, context)
+        det = [d for d in self.parameterAsLayerList(parameters, self.DETECTIONS, context)
+               if d.type() == QgsMapLayer.VectorLayer]
         ref = self.parameterAsSource(parameters, self.REFERENCE, context)
-        if det is None or ref is None:
-            raise QgsProcessingException("Both the detections and the reference are needed.")
+        masks = [m for m in self.parameterAsLayerList(parameters, self.MASKS, context)
+                 if m.type() == QgsMapLayer.RasterLayer]
+        if not det:
+            raise QgsProcessingException("The detections are needed.")
+        if (ref is None) == (not masks):
+            raise QgsProcessingException("Give the ground truth either as reference masks "
+                                         "or as reference polygons (one of the two).")
+        min_px = self.parameterAsInt(parameters, self.MIN_PIXELS, context)
+        iou = self.parameterAsDouble(parameters, self.IOU, context)
+        try:
+            if masks:
+                value = (self.parameterAsInt(parameters, self.MASK_VALUE, context)
+                         if parameters.get(self.MASK_VALUE) not in (None, "") else None)
+                feedback.pushInfo(f"Scoring on the grids of {len(masks)} reference mask(s)")
+                scored = score_masks(det, masks, context, feedback, min_px, iou, value)
+                report: Dict[str, Any] = {"reference": ", ".join(m.name() for m in masks),
+                                          "scored_on": "reference masks"}
+            else:
+                scored, report = self._polygons(parameters, context, feedback, det, ref,
+                                                min_px, iou)
+        except ImportError:
+            raise QgsProcessingException("scipy is needed for object metrics (python3-scipy "
+                                         "or pip install scipy in QGIS's Python)") from None
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if feedback.isCanceled():
+            return {}
+        if scored.counts is None:
+            raise QgsProcessingException("Nothing was scored: no grid was left to compare.")
+        return self._write(parameters, context, feedback, scored, report, det, iou, min_px)
+
+    def _polygons(self, parameters, context, feedback, det, ref, min_px: int, iou: float):
+        """``(scored, report)`` against reference polygons: per coverage polygon, else
+        over one area."""
         crs = ref.sourceCrs()
-        if not crs.isValid() or crs.isGeographic() or crs.mapUnits() != QgsUnitTypes.DistanceMeters:
+        if not crs.isValid() or crs.isGeographic() or \
+                crs.mapUnits() != QgsUnitTypes.DistanceMeters:
             raise QgsProcessingException("The reference layer must be in a projected metre "
                                          "CRS (reproject it first).")
         px = self.parameterAsDouble(parameters, self.PIXEL_SIZE, context)
         ref_geoms = transformed(ref, crs, context, feedback)
-        det_geoms = transformed(det, crs, context, feedback)
-        if parameters.get(self.AREA) not in (None, ""):
-            area = self.parameterAsExtent(parameters, self.AREA, context, crs)
+        cover = self.parameterAsSource(parameters, self.COVERAGE, context)
+        areas: List[Any]
+        if cover is not None:
+            areas = transformed(cover, crs, context, feedback)
+            if not areas:
+                raise QgsProcessingException("The scored areas layer has no polygons.")
+        elif parameters.get(self.AREA) not in (None, ""):
+            areas = [self.parameterAsExtent(parameters, self.AREA, context, crs)]
         else:
             area = QgsRectangle()
             area.setMinimal()
-            for g in ref_geoms + det_geoms:
+            for g in ref_geoms + [g for d in det for g in transformed(d, crs, context,
+                                                                      feedback)]:
                 area.combineExtentWith(g.boundingBox())
             if area.isEmpty():
                 raise QgsProcessingException("Both layers are empty: nothing to evaluate.")
+            areas = [area]
+        feedback.pushInfo(f"Rasterising on {len(areas)} grid(s) of {px} m pixels")
         try:
-            w, h, gt = grid_for(area, px)
+            scored = score_polygons(det, ref_geoms, crs, areas, px, context, feedback,
+                                    min_px, iou)
         except ValueError as exc:
-            raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo(f"Rasterising on {w} x {h} pixels of {px} m")
-        wkt = crs.toWkt()
-        pred = burn(det_geoms, w, h, gt, wkt) > 0
-        truth = burn(ref_geoms, w, h, gt, wkt) > 0
-        feedback.setProgress(50)
-        try:
-            m = compare_masks(pred, truth, self.parameterAsInt(parameters, self.MIN_PIXELS,
-                                                               context),
-                              self.parameterAsDouble(parameters, self.IOU, context))
-        except ImportError:
-            raise QgsProcessingException("scipy is needed for object metrics (python3-scipy "
-                                         "or pip install scipy in QGIS's Python)") from None
-        report = dict(m, pixel_size_m=px, width_px=w, height_px=h,
-                      area=[area.xMinimum(), area.yMinimum(), area.xMaximum(), area.yMaximum()],
-                      crs=crs.authid() or wkt, detections=det.sourceName(),
-                      reference=ref.sourceName(),
-                      iou_match=self.parameterAsDouble(parameters, self.IOU, context),
-                      min_pixels=self.parameterAsInt(parameters, self.MIN_PIXELS, context),
-                      detections_count=len(det_geoms), reference_count=len(ref_geoms))
+            raise QgsProcessingException(f"{exc}, or give scored areas (one grid each) or "
+                                         f"the reference masks") from None
+        report = {"reference": ref.sourceName(), "reference_count": len(ref_geoms),
+                  "pixel_size_m": px, "crs": crs.authid() or crs.toWkt(),
+                  "scored_on": "scored areas" if cover is not None else "one area"}
+        if len(scored.grids) == 1:
+            report.update(width_px=scored.grids[0]["width_px"],
+                          height_px=scored.grids[0]["height_px"])
+        if cover is None:
+            a = areas[0]
+            report["area"] = [a.xMinimum(), a.yMinimum(), a.xMaximum(), a.yMaximum()]
+        return scored, report
+
+    def _write(self, parameters, context, feedback, scored: Scored, report: Dict[str, Any],
+               det, iou: float, min_px: int) -> Dict[str, Any]:
+        """Write the JSON (and HTML) report, say the figures and warnings; the results."""
+        m = scored.summary()
+        report = dict(m, **report, detections=", ".join(d.name() for d in det), iou_match=iou,
+                      min_pixels=min_px, grids=scored.grids, warnings=scored.warnings)
+        for w in scored.warnings:
+            feedback.pushWarning(w)
         out_json = self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context)
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -167,20 +224,12 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             Path(out_html).write_text(html_report(report), encoding="utf-8")
             results[self.OUTPUT_HTML] = out_html
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        feedback.pushInfo(f"pixel IoU {fmt(m['pixel_iou'])}, object P {fmt(m['object_precision'])}"
-                          f" R {fmt(m['object_recall'])} F1 {fmt(m['object_f1'])}")
+        feedback.pushInfo(f"{len(scored.grids)} grid(s): pixel IoU {fmt(m['pixel_iou'])}, "
+                          f"object P {fmt(m['object_precision'])} R "
+                          f"{fmt(m['object_recall'])} F1 {fmt(m['object_f1'])} "
+                          f"({m['objects_true']} reference objects, {m['false_objects']} "
+                          f"false, {m['missed_objects']} missed)")
         return results
 
 
-def html_report(r: Dict[str, Any]) -> str:
-    """A small self-contained HTML page of a metrics report."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return html.escape(str(v))
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{cell(v)}</td></tr>" for k, v in r.items())
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Ortholens evaluation"
-            "</title><style>body{font-family:sans-serif}th{text-align:left;padding-right:"
-            "1em}</style></head><body><h1>Ortholens evaluation</h1>"
-            f"<p>{html.escape(str(r.get('detections')))} against "
-            f"{html.escape(str(r.get('reference')))}</p><table>{rows}</table></body></html>")
+__all__ = ["EvaluateAlgorithm"]

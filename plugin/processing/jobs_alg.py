@@ -3,8 +3,8 @@ and resumable; resume or cancel one."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
+from pathlib import Path
 from typing import Any, Dict
 
 from qgis.core import (
@@ -18,19 +18,22 @@ from qgis.core import (
 
 from protocol.errors import JobCancelled
 
-from .common import daemon_session, progress_to, with_help
+from ..jobs.results import job_card
+from ..jobs.rows import job_row
+from .common import cancelled_text, daemon_session, progress_to, with_help
+from .outputs import ResultStyler, load_when_done
 
 #: The ACTION choices, in order.
 ACTIONS = ["list", "resume", "cancel"]
 
 
 def job_line(j: Dict[str, Any]) -> str:
-    """One line of the job table."""
-    when = _dt.datetime.fromtimestamp(float(j.get("updated") or 0)).strftime("%Y-%m-%d %H:%M")
-    flag = " (resumable)" if j.get("resumable") else ""
-    return (f"{j.get('job_id')}  {j.get('state')}{flag}  {j.get('regions_done')}/"
-            f"{j.get('regions_total')} regions  {j.get('polygons')} polygons  {when}  "
-            f"{j.get('source')} -> {j.get('out_path')}")
+    """One line of the log's job table: the job, its state, progress, area, model and
+    output, in the job table's words (:func:`~..jobs.rows.job_row`)."""
+    row = job_row(j)
+    flag = ", resumable" if j.get("resumable") else ""
+    return (f"{j.get('job_id')}  {row.state}{flag}  {row.progress}  "
+            f"{row.area or '?'}  {row.model}  {j.get('source')} → {j.get('out_path')}")
 
 
 class BatchJobsAlgorithm(QgsProcessingAlgorithm):
@@ -54,13 +57,21 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self):  # noqa: N802
         return BatchJobsAlgorithm()
 
+    def createCustomParametersWidget(self, parent=None):  # noqa: N802 - QGIS API
+        """QGIS's dialog, saying a cancel and a failure right (:mod:`.dialog`)."""
+        from .dialog import algorithm_dialog
+        return algorithm_dialog(self, parent)
+
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterEnum(
             self.ACTION, "Action", options=["List jobs", "Resume a job", "Cancel a job"],
             defaultValue=0))
-        self.addParameter(with_help(QgsProcessingParameterString(
-            self.JOB_ID, "Job id", optional=True),
-            "The job to resume or cancel. Resume default: the newest resumable job."))
+        job = with_help(QgsProcessingParameterString(self.JOB_ID, "Job", optional=True),
+                        "The job to resume or cancel, picked from the engine's jobs (a "
+                        "script passes its id). Resume default: the newest resumable job.")
+        job.setMetadata({"widget_wrapper": {
+            "class": f"{__package__}.job_widget.JobWidgetWrapper"}})
+        self.addParameter(job)
         self.addOutput(QgsProcessingOutputString("JOBS", "Jobs (JSON)"))
         self.addOutput(QgsProcessingOutputString("OUT_PATH", "Output GeoPackage"))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Polygons"))
@@ -76,10 +87,10 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
         job_id = (self.parameterAsString(parameters, self.JOB_ID, context) or "").strip()
         with daemon_session(feedback) as client:
             jobs = client.jobs()
+            feedback.pushInfo(f"{len(jobs)} batch job(s), newest first:" if jobs
+                              else "No batch jobs.")
             for j in jobs:
                 feedback.pushInfo(job_line(j))
-            if not jobs:
-                feedback.pushInfo("No batch jobs.")
             out: Dict[str, Any] = {"JOBS": json.dumps(jobs), "OUT_PATH": "", "COUNT": 0}
             if action == "list":
                 return out
@@ -97,11 +108,29 @@ class BatchJobsAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"Resuming {job_id}…")
             try:
                 result = client.resume(job_id, progress_to(feedback), feedback.isCanceled)
-            except JobCancelled:
-                feedback.reportError("Cancelled; the job stays resumable.")
+            except JobCancelled as exc:
+                feedback.pushWarning(cancelled_text(exc))
                 return out
+            cards = client.models()
         stats = result.get("stats") or {}
         feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('out_path')}")
         out.update({"OUT_PATH": stats.get("out_path", ""),
                     "COUNT": int(stats.get("count") or 0)})
+        job = next((j for j in jobs if j.get("job_id") == job_id), {"job_id": job_id})
+        self._load(context, dict(job, out_path=out["OUT_PATH"],
+                                 layer=stats.get("layer") or job.get("layer")), cards)
         return out
+
+    @staticmethod
+    def _load(context, job: Dict[str, Any], cards) -> None:
+        """Have Processing add a resumed job's GeoPackage to the project when it has
+        finished, styled and named as the dock's results (not in ``qgis_process``,
+        which has no map)."""
+        project = context.project()
+        if project is None or not job.get("out_path"):
+            return
+        card = job_card(job, cards)
+        stats = {"threshold": job["threshold"]} if job.get("threshold") is not None else {}
+        load_when_done(context, f"{job['out_path']}|layername={job.get('layer') or 'detections'}",
+                       "OUT_PATH", ResultStyler(card, stats, Path(str(job.get("source"))).stem),
+                       project)

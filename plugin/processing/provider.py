@@ -28,10 +28,12 @@ def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
     from .detect_alg import DetectObjectsAlgorithm
     from .evaluate_alg import EvaluateAlgorithm
     from .import_alg import ImportModelAlgorithm
+    from .inventory_alg import SolarInventoryAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
     from .retrain_alg import RetrainAlgorithm
     return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
-            BatchJobsAlgorithm(), RetrainAlgorithm(), ImportModelAlgorithm()]
+            BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm(),
+            ImportModelAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, List, Optional
 
-from qgis.core import QgsCoordinateTransform, QgsGeometry
+from qgis.core import QgsCoordinateTransform, QgsFeatureRequest, QgsGeometry, QgsRectangle
 
 
 def burn(geoms: Iterable[QgsGeometry], width: int, height: int, geotransform,
@@ -41,12 +41,18 @@ def burn(geoms: Iterable[QgsGeometry], width: int, height: int, geotransform,
     return arr
 
 
-def transformed(source, dest_crs, context, feedback=None) -> List[QgsGeometry]:
+def transformed(source, dest_crs, context, feedback=None,
+                rect: Optional[QgsRectangle] = None) -> List[QgsGeometry]:
     """Geometries of a feature source in ``dest_crs`` (empty ones left out; stops early
-    when ``feedback`` is cancelled)."""
+    when ``feedback`` is cancelled); with ``rect`` (in ``dest_crs``) only those of the
+    features whose bounding box meets it."""
     ct = QgsCoordinateTransform(source.sourceCrs(), dest_crs, context.transformContext())
+    request = QgsFeatureRequest()
+    if rect is not None:
+        back = QgsCoordinateTransform(dest_crs, source.sourceCrs(), context.transformContext())
+        request.setFilterRect(back.transformBoundingBox(rect))
     out = []
-    for f in source.getFeatures():
+    for f in source.getFeatures(request.setNoAttributes()):
         if feedback is not None and feedback.isCanceled():
             break
         g = QgsGeometry(f.geometry())

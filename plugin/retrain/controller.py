@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import QAction, QMessageBox
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject
 
 from protocol.errors import InputError
 from protocol.importing import onnx_only_message
 
+from ..detect.crs import crs_wkt, extent_tuple
+from ..dock.version_table import in_use
 from ..settings import daemon_settings
 from .dialogs import RetrainDialog, RetrainResultDialog, main_reason
 from .memory import is_result_layer, remember_detection
@@ -67,11 +69,22 @@ class RetrainController:
         if self._layer_menu:  # result layers of a project opened later get it too
             QgsProject.instance().layersAdded.connect(self._layers_added)
             self._layers_added(list(QgsProject.instance().mapLayers().values()))
+        #: asks the user a yes/no question (deleting a version in use); tests replace it
+        self.confirm: Callable[[str], bool] = lambda text: QMessageBox.question(
+            self.iface.mainWindow(), "Ortholens", text) == QMessageBox.Yes
+        #: the running ``versions`` listing of the versions panel, or None
+        self.listing_task: Optional[VersionsTask] = None
+        self._list_timer = QTimer()
+        self._list_timer.setSingleShot(True)
+        self._list_timer.timeout.connect(self.list_versions)
         dock = plugin.dock
         if dock is not None:
             dock.versions.retrainRequested.connect(lambda: self.retrain())
             dock.versions.activateRequested.connect(self.activate)
             dock.versions.rollbackRequested.connect(self.rollback)
+            dock.versions.deleteRequested.connect(self.delete)
+            dock.models.modelChanged.connect(lambda: self._list_timer.start(300))
+            self.iface.mapCanvas().extentsChanged.connect(lambda: self._list_timer.start(800))
 
     # layers ---------------------------------------------------------------------------
     def _offer_action(self, layer: QgsMapLayer) -> None:
@@ -190,8 +203,8 @@ class RetrainController:
     def _task_message(self, text: str) -> None:
         """Show the retrain's phase and time left in the dock."""
         if self.plugin.dock is not None and self.task is not None:
-            self.plugin.dock.detection.show_message(
-                f"Retraining {self.task.plan.model}: {text}", Qgis.Info)
+            self.plugin.dock.detection.show_progress(
+                f"Retraining {self.task.plan.model}: {text}", self.task.time_left)
 
     def cancel(self) -> None:
         """Cancel the running retrain (the daemon stops at its next step)."""
@@ -260,6 +273,46 @@ class RetrainController:
         """Roll ``model_id``'s lineage back to the active version's parent."""
         return self._versions("rollback", model_id)
 
+    def delete(self, model_id: str) -> Optional[VersionsTask]:
+        """Delete the user version ``model_id``; one in use only after the user said
+        yes (:attr:`confirm`): it is then rolled back first."""
+        version = self.plugin.dock.versions.picked_version() if self.plugin.dock else None
+        extra = None
+        if version is not None and version.get("id") == model_id and in_use(version):
+            if not self.confirm(f"{model_id} is in use. Delete it for good? It is rolled "
+                                f"back first (its parent becomes active, or it is taken "
+                                f"out of use in its area), then its files are removed."):
+                return None
+            extra = {"roll_back": True}
+        return self._versions("delete", model_id, extra)
+
+    def list_versions(self) -> Optional[VersionsTask]:
+        """Ask the engine for the versions of the model the dock shows and the one in
+        use in the map view, for the versions panel (once the models are listed: it
+        never starts the engine for this)."""
+        dock = self.plugin.dock
+        card = dock.models.current_card() if dock is not None else None
+        if card is None:
+            return None
+        if self.listing_task is not None:  # one at a time: ask again when it is done
+            self._list_timer.start(300)
+            return None
+        canvas = self.iface.mapCanvas()
+        view, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        extra = ({"extent": extent_tuple(view), "extent_crs": crs_wkt(crs)}
+                 if crs.isValid() and view.width() > 0 and view.height() > 0 else {})
+        task = VersionsTask("versions", str(card["id"]), daemon_settings(),
+                            on_done=self._listed, extra=extra)
+        self.listing_task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _listed(self, task: VersionsTask) -> None:
+        self.listing_task = None
+        dock = self.plugin.dock
+        if dock is not None and task.result is not None:
+            dock.versions.show_versions(task.result)
+
     def keep(self, model_id: str, pending: str) -> Optional[VersionsTask]:
         """Keep the retrain candidate ``pending`` of ``model_id``'s lineage that the rule
         did not accept (the result window's **Keep this version anyway**); its lineage
@@ -290,11 +343,20 @@ class RetrainController:
         self.versions_task = None
         if self.plugin.dock is not None:
             self.plugin.dock.versions.set_versions_running(False)
+        self._list_timer.start(100)  # the panel shows the versions as they are now
         if task.result is None:
             self._fail(f"{task.action.capitalize()} failed: {task.error}")
             return
         active = str(task.result.get("active"))
         dock = self.plugin.dock
+        if task.action == "delete":
+            first = " was rolled back, then" if task.result.get("rolled_back") else ""
+            if dock is not None:
+                dock.models.prefer_model(active)
+            self._notify(f"{task.model}{first} deleted; active version: {active}.",
+                         Qgis.Success)
+            self.plugin.refresh_status()
+            return
         changed = task.result.get("kept") or task.model
         version = next((v for v in task.result.get("versions") or []
                         if v.get("id") == changed), {})
@@ -322,6 +384,10 @@ class RetrainController:
         if self.versions_task is not None:
             self.versions_task.on_done = None
             self.versions_task = None
+        self._list_timer.stop()
+        if self.listing_task is not None:
+            self.listing_task.on_done = None
+            self.listing_task = None
         if self.result_dialog is not None:
             self.result_dialog.close()
             self.result_dialog.deleteLater()

@@ -80,6 +80,12 @@ class RetrainDialog(QDialog):
         self.summary_label.setObjectName("ortholensRetrainSummary")
         self.summary_label.setWordWrap(True)
         lay.addWidget(self.summary_label)
+        self.holdout_label = QLabel(plan.holdout_warning(), self)
+        self.holdout_label.setObjectName("ortholensRetrainHoldoutWarning")
+        self.holdout_label.setWordWrap(True)
+        self.holdout_label.setStyleSheet("color: #9a6700;")
+        self.holdout_label.setVisible(bool(self.holdout_label.text()))
+        lay.addWidget(self.holdout_label)
         form = QFormLayout()
         self.budget_spin = QSpinBox(self)
         self.budget_spin.setObjectName("ortholensRetrainBudget")
@@ -371,6 +377,15 @@ class RetrainResultDialog(QDialog):
             self.keep_button.clicked.connect(lambda *_: (on_keep(pending), self.close()))
         lay.addWidget(box)
         self.setMinimumWidth(480)
+        self.adjustSize()
+        # a word-wrapped label may under-report the height of a rich-text table: give
+        # it the height its text takes at the width it got, so nothing is cut off
+        lay.activate()
+        doc = QTextDocument()
+        doc.setDefaultFont(self.label.font())
+        doc.setHtml(self.label.text())
+        doc.setTextWidth(max(1, self.label.contentsRect().width()))
+        self.label.setMinimumHeight(int(doc.size().height() + 0.5))
         self.adjustSize()
 
     def text(self) -> str:

@@ -15,6 +15,7 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsCsException,
+    QgsGeometry,
     QgsMapLayer,
     QgsProject,
     QgsRasterLayer,
@@ -24,6 +25,7 @@ from qgis.core import (
 )
 
 from protocol.errors import InputError
+from protocol.holdout import HOLDOUT_FRACTION, MIN_HOLDOUT_OBJECTS, holdout_strip
 from protocol.params import (
     CorrectedFeature,
     FileSource,
@@ -102,6 +104,37 @@ class RetrainPlan:
         return (f"{self.edits_text()} In {where}, the layer's {n} "
                 f"polygon{'s' if n != 1 else ''}{inv} are the truth and what none covers "
                 f"is background; a quarter is kept apart to check the new version.")
+
+    def held_out_objects(self) -> int:
+        """About how many of the layer's polygons the part held out to judge the new
+        version will hold: for one reviewed area, those meeting its held-out strip
+        (``protocol.holdout.holdout_strip``, the engine's own cut); for several, a
+        quarter of them (``HOLDOUT_FRACTION``: whole areas are held out). A lower
+        bound: the engine also counts the model's detections the user deleted there."""
+        if len(self.reviewed) != 1 or not self.reviewed[0].extent:
+            return int(round(len(self.features) * HOLDOUT_FRACTION))
+        area = self.reviewed[0]
+        strip = QgsGeometry.fromRect(QgsRectangle(*holdout_strip(area.extent)[0]))
+        src, dst = crs_from_text(area.extent_crs or ""), crs_from_text(self.crs)
+        if src.isValid() and dst.isValid() and src != dst:
+            try:
+                strip.transform(QgsCoordinateTransform(src, dst, QgsProject.instance()))
+            except QgsCsException:
+                return int(round(len(self.features) * HOLDOUT_FRACTION))
+        return sum(1 for f in self.features if QgsGeometry.fromWkt(f.wkt).intersects(strip))
+
+    def holdout_warning(self) -> str:
+        """A warning when the held-out part will hold fewer objects than a verdict needs
+        (``protocol.holdout.MIN_HOLDOUT_OBJECTS``), said before the budget is spent;
+        ``""`` otherwise."""
+        n = self.held_out_objects()
+        if n >= MIN_HOLDOUT_OBJECTS:
+            return ""
+        return (f"The part of your corrections held out to judge the new version will hold "
+                f"about {n} object{'s' if n != 1 else ''}; a verdict needs at least "
+                f"{MIN_HOLDOUT_OBJECTS}. With fewer the retrain ends without a verdict "
+                f"(you may still keep the new version). Review a larger area, or several, "
+                f"for a verdict.")
 
     def params(self, source: Source, budget_s: float, **options: Any) -> RetrainParams:
         """The retrain request of this plan.

@@ -15,6 +15,7 @@ from ..connection import describe_error
 from ..detect.render import pixel_source, render_pixels
 from ..settings import DaemonSettings
 from ..tasks import progress_callback, run_reporting, task_client
+from ..timeleft import TimeLeft
 from .plan import RetrainPlan
 
 
@@ -59,6 +60,8 @@ class RetrainTask(QgsTask):
         self.cancelled = False
         self.last_message = ""
         self.daemon_process = None
+        #: elapsed time (and time left, when the engine does not say it) in messages
+        self.time_left = TimeLeft()
 
     def run(self) -> bool:  # noqa: D401 - QgsTask API
         """Connect, retrain; never raises, errors go to ``self.error``."""
@@ -83,7 +86,8 @@ class RetrainTask(QgsTask):
         self._keep_message(f"preparing data: sending {len(self.plan.features)} polygons…")
         res = client.retrain(self.plan.params(source, self.budget_s, **self.options),
                              pixels=pixels, is_cancelled=self.isCanceled,
-                             on_progress=progress_callback(self, 5, 94, self._keep_message),
+                             on_progress=progress_callback(self, 5, 94, self._keep_message,
+                                                           self.time_left),
                              job_timeout_s=self.job_timeout_s)
         self.report = dict(res.get("retrain") or {})
         self.setProgress(100)
@@ -105,21 +109,26 @@ class RetrainTask(QgsTask):
 
 
 class VersionsTask(QgsTask):
-    """``versions`` / ``activate`` / ``rollback`` / ``keep`` on the daemon (worker
-    thread).
+    """``versions`` / ``activate`` / ``rollback`` / ``keep`` / ``delete`` on the daemon
+    (worker thread).
 
     Args:
-        action: ``"versions"``, ``"activate"``, ``"rollback"`` or ``"keep"`` (keep a
-            retrain candidate the rule did not accept: ``extra`` gives its
-            ``pending`` and an optional ``note``).
+        action: ``"versions"`` (``extra`` may give the map view's ``extent`` and
+            ``extent_crs``: the reply then names the version in use there),
+            ``"activate"``, ``"rollback"``, ``"keep"`` (keep a retrain candidate the
+            rule did not accept: ``extra`` gives its ``pending`` and an optional
+            ``note``) or ``"delete"`` (``extra`` may give ``roll_back``: the user
+            confirmed deleting a version in use).
         model: the model id (``<base>`` or ``<base>@<n>``).
         settings: how to reach/start the daemon.
         on_done: called with this task on the UI thread when it finishes.
         timeout_s: per-request timeout, seconds.
-        extra: further arguments of the client call (``keep``: ``pending``, ``note``).
+        extra: further arguments of the client call.
 
-    After ``finished``: ``result`` ({model, active, versions}; ``kept`` for ``keep``)
-    or ``error``; ``daemon_process`` (a daemon this task started, else None).
+    After ``finished``: ``result`` ({model, active, versions}; ``here`` for
+    ``versions`` with an extent, ``kept`` for ``keep``, ``deleted`` and ``rolled_back``
+    for ``delete``) or ``error``; ``daemon_process`` (a daemon this task started, else
+    None).
 
     Raises:
         ValueError: an unknown ``action``.
@@ -129,7 +138,7 @@ class VersionsTask(QgsTask):
                  on_done: Optional[Callable[["VersionsTask"], None]] = None,
                  timeout_s: float = 10.0, extra: Optional[Dict[str, Any]] = None):
         super().__init__(f"Ortholens: {action} {model}", QgsTask.CanCancel)
-        if action not in ("versions", "activate", "rollback", "keep"):
+        if action not in ("versions", "activate", "rollback", "keep", "delete"):
             raise ValueError(action)
         self.action, self.model, self.settings = action, model, settings
         self.extra = dict(extra or {})

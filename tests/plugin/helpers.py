@@ -3,22 +3,23 @@ data, the default model, free ports, waiting on Qt, a test engine, small rasters
 as the engine sends them and a stand-in client.
 
 Imported as ``helpers`` (``tests/plugin`` is on ``sys.path``: pytest puts the folder of
-the root ``conftest.py`` there). Real data: ``ORTHOLENS_DATA``, default
-``<repo>/../shared/data``.
+the root ``conftest.py`` there). What every test suite shares (the repository, the real
+data, the default model, free ports, starting and stopping an engine) comes from
+``tests.support``. Real data: ``ORTHOLENS_DATA``, default ``<repo>/../shared/data``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parents[2]
+from backend.config import data_dir  # noqa: F401 (for the plugin tests)
+from tests.support import (DEFAULT_MODEL, REPO, VIENNA, INSIDE as PV01_HELDOUT,  # noqa: F401
+                           default_model, free_port, start_engine, stop_engine)
 
 #: The Python of the engine's environment (``ORTHOLENS_BACKEND_PYTHON`` overrides it).
 BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
@@ -26,36 +27,9 @@ BACKEND_PYTHON = Path(os.environ.get("ORTHOLENS_BACKEND_PYTHON",
 #: The shipped models' folder (``ORTHOLENS_MODELS`` overrides it).
 MODELS = Path(os.environ.get("ORTHOLENS_MODELS", REPO / "models"))
 
-
-def default_model() -> str:
-    """The id of the model the engine offers first on a CPU: ``"cpu"`` of the shipped
-    ``models/defaults.json``."""
-    return str(json.loads((REPO / "models" / "defaults.json").read_text())["cpu"])
-
-
-#: The shipped model the tests detect and retrain with (see :func:`default_model`).
-DEFAULT_MODEL = default_model()
-
-
-def data_dir() -> Path:
-    """The real data folder, as the engine finds it (``backend.config.data_dir``)."""
-    from backend.config import data_dir as backend_data_dir  # the one default
-    return backend_data_dir()
-
-
-VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
-PV01_HELDOUT = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
-
 #: The master password of the test profile's QGIS authentication database
 #: (``tests/plugin/.qgis-settings``), where the engine token is kept.
 TEST_MASTER_PASSWORD = "ortholens-tests"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` (loopback) that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_until(pred: Callable[[], Any], timeout_s: float = 15.0) -> bool:
@@ -92,22 +66,12 @@ def start_test_engine(log_path: Path, port: Optional[int] = None, host: str = "1
     Returns:
         ``(endpoint, process)``, the endpoint as ``tcp://host:port``.
     """
-    from protocol.launcher import start_daemon
-
-    port = port or free_port(host)
-    proc = start_daemon(str(BACKEND_PYTHON), port, str(REPO), host=host, wait_s=120,
-                        log_path=str(log_path), **options)
-    return f"tcp://{host}:{port}", proc
+    return start_engine(log_path, port, host, python=str(BACKEND_PYTHON), **options)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
     """Terminate an engine the tests started; kill it when it has not exited in 15 s."""
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_engine(proc)
 
 
 def make_raster(path: Path, bands: int = 3, size=(16, 12), srs_epsg=None,

@@ -95,7 +95,7 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
     """A zip install without an engine: the dock says so at once, and Detect fails in
     under two seconds with a message that names Settings and carries its button."""
     import plugin
-    from plugin.dock.status import NOT_SET_UP
+    from plugin.dock.status import NO_ENGINE, NOT_SET_UP
 
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", f"tcp://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORTHOLENS_AUTOSTART", "1")
@@ -121,7 +121,10 @@ def test_no_engine_says_where_to_set_it_up(qgis_iface, qgis_new_project, tmp_pat
         button.click()
         assert p.settings_dialog.isVisible()
         p.settings_dialog.reject()
-        assert p.dock.detection.progress.value() == 0 and p.dock.detection.detect_button.isEnabled()
+        # until an engine is set up, Detect and Retrain wait, saying why
+        assert p.dock.detection.progress.value() == 0
+        for button in (p.dock.detection.detect_button, p.dock.versions.retrain_button):
+            assert not button.isEnabled() and button.toolTip() == NO_ENGINE
     finally:
         p.unload()
 

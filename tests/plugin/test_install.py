@@ -474,7 +474,9 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         assert task.report.models and task.report.version == "0.1.0"
         assert "Self-test: detection on the" in dlg.log_view.toPlainText()
         assert "The engine is set up" in dlg.status_label.text()
-        assert dlg.start_button.text() == "Repair" and dlg.remove_button.isEnabled()
+        # done: Close comes next; the main button no longer reads "Repair"
+        assert dlg.start_button.text() == "Reinstall" and dlg.remove_button.isEnabled()
+        assert dlg.close_button.isDefault()
         python = home / "venv" / "bin" / "python"
         assert installed_python() == str(python)
         # installed from the packaged wheel, without PyTorch, outside QGIS's Python
@@ -544,7 +546,7 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
 
         # 8. set up again: a repair (the engine reinstalled over itself); then removed
         dlg.show()
-        assert dlg.start_button.text() == "Repair" and dlg.plan.repair
+        assert dlg.start_button.text() == "Reinstall" and dlg.plan.repair
         dlg.start_button.click()
         task = dlg.task
         assert task is not None and wait_until(lambda: dlg.task is None, 600)
@@ -566,3 +568,17 @@ def test_zip_only_profile_sets_up_its_engine_and_detects_like_the_repository(
         for pid in _engine_pids(qp_port):  # the engine qgis_process started
             os.kill(pid, 15)
         shutil.rmtree(home, ignore_errors=True)  # ~600 MB: not kept in tmp
+
+
+def test_status_line_is_cut_between_words_never_mid_name():
+    """The setup dialog's status line: a long package list is shown by whole names with
+    the count, not cut in a name ("rasterio, o")."""
+    from plugin.install.dialog import status_line
+    names = ["numpy", "rasterio", "onnxruntime", "pyzmq", "shapely", "affine"] * 6
+    line = status_line("Installing collected packages: " + ", ".join(names))
+    assert len(line) <= 150 and line.endswith(f", … ({len(names)} in all)")
+    shown = line[len("Installing collected packages: "):].split(", … (")[0].split(", ")
+    assert shown == names[:len(shown)] and len(shown) >= 5
+    assert status_line("Collecting rasterio==1.4.4") == "Collecting rasterio==1.4.4"
+    long = "$ " + " ".join(["--find-links /very/long/path/wheels"] * 8)
+    assert status_line(long).endswith(" …") and len(status_line(long)) <= 152

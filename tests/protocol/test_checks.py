@@ -265,3 +265,70 @@ _MINMAX = "min and max must be lists of numbers, one per band, with min < max"
 ])
 def test_check_stretch_word_for_word(stretch, message):
     assert C.check_stretch(stretch) == message
+
+
+# ----------------------------------------------------------------------------- inventory
+
+@pytest.mark.parametrize("value, message", [
+    ("/a", None), ("p" * 4096, None),
+    ("p" * 4097, "must be a path of 1-4096 characters without NUL"),
+    ("", "must be a path of 1-4096 characters without NUL"),
+    ("a\x00b", "must be a path of 1-4096 characters without NUL"),
+    (None, "must be a path of 1-4096 characters without NUL"),
+    (["/a"], "must be a path of 1-4096 characters without NUL"),
+])
+def test_check_path_word_for_word(value, message):
+    assert C.check_path(value) == message
+
+
+_LAYER_MSG = "layer must be a non-empty string of at most 255 characters"
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"path": "/d/a.gpkg"}, None),
+    ({"path": "/d/a.gpkg", "layer": "run 1 é"}, None),
+    ({"path": "/d/a.gpkg", "layer": None}, None),
+    ({"path": "/d/a.gpkg", "layer": "l" * 255}, None),
+    ({"path": "/d/a.gpkg", "layer": "l" * 256}, _LAYER_MSG),
+    ({"path": "/d/a.gpkg", "layer": ""}, _LAYER_MSG),
+    ({"path": "/d/a.gpkg", "layer": 1}, _LAYER_MSG),
+    ({"path": ""}, "path must be a path of 1-4096 characters without NUL"),
+    ({}, "path must be a path of 1-4096 characters without NUL"),
+    ({"path": "/a", "crs": "x", "band": 1}, "has unknown field(s) ['band', 'crs']"),
+    ("/d/a.gpkg", "must be an object {path, layer?}"),
+    (None, "must be an object {path, layer?}"),
+])
+def test_check_vector_layer_word_for_word(value, message):
+    assert C.check_vector_layer(value) == message
+    assert C.check_optional_vector_layer(value) == (None if value is None else message)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({}, None),
+    ({"module_area_m2": 10.0, "power_w_m2": 10.0, "packing_factor": 1.0,
+      "tilt_deg": 0.0}, None),
+    ({"module_area_m2": 0.1}, "module_area_m2 must be in (0.1, 10.0]"),
+    ({"module_area_m2": 0.1000001}, None),
+    ({"module_area_m2": 10.01}, "module_area_m2 must be in (0.1, 10.0]"),
+    ({"power_w_m2": 9.99}, "power_w_m2 must be in [10.0, 500.0]"),
+    ({"power_w_m2": 500.0}, None),
+    ({"power_w_m2": 500.5}, "power_w_m2 must be in [10.0, 500.0]"),
+    ({"packing_factor": 0.0}, "packing_factor must be in (0.0, 1.0]"),
+    ({"packing_factor": 1.01}, "packing_factor must be in (0.0, 1.0]"),
+    ({"tilt_deg": 75.0}, None),
+    ({"tilt_deg": 75.1}, "tilt_deg must be in [0.0, 75.0]"),
+    ({"tilt_deg": -0.1}, "tilt_deg must be in [0.0, 75.0]"),
+    ({"tilt_deg": "30"}, "tilt_deg must be a finite number"),
+    ({"tilt_deg": True}, "tilt_deg must be a finite number"),
+    ({"efficiency": 0.2, "area": 1}, "has unknown field(s) ['area', 'efficiency']"),
+    ([2.0], "must be an object"),
+])
+def test_check_assumptions_word_for_word(value, message):
+    assert C.check_assumptions(value) == message
+
+
+def test_check_layer_field():
+    assert C.check_layer_field("Gemeinde name") is None
+    assert C.check_layer_field("f" * 255) is None
+    assert C.check_layer_field("f" * 256) == ("must be a non-empty string of at most "
+                                              "255 characters")

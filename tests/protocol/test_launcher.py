@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
 from protocol.errors import DaemonUnavailable
 from protocol.launcher import (_child_env, _tail, default_backend_python, ensure_daemon,
                                log_dir, port_open, repo_dir, start_daemon)
-from tools.common import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = "ortholens daemon listening on tcp://127.0.0.1:{}"
+from tests.support import LISTENING, REPO, free_port
 
 
 def test_start_daemon_ensure_daemon_and_sigterm(tmp_path):

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from protocol.paths import user_data_dir  # noqa: E402
+from protocol.paths import user_data_dir
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the XDG layout is not Windows'")

@@ -1,35 +1,9 @@
-"""Cross-validation folds and the coarser-GSD simulation of ``tools.cv``."""
+"""The coarser-GSD simulation of ``tools.cv`` (its folds:
+tests/backend/learning/test_data.py)."""
 
 import numpy as np
-import pytest
 
-from backend.learning import data as pvdata
 from tools.cv import coarsen, to_coarse
-
-
-@pytest.fixture(scope="module")
-def tiles():
-    try:
-        return pvdata.list_tiles("train")
-    except FileNotFoundError:
-        pytest.skip("pv01 missing (set ORTHOLENS_DATA)")
-
-
-def test_folds_hold_whole_sites_once(tiles):
-    folds = pvdata.cv_folds(tiles, 3)
-    clusters = pvdata.clusters(tiles)
-    largest = {t.name for t in max(clusters, key=len)}
-    seen = []
-    for fit, val in folds:
-        fit_n, val_n = {t.name for t in fit}, {t.name for t in val}
-        assert not fit_n & val_n and len(fit_n | val_n) == len(tiles)
-        assert largest <= fit_n                       # the big site is always fitted
-        for c in clusters:                            # no site split between the two
-            names = {t.name for t in c}
-            assert names <= fit_n or names <= val_n
-        seen += sorted(val_n)
-    assert sorted(seen) == sorted({t.name for t in tiles} - largest)  # each once
-    assert [len(v) for _, v in folds] == [9, 9, 9]
 
 
 def test_coarsen_averages_blocks_and_majority_votes_the_mask():

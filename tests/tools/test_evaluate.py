@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from backend.config import pv01_dir
 from tools.evaluate import coarser_copy
+from tests.support import INSIDE
 
-TILE = pv01_dir() / "heldout" / "PV01_325228_1203845"
+TILE = INSIDE.with_suffix("")
 
 
 @pytest.mark.parametrize("gsd_m,factor", [(0.2, 2), (0.3, 3)])

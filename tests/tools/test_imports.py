@@ -3,16 +3,12 @@ each kind of violation in a small synthetic tree."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools.imports import violations  # noqa: E402
+from tools.imports import violations
+from tests.support import REPO
 
 
 def test_code_base_follows_the_import_rules():

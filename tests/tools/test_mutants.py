@@ -3,14 +3,8 @@ codes read, and the committed list of survivors that the task checks against."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tools.mutants import EXPLAINED, SCOPE, Scope, explained_names, setup_cfg, verdict  # noqa: E402
+from tools.mutants import EXPLAINED, SCOPE, Scope, explained_names, setup_cfg, verdict
+from tests.support import REPO
 
 
 def test_scope_patterns_and_exclusions():

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from affine import Affine
 
+from backend.inference.coverage import SourceCoverage
 from backend.inference.predictors import Predictor, get_predictor
 from backend.inference.grid import Grid, plan_grid
 from backend.inference.objects import features
@@ -142,7 +143,9 @@ class RegionResult:
 
     ``unreadable`` names the damaged file(s) when GDAL could not read some pixels of
     the region's tiles (a truncated tile of a mosaic): those pixels are no-data, the
-    region's other objects are kept, and the job goes on.
+    region's other objects are kept, and the job goes on. ``empty`` is True for a
+    region whose window holds no data (a gap of a sparse mosaic): it was skipped
+    without reading its tiles.
     """
 
     index: int
@@ -154,6 +157,7 @@ class RegionResult:
     seconds: float = 0.0
     warnings: List[str] = field(default_factory=list)
     unreadable: str = ""
+    empty: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data, to travel between processes."""
@@ -213,6 +217,7 @@ class RegionWorker:
                 ds = self._stack.enter_context(open_source(params.detect.source))
             self.reader = WindowReader(ds, self.grid, damaged="mask")
             self._stack.callback(self.reader.close)
+            self.coverage = SourceCoverage(ds, self.grid)
         except BaseException:
             self._stack.close()
             raise
@@ -238,15 +243,23 @@ class RegionWorker:
 
         Pixels GDAL cannot read (a damaged tile of a mosaic) are no-data (the reader
         salvages the rest, ``WindowReader(damaged="mask")``); the result then names
-        the damaged file in ``unreadable`` and a warning.
+        the damaged file in ``unreadable`` and a warning. A region whose core grown by
+        the first halo holds no data (``backend.inference.coverage``: a gap of a sparse
+        mosaic, nodata) owns no object: it is skipped without reading its tiles
+        (``empty``).
 
         Raises:
             JobCancelled: ``cancelled()`` turned true.
         """
         t0 = time.perf_counter()
+        core = self.regions.core(idx)
+        halo = self.detector.opts.first_halo(self.card)
+        if self.coverage.empty(core.grow(halo, self.grid.height, self.grid.width)):
+            return RegionResult(idx, [], seconds=round(time.perf_counter() - t0, 3),
+                                empty=True)
         first_note = len(self.warnings)
         lost_before = dict(self.reader.unreadable)
-        out = self.detector.detect(self.regions.core(idx), cancelled=cancelled)
+        out = self.detector.detect(core, cancelled=cancelled)
         if out.truncated:
             max_halo = self.detector.opts.max_halo_px
             self.warnings.append(f"region {idx}: {out.truncated} object(s) larger than the "

@@ -15,7 +15,6 @@ Apache-2.0), read where they lie (``<data>/deepness``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from protocol.client import OrtholensClient
 from protocol.errors import DaemonError
 from protocol.importing import DEEPNESS_DEFAULTS, ImportParams, ImportValues, missing_keys
 from protocol.params import BatchParams, DetectParams, FileSource, RetrainParams
-from tests.backend.daemon_process import LISTENING, read_line, start_engine, stop
+from tests.support import running_engine
 
 DEEPNESS = data_dir() / "deepness"
 RASTER = DEEPNESS / "dummy_fotomap_small.tif"
@@ -48,20 +47,13 @@ MIN_AGREEMENT = 0.999
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, get_free_port):
+def engine(tmp_path_factory):
     """A real engine with an empty user model folder; yields a connected client."""
     tmp = tmp_path_factory.mktemp("byom")
-    port = get_free_port()
-    log = open(tmp / "daemon.log", "wb")
-    proc = start_engine(port, log, env=dict(os.environ, ORTHOLENS_USER_MODELS=str(
-        tmp / "user-models")))
-    try:
-        assert read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port), log.name
-        with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=30.0) as client:
+    with running_engine(tmp / "daemon.log",
+                        env={"ORTHOLENS_USER_MODELS": str(tmp / "user-models")}) as (ep, _):
+        with OrtholensClient(ep, timeout_s=30.0) as client:
             yield client, tmp
-    finally:
-        stop(proc)
-        log.close()
 
 
 def reference_grid():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -15,7 +16,16 @@ import zmq
 import protocol as P
 from protocol.client import OrtholensClient
 from protocol.params import DetectParams
-from tests.backend.daemon_process import LISTENING, REPO, read_line, start_engine, stop
+from tests.support import DEFAULT_MODEL, HELDOUT, INSIDE, LISTENING, REPO, stop_engine
+
+
+def _read_line(stream, timeout_s: float) -> str:
+    q: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: q.put(stream.readline()), daemon=True).start()
+    try:
+        return q.get(timeout=timeout_s)
+    except queue.Empty:
+        return ""
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +33,15 @@ def daemon(tmp_path_factory, get_free_port):
     """``python -m backend --port P`` in its own session; yields ``(endpoint, proc)``."""
     port = get_free_port()
     log = open(tmp_path_factory.mktemp("daemon") / "daemon.log", "wb")
-    proc = start_engine(port, log)
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port)],
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=log, text=True, start_new_session=True)
     try:
-        line = read_line(proc.stdout, 60)
+        line = _read_line(proc.stdout, 60)
         assert line.rstrip("\n") == LISTENING.format(port), (line, log.name)
         yield f"tcp://127.0.0.1:{port}", proc
     finally:
-        stop(proc)
+        stop_engine(proc, wait_s=10)
         log.close()
 
 
@@ -116,23 +128,18 @@ def test_cli_refuses_public_bind_without_token(monkeypatch):
 
 # ----------------------------------------------------------------------------- end to end
 
-TILE = "PV01_325228_1203845"
-
-
 def test_detect_real_tile_end_to_end(daemon):
     import rasterio
     import rasterio.features
     from rasterio.crs import CRS
     from shapely import wkt
 
-    from backend.config import pv01_dir
-
-    image = pv01_dir() / "heldout" / f"{TILE}.tif"
-    mask_path = pv01_dir() / "heldout" / f"{TILE}_mask.tif"
+    image = INSIDE
+    mask_path = INSIDE.with_name(f"{INSIDE.stem}_mask.tif")
     progress = []
     with OrtholensClient(daemon[0], timeout_s=10) as c:
         res = c.detect(DetectParams(source={"kind": "file", "path": str(image)},
-                                    model="pv-unet-efl0"),
+                                    model=DEFAULT_MODEL),
                        on_progress=lambda f, m: progress.append(f), job_timeout_s=300)
     assert res["type"] == "result" and isinstance(res["crs"], str) and res["crs"]
     feats = res["features"]
@@ -140,7 +147,7 @@ def test_detect_real_tile_end_to_end(daemon):
     for f in feats:
         assert f["class"] == "photovoltaic" and f["class_id"] == 1
         assert 0 < f["score"] <= 1 and f["area_m2"] > 0
-        assert f["model"] == "pv-unet-efl0" and f["model_version"]
+        assert f["model"] == DEFAULT_MODEL and f["model_version"]
     with rasterio.open(image) as src:
         shape, transform = (src.height, src.width), src.transform
         assert CRS.from_user_input(res["crs"]) == src.crs
@@ -160,41 +167,43 @@ def test_two_workers_run_real_detections_concurrently_and_correctly(tmp_path,
     """``--workers 2``: four real held-out tiles sent at once from four clients give
     exactly the polygons of one detection at a time in this process (the workers share
     the cached engine)."""
-    from backend.config import pv01_dir
     from backend.inference.detect import run_detect
 
-    tiles = sorted(pv01_dir().joinpath("heldout").glob("PV01_*[0-9].tif"))[:4]
+    tiles = sorted(HELDOUT.glob("PV01_*[0-9].tif"))[:4]
     assert len(tiles) == 4
     port = get_free_port()
     log = open(tmp_path / "daemon.log", "wb")
-    proc = start_engine(port, log, ["--workers", "2"])
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port),
+                             "--workers", "2"], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True)
     results, errors = {}, []
 
     def one(path):
         try:
             with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=10) as c:
                 results[path.name] = c.detect(DetectParams(
-                    source={"kind": "file", "path": str(path)}, model="pv-unet-efl0"),
+                    source={"kind": "file", "path": str(path)}, model=DEFAULT_MODEL),
                     job_timeout_s=300)["features"]
         except Exception as exc:  # reported below, with the tile
             errors.append((path.name, repr(exc)))
 
     try:
-        assert read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port)
+        assert _read_line(proc.stdout, 60).rstrip("\n") == LISTENING.format(port)
         threads = [threading.Thread(target=one, args=(t,)) for t in tiles]
         for t in threads:
             t.start()
         for t in threads:
             t.join(300)
     finally:
-        stop(proc)
+        stop_engine(proc, wait_s=10)
         log.close()
     assert not errors, errors
     assert sorted(results) == sorted(t.name for t in tiles)
     total = 0
     for t in tiles:
         want = run_detect(DetectParams(source={"kind": "file", "path": str(t)},
-                                       model="pv-unet-efl0"), [])["features"]
+                                       model=DEFAULT_MODEL), [])["features"]
         got = results[t.name]
         assert [(f["wkt"], f["score"]) for f in got] == [(f["wkt"], f["score"])
                                                           for f in want], t.name

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.params import BatchParams, DetectParams
-from test_batch import MODEL, gpkg_set, needs_model, polygon_set, pv01_vrt  # noqa: F401
+from tests.support import DEFAULT_MODEL, free_port, gpkg_set, needs_real, polygon_set
 
 ray = pytest.importorskip("ray", reason="ray is not installed (requirements-backend.txt)")
 
@@ -23,14 +23,14 @@ def local_ray():
         ray.shutdown()
 
 
-@needs_model
-def test_ray_executor_equals_single_machine(pv01_vrt, tmp_path, local_ray):  # noqa: F811
+@needs_real
+def test_ray_executor_equals_single_machine(pv01_vrt, tmp_path, local_ray):
     from backend.daemon.batch_runner import run_batch, submit
     from backend.daemon.jobstore import JobStore
     from backend.inference.detect import run_detect
 
-    req = {"source": {"kind": "file", "path": str(pv01_vrt)}, "model": MODEL}
-    detect = DetectParams(req["source"], MODEL)
+    req = {"source": {"kind": "file", "path": str(pv01_vrt)}, "model": DEFAULT_MODEL}
+    detect = DetectParams(req["source"], DEFAULT_MODEL)
     store = JobStore(tmp_path / "jobs")
     local = submit(store, BatchParams(detect, out_path=str(tmp_path / "local.gpkg"),
                                       region_px=100, halo_px=16))
@@ -44,7 +44,7 @@ def test_ray_executor_equals_single_machine(pv01_vrt, tmp_path, local_ray):  # n
     got_local, regions_local = gpkg_set(tmp_path / "local.gpkg")
     assert got_ray == got_local and len(got_ray) >= 10
     assert sorted(regions_ray) == sorted(regions_local)  # same owners
-    ref = run_detect({"source": req["source"], "model": MODEL}, [])
+    ref = run_detect({"source": req["source"], "model": DEFAULT_MODEL}, [])
     assert got_ray == polygon_set(ref["features"])
 
 
@@ -166,8 +166,8 @@ _BATCH = ("import sys\n"
           "    print('ERROR', e.code, e.message)\n")
 
 
-@needs_model
-def test_cluster_head_on_loopback_with_a_token(tmp_path, pv01_vrt):  # noqa: F811
+@needs_real
+def test_cluster_head_on_loopback_with_a_token(tmp_path, pv01_vrt):
     """A cluster started for batch jobs as the README says (``ray start --head
     --node-ip-address=127.0.0.1`` with ``RAY_AUTH_MODE=token``) listens on 127.0.0.1
     (but for the ports Ray binds everywhere), and admits a driver with its token and no
@@ -179,7 +179,6 @@ def test_cluster_head_on_loopback_with_a_token(tmp_path, pv01_vrt):  # noqa: F81
     import subprocess
     import sys
     from pathlib import Path
-    from tools.common import free_port
     ray_bin = Path(sys.executable).with_name("ray")
     port = free_port()
     token = secrets.token_hex(16)
@@ -210,13 +209,13 @@ def test_cluster_head_on_loopback_with_a_token(tmp_path, pv01_vrt):  # noqa: F81
         from backend.inference.detect import run_detect
         job_env = dict(env, RAY_ADDRESS=address, PYTHONPATH=str(REPO))
         args = [sys.executable, "-c", _BATCH, str(pv01_vrt), str(tmp_path / "ray.gpkg"),
-                str(tmp_path / "jobs"), MODEL]
+                str(tmp_path / "jobs"), DEFAULT_MODEL]
         done = subprocess.run(args, env=job_env, cwd=str(REPO), capture_output=True,
                               text=True, timeout=600)
         assert "EXECUTOR ray" in done.stdout, (done.stdout[-1000:], done.stderr[-2000:])
         got, _ = gpkg_set(tmp_path / "ray.gpkg")
-        ref = run_detect({"source": {"kind": "file", "path": str(pv01_vrt)}, "model": MODEL},
-                         [])
+        ref = run_detect({"source": {"kind": "file", "path": str(pv01_vrt)},
+                          "model": DEFAULT_MODEL}, [])
         assert got == polygon_set(ref["features"]) and len(got) >= 10
         args[4] = str(tmp_path / "ray-bad.gpkg")
         refused = subprocess.run(args, env=dict(job_env, RAY_AUTH_TOKEN=secrets.token_hex(16)),

@@ -7,30 +7,16 @@ test machine is shared); ``python3 build.py load`` runs the same scenario.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from tools.loadtest import run_load, summary, write_json
-from protocol.launcher import start_daemon
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.support import REPO, running_engine
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory, get_free_port):
-    port = get_free_port()
-    proc = start_daemon(sys.executable, port, str(REPO), wait_s=120,
-                        log_path=str(tmp_path_factory.mktemp("load") / "daemon.log"))
-    try:
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except Exception:  # noqa: BLE001
-            proc.kill()
+def endpoint(tmp_path_factory):
+    with running_engine(tmp_path_factory.mktemp("load") / "daemon.log") as (endpoint, _):
+        yield endpoint
 
 
 def test_hundred_requests_from_five_clients(endpoint):

@@ -1,15 +1,12 @@
-"""backend.daemon.server in a thread, with a fake detect function: queue, cancel, security,
-concurrency, and protocol.client against it."""
+"""backend.daemon.server in a thread, with a fake detect function: the requests it
+answers, queue, cancel, security, concurrency and heartbeats (the client's side of it:
+tests/protocol/test_client.py)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import os
 import threading
 import time
-from contextlib import contextmanager
-from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -19,114 +16,10 @@ import protocol as P
 from protocol.framing import is_loopback
 from backend.daemon.server import Server
 from protocol.client import OrtholensClient
-from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled, JobError
+from protocol.errors import DaemonError
 from protocol.params import DetectParams
-
-FILE = {"kind": "file", "path": "/data/ortho.tif"}
-PIX = {"kind": "pixels", "crs": "EPSG:2056", "transform": [0.1, 0, 2600000, 0, -0.1, 1200000]}
-
-
-class FakeDetect:
-    """A detect_fn whose behaviour is chosen by the request's ``model``.
-
-    ``echo``: returns at once, echoing the request; ``block``: waits for ``gate`` (or
-    cancellation); ``loop``: reports progress until cancelled; ``flood``: 3000 progress
-    calls in ~0.3 s; ``fail``: a JobError; ``crash``: RuntimeError;
-    ``badresult``: a result that is not JSON-serialisable.
-    """
-
-    def __init__(self):
-        self.started: List[str] = []   # request ids, in the order jobs started
-        self.cancelled: List[str] = []
-        self.gate = threading.Event()
-        self.lock = threading.Lock()
-
-    def __call__(self, request, arrays, progress, cancelled):
-        with self.lock:
-            self.started.append(request["id"])
-        model = request["model"]
-        if model == "block":
-            while not self.gate.wait(0.01):
-                if cancelled():
-                    self.cancelled.append(request["id"])
-                    raise JobCancelled()
-        elif model == "loop":
-            for i in range(2000):
-                progress(i / 2000, f"batch {i}")
-                if cancelled():
-                    self.cancelled.append(request["id"])
-                    raise JobCancelled()
-                time.sleep(0.005)
-        elif model == "flood":
-            for i in range(3000):
-                progress(i / 3000, "tile")
-                if i % 100 == 0:
-                    time.sleep(0.01)
-        elif model == "fail":
-            raise JobError("the raster has no CRS", P.E_INVALID_INPUT)
-        elif model == "crash":
-            raise RuntimeError("boom")
-        elif model == "badresult":
-            return {"crs": "EPSG:2056", "features": [{"score": np.float32(0.5)}], "stats": {}}
-        a = arrays[0] if arrays else None
-        return {"crs": "EPSG:2056",
-                "features": [{"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 0))", "class": "photovoltaic",
-                              "class_id": 1, "score": 0.9, "area_m2": 0.5, "model": model,
-                              "model_version": "1", "request": request["id"]}],
-                "stats": {"path": request["source"].get("path"),
-                          "token": request.get("token"),
-                          "sum": None if a is None else int(a.sum()),
-                          "writeable": None if a is None else bool(a.flags.writeable),
-                          "owndata": None if a is None else bool(a.flags.owndata)}}
-
-
-@contextmanager
-def running(**kw):
-    fake = kw.pop("detect_fn", None) or FakeDetect()
-    server = Server(port=0, device="test", detect_fn=fake, **kw)
-    server.start_in_thread()
-    try:
-        yield server, fake
-    finally:
-        fake.gate.set()
-        server.stop()
-
-
-@contextmanager
-def raw_dealer(endpoint):
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    s.connect(endpoint)
-    try:
-        yield s
-    finally:
-        s.close()
-        ctx.term()
-
-
-def recv(sock, timeout_s=5.0) -> Dict:
-    assert sock.poll(int(timeout_s * 1000)), "no reply in time"
-    return P.decode(sock.recv_multipart(), P.MAX_REPLY_HEADER_BYTES)[0]
-
-
-def send_detect(sock, model, rid, source=FILE, **kw):
-    sock.send_multipart(P.encode(P.request("detect", id=rid, source=source, model=model,
-                                           **kw)))
-
-
-def wait_for(pred, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
-def job_state(server, job_id):
-    with server._lock:
-        return server._jobs[job_id].state
+from tests.support import (DEFAULT_MODEL, FILE, PIX, REPO, FakeDetect, raw_dealer, recv,
+                           running_server as running, send_detect, wait_for)
 
 
 # ----------------------------------------------------------------------------- basics
@@ -166,8 +59,9 @@ def test_handle_never_raises_on_bare_frames():
 
 
 def test_internal_error_in_handler_is_answered(monkeypatch):
+    from backend.daemon import handlers
     server = Server(port=0, device="test", detect_fn=FakeDetect())
-    monkeypatch.setattr(server, "_cards", lambda: 1 / 0)
+    monkeypatch.setattr(handlers, "_cards", lambda: 1 / 0)
     (_, reply), = server.handle([b"p", P.encode(P.request("models", id="m1"))[0]])
     assert reply["type"] == "error" and reply["code"] == P.E_INTERNAL
     assert reply["id"] == "m1"
@@ -249,24 +143,6 @@ def test_cancel_running_job():
         assert not s.poll(300), "nothing may follow the terminal event"
         assert fake.cancelled == ["d1"]
         assert other.status(job_id)[0]["state"] == "cancelled"
-
-
-def test_client_detect_cancelled_by_callback():
-    flag = threading.Event()
-    progress = []
-
-    def on_progress(f, m):
-        progress.append(f)
-        if len(progress) >= 2:
-            flag.set()
-
-    with running() as (server, fake), OrtholensClient(server.endpoint) as c:
-        with pytest.raises(JobCancelled) as e:
-            c.detect(DetectParams(source=FILE, model="loop"), on_progress=on_progress,
-                     is_cancelled=flag.is_set)
-        wait_for(lambda: job_state(server, e.value.job_id) == "cancelled")
-        assert len(fake.cancelled) == 1
-        assert c.ping()["type"] == "pong"  # the client is still usable
 
 
 def test_cancel_queued_job_never_runs():
@@ -449,86 +325,13 @@ def test_twenty_concurrent_clients():
     assert len(fake.started) == sum(1 for n in range(20) for k in range(5) if not (n + k) % 2)
 
 
-def test_client_times_out_recreates_socket_and_skips_stale_replies(port):
-    """A fake daemon ignores the first request, then answers each with a stale reply
-    first and the right one second."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.linger = 0
-    router.bind(f"tcp://127.0.0.1:{port}")
-    identities = []
-    stop = threading.Event()
-
-    def fake_daemon():
-        while not stop.is_set():
-            if not router.poll(50):
-                continue
-            ident, raw = router.recv_multipart()
-            identities.append(ident)
-            req = P.decode([raw])[0]
-            if len(identities) == 1:
-                continue
-            for rid in ("stale-" + req["id"], req["id"]):
-                router.send_multipart([ident] + P.encode(P.reply(
-                    "pong", rid, version="x", protocol=1, device="cpu", models=[], jobs=0)))
-
-    t = threading.Thread(target=fake_daemon)
-    t.start()
-    try:
-        with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3) as c:
-            with pytest.raises(DaemonUnavailable):
-                c.ping()
-            pong = c.ping(timeout_s=5)
-            assert pong["version"] == "x" and not pong["id"].startswith("stale-")
-            assert c.ping()["type"] == "pong"
-    finally:
-        stop.set()
-        t.join()
-        router.close()
-        ctx.term()
-    assert len(identities) == 3
-    assert identities[0] != identities[1] == identities[2]  # new socket after a timeout
-
-
-def test_client_unavailable_when_nothing_listens(port):
-    with OrtholensClient(f"tcp://127.0.0.1:{port}", timeout_s=0.2) as c:
-        t0 = time.monotonic()
-        with pytest.raises(DaemonUnavailable):
-            c.ping()
-        with pytest.raises(DaemonUnavailable):
-            c.detect(DetectParams(source=FILE, model="echo"))
-        assert time.monotonic() - t0 < 2
-
-
-def test_client_job_timeout_when_daemon_goes_silent():
-    with running() as (server, fake), OrtholensClient(server.endpoint) as c:
-        t0 = time.monotonic()
-        with pytest.raises(DaemonUnavailable, match="no news"):
-            c.detect(DetectParams(source=FILE, model="block"), job_timeout_s=0.3)
-        assert time.monotonic() - t0 < 3
-        # the client cancelled the job it gave up on
-        wait_for(lambda: fake.cancelled)
-
-
-def test_models_mark_one_default_per_device(monkeypatch):
-    """The models reply flags the model a new user should get: the fast single model
-    on a CPU daemon, the ensemble on a GPU one (models/defaults.json), or the one
-    ORTHOLENS_DEFAULT_MODEL names."""
-    from backend.models.catalog import default_model_id, list_cards
-    cards = list_cards()
-    ids = [c.id for c in cards]
-    assert default_model_id(cards, cuda=False) == "pv-unet-efl0"
-    assert default_model_id(cards, cuda=True) == ("pv-ensemble" if "pv-ensemble" in ids
-                                                  else ids[0])
-    other = dataclasses.replace(cards[0], id="pv-other")
-    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "pv-other")
-    assert default_model_id(cards + [other], cuda=False) == "pv-other"
-    monkeypatch.setenv("ORTHOLENS_DEFAULT_MODEL", "no-such-model")  # ignored
-    assert default_model_id(cards + [other], cuda=False) == "pv-unet-efl0"
-    monkeypatch.delenv("ORTHOLENS_DEFAULT_MODEL")
+def test_models_reply_marks_the_default_model(monkeypatch):
+    """The models reply flags the model a new user should get (which one:
+    tests/backend/models/test_catalog.py): the fast single model on a CPU daemon."""
+    monkeypatch.delenv("ORTHOLENS_DEFAULT_MODEL", raising=False)
     with running() as (server, _), OrtholensClient(server.endpoint) as c:
         flagged = [m["id"] for m in c.models() if m.get("default")]
-    assert flagged == ["pv-unet-efl0"]
+    assert flagged == [DEFAULT_MODEL]
 
 
 _FROZEN_CLIENT = """
@@ -557,9 +360,7 @@ def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
     monkeypatch.setattr(S, "HEARTBEAT_IVL_MS", 100)
     monkeypatch.setattr(S, "HEARTBEAT_TIMEOUT_MS", 500)
     with running() as (server, fake):
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))))
-        env = dict(os.environ, PYTHONPATH=repo)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
         child = subprocess.Popen([sys.executable, "-c", _FROZEN_CLIENT, server.endpoint,
                                   FILE["path"]], stdout=subprocess.PIPE, text=True, env=env)
         try:
@@ -572,3 +373,47 @@ def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
         finally:
             child.kill()
             child.wait(10)
+
+
+def _still_serving(server) -> bool:
+    """True when the server's loop still runs after several of its 0.1 s polls."""
+    import time
+    time.sleep(0.5)
+    return server._thread.is_alive()
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_idle_exit_waits_for_the_jobs_then_stops_the_engine():
+    """An engine with an idle exit stops once it has had no request, no job and no
+    upload for that long on its clock, and never while a job runs."""
+    clock = _Clock()
+    with running(idle_exit_s=60, clock=clock) as (server, fake), \
+            raw_dealer(server.endpoint) as s:
+        send_detect(s, "block", "b1")
+        assert recv(s)["type"] == "accepted"
+        assert wait_for(lambda: fake.started == ["b1"])
+        clock.t += 3600                      # an hour of a running job: no exit
+        assert _still_serving(server)
+        fake.gate.set()
+        assert wait_for(lambda: server.table.active_count() == 0)
+        clock.t += 59                        # idle, but not long enough
+        assert _still_serving(server)
+        clock.t += 2
+        assert wait_for(lambda: not server._thread.is_alive(), timeout_s=5)
+
+
+def test_no_idle_exit_by_default():
+    clock = _Clock()
+    with running(clock=clock) as (server, _):
+        assert server.idle_exit_s == 0
+        clock.t += 10 ** 6
+        assert _still_serving(server)

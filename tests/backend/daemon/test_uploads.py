@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 import protocol as P
-from backend.daemon.server import Server
 from backend.daemon.uploads import UploadStore, window_side
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError, JobCancelled
 from protocol.params import DetectParams, FileSource, PixelUpload, UploadSource
 from protocol.window import Window
+from tests.support import (DEFAULT_MODEL, INSIDE, REPO, ask, raw_dealer as raw,
+                           running_server)
 
 CRS = "EPSG:32651"
 TRANSFORM = (0.1, 0.0, 254315.0, 0.0, -0.1, 3601415.0)
@@ -38,25 +38,23 @@ def read_back(request, arrays, progress, cancelled):
         a = ds.read()
         return {"crs": ds.crs.to_wkt(), "features": [],
                 "stats": {"path": request["source"].get("path"), "shape": list(a.shape),
-                          "digest": int((a.astype(np.int64) * np.arange(a.size).reshape(
-                              a.shape) % 1000003).sum()),
+                          "digest": digest(a),
                           "transform": list(ds.transform)[:6], "nodata": ds.nodata,
                           "epsg": ds.crs.to_epsg()}}
 
 
 def digest(a):
+    """A checksum of the values and positions of ``a``'s pixels."""
     return int((a.astype(np.int64) * np.arange(a.size).reshape(a.shape) % 1000003).sum())
 
 
 @contextmanager
 def running(tmp_path, **kw):
-    server = Server(port=0, device="test", detect_fn=kw.pop("detect_fn", read_back),
-                    upload_dir=str(tmp_path / "uploads"), **kw)
-    server.start_in_thread()
-    try:
+    """A server in a thread whose detections read back their source
+    (:func:`read_back`), its uploads under ``tmp_path / "uploads"``."""
+    with running_server(detect_fn=kw.pop("detect_fn", read_back),
+                        upload_dir=str(tmp_path / "uploads"), **kw) as (server, _):
         yield server
-    finally:
-        server.stop()
 
 
 def spec(img, **kw):
@@ -131,25 +129,6 @@ def test_float_and_single_band_images(tmp_path):
         assert stats["shape"] == [1, 70, 90] and stats["digest"] == digest(img)
 
 
-@contextmanager
-def raw(endpoint):
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    s.connect(endpoint)
-    try:
-        yield s
-    finally:
-        s.close()
-        ctx.term()
-
-
-def ask(sock, header, arrays=()):
-    sock.send_multipart(P.encode(header, arrays))
-    assert sock.poll(5000), "no reply"
-    return P.decode(sock.recv_multipart(), P.MAX_REPLY_HEADER_BYTES)[0]
-
-
 def test_bad_windows_are_refused_and_the_upload_survives(tmp_path):
     img = image(100, 100)
     with running(tmp_path) as server, raw(server.endpoint) as s:
@@ -207,7 +186,7 @@ def test_upload_limits_token_cancel_and_expiry(tmp_path):
             # an upload nobody sends to expires
             src = c.upload(spec(img), windows_of(img))
             time.sleep(0.4)
-            server.uploads.prune(server._job_active)
+            server.uploads.prune(server.table.is_active)
             with pytest.raises(DaemonError) as ei:
                 c.detect(DetectParams(src, "m"))
             assert ei.value.code == P.E_NOT_FOUND
@@ -250,30 +229,26 @@ def test_forbidden_and_missing_files_name_the_source_field(tmp_path):
 
 # ----------------------------------------------------------------------------- real model
 
-REPO = Path(__file__).resolve().parents[3]
-MODEL = "pv-unet-efl0"
-
-
 def test_real_detection_of_an_uploaded_tile_equals_the_file(tmp_path):
     """The detection of a held-out tile streamed in 128-pixel windows gives exactly the
     polygons of the same tile read from its file."""
     import rasterio
 
-    from backend.config import data_dir
     from backend.inference.detect import run_detect
 
-    tile = data_dir() / "pv01" / "heldout" / "PV01_325228_1203845.tif"
-    if not tile.is_file() or not (REPO / "models" / MODEL / "card.json").is_file():
-        pytest.skip(f"needs {tile} and the model {MODEL}")
+    tile = INSIDE
+    if not tile.is_file() or not (REPO / "models" / DEFAULT_MODEL / "card.json").is_file():
+        pytest.skip(f"needs {tile} and the model {DEFAULT_MODEL}")
     with rasterio.open(tile) as ds:
         img = ds.read()
         up = PixelUpload(ds.crs.to_wkt(), tuple(ds.transform)[:6], ds.width, ds.height,
                          ds.count, str(img.dtype), window_px=128)
     with running(tmp_path, detect_fn=run_detect) as server, \
             OrtholensClient(server.endpoint, timeout_s=30) as c:
-        by_file = c.detect(DetectParams(FileSource(str(tile)), MODEL), job_timeout_s=300)
+        by_file = c.detect(DetectParams(FileSource(str(tile)), DEFAULT_MODEL),
+                           job_timeout_s=300)
         src = c.upload(up, windows_of(img))
-        by_upload = c.detect(DetectParams(src, MODEL), job_timeout_s=300)
+        by_upload = c.detect(DetectParams(src, DEFAULT_MODEL), job_timeout_s=300)
     assert by_file["features"], "the held-out tile has panels"
     assert [f["wkt"] for f in by_upload["features"]] == [f["wkt"] for f in by_file["features"]]
     assert by_upload["stats"]["width"] == by_file["stats"]["width"]

@@ -1,171 +1,156 @@
-"""Imagery as users have it: band order, 16-bit and float values, grey, palettes,
-JPEG-in-TIFF (YCbCr) and alpha masks.
-
-Each variant is made from a real pv01 held-out tile (9 panel arrays) with rasterio, so
-the expected polygons are those of the 8-bit RGB original whenever the variant holds
-the same pixel values, and a documented transformation otherwise.
-"""
+"""backend.inference.bands: which bands a model reads (colour interpretation, grey,
+alpha, explicit mappings, types that cannot be stretched) and the stretch of 16-bit
+bands to 8 bits, on small in-memory rasters (imagery of these kinds through a whole
+detection: tests/backend/inference/test_imagery.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
+from rasterio.io import MemoryFile
 
-from backend.config import data_dir, pv01_dir
-from backend.inference import detect as D
-from protocol.params import DetectParams, FileSource, Stretch
+from backend.inference.bands import alpha_band, choose_bands
+from backend.inference.grid import plan_grid
+from protocol.errors import InputError
+from tests.support import FAR_GSD, open_raster, small_grid
 
-MODEL = "pv-unet-efl0"
-TILE = pv01_dir() / "heldout" / "PV01_325192_1204246.tif"
-ATLANTA = data_dir() / "spacenet-atlanta" / "sample_geotiff.tif"
-
-
-def _run(path, **kw):
-    return D.run_detect(DetectParams(FileSource(str(path)), MODEL, **kw), [])
+#: 100 x 50 px of 0.3 m in MGI / Austria GK East (Vienna): x -1700..-1670, y 338545..338560.
+VIENNA_GRID = small_grid()
 
 
-def _wkts(res):
-    return [f["wkt"] for f in res["features"]]
+def test_choose_bands():
+    """The bands named red, green and blue, else the first ones; a lone grey band as R,
+    G and B; never the alpha band; unused bands named in a warning."""
+    ci = ColorInterp
+    with open_raster(*VIENNA_GRID, colorinterp=[ci.red, ci.green, ci.blue]) as ds:
+        assert choose_bands(ds, None, 3) == ([1, 2, 3], [])
+        assert choose_bands(ds, [3, 2, 1], 3) == ([3, 2, 1], [])
+        assert choose_bands(ds, [3, 3, 3], 3) == ([3, 3, 3], [])
+        for req, msg in [([4, 1, 2], "band(s) [4] requested but the raster has 3"),
+                         ([0, 1, 2], "band(s) [0] requested but the raster has 3"),
+                         ([1, 2], "the model takes 3 bands; 2 given")]:
+            with pytest.raises(InputError) as e:
+                choose_bands(ds, req, 3)
+            assert str(e.value) == msg
+    with open_raster(*VIENNA_GRID, colorinterp=[ci.blue, ci.green, ci.red]) as ds:
+        assert choose_bands(ds, None, 3) == ([3, 2, 1], [])
+    with open_raster(*VIENNA_GRID[:3], 50, count=4,
+                colorinterp=[ci.red, ci.green, ci.blue, ci.undefined]) as ds:
+        assert alpha_band(ds) is None
+        assert choose_bands(ds, None, 3) == ([1, 2, 3], [
+            "the raster has 4 bands; bands [1, 2, 3] are used as RGB, band(s) [4] ignored"])
+    with open_raster(*VIENNA_GRID[:3], 50, count=5,
+                colorinterp=[ci.undefined, ci.undefined, ci.alpha, ci.undefined,
+                             ci.undefined]) as ds:
+        assert alpha_band(ds) == 3
+        assert choose_bands(ds, None, 3) == ([1, 2, 4], [
+            "the raster has 5 bands; bands [1, 2, 4] are used as RGB, band(s) [5] "
+            "ignored; band 3 is the alpha (valid-data) mask"])
+    grey = ("the raster has one band; it is used as grey for R, G and B (the model learnt "
+            "colour imagery: expect lower accuracy)")
+    with open_raster(*VIENNA_GRID[:3], 50, count=1) as ds:
+        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
+    with open_raster(*VIENNA_GRID[:3], 50, count=2, colorinterp=[ci.gray, ci.alpha]) as ds:
+        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
+    with open_raster(*VIENNA_GRID[:3], 50, count=2,
+                     colorinterp=[ci.gray, ci.undefined]) as ds:
+        with pytest.raises(InputError) as e:
+            choose_bands(ds, None, 3)
+        assert str(e.value) == ("the model needs 3 bands (RGB) but the raster has 2 "
+                                "(uint8); choose a 3-band RGB orthophoto or give an "
+                                "explicit band mapping")
+        assert choose_bands(ds, None, 2) == ([1, 2], [])
+    with open_raster(*VIENNA_GRID, dtype="uint16") as ds:
+        assert choose_bands(ds, None, 3)[0] == [1, 2, 3]       # stretched, not refused
+    with open_raster(*VIENNA_GRID, dtype="complex64") as ds:
+        with pytest.raises(InputError) as e:
+            choose_bands(ds, None, 3)
+        assert str(e.value) == ("bands [1, 2, 3] are of type ['complex64'], which cannot "
+                                "be stretched to the model's 8-bit input")
 
 
-def _write(path, data, profile, colorinterp=None, **kw):
-    prof = dict(profile, count=data.shape[0], dtype=str(data.dtype), **kw)
-    prof.pop("photometric", None)
-    with rasterio.open(path, "w", **prof) as w:
-        w.write(data)
-        if colorinterp is not None:
-            w.colorinterp = colorinterp
-    return path
+def _vrt(tmp_path, dtypes):
+    """A VRT of 10 x 10 pixels in EPSG:31256 with one band per dtype (GDAL names)."""
+    bands = []
+    for i, dt in enumerate(dtypes, start=1):
+        src = tmp_path / f"b{i}.tif"
+        np_dt = {"Byte": "uint8", "UInt16": "uint16", "CFloat32": "complex64"}[dt]
+        with MemoryFile() as _:
+            import rasterio
+            with rasterio.open(src, "w", driver="GTiff", width=10, height=10, count=1,
+                               dtype=np_dt, crs="EPSG:31256",
+                               transform=Affine(0.3, 0, -1700, 0, -0.3, 338560)) as w:
+                w.write(np.zeros((1, 10, 10), np_dt))
+        bands.append(f'<VRTRasterBand dataType="{dt}" band="{i}"><SimpleSource>'
+                     f'<SourceFilename relativeToVRT="1">{src.name}</SourceFilename>'
+                     f'<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>')
+    vrt = tmp_path / "mixed.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="10" rasterYSize="10"><SRS>'
+                   f'{CRS.from_epsg(31256).to_wkt()}</SRS><GeoTransform>-1700, 0.3, 0, '
+                   f'338560, 0, -0.3</GeoTransform>{"".join(bands)}</VRTDataset>')
+    return vrt
 
 
-@pytest.fixture(scope="module")
-def tile():
-    with rasterio.open(TILE) as s:
-        return s.read(), dict(s.profile)
+def test_only_the_bands_the_model_reads_must_be_stretchable(tmp_path):
+    import rasterio
+    with rasterio.open(_vrt(tmp_path, ["Byte", "Byte", "Byte", "CFloat32"])) as ds:
+        assert ds.dtypes == ("uint8", "uint8", "uint8", "complex64")
+        bands, _ = choose_bands(ds, None, 3)
+        assert bands == [1, 2, 3]
+        with pytest.raises(InputError) as e:
+            choose_bands(ds, [4, 2, 1], 3)
+        assert "bands [4, 2, 1] are of type ['complex64']" in str(e.value)
+    with rasterio.open(_vrt(tmp_path, ["CFloat32", "Byte"])) as ds:
+        with pytest.raises(InputError) as e:
+            choose_bands(ds, None, 3)
+        assert "the raster has 2 (complex64)" in str(e.value)
 
 
-@pytest.fixture(scope="module")
-def reference(tile):
-    return _run(TILE)
+def _uint16_vienna():
+    """The VIENNA_GRID raster as uint16: band b holds ``10000 (b - 1) + row * 100 + col``."""
+    base = np.arange(5000, dtype=np.uint16).reshape(50, 100)
+    return open_raster(*VIENNA_GRID, dtype="uint16",
+                       data=np.stack([base + 10000 * b for b in range(3)]))
 
 
-def test_16bit_and_float_with_min_max_give_the_8bit_polygons(tile, reference, tmp_path):
-    """uint16 = 40 * v + 1000 and float32 = v / 255: stretched back with the given
-    min/max they are the 8-bit pixels again, so the polygons are identical."""
-    data, prof = tile
-    u16 = _write(tmp_path / "u16.tif", (data.astype(np.uint16) * 40 + 1000), prof)
-    f32 = _write(tmp_path / "f32.tif", data.astype(np.float32) / 255.0, prof)
-    r16 = _run(u16, stretch=Stretch("minmax", min=(1000.0,) * 3, max=(1000 + 255 * 40.0,) * 3))
-    r32 = _run(f32, stretch=Stretch("minmax", min=(0.0,) * 3, max=(1.0,) * 3))
-    assert len(reference["features"]) >= 5
-    assert _wkts(r16) == _wkts(reference) and _wkts(r32) == _wkts(reference)
-    assert r16["stats"]["stretch"]["mode"] == "minmax"
-    assert r16["stats"]["stretch"]["ranges"] == [[1000.0, 11200.0]] * 3
+def test_16_bit_bands_are_stretched_by_their_2_and_98_percentiles():
+    """Over the whole raster band 1 holds 0..4999: its 2nd and 98th percentiles are
+    0.02 x 4999 and 0.98 x 4999 (linear interpolation); the warning says so."""
+    expected = [(99.98 + 10000 * b, 4899.02 + 10000 * b) for b in range(3)]
+    with _uint16_vienna() as ds:
+        g = plan_grid(ds, None, None, 0.1, 3)
+    assert [v for r in g.stretch for v in r] == pytest.approx(
+        [v for r in expected for v in r], abs=1e-9)
+    info = dict(g.stretch_info)
+    assert [v for r in info.pop("ranges") for v in r] == pytest.approx(
+        [v for r in expected for v in r], abs=1e-6)
+    assert info == {"mode": "percentile", "dtype": "uint16", "low": 2.0, "high": 98.0}
+    assert g.warnings == ["the uint16 bands [1, 2, 3] were stretched to 8 bits by 2-98 % "
+                          "percentiles (99.98-4899.02, 10100-14899, 20100-24899)", FAR_GSD]
+    # over the left half only (columns 0..49): its own percentiles
+    with _uint16_vienna() as ds:
+        half = plan_grid(ds, [-1700, 338545, -1685, 338560], None, 0.1, 3)
+    vals = (np.arange(50)[:, None] * 100 + np.arange(50)[None, :]).ravel()
+    assert half.stretch[0] == pytest.approx(tuple(np.percentile(vals, [2, 98])), abs=1e-9)
 
 
-def test_16bit_default_is_the_2_98_percentile_stretch(tile, reference, tmp_path):
-    """Without a stretch, a 16-bit raster is stretched per band between its 2 and 98 %
-    percentiles over the extent (recorded in the stats), and still finds the panels."""
-    data, prof = tile
-    u16 = _write(tmp_path / "u16.tif", (data.astype(np.uint16) * 40 + 1000), prof)
-    res = _run(u16)
-    info = res["stats"]["stretch"]
-    assert info["mode"] == "percentile" and (info["low"], info["high"]) == (2.0, 98.0)
-    for band, (lo, hi) in zip(data, info["ranges"]):
-        want = np.percentile(band.astype(np.float64) * 40 + 1000, [2, 98])
-        assert abs(lo - want[0]) <= 40 and abs(hi - want[1]) <= 40  # one 8-bit step
-    assert any("stretched to 8 bits" in w for w in res["stats"]["warnings"])
-    ref_area = sum(f["area_m2"] for f in reference["features"])
-    area = sum(f["area_m2"] for f in res["features"])
-    assert area == pytest.approx(ref_area, rel=0.15)
-
-
-def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path):
-    """A BGR file whose bands say blue, green, red is read as R, G, B; an explicit
-    mapping does the same."""
-    data, prof = tile
-    bgr = _write(tmp_path / "bgr.tif", data[::-1].copy(), prof,
-                 colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red])
-    res = _run(bgr)
-    assert res["stats"]["bands"] == [3, 2, 1]
-    assert _wkts(res) == _wkts(reference)
-    plain = _write(tmp_path / "bgr_plain.tif", data[::-1].copy(), prof,
-                   colorinterp=[ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined])
-    assert _wkts(_run(plain, bands=(3, 2, 1))) == _wkts(reference)
-
-
-def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
-    """RGBA with the west half transparent: no panel there, the east half as before."""
-    data, prof = tile
-    alpha = np.full(data.shape[1:], 255, np.uint8)
-    alpha[:, : data.shape[2] // 2] = 0
-    rgba = _write(tmp_path / "rgba.tif", np.concatenate([data, alpha[None]]), prof,
-                  colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
-                               ColorInterp.alpha])
-    res = _run(rgba)
-    assert res["stats"]["bands"] == [1, 2, 3]
-    import shapely
-    from shapely.geometry import box
-    t = prof["transform"]
-    mid = t.c + t.a * data.shape[2] / 2
-    west = box(t.c - 10, t.f - 100, mid, t.f + 10)
-    geoms = [shapely.from_wkt(w) for w in _wkts(res)]
-    ref_west = sum(shapely.from_wkt(w).intersection(west).area for w in _wkts(reference))
-    assert geoms and ref_west > 20.0  # panels the mask hides
-    # only rectangle fits of objects cut by the mask's edge reach past it, by < 1 m
-    assert sum(g.intersection(west).area for g in geoms) < 0.1 * ref_west
-    assert all(g.bounds[0] >= mid - 1.0 for g in geoms)
-
-
-def test_paletted_raster_is_expanded_through_its_colour_table(tile, tmp_path):
-    """A 216-colour paletted GeoTIFF gives the polygons of the same colours as RGB."""
-    data, prof = tile
-    levels = np.rint(data / 51.0).astype(np.uint8)  # 0..5 per band
-    index = (levels[0] * 36 + levels[1] * 6 + levels[2]).astype(np.uint8)
-    cube = {i: (r * 51, g * 51, b * 51, 255) for i, (r, g, b) in enumerate(
-        (r, g, b) for r in range(6) for g in range(6) for b in range(6))}
-    pal = tmp_path / "pal.tif"
-    p1 = dict(prof, count=1, dtype="uint8")
-    p1.pop("photometric", None)
-    with rasterio.open(pal, "w", **p1, photometric="palette") as w:
-        w.write(index[None])
-        w.write_colormap(1, cube)
-    rgb = _write(tmp_path / "quantised.tif", (levels * 51).astype(np.uint8), prof)
-    res = _run(pal)
-    assert res["features"] and _wkts(res) == _wkts(_run(rgb))
-
-
-def test_jpeg_ycbcr_tiff_reads_as_rgb(tile, reference, tmp_path):
-    """JPEG-compressed YCbCr GeoTIFF (the usual municipal delivery) is decoded to RGB
-    by GDAL: the panels come back within JPEG's loss."""
-    data, prof = tile
-    p = dict(prof, compress="jpeg", photometric="ycbcr", jpeg_quality=90, tiled=True,
-             blockxsize=256, blockysize=256)
-    path = tmp_path / "ycbcr.tif"
-    with rasterio.open(path, "w", **p) as w:
-        w.write(data)
-    with rasterio.open(path) as ds:
-        assert ds.colorinterp[:3] == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    res = _run(path)
-    ref_area = sum(f["area_m2"] for f in reference["features"])
-    assert sum(f["area_m2"] for f in res["features"]) == pytest.approx(ref_area, rel=0.05)
-
-
-def test_grey_uint16_scene_runs_as_stretched_grey():
-    """SpaceNet Atlanta (1 band, uint16, 0.5 m): grey for R, G and B and a 2-98 %
-    stretch over the extent, both stated in the warnings, instead of a refusal."""
-    from rasterio.windows import from_bounds
-
-    with rasterio.open(ATLANTA) as ds:
-        b = ds.bounds
-        extent = (b.left, b.top - 100.0, b.left + 100.0, b.top)  # 100 m x 100 m
-        band = ds.read(1, window=from_bounds(*extent, transform=ds.transform), masked=True)
-    res = D.run_detect(DetectParams(FileSource(str(ATLANTA)), MODEL, extent=extent), [])
-    warnings = " ".join(res["stats"]["warnings"])
-    assert "one band" in warnings and "stretched to 8 bits" in warnings
-    assert res["stats"]["bands"] == [1, 1, 1]
-    lo, hi = res["stats"]["stretch"]["ranges"][0]
-    want = np.percentile(band.compressed(), [2, 98])
-    assert lo == pytest.approx(want[0], rel=0.02) and hi == pytest.approx(want[1], rel=0.02)
+def test_requested_stretches():
+    from protocol.params import Stretch
+    with _uint16_vienna() as ds:
+        g = plan_grid(ds, None, None, 0.1, 3,
+                      stretch=Stretch("minmax", min=(0, 0, 0), max=(1000, 2000, 3000)))
+        assert g.stretch == [(0.0, 1000.0), (0.0, 2000.0), (0.0, 3000.0)]
+        assert g.warnings[0] == ("the uint16 bands [1, 2, 3] were stretched to 8 bits by "
+                                 "the given min/max (0-1000, 0-2000, 0-3000)")
+        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("percentile", 10, 90))
+        assert g.warnings[0].startswith("the uint16 bands [1, 2, 3] were stretched to 8 "
+                                        "bits by 10-90 % percentiles (499.9-4499.1, ")
+        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("none"))
+        assert g.stretch == [(0.0, 255.0)] * 3 and g.stretch_info["mode"] == "none"
+        assert g.warnings == [FAR_GSD]
+    with open_raster(*VIENNA_GRID) as ds:
+        g = plan_grid(ds, None, None, 0.1, 3)
+        assert g.stretch is None and g.stretch_info is None

@@ -17,15 +17,11 @@ import pytest
 import rasterio
 import rasterio.shutil
 
-from backend.config import data_dir
-from backend.daemon.access import Access
 from backend.inference import detect as D
 from protocol.errors import JobError
-from protocol.errors import ProtocolError
 from protocol.params import DetectParams, FileSource
+from tests.support import DEFAULT_MODEL, VIENNA
 
-MODEL = "pv-unet-efl0"
-VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
 #: 40 m x 40 m on the building complex where the model finds objects
 EXTENT = (-1480.0, 338560.0, -1440.0, 338600.0)
 
@@ -88,9 +84,9 @@ def served(tmp_path_factory):
 
 def test_cog_by_url_equals_the_local_file_and_fetches_a_part(served):
     cog, url = served
-    local = D.run_detect(DetectParams(FileSource(str(cog)), MODEL, extent=EXTENT), [])
+    local = D.run_detect(DetectParams(FileSource(str(cog)), DEFAULT_MODEL, extent=EXTENT), [])
     _RangeHandler.sent[0] = 0
-    remote = D.run_detect(DetectParams(FileSource(url), MODEL, extent=EXTENT), [])
+    remote = D.run_detect(DetectParams(FileSource(url), DEFAULT_MODEL, extent=EXTENT), [])
     assert [f["wkt"] for f in remote["features"]] == [f["wkt"] for f in local["features"]]
     assert remote["stats"]["width"] == local["stats"]["width"] == 400
     fetched, size = _RangeHandler.sent[0], cog.stat().st_size
@@ -100,16 +96,8 @@ def test_cog_by_url_equals_the_local_file_and_fetches_a_part(served):
 def test_missing_url_is_a_clear_input_error(served):
     _, url = served
     with pytest.raises(JobError) as info:
-        D.run_detect(DetectParams(FileSource(url.replace("vienna_cog", "nothing")), MODEL),
+        D.run_detect(DetectParams(FileSource(url.replace("vienna_cog", "nothing")), DEFAULT_MODEL),
                      [])
     assert info.value.code == "invalid_input" and "nothing.tif" in info.value.message
 
 
-def test_a_daemon_restricted_to_folders_refuses_urls(served):
-    _, url = served
-    access = Access(token="t", restrict_paths=True, allowed_roots=[str(Path.cwd())])
-    with pytest.raises(ProtocolError) as info:
-        access.check_source({"kind": "file", "path": url})
-    assert info.value.code == "forbidden" and "URLs" in info.value.message
-    with pytest.raises(ProtocolError):
-        access.check_source({"kind": "file", "path": "/vsicurl/" + url})

@@ -25,11 +25,10 @@ from rasterio.features import rasterize
 from shapely.geometry import shape
 
 from backend.inference import detect as D
-from backend.config import data_dir
 from backend.models.card import ModelCard
 import protocol as P
+from tests.support import ATLANTA
 
-ATLANTA = data_dir() / "spacenet-atlanta"
 SPLIT_M2 = 150.0
 
 
@@ -52,9 +51,9 @@ class OraclePredictor:
 
 @pytest.fixture(scope="module")
 def scene():
-    with rasterio.open(ATLANTA / "sample_geotiff.tif") as ds:
+    with rasterio.open(ATLANTA) as ds:
         transform, crs, shape_ = ds.transform, ds.crs, (ds.height, ds.width)
-    feats = json.loads((ATLANTA / "building_footprints.geojson").read_text())["features"]
+    feats = json.loads((ATLANTA.with_name("building_footprints.geojson")).read_text())["features"]
     geoms = [shape(f["geometry"]) for f in feats]
     cls = [1 if g.area < SPLIT_M2 else 2 for g in geoms]
     bands = np.zeros((3,) + shape_, np.uint8)

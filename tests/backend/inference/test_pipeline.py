@@ -1,77 +1,33 @@
-"""The detection pipeline on real data: stitching, accuracy, and bad input.
+"""The one detection pipeline (backend.inference.pipeline) on real data: seamless
+stitching, a region's probabilities equal to the whole grid's, and tilings that agree
+(a whole detection: tests/backend/inference/test_detect.py).
 
 Real rasters from ../shared/data (ORTHOLENS_DATA): pv01 held-out tiles (never used in
-training), the Vienna 2023 orthophoto (EPSG:31256, 0.3 m, no panels) and the SpaceNet
-Atlanta scene (1 band, uint16). Synthetic rasters appear only where a case cannot be
-found in real data (a raster without CRS).
+training) and the Vienna 2023 orthophoto (EPSG:31256, 0.3 m, no panels).
 """
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import rasterio
-import shapely
 
-from protocol.window import Window
-from backend.inference import detect as D
 from backend.inference import pipeline as PL
-from protocol.errors import JobError
-from backend.config import data_dir, pv01_dir
-from backend.inference.predictors import Predictor, get_predictor
-from tools.evaluate import eval_heldout, rasterize_features
-from protocol.metrics import compare
 from backend.inference.grid import plan_grid
+from backend.inference.predictors import get_predictor
 from backend.inference.raster import WindowReader
 from backend.models.catalog import load_card
-import protocol as P
-
-MODEL = "pv-unet-efl0"
-VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
-ATLANTA = data_dir() / "spacenet-atlanta" / "sample_geotiff.tif"
-HELDOUT = pv01_dir() / "heldout"
-
-
-def detect(path, **kw):
-    req = {"type": "detect", "model": MODEL, "source": {"kind": "file", "path": str(path)}}
-    req.update(kw)
-    return D.run_detect(P.validate_request(dict(req, v=1, id="t")), [])
-
-
-class BrightnessPredictor(Predictor):
-    """Probability of 'panel' = mean band value / 255: a pure per-pixel function.
-
-    Tiles are read from the same grid, so any stitching error (offsets, weights, seams)
-    shows as a difference to the function applied to the whole grid at once.
-    """
-
-    kind = "test"
-
-    def __init__(self, card):
-        self.card = card
-
-    def predict(self, x):
-        n = self.card.normalize
-        raw = x * np.asarray(n.std, np.float32)[None, :, None, None] + \
-            np.asarray(n.mean, np.float32)[None, :, None, None]
-        p = np.clip(raw.mean(1, keepdims=True), 0, 1)
-        return np.concatenate([1 - p, p], 1).astype(np.float32)
+from protocol.metrics import compare
+from protocol.window import Window
+from tests.support import DEFAULT_MODEL, VIENNA, FakePredictor, heldout, predict_vienna
 
 
 def test_stitching_is_seamless_on_real_raster():
-    card = load_card(MODEL)
-    predictor = BrightnessPredictor(card)
-    with rasterio.open(VIENNA) as ds:
-        grid = plan_grid(ds, [-1700, 338500, -1600, 338570], None, card.gsd_m, 3)
-        reader = WindowReader(ds, grid)
-        probs, valid, n_tiles = PL.predict_grid(reader, grid, predictor, 3, tile_size=256, overlap=64)
-        side = max(grid.width, grid.height)
-        whole, _ = reader.read(Window(0, 0, side, side))
-        reader.close()
+    predictor = FakePredictor(load_card(DEFAULT_MODEL))
+    probs, valid, n_tiles, _, image = predict_vienna(
+        predictor, [-1700, 338500, -1600, 338570], 3, tile_size=256, overlap=64)
     assert n_tiles > 6  # really tiled, with seams inside the area
-    expect = whole[:, :grid.height, :grid.width].astype(np.float32).mean(0) / 255.0
+    expect = image.astype(np.float32).mean(0) / 255.0
     assert valid.all()
     np.testing.assert_allclose(probs[1], expect, atol=1e-4)
 
@@ -80,7 +36,7 @@ def test_a_region_has_the_whole_grids_probabilities_bit_for_bit():
     """One pipeline: the probabilities of a region's window are those of the whole
     grid at the same pixels, exactly, with the real model and two tilings (the regions
     of a batch job and a detection of the extent share every number)."""
-    card = load_card(MODEL)
+    card = load_card(DEFAULT_MODEL)
     predictor = get_predictor(card)
     opts = PL.Options(threshold=0.5, min_area_m2=0, max_hole_m2=0, simplify_m=0,
                       tile_size=256, overlap=64)
@@ -106,8 +62,8 @@ def test_a_region_has_the_whole_grids_probabilities_bit_for_bit():
 def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
     """No object is cut at tile seams: 2x2 overlapping tiles give the objects of one
     whole tile (the tile seams cross the panels of these held-out tiles)."""
-    path = HELDOUT / f"{name}.tif"
-    card = load_card(MODEL)
+    path = heldout(name)
+    card = load_card(DEFAULT_MODEL)
     predictor = get_predictor(card)
     with rasterio.open(path) as ds:
         grid = plan_grid(ds, None, None, card.gsd_m, 3)
@@ -130,184 +86,3 @@ def test_tiled_and_untiled_detection_agree_on_heldout_tile(name):
             assert a.geometry.intersection(b.geometry).length == 0
 
 
-def test_heldout_accuracy_of_shipped_model():
-    """The shipped model on the 12 held-out tiles, through the product pipeline,
-    reproduces the figures its card states (``build.py eval --write-cards``): inference
-    is deterministic, so the slack only covers engines (ONNX Runtime, PyTorch) rounding
-    differently. A regression in model, stitching or post-processing fails here, and so
-    does a card that claims more than the model gives.
-    """
-    card = load_card(MODEL).heldout_metrics
-    s = eval_heldout(MODEL)
-    assert s["objects_true"] == card["objects_true"] == 31
-    assert s["pixel_iou"] >= card["pixel_iou"] - 0.005, (s["pixel_iou"], card["pixel_iou"])
-    assert s["object_f1"] >= card["object_f1"] - 0.02, (s["object_f1"], card["object_f1"])
-
-
-def test_detect_polygons_overlap_reference_and_carry_attributes():
-    path = HELDOUT / "PV01_325192_1204249.tif"
-    res = detect(path)
-    assert res["features"], "no polygon on a tile with panels"
-    with rasterio.open(str(path).replace(".tif", "_mask.tif")) as src:
-        ref = src.read(1) > 0
-        pred = rasterize_features(res["features"], ref.shape, src.transform) > 0
-        crs = src.crs
-    assert (pred & ref).sum() / (pred | ref).sum() > 0.5
-    assert rasterio.crs.CRS.from_wkt(res["crs"]) == crs
-    for f in res["features"]:
-        assert f["class"] == "photovoltaic" and f["class_id"] == 1
-        assert 0 < f["score"] <= 1
-        g = shapely.from_wkt(f["wkt"])
-        assert g.is_valid and abs(g.area - f["area_m2"]) < 0.01
-        assert f["area_m2"] >= load_card(MODEL).min_area_m2
-        assert f["model"] == MODEL and f["model_version"]
-
-
-def test_extent_in_other_crs_is_reprojected():
-    # a 60 m x 60 m area of the Vienna scene given in WGS 84 degrees
-    from rasterio.warp import transform_bounds
-    b = transform_bounds("EPSG:31256", "EPSG:4326", -1600, 338500, -1540, 338560)
-    res = detect(VIENNA, extent=list(b), extent_crs="EPSG:4326")
-    st = res["stats"]
-    assert rasterio.crs.CRS.from_wkt(res["crs"]).to_epsg() == 31256
-    # the densified WGS 84 box covers a bit more than 60 m; the grid is at 0.1 m
-    assert 600 <= st["width"] <= 640 and 600 <= st["height"] <= 640
-    assert any("resampled" in w for w in st["warnings"])
-
-
-def test_pixels_source_equals_file_source():
-    """A layer rendered by the plugin (kind 'pixels') gives the file's polygons."""
-    path = HELDOUT / "PV01_325190_1204246.tif"
-    with rasterio.open(path) as ds:
-        arr = ds.read()
-        t = ds.transform
-        crs = ds.crs.to_wkt()
-    res_f = detect(path)
-    req = {"v": 1, "id": "p", "type": "detect", "model": MODEL,
-           "source": {"kind": "pixels", "crs": crs, "transform": list(t)[:6]}}
-    res_p = D.run_detect(P.validate_request(req), [arr])
-    assert [f["wkt"] for f in res_f["features"]] == [f["wkt"] for f in res_p["features"]]
-
-
-def test_nodata_gives_no_polygons():
-    path = HELDOUT / "PV01_325192_1204249.tif"
-    with rasterio.open(path) as ds:
-        arr = ds.read()
-        t, crs = ds.transform, ds.crs.to_wkt()
-    full = D.run_detect(P.validate_request(
-        {"v": 1, "id": "a", "type": "detect", "model": MODEL,
-         "source": {"kind": "pixels", "crs": crs, "transform": list(t)[:6]}}), [arr])
-    assert full["features"]
-    arr = arr.copy()
-    arr[:, :, :] = 0  # the whole tile is nodata
-    res = D.run_detect(P.validate_request(
-        {"v": 1, "id": "b", "type": "detect", "model": MODEL,
-         "source": {"kind": "pixels", "crs": crs, "transform": list(t)[:6], "nodata": 0}}),
-        [arr])
-    assert res["features"] == [] and res["stats"]["valid_fraction"] == 0.0
-
-
-def test_four_band_raster_uses_rgb_with_warning():
-    path = HELDOUT / "PV01_325192_1204249.tif"
-    with rasterio.open(path) as ds:
-        arr = ds.read()
-        t, crs = ds.transform, ds.crs.to_wkt()
-    rgbi = np.concatenate([arr, arr[:1]], 0)
-    req = {"v": 1, "id": "c", "type": "detect", "model": MODEL,
-           "source": {"kind": "pixels", "crs": crs, "transform": list(t)[:6]}}
-    res4 = D.run_detect(P.validate_request(req), [rgbi])
-    res3 = D.run_detect(P.validate_request(req), [arr])
-    assert any("4 bands" in w for w in res4["stats"]["warnings"])
-    assert [f["wkt"] for f in res4["features"]] == [f["wkt"] for f in res3["features"]]
-
-
-@pytest.mark.parametrize("case, code, words", [
-    ("two_band_mapping", P.E_INVALID_INPUT, "takes 3 bands; 2 given"),
-    ("missing_file", P.E_NOT_FOUND, "not found"),
-    ("not_a_raster", P.E_INVALID_INPUT, "not a raster"),
-    ("no_crs", P.E_INVALID_INPUT, "no CRS"),
-    ("extent_outside", P.E_INVALID_INPUT, "does not intersect"),
-    ("extent_tiny", P.E_INVALID_INPUT, "smaller than one pixel"),
-    ("extent_gigantic", P.E_INVALID_INPUT, "too large"),
-    ("unknown_model", P.E_NOT_FOUND, "no model"),
-])
-def test_bad_input_gets_clear_error(case, code, words, tmp_path, monkeypatch):
-    path, kw = VIENNA, {}
-    if case == "two_band_mapping":
-        path, kw = ATLANTA, {"bands": [1, 1]}
-    elif case == "missing_file":
-        path = tmp_path / "nope.tif"
-    elif case == "not_a_raster":
-        path = tmp_path / "notes.tif"
-        path.write_text("this is not a GeoTIFF")
-    elif case == "no_crs":
-        path = tmp_path / "nocrs.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3,
-                           dtype="uint8") as w:  # synthetic: real data all have a CRS
-            w.write(np.full((3, 64, 64), 128, np.uint8))
-    elif case == "extent_outside":
-        kw = {"extent": [0, 0, 100, 100]}
-    elif case == "extent_tiny":
-        kw = {"extent": [-1600, 338500, -1599.95, 338500.05]}
-    elif case == "extent_gigantic":
-        # the whole Vienna scene is 25 Mpx at 0.1 m; cap one request at 1 Mpx
-        from backend.inference import grid as grid_module
-        monkeypatch.setattr(grid_module, "MAX_GRID_PIXELS", 1_000_000)
-    elif case == "unknown_model":
-        req = {"v": 1, "id": "x", "type": "detect", "model": "no-such-model",
-               "source": {"kind": "file", "path": str(VIENNA)}}
-        with pytest.raises(JobError) as ei:
-            D.run_detect(P.validate_request(req), [])
-        assert ei.value.code == code and words in ei.value.message
-        return
-    with pytest.raises(JobError) as ei:
-        detect(path, **kw)
-    assert ei.value.code == code, ei.value.message
-    assert words in ei.value.message
-
-
-@pytest.mark.parametrize("broken", ["weights.safetensors", "model.onnx"])
-def test_corrupt_model_file_is_reported(broken, tmp_path, monkeypatch):
-    card = load_card(MODEL)
-    bad = tmp_path / MODEL
-    bad.mkdir()
-    shutil.copy(card.path / "card.json", bad / "card.json")
-    if broken == "model.onnx":
-        shutil.copy(card.weights_path, bad / "weights.safetensors")
-    (bad / broken).write_bytes(b"\x00garbage" * 100)
-    monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
-    if broken == "model.onnx":
-        # the predictor that reads the broken file, whatever the machine: on a GPU machine
-        # detection would otherwise run PyTorch on the intact weights
-        from backend.inference import predictors
-        monkeypatch.setattr(predictors, "cuda_available", lambda: False)
-        with pytest.raises(P.ModelCorrupt, match="cannot be loaded"):
-            predictors.OnnxPredictor(load_card(MODEL))
-    req = {"v": 1, "id": "m", "type": "detect", "model": MODEL,
-           "source": {"kind": "file", "path": str(VIENNA)},
-           "extent": [-1600, 338500, -1590, 338510]}
-    with pytest.raises(JobError) as ei:
-        D.run_detect(P.validate_request(req), [])
-    assert ei.value.code == P.E_INVALID_INPUT and "cannot be loaded" in ei.value.message
-
-
-def test_orthogonalize_makes_panel_rows_rectangles():
-    """Panel rows on a real held-out tile come back as 4-corner rectangles that keep
-    the traced outline's area and position (IoU >= 0.85 with it) and have fewer
-    vertices."""
-    path = HELDOUT / "PV01_325190_1204243.tif"
-    plain = detect(path, orthogonalize=False)
-    ortho = detect(path, orthogonalize=True)
-    assert len(plain["features"]) == len(ortho["features"]) >= 3
-    rects = 0
-    for a, b in zip(plain["features"], ortho["features"]):
-        ga, gb = shapely.from_wkt(a["wkt"]), shapely.from_wkt(b["wkt"])
-        assert gb.is_valid
-        if len(gb.exterior.coords) == 5:
-            rects += 1
-            assert ga.intersection(gb).area / ga.union(gb).area >= 0.85
-            assert abs(b["area_m2"] - gb.area) < 0.01
-    assert rects >= 3
-    n_plain = sum(len(shapely.from_wkt(f["wkt"]).exterior.coords) for f in plain["features"])
-    n_ortho = sum(len(shapely.from_wkt(f["wkt"]).exterior.coords) for f in ortho["features"])
-    assert n_ortho < n_plain

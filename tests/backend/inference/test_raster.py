@@ -1,510 +1,154 @@
-"""Grid planning of backend.inference.raster on small in-memory rasters: the ground
-scale of a CRS against closed-form values (UTM's 0.9996, Web Mercator on the WGS 84
-ellipsoid), the grid CRS it implies, band choice, and the planned grid's origin, size,
-limits and warnings for extents in the raster's CRS and in others."""
+"""backend.inference.raster: opening a request's source, reading windows of a grid
+(padding, no-data, read-ahead), and damaged rasters named as the user's input problem,
+never ``internal``."""
 
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
+import contextlib
 
 import numpy as np
 import pytest
-from affine import Affine
-from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
-from rasterio.io import MemoryFile
 
 import protocol as P
-from backend.inference.bands import alpha_band, choose_bands
-from backend.inference.grid import (MAX_GRID_PIXELS, _source_gsd, grid_crs, ground_scale,
-                                    plan_grid)
-from protocol.errors import InputError
+from backend.inference import detect as D
+from backend.inference.grid import plan_grid
+from backend.inference.raster import (WindowReader, open_source, read_ahead, read_failure,
+                                      vsi_path)
+from protocol.errors import InputError, JobError
+from protocol.params import FileSource, PixelSource
+from protocol.window import Window
+from tests.support import DEFAULT_MODEL, VIENNA
 
-A_WGS84 = 6378137.0
-E2_WGS84 = 0.0066943799901413165
-
-
-def _mercator_y(lat_deg: float) -> float:
-    return A_WGS84 * math.log(math.tan(math.pi / 4 + math.radians(lat_deg) / 2))
-
-
-def _mercator_scale(lat_deg: float):
-    """Ground metres per Web Mercator unit (east, north) on the WGS 84 ellipsoid: the
-    parallel's radius and the meridian's radius of curvature over the sphere's ``a``
-    stretched by ``1 / cos(lat)``."""
-    phi = math.radians(lat_deg)
-    w = 1 - E2_WGS84 * math.sin(phi) ** 2
-    return math.cos(phi) / math.sqrt(w), (1 - E2_WGS84) * math.cos(phi) / w ** 1.5
+#: 0.1 m pixels in EPSG:31256: read on a 0.1 m grid, a window is the pixels themselves.
+PIXELS = PixelSource("EPSG:31256", (0.1, 0.0, -1700.0, 0.0, -0.1, 338560.0), nodata=0)
 
 
-@contextmanager
-def raster(crs, transform, width, height, count=3, dtype="uint8", colorinterp=None,
-           data=None):
-    """An open in-memory GeoTIFF (``data``, or zeros) with this georeferencing."""
-    with MemoryFile() as mem:
-        with mem.open(driver="GTiff", width=width, height=height, count=count,
-                      dtype=dtype, crs=crs, transform=transform) as w:
-            w.write(np.zeros((count, height, width), dtype) if data is None else data)
-            if colorinterp:
-                w.colorinterp = colorinterp
-        with mem.open() as ds:
-            yield ds
+def _image(h: int = 20, w: int = 30) -> np.ndarray:
+    """uint8 (3, h, w), no zero (no-data) pixel, every pixel different in band 0."""
+    a = np.arange(h * w).reshape(h, w)
+    return np.stack([a % 250 + 1, (a // 7) % 250 + 1, (a * 3) % 250 + 1]).astype(np.uint8)
 
 
-#: 100 x 50 px of 0.3 m in MGI / Austria GK East (Vienna): x -1700..-1670, y 338545..338560.
-VIENNA = ("EPSG:31256", Affine(0.3, 0, -1700, 0, -0.3, 338560), 100, 50)
-FAR = ("the raster's GSD (0.300 m) is far from the model's (0.1 m); it is resampled, "
-       "expect lower accuracy")
+@contextlib.contextmanager
+def _reader(img: np.ndarray):
+    with open_source(PIXELS, img) as ds:
+        grid = plan_grid(ds, None, None, 0.1, 3)
+        reader = WindowReader(ds, grid)
+        try:
+            yield reader
+        finally:
+            reader.close()
 
 
-# ----------------------------------------------------------------------------- scale
-
-def test_ground_scale_of_utm_at_its_central_meridian_is_1_over_0_9996():
-    east, north = ground_scale(CRS.from_epsg(32633), 500000.0, 5300000.0, 10.0)
-    assert east == pytest.approx(1 / 0.9996, rel=1e-8)
-    assert north == pytest.approx(1 / 0.9996, rel=1e-8)
-
-
-@pytest.mark.parametrize("lat", [0.5, 48.0, 60.0])
-def test_ground_scale_of_web_mercator_is_the_ellipsoid_s(lat):
-    x = A_WGS84 * math.radians(16.37)
-    for step in (1.0, 30.0):
-        east, north = ground_scale(CRS.from_epsg(3857), x, _mercator_y(lat), step)
-        assert (east, north) == pytest.approx(_mercator_scale(lat), rel=1e-7)
+def test_urls_are_read_through_vsicurl():
+    assert vsi_path("https://x.org/a.tif") == "/vsicurl/https://x.org/a.tif"
+    assert vsi_path("http://127.0.0.1:8000/a b.tif") == "/vsicurl/http://127.0.0.1:8000/a b.tif"
+    for path in ("/data/a.tif", "C:\\data\\a.tif", "/vsizip/a.zip/b.tif", "ftp://x/a.tif"):
+        assert vsi_path(path) == path
 
 
-# ----------------------------------------------------------------------------- grid CRS
-
-def _note(crs: str, why: str) -> str:
-    return (f"the raster's CRS ({crs}) is not a ground-metre CRS here ({why}); it is read "
-            f"through a view in WGS 84 / UTM zone 33N at the model's ground GSD, and the "
-            f"polygons are returned in the raster's CRS")
-
-
-@pytest.mark.parametrize("epsg, bounds", [
-    (32633, (500000, 5300000, 500060, 5300060)),       # UTM
-    (31256, (-1700, 338500, -1640, 338560)),           # a national grid
-    (2263, (1000000, 200000, 1000200, 200200)),        # US feet: true after its unit
-    (3857, (A_WGS84 * 0.2857, _mercator_y(0.5), A_WGS84 * 0.2857 + 60,
-            _mercator_y(0.5) + 60)),                   # Web Mercator at the equator
-])
-def test_ground_metre_crss_are_kept(epsg, bounds):
-    crs = CRS.from_epsg(epsg)
-    assert grid_crs(crs, bounds) == (crs, None)
+def test_pixels_open_with_their_georeferencing():
+    img = _image()
+    with open_source(PIXELS, img) as ds:
+        assert (ds.count, ds.height, ds.width, ds.nodata) == (3, 20, 30, 0)
+        assert tuple(ds.transform)[:6] == PIXELS.transform and ds.crs.to_epsg() == 31256
+        assert np.array_equal(ds.read(), img)
+    with open_source(PIXELS.to_wire(), img[0]) as ds:  # (H, W): one band
+        assert ds.count == 1 and np.array_equal(ds.read(1), img[0])
 
 
-def test_web_mercator_away_from_the_equator_and_degrees_go_to_utm():
-    x = A_WGS84 * math.radians(16.37)
-    y = _mercator_y(48.0)
-    utm, note = grid_crs(CRS.from_epsg(3857), (x - 30, y - 30, x + 30, y + 30))
-    assert utm == CRS.from_epsg(32633)
-    assert note == _note("EPSG:3857", "its units are 0.670 ground metres here")
-    # 8 degrees north: 1 % off north-south already
-    y8 = _mercator_y(8.0)
-    assert grid_crs(CRS.from_epsg(3857), (x, y8, x + 60, y8 + 60))[0] == CRS.from_epsg(32633)
-    utm, note = grid_crs(CRS.from_epsg(4326), (16.37, 48.2, 16.371, 48.201))
-    assert utm == CRS.from_epsg(32633)
-    assert note == _note("EPSG:4326", "it is in degrees")
-    # the zone is the centre's: 18.1 E is zone 34
-    assert grid_crs(CRS.from_epsg(4326), (17.9, 48.2, 18.3, 48.3))[0] == CRS.from_epsg(32634)
-
-
-def test_a_centre_without_a_utm_zone_is_an_input_error():
+def test_sources_that_cannot_be_opened(tmp_path):
+    missing = str(tmp_path / "missing.tif")
     with pytest.raises(InputError) as e:
-        grid_crs(CRS.from_epsg(4326), (200, 100, 201, 101))
-    assert str(e.value) == "no UTM zone covers longitude 200.5000, latitude 100.5000"
-
-
-# ----------------------------------------------------------------------------- bands
-
-def test_choose_bands():
-    """The bands named red, green and blue, else the first ones; a lone grey band as R,
-    G and B; never the alpha band; unused bands named in a warning."""
-    ci = ColorInterp
-    with raster(*VIENNA, colorinterp=[ci.red, ci.green, ci.blue]) as ds:
-        assert choose_bands(ds, None, 3) == ([1, 2, 3], [])
-        assert choose_bands(ds, [3, 2, 1], 3) == ([3, 2, 1], [])
-        assert choose_bands(ds, [3, 3, 3], 3) == ([3, 3, 3], [])
-        for req, msg in [([4, 1, 2], "band(s) [4] requested but the raster has 3"),
-                         ([0, 1, 2], "band(s) [0] requested but the raster has 3"),
-                         ([1, 2], "the model takes 3 bands; 2 given")]:
-            with pytest.raises(InputError) as e:
-                choose_bands(ds, req, 3)
-            assert str(e.value) == msg
-    with raster(*VIENNA, colorinterp=[ci.blue, ci.green, ci.red]) as ds:
-        assert choose_bands(ds, None, 3) == ([3, 2, 1], [])
-    with raster(*VIENNA[:3], 50, count=4,
-                colorinterp=[ci.red, ci.green, ci.blue, ci.undefined]) as ds:
-        assert alpha_band(ds) is None
-        assert choose_bands(ds, None, 3) == ([1, 2, 3], [
-            "the raster has 4 bands; bands [1, 2, 3] are used as RGB, band(s) [4] ignored"])
-    with raster(*VIENNA[:3], 50, count=5,
-                colorinterp=[ci.undefined, ci.undefined, ci.alpha, ci.undefined,
-                             ci.undefined]) as ds:
-        assert alpha_band(ds) == 3
-        assert choose_bands(ds, None, 3) == ([1, 2, 4], [
-            "the raster has 5 bands; bands [1, 2, 4] are used as RGB, band(s) [5] "
-            "ignored; band 3 is the alpha (valid-data) mask"])
-    grey = ("the raster has one band; it is used as grey for R, G and B (the model learnt "
-            "colour imagery: expect lower accuracy)")
-    with raster(*VIENNA[:3], 50, count=1) as ds:
-        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
-    with raster(*VIENNA[:3], 50, count=2, colorinterp=[ci.gray, ci.alpha]) as ds:
-        assert choose_bands(ds, None, 3) == ([1, 1, 1], [grey])
-    with raster(*VIENNA[:3], 50, count=2, colorinterp=[ci.gray, ci.undefined]) as ds:
-        with pytest.raises(InputError) as e:
-            choose_bands(ds, None, 3)
-        assert str(e.value) == ("the model needs 3 bands (RGB) but the raster has 2 "
-                                "(uint8); choose a 3-band RGB orthophoto or give an "
-                                "explicit band mapping")
-        assert choose_bands(ds, None, 2) == ([1, 2], [])
-    with raster(*VIENNA, dtype="uint16") as ds:
-        assert choose_bands(ds, None, 3)[0] == [1, 2, 3]       # stretched, not refused
-    with raster(*VIENNA, dtype="complex64") as ds:
-        with pytest.raises(InputError) as e:
-            choose_bands(ds, None, 3)
-        assert str(e.value) == ("bands [1, 2, 3] are of type ['complex64'], which cannot "
-                                "be stretched to the model's 8-bit input")
-
-
-# ----------------------------------------------------------------------------- plan_grid
-
-def test_the_whole_raster():
-    with raster(*VIENNA) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-        assert g.transform == Affine(0.1, 0, -1700, 0, -0.1, 338560)
-        assert (g.width, g.height, g.bands, g.src_gsd) == (300, 150, [1, 2, 3], 0.3)
-        assert g.crs_wkt == ds.crs.to_wkt() and g.source_crs_wkt is None
-        assert g.warnings == [FAR]
-
-
-@pytest.mark.parametrize("extent, origin, size", [
-    ([-1690, 338550, -1680, 338555], (-1690, 338555), (100, 50)),     # inside
-    ([-1710, 338540, -1690, 338550], (-1700, 338550), (100, 50)),     # clipped left, bottom
-    ([-1680, 338555, -1660, 338570], (-1680, 338560), (100, 50)),     # clipped right, top
-    ([-1690, 338550, -1679.99, 338555], (-1690, 338555), (101, 50)),  # a part of a pixel more
-])
-def test_extent_in_the_raster_crs(extent, origin, size):
-    with raster(*VIENNA) as ds:
-        for crs in (None, "EPSG:31256"):
-            g = plan_grid(ds, extent, crs, 0.1, 3)
-            assert (g.transform.c, g.transform.f) == pytest.approx(origin, abs=1e-9)
-            assert (g.transform.a, g.transform.b, g.transform.d, g.transform.e) == (
-                0.1, 0, 0, -0.1)
-            assert (g.width, g.height) == size
-
-
-def test_extent_in_another_crs_is_the_same_ground():
-    """The box [-1690, 338550, -1680, 338555] of the raster's CRS given as its corners'
-    longitudes and latitudes: the grid starts within 1 m of the box and has its size
-    within 1 m (the reprojected box of a rotated rectangle is a little larger)."""
-    from pyproj import Transformer
-    to_ll = Transformer.from_crs("EPSG:31256", "EPSG:4326", always_xy=True)
-    lon, lat = to_ll.transform([-1690, -1680, -1690, -1680], [338550, 338550, 338555, 338555])
-    box = [min(lon), min(lat), max(lon), max(lat)]
-    with raster(*VIENNA) as ds:
-        g = plan_grid(ds, box, "EPSG:4326", 0.1, 3)
-    assert abs(g.transform.c - -1690) < 1 and abs(g.transform.f - 338555) < 1
-    assert abs(g.width - 100) <= 10 and abs(g.height - 50) <= 10
-    assert g.crs_wkt == CRS.from_epsg(31256).to_wkt() and g.source_crs_wkt is None
-
-
-def test_one_pixel_is_the_smallest_extent():
-    """At a GSD exact in binary (0.125 m) an extent of one pixel gives a 1 x 1 grid and
-    one a thousandth smaller is refused."""
-    with raster(*VIENNA) as ds:
-        g = plan_grid(ds, [-1690, 338550, -1689.875, 338550.125], None, 0.125, 3)
-        assert (g.width, g.height, g.transform.c, g.transform.f) == (1, 1, -1690, 338550.125)
-        for extent in ([-1690, 338550, -1689.876, 338550.125],
-                       [-1690, 338550, -1689.875, 338550.124]):
-            with pytest.raises(InputError) as e:
-                plan_grid(ds, extent, None, 0.125, 3)
-            assert "is smaller than one pixel at the model's 0.125 m GSD" in str(e.value)
-
-
-def test_one_pixel_from_float_coordinates_is_one_pixel():
-    """Coordinates one 0.1 m pixel apart differ by a little less than 0.1 in floating
-    point (-1690.2 - -1690.3 = 0.0999999999999): still one pixel, not "smaller than one
-    pixel"; a thousandth of a pixel less is refused."""
-    assert -1690.2 - -1690.3 < 0.1
-    with raster(*VIENNA) as ds:
-        g = plan_grid(ds, [-1690.3, 338550.7, -1690.2, 338550.8], None, 0.1, 3)
-        assert (g.width, g.height) == (1, 1)
-        with pytest.raises(InputError, match="smaller than one pixel"):
-            plan_grid(ds, [-1690.3, 338550.7, -1690.2001, 338550.8], None, 0.1, 3)
-
-
-@pytest.mark.parametrize("extent, crs, message", [
-    ([-1600, 338550, -1590, 338555], None, "the extent does not intersect the raster"),
-    ([-1670, 338550, -1660, 338555], None, "the extent does not intersect the raster"),
-    ([-1690, 338560, -1680, 338570], None, "the extent does not intersect the raster"),
-    ([-1690, 338550, -1689.95, 338555], None,
-     "the extent (0.05 x 5.00 m) is smaller than one pixel at the model's 0.1 m GSD"),
-    ([-1690, 338550, -1680, 338550.05], None,
-     "the extent (10.00 x 0.05 m) is smaller than one pixel at the model's 0.1 m GSD"),
-])
-def test_extent_errors(extent, crs, message):
-    with raster(*VIENNA) as ds:
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, extent, crs, 0.1, 3)
-        assert str(e.value) == message
-
-
-def test_an_invalid_extent_crs_or_a_raster_without_crs():
-    with raster(*VIENNA) as ds:
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, [-1690, 338550, -1680, 338555], "EPSG:99999999", 0.1, 3)
-        assert str(e.value).startswith("invalid extent CRS: ")
-    with raster(None, VIENNA[1], 100, 50) as ds:
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, None, None, 0.1, 3)
-        assert str(e.value) == ("the raster has no CRS; assign one (Layer Properties > "
-                                "Source) before detecting")
-
-
-def test_grid_size_limit():
-    with raster(*VIENNA) as ds:
-        assert plan_grid(ds, None, None, 0.1, 3, max_pixels=45000).width == 300
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, None, None, 0.1, 3, max_pixels=44999)
-        assert e.value.code == P.E_INVALID_INPUT
-        assert str(e.value) == ("the extent is too large for one in-extent detection: "
-                                "300 x 150 px at 0.1 m (0 Mpx > 0 Mpx); zoom in or use "
-                                "the batch algorithm")
-    # the default: 64 Mpx, 8000 x 8000 pixels of 0.1 m pass, 8010 x 8010 do not
-    assert MAX_GRID_PIXELS == 64_000_000
-    with raster("EPSG:31256", Affine(1, 0, 0, 0, -1, 800), 800, 800) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-        assert (g.width, g.height) == (8000, 8000)
-    with raster("EPSG:31256", Affine(1, 0, 0, 0, -1, 801), 801, 801) as ds:
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, None, None, 0.1, 3)
-        assert "8010 x 8010 px at 0.1 m (64 Mpx > 64 Mpx)" in str(e.value)
-
-
-@pytest.mark.parametrize("gsd, warned", [(0.2, False), (0.21, True), (0.05, False),
-                                         (0.049, True), (0.1, False)])
-def test_resampling_warning_beyond_half_and_double_the_gsd(gsd, warned):
-    with raster("EPSG:31256", Affine(gsd, 0, 0, 0, -gsd, 100), 100, 100) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-    assert g.src_gsd == pytest.approx(gsd, rel=1e-12)
-    assert g.warnings == ([f"the raster's GSD ({gsd:.3f} m) is far from the model's "
-                           f"(0.1 m); it is resampled, expect lower accuracy"]
-                          if warned else [])
-
-
-def test_a_feet_crs_is_planned_in_feet_at_the_ground_gsd():
-    ft = 0.3048006096012192                              # the US survey foot
-    with raster("EPSG:2263", Affine(1, 0, 1000000, 0, -1, 200100), 100, 100) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-    assert g.transform.a == pytest.approx(0.1 / ft, rel=1e-12)
-    assert (g.width, g.height) == (math.ceil(100 * ft / 0.1), math.ceil(100 * ft / 0.1))
-    assert g.src_gsd == pytest.approx(ft, rel=1e-12)
-    assert g.crs_wkt == CRS.from_epsg(2263).to_wkt() and g.source_crs_wkt is None
-
-
-def test_a_raster_in_degrees_is_planned_in_utm():
-    """3e-6 degree pixels at 48.2 N: the grid is in UTM zone 33N over the raster's
-    corners, and the source GSD is the pixel's ground size there (Vincenty-free: the
-    ellipsoid's radii of curvature)."""
-    from pyproj import Transformer
-    with raster("EPSG:4326", Affine(3e-6, 0, 16.37, 0, -3e-6, 48.2), 100, 50) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-        assert g.source_crs_wkt == ds.crs.to_wkt()
-    assert g.crs_wkt == CRS.from_epsg(32633).to_wkt()
-    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
-    xs, ys = to_utm.transform([16.37, 16.3703, 16.37, 16.3703],
-                              [48.2, 48.2, 48.19985, 48.19985])
-    assert g.transform.c == pytest.approx(min(xs), abs=0.01)
-    assert g.transform.f == pytest.approx(max(ys), abs=0.01)
-    assert g.width == math.ceil((max(xs) - min(xs)) / 0.1 - 1e-6)
-    assert g.height == math.ceil((max(ys) - min(ys)) / 0.1 - 1e-6)
-    phi = math.radians(48.2 - 25 * 3e-6)
-    w = 1 - E2_WGS84 * math.sin(phi) ** 2
-    east = math.radians(1) * A_WGS84 * math.cos(phi) / math.sqrt(w)
-    north = math.radians(1) * A_WGS84 * (1 - E2_WGS84) / w ** 1.5
-    assert g.src_gsd == pytest.approx(3e-6 * math.sqrt(east * north), rel=1e-6)
-    assert g.warnings == [_note("EPSG:4326", "it is in degrees"),
-                          f"the raster's GSD ({g.src_gsd:.3f} m) is far from the model's "
-                          f"(0.1 m); it is resampled, expect lower accuracy"]
-
-
-def test_source_gsd_of_rotated_and_oblong_pixels():
-    rotated = Affine.translation(-1700, 338560) @ Affine.rotation(30) @ Affine.scale(0.2, -0.3)
-    for transform in (Affine(0.2, 0, -1700, 0, -0.3, 338560), rotated):
-        with raster("EPSG:31256", transform, 10, 10) as ds:
-            assert _source_gsd(ds, ds.bounds, geodesic=False) == pytest.approx(
-                math.sqrt(0.2 * 0.3), rel=1e-12)
-    # geodesic: Web Mercator pixels of 0.3 units at 48 N
-    x, y = A_WGS84 * math.radians(16.37), _mercator_y(48.0)
-    with raster("EPSG:3857", Affine(0.3, 0, x, 0, -0.3, y), 10, 10) as ds:
-        east, north = _mercator_scale(48.0)
-        assert _source_gsd(ds, ds.bounds, geodesic=True) == pytest.approx(
-            0.3 * math.sqrt(east * north), rel=1e-6)
-        assert _source_gsd(ds, ds.bounds, geodesic=False) == pytest.approx(0.3, rel=1e-12)
-
-
-def test_ground_scale_of_utm_off_its_central_meridian_is_proj_s():
-    """30 E 10 N in zone 33 (15 E): 1 / k with PROJ's own point scale factor k, where
-    grid east is no longer a parallel nor grid north a meridian."""
-    from pyproj import Proj, Transformer
-    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True).transform(30, 10)
-    k = Proj("EPSG:32633").get_factors(30, 10).parallel_scale
-    assert k == pytest.approx(1.034, abs=1e-3)
-    assert ground_scale(CRS.from_epsg(32633), x, y, 10.0) == pytest.approx((1 / k, 1 / k),
-                                                                           rel=1e-7)
-
-
-def test_a_utm_raster_far_outside_its_zone_is_planned_in_its_own_zone():
-    """A zone 33 raster at 31 E is 4 % off the ground: the grid is in zone 36 and the
-    source GSD is the pixel's ground size there (its 0.3 units / k)."""
-    from pyproj import Proj, Transformer
-    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True).transform(31, 10)
-    k = Proj("EPSG:32633").get_factors(31, 10).parallel_scale
-    assert f"{1 / k:.3f}" == "0.963"
-    with raster("EPSG:32633", Affine(0.3, 0, x - 15, 0, -0.3, y + 15), 100, 100) as ds:
-        g = plan_grid(ds, None, None, 0.3, 3)
-    assert g.crs_wkt == CRS.from_epsg(32636).to_wkt()
-    assert g.src_gsd == pytest.approx(0.3 / k, rel=1e-6)
-    assert g.warnings == [_note("EPSG:32633", "its units are 0.963 ground metres here")
-                          .replace("zone 33N", "zone 36N")]
-
-
-def test_an_extent_outside_the_crs_domain_is_an_input_error():
-    """Zone 33 coordinates 100 000 km east have no longitude: an ``invalid_input``
-    error naming the centre, not PROJ's exception."""
+        with open_source(FileSource(missing)):
+            pass
+    assert (e.value.code, e.value.field) == (P.E_NOT_FOUND, "source")
+    assert e.value.message == f"raster file not found on the engine's computer: {missing}"
+    notes = tmp_path / "notes.tif"
+    notes.write_text("this is not a GeoTIFF")
     with pytest.raises(InputError) as e:
-        grid_crs(CRS.from_epsg(32633), (1e8 - 1, 5e6 - 1, 1e8 + 1, 5e6 + 1))
-    assert str(e.value) == ("the extent's centre (1e+08, 5e+06) has no longitude/latitude "
-                            "in the raster's CRS (EPSG:32633)")
+        with open_source(FileSource(str(notes))):
+            pass
+    assert (e.value.code, e.value.field) == (P.E_INVALID_INPUT, "source")
+    assert e.value.message.startswith(f"{notes} is not a raster GDAL can read (file): ")
+    with pytest.raises(InputError) as e:
+        with open_source(PIXELS):
+            pass
+    assert e.value.code == P.E_BAD_REQUEST and "needs one array frame" in e.value.message
 
 
-def test_a_scale_that_cannot_be_measured_sends_the_grid_to_utm():
-    """A centre inside the projection's domain whose measuring segments (1 % of the
-    extent each side) leave it: the scale is unknown, so the UTM zone of the centre."""
-    utm, note = grid_crs(CRS.from_epsg(32633), (7e6, 5e6 - 1, 2.7e7, 5e6 + 1))
-    assert utm.to_epsg() // 100 == 326 and note is not None
-    assert "(its ground scale is unknown here)" in note
+def test_a_window_reads_the_grid_and_pads_beyond_it():
+    img = _image()
+    img[:, 5:8, 10:12] = 0  # no-data
+    with _reader(img) as reader:
+        assert (reader.grid.width, reader.grid.height) == (30, 20)
+        whole, valid = reader.read(Window(0, 0, 20, 30))
+        assert whole.dtype == np.uint8 and np.array_equal(whole[:, valid], img[:, valid])
+        want = np.ones((20, 30), bool)
+        want[5:8, 10:12] = False
+        assert np.array_equal(valid, want)
+        # 2 rows above and 3 columns left of the grid: mirrored pixels, not valid
+        part, valid = reader.read(Window(-2, -3, 6, 8))
+        assert part.shape == (3, 6, 8) and np.array_equal(part[:, 2:, 3:], img[:, :4, :5])
+        assert np.array_equal(part[:, 0, 3:], img[:, 2, :5])  # row -2 mirrors row 2
+        assert np.array_equal(part[:, 2:, 0], img[:, :4, 3])  # column -3 mirrors column 3
+        assert not valid[:2].any() and not valid[:, :3].any() and valid[2:, 3:].all()
+        with pytest.raises(ValueError, match="misses the grid"):
+            reader.read(Window(20, 0, 5, 5))
+    with open_source(PIXELS, img) as ds, pytest.raises(ValueError, match="'raise' or 'mask'"):
+        WindowReader(ds, plan_grid(ds, None, None, 0.1, 3), damaged="skip")
 
 
-def test_source_gsd_of_sheared_pixels():
-    """A column step ``(a, d)`` and a row step ``(b, e)``: the pixel's sides are their
-    lengths, even when only one of them is tilted."""
-    for transform, px, py in [(Affine(0.2, 0, -1700, 0.1, -0.3, 338560), math.hypot(0.2, 0.1), 0.3),
-                              (Affine(0.2, 0.1, -1700, 0, -0.3, 338560), 0.2, math.hypot(0.1, 0.3))]:
-        with raster("EPSG:31256", transform, 10, 10) as ds:
-            assert _source_gsd(ds, ds.bounds, geodesic=False) == pytest.approx(
-                math.sqrt(px * py), rel=1e-12)
+def test_read_ahead_yields_each_group_in_order_and_raises_in_the_caller():
+    img = _image()
+    groups = [[(0, 0), (0, 10)], [(10, 20)]]
+    with _reader(img) as reader:
+        got = list(read_ahead(reader, groups, 10))
+    assert [g for g, _, _ in got] == groups
+    assert got[0][1].shape == (2, 3, 10, 10) and len(got[0][2]) == 2
+    assert np.array_equal(got[0][1][1], img[:, :10, 10:20])
+    assert np.array_equal(got[1][1][0], img[:, 10:20, 20:30]) and got[1][2][0].all()
+
+    class Broken:
+        def read(self, window):
+            raise InputError("cannot read")
+
+    with pytest.raises(InputError, match="cannot read"):
+        list(read_ahead(Broken(), groups, 10))
 
 
-def _vrt(tmp_path, dtypes):
-    """A VRT of 10 x 10 pixels in EPSG:31256 with one band per dtype (GDAL names)."""
-    bands = []
-    for i, dt in enumerate(dtypes, start=1):
-        src = tmp_path / f"b{i}.tif"
-        np_dt = {"Byte": "uint8", "UInt16": "uint16", "CFloat32": "complex64"}[dt]
-        with MemoryFile() as _:
-            import rasterio
-            with rasterio.open(src, "w", driver="GTiff", width=10, height=10, count=1,
-                               dtype=np_dt, crs="EPSG:31256",
-                               transform=Affine(0.3, 0, -1700, 0, -0.3, 338560)) as w:
-                w.write(np.zeros((1, 10, 10), np_dt))
-        bands.append(f'<VRTRasterBand dataType="{dt}" band="{i}"><SimpleSource>'
-                     f'<SourceFilename relativeToVRT="1">{src.name}</SourceFilename>'
-                     f'<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>')
-    vrt = tmp_path / "mixed.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="10" rasterYSize="10"><SRS>'
-                   f'{CRS.from_epsg(31256).to_wkt()}</SRS><GeoTransform>-1700, 0.3, 0, '
-                   f'338560, 0, -0.3</GeoTransform>{"".join(bands)}</VRTDataset>')
-    return vrt
+def test_a_read_failure_names_the_damaged_tile_and_gdal_s_reason():
+    def chain():
+        try:
+            try:
+                raise OSError("TIFFFillStrip: Read error at scanline 304")
+            except OSError as inner:
+                raise OSError("/data/tiles/t3.tif, band 1: IReadBlock failed") from inner
+        except OSError as mid:
+            raise RuntimeError("Read failed.") from mid
+
+    with pytest.raises(RuntimeError) as e:
+        chain()
+    err = read_failure("/data/mosaic.vrt", e.value)
+    assert err.code == P.E_INVALID_INPUT and err.damaged == "/data/tiles/t3.tif"
+    assert err.message == ("cannot read the pixels of /data/mosaic.vrt (damaged part: "
+                           "/data/tiles/t3.tif): the file is damaged or truncated "
+                           "(TIFFFillStrip: Read error at scanline 304). Check or re-create "
+                           "the file (e.g. gdalinfo -checksum)")
+    plain = read_failure("/data/a.tif", RuntimeError("short read"))
+    assert plain.damaged == "a.tif" and "damaged part" not in plain.message
+    assert "truncated (short read)" in plain.message
 
 
-def test_only_the_bands_the_model_reads_must_be_stretchable(tmp_path):
-    import rasterio
-    with rasterio.open(_vrt(tmp_path, ["Byte", "Byte", "Byte", "CFloat32"])) as ds:
-        assert ds.dtypes == ("uint8", "uint8", "uint8", "complex64")
-        bands, _ = choose_bands(ds, None, 3)
-        assert bands == [1, 2, 3]
-        with pytest.raises(InputError) as e:
-            choose_bands(ds, [4, 2, 1], 3)
-        assert "bands [4, 2, 1] are of type ['complex64']" in str(e.value)
-    with rasterio.open(_vrt(tmp_path, ["CFloat32", "Byte"])) as ds:
-        with pytest.raises(InputError) as e:
-            choose_bands(ds, None, 3)
-        assert "the raster has 2 (complex64)" in str(e.value)
-
-
-def test_plan_grid_reads_the_requested_bands():
-    with raster(*VIENNA) as ds:
-        assert plan_grid(ds, None, None, 0.1, 3, bands_req=[3, 2, 1]).bands == [3, 2, 1]
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, None, None, 0.1, 3, bands_req=[1, 2])
-        assert str(e.value) == "the model takes 3 bands; 2 given"
-
-
-def test_grid_size_message_in_rounded_megapixels():
-    """3500 x 1000 px over a limit of 1.5 Mpx: 3.5 and 1.5 round (half to even) to 4
-    and 2."""
-    with raster("EPSG:31256", Affine(1, 0, 0, 0, -1, 100), 350, 100) as ds:
-        with pytest.raises(InputError) as e:
-            plan_grid(ds, None, None, 0.1, 3, max_pixels=1_500_000)
-    assert "3500 x 1000 px at 0.1 m (4 Mpx > 2 Mpx)" in str(e.value)
-
-
-def test_source_gsd_falls_back_to_the_crs_unit_where_the_scale_is_undefined():
-    """Where the ground scale cannot be measured (PROJ refuses the point, or the
-    ellipsoid gives no distance beyond a pole) the pixel's size in CRS units times the
-    CRS's nominal unit: the US survey foot, or 1 for degrees."""
-    with raster("EPSG:3424", Affine(1, 0, 500000, 0, -1, 500000), 10, 10) as ds:
-        assert _source_gsd(ds, (1e9, 1e8, 1e9 + 1, 1e8 + 1), geodesic=True) == \
-            pytest.approx(0.3048006096012192, rel=1e-12)
-    with raster("EPSG:4326", Affine(3e-6, 0, 16.37, 0, -3e-6, 48.2), 10, 10) as ds:
-        assert _source_gsd(ds, (16, 100, 17, 101), geodesic=True) == pytest.approx(
-            3e-6, rel=1e-12)
-
-
-def _uint16_vienna():
-    """The VIENNA raster as uint16: band b holds ``10000 (b - 1) + row * 100 + col``."""
-    base = np.arange(5000, dtype=np.uint16).reshape(50, 100)
-    return raster(*VIENNA, dtype="uint16", data=np.stack([base + 10000 * b for b in range(3)]))
-
-
-def test_16_bit_bands_are_stretched_by_their_2_and_98_percentiles():
-    """Over the whole raster band 1 holds 0..4999: its 2nd and 98th percentiles are
-    0.02 x 4999 and 0.98 x 4999 (linear interpolation); the warning says so."""
-    expected = [(99.98 + 10000 * b, 4899.02 + 10000 * b) for b in range(3)]
-    with _uint16_vienna() as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-    assert [v for r in g.stretch for v in r] == pytest.approx(
-        [v for r in expected for v in r], abs=1e-9)
-    info = dict(g.stretch_info)
-    assert [v for r in info.pop("ranges") for v in r] == pytest.approx(
-        [v for r in expected for v in r], abs=1e-6)
-    assert info == {"mode": "percentile", "dtype": "uint16", "low": 2.0, "high": 98.0}
-    assert g.warnings == ["the uint16 bands [1, 2, 3] were stretched to 8 bits by 2-98 % "
-                          "percentiles (99.98-4899.02, 10100-14899, 20100-24899)", FAR]
-    # over the left half only (columns 0..49): its own percentiles
-    with _uint16_vienna() as ds:
-        half = plan_grid(ds, [-1700, 338545, -1685, 338560], None, 0.1, 3)
-    vals = (np.arange(50)[:, None] * 100 + np.arange(50)[None, :]).ravel()
-    assert half.stretch[0] == pytest.approx(tuple(np.percentile(vals, [2, 98])), abs=1e-9)
-
-
-def test_requested_stretches():
-    from protocol.params import Stretch
-    with _uint16_vienna() as ds:
-        g = plan_grid(ds, None, None, 0.1, 3,
-                      stretch=Stretch("minmax", min=(0, 0, 0), max=(1000, 2000, 3000)))
-        assert g.stretch == [(0.0, 1000.0), (0.0, 2000.0), (0.0, 3000.0)]
-        assert g.warnings[0] == ("the uint16 bands [1, 2, 3] were stretched to 8 bits by "
-                                 "the given min/max (0-1000, 0-2000, 0-3000)")
-        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("percentile", 10, 90))
-        assert g.warnings[0].startswith("the uint16 bands [1, 2, 3] were stretched to 8 "
-                                        "bits by 10-90 % percentiles (499.9-4499.1, ")
-        g = plan_grid(ds, None, None, 0.1, 3, stretch=Stretch("none"))
-        assert g.stretch == [(0.0, 255.0)] * 3 and g.stretch_info["mode"] == "none"
-        assert g.warnings == [FAR]
-    with raster(*VIENNA) as ds:
-        g = plan_grid(ds, None, None, 0.1, 3)
-        assert g.stretch is None and g.stretch_info is None
+def test_truncated_geotiff_is_invalid_input_naming_the_file(tmp_path):
+    """The first 300 kB of the Vienna orthophoto: the header opens, the pixels fail."""
+    cut = tmp_path / "vienna cut.tif"
+    cut.write_bytes(VIENNA.read_bytes()[:300_000])
+    req = {"type": "detect", "model": DEFAULT_MODEL, "v": 1, "id": "t",
+           "source": {"kind": "file", "path": str(cut)}}
+    with pytest.raises(JobError) as info:
+        D.run_detect(P.validate_request(req), [])
+    err = info.value
+    assert err.code == P.E_INVALID_INPUT
+    assert str(cut) in err.message and "damaged or truncated" in err.message
+    assert "Read error at scanline" in err.message  # GDAL's own reason, kept

@@ -16,20 +16,19 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_geom
 
-from backend.config import pv01_dir
 from backend.inference import detect as D
 from backend.inference.grid import grid_crs, plan_grid
 import protocol as P
+from tests.support import DEFAULT_MODEL, heldout
 
-MODEL = "pv-unet-efl0"
-TILE = pv01_dir() / "heldout" / "PV01_325192_1204246.tif"  # 9 panel arrays
+TILE = heldout("PV01_325192_1204246")  # 9 panel arrays
 UTM33 = CRS.from_epsg(32633)
 #: a 0.1 m grid at 48.2° N, 15.0° E (Vienna's latitude)
 AT_VIENNA = Affine(0.1, 0.0, 500000.0, 0.0, -0.1, 5339000.0)
 
 
 def _detect(path):
-    req = {"type": "detect", "model": MODEL, "source": {"kind": "file", "path": str(path)},
+    req = {"type": "detect", "model": DEFAULT_MODEL, "source": {"kind": "file", "path": str(path)},
            "v": 1, "id": "t"}
     return D.run_detect(P.validate_request(req), [])
 

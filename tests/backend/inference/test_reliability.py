@@ -1,10 +1,10 @@
 """Reliability and security: the gaps of the bad-input matrix (16-bit and
-float rasters, a model without weights), out-of-memory back-off, and a scan of the code
-for unsafe deserialisation.
+float rasters, a model without weights), a public daemon's token and roots, and a scan
+of the code for unsafe deserialisation (out-of-memory back-off:
+tests/backend/inference/test_backoff.py).
 
-Real data: pv01 held-out tiles converted to other data types in a temporary folder; the
-Vienna orthophoto (0.3 m, EPSG:31256) for tiling. See README "Reliability and security"
-for the whole matrix.
+Real data: pv01 held-out tiles converted to other data types in a temporary folder. See
+README "Reliability and security" for the whole matrix.
 """
 
 from __future__ import annotations
@@ -18,25 +18,17 @@ import pytest
 import rasterio
 
 import protocol as P
-from backend.config import data_dir, pv01_dir
 from backend.inference import detect as D
-from backend.inference import pipeline as PL
-from backend.inference.backoff import is_out_of_memory
 from protocol.errors import JobError
-from backend.inference.predictors import Predictor
-from backend.inference.grid import plan_grid
-from backend.inference.raster import WindowReader
 from backend.models.catalog import load_card
 from protocol.params import DetectParams
+from tests.support import DEFAULT_MODEL, REPO, heldout, start_engine, stop_engine, write_raster
 
-REPO = Path(__file__).resolve().parents[3]
-MODEL = "pv-unet-efl0"
-TILE = pv01_dir() / "heldout" / "PV01_325192_1204249.tif"
-VIENNA = data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif"
+TILE = heldout("PV01_325192_1204249")
 
 
 def _request(source, **kw):
-    req = {"v": 1, "id": "r", "type": "detect", "model": MODEL, "source": source}
+    req = {"v": 1, "id": "r", "type": "detect", "model": DEFAULT_MODEL, "source": source}
     req.update(kw)
     return P.validate_request(req)
 
@@ -50,11 +42,7 @@ def _converted(tmp_path: Path, dtype: str) -> Path:
         out = (arr * 257).astype(np.uint16)  # full 16-bit range, as cameras deliver
     else:
         out = (arr / 255.0).astype(np.float32)  # reflectance-like 0..1
-    profile.update(dtype=dtype, nodata=None)
-    path = tmp_path / f"tile_{dtype}.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(out)
-    return path
+    return write_raster(tmp_path / f"tile_{dtype}.tif", out, profile, nodata=None)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -104,8 +92,8 @@ def test_gsd_far_from_model_is_resampled_with_warning():
 
 def test_model_without_weights_is_not_found(tmp_path, monkeypatch):
     """Card present, weights (and ONNX) absent: ``not_found`` naming the missing file."""
-    card = load_card(MODEL)
-    folder = tmp_path / MODEL
+    card = load_card(DEFAULT_MODEL)
+    folder = tmp_path / DEFAULT_MODEL
     folder.mkdir()
     shutil.copy(card.path / "card.json", folder / "card.json")
     monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
@@ -122,99 +110,17 @@ def test_model_without_weights_is_not_found_through_the_daemon(tmp_path, monkeyp
     from protocol.client import OrtholensClient
     from protocol.errors import DaemonError
 
-    card = load_card(MODEL)
-    (tmp_path / MODEL).mkdir()
-    shutil.copy(card.path / "card.json", tmp_path / MODEL / "card.json")
+    card = load_card(DEFAULT_MODEL)
+    (tmp_path / DEFAULT_MODEL).mkdir()
+    shutil.copy(card.path / "card.json", tmp_path / DEFAULT_MODEL / "card.json")
     monkeypatch.setenv("ORTHOLENS_MODELS", str(tmp_path))
     with Server(port=0, device="cpu") as server, OrtholensClient(server.endpoint) as c:
         with pytest.raises(DaemonError) as ei:
-            c.detect(DetectParams(source={"kind": "file", "path": str(TILE)}, model=MODEL))
+            c.detect(DetectParams(source={"kind": "file", "path": str(TILE)}, model=DEFAULT_MODEL))
     assert ei.value.code == P.E_NOT_FOUND and "no weights" in ei.value.message
 
 
 # ----------------------------------------------------------------------------- GPU OOM
-
-class OomPredictor(Predictor):
-    """Per-pixel brightness 'model' that runs out of memory above ``limit`` tiles a call,
-    like a GPU whose memory fits only small batches."""
-
-    kind = "test"
-    device = "cuda:0 fake"
-
-    def __init__(self, card, limit=2, error=None):
-        import torch
-        self.card = card
-        self.limit = limit
-        self.error = error or (lambda: torch.cuda.OutOfMemoryError(
-            "CUDA out of memory. Tried to allocate 2.00 GiB"))
-        self.calls = []
-
-    def predict_raw(self, tiles):
-        self.calls.append(len(tiles))
-        if len(tiles) > self.limit:
-            raise self.error()
-        p = tiles.astype(np.float32).mean(1, keepdims=True) / 255.0
-        return np.concatenate([1 - p, p], 1)
-
-
-def _grid_probs(predictor, batch_size, warnings=None, extent=(-1700, 338500, -1640, 338560),
-                tile_size=128, overlap=32):
-    """``predict_grid`` of ``engine`` over ``extent`` of the Vienna scene (EPSG:31256)."""
-    card = predictor.card
-    with rasterio.open(VIENNA) as ds:
-        grid = plan_grid(ds, list(extent), None, card.gsd_m, 3)
-        reader = WindowReader(ds, grid)
-        try:
-            return PL.predict_grid(reader, grid, predictor, batch_size, tile_size=tile_size,
-                                  overlap=overlap, warnings=warnings)
-        finally:
-            reader.close()
-
-
-def test_oom_halves_the_batch_and_retries_the_same_tiles():
-    card = load_card(MODEL)
-    ref, ref_valid, n = _grid_probs(OomPredictor(card, limit=1000), 8)
-    predictor = OomPredictor(card, limit=2)
-    warnings = []
-    probs, valid, n2 = _grid_probs(predictor, 8, warnings)
-    assert n2 == n > 8
-    np.testing.assert_array_equal(probs, ref)  # every tile ran, none twice, none lost
-    np.testing.assert_array_equal(valid, ref_valid)
-    assert predictor.calls[:3] == [8, 4, 2]  # halved until it fits...
-    assert max(predictor.calls[3:]) == 2     # ...and stays there for the rest of the job
-    assert sum(c for c in predictor.calls if c <= 2) == n
-    assert len(warnings) == 2 and "out of memory at 8 tiles" in warnings[0]
-    assert "continued with 2" in warnings[1]
-
-
-def test_oom_warning_reaches_stats_and_memoryerror_counts():
-    """ONNX Runtime allocation failures arrive as MemoryError / 'Failed to allocate
-    memory' errors: the same back-off, reported in ``stats["warnings"]``."""
-    card = load_card(MODEL)
-    predictor = OomPredictor(card, limit=1, error=lambda: MemoryError("bad allocation"))
-    req = _request({"kind": "file", "path": str(VIENNA)},
-                   extent=[-1700, 338500, -1640, 338560], batch_size=4)
-    res = D.run_detect(req, [], predictor=predictor, overrides={"tile_size": 128, "overlap": 32})
-    assert any("ran out of memory at 4 tiles per batch" in w for w in res["stats"]["warnings"])
-    assert res["stats"]["tiles"] > 4 and max(predictor.calls[2:]) == 1
-
-
-def test_oom_on_a_single_tile_is_a_clear_error():
-    card = load_card(MODEL)
-    predictor = OomPredictor(card, limit=0)
-    with pytest.raises(JobError) as ei:
-        _grid_probs(predictor, 2)
-    assert ei.value.code == P.E_BUSY and "out of memory even for one tile" in ei.value.message
-
-
-def test_other_engine_errors_are_not_taken_for_oom():
-    card = load_card(MODEL)
-    predictor = OomPredictor(card, limit=0, error=lambda: RuntimeError("shape mismatch"))
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        _grid_probs(predictor, 4)
-    assert predictor.calls == [4]
-    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
-                                           "Failed to allocate memory for requested buffer"))
 
 
 # ----------------------------------------------------------------------------- security
@@ -291,18 +197,15 @@ def test_no_unsafe_deserialisation_in_the_code():
     assert not found, "unsafe deserialisation:\n" + "\n".join(found)
 
 
-def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_path,
-                                                                        get_free_port):
+def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_path):
     """``python -m backend --host 0.0.0.0``: without a token it refuses to start (exit
     2, a message naming the fix); with one, requests without it are ``forbidden`` and
     rasters outside ``ORTHOLENS_ROOTS`` cannot be read."""
     import os
-    import signal
     import subprocess
     import sys
 
     from protocol.client import OrtholensClient
-    from protocol.launcher import start_daemon
     from protocol.errors import DaemonError
 
     env = {k: v for k, v in os.environ.items() if k != "ORTHOLENS_TOKEN"}
@@ -312,12 +215,9 @@ def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_pat
     assert ("ortholens daemon: binding '0.0.0.0' (not loopback) requires a token "
             "(--token or ORTHOLENS_TOKEN)") in r.stderr
 
-    port = get_free_port()
-    proc = start_daemon(sys.executable, port, str(REPO), host="0.0.0.0", token="s3cret",
-                        env={"ORTHOLENS_ROOTS": str(tmp_path)}, wait_s=60,
-                        log_path=str(tmp_path / "d.log"))
+    endpoint, proc = start_engine(tmp_path / "d.log", host="0.0.0.0", token="s3cret",
+                                  env={"ORTHOLENS_ROOTS": str(tmp_path)}, wait_s=60)
     try:
-        endpoint = f"tcp://127.0.0.1:{port}"
         with OrtholensClient(endpoint, timeout_s=10) as anon:
             with pytest.raises(DaemonError) as ei:
                 anon.ping()
@@ -325,51 +225,10 @@ def test_cli_public_bind_needs_a_token_and_then_enforces_token_and_roots(tmp_pat
         with OrtholensClient(endpoint, token="s3cret", timeout_s=10) as c:
             assert c.ping()["type"] == "pong"
             with pytest.raises(DaemonError) as ei:
-                c.detect(DetectParams(source={"kind": "file", "path": str(TILE)}, model=MODEL))
+                c.detect(DetectParams(source={"kind": "file", "path": str(TILE)},
+                                      model=DEFAULT_MODEL))
             assert ei.value.code == P.E_FORBIDDEN and "ORTHOLENS_ROOTS" in ei.value.message
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        stop_engine(proc)
 
 
-def _cuda():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU: the real torch "
-                    "out-of-memory path (build.py ALLOWED_SKIPS)")
-def test_real_cuda_oom_halves_the_batch_and_gives_the_same_probabilities():
-    """The torch engine on the GPU with its memory capped (a quarter of a GiB more than
-    the weights and one tile need): a batch of 64 tiles of 512 px raises torch's real
-    ``OutOfMemoryError``, the job halves the batch until it fits and the probabilities
-    equal those of one tile a batch."""
-    import torch
-
-    from backend.inference.predictors import TorchPredictor
-    card = load_card(MODEL)
-    predictor = TorchPredictor(card, "cuda:0")
-    dev = torch.device("cuda:0")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(dev)
-    one = np.random.default_rng(0).integers(0, 256, (1, card.bands, 512, 512), np.uint8)
-    predictor.predict_raw(one)
-    need = torch.cuda.max_memory_allocated(dev)
-    total = torch.cuda.get_device_properties(dev).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (need + 2**28) / total), dev)
-    big = dict(extent=(-1750, 338300, -1450, 338600), tile_size=512, overlap=128)
-    try:
-        ref, ref_valid, n = _grid_probs(predictor, 1, [], **big)
-        torch.cuda.empty_cache()
-        warnings = []
-        probs, valid, n2 = _grid_probs(predictor, 64, warnings, **big)
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, dev)
-        torch.cuda.empty_cache()
-    assert n2 == n >= 64
-    assert warnings and "out of memory at 64 tiles" in warnings[0], warnings
-    np.testing.assert_array_equal(valid, ref_valid)
-    np.testing.assert_allclose(probs, ref, atol=2e-3)

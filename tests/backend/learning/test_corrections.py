@@ -3,12 +3,10 @@ areas read and diffed with the current model."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import protocol as P
-from backend.config import data_dir
-from tests.backend.version_helpers import MODEL, needs_real
+from tests.support import DEFAULT_MODEL, VIENNA, FakePredictor, needs_real
 
 BOWTIE = "POLYGON ((0 0, 10 10, 10 0, 0 10, 0 0))"
 SQUARE = "POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"
@@ -49,25 +47,6 @@ def test_bad_features_are_refused():
     assert feats == [] and "not a polygon" in warnings[0]
 
 
-class _Background:
-    """An engine that sees background everywhere (the corrections are then all
-    additions), fast enough to read real areas in a test."""
-
-    kind, device, n_members = "test", "cpu", 1
-
-    def __init__(self, card):
-        self.card = card
-
-    @property
-    def channels(self):
-        return self.card.num_outputs
-
-    def predict_raw(self, tiles):
-        out = np.zeros((tiles.shape[0], self.card.num_outputs) + tiles.shape[2:], np.float32)
-        out[:, 0] = 1.0
-        return out
-
-
 def _sq(x, y, s):
     return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
 
@@ -80,25 +59,26 @@ def test_features_in_the_split_gap_are_not_called_outside_every_area():
     from backend.learning.corrections import build_corrections
     from backend.models.catalog import load_card
     from protocol.params import RetrainParams
-    card = load_card(MODEL)
+    card = load_card(DEFAULT_MODEL)
     x0, y0 = -1700.0, 338500.0
     area = (x0, y0, x0 + 100, y0 + 40)  # held out: x > x0 + 75; gap x0 + 70 .. x0 + 75
     feats = [{"wkt": _sq(x0 + 10, y0 + 10, 3), "class": "photovoltaic"},   # trained on
              {"wkt": _sq(x0 + 71, y0 + 10, 3), "class": "photovoltaic"},   # in the gap
              {"wkt": _sq(x0 + 85, y0 + 10, 3), "class": "photovoltaic"},   # held out
              {"wkt": _sq(x0 + 300, y0 + 10, 3), "class": "photovoltaic"}]  # outside
-    vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
-    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats, crs="EPSG:31256",
-                           reviewed=[{"extent": list(area)}])
-    corr = build_corrections(params, [], card, _Background(card))
+    # the predictor sees background everywhere: the corrections are all additions
+    vienna = str(VIENNA)
+    params = RetrainParams({"kind": "file", "path": vienna}, DEFAULT_MODEL, feats,
+                           crs="EPSG:31256", reviewed=[{"extent": list(area)}])
+    corr = build_corrections(params, [], card, FakePredictor(card, gain=0.0))
     assert [a.n_features for a in corr.train] == [1] and \
         [a.n_features for a in corr.holdout] == [1]
     assert "1 corrected feature(s) lie outside every reviewed area" in " ".join(corr.warnings)
     assert any(w.startswith("1 corrected feature(s) lie in the strip") for w in corr.warnings)
     # all inside the area: no word of "outside"
-    params = RetrainParams({"kind": "file", "path": vienna}, MODEL, feats[:3],
+    params = RetrainParams({"kind": "file", "path": vienna}, DEFAULT_MODEL, feats[:3],
                            crs="EPSG:31256", reviewed=[{"extent": list(area)}])
-    corr = build_corrections(params, [], card, _Background(card))
+    corr = build_corrections(params, [], card, FakePredictor(card, gain=0.0))
     assert not any("outside" in w for w in corr.warnings), corr.warnings
     s = corr.summary()
     assert s["train"]["added"] + s["holdout"]["added"] == 2

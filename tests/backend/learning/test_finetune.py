@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.backend.version_helpers import MODEL
+from tests.support import DEFAULT_MODEL
 
 def test_a_default_retrain_allows_a_pixel_iou_drop_of_0_02_not_more():
     """The tolerance a retrain applies when the request names none: a guard drop of
@@ -11,7 +11,7 @@ def test_a_default_retrain_allows_a_pixel_iou_drop_of_0_02_not_more():
     from backend.learning.finetune import RetrainConfig
     from protocol.params import FileSource, RetrainParams
 
-    params = RetrainParams(source=FileSource("/x.tif"), model=MODEL, features=())
+    params = RetrainParams(source=FileSource("/x.tif"), model=DEFAULT_MODEL, features=())
     cfg = RetrainConfig.from_params(params)
     assert cfg.max_iou_drop == RetrainConfig().max_iou_drop == 0.02
     before = {"user_holdout": {"object_errors": 2, "object_f1": 0.8, "pixel_iou": 0.8},
@@ -22,7 +22,7 @@ def test_a_default_retrain_allows_a_pixel_iou_drop_of_0_02_not_more():
         assert decide(before, after, cfg.max_iou_drop)[0] is accepted, guard_after
     rule = ACCEPTANCE_RULE.format(max_iou_drop=cfg.max_iou_drop)
     assert rule.count("drops by at most 0.02") == 2
-    assert cfg.from_params(RetrainParams(source=FileSource("/x.tif"), model=MODEL,
+    assert cfg.from_params(RetrainParams(source=FileSource("/x.tif"), model=DEFAULT_MODEL,
                                          features=(), max_iou_drop=0.05)).max_iou_drop == 0.05
 
 

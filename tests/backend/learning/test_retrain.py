@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from backend.models import versions as V
-from backend.config import REPO, data_dir
 import protocol as P
-from tests.backend.version_helpers import (HAVE_DATA, HAVE_MODEL, MODEL, needs_real,
-                                           shipped_digest)
+from tests.support import (DEFAULT_MODEL, HAVE_DATA, HAVE_MODEL, REPO, VIENNA, needs_real,
+                           shipped_digest)
 
 
 SQUARE = "POLYGON ((0 0, 4 0, 4 4, 0 4, 0 0))"
@@ -42,8 +41,8 @@ def test_real_retrain_plans_its_whole_budget(user_dir):
     speed and load: ``build.py bench`` measures that (``retrain_budget``)."""
     from backend.learning.retrain import run_retrain
     from backend.learning.time_plan import MIN_TRAIN_S
-    vienna = str(data_dir() / "vienna" / "vienna_44_2_ortho_2023_30cm.tif")
-    req = {"type": "retrain", "model": MODEL, "source": {"kind": "file", "path": vienna},
+    vienna = str(VIENNA)
+    req = {"type": "retrain", "model": DEFAULT_MODEL, "source": {"kind": "file", "path": vienna},
            "crs": "EPSG:31256", "features": [],
            "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}], "budget_s": 45}
     events = []
@@ -73,7 +72,7 @@ def test_real_retrain_plans_its_whole_budget(user_dir):
 # ----------------------------------------------------------------------------- protocol
 
 def test_retrain_request_schema():
-    ok = P.request("retrain", model=MODEL, source={"kind": "file", "path": "/x.tif"},
+    ok = P.request("retrain", model=DEFAULT_MODEL, source={"kind": "file", "path": "/x.tif"},
                    crs="EPSG:32651", features=[{"wkt": SQUARE, "class": "photovoltaic",
                                                 "area": 0}],
                    reviewed=[{"extent": [0, 0, 10, 10], "holdout": None}], budget_s=60,
@@ -88,11 +87,11 @@ def test_retrain_request_schema():
            dict(features=[], invalid_geometry="ignore")]
     for fields in bad:
         with pytest.raises(P.ProtocolError) as ei:
-            P.request("retrain", model=MODEL, source={"kind": "file", "path": "/x.tif"},
+            P.request("retrain", model=DEFAULT_MODEL, source={"kind": "file", "path": "/x.tif"},
                       **fields)
         assert ei.value.code == P.E_BAD_REQUEST
     for t in ("versions", "activate", "rollback"):
-        assert P.request(t, model=MODEL)["type"] == t
+        assert P.request(t, model=DEFAULT_MODEL)["type"] == t
     assert "versions" in P.REPLY_TYPES
 
 
@@ -118,7 +117,7 @@ def test_daemon_retrain_job_progress_result_cancel_and_versions(user_dir):
     with Server(port=0, retrain_fn=fake, device="cpu", progress_interval_s=0.0) as srv:
         with OrtholensClient(srv.endpoint) as c:
             events = []
-            res = c.retrain(RetrainParams(FileSource("/x.tif"), MODEL,
+            res = c.retrain(RetrainParams(FileSource("/x.tif"), DEFAULT_MODEL,
                                           [CorrectedFeature(SQUARE, "photovoltaic")],
                                           crs="EPSG:32651",
                                           reviewed=[ReviewedArea((0, 0, 4, 4))], budget_s=60),
@@ -129,16 +128,16 @@ def test_daemon_retrain_job_progress_result_cancel_and_versions(user_dir):
             assert seen[0]["reviewed"] == [{"extent": [0, 0, 4, 4]}]
             t0 = time.monotonic()
             with pytest.raises(JobCancelled):
-                c.retrain(RetrainParams(FileSource("/x.tif"), MODEL, [], budget_s=99),
+                c.retrain(RetrainParams(FileSource("/x.tif"), DEFAULT_MODEL, [], budget_s=99),
                           is_cancelled=lambda: time.monotonic() - t0 > 0.3)
             # versions: the shipped model is active; nothing to roll back
-            d = c.versions(MODEL)
-            assert d["active"] == MODEL and d["versions"][0]["id"] == MODEL
+            d = c.versions(DEFAULT_MODEL)
+            assert d["active"] == DEFAULT_MODEL and d["versions"][0]["id"] == DEFAULT_MODEL
             with pytest.raises(DaemonError) as ei:
-                c.rollback(MODEL)
+                c.rollback(DEFAULT_MODEL)
             assert ei.value.code == P.E_INVALID_INPUT
             with pytest.raises(DaemonError) as ei:
-                c.activate(f"{MODEL}@7")
+                c.activate(f"{DEFAULT_MODEL}@7")
             assert ei.value.code == P.E_NOT_FOUND
 
 
@@ -151,7 +150,7 @@ def test_retrain_job_cancel_writes_nothing(user_dir):
     a, _ = cluster_split()
     reviewed = [{"source": {"kind": "file", "path": str(t.image_path)}} for t in a[:4]]
     reviewed[0]["holdout"] = True
-    req = {"type": "retrain", "model": MODEL, "source": reviewed[0]["source"],
+    req = {"type": "retrain", "model": DEFAULT_MODEL, "source": reviewed[0]["source"],
            "crs": "EPSG:32651", "features": [], "reviewed": reviewed, "budget_s": 600}
     state = {"go": False}
 
@@ -163,8 +162,8 @@ def test_retrain_job_cancel_writes_nothing(user_dir):
     with pytest.raises(JobCancelled):
         run_retrain(req, [], progress, lambda: state["go"])
     assert time.monotonic() - t0 < 120
-    assert not V.lineage_dir(MODEL).exists() or not any(
-        p.name.isdigit() for p in V.lineage_dir(MODEL).iterdir())
+    assert not V.lineage_dir(DEFAULT_MODEL).exists() or not any(
+        p.name.isdigit() for p in V.lineage_dir(DEFAULT_MODEL).iterdir())
     metas = list((user_dir / "mlruns").glob("*/*/meta.yaml"))
     assert len(metas) == 1 and "status: 5" in metas[0].read_text()  # KILLED
 
@@ -175,7 +174,7 @@ def test_retrain_refuses_invalid_geometry_when_asked(user_dir):
     from protocol.errors import JobError
     from tools.retrain_eval import cluster_split
     a, _ = cluster_split()
-    req = {"type": "retrain", "model": MODEL,
+    req = {"type": "retrain", "model": DEFAULT_MODEL,
            "source": {"kind": "file", "path": str(a[0].image_path)}, "crs": "EPSG:32651",
            "features": [{"wkt": BOWTIE, "class": "photovoltaic"}],
            "invalid_geometry": "refuse", "budget_s": 5}
@@ -328,7 +327,7 @@ def test_loop_rollback_restores_outputs_exactly(loop):
     # the site's version too (taken out of use in its area)
     assert loop["site"]["rollback"]["identical_features"]
     if steps:
-        assert steps[-1]["to"] == MODEL
+        assert steps[-1]["to"] == DEFAULT_MODEL
         assert any("identical_features" in s for s in steps)
     for s in steps:
         if "identical_features" in s:
@@ -336,7 +335,7 @@ def test_loop_rollback_restores_outputs_exactly(loop):
     # every version is on disk with its lineage; every retrain run in the MLflow store
     user = Path(loop["user_models"])
     folders = [user] + [user / f"fold-{f}" for f in list(loop["folds"])[1:]]
-    versions = sorted(p for d in folders for p in (d / MODEL).glob("[0-9]*/lineage.json"))
+    versions = sorted(p for d in folders for p in (d / DEFAULT_MODEL).glob("[0-9]*/lineage.json"))
     assert len(versions) == len(steps)
     for p in versions:
         lin = json.loads(p.read_text())
@@ -347,6 +346,6 @@ def test_loop_rollback_restores_outputs_exactly(loop):
     # the Vienna version (its own folder) rolls back to the shipped outputs exactly
     vr = loop["vienna"]["rollback"]
     if loop["vienna"]["retrain"]["accepted"]:
-        assert vr["to"] == MODEL and vr["identical_features"], vr
+        assert vr["to"] == DEFAULT_MODEL and vr["identical_features"], vr
     else:
         assert vr is None

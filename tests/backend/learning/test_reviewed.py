@@ -23,3 +23,16 @@ def test_split_areas_holds_out_whole_groups_or_a_strip():
     areas = [ReviewedPart(0, {}, holdout=None), ReviewedPart(1, {}, holdout=True)]
     out = split_areas(areas, [(crs, (0, 0, 10, 10)), (crs, (10, 0, 20, 10))])
     assert [a.holdout for a in out] == [False, True]
+
+
+def test_whole_extents_merge_the_parts_of_a_split_area():
+    """A version's area is built from the reviewed areas as given, not from the held-out
+    strip and the rest as two extents."""
+    from types import SimpleNamespace as NS
+    from backend.learning.reviewed import whole_extents
+    crs = "EPSG:32651"
+
+    def part(index, bounds):
+        return NS(reviewed=NS(index=index), bounds=bounds, grid=NS(crs_wkt=crs))
+    parts = [part(0, (0, 55, 100, 200)), part(0, (0, 0, 100, 50)), part(1, (500, 0, 600, 80))]
+    assert whole_extents(parts) == [((0, 0, 100, 200), crs), ((500, 0, 600, 80), crs)]

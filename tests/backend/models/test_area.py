@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.backend.version_helpers import HAVE_TILES, INSIDE, INSIDE_2, OUTSIDE, tile_bounds
+from tests.support import HAVE_TILES, INSIDE, INSIDE_2, OUTSIDE, tile_bounds
 
 
 def test_area_covers_its_site_and_not_the_next():

@@ -1,12 +1,12 @@
 """Versions taught on one area: how detection picks them (in process and through the
 daemon) and taking them out of use. The area versions are the shipped weights
-(:func:`tests.backend.version_helpers.make_area_version`)."""
+(:func:`tests.support.make_area_version`)."""
 
 from __future__ import annotations
 
 from backend.models import versions as V
-from tests.backend.version_helpers import (INSIDE, INSIDE_2, MODEL, OUTSIDE,
-                                           make_area_version, needs_tiles, tile_bounds)
+from tests.support import (DEFAULT_MODEL, INSIDE, INSIDE_2, OUTSIDE, make_area_version,
+                           needs_tiles, tile_bounds)
 
 
 @needs_tiles
@@ -14,34 +14,34 @@ def test_area_versions_are_in_use_in_their_area_only(user_dir):
     from backend.models.catalog import list_cards, load_card
     vid = make_area_version([INSIDE])
     # an area version is not the active (general) version
-    assert V.active_id(MODEL) == MODEL and V.area_ids(MODEL) == [vid]
+    assert V.active_id(DEFAULT_MODEL) == DEFAULT_MODEL and V.area_ids(DEFAULT_MODEL) == [vid]
     card = load_card(vid)
     assert card.lineage.scope and card.lineage.in_use is True
     listed = {c.id: c for c in list_cards()}
     assert listed[vid].lineage.in_use is True and listed[vid].public()["lineage"]["scope"]
-    chosen, why = V.version_for_extent(MODEL, *tile_bounds(INSIDE_2))
+    chosen, why = V.version_for_extent(DEFAULT_MODEL, *tile_bounds(INSIDE_2))
     assert chosen is not None and chosen.id == vid and "taught on this area" in why
-    none, why = V.version_for_extent(MODEL, *tile_bounds(OUTSIDE))
-    assert none is None and vid in why and f"{MODEL} was used" in why
+    none, why = V.version_for_extent(DEFAULT_MODEL, *tile_bounds(OUTSIDE))
+    assert none is None and vid in why and f"{DEFAULT_MODEL} was used" in why
     # an extent in a CRS that cannot be put in lon/lat lies in no area
     local = 'LOCAL_CS["engineering",UNIT["metre",1]]'
-    assert V.version_for_extent(MODEL, tile_bounds(INSIDE_2)[0], local)[0] is None
-    d = V.describe(MODEL)
+    assert V.version_for_extent(DEFAULT_MODEL, tile_bounds(INSIDE_2)[0], local)[0] is None
+    d = V.describe(DEFAULT_MODEL)
     row = next(v for v in d["versions"] if v["id"] == vid)
     assert row["in_use"] is True and row["scope"]["margin_m"] == 250.0
     # roll back = out of use there (the files stay); make active = in use again
     d = V.rollback(vid)
-    assert V.area_ids(MODEL) == [] and d["active"] == MODEL
-    assert V.version_for_extent(MODEL, *tile_bounds(INSIDE))[0] is None
+    assert V.area_ids(DEFAULT_MODEL) == [] and d["active"] == DEFAULT_MODEL
+    assert V.version_for_extent(DEFAULT_MODEL, *tile_bounds(INSIDE))[0] is None
     assert load_card(vid).lineage.in_use is False
     V.activate(vid)
-    assert V.area_ids(MODEL) == [vid] and V.active_id(MODEL) == MODEL
+    assert V.area_ids(DEFAULT_MODEL) == [vid] and V.active_id(DEFAULT_MODEL) == DEFAULT_MODEL
     # a newer version of the same area wins; rolling it back gives the older one back
     v2 = make_area_version([INSIDE, INSIDE_2])
-    assert V.area_ids(MODEL) == [v2, vid]
-    assert V.version_for_extent(MODEL, *tile_bounds(INSIDE))[0].id == v2
+    assert V.area_ids(DEFAULT_MODEL) == [v2, vid]
+    assert V.version_for_extent(DEFAULT_MODEL, *tile_bounds(INSIDE))[0].id == v2
     V.rollback(v2)
-    assert V.version_for_extent(MODEL, *tile_bounds(INSIDE))[0].id == vid
+    assert V.version_for_extent(DEFAULT_MODEL, *tile_bounds(INSIDE))[0].id == vid
 
 
 @needs_tiles
@@ -53,20 +53,20 @@ def test_detection_by_area_runs_the_version_inside_and_the_model_outside(user_di
     vid = make_area_version([INSIDE])
 
     def run(path, by_area):
-        return run_detect(DetectParams(FileSource(str(path)), MODEL, by_area=by_area), [])
+        return run_detect(DetectParams(FileSource(str(path)), DEFAULT_MODEL, by_area=by_area), [])
 
     inside = run(INSIDE_2, True)
     assert inside["stats"]["model"] == vid and "taught on this area" in \
         inside["stats"]["model_choice"]
     assert inside["features"] and {f["model"] for f in inside["features"]} == {vid}
     plain = run(INSIDE_2, None)
-    assert plain["stats"]["model"] == MODEL and "model_choice" not in plain["stats"]
+    assert plain["stats"]["model"] == DEFAULT_MODEL and "model_choice" not in plain["stats"]
     # the same weights: the same polygons, only the model named differs
     assert [f["wkt"] for f in plain["features"]] == [f["wkt"] for f in inside["features"]]
     outside = run(OUTSIDE, True)
-    assert outside["stats"]["model"] == MODEL
-    assert all(f["model"] == MODEL for f in outside["features"])
-    assert "no version of pv-unet-efl0 was taught on this area" in \
+    assert outside["stats"]["model"] == DEFAULT_MODEL
+    assert all(f["model"] == DEFAULT_MODEL for f in outside["features"])
+    assert f"no version of {DEFAULT_MODEL} was taught on this area" in \
         outside["stats"]["model_choice"]
 
 
@@ -78,15 +78,15 @@ def test_daemon_detects_with_the_area_version_inside_its_area_only(user_dir):
     from protocol.params import DetectParams, FileSource
     vid = make_area_version([INSIDE])
     with Server(port=0, device="cpu") as srv, OrtholensClient(srv.endpoint) as c:
-        ins = c.detect(DetectParams(FileSource(str(INSIDE_2)), MODEL, by_area=True))
-        out = c.detect(DetectParams(FileSource(str(OUTSIDE)), MODEL, by_area=True))
-        exact = c.detect(DetectParams(FileSource(str(INSIDE_2)), MODEL))
+        ins = c.detect(DetectParams(FileSource(str(INSIDE_2)), DEFAULT_MODEL, by_area=True))
+        out = c.detect(DetectParams(FileSource(str(OUTSIDE)), DEFAULT_MODEL, by_area=True))
+        exact = c.detect(DetectParams(FileSource(str(INSIDE_2)), DEFAULT_MODEL))
         listed = {m["id"]: m for m in c.models()}
         d = c.rollback(vid)
-        after = c.detect(DetectParams(FileSource(str(INSIDE_2)), MODEL, by_area=True))
+        after = c.detect(DetectParams(FileSource(str(INSIDE_2)), DEFAULT_MODEL, by_area=True))
     assert ins["stats"]["model"] == vid and {f["model"] for f in ins["features"]} == {vid}
-    assert out["stats"]["model"] == MODEL and exact["stats"]["model"] == MODEL
+    assert out["stats"]["model"] == DEFAULT_MODEL and exact["stats"]["model"] == DEFAULT_MODEL
     assert listed[vid]["lineage"]["in_use"] is True and listed[vid]["lineage"]["scope"]
-    assert d["active"] == MODEL and not next(v for v in d["versions"]
+    assert d["active"] == DEFAULT_MODEL and not next(v for v in d["versions"]
                                              if v["id"] == vid)["in_use"]
-    assert after["stats"]["model"] == MODEL
+    assert after["stats"]["model"] == DEFAULT_MODEL

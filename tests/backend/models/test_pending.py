@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from backend.models import versions as V
-from tests.backend.version_helpers import INSIDE, MODEL, needs_tiles, tile_bounds
+from tests.support import DEFAULT_MODEL, INSIDE, needs_tiles, tile_bounds
 
 
 @needs_tiles
@@ -23,10 +23,10 @@ def test_a_pending_candidate_kept_by_the_user_records_it(user_dir):
     from protocol.client import OrtholensClient
     from protocol.errors import DaemonError
     import protocol as P
-    card = load_card(MODEL)
+    card = load_card(DEFAULT_MODEL)
 
     def pending(area):
-        prep = candidate_dir(MODEL)
+        prep = candidate_dir(DEFAULT_MODEL)
         for name in ("weights.safetensors", "model.onnx"):  # as a candidate's export
             shutil.copy(card.path / name, prep / name)
         lineage = {"decision": "undecided", "verdict": "undecided",
@@ -37,22 +37,22 @@ def test_a_pending_candidate_kept_by_the_user_records_it(user_dir):
 
     area = build_area([tile_bounds(INSIDE)[0]], tile_bounds(INSIDE)[1]).to_dict()
     tok = pending(area)
-    assert (V.lineage_dir(MODEL) / f".pending-{tok}" / "weights.safetensors").is_file()
-    assert V.describe(MODEL)["versions"][-1]["id"] == MODEL  # not a version yet
+    assert (V.lineage_dir(DEFAULT_MODEL) / f".pending-{tok}" / "weights.safetensors").is_file()
+    assert V.describe(DEFAULT_MODEL)["versions"][-1]["id"] == DEFAULT_MODEL  # not a version yet
     with Server(port=0, device="cpu") as srv, OrtholensClient(srv.endpoint) as c:
-        d = c.keep(MODEL, tok, "I checked the strip by eye")
+        d = c.keep(DEFAULT_MODEL, tok, "I checked the strip by eye")
         with pytest.raises(DaemonError) as ei:
-            c.keep(MODEL, tok)
+            c.keep(DEFAULT_MODEL, tok)
         assert ei.value.code == P.E_NOT_FOUND and "kept already" in str(ei.value)
         with pytest.raises(DaemonError) as ei:
-            c.keep(MODEL, "../../etc")
+            c.keep(DEFAULT_MODEL, "../../etc")
         assert ei.value.code == P.E_INVALID_INPUT
     vid = d["kept"]
     lin = load_card(vid).lineage
     assert lin.decision == "kept by the user" and lin.verdict == "undecided"
     assert lin.to_dict()["kept"]["note"] == "I checked the strip by eye"
-    assert lin.in_use is True and V.area_ids(MODEL) == [vid]
+    assert lin.in_use is True and V.area_ids(DEFAULT_MODEL) == [vid]
     assert load_card(vid).acceptance_rule == "the rule"
-    assert not (V.lineage_dir(MODEL) / f".pending-{tok}").exists()
-    general = keep_pending(MODEL, pending(None))
-    assert V.active_id(MODEL) == general["kept"] == general["active"]
+    assert not (V.lineage_dir(DEFAULT_MODEL) / f".pending-{tok}").exists()
+    general = keep_pending(DEFAULT_MODEL, pending(None))
+    assert V.active_id(DEFAULT_MODEL) == general["kept"] == general["active"]

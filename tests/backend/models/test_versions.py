@@ -6,7 +6,7 @@ import pytest
 
 from backend.models import versions as V
 from backend.models.version_writer import write_version
-from tests.backend.version_helpers import MODEL, needs_real, shipped_digest, shipped_state
+from tests.support import DEFAULT_MODEL, needs_real, shipped_digest, shipped_state
 
 
 @needs_real
@@ -17,14 +17,14 @@ def test_activate_switches_and_rollback_goes_to_the_parent(user_dir):
     v1 = write_version(card, state, {"threshold": 0.55}, {"corrections": 3,
                                                          "metrics": {"x": 1}}, export=False)
     write_version(v1, state, {}, {"corrections": 5}, export=False)
-    d = V.activate(f"{MODEL}@2")
-    assert d["active"] == f"{MODEL}@2"
+    d = V.activate(f"{DEFAULT_MODEL}@2")
+    assert d["active"] == f"{DEFAULT_MODEL}@2"
     assert [v["active"] for v in d["versions"]] == [False, False, True]
-    assert load_card(f"{MODEL}@2").lineage.active is True
-    assert V.rollback(MODEL)["active"] == f"{MODEL}@1"   # one call: to the parent
-    assert V.rollback(f"{MODEL}@1")["active"] == MODEL
+    assert load_card(f"{DEFAULT_MODEL}@2").lineage.active is True
+    assert V.rollback(DEFAULT_MODEL)["active"] == f"{DEFAULT_MODEL}@1"   # one call: to the parent
+    assert V.rollback(f"{DEFAULT_MODEL}@1")["active"] == DEFAULT_MODEL
     with pytest.raises(V.VersionError, match="nothing|no earlier"):
-        V.rollback(MODEL)
+        V.rollback(DEFAULT_MODEL)
     with pytest.raises(V.VersionError):
-        V.activate(f"{MODEL}@9")
+        V.activate(f"{DEFAULT_MODEL}@9")
     assert shipped_digest() == before  # shipped models are never written

@@ -13,10 +13,10 @@ def test_sections_in_order_and_a_new_one_goes_last(qgis_iface):
 
     dock = OrtholensDock(qgis_iface.mainWindow())
     try:
-        column = dock.widget().layout()
+        column = dock.body().layout()
         sections = [dock.status, dock.models, dock.detection, dock.versions]
         assert [column.itemAt(i).widget() for i in range(4)] == sections
-        extra = dock.add_section(QLabel("more", dock.widget()))
+        extra = dock.add_section(QLabel("more", dock.body()))
         assert column.itemAt(4).widget() is extra
         assert column.itemAt(5).spacerItem() is not None  # the free space stays last
     finally:

@@ -20,3 +20,33 @@ def test_dock_status_says_where_the_engine_runs_and_its_device():
                                       "(tcp://10.0.0.5:5591) — GPU NVIDIA H200, 139.8 GiB")
     assert device_text({"device": "cpu"}) == "cpu"  # an engine without device_info
     assert "tcp://x:1" in pong_text({}, "tcp://x:1")
+
+
+def test_status_names_the_onnx_provider_and_the_idle_exit():
+    """The status line says which ONNX Runtime provider runs the models, and that an
+    engine started by the plugin stops after its minutes without work."""
+    from plugin.dock.status import pong_text
+    from plugin.settings import DaemonSettings
+
+    local = DaemonSettings("tcp://127.0.0.1:5591", None, None, None)
+    pong = {"version": "0.1.0", "idle_exit_s": 1800.0,
+            "device_info": {"kind": "cuda", "name": "NVIDIA H200", "memory_gib": 139.8,
+                            "provider": "CUDAExecutionProvider"}}
+    assert pong_text(pong, local) == (
+        "Engine 0.1.0 on this computer (tcp://127.0.0.1:5591) — GPU NVIDIA H200, "
+        "139.8 GiB, ONNX Runtime CUDA; it stops after 30 min without work")
+    assert "stops" not in pong_text(dict(pong, idle_exit_s=0), local)
+
+
+def test_an_engine_started_from_the_plugin_gets_the_idle_exit(monkeypatch):
+    from plugin.settings import DEFAULT_IDLE_EXIT_MIN, daemon_settings, idle_exit_min
+
+    monkeypatch.delenv("ORTHOLENS_IDLE_EXIT_MIN", raising=False)
+    assert DEFAULT_IDLE_EXIT_MIN == 30.0
+    monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "12.5")
+    assert idle_exit_min() == 12.5
+    assert daemon_settings().start_args() == ["--idle-exit-s", "750"]
+    monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "nonsense")
+    assert idle_exit_min() == DEFAULT_IDLE_EXIT_MIN
+    monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "-3")
+    assert idle_exit_min() == 0.0

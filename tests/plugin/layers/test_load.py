@@ -4,6 +4,8 @@ looking different from it, each named after its model, raster and run."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from qgis.PyQt.QtCore import QDateTime, Qt
 from qgis.core import (
@@ -153,4 +155,5 @@ def test_two_detect_tasks_give_two_named_layers_newest_on_top(vienna_layer, tmp_
     order = [n.layerId() for n in QgsProject.instance().layerTreeRoot().findLayers()]
     assert order == [layers[1].id(), layers[0].id(), vienna_layer.id()]
     for n, layer in enumerate(layers, 1):
-        assert layer.name().startswith(f"{MODEL} v2.0.0 on vienna (run {n}, ")
+        assert re.match(rf"#{n}( thr [0-9.]+)? · vienna · {MODEL} v2\.0\.0 · \d\d:\d\d$",
+                        layer.name()), layer.name()

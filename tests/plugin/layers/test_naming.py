@@ -27,8 +27,12 @@ def test_default_result_path(tmp_path, qgis_new_project):
         project.setFileName("")
 
 
-def test_result_layer_name_says_model_version_source_and_run():
+def test_result_layer_name_starts_with_what_tells_runs_apart():
+    """Run number and threshold first, then the source, model, version and time: the
+    Layers panel cuts long names at its right edge."""
     when = _dt.datetime(2024, 5, 6, 14, 5)
-    assert (result_layer_name("pv-unet-efl0", "2.0.0", "vienna", 2, when)
-            == "pv-unet-efl0 v2.0.0 on vienna (run 2, 14:05)")
-    assert result_layer_name("m@3", None, "x", 1, when) == "m@3 on x (run 1, 14:05)"
+    assert (result_layer_name("pv-unet-efl0", "2.0.0", "vienna", 2, when, 0.5)
+            == "#2 thr 0.5 · vienna · pv-unet-efl0 v2.0.0 · 14:05")
+    assert result_layer_name("m@3", None, "x", 1, when) == "#1 · x · m@3 · 14:05"
+    assert (result_layer_name("m", "1", "mosaic", 3, when, 0.45, batch=True)
+            == "#3 thr 0.45 · mosaic · m v1 · batch 14:05")

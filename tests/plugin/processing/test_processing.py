@@ -143,7 +143,8 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
         assert prov is not None and prov.name() == "Ortholens"
         ids = sorted(a.id() for a in prov.algorithms())
         assert ids == ["ortholens:batchjobs", "ortholens:detect", "ortholens:evaluate",
-                       "ortholens:exportchips", "ortholens:importmodel", "ortholens:retrain"]
+                       "ortholens:exportchips", "ortholens:importmodel", "ortholens:retrain",
+                       "ortholens:solarinventory"]
         detect = reg.algorithmById("ortholens:detect")
         names = [p.name() for p in detect.parameterDefinitions()]
         for n in ("INPUT", "EXTENT", "COVERAGE", "MODEL", "THRESHOLD", "MIN_AREA",
@@ -163,32 +164,6 @@ def test_parameter_labels_are_short_and_explained(provider):
     detect = QgsApplication.processingRegistry().algorithmById("ortholens:detect")
     assert "whole raster" in detect.parameterDefinition("EXTENT").toolTip()
     assert "card" in detect.parameterDefinition("THRESHOLD").toolTip()
-
-
-@pytest.fixture(scope="module")
-def processing_gui():
-    """QGIS's Processing dialogs (the ``processing`` plugin, as the desktop loads it).
-
-    Its panels read ``qgis.utils.iface`` when imported; pytest-qgis's stand-in returns
-    mocks where they want a canvas and a browser model, so they see none (as in
-    ``qgis_process``)."""
-    import importlib
-    import sys
-    plugins = Path(QgsApplication.pkgDataPath()) / "python" / "plugins"
-    assert (plugins / "processing").is_dir(), f"no Processing plugin in {plugins}"
-    if str(plugins) not in sys.path:
-        sys.path.append(str(plugins))
-    from processing.gui.AlgorithmDialog import AlgorithmDialog
-    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
-    mods = [importlib.import_module(f"processing.gui.{m}") for m in
-            ("AlgorithmDialog", "BatchAlgorithmDialog", "BatchPanel", "ParametersPanel",
-             "wrappers")]
-    saved = {m: m.iface for m in mods if hasattr(m, "iface")}
-    for m in saved:
-        m.iface = None
-    yield AlgorithmDialog, BatchAlgorithmDialog
-    for m, value in saved.items():
-        m.iface = value
 
 
 def open_dialog(dialog_class, alg_id):

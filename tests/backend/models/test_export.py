@@ -1,5 +1,6 @@
-"""The shipped model's ONNX export carries Deepness metadata (so Deepness runs it as it
-is), and the importer reads it back into an equal card with equal detections."""
+"""backend.models.export: the shipped model's ONNX export carries Deepness metadata (so
+Deepness runs it as it is), and the importer reads it back into an equal card with equal
+detections."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from backend.models.deepness import deepness_metadata
 from backend.models.imported import import_onnx
+from tests.support import DEFAULT_MODEL, HAVE_MODEL, INSIDE, OUTSIDE
 
 #: The card fields a Deepness export carries (the others describe the training).
 CARRIED = ("version", "classes", "bands", "band_names", "dtype", "normalize", "gsd_m",
@@ -23,13 +25,12 @@ def exported(tmp_path_factory):
     from backend.config import models_dir
     from backend.models.card import read_card
     from backend.models.export import export_onnx
-    from tests.backend.version_helpers import HAVE_MODEL, MODEL
     if not HAVE_MODEL:
         pytest.skip("the shipped model's weights are missing")
-    folder = tmp_path_factory.mktemp("export") / MODEL
+    folder = tmp_path_factory.mktemp("export") / DEFAULT_MODEL
     folder.mkdir()
     for name in ("card.json", "weights.safetensors"):
-        shutil.copyfile(models_dir() / MODEL / name, folder / name)
+        shutil.copyfile(models_dir() / DEFAULT_MODEL / name, folder / name)
     card = read_card(folder / "card.json")
     export_onnx(card)
     return card
@@ -54,7 +55,6 @@ def test_an_export_reads_back_into_an_equal_card_and_equal_detections(exported, 
     from backend.inference.detect import run_detect
     from backend.inference.predictors import OnnxPredictor
     from protocol.params import DetectParams, FileSource
-    from tests.backend.version_helpers import INSIDE, OUTSIDE
     back = import_onnx(str(exported.onnx_path))
     assert back.id == "pv-unet-efl0-2" and back.onnx_only
     assert {k: back.to_dict().get(k) for k in CARRIED} == {

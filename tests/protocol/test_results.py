@@ -1,0 +1,52 @@
+"""protocol.results: the one attribute schema of result polygons, as the protocol
+documents it (docs/protocol.md) and as a batch job's GeoPackage stores it (the
+engine's features: tests/backend/inference/test_objects.py; the plugin's layers:
+tests/plugin/layers/test_schema.py)."""
+
+from __future__ import annotations
+
+import re
+
+from protocol.results import RESULT_FIELD_NAMES, RESULT_FIELDS
+from tests.support import REPO
+
+
+def test_the_fields_in_column_order_with_their_kinds():
+    assert RESULT_FIELDS == (("class", "str"), ("class_id", "int"), ("score", "float"),
+                             ("agreement", "float"), ("area_m2", "float"), ("model", "str"),
+                             ("model_version", "str"), ("detected_at", "str"))
+    assert RESULT_FIELD_NAMES == tuple(name for name, _ in RESULT_FIELDS)
+    assert len(set(RESULT_FIELD_NAMES)) == len(RESULT_FIELD_NAMES)
+
+
+def test_the_protocol_documents_the_fields_a_feature_carries():
+    """Every field but ``detected_at`` (stamped by the side that writes the layer) is in
+    the documented ``result`` feature, beside its ``wkt``."""
+    text = (REPO / "docs" / "protocol.md").read_text("utf-8")
+    m = re.search(r"A `result` feature is `\{([^}]*)\}`", text.replace("\n", " "))
+    assert m, "docs/protocol.md no longer describes a result feature"
+    documented = [f.strip().strip('"') for f in m.group(1).split(",")]
+    assert documented == ["wkt"] + [n for n in RESULT_FIELD_NAMES if n != "detected_at"]
+    assert "stamps `detected_at`" in text
+
+
+def test_a_batch_geopackage_has_one_column_per_field_and_its_region(tmp_path):
+    import numpy as np
+    from pyogrio.raw import read
+
+    from backend.inference.batch.gpkg import GpkgWriter
+    from backend.inference.batch.regions import RegionResult
+
+    feat = {"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))", "class": "photovoltaic",
+            "class_id": 1, "score": 0.9, "agreement": 1.0, "area_m2": 1.0, "model": "m",
+            "model_version": "1"}
+    w = GpkgWriter(str(tmp_path / "o.gpkg"), "detections", "EPSG:32651",
+                   detected_at="2024-05-01T12:00:00+00:00")
+    w.append(RegionResult(3, [feat]))
+    meta, _, _, fields = read(str(tmp_path / "o.gpkg"), layer="detections")[:4]
+    assert list(meta["fields"]) == list(RESULT_FIELD_NAMES) + ["region"]
+    row = {n: col[0] for n, col in zip(meta["fields"], fields)}
+    assert (row["class"], int(row["class_id"]), float(row["score"]), int(row["region"])) == (
+        "photovoltaic", 1, 0.9, 3)
+    assert np.issubdtype(np.asarray(fields[1]).dtype, np.integer)
+    assert str(row["detected_at"]).startswith("2024-05-01")
