@@ -1,6 +1,6 @@
 """Bring your own model: Deepness-format ONNX files read into cards, run by the
 predictor, refused when they are no segmenters (the export of Ortholens's own models in
-that format: ``test_deepness_export.py``).
+that format: ``test_export.py``).
 
 The four graphs are Deepness's own test data (PUTvision/qgis-plugin-deepness,
 ``test/data``, Apache-2.0), read where they lie (``<data>/deepness``).
