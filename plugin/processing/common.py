@@ -163,10 +163,12 @@ def model_parameter(name: str) -> QgsProcessingParameterString:
 
     Dialogs (single, batch, model designer) show it as a combo box of the daemon's
     models with its default selected (:mod:`.model_widget`); ``qgis_process`` and
-    scripts pass a model id; empty means the daemon's default model.
+    scripts pass a model id or the path of an ONNX file in Deepness's format (added
+    first, :func:`resolve_model`); empty means the daemon's default model.
     """
     param = QgsProcessingParameterString(name, "Model", optional=True)
-    param.setHelp("The engine's model (id, version, classes). Empty: the engine's "
+    param.setHelp("The engine's model (id, version, classes), or the path of an ONNX "
+                  "file in Deepness's format, which is added first. Empty: the engine's "
                   "default model.")
     param.setMetadata({"widget_wrapper": {
         "class": f"{__package__}.model_widget.ModelWidgetWrapper"}})
