@@ -270,16 +270,20 @@ class OrtholensPlugin:
         return ok
 
     def _layer_changed(self, layer: Any) -> None:
-        """The active layer changed: show the band mapping a detection would send."""
+        """The active layer changed: show the band mapping a detection would send and,
+        with the automatic model entry, the model for the layer's GSD."""
         if self.dock is None:
             return
         from qgis.core import QgsRasterLayer
 
+        from .detect.crs import layer_gsd
         from .detect.plan import layer_bands
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
             self.dock.models.show_bands(layer_bands(layer), layer.name())
+            self.dock.models.set_layer_gsd(layer_gsd(layer))
         else:
             self.dock.models.show_bands(None, "")
+            self.dock.models.set_layer_gsd(None)
 
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if

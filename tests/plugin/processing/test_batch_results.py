@@ -23,7 +23,7 @@ from qgis.core import (
 from helpers import wait_until
 from test_processing import (BLOCK, MODEL, PV01, _CancelAt, daemon,  # noqa: F401
                              daemon_port, model_folder, mosaic, needs_daemon,
-                             processing_gui, provider, run_alg)
+                             provider, run_alg)
 
 
 def loaded(context, alg_id, params):

@@ -13,7 +13,7 @@ import pytest
 from qgis.core import QgsProcessingFeedback, QgsVectorLayer
 
 from test_processing import (MODEL, PV01, daemon, daemon_port, model_folder,  # noqa: F401
-                             needs_daemon, processing_gui, provider, run_alg)
+                             needs_daemon, provider, run_alg)
 
 #: The 12 held-out tiles (each with ``<name>_mask.tif``: 1 = panel).
 TILES = sorted(p for p in PV01.glob("PV01_*.tif") if not p.stem.endswith("_mask"))
