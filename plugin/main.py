@@ -174,12 +174,18 @@ class OrtholensPlugin:
 
     def stop_started_daemon(self) -> None:
         """Terminate the daemon this plugin started, if any (a daemon that was already
-        running when QGIS needed it is left alone)."""
+        running when QGIS needed it is left alone), and wait up to 5 s for it to exit
+        (then kill it), so that the next status check finds it gone."""
+        import subprocess
         proc, self.daemon_process = self.daemon_process, None
         if proc is not None and proc.poll() is None:
             QgsMessageLog.logMessage(f"stopping the daemon it started (pid {proc.pid})",
                                      LOG_TAG, Qgis.Info)
             proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     # settings --------------------------------------------------------------------
     def open_settings(self):
