@@ -173,12 +173,19 @@ class OrtholensPlugin:
         self.stop_started_daemon()
 
     def stop_started_daemon(self) -> None:
-        """Terminate the daemon this plugin started, if any (a daemon that was already
-        running when QGIS needed it is left alone), and wait up to 5 s for it to exit
-        (then kill it), so that the next status check finds it gone."""
+        """Terminate the daemons this plugin started, by whichever task (a daemon that
+        was already running when QGIS needed it is left alone), and wait up to 5 s for
+        each to exit (then kill it), so that the next status check finds them gone."""
         import subprocess
+
+        from .tasks import started_engines
+        procs = started_engines()
         proc, self.daemon_process = self.daemon_process, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None and all(p is not proc for p in procs):
+            procs.append(proc)
+        for proc in procs:
+            if proc.poll() is not None:
+                continue
             QgsMessageLog.logMessage(f"stopping the daemon it started (pid {proc.pid})",
                                      LOG_TAG, Qgis.Info)
             proc.terminate()
