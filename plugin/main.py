@@ -181,13 +181,26 @@ class OrtholensPlugin:
         self.stop_started_daemon()
 
     def stop_started_daemon(self) -> None:
-        """Terminate the daemon this plugin started, if any (a daemon that was already
-        running when QGIS needed it is left alone)."""
+        """Terminate the daemons this plugin started, by whichever task (a daemon that
+        was already running when QGIS needed it is left alone), and wait up to 5 s for
+        each to exit (then kill it), so that the next status check finds them gone."""
+        import subprocess
+
+        from .tasks import started_engines
+        procs = started_engines()
         proc, self.daemon_process = self.daemon_process, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None and all(p is not proc for p in procs):
+            procs.append(proc)
+        for proc in procs:
+            if proc.poll() is not None:
+                continue
             QgsMessageLog.logMessage(f"stopping the daemon it started (pid {proc.pid})",
                                      LOG_TAG, Qgis.Info)
             proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     # settings --------------------------------------------------------------------
     def open_settings(self):
@@ -278,16 +291,20 @@ class OrtholensPlugin:
         return ok
 
     def _layer_changed(self, layer: Any) -> None:
-        """The active layer changed: show the band mapping a detection would send."""
+        """The active layer changed: show the band mapping a detection would send and,
+        with the automatic model entry, the model for the layer's GSD."""
         if self.dock is None:
             return
         from qgis.core import QgsRasterLayer
 
+        from .detect.crs import layer_gsd
         from .detect.plan import layer_bands
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
             self.dock.models.show_bands(layer_bands(layer), layer.name())
+            self.dock.models.set_layer_gsd(layer_gsd(layer))
         else:
             self.dock.models.show_bands(None, "")
+            self.dock.models.set_layer_gsd(None)
 
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if

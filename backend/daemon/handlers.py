@@ -59,12 +59,17 @@ def on_ping(server, identity, header, arrays) -> Replies:
 
 
 def on_models(server, identity, header, arrays) -> Replies:
-    """The model cards, the default one for the daemon's device marked."""
-    from backend.models.catalog import default_model_id
+    """The model cards, the default one for the daemon's device marked ``default``, and
+    each model a detection naming none chooses from by the layer's GSD marked
+    ``gsd_candidate`` (its rank, 0 first; None for the others: ``protocol.choice``)."""
+    from backend.models.catalog import default_model_id, gsd_candidates
     cards = _cards()
-    default = default_model_id(cards, str(server.device or "").startswith("cuda"))
+    cuda = str(server.device or "").startswith("cuda")
+    default = default_model_id(cards, cuda)
+    rank = {r.id: i for i, r in enumerate(gsd_candidates(cards, cuda))}
     return [(identity, P.reply("models", header["id"],
-                               models=[dict(c.public(), default=c.id == default)
+                               models=[dict(c.public(), default=c.id == default,
+                                            gsd_candidate=rank.get(c.id))
                                        for c in cards]))]
 
 

@@ -149,8 +149,9 @@ def model_help() -> str:
     listed."""
     models = engine_models()
     head = ("Model: the engine's model to use; a script or qgis_process passes its id "
-            "(MODEL=pv-unet-efl0), or the path of an ONNX file in Deepness's format, "
-            "which is added first; left empty, the engine's default model.")
+            "(MODEL=pv-unet-efl0) or the path of an ONNX file in Deepness's format, "
+            "which is added first; left empty, the engine's default model (for Detect "
+            "objects: the model whose GSD range holds the raster's GSD).")
     if not models.cards:
         return f"{head}\n\n{models.note}"
     default = models.default_id
