@@ -165,7 +165,7 @@ def model_parameter(name: str) -> QgsProcessingParameterString:
     Dialogs (single, batch, model designer) show it as a combo box of the daemon's
     models with its default selected (:mod:`.model_widget`); ``qgis_process`` and
     scripts pass a model id or the path of an ONNX file in Deepness's format (added
-    first, :func:`resolve_model`); empty means the daemon's default model.
+    first, :func:`given_model`); empty means the daemon's default model.
     """
     param = QgsProcessingParameterString(name, "Model", optional=True)
     param.setHelp("The engine's model (id, version, classes), or the path of an ONNX "
@@ -192,15 +192,27 @@ def resolve_model(client: Any, model: Optional[str]) -> str:
     Raises:
         QgsProcessingException: the daemon has no models, or refused the file.
     """
-    model = (model or "").strip()
-    if model.lower().endswith(".onnx"):
-        return str(import_onnx(client, model)["id"])
+    model = given_model(client, model)
     if model:
         return model
     card = default_card(client.models())
     if card is None:
         raise QgsProcessingException("The daemon has no models installed.")
     return str(card["id"])
+
+
+def given_model(client: Any, model: Optional[str]) -> Optional[str]:
+    """The model id a MODEL parameter names: ``model`` stripped, the id of the model a
+    path to an ``.onnx`` file (Deepness's format) becomes once imported
+    (:func:`import_onnx`), or None when it is empty (the engine then chooses).
+
+    Raises:
+        QgsProcessingException: the engine refused the file.
+    """
+    model = (model or "").strip()
+    if model.lower().endswith(".onnx"):
+        return str(import_onnx(client, model)["id"])
+    return model or None
 
 
 def import_onnx(client: Any, path: str, values: Optional[Dict[str, Any]] = None
@@ -307,6 +319,6 @@ def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]
 
 __all__ = ["EngineModels", "engine_models", "ask_running_engine", "forget_models",
            "card_text", "model_help", "model_parameter", "with_help", "resolve_model",
-           "import_onnx", "connect", "daemon_session", "raster_file", "cancelled_text",
-           "progress_to", "MODELS_TTL_S",
-           "MODELS_TIMEOUT_S", "NOT_RUNNING"]
+           "given_model", "import_onnx", "connect", "daemon_session", "raster_file",
+           "cancelled_text", "progress_to", "MODELS_TTL_S", "MODELS_TIMEOUT_S",
+           "NOT_RUNNING"]

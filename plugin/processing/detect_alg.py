@@ -37,6 +37,7 @@ from ..detect.crs import crs_wkt, extent_tuple
 from .common import (
     cancelled_text,
     daemon_session,
+    given_model,
     model_help,
     model_parameter,
     progress_to,
@@ -233,7 +234,8 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         try:
             with daemon_session(feedback) as client:
                 # empty: the engine chooses the model for the raster's GSD
-                model = self.parameterAsString(parameters, self.MODEL, context).strip() or None
+                model = given_model(client, self.parameterAsString(parameters, self.MODEL,
+                                                                   context))
                 out = results_file(f"{layer.name()}_{model or 'auto'}", context)
                 params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
                                                   extent_crs=extent_crs, bands=bands,

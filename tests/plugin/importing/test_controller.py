@@ -145,3 +145,7 @@ def test_processing_import_algorithm(qgis_app, monkeypatch):
     with pytest.raises(QgsProcessingException, match="ortholens:importmodel"):
         common.resolve_model(client, PATH)
     assert common.resolve_model(ImportingClient([]), PATH) == "roads"
+    # ortholens:detect: a path is imported, an id passes, empty lets the engine choose
+    assert common.given_model(ImportingClient([]), f" {PATH} ") == "roads"
+    assert common.given_model(client, "pv-unet-efl0") == "pv-unet-efl0"
+    assert common.given_model(client, "  ") is None
