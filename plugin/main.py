@@ -25,6 +25,7 @@ from .detect.task import DetectTask
 from .dock.panel import OrtholensDock
 from .dock.status import NO_ENGINE, NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
 from .layers.naming import default_result_path
+from .messages import push_message
 from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
                        results_dir)
 from .tasks import LOG_TAG, DaemonStatusTask
@@ -316,15 +317,10 @@ class OrtholensPlugin:
     def notify(self, text: str, level: int = Qgis.Info, duration: int = 8,
                short: Optional[str] = None, settings_button: bool = False,
                after_task: bool = False, warnings: Sequence[str] = ()) -> None:
-        """Show ``text`` in QGIS's message bar and the log, and ``short`` (default
-        ``text``) in the dock, followed there by ``warnings`` in the warning colour;
-        with ``settings_button`` the message bar item carries a *Settings…* button that
-        opens the settings dialog.
-
-        With ``after_task`` (the report of a finished QgsTask) the message bar item is
-        pushed on the next turn of the event loop: QGIS pushes its own "Task complete"
-        notice right after a task's ``finished`` and would otherwise cover it.
-        """
+        """Show ``text`` in the message bar and the log (:func:`~.messages.push_message`;
+        ``settings_button``: with *Settings…* and *Set up the engine…*), ``short``
+        (default ``text``) and ``warnings`` in the dock. ``after_task``: pushed on the next
+        turn of the event loop, after QGIS's own "Task complete" notice."""
         if self.dock is not None:
             self.dock.detection.show_message(short or text, level, warnings)
         if after_task:
@@ -333,22 +329,8 @@ class OrtholensPlugin:
             self._push(text, level, duration, settings_button)
 
     def _push(self, text: str, level: int, duration: int, settings_button: bool) -> None:
-        bar = self.iface.messageBar()
-        keep = 0 if level == Qgis.Critical else duration
-        if settings_button:
-            item = bar.createMessage("Ortholens", text)
-            button = QPushButton("Settings…", item)
-            button.setObjectName("ortholensMessageSettings")
-            button.clicked.connect(self.open_settings)
-            item.layout().addWidget(button)
-            setup = QPushButton("Set up the engine…", item)
-            setup.setObjectName("ortholensMessageSetup")
-            setup.clicked.connect(self.open_setup)
-            item.layout().addWidget(setup)
-            bar.pushWidget(item, level, keep)
-        else:
-            bar.pushMessage("Ortholens", text, level=level, duration=keep)
-        QgsMessageLog.logMessage(text, LOG_TAG, level)
+        push_message(self.iface.messageBar(), text, level, duration,
+                     (self.open_settings, self.open_setup) if settings_button else None)
 
     # daemon status -----------------------------------------------------------------
     def refresh_status(self, start: bool = False) -> None:
