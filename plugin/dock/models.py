@@ -2,8 +2,8 @@
 tool, ``..importing``), a line about the selected model, its threshold and minimum
 area, and the bands a detection sends.
 
-When the engine offers models for several GSD bands (``gsd_candidate`` in its ``models``
-reply), the list starts with *Automatic (by the layer's GSD)*: the model is then the one
+When the engine offers models for several GSD bands (two or more cards with a
+``gsd_candidate`` rank in its ``models`` reply), the list starts with *Automatic (by the layer's GSD)*: the model is then the one
 ``protocol.choice.choose_for_gsd`` gives for the active layer's GSD, the rule the engine
 applies to a detection that names no model, and the line below says which and why.
 
@@ -278,7 +278,8 @@ class ModelSection(QWidget):
         retrained version is active or the user chose a model."""
         current = self.model_combo.currentData() if self.model_combo.count() else None
         self.cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
-        auto = any(isinstance(c.get("gsd_candidate"), int) for c in self.cards)
+        # one candidate is the default model: the automatic entry would name it twice
+        auto = sum(isinstance(c.get("gsd_candidate"), int) for c in self.cards) >= 2
         if self._prefer and any(c["id"] == self._prefer for c in self.cards):
             current, self._prefer = self._prefer, None
         elif current is None:

@@ -134,6 +134,10 @@ def test_no_automatic_entry_without_gsd_candidates(qgis_iface):
         assert dock.models.model_combo.count() == 3
         assert AUTO_TEXT not in [dock.models.model_combo.itemText(i) for i in range(3)]
         assert not dock.models.is_automatic()
+        one = [dict(c, gsd_candidate=0 if c["id"] == "pv-fine" else None)
+               for c in _gsd_cards()]  # the default model alone: nothing to choose
+        dock.models.set_models(one)
+        assert dock.models.model_combo.count() == 3 and not dock.models.is_automatic()
     finally:
         dock.deleteLater()
         flush_deletes()
