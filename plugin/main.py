@@ -4,7 +4,8 @@
 and the dock), then runs a :class:`~.detect.task.DetectTask` through QGIS's task
 manager; the result layer is added on top of the layer tree when the task finishes.
 Retrain and model versions are wired by :class:`~.retrain.controller.RetrainController`,
-the Processing algorithms by :class:`~.processing.OrtholensProvider`.
+*Add model…* by :class:`~.importing.controller.ImportController`, the Processing
+algorithms by :class:`~.processing.OrtholensProvider`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .detect.task import DetectTask
 from .dock.panel import OrtholensDock
 from .dock.status import NO_ENGINE, NOT_RUNNING, NOT_SET_UP, STARTING, pong_text
 from .layers.naming import default_result_path
+from .messages import push_message
 from .settings import (autostart, daemon_settings, migrate_plain_token, resource_path,
                        results_dir)
 from .tasks import LOG_TAG, DaemonStatusTask
@@ -58,6 +60,8 @@ class OrtholensPlugin:
         self.provider = None
         #: retrain and model versions (:class:`~.retrain.controller.RetrainController`).
         self.retrain = None
+        #: the dock's *Add model…* (:class:`~.importing.controller.ImportController`).
+        self.importer = None
         #: the job table (:class:`~.jobs.controller.JobsController`).
         self.jobs = None
         #: the *Settings > Options > Ortholens* page factory while registered.
@@ -109,6 +113,8 @@ class OrtholensPlugin:
         self.iface.registerOptionsWidgetFactory(self.options_factory)
         from .retrain.controller import RetrainController
         self.retrain = RetrainController(self, MENU)
+        from .importing.controller import ImportController
+        self.importer = ImportController(self)
         from .jobs.controller import JobsController
         self.jobs = JobsController(self)
         from .install.zmqcheck import zmq_available
@@ -143,6 +149,9 @@ class OrtholensPlugin:
         if self.retrain is not None:
             self.retrain.unload()
             self.retrain = None
+        if self.importer is not None:
+            self.importer.unload()
+            self.importer = None
         if self.jobs is not None:
             self.jobs.unload()
             self.jobs = None
@@ -173,13 +182,26 @@ class OrtholensPlugin:
         self.stop_started_daemon()
 
     def stop_started_daemon(self) -> None:
-        """Terminate the daemon this plugin started, if any (a daemon that was already
-        running when QGIS needed it is left alone)."""
+        """Terminate the daemons this plugin started, by whichever task (a daemon that
+        was already running when QGIS needed it is left alone), and wait up to 5 s for
+        each to exit (then kill it), so that the next status check finds them gone."""
+        import subprocess
+
+        from .tasks import started_engines
+        procs = started_engines()
         proc, self.daemon_process = self.daemon_process, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None and all(p is not proc for p in procs):
+            procs.append(proc)
+        for proc in procs:
+            if proc.poll() is not None:
+                continue
             QgsMessageLog.logMessage(f"stopping the daemon it started (pid {proc.pid})",
                                      LOG_TAG, Qgis.Info)
             proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     # settings --------------------------------------------------------------------
     def open_settings(self):
@@ -270,16 +292,20 @@ class OrtholensPlugin:
         return ok
 
     def _layer_changed(self, layer: Any) -> None:
-        """The active layer changed: show the band mapping a detection would send."""
+        """The active layer changed: show the band mapping a detection would send and,
+        with the automatic model entry, the model for the layer's GSD."""
         if self.dock is None:
             return
         from qgis.core import QgsRasterLayer
 
+        from .detect.crs import layer_gsd
         from .detect.plan import layer_bands
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
             self.dock.models.show_bands(layer_bands(layer), layer.name())
+            self.dock.models.set_layer_gsd(layer_gsd(layer))
         else:
             self.dock.models.show_bands(None, "")
+            self.dock.models.set_layer_gsd(None)
 
     def _dock_visibility(self, visible: bool) -> None:
         """The dock was opened: list the models (starting the daemon when allowed) if
@@ -291,15 +317,10 @@ class OrtholensPlugin:
     def notify(self, text: str, level: int = Qgis.Info, duration: int = 8,
                short: Optional[str] = None, settings_button: bool = False,
                after_task: bool = False, warnings: Sequence[str] = ()) -> None:
-        """Show ``text`` in QGIS's message bar and the log, and ``short`` (default
-        ``text``) in the dock, followed there by ``warnings`` in the warning colour;
-        with ``settings_button`` the message bar item carries a *Settings…* button that
-        opens the settings dialog.
-
-        With ``after_task`` (the report of a finished QgsTask) the message bar item is
-        pushed on the next turn of the event loop: QGIS pushes its own "Task complete"
-        notice right after a task's ``finished`` and would otherwise cover it.
-        """
+        """Show ``text`` in the message bar and the log (:func:`~.messages.push_message`;
+        ``settings_button``: with *Settings…* and *Set up the engine…*), ``short``
+        (default ``text``) and ``warnings`` in the dock. ``after_task``: pushed on the next
+        turn of the event loop, after QGIS's own "Task complete" notice."""
         if self.dock is not None:
             self.dock.detection.show_message(short or text, level, warnings)
         if after_task:
@@ -308,22 +329,8 @@ class OrtholensPlugin:
             self._push(text, level, duration, settings_button)
 
     def _push(self, text: str, level: int, duration: int, settings_button: bool) -> None:
-        bar = self.iface.messageBar()
-        keep = 0 if level == Qgis.Critical else duration
-        if settings_button:
-            item = bar.createMessage("Ortholens", text)
-            button = QPushButton("Settings…", item)
-            button.setObjectName("ortholensMessageSettings")
-            button.clicked.connect(self.open_settings)
-            item.layout().addWidget(button)
-            setup = QPushButton("Set up the engine…", item)
-            setup.setObjectName("ortholensMessageSetup")
-            setup.clicked.connect(self.open_setup)
-            item.layout().addWidget(setup)
-            bar.pushWidget(item, level, keep)
-        else:
-            bar.pushMessage("Ortholens", text, level=level, duration=keep)
-        QgsMessageLog.logMessage(text, LOG_TAG, level)
+        push_message(self.iface.messageBar(), text, level, duration,
+                     (self.open_settings, self.open_setup) if settings_button else None)
 
     # daemon status -----------------------------------------------------------------
     def refresh_status(self, start: bool = False) -> None:

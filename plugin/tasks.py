@@ -79,6 +79,27 @@ def run_reporting(task: Any, work: Callable[[], bool],
         return False
 
 
+#: Every engine process a task of this plugin started (``subprocess.Popen``), whichever
+#: task it was: :func:`started_engines` hands them to whoever stops them.
+_STARTED: List[Any] = []
+
+
+def remember_started(proc: Any) -> Any:
+    """Record ``proc``, an engine process a task started (None: nothing started), so
+    that stopping the plugin's engines finds it; returns ``proc``."""
+    if proc is not None:
+        _STARTED.append(proc)
+    return proc
+
+
+def started_engines() -> List[Any]:
+    """The engine processes the plugin's tasks started and that still run, forgotten
+    once returned (the caller stops them)."""
+    out = [p for p in _STARTED if p.poll() is None]
+    _STARTED.clear()
+    return out
+
+
 @contextmanager
 def task_client(task: Any) -> Iterator[Any]:
     """A daemon client for the ``with`` body of a task's work (worker thread).
@@ -91,7 +112,7 @@ def task_client(task: Any) -> Iterator[Any]:
         DaemonUnavailable: see ``connection.connect_daemon``.
     """
     client = connect_daemon(task.settings, start=True, timeout_s=task.timeout_s)
-    task.daemon_process = getattr(client, "process", None)
+    task.daemon_process = remember_started(getattr(client, "process", None))
     try:
         yield client
     finally:
@@ -134,7 +155,7 @@ class DaemonStatusTask(QgsTask):
             if self.start:
                 client = connect_daemon(self.settings, start=True,
                                         timeout_s=max(self.timeout_s, 5.0))
-                self.daemon_process = getattr(client, "process", None)
+                self.daemon_process = remember_started(getattr(client, "process", None))
             else:
                 from protocol.client import OrtholensClient
                 client = OrtholensClient(self.settings.endpoint, token=self.settings.token,
@@ -157,4 +178,5 @@ class DaemonStatusTask(QgsTask):
 
 
 __all__ = ["LOG_TAG", "job_fraction", "progress_callback", "run_reporting", "task_client",
+           "remember_started", "started_engines",
            "DaemonStatusTask"]

@@ -23,6 +23,8 @@ Modules:
     metrics     pixel IoU and object precision/recall/F1: how both sides score a result
     connection  :class:`~protocol.connection.DaemonConnection`, a DEALER socket to the
                 daemon: requests out, their replies in (pyzmq)
+    uploading   :class:`~protocol.uploading.PixelUploads`: an image streamed window by
+                window, a few windows in flight
     client      :class:`~protocol.client.OrtholensClient` (detect, upload, batch, retrain,
                 inventory and version requests; liveness checks)
     launcher    starting a daemon on this computer (``start_daemon``, ``ensure_daemon``),

@@ -62,7 +62,7 @@ MAX_UPLOAD_BYTES = 1 << 30
 DEFAULT_WINDOW_PX, MIN_WINDOW_PX, MAX_WINDOW_PX = 1024, 64, 4096
 
 REPLY_TYPES = ("pong", "models", "accepted", "progress", "result", "error",
-               "status", "cancelled", "upload", "jobs", "versions")
+               "status", "cancelled", "upload", "jobs", "versions", "imported")
 
 
 # ----------------------------------------------------------------------------- frames

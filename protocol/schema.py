@@ -1,10 +1,11 @@
 """Request schemas: which fields each request type takes, and :func:`validate_request`.
 
 The rules of ``detect``, ``upload``, ``batch``, ``retrain``, ``inventory``,
-``versions`` and ``delete`` are those their parameter classes declare beside each
-field (:mod:`protocol.params`, :mod:`protocol.inventory`, :mod:`protocol.version_params`,
-read with ``protocol.rules.request_rules``); the requests without a parameter class
-declare theirs here. :func:`validate_request` checks a decoded request header field by field
+``versions``, ``delete`` and ``import_model`` are those their parameter classes
+declare beside each field (:mod:`protocol.params`, :mod:`protocol.inventory`,
+:mod:`protocol.version_params`, :mod:`protocol.importing`, read with
+``protocol.rules.request_rules``); the requests without a parameter class declare
+theirs here. :func:`validate_request` checks a decoded request header field by field
 and raises :class:`~protocol.errors.ProtocolError` with a stable ``code`` and a
 human-readable message on anything else; :func:`request` builds a checked header. The
 requests and the replies they get: ``docs/protocol.md``.
@@ -19,6 +20,7 @@ from typing import Any, Dict
 from .checks import check_job_id, check_model, check_pixel_index, check_upload_id, short, string
 from .errors import E_BAD_REQUEST, E_UNKNOWN_TYPE, E_VERSION, ProtocolError
 from .framing import PROTOCOL_VERSION, request_header
+from .importing import ImportParams
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
@@ -53,6 +55,9 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     "keep": {**_MODEL, "pending": Rule(True, string(64)), "note": Rule(False, string(500))},
     "inventory": request_rules(InventoryParams),
     "delete": request_rules(DeleteParams),
+    # make an ONNX file on the engine's computer one of its models (bring your own
+    # model); the reply ``imported`` carries the new card
+    "import_model": request_rules(ImportParams),
 }
 REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 

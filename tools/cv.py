@@ -354,14 +354,17 @@ def figures(items: Sequence, chosen: Dict[str, Any], gsd_m: float, n_classes: in
             folds: int) -> Dict[str, Any]:
     """Per-fold pixel IoU and object F1 (:func:`spread`) and the pooled summary of
     out-of-fold predictions ``[(fold, probs, ref)]`` run at ``gsd_m`` under the
-    post-processing ``chosen`` (scored on each reference's own, coarser, grid)."""
+    post-processing ``chosen`` (scored on each reference's own, coarser, grid). Folds
+    without items (a run over some of the folds) are left out of the spread."""
     per_fold = [Counts() for _ in range(folds)]
     pooled = Counts()
+    seen = set()
     for k, p, ref in items:
         c = score(p, ref, chosen, gsd_m, n_classes)
         per_fold[k].add(c)
         pooled.add(c)
-    sums = [c.summary() for c in per_fold]
+        seen.add(k)
+    sums = [c.summary() for k, c in enumerate(per_fold) if k in seen]
     return {"pixel_iou": spread([s["pixel_iou"] for s in sums]),
             "object_f1": spread([s["object_f1"] for s in sums]),
             "pooled": {k: (round(v, 4) if isinstance(v, float) else v)

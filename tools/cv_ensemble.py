@@ -50,8 +50,8 @@ TTA_MIN_GAIN = 0.005
 
 
 def member_oof(configs: Sequence[Dict[str, Any]], work: Path, folds: int,
-               train_missing: bool) -> Tuple[np.ndarray, List[Tuple[int, int, int]],
-                                             List[np.ndarray]]:
+               train_missing: bool, only: Optional[Sequence[int]] = None
+               ) -> Tuple[np.ndarray, List[Tuple[int, int, int]], List[np.ndarray]]:
     """Out-of-fold foreground probabilities of every member under every augmentation.
 
     Args:
@@ -70,7 +70,10 @@ def member_oof(configs: Sequence[Dict[str, Any]], work: Path, folds: int,
     keys: List[Tuple[int, int, int]] = []
     refs: List[np.ndarray] = []
     images: List[np.ndarray] = []
+    use = set(range(folds) if only is None else only)
     for k, (_, val) in enumerate(splits):
+        if k not in use:
+            continue
         for ti, t in enumerate(val):
             img, mask = t.read()
             for f in FACTORS:
@@ -81,7 +84,7 @@ def member_oof(configs: Sequence[Dict[str, Any]], work: Path, folds: int,
     side = max(im.shape[-1] for im in images)
     out = np.zeros((len(configs), len(TTA), len(images), side, side), np.float16)
     for m, config in enumerate(configs):
-        for k in range(folds):
+        for k in sorted(use):
             predictor = TorchPredictor(fold_card(config, work, k, folds, train_missing))
             for i in (i for i, key in enumerate(keys) if key[0] == k):
                 im = images[i]
@@ -137,8 +140,10 @@ def choose(rows: List[Dict[str, Any]], n_members: int) -> Dict[str, Any]:
 def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
                           train_missing: bool = False,
                           configs_dir: Optional[Path] = None,
-                          keep: Optional[Path] = None) -> Dict[str, Any]:
-    """Score every fusion variant out of fold and choose one (module docstring).
+                          keep: Optional[Path] = None,
+                          only: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Score every fusion variant out of fold and choose one (module docstring);
+    ``only``: the folds scored (default all; a run before every fold model exists).
 
     Returns:
         ``{"id", "variants": [{label, members, tta, score, cv}], "chosen": label,
@@ -148,7 +153,7 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
     configs = [json.loads((configs_dir / f"{m['id']}.json").read_text("utf-8"))
                for m in config["members"]]
     names = [c["id"] for c in configs]
-    probs, keys, refs = member_oof(configs, work, folds, train_missing)
+    probs, keys, refs = member_oof(configs, work, folds, train_missing, only)
     if keep is not None:
         np.savez_compressed(keep, probs=probs, keys=np.asarray(keys),
                             **{f"ref{i}": r for i, r in enumerate(refs)})
@@ -161,7 +166,8 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
                      "tta": list(tta), "score": round(score_rule(r), 4), "cv": r})
         print(f"{label}: rule score {rows[-1]['score']:.4f}", flush=True)
     best = choose(rows, len(names))
-    return {"id": config["id"], "variants": rows, "chosen": best["label"],
+    return {"id": config["id"], "folds_scored": sorted(set(k for k, _, _ in keys)),
+            "variants": rows, "chosen": best["label"],
             "tta": best["tta"], "postprocess": best["cv"]["postprocess"],
             "cross_validation": {g: {"pixel_iou": v["pixel_iou"]["mean"],
                                      "pixel_iou_std": v["pixel_iou"]["std"],
@@ -173,6 +179,8 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
 def markdown(r: Dict[str, Any]) -> str:
     """A Markdown table of :func:`cross_validate_fusion`'s variants."""
     lines = [f"# Fusion of {r['id']} on cross-validation", "",
+             f"Folds scored: {', '.join(str(k) for k in r['folds_scored'])} of the "
+             f"leave-cluster-out folds of the pv01 train split.", "",
              "| variant | rule score | object F1 0.1 / 0.2 / 0.3 m (fold mean ± std) | "
              "pixel IoU 0.1 m | threshold | min area m² |", "|---|---|---|---|---|---|"]
     for v in r["variants"]:
@@ -194,13 +202,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "out" / "cv" / "models")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "cv")
     ap.add_argument("--train", action="store_true", help="train missing fold models")
+    ap.add_argument("--only-folds", default=None, metavar="K,K",
+                    help="score these folds only (0-based, comma-separated)")
     ap.add_argument("--write-config", action="store_true",
                     help="store the chosen fusion and post-processing in the config")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     args.out.mkdir(parents=True, exist_ok=True)
+    only = ([int(k) for k in args.only_folds.split(",")] if args.only_folds else None)
     r = cross_validate_fusion(config, args.work, args.folds, args.train,
-                              args.config.parent, args.out / f"{config['id']}-oof.npz")
+                              args.config.parent, args.out / f"{config['id']}-oof.npz", only)
     (args.out / f"{config['id']}-fusion.json").write_text(json.dumps(r, indent=2) + "\n",
                                                           "utf-8")
     md = markdown(r)

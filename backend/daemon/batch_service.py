@@ -171,6 +171,8 @@ class BatchService:
             jobs = [job]
         else:
             jobs = self.store.list()[:MAX_LISTED_JOBS]
+        if not jobs:  # answered without importing the batch runner (rasterio, scipy)
+            return [(identity, P.reply("jobs", header["id"], jobs=[]))]
         with self._cond:
             live = {k: j.public() for k, j in self._live.items()}
         from backend.daemon.batch_runner import job_summary  # lazy: rasterio, engines

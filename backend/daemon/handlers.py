@@ -10,9 +10,10 @@ array frames. It returns the replies to send, in order, and raises an
 Families: the daemon's own (``ping``, ``models``, ``status``, ``cancel``); jobs queued
 on the interactive workers (``detect``, ``retrain``); the user model versions
 (``versions``, ``activate``, ``rollback``, ``keep``, ``delete``:
-``backend.models.versions``); pixel
-uploads (``upload``, ``window``: ``backend.daemon.uploads``); batch jobs (``batch``,
-``jobs``, ``resume``: ``backend.daemon.batch_service``).
+``backend.models.versions``); importing an ONNX file as a model (``import_model``:
+``backend.models.imported``); pixel uploads (``upload``, ``window``:
+``backend.daemon.uploads``); batch jobs (``batch``, ``jobs``, ``resume``:
+``backend.daemon.batch_service``).
 """
 
 from __future__ import annotations
@@ -58,12 +59,17 @@ def on_ping(server, identity, header, arrays) -> Replies:
 
 
 def on_models(server, identity, header, arrays) -> Replies:
-    """The model cards, the default one for the daemon's device marked."""
-    from backend.models.catalog import default_model_id
+    """The model cards, the default one for the daemon's device marked ``default``, and
+    each model a detection naming none chooses from by the layer's GSD marked
+    ``gsd_candidate`` (its rank, 0 first; None for the others: ``protocol.choice``)."""
+    from backend.models.catalog import default_model_id, gsd_candidates
     cards = _cards()
-    default = default_model_id(cards, str(server.device or "").startswith("cuda"))
+    cuda = str(server.device or "").startswith("cuda")
+    default = default_model_id(cards, cuda)
+    rank = {r.id: i for i, r in enumerate(gsd_candidates(cards, cuda))}
     return [(identity, P.reply("models", header["id"],
-                               models=[dict(c.public(), default=c.id == default)
+                               models=[dict(c.public(), default=c.id == default,
+                                            gsd_candidate=rank.get(c.id))
                                        for c in cards]))]
 
 
@@ -233,6 +239,18 @@ def on_keep(server, identity, header, arrays) -> Replies:
     return [(identity, reply)]
 
 
+def on_import_model(server, identity, header, arrays) -> Replies:
+    """Import an ONNX file on this computer as a model (``backend.models.imported``);
+    the reply ``imported`` carries its card."""
+    from backend.models.imported import import_onnx
+    from protocol.importing import ImportParams
+    params = ImportParams.from_header(header)
+    path = server.access.check_path(params.path, field="path", what="the model path")
+    card = import_onnx(path, params.values, params.model)  # errors carry their code
+    log.info("imported %s as model %s", path, card.id)
+    return [(identity, P.reply("imported", header["id"], card=card.public()))]
+
+
 # ------------------------------------------------------------------ pixel uploads
 
 def on_upload(server, identity, header, arrays) -> Replies:
@@ -280,6 +298,7 @@ HANDLERS: Dict[str, Handler] = {
     "rollback": on_rollback,
     "keep": on_keep,
     "delete": on_delete,
+    "import_model": on_import_model,
     "upload": on_upload,
     "window": on_window,
     "batch": on_batch,

@@ -6,7 +6,8 @@ Threads:
   PULL socket; it decodes and validates every request and answers it with the handler
   of its type (``backend.daemon.handlers``): ``ping``, ``models``, ``status`` and
   ``cancel`` itself (and ``versions`` / ``activate`` / ``rollback`` / ``keep`` of the
-  user model versions, ``backend.models.versions``), and queues ``detect``, ``retrain``
+  user model versions, ``backend.models.versions``, and ``import_model``,
+  ``backend.models.imported``), and queues ``detect``, ``retrain``
   (``backend.learning.retrain``) and ``inventory`` (``backend.reports``) jobs: same
   events, one queue, so a detection waits while a retrain job runs on a single
   worker;

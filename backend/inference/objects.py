@@ -4,7 +4,9 @@ One function chain serves a detection of one extent and every region of a batch 
 
 1. :func:`class_maps`: the class map thresholded from the fused class probabilities,
    nodata set to background (``raw``), and the same cleaned of small holes and objects
-   (``backend.inference.postprocess.clean_masks``);
+   (``backend.inference.postprocess.clean_masks``); one map per class family
+   (``ModelCard.families``: one for a model Ortholens trained, one per output of an
+   imported model, whose objects may overlap those of another family);
 2. :func:`owned_objects`: the **exactly-once rule** of regions. An object (8-connected
    component of one class) belongs to the region whose core holds its *first pixel in
    raster order* (its top row, leftmost pixel there). Cores partition the grid, so every
@@ -60,7 +62,10 @@ def min_sizes_px(opts, transform) -> Tuple[int, int]:
 
 def class_maps(class_probs: np.ndarray, valid: np.ndarray, card: ModelCard, opts,
                transform) -> Tuple[np.ndarray, np.ndarray]:
-    """``(raw, cleaned)`` class maps, uint8 (H, W), of a window.
+    """``(raw, cleaned)`` class maps of a window, uint8 (families, H, W): per class
+    family (``card.families()``), its classes' ids where its best class reaches the
+    threshold (:func:`~backend.inference.postprocess.class_map` over the family's
+    channels), 0 elsewhere.
 
     Args:
         class_probs: float32 (1 + classes, H, W).
@@ -68,10 +73,27 @@ def class_maps(class_probs: np.ndarray, valid: np.ndarray, card: ModelCard, opts
         opts: ``threshold``, ``min_area_m2``, ``max_hole_m2`` (``pipeline.Options``).
         transform: the grid's affine transform (metres per pixel).
     """
-    raw = class_map(class_probs, opts.threshold)
-    raw[~valid] = 0
-    cleaned = clean_masks(raw, len(card.classes), *min_sizes_px(opts, transform))
-    return raw, cleaned
+    sizes = min_sizes_px(opts, transform)
+    raws, cleans = [], []
+    for ids in card.families():
+        if list(ids) == list(range(1, class_probs.shape[0])):  # every class: as it is
+            raw = class_map(class_probs, opts.threshold)
+        else:
+            lut = np.array([0] + list(ids), np.uint8)
+            raw = lut[class_map(class_probs[[0] + list(ids)], opts.threshold)]
+        raw[~valid] = 0
+        raws.append(raw)
+        cleans.append(clean_masks(raw, len(card.classes), *sizes))
+    return np.stack(raws), np.stack(cleans)
+
+
+def merged(cmaps: np.ndarray) -> np.ndarray:
+    """One uint8 (H, W) class map of per-family maps (families, H, W): each pixel takes
+    the first family's class that is not background there (a single family: its map)."""
+    out = cmaps[0].copy()
+    for m in cmaps[1:]:
+        out[out == 0] = m[out == 0]
+    return out
 
 
 def _first_pixels(mask: np.ndarray, win: Window, core: Window, height: int, width: int):
@@ -97,45 +119,49 @@ def _first_pixels(mask: np.ndarray, win: Window, core: Window, height: int, widt
 
 def owned_objects(raw: np.ndarray, cleaned: np.ndarray, win: Window, core: Window,
                   height: int, width: int) -> Tuple[np.ndarray, int]:
-    """The cleaned class map with only the objects ``core`` owns, and the number of
+    """The cleaned class maps with only the objects ``core`` owns, and the number of
     owned components of ``raw`` that touch an inner edge of the window.
 
     A cleaned object has the first pixel (and bounding box) of its raw component, as
     filled holes are enclosed by it.
 
     Args:
-        raw, cleaned: uint8 (h, w) class maps of the window (:func:`class_maps`).
+        raw, cleaned: uint8 (families, h, w) class maps of the window
+            (:func:`class_maps`).
         win: the window, pixels of the grid; core: the region's core inside it.
         height, width: the whole grid, pixels.
 
     Returns:
-        ``(uint8 (h, w) class map, touching count)``; ``(cleaned, 0)`` when the window
-        is the whole grid.
+        ``(uint8 (families, h, w) class maps, touching count)``; ``(cleaned, 0)`` when
+        the core is the whole grid (a window grown to the whole grid around a smaller
+        core still keeps only what the core owns).
     """
-    if win == Window(0, 0, height, width):
+    whole = Window(0, 0, height, width)
+    if core == whole and win == whole:
         return cleaned, 0
     out = np.zeros_like(cleaned)
     touching = 0
-    for k in np.unique(raw):
-        if k == 0:
-            continue
-        _, owned, touches = _first_pixels(raw == k, win, core, height, width)
-        touching += int((owned & touches).sum())
-    for k in np.unique(cleaned):
-        if k == 0:
-            continue
-        lab, owned, _ = _first_pixels(cleaned == k, win, core, height, width)
-        out[owned[lab]] = k
+    for f in range(raw.shape[0]):
+        for k in np.unique(raw[f]):
+            if k == 0:
+                continue
+            _, owned, touches = _first_pixels(raw[f] == k, win, core, height, width)
+            touching += int((owned & touches).sum())
+        for k in np.unique(cleaned[f]):
+            if k == 0:
+                continue
+            lab, owned, _ = _first_pixels(cleaned[f] == k, win, core, height, width)
+            out[f][owned[lab]] = k
     return out, touching
 
 
 def polygons(cmap: np.ndarray, probs: np.ndarray, card: ModelCard, opts, transform,
              win: Window, height: int, width: int) -> Tuple[np.ndarray, List[Detection]]:
     """The object filters (minimum solidity and score), then the polygons of a window's
-    class map.
+    class maps, family after family.
 
     Args:
-        cmap: uint8 (h, w) cleaned (and owned) class map of the window.
+        cmap: uint8 (families, h, w) cleaned (and owned) class maps of the window.
         probs: float32 (channels, h, w) stitched probabilities (:func:`split_probs`).
         opts: ``pipeline.Options``.
         transform: the whole grid's affine transform.
@@ -143,16 +169,19 @@ def polygons(cmap: np.ndarray, probs: np.ndarray, card: ModelCard, opts, transfo
             traced in the grid's pixel coordinates, so they equal the whole grid's.
 
     Returns:
-        ``(filtered class map, detections in the grid's CRS)``.
+        ``(filtered class maps (families, h, w), detections in the grid's CRS)``.
     """
     class_probs, members = split_probs(probs, card)
-    cmap = filter_objects(cmap, class_probs, len(card.classes), opts.min_solidity,
-                          opts.min_score)
     offset = None if win == Window(0, 0, height, width) else (win.row, win.col)
-    dets = polygonize(cmap, class_probs, transform, opts.simplify_m, opts.min_area_m2,
-                      member_probs=members, threshold=opts.threshold,
-                      ortho=opts.orthogonalize, pixel_offset=offset)
-    return cmap, dets
+    maps, dets = [], []
+    for m in cmap:
+        m = filter_objects(m, class_probs, len(card.classes), opts.min_solidity,
+                           opts.min_score)
+        dets += polygonize(m, class_probs, transform, opts.simplify_m, opts.min_area_m2,
+                           member_probs=members, threshold=opts.threshold,
+                           ortho=opts.orthogonalize, pixel_offset=offset)
+        maps.append(m)
+    return np.stack(maps), dets
 
 
 def to_source_crs(dets: List[Detection], grid) -> List[Detection]:

@@ -41,7 +41,7 @@ import numpy as np
 
 import protocol as P
 from backend.inference.backoff import BatchBackoff
-from backend.inference.objects import class_maps, owned_objects, polygons
+from backend.inference.objects import class_maps, merged, owned_objects, polygons
 from backend.inference.postprocess import Detection
 from backend.inference.raster import read_ahead
 from backend.inference.tiling import Stitcher, batches, plan_tiling
@@ -426,10 +426,13 @@ def predict_grid(reader, grid, predictor, batch_size: int,
 
 def detections_from_probs(probs: np.ndarray, valid: np.ndarray, grid, card: ModelCard,
                           opts: Options) -> Tuple[np.ndarray, List[Detection]]:
-    """Cleaned class map (uint8 (H, W)) and polygons (grid CRS) of a whole grid's
-    probabilities (float32 (channels, H, W), from :func:`predict_grid`) and valid mask
-    (bool (H, W)): the post-processing of :meth:`RegionDetector.detect`."""
+    """Cleaned class map (uint8 (H, W); with several class families, the first
+    family's class where it has one, :func:`~backend.inference.objects.merged`) and
+    polygons (grid CRS) of a whole grid's probabilities (float32 (channels, H, W), from
+    :func:`predict_grid`) and valid mask (bool (H, W)): the post-processing of
+    :meth:`RegionDetector.detect`."""
     whole = Window(0, 0, grid.height, grid.width)
     _, cleaned = class_maps(probs[:card.num_outputs], valid, card, opts, grid.transform)
-    return polygons(cleaned, probs, card, opts, grid.transform, whole, grid.height,
-                    grid.width)
+    maps, dets = polygons(cleaned, probs, card, opts, grid.transform, whole, grid.height,
+                          grid.width)
+    return merged(maps), dets

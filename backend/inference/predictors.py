@@ -8,11 +8,13 @@ channels are class probabilities (softmax over the class axis, background first)
 an ensemble appends, per member, its own probability of each foreground class, so the
 stitched grid can tell which members vote for each polygon (``agreement``).
 
-Choice (:func:`get_predictor`): ONNX Runtime on a GPU where its CUDA provider is installed
-(the engine's ``cuda`` extra); else PyTorch on CUDA (fp16 autocast, channels_last) when a
-GPU is present; otherwise ONNX Runtime on the CPU when the card's ``model.onnx`` exists;
-otherwise PyTorch on the CPU. An engine installed for detection only has no PyTorch
-(nothing here imports it at module level); it runs the ONNX files.
+Choice (:func:`get_predictor`): a model imported from an ONNX file (``card.onnx_only``)
+always runs its file (:class:`ImportedPredictor`). Otherwise ONNX Runtime on a GPU where
+its CUDA provider is installed (the engine's ``cuda`` extra); else PyTorch on CUDA (fp16
+autocast, channels_last) when a GPU is present; otherwise ONNX Runtime on the CPU when
+the card's ``model.onnx`` exists; otherwise PyTorch on the CPU. An engine installed for
+detection only has no PyTorch (nothing here imports it at module level); it runs the
+ONNX files.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from backend.inference.imported import ImportedGraph, onnx_session
+from backend.inference.imported import providers as onnx_providers
 from backend.models.card import ModelCard
 from backend.models.torch_models import load_torch_model
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -216,9 +220,11 @@ class EnsemblePredictor(Predictor):
         self.members = [(e, float(w)) for e, w in members]
         names = [c.name for c in card.classes]
         for e, _ in self.members:
-            if [c.name for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m:
+            if ([c.name for c in e.card.classes] != names or e.card.gsd_m != card.gsd_m
+                    or e.card.families() != card.families()):
                 raise ModelCorrupt(f"member {e.card.id!r} does not match ensemble "
-                                   f"{card.id!r} (classes {names}, GSD {card.gsd_m} m)")
+                                   f"{card.id!r} (classes {names}, class families "
+                                   f"{card.families()}, GSD {card.gsd_m} m)")
         self.n_members = len(self.members)
         self.device = self.members[0][0].device
         self.tta = list(card.tta)
@@ -246,34 +252,24 @@ class EnsemblePredictor(Predictor):
         return np.concatenate([fused] + per_member, axis=1)
 
 
-def onnx_providers() -> List[str]:
-    """ONNX Runtime's execution providers for a model, best first: TensorRT and CUDA
-    where the installed ONNX Runtime has them (the ``onnxruntime-gpu`` wheel of the
-    engine's ``cuda`` extra), then the CPU; ``ORTHOLENS_ONNX_PROVIDER=cpu`` keeps the
-    CPU."""
-    import onnxruntime as ort
-    if os.environ.get("ORTHOLENS_ONNX_PROVIDER", "").lower() == "cpu":
-        return ["CPUExecutionProvider"]
-    available = ort.get_available_providers()
-    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-           if p in available]
-    return gpu + ["CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
-
-
 class OnnxPredictor(Predictor):
-    """ONNX Runtime, on the CPU or on a GPU through its CUDA (or TensorRT) provider.
+    """ONNX Runtime over a model Ortholens exported (``backend.models.export``), on the
+    CPU or on a GPU through its CUDA (or TensorRT) provider: its output
+    ``probabilities`` is used as it is, an output named ``logits`` (files exported
+    before the graph ended in a softmax) goes through :func:`softmax`.
 
     The graph is the card's for the device kind (:meth:`ModelCard.graph_path`: an INT8
-    graph on the CPU where the card keeps one, an fp16 one on a GPU). On the CPU the
-    session uses every core for one model call and its threads do not spin between
-    calls (``session.intra_op.allow_spinning`` off), so that the reader thread that
+    graph on the CPU where the card keeps one). On the CPU the session uses every core
+    for one model call and its threads do not spin between calls
+    (``backend.inference.imported.onnx_session``), so that the reader thread that
     prepares the next tiles gets the cores while a batch is stitched. On a GPU the
-    outputs are bound to the device and copied back once (I/O binding).
+    output is bound to the device and copied back once (:func:`run_bound`).
 
     Args:
         card: the model card; its graph must exist.
         threads: intra-op threads on the CPU (default: all cores).
-        providers: execution providers, best first (default :func:`onnx_providers`).
+        providers: execution providers, best first (default
+            ``backend.inference.imported.providers``).
 
     Raises:
         ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
@@ -283,57 +279,62 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, card: ModelCard, threads: Optional[int] = None,
                  providers: Optional[List[str]] = None):
-        import onnxruntime as ort
-        providers = list(providers or onnx_providers())
-        gpu = providers[0] != "CPUExecutionProvider"
-        path = card.graph_path("cuda" if gpu else "cpu")
-        if not path.is_file():
-            raise ModelNotFound(f"model {card.id!r} has no ONNX file at {path}")
-        try:
-            self.session = ort.InferenceSession(str(path), session_options(threads),
-                                                providers=providers)
-        except Exception as exc:
-            raise ModelCorrupt(f"ONNX model of {card.id!r} cannot be loaded: {exc}") from None
+        use = list(providers or onnx_providers())
+        path = card.graph_path("cpu" if use[0] == "CPUExecutionProvider" else "cuda")
+        self.session = onnx_session(card, threads, use, path)
         self.card = card
         self.graph = path.name
         #: the provider that runs the graph (``CPUExecutionProvider``, ...)
         self.provider = self.session.get_providers()[0]
         self.device = "cuda:0" if self.provider != "CPUExecutionProvider" else "cpu"
+        self.output = self.session.get_outputs()[0].name
+        self.logits = self.output == "logits"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """See :meth:`Predictor.predict`."""
         x = np.ascontiguousarray(x, np.float32)
         if self.device == "cpu":
-            logits = self.session.run(None, {"input": x})[0]
+            out = self.session.run(None, {"input": x})[0]
         else:
-            logits = run_bound(self.session, x)
-        return softmax(np.asarray(logits, np.float32))
+            out = np.asarray(run_bound(self.session, x, self.output), np.float32)
+        return softmax(out) if self.logits else out
 
 
-def session_options(threads: Optional[int] = None):
-    """ONNX Runtime ``SessionOptions`` of a predictor: ``threads`` intra-op threads
-    (default: every core), one inter-op thread, every graph optimisation, and intra-op
-    threads that sleep between calls instead of spinning
-    (``session.intra_op.allow_spinning`` 0), which leaves the cores to the reader thread
-    while a batch is stitched (ONNX Runtime's threading documentation)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
-def run_bound(session, x: np.ndarray) -> np.ndarray:
-    """Logits of ``x`` (float32 (N, bands, H, W)) through a GPU ``session`` with I/O
-    binding: the input is copied to the device once and the ``logits`` output stays
-    there until the one copy back (float32 or float16 (N, classes, H, W))."""
+def run_bound(session, x: np.ndarray, output: str) -> np.ndarray:
+    """The ``output`` of ``x`` (float32 (N, bands, H, W)) through a GPU ``session`` with
+    I/O binding: the input is copied to the device once and the output stays there
+    until the one copy back ((N, classes, H, W))."""
     binding = session.io_binding()
     binding.bind_cpu_input("input", x)
-    binding.bind_output("logits", "cuda")
+    binding.bind_output(output, "cuda")
     session.run_with_iobinding(binding)
     return binding.copy_outputs_to_cpu()[0]
+
+
+class ImportedPredictor(Predictor):
+    """A model imported from an ONNX file (``card.onnx_only``): its graph run by ONNX
+    Runtime, its outputs laid out as class probabilities
+    (:class:`~backend.inference.imported.ImportedGraph`); on CUDA when ONNX Runtime
+    offers it, else on the CPU.
+
+    Args:
+        card: the imported card, read from its folder.
+        threads: intra-op threads on the CPU (default: all cores).
+
+    Raises:
+        ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
+    """
+
+    kind = "onnxruntime"
+
+    def __init__(self, card: ModelCard, threads: Optional[int] = None):
+        self.card = card
+        self.graph = ImportedGraph(card, threads)
+        self.device = self.graph.device
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """See :meth:`Predictor.predict`."""
+        return self.graph.run(x)
 
 
 class TorchPredictor(Predictor):
@@ -387,7 +388,9 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
             torch CPU).
 
-    An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors.
+    An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors
+    (a member is looked for beside the ensemble's folder, then in the whole catalog);
+    an imported card (``onnx_only``) an :class:`ImportedPredictor` whatever ``prefer``.
 
     Raises:
         ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
@@ -396,9 +399,8 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
     key = (card.id, card.version, str(card.path), prefer,
            weights.stat().st_mtime if weights.is_file() else None)
     if card.is_ensemble:
-        from backend.models.catalog import load_card
-        members = [(get_predictor(load_card(m.id, card.path.parent if card.path else None),
-                               prefer), m.weight) for m in card.members]
+        members = [(get_predictor(_member_card(m.id, card), prefer), m.weight)
+                   for m in card.members]
         with _LOCK:
             predictor = _CACHE.get(key)
             same = predictor is not None and [id(e) for e, _ in predictor.members] == [
@@ -411,7 +413,9 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         if predictor is not None:
             return predictor
         onnx_gpu = prefer != "torch" and _onnx_gpu() and card.onnx_path.is_file()
-        if prefer == "torch" or (prefer is None and cuda_available() and not onnx_gpu):
+        if card.onnx_only:
+            predictor = ImportedPredictor(card)
+        elif prefer == "torch" or (prefer is None and cuda_available() and not onnx_gpu):
             predictor = TorchPredictor(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
             predictor = OnnxPredictor(card)
@@ -428,8 +432,25 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
 
 
 def _onnx_gpu() -> bool:
-    """True when ONNX Runtime can run on a GPU here (:func:`onnx_providers`)."""
+    """True when ONNX Runtime can run on a GPU here (``imported.providers``)."""
     try:
         return onnx_providers()[0] != "CPUExecutionProvider"
     except Exception:  # no onnxruntime: PyTorch runs the models
         return False
+
+
+def _member_card(member_id: str, ensemble: ModelCard) -> ModelCard:
+    """The card of an ensemble's member: beside the ensemble's folder (shipped
+    ensembles, test folders), else anywhere in the catalog (an ensemble of imported
+    models, of shipped and imported ones).
+
+    Raises:
+        ModelNotFound, ModelCorrupt: no such member, or an unreadable card.
+    """
+    from backend.models.catalog import load_card
+    if ensemble.path is None:
+        return load_card(member_id)
+    try:
+        return load_card(member_id, ensemble.path.parent)
+    except ModelNotFound:
+        return load_card(member_id)

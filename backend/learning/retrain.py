@@ -62,6 +62,7 @@ from backend.models.tracking import MlflowRun, mlruns_dir
 from backend.models.version_writer import candidate_dir, write_version
 from backend.models.versions import activate, active_id, area_ids, now_iso, split_id
 from protocol.errors import CorrectionsError, JobCancelled, JobError
+from protocol.importing import onnx_only_message
 from protocol.params import RetrainParams
 
 
@@ -162,7 +163,8 @@ def _retrainable(model_id: str) -> ModelCard:
     """The card of the model to fine-tune.
 
     Raises:
-        JobError: no such model, an ensemble, or a model without weights.
+        JobError: no such model, an ensemble, an imported (ONNX-only) model, or a model
+            without weights.
     """
     with model_errors():
         card = load_card(model_id)
@@ -170,6 +172,8 @@ def _retrainable(model_id: str) -> ModelCard:
         raise JobError(f"{card.id} is an ensemble; retrain one of its members "
                        f"({', '.join(m.id for m in card.members)}) instead",
                        P.E_INVALID_INPUT)
+    if card.onnx_only:
+        raise JobError(onnx_only_message(card.id), P.E_INVALID_INPUT)
     if not card.weights_path.is_file():
         raise JobError(f"model {card.id!r} has no weights to fine-tune", P.E_NOT_FOUND)
     return card

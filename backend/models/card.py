@@ -45,6 +45,12 @@ Fields read by the code:
                                  weights of its own
 ``training``                     how the model was trained (:class:`TrainingInfo`; its
                                  ``val_names`` are the guard of a retrain)
+``format, outputs, imported``    a model imported from another tool's ONNX file
+                                 (``format`` ``"deepness"``, :mod:`backend.models.deepness`):
+                                 its outputs, one class family each
+                                 (:class:`~backend.models.outputs.OutputSpec`), and where
+                                 it came from (:class:`~backend.models.outputs.ImportInfo`).
+                                 It has no architecture, encoder or weights: ONNX only
 
 Fields written by the tools and the retrain job (documentation and lineage):
 ``parameters``, ``heldout_metrics``, ``vienna_false_positives``, ``metrics``,
@@ -64,6 +70,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from backend.config import precision
+from backend.models.outputs import ImportInfo, OutputSpec, outputs_error
 from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
                                    as_str, doc_field, list_of, record_of, typed_field)
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -243,8 +250,12 @@ class RetrainInfo(Record):
 
 # ----------------------------------------------------------------------------- the card
 
-#: Fields a single model needs that an ensemble (no weights of its own) does without.
+#: Fields a single model needs that an ensemble (no weights of its own) does without;
+#: an imported model (ONNX only) needs only the normalisation.
 _MODEL_ONLY = ("architecture", "encoder", "normalize")
+_IMPORTED_ONLY = ("normalize",)
+#: The formats a model can be imported from (``format``).
+IMPORT_FORMATS = ("deepness",)
 
 
 @dataclass
@@ -294,6 +305,9 @@ class ModelCard(Record):
     lineage: Optional[Lineage] = typed_field(record_of(Lineage), None)
     retrain: Optional[RetrainInfo] = typed_field(record_of(RetrainInfo), None)
     acceptance_rule: Optional[str] = typed_field(as_str, None)
+    format: Optional[str] = typed_field(as_str, None)
+    outputs: List[OutputSpec] = typed_field(list_of(record_of(OutputSpec)), list)
+    imported: Optional[ImportInfo] = typed_field(record_of(ImportInfo), None)
     path: Optional[Path] = field(default=None, compare=False)
     _doc: Dict[str, Any] = doc_field()
 
@@ -301,6 +315,19 @@ class ModelCard(Record):
     def is_ensemble(self) -> bool:
         """Whether the card is an ensemble of members (``kind`` ``"ensemble"``)."""
         return self.kind == "ensemble"
+
+    @property
+    def onnx_only(self) -> bool:
+        """Whether the model was imported from an ONNX file (``format`` set): it runs
+        only as that file, and has no PyTorch weights to fine-tune."""
+        return self.format is not None
+
+    def families(self) -> List[List[int]]:
+        """The class ids of each class family (post-processed on its own): one per
+        output of an imported model (``outputs``), else one holding every class."""
+        if self.outputs:
+            return [list(o.classes) for o in self.outputs]
+        return [[c.id for c in self.classes]]
 
     @property
     def num_outputs(self) -> int:
@@ -388,9 +415,11 @@ class ModelCard(Record):
                 raise BadField(f"kind must be 'model' or 'ensemble', not {card.kind!r}")
             if card.is_ensemble and not card.members:
                 raise BadField("an ensemble needs members [{'id': ..., 'weight': ...}]")
-            missing = [k for k in _MODEL_ONLY if not card.is_ensemble and d.get(k) is None]
+            needed = _IMPORTED_ONLY if card.format else _MODEL_ONLY
+            missing = [k for k in needed if not card.is_ensemble and d.get(k) is None]
             if missing:
                 raise BadField(f"missing field {missing[0]!r}")
+            _check_imported(card)
             bad = [t for t in card.tta if t not in TTA_TRANSFORMS]
             if bad:
                 raise BadField(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
@@ -416,6 +445,20 @@ class ModelCard(Record):
         """
         return ModelCard.from_dict(dict(self.to_dict(), **changes),
                                    self.path if path is None else path)
+
+
+def _check_imported(card: ModelCard) -> None:
+    """The fields of an imported model (``format``, ``outputs``) agree with its classes.
+
+    Raises:
+        BadField: an unknown format, or outputs that do not cover the classes.
+    """
+    if card.format is not None and card.format not in IMPORT_FORMATS:
+        raise BadField(f"format must be one of {list(IMPORT_FORMATS)}, not {card.format!r}")
+    if card.outputs:
+        err = outputs_error(card.outputs, [c.id for c in card.classes])
+        if err:
+            raise BadField(err)
 
 
 # ----------------------------------------------------------------------------- files

@@ -1,10 +1,12 @@
-"""The models a daemon offers: shipped cards, user versions, and the default per device.
+"""The models a daemon offers: shipped cards, user versions, imported models, and the
+default per device.
 
 Shipped models live in the model folder (:func:`backend.config.models_dir`), one
 sub-folder per card (:mod:`backend.models.card` describes the layout and the fields);
 user versions ``<base>@<n>`` live in the user model folder
-(:mod:`backend.models.versions`). :func:`load_card` and :func:`list_cards` resolve both
-kinds of id. The model a new user gets on a CPU or a GPU is written only in
+(:mod:`backend.models.versions`), and so do the models imported from ONNX files
+(:mod:`backend.models.imported`). :func:`load_card` and :func:`list_cards` resolve every
+kind of id. The model a new user gets on a CPU or a GPU is written only in
 ``<models>/defaults.json`` (:func:`default_model_id`).
 """
 
@@ -17,6 +19,7 @@ from typing import List, Optional
 
 from backend.config import models_dir
 from backend.models.card import TTA_TRANSFORMS, Lineage, ModelCard, card_path, read_card
+from backend.models.imported import list_imported_cards, load_imported_card
 from backend.models.versions import SEP, active_id, list_version_cards, load_version_card
 from protocol.choice import (GsdChoice, ModelRange, candidates_from_cards,
                              choose_for_gsd)
@@ -33,7 +36,8 @@ DEFAULTS_FILE = "defaults.json"
 
 def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
     """Load the card of ``model_id`` from ``root`` (default :func:`models_dir`); with the
-    default root a user version id ``<base>@<n>`` is loaded from the user model folder.
+    default root a user version id ``<base>@<n>`` is loaded from the user model folder,
+    and an id no shipped model has is looked for among the imported models.
 
     Raises:
         ModelNotFound: no such model folder/card (the id is also checked to be a
@@ -42,8 +46,12 @@ def load_card(model_id: str, root: Optional[Path] = None) -> ModelCard:
     """
     if root is None and isinstance(model_id, str) and SEP in model_id:
         return load_version_card(model_id)  # never under models/
+    default = root is None
     root = Path(root) if root else models_dir()
     path = card_path(root, model_id)
+    imported = load_imported_card(model_id) if default and not path.is_file() else None
+    if imported is not None:
+        return imported
     if not path.is_file():
         raise ModelNotFound(f"no model {model_id!r} in {root} "
                             f"(available: {', '.join(c.id for c in list_cards(root)) or 'none'})")
@@ -54,9 +62,9 @@ def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
     """All readable model cards under ``root``, sorted by id; broken ones are skipped.
 
     With the default ``root``, the user versions of :mod:`backend.models.versions`
-    follow (``<base>@<n>``, each with its ``lineage``), and a shipped card whose lineage
-    has user versions gets ``lineage`` ``{"base": id, "number": 0, "parent": None,
-    "active": bool}``.
+    follow (``<base>@<n>``, each with its ``lineage``), then the imported models
+    (:mod:`backend.models.imported`); a shipped card whose lineage has user versions gets
+    ``lineage`` ``{"base": id, "number": 0, "parent": None, "active": bool}``.
     """
     default = root is None
     root = Path(root) if root else models_dir()
@@ -67,8 +75,16 @@ def list_cards(root: Optional[Path] = None) -> List[ModelCard]:
         except ModelCorrupt:
             continue
     if default:
-        cards += _user_versions(cards)
+        cards += _user_versions(cards) + _imported()
     return cards
+
+
+def _imported() -> List[ModelCard]:
+    """The imported models' cards (none when the user folder cannot be read)."""
+    try:
+        return list_imported_cards()
+    except Exception:  # an unreadable user folder must not hide the shipped models
+        return []
 
 
 def _user_versions(shipped: List[ModelCard]) -> List[ModelCard]:

@@ -138,7 +138,10 @@ def _use_and_io(card: ModelCard) -> List[str]:
         if card.normalize is not None else f"- Input: {card.bands} bands (RGB), uint8; each member "
                                f"normalises as its own card says",
         f"- GSD: {card.gsd_m} m/pixel (other rasters are resampled; a warning is given "
-        f"beyond a factor 2)",
+        f"beyond a factor 2)" + (
+            f"; serves layers of {card.gsd_range_m[0]:g}-{card.gsd_range_m[1]:g} m GSD "
+            f"(`gsd_range_m`: a detection that names no model runs it there)"
+            if card.gsd_range_m else ""),
         f"- Tiles: {card.tile_size} px with {card.overlap} px overlap, blended by ramp weights"
         + "".join(f"; on the {dev.upper()}: {size} px with {overlap} px"
                   for dev, (size, overlap) in ((d, card.tile_geometry(d))

@@ -86,6 +86,23 @@ def ground_scale(crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,
     return sx, sy
 
 
+def layer_gsd(layer) -> Optional[float]:
+    """The ground size of a raster layer's pixel, metres: the geometric mean of its
+    pixel width and height times the ground scale of its CRS at the layer's centre (the
+    engine's ``backend.inference.grid.layer_gsd`` over the whole raster). None for a
+    layer without a valid CRS or whose scale cannot be measured."""
+    try:
+        crs, extent = layer.crs(), layer.extent()
+        if not crs.isValid() or extent.isEmpty():
+            return None
+        east, north = ground_scale(crs, extent)
+        px, py = abs(layer.rasterUnitsPerPixelX()), abs(layer.rasterUnitsPerPixelY())
+    except (InputError, AttributeError):
+        return None
+    gsd = math.sqrt(px * east * py * north)
+    return gsd if math.isfinite(gsd) and gsd > 0 else None
+
+
 def is_metric(crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,
               context: Optional[QgsCoordinateTransformContext] = None) -> bool:
     """True when ``crs`` is projected, in metres and true to scale (within 1 %) at
@@ -115,5 +132,6 @@ def utm_crs(crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,
     return QgsCoordinateReferenceSystem(f"EPSG:{32600 + zone if c.y() >= 0 else 32700 + zone}")
 
 
-__all__ = ["Extent", "crs_wkt", "crs_from_text", "extent_tuple", "ground_scale", "is_metric",
+__all__ = ["Extent", "crs_wkt", "crs_from_text", "extent_tuple", "ground_scale", "layer_gsd",
+           "is_metric",
            "utm_crs"]

@@ -4,8 +4,9 @@ signals, assembled by :class:`.panel.OrtholensDock`.
 Sections, top to bottom:
 
 * :mod:`.status`    the engine's status line; Refresh, Settings…, Set up the engine…;
-* :mod:`.models`    the model list, threshold and minimum area (the card's values
-  unless the user sets one), the bands a detection sends;
+* :mod:`.models`    the model list and *Add model…* (``..importing``), threshold and
+  minimum area (the card's values unless the user sets one), the bands a detection
+  sends;
 * :mod:`.detection` Detect in extent; the running job's progress, Cancel and message;
   the last result's file;
 * :mod:`.versions`  Retrain on corrections…, Make active, Roll back.

@@ -1,5 +1,11 @@
-"""The dock's model section: the model list, a line about the selected model, its
-threshold and minimum area, and the bands a detection sends.
+"""The dock's model section: the model list and *Add model…* (an ONNX file of another
+tool, ``..importing``), a line about the selected model, its threshold and minimum
+area, and the bands a detection sends.
+
+When the engine offers models for several GSD bands (two or more cards with a
+``gsd_candidate`` rank in its ``models`` reply), the list starts with *Automatic (by the layer's GSD)*: the model is then the one
+``protocol.choice.choose_for_gsd`` gives for the active layer's GSD, the rule the engine
+applies to a detection that names no model, and the line below says which and why.
 
 Threshold and minimum area show the selected model card's values and are sent only
 when the user changes them (:class:`CardValue`); otherwise the daemon applies the
@@ -17,12 +23,19 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QToolButton,
     QWidget,
 )
 
+from protocol.choice import GsdChoice, candidates_from_cards, choose_for_gsd
+
 from ..cards import base_id, default_card
 from ..retrain.dialogs import scope_text
+
+#: The combo box data of the *Automatic (by the layer's GSD)* entry.
+AUTO = "__auto__"
+AUTO_TEXT = "Automatic (by the layer's GSD)"
 
 
 def card_label(card: Dict[str, Any]) -> str:
@@ -48,6 +61,9 @@ def describe_card(card: Dict[str, Any]) -> str:
     """
     gsd = card.get("gsd_m")
     at = f", {gsd:g} m/pixel" if isinstance(gsd, (int, float)) else ""
+    if card.get("format"):
+        source = (card.get("imported") or {}).get("file") or "an ONNX file"
+        return f"Imported from {source} ({card['format']} format, ONNX only){at}"
     if card.get("kind") == "ensemble":
         members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
         extras = []
@@ -60,6 +76,19 @@ def describe_card(card: Dict[str, Any]) -> str:
     return f"{card.get('architecture', '')} {card.get('encoder', '')}{at}".strip()
 
 
+def gsd_choice(cards: List[Dict[str, Any]], layer_gsd_m: Optional[float]
+               ) -> Optional[GsdChoice]:
+    """The model a layer of ``layer_gsd_m`` metres per pixel gets among the engine's GSD
+    candidates (cards with a ``gsd_candidate`` rank), or None without candidates or
+    without a layer GSD."""
+    ranked = sorted((c for c in cards if isinstance(c.get("gsd_candidate"), int)),
+                    key=lambda c: c["gsd_candidate"])
+    if not ranked or not layer_gsd_m or layer_gsd_m <= 0:
+        return None
+    return choose_for_gsd(candidates_from_cards(ranked, [c["id"] for c in ranked]),
+                          float(layer_gsd_m))
+
+
 def first_choice(cards: List[Dict[str, Any]]) -> Optional[str]:
     """The model selected when the models are first listed: the active version of a
     retrained model, else the daemon's default for its device (fast on CPU, ensemble on
@@ -68,6 +97,16 @@ def first_choice(cards: List[Dict[str, Any]]) -> Optional[str]:
                  if (c.get("lineage") or {}).get("active")
                  and (c.get("lineage") or {}).get("number")), None) or (
         default_card(cards) or {}).get("id")
+
+
+def beside(parent: QWidget, main: QWidget, button: QWidget) -> QWidget:
+    """``main`` (stretched) and ``button`` side by side in one widget, for a form row."""
+    box = QWidget(parent)
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(main, 1)
+    lay.addWidget(button)
+    return box
 
 
 class CardValue:
@@ -97,12 +136,7 @@ class CardValue:
 
     def row(self, parent: QWidget) -> QWidget:
         """The spin box and its button side by side, for a form row."""
-        box = QWidget(parent)
-        lay = QHBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.spin, 1)
-        lay.addWidget(self.button)
-        return box
+        return beside(parent, self.spin, self.button)
 
     def follow(self, card: Optional[Dict[str, Any]], keep_user_value: bool = False) -> None:
         """Take ``card``'s value; show it unless the user set a value and
@@ -162,9 +196,11 @@ class ModelSection(QWidget):
 
     Signals:
         modelChanged(): another model was selected, or the list was filled again.
+        addModelRequested(): *Add model…* was pressed.
     """
 
     modelChanged = pyqtSignal()
+    addModelRequested = pyqtSignal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -173,6 +209,8 @@ class ModelSection(QWidget):
         self._shown_id: Optional[str] = None
         #: the model to select when it is listed (see :meth:`prefer_model`).
         self._prefer: Optional[str] = None
+        #: the active raster layer's GSD, metres per pixel (None: no raster layer).
+        self.layer_gsd_m: Optional[float] = None
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         self._add_model_rows(form)
@@ -186,13 +224,19 @@ class ModelSection(QWidget):
         form.addRow("Bands (R, G, B)", self.bands_label)
 
     def _add_model_rows(self, form: QFormLayout) -> None:
-        """The model combo box and the line about the selected model."""
+        """The model combo box with *Add model…*, and the line about the selected
+        model."""
         self.model_combo = QComboBox(self)
         self.model_combo.setObjectName("ortholensModel")
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(18)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
-        form.addRow("Model", self.model_combo)
+        self.add_model_button = QPushButton("Add model…", self)
+        self.add_model_button.setObjectName("ortholensAddModel")
+        self.add_model_button.setToolTip("Add a segmentation model saved as ONNX in "
+                                         "Deepness's format (metadata in the file)")
+        self.add_model_button.clicked.connect(self.addModelRequested)
+        form.addRow("Model", beside(self, self.model_combo, self.add_model_button))
         self.model_info = QLabel("", self)
         self.model_info.setWordWrap(True)
         form.addRow("", self.model_info)
@@ -229,15 +273,27 @@ class ModelSection(QWidget):
         self._prefer = model_id
 
     def set_models(self, cards: List[Dict[str, Any]]) -> None:
-        """Fill the model combo box (keeps the current choice when still offered)."""
-        current = self.current_model_id()
+        """Fill the model combo box (keeps the current choice when still offered). With
+        GSD candidates the list starts with the automatic entry, selected unless a
+        retrained version is active or the user chose a model."""
+        current = self.model_combo.currentData() if self.model_combo.count() else None
         self.cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
+        # one candidate is the default model: the automatic entry would name it twice
+        auto = sum(isinstance(c.get("gsd_candidate"), int) for c in self.cards) >= 2
         if self._prefer and any(c["id"] == self._prefer for c in self.cards):
             current, self._prefer = self._prefer, None
         elif current is None:
-            current = first_choice(self.cards)
+            active = next((c["id"] for c in self.cards
+                           if (c.get("lineage") or {}).get("active")
+                           and (c.get("lineage") or {}).get("number")), None)
+            current = active or (AUTO if auto else first_choice(self.cards))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
+        if auto:
+            self.model_combo.addItem(AUTO_TEXT, AUTO)
+            self.model_combo.setItemData(
+                0, "The model whose GSD range holds the active layer's GSD (the engine's "
+                   "rule for a detection that names no model)", Qt.ToolTipRole)
         for c in self.cards:
             self.model_combo.addItem(card_label(c), c["id"])
             scope = (c.get("lineage") or {}).get("scope")
@@ -252,9 +308,30 @@ class ModelSection(QWidget):
         self._model_changed()
 
     def current_card(self) -> Optional[Dict[str, Any]]:
-        """The selected model card, or None (no models known yet)."""
-        i = self.model_combo.currentIndex()
-        return self.cards[i] if 0 <= i < len(self.cards) else None
+        """The selected model card (for the automatic entry, the one chosen for the
+        active layer's GSD, else the first candidate), or None (no models known yet)."""
+        data = self.model_combo.currentData()
+        if data == AUTO:
+            choice = gsd_choice(self.cards, self.layer_gsd_m)
+            ranked = sorted((c for c in self.cards
+                             if isinstance(c.get("gsd_candidate"), int)),
+                            key=lambda c: c["gsd_candidate"])
+            want = choice.model if choice is not None else ranked[0]["id"]
+            return next((c for c in self.cards if c["id"] == want), None)
+        return next((c for c in self.cards if c["id"] == data), None)
+
+    def is_automatic(self) -> bool:
+        """Whether the automatic entry (the model by the layer's GSD) is selected."""
+        return self.model_combo.currentData() == AUTO
+
+    def set_layer_gsd(self, gsd_m: Optional[float]) -> None:
+        """The active raster layer's GSD, metres per pixel (None: no raster layer or
+        unknown); with the automatic entry selected, the model follows it."""
+        if gsd_m == self.layer_gsd_m:
+            return
+        self.layer_gsd_m = gsd_m
+        if self.is_automatic():
+            self._model_changed()
 
     def current_model_id(self) -> Optional[str]:
         """The selected model card's id, or None."""
@@ -271,7 +348,18 @@ class ModelSection(QWidget):
         self._shown_id = card.get("id")
         for field in self._card_values():
             field.follow(card, keep_user_value=same)
-        self.model_info.setText(describe_card(card))
+        self.model_info.setText(self._info_text(card))
+
+    def _info_text(self, card: Dict[str, Any]) -> str:
+        """The line under the list: the card, and for the automatic entry the layer's
+        GSD and why this model (a warning when the GSD is outside every range)."""
+        if not self.is_automatic():
+            return describe_card(card)
+        choice = gsd_choice(self.cards, self.layer_gsd_m)
+        if choice is None:
+            return (f"{card['id']} until a raster layer is active: {describe_card(card)}")
+        text = f"{card['id']}: {choice.why}."
+        return text if choice.inside else f"Warning: {text}"
 
     def _card_values(self) -> Tuple[CardValue, ...]:
         return (self.threshold, self.min_area)
@@ -295,4 +383,5 @@ class ModelSection(QWidget):
         return {f.key: f.value() for f in self._card_values() if f.value() is not None}
 
 
-__all__ = ["card_label", "describe_card", "first_choice", "CardValue", "ModelSection"]
+__all__ = ["AUTO", "AUTO_TEXT", "card_label", "describe_card", "gsd_choice", "first_choice",
+           "beside", "CardValue", "ModelSection"]

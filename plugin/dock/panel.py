@@ -42,7 +42,7 @@ class OrtholensDock(QDockWidget):
     Attributes:
         status: the engine's status line and the Refresh, Settings… and Set up the
             engine… buttons (:class:`~.status.StatusSection`).
-        models: the model list, threshold, minimum area and bands
+        models: the model list and Add model…, threshold, minimum area and bands
             (:class:`~.models.ModelSection`).
         detection: Detect in extent, progress and Cancel, the message line, the result
             file (:class:`~.detection.DetectionSection`).

@@ -11,6 +11,9 @@ One module per algorithm:
 * ``jobs_alg``     ``ortholens:batchjobs``, *List / resume batch jobs* (and cancel; the
   job pick list is ``job_widget``);
 * ``retrain_alg``  ``ortholens:retrain``, *Retrain from corrected features*;
+* ``import_alg``   ``ortholens:importmodel``, *Add a model (ONNX)*: an ONNX file in
+  Deepness's format becomes one of the engine's models (a MODEL parameter may also be
+  such a file's path: it is added first);
 * ``inventory_alg`` ``ortholens:solarinventory``, *Solar inventory*: the engine's
   inventory of a result layer (GeoPackage, CSV, HTML report);
 

@@ -17,7 +17,8 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from protocol.errors import DaemonUnavailable, JobCancelled
+from protocol.errors import DaemonError, DaemonUnavailable, JobCancelled
+from protocol.importing import ImportParams, missing_keys
 
 from ..cards import default_card
 from ..connection import connect_daemon, describe_error
@@ -148,7 +149,9 @@ def model_help() -> str:
     listed."""
     models = engine_models()
     head = ("Model: the engine's model to use; a script or qgis_process passes its id "
-            "(MODEL=pv-unet-efl0); left empty, the engine's default model.")
+            "(MODEL=pv-unet-efl0) or the path of an ONNX file in Deepness's format, "
+            "which is added first; left empty, the engine's default model (for Detect "
+            "objects: the model whose GSD range holds the raster's GSD).")
     if not models.cards:
         return f"{head}\n\n{models.note}"
     default = models.default_id
@@ -161,10 +164,12 @@ def model_parameter(name: str) -> QgsProcessingParameterString:
 
     Dialogs (single, batch, model designer) show it as a combo box of the daemon's
     models with its default selected (:mod:`.model_widget`); ``qgis_process`` and
-    scripts pass a model id; empty means the daemon's default model.
+    scripts pass a model id or the path of an ONNX file in Deepness's format (added
+    first, :func:`given_model`); empty means the daemon's default model.
     """
     param = QgsProcessingParameterString(name, "Model", optional=True)
-    param.setHelp("The engine's model (id, version, classes). Empty: the engine's "
+    param.setHelp("The engine's model (id, version, classes), or the path of an ONNX "
+                  "file in Deepness's format, which is added first. Empty: the engine's "
                   "default model.")
     param.setMetadata({"widget_wrapper": {
         "class": f"{__package__}.model_widget.ModelWidgetWrapper"}})
@@ -180,18 +185,55 @@ def with_help(param: QgsProcessingParameterDefinition,
 
 
 def resolve_model(client: Any, model: Optional[str]) -> str:
-    """``model`` when given, else the daemon's default model id (its ``models`` reply).
+    """``model`` when given, else the daemon's default model id (its ``models`` reply);
+    a path to an ``.onnx`` file (Deepness's format) is imported first and its new id
+    returned (:func:`import_onnx`).
 
     Raises:
-        QgsProcessingException: the daemon has no models.
+        QgsProcessingException: the daemon has no models, or refused the file.
     """
-    model = (model or "").strip()
+    model = given_model(client, model)
     if model:
         return model
     card = default_card(client.models())
     if card is None:
         raise QgsProcessingException("The daemon has no models installed.")
     return str(card["id"])
+
+
+def given_model(client: Any, model: Optional[str]) -> Optional[str]:
+    """The model id a MODEL parameter names: ``model`` stripped, the id of the model a
+    path to an ``.onnx`` file (Deepness's format) becomes once imported
+    (:func:`import_onnx`), or None when it is empty (the engine then chooses).
+
+    Raises:
+        QgsProcessingException: the engine refused the file.
+    """
+    model = (model or "").strip()
+    if model.lower().endswith(".onnx"):
+        return str(import_onnx(client, model)["id"])
+    return model or None
+
+
+def import_onnx(client: Any, path: str, values: Optional[Dict[str, Any]] = None
+                ) -> Dict[str, Any]:
+    """Import the ONNX file ``path`` (on the engine's computer) with ``values`` for the
+    metadata it lacks; returns the new model's card (the engine gives the model it
+    already imported from the same file and values).
+
+    Raises:
+        QgsProcessingException: the file lacks metadata (the message names the keys and
+            the *Add a model (ONNX)* parameters that give them), or another refusal.
+    """
+    try:
+        return client.import_model(ImportParams(path, values or None))
+    except DaemonError as exc:
+        keys = missing_keys(exc.message) if exc.field == "values" else []
+        if not keys:
+            raise
+        raise QgsProcessingException(
+            f"{exc} — run 'Add a model (ONNX)' (ortholens:importmodel) on {path} with "
+            f"values for {', '.join(keys)}, then use the model it adds.") from None
 
 
 def connect(feedback: Optional[QgsProcessingFeedback] = None, timeout_s: float = 10.0):
@@ -275,7 +317,8 @@ def progress_to(feedback: QgsProcessingFeedback) -> Callable[[float, str], None]
     return on_progress
 
 
-__all__ = ["EngineModels", "engine_models", "ask_running_engine", "forget_models", "card_text", "model_help",
-           "model_parameter", "with_help", "resolve_model", "connect", "daemon_session",
-           "raster_file", "cancelled_text", "progress_to", "MODELS_TTL_S",
-           "MODELS_TIMEOUT_S", "NOT_RUNNING"]
+__all__ = ["EngineModels", "engine_models", "ask_running_engine", "forget_models",
+           "card_text", "model_help", "model_parameter", "with_help", "resolve_model",
+           "given_model", "import_onnx", "connect", "daemon_session", "raster_file",
+           "cancelled_text", "progress_to", "MODELS_TTL_S", "MODELS_TIMEOUT_S",
+           "NOT_RUNNING"]

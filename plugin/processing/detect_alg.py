@@ -37,11 +37,11 @@ from ..detect.crs import crs_wkt, extent_tuple
 from .common import (
     cancelled_text,
     daemon_session,
+    given_model,
     model_help,
     model_parameter,
     progress_to,
     raster_file,
-    resolve_model,
     with_help,
 )
 from .outputs import (ResultStyler, is_temporary, load_when_done, results_file,
@@ -233,23 +233,27 @@ class DetectObjectsAlgorithm(QgsProcessingAlgorithm):
         stretch = self._stretch(parameters, context, bands)
         try:
             with daemon_session(feedback) as client:
-                model = resolve_model(client, self.parameterAsString(parameters, self.MODEL,
-                                                                     context))
-                card = next((c for c in client.models() if c.get("id") == model),
-                            {"id": model})
-                out = results_file(f"{layer.name()}_{model}", context)
+                # empty: the engine chooses the model for the raster's GSD
+                model = given_model(client, self.parameterAsString(parameters, self.MODEL,
+                                                                   context))
+                out = results_file(f"{layer.name()}_{model or 'auto'}", context)
                 params = BatchParams(DetectParams(FileSource(path), model, extent=extent,
                                                   extent_crs=extent_crs, bands=bands,
                                                   stretch=stretch, **optional),
                                      out_path=out, region_px=region_px, executor=executor)
                 regions = f"{region_px} px" if region_px else "the daemon's default size"
-                feedback.pushInfo(f"Batch job: {path} with {model}, regions of {regions}, "
+                named = model or "the model for the raster's GSD"
+                feedback.pushInfo(f"Batch job: {path} with {named}, regions of {regions}, "
                                   f"on {executor}; its GeoPackage: {out}")
                 result = client.batch(params, progress_to(feedback), feedback.isCanceled)
+                model = (result.get("stats") or {}).get("model") or model
+                card = next((c for c in client.models() if c.get("id") == model),
+                            {"id": model})
         except JobCancelled as exc:
             feedback.pushWarning(cancelled_text(exc))
             return {}
         stats = result.get("stats") or {}
+        feedback.pushInfo(f"Model: {model}")
         for w in stats.get("warnings") or []:
             feedback.pushWarning(w)
         feedback.pushInfo(f"{stats.get('count')} polygons in {stats.get('regions')} regions "

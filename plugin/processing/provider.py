@@ -27,11 +27,13 @@ def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
     from .chips_alg import ExportChipsAlgorithm
     from .detect_alg import DetectObjectsAlgorithm
     from .evaluate_alg import EvaluateAlgorithm
+    from .import_alg import ImportModelAlgorithm
     from .inventory_alg import SolarInventoryAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
     from .retrain_alg import RetrainAlgorithm
     return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
-            BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm()]
+            BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm(),
+            ImportModelAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):

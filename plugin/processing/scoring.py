@@ -1,7 +1,7 @@
 """What *Evaluate* scores: detections against reference masks (rasters) or polygons, on
 one pixel grid per reference tile, per coverage polygon, or over one area, counted as
-``protocol.metrics`` counts them and pooled over the grids (as ``build.py eval`` pools
-the pv01 held-out tiles).
+``protocol.metrics`` counts them and pooled over the grids (as the project's held-out
+evaluation pools the pv01 tiles).
 
 Each grid is scored on its own: the detections are burnt on it (pixel centres, GDAL's
 ``RasterizeLayer``), objects are 8-connected components of at least ``min_pixels``
@@ -107,7 +107,7 @@ def score_masks(detections: Sequence[Any], masks: Sequence[Any], context, feedba
         detections: the detection layers: one for all, or one per tile (a mask is
             scored against the layers naming its tile, :func:`detections_of`; pv01's
             tiles overlap one another by up to 7 m, so a tile scored with its
-            neighbour's detections is not scored as ``build.py eval`` scores it).
+            neighbour's detections is not scored as the held-out evaluation scores it).
         masks: raster layers of reference masks (GDAL files): the reference is band 1
             ``== value``, or non-zero (and not nodata) when ``value`` is None.
         context, feedback: the algorithm's.

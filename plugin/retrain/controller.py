@@ -10,6 +10,7 @@ from qgis.PyQt.QtWidgets import QAction, QMessageBox
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsProject
 
 from protocol.errors import InputError
+from protocol.importing import onnx_only_message
 
 from ..detect.crs import crs_wkt, extent_tuple
 from ..dock.version_table import in_use
@@ -134,10 +135,13 @@ class RetrainController:
         the layer's own model is used).
 
         Raises:
-            InputError: the dock shows an ensemble, which cannot be fine-tuned.
+            InputError: the dock shows an ensemble or a model imported from an ONNX
+                file, which cannot be fine-tuned.
         """
         if not card:
             return None
+        if card.get("format"):
+            raise InputError(onnx_only_message(str(card.get("id"))) + ".")
         if card.get("kind") == "ensemble":
             members = ", ".join(str(m.get("id")) for m in card.get("members") or [])
             raise InputError(f"The dock shows the ensemble {card.get('id')}, which cannot "

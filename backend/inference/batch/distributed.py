@@ -59,12 +59,15 @@ class RegionActor:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         predictor = None
         from backend.inference.pipeline import model_errors
-        from backend.inference.predictors import OnnxPredictor, cuda_available
+        from backend.inference.predictors import (ImportedPredictor, OnnxPredictor,
+                                                  cuda_available)
         from backend.models.catalog import load_card
         with model_errors():
             card = load_card(params.detect.model)
-            if not card.is_ensemble and not cuda_available() and card.onnx_path.is_file():
-                predictor = OnnxPredictor(card, threads=threads)  # not all cores per actor
+            if card.onnx_only:  # not all cores per actor
+                predictor = ImportedPredictor(card, threads=threads)
+            elif not card.is_ensemble and not cuda_available() and card.onnx_path.is_file():
+                predictor = OnnxPredictor(card, threads=threads)
         self.worker = RegionWorker(params, plan, predictor)
 
     def process(self, idx: int) -> Dict[str, Any]:

@@ -1,6 +1,8 @@
-"""backend.inference.objects on small synthetic probabilities: class maps, the
-exactly-once rule of regions (an object belongs to the region whose core holds its
-first pixel), polygons of a window equal to the whole grid's, and result features."""
+"""backend.inference.objects on small synthetic probabilities: class maps (one per class
+family, each post-processed on its own), the exactly-once rule of regions (an object
+belongs to the region whose core holds its first pixel, also when the region's window
+has grown to the whole grid), polygons of a window equal to the whole grid's, and result
+features."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from backend.inference import objects as O
 from backend.inference.grid import Grid
 from backend.inference.pipeline import Options
 from backend.inference.postprocess import Detection
+from backend.models.card import ModelCard
 from backend.models.catalog import load_card
 from protocol.results import RESULT_FIELD_NAMES
 from protocol.window import Window
@@ -65,10 +68,10 @@ def test_sizes_in_pixels_and_class_maps():
     want_raw[1:5, 1:5] = 1
     want_raw[2, 2] = 0
     want_raw[8, 8:10] = 1
-    assert np.array_equal(raw, want_raw)
+    assert np.array_equal(raw, want_raw[None])  # one class family
     want = np.zeros((12, 12), np.uint8)
     want[1:5, 1:5] = 1
-    assert np.array_equal(cleaned, want)
+    assert np.array_equal(cleaned, want[None])
 
 
 def _three_objects() -> np.ndarray:
@@ -90,41 +93,45 @@ def test_every_object_is_owned_by_exactly_one_region():
     owned_maps = []
     for core, win in zip(cores, windows):
         part = whole[win.slices()]
-        owned, touching = O.owned_objects(part, part, win, core, 10, 10)
+        owned, touching = O.owned_objects(part[None], part[None], win, core, 10, 10)
         assert touching == 0  # no owned object reaches the window's inner edge
         full = np.zeros_like(whole)
-        full[win.slices()] = owned
+        full[win.slices()] = owned[0]
         owned_maps.append(full)
     a, b = owned_maps
     assert a[3, 1] == 1 and a[6, 5] == 0 and a[0, 7] == 1    # X and Z
     assert b[3, 1] == 0 and b[6, 5] == 1                     # Y, not X (seen in its halo)
     assert not (a & b).any() and np.array_equal(a | b, whole)
-    assert O.owned_objects(whole, whole, Window(0, 0, 10, 10), cores[0], 10, 10)[0] is whole
+    one, grid = whole[None], Window(0, 0, 10, 10)
+    assert O.owned_objects(one, one, grid, grid, 10, 10)[0] is one
+    # a window grown to the whole grid around a smaller core: only the core's objects
+    owned, touching = O.owned_objects(one, one, grid, cores[0], 10, 10)
+    assert np.array_equal(owned[0], a) and touching == 0
 
 
 def test_an_owned_object_cut_by_the_window_is_counted():
     whole = _three_objects()
     win, core = Window(0, 0, 5, 10), Window(0, 0, 5, 10)   # no halo: X is cut at row 4
     part = whole[win.slices()]
-    owned, touching = O.owned_objects(part, part, win, core, 10, 10)
-    assert touching == 1 and owned[3, 1] == 1
+    owned, touching = O.owned_objects(part[None], part[None], win, core, 10, 10)
+    assert touching == 1 and owned[0, 3, 1] == 1
     # without a halo the region below cannot see X's first pixel: it keeps X's part and
     # counts it as cut too (the caller then grows the halo until nothing is cut)
     win = core = Window(5, 0, 5, 10)
     part = whole[win.slices()]
-    owned, touching = O.owned_objects(part, part, win, core, 10, 10)
-    assert touching == 1 and owned[0, 1] == 1 and owned[1, 5] == 1
+    owned, touching = O.owned_objects(part[None], part[None], win, core, 10, 10)
+    assert touching == 1 and owned[0, 0, 1] == 1 and owned[0, 1, 5] == 1
 
 
 def test_a_window_gives_the_whole_grid_s_polygons():
     card = load_card(DEFAULT_MODEL)
     fg = np.zeros((40, 40), np.float32)
     fg[22:32, 12:30] = 0.8                     # an object of 10 x 18 px: 1.8 m²
-    cmap = (fg > 0.5).astype(np.uint8)
+    cmap = (fg > 0.5).astype(np.uint8)[None]  # one class family
     probs = _probs(fg)
     _, whole = O.polygons(cmap, probs, card, OPTS, T, Window(0, 0, 40, 40), 40, 40)
     win = Window(20, 10, 20, 25)
-    _, part = O.polygons(cmap[win.slices()], probs[(slice(None),) + win.slices()], card, OPTS,
+    _, part = O.polygons(cmap[(slice(None),) + win.slices()], probs[(slice(None),) + win.slices()], card, OPTS,
                          T, win, 40, 40)
     assert len(whole) == len(part) == 1
     assert part[0].geometry.equals(whole[0].geometry)
@@ -159,3 +166,49 @@ def test_features_carry_the_result_fields_in_the_raster_s_crs():
     decimals = [len(c.split(".")[1]) for c in re.findall(r"\d+\.\d+", g["wkt"])]
     assert max(decimals) > 3 and max(decimals) <= 9     # about 0.1 mm in degrees
     assert g["area_m2"] == 4.75  # ground square metres, whatever the output CRS
+
+
+#: No minimum sizes: every thresholded pixel is kept.
+OPTS0 = Options(threshold=0.5, min_area_m2=0.0, max_hole_m2=0.0, simplify_m=0.0)
+
+
+def _card(outputs=None) -> ModelCard:
+    d = {"id": "m", "version": "1", "bands": 3, "gsd_m": 0.1, "tile_size": 64,
+         "overlap": 0, "threshold": 0.5, "min_area_m2": 0.0, "simplify_m": 0.0,
+         "classes": [{"id": 1, "name": "road"}, {"id": 2, "name": "bridge"}],
+         "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}}
+    if outputs:
+        d.update(format="deepness", outputs=outputs)
+    else:
+        d.update(architecture="Unet", encoder="e")
+    return ModelCard.from_dict(d)
+
+
+def test_families_keep_objects_that_overlap_another_familys():
+    probs = np.zeros((3, 8, 8), np.float32)
+    probs[1, 2:5, 2:5] = 0.9  # a road ...
+    probs[2, 3:6, 3:6] = 0.8  # ... and a bridge over part of it
+    probs[0] = 1 - np.maximum(probs[1], probs[2])
+    valid = np.ones((8, 8), bool)
+    two = _card([{"index": 0, "activation": "softmax", "classes": [1]},
+                 {"index": 1, "activation": "softmax", "classes": [2]}])
+    raw, cleaned = O.class_maps(probs, valid, two, OPTS0, T)
+    assert cleaned.shape == (2, 8, 8)
+    assert (cleaned[0] == 1).sum() == 9 and (cleaned[1] == 2).sum() == 9
+    _, dets = O.polygons(cleaned, probs, two, OPTS0, T, Window(0, 0, 8, 8), 8, 8)
+    assert sorted((d.class_id, round(d.area_m2, 4)) for d in dets) == [(1, 0.09), (2, 0.09)]
+    # one family (a model Ortholens trained): one class per pixel, the best
+    _, one = O.class_maps(probs, valid, _card(), OPTS0, T)
+    assert one.shape == (1, 8, 8) and (one[0] == 1).sum() == 9 and (one[0] == 2).sum() == 5
+    assert O.merged(cleaned)[4, 4] == 1 and O.merged(cleaned)[5, 5] == 2
+
+
+def test_a_window_grown_to_the_whole_grid_keeps_only_its_cores_objects():
+    cmap = np.zeros((1, 8, 8), np.uint8)
+    cmap[0, 1, 1] = cmap[0, 6, 6] = 1  # one object in each half
+    whole = Window(0, 0, 8, 8)
+    top = Window(0, 0, 4, 8)
+    owned, touching = O.owned_objects(cmap, cmap, whole, top, 8, 8)
+    assert owned[0, 1, 1] == 1 and owned[0, 6, 6] == 0 and touching == 0
+    owned, _ = O.owned_objects(cmap, cmap, whole, whole, 8, 8)
+    assert (owned == cmap).all()

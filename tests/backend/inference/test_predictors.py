@@ -12,6 +12,7 @@ import pytest
 
 from backend.inference import pipeline as PL
 from backend.inference import predictors as PR
+from backend.inference.imported import onnx_session, providers
 from backend.inference.predictors import EnsemblePredictor, apply_tta, invert_tta
 from backend.inference.tiling import plan_tiling
 from backend.models.card import TTA_TRANSFORMS, ModelCard
@@ -165,7 +166,7 @@ def test_the_cpu_runs_the_cards_cpu_graph_unless_fp32_is_forced(tmp_path, monkey
     card = load_card(DEFAULT_MODEL).updated({"graphs": {"cpu": "model.int8.onnx"}}, folder)
     monkeypatch.setenv("ORTHOLENS_ONNX_PROVIDER", "cpu")
     monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
-    assert PR.onnx_providers() == ["CPUExecutionProvider"]
+    assert providers() == ["CPUExecutionProvider"]
     p = PR.OnnxPredictor(card)
     assert (p.graph, p.provider, p.device) == ("model.int8.onnx", "CPUExecutionProvider",
                                                "cpu")
@@ -177,8 +178,10 @@ def test_the_cpu_runs_the_cards_cpu_graph_unless_fp32_is_forced(tmp_path, monkey
         PR.OnnxPredictor(card)
 
 
-def test_session_options_use_the_cores_without_spinning():
-    opts = PR.session_options(3)
+def test_sessions_use_the_cores_without_spinning():
+    card = load_card(DEFAULT_MODEL)
+    opts = onnx_session(card, 3, ["CPUExecutionProvider"]).get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 1)
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert PR.session_options().intra_op_num_threads == (os.cpu_count() or 1)
+    whole = onnx_session(card, None, ["CPUExecutionProvider"]).get_session_options()
+    assert whole.intra_op_num_threads == (os.cpu_count() or 1)

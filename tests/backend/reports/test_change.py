@@ -14,7 +14,7 @@ from backend.reports.job import build_inventory
 from protocol.inventory import InventoryParams, VectorLayer
 from tools.pv01_inventory import EARLIER_SHIFT_M, EDITS, edit_box_map
 
-from test_shape import X0, Y0
+from shapes import X0, Y0
 
 
 def _polys(features):

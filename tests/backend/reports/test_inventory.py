@@ -17,7 +17,7 @@ from backend.reports.job import build_inventory
 from protocol.inventory import Assumptions, InventoryParams, VectorLayer
 
 from tests.support import ROOFS, write_polygons
-from test_shape import X0, Y0, rotated_rectangle
+from shapes import X0, Y0, rotated_rectangle
 
 UTM51 = CRS.from_epsg(32651)
 GEOD = Geod(ellps="WGS84")

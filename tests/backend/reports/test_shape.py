@@ -11,19 +11,7 @@ import pytest
 import shapely
 
 from backend.reports.shape import IRREGULAR, SQUARE, fold180, rectangle_axes, shape_of
-
-X0, Y0 = 258000.0, 3600900.0  # UTM 51N, near the pv01 held-out tiles
-
-
-def rotated_rectangle(length: float, width: float, bearing_deg: float,
-                      cx: float = X0, cy: float = Y0) -> shapely.Polygon:
-    """A rectangle whose long side runs at ``bearing_deg`` clockwise from grid north."""
-    b = math.radians(bearing_deg)
-    u = np.array([math.sin(b), math.cos(b)]) * length / 2   # along the long side
-    v = np.array([math.cos(b), -math.sin(b)]) * width / 2   # across it
-    c = np.array([cx, cy])
-    return shapely.Polygon([c - u - v, c + u - v, c + u + v, c - u + v])
-
+from shapes import X0, Y0, rotated_rectangle
 
 @pytest.mark.parametrize("bearing, expected", [(30.0, 30.0), (150.0, 150.0),
                                                (210.0, 30.0), (0.0, 0.0), (90.0, 90.0),

@@ -21,9 +21,7 @@ from qgis.core import (
 )
 
 from helpers import wait_until
-from test_processing import (BLOCK, MODEL, PV01, _CancelAt, daemon,  # noqa: F401
-                             daemon_port, model_folder, mosaic, needs_daemon,
-                             processing_gui, provider, run_alg)
+from proc_helpers import BLOCK, CancelAt, MODEL, needs_daemon, PV01, run_alg
 
 
 def loaded(context, alg_id, params):
@@ -81,7 +79,7 @@ def test_job_table_lists_resumes_cancels_and_opens(daemon, provider, mosaic,  # 
     from plugin.settings import daemon_settings
     monkeypatch.setenv("ORTHOLENS_RESULTS", str(tmp_path / "results"))
     # a job the user cancelled a fifth of the way through (small regions: many of them)
-    fb = _CancelAt(20.0)
+    fb = CancelAt(20.0)
     run_alg("ortholens:detect", {"INPUT": str(mosaic), "MODEL": MODEL, "REGION_PX": 64,
                                  "OUTPUT": "TEMPORARY_OUTPUT"}, fb)
     assert fb.isCanceled()

@@ -12,8 +12,7 @@ import json
 import pytest
 from qgis.core import QgsProcessingFeedback, QgsVectorLayer
 
-from test_processing import (MODEL, PV01, daemon, daemon_port, model_folder,  # noqa: F401
-                             needs_daemon, processing_gui, provider, run_alg)
+from proc_helpers import MODEL, needs_daemon, PV01, run_alg
 
 #: The 12 held-out tiles (each with ``<name>_mask.tif``: 1 = panel).
 TILES = sorted(p for p in PV01.glob("PV01_*.tif") if not p.stem.endswith("_mask"))

@@ -17,113 +17,14 @@ import pytest
 from qgis.core import (
     QgsApplication,
     QgsProcessingContext,
-    QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
 
-from helpers import (BACKEND_PYTHON, DEFAULT_MODEL, REPO, data_dir, free_port,
-                     start_test_engine, stop_process, write_bgr16)
-
-MODEL = DEFAULT_MODEL
-#: A second model id for the test daemon (MODEL's weights), sorting before MODEL.
-ALT_MODEL = "pv-alt-efl0"
-PV01 = data_dir() / "pv01" / "heldout"
-BLOCK = ["PV01_325190_1204243", "PV01_325190_1204246", "PV01_325192_1204246",
-         "PV01_325192_1204249"]
-#: A part of the mosaic crossing the seams between its tiles (EPSG:32651).
-AREA = (258050.0, 3600880.0, 258115.0, 3600920.0)
-
-_missing = [str(p) for p in [BACKEND_PYTHON, REPO / "models" / MODEL / "card.json"]
-            + [PV01 / f"{n}.tif" for n in BLOCK] if not p.exists()]
-needs_daemon = pytest.mark.skipif(bool(_missing), reason="needs: " + ", ".join(_missing))
-
-
-@pytest.fixture(scope="module")
-def provider():
-    """The plugin's provider, registered as the plugin does it (initProcessing)."""
-    from plugin.main import OrtholensPlugin
-    plugin = OrtholensPlugin(None)  # qgis_process passes no iface either
-    plugin.initProcessing()
-    yield plugin.provider
-    plugin.unload()
-
-
-@pytest.fixture(scope="module")
-def daemon_port():
-    """The port the module's daemon will listen on (free now)."""
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    """A model folder holding MODEL (the default in its defaults.json) and ALT_MODEL, the
-    same weights under an id that sorts first: a dialog that shows the first card
-    instead of the daemon's default fails."""
-    root = tmp_path_factory.mktemp("models")
-    src = REPO / "models" / MODEL
-    (root / MODEL).symlink_to(src, target_is_directory=True)
-    alt = root / ALT_MODEL
-    alt.mkdir()
-    for f in src.iterdir():
-        if f.name != "card.json":
-            (alt / f.name).symlink_to(f)
-    card = json.loads((src / "card.json").read_text())
-    card["id"] = ALT_MODEL
-    (alt / "card.json").write_text(json.dumps(card))
-    (root / "defaults.json").write_text(json.dumps({"cpu": MODEL, "cuda": MODEL}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, daemon_port, model_folder):
-    tmp = tmp_path_factory.mktemp("daemon")
-    endpoint, proc = start_test_engine(tmp / "daemon.log", daemon_port,
-                                       env={"ORTHOLENS_JOBS_DIR": str(tmp / "jobs"),
-                                            "ORTHOLENS_MODELS": str(model_folder),
-                                            "ORTHOLENS_USER_MODELS": str(tmp / "user_models")})
-    old = os.environ.get("ORTHOLENS_ENDPOINT")
-    os.environ["ORTHOLENS_ENDPOINT"] = endpoint
-    from plugin.processing.common import forget_models
-    forget_models()
-    yield endpoint
-    if old is None:
-        os.environ.pop("ORTHOLENS_ENDPOINT", None)
-    else:
-        os.environ["ORTHOLENS_ENDPOINT"] = old
-    forget_models()
-    stop_process(proc)
-
-
-@pytest.fixture(scope="module")
-def mosaic(tmp_path_factory):
-    from osgeo import gdal
-    vrt = tmp_path_factory.mktemp("vrt") / "pv01_block.vrt"
-    ds = gdal.BuildVRT(str(vrt), [str(PV01 / f"{n}.tif") for n in BLOCK])
-    del ds  # closing the dataset writes the VRT
-    return vrt
-
-
-def run_alg(alg_id, params, feedback=None):
-    alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
-    assert alg is not None, alg_id
-    context = QgsProcessingContext()
-    context.setProject(QgsProject.instance())
-    feedback = feedback or QgsProcessingFeedback()
-    res, ok = alg.run(params, context, feedback)
-    return res, ok, context
-
-
-def features_of(path, layer=None):
-    """``[(class, score, area_m2, geometry WKB)]`` sorted, of a GeoPackage layer."""
-    uri = f"{path}|layername={layer}" if layer else str(path)
-    vl = QgsVectorLayer(uri, "x", "ogr")
-    assert vl.isValid(), uri
-    out = sorted((f["class"], round(float(f["score"]), 4), round(float(f["area_m2"]), 3),
-                  bytes(f.geometry().asWkb())) for f in vl.getFeatures())
-    del vl
-    return out
+from helpers import BACKEND_PYTHON, REPO, write_bgr16
+from proc_helpers import (ALT_MODEL, AREA, BLOCK, MODEL, PV01, CancelAt, features_of,
+                          needs_daemon, run_alg)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -143,7 +44,7 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
         assert prov is not None and prov.name() == "Ortholens"
         ids = sorted(a.id() for a in prov.algorithms())
         assert ids == ["ortholens:batchjobs", "ortholens:detect", "ortholens:evaluate",
-                       "ortholens:exportchips", "ortholens:retrain",
+                       "ortholens:exportchips", "ortholens:importmodel", "ortholens:retrain",
                        "ortholens:solarinventory"]
         detect = reg.algorithmById("ortholens:detect")
         names = [p.name() for p in detect.parameterDefinitions()]
@@ -369,24 +270,9 @@ def test_qgis_process_detect_on_vrt_equals_in_extent(daemon, mosaic, tmp_path, p
     QgsProject.instance().removeMapLayer(layer.id())
 
 
-class _CancelAt(QgsProcessingFeedback):
-    """Cancels once progress passes ``at`` percent."""
-
-    def __init__(self, at: float):
-        super().__init__()
-        self.at = at
-        self.seen = []
-        self.progressChanged.connect(self._on)
-
-    def _on(self, value):
-        self.seen.append(value)
-        if value >= self.at and 0 < value < 99:
-            self.cancel()
-
-
 @needs_daemon
 def test_progress_cancel_then_resume_through_processing(daemon, mosaic, tmp_path, provider):
-    fb = _CancelAt(20.0)
+    fb = CancelAt(20.0)
     res, ok, _ = run_alg("ortholens:detect", {"INPUT": str(mosaic), "MODEL": MODEL,
                                               "REGION_PX": 64, "OUTPUT": "TEMPORARY_OUTPUT"},
                          fb)

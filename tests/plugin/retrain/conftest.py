@@ -3,10 +3,14 @@ the user's corrections of its result layer."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from qgis.core import QgsFeature, QgsGeometry, QgsRectangle
 
 from helpers import CARD, DEFAULT_MODEL, REPO, VIENNA_PATCH, FakeClient, square
+
+MODEL = DEFAULT_MODEL
 
 BOWTIE = "POLYGON ((-1605 338495, -1601 338499, -1601 338495, -1605 338499, -1605 338495))"
 
@@ -75,3 +79,54 @@ def _correct(layer):
         f.setGeometry(QgsGeometry.fromWkt(wkt))
         layer.addFeature(f)
     assert layer.commitChanges()
+
+
+class _Stub:
+    """A retrain function for the test daemon: records requests; ``loop`` budgets run
+    until cancelled."""
+
+    def __init__(self):
+        self.requests = []
+
+    def __call__(self, request, arrays, progress, cancelled):
+        self.requests.append(request)
+        n = 100000 if request["budget_s"] == 3540.0 else 10
+        for i in range(n):
+            if cancelled():
+                from protocol.errors import JobCancelled
+                raise JobCancelled()
+            progress(min(i / 10, 1.0), f"training: step {i + 1}/{n}, loss 0.5 — about "
+                                       f"{n - i} s left")
+            time.sleep(0.02)
+        return {"crs": "", "features": [], "stats": {}, "retrain": {
+            "accepted": True, "model": f"{MODEL}@1", "parent": MODEL,
+            "active": f"{MODEL}@1", "reason": "object errors on the held-out corrections "
+                                              "2 -> 0", "budget_s": request["budget_s"],
+            "train": {"steps": 9, "seconds": 30.2},
+            "time": {"budget_s": request["budget_s"], "seconds": 40.4, "training_s": 30.2,
+                     "within_budget": True},
+            "corrections": {"features": len(request["features"])},
+            "before": {"user_holdout": {"object_f1": None, "object_errors": 2,
+                                        "pixel_iou": 0.0, "false_polygons_per_km2": 64.0},
+                       "guard": {"object_f1": 0.844, "object_errors": 10,
+                                   "pixel_iou": 0.773}},
+            "after": {"user_holdout": {"object_f1": None, "object_errors": 0,
+                                       "pixel_iou": None, "false_polygons_per_km2": 0.0},
+                      "guard": {"object_f1": 0.885, "object_errors": 7,
+                                  "pixel_iou": 0.859}},
+            "rule": "the rule", "warnings": ["feature 2: invalid geometry repaired"]}}
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    from backend.daemon.server import Server
+    users = tmp_path / "user-models"
+    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(users))
+    stub = _Stub()
+    srv = Server(port=0, retrain_fn=stub, device="cpu", progress_interval_s=0.0)
+    srv.start_in_thread()
+    monkeypatch.setenv("ORTHOLENS_ENDPOINT", srv.endpoint)
+    try:
+        yield srv, stub, users
+    finally:
+        srv.stop()

@@ -5,7 +5,7 @@ table is shown whole."""
 from __future__ import annotations
 
 from helpers import CLASSES, flush_deletes
-from test_retrain import UNDECIDED
+from retrain_helpers import UNDECIDED
 
 
 def test_the_dialog_warns_when_too_few_objects_will_be_held_out(plugin_with_result, correct):

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 from qgis.core import Qgis, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
 
-from helpers import CARD, CLASSES, DEFAULT_MODEL, REPO, VIENNA_PATCH, square, wait_until
+from helpers import CARD, CLASSES, DEFAULT_MODEL, VIENNA_PATCH, square, wait_until
+from retrain_helpers import UNDECIDED, user_version
 
 MODEL = DEFAULT_MODEL
 
@@ -32,57 +32,6 @@ def test_retrain_action_and_buttons_exist(plugin_with_result, qgis_iface):
     assert p.dock.versions.retrain_button.isEnabled()
     assert p.dock.versions.activate_button.text() == "Make active"
     assert p.dock.versions.rollback_button.text() == "Roll back"
-
-
-class _Stub:
-    """A retrain function for the test daemon: records requests; ``loop`` budgets run
-    until cancelled."""
-
-    def __init__(self):
-        self.requests = []
-
-    def __call__(self, request, arrays, progress, cancelled):
-        self.requests.append(request)
-        n = 100000 if request["budget_s"] == 3540.0 else 10
-        for i in range(n):
-            if cancelled():
-                from protocol.errors import JobCancelled
-                raise JobCancelled()
-            progress(min(i / 10, 1.0), f"training: step {i + 1}/{n}, loss 0.5 — about "
-                                       f"{n - i} s left")
-            time.sleep(0.02)
-        return {"crs": "", "features": [], "stats": {}, "retrain": {
-            "accepted": True, "model": f"{MODEL}@1", "parent": MODEL,
-            "active": f"{MODEL}@1", "reason": "object errors on the held-out corrections "
-                                              "2 -> 0", "budget_s": request["budget_s"],
-            "train": {"steps": 9, "seconds": 30.2},
-            "time": {"budget_s": request["budget_s"], "seconds": 40.4, "training_s": 30.2,
-                     "within_budget": True},
-            "corrections": {"features": len(request["features"])},
-            "before": {"user_holdout": {"object_f1": None, "object_errors": 2,
-                                        "pixel_iou": 0.0, "false_polygons_per_km2": 64.0},
-                       "guard": {"object_f1": 0.844, "object_errors": 10,
-                                   "pixel_iou": 0.773}},
-            "after": {"user_holdout": {"object_f1": None, "object_errors": 0,
-                                       "pixel_iou": None, "false_polygons_per_km2": 0.0},
-                      "guard": {"object_f1": 0.885, "object_errors": 7,
-                                  "pixel_iou": 0.859}},
-            "rule": "the rule", "warnings": ["feature 2: invalid geometry repaired"]}}
-
-
-@pytest.fixture
-def daemon(tmp_path, monkeypatch):
-    from backend.daemon.server import Server
-    users = tmp_path / "user-models"
-    monkeypatch.setenv("ORTHOLENS_USER_MODELS", str(users))
-    stub = _Stub()
-    srv = Server(port=0, retrain_fn=stub, device="cpu", progress_interval_s=0.0)
-    srv.start_in_thread()
-    monkeypatch.setenv("ORTHOLENS_ENDPOINT", srv.endpoint)
-    try:
-        yield srv, stub, users
-    finally:
-        srv.stop()
 
 
 def test_retrain_runs_as_a_task_and_selects_the_new_version(plugin_with_result, daemon,
@@ -148,23 +97,10 @@ def test_retrain_cancel_from_the_dock(plugin_with_result, daemon):
     assert p.dock.detection.progress.value() == 0  # no stale bar beside the message
 
 
-def _user_version(users, active=False):
-    """A user version ``<MODEL>@1`` as backend.models.version_writer writes it (the
-    weights are not needed here), made active when ``active``."""
-    d = users / MODEL / "1"
-    d.mkdir(parents=True)
-    shipped = json.loads((REPO / "models" / MODEL / "card.json").read_text())
-    raw = dict(shipped, id=f"{MODEL}@1", version="1.0.0+u1",
-               base_model=MODEL, lineage={"parent": MODEL, "number": 1})
-    (d / "card.json").write_text(json.dumps(raw))
-    if active:
-        (users / MODEL / "active.json").write_text(json.dumps({"active": f"{MODEL}@1"}))
-
-
 def test_versions_make_active_and_roll_back_from_the_dock(plugin_with_result, daemon):
     p, _ = plugin_with_result
     _, _, users = daemon
-    _user_version(users)
+    user_version(users)
     p.refresh_status()
     assert wait_until(lambda: p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
     p.dock.models.model_combo.setCurrentIndex(p.dock.models.model_combo.findData(f"{MODEL}@1"))
@@ -385,7 +321,7 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
     from plugin import tasks
     p, layer = plugin_with_result
     _, _, users = daemon
-    _user_version(users, active=True)
+    user_version(users, active=True)
     p.refresh_status()
     assert wait_until(lambda: p.status_task is None
                       and p.dock.models.model_combo.findData(f"{MODEL}@1") >= 0, 30)
@@ -441,28 +377,6 @@ def test_version_buttons_are_disabled_while_a_job_runs(plugin_with_result, daemo
 
 # ----------------------------------------------------------------------------- area versions
 
-#: A retrain report whose candidate the rule could not decide on (too few held-out
-#: objects), kept aside by the daemon as ``pending``; the guard got worse.
-UNDECIDED = {
-    "accepted": False, "verdict": "undecided", "model": None, "parent": MODEL,
-    "active": MODEL, "pending": "0123456789abcdef0123456789abcdef",
-    "scope": {"crs": "EPSG:4326", "footprint_wkt": "POLYGON ((16.31 48.18, 16.32 48.18, "
-              "16.32 48.19, 16.31 48.19, 16.31 48.18))",
-              "reviewed": [[16.314, 48.184, 16.315, 48.185]], "margin_m": 250.0,
-              "area_km2": 0.27, "reviewed_km2": 0.0004, "centre": [16.3149, 48.1846]},
-    "change": {"objects": 4, "enough": False, "object_f1": [0.5, 0.857],
-               "f1_change": 0.357, "f1_interval": [0.0, 0.667], "confidence": 0.9},
-    "reason": "not enough held-out corrections to decide: the held-out part holds 4 "
-              "objects, at least 10 are needed (review a larger area, or keep the version "
-              "yourself after looking at the numbers)",
-    "before": {"user_holdout": {"object_f1": 0.5, "object_errors": 2, "pixel_iou": 0.6},
-               "guard": {"object_f1": 0.9, "object_errors": 3, "pixel_iou": 0.881}},
-    "after": {"user_holdout": {"object_f1": 0.857, "object_errors": 1, "pixel_iou": 0.7},
-              "guard": {"object_f1": 0.8, "object_errors": 5, "pixel_iou": 0.806}},
-    "train": {"steps": 40, "seconds": 50.0}, "rule": "the area rule",
-    "warnings": ["this version is worse on the original training data (pv01 validation "
-                 "tiles) by 0.075 pixel IoU (0.881 -> 0.806); it is meant for its own "
-                 "area only"]}
 
 
 def _pending(users, token):

@@ -2,7 +2,7 @@
 verdict and use; the version in use in the map view and why; Make active, Roll back and
 Delete, each disabled with its reason said; deleting a version in use asks first.
 
-The daemon is ``backend.daemon.server.Server`` in a thread (``test_retrain.daemon``)
+The daemon is ``backend.daemon.server.Server`` in a thread (the ``daemon`` fixture of conftest.py)
 with the real ``versions`` and ``delete`` requests over a user model folder.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from helpers import DEFAULT_MODEL, flush_deletes, wait_until
-from test_retrain import _user_version, daemon  # noqa: F401 (a fixture)
+from retrain_helpers import user_version
 
 MODEL = DEFAULT_MODEL
 AREA = {"area_km2": 0.28, "centre": [16.3149, 48.1846], "margin_m": 250.0,
@@ -97,7 +97,7 @@ def test_delete_from_the_panel_asks_for_a_version_in_use(plugin_with_result, dae
     from helpers import VIENNA_PATCH
     p, _ = plugin_with_result
     _, _, users = daemon
-    _user_version(users, active=True)
+    user_version(users, active=True)
     canvas = qgis_iface.mapCanvas()  # the map view whose version in use is named
     canvas.setDestinationCrs(vienna_layer.crs())
     canvas.setExtent(QgsRectangle(*VIENNA_PATCH))

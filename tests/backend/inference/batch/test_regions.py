@@ -81,5 +81,4 @@ def test_a_region_result_travels_as_plain_data():
     assert RegionResult.from_dict(d) == r
     assert RegionResult(0, []).to_dict() == {
         "index": 0, "features": [], "tiles_run": 0, "tiles_cached": 0, "halo_px": 0,
-        "truncated": 0, "seconds": 0.0, "warnings": [], "unreadable": "",
-        "empty": False}
+        "truncated": 0, "seconds": 0.0, "warnings": [], "unreadable": "", "empty": False}
