@@ -21,6 +21,7 @@ from .errors import E_BAD_REQUEST, E_UNKNOWN_TYPE, E_VERSION, ProtocolError
 from .framing import PROTOCOL_VERSION, request_header
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
+from .review import RegionParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
 from .version_params import DeleteParams, VersionsParams
 
@@ -53,6 +54,7 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     "keep": {**_MODEL, "pending": Rule(True, string(64)), "note": Rule(False, string(500))},
     "inventory": request_rules(InventoryParams),
     "delete": request_rules(DeleteParams),
+    "region": request_rules(RegionParams),
 }
 REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 
