@@ -60,6 +60,8 @@ class OrtholensPlugin:
         self.retrain = None
         #: the job table (:class:`~.jobs.controller.JobsController`).
         self.jobs = None
+        #: the review queue (:class:`~.review.controller.ReviewController`).
+        self.review = None
         #: the *Settings > Options > Ortholens* page factory while registered.
         self.options_factory = None
         #: Detect was pressed while the daemon was being started to list its models:
@@ -111,6 +113,8 @@ class OrtholensPlugin:
         self.retrain = RetrainController(self, MENU)
         from .jobs.controller import JobsController
         self.jobs = JobsController(self)
+        from .review.controller import ReviewController
+        self.review = ReviewController(self)
         from .install.zmqcheck import zmq_available
         if not zmq_available():  # say so now, not at the first click
             self.warn_pyzmq()
@@ -146,6 +150,9 @@ class OrtholensPlugin:
         if self.jobs is not None:
             self.jobs.unload()
             self.jobs = None
+        if self.review is not None:
+            self.review.unload()
+            self.review = None
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None
