@@ -103,6 +103,20 @@ class RetrainDialog(QDialog):
         if has_view_option:
             self.area_combo.addItem("only its part in the current map view", True)
         form.addRow("Reviewed area", self.area_combo)
+        self.mode_combo = QComboBox(self)
+        self.mode_combo.setObjectName("ortholensRetrainMode")
+        self.mode_combo.addItem("only what I reviewed (and 2 m around it)", "review")
+        self.mode_combo.addItem("the whole reviewed area (what no polygon covers is "
+                                "background)", "extent")
+        self.mode_combo.setCurrentIndex(0 if plan.mode == "review" else 1)
+        self.mode_combo.setToolTip(
+            "Only what I reviewed: the polygons you accepted, edited, added or deleted "
+            "teach the model, the rest is ignored. The whole area: you vouch for every "
+            "polygon in it, and for every object being one.")
+        self.mode_combo.currentIndexChanged.connect(
+            lambda *_: self.summary_label.setText(plan.summary(self.mode_combo.currentData()) + (
+                "<br>" + " ".join(plan.notes) if plan.notes else "")))
+        form.addRow("Teach from", self.mode_combo)
         self.invalid_combo = QComboBox(self)
         self.invalid_combo.addItem("repair them (make valid) and warn", "repair")
         self.invalid_combo.addItem("refuse the retrain", "refuse")
@@ -146,11 +160,12 @@ class RetrainDialog(QDialog):
         return bool(self.area_combo.currentData())
 
     def options(self) -> Dict[str, Any]:
-        """``invalid_geometry``, ``activate`` and ``scope`` of the
+        """``invalid_geometry``, ``activate``, ``scope`` and ``mode`` of the
         :class:`~protocol.params.RetrainParams`."""
         return {"invalid_geometry": self.invalid_combo.currentData(),
                 "activate": self.activate_check.isChecked(),
-                "scope": self.scope_combo.currentData()}
+                "scope": self.scope_combo.currentData(),
+                "mode": self.mode_combo.currentData()}
 
 
 # ----------------------------------------------------------------------------- result
