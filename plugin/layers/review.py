@@ -88,6 +88,17 @@ def _text(f: QgsFeature, i: int) -> Optional[str]:
     return None if v is None or str(v) in ("", "NULL") else str(v)
 
 
+def review_of(f: QgsFeature, ri: int, oi: int) -> Tuple[Optional[str], bool]:
+    """``(state, unvouched)`` of a feature whose ``review`` and ``origin`` fields are at
+    ``ri`` and ``oi`` (-1: absent): its state (None without the field, ``pending`` when
+    NULL), and whether it is a candidate miss still pending (an object the user did not
+    vouch for: a whole-extent review leaves it out)."""
+    if ri < 0:
+        return None, False
+    state = _text(f, ri) or "pending"
+    return state, state == "pending" and oi >= 0 and _text(f, oi) == "candidate"
+
+
 def queue(layer: QgsVectorLayer) -> List[int]:
     """The feature ids of ``layer`` in review order (``protocol.review.review_order``
     of their ``uncertainty`` and ``area_m2``; the ``rank`` field is that order as it
@@ -149,5 +160,5 @@ def add_polygon(layer: QgsVectorLayer, geometry: QgsGeometry, values: Dict[str, 
     return added[0].id() if ok and added else -1
 
 
-__all__ = ["has_review_fields", "add_review_fields", "queue", "review_state", "set_review",
+__all__ = ["has_review_fields", "add_review_fields", "review_of", "queue", "review_state", "set_review",
            "review_counts", "add_polygon"]

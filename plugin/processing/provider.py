@@ -29,9 +29,11 @@ def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
     from .evaluate_alg import EvaluateAlgorithm
     from .inventory_alg import SolarInventoryAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
+    from .rank_alg import RankForReviewAlgorithm
     from .retrain_alg import RetrainAlgorithm
     return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
-            BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm()]
+            BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm(),
+            RankForReviewAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):

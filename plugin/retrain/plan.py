@@ -37,6 +37,7 @@ from protocol.params import (
 
 from ..detect.crs import crs_from_text, extent_tuple
 from ..detect.plan import RenderPlan, prepare_detect
+from ..layers.review import review_of
 from .memory import (PROP, Edits, class_of, clip_to_raster, count_edits, is_result_layer,
                      stored_reviewed)
 
@@ -356,14 +357,6 @@ class _Corrections:
     unvouched: List[int] = field(default_factory=list)
 
 
-def _state(f: Any, ri: int) -> Optional[str]:
-    """A polygon's review state (None without the field, ``pending`` when NULL)."""
-    if ri < 0:
-        return None
-    v = f.attribute(ri)
-    return "pending" if v is None or str(v) in ("", "NULL") else str(v)
-
-
 def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections:
     """Every polygon of ``layer`` with its class (WKT to the millimetre); a polygon
     without a class gets the model's only class.
@@ -396,8 +389,8 @@ def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections
             unknown.add(name)
         if not g.isGeosValid():
             found.invalid += 1
-        state = _state(f, ri)
-        if state == "pending" and oi >= 0 and f.attribute(oi) == "candidate":
+        state, unvouched = review_of(f, ri, oi)
+        if unvouched:
             found.unvouched.append(len(found.features))
         found.features.append(CorrectedFeature(g.asWkt(3), class_name=name, review=state))
         if state == "pending":
