@@ -45,7 +45,7 @@ import numpy as np
 
 import protocol as P
 from backend.learning.mistakes import diff_maps, mistake_maps
-from backend.learning.partial import MARGIN_M, extent_labels, partial_labels
+from backend.learning.partial import extent_labels, margin_of, partial_labels, review_windows
 from backend.learning.reviewed import (Bounds, ReviewedData, ReviewedPart, grid_bounds,
                                        parse_areas, split_areas)
 from protocol.errors import CorrectionsError, InputError, JobCancelled
@@ -242,7 +242,11 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
     areas = parse_areas(params)
     _check_areas(areas, arrays)
     bounds = _area_bounds(areas, arrays)
-    parts = split_areas(areas, bounds, holdout_fraction)
+    read, read_bounds = areas, bounds
+    if params.mode == "review":  # only the windows around what was reviewed
+        read = review_windows(areas, bounds, feats, feat_crs, margin_of(params))
+        read_bounds = _area_bounds(read, arrays)
+    parts = split_areas(read, read_bounds, holdout_fraction)
     if not any(p.holdout for p in parts) or all(p.holdout for p in parts):
         raise CorrectionsError("the reviewed areas cannot be split into a part to train "
                                "on and a part to check the result on")
@@ -422,7 +426,7 @@ def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, 
         target, labelled = partial_labels(
             [(g, c, st) for g, c, st in here if st in REVIEWED_STATES],
             [g for g, _, st in here if st not in REVIEWED_STATES], grid,
-            MARGIN_M if params.margin_m is None else params.margin_m)
+            margin_of(params))
         judged = scored = judged & labelled
     else:
         target = extent_labels(here, grid)

@@ -30,6 +30,9 @@ import numpy as np
 MARGIN_M = 2.0
 #: The states that label a polygon with its class; ``deleted`` labels it background.
 POSITIVE_STATES = ("accepted", "edited", "added")
+#: Ground read around a reviewed polygon's margin, metres: the context a detection of
+#: the polygon would see, so that the model runs on it as it did in the detection.
+WINDOW_CONTEXT_M = 10.0
 
 
 def partial_labels(reviewed: Sequence[Tuple[Any, int, str]], pending: Sequence[Any],
@@ -67,6 +70,78 @@ def partial_labels(reviewed: Sequence[Tuple[Any, int, str]], pending: Sequence[A
     labelled = own | (ring & ~blocked)
     target[~labelled] = 0
     return target, labelled
+
+
+def margin_of(params: Any) -> float:
+    """The margin of a partial review, metres: a ``protocol.params.RetrainParams``'s
+    ``margin_m``, else :data:`MARGIN_M`."""
+    return MARGIN_M if params.margin_m is None else float(params.margin_m)
+
+
+def review_windows(areas: Sequence[Any], bounds: Sequence[Tuple[str, Tuple[float, ...]]],
+                   feats: Sequence[Tuple[Any, int, Optional[int], Optional[str]]],
+                   feat_crs: Any, margin_m: float = MARGIN_M,
+                   context_m: float = WINDOW_CONTEXT_M) -> List[Any]:
+    """What a partial review prepares: per reviewed area, the windows around its
+    reviewed polygons instead of the whole area (nothing else is labelled, so reading
+    and predicting the rest would be lost time).
+
+    Each reviewed polygon's bounding box, grown by ``margin_m + context_m`` metres, is
+    merged with the boxes it overlaps; each merged box, clipped to its area, becomes a
+    part of that area (``backend.learning.reviewed.ReviewedPart`` with the area's
+    index, source and holdout, its extent in the raster's CRS). An area without a
+    reviewed polygon is left out.
+
+    Raises:
+        CorrectionsError: no area holds a reviewed polygon.
+
+    Args:
+        areas: the request's reviewed areas (``ReviewedPart``).
+        bounds: per area, ``(raster CRS WKT, (xmin, ymin, xmax, ymax))`` clipped to the
+            raster.
+        feats: the parsed features ``(geometry, class id, area index, review state)``.
+        feat_crs: their rasterio CRS (None: the raster's).
+        margin_m, context_m: metres (a raster in degrees: divided by 111 320).
+    """
+    from dataclasses import replace
+
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping, shape
+    from shapely.ops import unary_union
+
+    from protocol.results import REVIEWED_STATES
+    out = []
+    for a, (crs_wkt, b) in zip(areas, bounds):
+        crs = CRS.from_wkt(crs_wkt)
+        grow = (margin_m + context_m) / (111_320.0 if crs.is_geographic else 1.0)
+        frame = box(*b)
+        boxes = []
+        for g, _, idx, state in feats:
+            if state not in REVIEWED_STATES or (idx is not None and idx != a.index):
+                continue
+            if feat_crs is not None and feat_crs != crs:
+                g = shape(transform_geom(feat_crs, crs, mapping(g)))
+            x0, y0, x1, y1 = g.bounds
+            w = box(x0 - grow, y0 - grow, x1 + grow, y1 + grow).intersection(frame)
+            if not w.is_empty:
+                boxes.append(w)
+        merged = unary_union(boxes) if boxes else None
+        parts = [] if merged is None else getattr(merged, "geoms", [merged])
+        # merging boxes can leave L shapes whose boxes overlap again: merge until stable
+        while True:
+            env = unary_union([box(*p.bounds) for p in parts]) if parts else None
+            again = [] if env is None else list(getattr(env, "geoms", [env]))
+            if len(again) == len(parts):
+                break
+            parts = again
+        for p in sorted(parts, key=lambda q: q.bounds):
+            out.append(replace(a, extent=list(p.bounds), extent_crs=crs_wkt))
+    if not out:
+        from protocol.errors import CorrectionsError
+        raise CorrectionsError("no polygon of the layer is reviewed (accepted, edited, "
+                               "added or deleted): nothing to learn from")
+    return out
 
 
 def extent_labels(features: Sequence[Tuple[Any, int, Optional[str]]], grid: Any

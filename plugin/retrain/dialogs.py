@@ -286,10 +286,15 @@ def scope_text(scope: Optional[Dict[str, Any]]) -> str:
             f"{float(scope.get('margin_m') or 0.0):g} m)")
 
 
+#: The phases of a retrain in the result window, with their keys in its ``time``.
+PHASE_KEYS = (("preparing the data", "preparing_s"), ("training", "training_s"),
+              ("checking", "checking_s"), ("saving", "saving_s"))
+
+
 def result_notes(report: Dict[str, Any]) -> List[str]:
     """Short notes under the table: the held-out check that could not be made, the
-    time against the budget, what the daemon found in the corrections, up to three
-    warnings."""
+    time against the budget and the time of each phase, what the daemon found in the
+    corrections, up to three warnings."""
     notes = []
     if report.get("scope"):
         notes.append(f"Area of the new version: {scope_text(report['scope'])}; elsewhere "
@@ -315,6 +320,10 @@ def result_notes(report: Dict[str, Any]) -> List[str]:
         notes.append(f"Took {t['seconds']:.0f} s {of} {budget:.0f} s budget "
                      f"({t.get('training_s') or train.get('seconds') or 0:.0f} s "
                      f"training{steps}){advice}.")
+        phases = [(name, t.get(key)) for name, key in PHASE_KEYS
+                  if isinstance(t.get(key), (int, float))]
+        if "preparing_s" in t:
+            notes.append("Phases: " + ", ".join(f"{n} {v:.0f} s" for n, v in phases) + ".")
     elif isinstance(train.get("seconds"), (int, float)):
         notes.append(f"Trained {train['seconds']:.0f} s{steps}.")
     found = _found(report.get("corrections") or {})

@@ -12,7 +12,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from backend.learning.partial import MARGIN_M, extent_labels, partial_labels
-from tests.support import DEFAULT_MODEL, OUTSIDE, FakePredictor, needs_tiles
+from tests.support import DEFAULT_MODEL, OUTSIDE, VIENNA, FakePredictor, needs_real, needs_tiles
 
 
 def _centres(grid):
@@ -131,3 +131,41 @@ def test_a_partial_review_of_a_real_tile_labels_only_what_was_reviewed():
                               FakePredictor(card, gain=0.0))
     assert np.array_equal(whole.train[0].weight > 0, whole.train[0].valid)
     assert sum(int((p.target == 1).sum()) for p in whole.train + whole.holdout) > panel_px
+
+
+@needs_real
+def test_a_partial_review_reads_only_the_windows_around_what_was_reviewed():
+    """Vienna, a 200 m x 100 m reviewed area with two reviewed squares 100 m apart and
+    one pending: two windows of (3 + 2 * 12) m are read, not the area; features of no
+    reviewed state give a clear error."""
+    from backend.learning.corrections import CONTEXT_TILE_FRACTION, build_corrections
+    from backend.learning.partial import WINDOW_CONTEXT_M
+    from backend.models.catalog import load_card
+    from protocol.errors import CorrectionsError
+    from protocol.params import RetrainParams
+    card = load_card(DEFAULT_MODEL)
+    x0, y0 = -1700.0, 338500.0
+    sq = lambda x, y: box(x, y, x + 3, y + 3).wkt  # noqa: E731
+    feats = [{"wkt": sq(x0 + 40, y0 + 40), "class": "photovoltaic", "review": "accepted"},
+             {"wkt": sq(x0 + 140, y0 + 40), "class": "photovoltaic", "review": "deleted"},
+             {"wkt": sq(x0 + 90, y0 + 40), "class": "photovoltaic", "review": "pending"}]
+    params = RetrainParams({"kind": "file", "path": str(VIENNA)}, DEFAULT_MODEL, feats,
+                           crs="EPSG:31256", mode="review",
+                           reviewed=[{"extent": [x0, y0, x0 + 200, y0 + 100]}])
+    corr = build_corrections(params, [], card, FakePredictor(card, gain=0.0))
+    parts = corr.train + corr.holdout
+    side = 3 + 2 * (MARGIN_M + WINDOW_CONTEXT_M)
+    assert len(parts) == 2 and sorted(p.holdout for p in parts) == [False, True]
+    for p in parts:  # a held-out part is read with its context (corrections.py)
+        b = p.bounds
+        want = side + (2 * CONTEXT_TILE_FRACTION * card.tile_size * card.gsd_m
+                       if p.holdout else 0.0)
+        assert b[2] - b[0] == pytest.approx(want, abs=0.2)
+        assert b[3] - b[1] == pytest.approx(want, abs=0.2)
+    assert sum(p.valid.size for p in parts) < 0.2 * (2000 * 1000)  # the area: 2 Mpx
+    with pytest.raises(CorrectionsError, match="no polygon of the layer is reviewed"):
+        build_corrections(RetrainParams({"kind": "file", "path": str(VIENNA)}, DEFAULT_MODEL,
+                                        feats[2:], crs="EPSG:31256", mode="review",
+                                        reviewed=[{"extent": [x0, y0, x0 + 200,
+                                                              y0 + 100]}]),
+                          [], card, FakePredictor(card, gain=0.0))
