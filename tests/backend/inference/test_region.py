@@ -19,14 +19,14 @@ def _probs(fg: np.ndarray) -> np.ndarray:
     return np.stack([1 - fg, fg]).astype(np.float32)
 
 
-def test_grow_keeps_the_component_under_the_click_and_snaps_to_a_near_one():
+def test_grow_keeps_the_object_under_the_click_and_snaps_to_a_near_one():
     fg = np.zeros((20, 20), np.float32)
     fg[2:6, 2:8] = 0.4      # the object clicked, above the relaxed threshold
     fg[3, 4] = 0.9
     fg[10:14, 10:14] = 0.8  # another object
     valid = np.ones_like(fg, bool)
-    cmap, seed = grow(_probs(fg), valid, 3, 3, 0.3)
-    assert seed == (3, 3) and cmap.sum() == 24 and cmap[2:6, 2:8].all()
+    cmap, seed = grow(_probs(fg), valid, 3, 3, 0.3)  # the core: the peak, grown back
+    assert seed == (3, 4) and cmap.sum() == 24 and cmap[2:6, 2:8].all()
     assert not cmap[10:14, 10:14].any()
     cmap, seed = grow(_probs(fg), valid, 8, 5, 0.3, snap_px=3)  # 3 rows below
     assert seed == (5, 5) and cmap.sum() == 24
@@ -34,8 +34,24 @@ def test_grow_keeps_the_component_under_the_click_and_snaps_to_a_near_one():
     assert seed is None and not cmap.any()
     cmap, seed = grow(_probs(fg), valid, 3, 3, 0.5)  # stricter: only the peak
     assert cmap.sum() == 1
-    valid[3, 4] = False
-    assert grow(_probs(fg), valid, 3, 4, 0.5, snap_px=1)[1] is None
+    valid[3, 4] = False  # an invalid pixel is never part of it
+    cmap, seed = grow(_probs(fg), valid, 3, 4, 0.3, snap_px=1)
+    assert cmap[3, 4] == 0 and cmap.sum() == 23
+
+
+def test_grow_splits_arrays_side_by_side_at_their_valley():
+    """Two arrays merged at the detection's threshold, with a valley of 0.7 between
+    them: a click on one outlines that one."""
+    fg = np.zeros((12, 30), np.float32)
+    fg[2:10, 2:14] = 0.99
+    fg[2:10, 14:16] = 0.7   # the gap between them
+    fg[2:10, 16:28] = 0.98
+    fg[1, 2:28] = 0.35      # the edge, below the threshold
+    valid = np.ones_like(fg, bool)
+    cmap, seed = grow(_probs(fg), valid, 5, 6, 0.3)
+    obj = cmap > 0
+    assert obj[2:10, 2:14].all() and obj[1, 2:14].all()
+    assert not obj[2:10, 16:].any()  # the core stops at the valley; the other array stays out
 
 
 def _click():
