@@ -27,8 +27,9 @@ tiles and a sparse VRT of all twelve (``gdalbuildvrt``). Steps and files:
 05  ``05-review.png``           the result in the dock's Review section: Next showed the
                                 most uncertain polygon, Accept took the next one; it is
                                 selected on the map, the counter says 1 reviewed
-06  ``06-review-add.png``       *Add by click* on a candidate miss (else on the shown
-                                polygon): the engine's outline added as ``added``
+06  ``06-review-add.png``       *Add by click* on a pv01 held-out tile: a click on an
+                                array the detection merged with its neighbour outlines
+                                that array alone, added as ``added``
 07  ``07-edit.png``             the user's corrections: detections deleted (the scene
                                 has no panels), one polygon drawn and its attributes
                                 filled (attribute table, column titles whole)
@@ -84,6 +85,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 SCREEN = "1440x900x24"
+#: The pv01 held-out tile of *Add by click*: nine reference arrays, some side by side.
+CLICK_TILE = "PV01_325192_1204246"
 WIDTH, HEIGHT = 1440, 900
 
 
@@ -366,6 +369,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         p, layer = plugin(), st["result"]
         sec = p.review.section
         shown = p.review.order[p.review.pos] if p.review.pos >= 0 else None
+        p.dock.scroll.ensureWidgetVisible(sec.current)
         ok = (st["first"] is not None and sec.counter.text().startswith("1 / ")
               and sec.current.text().startswith("#2 of")
               and layer.selectedFeatureIds() == [shown])
@@ -373,35 +377,66 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         return True
 
     def s_add_start():
-        from qgis.core import QgsCoordinateTransform
-        p, layer = plugin(), st["result"]
-        sec, canvas = p.review.section, iface.mapCanvas()
-        sec.buttons["add"].click()  # the click tool is armed
-        cands = [f for f in layer.getFeatures() if f["origin"] == "candidate"]
-        target = cands[0] if cands else layer.getFeature(layer.selectedFeatureIds()[0])
-        st["target"] = str(target["origin"] or "detection")
-        p.review.show_feature(target.id())
-        xf = QgsCoordinateTransform(layer.crs(), canvas.mapSettings().destinationCrs(),
-                                    QgsProject.instance())
-        point = xf.transform(target.geometry().pointOnSurface().asPoint())
-        t = time.monotonic()
-        st["added"] = p.review.add_at(QgsPointXY(point))
-        st["click_s"] = time.monotonic() - t
+        # a pv01 held-out tile with panel arrays side by side, detected in the dock
+        p = plugin()
+        st["walk_task"] = p.last_task
+        st["tile"] = add_raster(str(heldout / f"{CLICK_TILE}.tif"), CLICK_TILE)
+        runner.detect_all_of(st["tile"])
 
     def s_add_done():
-        p, layer = plugin(), st["result"]
-        fid = st.get("added")
+        p = plugin()
+        t = runner.finished_detection()
+        if t is None or t is st["walk_task"]:
+            return False
+        layer, sec = t.layer, p.review.section
+        st["tile_result"] = layer
+        iface.setActiveLayer(layer)
+        p.review.show_layer(layer)
+        panel, merged = click_target(layer)
+        sec.buttons["add"].click()  # the click tool is armed
+        point = panel.pointOnSurface().asPoint()
+        t0 = time.monotonic()
+        fid = p.review.add_at(QgsPointXY(point))
+        secs = time.monotonic() - t0
         f = layer.getFeature(fid) if fid is not None else None
+        iou = (f.geometry().intersection(panel).area() / f.geometry().combine(panel).area()
+               if f is not None else 0.0)
+        if f is not None:
+            p.review.show_feature(fid)
+        p.dock.scroll.ensureWidgetVisible(sec.current)
         ok = (f is not None and f["origin"] == "click" and f["review"] == "added"
-              and p.review.section.counter.text().startswith("2 / "))
-        area = f["area_m2"] if f is not None else None
-        record(ok, f"clicked a {st['target']}: added {area} m² (origin "
-                   f"{f['origin'] if f else None}) in {st['click_s']:.1f} s; dock: "
-                   f"{p.review.section.counter.text()}")
+              and iou >= 0.7 and sec.counter.text().startswith("1 / "))
+        which = "an array the detection missed or merged" if merged else "an array"
+        record(ok, f"clicked {which}: added {f['area_m2'] if f else None} m², IoU "
+                   f"{iou:.2f} with the array, in {secs:.1f} s; dock: {sec.counter.text()}")
         return True
 
+    def click_target(layer):
+        """The largest reference array of the tile no detection matches at IoU 0.5
+        (else the largest), and whether one was unmatched."""
+        from osgeo import gdal, ogr
+        ds = gdal.Open(str(heldout / f"{CLICK_TILE}_mask.tif"))
+        mem = ogr.GetDriverByName("Memory").CreateDataSource("m")
+        lyr = mem.CreateLayer("p", ds.GetSpatialRef())
+        lyr.CreateField(ogr.FieldDefn("v", ogr.OFTInteger))
+        band = ds.GetRasterBand(1)
+        gdal.Polygonize(band, band, lyr, 0, ["8CONNECTED=8"])
+        panels = [QgsGeometry.fromWkt(g.GetGeometryRef().ExportToWkt()) for g in lyr]
+        dets = [f.geometry() for f in layer.getFeatures() if f["origin"] == "detection"]
+        missed = [q for q in panels if not any(
+            d.intersection(q).area() / d.combine(q).area() >= 0.5 for d in dets)]
+        return max(missed or panels, key=lambda g: g.area()), bool(missed)
+
     def s_add_after():
-        plugin().review.section.buttons["add"].click()  # the map tool is given back
+        p = plugin()
+        p.review.section.buttons["add"].click()  # the map tool is given back
+        for key in ("tile_result", "tile"):
+            layer = st.pop(key, None)
+            if layer is not None:
+                QgsProject.instance().removeMapLayer(layer.id())
+        iface.mapCanvas().setDestinationCrs(st["raster"].crs())
+        iface.mapCanvas().setExtent(st["raster"].extent())
+        iface.setActiveLayer(st["result"])
 
     # ------------------------------------------------------------- edit, retrain
     def s_edit_start():

@@ -242,11 +242,12 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
     areas = parse_areas(params)
     _check_areas(areas, arrays)
     bounds = _area_bounds(areas, arrays)
-    read, read_bounds = areas, bounds
-    if params.mode == "review":  # only the windows around what was reviewed
+    if params.mode == "review":  # only the windows around what was reviewed, held
+        # out whole (each window is one or a few objects)
         read = review_windows(areas, bounds, feats, feat_crs, margin_of(params))
-        read_bounds = _area_bounds(read, arrays)
-    parts = split_areas(read, read_bounds, holdout_fraction)
+        parts = split_areas(read, _area_bounds(read, arrays), holdout_fraction, group_m=0.0)
+    else:
+        parts = split_areas(areas, bounds, holdout_fraction)
     if not any(p.holdout for p in parts) or all(p.holdout for p in parts):
         raise CorrectionsError("the reviewed areas cannot be split into a part to train "
                                "on and a part to check the result on")

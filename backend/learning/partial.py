@@ -90,7 +90,8 @@ def review_windows(areas: Sequence[Any], bounds: Sequence[Tuple[str, Tuple[float
     merged with the boxes it overlaps; each merged box, clipped to its area, becomes a
     part of that area (``backend.learning.reviewed.ReviewedPart`` with the area's
     index, source and holdout, its extent in the raster's CRS). An area without a
-    reviewed polygon is left out.
+    reviewed polygon is left out. The held-out part of a partial review is whole
+    windows (``backend.learning.reviewed.split_areas`` with windows apart as groups).
 
     Raises:
         CorrectionsError: no area holds a reviewed polygon.

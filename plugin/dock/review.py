@@ -63,6 +63,7 @@ class ReviewSection(QGroupBox):
         box = QVBoxLayout(self)
         self.counter = QLabel(NO_LAYER, self)
         self.counter.setObjectName("OrtholensReviewCounter")
+        self.counter.setWordWrap(True)  # a long layer name must not widen the dock
         self.current = QLabel("", self)
         self.current.setObjectName("OrtholensReviewCurrent")
         self.current.setWordWrap(True)

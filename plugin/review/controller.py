@@ -25,8 +25,8 @@ from ..retrain.memory import is_result_layer
 from .click import ClickTool, RegionFn, region_polygon, region_request
 
 #: Least side of the view around a reviewed polygon, metres: the roof and its
-#: neighbours.
-CONTEXT_M = 20.0
+#: neighbours (100 pixels of a 0.3 m orthophoto).
+CONTEXT_M = 30.0
 #: The view around a polygon is this many times its larger side.
 CONTEXT_FACTOR = 3.0
 
