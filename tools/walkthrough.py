@@ -369,12 +369,19 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         p, layer = plugin(), st["result"]
         sec = p.review.section
         shown = p.review.order[p.review.pos] if p.review.pos >= 0 else None
-        p.dock.scroll.ensureWidgetVisible(sec.current)
+        dock_to_bottom()
         ok = (st["first"] is not None and sec.counter.text().startswith("1 / ")
               and sec.current.text().startswith("#2 of")
               and layer.selectedFeatureIds() == [shown])
         record(ok, f"dock: {sec.counter.text()}; {sec.current.text()}")
         return True
+
+    def dock_to_bottom():
+        """Scroll the dock's column to its end (the Review section) once its layout
+        has settled."""
+        from qgis.PyQt.QtCore import QTimer
+        bar = plugin().dock.scroll.verticalScrollBar()
+        QTimer.singleShot(300, lambda: bar.setValue(bar.maximum()))
 
     def s_add_start():
         # a pv01 held-out tile with panel arrays side by side, detected in the dock
@@ -403,7 +410,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
                if f is not None else 0.0)
         if f is not None:
             p.review.show_feature(fid)
-        p.dock.scroll.ensureWidgetVisible(sec.current)
+        dock_to_bottom()
         ok = (f is not None and f["origin"] == "click" and f["review"] == "added"
               and iou >= 0.7 and sec.counter.text().startswith("1 / "))
         which = "an array the detection missed or merged" if merged else "an array"

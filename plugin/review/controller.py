@@ -81,9 +81,11 @@ class ReviewController:
             canvas.unsetMapTool(self.tool)
 
     def show_layer(self, layer: Any) -> None:
-        """Review ``layer`` when it is a result layer (its review fields added when it
-        has none), else show that there is nothing to review."""
-        if not (isinstance(layer, QgsVectorLayer) and is_result_layer(layer)):
+        """Review ``layer`` when it is a result layer (the dock's, or any layer of
+        result polygons: a batch job's; its review fields added when it has none), else
+        show that there is nothing to review."""
+        if not (isinstance(layer, QgsVectorLayer) and (
+                is_result_layer(layer) or {"class", "score"} <= set(layer.fields().names()))):
             self.layer, self.order, self.pos = None, [], -1
             self.section.show_layer(None)
             return
