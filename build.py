@@ -321,6 +321,9 @@ TASKS = {
     "eval": (tool(VENV_BACKEND, "-m", "tools.evaluate"), "held-out accuracy of the shipped models (JSON + Markdown)"),
     "retrain-eval": (tool(VENV_BACKEND, "-m", "tools.retrain_eval"), "the retrain loop on real data without a person: "
                                    "before/after numbers, rollback"),
+    "review-eval": (tool(VENV_BACKEND, "-m", "tools.review_eval"), "the review queue, Add by "
+                    "click and retraining from a partial review measured on pv01 with a "
+                    "simulated reviewer [--ensemble] [--no-retrain] [--steps N]"),
     "screenshot": (tool(VENV_QGIS, "tools/screenshot.py"), "QGIS desktop under Xvfb with a detection, as a PNG"),
     "report-shot": (tool(VENV_BACKEND, "-m", "tools.report_shot"), "the solar inventory "
                     "of the held-out detections (roofs, zones, an earlier date), its report "

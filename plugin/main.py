@@ -64,6 +64,8 @@ class OrtholensPlugin:
         self.importer = None
         #: the job table (:class:`~.jobs.controller.JobsController`).
         self.jobs = None
+        #: the review queue (:class:`~.review.controller.ReviewController`).
+        self.review = None
         #: the *Settings > Options > Ortholens* page factory while registered.
         self.options_factory = None
         #: Detect was pressed while the daemon was being started to list its models:
@@ -117,6 +119,8 @@ class OrtholensPlugin:
         self.importer = ImportController(self)
         from .jobs.controller import JobsController
         self.jobs = JobsController(self)
+        from .review.controller import ReviewController
+        self.review = ReviewController(self)
         from .install.zmqcheck import zmq_available
         if not zmq_available():  # say so now, not at the first click
             self.warn_pyzmq()
@@ -146,15 +150,11 @@ class OrtholensPlugin:
         if self.status_task is not None:
             self.status_task.on_done = None
             self.status_task = None
-        if self.retrain is not None:
-            self.retrain.unload()
-            self.retrain = None
-        if self.importer is not None:
-            self.importer.unload()
-            self.importer = None
-        if self.jobs is not None:
-            self.jobs.unload()
-            self.jobs = None
+        for name in ("retrain", "importer", "jobs", "review"):  # the controllers
+            controller = getattr(self, name)
+            if controller is not None:
+                controller.unload()
+                setattr(self, name, None)
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from .framing import (ALLOWED_DTYPES, DTYPE_BYTES, MAX_EXTENT_PIXELS, MAX_FRAMES,
                       MAX_UPLOAD_BYTES)
+from .results import REVIEW_STATES
 
 #: A field checker: value -> error text, or None when valid.
 Checker = Callable[[Any], Optional[str]]
@@ -324,7 +325,8 @@ def check_assumptions(x: Any) -> Optional[str]:
 # ----------------------------------------------------------------------------- retraining
 
 def check_features(x: Any) -> Optional[str]:
-    """``[{"wkt": str, "class": str, "class_id": int?, "area": int?}, ...]``."""
+    """``[{"wkt": str, "class": str, "class_id": int?, "area": int?, "review": str?},
+    ...]`` (``review``: one of ``protocol.results.REVIEW_STATES``)."""
     if not isinstance(x, list) or len(x) > MAX_RETRAIN_FEATURES:
         return f"must be a list of at most {MAX_RETRAIN_FEATURES} features"
     for i, f in enumerate(x):
@@ -338,6 +340,8 @@ def check_features(x: Any) -> Optional[str]:
                 return f"[{i}] '{k}' must be a non-negative integer"
         if f.get("class") is None and f.get("class_id") is None:
             return f"[{i}] needs a 'class' (or 'class_id')"
+        if f.get("review") is not None and f["review"] not in REVIEW_STATES:
+            return f"[{i}] 'review' must be one of {list(REVIEW_STATES)}"
     return None
 
 

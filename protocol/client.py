@@ -21,6 +21,7 @@ from .errors import DaemonUnavailable, JobCancelled
 from .importing import ImportParams
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, RetrainParams
+from .review import RegionParams
 from .version_params import DeleteParams, VersionsParams
 from .uploading import PixelUploads
 
@@ -146,6 +147,16 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         """
         return self._job(params.to_header(self.token), _arrays(pixels), on_progress,
                          is_cancelled, job_timeout_s, liveness_s)
+
+    def region(self, params: RegionParams, job_timeout_s: float = 60.0
+               ) -> Dict[str, Any]:
+        """The object under a click (a ``region`` job, ``protocol.review``): the
+        ``result`` header, ``features`` holding the grown polygon or nothing.
+
+        Raises:
+            As :meth:`detect`.
+        """
+        return self._job(params.to_header(self.token), [], None, None, job_timeout_s, 2.0)
 
     def inventory(self, params: InventoryParams,
                   on_progress: Optional[Callable[[float, str], None]] = None,

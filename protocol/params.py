@@ -315,17 +315,21 @@ class CorrectedFeature:
         class_name: class name from the model card (or None with ``class_id``).
         class_id: class index, 1.. (or None with ``class_name``).
         area: index of the reviewed area it belongs to (tiles that overlap), or None.
+        review: its review state (``protocol.results.REVIEW_STATES``), or None: a
+            ``deleted`` polygon is background; a retrain in ``review`` mode labels only
+            the reviewed ones (see :class:`RetrainParams`).
     """
 
     wkt: str
     class_name: Optional[str] = None
     class_id: Optional[int] = None
     area: Optional[int] = None
+    review: Optional[str] = None
 
     def to_wire(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"wkt": self.wkt}
         for k, v in (("class", self.class_name), ("class_id", self.class_id),
-                     ("area", self.area)):
+                     ("area", self.area), ("review", self.review)):
             if v is not None:
                 d[k] = v
         return d
@@ -335,7 +339,8 @@ class CorrectedFeature:
                   ) -> "CorrectedFeature":
         if isinstance(d, CorrectedFeature):
             return d
-        return cls(d["wkt"], d.get("class"), d.get("class_id"), d.get("area"))
+        return cls(d["wkt"], d.get("class"), d.get("class_id"), d.get("area"),
+                   d.get("review"))
 
 
 @dataclass(frozen=True)
@@ -409,6 +414,12 @@ class RetrainParams(RequestParams):
             everywhere, the guard vetoing; None: ``"area"``.
         site_margin_m: how far an area version's footprint reaches beyond the reviewed
             extents, metres; None: the daemon's (250).
+        mode: ``"extent"``: inside a reviewed area whatever no feature covers is
+            background; ``"review"`` (a partial review): only the features with a
+            reviewed ``review`` state and a margin around each are labelled, the rest
+            of the area is ignored by the loss and the gate
+            (``backend.learning.partial``); None: ``"extent"``.
+        margin_m: the margin of ``review`` mode, metres; None: the daemon's (2).
     """
 
     TYPE = "retrain"
@@ -433,6 +444,8 @@ class RetrainParams(RequestParams):
     bands: Optional[Tuple[int, ...]] = rule(check_bands, default=None)
     scope: Optional[str] = rule(one_of("area", "general"), default=None)
     site_margin_m: Optional[float] = rule(num_range(0.0, 10000.0), default=None)
+    mode: Optional[str] = rule(one_of("extent", "review"), default=None)
+    margin_m: Optional[float] = rule(num_range(0.0, 50.0), default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", source_from_wire(self.source))

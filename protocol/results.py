@@ -35,4 +35,29 @@ RESULT_FIELDS: Tuple[Tuple[str, str], ...] = (
 #: Field names of :data:`RESULT_FIELDS`, in order.
 RESULT_FIELD_NAMES: Tuple[str, ...] = tuple(name for name, _ in RESULT_FIELDS)
 
-__all__ = ["RESULT_FIELDS", "RESULT_FIELD_NAMES"]
+#: The review state of a result polygon (the ``review`` field): not looked at yet, kept
+#: as it is, deleted (kept in the layer, hidden, so it still teaches the model what is
+#: not an object), reshaped or re-classed, added by the user.
+REVIEW_STATES: Tuple[str, ...] = ("pending", "accepted", "deleted", "edited", "added")
+#: The states a user gave: a polygon in one of them is labelled by a partial review.
+REVIEWED_STATES: Tuple[str, ...] = REVIEW_STATES[1:]
+#: Where a result polygon came from (the ``origin`` field): the model's detection, a
+#: candidate miss of the engine, a click (``region`` request), drawn by hand.
+ORIGINS: Tuple[str, ...] = ("detection", "candidate", "click", "drawn")
+
+#: The fields a result layer carries for its review, after ``protocol.results``' ones:
+#: ``(name, kind)``.
+#:
+#: uncertainty  0..1, ``protocol.review.uncertainty`` (NULL for polygons drawn or clicked)
+#: rank         1.. the position in the review queue (``protocol.review.ranks``)
+#: review       one of :data:`REVIEW_STATES`
+#: origin       one of :data:`ORIGINS`
+REVIEW_FIELDS: Tuple[Tuple[str, str], ...] = (
+    ("uncertainty", "float"),
+    ("rank", "int"),
+    ("review", "str"),
+    ("origin", "str"),
+)
+
+__all__ = ["RESULT_FIELDS", "RESULT_FIELD_NAMES", "REVIEW_STATES", "REVIEWED_STATES", "ORIGINS",
+           "REVIEW_FIELDS"]

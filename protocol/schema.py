@@ -23,6 +23,7 @@ from .framing import PROTOCOL_VERSION, request_header
 from .importing import ImportParams
 from .inventory import InventoryParams
 from .params import BatchParams, DetectParams, PixelUpload, RetrainParams
+from .review import RegionParams
 from .rules import HeaderCheck, Rule, check_fields, request_rules
 from .version_params import DeleteParams, VersionsParams
 
@@ -58,6 +59,7 @@ REQUEST_SCHEMAS: Dict[str, Dict[str, Rule]] = {
     # make an ONNX file on the engine's computer one of its models (bring your own
     # model); the reply ``imported`` carries the new card
     "import_model": request_rules(ImportParams),
+    "region": request_rules(RegionParams),
 }
 REQUEST_TYPES = tuple(REQUEST_SCHEMAS)
 

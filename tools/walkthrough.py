@@ -4,6 +4,7 @@ script, not a test: ``build.py walkthrough``).
 Launcher (run from the repository root)::
 
     python3 tools/walkthrough.py [--raster RASTER] [--out DIR] [--timeout 2700] [--keep]
+                                 [--until STEP]
 
 Defaults: ``--raster`` the Vienna orthophoto (``<data>/vienna/vienna_44_2_ortho_2023_30cm.tif``,
 ``<data>`` = ``backend.config.data_dir``), ``--out`` ``out/walkthrough``. It installs the
@@ -23,35 +24,41 @@ tiles and a sparse VRT of all twelve (``gdalbuildvrt``). Steps and files:
                                 ``#1 thr … · vienna · model · HH:MM``; a warning amber
 04  ``04-repeat.png``           Detect again with the same settings and extent: the dock
                                 says which layer holds it
-05  ``05-edit.png``             the user's corrections: detections deleted (the scene
+05  ``05-review.png``           the result in the dock's Review section: Next showed the
+                                most uncertain polygon, Accept took the next one; it is
+                                selected on the map, the counter says 1 reviewed
+06  ``06-review-add.png``       *Add by click* on a pv01 held-out tile: a click on an
+                                array the detection merged with its neighbour outlines
+                                that array alone, added as ``added``
+07  ``07-edit.png``             the user's corrections: detections deleted (the scene
                                 has no panels), one polygon drawn and its attributes
                                 filled (attribute table, column titles whole)
-06  ``06-retrain-dialog.png``   *Retrain on corrections…*: the dialog with the counts and
+08  ``08-retrain-dialog.png``   *Retrain on corrections…*: the dialog with the counts and
                                 the warning that too few objects will be held out
-07  ``07-retrain-running.png``  the retrain running (phase, time elapsed and left)
-08  ``08-retrain-result.png``   the retrain's result window, its table whole
-09  ``09-versions.png``         *Keep this version anyway*: the versions panel lists it
+09  ``09-retrain-running.png``  the retrain running (phase, time elapsed and left)
+10  ``10-retrain-result.png``   the retrain's result window, its table whole
+11  ``11-versions.png``         *Keep this version anyway*: the versions panel lists it
                                 with its area, in use here, and says why buttons wait
-10  ``10-delete.png``           *Delete* of that version in use (the user said yes): rolled
+12  ``12-delete.png``           *Delete* of that version in use (the user said yes): rolled
                                 back, then deleted
-11  ``11-batch-running.png``    *Detect objects* on a VRT mosaic of four pv01 tiles in
+13  ``13-batch-running.png``    *Detect objects* on a VRT mosaic of four pv01 tiles in
                                 small regions: progress with the time left
-12  ``12-batch-cancel.png``     the user's Cancel: the log says it was cancelled, not failed
-13  ``13-jobs-table.png``       *Batch jobs…*: the job table with the cancelled job; why
+14  ``14-batch-cancel.png``     the user's Cancel: the log says it was cancelled, not failed
+15  ``15-jobs-table.png``       *Batch jobs…*: the job table with the cancelled job; why
                                 Cancel job cannot act
-14  ``14-jobs-resume.png``      *Resume*: the job finishes and its result is added, styled
+16  ``16-jobs-resume.png``      *Resume*: the job finishes and its result is added, styled
                                 and named as a batch result
-15  ``15-batch-done.png``       *Detect objects* on one tile, default output: the result
+17  ``17-batch-done.png``       *Detect objects* on one tile, default output: the result
                                 in the results folder, added styled and named
-16  ``16-evaluate.png``         *Evaluate* of the 12 pv01 held-out tiles' detections (one
+18  ``18-evaluate.png``         *Evaluate* of the 12 pv01 held-out tiles' detections (one
                                 batch job each) against their masks at 0.1 m: the figures
                                 of ``build.py eval``
-17  ``17-large-extent.png``     Detect in extent on the sparse VRT of those tiles (387
+19  ``19-large-extent.png``     Detect in extent on the sparse VRT of those tiles (387
                                 Mpx): refused, naming Detect objects, with *Run as a batch
                                 job…*
-18  ``18-no-layer.png``         Detect with no active layer: the message
-19  ``19-vector-layer.png``     Detect with a vector layer active: the message
-20  ``20-off-raster.png``       Detect with the map view off the raster: the message
+20  ``20-no-layer.png``         Detect with no active layer: the message
+21  ``21-vector-layer.png``     Detect with a vector layer active: the message
+22  ``22-off-raster.png``       Detect with the map view off the raster: the message
 ==  ==========================  ========================================================
 
 Every step is checked by the texts it shows (messages, labels, logs, layer names), not
@@ -78,6 +85,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 SCREEN = "1440x900x24"
+#: The pv01 held-out tile of *Add by click*: nine reference arrays, some side by side.
+CLICK_TILE = "PV01_325192_1204246"
 WIDTH, HEIGHT = 1440, 900
 
 
@@ -113,7 +122,7 @@ def build_vrts(heldout: Path, folder: Path) -> Dict[str, str]:
 
 
 def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
-                    keep: bool = False) -> Dict[str, Any]:
+                    keep: bool = False, until: str = "") -> Dict[str, Any]:
     """Run QGIS under Xvfb through the analyst's path and save one PNG per step.
 
     Args:
@@ -121,6 +130,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
         out_dir: folder of the PNGs and ``walkthrough.json`` (created; old PNGs removed).
         timeout_s: kill QGIS after this many seconds.
         keep: keep the temporary plugin/profile folder.
+        until: stop after the step of this name (one of :data:`STEPS`; ``""``: all).
 
     Returns:
         ``{"ok", "steps": [...], "returncode", "wall_seconds", "log_tail"}``.
@@ -136,6 +146,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
     if not raster_p.is_file():
         raise FileNotFoundError(f"raster not found: {raster_p}")
     require_qgis()
+    n_steps = STEPS.index(until) + 1 if until else len(STEPS)
     out = clean_out(out_dir, "walkthrough.json")
     tmp = Path(tempfile.mkdtemp(prefix="ortholens-walk-"))
     try:
@@ -150,6 +161,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
             "ORTHOLENS_RASTER": str(raster_p),
             "ORTHOLENS_WALK_OUT": str(out),
             "ORTHOLENS_WALK_TIMEOUT": str(max(60.0, timeout_s - 60.0)),
+            "ORTHOLENS_WALK_STEPS": str(n_steps),
             "ORTHOLENS_ENDPOINT": f"tcp://127.0.0.1:{free_port()}",
             "ORTHOLENS_AUTOSTART": "1",
             "ORTHOLENS_RESULTS": str(tmp / "results"),
@@ -157,7 +169,7 @@ def run_walkthrough(raster: str, out_dir: str, timeout_s: float = 2700.0,
             "ORTHOLENS_USER_MODELS": str(tmp / "user-models"),
             "XDG_DATA_HOME": str(tmp / "data"),
         }, timeout_s, screen=SCREEN)
-        return finish_steps(out / "walkthrough.json", len(STEPS), rc, log, t0)
+        return finish_steps(out / "walkthrough.json", n_steps, rc, log, t0)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -175,8 +187,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(_repo() / "out" / "walkthrough"))
     ap.add_argument("--timeout", type=float, default=2700.0, help="seconds")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--until", default="", choices=[""] + STEPS,
+                    help="stop after this step (default: every step)")
     a = ap.parse_args(argv)
-    info = run_walkthrough(a.raster, a.out, a.timeout, a.keep)
+    info = run_walkthrough(a.raster, a.out, a.timeout, a.keep, a.until)
     for s in info.get("steps", []):
         print(f"{'ok ' if s['ok'] else 'BAD'} {s['name']:<16} {s['seconds']:7.1f} s  {s['note']}")
     if not info["ok"]:
@@ -186,7 +200,8 @@ def main(argv=None) -> int:
 
 
 #: Step names, in order (the PNG of step i is ``f"{i:02d}-{name}.png"``).
-STEPS = ["open", "detect-running", "detect", "repeat", "edit", "retrain-dialog",
+STEPS = ["open", "detect-running", "detect", "repeat", "review", "review-add", "edit",
+         "retrain-dialog",
          "retrain-running", "retrain-result", "versions", "delete", "batch-running",
          "batch-cancel", "jobs-table", "jobs-resume", "batch-done", "evaluate",
          "large-extent", "no-layer", "vector-layer", "off-raster"]
@@ -338,6 +353,97 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         text = message()
         record("already holds this detection" in text and plugin().task is None, text)
         return True
+
+    # ------------------------------------------------------------- review
+    def s_review_start():
+        p, layer = plugin(), st["result"]
+        iface.setActiveLayer(layer)
+        p.review.show_layer(layer)
+        sec = p.review.section
+        p.dock.scroll.ensureWidgetVisible(sec)
+        sec.buttons["next"].click()
+        st["first"] = p.review.order[0] if p.review.order else None
+        sec.buttons["accept"].click()  # the first accepted: the second is shown
+
+    def s_review_done():
+        p, layer = plugin(), st["result"]
+        sec = p.review.section
+        shown = p.review.order[p.review.pos] if p.review.pos >= 0 else None
+        dock_to_bottom()
+        ok = (st["first"] is not None and sec.counter.text().startswith("1 / ")
+              and sec.current.text().startswith("#2 of")
+              and layer.selectedFeatureIds() == [shown])
+        record(ok, f"dock: {sec.counter.text()}; {sec.current.text()}")
+        return True
+
+    def dock_to_bottom():
+        """Scroll the dock's column to its end (the Review section) once its layout
+        has settled."""
+        from qgis.PyQt.QtCore import QTimer
+        bar = plugin().dock.scroll.verticalScrollBar()
+        QTimer.singleShot(300, lambda: bar.setValue(bar.maximum()))
+
+    def s_add_start():
+        # a pv01 held-out tile with panel arrays side by side, detected in the dock
+        p = plugin()
+        st["walk_task"] = p.last_task
+        st["tile"] = add_raster(str(heldout / f"{CLICK_TILE}.tif"), CLICK_TILE)
+        runner.detect_all_of(st["tile"])
+
+    def s_add_done():
+        p = plugin()
+        t = runner.finished_detection()
+        if t is None or t is st["walk_task"]:
+            return False
+        layer, sec = t.layer, p.review.section
+        st["tile_result"] = layer
+        iface.setActiveLayer(layer)
+        p.review.show_layer(layer)
+        panel, merged = click_target(layer)
+        sec.buttons["add"].click()  # the click tool is armed
+        point = panel.pointOnSurface().asPoint()
+        t0 = time.monotonic()
+        fid = p.review.add_at(QgsPointXY(point))
+        secs = time.monotonic() - t0
+        f = layer.getFeature(fid) if fid is not None else None
+        iou = (f.geometry().intersection(panel).area() / f.geometry().combine(panel).area()
+               if f is not None else 0.0)
+        if f is not None:
+            p.review.show_feature(fid)
+        dock_to_bottom()
+        ok = (f is not None and f["origin"] == "click" and f["review"] == "added"
+              and iou >= 0.7 and sec.counter.text().startswith("1 / "))
+        which = "an array the detection missed or merged" if merged else "an array"
+        record(ok, f"clicked {which}: added {f['area_m2'] if f else None} m², IoU "
+                   f"{iou:.2f} with the array, in {secs:.1f} s; dock: {sec.counter.text()}")
+        return True
+
+    def click_target(layer):
+        """The largest reference array of the tile no detection matches at IoU 0.5
+        (else the largest), and whether one was unmatched."""
+        from osgeo import gdal, ogr
+        ds = gdal.Open(str(heldout / f"{CLICK_TILE}_mask.tif"))
+        mem = ogr.GetDriverByName("Memory").CreateDataSource("m")
+        lyr = mem.CreateLayer("p", ds.GetSpatialRef())
+        lyr.CreateField(ogr.FieldDefn("v", ogr.OFTInteger))
+        band = ds.GetRasterBand(1)
+        gdal.Polygonize(band, band, lyr, 0, ["8CONNECTED=8"])
+        panels = [QgsGeometry.fromWkt(g.GetGeometryRef().ExportToWkt()) for g in lyr]
+        dets = [f.geometry() for f in layer.getFeatures() if f["origin"] == "detection"]
+        missed = [q for q in panels if not any(
+            d.intersection(q).area() / d.combine(q).area() >= 0.5 for d in dets)]
+        return max(missed or panels, key=lambda g: g.area()), bool(missed)
+
+    def s_add_after():
+        p = plugin()
+        p.review.section.buttons["add"].click()  # the map tool is given back
+        for key in ("tile_result", "tile"):
+            layer = st.pop(key, None)
+            if layer is not None:
+                QgsProject.instance().removeMapLayer(layer.id())
+        iface.mapCanvas().setDestinationCrs(st["raster"].crs())
+        iface.mapCanvas().setExtent(st["raster"].extent())
+        iface.setActiveLayer(st["result"])
 
     # ------------------------------------------------------------- edit, retrain
     def s_edit_start():
@@ -623,10 +729,12 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         iface.mapCanvas().setExtent(QgsRectangle(e.xMaximum() + 5000, e.yMinimum(),
                                                  e.xMaximum() + 5400, e.yMinimum() + 300))
 
-    runner.run([Step("open", s_open_start, s_open_done),
+    steps = ([Step("open", s_open_start, s_open_done),
                 Step("detect-running", s_running_start, s_running_done, settle=False),
                 Step("detect", lambda: None, s_detect_done),
                 Step("repeat", s_repeat_start, s_repeat_done),
+                Step("review", s_review_start, s_review_done),
+                Step("review-add", s_add_start, s_add_done, s_add_after),
                 Step("edit", s_edit_start, s_edit_done, s_edit_after),
                 # the dialog is modal: opened after the tick that starts the step
                 Step("retrain-dialog", s_rdialog_start, s_rdialog_done, s_rdialog_after,
@@ -645,6 +753,7 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
                 Step("no-layer", *bad_input(no_layer, "No active layer")),
                 Step("vector-layer", *bad_input(vector_layer, "is a vector layer")),
                 Step("off-raster", *bad_input(off_raster, "does not overlap"))])
+    runner.run(steps[:int(env.get("ORTHOLENS_WALK_STEPS") or len(steps))])
     qgis.utils._ortholens_walkthrough = runner  # type: ignore[attr-defined]
 
 

@@ -8,7 +8,7 @@ array frames. It returns the replies to send, in order, and raises an
 ``protocol.errors.OrtholensError`` whose code the client gets as an ``error`` reply.
 
 Families: the daemon's own (``ping``, ``models``, ``status``, ``cancel``); jobs queued
-on the interactive workers (``detect``, ``retrain``); the user model versions
+on the interactive workers (``detect``, ``region``, ``retrain``); the user model versions
 (``versions``, ``activate``, ``rollback``, ``keep``, ``delete``:
 ``backend.models.versions``); importing an ONNX file as a model (``import_model``:
 ``backend.models.imported``); pixel uploads (``upload``, ``window``:
@@ -167,6 +167,14 @@ def _queue(server, identity, header, request: Dict[str, Any], arrays,
     return [(identity, P.reply("accepted", header["id"], job_id=job.job_id))]
 
 
+def on_region(server, identity, header, arrays) -> Replies:
+    """Queue a ``region`` job (``backend.inference.region``): a short one, its source
+    checked as a detection's."""
+    request = {k: v for k, v in header.items() if k != "token"}
+    request["source"] = server.access.check_source(header["source"])
+    return _queue(server, identity, header, request, arrays)
+
+
 def on_inventory(server, identity, header, arrays) -> Replies:
     """Queue an ``inventory`` job (``backend.reports.job``), its paths checked."""
     request = {k: v for k, v in header.items() if k != "token"}
@@ -292,6 +300,7 @@ HANDLERS: Dict[str, Handler] = {
     "cancel": on_cancel,
     "detect": on_detect,
     "retrain": on_retrain,
+    "region": on_region,
     "inventory": on_inventory,
     "versions": on_versions,
     "activate": on_activate,

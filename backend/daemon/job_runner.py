@@ -41,6 +41,12 @@ def default_detect_fn(request, arrays, progress, cancelled):
     return run_detect(request, arrays, progress, cancelled)
 
 
+def default_region_fn(request, arrays, progress, cancelled):
+    """The ``region`` job function: ``backend.inference.region.run_region``."""
+    from backend.inference.region import run_region  # lazy: imports rasterio and engines
+    return run_region(request, arrays, progress, cancelled)
+
+
 def default_inventory_fn(request, arrays, progress, cancelled):
     """The ``inventory`` job function: ``backend.reports.job.run_inventory``."""
     from backend.reports.job import run_inventory  # lazy: shapely, pyproj, matplotlib
@@ -79,6 +85,8 @@ def result_frames(job: Job, out: Any) -> List[Any]:
                      features=out["features"], stats=out.get("stats", {}))
     if isinstance(out.get("retrain"), dict):  # a retrain job's report
         header["retrain"] = out["retrain"]
+    if isinstance(out.get("candidates"), list):  # a detection's candidate misses
+        header["candidates"] = out["candidates"]
     try:
         return P.encode(header, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
     except P.ProtocolError:
@@ -229,5 +237,5 @@ class JobRunner:
         return progress
 
 
-__all__ = ["MAX_MESSAGE", "clip", "default_detect_fn", "default_retrain_fn",
+__all__ = ["MAX_MESSAGE", "clip", "default_detect_fn", "default_region_fn", "default_retrain_fn",
            "result_frames", "failure", "JobRunner"]

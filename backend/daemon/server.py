@@ -51,7 +51,8 @@ from backend.daemon.access import Access
 from backend.daemon.batch_service import BatchService
 from backend.daemon.handlers import HANDLERS
 from backend.daemon.job_runner import (JobRunner, clip, default_detect_fn,
-                                       default_inventory_fn, default_retrain_fn)
+                                       default_inventory_fn, default_region_fn,
+                                       default_retrain_fn)
 from backend.daemon.jobs import JobFn, JobTable
 from backend.daemon.uploads import DEFAULT_IDLE_S, DEFAULT_MAX_BYTES, UploadStore
 from protocol.errors import OrtholensError
@@ -178,6 +179,7 @@ class Server:
         self.runner = JobRunner({"detect": detect_fn or default_detect_fn,
                                  "retrain": retrain_fn or default_retrain_fn,
                                  "inventory": default_inventory_fn,
+                                 "region": default_region_fn,
                                  "batch": self.batch.run},
                                 self.table.lock, self._stop, self.uploads.release_job,
                                 progress_interval_s)

@@ -27,6 +27,7 @@ from backend.models.card import ModelCard
 from backend.models.catalog import load_card
 from protocol.choice import GsdChoice
 from protocol.params import DetectParams
+from protocol.review import CANDIDATE_LOW
 
 
 def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.ndarray],
@@ -50,8 +51,10 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
             post-processing (evaluation: calibration, precision-recall curves).
 
     Returns:
-        ``{"crs": WKT, "features": [...], "stats": {...}}`` with geometries in the
-        raster's CRS.
+        ``{"crs": WKT, "features": [...], "candidates": [...], "stats": {...}}`` with
+        geometries in the raster's CRS; each feature and candidate miss carries its
+        ``uncertainty`` (``protocol.review``); candidates: objects whose probability
+        lies in [``protocol.review.CANDIDATE_LOW``, threshold) meeting no detection.
 
     Raises:
         JobError: unknown/corrupt model (``not_found`` / ``invalid_input``), unusable
@@ -82,11 +85,13 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
             t_detect = time.perf_counter()
             out = detector.detect(
                 detector.whole, lambda f, m: progress(0.9 * f, m), cancelled,
-                on_probs=(lambda p, v, w: on_probs(p, v, grid)) if on_probs else None)
+                on_probs=(lambda p, v, w: on_probs(p, v, grid)) if on_probs else None,
+                candidates_low=CANDIDATE_LOW)
         finally:
             reader.close()
     progress(0.92, "polygonizing")
-    feats = features(out.detections, card, grid)
+    feats = features(out.detections, card, grid, threshold=opts.threshold)
+    cands = features(out.candidates, card, grid, threshold=opts.threshold)
     stats = _stats(grid, card, opts, predictor, feats, out, t0,
                    t_detect - t0 + out.probs_seconds)
     if choice is not None:
@@ -94,7 +99,8 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
     if by_gsd is not None:
         stats["gsd_choice"] = by_gsd.to_wire()
     progress(1.0, f"{len(feats)} polygons")
-    return {"crs": output_crs(grid), "features": feats, "stats": stats}
+    return {"crs": output_crs(grid), "features": feats, "candidates": cands,
+            "stats": stats}
 
 
 def model_for(params: DetectParams, ds) -> Tuple[ModelCard, Optional[GsdChoice]]:

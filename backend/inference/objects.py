@@ -17,7 +17,12 @@ One function chain serves a detection of one extent and every region of a batch 
 3. :func:`polygons`: object filters, then polygons traced in the whole grid's pixel
    coordinates, so a window gives the polygons of the whole grid bit for bit;
 4. :func:`features`: the protocol's result features (``protocol.results``), in the
-   raster's own CRS (:func:`to_source_crs`).
+   raster's own CRS (:func:`to_source_crs`), with each object's uncertainty
+   (``protocol.review.uncertainty``) when the threshold is given.
+
+:func:`candidate_objects` runs steps 1 to 3 once more at a low threshold
+(``protocol.review.CANDIDATE_LOW``) for the review queue's candidate misses: the
+objects of the relaxed class map that meet no detection.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from scipy import ndimage
 from backend.inference.postprocess import (Detection, class_map, clean_masks, filter_objects,
                                           polygonize)
 from backend.models.card import ModelCard
+from protocol.review import uncertainty
 from protocol.window import Window
 
 _EIGHT = np.ones((3, 3), bool)
@@ -184,6 +190,41 @@ def polygons(cmap: np.ndarray, probs: np.ndarray, card: ModelCard, opts, transfo
     return np.stack(maps), dets
 
 
+def candidate_objects(probs: np.ndarray, valid: np.ndarray, detected: np.ndarray,
+                      card: ModelCard, opts, transform, win: Window, core: Window,
+                      height: int, width: int, low: float) -> List[Detection]:
+    """Candidate misses of a window: the objects of the class map at threshold ``low``
+    (cleaned and owned as detections are, :func:`class_maps`, :func:`owned_objects`)
+    that share no pixel with a detection, polygonized like detections
+    (``score``: their mean class probability, below the threshold unless an object
+    filter removed them; no solidity or score filter).
+
+    Args:
+        probs: float32 (channels, h, w) stitched probabilities of the window.
+        valid: bool (h, w) valid-data mask.
+        detected: uint8 (h, w) the window's filtered class map of detections
+            (:func:`polygons`' first output).
+        card, opts, transform, win, core, height, width: as :func:`polygons` and
+            :func:`owned_objects`.
+        low: the candidates' lowest probability, 0..1, below ``opts.threshold``.
+
+    Returns:
+        Detections in the grid's CRS (``agreement`` as for detections, at
+        ``opts.threshold``).
+    """
+    class_probs, members = split_probs(probs, card)
+    relaxed = dataclasses.replace(opts, threshold=low)
+    raw, cleaned = class_maps(class_probs, valid, card, relaxed, transform)
+    owned, _ = owned_objects(raw, cleaned, win, core, height, width)
+    lab, _ = ndimage.label(owned > 0, structure=_EIGHT)
+    hit = np.unique(lab[(detected > 0) & (lab > 0)])
+    owned = np.where(np.isin(lab, hit) | (lab == 0), 0, owned).astype(np.uint8)
+    offset = None if win == Window(0, 0, height, width) else (win.row, win.col)
+    return polygonize(owned, class_probs, transform, opts.simplify_m, opts.min_area_m2,
+                      member_probs=members, threshold=opts.threshold,
+                      ortho=opts.orthogonalize, pixel_offset=offset)
+
+
 def to_source_crs(dets: List[Detection], grid) -> List[Detection]:
     """The detections with their geometries in the raster's own CRS when the grid was
     reprojected (``grid.source_crs_wkt``; see ``backend.inference.grid.grid_crs``), else
@@ -215,9 +256,12 @@ def wkt_precision(crs_wkt: str) -> int:
 
 
 def features(dets: List[Detection], card: ModelCard, grid=None,
-             precision: Optional[int] = None) -> List[Dict]:
+             precision: Optional[int] = None,
+             threshold: Optional[float] = None) -> List[Dict]:
     """Protocol ``result`` features for detections: ``wkt`` plus the attributes of
-    ``protocol.results.RESULT_FIELDS`` except ``detected_at``.
+    ``protocol.results.RESULT_FIELDS`` except ``detected_at``, and with ``threshold``
+    each one's ``uncertainty`` (``protocol.review.uncertainty`` of its score and
+    agreement; the agreement counts for an ensemble only).
 
     Args:
         dets: detections in the grid's CRS.
@@ -225,14 +269,23 @@ def features(dets: List[Detection], card: ModelCard, grid=None,
             (:func:`to_source_crs`) and ``precision`` defaults to its
             :func:`wkt_precision`; None: as they are, 3 decimals.
         precision: decimals of the WKT coordinates.
+        threshold: the detection's probability threshold, 0..1; None: no
+            ``uncertainty``.
     """
     import shapely
     if grid is not None:
         dets = to_source_crs(dets, grid)
         precision = wkt_precision(output_crs(grid)) if precision is None else precision
     precision = 3 if precision is None else precision
-    return [{"wkt": shapely.to_wkt(d.geometry, rounding_precision=precision),
+    members = len(card.members) if card.is_ensemble else 1
+    out = []
+    for d in dets:
+        f = {"wkt": shapely.to_wkt(d.geometry, rounding_precision=precision),
              "class": card.class_name(d.class_id), "class_id": d.class_id,
              "score": round(d.score, 4), "agreement": round(d.agreement, 4),
              "area_m2": round(d.area_m2, 3), "model": card.id,
-             "model_version": card.version} for d in dets]
+             "model_version": card.version}
+        if threshold is not None:
+            f["uncertainty"] = uncertainty(d.score, threshold, d.agreement, members)
+        out.append(f)
+    return out

@@ -34,14 +34,15 @@ import os
 import time
 from collections import OrderedDict
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 import protocol as P
 from backend.inference.backoff import BatchBackoff
-from backend.inference.objects import class_maps, merged, owned_objects, polygons
+from backend.inference.objects import (candidate_objects, class_maps, merged, owned_objects,
+                                       polygons)
 from backend.inference.postprocess import Detection
 from backend.inference.raster import read_ahead
 from backend.inference.tiling import Stitcher, batches, plan_tiling
@@ -248,6 +249,8 @@ class RegionOutput:
             predictor / taken from the cache (summed over halo retries).
         valid_fraction: share of the window's pixels with valid data.
         probs_seconds: seconds until the window's probabilities were stitched.
+        candidates: the candidate misses the region owns
+            (:func:`~backend.inference.objects.candidate_objects`), when asked for.
     """
 
     detections: List[Detection]
@@ -259,6 +262,7 @@ class RegionOutput:
     tiles_cached: int
     valid_fraction: float
     probs_seconds: float
+    candidates: List[Detection] = field(default_factory=list)
 
 
 class RegionDetector:
@@ -361,8 +365,8 @@ class RegionDetector:
 
     def detect(self, core: Window, progress: Optional[Progress] = None,
                cancelled: Optional[Callable[[], bool]] = None,
-               on_probs: Optional[Callable[[np.ndarray, np.ndarray, Window], None]] = None
-               ) -> RegionOutput:
+               on_probs: Optional[Callable[[np.ndarray, np.ndarray, Window], None]] = None,
+               candidates_low: Optional[float] = None) -> RegionOutput:
         """The objects ``core`` owns (the exactly-once rule), with their polygons.
 
         Args:
@@ -370,6 +374,8 @@ class RegionDetector:
             progress, cancelled: as :meth:`probabilities`.
             on_probs: called with the window's stitched ``(probs, valid, window)``
                 before post-processing (evaluation: calibration, precision-recall).
+            candidates_low: also find the candidate misses down to this probability
+                (``protocol.review.CANDIDATE_LOW``); None: none.
 
         Raises:
             JobCancelled, JobError: as :meth:`probabilities`.
@@ -392,10 +398,14 @@ class RegionDetector:
         t_probs = time.perf_counter() - t0
         if on_probs is not None:
             on_probs(st.probs, st.valid, win)
-        _, dets = polygons(owned, st.probs, self.card, opts, g.transform, win, g.height,
-                           g.width)
+        kept, dets = polygons(owned, st.probs, self.card, opts, g.transform, win, g.height,
+                              g.width)
+        cands = [] if candidates_low is None else candidate_objects(
+            st.probs, st.valid, kept, self.card, opts, g.transform, win, core, g.height,
+            g.width, candidates_low)
         return RegionOutput(dets, win, halo, touching, st.tiles, run, cached,
-                            float(st.valid.mean()) if st.valid.size else 0.0, t_probs)
+                            float(st.valid.mean()) if st.valid.size else 0.0, t_probs,
+                            cands)
 
 
 def predict_grid(reader, grid, predictor, batch_size: int,

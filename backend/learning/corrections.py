@@ -5,7 +5,9 @@ deleted false detections, added missed panels, reshaped or re-classed others) as
 features with their ``class`` and the layer's CRS, plus the *reviewed areas*: the
 extents the user checked (by default each detection run's extent), all held by a
 :class:`protocol.params.RetrainParams`. Inside a reviewed area the corrected layer is
-the truth: what is not covered by a polygon is background.
+the truth: what is not covered by a polygon is background. A *partial* review
+(``mode`` ``"review"``) labels only the polygons the user reviewed and a margin around
+each, the rest being ignored (:mod:`backend.learning.partial`).
 
 :func:`build_corrections` turns that into training data:
 
@@ -43,10 +45,12 @@ import numpy as np
 
 import protocol as P
 from backend.learning.mistakes import diff_maps, mistake_maps
+from backend.learning.partial import extent_labels, margin_of, partial_labels, review_windows
 from backend.learning.reviewed import (Bounds, ReviewedData, ReviewedPart, grid_bounds,
                                        parse_areas, split_areas)
 from protocol.errors import CorrectionsError, InputError, JobCancelled
 from protocol.params import RetrainParams
+from protocol.results import REVIEWED_STATES
 
 log = logging.getLogger("ortholens.corrections")
 
@@ -56,8 +60,9 @@ MAX_REVIEWED_PIXELS = 64_000_000
 #: strip a quarter of an area wide, read alone, would be judged on tiles padded by
 #: reflection on three sides, which no detection of the area ever sees.
 CONTEXT_TILE_FRACTION = 0.25
-#: A corrected feature: ``(polygonal shapely geometry, class id, area index or None)``.
-Feature = Tuple[Any, int, Optional[int]]
+#: A corrected feature: ``(polygonal shapely geometry, class id, area index or None,
+#: review state or None)``.
+Feature = Tuple[Any, int, Optional[int], Optional[str]]
 Progress = Callable[[float, str], None]
 
 
@@ -91,17 +96,18 @@ class Corrections:
 # ----------------------------------------------------------------------------- features
 
 def parse_features(features: Sequence[Dict[str, Any]], class_ids: Dict[str, int],
-                   invalid: str = "repair") -> Tuple[List[Tuple[Any, int, Optional[int]]],
-                                                     List[str], int]:
+                   invalid: str = "repair") -> Tuple[List[Feature], List[str], int]:
     """Parse corrected features.
 
     Args:
-        features: ``[{"wkt": str, "class": str, "class_id": int?, "area": int?}]``.
+        features: ``[{"wkt": str, "class": str, "class_id": int?, "area": int?,
+            "review": str?}]``.
         class_ids: class name -> id of the model card.
         invalid: ``"repair"`` (``shapely.make_valid``, with a warning) or ``"refuse"``.
 
     Returns:
-        ``([(polygonal geometry, class id, area index or None)], warnings, n_repaired)``;
+        ``([(polygonal geometry, class id, area index or None, review state or None)],
+        warnings, n_repaired)``;
         empty geometries and non-polygon parts are dropped (with a warning).
 
     Raises:
@@ -112,7 +118,7 @@ def parse_features(features: Sequence[Dict[str, Any]], class_ids: Dict[str, int]
     from shapely.validation import explain_validity, make_valid
 
     ids = set(class_ids.values())
-    out: List[Tuple[Any, int, Optional[int]]] = []
+    out: List[Feature] = []
     warnings: List[str] = []
     repaired = 0
     for i, f in enumerate(features):
@@ -150,7 +156,7 @@ def parse_features(features: Sequence[Dict[str, Any]], class_ids: Dict[str, int]
             warnings.append(f"feature {i} is not a polygon; ignored")
             continue
         area = f.get("area")
-        out.append((g, cid, int(area) if isinstance(area, int) else None))
+        out.append((g, cid, int(area) if isinstance(area, int) else None, f.get("review")))
     return out, warnings, repaired
 
 
@@ -236,7 +242,12 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
     areas = parse_areas(params)
     _check_areas(areas, arrays)
     bounds = _area_bounds(areas, arrays)
-    parts = split_areas(areas, bounds, holdout_fraction)
+    if params.mode == "review":  # only the windows around what was reviewed, held
+        # out whole (each window is one or a few objects)
+        read = review_windows(areas, bounds, feats, feat_crs, margin_of(params))
+        parts = split_areas(read, _area_bounds(read, arrays), holdout_fraction, group_m=0.0)
+    else:
+        parts = split_areas(areas, bounds, holdout_fraction)
     if not any(p.holdout for p in parts) or all(p.holdout for p in parts):
         raise CorrectionsError("the reviewed areas cannot be split into a part to train "
                                "on and a part to check the result on")
@@ -252,7 +263,8 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
                                   + (f" ({a.part})" if a.part else ""))
         read, total_px = _read_part(a, arrays, card, params.bands, predictor, opts.batch_size,
                                     cancelled, total_px)
-        ad = _part_data(a, read, feats, feat_crs, card, opts, mistake_weight, used_features)
+        ad = _part_data(a, read, feats, feat_crs, card, opts, mistake_weight, used_features,
+                        params)
         (out_hold if a.holdout else out_train).append(ad)
     warnings += _unused_warnings(feats, used_features, feat_crs, areas, bounds)
     progress(1.0, "corrections read")
@@ -391,10 +403,12 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
 
 
 def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, opts,
-               mistake_weight: float, used_features: Set[int]) -> ReviewedData:
+               mistake_weight: float, used_features: Set[int],
+               params: RetrainParams) -> ReviewedData:
     """The part's image, the current model's cleaned class map, the corrected target,
     the pixels judged, the loss weights and the diff counts; the features it uses are
-    added to ``used_features``."""
+    added to ``used_features``. In ``review`` mode only the pixels a partial review
+    labels (``backend.learning.partial``) are judged and weighted."""
     from shapely.geometry import box
 
     from backend.inference.bands import to_uint8
@@ -407,9 +421,17 @@ def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, 
     if r.read != r.own:  # judge the part itself, not its context
         frame = _part_outline(r)
         scored = valid & (_rasterize([(frame, 1)], grid) > 0)
-    target, n_here = _part_target(a, r, feats, feat_crs, frame, used_features)
-    target[~valid] = 0
+    here, n_here = _part_features(a, r, feats, feat_crs, frame, used_features)
     judged = valid if scored is None else scored
+    if params.mode == "review":
+        target, labelled = partial_labels(
+            [(g, c, st) for g, c, st in here if st in REVIEWED_STATES],
+            [g for g, _, st in here if st not in REVIEWED_STATES], grid,
+            margin_of(params))
+        judged = scored = judged & labelled
+    else:
+        target = extent_labels(here, grid)
+    target[~valid] = 0
     weight, hard = mistake_maps(pred, target, judged, mistake_weight)
     stats = diff_maps(pred, target, judged, len(card.classes))
     return ReviewedData(a, grid, image, valid, pred, target, weight, hard, stats, n_here,
@@ -433,33 +455,28 @@ def _rasterize(shapes: List[Tuple[Any, int]], grid) -> np.ndarray:
                      fill=0, dtype="uint8")
 
 
-def _part_target(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, frame,
-                 used_features: Set[int]) -> Tuple[np.ndarray, int]:
-    """The corrected class map, uint8 (H, W), of the features of area ``a`` that meet
-    the grid, and how many meet ``frame`` (the part judged; they are added to
-    ``used_features``)."""
+def _part_features(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, frame,
+                   used_features: Set[int]) -> Tuple[List[Tuple[Any, int, Optional[str]]], int]:
+    """``(geometry in the grid's CRS, class id, review state)`` of the features of area
+    ``a`` that meet the grid, and how many meet ``frame`` (the part judged; they are
+    added to ``used_features``)."""
     from rasterio.warp import transform_geom
     from shapely.geometry import box, mapping, shape
     whole = box(*grid_bounds(r.grid))
     shapes = []
     n_here = 0
-    for fi, (g, cid, area_idx) in enumerate(feats):
+    for fi, (g, cid, area_idx, state) in enumerate(feats):
         if area_idx is not None and area_idx != a.index:
             continue
         if feat_crs is not None and feat_crs != r.raster_crs:
             g = shape(transform_geom(feat_crs, r.raster_crs, mapping(g)))
         if not g.intersects(whole):
             continue
-        shapes.append((g, cid))
+        shapes.append((g, cid, state))
         if g.intersects(frame):
             used_features.add(fi)
             n_here += 1
-    if not shapes:
-        return np.zeros((r.grid.height, r.grid.width), np.uint8), n_here
-    # larger polygons first, so a small polygon of another class drawn on top of a big
-    # one stays visible
-    shapes.sort(key=lambda s: -s[0].area)
-    return _rasterize(shapes, r.grid), n_here
+    return shapes, n_here
 
 
 def _unused_warnings(feats: List[Feature], used_features: Set[int], feat_crs,
@@ -467,7 +484,7 @@ def _unused_warnings(feats: List[Feature], used_features: Set[int], feat_crs,
                      ) -> List[str]:
     """Warnings on the corrected features no part used: outside every reviewed area,
     or in the strip left between the part trained on and the held-out part."""
-    unused = [(g, ai) for fi, (g, _, ai) in enumerate(feats) if fi not in used_features]
+    unused = [(g, ai) for fi, (g, _, ai, _) in enumerate(feats) if fi not in used_features]
     in_gap = sum(1 for g, ai in unused
                  if any(_inside(g, feat_crs, b) for a, b in zip(areas, bounds)
                         if ai is None or ai == a.index))

@@ -53,7 +53,8 @@ from backend.learning.evaluation import (Gate, candidate_predictor, choose_guard
                                          guard_pixels)
 from backend.learning.finetune import RetrainConfig, finetune
 from backend.learning.reviewed import file_sources, whole_extents
-from backend.learning.time_plan import Progress, TimedPredictor, TimePlan, remember_export_s
+from backend.learning.time_plan import (MIN_TRAIN_STEPS, Progress, TimedPredictor, TimePlan,
+                                        remember_export_s)
 from backend.models.area import area_of_extents
 from backend.models.card import ModelCard
 from backend.models.catalog import load_card
@@ -322,6 +323,13 @@ def _record(job: _Job, report: Dict[str, Any]) -> None:
             f"{job.cfg.budget_s:.0f} s budget: preparing the data and evaluating the gate "
             f"alone took {over:.0f} s here; give a larger budget or review a smaller "
             f"area")
+    steps, asked = report["train"].get("steps"), job.params.steps
+    if isinstance(steps, int) and steps < MIN_TRAIN_STEPS and (asked is None or steps < asked):
+        report["warnings"].append(
+            f"training took only {steps} step{'s' if steps != 1 else ''}, fewer than the "
+            f"{MIN_TRAIN_STEPS} a retrain needs to learn: preparing the data and the gate "
+            f"left {times.get('training_s', 0.0):.0f} s of the {job.cfg.budget_s:.0f} s "
+            f"budget (the machine may be busy); give a larger budget")
     job.run.set_tag("ortholens.decision", "accepted" if report["accepted"] else "rejected")
     job.run.set_tag("ortholens.reason", report["reason"])
     job.run.log_artifact_text("report.json", json.dumps(report, indent=2, default=str))

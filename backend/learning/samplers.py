@@ -38,7 +38,9 @@ class ChipSampler:
     """Training chips from corrected areas, weighted toward the mistakes.
 
     A chip is centred on a random *hard* pixel (an object-level mistake) with
-    probability ``hard_fraction`` when the area has any, else placed uniformly; areas
+    probability ``hard_fraction`` when the area has any, else placed uniformly over the
+    labelled pixels (those of positive loss weight: the valid ones, or what a partial
+    review labelled, ``backend.learning.partial``); areas
     are drawn in proportion to ``sqrt(hard pixels) + sqrt(valid pixels) / 10`` so that
     areas with more mistakes give more chips. Chips smaller than ``chip`` (small areas)
     are padded by reflection with zero weight (:func:`pad_chip`).
@@ -52,12 +54,13 @@ class ChipSampler:
 
     def __init__(self, areas: Sequence[ReviewedData], chip: int, rng: np.random.Generator,
                  hard_fraction: float = 0.7):
-        self.areas = [a for a in areas if a.valid.any()]
+        areas = [a for a in areas if a.valid.any()]
+        self.areas = [a for a in areas if (a.weight > 0).any()]
         self.chip = int(chip)
         self.rng = rng
         self.hard_fraction = float(hard_fraction)
         self._hard = [np.flatnonzero(a.hard) for a in self.areas]
-        self._valid = [np.flatnonzero(a.valid) for a in self.areas]
+        self._valid = [np.flatnonzero(a.weight > 0) for a in self.areas]
         w = np.array([math.sqrt(len(h)) + math.sqrt(len(v)) / 10.0
                       for h, v in zip(self._hard, self._valid)], np.float64)
         self.p = w / w.sum() if len(w) and w.sum() > 0 else None

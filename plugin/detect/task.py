@@ -177,7 +177,8 @@ class DetectTask(QgsTask):
         self.setProgress(96)
         self.message.emit("Writing the GeoPackage…")
         self.table = safe_name(f"{model_id}_{self.plan.layer_name}", 60)
-        self.n_features = write_result_gpkg(self.result, self.out_path, self.table)
+        written = write_result_gpkg(self.result, self.out_path, self.table)
+        self.n_features = written - len(self.result.get("candidates") or [])
         self.setProgress(100)
         return True
 

@@ -34,6 +34,10 @@ FIELD_ALIASES = {
     "model": "Model",
     "model_version": "Model version",
     "detected_at": "Detected at (UTC)",
+    "uncertainty": "Uncertainty (0–1)",
+    "rank": "Review rank",
+    "review": "Review",
+    "origin": "Origin",
 }
 
 #: What tells a drawn polygon from a detected one, said in a result layer's metadata.
@@ -78,7 +82,9 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
     * ``class_id`` (read-only in forms) follows ``class``, by the card's ids; a class
       the card does not know keeps its ``class_id``;
     * ``score``, ``agreement``, ``model``, ``model_version`` and ``detected_at`` get no
-      default: NULL marks a polygon drawn by hand.
+      default: NULL marks a polygon drawn by hand;
+    * ``review`` (picked from ``protocol.results.REVIEW_STATES``) defaults to
+      ``added`` and ``origin`` to ``drawn``: a polygon drawn by hand is the user's.
 
     Args:
         layer: the result layer (fields of :data:`~.schema.RESULT_FIELDS`; missing ones
@@ -96,7 +102,22 @@ def setup_result_fields(layer: QgsVectorLayer, classes: List[Dict[str, Any]]) ->
         layer.setDefaultValueDefinition(ai, QgsDefaultValue(area_expression(layer.crs()), True))
         form.setReadOnly(ai, True)
     _setup_class_fields(layer, form, [c for c in classes if c.get("name") not in (None, "")])
+    _setup_review_fields(layer)
     layer.setEditFormConfig(form)
+
+
+def _setup_review_fields(layer: QgsVectorLayer) -> None:
+    """``review``: a list of the review states, ``added`` for a new polygon; ``origin``:
+    ``drawn`` for a new polygon (a click of the add tool sets ``click``)."""
+    from protocol.results import REVIEW_STATES
+    fields = layer.fields()
+    ri, oi = fields.indexOf("review"), fields.indexOf("origin")
+    if ri >= 0:
+        layer.setDefaultValueDefinition(ri, QgsDefaultValue("'added'", False))
+        layer.setEditorWidgetSetup(ri, QgsEditorWidgetSetup(
+            "ValueMap", {"map": [{s: s} for s in REVIEW_STATES]}))
+    if oi >= 0:
+        layer.setDefaultValueDefinition(oi, QgsDefaultValue("'drawn'", False))
 
 
 def _fit_column_titles(layer: QgsVectorLayer) -> None:

@@ -23,7 +23,7 @@ from qgis.core import (
 from protocol.errors import ResultLayerError
 
 from ..detect.crs import crs_from_text
-from .schema import feature_attributes, result_fields, utc_datetime
+from .schema import feature_attributes, queue_features, result_fields, utc_datetime
 
 
 def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
@@ -46,7 +46,8 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
             "(UTC)".
 
     Returns:
-        The number of features written. Polygons are stored as MultiPolygon.
+        The number of features written (the detections and the candidate misses).
+        Polygons are stored as MultiPolygon.
 
     Raises:
         ResultLayerError: ``result["crs"]`` is not a valid CRS, a feature has invalid
@@ -66,10 +67,11 @@ def write_result_gpkg(result: Dict[str, Any], path: str, layer_name: str,
 
 def result_features(result: Dict[str, Any], fields: QgsFields, detected_at: Any
                     ) -> List[QgsFeature]:
-    """The features of a daemon's result as MultiPolygon ``QgsFeature`` s of ``fields``.
+    """The features of a daemon's result, then its candidate misses, as MultiPolygon
+    ``QgsFeature`` s of ``fields``, ranked for review (:func:`~.schema.queue_features`).
 
     Args:
-        result: the daemon's result (``features`` with ``wkt``).
+        result: the daemon's result (``features`` with ``wkt``, ``candidates``).
         fields: the result table's fields (:func:`~.schema.result_fields`).
         detected_at: the ``QDateTime`` stored in ``detected_at``.
 
@@ -77,7 +79,7 @@ def result_features(result: Dict[str, Any], fields: QgsFields, detected_at: Any
         ResultLayerError: a feature has no readable WKT, or is not a polygon.
     """
     feats: List[QgsFeature] = []
-    for i, f in enumerate(result.get("features") or []):
+    for i, f in enumerate(queue_features(result)):
         geom = QgsGeometry.fromWkt(str(f.get("wkt", "")))
         if geom.isNull() or geom.isEmpty():
             raise ResultLayerError(f"feature {i} of the result has no readable WKT geometry")

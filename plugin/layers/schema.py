@@ -1,5 +1,6 @@
 """The attribute table of a result layer: ``protocol.results``' result schema, with
-``detected_at`` a GeoPackage DateTime (UTC)."""
+``detected_at`` a GeoPackage DateTime (UTC), then the review fields
+(``protocol.results.REVIEW_FIELDS``: uncertainty, rank, review, origin)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ _KINDS = {"str": (QVariant.String, str), "int": (QVariant.Int, int),
 #: Fields stored as a GeoPackage DateTime (UTC) although the protocol carries text.
 DATETIME_FIELDS = ("detected_at",)
 
-#: (name, QVariant type) of the result table's fields, in order: the protocol's result
-#: schema, with :data:`DATETIME_FIELDS` as ``QVariant.DateTime``.
+#: ``(name, kind)`` of a result layer's fields: the result schema, then the review's.
+LAYER_FIELDS = results.RESULT_FIELDS + results.REVIEW_FIELDS
+
+#: (name, QVariant type) of the result table's fields, in order: :data:`LAYER_FIELDS`,
+#: with :data:`DATETIME_FIELDS` as ``QVariant.DateTime``.
 RESULT_FIELDS = tuple((name, QVariant.DateTime if name in DATETIME_FIELDS else _KINDS[kind][0])
-                      for name, kind in results.RESULT_FIELDS)
+                      for name, kind in LAYER_FIELDS)
 
 
 def result_fields() -> QgsFields:
@@ -59,22 +63,37 @@ def utc_datetime(value: Any) -> QDateTime:
 
 def feature_attributes(feature: Dict[str, Any], detected_at: QDateTime) -> List[Any]:
     """The attribute values of a result feature in :data:`RESULT_FIELDS` order: each
-    converted to its kind; ``detected_at`` for that field; a field the feature lacks is
-    NULL.
+    converted to its kind; ``detected_at`` for that field; ``review`` ``pending`` and
+    ``origin`` ``detection`` unless the feature says otherwise; another field the
+    feature lacks is NULL.
 
     Args:
         feature: a feature as in ``docs/protocol.md`` (the fields of ``protocol.results``).
         detected_at: the detection time (see :func:`utc_datetime`).
     """
     values = []
-    for name, kind in results.RESULT_FIELDS:
+    defaults = {"review": "pending", "origin": "detection"}
+    for name, kind in LAYER_FIELDS:
         if name == "detected_at":
             values.append(detected_at)
             continue
-        value = feature.get(name)
+        value = feature.get(name, defaults.get(name))
         values.append(None if value is None else _KINDS[kind][1](value))
     return values
 
 
-__all__ = ["DATETIME_FIELDS", "RESULT_FIELDS", "result_fields", "utc_datetime",
+def queue_features(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A detection's features and its candidate misses (``origin`` ``candidate``), each
+    with its ``rank`` in the review queue (``protocol.review.ranks``: most uncertain
+    first)."""
+    from protocol.review import ranks
+    feats = [dict(f) for f in result.get("features") or []]
+    feats += [dict(c, origin="candidate") for c in result.get("candidates") or []]
+    order = ranks([f.get("uncertainty") for f in feats], [f.get("area_m2") for f in feats])
+    for f, r in zip(feats, order):
+        f["rank"] = r
+    return feats
+
+
+__all__ = ["DATETIME_FIELDS", "LAYER_FIELDS", "queue_features", "RESULT_FIELDS", "result_fields", "utc_datetime",
            "feature_attributes"]

@@ -1,13 +1,16 @@
 """How result layers look: each class in its model card's colour, and a project's 2nd,
 3rd... result layer outlined in a colour of its own so that a new result does not look
-like the one below it."""
+like the one below it. Polygons the user deleted in a review are not drawn (they stay
+in the layer: they teach the model what is not an object); candidate misses are drawn
+with a dashed outline and no fill (:data:`HIDDEN_WHEN`, :data:`DASHED_WHEN`)."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
 from qgis.PyQt.QtGui import QColor
-from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory
+from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsProperty,
+                       QgsRendererCategory, QgsSymbolLayer)
 
 #: Fill opacity of the class colour (0..255); outlines are opaque.
 FILL_ALPHA = 90
@@ -18,6 +21,18 @@ FALLBACK_COLOR = "#e31a1c"
 #: palette); the 1st keeps its classes' own colours. Entries close to a class colour
 #: are skipped, so the class fill stays recognisable.
 RUN_OUTLINES = ("#1f78b4", "#e7298a", "#33a02c", "#6a3d9a", "#17becf", "#b15928")
+
+#: Expression true for a polygon that is drawn (not deleted in a review); a layer
+#: without the ``review`` field draws everything.
+HIDDEN_WHEN = "coalesce(attribute('review'), '') <> 'deleted'"
+#: Expression of the outline style: dashed for a candidate miss still to review.
+DASHED_WHEN = ("CASE WHEN coalesce(attribute('origin'), '') = 'candidate' AND "
+               "coalesce(attribute('review'), 'pending') = 'pending' "
+               "THEN 'dash' ELSE 'solid' END")
+#: Fill of a candidate miss still to review: none (only its dashed outline).
+FILL_WHEN = ("CASE WHEN coalesce(attribute('origin'), '') = 'candidate' AND "
+             "coalesce(attribute('review'), 'pending') = 'pending' "
+             "THEN 'no' ELSE 'solid' END")
 
 
 def class_renderer(classes: List[Dict[str, Any]],
@@ -62,6 +77,13 @@ def _category(name: str, color: str, outline: Optional[str] = None) -> QgsRender
         "outline_width": "0.6",
         "outline_width_unit": "MM",
     })
+    layer = symbol.symbolLayer(0)
+    layer.setDataDefinedProperty(QgsSymbolLayer.PropertyLayerEnabled,
+                                 QgsProperty.fromExpression(HIDDEN_WHEN))
+    layer.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeStyle,
+                                 QgsProperty.fromExpression(DASHED_WHEN))
+    layer.setDataDefinedProperty(QgsSymbolLayer.PropertyFillStyle,
+                                 QgsProperty.fromExpression(FILL_WHEN))
     return QgsRendererCategory(name, symbol, name)
 
 
@@ -91,4 +113,5 @@ def run_outline(run: int, classes: List[Dict[str, Any]]) -> Optional[str]:
     return palette[(run - 2) % len(palette)]
 
 
-__all__ = ["FILL_ALPHA", "FALLBACK_COLOR", "RUN_OUTLINES", "class_renderer", "run_outline"]
+__all__ = ["FILL_ALPHA", "FALLBACK_COLOR", "RUN_OUTLINES", "HIDDEN_WHEN", "DASHED_WHEN",
+           "FILL_WHEN", "class_renderer", "run_outline"]

@@ -30,10 +30,11 @@ def builtin_algorithms() -> List[QgsProcessingAlgorithm]:
     from .import_alg import ImportModelAlgorithm
     from .inventory_alg import SolarInventoryAlgorithm
     from .jobs_alg import BatchJobsAlgorithm
+    from .rank_alg import RankForReviewAlgorithm
     from .retrain_alg import RetrainAlgorithm
     return [DetectObjectsAlgorithm(), EvaluateAlgorithm(), ExportChipsAlgorithm(),
             BatchJobsAlgorithm(), RetrainAlgorithm(), SolarInventoryAlgorithm(),
-            ImportModelAlgorithm()]
+            ImportModelAlgorithm(), RankForReviewAlgorithm()]
 
 
 class OrtholensProvider(QgsProcessingProvider):

@@ -2,7 +2,10 @@
 from the Processing toolbox, batch mode, models and ``qgis_process``.
 
 The corrected polygons (``class`` attribute; empty = the model's first class) are the
-truth inside the reviewed extent: what no polygon covers there is background. A new
+truth inside the reviewed extent: what no polygon covers there is background. A layer
+reviewed in the review queue (a ``review`` field, ``protocol.results.REVIEW_STATES``)
+may instead teach only what was reviewed (MODE): the polygons accepted, edited, added
+or deleted and a margin around each (``backend.learning.partial``). A new
 model version is registered only when it passes the acceptance rule (see README,
 *Retrain*); the outputs say whether it was, and why.
 """
@@ -31,6 +34,7 @@ from protocol.errors import JobCancelled
 from protocol.params import CorrectedFeature, FileSource, RetrainParams, ReviewedArea
 
 from ..detect.crs import crs_wkt, extent_tuple
+from ..layers.review import review_of
 from .common import (
     daemon_session,
     forget_models,
@@ -44,6 +48,9 @@ from .common import (
 
 #: ``RetrainParams.invalid_geometry`` of each INVALID choice.
 INVALID = ["repair", "refuse"]
+#: ``RetrainParams.mode`` of each MODE choice, and its text.
+MODES = ["extent", "review"]
+MODES_TEXT = ["The whole reviewed extent", "Only the reviewed polygons (review field)"]
 
 
 class RetrainAlgorithm(QgsProcessingAlgorithm):
@@ -51,6 +58,7 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
 
     INPUT, RASTER, EXTENT, MODEL = "INPUT", "RASTER", "EXTENT", "MODEL"
     BUDGET, INVALID_GEOM, ACTIVATE = "BUDGET_MIN", "INVALID", "ACTIVATE"
+    MODE = "MODE"
 
     def name(self) -> str:
         return "retrain"
@@ -99,6 +107,10 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.INVALID_GEOM, "Invalid geometries",
             options=["Repair (make valid) with a warning", "Refuse"], defaultValue=0))
+        self.addParameter(with_help(QgsProcessingParameterEnum(
+            self.MODE, "Teach from", options=MODES_TEXT, defaultValue=0),
+            "The whole reviewed extent (every object in it is a polygon), or only the "
+            "polygons whose 'review' field says they were reviewed, and 2 m around each."))
         self.addParameter(with_help(QgsProcessingParameterBoolean(
             self.ACTIVATE, "Activate if accepted", defaultValue=True),
             "An accepted version becomes the active one, which the dock selects."))
@@ -126,22 +138,26 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
             ext = self.parameterAsExtent(parameters, self.EXTENT, context, rcrs)
         else:
             ext = raster.extent()
+        mode = MODES[self.parameterAsEnum(parameters, self.MODE, context)]
         feats = []
         ct = None
         if source.sourceCrs().isValid() and source.sourceCrs() != rcrs:
             ct = QgsCoordinateTransform(source.sourceCrs(), rcrs, context.transformContext())
         names = source.fields().names()
+        ri, oi = source.fields().indexOf("review"), source.fields().indexOf("origin")
         for f in source.getFeatures():
             g = f.geometry()
-            if g is None or g.isNull() or g.isEmpty():
+            state, unvouched = review_of(f, ri, oi)
+            if g is None or g.isNull() or g.isEmpty() or (unvouched and mode == "extent"):
                 continue
             if ct is not None:
                 g.transform(ct)
             name = f["class"] if "class" in names else None
             if name in (None, "") or str(name) == "NULL":  # unclassified: the first class
-                feats.append(CorrectedFeature(g.asWkt(3), class_id=1))
+                feats.append(CorrectedFeature(g.asWkt(3), class_id=1, review=state))
             else:
-                feats.append(CorrectedFeature(g.asWkt(3), class_name=str(name)))
+                feats.append(CorrectedFeature(g.asWkt(3), class_name=str(name),
+                                              review=state))
         budget_s = 60.0 * self.parameterAsDouble(parameters, self.BUDGET, context)
         feedback.pushInfo(f"{len(feats)} corrected polygons; reviewed extent "
                           f"{ext.width():.0f} x {ext.height():.0f} m; budget {budget_s:.0f} s")
@@ -153,7 +169,7 @@ class RetrainAlgorithm(QgsProcessingAlgorithm):
                 params = RetrainParams(
                     FileSource(path), model, tuple(feats), crs=crs_wkt(rcrs),
                     reviewed=(ReviewedArea(extent_tuple(ext)),), budget_s=budget_s,
-                    invalid_geometry=invalid,
+                    invalid_geometry=invalid, mode=mode,
                     activate=self.parameterAsBool(parameters, self.ACTIVATE, context))
                 res = client.retrain(params, on_progress=progress_to(feedback),
                                      is_cancelled=feedback.isCanceled, job_timeout_s=900.0)

@@ -103,6 +103,20 @@ class RetrainDialog(QDialog):
         if has_view_option:
             self.area_combo.addItem("only its part in the current map view", True)
         form.addRow("Reviewed area", self.area_combo)
+        self.mode_combo = QComboBox(self)
+        self.mode_combo.setObjectName("ortholensRetrainMode")
+        self.mode_combo.addItem("only what I reviewed (and 2 m around it)", "review")
+        self.mode_combo.addItem("the whole reviewed area (what no polygon covers is "
+                                "background)", "extent")
+        self.mode_combo.setCurrentIndex(0 if plan.mode == "review" else 1)
+        self.mode_combo.setToolTip(
+            "Only what I reviewed: the polygons you accepted, edited, added or deleted "
+            "teach the model, the rest is ignored. The whole area: you vouch for every "
+            "polygon in it, and for every object being one.")
+        self.mode_combo.currentIndexChanged.connect(
+            lambda *_: self.summary_label.setText(plan.summary(self.mode_combo.currentData()) + (
+                "<br>" + " ".join(plan.notes) if plan.notes else "")))
+        form.addRow("Teach from", self.mode_combo)
         self.invalid_combo = QComboBox(self)
         self.invalid_combo.addItem("repair them (make valid) and warn", "repair")
         self.invalid_combo.addItem("refuse the retrain", "refuse")
@@ -146,11 +160,12 @@ class RetrainDialog(QDialog):
         return bool(self.area_combo.currentData())
 
     def options(self) -> Dict[str, Any]:
-        """``invalid_geometry``, ``activate`` and ``scope`` of the
+        """``invalid_geometry``, ``activate``, ``scope`` and ``mode`` of the
         :class:`~protocol.params.RetrainParams`."""
         return {"invalid_geometry": self.invalid_combo.currentData(),
                 "activate": self.activate_check.isChecked(),
-                "scope": self.scope_combo.currentData()}
+                "scope": self.scope_combo.currentData(),
+                "mode": self.mode_combo.currentData()}
 
 
 # ----------------------------------------------------------------------------- result
@@ -271,10 +286,15 @@ def scope_text(scope: Optional[Dict[str, Any]]) -> str:
             f"{float(scope.get('margin_m') or 0.0):g} m)")
 
 
+#: The phases of a retrain in the result window, with their keys in its ``time``.
+PHASE_KEYS = (("preparing the data", "preparing_s"), ("training", "training_s"),
+              ("checking", "checking_s"), ("saving", "saving_s"))
+
+
 def result_notes(report: Dict[str, Any]) -> List[str]:
     """Short notes under the table: the held-out check that could not be made, the
-    time against the budget, what the daemon found in the corrections, up to three
-    warnings."""
+    time against the budget and the time of each phase, what the daemon found in the
+    corrections, up to three warnings."""
     notes = []
     if report.get("scope"):
         notes.append(f"Area of the new version: {scope_text(report['scope'])}; elsewhere "
@@ -300,6 +320,10 @@ def result_notes(report: Dict[str, Any]) -> List[str]:
         notes.append(f"Took {t['seconds']:.0f} s {of} {budget:.0f} s budget "
                      f"({t.get('training_s') or train.get('seconds') or 0:.0f} s "
                      f"training{steps}){advice}.")
+        phases = [(name, t.get(key)) for name, key in PHASE_KEYS
+                  if isinstance(t.get(key), (int, float))]
+        if "preparing_s" in t:
+            notes.append("Phases: " + ", ".join(f"{n} {v:.0f} s" for n, v in phases) + ".")
     elif isinstance(train.get("seconds"), (int, float)):
         notes.append(f"Trained {train['seconds']:.0f} s{steps}.")
     found = _found(report.get("corrections") or {})

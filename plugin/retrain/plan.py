@@ -37,8 +37,13 @@ from protocol.params import (
 
 from ..detect.crs import crs_from_text, extent_tuple
 from ..detect.plan import RenderPlan, prepare_detect
+from ..layers.review import review_of
 from .memory import (PROP, Edits, class_of, clip_to_raster, count_edits, is_result_layer,
                      stored_reviewed)
+
+#: The margin of a partial review, as the dialogs say it
+#: (``backend.learning.partial.MARGIN_M``).
+MARGIN_TEXT = "2 m"
 
 
 @dataclass
@@ -60,6 +65,15 @@ class RetrainPlan:
         invalid: number of features with an invalid geometry.
         edits: the user's edits since the detection, or None when unknown.
         notes: remarks for the user (classes filled in, ...).
+        reviewed_count, pending_count: polygons whose ``review`` state the user gave,
+            and those still pending (0 and 0 for a layer without the field).
+        unvouched: indices into ``features`` of the candidate misses still pending:
+            not objects the user vouched for, so a whole-extent review leaves them out.
+        queued: polygons the user accepted, edited or deleted in the Review section
+            (``added`` alone is what drawing by hand gives too).
+        mode: ``"review"`` when the user reviewed polygons in the Review section and
+            left others pending (a partial review: only the reviewed ones teach), else
+            ``"extent"``.
     """
 
     layer_id: str
@@ -76,6 +90,15 @@ class RetrainPlan:
     edits: Optional[Edits] = None
     detected_model: str = ""
     notes: List[str] = field(default_factory=list)
+    reviewed_count: int = 0
+    pending_count: int = 0
+    queued: int = 0
+    unvouched: List[int] = field(default_factory=list)
+
+    @property
+    def mode(self) -> str:
+        """``"review"`` for a partial review, else ``"extent"`` (see the attributes)."""
+        return "review" if self.queued and self.pending_count else "extent"
 
     def area_text(self) -> str:
         """The reviewed surface: ``"0.250 km²"`` from 0.1 km², else ``"400 m²"``."""
@@ -93,9 +116,16 @@ class RetrainPlan:
                     "new version would only repeat the detection.")
         return f"Your edits: {self.edits.text()}."
 
-    def summary(self) -> str:
+    def summary(self, mode: Optional[str] = None) -> str:
         """Two sentences: the user's edits, then what is sent (polygons, reviewed
-        area; invalid geometries)."""
+        area; invalid geometries) in ``mode`` (default :attr:`mode`)."""
+        if (mode or self.mode) == "review":
+            return (f"You reviewed {self.reviewed_count} polygon"
+                    f"{'s' if self.reviewed_count != 1 else ''} and left "
+                    f"{self.pending_count} pending. Only the reviewed ones and "
+                    f"{MARGIN_TEXT} around each teach the model; the rest of "
+                    f"{self.area_text()} is ignored, and a quarter is kept apart to "
+                    f"check the new version.")
         n = len(self.features)
         n_areas = len(self.reviewed)
         inv = f" ({self.invalid} with an invalid geometry)" if self.invalid else ""
@@ -143,9 +173,14 @@ class RetrainPlan:
             source: :attr:`source`, or the pixel source of the rendered raster.
             budget_s: time of the whole retrain, seconds.
             **options: further :class:`~protocol.params.RetrainParams` fields
-                (``invalid_geometry``, ``activate``...).
+                (``invalid_geometry``, ``activate``, ``mode``...; ``mode`` default
+                :attr:`mode`). Candidate misses still pending are sent only in
+                ``review`` mode (they are not objects the user vouched for).
         """
-        return RetrainParams(source, self.model, tuple(self.features), crs=self.crs,
+        options.setdefault("mode", self.mode)
+        skip = set() if options["mode"] == "review" else set(self.unvouched)
+        feats = tuple(f for i, f in enumerate(self.features) if i not in skip)
+        return RetrainParams(source, self.model, feats, crs=self.crs,
                              reviewed=tuple(self.reviewed), budget_s=float(budget_s),
                              **options)
 
@@ -233,6 +268,8 @@ def prepare_retrain(layer: Optional[QgsMapLayer], classes: Optional[List[Dict[st
                        source=source, render=render, crs=layer.crs().toWkt(),
                        features=found.features, reviewed=reviewed, by_class=found.by_class,
                        invalid=found.invalid, edits=count_edits(layer),
+                       reviewed_count=found.reviewed, pending_count=found.pending,
+                       queued=found.queued, unvouched=found.unvouched,
                        detected_model=detected)
     plan.reviewed_m2 = sum(_extent_area_m2(r, layer.crs(), project)
                            for r in reviewed if r.extent)
@@ -314,6 +351,10 @@ class _Corrections:
     by_class: Dict[str, int] = field(default_factory=dict)
     invalid: int = 0
     missing: int = 0
+    reviewed: int = 0
+    pending: int = 0
+    queued: int = 0
+    unvouched: List[int] = field(default_factory=list)
 
 
 def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections:
@@ -330,6 +371,7 @@ def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections
     """
     found, unknown = _Corrections(), set()
     ci = layer.fields().indexOf("class")
+    ri, oi = layer.fields().indexOf("review"), layer.fields().indexOf("origin")
     for f in layer.getFeatures():
         g = f.geometry()
         if g is None or g.isNull() or g.isEmpty():
@@ -347,7 +389,15 @@ def _corrected_features(layer: QgsVectorLayer, names: List[str]) -> _Corrections
             unknown.add(name)
         if not g.isGeosValid():
             found.invalid += 1
-        found.features.append(CorrectedFeature(g.asWkt(3), class_name=name))
+        state, unvouched = review_of(f, ri, oi)
+        if unvouched:
+            found.unvouched.append(len(found.features))
+        found.features.append(CorrectedFeature(g.asWkt(3), class_name=name, review=state))
+        if state == "pending":
+            found.pending += 1
+        elif state is not None:
+            found.reviewed += 1
+            found.queued += state != "added"
         found.by_class[name] = found.by_class.get(name, 0) + 1
     if unknown:
         raise InputError(f"Unknown class(es) {', '.join(sorted(unknown))}: the model "

@@ -212,3 +212,35 @@ def test_a_window_grown_to_the_whole_grid_keeps_only_its_cores_objects():
     assert owned[0, 1, 1] == 1 and owned[0, 6, 6] == 0 and touching == 0
     owned, _ = O.owned_objects(cmap, cmap, whole, whole, 8, 8)
     assert (owned == cmap).all()
+
+
+def test_features_carry_the_uncertainty_of_the_threshold_they_were_found_at():
+    card = load_card(DEFAULT_MODEL)
+    det = Detection(box(0, 0, 2, 2), 1, 0.75, 4.0, agreement=0.5)
+    f, = O.features([det], card, threshold=0.5)
+    assert f["uncertainty"] == pytest.approx(0.5)  # a single model: the margin only
+    ens = ensemble_card(members=[{"id": DEFAULT_MODEL, "weight": 1.0},
+                                 {"id": DEFAULT_MODEL, "weight": 1.0}])
+    g, = O.features([det], ens, threshold=0.5)
+    assert g["uncertainty"] == 1.0  # the members split: as uncertain as can be
+
+
+def test_candidates_are_the_relaxed_objects_that_meet_no_detection():
+    card = load_card(DEFAULT_MODEL)
+    fg = np.zeros((40, 40), np.float32)
+    fg[2:20, 2:20] = 0.9     # a detection, with a rim between the low and the threshold
+    fg[1, 1:21] = 0.3
+    fg[25:37, 25:37] = 0.35  # a candidate miss
+    fg[25:37, 2:14] = 0.1    # below the low threshold: nothing
+    probs = np.stack([1 - fg, fg]).astype(np.float32)
+    valid = np.ones((40, 40), bool)
+    opts = Options(0.5, 0.5, 0.0, 0.0)
+    whole = Window(0, 0, 40, 40)
+    _, cleaned = O.class_maps(probs, valid, card, opts, T)
+    kept, dets = O.polygons(cleaned, probs, card, opts, T, whole, 40, 40)
+    cands = O.candidate_objects(probs, valid, kept, card, opts, T, whole, whole, 40, 40, 0.2)
+    assert len(dets) == 1 and len(cands) == 1
+    c = cands[0]
+    assert c.score == pytest.approx(0.35) and c.area_m2 == pytest.approx(1.44)
+    f, = O.features(cands, card, threshold=0.5)
+    assert f["uncertainty"] == pytest.approx(0.7)

@@ -39,7 +39,7 @@ def test_write_result_layer_gpkg_fields_style_and_edits(tmp_path, qgis_new_proje
     assert layer.featureCount() == 2
     names = [f.name() for f in layer.fields()]
     assert names == ["fid", "class", "class_id", "score", "agreement", "area_m2", "model",
-                     "model_version", "detected_at"]
+                     "model_version", "detected_at", "uncertainty", "rank", "review", "origin"]
     types = {f.name(): f.typeName().lower() for f in layer.fields()}
     assert types["class_id"].startswith(("int", "mediumint")), types
     assert types["score"] in ("real", "double"), types

@@ -15,7 +15,8 @@ from protocol.errors import ResultLayerError
 
 def test_the_fields_are_the_protocols_with_a_datetime():
     fields = result_fields()
-    assert [f.name() for f in fields] == list(results.RESULT_FIELD_NAMES)
+    assert [f.name() for f in fields] == list(results.RESULT_FIELD_NAMES) + [
+        "uncertainty", "rank", "review", "origin"]
     assert fields.field("detected_at").type() == QVariant.DateTime
     assert fields.field("class_id").type() == QVariant.Int
 
@@ -33,4 +34,5 @@ def test_attributes_follow_the_fields_and_missing_ones_are_null():
     stamp = utc_datetime("2024-05-06T07:08:09Z")
     values = feature_attributes({"class": "photovoltaic", "class_id": "2", "score": 1},
                                 stamp)
-    assert values == ["photovoltaic", 2, 1.0, None, None, None, None, stamp]
+    assert values == ["photovoltaic", 2, 1.0, None, None, None, None, stamp,
+                      None, None, "pending", "detection"]

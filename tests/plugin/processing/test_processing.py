@@ -44,7 +44,8 @@ def test_provider_lists_the_algorithms_and_leaves_on_unload():
         assert prov is not None and prov.name() == "Ortholens"
         ids = sorted(a.id() for a in prov.algorithms())
         assert ids == ["ortholens:batchjobs", "ortholens:detect", "ortholens:evaluate",
-                       "ortholens:exportchips", "ortholens:importmodel", "ortholens:retrain",
+                       "ortholens:exportchips", "ortholens:importmodel", "ortholens:rank",
+                       "ortholens:retrain",
                        "ortholens:solarinventory"]
         detect = reg.algorithmById("ortholens:detect")
         names = [p.name() for p in detect.parameterDefinitions()]

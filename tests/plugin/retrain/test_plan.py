@@ -34,7 +34,8 @@ def test_result_layer_remembers_its_detection_and_becomes_a_plan(plugin_with_res
     assert "400 m²" in plan.summary() and "4 polygons" in plan.summary()
     dlg = RetrainDialog(plan)
     assert dlg.budget_s() == 120.0 and dlg.options() == {"invalid_geometry": "repair",
-                                                         "activate": True, "scope": "area"}
+                                                         "activate": True, "scope": "area",
+                                                         "mode": "extent"}
     assert "1 with an invalid geometry" in dlg.summary_label.text()
     assert "whole retrain" in dlg.budget_note.text()
     # only the part of the extent in the map view
@@ -83,3 +84,39 @@ def test_reviewed_area_is_clipped_to_the_raster(plugin_with_result, vienna_layer
                                                                        338900]}]))
     plan = prepare_retrain(layer, CLASSES)
     assert abs(plan.reviewed_m2 - raster_m2) < 0.001 * raster_m2, plan.reviewed_m2
+
+
+def test_a_partial_review_sends_the_review_states_and_only_vouched_candidates(
+        plugin_with_result):
+    """Reviewed in the queue: one polygon accepted, one deleted (it stays in the layer),
+    one candidate miss still pending. The plan is a partial review sending every
+    polygon with its state; a whole-extent review leaves the pending candidate out."""
+    from qgis.core import QgsGeometry
+
+    from helpers import square
+    from plugin.layers.review import add_polygon, set_review
+    from plugin.retrain.dialogs import RetrainDialog
+    from plugin.retrain.plan import prepare_retrain
+    from protocol.params import FileSource
+    p, layer = plugin_with_result
+    ids = [f.id() for f in layer.getFeatures()]
+    set_review(layer, ids[0], "accepted")
+    set_review(layer, ids[1], "deleted")
+    cand = add_polygon(layer, QgsGeometry.fromWkt(square(-1595, 338495, 2.0)),
+                       {"class": "photovoltaic", "class_id": 1, "origin": "candidate",
+                        "review": "pending"})
+    assert cand >= 0
+    plan = prepare_retrain(layer, CLASSES)
+    assert plan.mode == "review" and plan.queued == 2
+    assert (plan.reviewed_count, plan.pending_count) == (2, len(ids) - 1)
+    assert "You reviewed 2 polygons" in plan.summary() and "2 m" in plan.summary()
+    params = plan.params(FileSource("/x.tif"), 60.0)
+    states = [f.review for f in params.features]
+    assert params.mode == "review" and len(states) == len(ids) + 1
+    assert states.count("accepted") == 1 and states.count("deleted") == 1
+    whole = plan.params(FileSource("/x.tif"), 60.0, mode="extent")
+    assert whole.mode == "extent" and len(whole.features) == len(ids)
+    dlg = RetrainDialog(plan)
+    assert dlg.options()["mode"] == "review"
+    dlg.mode_combo.setCurrentIndex(1)
+    assert dlg.options()["mode"] == "extent" and "are the truth" in dlg.summary_label.text()

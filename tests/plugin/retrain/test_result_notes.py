@@ -25,3 +25,13 @@ def test_a_budget_kept_has_no_advice_and_keeps_other_warnings():
               "train": {"steps": 9}, "warnings": ["budget note from the engine"]}
     notes = result_notes(report)
     assert notes == ["Took 80 s of the 120 s budget (50 s training, 9 steps)."]
+
+
+def test_the_phases_are_listed():
+    report = {"time": {"seconds": 110.0, "budget_s": 120.0, "preparing_s": 20.4,
+                       "training_s": 68.0, "checking_s": 19.6, "saving_s": 2.0},
+              "train": {"steps": 107}}
+    notes = result_notes(report)
+    assert notes == ["Took 110 s of the 120 s budget (68 s training, 107 steps).",
+                     "Phases: preparing the data 20 s, training 68 s, checking 20 s, "
+                     "saving 2 s."]
