@@ -202,8 +202,9 @@ def candidate_objects(probs: np.ndarray, valid: np.ndarray, detected: np.ndarray
     Args:
         probs: float32 (channels, h, w) stitched probabilities of the window.
         valid: bool (h, w) valid-data mask.
-        detected: uint8 (h, w) the window's filtered class map of detections
-            (:func:`polygons`' first output).
+        detected: uint8 (families, h, w) the window's filtered class maps of
+            detections (:func:`polygons`' first output); a pixel of any family's
+            detection is a detection.
         card, opts, transform, win, core, height, width: as :func:`polygons` and
             :func:`owned_objects`.
         low: the candidates' lowest probability, 0..1, below ``opts.threshold``.
@@ -216,13 +217,17 @@ def candidate_objects(probs: np.ndarray, valid: np.ndarray, detected: np.ndarray
     relaxed = dataclasses.replace(opts, threshold=low)
     raw, cleaned = class_maps(class_probs, valid, card, relaxed, transform)
     owned, _ = owned_objects(raw, cleaned, win, core, height, width)
-    lab, _ = ndimage.label(owned > 0, structure=_EIGHT)
-    hit = np.unique(lab[(detected > 0) & (lab > 0)])
-    owned = np.where(np.isin(lab, hit) | (lab == 0), 0, owned).astype(np.uint8)
+    found = (detected > 0).any(0) if detected.ndim == 3 else detected > 0
     offset = None if win == Window(0, 0, height, width) else (win.row, win.col)
-    return polygonize(owned, class_probs, transform, opts.simplify_m, opts.min_area_m2,
-                      member_probs=members, threshold=opts.threshold,
-                      ortho=opts.orthogonalize, pixel_offset=offset)
+    out: List[Detection] = []
+    for m in owned:  # family after family, as detections
+        lab, _ = ndimage.label(m > 0, structure=_EIGHT)
+        hit = np.unique(lab[found & (lab > 0)])
+        m = np.where(np.isin(lab, hit) | (lab == 0), 0, m).astype(np.uint8)
+        out += polygonize(m, class_probs, transform, opts.simplify_m, opts.min_area_m2,
+                          member_probs=members, threshold=opts.threshold,
+                          ortho=opts.orthogonalize, pixel_offset=offset)
+    return out
 
 
 def to_source_crs(dets: List[Detection], grid) -> List[Detection]:
