@@ -28,7 +28,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import protocol as P
 from backend.daemon.access import Access
-from backend.daemon.jobs import CANCELLED, DONE, QUEUED, RUNNING, Job, take_next
+from backend.daemon.jobs import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Job, take_next
 from backend.daemon.jobstore import JobStore
 from protocol.params import BatchParams, FileSource
 
@@ -98,10 +98,11 @@ class BatchService:
 
     def job_ended(self, job: Job) -> None:
         """Forget a job that ended; one cut short by a shutdown is recorded as
-        interrupted (resumable), not as cancelled by a user."""
+        interrupted (resumable), not as cancelled by a user. A job that failed on its
+        own (``error``) keeps its error, even when the daemon is stopping by then."""
         with self._cond:
             self._live.pop(job.job_id, None)
-        if self.stopping.is_set() and job.state != DONE:
+        if self.stopping.is_set() and job.state not in (DONE, ERROR):
             try:
                 self.store.set_state(job.job_id, RUNNING, "interrupted: the daemon stopped")
             except Exception:
