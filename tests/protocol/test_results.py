@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.results import RESULT_FIELD_NAMES, RESULT_FIELDS
+from protocol.results import RESULT_FIELD_NAMES, RESULT_FIELDS, REVIEW_FIELDS
 from tests.support import REPO
 
 
@@ -21,12 +21,15 @@ def test_the_fields_in_column_order_with_their_kinds():
 
 def test_the_protocol_documents_the_fields_a_feature_carries():
     """Every field but ``detected_at`` (stamped by the side that writes the layer) is in
-    the documented ``result`` feature, beside its ``wkt``."""
+    the documented ``result`` feature, beside its ``wkt``, and the engine's
+    ``uncertainty``, the first review field (the others are the layer's own)."""
     text = (REPO / "docs" / "protocol.md").read_text("utf-8")
     m = re.search(r"A `result` feature is `\{([^}]*)\}`", text.replace("\n", " "))
     assert m, "docs/protocol.md no longer describes a result feature"
     documented = [f.strip().strip('"') for f in m.group(1).split(",")]
-    assert documented == ["wkt"] + [n for n in RESULT_FIELD_NAMES if n != "detected_at"]
+    assert documented == (["wkt"] + [n for n in RESULT_FIELD_NAMES if n != "detected_at"]
+                          + [REVIEW_FIELDS[0][0]])
+    assert REVIEW_FIELDS[0][0] == "uncertainty"
     assert "stamps `detected_at`" in text
 
 

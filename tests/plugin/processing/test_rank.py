@@ -9,10 +9,10 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsField, QgsFields, QgsPro
                        QgsVectorLayer)
 
 from helpers import fake_result
-from test_processing import provider, run_alg  # noqa: F401
+from proc_helpers import run_alg
 
 
-def test_rank_adds_the_review_fields_in_place(provider, tmp_path, qgis_new_project):  # noqa: F811
+def test_rank_adds_the_review_fields_in_place(provider, tmp_path, qgis_new_project):
     from plugin.layers.gpkg import result_features, write_features
     from plugin.layers.schema import _KINDS, result_fields, utc_datetime
     from protocol import results
