@@ -39,12 +39,16 @@ def run_alg(alg_id, params, feedback=None):
 
 
 def features_of(path, layer=None):
-    """``[(class, score, area_m2, geometry WKB)]`` sorted, of a GeoPackage layer."""
+    """``[(class, score, area_m2, geometry WKB)]`` sorted, of a GeoPackage layer's
+    detections: a layer with an ``origin`` field (a dock result) also holds the engine's
+    candidate misses for review, which a batch job does not write; they are left out."""
     uri = f"{path}|layername={layer}" if layer else str(path)
     vl = QgsVectorLayer(uri, "x", "ogr")
     assert vl.isValid(), uri
+    origin = vl.fields().indexOf("origin") >= 0
     out = sorted((f["class"], round(float(f["score"]), 4), round(float(f["area_m2"]), 3),
-                  bytes(f.geometry().asWkb())) for f in vl.getFeatures())
+                  bytes(f.geometry().asWkb())) for f in vl.getFeatures()
+                 if not origin or f["origin"] != "candidate")
     del vl
     return out
 
