@@ -76,27 +76,37 @@ def describe_card(card: Dict[str, Any]) -> str:
     return f"{card.get('architecture', '')} {card.get('encoder', '')}{at}".strip()
 
 
+def gsd_candidates(cards: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The engine's GSD candidates among ``cards`` (those with a ``gsd_candidate``
+    rank), first rank first."""
+    return sorted((c for c in cards if isinstance(c.get("gsd_candidate"), int)),
+                  key=lambda c: c["gsd_candidate"])
+
+
 def gsd_choice(cards: List[Dict[str, Any]], layer_gsd_m: Optional[float]
                ) -> Optional[GsdChoice]:
     """The model a layer of ``layer_gsd_m`` metres per pixel gets among the engine's GSD
-    candidates (cards with a ``gsd_candidate`` rank), or None without candidates or
-    without a layer GSD."""
-    ranked = sorted((c for c in cards if isinstance(c.get("gsd_candidate"), int)),
-                    key=lambda c: c["gsd_candidate"])
+    candidates (:func:`gsd_candidates`), or None without candidates or without a layer
+    GSD."""
+    ranked = gsd_candidates(cards)
     if not ranked or not layer_gsd_m or layer_gsd_m <= 0:
         return None
     return choose_for_gsd(candidates_from_cards(ranked, [c["id"] for c in ranked]),
                           float(layer_gsd_m))
 
 
+def active_version(cards: List[Dict[str, Any]]) -> Optional[str]:
+    """The id of the active version of a retrained model among ``cards``, or None."""
+    return next((c["id"] for c in cards
+                 if (c.get("lineage") or {}).get("active")
+                 and (c.get("lineage") or {}).get("number")), None)
+
+
 def first_choice(cards: List[Dict[str, Any]]) -> Optional[str]:
     """The model selected when the models are first listed: the active version of a
     retrained model, else the daemon's default for its device (fast on CPU, ensemble on
     GPU); None without cards."""
-    return next((c["id"] for c in cards
-                 if (c.get("lineage") or {}).get("active")
-                 and (c.get("lineage") or {}).get("number")), None) or (
-        default_card(cards) or {}).get("id")
+    return active_version(cards) or (default_card(cards) or {}).get("id")
 
 
 def beside(parent: QWidget, main: QWidget, button: QWidget) -> QWidget:
@@ -279,14 +289,12 @@ class ModelSection(QWidget):
         current = self.model_combo.currentData() if self.model_combo.count() else None
         self.cards = [c for c in cards if isinstance(c, dict) and c.get("id")]
         # one candidate is the default model: the automatic entry would name it twice
-        auto = sum(isinstance(c.get("gsd_candidate"), int) for c in self.cards) >= 2
+        auto = len(gsd_candidates(self.cards)) >= 2
         if self._prefer and any(c["id"] == self._prefer for c in self.cards):
             current, self._prefer = self._prefer, None
         elif current is None:
-            active = next((c["id"] for c in self.cards
-                           if (c.get("lineage") or {}).get("active")
-                           and (c.get("lineage") or {}).get("number")), None)
-            current = active or (AUTO if auto else first_choice(self.cards))
+            current = active_version(self.cards) or (
+                AUTO if auto else first_choice(self.cards))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         if auto:
@@ -313,10 +321,8 @@ class ModelSection(QWidget):
         data = self.model_combo.currentData()
         if data == AUTO:
             choice = gsd_choice(self.cards, self.layer_gsd_m)
-            ranked = sorted((c for c in self.cards
-                             if isinstance(c.get("gsd_candidate"), int)),
-                            key=lambda c: c["gsd_candidate"])
-            want = choice.model if choice is not None else ranked[0]["id"]
+            want = (choice.model if choice is not None
+                    else gsd_candidates(self.cards)[0]["id"])
             return next((c for c in self.cards if c["id"] == want), None)
         return next((c for c in self.cards if c["id"] == data), None)
 
@@ -383,5 +389,6 @@ class ModelSection(QWidget):
         return {f.key: f.value() for f in self._card_values() if f.value() is not None}
 
 
-__all__ = ["AUTO", "AUTO_TEXT", "card_label", "describe_card", "gsd_choice", "first_choice",
-           "beside", "CardValue", "ModelSection"]
+__all__ = ["AUTO", "AUTO_TEXT", "card_label", "describe_card", "gsd_candidates",
+           "gsd_choice", "active_version", "first_choice", "beside", "CardValue",
+           "ModelSection"]
