@@ -7,7 +7,7 @@ fields below except ``detected_at``, which the side that writes the layer stamps
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, List, Tuple
 
 #: ``(name, kind)`` of each attribute, in column order. Kinds: ``str``, ``int``
 #: (32-bit), ``float`` (64-bit).
@@ -59,5 +59,45 @@ REVIEW_FIELDS: Tuple[Tuple[str, str], ...] = (
     ("origin", "str"),
 )
 
+#: ``(name, kind)`` of a result layer's fields, in column order: :data:`RESULT_FIELDS`,
+#: then :data:`REVIEW_FIELDS`.
+LAYER_FIELDS: Tuple[Tuple[str, str], ...] = RESULT_FIELDS + REVIEW_FIELDS
+
+#: Python conversion of each kind.
+_CONVERT = {"str": str, "int": int, "float": float}
+
+#: The value a result layer gives a review field its feature lacks.
+REVIEW_DEFAULTS: Dict[str, str] = {"review": "pending", "origin": "detection"}
+
+
+def attribute_values(feature: Dict[str, Any], detected_at: Any) -> List[Any]:
+    """The attribute values of a result polygon in :data:`LAYER_FIELDS` order, as a
+    result layer stores them.
+
+    Each value is the feature's own field converted to its kind (``str``, ``int``,
+    ``float``); ``detected_at`` is the value given (the writer's own date type);
+    ``review`` and ``origin`` default to :data:`REVIEW_DEFAULTS`; any other field the
+    feature lacks (or holds as None) is None (NULL).
+
+    Args:
+        feature: a ``result`` feature as in ``docs/protocol.md`` (its ``wkt`` is ignored).
+        detected_at: the detection time, already in the writer's type.
+
+    Raises:
+        ValueError, TypeError: a value that does not convert to its field's kind.
+    """
+    values: List[Any] = []
+    for name, kind in LAYER_FIELDS:
+        if name == "detected_at":
+            values.append(detected_at)
+            continue
+        value = feature.get(name)
+        if value is None:
+            value = REVIEW_DEFAULTS.get(name)
+        values.append(None if value is None else _CONVERT[kind](value))
+    return values
+
+
 __all__ = ["RESULT_FIELDS", "RESULT_FIELD_NAMES", "REVIEW_STATES", "REVIEWED_STATES", "ORIGINS",
-           "REVIEW_FIELDS"]
+           "REVIEW_FIELDS", "LAYER_FIELDS", "REVIEW_DEFAULTS",
+           "attribute_values"]

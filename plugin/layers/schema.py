@@ -13,19 +13,18 @@ from qgis.core import QgsField, QgsFields
 from protocol import results
 from protocol.errors import ResultLayerError
 
-#: QVariant type and Python conversion of each kind of ``protocol.results``.
-_KINDS = {"str": (QVariant.String, str), "int": (QVariant.Int, int),
-          "float": (QVariant.Double, float)}
+#: QVariant type of each kind of ``protocol.results``.
+_KINDS = {"str": QVariant.String, "int": QVariant.Int, "float": QVariant.Double}
 
 #: Fields stored as a GeoPackage DateTime (UTC) although the protocol carries text.
 DATETIME_FIELDS = ("detected_at",)
 
 #: ``(name, kind)`` of a result layer's fields: the result schema, then the review's.
-LAYER_FIELDS = results.RESULT_FIELDS + results.REVIEW_FIELDS
+LAYER_FIELDS = results.LAYER_FIELDS
 
 #: (name, QVariant type) of the result table's fields, in order: :data:`LAYER_FIELDS`,
 #: with :data:`DATETIME_FIELDS` as ``QVariant.DateTime``.
-RESULT_FIELDS = tuple((name, QVariant.DateTime if name in DATETIME_FIELDS else _KINDS[kind][0])
+RESULT_FIELDS = tuple((name, QVariant.DateTime if name in DATETIME_FIELDS else _KINDS[kind])
                       for name, kind in LAYER_FIELDS)
 
 
@@ -62,24 +61,16 @@ def utc_datetime(value: Any) -> QDateTime:
 
 
 def feature_attributes(feature: Dict[str, Any], detected_at: QDateTime) -> List[Any]:
-    """The attribute values of a result feature in :data:`RESULT_FIELDS` order: each
-    converted to its kind; ``detected_at`` for that field; ``review`` ``pending`` and
-    ``origin`` ``detection`` unless the feature says otherwise; another field the
-    feature lacks is NULL.
+    """The attribute values of a result feature in :data:`RESULT_FIELDS` order
+    (``protocol.results.attribute_values``: each converted to its kind, ``review``
+    ``pending`` and ``origin`` ``detection`` unless the feature says otherwise, another
+    field the feature lacks NULL), with ``detected_at`` for that field.
 
     Args:
         feature: a feature as in ``docs/protocol.md`` (the fields of ``protocol.results``).
         detected_at: the detection time (see :func:`utc_datetime`).
     """
-    values = []
-    defaults = {"review": "pending", "origin": "detection"}
-    for name, kind in LAYER_FIELDS:
-        if name == "detected_at":
-            values.append(detected_at)
-            continue
-        value = feature.get(name, defaults.get(name))
-        values.append(None if value is None else _KINDS[kind][1](value))
-    return values
+    return results.attribute_values(feature, detected_at)
 
 
 def queue_features(result: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -53,3 +53,38 @@ def test_a_batch_geopackage_has_one_column_per_field_and_its_region(tmp_path):
         "photovoltaic", 1, 0.9, 3)
     assert np.issubdtype(np.asarray(fields[1]).dtype, np.integer)
     assert str(row["detected_at"]).startswith("2024-05-01")
+
+
+def test_attribute_values_put_each_field_in_its_own_column():
+    """Every field lands in its own column, converted to its kind: a model id and a
+    card version that differ can never be swapped or copied into each other."""
+    from protocol.results import LAYER_FIELDS, attribute_values
+
+    feat = {"wkt": "POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))", "class": "photovoltaic",
+            "class_id": "1", "score": "0.75", "agreement": 0.5, "area_m2": 12,
+            "model": "pv-unet-efl0@2", "model_version": "2.0.0+u1", "uncertainty": 0.25,
+            "rank": 3.0}
+    when = object()
+    values = dict(zip([n for n, _ in LAYER_FIELDS], attribute_values(feat, when)))
+    assert values == {"class": "photovoltaic", "class_id": 1, "score": 0.75,
+                      "agreement": 0.5, "area_m2": 12.0, "model": "pv-unet-efl0@2",
+                      "model_version": "2.0.0+u1", "detected_at": when,
+                      "uncertainty": 0.25, "rank": 3, "review": "pending",
+                      "origin": "detection"}
+    assert [type(values[k]) for k in ("class_id", "score", "area_m2", "rank")] == \
+        [int, float, float, int]
+
+
+def test_attribute_values_keep_a_given_review_state_and_leave_the_rest_null():
+    from protocol.results import LAYER_FIELDS, attribute_values
+
+    names = [n for n, _ in LAYER_FIELDS]
+    values = dict(zip(names, attribute_values(
+        {"class": "photovoltaic", "review": "deleted", "origin": "click", "model": None},
+        "2024-05-01T12:00:00Z")))
+    assert values["review"] == "deleted" and values["origin"] == "click"
+    assert values["detected_at"] == "2024-05-01T12:00:00Z"
+    assert [k for k, v in values.items() if v is None] == [
+        "class_id", "score", "agreement", "area_m2", "model", "model_version",
+        "uncertainty", "rank"]
+    assert len(values) == len(names)
