@@ -20,7 +20,6 @@ records and runs the jobs.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ import protocol as P
 from backend.daemon.access import Access
 from backend.daemon.jobs import CANCELLED, DONE, ERROR, QUEUED, RUNNING, Job, take_next
 from backend.daemon.jobstore import JobStore
-from protocol.params import BatchParams, FileSource
+from protocol.params import BatchParams
 
 log = logging.getLogger("ortholens.batch")
 
@@ -44,7 +43,8 @@ class BatchService:
     """Queue and store of a daemon's batch jobs.
 
     Args:
-        access: the daemon's path rules (raster and output paths are checked).
+        access: the daemon's path rules (a resumed job's raster and output are checked
+            again).
         stopping: the daemon's stop flag: set once it shuts down.
         jobs_dir: folder of the job store (default ``ORTHOLENS_JOBS_DIR`` or the user's
             data folder, see :func:`backend.daemon.jobstore.default_jobs_dir`).
@@ -121,35 +121,37 @@ class BatchService:
     # ------------------------------------------------------------------ requests
 
     def on_batch(self, identity: bytes, header: Dict[str, Any]) -> Replies:
-        """Answer a validated ``batch`` request: check, record and queue the job.
+        """Answer a ``batch`` request, validated and its paths checked (the server's
+        ``Access.check_request``): record and queue the job.
 
         Raises:
-            ProtocolError: ``forbidden`` paths; ``bad_request`` (see ``submit``).
+            ProtocolError: ``bad_request`` (see ``submit``).
             JobError: ``busy`` while stopping; as ``batch_runner.submit`` (the job is
                 not recorded then).
         """
         params = BatchParams.from_header(header)
-        raster = self.access.check_path(params.detect.source.path)
-        params = dataclasses.replace(
-            params, detect=dataclasses.replace(params.detect, source=FileSource(raster)),
-            out_path=self.access.check_path(params.out_path))
         self._check_stopping()
         from backend.daemon.batch_runner import submit  # lazy: rasterio, engines
         job_id = submit(self.store, params)
-        log.info("batch job %s queued: %s -> %s", job_id, raster, params.out_path)
+        log.info("batch job %s queued: %s -> %s", job_id, params.detect.source.path,
+                 params.out_path)
         self._enqueue(identity, header["id"], job_id)
         return [(identity, P.reply("accepted", header["id"], job_id=job_id))]
 
     def on_resume(self, identity: bytes, header: Dict[str, Any]) -> Replies:
-        """Answer ``resume``: queue a stored job that is not done.
+        """Answer ``resume``: queue a stored job that is not done. Its raster and
+        output are checked again as a ``batch`` request's: the daemon that accepted
+        it may have had other roots, or none.
 
         Raises:
+            ProtocolError: ``forbidden`` for a stored path outside the allowed roots.
             JobError: ``not_found``, ``invalid_input`` (done), ``busy``.
         """
         job_id = header["job_id"]
         job = self.store.get(job_id)
         if job is None:
             raise P.JobError(f"no batch job {job_id}", P.E_NOT_FOUND)
+        self.access.check_request(dict(job["request"], type="batch"))
         if job["state"] == DONE:
             raise P.JobError(f"batch job {job_id} is finished ({job['message']})",
                              P.E_INVALID_INPUT)

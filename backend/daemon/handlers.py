@@ -3,8 +3,9 @@
 
 A handler is ``handler(server, identity, header, arrays) -> [(identity, reply), ...]``:
 ``server`` the :class:`backend.daemon.server.Server`, ``identity`` the ROUTER identity
-of the client, ``header`` the validated request (``protocol.schema``), ``arrays`` its
-array frames. It returns the replies to send, in order, and raises an
+of the client, ``header`` the validated request (``protocol.schema``) with every path
+it names checked and resolved (``backend.daemon.access.Access.check_request``),
+``arrays`` its array frames. It returns the replies to send, in order, and raises an
 ``protocol.errors.OrtholensError`` whose code the client gets as an ``error`` reply.
 
 Families: the daemon's own (``ping``, ``models``, ``status``, ``cancel``); jobs queued
@@ -133,13 +134,12 @@ def _check_room(server, nbytes: int) -> None:
 
 def on_detect(server, identity, header, arrays) -> Replies:
     """Queue a ``detect`` job (or a ``retrain`` one, see :func:`on_retrain`);
-    ``accepted`` names its id."""
+    ``accepted`` names its id. Its paths are checked already (the server's
+    ``Access.check_request``), as those of every handler here."""
     request = {k: v for k, v in header.items() if k != "token"}
     upload_id = None
     if header["source"].get("kind") == "upload":
         upload_id = header["source"]["upload_id"]  # the daemon's own file: no roots
-    else:
-        request["source"] = server.access.check_source(header["source"])
     return _queue(server, identity, header, request, arrays, upload_id)
 
 
@@ -168,28 +168,19 @@ def _queue(server, identity, header, request: Dict[str, Any], arrays,
 
 
 def on_region(server, identity, header, arrays) -> Replies:
-    """Queue a ``region`` job (``backend.inference.region``): a short one, its source
-    checked as a detection's."""
+    """Queue a ``region`` job (``backend.inference.region``): a short one."""
     request = {k: v for k, v in header.items() if k != "token"}
-    request["source"] = server.access.check_source(header["source"])
     return _queue(server, identity, header, request, arrays)
 
 
 def on_inventory(server, identity, header, arrays) -> Replies:
-    """Queue an ``inventory`` job (``backend.reports.job``), its paths checked."""
+    """Queue an ``inventory`` job (``backend.reports.job``)."""
     request = {k: v for k, v in header.items() if k != "token"}
-    request.update(server.access.check_inventory(header))
     return _queue(server, identity, header, request, arrays)
 
 
 def on_retrain(server, identity, header, arrays) -> Replies:
-    """Queue a ``retrain`` job (``backend.learning.retrain``) like a detection, the
-    sources of its reviewed areas checked too."""
-    reviewed = header.get("reviewed") or []
-    checked = [dict(a, source=server.access.check_source(a["source"]))
-               if a.get("source") else a for a in reviewed]
-    if reviewed:
-        header = dict(header, reviewed=checked)
+    """Queue a ``retrain`` job (``backend.learning.retrain``) like a detection."""
     return on_detect(server, identity, header, arrays)
 
 
@@ -253,7 +244,7 @@ def on_import_model(server, identity, header, arrays) -> Replies:
     from backend.models.imported import import_onnx
     from protocol.importing import ImportParams
     params = ImportParams.from_header(header)
-    path = server.access.check_path(params.path, field="path", what="the model path")
+    path = params.path
     card = import_onnx(path, params.values, params.model)  # errors carry their code
     log.info("imported %s as model %s", path, card.id)
     return [(identity, P.reply("imported", header["id"], card=card.public()))]

@@ -24,7 +24,10 @@ Threads:
 Security (``backend.daemon.access``): the daemon binds to the loopback interface by
 default. Binding any other address needs a token (:class:`ValueError` otherwise), and
 then every request must carry ``"token"``; a daemon bound beyond loopback also only
-reads raster files that resolve inside ``allowed_roots`` (``ORTHOLENS_ROOTS``).
+reads and writes files that resolve inside ``allowed_roots`` (``ORTHOLENS_ROOTS``):
+:meth:`Server.handle` checks every path a request names
+(``backend.daemon.access.REQUEST_PATHS``) before its handler runs, and the handler gets
+the resolved paths.
 
 Pixel uploads (``backend.daemon.uploads``): ``upload`` and ``window`` requests stream an
 image the daemon cannot read itself into a file, window by window, and a ``detect``
@@ -101,8 +104,9 @@ class Server:
         max_queue_bytes: most pixel bytes held by waiting jobs; more get ``E_BUSY``
             (a job is always accepted when no waiting job holds pixels).
         workers: worker threads, i.e. jobs run at the same time (>= 1).
-        restrict_paths: check ``source.path`` against ``allowed_roots``; default: only
-            when ``host`` is not loopback.
+        restrict_paths: check every path a request names against ``allowed_roots``
+            (``backend.daemon.access.REQUEST_PATHS``); default: only when ``host`` is
+            not loopback.
         detect_fn: the ``detect`` job function (``backend.daemon.jobs.JobFn``; default
             ``backend.inference.detect.run_detect``; the engine loads at the first job).
         device: the device string ``pong`` reports; default: probed with
@@ -427,6 +431,7 @@ class Server:
                     request_id = rid
                 P.validate_request(header)
                 self.access.check_token(header)
+                header = self.access.check_request(header)  # every path, one rule
                 log.debug("%s %s from %s", header["type"], request_id, identity.hex())
                 return HANDLERS[header["type"]](self, identity, header, arrays)
             except OrtholensError as exc:
