@@ -47,9 +47,11 @@ def figures_text(v: Dict[str, Any]) -> str:
 def use_text(v: Dict[str, Any], here: Optional[str]) -> str:
     """How a version is used: a general version ``"active"`` (in use wherever no
     version of one area is) or ``"not active"``; a version of one area ``"in use in
-    its area"`` or ``"not in use"``; ``"in use here"`` first for the version in use in
-    the map view."""
+    its area"`` or ``"not in use"``; the version in use in the map view says
+    ``"in use here"`` first (a version of one area then only that: here is its area)."""
     if v.get("scope"):
+        if here and v.get("id") == here:
+            return "in use here (its area)"
         use = "in use in its area" if v.get("in_use") else "not in use"
     else:
         use = "active" if v.get("active") else "not active"
@@ -60,7 +62,7 @@ def version_lines(v: Dict[str, Any], here: Optional[str]) -> str:
     """The panel's two lines of a version of the ``versions`` reply; ``here``: the id
     of the version in use in the map view::
 
-        pv-unet-efl0@1 v2.0.0+u1 — in use here; in use in its area
+        pv-unet-efl0@1 v2.0.0+u1 — in use here (its area)
         2024-05-06 14:05 · from pv-unet-efl0 · 0.28 km² · held-out F1 0.593 → 0.866 ·
         accepted by the rule
     """

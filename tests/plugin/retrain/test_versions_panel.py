@@ -54,7 +54,7 @@ def test_panel_lists_versions_the_one_in_use_here_and_the_reasons(qgis_iface):
         assert _lines(panel, 0) == [f"{MODEL} v2.0.0 — active",
                                     "shipped · everywhere · held-out F1 0.881 (pv01)"]
         head, tail = _lines(panel, 1)
-        assert head == f"{MODEL}@1 v2.0.0+u1 — in use here; in use in its area"
+        assert head == f"{MODEL}@1 v2.0.0+u1 — in use here (its area)"
         assert tail.startswith("2024-05-0") and tail.endswith(
             f" · from {MODEL} · 0.28 km² · held-out F1 0.593 → 0.866 · accepted by the rule")
         assert _lines(panel, 2)[0] == f"{MODEL}@2 v2.0.0+u2 — not active"
