@@ -1,5 +1,6 @@
-"""The user's corrections as training data: the corrected features, and the reviewed
-areas read and diffed with the current model."""
+"""The user's corrections as training data: the corrected features, the reviewed
+areas read and diffed with the current model, and the pixels without data (an alpha
+band, a nodata value) weighing nothing."""
 
 from __future__ import annotations
 
@@ -82,3 +83,100 @@ def test_features_in_the_split_gap_are_not_called_outside_every_area():
     assert not any("outside" in w for w in corr.warnings), corr.warnings
     s = corr.summary()
     assert s["train"]["added"] + s["holdout"]["added"] == 2
+
+
+#: The small raster of the no-data tests: 30 m x 12 m at the model's 0.1 m GSD in MGI /
+#: Austria GK East, its top-left corner at (X0, Y1).
+X0, Y1, GSD, W, H = -1700.0, 338560.0, 0.1, 300, 120
+#: No-data on the raster, in metres from its top-left corner ``(dx0, dx1, dy0, dy1)``
+#: (dy down): a strip along its left edge, a block inside the corrected square and one
+#: in the held-out area.
+NODATA_M = [(0, 6, 0, 12), (10, 14, 4, 8), (25, 27, 0, 12)]
+#: The corrected square (a panel the model missed), the same way.
+PANEL_M = (4, 16, 2, 10)
+
+
+def _small_raster(path, how):
+    """Write the raster: RGB 120 on valid pixels; on :data:`NODATA_M` either an alpha
+    band of 0 under RGB 200 (``"alpha"``) or RGB 0 declared as the nodata value
+    (``"nodata"``)."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from rasterio.enums import ColorInterp
+
+    bad = np.zeros((H, W), bool)
+    for dx0, dx1, dy0, dy1 in NODATA_M:
+        bad[round(dy0 / GSD):round(dy1 / GSD), round(dx0 / GSD):round(dx1 / GSD)] = True
+    rgb = np.where(bad, 200 if how == "alpha" else 0, 120).astype(np.uint8)
+    data = np.stack([rgb] * 3 + ([np.where(bad, 0, 255).astype(np.uint8)]
+                                 if how == "alpha" else []))
+    prof = dict(driver="GTiff", width=W, height=H, count=len(data), dtype="uint8",
+                crs="EPSG:31256", transform=Affine(GSD, 0, X0, 0, -GSD, Y1),
+                nodata=0 if how == "nodata" else None)
+    with rasterio.open(path, "w", **prof) as w:
+        w.write(data)
+        if how == "alpha":
+            w.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                             ColorInterp.alpha]
+    return path
+
+
+def _in_boxes(xs, ys, boxes, grow):
+    """Whether the points ``(xs, ys)`` (metres, the raster's CRS) lie in one of
+    ``boxes`` (metres from the top-left corner, as :data:`NODATA_M`) grown by
+    ``grow`` metres (negative: shrunk)."""
+    import numpy as np
+    out = np.zeros(xs.shape, bool)
+    for dx0, dx1, dy0, dy1 in boxes:
+        out |= ((xs > X0 + dx0 - grow) & (xs < X0 + dx1 + grow)
+                & (ys < Y1 - dy0 + grow) & (ys > Y1 - dy1 - grow))
+    return out
+
+
+@pytest.mark.parametrize("how", ["alpha", "nodata"])
+def test_no_data_pixels_weigh_nothing_and_are_background(tmp_path, how):
+    """A panel the model missed is added over a raster with no-data (its own alpha
+    band, or a nodata value): where the raster has no data the pixels of every part
+    read weigh 0, are background in the target and are not judged; on valid pixels of
+    the part trained on the added panel weighs the mistake weight 5 and the rest 1.
+    The expectation is where each grid pixel's centre falls on the ground (0.15 m
+    kept clear of every edge for the bilinear resampling)."""
+    import numpy as np
+    from shapely.geometry import box
+
+    from backend.learning.corrections import build_corrections
+    from backend.models.catalog import load_card
+    from protocol.params import RetrainParams
+    card = load_card(DEFAULT_MODEL)
+    path = _small_raster(tmp_path / f"{how}.tif", how)
+    dx0, dx1, dy0, dy1 = PANEL_M
+    panel = box(X0 + dx0, Y1 - dy1, X0 + dx1, Y1 - dy0)
+    params = RetrainParams({"kind": "file", "path": str(path)}, DEFAULT_MODEL,
+                           [{"wkt": panel.wkt, "class": "photovoltaic"}], crs="EPSG:31256",
+                           reviewed=[{"extent": [X0, Y1 - 12, X0 + 20, Y1], "holdout": False},
+                                     {"extent": [X0 + 22, Y1 - 12, X0 + 30, Y1],
+                                      "holdout": True}])
+    corr = build_corrections(params, [], card, FakePredictor(card, gain=0.0),
+                             mistake_weight=5.0)
+    assert len(corr.train) == len(corr.holdout) == 1
+    for part in corr.train + corr.holdout:
+        t = part.grid.transform
+        rows, cols = np.mgrid[0:part.grid.height, 0:part.grid.width]
+        xs, ys = t.c + (cols + 0.5) * t.a, t.f + (rows + 0.5) * t.e
+        surely_bad = _in_boxes(xs, ys, NODATA_M, -0.15)
+        surely_good = ~_in_boxes(xs, ys, NODATA_M, 0.15) & _in_boxes(
+            xs, ys, [(0, 30, 0, 12)], -0.15)
+        # no-data on the grid: 24 + 16 m² held out (with context), 72 + 16 m² trained on
+        assert surely_bad.sum() > 0.7 * (4000 if part.holdout else 8800), part.holdout
+        assert (part.weight[surely_bad] == 0).all(), how
+        assert (part.target[surely_bad] == 0).all() and not part.scored_mask[surely_bad].any()
+        assert not part.valid[surely_bad].any() and part.valid[surely_good].all()
+        if part.holdout:
+            continue
+        in_panel = _in_boxes(xs, ys, [PANEL_M], -0.15) & surely_good
+        off_panel = ~_in_boxes(xs, ys, [PANEL_M], 0.15) & surely_good
+        # valid: 96 - 16 - 16 m² of the panel, 240 - 72 - 80 m² around it
+        assert in_panel.sum() > 0.7 * 6400 and off_panel.sum() > 0.7 * 8800
+        assert (part.weight[in_panel] == 5.0).all() and (part.target[in_panel] == 1).all()
+        assert (part.weight[off_panel] == 1.0).all() and (part.target[off_panel] == 0).all()

@@ -1,9 +1,11 @@
-"""backend.learning.losses against the same losses written out by hand in torch on a
-tiny example: cross-entropy per pixel, weighted by the pixel weights, plus one minus the
-soft Dice of each foreground class over the pixels that count."""
+"""backend.learning.losses against the same losses written out by hand (in torch, and
+pixel by pixel in float64 numpy) on a tiny example: cross-entropy per pixel, weighted by
+the pixel weights, plus one minus the soft Dice of each foreground class over the pixels
+that count; an ignore mask, and a batch where nothing counts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +90,66 @@ def test_a_perfect_prediction_costs_almost_nothing_and_gradients_flow():
     loss = weighted_dice_ce_loss(logits, target, torch.ones(1, 2, 2), K)
     loss.backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+
+
+def _numpy_reference(logits, target, weight):
+    """The weighted loss in float64 numpy, pixel by pixel: a log-sum-exp softmax,
+    ``-log p`` of the target class times the weight, divided by ``max(sum w, 1)``; then
+    per foreground class the soft Dice over the pixels of positive weight only."""
+    z = logits.double().numpy()
+    t = target.numpy()
+    w = weight.double().numpy()
+    n, c, h, wd = z.shape
+    num = 0.0
+    p = np.empty_like(z)
+    for i in range(n):
+        for r in range(h):
+            for q in range(wd):
+                v = z[i, :, r, q]
+                e = np.exp(v - v.max())
+                p[i, :, r, q] = e / e.sum()
+                num += w[i, r, q] * -np.log(p[i, t[i, r, q], r, q])
+    loss = num / max(w.sum(), 1.0)
+    keep = w > 0
+    for k in range(1, c):
+        pk = p[:, k][keep]
+        tk = (t[keep] == k).astype(np.float64)
+        loss += (1 - (2 * (pk * tk).sum() + 1) / (pk.sum() + tk.sum() + 1)) / (c - 1)
+    return loss
+
+
+@pytest.mark.parametrize("case", ["weights", "mask", "ones"])
+def test_the_weighted_loss_equals_a_numpy_reference(case):
+    """Weights that vary (with an ignored column), a 0/1 ignore mask alone, and all
+    ones: the loss is the numpy float64 computation to 1e-5."""
+    logits, target, weight = _example()
+    if case == "mask":
+        weight = (weight > 0).float()
+        weight[1, 0, :2] = 0.0  # ignored pixels inside the image, not only the border
+    elif case == "ones":
+        weight = torch.ones_like(weight)
+    got = float(weighted_dice_ce_loss(logits, target, weight, K))
+    assert got == pytest.approx(_numpy_reference(logits, target, weight), abs=1e-5)
+
+
+def test_an_ignore_mask_drops_its_pixels_from_both_terms():
+    """With weights 1 and 0 the loss is the loss of the kept pixels alone: the same
+    as the unweighted loss of a batch holding only them (one row here)."""
+    logits, target, _ = _example()
+    weight = torch.zeros(2, 3, 4)
+    weight[0, 1] = 1.0  # row 1 of the first image counts, nothing else
+    alone = dice_ce_loss(logits[:1, :, 1:2], target[:1, 1:2], K)
+    assert torch.allclose(weighted_dice_ce_loss(logits, target, weight, K), alone, atol=1e-6)
+    assert not torch.allclose(dice_ce_loss(logits, target, K), alone, atol=1e-3)
+
+
+def test_an_all_ignored_batch_costs_nothing_and_moves_nothing():
+    """Every weight 0 (a chip wholly padding or no-data): the loss is exactly 0, not
+    NaN, and its gradient is zero everywhere."""
+    logits, target, _ = _example()
+    logits.requires_grad_(True)
+    loss = weighted_dice_ce_loss(logits, target, torch.zeros(2, 3, 4), K)
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and float(logits.grad.abs().max()) == 0.0
+    assert _numpy_reference(logits.detach(), target, torch.zeros(2, 3, 4)) == 0.0

@@ -50,7 +50,7 @@ def test_write_result_layer_gpkg_fields_style_and_edits(tmp_path, qgis_new_proje
     assert feats[0]["score"] == pytest.approx(0.91)
     assert [f["agreement"] for f in feats] == [1.0, 0.5]
     assert feats[1]["area_m2"] == pytest.approx(9.0)
-    assert feats[0]["model_version"] == "1.0.0"
+    assert [(f["model"], f["model_version"]) for f in feats] == [(MODEL, "1.0.0")] * 2
     assert types["detected_at"] == "datetime", types
     stamp = feats[0]["detected_at"]
     assert isinstance(stamp, QDateTime) and stamp.isValid()
