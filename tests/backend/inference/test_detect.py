@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from scipy import ndimage
 
 import protocol as P
 from backend.inference import detect as D
@@ -44,6 +45,72 @@ def test_heldout_accuracy_of_shipped_model():
     assert s["objects_true"] == card["objects_true"] == 31
     assert s["pixel_iou"] >= card["pixel_iou"] - 0.005, (s["pixel_iou"], card["pixel_iou"])
     assert s["object_f1"] >= card["object_f1"] - 0.02, (s["object_f1"], card["object_f1"])
+
+
+def _place(room: np.ndarray, h: int, w: int, margin: int):
+    """``(row, col)`` of the top-left pixel of an ``h`` x ``w`` rectangle centred on the
+    pixel of ``room`` (a distance transform) farthest from its edge, which must leave
+    ``margin`` pixels around it; ``room`` is cleared around it for the next one."""
+    r, c = np.unravel_index(int(np.argmax(room)), room.shape)
+    assert room[r, c] >= max(h, w) / 2 + margin
+    r0, c0 = r - h // 2, c - w // 2
+    room[max(0, r0 - 3 * margin):r0 + h + 3 * margin,
+         max(0, c0 - 3 * margin):c0 + w + 3 * margin] = 0
+    return r0, c0
+
+
+def _card_rules(mask: np.ndarray, transform, min_area_m2: float, max_hole_m2: float):
+    """The objects of a panel mask as the card's rules make them, computed with shapely
+    in square metres: outlines traced by rasterio (8-connected), holes below
+    ``max_hole_m2`` filled, objects below ``min_area_m2`` dropped."""
+    from rasterio.features import shapes
+    from shapely.geometry import Polygon, shape
+    out = []
+    for geom, _ in shapes(mask.astype(np.uint8), mask=mask, transform=transform,
+                          connectivity=8):
+        g = shape(geom)
+        g = Polygon(g.exterior, [r for r in g.interiors if Polygon(r).area >= max_hole_m2])
+        if g.area >= min_area_m2:
+            out.append(g)
+    return out
+
+
+def test_holes_and_small_objects_follow_the_card_in_square_metres(tmp_path):
+    """A detection whose panel probability is known exactly: the reference mask of a
+    real held-out tile (0.1 m, EPSG:32651; 7 panel arrays) with holes of 0.2, 0.45, 0.6
+    and 1 m² punched into the arrays and lone objects of 1.5 and 2.5 m² added, written
+    as an image that ``FakePredictor`` reads as probability 1 on panels and 0
+    elsewhere. The polygons are the mask's objects with the card's rules applied by
+    shapely in m² (holes below 0.5 m² filled, objects below 2 m² dropped)."""
+    from tests.support import FakePredictor, write_raster
+    card = load_card(DEFAULT_MODEL)
+    with rasterio.open(heldout("PV01_325190_1204243").with_name(
+            "PV01_325190_1204243_mask.tif")) as src:
+        mask, prof = src.read(1) > 0, dict(src.profile)
+    t = prof["transform"]
+    assert (t.a, t.e) == (0.1, -0.1) and (card.min_area_m2, card.max_hole_m2) == (2.0, 0.5)
+    inside = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    for h, w in [(4, 5), (5, 9), (6, 10), (10, 10)]:      # 20, 45, 60, 100 px of 0.01 m²
+        r0, c0 = _place(inside, h, w, 3)
+        mask[r0:r0 + h, c0:c0 + w] = False
+    outside = ndimage.distance_transform_edt(np.pad(~mask, 1))[1:-1, 1:-1]
+    for h, w in [(10, 15), (10, 25)]:                      # 150 and 250 px
+        r0, c0 = _place(outside, h, w, 3)
+        mask[r0:r0 + h, c0:c0 + w] = True
+    path = write_raster(tmp_path / "probability.tif",
+                        np.repeat(mask[None].astype(np.uint8) * 255, 3, 0), prof)
+    want = _card_rules(mask, t, card.min_area_m2, card.max_hole_m2)
+    assert len(want) == 8 and sum(len(g.interiors) for g in want) == 2  # 0.6 and 1 m²
+    res = D.run_detect(P.validate_request({
+        "v": 1, "id": "h", "type": "detect", "model": DEFAULT_MODEL,
+        "source": {"kind": "file", "path": str(path)}, "simplify_m": 0.0,
+        "orthogonalize": False}), [], predictor=FakePredictor(card))
+    got = [shapely.from_wkt(f["wkt"]) for f in res["features"]]
+    assert len(got) == len(want)
+    for g in want:  # each expected object once; the WKT keeps millimetres
+        assert sum(g.symmetric_difference(o).area < 0.01 for o in got) == 1, g.area
+    assert sorted(round(f["area_m2"], 2) for f in res["features"]) == sorted(
+        round(g.area, 2) for g in want)
 
 
 def test_detect_polygons_overlap_reference_and_carry_attributes():
