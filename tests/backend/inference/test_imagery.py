@@ -87,15 +87,26 @@ def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path)
 
 
 def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
-    """RGBA with the west half transparent: no panel there, the east half as before."""
+    """RGBA with the west half transparent and a black patch (0, 0, 0) in the opaque
+    east half: no panel in the west, the east half as before, and the valid fraction is
+    the alpha band's as rasterio reads it by hand. The black patch stays valid: the mask
+    is the alpha band, not the black GDAL fills transparent pixels with (which alone
+    would also hide the west's panels)."""
     data, prof = tile
     alpha = np.full(data.shape[1:], 255, np.uint8)
     alpha[:, : data.shape[2] // 2] = 0
+    with rasterio.open(TILE.with_name(TILE.stem + "_mask.tif")) as m:
+        assert not m.read(1)[82:112, 222:252].any()  # no panel under the patch
+    data = data.copy()
+    data[:, 82:112, 222:252] = 0  # 900 px, 1.4 % of the tile
     rgba = write_raster(tmp_path / "rgba.tif", np.concatenate([data, alpha[None]]), prof,
                   colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                                ColorInterp.alpha])
     res = _run(rgba)
     assert res["stats"]["bands"] == [1, 2, 3]
+    with rasterio.open(rgba) as ds:
+        opaque = ds.read(4) > 0
+    assert res["stats"]["valid_fraction"] == round(float(opaque.mean()), 4) == 0.5
     import shapely
     from shapely.geometry import box
     t = prof["transform"]
