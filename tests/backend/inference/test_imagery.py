@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from rasterio.enums import ColorInterp
 
 from backend.inference import detect as D
@@ -72,9 +73,35 @@ def test_16bit_default_is_the_2_98_percentile_stretch(tile, reference, tmp_path)
     assert area == pytest.approx(ref_area, rel=0.15)
 
 
+def _model_pixels(path, bands=None) -> np.ndarray:
+    """The pixels a detection of ``path`` feeds the model, uint8 (3, H, W), as its
+    reader gives them (the grid at the model's 0.1 m is the tile's own)."""
+    from backend.inference.grid import plan_grid
+    from backend.inference.raster import WindowReader
+    from protocol.window import Window
+    with rasterio.open(path) as ds:
+        grid = plan_grid(ds, None, None, 0.1, 3, bands)
+        reader = WindowReader(ds, grid)
+        try:
+            return reader.read(Window(0, 0, grid.height, grid.width))[0]
+        finally:
+            reader.close()
+
+
+def _iou_with_reference(res) -> float:
+    """Pixel IoU of a result's polygons (burnt by rasterio) with the tile's panel mask."""
+    from rasterio.features import rasterize
+    with rasterio.open(TILE.with_name(TILE.stem + "_mask.tif")) as m:
+        ref, t = m.read(1) > 0, m.transform
+    pred = rasterize([shapely.from_wkt(w) for w in _wkts(res)], out_shape=ref.shape,
+                     transform=t, fill=0, default_value=1, dtype="uint8") > 0
+    return float((pred & ref).sum() / (pred | ref).sum())
+
+
 def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path):
     """A BGR file whose bands say blue, green, red is read as R, G, B; an explicit
-    mapping does the same."""
+    mapping does the same: the model gets the tile's red, green and blue as rasterio
+    reads them by hand, and finds its panels (pixel IoU with the reference mask)."""
     data, prof = tile
     bgr = write_raster(tmp_path / "bgr.tif", data[::-1].copy(), prof,
                  colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red])
@@ -84,6 +111,13 @@ def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path)
     plain = write_raster(tmp_path / "bgr_plain.tif", data[::-1].copy(), prof,
                    colorinterp=[ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined])
     assert _wkts(_run(plain, bands=(3, 2, 1))) == _wkts(reference)
+    with rasterio.open(TILE) as src:
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        rgb = src.read([1, 2, 3])
+    assert np.array_equal(_model_pixels(bgr), rgb)
+    assert np.array_equal(_model_pixels(plain, [3, 2, 1]), rgb)
+    assert np.array_equal(_model_pixels(TILE), rgb)
+    assert _iou_with_reference(res) > 0.9
 
 
 def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
@@ -107,7 +141,6 @@ def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
     with rasterio.open(rgba) as ds:
         opaque = ds.read(4) > 0
     assert res["stats"]["valid_fraction"] == round(float(opaque.mean()), 4) == 0.5
-    import shapely
     from shapely.geometry import box
     t = prof["transform"]
     mid = t.c + t.a * data.shape[2] / 2
