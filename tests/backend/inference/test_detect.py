@@ -23,7 +23,7 @@ from backend.inference import detect as D
 from backend.models.catalog import load_card
 from protocol.errors import JobError
 from tools.evaluate import eval_heldout, rasterize_features
-from tests.support import ATLANTA, DEFAULT_MODEL, VIENNA, heldout
+from tests.support import ATLANTA, DEFAULT_MODEL, VIENNA, against_mask, heldout
 
 
 def detect(path, **kw):
@@ -156,6 +156,8 @@ def test_pixels_source_equals_file_source():
            "source": {"kind": "pixels", "crs": crs, "transform": list(t)[:6]}}
     res_p = D.run_detect(P.validate_request(req), [arr])
     assert [f["wkt"] for f in res_f["features"]] == [f["wkt"] for f in res_p["features"]]
+    iou, arrays = against_mask(res_p["features"], path)
+    assert len(res_p["features"]) == arrays == 4 and iou > 0.9  # the tile's 4 arrays
 
 
 def test_nodata_gives_no_polygons():
@@ -177,7 +179,9 @@ def test_nodata_gives_no_polygons():
 
 
 def test_four_band_raster_uses_rgb_with_warning():
-    path = heldout("PV01_325192_1204249")
+    """R, G, B and a fourth band: the first three feed the model, with a warning, and
+    it finds the tile's 4 panel arrays."""
+    path = heldout("PV01_325190_1204246")
     with rasterio.open(path) as ds:
         arr = ds.read()
         t, crs = ds.transform, ds.crs.to_wkt()
@@ -188,6 +192,8 @@ def test_four_band_raster_uses_rgb_with_warning():
     res3 = D.run_detect(P.validate_request(req), [arr])
     assert any("4 bands" in w for w in res4["stats"]["warnings"])
     assert [f["wkt"] for f in res4["features"]] == [f["wkt"] for f in res3["features"]]
+    iou, arrays = against_mask(res4["features"], path)
+    assert len(res4["features"]) == arrays == 4 and iou > 0.9
 
 
 @pytest.mark.parametrize("case, code, words", [

@@ -17,7 +17,7 @@ from rasterio.enums import ColorInterp
 
 from backend.inference import detect as D
 from protocol.params import DetectParams, FileSource, Stretch
-from tests.support import ATLANTA, DEFAULT_MODEL, heldout, write_raster
+from tests.support import ATLANTA, DEFAULT_MODEL, against_mask, heldout, write_raster
 
 #: 9 panel arrays
 TILE = heldout("PV01_325192_1204246")
@@ -88,16 +88,6 @@ def _model_pixels(path, bands=None) -> np.ndarray:
             reader.close()
 
 
-def _iou_with_reference(res) -> float:
-    """Pixel IoU of a result's polygons (burnt by rasterio) with the tile's panel mask."""
-    from rasterio.features import rasterize
-    with rasterio.open(TILE.with_name(TILE.stem + "_mask.tif")) as m:
-        ref, t = m.read(1) > 0, m.transform
-    pred = rasterize([shapely.from_wkt(w) for w in _wkts(res)], out_shape=ref.shape,
-                     transform=t, fill=0, default_value=1, dtype="uint8") > 0
-    return float((pred & ref).sum() / (pred | ref).sum())
-
-
 def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path):
     """A BGR file whose bands say blue, green, red is read as R, G, B; an explicit
     mapping does the same: the model gets the tile's red, green and blue as rasterio
@@ -117,7 +107,7 @@ def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path)
     assert np.array_equal(_model_pixels(bgr), rgb)
     assert np.array_equal(_model_pixels(plain, [3, 2, 1]), rgb)
     assert np.array_equal(_model_pixels(TILE), rgb)
-    assert _iou_with_reference(res) > 0.9
+    assert against_mask(res["features"], TILE)[0] > 0.9
 
 
 def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
