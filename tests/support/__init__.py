@@ -20,14 +20,14 @@ from .common import (ATLANTA, DATA, DEFAULT_MODEL, HAVE_DATA, HAVE_MODEL, HAVE_T
 from .engine import (FILE, LISTENING, PIX, FakeDetect, ask, job_state, raw_dealer, recv,
                      running_engine, running_server, send_detect, start_engine, stop_engine)
 from .fakes import FakePredictor, ensemble_card, predict_vienna
-from .rasters import (FAR_GSD, ROOFS, build_vrt, gpkg_rows, gpkg_set, open_raster,
-                      polygon_set, small_grid, write_polygons, write_raster)
+from .rasters import (FAR_GSD, ROOFS, against_mask, build_vrt, gpkg_rows, gpkg_set,
+                      open_raster, polygon_set, small_grid, write_polygons, write_raster)
 from .versions import make_area_version, shipped_digest, shipped_state, tile_bounds
 
 __all__ = ["ATLANTA", "DATA", "DEFAULT_MODEL", "FAR_GSD", "FILE", "FakeDetect", "FakePredictor",
            "HAVE_DATA", "HAVE_MODEL", "HAVE_TILES", "HELDOUT", "INSIDE", "INSIDE_2",
            "LISTENING", "OUTSIDE", "PIX", "PV01_BLOCK", "REPO", "ROOFS", "VIENNA", "ask",
-           "build_vrt", "write_polygons",
+           "against_mask", "build_vrt", "write_polygons",
            "default_model", "ensemble_card", "free_port", "gpkg_rows", "gpkg_set", "heldout",
            "job_state", "make_area_version", "needs_real", "needs_tiles", "open_raster",
            "polygon_set", "predict_vienna", "raw_dealer", "recv", "running_engine",

@@ -74,6 +74,26 @@ def build_vrt(path: Path, tiles: Sequence[Path], *options: str) -> Path:
 
 # ----------------------------------------------------------------------------- polygons
 
+def against_mask(features: Sequence[Dict[str, Any]], image: Path) -> Tuple[float, int]:
+    """``(pixel IoU, reference objects)`` of a result on a pv01 tile, computed apart from
+    the engine: the features' polygons burnt by ``rasterio.features.rasterize`` onto the
+    tile's ``<name>_mask.tif`` grid and compared with it by numpy; the reference
+    objects are the mask's 8-connected components (scipy)."""
+    import numpy as np
+    import rasterio
+    import shapely
+    from rasterio.features import rasterize
+    from scipy import ndimage
+    with rasterio.open(Path(image).with_name(Path(image).stem + "_mask.tif")) as m:
+        ref, t = m.read(1) > 0, m.transform
+    geoms = [shapely.from_wkt(f["wkt"]) for f in features]
+    pred = (rasterize(geoms, out_shape=ref.shape, transform=t, fill=0, default_value=1,
+                      dtype="uint8") > 0) if geoms else np.zeros(ref.shape, bool)
+    n = ndimage.label(ref, structure=np.ones((3, 3), bool))[1]
+    return float((pred & ref).sum() / max(int((pred | ref).sum()), 1)), int(n)
+
+
+
 def polygon_set(features: Sequence[Dict[str, Any]]) -> list:
     """``sorted((class, wkb, score, area))`` of protocol features (single polygons)."""
     import shapely

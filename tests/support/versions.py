@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from backend.config import models_dir
 from tests.support.common import DEFAULT_MODEL
@@ -41,9 +41,11 @@ def tile_bounds(path: Path):
 
 
 def make_area_version(tiles: Sequence[Path], margin_m: float = 250.0,
-                      use: bool = True) -> str:
+                      use: bool = True, boxes: Optional[Sequence[tuple]] = None) -> str:
     """A user version of the shipped model (its own weights, moved in as a prepared
     candidate) taught on the extents of ``tiles`` plus ``margin_m``; returns its id.
+    ``boxes``: the reviewed extents ``(xmin, ymin, xmax, ymax)`` in the first tile's
+    CRS instead of the tiles' (an area smaller than a tile).
 
     Its outputs are the shipped model's, so a test of it checks *which* version ran
     (``stats["model"]`` and every feature's ``model``), inside its area and outside.
@@ -57,7 +59,7 @@ def make_area_version(tiles: Sequence[Path], margin_m: float = 250.0,
     for name in ("weights.safetensors", "model.onnx"):
         if (card.path / name).is_file():
             shutil.copy(card.path / name, prep / name)
-    boxes = [tile_bounds(t)[0] for t in tiles]
+    boxes = list(boxes) if boxes else [tile_bounds(t)[0] for t in tiles]
     area = build_area(boxes, tile_bounds(tiles[0])[1], margin_m).to_dict()
     new = write_version(card, None, {}, {"scope": area, "decision": "accepted",
                                          "verdict": "accepted", "corrections": 1},

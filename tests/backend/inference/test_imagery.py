@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from rasterio.enums import ColorInterp
 
 from backend.inference import detect as D
 from protocol.params import DetectParams, FileSource, Stretch
-from tests.support import ATLANTA, DEFAULT_MODEL, heldout, write_raster
+from tests.support import ATLANTA, DEFAULT_MODEL, against_mask, heldout, write_raster
 
 #: 9 panel arrays
 TILE = heldout("PV01_325192_1204246")
@@ -72,9 +73,25 @@ def test_16bit_default_is_the_2_98_percentile_stretch(tile, reference, tmp_path)
     assert area == pytest.approx(ref_area, rel=0.15)
 
 
+def _model_pixels(path, bands=None) -> np.ndarray:
+    """The pixels a detection of ``path`` feeds the model, uint8 (3, H, W), as its
+    reader gives them (the grid at the model's 0.1 m is the tile's own)."""
+    from backend.inference.grid import plan_grid
+    from backend.inference.raster import WindowReader
+    from protocol.window import Window
+    with rasterio.open(path) as ds:
+        grid = plan_grid(ds, None, None, 0.1, 3, bands)
+        reader = WindowReader(ds, grid)
+        try:
+            return reader.read(Window(0, 0, grid.height, grid.width))[0]
+        finally:
+            reader.close()
+
+
 def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path):
     """A BGR file whose bands say blue, green, red is read as R, G, B; an explicit
-    mapping does the same."""
+    mapping does the same: the model gets the tile's red, green and blue as rasterio
+    reads them by hand, and finds its panels (pixel IoU with the reference mask)."""
     data, prof = tile
     bgr = write_raster(tmp_path / "bgr.tif", data[::-1].copy(), prof,
                  colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red])
@@ -84,19 +101,36 @@ def test_band_order_follows_the_colour_interpretation(tile, reference, tmp_path)
     plain = write_raster(tmp_path / "bgr_plain.tif", data[::-1].copy(), prof,
                    colorinterp=[ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined])
     assert _wkts(_run(plain, bands=(3, 2, 1))) == _wkts(reference)
+    with rasterio.open(TILE) as src:
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        rgb = src.read([1, 2, 3])
+    assert np.array_equal(_model_pixels(bgr), rgb)
+    assert np.array_equal(_model_pixels(plain, [3, 2, 1]), rgb)
+    assert np.array_equal(_model_pixels(TILE), rgb)
+    assert against_mask(res["features"], TILE)[0] > 0.9
 
 
 def test_alpha_band_is_the_valid_mask_not_a_colour(tile, reference, tmp_path):
-    """RGBA with the west half transparent: no panel there, the east half as before."""
+    """RGBA with the west half transparent and a black patch (0, 0, 0) in the opaque
+    east half: no panel in the west, the east half as before, and the valid fraction is
+    the alpha band's as rasterio reads it by hand. The black patch stays valid: the mask
+    is the alpha band, not the black GDAL fills transparent pixels with (which alone
+    would also hide the west's panels)."""
     data, prof = tile
     alpha = np.full(data.shape[1:], 255, np.uint8)
     alpha[:, : data.shape[2] // 2] = 0
+    with rasterio.open(TILE.with_name(TILE.stem + "_mask.tif")) as m:
+        assert not m.read(1)[82:112, 222:252].any()  # no panel under the patch
+    data = data.copy()
+    data[:, 82:112, 222:252] = 0  # 900 px, 1.4 % of the tile
     rgba = write_raster(tmp_path / "rgba.tif", np.concatenate([data, alpha[None]]), prof,
                   colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                                ColorInterp.alpha])
     res = _run(rgba)
     assert res["stats"]["bands"] == [1, 2, 3]
-    import shapely
+    with rasterio.open(rgba) as ds:
+        opaque = ds.read(4) > 0
+    assert res["stats"]["valid_fraction"] == round(float(opaque.mean()), 4) == 0.5
     from shapely.geometry import box
     t = prof["transform"]
     mid = t.c + t.a * data.shape[2] / 2

@@ -17,7 +17,7 @@ from backend.inference.raster import (WindowReader, open_source, read_ahead, rea
 from protocol.errors import InputError, JobError
 from protocol.params import FileSource, PixelSource
 from protocol.window import Window
-from tests.support import DEFAULT_MODEL, VIENNA
+from tests.support import DEFAULT_MODEL, VIENNA, heldout, write_raster
 
 #: 0.1 m pixels in EPSG:31256: read on a 0.1 m grid, a window is the pixels themselves.
 PIXELS = PixelSource("EPSG:31256", (0.1, 0.0, -1700.0, 0.0, -0.1, 338560.0), nodata=0)
@@ -97,6 +97,34 @@ def test_a_window_reads_the_grid_and_pads_beyond_it():
             reader.read(Window(20, 0, 5, 5))
     with open_source(PIXELS, img) as ds, pytest.raises(ValueError, match="'raise' or 'mask'"):
         WindowReader(ds, plan_grid(ds, None, None, 0.1, 3), damaged="skip")
+
+
+def test_the_rasters_own_alpha_band_is_the_valid_mask(tmp_path):
+    """A real held-out tile (0.1 m) as RGBA whose alpha hides a disc of 80 px radius
+    and nothing else, with a black patch (0, 0, 0) that stays opaque, as shadows in
+    orthophotos are: the valid mask is the alpha band as rasterio reads it by hand,
+    not the pixels GDAL fills with black, and the valid pixels are the file's RGB."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    with rasterio.open(heldout("PV01_325192_1204246")) as src:
+        rgb, prof = src.read(), dict(src.profile)
+    rows, cols = np.mgrid[:rgb.shape[1], :rgb.shape[2]]
+    alpha = np.where((rows - 100) ** 2 + (cols - 140) ** 2 < 80 ** 2, 0, 255).astype(np.uint8)
+    rgb[:, 220:250, 10:40] = 0
+    path = write_raster(tmp_path / "rgba.tif", np.concatenate([rgb, alpha[None]]), prof,
+                        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                                     ColorInterp.alpha])
+    with rasterio.open(path) as ds:
+        by_hand_alpha, by_hand_rgb = ds.read(4) > 0, ds.read([1, 2, 3])
+        reader = WindowReader(ds, plan_grid(ds, None, None, 0.1, 3))
+        try:
+            img, valid = reader.read(Window(0, 0, *by_hand_alpha.shape))
+        finally:
+            reader.close()
+    assert 0.25 < 1 - by_hand_alpha.mean() < 0.35
+    assert (by_hand_alpha & ~by_hand_rgb.any(0)).sum() >= 900  # opaque black pixels
+    assert np.array_equal(valid, by_hand_alpha)
+    assert np.array_equal(img[:, valid], by_hand_rgb[:, valid])
 
 
 def test_read_ahead_yields_each_group_in_order_and_raises_in_the_caller():

@@ -22,9 +22,11 @@ from backend.inference import detect as D
 from protocol.errors import JobError
 from backend.models.catalog import load_card
 from protocol.params import DetectParams
-from tests.support import DEFAULT_MODEL, REPO, heldout, start_engine, stop_engine, write_raster
+from tests.support import (DEFAULT_MODEL, REPO, against_mask, heldout, start_engine,
+                           stop_engine, write_raster)
 
-TILE = heldout("PV01_325192_1204249")
+#: 4 panel arrays, all found by the shipped model
+TILE = heldout("PV01_325190_1204246")
 
 
 def _request(source, **kw):
@@ -69,13 +71,16 @@ def test_non_8bit_rgb_file_is_stretched_not_misread(dtype, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32"])
 def test_non_8bit_pixels_are_stretched_too(dtype, tmp_path):
-    """The same for pixels sent by the plugin (source kind ``pixels``)."""
+    """The same for pixels sent by the plugin (source kind ``pixels``): the 8-bit
+    tile's polygons, which are the tile's 4 panel arrays."""
     with rasterio.open(_converted(tmp_path, dtype)) as src:
         arr, t, crs = src.read(), src.transform, src.crs.to_wkt()
     ref = D.run_detect(_request({"kind": "file", "path": str(TILE)}), [])
     res = D.run_detect(_request({"kind": "pixels", "crs": crs, "transform": list(t)[:6]},
                                 stretch=_UNDO[dtype]), [arr])
     assert [f["wkt"] for f in res["features"]] == [f["wkt"] for f in ref["features"]]
+    iou, arrays = against_mask(res["features"], TILE)
+    assert len(res["features"]) == arrays == 4 and iou > 0.9
 
 
 def test_gsd_far_from_model_is_resampled_with_warning():

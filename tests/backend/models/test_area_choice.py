@@ -90,3 +90,29 @@ def test_daemon_detects_with_the_area_version_inside_its_area_only(user_dir):
     assert d["active"] == DEFAULT_MODEL and not next(v for v in d["versions"]
                                              if v["id"] == vid)["in_use"]
     assert after["stats"]["model"] == DEFAULT_MODEL
+
+
+@needs_tiles
+def test_an_extent_half_over_the_area_runs_the_model_asked_for(user_dir):
+    """A version taught on the middle of a held-out tile (a 13.6 m square 6 m inside
+    its edges, no margin) runs only for an extent its area covers whole: extents half
+    over it, with its top-left corner inside the area or its bottom-right one, and the
+    whole tile around it run the model asked for."""
+    from backend.inference.detect import run_detect
+    from protocol.params import DetectParams, FileSource
+    (x0, y0, x1, y1), _ = tile_bounds(INSIDE)
+    vid = make_area_version([INSIDE], margin_m=0.0,
+                            boxes=[(x0 + 6, y0 + 6, x1 - 6, y1 - 6)])
+
+    def model(extent):
+        stats = run_detect(DetectParams(FileSource(str(INSIDE)), DEFAULT_MODEL,
+                                        extent=extent, by_area=True), [])["stats"]
+        return stats["model"], stats["model_choice"]
+
+    chosen, why = model((x0 + 8, y0 + 8, x1 - 8, y1 - 8))
+    assert chosen == vid and "taught on this area" in why
+    for extent in [(x0 + 8, y0 + 1, x1 - 1, y1 - 8),   # top-left corner inside
+                   (x0 + 1, y0 + 8, x1 - 8, y1 - 1),   # bottom-right corner inside
+                   (x0, y0, x1, y1)]:                  # the whole tile around it
+        chosen, why = model(extent)
+        assert chosen == DEFAULT_MODEL and vid in why, extent
