@@ -83,7 +83,11 @@ class Scope:
 #: ``grid.py`` and the band choice of ``bands.py``; opening and reading windows belong to
 #: GDAL. In ``protocol/`` the framing, field checkers, rules and request validation,
 #: with the message helpers; the endpoint helpers are tested with the daemon
-#: (tests/backend/daemon/test_server.py).
+#: (tests/backend/daemon/test_server.py). Then what turns a detection into a result
+#: layer's attribute values, post-processing (masks to polygons), the daemon's token and
+#: path rules, the scope of versions taught on one area, the losses and the parsing of a
+#: user's corrections; the raster reading of ``corrections.py`` is covered by its
+#: slower tests.
 _PROTOCOL_TESTS = tuple(f"tests/protocol/test_{m}.py"
                         for m in ("framing", "checks", "rules", "schema"))
 SCOPE: Tuple[Scope, ...] = (
@@ -103,6 +107,17 @@ SCOPE: Tuple[Scope, ...] = (
     Scope("protocol/checks.py", ("*",), _PROTOCOL_TESTS),
     Scope("protocol/rules.py", ("*",), _PROTOCOL_TESTS),
     Scope("protocol/schema.py", ("*",), _PROTOCOL_TESTS),
+    Scope("protocol/results.py", ("x_attribute_values",), ("tests/protocol/test_results.py",)),
+    Scope("backend/inference/postprocess.py", ("*",),
+          ("tests/backend/inference/test_postprocess.py",)),
+    Scope("backend/daemon/access.py", ("*",), ("tests/backend/daemon/test_access.py",)),
+    Scope("backend/models/area.py", ("x_build_area", "x_area_of_extents", "x_covers"),
+          ("tests/backend/models/test_area.py", "tests/backend/models/test_area_choice.py")),
+    Scope("backend/models/area_choice.py", ("*",),
+          ("tests/backend/models/test_area_choice.py",)),
+    Scope("backend/learning/losses.py", ("*",), ("tests/backend/learning/test_losses.py",)),
+    Scope("backend/learning/corrections.py", ("x_parse_features", "x__polygonal", "x__inside"),
+          ("tests/backend/learning/test_corrections.py",)),
 )
 
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.
