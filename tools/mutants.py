@@ -120,6 +120,10 @@ SCOPE: Tuple[Scope, ...] = (
           ("tests/backend/learning/test_corrections.py",)),
 )
 
+#: Folders the tests read (the docs they check, the model folder and its defaults):
+#: copied beside the mutated packages.
+READ_BY_TESTS = ("docs", "models")
+
 #: mutmut's exit codes of a mutant's test run -> this report's verdict.
 KILLED_CODES = {1, 3, 24, -24, 152, 255, 36, -11, -9, 37}
 SURVIVED_CODES = {0}
@@ -157,6 +161,7 @@ def setup_cfg(scopes: Sequence[Scope]) -> str:
     lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider",
               "pytest_add_cli_args_test_selection ="]
     lines += [f"    {t}" for t in tests]
+    lines += ["also_copy =", *[f"    {d}" for d in READ_BY_TESTS]]
     lines += ["use_git_change_detection = false", ""]
     return "\n".join(lines)
 
@@ -167,7 +172,7 @@ def prepare(scopes: Sequence[Scope]) -> None:
     if WORK.exists():
         shutil.rmtree(WORK)
     (WORK / "tests").mkdir(parents=True)
-    for pkg in ("backend", "protocol"):
+    for pkg in ("backend", "protocol", *READ_BY_TESTS):
         (WORK / pkg).symlink_to(REPO / pkg, target_is_directory=True)
     for shared in ("conftest.py", "support"):  # the tests' fixtures and helpers
         (WORK / "tests" / shared).symlink_to(REPO / "tests" / shared)

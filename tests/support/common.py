@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def default_model() -> str:
     """The id of the model the engine offers first on a CPU: ``"cpu"`` of the shipped
-    ``models/defaults.json``."""
-    return str(json.loads((REPO / "models" / "defaults.json").read_text())["cpu"])
+    ``defaults.json`` in the model folder (``backend.config.models_dir``: the
+    repository's ``models/``, or ``ORTHOLENS_MODELS`` when a copy of the tests runs
+    elsewhere, as under ``build.py mutants``)."""
+    return str(json.loads((models_dir() / "defaults.json").read_text())["cpu"])
 
 
 #: The shipped model the tests detect and retrain with (see :func:`default_model`).
