@@ -32,3 +32,30 @@ def test_area_covers_its_site_and_not_the_next():
     assert "km² around 32.5228° N, 120.384" in s.describe()
     with pytest.raises(ValueError):
         build_area([], crs)
+
+
+def test_extents_in_different_crss_make_one_area_in_the_first_ones_crs():
+    """Two reviewed extents 100 m apart, the second given in WGS 84: the area is the one
+    of both boxes in the first extent's CRS (reviewed km² the sum of the two boxes,
+    outline the convex hull of both grown by the margin)."""
+    from pyproj import Transformer
+
+    from backend.models.area import area_of_extents, build_area
+    utm = "EPSG:32651"
+    a = (325000.0, 3560000.0, 325050.0, 3560040.0)          # 50 m x 40 m
+    b = (325150.0, 3560000.0, 325180.0, 3560030.0)          # 30 m x 30 m, 100 m east
+    to_ll = Transformer.from_crs(utm, "EPSG:4326", always_xy=True)
+    (x0, x1), (y0, y1) = to_ll.transform([b[0], b[2]], [b[1], b[3]])
+    b_ll = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    area = area_of_extents([(a, utm), (b_ll, "EPSG:4326")], margin_m=10.0)
+    assert abs(area.reviewed_km2 - (50 * 40 + 30 * 30) / 1e6) < 0.02 * (2900 / 1e6)
+    # the hull of a (grown by 10 m) and b (grown by 10 m): x 324990..325190, y 3559990..3560050
+    # minus the corner cut where b is lower; at least the two grown boxes, at most the bbox
+    assert (70 * 60 + 50 * 50) / 1e6 < area.area_km2 < (200 * 60) / 1e6
+    same = build_area([a, b], utm, 10.0)
+    assert abs(area.area_km2 - same.area_km2) < 0.01 * same.area_km2
+    assert area_of_extents([(a, utm)], 10.0).reviewed_km2 == pytest.approx(0.002)
+    with pytest.raises(ValueError):
+        area_of_extents([], 10.0)
+    with pytest.raises(ValueError):
+        area_of_extents([(a, utm)], -1.0)
