@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from backend.config import data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "out" / "mutants"
 #: Survivors and why each is equivalent or harmless, one backticked name per table row.
@@ -109,7 +111,8 @@ SCOPE: Tuple[Scope, ...] = (
     Scope("protocol/schema.py", ("*",), _PROTOCOL_TESTS),
     Scope("protocol/results.py", ("x_attribute_values",), ("tests/protocol/test_results.py",)),
     Scope("backend/inference/postprocess.py", ("*",),
-          ("tests/backend/inference/test_postprocess.py",)),
+          ("tests/backend/inference/test_postprocess.py",
+           "tests/backend/inference/test_objects.py")),
     Scope("backend/daemon/access.py", ("*",), ("tests/backend/daemon/test_access.py",)),
     Scope("backend/models/area.py", ("x_build_area", "x_area_of_extents", "x_covers"),
           ("tests/backend/models/test_area.py", "tests/backend/models/test_area_choice.py")),
@@ -188,6 +191,13 @@ def run_mutmut(scopes: Sequence[Scope], max_children: int) -> int:
     patterns = [p for s in scopes for p in s.patterns()]
     env = dict(os.environ)
     env.setdefault("ORTHOLENS_MODELS", str(REPO / "models"))
+    # the copy lies under out/, where the default data path (beside the repository)
+    # does not exist: the tests on real data would skip and kill nothing
+    env.setdefault("ORTHOLENS_DATA", str(data_dir()))
+    # mutmut forks a child per mutant from a process that has run the tests: a thread
+    # pool of OpenMP (torch) in the parent hangs the child at its next parallel region,
+    # and the hang would count as a kill by timeout
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)   # the mutated copy, not the source, must be imported
     with open(WORK / "mutmut.log", "w") as log:
         return subprocess.call(["nice", "-n", "10", str(mutmut), "run", "--max-children",
