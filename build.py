@@ -346,8 +346,9 @@ TASKS = {
     "imports": (imports, "check the import rules (layers, no cycles, no qgis in the "
                          "backend, no backend in the plugin)"),
     "mutants": (tool(VENV_BACKEND, "-m", "tools.mutants"), "mutation testing (mutmut) of "
-                "tiling, metrics, the acceptance rule, grid planning and protocol "
-                "validation: the surviving mutants (out/mutants/report.txt; not in test) "
+                "tiling, metrics, the acceptance rule, grid planning, protocol "
+                "validation, post-processing, path rules, area scope, losses, "
+                "corrections and result fields: the surviving mutants (out/mutants/report.txt; not in test) "
                 "[--module FILE] [--max-children N]"),
 }
 
