@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, NamedTuple
 import pytest
 
 import protocol as P
-from backend.daemon.access import READ, REQUEST_PATHS, WRITE, Access, roots_from_env
+from backend.daemon.access import (READ, REQUEST_PATHS, WRITE, Access, PathField, _layer,
+                                   _source, roots_from_env)
 from protocol import checks as C
 from protocol.errors import ProtocolError
 from protocol.importing import check_onnx_path
@@ -56,6 +57,19 @@ def test_a_missing_or_wrong_token_is_forbidden(given):
     Access(None, False, []).check_token({"token": given})  # no token: anything goes
 
 
+def test_a_token_with_bytes_that_are_not_utf8_passes_only_itself():
+    """A token read from ``ORTHOLENS_TOKEN`` or the command line with bytes that are not
+    UTF-8 holds lone surrogates (``os.fsdecode``): it is compared like any other."""
+    token = os.fsdecode(b"s3\xffcret")
+    assert token == "s3\udcffcret"
+    access = Access(token, False, [])
+    access.check_token({"token": os.fsdecode(b"s3\xffcret")})
+    for given in ("s3cret", "s3\udcfecret", "s3\xffcret"):
+        with pytest.raises(ProtocolError) as e:
+            access.check_token({"token": given})
+        assert (e.value.code, e.value.field) == (P.E_FORBIDDEN, "token"), given
+
+
 def test_restricted_paths_resolve_inside_the_roots(tmp_path):
     tmp_path = tmp_path.resolve()
     root = tmp_path / "root"
@@ -72,9 +86,13 @@ def test_restricted_paths_resolve_inside_the_roots(tmp_path):
         with pytest.raises(ProtocolError) as e:
             access.check_path(path)
         assert (e.value.code, e.value.field) == (P.E_FORBIDDEN, "source"), path
-        assert "outside the folders this daemon may read" in e.value.message
+        assert e.value.message == ("the raster path is outside the folders this daemon "
+                                   "may read (ORTHOLENS_ROOTS)")
     with pytest.raises(ProtocolError):  # no roots: no files
         Access(None, True, []).check_path(str(root / "a.tif"))
+    # the root folder itself as the root: every absolute path is inside
+    assert Access(None, True, [os.sep]).check_path(str(root / "link.tif")) == str(
+        tmp_path / "secret.tif")
     # unrestricted: the path as given, not even resolved
     assert Access(None, False, []).check_path("/x/../etc/passwd") == "/x/../etc/passwd"
 
@@ -82,7 +100,7 @@ def test_restricted_paths_resolve_inside_the_roots(tmp_path):
 def test_a_daemon_restricted_to_folders_refuses_urls():
     url = "http://127.0.0.1:8000/vienna_cog.tif"
     access = Access(token="t", restrict_paths=True, allowed_roots=[os.getcwd()])
-    for path in (url, "/vsicurl/" + url):
+    for path in (url, "https://127.0.0.1:8443/vienna_cog.tif", "/vsicurl/" + url):
         with pytest.raises(ProtocolError) as info:
             access.check_request(P.request("detect", source=_file(path), model="m"))
         assert (info.value.code, info.value.field) == ("forbidden", "source")
@@ -209,6 +227,56 @@ def test_the_specs_cover_every_path_of_every_request_type():
         (t, pf.field, pf.mode) for t, fields in REQUEST_PATHS.items() for pf in fields}
     with pytest.raises(KeyError, match="no path rule for request type 'new'"):
         Access(None, False, []).check_request({"type": "new"})
+
+
+def _layer_rule(name: str) -> tuple:
+    return (name, (name, "path"), READ, f"the {name} layer's path")
+
+
+#: Every rule of ``REQUEST_PATHS`` as ``(field, at, mode, what)``, written out by hand.
+RULES = {
+    "detect": [("source", ("source", "path"), READ, "the raster path")],
+    "region": [("source", ("source", "path"), READ, "the raster path")],
+    "retrain": [("source", ("source", "path"), READ, "the raster path"),
+                ("reviewed", ("reviewed", "*", "source", "path"), READ,
+                 "the raster of reviewed area {0}")],
+    "batch": [("source", ("source", "path"), READ, "the raster path"),
+              ("out_path", ("out_path",), WRITE, "the output file")],
+    "inventory": [_layer_rule("detections"), _layer_rule("buildings"), _layer_rule("zones"),
+                  _layer_rule("earlier"), ("out_dir", ("out_dir",), WRITE, "the output folder")],
+    "import_model": [("path", ("path",), READ, "the model path")],
+}
+
+
+def test_each_rule_names_its_field_place_mode_and_what_the_error_calls_it():
+    """The table field by field, and the rules its helpers build (a raster source, a
+    vector layer): what a refusal says (``what``) is what the user reads."""
+    as_rows = {t: [(pf.field, pf.at, pf.mode, pf.what) for pf in fields]
+               for t, fields in REQUEST_PATHS.items() if fields}
+    assert as_rows == RULES
+    assert _source() == PathField(*RULES["detect"][0])
+    assert _source("other") == PathField("other", ("other", "path"), READ, "the raster path")
+    assert [_layer(n) for n in ("detections", "buildings", "zones", "earlier")] == [
+        PathField(*r) for r in RULES["inventory"][:4]]
+
+
+def test_paths_that_are_missing_none_or_not_strings_are_left_as_they_are(tree):
+    """``check_request`` on headers the schema has not checked: a path field that is
+    missing, None, a number, a list where a dict is expected or a dict where a list is
+    expected names no path, and comes back unchanged (no error of the path rules)."""
+    root, _ = tree
+    access = Access(None, True, [root])
+    for header in ({"type": "import_model"}, {"type": "import_model", "path": None},
+                   {"type": "import_model", "path": 7},
+                   {"type": "batch", "source": {"kind": "file", "path": 7}, "out_path": 3.5},
+                   {"type": "batch", "source": ["a.tif"], "out_path": ["o.gpkg"]},
+                   {"type": "retrain", "source": {"kind": "file"},
+                    "reviewed": {"source": {"path": "/etc/passwd"}}},
+                   {"type": "retrain", "reviewed": [7, {"source": None},
+                                                    {"source": {"path": b"/etc/passwd"}}]},
+                   {"type": "inventory", "detections": "/etc/passwd", "zones": {"path": 1}}):
+        before = copy.deepcopy(header)
+        assert access.check_request(header) == before, header
 
 
 @pytest.mark.parametrize("spec,escape", _cases())

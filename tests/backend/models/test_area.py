@@ -55,7 +55,37 @@ def test_extents_in_different_crss_make_one_area_in_the_first_ones_crs():
     same = build_area([a, b], utm, 10.0)
     assert abs(area.area_km2 - same.area_km2) < 0.01 * same.area_km2
     assert area_of_extents([(a, utm)], 10.0).reviewed_km2 == pytest.approx(0.002)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^a scope needs at least one reviewed extent$"):
         area_of_extents([], 10.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^the site margin must be >= 0 m, not -1\.0$"):
         area_of_extents([(a, utm)], -1.0)
+
+
+@pytest.mark.parametrize("margin,step", [(10.0, 2.5), (2.0, 1.0), (0.0, 1.0)])
+def test_the_outline_is_the_box_grown_square_with_a_vertex_every_quarter_margin(margin, step):
+    """One 50 m x 40 m extent: the outline is the box grown by the margin with square
+    corners ((50 + 2m) x (40 + 2m) m exactly), stored in lon/lat with a vertex at least
+    every margin / 4 metres (1 m at the least) along its edges, so that it follows the
+    metric outline; brought back into the metric CRS (pyproj) every vertex lies on that
+    box's boundary, evenly spaced."""
+    import numpy as np
+    import shapely
+    from pyproj import Transformer
+    from shapely.geometry import Polygon, box
+
+    from backend.models.area import build_area
+    utm = "EPSG:32651"
+    a = (325000.0, 3560000.0, 325050.0, 3560040.0)
+    s = build_area([a], utm, margin)
+    w, h = 50 + 2 * margin, 40 + 2 * margin
+    assert s.area_km2 == pytest.approx(w * h / 1e6, rel=1e-9)
+    assert s.reviewed_km2 == pytest.approx(2000 / 1e6, rel=1e-9)
+    assert s.margin_m == margin
+    to_utm = Transformer.from_crs("EPSG:4326", utm, always_xy=True)
+    ring = np.array(shapely.from_wkt(s.outline_wkt).exterior.coords)
+    x, y = to_utm.transform(ring[:, 0], ring[:, 1])
+    grown = box(a[0] - margin, a[1] - margin, a[2] + margin, a[3] + margin)
+    assert grown.exterior.distance(shapely.points(x, y)).max() < 1e-6
+    assert len(ring) - 1 == 2 * round(w / step) + 2 * round(h / step)
+    assert np.hypot(np.diff(x), np.diff(y)) == pytest.approx(step, abs=1e-6)
+    assert Polygon(np.c_[x, y]).area == pytest.approx(w * h, rel=1e-9)

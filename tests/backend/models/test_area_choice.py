@@ -4,9 +4,64 @@ daemon) and taking them out of use. The area versions are the shipped weights
 
 from __future__ import annotations
 
+from typing import Optional
+
 from backend.models import versions as V
+from backend.models.area import build_area
+from backend.models.area_choice import choose_area_version
+from backend.models.card import ModelCard
 from tests.support import (DEFAULT_MODEL, INSIDE, INSIDE_2, OUTSIDE, make_area_version,
                            needs_tiles, tile_bounds)
+
+UTM = "EPSG:32651"
+#: A 50 m x 40 m reviewed extent; an extent inside its 10 m area, one 5 km east.
+SITE = (325000.0, 3560000.0, 325050.0, 3560040.0)
+NEAR = (324995.0, 3559995.0, 325055.0, 3560045.0)
+FAR = (330000.0, 3560000.0, 330050.0, 3560040.0)
+
+
+def _card(vid: str, lineage: Optional[dict]) -> ModelCard:
+    d = {"id": vid, "version": "1", "bands": 3, "gsd_m": 0.1, "tile_size": 64,
+         "overlap": 0, "threshold": 0.5, "min_area_m2": 0.0, "simplify_m": 0.0,
+         "classes": [{"id": 1, "name": "photovoltaic"}], "architecture": "Unet",
+         "encoder": "e", "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}}
+    if lineage is not None:
+        d["lineage"] = dict(lineage, id=vid, base="m")
+    return ModelCard.from_dict(d)
+
+
+def test_the_first_card_whose_area_covers_the_extent_is_chosen_past_cards_without_one():
+    """Cards without a lineage, without an area or with one that cannot be read are
+    passed over (not the end of the search); of the cards with areas, the first that
+    covers the extent is chosen, and the reason describes its area."""
+    here = build_area([SITE], UTM, 10.0)
+    there = build_area([FAR], UTM, 10.0)
+    cards = [_card("m-v1", None), _card("m-v2", {}),
+             _card("m-v3", {"scope": {"footprint_wkt": 7}}),
+             _card("m-v4", {"scope": there.to_dict()}),
+             _card("m-v5", {"scope": here.to_dict()}),
+             _card("m-v6", {"scope": here.to_dict()})]
+    chosen, why = choose_area_version("m-v2", "m", cards, NEAR, UTM)
+    assert chosen is cards[4]
+    assert why == f"m-v5 was taught on this area ({here.describe()})"
+    # the centre is the extent's (pyproj: 121.14439° E, 32.16307° N)
+    assert why == ("m-v5 was taught on this area (0.00 km² around 32.1631° N, 121.1444° E "
+                   "(1 reviewed extent + 10 m))")
+    assert choose_area_version("m", "m", cards[:3], NEAR, UTM) == (
+        None, "m has no version taught on an area: m was used")
+    assert choose_area_version("m", "m", iter([]), NEAR, UTM) == (
+        None, "m has no version taught on an area: m was used")
+
+
+def test_when_no_area_covers_the_extent_the_reason_names_every_version_seen():
+    here = build_area([SITE], UTM, 10.0)
+    there = build_area([FAR], UTM, 10.0)
+    cards = [_card("m-v4", {"scope": there.to_dict()}), _card("m-v1", None),
+             _card("m-v5", {"scope": here.to_dict()})]
+    beside = (SITE[0] + 100, SITE[1], SITE[2] + 100, SITE[3])  # 40 m past the area
+    assert choose_area_version("m-v2", "m", cards, beside, UTM) == (
+        None, "no version of m was taught on this area (m-v4, m-v5 cover other areas): "
+              "m-v2 was used")
 
 
 @needs_tiles
