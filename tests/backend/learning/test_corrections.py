@@ -160,6 +160,36 @@ def test_the_polygons_of_a_collection_are_kept_and_the_rest_dropped():
     assert _polygonal(want[0]) is want[0]
 
 
+def test_a_feature_meets_a_reviewed_area_in_the_area_s_crs():
+    """A 10 m square given in degrees (EPSG:4326) against reviewed areas in UTM 33N: it
+    meets an area that overlaps its UTM image by 2 m, not one 2 m away, nor the one
+    that would hold its raw degree numbers; without a CRS (or in the area's CRS) it is
+    taken as it is. The corners are projected with pyproj."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+    from shapely.geometry import Polygon, box
+
+    from backend.learning.corrections import _inside
+    utm = CRS.from_epsg(32633)
+    to_deg = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    x0, y0 = 601000.0, 5340000.0
+    corners = [(x0, y0), (x0 + 10, y0), (x0 + 10, y0 + 10), (x0, y0 + 10)]
+    in_deg = Polygon([to_deg.transform(x, y) for x, y in corners])
+    in_utm = Polygon(corners)
+    overlapping = (utm.to_wkt(), (x0 + 8, y0 - 20, x0 + 50, y0 + 50))
+    apart = (utm.to_wkt(), (x0 + 12, y0 - 20, x0 + 50, y0 + 50))
+    raw = (utm.to_wkt(), (0.0, 0.0, 100.0, 100.0))
+    assert in_deg.intersects(box(*raw[1])) and not in_deg.intersects(box(*overlapping[1]))
+    wgs84 = CRS.from_epsg(4326)
+    assert _inside(in_deg, wgs84, overlapping) is True
+    assert _inside(in_deg, wgs84, apart) is False
+    assert _inside(in_deg, wgs84, raw) is False
+    for crs in (None, utm):
+        assert _inside(in_utm, crs, overlapping) is True
+        assert _inside(in_utm, crs, apart) is False
+    assert _inside(in_deg, None, raw) is True
+
+
 def _sq(x, y, s):
     return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
 
