@@ -48,6 +48,148 @@ def test_bad_features_are_refused():
     assert feats == [] and "not a polygon" in warnings[0]
 
 
+#: Two classes, to see which one a feature gets and how the known ones are listed.
+TWO = {"solar_thermal": 2, "photovoltaic": 1}
+
+
+def test_features_keep_their_class_area_and_review_state():
+    """A class by name, or by ``class_id`` when no name is given; an integer ``area``
+    index and the ``review`` state carried as given, anything else as None."""
+    from shapely import wkt
+
+    from backend.learning.corrections import parse_features
+    feats, warnings, repaired = parse_features(
+        [{"wkt": SQUARE, "class": "solar_thermal", "area": 3, "review": "confirmed"},
+         {"wkt": _sq(10, 10, 2), "class_id": 2},
+         {"wkt": _sq(20, 0, 1), "class": "photovoltaic", "class_id": 2, "area": "3"},
+         {"wkt": _sq(30, 0, 5), "class": "", "class_id": 1, "area": 0, "review": "edited"}],
+        TWO)
+    assert warnings == [] and repaired == 0
+    assert [f[1:] for f in feats] == [(2, 3, "confirmed"), (2, None, None),
+                                      (1, None, None), (1, 0, "edited")]
+    for f, w in zip(feats, [SQUARE, _sq(10, 10, 2), _sq(20, 0, 1), _sq(30, 0, 5)]):
+        assert f[0].equals(wkt.loads(w)) and f[0].geom_type == "Polygon"
+
+
+@pytest.mark.parametrize("feature", [
+    {"wkt": SQUARE, "class": "roof", "class_id": 1},      # a name wins over the id
+    {"wkt": SQUARE, "class_id": 7},                       # an id the model lacks
+    {"wkt": SQUARE, "class_id": "1"},                     # an id that is no integer
+    {"wkt": SQUARE}])                                     # no class at all
+def test_a_feature_of_no_known_class_is_refused_naming_the_classes(feature):
+    from backend.learning.corrections import parse_features
+    from protocol.errors import CorrectionsError
+    with pytest.raises(CorrectionsError) as ei:
+        parse_features([{"wkt": SQUARE, "class": "photovoltaic"}, feature], TWO)
+    msg = ei.value.message
+    assert msg.startswith(f"feature 1 has class {feature.get('class')!r}"), msg
+    assert "(classes: photovoltaic, solar_thermal)" in msg and "'class' attribute" in msg
+    assert ei.value.code == P.E_INVALID_INPUT
+
+
+@pytest.mark.parametrize("feature", [
+    "POLYGON ((0 0, 1 0, 1 1, 0 0))", {"class": "photovoltaic"},
+    {"wkt": None, "class": "photovoltaic"}, {"wkt": 5, "class": "photovoltaic"}])
+def test_a_feature_without_a_wkt_string_is_a_bad_request(feature):
+    from backend.learning.corrections import parse_features
+    from protocol.errors import CorrectionsError
+    with pytest.raises(CorrectionsError) as ei:
+        parse_features([{"wkt": SQUARE, "class": "photovoltaic"}, feature], CLASSES)
+    assert ei.value.message == "feature 1 has no 'wkt' string"
+    assert ei.value.code == P.E_BAD_REQUEST
+
+
+def test_unreadable_wkt_is_a_bad_request_naming_the_feature():
+    from backend.learning.corrections import parse_features
+    from protocol.errors import CorrectionsError
+    with pytest.raises(CorrectionsError) as ei:
+        parse_features([{"wkt": SQUARE, "class": "photovoltaic"},
+                        {"wkt": "POLYGON ((0 0, 1", "class": "photovoltaic"}], CLASSES)
+    assert ei.value.message.startswith("feature 1: unreadable WKT (")
+    assert ei.value.code == P.E_BAD_REQUEST
+
+
+def test_dropped_and_repaired_features_are_each_reported_and_the_rest_kept():
+    """An empty geometry and a line are dropped, each with its own warning, and the
+    features after them are still read; two invalid ones are both repaired and
+    counted."""
+    from backend.learning.corrections import parse_features
+    pv = "photovoltaic"
+    feats, warnings, repaired = parse_features(
+        [{"wkt": "POLYGON EMPTY", "class": pv}, {"wkt": "LINESTRING (0 0, 1 1)", "class": pv},
+         {"wkt": SQUARE, "class": pv, "area": 1}, {"wkt": BOWTIE, "class": pv, "area": 2},
+         {"wkt": "POLYGON EMPTY", "class": pv}, {"wkt": BOWTIE, "class": pv, "area": 4},
+         {"wkt": "POINT (1 1)", "class": pv}, {"wkt": _sq(9, 9, 1), "class": pv, "area": 6}],
+        CLASSES)
+    assert repaired == 2
+    assert [f[2] for f in feats] == [1, 2, 4, 6]
+    assert [round(f[0].area, 6) for f in feats] == [16.0, 50.0, 50.0, 1.0]
+    assert warnings[0] == "feature 0 has an empty geometry; ignored"
+    assert warnings[1] == "feature 1 is not a polygon; ignored"
+    assert warnings[2].startswith("feature 3: invalid geometry (Self-intersection")
+    assert warnings[2].endswith(") repaired with make_valid")
+    assert warnings[3] == "feature 4 has an empty geometry; ignored"
+    assert warnings[4].startswith("feature 5: invalid geometry (")
+    assert warnings[5] == "feature 6 is not a polygon; ignored"
+    assert len(warnings) == 6
+
+
+def test_the_polygons_of_a_collection_are_kept_and_the_rest_dropped():
+    """A geometry collection (e.g. a repaired geometry, or one drawn so) keeps its
+    polygons, those of its multipolygons one by one, small ones too (a feature in
+    degrees has areas far below 1), and drops lines, points, empty and flat polygons."""
+    from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
+
+    from backend.learning.corrections import _polygonal, parse_features
+    want = [box(0, 0, 4, 4), box(10, 10, 11, 11), box(20, 20, 20.5, 20.5),
+            box(16.3, 48.2, 16.3001, 48.2001)]
+    coll = GeometryCollection([want[0], MultiPolygon(want[1:3]), LineString([(0, 0), (5, 5)]),
+                               Point(1, 1), want[3]])
+    feats, warnings, _ = parse_features([{"wkt": coll.wkt, "class": "photovoltaic"}], CLASSES)
+    assert warnings == []
+    g = feats[0][0]
+    assert g.geom_type == "MultiPolygon" and len(g.geoms) == 4
+    assert all(a.equals(b) for a, b in zip(g.geoms, want))
+    assert g.area == pytest.approx(16 + 1 + 0.25 + 1e-8)
+    flat = Polygon([(30, 30), (31, 31), (32, 32), (30, 30)])  # non-empty, area 0
+    g = _polygonal(GeometryCollection([flat, Polygon(), want[0], LineString([(0, 0), (1, 1)])]))
+    assert g.geom_type == "MultiPolygon" and len(g.geoms) == 1 and g.geoms[0].equals(want[0])
+    assert _polygonal(GeometryCollection([flat, Point(0, 0)])) is None
+    assert _polygonal(Polygon()) is None and _polygonal(MultiPolygon()) is None
+    assert _polygonal(LineString([(0, 0), (1, 1)])) is None
+    assert _polygonal(want[0]) is want[0]
+
+
+def test_a_feature_meets_a_reviewed_area_in_the_area_s_crs():
+    """A 10 m square given in degrees (EPSG:4326) against reviewed areas in UTM 33N: it
+    meets an area that overlaps its UTM image by 2 m, not one 2 m away, nor the one
+    that would hold its raw degree numbers; without a CRS (or in the area's CRS) it is
+    taken as it is. The corners are projected with pyproj."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+    from shapely.geometry import Polygon, box
+
+    from backend.learning.corrections import _inside
+    utm = CRS.from_epsg(32633)
+    to_deg = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    x0, y0 = 601000.0, 5340000.0
+    corners = [(x0, y0), (x0 + 10, y0), (x0 + 10, y0 + 10), (x0, y0 + 10)]
+    in_deg = Polygon([to_deg.transform(x, y) for x, y in corners])
+    in_utm = Polygon(corners)
+    overlapping = (utm.to_wkt(), (x0 + 8, y0 - 20, x0 + 50, y0 + 50))
+    apart = (utm.to_wkt(), (x0 + 12, y0 - 20, x0 + 50, y0 + 50))
+    raw = (utm.to_wkt(), (0.0, 0.0, 100.0, 100.0))
+    assert in_deg.intersects(box(*raw[1])) and not in_deg.intersects(box(*overlapping[1]))
+    wgs84 = CRS.from_epsg(4326)
+    assert _inside(in_deg, wgs84, overlapping) is True
+    assert _inside(in_deg, wgs84, apart) is False
+    assert _inside(in_deg, wgs84, raw) is False
+    for crs in (None, utm):
+        assert _inside(in_utm, crs, overlapping) is True
+        assert _inside(in_utm, crs, apart) is False
+    assert _inside(in_deg, None, raw) is True
+
+
 def _sq(x, y, s):
     return f"POLYGON (({x} {y}, {x + s} {y}, {x + s} {y + s}, {x} {y + s}, {x} {y}))"
 

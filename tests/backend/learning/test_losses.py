@@ -153,3 +153,67 @@ def test_an_all_ignored_batch_costs_nothing_and_moves_nothing():
     loss.backward()
     assert torch.isfinite(logits.grad).all() and float(logits.grad.abs().max()) == 0.0
     assert _numpy_reference(logits.detach(), target, torch.zeros(2, 3, 4)) == 0.0
+
+
+def _numpy_unweighted(logits, target, hard_negatives):
+    """The unweighted loss in float64 numpy: the mean ``-log p`` of the target class over
+    every pixel, plus (hard negatives) the mean of the ``k = round(h * n_bg)`` largest
+    ``-log p`` of the background pixels when k >= 1, plus the mean over the foreground
+    classes of one minus the soft Dice over every pixel."""
+    z = logits.double().numpy()
+    t = target.numpy()
+    e = np.exp(z - z.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    ce = -np.log(np.take_along_axis(p, t[:, None], 1)[:, 0])
+    loss = ce.mean()
+    bg = np.sort(ce[t == 0])[::-1]
+    k = int(np.round(hard_negatives * bg.size))
+    if k >= 1:
+        loss += bg[:k].mean()
+    c = z.shape[1]
+    for cls in range(1, c):
+        pk, tk = p[:, cls], (t == cls).astype(np.float64)
+        loss += (1 - (2 * (pk * tk).sum() + 1) / (pk.sum() + tk.sum() + 1)) / (c - 1)
+    return loss
+
+
+def test_hard_negatives_add_the_mean_ce_of_the_hardest_background_pixels():
+    """The example has n_bg background pixels: a share giving k = 1, 3 and every one of
+    them adds the mean cross-entropy of the k hardest background pixels (not of the
+    panel pixels, not of the easiest) to the plain loss, as the numpy reference does."""
+    logits, target, _ = _example()
+    n_bg = int((target == 0).sum())
+    assert 5 <= n_bg < 24 and int((target == 1).sum()) > 0 and int((target == 2).sum()) > 0
+    plain = float(dice_ce_loss(logits, target, K))
+    assert plain == pytest.approx(_numpy_unweighted(logits, target, 0.0), abs=1e-5)
+    for k in (1, 3, n_bg):
+        share = k / n_bg
+        got = float(dice_ce_loss(logits, target, K, hard_negatives=share))
+        want = _numpy_unweighted(logits, target, share)
+        assert got == pytest.approx(want, abs=1e-5), k
+        assert got - plain > 0.05, k  # the hard negatives do count
+    # k = 1 is the single hardest background pixel, by hand
+    p = torch.softmax(logits.double(), 1)
+    ce = -torch.log(p.gather(1, target[:, None]))[:, 0]
+    hardest = float(ce[target == 0].max())
+    got = float(dice_ce_loss(logits, target, K, hard_negatives=1 / n_bg))
+    assert got == pytest.approx(plain + hardest, abs=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.01])
+def test_hard_negatives_that_round_to_no_pixel_leave_the_loss_as_it_is(share):
+    """A share of 0, or one so small that it rounds to no background pixel: the plain
+    loss, finite (no mean over an empty selection)."""
+    logits, target, _ = _example()
+    got = dice_ce_loss(logits, target, K, hard_negatives=share)
+    assert torch.isfinite(got)
+    assert torch.allclose(got, dice_ce_loss(logits, target, K), atol=0)
+
+
+def test_hard_negatives_of_a_batch_without_background_add_nothing():
+    """No background pixel in the batch: nothing to mine, the plain loss."""
+    logits, target, _ = _example()
+    target = torch.where(target == 0, torch.ones_like(target), target)
+    got = dice_ce_loss(logits, target, K, hard_negatives=0.5)
+    assert torch.isfinite(got)
+    assert float(got) == pytest.approx(_numpy_unweighted(logits, target, 0.0), abs=1e-5)
