@@ -1,5 +1,6 @@
-"""Post-processing: holes and minimum areas in square metres at GSDs other than 1 m,
-object filters and outline regularisation."""
+"""Post-processing: class maps, holes and minimum areas in square metres at GSDs other
+than 1 m, object filters, outline regularisation, and polygons (scores, member
+agreement, valid masks, simplification, rotated and sheared grids, windows)."""
 
 import numpy as np
 import pytest
