@@ -359,3 +359,33 @@ def test_source_gsd_falls_back_to_the_crs_unit_where_the_scale_is_undefined():
             3e-6, rel=1e-12)
 
 
+
+
+def test_layer_gsd_is_the_ground_pixel_size_of_the_extent():
+    """The GSD the model is chosen by: the pixel size times the unit in a metre CRS (a
+    foot CRS in metres), and in degrees the ground metres of a pixel at the extent's
+    centre from pyproj's geodesic, not from the code under test."""
+    from pyproj import Geod
+
+    from backend.inference.grid import layer_gsd
+    with open_raster(*VIENNA_GRID) as ds:
+        assert layer_gsd(ds, None, None) == pytest.approx(0.3, abs=1e-12)
+        inside = (-1695.0, 338550.0, -1680.0, 338555.0)
+        assert layer_gsd(ds, inside, "EPSG:31256") == pytest.approx(0.3, abs=1e-12)
+        with pytest.raises(InputError, match="does not intersect|outside|miss"):
+            layer_gsd(ds, (0.0, 0.0, 10.0, 10.0), "EPSG:31256")
+    # 0.5 ft pixels in a US survey foot CRS (NAD83 / Georgia West ftUS)
+    with open_raster("EPSG:2240", Affine(0.5, 0, 2200000, 0, -0.5, 1400000), 40, 40) as ds:
+        assert layer_gsd(ds, None, None) == pytest.approx(0.5 * 1200 / 3937, rel=1e-9)
+    # 1e-6 degree pixels at 48.2 N, 16.37 E: about 0.074 m east, 0.111 m north
+    deg = 1e-6
+    with open_raster("EPSG:4326", Affine(deg, 0, 16.37, 0, -deg, 48.2 + 100 * deg), 100,
+                     100) as ds:
+        geod = Geod(ellps="WGS84")
+        lat = 48.2 + 50 * deg
+        east = geod.inv(16.37 + 50 * deg, lat, 16.37 + 51 * deg, lat)[2]
+        north = geod.inv(16.37 + 50 * deg, lat, 16.37 + 50 * deg, lat + deg)[2]
+        assert layer_gsd(ds, None, None) == pytest.approx(math.sqrt(east * north), rel=1e-3)
+    with open_raster(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) as ds:
+        with pytest.raises(InputError, match="no CRS"):
+            layer_gsd(ds, None, None)
