@@ -179,11 +179,11 @@ def raw_dealer(endpoint: str):
         ctx.term()
 
 
-def recv(sock, timeout_s: float = 5.0) -> Dict[str, Any]:
+def recv(sock, timeout_s: float = 60.0) -> Dict[str, Any]:
     """The header of the next message on ``sock``.
 
     Raises:
-        AssertionError: none within ``timeout_s``.
+        AssertionError: none within ``timeout_s`` (a hang guard).
     """
     import protocol as P
     assert sock.poll(int(timeout_s * 1000)), "no reply in time"
