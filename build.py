@@ -339,7 +339,8 @@ TASKS = {
                      "the client, peak RAM (out/bench.json)"),
     "peakram": (tool(VENV_BACKEND, "-m", "tools.peakram"), "daemon peak RAM of a batch job, small vs 100x larger extent "
                          "(out/peakram.json)"),
-    "load": (tool(VENV_BACKEND, "-m", "tools.loadtest"), "load test: 100 detections from 5 concurrent clients; p50/p99 latency "
+    "load": (tool(VENV_BACKEND, "-m", "tools.loadtest"), "load test: 100 detections from 5 concurrent clients; p50/p99 latency, "
+                   "then the seconds until a killed daemon is reported and a cancel stops a job "
                    "(out/load.json)"),
     "package": (package, "the engine wheel and the installable plugin zip that carries it, "
                          "out/ortholens.zip [--out DIR]"),

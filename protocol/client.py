@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import protocol as P
-from .connection import DaemonConnection, raise_if_error
+from .connection import POLL_S, DaemonConnection, raise_if_error
 from .errors import DaemonUnavailable, JobCancelled
 from .importing import ImportParams
 from .inventory import InventoryParams
@@ -41,6 +41,9 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         endpoint: ``tcp://host:port`` of the daemon.
         token: sent with every request when the daemon requires one.
         timeout_s: how long to wait for the first reply to any request, seconds.
+        clock: the monotonic clock, seconds, of every timeout: the replies', the job
+            timeouts and the liveness checks of :meth:`detect` (tests pass a clock
+            they move by hand; see :class:`~protocol.connection.DaemonConnection`).
 
     Raises (all methods that talk to the daemon):
         DaemonUnavailable: no reply within ``timeout_s``; the socket is recreated, so
@@ -50,8 +53,8 @@ class OrtholensClient(PixelUploads, DaemonConnection):
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: Optional[str] = None,
-                 timeout_s: float = 5.0):
-        super().__init__(endpoint, token, timeout_s)
+                 timeout_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__(endpoint, token, timeout_s, clock)
         #: the daemon process when ``protocol.launcher.ensure_daemon`` started one,
         #: else None.
         self.process: Optional[subprocess.Popen] = None
@@ -97,7 +100,7 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         the daemon for the job's ``status``. No answer within ``timeout_s`` means the
         daemon died or hangs (killed, crashed, machine asleep): :class:`DaemonUnavailable`
         is raised then, within ``liveness_s + timeout_s`` seconds, not after
-        ``job_timeout_s``. A daemon that no longer knows the job (restarted) gives the
+        ``job_timeout_s`` (all three measured with the client's ``clock``). A daemon that no longer knows the job (restarted) gives the
         same error.
 
         Args:
@@ -228,14 +231,14 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         Raises:
             DaemonError, JobCancelled, DaemonUnavailable.
         """
-        heard = time.monotonic()
+        heard = self.clock()
         while True:
             if is_cancelled is not None and is_cancelled():
                 if cancel:
                     self._cancel_quietly(job_id)
                 raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
-            event = self._receive(request_id, 0.1)
-            now = time.monotonic()
+            event = self._poll_reply(request_id, POLL_S)
+            now = self.clock()
             if event is None:
                 if now - heard > job_timeout_s:
                     raise DaemonUnavailable(f"no news of batch job {job_id} for "
@@ -317,14 +320,14 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         probe_sent = 0.0
         done_probes = 0  # status answers saying the job ended while no event came
         try:
-            heard = contact = time.monotonic()
+            heard = contact = self.clock()
             while True:
                 if is_cancelled is not None and is_cancelled():
                     self._cancel_quietly(job_id)
                     finished = True
                     raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
-                event = self._receive((rid, probe_id) if probe_id else rid, 0.1)
-                now = time.monotonic()
+                event = self._poll_reply((rid, probe_id) if probe_id else rid, POLL_S)
+                now = self.clock()
                 if event is None:
                     if probe_id is not None and now - probe_sent > self.timeout_s:
                         finished = True  # nobody to cancel it with

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import zmq
 
@@ -18,6 +18,9 @@ import protocol as P
 from .errors import DaemonError, DaemonUnavailable, OrtholensError
 
 log = logging.getLogger("ortholens.client")
+
+#: Longest single wait on the socket, real seconds: the clock is read again after it.
+POLL_S = 0.1
 
 
 class DaemonConnection:
@@ -30,12 +33,18 @@ class DaemonConnection:
         endpoint: ``tcp://host:port`` of the daemon.
         token: sent with every request when the daemon requires one.
         timeout_s: how long to wait for the first reply to any request, seconds.
+        clock: the monotonic clock, seconds, every timeout of the connection (and of
+            the jobs a client follows on it) is measured with; the socket is polled in
+            slices of at most :data:`POLL_S` real seconds between readings. Tests pass
+            a clock they move by hand.
     """
 
-    def __init__(self, endpoint: str, token: Optional[str] = None, timeout_s: float = 5.0):
+    def __init__(self, endpoint: str, token: Optional[str] = None, timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.endpoint = endpoint
         self.token = token or None
         self.timeout_s = float(timeout_s)
+        self.clock = clock
         self._ctx = zmq.Context()
         self._sock: Optional[zmq.Socket] = None
 
@@ -80,14 +89,23 @@ class DaemonConnection:
 
     def _receive(self, request_id: Any, wait_s: float) -> Optional[Dict[str, Any]]:
         """The next reply whose id is ``request_id`` (a string, or a collection of
-        them) within ``wait_s`` s, else None."""
+        them) before :attr:`clock` has moved ``wait_s`` seconds on, else None."""
+        end = self.clock() + wait_s
+        while True:
+            left = end - self.clock()
+            if left <= 0:
+                return None
+            reply = self._poll_reply(request_id, min(left, POLL_S))
+            if reply is not None:
+                return reply
+
+    def _poll_reply(self, request_id: Any, poll_s: float) -> Optional[Dict[str, Any]]:
+        """The next reply whose id is ``request_id`` (a string, or a collection of
+        them) that arrives within one poll of the socket of ``poll_s`` real seconds,
+        else None; replies to other requests (stale) and undecodable ones are skipped."""
         ids = {request_id} if isinstance(request_id, str) else set(request_id)
         sock = self._socket()
-        end = time.monotonic() + wait_s
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or not sock.poll(max(1, int(left * 1000))):
-                return None
+        while sock.poll(max(1, int(poll_s * 1000))):
             frames = sock.recv_multipart(copy=False)
             try:
                 header, _ = P.decode(frames, max_header_bytes=P.MAX_REPLY_HEADER_BYTES)
@@ -98,6 +116,7 @@ class DaemonConnection:
                 log.debug("skipping a stale %s reply", header.get("type"))
                 continue
             return header
+        return None
 
     def _call(self, mtype: str, timeout_s: Optional[float] = None,
               **fields: Any) -> Dict[str, Any]:
@@ -152,4 +171,4 @@ def raise_if_error(reply: Dict[str, Any]) -> None:
                           field=field if isinstance(field, str) else None)
 
 
-__all__ = ["DaemonConnection", "raise_if_error"]
+__all__ = ["POLL_S", "DaemonConnection", "raise_if_error"]

@@ -31,7 +31,12 @@ Vienna 2023 orthophoto, resampled to the model's 0.1 m GSD: 5000 x 5000 px):
 (e) *retrain budget* (unless ``--no-retrain``; single models, the first variant only): a
     real retrain of a small Vienna area with a 45 s budget for the whole job (preparing,
     training, the gate, saving), into a temporary user-models folder: whether it ended
-    within the budget, and each phase's seconds (``backend.learning.time_plan``);
+    within the budget, each phase's seconds (``backend.learning.time_plan``), and the
+    training's planned share against the seconds it trained; and the seconds a retrain
+    cancelled as its training begins takes to stop (``retrain_cancel``);
+(f) *click*: the seconds of an *Add by click* request (``backend.inference.region``, one
+    window of ``protocol.review.REGION_WINDOW_PX`` pixels) in the Vienna scene, median of
+    ``--repeat`` after one warm-up call;
 
 plus peak RAM (the process's VmHWM; the daemon's for (c)), and on CUDA the peak VRAM.
 A variant runs from a temporary copy of the model folder whose cards say its graph and
@@ -187,8 +192,57 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
         seconds = time.perf_counter() - t0
     return {"budget_s": budget_s, "seconds": round(seconds, 1),
             "within_budget": rep["time"]["within_budget"], "steps": rep["train"]["steps"],
+            "train_budget_s": rep["time"].get("train_budget_s"),
+            "train_s": rep["train"]["seconds"],
             "phases": {k: v for k, v in rep["time"].items() if k.endswith("_s")
-                       and k != "budget_s"}}
+                       and k not in ("budget_s", "train_budget_s")}}
+
+
+def retrain_cancel(model_id: str, raster: Path) -> Dict:
+    """Seconds from cancelling a real retrain (the area of :func:`retrain_budget`), at
+    the progress event that starts its training, to its ``JobCancelled``."""
+    import tempfile
+    from unittest import mock
+
+    from backend.learning.retrain import run_retrain
+    from protocol.errors import JobCancelled
+    req = {"type": "retrain", "model": model_id,
+           "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
+           "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
+           "budget_s": 600.0}
+    asked: List[float] = []
+
+    def progress(fraction: float, message: str) -> None:
+        if not asked and message.startswith("training"):
+            asked.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp, \
+            mock.patch.dict(os.environ, {"ORTHOLENS_USER_MODELS": tmp}):
+        try:
+            run_retrain(req, [], progress, lambda: bool(asked))
+        except JobCancelled:
+            return {"stopped_s": round(time.perf_counter() - asked[0], 2)}
+    raise RuntimeError("the retrain ended although it was cancelled")
+
+
+def click_latency(model_id: str, repeat: int = 3) -> Dict:
+    """Seconds of one *Add by click* (``run_region``) in the Vienna scene: median and
+    fastest of ``repeat`` clicks after a warm-up click."""
+    import rasterio
+
+    from backend.inference.region import run_region
+    from protocol.review import RegionParams
+    with rasterio.open(vienna_scene()) as ds:
+        crs = ds.crs.to_wkt()
+    params = RegionParams(FileSource(str(vienna_scene())), model_id, -1600.0, 338500.0, crs)
+    times = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        run_region(params, [])
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"median_s": round(float(np.median(times)), 3), "min_s": round(min(times), 3),
+            "repeat": repeat}
 
 
 def accuracy(model_id: str, baseline: Optional[List[str]] = None,
@@ -223,11 +277,13 @@ def measure(mid: str, args, first: bool, baseline: Optional[List[str]]) -> Dict:
         r["end_to_end"]["mpx_per_s"] / r["model_only"]["mpx_per_s"], 3)
     if not args.no_client:
         r["screen_extent"] = screen_latency(mid, args.raster, args.repeat)
+    r["click"] = click_latency(mid, args.repeat)
     if not args.no_accuracy:
         same = Path(args.raster).resolve() == vienna_scene().resolve()
         r["accuracy"] = accuracy(mid, baseline, res if same else None)
     if first and not args.no_retrain and not load_card(mid).members:
         r["retrain_budget"] = retrain_budget(mid, vienna_scene())
+        r["retrain_cancel"] = retrain_cancel(mid, vienna_scene())
     if cuda:
         import torch
         r["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -16,6 +16,10 @@ when its features equal the reference run's for that extent.
 Prints ``requests``, ``clients``, ``errors``, ``mismatches``, p50/p99 latency and
 throughput, and writes them as JSON. Exit code 0 when every request was answered
 correctly, else 1.
+
+Then (unless ``--no-faults``) the wall-clock seconds of the faults the tests check on a
+clock they move (``tools.fault_times``, ``faults`` in the JSON): a killed daemon
+reported, a cancelled detection and a disconnected client's job stopped.
 """
 
 from __future__ import annotations
@@ -167,6 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--model", default=None,
                     help="model id (default: the catalog's CPU default model)")
     ap.add_argument("--out", default=str(repo_dir() / "out" / "load.json"))
+    ap.add_argument("--no-faults", action="store_true",
+                    help="skip the fault timings (tools.fault_times)")
     args = ap.parse_args(argv)
     if args.endpoint is not None:
         r = run_load(args.endpoint, args.requests, args.clients, model=args.model)
@@ -179,6 +185,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(summary(r), flush=True)
     for msg in r["error_messages"]:
         print(f"  error: {msg}")
+    if not args.no_faults:
+        from tools import fault_times
+        r["faults"] = fault_times.measure(args.model, log_dir=Path(args.out).parent)
+        print(fault_times.summary(r["faults"]), flush=True)
     write_json(r, Path(args.out))
     print(f"wrote {args.out}")
     return 0 if r["errors"] == 0 and r["mismatches"] == 0 and r["answered"] == args.requests else 1

@@ -123,16 +123,19 @@ class JobRunner:
         job_done: called with each job id once its job ended (the server drops the
             job's pixel upload).
         progress_interval_s: least time between two ``progress`` events of one job.
+        clock: the monotonic clock, seconds, ``progress_interval_s`` is measured with
+            (tests pass a clock they move by hand).
     """
 
     def __init__(self, job_fns: Dict[str, JobFn], lock: threading.Lock,
                  stopping: threading.Event, job_done: Callable[[str], None],
-                 progress_interval_s: float):
+                 progress_interval_s: float, clock: Callable[[], float] = time.monotonic):
         self.job_fns = job_fns
         self.lock = lock
         self.stopping = stopping
         self.job_done = job_done
         self.progress_interval_s = float(progress_interval_s)
+        self.clock = clock
         self.threads: List[threading.Thread] = []
 
     def alive(self) -> bool:
@@ -210,8 +213,9 @@ class JobRunner:
     def _progress(self, job: Job, emit: Callable[[List[Any]], None]
                   ) -> Callable[[float, str], None]:
         """The ``progress(fraction, message)`` callback of ``job``: records the
-        progress and sends it at most every ``progress_interval_s``."""
-        last_sent = [0.0]
+        progress and sends it at most every ``progress_interval_s`` (the first call
+        always)."""
+        last_sent: List[Optional[float]] = [None]
 
         def progress(fraction: float, message: str = "") -> None:
             try:
@@ -224,8 +228,8 @@ class JobRunner:
             msg = clip(message)
             with self.lock:
                 job.fraction, job.message = f, msg
-            now = time.monotonic()
-            if now - last_sent[0] < self.progress_interval_s:
+            now = self.clock()
+            if last_sent[0] is not None and now - last_sent[0] < self.progress_interval_s:
                 return
             last_sent[0] = now
             try:

@@ -128,7 +128,8 @@ class Server:
             running and no pixel upload open (0: never). The plugin and ``qgis_process``
             start their engine with it, so that it does not stay in memory once they are
             gone; an engine started by hand stays until stopped.
-        clock: the monotonic clock of the idle time, seconds (tests drive it).
+        clock: the monotonic clock, seconds, of the idle time and of
+            ``progress_interval_s`` (tests drive it).
 
     Raises:
         ValueError: a non-loopback ``host`` without ``token``; ``workers`` or
@@ -186,7 +187,7 @@ class Server:
                                  "region": default_region_fn,
                                  "batch": self.batch.run},
                                 self.table.lock, self._stop, self.uploads.release_job,
-                                progress_interval_s)
+                                progress_interval_s, clock)
 
     @property
     def token(self) -> Optional[str]:

@@ -144,7 +144,8 @@ def expected_steps(done: int, elapsed_s: float, budget_s: float, steps: Optional
 def finetune(card: ModelCard, areas: Sequence[ReviewedData], cfg: RetrainConfig,
              progress: Optional[Progress] = None,
              cancelled: Optional[Callable[[], bool]] = None,
-             device: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
+             device: Optional[str] = None,
+             clock: Callable[[], float] = time.monotonic) -> Tuple[Any, Dict[str, Any]]:
     """Fine-tune ``card``'s model on corrected areas (+ replay) within the budget.
 
     Args:
@@ -155,6 +156,8 @@ def finetune(card: ModelCard, areas: Sequence[ReviewedData], cfg: RetrainConfig,
             steps expected to fit in the budget) about once a second.
         cancelled: polled every step.
         device: ``"cpu"``, ``"cuda"``; default CUDA when available.
+        clock: the monotonic clock, seconds, ``cfg.budget_s`` is measured with (a
+            retrain passes its :class:`~backend.learning.time_plan.TimePlan`'s).
 
     Returns:
         ``(model, info)``: the torch module (eval mode, on the CPU, weights rounded to
@@ -180,7 +183,7 @@ def finetune(card: ModelCard, areas: Sequence[ReviewedData], cfg: RetrainConfig,
     groups, encoder_trained = _param_groups(model, cfg.lr, bool(cfg.train_encoder))
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = _batches(card, areas, cfg, rng)
-    fit = _fit(model, opt, batches, card, cfg, rng, device, progress, cancelled)
+    fit = _fit(model, opt, batches, card, cfg, rng, device, progress, cancelled, clock)
     model = _as_saved(model)
     if device == "cpu":
         torch.set_num_threads(threads)
@@ -252,20 +255,22 @@ class _Fit:
 
 def _fit(model, opt, batches: _Batches, card: ModelCard, cfg: RetrainConfig,
          rng: np.random.Generator, device: str, progress: Progress,
-         cancelled: Optional[Callable[[], bool]]) -> _Fit:
-    """Run optimiser steps until the budget or ``cfg.steps`` (a step that would end
-    after the budget is not started).
+         cancelled: Optional[Callable[[], bool]],
+         clock: Callable[[], float] = time.monotonic) -> _Fit:
+    """Run optimiser steps until ``cfg.budget_s`` of ``clock`` or ``cfg.steps`` (a step
+    that would end after the budget, at the mean time of the last five, is not
+    started); ``cancelled()`` is checked before every step.
 
     Raises:
         JobCancelled: ``cancelled()`` turned true.
     """
     base_lrs = [g["lr"] for g in opt.param_groups]
     n_classes = len(card.classes)
-    t0 = time.monotonic()
+    t0 = clock()
     step, losses, durations = 0, [], []
     last_report = 0.0
     while True:
-        elapsed = time.monotonic() - t0
+        elapsed = clock() - t0
         step_s = float(np.mean(durations[-5:])) if durations else 0.0
         if elapsed + step_s > cfg.budget_s or (cfg.steps is not None and step >= cfg.steps):
             break
@@ -278,12 +283,12 @@ def _fit(model, opt, batches: _Batches, card: ModelCard, cfg: RetrainConfig,
         for g, lr0 in zip(opt.param_groups, base_lrs):
             g["lr"] = lr0 * factor
         x, y, w = _batch(batches, card, rng, device)
-        t_step = time.monotonic()
+        t_step = clock()
         losses.append(optimizer_step(
             model, opt, x, lambda logits: weighted_dice_ce_loss(logits, y, w, n_classes),
             device))
         step += 1
-        now = time.monotonic()
+        now = clock()
         durations.append(now - t_step)
         if now - last_report > 1.0:
             last_report = now
@@ -292,7 +297,7 @@ def _fit(model, opt, batches: _Batches, card: ModelCard, cfg: RetrainConfig,
             progress(min(1.0, (now - t0) / cfg.budget_s if not cfg.steps else
                          max(step / total, (now - t0) / cfg.budget_s)),
                      f"step {step}/{total}, loss {np.mean(losses[-10:]):.3f}")
-    return _Fit(step, losses, durations, time.monotonic() - t0)
+    return _Fit(step, losses, durations, clock() - t0)
 
 
 def _batch(batches: _Batches, card: ModelCard, rng: np.random.Generator, device: str):

@@ -71,7 +71,8 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
                 progress: Optional[Progress] = None,
                 cancelled: Optional[Callable[[], bool]] = None,
                 root: Optional[Path] = None,
-                keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                keep: Optional[Dict[str, Any]] = None,
+                clock: Callable[[], float] = time.monotonic) -> Dict[str, Any]:
     """Run a ``retrain`` request (the daemon's job function).
 
     Args:
@@ -86,6 +87,8 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
             receives the candidate's ``predictor`` and ``card`` even when it is rejected,
             the ``corrections`` and ``guard`` it was judged on and the ``current``
             model's predictor (to put another candidate through the same gate).
+        clock: the monotonic clock, seconds, of the time budget: the
+            :class:`~backend.learning.time_plan.TimePlan` and the training's share.
 
     Returns:
         ``{"crs": "", "features": [], "stats": {...}, "retrain": report}``; the report
@@ -102,8 +105,8 @@ def run_retrain(request: Dict[str, Any], arrays: List[np.ndarray],
     params = RetrainParams.from_header(request)
     card = _retrainable(params.model)
     cfg = RetrainConfig.from_params(params)
-    job = _Job(params, card, cfg, TimePlan(cfg.budget_s, progress), _start_run(card, cfg, root),
-               root, cancelled, split_id(card.id)[0])
+    job = _Job(params, card, cfg, TimePlan(cfg.budget_s, progress, clock),
+               _start_run(card, cfg, root), root, cancelled, split_id(card.id)[0])
     status = "FAILED"
     try:
         prepared = _prepare(job, arrays)
@@ -219,7 +222,8 @@ def _train(job: _Job, prep: _Prepared) -> Tuple[Any, Dict[str, Any]]:
     job.run.log_param("train_budget_s", round(train_s, 1))
     job.plan.report("training", f"up to {train_s:.0f} s")
     model, info = finetune(job.card, corr.train, replace(job.cfg, budget_s=train_s),
-                           lambda f, m: job.plan.report("training", m), job.cancelled, device)
+                           lambda f, m: job.plan.report("training", m), job.cancelled, device,
+                           job.plan.clock)
     job.plan.training_done()
     job.run.log_metric("train.steps", info["steps"])
     if info.get("final_loss") is not None:

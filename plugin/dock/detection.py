@@ -40,6 +40,8 @@ class DetectionSection(QWidget):
 
     Attributes:
         result_path: the last result's GeoPackage (absolute path), or None.
+        ticker: the timer (1 s) that says a running job's message again, with its
+            elapsed time and time left, while :meth:`show_progress`'s message shows.
 
     Signals:
         detectRequested(): Detect in extent was pressed.
@@ -74,9 +76,9 @@ class DetectionSection(QWidget):
         self._add_progress_row(outer)
         self._plain = ""
         self._running: Optional[Tuple[str, Any]] = None  # (message, its TimeLeft)
-        self._clock = QTimer(self)
-        self._clock.setInterval(1000)
-        self._clock.timeout.connect(self._tick)
+        self.ticker = QTimer(self)
+        self.ticker.setInterval(1000)
+        self.ticker.timeout.connect(self._tick)
         self.message_label = QLabel("", self)
         self.message_label.setObjectName("ortholensMessage")
         self.message_label.setWordWrap(True)
@@ -209,11 +211,11 @@ class DetectionSection(QWidget):
         until another message is shown or the job ends."""
         self._running = (text, time_left)
         self._tick()
-        self._clock.start()
+        self.ticker.start()
 
     def _tick(self) -> None:
         if self._running is None:
-            self._clock.stop()
+            self.ticker.stop()
             return
         text, time_left = self._running
         self._set_message(time_left.decorate(text), Qgis.Info, ())

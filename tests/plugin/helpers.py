@@ -1,6 +1,6 @@
 """What the plugin tests share: paths to the repository, the engine's Python and the real
-data, the default model, free ports, waiting on Qt, a test engine, small rasters, results
-as the engine sends them and a stand-in client.
+data, the default model, free ports, waiting on Qt, the requests sent to a daemon, a test
+engine, small rasters, results as the engine sends them and a stand-in client.
 
 Imported as ``helpers`` (``tests/plugin`` is on ``sys.path``: pytest puts the folder of
 the root ``conftest.py`` there). What every test suite shares (the repository, the real
@@ -42,6 +42,22 @@ def wait_until(pred: Callable[[], Any], timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def record_requests(monkeypatch) -> List[str]:
+    """Record the type of every request a daemon client sends from now on, in any
+    thread (the request still goes out); returns the list that receives them. A call
+    that sends nothing waits for no answer: no time-out can make it slow."""
+    from protocol.connection import DaemonConnection
+    sent: List[str] = []
+    send = DaemonConnection._send
+
+    def recording_send(self, header, arrays=()):
+        sent.append(str(header.get("type")))
+        return send(self, header, arrays)
+
+    monkeypatch.setattr(DaemonConnection, "_send", recording_send)
+    return sent
 
 
 def flush_deletes() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from qgis.core import Qgis, QgsProject, QgsRasterLayer, QgsRectangle
@@ -79,9 +78,11 @@ def test_daemon_warnings_reach_the_message_bar_and_dock(vienna_layer, tmp_path, 
 @pytest.mark.skipif(not BACKEND_PYTHON.is_file(), reason=f"needs {BACKEND_PYTHON}")
 def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_path,
                                                                qgis_new_project):
-    """SIGKILL the real daemon while DetectTask waits for it: the task fails within
-    seconds with a clear message, writes nothing and leaves an earlier result intact;
-    the next DetectTask starts a fresh daemon and succeeds (with the GSD warning)."""
+    """SIGKILL the real daemon while DetectTask waits for it: the task fails with a clear
+    message once a status check goes unanswered (not at its job timeout: how many
+    seconds that takes is measured by ``build.py load``), writes nothing and leaves an
+    earlier result intact; the next DetectTask starts a fresh daemon and succeeds (with
+    the GSD warning)."""
     from plugin.layers.gpkg import write_result_gpkg
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
@@ -98,22 +99,22 @@ def test_daemon_killed_during_detect_is_reported_and_restarted(vienna_path, tmp_
         before = out.read_bytes()
         big = prepare_detect(layer, QgsRectangle(-1700, 338300, -1500, 338500), layer.crs())
         task = DetectTask(big, settings, str(out), model_id=MODEL, timeout_s=3,
-                          add_to_project=False)
+                          job_timeout_s=300, add_to_project=False)
         killed = []
 
         def kill_on_progress(text):
             if not killed and ("tiles" in text or "reading" in text):  # the job runs
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-                killed.append(time.monotonic())
+                killed.append(text)
 
         task.message.connect(kill_on_progress)
         ok = task.run()
         task.finished(ok)
         assert killed, "the daemon never reported progress"
         assert ok and task.error and not task.cancelled and task.layer is None
-        assert time.monotonic() - killed[0] < 12
         assert "stopped during the detection" in task.error, task.error
+        assert "stopped answering" in task.error and "no news" not in task.error
         assert "Nothing was saved" in task.error and "restarted automatically" in task.error
         assert out.read_bytes() == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.log", "result.gpkg"]

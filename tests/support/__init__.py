@@ -1,5 +1,6 @@
 """What the tests share: the repository and the real data, the default model, free
-ports, waiting for a condition (:mod:`.common`); an engine process of their own and the
+ports, waiting for a condition (:mod:`.common`); a clock the test moves
+(:mod:`.clock`); an engine process of their own and the
 server in a thread with a fake detect function (:mod:`.engine`); one fake predictor
 (:mod:`.fakes`); small rasters and the polygons of a result or a batch GeoPackage
 (:mod:`.rasters`); user versions made from the shipped model (:mod:`.versions`).
@@ -14,6 +15,7 @@ by the function that uses it.
 Real data: ``ORTHOLENS_DATA`` (``backend.config.data_dir``).
 """
 
+from .clock import ManualClock, in_thread
 from .common import (ATLANTA, DATA, DEFAULT_MODEL, HAVE_DATA, HAVE_MODEL, HAVE_TILES, HELDOUT,
                      INSIDE, INSIDE_2, OUTSIDE, PV01_BLOCK, REPO, VIENNA, default_model,
                      free_port, heldout, needs_real, needs_tiles, wait_for)
@@ -26,9 +28,10 @@ from .versions import make_area_version, shipped_digest, shipped_state, tile_bou
 
 __all__ = ["ATLANTA", "DATA", "DEFAULT_MODEL", "FAR_GSD", "FILE", "FakeDetect", "FakePredictor",
            "HAVE_DATA", "HAVE_MODEL", "HAVE_TILES", "HELDOUT", "INSIDE", "INSIDE_2",
-           "LISTENING", "OUTSIDE", "PIX", "PV01_BLOCK", "REPO", "ROOFS", "VIENNA", "ask",
-           "against_mask", "build_vrt", "write_polygons",
+           "LISTENING", "ManualClock", "OUTSIDE", "PIX", "PV01_BLOCK", "REPO", "ROOFS",
+           "VIENNA", "against_mask", "ask", "build_vrt", "write_polygons",
            "default_model", "ensemble_card", "free_port", "gpkg_rows", "gpkg_set", "heldout",
+           "in_thread",
            "job_state", "make_area_version", "needs_real", "needs_tiles", "open_raster",
            "polygon_set", "predict_vienna", "raw_dealer", "recv", "running_engine",
            "running_server", "send_detect", "shipped_digest", "shipped_state", "small_grid",

@@ -82,8 +82,9 @@ class FakeDetect:
 
     ``echo`` (any other id too): returns at once, echoing the request; ``block``: waits
     for :attr:`gate` (or cancellation); ``loop``: reports progress until cancelled
-    (2000 steps of 5 ms); ``flood``: 3000 progress calls in ~0.3 s; ``fail``: a
-    JobError; ``crash``: RuntimeError; ``badresult``: a result that is not JSON-safe.
+    (2000 steps of 5 ms); ``spin``: reports progress every 5 ms until cancelled (or
+    :attr:`gate`), with no end of its own; ``fail``: a JobError; ``crash``:
+    RuntimeError; ``badresult``: a result that is not JSON-safe.
 
     Attributes:
         started, cancelled: request ids of the jobs that started / saw cancellation.
@@ -111,11 +112,12 @@ class FakeDetect:
                 progress(i / 2000, f"batch {i}")
                 self._stop_if(cancelled, request)
                 time.sleep(0.005)
-        elif model == "flood":
-            for i in range(3000):
-                progress(i / 3000, "tile")
-                if i % 100 == 0:
-                    time.sleep(0.01)
+        elif model == "spin":
+            i = 0
+            while not self.gate.wait(0.005):
+                progress(min(i / 10000, 0.99), f"batch {i}")
+                self._stop_if(cancelled, request)
+                i += 1
         elif model == "fail":
             raise P.JobError("the raster has no CRS", P.E_INVALID_INPUT)
         elif model == "crash":
@@ -177,11 +179,11 @@ def raw_dealer(endpoint: str):
         ctx.term()
 
 
-def recv(sock, timeout_s: float = 5.0) -> Dict[str, Any]:
+def recv(sock, timeout_s: float = 60.0) -> Dict[str, Any]:
     """The header of the next message on ``sock``.
 
     Raises:
-        AssertionError: none within ``timeout_s``.
+        AssertionError: none within ``timeout_s`` (a hang guard).
     """
     import protocol as P
     assert sock.poll(int(timeout_s * 1000)), "no reply in time"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -18,8 +17,8 @@ from backend.daemon.server import Server
 from protocol.client import OrtholensClient
 from protocol.errors import DaemonError
 from protocol.params import DetectParams
-from tests.support import (DEFAULT_MODEL, FILE, PIX, REPO, FakeDetect, raw_dealer, recv,
-                           running_server as running, send_detect, wait_for)
+from tests.support import (DEFAULT_MODEL, FILE, PIX, REPO, FakeDetect, ManualClock, raw_dealer,
+                           recv, running_server as running, send_detect, wait_for)
 
 
 # ----------------------------------------------------------------------------- basics
@@ -96,15 +95,27 @@ def test_pixels_are_copied_and_token_not_passed_on():
 
 
 def test_progress_is_throttled():
+    """A job's progress goes out at most once per ``progress_interval_s`` of the
+    server's clock, the first call always: calls while the clock stands still send
+    nothing more, then 400 calls 1/32 s apart send one event per 1/8 s."""
+    clock = ManualClock()
+
+    def job(request, arrays, progress, cancelled):
+        for i in range(40):
+            progress(i / 1000, "still")
+        for i in range(400):
+            clock.advance(1 / 32)
+            progress((40 + i) / 1000, f"tile {i}")
+        return {"crs": "EPSG:2056", "features": [], "stats": {}}
+
     seen = []
-    with running() as (server, _), OrtholensClient(server.endpoint) as c:
-        t0 = time.monotonic()
-        c.detect(DetectParams(source=FILE, model="flood"),
+    with running(detect_fn=job, clock=clock, progress_interval_s=1 / 8) as (server, _), \
+            OrtholensClient(server.endpoint) as c:
+        c.detect(DetectParams(source=FILE, model="echo"),
                  on_progress=lambda f, m: seen.append((f, m)))
-        took = time.monotonic() - t0
-    assert 1 <= len(seen) <= took * 10 + 2, (len(seen), took)
-    fractions = [f for f, _ in seen]
-    assert fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
+    # sent: the first call, then every 4th tick of 1/32 s (ticks 4, 8, ... 400)
+    assert [m for _, m in seen] == ["still"] + [f"tile {i}" for i in range(3, 400, 4)]
+    assert [f for f, _ in seen] == [0.0] + [(40 + i) / 1000 for i in range(3, 400, 4)]
 
 
 # ----------------------------------------------------------------------------- queue
@@ -340,7 +351,7 @@ import protocol as P
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.connect(sys.argv[1])
-s.send_multipart(P.encode(P.request("detect", id="frozen", model="loop",
+s.send_multipart(P.encode(P.request("detect", id="frozen", model="spin",
                                     source={"kind": "file", "path": sys.argv[2]})))
 assert s.poll(10000)
 print(P.decode(s.recv_multipart(), P.MAX_REPLY_HEADER_BYTES)[0]["type"], flush=True)
@@ -352,7 +363,8 @@ time.sleep(600)
 def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
     """A client that stops answering without closing its TCP connection (a frozen VM, a
     pulled cable: here SIGSTOP) is dropped by the ZMTP heartbeat and its running job
-    cancelled, long before the job would end by itself (2000 progress steps, ~10 s)."""
+    cancelled: a job with no end of its own, so the heartbeat is the only way it ends
+    (the test shortens the heartbeat; how long it takes is not asserted)."""
     import signal
     import subprocess
     import sys
@@ -367,9 +379,7 @@ def test_heartbeats_cancel_the_jobs_of_a_frozen_client(monkeypatch):
             assert child.stdout.readline().strip() == "accepted"
             wait_for(lambda: "frozen" in fake.started)
             child.send_signal(signal.SIGSTOP)  # alive, connection open, silent
-            t0 = time.monotonic()
-            wait_for(lambda: "frozen" in fake.cancelled, timeout_s=5.0)
-            assert time.monotonic() - t0 < 5.0
+            wait_for(lambda: "frozen" in fake.cancelled, timeout_s=120)  # a hang guard
         finally:
             child.kill()
             child.wait(10)

@@ -101,7 +101,9 @@ def test_rendered_pixels_give_the_same_result_as_the_file(daemon_endpoint, tmp_p
 
 def test_cancel_stops_a_running_detection(daemon_endpoint, vienna_path, tmp_path,
                                           qgis_new_project):
-    """Cancel through QGIS's task manager while the daemon works on a 25 Mpx extent."""
+    """Cancel through QGIS's task manager while the daemon works on a 25 Mpx extent: the
+    task ends cancelled and the daemon stops the job (it ends ``cancelled``, not
+    ``done``). How long that takes is measured by ``build.py load``."""
     import time
 
     from qgis.PyQt.QtCore import QCoreApplication
@@ -110,6 +112,7 @@ def test_cancel_stops_a_running_detection(daemon_endpoint, vienna_path, tmp_path
     from plugin.settings import DaemonSettings
     from plugin.detect.plan import prepare_detect
     from plugin.detect.task import DetectTask
+    from protocol.client import OrtholensClient
 
     layer = QgsRasterLayer(str(vienna_path), "vienna", "gdal")
     QgsProject.instance().addMapLayer(layer)
@@ -120,19 +123,22 @@ def test_cancel_stops_a_running_detection(daemon_endpoint, vienna_path, tmp_path
     task = DetectTask(plan, settings, str(tmp_path / "c.gpkg"), model_id=MODEL,
                       on_done=done.append)
     QgsApplication.taskManager().addTask(task)
-    end = time.monotonic() + 120
-    cancelled_at = None
+    end = time.monotonic() + 120  # a hang guard
+    cancelled = False
     while not done and time.monotonic() < end:
         QCoreApplication.processEvents()
-        if cancelled_at is None and task.progress() > 10:  # the daemon is working
+        if not cancelled and task.progress() > 10:  # the daemon is working
             task.cancel()
-            cancelled_at = time.monotonic()
+            cancelled = True
         time.sleep(0.05)
     assert done, "the task did not finish"
-    assert cancelled_at is not None, "no progress from the daemon before the end"
+    assert cancelled, "no progress from the daemon before the end"
     assert task.cancelled and task.layer is None and task.error is None
-    assert time.monotonic() - cancelled_at < 30
     assert not (tmp_path / "c.gpkg").exists()
+    with OrtholensClient(daemon_endpoint) as c:
+        job = c.status()[-1]  # the newest job: this detection's
+        assert wait_until(lambda: c.status(job["job_id"])[0]["state"] != "running", 600)
+        assert c.status(job["job_id"])[0]["state"] == "cancelled"
 
 
 def test_plugin_detect_action_adds_the_layer_above_the_raster(daemon_endpoint, tmp_path,
