@@ -51,7 +51,7 @@ def test_first_click_runs_the_default_model_with_the_values_shown(
     p = plugin.classFactory(qgis_iface)
     p.initGui()
     try:
-        assert wait_until(lambda: p.status_task is not None, 5)
+        assert wait_until(lambda: p.status_task is not None, 60)
         assert p.status_task.start and "Starting" in p.dock.status.status_label.text()
         assert p.detect() is None and p.pending_detect  # waits for the model list
         assert not p.dock.detection.detect_button.isEnabled()

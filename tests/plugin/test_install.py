@@ -296,7 +296,7 @@ def test_plugin_loads_without_pyzmq_and_says_how_to_install_it(qgis_iface, monke
         assert item is not None and "pyzmq" in item.text() and fix_command() in item.text()
         button = item.findChild(QPushButton, "ortholensInstallPyzmq")
         assert button is not None and button.text() == "Install pyzmq…"
-        assert wait_until(lambda: p.status_task is None, 10)
+        assert wait_until(lambda: p.status_task is None, 60)
         assert "pyzmq" in p.dock.status.status_label.text()
     finally:
         p.unload()

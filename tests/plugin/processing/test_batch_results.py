@@ -141,9 +141,9 @@ def test_job_table_lists_resumes_cancels_and_opens(daemon, provider, mosaic,  # 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(
                 j["job_id"] == acc["job_id"] and j["state"] == "cancelled" for j in dlg.jobs):
-            wait_until(lambda: dlg.list_task is None, 10)
+            wait_until(lambda: dlg.list_task is None, 60)
             dlg.refresh()
-            wait_until(lambda: dlg.list_task is None, 10)
+            wait_until(lambda: dlg.list_task is None, 60)
         assert any(j["job_id"] == acc["job_id"] and j["state"] == "cancelled"
                    and j["resumable"] for j in dlg.jobs)
     finally:
