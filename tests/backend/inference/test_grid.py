@@ -405,3 +405,22 @@ def test_layer_gsd_is_the_ground_pixel_size_of_the_extent():
     with open_raster(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) as ds:
         with pytest.raises(InputError, match="no CRS"):
             layer_gsd(ds, None, None)
+
+
+def test_layer_gsd_reprojects_the_extent_and_names_a_missing_crs():
+    """An extent given in WGS 84 over the Vienna grid is reprojected into the raster's
+    CRS before it is clipped (read as MGI metres it would miss the raster), and a
+    raster without a CRS is refused with the whole sentence that tells what to do."""
+    from pyproj import Transformer
+
+    from backend.inference.grid import layer_gsd
+    to_ll = Transformer.from_crs("EPSG:31256", "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform([-1695, -1680, -1695, -1680], [338550, 338550, 338555, 338555])
+    with open_raster(*VIENNA_GRID) as ds:
+        assert layer_gsd(ds, [min(lon), min(lat), max(lon), max(lat)], "EPSG:4326") == \
+            pytest.approx(0.3, abs=1e-12)
+    with open_raster(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) as ds:
+        with pytest.raises(InputError) as e:
+            layer_gsd(ds, None, None)
+    assert str(e.value) == ("the raster has no CRS; assign one (Layer Properties > "
+                            "Source) before detecting")
