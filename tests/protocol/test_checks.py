@@ -177,6 +177,13 @@ def test_batch_sources_are_files():
     ([{"wkt": "POINT (0 0)"}], "[0] needs a 'class' (or 'class_id')"),
     ([{"wkt": "POINT (0 0)", "class": None, "class_id": None}],
      "[0] needs a 'class' (or 'class_id')"),
+    ([{"wkt": "POINT (0 0)", "class": "pv", "review": state} for state in
+      ("pending", "accepted", "deleted", "edited", "added", None)], None),
+    ([{"wkt": "POINT (0 0)", "class": "pv", "review": "accepted"},
+      {"wkt": "POINT (1 1)", "class": "pv", "review": "approved"}],
+     "[1] 'review' must be one of ['pending', 'accepted', 'deleted', 'edited', 'added']"),
+    ([{"wkt": "POINT (0 0)", "class": "pv", "review": "Accepted"}],
+     "[0] 'review' must be one of ['pending', 'accepted', 'deleted', 'edited', 'added']"),
 ])
 def test_check_features_word_for_word(features, message):
     assert C.check_features(features) == message

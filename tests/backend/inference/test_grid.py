@@ -166,6 +166,22 @@ def test_one_pixel_from_float_coordinates_is_one_pixel():
             plan_grid(ds, [-1690.3, 338550.7, -1690.2001, 338550.8], None, 0.1, 3)
 
 
+def test_one_pixel_less_its_millionth_slack_is_still_one_pixel():
+    """At 0.125 m (exact in binary) from the raster's corner at (0, 0): an extent of
+    exactly 0.125 x (1 - 1e-6) m, one pixel less the documented millionth of a pixel,
+    is one pixel on either axis; the next float below it is refused."""
+    span = 0.125 * (1 - 1e-6)
+    below = math.nextafter(span, 0.0)
+    with open_raster("EPSG:31256", Affine(1, 0, 0, 0, -1, 100), 100, 100) as ds:
+        for extent, size in [([0.0, 0.0, span, 1.0], (1, 8)), ([0.0, 0.0, 1.0, span], (8, 1))]:
+            g = plan_grid(ds, extent, None, 0.125, 3)
+            assert (g.width, g.height) == size
+        for extent in ([0.0, 0.0, below, 1.0], [0.0, 0.0, 1.0, below]):
+            with pytest.raises(InputError, match="is smaller than one pixel at the model's "
+                                                 "0.125 m GSD"):
+                plan_grid(ds, extent, None, 0.125, 3)
+
+
 @pytest.mark.parametrize("extent, crs, message", [
     ([-1600, 338550, -1590, 338555], None, "the extent does not intersect the raster"),
     ([-1670, 338550, -1660, 338555], None, "the extent does not intersect the raster"),
@@ -389,3 +405,22 @@ def test_layer_gsd_is_the_ground_pixel_size_of_the_extent():
     with open_raster(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) as ds:
         with pytest.raises(InputError, match="no CRS"):
             layer_gsd(ds, None, None)
+
+
+def test_layer_gsd_reprojects_the_extent_and_names_a_missing_crs():
+    """An extent given in WGS 84 over the Vienna grid is reprojected into the raster's
+    CRS before it is clipped (read as MGI metres it would miss the raster), and a
+    raster without a CRS is refused with the whole sentence that tells what to do."""
+    from pyproj import Transformer
+
+    from backend.inference.grid import layer_gsd
+    to_ll = Transformer.from_crs("EPSG:31256", "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform([-1695, -1680, -1695, -1680], [338550, 338550, 338555, 338555])
+    with open_raster(*VIENNA_GRID) as ds:
+        assert layer_gsd(ds, [min(lon), min(lat), max(lon), max(lat)], "EPSG:4326") == \
+            pytest.approx(0.3, abs=1e-12)
+    with open_raster(None, Affine(0.3, 0, 0, 0, -0.3, 0), 10, 10) as ds:
+        with pytest.raises(InputError) as e:
+            layer_gsd(ds, None, None)
+    assert str(e.value) == ("the raster has no CRS; assign one (Layer Properties > "
+                            "Source) before detecting")

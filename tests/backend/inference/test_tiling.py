@@ -55,6 +55,7 @@ CARD = SimpleNamespace(tile_size=512, overlap=64, shifts=True)
 @pytest.mark.parametrize("height, width, kwargs, expected", [
     (100, 60, {}, TilePlan(128, 64, 0, False)),  # inside one tile: its size rounded to 32
     (512, 300, {}, TilePlan(512, 320, 0, False)),  # exactly one tile: no borders to hide
+    (300, 512, {}, TilePlan(320, 512, 0, False)),  # the same, one tile wide
     (513, 10, {}, TilePlan(320, 96, 64, True)),  # one pixel more: two rows of 320 px
     (10, 2000, {}, TilePlan(96, 480, 64, True)),  # (2000 - 64) / 448 -> 5 tiles of 480
     (300, 300, {"tile_size": 256}, TilePlan(192, 192, 64, True)),
@@ -69,6 +70,8 @@ def test_plan_tiling(height, width, kwargs, expected):
 
 @pytest.mark.parametrize("length, max_side, overlap, expected", [
     (1, 512, 64, 96),            # one tile, longer than the overlap
+    (1, 512, 31, 32),            # 32 px is already longer than 31 px of overlap
+    (20, 512, 63, 64), (100, 512, 63, 128),
     (512, 512, 64, 512), (513, 512, 64, 320), (960, 512, 64, 512), (961, 512, 64, 384),
     (1920, 1024, 64, 992), (1921, 1024, 64, 1024), (5000, 512, 128, 512),
     (5000, 1024, 64, 896)])
@@ -225,3 +228,83 @@ def test_a_window_gets_the_whole_grids_tiles_in_their_order(height, width, shift
             and c < win.col_stop and c + plan.width > win.col]
     assert meet and plan.intersecting(win, height, width) == meet
     assert plan.intersecting(Window(height + plan.height, 0, 10, 10), height, width) == []
+
+
+def test_intersecting_leaves_out_tiles_that_only_touch_the_window():
+    """Tiles of 64 px at stride 32 over 200 x 200 px start at 0, 32, 64, 96, 128, 136.
+    A window of rows 64..95 and columns 96..127 shares pixels with the tiles at rows 32
+    and 64 and columns 64 and 96; the tiles that end at its first row or column (0,
+    32) or start just past its last one (96, 128) only touch it."""
+    plan = TilePlan(64, 64, 32, False)
+    win = Window(64, 96, 32, 32)
+    assert plan.intersecting(win, 200, 200) == [(32, 64), (32, 96), (64, 64), (64, 96)]
+    # the same from pixel masks: a tile meets the window where both cover a pixel
+    inside = np.zeros((200, 200), bool)
+    inside[64:96, 96:128] = True
+    meet = [(r, c) for r, c in plan.offsets(200, 200)
+            if inside[max(r, 0):r + 64, max(c, 0):c + 64].any()]
+    assert plan.intersecting(win, 200, 200) == meet
+
+
+def _tiles(plan, height, width, channels, seed=0):
+    """Random probabilities and valid masks for every tile of ``plan``, in run order."""
+    rng = np.random.default_rng(seed)
+    return [(r, c, rng.random((channels,) + plan.shape, dtype=np.float32),
+             rng.random(plan.shape) < 0.7) for r, c in plan.offsets(height, width)]
+
+
+def test_a_window_stitches_bit_for_bit_as_the_whole_grid():
+    """A window away from the grid's origin, fed every tile of the grid (those that miss
+    it are ignored), gives exactly the whole grid's probabilities and valid mask there;
+    the mask is the union of the tiles' masks, worked out here pixel by pixel."""
+    height, width = 70, 90
+    plan = TilePlan(32, 48, 16, True)
+    tiles = _tiles(plan, height, width, 2)
+    whole = Stitcher(2, height, width, plan.shape, plan.overlap)
+    win = Window(13, 21, 30, 40)
+    part = Stitcher(2, height, width, plan.shape, plan.overlap, window=win)
+    union = np.zeros((height, width), bool)
+    for r, c, probs, valid in tiles:
+        whole.add(r, c, probs, valid)
+        part.add(r, c, probs, valid)
+        for i in range(plan.height):
+            for j in range(plan.width):
+                if 0 <= r + i < height and 0 <= c + j < width and valid[i, j]:
+                    union[r + i, c + j] = True
+    assert np.array_equal(whole.valid, union) and 0 < union.sum() < union.size
+    assert part.result().shape == (2, 30, 40)
+    assert np.array_equal(part.result(), whole.result()[:, 13:43, 21:61])
+    assert np.array_equal(part.valid, union[13:43, 21:61])
+    for tile_row, tile_col in [(-40, 0), (0, 100), (13 + 30, 0), (0, 21 + 40 + 48)]:
+        part.add(tile_row, tile_col, np.ones((2,) + plan.shape, np.float32))  # misses it
+    assert np.array_equal(part.result(), whole.result()[:, 13:43, 21:61])
+
+
+def test_a_later_tile_does_not_unmark_valid_pixels():
+    """Two overlapping tiles, the first valid everywhere, the second nowhere: every
+    pixel the first covers stays valid; the second's own pixels are not."""
+    st = Stitcher(1, 8, 12, tile=8, overlap=4)
+    st.add(0, 0, np.zeros((1, 8, 8), np.float32), np.ones((8, 8), bool))
+    st.add(0, 4, np.ones((1, 8, 8), np.float32), np.zeros((8, 8), bool))
+    expected = np.zeros((8, 12), bool)
+    expected[:, :8] = True
+    assert np.array_equal(st.valid, expected)
+
+
+def test_masked_result_sets_pixels_no_tile_marked_valid_to_background():
+    """Three channels; one tile over the left part of a 4 x 10 grid, valid on its first
+    3 columns: those keep the tile's probabilities, every other pixel (invalid in the
+    tile, or covered by no tile) is background, ``[1, 0, 0]``."""
+    probs = np.empty((3, 4, 6), np.float32)
+    probs[0], probs[1], probs[2] = 0.2, 0.3, 0.5
+    valid = np.zeros((4, 6), bool)
+    valid[:, :3] = True
+    st = Stitcher(3, 4, 10, tile=(4, 6), overlap=0)
+    st.add(0, 0, probs, valid)
+    out, mask = st.masked_result()
+    assert out.dtype == np.float32 and out.shape == (3, 4, 10)
+    expected = np.zeros((3, 4, 10), np.float32)
+    expected[0] = 1.0
+    expected[:, :, :3] = np.array([0.2, 0.3, 0.5], np.float32)[:, None, None]
+    np.testing.assert_array_equal(out, expected)
+    assert mask.dtype == bool and np.array_equal(mask, expected[1] > 0)
