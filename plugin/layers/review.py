@@ -50,7 +50,7 @@ def add_review_fields(layer: QgsVectorLayer, threshold: float = 0.5,
         The number of polygons ranked.
     """
     have = set(layer.fields().names())
-    new = [QgsField(n, _KINDS[k][0]) for n, k in REVIEW_FIELDS if n not in have]
+    new = [QgsField(n, _KINDS[k]) for n, k in REVIEW_FIELDS if n not in have]
     if new:
         layer.dataProvider().addAttributes(new)
         layer.updateFields()

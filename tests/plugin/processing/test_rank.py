@@ -18,7 +18,7 @@ def test_rank_adds_the_review_fields_in_place(provider, tmp_path, qgis_new_proje
     from protocol import results
     fields = QgsFields()
     for name, kind in results.RESULT_FIELDS[:-1]:  # a batch job's table, no review
-        fields.append(QgsField(name, _KINDS[kind][0]))
+        fields.append(QgsField(name, _KINDS[kind]))
     res = fake_result()
     full = result_features(res, result_fields(), utc_datetime("2024-05-06T07:08:09Z"))
     feats = []
