@@ -537,8 +537,9 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         st["rresult"] = d[0]
         label = d[0].label
         whole = label.height() >= label.heightForWidth(label.width())
+        phases = [ln for ln in d[0].text().splitlines() if "Phases:" in ln or "Took " in ln]
         record(whole, f"result window '{d[0].windowTitle()}', table whole: {whole}: "
-                      f"{d[0].text().splitlines()[0]}")
+                      f"{d[0].text().splitlines()[0]} {' '.join(phases)}")
         return True
 
     def s_versions_start():
