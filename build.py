@@ -174,7 +174,6 @@ def test(args) -> int:
     return 0
 
 
-
 def tool(venv: Path, *command: str):
     """A task that sets up, then runs ``<venv python> *command ARGS`` with the data path
     and the repository on ``PYTHONPATH``; its exit status is the task's."""
@@ -197,11 +196,6 @@ def train(args) -> int:
         rc |= run([VENV_BACKEND / "bin" / "python", "-m", "backend.learning.train", cfg], env=base_env(),
                   check=False)
     return rc
-
-
-
-
-
 
 
 #: What the engine wheel carries of each model folder (models/<id>/): the card, its
@@ -298,7 +292,6 @@ def package(args) -> int:
     log(f"wrote {wheel} ({wheel.stat().st_size / mib:.1f} MiB)")
     log(f"wrote {target} ({target.stat().st_size / mib:.1f} MiB)")
     return 0
-
 
 
 def imports(args) -> int:
