@@ -170,6 +170,25 @@ def screen_latency(model_id: str, raster: Path, repeat: int = 3) -> Dict:
             "daemon_peak_rss_mb": round(daemon_peak, 1)}
 
 
+def retrain_request(model_id: str, raster: Path, budget_s: float) -> Dict:
+    """The ``retrain`` request of the retrain measurements: 60 m x 40 m of ``raster``
+    (the Vienna scene, EPSG:31256) with no corrected feature, ``budget_s`` seconds."""
+    return {"type": "retrain", "model": model_id,
+            "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
+            "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
+            "budget_s": budget_s}
+
+
+@contextmanager
+def scratch_user_models() -> Iterator[str]:
+    """A temporary ``ORTHOLENS_USER_MODELS`` folder for the retrained versions, removed
+    afterwards: a measurement never writes into the user's."""
+    from unittest import mock
+    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp, \
+            mock.patch.dict(os.environ, {"ORTHOLENS_USER_MODELS": tmp}):
+        yield tmp
+
+
 def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
     """Wall-clock seconds of a real retrain job against its whole budget ``budget_s``.
 
@@ -177,18 +196,10 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
     corrected feature: the model's detections there are all deleted. Versions go to a
     temporary folder (``ORTHOLENS_USER_MODELS``), never the user's.
     """
-    import tempfile
-    from unittest import mock
-
     from backend.learning.retrain import run_retrain
-    req = {"type": "retrain", "model": model_id,
-           "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
-           "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
-           "budget_s": budget_s}
-    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp, \
-            mock.patch.dict(os.environ, {"ORTHOLENS_USER_MODELS": tmp}):
+    with scratch_user_models():
         t0 = time.perf_counter()
-        rep = run_retrain(req, [])["retrain"]
+        rep = run_retrain(retrain_request(model_id, raster, budget_s), [])["retrain"]
         seconds = time.perf_counter() - t0
     return {"budget_s": budget_s, "seconds": round(seconds, 1),
             "within_budget": rep["time"]["within_budget"], "steps": rep["train"]["steps"],
@@ -201,25 +212,18 @@ def retrain_budget(model_id: str, raster: Path, budget_s: float = 45.0) -> Dict:
 def retrain_cancel(model_id: str, raster: Path) -> Dict:
     """Seconds from cancelling a real retrain (the area of :func:`retrain_budget`), at
     the progress event that starts its training, to its ``JobCancelled``."""
-    import tempfile
-    from unittest import mock
-
     from backend.learning.retrain import run_retrain
     from protocol.errors import JobCancelled
-    req = {"type": "retrain", "model": model_id,
-           "source": {"kind": "file", "path": str(raster)}, "crs": "EPSG:31256",
-           "features": [], "reviewed": [{"extent": [-1700, 338500, -1640, 338540]}],
-           "budget_s": 600.0}
     asked: List[float] = []
 
     def progress(fraction: float, message: str) -> None:
         if not asked and message.startswith("training"):
             asked.append(time.perf_counter())
 
-    with tempfile.TemporaryDirectory(prefix="ortholens-bench-") as tmp, \
-            mock.patch.dict(os.environ, {"ORTHOLENS_USER_MODELS": tmp}):
+    with scratch_user_models():
         try:
-            run_retrain(req, [], progress, lambda: bool(asked))
+            run_retrain(retrain_request(model_id, raster, 600.0), [], progress,
+                        lambda: bool(asked))
         except JobCancelled:
             return {"stopped_s": round(time.perf_counter() - asked[0], 2)}
     raise RuntimeError("the retrain ended although it was cancelled")
