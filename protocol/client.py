@@ -100,8 +100,8 @@ class OrtholensClient(PixelUploads, DaemonConnection):
         the daemon for the job's ``status``. No answer within ``timeout_s`` means the
         daemon died or hangs (killed, crashed, machine asleep): :class:`DaemonUnavailable`
         is raised then, within ``liveness_s + timeout_s`` seconds, not after
-        ``job_timeout_s`` (all three measured with the client's ``clock``). A daemon that no longer knows the job (restarted) gives the
-        same error.
+        ``job_timeout_s`` (all three measured with the client's ``clock``). A daemon
+        that no longer knows the job (restarted) gives the same error.
 
         Args:
             params: what to detect where (:class:`~protocol.params.DetectParams`).
