@@ -113,15 +113,13 @@ def default_model_id(cards: List[ModelCard], cuda: bool,
     Returns:
         ``ORTHOLENS_DEFAULT_MODEL``, else the ``cuda`` or ``cpu`` entry of
         ``<models>/defaults.json`` (a slower, more accurate model such as an ensemble can
-        be the entry where a GPU makes it fast), else the first card, when that id is among
-        ``cards``; None if there are no cards.
+        be the entry where a GPU makes it fast), the first of these that is among
+        ``cards`` (an unknown ``ORTHOLENS_DEFAULT_MODEL`` falls back to the entry), else
+        the first card; None if there are no cards.
     """
     ids = [c.id for c in cards]
-    wanted = os.environ.get("ORTHOLENS_DEFAULT_MODEL") or next(
-        iter(_device_list(root, cuda)), None)
-    if wanted in ids:
-        return wanted
-    return ids[0] if ids else None
+    wanted = [os.environ.get("ORTHOLENS_DEFAULT_MODEL")] + _device_list(root, cuda)[:1]
+    return next((m for m in wanted if m in ids), ids[0] if ids else None)
 
 
 def gsd_candidates(cards: List[ModelCard], cuda: bool,
