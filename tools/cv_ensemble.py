@@ -22,8 +22,9 @@ beat the same members without it by more than 0.005 to be chosen, since it costs
 times the inference. Shifted tilings cannot be scored on 256-pixel tiles (one tile
 covers each, there is no seam to hide), so the ensemble runs one tiling.
 
-``--write-config`` stores the chosen ``tta``, the post-processing and the
-cross-validation figures in the ensemble config, where ``build.py train`` takes them
+``--write-config`` stores the chosen ``tta``, the post-processing, the
+cross-validation figures and the GSDs the fusion serves (:func:`serving_range`) in the
+ensemble config, where ``build.py train`` takes them
 for the ensemble card. The member out-of-fold probabilities are kept in
 ``<out>/<id>-oof.npz`` for later measurements (review ranking). Held-out tiles are never
 read here.
@@ -41,6 +42,8 @@ import numpy as np
 from backend.config import REPO
 from backend.inference.predictors import TorchPredictor, apply_tta, invert_tta
 from backend.learning import data as pvdata
+from backend.models.catalog import load_card
+from protocol.errors import ModelNotFound
 from tools.cv import FACTORS, coarsen, fold_card, pad32, summarise
 
 #: Test-time augmentations predicted for every tile (flips and a quarter turn).
@@ -137,6 +140,46 @@ def choose(rows: List[Dict[str, Any]], n_members: int) -> Dict[str, Any]:
     return best
 
 
+def serving_range(rows: List[Dict[str, Any]], chosen: str,
+                  member_range: Sequence[float]) -> List[float]:
+    """The layer GSDs the chosen fusion serves (``gsd_range_m``): from the first member's
+    low end up to the coarsest scored GSD at which the fusion's fold-mean object F1 is
+    at least the first member's (the single model a device falls back to), stopping at
+    the first GSD where it loses (the model's own GSD, the finest, is always served:
+    the rule chose the fusion there); the high end is the geometric mean of that GSD and the
+    next scored one (0.245 between 0.2 and 0.3 m, rounded to 0.25), or the member's own
+    high end when the fusion never loses.
+
+    Args:
+        rows: the scored variants (:func:`cross_validate_fusion`), the first member's
+            alone first.
+        chosen: the label of the chosen variant.
+        member_range: the first member's ``[low, high]`` metres per pixel.
+
+    Returns:
+        ``[low, high]`` in metres per pixel of the layer.
+    """
+    single = rows[0]["cv"]["gsd"]
+    fused = next(r for r in rows if r["label"] == chosen)["cv"]["gsd"]
+    gsds = sorted(fused, key=float)
+    high = float(member_range[1])
+    for i, g in enumerate(gsds[1:], 1):
+        if fused[g]["object_f1"]["mean"] < single[g]["object_f1"]["mean"]:
+            high = round(float(np.sqrt(float(gsds[i - 1]) * float(g))) * 20) / 20
+            break
+    return [float(member_range[0]), high]
+
+
+def _served(model_id: str, gsd_m: float) -> List[float]:
+    """The shipped card's ``gsd_range_m`` of ``model_id``, else the range a card
+    without one serves (``protocol.choice.candidates_from_cards``)."""
+    try:
+        r = load_card(model_id).gsd_range_m
+    except ModelNotFound:
+        r = None
+    return list(r) if r else [gsd_m / 1.5, gsd_m * 1.5]
+
+
 def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
                           train_missing: bool = False,
                           configs_dir: Optional[Path] = None,
@@ -166,13 +209,16 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
                      "tta": list(tta), "score": round(score_rule(r), 4), "cv": r})
         print(f"{label}: rule score {rows[-1]['score']:.4f}", flush=True)
     best = choose(rows, len(names))
+    first = _served(names[0], gsd_m)
     return {"id": config["id"], "folds_scored": sorted(set(k for k, _, _ in keys)),
             "variants": rows, "chosen": best["label"],
+            "gsd_range_m": serving_range(rows, best["label"], first),
             "tta": best["tta"], "postprocess": best["cv"]["postprocess"],
             "cross_validation": {g: {"pixel_iou": v["pixel_iou"]["mean"],
                                      "pixel_iou_std": v["pixel_iou"]["std"],
                                      "object_f1": v["object_f1"]["mean"],
-                                     "object_f1_std": v["object_f1"]["std"]}
+                                     "object_f1_std": v["object_f1"]["std"],
+                                     "folds": len(set(k for k, _, _ in keys))}
                                  for g, v in best["cv"]["gsd"].items()}}
 
 
@@ -222,6 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config["tta"] = r["tta"]
         config["shifts"] = False
         config["cross_validation"] = r["cross_validation"]
+        config["gsd_range_m"] = r["gsd_range_m"]
         args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     return 0
 

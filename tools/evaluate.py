@@ -387,6 +387,12 @@ def _ci(s: Dict, key: str) -> str:
     return f"{s[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _folds_note(cv: Dict) -> str:
+    """`` (2 of 3 folds)`` when fewer folds than three were scored, else ``""``."""
+    n = min((int(v.get("folds", 3)) for v in cv.values()), default=3)
+    return f" ({n} of 3 folds)" if n < 3 else ""
+
+
 def summary_table(results: Dict[str, Dict], cards: List[ModelCard]) -> str:
     """The one table of the accuracy docs: per model (each member, each ensemble, the
     automatic choice) the held-out pixel IoU and object F1 with 90 % intervals, the
@@ -410,7 +416,8 @@ def summary_table(results: Dict[str, Dict], cards: List[ModelCard]) -> str:
                      else "")
         folds = cv.get(mid, {})
         cells.append(" / ".join(f"{folds[g]['object_f1']:.3f} ± {folds[g]['object_f1_std']:.3f}"
-                                for g in ("0.1", "0.2", "0.3") if g in folds))
+                                for g in ("0.1", "0.2", "0.3") if g in folds)
+                     + _folds_note(folds))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

@@ -394,7 +394,8 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
     """Write an ensemble card whose post-processing is chosen on the *val* tiles.
 
     The config gives ``id, version, members [{id, weight}], tta, shifts`` (and may
-    give ``tile_size, overlap, simplify_m``); classes, bands and GSD come from the
+    give ``tile_size, overlap, simplify_m``, and ``gsd_range_m`` and ``tiling``, which
+    the card keeps as they are); classes, bands and GSD come from the
     first member, which must share them with the others. The fused probabilities of
     the whole ensemble (members x TTA x tilings, through the detection pipeline) on
     the members' common validation split choose threshold / min area / hole size,
@@ -424,6 +425,7 @@ def make_ensemble(config: Dict[str, Any], out_dir: Path) -> ModelCard:
          "overlap": int(config.get("overlap", first.overlap)),
          "simplify_m": float(config.get("simplify_m", first.simplify_m)),
          "threshold": 0.5, "min_area_m2": 1.0, "max_hole_m2": 0.5}
+    d.update({k: config[k] for k in ("gsd_range_m", "tiling") if k in config})
     out_dir.mkdir(parents=True, exist_ok=True)
     card_path = out_dir / "card.json"
     card_path.write_text(json.dumps(d, indent=2) + "\n", "utf-8")

@@ -191,10 +191,13 @@ def _cross_validation(card: ModelCard) -> List[str]:
     cv = card.training.cross_validation if card.training else None
     if not cv:
         return []
+    scored = min(int(v.get("folds", 3)) for v in cv.values())
+    tool = "tools.cv_ensemble" if card.is_ensemble else "tools.cv"
     lines = ["## Cross-validation (train split)",
-             "Three leave-cluster-out folds (whole sites validated by a model that never "
-             "saw them; `python -m tools.cv models/configs/" + card.id + ".json`); mean "
-             "± standard deviation over folds.", "",
+             (f"{scored} of three" if scored < 3 else "Three") + " leave-cluster-out folds "
+             "(whole sites validated by a model that never saw them; `python -m " + tool
+             + " models/configs/" + card.id + ".json`); mean ± standard deviation over "
+             "folds.", "",
              "| GSD | pixel IoU | object F1 |", "|---|---|---|"]
     lines += [f"| {g} m | {v['pixel_iou']:.3f} ± {v['pixel_iou_std']:.3f} | "
               f"{v['object_f1']:.3f} ± {v['object_f1_std']:.3f} |" for g, v in cv.items()]

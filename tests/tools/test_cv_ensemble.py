@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.cv_ensemble import TTA, choose, fused_oof, variants
+from tools.cv_ensemble import TTA, choose, fused_oof, serving_range, variants
 
 
 def test_a_variant_is_the_mean_over_its_members_and_augmentations():
@@ -37,3 +37,19 @@ def test_the_rule_takes_augmentation_only_when_it_pays():
     assert choose(rows(0.80, 0.79), 3)["label"] == "all"
     assert choose(rows(0.80, 0.805), 3)["label"] == "all"      # +0.005 does not pay
     assert choose(rows(0.80, 0.8051), 3)["label"] == "tta"
+
+
+def _row(label, f1s):
+    return {"label": label, "cv": {"gsd": {g: {"object_f1": {"mean": v}}
+                                           for g, v in f1s.items()}}}
+
+
+def test_the_fusion_serves_the_gsds_up_to_where_it_first_loses_to_the_single_model():
+    single = _row("a", {"0.1": 0.90, "0.2": 0.80, "0.3": 0.80})
+    wins_to_02 = _row("all", {"0.1": 0.90, "0.2": 0.93, "0.3": 0.70})
+    assert serving_range([single, wins_to_02], "all", [0.05, 0.35]) == [0.05, 0.25]
+    always = _row("all", {"0.1": 0.91, "0.2": 0.81, "0.3": 0.80})
+    assert serving_range([single, always], "all", [0.05, 0.35]) == [0.05, 0.35]
+    # a loss at 0.2 m ends the range there, whatever happens at 0.3 m
+    dip = _row("all", {"0.1": 0.95, "0.2": 0.79, "0.3": 0.99})
+    assert serving_range([single, dip], "all", [0.05, 0.35]) == [0.05, 0.15]
