@@ -166,11 +166,14 @@ def _training(card: ModelCard) -> List[str]:
     if not t:
         return []
     if card.is_ensemble:
+        chosen = (f"were chosen out of fold by `python -m tools.cv_ensemble "
+                  f"models/configs/{card.id}.json --write-config` and scored on the "
+                  f"members' {t.val_tiles} validation tiles" if t.cross_validation else
+                  f"were chosen on the members' {t.val_tiles} validation tiles")
         return ["## Fusion settings",
                 f"- No training of its own: the members are trained separately (see their "
                 f"cards) on one fit/validation split; the ensemble's threshold, minimum "
-                f"area and hole size were chosen on the members' {t.val_tiles} "
-                f"validation tiles (train split), never on held-out data.",
+                f"area and hole size {chosen} (train split), never on held-out data.",
                 f"- Reproduce: `python3 build.py train models/configs/{card.id}.json` "
                 f"(after its members)", ""] + _validation(t.postprocess_chosen_on_val)
     split_seed = t.split_seed if t.split_seed is not None else t.seed
