@@ -24,7 +24,8 @@ covers each, there is no seam to hide), so the ensemble runs one tiling.
 
 ``--write-config`` stores the chosen ``tta``, the post-processing, the
 cross-validation figures and the GSDs the fusion serves (:func:`serving_range`) in the
-ensemble config, where ``build.py train`` takes them
+ensemble config (``--member-cards``: each shipped member without figures of its own gets
+its row's post-processing and figures), where ``build.py train`` takes them
 for the ensemble card. The member out-of-fold probabilities are kept in
 ``<out>/<id>-oof.npz`` for later measurements (review ranking). Held-out tiles are never
 read here.
@@ -214,12 +215,29 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
             "variants": rows, "chosen": best["label"],
             "gsd_range_m": serving_range(rows, best["label"], first),
             "tta": best["tta"], "postprocess": best["cv"]["postprocess"],
-            "cross_validation": {g: {"pixel_iou": v["pixel_iou"]["mean"],
-                                     "pixel_iou_std": v["pixel_iou"]["std"],
-                                     "object_f1": v["object_f1"]["mean"],
-                                     "object_f1_std": v["object_f1"]["std"],
-                                     "folds": len(set(k for k, _, _ in keys))}
-                                 for g, v in best["cv"]["gsd"].items()}}
+            "cross_validation": cv_figures(best["cv"]["gsd"],
+                                           len(set(k for k, _, _ in keys)))}
+
+
+def cv_figures(gsd: Dict[str, Any], folds: int) -> Dict[str, Dict[str, float]]:
+    """The ``cross_validation`` entry of a config or card from a scored variant's
+    per-GSD figures (``tools.cv.summarise``): per GSD the fold mean and standard
+    deviation of pixel IoU and object F1, and how many folds were scored."""
+    return {g: {"pixel_iou": v["pixel_iou"]["mean"], "pixel_iou_std": v["pixel_iou"]["std"],
+                "object_f1": v["object_f1"]["mean"], "object_f1_std": v["object_f1"]["std"],
+                "folds": folds} for g, v in gsd.items()}
+
+
+def member_config(member: Dict[str, Any], row: Dict[str, Any], folds: int
+                  ) -> Optional[Dict[str, Any]]:
+    """A member's config completed with its own out-of-fold choice: the post-processing
+    and figures of its row (``row["cv"]``, the member alone); None when the member's
+    config already holds cross-validation figures (its own ``tools.cv --write-config``
+    run, which scored every fold)."""
+    if "cross_validation" in member:
+        return None
+    return dict(member, **row["cv"]["postprocess"],
+                cross_validation=cv_figures(row["cv"]["gsd"], folds))
 
 
 def markdown(r: Dict[str, Any]) -> str:
@@ -252,6 +270,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="score these folds only (0-based, comma-separated)")
     ap.add_argument("--write-config", action="store_true",
                     help="store the chosen fusion and post-processing in the config")
+    ap.add_argument("--member-cards", action="store_true",
+                    help="give each shipped member card without cross-validation figures "
+                         "its own out-of-fold post-processing and figures")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +291,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         config["cross_validation"] = r["cross_validation"]
         config["gsd_range_m"] = r["gsd_range_m"]
         args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+    if args.member_cards:
+        write_member_cards(r, args.config.parent)
     return 0
+
+
+def write_member_cards(r: Dict[str, Any], configs_dir: Path) -> None:
+    """Give each shipped member card whose config holds no cross-validation its own
+    out-of-fold post-processing and figures (:func:`member_config`,
+    ``tools.cv.apply_to_card``, which also scores them on the card's validation tiles)."""
+    from backend.config import models_dir
+    from tools.cv import apply_to_card
+    for row in r["variants"]:
+        if len(row["members"]) != 1:
+            continue
+        mid = row["members"][0]
+        member = json.loads((configs_dir / f"{mid}.json").read_text("utf-8"))
+        config = member_config(member, row, len(r["folds_scored"]))
+        if config is not None and (models_dir() / mid / "card.json").is_file():
+            apply_to_card(config, models_dir() / mid)
+            print(f"{mid}: its own out-of-fold post-processing and figures", flush=True)
 
 
 if __name__ == "__main__":

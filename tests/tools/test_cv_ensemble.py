@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.cv_ensemble import TTA, choose, fused_oof, serving_range, variants
+from tools.cv_ensemble import TTA, choose, fused_oof, member_config, serving_range, variants
 
 
 def test_a_variant_is_the_mean_over_its_members_and_augmentations():
@@ -53,3 +53,14 @@ def test_the_fusion_serves_the_gsds_up_to_where_it_first_loses_to_the_single_mod
     # a loss at 0.2 m ends the range there, whatever happens at 0.3 m
     dip = _row("all", {"0.1": 0.95, "0.2": 0.79, "0.3": 0.99})
     assert serving_range([single, dip], "all", [0.05, 0.35]) == [0.05, 0.15]
+
+
+def test_a_member_gets_its_own_rows_choice_unless_its_config_has_figures():
+    gsd = {"0.1": {"pixel_iou": {"mean": 0.8, "std": 0.1},
+                   "object_f1": {"mean": 0.9, "std": 0.02}}}
+    row = {"cv": {"postprocess": {"threshold": 0.7, "min_area_m2": 1.0}, "gsd": gsd}}
+    got = member_config({"id": "m", "threshold": 0.5}, row, 2)
+    assert got == {"id": "m", "threshold": 0.7, "min_area_m2": 1.0, "cross_validation": {
+        "0.1": {"pixel_iou": 0.8, "pixel_iou_std": 0.1, "object_f1": 0.9,
+                "object_f1_std": 0.02, "folds": 2}}}
+    assert member_config({"id": "m", "cross_validation": {}}, row, 2) is None
