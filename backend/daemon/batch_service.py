@@ -221,10 +221,12 @@ class BatchService:
             if job_id in self._live:
                 raise P.JobError(f"batch job {job_id} is already queued or running",
                                  P.E_BUSY)
+            # stored as queued before the batch thread can take it: written after, it
+            # would overwrite the state of a job that already ran
+            self.store.set_state(job_id, QUEUED, "queued")
             self._live[job_id] = job
             self._queue.append(job)
             self._cond.notify()
-        self.store.set_state(job_id, QUEUED, "queued")
         return job
 
 

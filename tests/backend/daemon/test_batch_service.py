@@ -132,3 +132,29 @@ def test_resume_jobs_at_start_finishes_a_half_done_job(pv01_vrt, tmp_path):
     got, _ = gpkg_set(tmp_path / "half.gpkg")
     want, _ = gpkg_set(tmp_path / "whole.gpkg")
     assert got == want and len(want) >= 10
+
+
+def test_a_job_is_stored_as_queued_before_the_batch_thread_can_take_it(tmp_path):
+    """The queued state is written before the job enters the queue: written after, it
+    overwrote the final state of a job the batch thread had already run (a resumed job
+    then stayed 'queued' for ever)."""
+    import threading
+
+    from backend.daemon.access import Access
+    from backend.daemon.batch_service import BatchService
+    from backend.daemon.jobstore import JobStore
+
+    service = BatchService(Access(None, False, []), threading.Event(), str(tmp_path / "jobs"))
+    seen = []
+
+    class Recording(JobStore):
+        def set_state(self, job_id, state, message=""):
+            seen.append((state, len(service._queue)))
+            super().set_state(job_id, state, message)
+
+    service._store = Recording(tmp_path / "jobs")
+    service.store.create("j1", {"source": {"kind": "file", "path": "x.tif"}})
+    service._enqueue(b"", None, "j1")
+    assert seen == [("queued", 0)]
+    job = service.next_job()
+    assert job.job_id == "j1" and service.store.get("j1")["state"] == "queued"
