@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
-__all__ = ["ModelRange", "GsdChoice", "choose_for_gsd", "candidates_from_cards"]
+__all__ = ["ModelRange", "GsdChoice", "choose_for_gsd", "candidates_from_cards",
+           "served_range"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,14 @@ def candidates_from_cards(cards: Sequence[dict], order: Sequence[str]
         c = by_id.get(mid)
         if c is None:
             continue
-        g = float(c["gsd_m"])
-        low, high = c.get("gsd_range_m") or (g / 1.5, g * 1.5)
-        out.append(ModelRange(mid, float(low), float(high), g))
+        low, high = served_range(c)
+        out.append(ModelRange(mid, low, high, float(c["gsd_m"])))
     return out
+
+
+def served_range(card: dict) -> Tuple[float, float]:
+    """``(low, high)``, metres per pixel of the layer: a card dict's ``gsd_range_m``,
+    or ``gsd_m / 1.5`` to ``gsd_m * 1.5`` for a card without one."""
+    g = float(card["gsd_m"])
+    low, high = card.get("gsd_range_m") or (g / 1.5, g * 1.5)
+    return float(low), float(high)

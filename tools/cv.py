@@ -465,15 +465,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(md)
     if args.write_config:
         config.update(r["postprocess"])
-        config["cross_validation"] = {g: {"pixel_iou": v["pixel_iou"]["mean"],
-                                          "pixel_iou_std": v["pixel_iou"]["std"],
-                                          "object_f1": v["object_f1"]["mean"],
-                                          "object_f1_std": v["object_f1"]["std"]}
-                                      for g, v in r["gsd"].items()}
+        config["cross_validation"] = cv_figures(r["gsd"])
         args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
         if args.card:
             apply_to_card(config, args.card)
     return 0
+
+
+def cv_figures(gsd: Dict[str, Any], folds: Optional[int] = None
+               ) -> Dict[str, Dict[str, float]]:
+    """The ``cross_validation`` entry of a config or card from a scored variant's
+    per-GSD figures (:func:`summarise`): per GSD the fold mean and standard deviation
+    of pixel IoU and object F1, and with ``folds`` how many folds were scored (none:
+    every fold)."""
+    out = {g: {"pixel_iou": v["pixel_iou"]["mean"], "pixel_iou_std": v["pixel_iou"]["std"],
+               "object_f1": v["object_f1"]["mean"], "object_f1_std": v["object_f1"]["std"]}
+           for g, v in gsd.items()}
+    if folds is not None:
+        for v in out.values():
+            v["folds"] = folds
+    return out
 
 
 def apply_to_card(config: Dict[str, Any], folder: Path) -> None:

@@ -44,8 +44,9 @@ from backend.config import REPO
 from backend.inference.predictors import TorchPredictor, apply_tta, invert_tta
 from backend.learning import data as pvdata
 from backend.models.catalog import load_card
+from protocol.choice import served_range
 from protocol.errors import ModelNotFound
-from tools.cv import FACTORS, coarsen, fold_card, pad32, summarise
+from tools.cv import FACTORS, coarsen, cv_figures, fold_card, pad32, summarise
 
 #: Test-time augmentations predicted for every tile (flips and a quarter turn).
 TTA = ("identity", "hflip", "vflip", "rot90")
@@ -147,8 +148,8 @@ def serving_range(rows: List[Dict[str, Any]], chosen: str,
     low end up to the coarsest scored GSD at which the fusion's fold-mean object F1 is
     at least the first member's (the single model a device falls back to), stopping at
     the first GSD where it loses (the model's own GSD, the finest, is always served:
-    the rule chose the fusion there); the high end is the geometric mean of that GSD and the
-    next scored one (0.245 between 0.2 and 0.3 m, rounded to 0.25), or the member's own
+    the rule chose the fusion there); the high end is the geometric mean of that GSD
+    and the next scored one (0.245 between 0.2 and 0.3 m, rounded to 0.25), or the member's own
     high end when the fusion never loses.
 
     Args:
@@ -172,13 +173,13 @@ def serving_range(rows: List[Dict[str, Any]], chosen: str,
 
 
 def _served(model_id: str, gsd_m: float) -> List[float]:
-    """The shipped card's ``gsd_range_m`` of ``model_id``, else the range a card
-    without one serves (``protocol.choice.candidates_from_cards``)."""
+    """The GSDs the shipped card of ``model_id`` serves (``protocol.choice.served_range``;
+    a model with no card yet serves what a card without a range does)."""
     try:
-        r = load_card(model_id).gsd_range_m
+        card = load_card(model_id).to_dict()
     except ModelNotFound:
-        r = None
-    return list(r) if r else [gsd_m / 1.5, gsd_m * 1.5]
+        card = {"gsd_m": gsd_m}
+    return list(served_range(card))
 
 
 def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
@@ -217,15 +218,6 @@ def cross_validate_fusion(config: Dict[str, Any], work: Path, folds: int = 3,
             "tta": best["tta"], "postprocess": best["cv"]["postprocess"],
             "cross_validation": cv_figures(best["cv"]["gsd"],
                                            len(set(k for k, _, _ in keys)))}
-
-
-def cv_figures(gsd: Dict[str, Any], folds: int) -> Dict[str, Dict[str, float]]:
-    """The ``cross_validation`` entry of a config or card from a scored variant's
-    per-GSD figures (``tools.cv.summarise``): per GSD the fold mean and standard
-    deviation of pixel IoU and object F1, and how many folds were scored."""
-    return {g: {"pixel_iou": v["pixel_iou"]["mean"], "pixel_iou_std": v["pixel_iou"]["std"],
-                "object_f1": v["object_f1"]["mean"], "object_f1_std": v["object_f1"]["std"],
-                "folds": folds} for g, v in gsd.items()}
 
 
 def member_config(member: Dict[str, Any], row: Dict[str, Any], folds: int

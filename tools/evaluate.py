@@ -56,6 +56,7 @@ from backend.inference.predictors import EnsemblePredictor, get_predictor
 from backend.learning import data as pvdata
 from backend.models.card import ModelCard, write_card
 from backend.models.catalog import list_cards, load_card
+from backend.models.markdown import folds_scored
 from protocol.metrics import Counts, compare
 from protocol.params import DetectParams, FileSource
 from tools.cv import vertices
@@ -389,7 +390,7 @@ def _ci(s: Dict, key: str) -> str:
 
 def _folds_note(cv: Dict) -> str:
     """`` (2 of 3 folds)`` when fewer folds than three were scored, else ``""``."""
-    n = min((int(v.get("folds", 3)) for v in cv.values()), default=3)
+    n = folds_scored(cv)
     return f" ({n} of 3 folds)" if n < 3 else ""
 
 

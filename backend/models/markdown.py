@@ -189,12 +189,18 @@ def _training(card: ModelCard) -> List[str]:
             ""] + _validation(t.postprocess_chosen_on_val)
 
 
+def folds_scored(cv: Dict[str, Any]) -> int:
+    """How many of the three folds a card's ``cross_validation`` figures were scored on
+    (``folds`` per GSD; figures without it come from a run over every fold)."""
+    return min((int(v.get("folds", 3)) for v in cv.values()), default=3)
+
+
 def _cross_validation(card: ModelCard) -> List[str]:
     """The cross-validation table per GSD (none without one)."""
     cv = card.training.cross_validation if card.training else None
     if not cv:
         return []
-    scored = min(int(v.get("folds", 3)) for v in cv.values())
+    scored = folds_scored(cv)
     tool = "tools.cv_ensemble" if card.is_ensemble else "tools.cv"
     lines = ["## Cross-validation (train split)",
              (f"{scored} of three" if scored < 3 else "Three") + " leave-cluster-out folds "

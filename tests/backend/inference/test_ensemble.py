@@ -33,8 +33,8 @@ LOOSE = {"threshold": 0.35, "min_score": 0.0, "min_area_m2": 1.0}
 
 
 def _run(model: str, path, extent=None, overrides=None) -> Tuple[Dict, np.ndarray, object]:
-    """``(result, stitched probabilities float32 (channels, H, W), grid)`` of one
-    detection of ``model`` on the raster at ``path``."""
+    """``(result, stitched probabilities float32 (channels, H, W), (valid mask, grid))``
+    of one detection of ``model`` on the raster at ``path``."""
     got: List = []
     req = {"type": "detect", "model": model, "source": {"kind": "file", "path": str(path)}}
     if extent is not None:
@@ -62,11 +62,18 @@ def _component(wkt: str, fused: np.ndarray, threshold: float, grid) -> np.ndarra
     return lab == ids[np.argmax(counts)]
 
 
+@pytest.fixture(scope="module")
+def block():
+    """The ensemble's detection of :data:`BLOCK_TILE` and each member's own panel
+    probability there: ``(result, probs, (valid, grid), [member fg])``."""
+    res, probs, vg = _run(ENSEMBLE, BLOCK_TILE)
+    return res, probs, vg, [_member_fg(m.id, BLOCK_TILE) for m in load_card(ENSEMBLE).members]
+
+
 @needs_real
-def test_the_ensembles_polygons_are_the_members_mean_post_processed_by_hand():
+def test_the_ensembles_polygons_are_the_members_mean_post_processed_by_hand(block):
     card = load_card(ENSEMBLE)
-    res, probs, (valid, grid) = _run(ENSEMBLE, BLOCK_TILE)
-    fg = [_member_fg(m.id, BLOCK_TILE) for m in card.members]
+    res, probs, (valid, grid), fg = block
     mean = np.mean(fg, axis=0)
     # channels: background, panel, then each member's panel probability
     assert probs.shape[0] == 2 + len(card.members)
@@ -84,12 +91,11 @@ def test_the_ensembles_polygons_are_the_members_mean_post_processed_by_hand():
 
 
 @needs_real
-def test_agreement_is_the_share_of_members_that_find_the_object():
+def test_agreement_is_the_share_of_members_that_find_the_object(block):
     card = load_card(ENSEMBLE)
     n = len(card.members)
     # held-out panels: every member's own mean probability over each is above threshold
-    res, probs, (_, grid) = _run(ENSEMBLE, BLOCK_TILE)
-    fg = [_member_fg(m.id, BLOCK_TILE) for m in card.members]
+    res, probs, (_, grid), fg = block
     for f in res["features"]:
         px = _component(f["wkt"], probs[1], card.threshold, grid)
         assert all(m[px].mean() >= card.threshold for m in fg)
