@@ -294,10 +294,11 @@ def imagery(config: Dict[str, Any]) -> Tuple[Tuple[int, ...], Dict[int, tuple], 
 
 
 def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
-                   train_missing: bool = False, configs_dir: Optional[Path] = None
-                   ) -> Dict[str, Any]:
+                   train_missing: bool = False, configs_dir: Optional[Path] = None,
+                   keep: Optional[Path] = None) -> Dict[str, Any]:
     """Out-of-fold predictions, the post-processing chosen on them, and per-fold
-    figures at each GSD of :data:`FACTORS` (see the module docstring).
+    figures at each GSD of :data:`FACTORS` (see the module docstring); ``keep``: also
+    save the out-of-fold predictions there (:func:`save_oof`).
 
     Returns:
         ``{"id", "folds", "postprocess": {threshold, min_area_m2, max_hole_m2},
@@ -326,9 +327,37 @@ def cross_validate(config: Dict[str, Any], work: Path, folds: int = 3,
                     p = predict(predictor, [pad32(im)])[0][:, :h, :w]
                     (oof[f] if r == model_run else runs[(f, r)]).append((k, p, ref))
         print(f"fold {k}: {len(val)} validation tiles predicted", flush=True)
+    if keep is not None:
+        save_oof(keep, oof)
     out = summarise(config, oof, runs, gsd_m, n_classes, folds)
     out.update({"tiles_per_fold": [len(v) for _, v in splits],
                 "sites_per_fold": [len(pvdata.clusters(v)) for _, v in splits]})
+    return out
+
+
+def save_oof(path: Path, oof: Dict[int, List]) -> None:
+    """Save out-of-fold predictions (imagery factor -> ``[(fold, probs (C, H, W), ref
+    (h, w) bool)]``) as a compressed npz that :func:`load_oof` reads back (probabilities
+    as float16)."""
+    arrays: Dict[str, np.ndarray] = {}
+    for f, items in oof.items():
+        for i, (k, p, ref) in enumerate(items):
+            arrays[f"f{f}_{i}_k{k}_p"] = p.astype(np.float16)
+            arrays[f"f{f}_{i}_k{k}_ref"] = ref
+    np.savez_compressed(path, **arrays)
+
+
+def load_oof(path: Path) -> Dict[int, List]:
+    """What :func:`save_oof` saved: imagery factor -> ``[(fold, probs float32 (C, H, W),
+    ref bool (h, w))]`` in the saved order."""
+    with np.load(path) as z:
+        keys = sorted((int(f[1:]), int(i), int(k[1:])) for f, i, k, kind in
+                      (n.split("_") for n in z.files) if kind == "p")
+        out: Dict[int, List] = {}
+        for f, i, k in keys:
+            name = f"f{f}_{i}_k{k}"
+            out.setdefault(f, []).append((k, z[name + "_p"].astype(np.float32),
+                                          z[name + "_ref"].astype(bool)))
     return out
 
 
@@ -455,9 +484,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--card", type=Path, default=None,
                     help="with --write-config: also give this trained model folder "
                          "(its weights do not depend on the post-processing) the choice")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="save the out-of-fold predictions to this .npz (tools.cv_gsd)")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
-    r = cross_validate(config, args.work, args.folds, args.train, args.config.parent)
+    r = cross_validate(config, args.work, args.folds, args.train, args.config.parent,
+                       args.keep)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{config['id']}.json").write_text(json.dumps(r, indent=2) + "\n", "utf-8")
     md = markdown(r)

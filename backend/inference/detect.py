@@ -77,7 +77,8 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
             grid.warnings.append(by_gsd.why)
         if params.by_area:
             card, predictor, choice = _area_version(card, grid, predictor)
-        opts = dataclasses.replace(Options.resolve(card, params), **(overrides or {}))
+        opts = dataclasses.replace(Options.resolve(card, params, grid.src_gsd),
+                                   **(overrides or {}))
         reader = WindowReader(ds, grid)
         try:
             detector = RegionDetector(card, predictor, reader, grid, opts,

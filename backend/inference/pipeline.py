@@ -47,6 +47,7 @@ from backend.inference.postprocess import Detection
 from backend.inference.raster import read_ahead
 from backend.inference.tiling import Stitcher, batches, plan_tiling
 from backend.models.card import ModelCard
+from backend.models.gsd_postprocess import entry_for
 from protocol.errors import InputError, JobCancelled, JobError, ModelCorrupt, ModelNotFound
 from protocol.params import BatchParams, DetectParams
 from protocol.window import Window
@@ -142,10 +143,13 @@ class Options:
     gdal_cache_mb: int = DEFAULT_GDAL_CACHE_MB
 
     @classmethod
-    def resolve(cls, card: ModelCard, params: Optional[Any] = None) -> "Options":
+    def resolve(cls, card: ModelCard, params: Optional[Any] = None,
+                layer_gsd_m: Optional[float] = None) -> "Options":
         """The options of a request (a :class:`DetectParams` or a :class:`BatchParams`,
         or None for the card's): each field the request leaves None takes the card's
-        value (batch size: :data:`DEFAULT_BATCH_SIZE`); the region knobs come from the
+        value (batch size: :data:`DEFAULT_BATCH_SIZE`), for a layer of ``layer_gsd_m``
+        metres per pixel the post-processing of the card's entry for it
+        (:func:`backend.models.gsd_postprocess.entry_for`); the region knobs come from the
         environment (``ORTHOLENS_REGION_PX``, ``ORTHOLENS_TILE_CACHE_MB``,
         ``ORTHOLENS_GDAL_CACHE_MB``), then a batch request's ``region_px`` and
         ``halo_px``; the region side is at least :data:`MIN_REGION_PX`."""
@@ -162,13 +166,14 @@ class Options:
             region_px = int(job.region_px)
         if job is not None and job.halo_px is not None:
             halo_px = int(job.halo_px)
-        return cls(threshold=float(pick("threshold", card.threshold)),
-                   min_area_m2=float(pick("min_area_m2", card.min_area_m2)),
-                   max_hole_m2=float(card.max_hole_m2),
+        pp = entry_for(card.postprocess_by_gsd, layer_gsd_m) or card
+        return cls(threshold=float(pick("threshold", pp.threshold)),
+                   min_area_m2=float(pick("min_area_m2", pp.min_area_m2)),
+                   max_hole_m2=float(pp.max_hole_m2),
                    simplify_m=float(pick("simplify_m", card.simplify_m)),
                    batch_size=int(pick("batch_size", DEFAULT_BATCH_SIZE)),
                    orthogonalize=bool(pick("orthogonalize", card.orthogonalize)),
-                   min_solidity=float(card.min_solidity), min_score=float(card.min_score),
+                   min_solidity=float(pp.min_solidity), min_score=float(pp.min_score),
                    region_px=max(MIN_REGION_PX, region_px), halo_px=halo_px,
                    tile_cache_mb=_env_int("ORTHOLENS_TILE_CACHE_MB", DEFAULT_TILE_CACHE_MB),
                    gdal_cache_mb=_env_int("ORTHOLENS_GDAL_CACHE_MB", DEFAULT_GDAL_CACHE_MB))

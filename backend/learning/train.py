@@ -146,6 +146,13 @@ def val_postprocess(config: Dict[str, Any], probs: np.ndarray, masks: np.ndarray
     return choose_postprocess(probs, masks, gsd_m, n_classes)
 
 
+#: The post-processing grid searched (:func:`choose_postprocess`, ``tools.cv_gsd``):
+#: probability thresholds, smallest objects kept (m²), largest holes filled (m²).
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_AREAS_M2 = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
+HOLES_M2 = (0.0, 0.5)
+
+
 def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
                        n_classes: int) -> Dict[str, Any]:
     """Grid-search threshold / min area / hole size for the best object F1 (then pixel
@@ -155,9 +162,9 @@ def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
         ``{"threshold", "min_area_m2", "max_hole_m2", "val": Counts summary}``.
     """
     best = None
-    for thr in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
-        for min_area_m2 in (0.25, 0.5, 1.0, 2.0, 3.0, 4.0):
-            for hole_m2 in (0.0, 0.5):
+    for thr in THRESHOLDS:
+        for min_area_m2 in MIN_AREAS_M2:
+            for hole_m2 in HOLES_M2:
                 s = score_postprocess(probs, masks, gsd_m, n_classes,
                                       {"threshold": thr, "min_area_m2": min_area_m2,
                                        "max_hole_m2": hole_m2})

@@ -32,6 +32,8 @@ Fields read by the code:
 ``simplify_m, orthogonalize``    polygon simplification (m) and rectangle snapping
 ``min_solidity, min_score``      objects less solid (area / convex hull area) or less
                                  confident (mean probability) are dropped; 0 keeps all
+``postprocess_by_gsd``           the post-processing of coarser layers
+                                 (:class:`~backend.models.gsd_postprocess.GsdPostprocess`)
 ``weights, onnx``                file names inside the model folder
 ``graphs``                       ``{"cpu": "model.int8.onnx"}``: the ONNX file a device
                                  kind runs instead of ``onnx`` (an INT8 graph kept where
@@ -70,7 +72,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from backend.config import precision
-from backend.models.outputs import ImportInfo, OutputSpec, outputs_error
+from backend.models.gsd_postprocess import GsdPostprocess
+from backend.models.outputs import ImportInfo, OutputSpec, imported_error
 from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
                                    as_str, doc_field, list_of, record_of, typed_field)
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -254,8 +257,6 @@ class RetrainInfo(Record):
 #: an imported model (ONNX only) needs only the normalisation.
 _MODEL_ONLY = ("architecture", "encoder", "normalize")
 _IMPORTED_ONLY = ("normalize",)
-#: The formats a model can be imported from (``format``).
-IMPORT_FORMATS = ("deepness",)
 
 
 @dataclass
@@ -288,6 +289,8 @@ class ModelCard(Record):
     orthogonalize: bool = typed_field(as_bool, False)
     min_solidity: float = typed_field(as_float, 0.0)
     min_score: float = typed_field(as_float, 0.0)
+    postprocess_by_gsd: List[GsdPostprocess] = typed_field(
+        list_of(record_of(GsdPostprocess)), list)
     weights: str = typed_field(as_str, "weights.safetensors")
     onnx: str = typed_field(as_str, "model.onnx")
     graphs: Dict[str, str] = typed_field(as_dict, dict)
@@ -419,7 +422,9 @@ class ModelCard(Record):
             missing = [k for k in needed if not card.is_ensemble and d.get(k) is None]
             if missing:
                 raise BadField(f"missing field {missing[0]!r}")
-            _check_imported(card)
+            err = imported_error(card.format, card.outputs, [c.id for c in card.classes])
+            if err:
+                raise BadField(err)
             bad = [t for t in card.tta if t not in TTA_TRANSFORMS]
             if bad:
                 raise BadField(f"unknown TTA transform(s) {bad}; known: {TTA_TRANSFORMS}")
@@ -445,20 +450,6 @@ class ModelCard(Record):
         """
         return ModelCard.from_dict(dict(self.to_dict(), **changes),
                                    self.path if path is None else path)
-
-
-def _check_imported(card: ModelCard) -> None:
-    """The fields of an imported model (``format``, ``outputs``) agree with its classes.
-
-    Raises:
-        BadField: an unknown format, or outputs that do not cover the classes.
-    """
-    if card.format is not None and card.format not in IMPORT_FORMATS:
-        raise BadField(f"format must be one of {list(IMPORT_FORMATS)}, not {card.format!r}")
-    if card.outputs:
-        err = outputs_error(card.outputs, [c.id for c in card.classes])
-        if err:
-            raise BadField(err)
 
 
 # ----------------------------------------------------------------------------- files

@@ -71,6 +71,19 @@ class ImportInfo(Record):
     _doc: Dict[str, Any] = doc_field()
 
 
+#: The formats a model can be imported from (a card's ``format``).
+IMPORT_FORMATS = ("deepness",)
+
+
+def imported_error(fmt: Optional[str], outputs: Sequence[OutputSpec],
+                   class_ids: Sequence[int]) -> Optional[str]:
+    """Why a card's import fields (``format``, ``outputs``) disagree with its classes
+    ``class_ids`` (an unknown format, or :func:`outputs_error`), or None."""
+    if fmt is not None and fmt not in IMPORT_FORMATS:
+        return f"format must be one of {list(IMPORT_FORMATS)}, not {fmt!r}"
+    return outputs_error(outputs, class_ids) if outputs else None
+
+
 def outputs_error(outputs: Sequence[OutputSpec], class_ids: Sequence[int]) -> Optional[str]:
     """Why ``outputs`` do not describe the classes ``class_ids`` of a card, or None.
 

@@ -202,11 +202,11 @@ class RegionWorker:
         with model_errors():
             self.card = load_card(params.detect.model)
             predictor = predictor or get_predictor(self.card)
-        opts = dataclasses.replace(
-            Options.resolve(self.card, params), region_px=int(plan["region_px"]),
-            halo_px=int(plan["halo_px"]),
-            max_halo_px=int(plan.get("max_halo_px", plan["halo_px"])))
         self.grid = grid_from_plan(plan)
+        opts = dataclasses.replace(
+            Options.resolve(self.card, params, self.grid.src_gsd),
+            region_px=int(plan["region_px"]), halo_px=int(plan["halo_px"]),
+            max_halo_px=int(plan.get("max_halo_px", plan["halo_px"])))
         self.regions = RegionGrid(self.grid.height, self.grid.width, opts.region_px)
         self.warnings: List[str] = []
         self._stack = contextlib.ExitStack()
