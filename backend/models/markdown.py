@@ -156,7 +156,24 @@ def _use_and_io(card: ModelCard) -> List[str]:
         + ("by leave-cluster-out cross-validation inside the *train* split"
            if card.training and card.training.cross_validation else
            "on the validation part of the *train* split")
-        + ", never on held-out data.", ""]
+        + ", never on held-out data.", *_by_gsd(card), ""]
+
+
+def _by_gsd(card: ModelCard) -> List[str]:
+    """One line per ``postprocess_by_gsd`` entry (the post-processing of coarser
+    layers) with its nested out-of-fold object F1."""
+    out = []
+    for e in card.postprocess_by_gsd:
+        cv = e.cross_validation or {}
+        out.append(
+            f"- Layers of {e.from_gsd_m:g} m GSD and coarser: threshold {e.threshold}, "
+            f"minimum object {e.min_area_m2} m², holes below {e.max_hole_m2} m² filled"
+            + (f", solidity below {e.min_solidity} or mean probability below "
+               f"{e.min_score} dropped" if e.min_solidity or e.min_score else "")
+            + (f" (nested cross-validation inside the *train* split: object F1 "
+               f"{cv['object_f1']:.3f} ± {cv.get('object_f1_std', 0):.3f})"
+               if "object_f1" in cv else ""))
+    return out
 
 
 def _training(card: ModelCard) -> List[str]:

@@ -50,3 +50,15 @@ def test_a_card_without_records_renders_what_it_has():
             "0.1 m. Chosen on the validation part of the *train* split") in text
     assert "near-rectangular" not in text and "## Cross-validation" not in text
     assert text.endswith(DATA_CREDITS)  # no pretrained encoder to credit
+
+
+def test_a_card_with_post_processing_for_coarser_layers_lists_it():
+    card = load_card(DEFAULT_MODEL).updated({"postprocess_by_gsd": [
+        {"from_gsd_m": 0.25, "threshold": 0.4, "min_area_m2": 1.0, "min_score": 0.85,
+         "cross_validation": {"object_f1": 0.812, "object_f1_std": 0.05}}]})
+    text = render_markdown(card)
+    assert ("- Layers of 0.25 m GSD and coarser: threshold 0.4, minimum object 1.0 m², "
+            "holes below 0.0 m² filled, solidity below 0.0 or mean probability below 0.85 "
+            "dropped (nested cross-validation inside the *train* split: object F1 0.812 "
+            "± 0.050)") in text
+    assert "and coarser" not in render_markdown(load_card(DEFAULT_MODEL))
