@@ -3,7 +3,7 @@
 Usage::
 
     python -m tools.resampling_check models/configs/pv-unet-efl0.json \
-        [--modes bilinear,cubic,lanczos] [--factors 2,3]
+        [--modes bilinear,cubic,lanczos] [--factors 2,3] [--tta]
 
 The detection pipeline reads a 0.2 or 0.3 m orthophoto at the model's 0.1 m through
 GDAL's warper. This check runs the cross-validation's fold models (``tools.cv``; each
@@ -11,7 +11,8 @@ validation tile predicted by the model that never saw its site) on the train til
 averaged down by each factor (GDAL's ``average`` on whole blocks, as ``tools.cv``
 makes them) and resampled back to 0.1 m by GDAL (``rasterio.warp.reproject``) with each
 resampling mode, and scores them on the coarse grid under the config's
-post-processing. Held-out tiles are never read.
+post-processing; ``--tta`` also scores the mean over the four test-time augmentations of
+``tools.cv_ensemble`` (mode ``<mode>+tta``). Held-out tiles are never read.
 
 Output: ``<out>/<id>-resampling.json`` and a table on stdout.
 """
@@ -27,7 +28,9 @@ import numpy as np
 
 from backend.config import REPO
 from backend.learning import data as pvdata
+from backend.inference.predictors import apply_tta, invert_tta
 from tools.cv import coarsen, fold_predictor, pad32, predict, spread
+from tools.cv_ensemble import TTA
 from tools.cv_gsd import KEYS, counts
 
 
@@ -49,12 +52,21 @@ def warped(image: np.ndarray, factor: int, mode: str) -> np.ndarray:
     return out
 
 
+def with_tta(predictor, image: np.ndarray) -> np.ndarray:
+    """Probabilities float32 (C, H, W) of a padded uint8 (B, H, W) tile: the mean over
+    the test-time augmentations :data:`tools.cv_ensemble.TTA`."""
+    x = image[None]
+    return np.mean([invert_tta(predictor.predict_raw(np.ascontiguousarray(apply_tta(x, t))),
+                               t)[0] for t in TTA], axis=0)
+
+
 def check(config: Dict[str, Any], work: Path, modes: List[str], factors: List[int],
-          folds: int = 3) -> Dict[str, Any]:
+          folds: int = 3, tta: bool = False) -> Dict[str, Any]:
     """Per mode and factor: per-fold object F1 and pixel IoU (:func:`tools.cv.spread`)
-    under the config's post-processing."""
+    under the config's post-processing (with ``tta`` also for ``<mode>+tta``)."""
     pp = {k: config[k] for k in KEYS if k in config}
-    items: Dict[tuple, List] = {(m, f): [] for m in modes for f in factors}
+    names = modes + ([f"{m}+tta" for m in modes] if tta else [])
+    items: Dict[tuple, List] = {(m, f): [] for m in names for f in factors}
     splits = pvdata.cv_folds(pvdata.list_tiles("train"), folds)
     for k, (_, val) in enumerate(splits):
         predictor = fold_predictor(config, work, k, folds, False, REPO / "models" / "configs")
@@ -67,6 +79,9 @@ def check(config: Dict[str, Any], work: Path, modes: List[str], factors: List[in
                     h, w = im.shape[1:]
                     items[(m, f)].append((k, predict(predictor, [pad32(im)])[0][:, :h, :w],
                                           ref))
+                    if tta:
+                        p = with_tta(predictor, pad32(im))[:predictor.card.num_outputs]
+                        items[(f"{m}+tta", f)].append((k, p[:, :h, :w], ref))
         print(f"fold {k}: {len(val)} tiles", flush=True)
     out: Dict[str, Any] = {"id": config["id"], "postprocess": pp, "modes": {}}
     for (m, f), its in items.items():
@@ -85,10 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "out" / "cv")
     ap.add_argument("--modes", default="bilinear,cubic,lanczos")
     ap.add_argument("--factors", default="2,3")
+    ap.add_argument("--tta", action="store_true", help="also the mean of 4 augmentations")
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     r = check(config, args.work, args.modes.split(","),
-              [int(x) for x in args.factors.split(",")])
+              [int(x) for x in args.factors.split(",")], tta=args.tta)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{config['id']}-resampling.json").write_text(json.dumps(r, indent=2) + "\n")
     print("| resampling | imagery | object F1 (fold mean ± std) | pixel IoU |")
