@@ -419,6 +419,7 @@ def summarise(config: Dict[str, Any], oof: Dict[int, List], runs: Dict[tuple, Li
     chosen = choose_all(oof[own], gsd_m, n_classes, float(config.get("simplify_m", 0.05)))
     regular = chosen.pop("_regularisation")
     out: Dict[str, Any] = {"id": config["id"], "folds": folds, "postprocess": chosen,
+                           "chosen_at_m": round(own * pvdata.NATIVE_GSD_M, 2),
                            "regularisation": regular, "gsd": {}}
     for f in sorted(oof):
         out["gsd"][f"{pvdata.NATIVE_GSD_M * f:.1f}"] = figures(oof[f], chosen, gsd_m,
@@ -438,7 +439,8 @@ def markdown(r: Dict[str, Any]) -> str:
     lines = [f"# Cross-validation of {r['id']}", "",
              f"{r['folds']} leave-cluster-out folds of the pv01 train split "
              f"({r['tiles_per_fold']} validation tiles from {r['sites_per_fold']} sites); "
-             f"post-processing chosen on the pooled out-of-fold predictions at 0.1 m: "
+             f"post-processing chosen on the pooled out-of-fold predictions at "
+             f"{r.get('chosen_at_m', 0.1):g} m: "
              f"threshold {pp['threshold']}, minimum area {pp['min_area_m2']} m², holes "
              f"up to {pp['max_hole_m2']} m² filled, minimum solidity "
              f"{pp.get('min_solidity', 0)}, minimum object score {pp.get('min_score', 0)}.",
@@ -461,7 +463,8 @@ def markdown(r: Dict[str, Any]) -> str:
                 f" (pixel IoU {v['pixel_iou']['mean']:.3f})" for run, v in by_run.items()))
     reg = r.get("regularisation")
     if reg:
-        lines += ["", "Outlines (polygons of the 0.1 m out-of-fold predictions): "
+        lines += ["", "Outlines (polygons of the out-of-fold predictions the post-processing was "
+                  "chosen on): "
                   + "; ".join(f"{k} {v['polygons']} polygons, {v['vertices_per_polygon']} "
                               f"vertices per polygon, object F1 {v['object_f1']:.3f}, pixel "
                               f"IoU {v['pixel_iou']:.3f}"
