@@ -493,11 +493,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = json.loads(args.config.read_text("utf-8"))
     r = cross_validate(config, args.work, args.folds, args.train, args.config.parent,
                        args.keep)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{config['id']}.json").write_text(json.dumps(r, indent=2) + "\n", "utf-8")
-    md = markdown(r)
-    (args.out / f"{config['id']}.md").write_text(md, "utf-8")
-    print(md)
+    write_report(args.out, config["id"], r, markdown(r))
     if args.write_config:
         config.update(r["postprocess"])
         config["cross_validation"] = cv_figures(r["gsd"])
@@ -505,6 +501,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.card:
             apply_to_card(config, args.card)
     return 0
+
+
+def boundary_gsd(finer_m: float, coarser_m: float) -> float:
+    """The layer GSD, metres, between two scored GSDs where one choice hands over to the
+    next: their geometric mean rounded to 0.05 m (0.15 between 0.1 and 0.2 m, 0.25
+    between 0.2 and 0.3 m)."""
+    return round(float(np.sqrt(finer_m * coarser_m)) * 20) / 20
+
+
+def write_report(out: Path, stem: str, result: Dict[str, Any], md: str) -> None:
+    """Write a tool's result as ``<out>/<stem>.json`` and its Markdown as
+    ``<out>/<stem>.md`` (creating ``out``), and print the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    (out / f"{stem}.md").write_text(md, "utf-8")
+    print(md)
 
 
 def cv_figures(gsd: Dict[str, Any], folds: Optional[int] = None

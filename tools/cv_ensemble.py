@@ -46,7 +46,8 @@ from backend.learning import data as pvdata
 from backend.models.catalog import load_card
 from protocol.choice import served_range
 from protocol.errors import ModelNotFound
-from tools.cv import FACTORS, coarsen, cv_figures, fold_card, pad32, summarise
+from tools.cv import (FACTORS, boundary_gsd, coarsen, cv_figures, fold_card, pad32,
+                      summarise, write_report)
 
 #: Test-time augmentations predicted for every tile (flips and a quarter turn).
 TTA = ("identity", "hflip", "vflip", "rot90")
@@ -167,7 +168,7 @@ def serving_range(rows: List[Dict[str, Any]], chosen: str,
     high = float(member_range[1])
     for i, g in enumerate(gsds[1:], 1):
         if fused[g]["object_f1"]["mean"] < single[g]["object_f1"]["mean"]:
-            high = round(float(np.sqrt(float(gsds[i - 1]) * float(g))) * 20) / 20
+            high = boundary_gsd(float(gsds[i - 1]), float(g))
             break
     return [float(member_range[0]), high]
 
@@ -271,11 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     only = ([int(k) for k in args.only_folds.split(",")] if args.only_folds else None)
     r = cross_validate_fusion(config, args.work, args.folds, args.train,
                               args.config.parent, args.out / f"{config['id']}-oof.npz", only)
-    (args.out / f"{config['id']}-fusion.json").write_text(json.dumps(r, indent=2) + "\n",
-                                                          "utf-8")
-    md = markdown(r)
-    (args.out / f"{config['id']}-fusion.md").write_text(md, "utf-8")
-    print(md)
+    write_report(args.out, f"{config['id']}-fusion", r, markdown(r))
     if args.write_config:
         config.update(r["postprocess"])
         config["tta"] = r["tta"]

@@ -32,21 +32,19 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-
 from backend.config import REPO
 from backend.learning import data as pvdata
-from backend.learning.train import HOLES_M2, MIN_AREAS_M2, THRESHOLDS
+from backend.learning.train import best_on_grid
+from backend.models.gsd_postprocess import FIELDS as KEYS
 from protocol.metrics import Counts
-from tools.cv import choose_filters, load_oof, score, spread
+from tools.cv import (boundary_gsd, choose_filters, cv_figures, load_oof, score, spread,
+                      write_report)
 
 #: Object F1 a GSD's own post-processing must gain out of fold (nested) to be kept: one
 #: object in a hundred, more than the grid search's own noise on ~20 tiles a fold.
 MIN_GAIN = 0.01
 #: Pixel IoU it may lose out of fold (nested), the tolerance of ``tools.cv``'s filters.
 IOU_TOL = 0.005
-#: The post-processing keys an entry holds besides ``from_gsd_m``.
-KEYS = ("threshold", "min_area_m2", "max_hole_m2", "min_solidity", "min_score")
 
 
 def counts(items: Sequence, pp: Dict[str, Any], gsd_m: float) -> Counts:
@@ -60,18 +58,10 @@ def counts(items: Sequence, pp: Dict[str, Any], gsd_m: float) -> Counts:
 def choose_on(items: Sequence, gsd_m: float) -> Dict[str, float]:
     """The post-processing with the best pooled object F1 (then pixel IoU) on
     ``items`` (threshold, minimum area, holes over the grid of
-    :func:`backend.learning.train.choose_postprocess`), then the strictest object
+    :func:`backend.learning.train.best_on_grid`), then the strictest object
     filters that cost nothing (:func:`tools.cv.choose_filters`)."""
-    best = None
-    for thr in THRESHOLDS:
-        for area in MIN_AREAS_M2:
-            for hole in HOLES_M2:
-                pp = {"threshold": thr, "min_area_m2": area, "max_hole_m2": hole}
-                s = counts(items, pp, gsd_m).summary()
-                key = (round(s["object_f1"], 4), s["pixel_iou"])
-                if best is None or key > best[0]:
-                    best = (key, pp)
-    pp = dict(best[1])
+    pp, _ = best_on_grid(lambda pp: counts(items, pp, gsd_m).summary(),
+                         key=lambda s: (round(s["object_f1"], 4), s["pixel_iou"]))
     pp.update(choose_filters(items, pp, gsd_m, 2))
     return pp
 
@@ -90,7 +80,7 @@ def serves_from(factor: int, factors: Sequence[int]) -> float:
     """The finest layer GSD, metres, an entry for imagery ``factor`` x 0.1 m serves: the
     geometric mean of its GSD and the next finer scored one, rounded to 0.05 m."""
     finer = max(f for f in factors if f < factor)
-    return round(float(np.sqrt(finer * factor)) * pvdata.NATIVE_GSD_M * 20) / 20
+    return boundary_gsd(finer * pvdata.NATIVE_GSD_M, factor * pvdata.NATIVE_GSD_M)
 
 
 def choose_by_gsd(config: Dict[str, Any], oof: Dict[int, List]) -> Dict[str, Any]:
@@ -130,11 +120,7 @@ def choose_by_gsd(config: Dict[str, Any], oof: Dict[int, List]) -> Dict[str, Any
         if kept:
             out["postprocess_by_gsd"].append(
                 dict(from_gsd_m=serves_from(f, factors), **chosen,
-                     cross_validation={"object_f1": b["object_f1"]["mean"],
-                                       "object_f1_std": b["object_f1"]["std"],
-                                       "pixel_iou": b["pixel_iou"]["mean"],
-                                       "pixel_iou_std": b["pixel_iou"]["std"],
-                                       "folds": len(folds), "nested": True}))
+                     cross_validation=dict(cv_figures({g: b}, len(folds))[g], nested=True)))
     return out
 
 
@@ -169,12 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     config = json.loads(args.config.read_text("utf-8"))
     r = choose_by_gsd(config, load_oof(args.oof))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{config['id']}-gsd.json").write_text(json.dumps(r, indent=2) + "\n",
-                                                      "utf-8")
-    md = markdown(r)
-    (args.out / f"{config['id']}-gsd.md").write_text(md, "utf-8")
-    print(md)
+    write_report(args.out, f"{config['id']}-gsd", r, markdown(r))
     if args.write_config:
         config["postprocess_by_gsd"] = r["postprocess_by_gsd"]
         args.config.write_text(json.dumps(config, indent=2) + "\n", "utf-8")

@@ -29,9 +29,9 @@ import numpy as np
 from backend.config import REPO
 from backend.learning import data as pvdata
 from backend.inference.predictors import apply_tta, invert_tta
-from tools.cv import coarsen, fold_predictor, pad32, predict, spread
+from tools.cv import coarsen, fold_predictor, pad32, predict
 from tools.cv_ensemble import TTA
-from tools.cv_gsd import KEYS, counts
+from tools.cv_gsd import KEYS, per_fold
 
 
 def warped(image: np.ndarray, factor: int, mode: str) -> np.ndarray:
@@ -85,11 +85,8 @@ def check(config: Dict[str, Any], work: Path, modes: List[str], factors: List[in
         print(f"fold {k}: {len(val)} tiles", flush=True)
     out: Dict[str, Any] = {"id": config["id"], "postprocess": pp, "modes": {}}
     for (m, f), its in items.items():
-        sums = [counts([x for x in its if x[0] == k], pp, config["gsd_m"]).summary()
-                for k in range(folds)]
-        out["modes"].setdefault(m, {})[f"{0.1 * f:.1f}"] = {
-            "object_f1": spread([s["object_f1"] for s in sums]),
-            "pixel_iou": spread([s["pixel_iou"] for s in sums])}
+        out["modes"].setdefault(m, {})[f"{0.1 * f:.1f}"] = per_fold(
+            its, {k: pp for k in range(folds)}, config["gsd_m"])
     return out
 
 

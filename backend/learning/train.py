@@ -43,7 +43,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -153,26 +153,39 @@ MIN_AREAS_M2 = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
 HOLES_M2 = (0.0, 0.5)
 
 
-def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
-                       n_classes: int) -> Dict[str, Any]:
-    """Grid-search threshold / min area / hole size for the best object F1 (then pixel
-    IoU) on validation probabilities (N, C, H, W) and masks (N, H, W).
+def best_on_grid(score: Callable[[Dict[str, float]], Dict[str, float]],
+                 key: Callable[[Dict[str, float]], tuple] = lambda s: (s["object_f1"],
+                                                                       s["pixel_iou"])
+                 ) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """The point of the post-processing grid (:data:`THRESHOLDS` x :data:`MIN_AREAS_M2`
+    x :data:`HOLES_M2`) whose summary ``score(pp)`` (a :class:`Counts` summary) has the
+    largest ``key`` (default: object F1, then pixel IoU); the first such point on ties.
 
     Returns:
-        ``{"threshold", "min_area_m2", "max_hole_m2", "val": Counts summary}``.
+        ``(pp, summary)`` with ``pp = {"threshold", "min_area_m2", "max_hole_m2"}``.
     """
     best = None
     for thr in THRESHOLDS:
         for min_area_m2 in MIN_AREAS_M2:
             for hole_m2 in HOLES_M2:
-                s = score_postprocess(probs, masks, gsd_m, n_classes,
-                                      {"threshold": thr, "min_area_m2": min_area_m2,
-                                       "max_hole_m2": hole_m2})
-                key = (s["object_f1"], s["pixel_iou"])
-                if best is None or key > best[0]:
-                    best = (key, {"threshold": thr, "min_area_m2": min_area_m2,
-                                  "max_hole_m2": hole_m2, "val": s})
-    return best[1]
+                pp = {"threshold": thr, "min_area_m2": min_area_m2, "max_hole_m2": hole_m2}
+                s = score(pp)
+                if best is None or key(s) > best[0]:
+                    best = (key(s), pp, s)
+    return best[1], best[2]
+
+
+def choose_postprocess(probs: np.ndarray, masks: np.ndarray, gsd_m: float,
+                       n_classes: int) -> Dict[str, Any]:
+    """Grid-search threshold / min area / hole size for the best object F1 (then pixel
+    IoU) on validation probabilities (N, C, H, W) and masks (N, H, W)
+    (:func:`best_on_grid`).
+
+    Returns:
+        ``{"threshold", "min_area_m2", "max_hole_m2", "val": Counts summary}``.
+    """
+    pp, s = best_on_grid(lambda pp: score_postprocess(probs, masks, gsd_m, n_classes, pp))
+    return dict(pp, val=s)
 
 
 def fit_val_tiles(config: Dict[str, Any], fold: Optional[int] = None, folds: int = 3,
