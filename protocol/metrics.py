@@ -32,12 +32,18 @@ def components(mask: np.ndarray, min_pixels: int = 20) -> Tuple[np.ndarray, int]
     labels, n = ndimage.label(np.asarray(mask, bool), structure=_EIGHT)
     if n == 0:
         return labels.astype(np.int32), 0
-    sizes = np.bincount(labels.ravel())
+    sel = labels > 0
+    kept = labels[sel]
+    sizes = np.bincount(kept, minlength=n + 1)
     keep = sizes >= min_pixels
     keep[0] = False
+    labels = labels.astype(np.int32, copy=False)
+    if keep[1:].all():  # nothing to drop or renumber
+        return labels, n
     remap = np.zeros(n + 1, np.int32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return remap[labels], int(keep.sum())
+    labels[sel] = remap[kept]  # only the labelled pixels (objects are sparse)
+    return labels, int(keep.sum())
 
 
 @dataclass

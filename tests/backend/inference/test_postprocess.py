@@ -9,8 +9,11 @@ from affine import Affine
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from backend.inference.postprocess import (class_map, clean_masks, filter_objects,
-                                           orthogonalize, polygonize)
+from backend.inference.postprocess import (class_map, clean_masks, enclosed, filter_objects,
+                                           label_sums, orthogonalize, polygonize)
+from backend.learning.data import list_tiles
+from protocol.metrics import components
+from tests.support.common import HAVE_DATA
 
 
 def _probs(cmap: np.ndarray, p_fg: np.ndarray) -> np.ndarray:
@@ -409,3 +412,59 @@ def test_a_transform_that_flattens_the_grid_gives_no_polygons():
     cmap = np.zeros((6, 6), np.uint8)
     cmap[1:4, 1:4] = 1
     assert polygonize(cmap, _probs_of(cmap), Affine(0.1, 0, 0, 0, 0, 0), 0.0) == []
+
+
+def _real_masks():
+    """Reference masks of the pv01 held-out tiles and, for dense shapes with holes, their
+    complements and the tiles' bright pixels (uint8 (3, H, W) -> bool (H, W))."""
+    out = []
+    for t in list_tiles("heldout")[:6]:
+        img, mask = t.read()
+        bright = img.mean(axis=0) > 150
+        out += [mask > 0, mask == 0, bright, ~bright]
+    return out
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="pv01 held-out tiles (ORTHOLENS_DATA) missing")
+def test_fast_holes_sums_and_components_equal_scipys_on_real_masks():
+    """``enclosed`` is what ``binary_fill_holes`` adds, ``label_sums`` what
+    ``ndimage.sum_labels`` sums (bit for bit), and ``components`` labels as
+    ``ndimage.label`` with small components dropped, on real masks with many holes."""
+    masks = _real_masks()
+    assert sum(int(enclosed(m).sum()) for m in masks) > 0  # some holes to find
+    for m in masks:
+        assert np.array_equal(enclosed(m), ndimage.binary_fill_holes(m) & ~m)
+        lab, n = ndimage.label(m, structure=np.ones((3, 3), bool))
+        values = np.random.default_rng(n).random(m.shape).astype(np.float32)
+        assert np.array_equal(label_sums(values, lab, n),
+                              ndimage.sum_labels(values, lab, index=np.arange(1, n + 1)))
+        for min_px in (1, 50, 2000):
+            got, k = components(m, min_px)
+            sizes = np.bincount(lab.ravel())
+            keep = np.flatnonzero(sizes >= min_px)
+            keep = keep[keep > 0]
+            assert k == len(keep) and got.dtype == np.int32
+            # same objects, numbered in the same order
+            want = np.zeros(n + 1, np.int32)
+            want[keep] = np.arange(1, len(keep) + 1)
+            assert np.array_equal(got, want[lab])
+    assert not enclosed(np.zeros((5, 5), bool)).any()
+    assert not enclosed(np.ones((5, 5), bool)).any()
+
+
+def test_class_map_of_several_classes_is_the_argmax_above_the_threshold():
+    """With several classes the best class where its probability reaches the threshold,
+    the first of equals, background below it and on NaN; one class: a threshold."""
+    rng = np.random.default_rng(3)
+    p = rng.random((4, 40, 50)).astype(np.float32)
+    p[2, :5] = p[1, :5]  # ties: the first class wins
+    p[1:, 10, 10] = np.nan
+    p /= np.nansum(p, axis=0)
+    for thr in (0.2, 0.35, 0.5):
+        fg = np.nan_to_num(p[1:], nan=-1.0)
+        best = fg.argmax(axis=0) + 1
+        want = np.where(fg.max(axis=0) >= thr, best, 0)
+        assert np.array_equal(class_map(p, thr), want)
+        two = np.stack([1 - p[1], p[1]])
+        assert np.array_equal(class_map(two, thr), (p[1] >= thr).astype(np.uint8))
+    assert class_map(p, 0.2)[10, 10] == 0 and class_map(p, 0.2)[:5].max() > 0

@@ -308,3 +308,18 @@ def test_masked_result_sets_pixels_no_tile_marked_valid_to_background():
     expected[:, :, :3] = np.array([0.2, 0.3, 0.5], np.float32)[:, None, None]
     np.testing.assert_array_equal(out, expected)
     assert mask.dtype == bool and np.array_equal(mask, expected[1] > 0)
+
+
+def test_result_divides_once_and_refuses_tiles_that_would_change_it():
+    """The result is divided in place once: a second call returns the same numbers, and
+    a tile meeting the window after it is refused rather than blended into a result."""
+    plan = TilePlan(32, 32, 8, True)
+    st = Stitcher(1, 40, 40, plan.shape, plan.overlap)
+    for r, c in [(0, 0), (0, 24), (24, 0), (24, 24)]:
+        st.add(r, c, np.full((1, 32, 32), 0.25, np.float32))
+    first = st.result().copy()
+    np.testing.assert_allclose(first, 0.25, rtol=1e-6)
+    assert np.array_equal(st.result(), first)
+    with pytest.raises(RuntimeError):
+        st.add(0, 0, np.ones((1, 32, 32), np.float32))
+    st.add(100, 100, np.ones((1, 32, 32), np.float32))  # misses the grid: ignored
