@@ -4,6 +4,8 @@ Usage::
 
     python -m tools.perf_check geometry [--model ID] [--geometries 512/128,1024/64,...]
     python -m tools.perf_check int8 [--model ID]
+    python -m tools.perf_check speed [--rounds 3] [--geometries ...]
+    python -m tools.perf_check profile [--model ID]
 
 ``geometry``: each tile geometry (``tile_size/overlap`` pixels) runs a whole detection
 (:func:`backend.inference.detect.run_detect` with ``overrides``) of
@@ -33,6 +35,11 @@ on the first 24 by name, so their figures are reported separately as well.
 model alone on random tiles of each tile size already in memory, and whole detections
 of the 200 m Vienna extent and of a 1920 x 1080 px screen extent at 0.1 m; medians,
 and the ratios new / baseline.
+
+``profile``: a detection of the whole Vienna scene (5000 x 5000 px at 0.1 m) run twice
+in one process, the second under cProfile: its seconds, the seconds in the predictor
+and the functions that take the most time themselves (the caller's thread only: the
+reading thread is not profiled).
 
 Prints JSON and writes ``out/perf_check_<what>.json``.
 """
@@ -255,9 +262,31 @@ def speed(model_id: str, rounds: int,
     return out
 
 
+def profile(model_id: str, top: int = 12) -> Dict:
+    """The ``profile`` check (module docstring)."""
+    import cProfile
+    import pstats
+    req = {"type": "detect", "model": model_id,
+           "source": {"kind": "file", "path": str(vienna_scene())}}
+    run_detect(req, [])  # imports, the session, GDAL's first reads
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    res = run_detect(req, [])
+    prof.disable()
+    seconds = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, _)
+    model_s = sum(v[3] for k, v in stats.items() if k[2] == "predict_raw")
+    own = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {"seconds": round(seconds, 2), "predictor_s": round(model_s, 2),
+            "polygons": len(res["features"]),
+            "top_own_s": [[f"{Path(k[0]).name}:{k[1]}({k[2]})", round(v[2], 3)]
+                          for k, v in own]}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["geometry", "int8", "speed"])
+    ap.add_argument("what", choices=["geometry", "int8", "speed", "profile"])
     ap.add_argument("--rounds", type=int, default=3, help="speed: turns of each variant")
     ap.add_argument("--model", default=None)
     ap.add_argument("--geometries", default=GEOMETRIES,
@@ -274,6 +303,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         given = args.geometries if args.geometries != GEOMETRIES else None
         report = speed(mid, args.rounds, [tuple(int(x) for x in g.split("/"))
                                           for g in given.split(",")] if given else None)
+    elif args.what == "profile":
+        report = profile(mid)
     else:
         report = int8(mid)
     out = REPO / "out" / f"perf_check_{args.what}{args.tag}.json"

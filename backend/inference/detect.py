@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from backend.inference import recent
 from backend.inference.predictors import Predictor, get_predictor
 from backend.inference.grid import Grid, layer_gsd, plan_grid
 from backend.inference.objects import features, output_crs
@@ -90,6 +91,9 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
                 candidates_low=CANDIDATE_LOW)
         finally:
             reader.close()
+    if out.class_map is not None and out.window == detector.whole:
+        recent.remember(recent.map_key(card, predictor, params.source.to_wire(), grid, opts),
+                        grid, out.class_map, out.valid, detector.model_seconds)
     progress(0.92, "polygonizing")
     feats = features(out.detections, card, grid, threshold=opts.threshold)
     cands = features(out.candidates, card, grid, threshold=opts.threshold)

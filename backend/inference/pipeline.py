@@ -256,6 +256,9 @@ class RegionOutput:
         probs_seconds: seconds until the window's probabilities were stitched.
         candidates: the candidate misses the region owns
             (:func:`~backend.inference.objects.candidate_objects`), when asked for.
+        class_map: uint8 (h, w) the window's class map as its polygons were traced
+            (families merged, :func:`~backend.inference.objects.merged`); valid: bool
+            (h, w) its valid-data mask.
     """
 
     detections: List[Detection]
@@ -268,6 +271,8 @@ class RegionOutput:
     valid_fraction: float
     probs_seconds: float
     candidates: List[Detection] = field(default_factory=list)
+    class_map: Optional[np.ndarray] = None
+    valid: Optional[np.ndarray] = None
 
 
 class RegionDetector:
@@ -283,6 +288,9 @@ class RegionDetector:
         cache_mb: most MB of cached tiles (0: none, for a single region).
         warnings: notes for the user are appended here (out-of-memory back-off,
             objects cut at the largest halo).
+
+    Attributes:
+        model_seconds: seconds spent in the predictor so far.
     """
 
     def __init__(self, card: ModelCard, predictor, reader, grid, opts: Options,
@@ -298,6 +306,7 @@ class RegionDetector:
         self.warnings = warnings if warnings is not None else []
         self.backoff = BatchBackoff(opts.batch_size, self.warnings)
         self.cache = TileCache(cache_mb)
+        self.model_seconds = 0.0
 
     def _run(self, group, imgs: np.ndarray, masks: List[np.ndarray]
              ) -> Tuple[List[np.ndarray], int]:
@@ -305,7 +314,9 @@ class RegionDetector:
         pixel only cover pixels that end up background anyway (validity is a property of the pixel, the
         same in every tile), so the predictor skips them and they get zeros."""
         live = [i for i, m in enumerate(masks) if m.any()]
+        t0 = time.perf_counter()
         out = self.backoff.predict(self.predictor, imgs[live]) if live else None
+        self.model_seconds += time.perf_counter() - t0
         probs = [None] * len(group)
         for j, i in enumerate(live):
             probs[i] = np.ascontiguousarray(out[j])
@@ -410,7 +421,7 @@ class RegionDetector:
             g.width, candidates_low)
         return RegionOutput(dets, win, halo, touching, st.tiles, run, cached,
                             float(st.valid.mean()) if st.valid.size else 0.0, t_probs,
-                            cands)
+                            cands, merged(kept), st.valid)
 
 
 def predict_grid(reader, grid, predictor, batch_size: int,

@@ -22,8 +22,9 @@ each, the rest being ignored (:mod:`backend.learning.partial`).
    and only the part itself is scored (``ReviewedData.scored``). Every corrected
    feature that touches the part counts there, clipped to it;
 3. each part is read at the model's GSD (same grid as a ``detect``), the current model
-   is run on it (exactly the ``detect`` pipeline: the polygons the user saw), and the
-   corrected polygons are burnt into a target class map
+   is run on it (exactly the ``detect`` pipeline: the polygons the user saw; the class
+   map of a recent detection of the same pixels is reused, ``backend.inference.recent``),
+   and the corrected polygons are burnt into a target class map
    (``rasterio.features.rasterize``);
 4. target and prediction are diffed: false positives (predicted, deleted or shrunk by
    the user), false negatives (added or grown), class changes; both per pixel and per
@@ -44,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 import protocol as P
+from backend.learning.corrected import Feature, parse_features
 from backend.learning.mistakes import diff_maps, mistake_maps
 from backend.learning.partial import extent_labels, margin_of, partial_labels, review_windows
 from backend.learning.reviewed import (Bounds, ReviewedData, ReviewedPart, grid_bounds,
@@ -60,9 +62,6 @@ MAX_REVIEWED_PIXELS = 64_000_000
 #: strip a quarter of an area wide, read alone, would be judged on tiles padded by
 #: reflection on three sides, which no detection of the area ever sees.
 CONTEXT_TILE_FRACTION = 0.25
-#: A corrected feature: ``(polygonal shapely geometry, class id, area index or None,
-#: review state or None)``.
-Feature = Tuple[Any, int, Optional[int], Optional[str]]
 Progress = Callable[[float, str], None]
 
 
@@ -91,86 +90,6 @@ class Corrections:
                 "train": tot(self.train), "holdout": tot(self.holdout),
                 "reviewed_m2": round(sum(a.area_m2 for a in self.train + self.holdout), 1),
                 "warnings": list(self.warnings)}
-
-
-# ----------------------------------------------------------------------------- features
-
-def parse_features(features: Sequence[Dict[str, Any]], class_ids: Dict[str, int],
-                   invalid: str = "repair") -> Tuple[List[Feature], List[str], int]:
-    """Parse corrected features.
-
-    Args:
-        features: ``[{"wkt": str, "class": str, "class_id": int?, "area": int?,
-            "review": str?}]``.
-        class_ids: class name -> id of the model card.
-        invalid: ``"repair"`` (``shapely.make_valid``, with a warning) or ``"refuse"``.
-
-    Returns:
-        ``([(polygonal geometry, class id, area index or None, review state or None)],
-        warnings, n_repaired)``;
-        empty geometries and non-polygon parts are dropped (with a warning).
-
-    Raises:
-        CorrectionsError: unreadable WKT, an unknown class, or (``refuse``) an invalid
-            geometry; the message names the feature.
-    """
-    import shapely
-    from shapely.validation import explain_validity, make_valid
-
-    ids = set(class_ids.values())
-    out: List[Feature] = []
-    warnings: List[str] = []
-    repaired = 0
-    for i, f in enumerate(features):
-        if not isinstance(f, dict) or not isinstance(f.get("wkt"), str):
-            raise CorrectionsError(f"feature {i} has no 'wkt' string", P.E_BAD_REQUEST)
-        try:
-            g = shapely.from_wkt(f["wkt"])
-        except Exception as exc:  # shapely.errors.GEOSException and friends
-            raise CorrectionsError(f"feature {i}: unreadable WKT ({exc})",
-                                   P.E_BAD_REQUEST) from None
-        name = f.get("class")
-        if isinstance(name, str) and name in class_ids:
-            cid = class_ids[name]
-        elif isinstance(f.get("class_id"), int) and f["class_id"] in ids and not name:
-            cid = int(f["class_id"])
-        else:
-            raise CorrectionsError(
-                f"feature {i} has class {name!r}, which the model does not know "
-                f"(classes: {', '.join(sorted(class_ids))}); fix the 'class' attribute")
-        if g is None or g.is_empty:
-            warnings.append(f"feature {i} has an empty geometry; ignored")
-            continue
-        if not g.is_valid:
-            why = explain_validity(g)
-            if invalid == "refuse":
-                raise CorrectionsError(
-                    f"feature {i} has an invalid geometry ({why}); fix it (e.g. QGIS "
-                    f"Vector > Geometry Tools > Fix Geometries) or let Ortholens repair it")
-            g = make_valid(g)
-            repaired += 1
-            warnings.append(f"feature {i}: invalid geometry ({why}) repaired with "
-                            f"make_valid")
-        g = _polygonal(g)
-        if g is None:
-            warnings.append(f"feature {i} is not a polygon; ignored")
-            continue
-        area = f.get("area")
-        out.append((g, cid, int(area) if isinstance(area, int) else None, f.get("review")))
-    return out, warnings, repaired
-
-
-def _polygonal(g):
-    """The polygonal part of a geometry (None when it has none)."""
-    from shapely.geometry import MultiPolygon, Polygon
-    if isinstance(g, (Polygon, MultiPolygon)):
-        return g if not g.is_empty else None
-    parts = [p for p in getattr(g, "geoms", []) if isinstance(p, (Polygon, MultiPolygon))]
-    polys = []
-    for p in parts:
-        polys.extend(p.geoms if isinstance(p, MultiPolygon) else [p])
-    polys = [p for p in polys if not p.is_empty and p.area > 0]
-    return MultiPolygon(polys) if polys else None
 
 
 # ----------------------------------------------------------------------------- areas
@@ -261,7 +180,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
             raise JobCancelled()
         progress(pi / len(parts), f"reading reviewed area {a.index + 1}/{len(areas)}"
                                   + (f" ({a.part})" if a.part else ""))
-        read, total_px = _read_part(a, arrays, card, params.bands, predictor, opts.batch_size,
+        read, total_px = _read_part(a, arrays, card, params.bands, predictor, opts,
                                     cancelled, total_px)
         ad = _part_data(a, read, feats, feat_crs, card, opts, mistake_weight, used_features,
                         params)
@@ -342,25 +261,29 @@ def _area_bounds(areas: List[ReviewedPart], arrays: Sequence[np.ndarray]
 @dataclass
 class _Read:
     """A reviewed part as read: its grid, the bands with the alpha band last
-    (``(B + 1, H, W)``), the current model's probabilities and valid mask, its own
-    extent and the extent read (with context around a held-out part), both in the
-    raster's CRS, and the raster's and the grid's CRS."""
+    (``(B + 1, H, W)``), the current model's probabilities and valid mask (or, reused
+    from a detection of the same pixels, its class map ``pred`` and valid mask, probs
+    None), its own extent and the extent read (with context around a held-out part),
+    both in the raster's CRS, and the raster's and the grid's CRS."""
 
     grid: Any
     data: np.ndarray
-    probs: np.ndarray
+    probs: Optional[np.ndarray]
     valid: np.ndarray
     own: Bounds
     read: Bounds
     ds_crs: Any
     raster_crs: Any
+    pred: Optional[np.ndarray] = None
 
 
 def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predictor,
-               batch_size: int, cancelled, total_px: int) -> Tuple[_Read, int]:
+               opts, cancelled, total_px: int) -> Tuple[_Read, int]:
     """Read a part (a held-out one with :data:`CONTEXT_TILE_FRACTION` of context) on
-    the model's grid and run the current model on it; returns it and the pixels read
-    so far, ``total_px`` included.
+    the model's grid and run the current model on it, unless a recent detection's class
+    map covers it on the same pixels (``backend.inference.recent``: then that map is
+    used and its time credited to ``predictor`` when it is a ``TimedPredictor``); returns
+    it and the pixels read so far, ``total_px`` included.
 
     Raises:
         CorrectionsError: the areas hold more than :data:`MAX_REVIEWED_PIXELS`, or the
@@ -368,6 +291,7 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
     """
     from rasterio.crs import CRS
 
+    from backend.inference import recent
     from backend.inference.grid import plan_grid
     from backend.inference.pipeline import predict_grid
     from backend.inference.raster import WindowReader
@@ -387,11 +311,13 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
                 raise CorrectionsError(
                     f"the reviewed areas hold more than {MAX_REVIEWED_PIXELS / 1e6:.0f} "
                     f"Mpx at the model's {card.gsd_m} m GSD; review smaller areas")
+            reused = recent.find(recent.map_key(card, predictor, a.source, grid, opts), grid)
             reader = WindowReader(ds, grid)
             try:
                 data = reader.vrt.read(grid.bands + [reader.alpha])
-                probs, valid, _ = predict_grid(reader, grid, predictor, batch_size, None,
-                                               cancelled)
+                if reused is None:
+                    probs, valid, _ = predict_grid(reader, grid, predictor, opts.batch_size,
+                                                   None, cancelled)
             finally:
                 reader.close()
             raster_crs = CRS.from_wkt(grid.crs_wkt)  # the grid's (UTM for degrees)
@@ -399,6 +325,11 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
         raise
     except InputError as exc:
         raise CorrectionsError(f"reviewed area {a.index}: {exc.message}", exc.code) from None
+    if reused is not None:
+        if hasattr(predictor, "credit"):
+            predictor.credit(reused.seconds_per_px * grid.width * grid.height)
+        return _Read(grid, data, None, reused.valid, own, read, ds_crs, raster_crs,
+                     reused.class_map), total_px
     return _Read(grid, data, probs, valid, own, read, ds_crs, raster_crs), total_px
 
 
@@ -416,7 +347,11 @@ def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, 
     grid = r.grid
     image = np.ascontiguousarray(to_uint8(r.data[:-1], grid.stretch))
     valid = r.valid & (r.data[-1] > 0)
-    pred, _ = detections_from_probs(r.probs, valid, grid, card, opts)
+    if r.pred is not None:
+        pred = r.pred
+        pred[~valid] = 0
+    else:
+        pred, _ = detections_from_probs(r.probs, valid, grid, card, opts)
     scored, frame = None, box(*grid_bounds(grid))
     if r.read != r.own:  # judge the part itself, not its context
         frame = _part_outline(r)

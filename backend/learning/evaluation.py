@@ -128,10 +128,20 @@ def eval_tiles(predictor: Predictor, card: ModelCard, tiles: Sequence[Tile],
 _GUARD_CACHE: Dict[Tuple, Dict[str, Any]] = {}
 
 
+def _guard_key(card: ModelCard, tiles: Sequence[Tile]) -> Tuple:
+    return (card.id, card.version, str(card.weights_path),
+            card.weights_path.stat().st_mtime, tuple(str(t.image_path) for t in tiles))
+
+
+def guard_known(card: ModelCard, guard: Optional[GuardSet]) -> bool:
+    """Whether the current model's guard numbers are known in this process (the gate
+    then runs only the candidate on the guard tiles)."""
+    return bool(guard) and _guard_key(card, guard.tiles) in _GUARD_CACHE
+
+
 def _guard_before(predictor: Predictor, card: ModelCard, tiles: List[Tile],
                   cancelled: Cancelled) -> Dict[str, Any]:
-    key = (card.id, card.version, str(card.weights_path),
-           card.weights_path.stat().st_mtime, tuple(str(t.image_path) for t in tiles))
+    key = _guard_key(card, tiles)
     if key not in _GUARD_CACHE:
         _GUARD_CACHE[key] = eval_tiles(predictor, card, tiles, cancelled)
     return dict(_GUARD_CACHE[key])

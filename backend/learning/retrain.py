@@ -50,7 +50,7 @@ from backend.learning.acceptance import rule_text
 from backend.learning.corrections import Corrections, build_corrections
 from backend.learning.data import GuardSet
 from backend.learning.evaluation import (Gate, candidate_predictor, choose_guard, gate,
-                                         guard_pixels)
+                                         guard_known, guard_pixels)
 from backend.learning.finetune import RetrainConfig, finetune
 from backend.learning.reviewed import file_sources, whole_extents
 from backend.learning.time_plan import (MIN_TRAIN_STEPS, Progress, TimedPredictor, TimePlan,
@@ -216,8 +216,9 @@ def _train(job: _Job, prep: _Prepared) -> Tuple[Any, Dict[str, Any]]:
     corr = prep.corr
     area_px = sum(a.valid.size for a in corr.train + corr.holdout)
     device = "cuda" if _cuda() else "cpu"
+    runs = 1 if guard_known(job.card, prep.guard) else 2  # the current model's, once
     train_s = job.plan.plan_training(prep.model_s / max(area_px, 1),
-                                     area_px + 2 * guard_pixels(prep.guard, job.card.gsd_m),
+                                     area_px + runs * guard_pixels(prep.guard, job.card.gsd_m),
                                      device)
     job.run.log_param("train_budget_s", round(train_s, 1))
     job.plan.report("training", f"up to {train_s:.0f} s")

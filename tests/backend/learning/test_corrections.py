@@ -140,7 +140,7 @@ def test_the_polygons_of_a_collection_are_kept_and_the_rest_dropped():
     degrees has areas far below 1), and drops lines, points, empty and flat polygons."""
     from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
 
-    from backend.learning.corrections import _polygonal, parse_features
+    from backend.learning.corrected import _polygonal, parse_features
     want = [box(0, 0, 4, 4), box(10, 10, 11, 11), box(20, 20, 20.5, 20.5),
             box(16.3, 48.2, 16.3001, 48.2001)]
     coll = GeometryCollection([want[0], MultiPolygon(want[1:3]), LineString([(0, 0), (5, 5)]),
