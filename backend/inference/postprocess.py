@@ -162,7 +162,7 @@ def filter_objects(cmap: np.ndarray, probs: np.ndarray, n_classes: int,
             drop[1:] |= label_sums(probs[k], lab, n) / counts < min_score
         if min_solidity > 0:
             hulls: Dict[int, list] = {}
-            for geom, val in features.shapes(lab.astype(np.int32), mask=lab > 0,
+            for geom, val in features.shapes(lab.astype(np.int32, copy=False), mask=lab > 0,
                                              connectivity=8):
                 hulls.setdefault(int(val), []).append(shape(geom))
             for lid, parts in hulls.items():
@@ -264,7 +264,7 @@ def _outlines(lab: np.ndarray, transform: Affine, pixel_offset: Optional[Sequenc
     geoms: Dict[int, list] = {}
     trace = transform if pixel_offset is None else Affine(
         1.0, 0.0, float(pixel_offset[1]), 0.0, 1.0, float(pixel_offset[0]))
-    for geom, val in features.shapes(lab.astype(np.int32), mask=lab > 0,
+    for geom, val in features.shapes(lab.astype(np.int32, copy=False), mask=lab > 0,
                                      transform=trace, connectivity=8):
         g = shape(geom)
         if pixel_offset is not None:
