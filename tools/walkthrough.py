@@ -584,7 +584,9 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
     # ------------------------------------------------------------- batch jobs
     def s_brunning_start():
         st["mosaic"] = add_raster(env["ORTHOLENS_WALK_MOSAIC"], "pv01_block")
-        proc_dialog("ortholens:detect", {"INPUT": st["mosaic"].id(), "REGION_PX": 64})
+        # the smallest regions (pipeline.MIN_REGION_PX): a job long enough to be seen
+        # running and cancelled on a fast machine (64 px regions ended in under 3 s)
+        proc_dialog("ortholens:detect", {"INPUT": st["mosaic"].id(), "REGION_PX": 32})
         st["pdialog"].runAlgorithm()
 
     def s_brunning_done():
@@ -618,8 +620,10 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         if dlg is None or dlg.list_task is not None or not dlg.jobs:
             return False
         job = next((j for j in dlg.jobs if j["state"] == "cancelled"), None)
-        if job is None:
-            return False
+        if job is None:  # the batch ended before Cancel: nothing to resume, go on
+            record(False, f"no cancelled job among {len(dlg.jobs)}: "
+                          f"{', '.join(j['state'] for j in dlg.jobs)}")
+            return True
         dlg.select_job(job["job_id"])
         st["job"] = job["job_id"]
         record(dlg.resume_button.isEnabled() and "Cancel job: the job is not running"
@@ -628,11 +632,15 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
 
     def s_resume_start():
         dlg = plugin().jobs.dialog
-        dlg.select_job(st["job"])
-        dlg.resume_button.click()
+        if "job" in st:
+            dlg.select_job(st["job"])
+            dlg.resume_button.click()
 
     def s_resume_done():
         dlg = plugin().jobs.dialog
+        if "job" not in st:
+            record(False, "no cancelled job to resume")
+            return True
         if dlg.resume_task is not None:
             return False
         added = batch_layers()
