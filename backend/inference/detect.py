@@ -20,7 +20,7 @@ import numpy as np
 from backend.inference import recent
 from backend.inference.predictors import Predictor, get_predictor
 from backend.inference.grid import Grid, layer_gsd, plan_grid
-from backend.inference.objects import features, output_crs
+from backend.inference.objects import features, merged, output_crs
 from backend.inference.pipeline import (Options, Progress, RegionDetector, RegionOutput,
                                         input_errors, model_errors)
 from backend.inference.raster import WindowReader, open_source
@@ -91,9 +91,9 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
                 candidates_low=CANDIDATE_LOW)
         finally:
             reader.close()
-    if out.class_map is not None and out.window == detector.whole:
-        recent.remember(recent.map_key(card, predictor, params.source.to_wire(), grid, opts),
-                        grid, out.class_map, out.valid, detector.model_seconds)
+    key = recent.map_key(card, predictor, params.source.to_wire(), grid, opts)
+    if key is not None:  # a file: its class map may serve a retrain of this area
+        recent.remember(key, grid, merged(out.class_maps), out.valid, detector.model_seconds)
     progress(0.92, "polygonizing")
     feats = features(out.detections, card, grid, threshold=opts.threshold)
     cands = features(out.candidates, card, grid, threshold=opts.threshold)

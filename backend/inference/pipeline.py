@@ -256,9 +256,8 @@ class RegionOutput:
         probs_seconds: seconds until the window's probabilities were stitched.
         candidates: the candidate misses the region owns
             (:func:`~backend.inference.objects.candidate_objects`), when asked for.
-        class_map: uint8 (h, w) the window's class map as its polygons were traced
-            (families merged, :func:`~backend.inference.objects.merged`); valid: bool
-            (h, w) its valid-data mask.
+        class_maps: uint8 (families, h, w) the window's class maps as its polygons were
+            traced; valid: bool (h, w) its valid-data mask.
     """
 
     detections: List[Detection]
@@ -271,7 +270,7 @@ class RegionOutput:
     valid_fraction: float
     probs_seconds: float
     candidates: List[Detection] = field(default_factory=list)
-    class_map: Optional[np.ndarray] = None
+    class_maps: Optional[np.ndarray] = None
     valid: Optional[np.ndarray] = None
 
 
@@ -421,7 +420,7 @@ class RegionDetector:
             g.width, candidates_low)
         return RegionOutput(dets, win, halo, touching, st.tiles, run, cached,
                             float(st.valid.mean()) if st.valid.size else 0.0, t_probs,
-                            cands, merged(kept), st.valid)
+                            cands, kept, st.valid)
 
 
 def predict_grid(reader, grid, predictor, batch_size: int,

@@ -139,7 +139,7 @@ def remember(key: Optional[MapKey], grid, class_map: np.ndarray, valid: np.ndarr
     with _LOCK:
         _KEPT.pop(slot, None)
         _KEPT[slot] = kept
-        while sum(k.nbytes for k in _KEPT.values()) > MAX_MB * 1e6:
+        while _kept_bytes() > MAX_MB * 1e6:
             _KEPT.popitem(last=False)
 
 
@@ -173,10 +173,14 @@ def forget() -> None:
         _KEPT.clear()
 
 
+def _kept_bytes() -> int:
+    return sum(k.nbytes for k in _KEPT.values())
+
+
 def kept_mb() -> float:
     """MB of the maps kept now."""
     with _LOCK:
-        return sum(k.nbytes for k in _KEPT.values()) / 1e6
+        return _kept_bytes() / 1e6
 
 
 __all__ = ["ALIGN_TOL_PX", "MAX_MB", "MapKey", "Reused", "find", "forget", "kept_mb",

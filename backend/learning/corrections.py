@@ -182,8 +182,7 @@ def build_corrections(params: RetrainParams, arrays: Sequence[np.ndarray], card,
                                   + (f" ({a.part})" if a.part else ""))
         read, total_px = _read_part(a, arrays, card, params.bands, predictor, opts,
                                     cancelled, total_px)
-        ad = _part_data(a, read, feats, feat_crs, card, opts, mistake_weight, used_features,
-                        params)
+        ad = _part_data(a, read, feats, feat_crs, card, mistake_weight, used_features, params)
         (out_hold if a.holdout else out_train).append(ad)
     warnings += _unused_warnings(feats, used_features, feat_crs, areas, bounds)
     progress(1.0, "corrections read")
@@ -261,29 +260,29 @@ def _area_bounds(areas: List[ReviewedPart], arrays: Sequence[np.ndarray]
 @dataclass
 class _Read:
     """A reviewed part as read: its grid, the bands with the alpha band last
-    (``(B + 1, H, W)``), the current model's probabilities and valid mask (or, reused
-    from a detection of the same pixels, its class map ``pred`` and valid mask, probs
-    None), its own extent and the extent read (with context around a held-out part),
-    both in the raster's CRS, and the raster's and the grid's CRS."""
+    (``(B + 1, H, W)``), the valid mask (data and alpha), the current model's cleaned
+    class map there (run, or reused from a detection of the same pixels), its own
+    extent and the extent read (with context around a held-out part), both in the
+    raster's CRS, and the raster's and the grid's CRS."""
 
     grid: Any
     data: np.ndarray
-    probs: Optional[np.ndarray]
     valid: np.ndarray
+    pred: np.ndarray
     own: Bounds
     read: Bounds
     ds_crs: Any
     raster_crs: Any
-    pred: Optional[np.ndarray] = None
 
 
 def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predictor,
                opts, cancelled, total_px: int) -> Tuple[_Read, int]:
     """Read a part (a held-out one with :data:`CONTEXT_TILE_FRACTION` of context) on
-    the model's grid and run the current model on it, unless a recent detection's class
-    map covers it on the same pixels (``backend.inference.recent``: then that map is
-    used and its time credited to ``predictor`` when it is a ``TimedPredictor``); returns
-    it and the pixels read so far, ``total_px`` included.
+    the model's grid and run the current model on it (the ``detect`` pipeline with
+    ``opts``), unless a recent detection's class map covers it on the same pixels
+    (``backend.inference.recent``: then that map is used and its time credited to
+    ``predictor`` when it is a ``TimedPredictor``); returns it and the pixels read so
+    far, ``total_px`` included.
 
     Raises:
         CorrectionsError: the areas hold more than :data:`MAX_REVIEWED_PIXELS`, or the
@@ -293,7 +292,7 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
 
     from backend.inference import recent
     from backend.inference.grid import plan_grid
-    from backend.inference.pipeline import predict_grid
+    from backend.inference.pipeline import detections_from_probs, predict_grid
     from backend.inference.raster import WindowReader
     try:
         with _open(a, arrays) as ds:
@@ -325,15 +324,19 @@ def _read_part(a: ReviewedPart, arrays: Sequence[np.ndarray], card, bands, predi
         raise
     except InputError as exc:
         raise CorrectionsError(f"reviewed area {a.index}: {exc.message}", exc.code) from None
-    if reused is not None:
+    if reused is None:
+        valid &= data[-1] > 0
+        pred, _ = detections_from_probs(probs, valid, grid, card, opts)
+    else:
         if hasattr(predictor, "credit"):
             predictor.credit(reused.seconds_per_px * grid.width * grid.height)
-        return _Read(grid, data, None, reused.valid, own, read, ds_crs, raster_crs,
-                     reused.class_map), total_px
-    return _Read(grid, data, probs, valid, own, read, ds_crs, raster_crs), total_px
+        valid = reused.valid & (data[-1] > 0)
+        pred = reused.class_map
+        pred[~valid] = 0
+    return _Read(grid, data, valid, pred, own, read, ds_crs, raster_crs), total_px
 
 
-def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, opts,
+def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card,
                mistake_weight: float, used_features: Set[int],
                params: RetrainParams) -> ReviewedData:
     """The part's image, the current model's cleaned class map, the corrected target,
@@ -343,15 +346,9 @@ def _part_data(a: ReviewedPart, r: _Read, feats: List[Feature], feat_crs, card, 
     from shapely.geometry import box
 
     from backend.inference.bands import to_uint8
-    from backend.inference.pipeline import detections_from_probs
     grid = r.grid
     image = np.ascontiguousarray(to_uint8(r.data[:-1], grid.stretch))
-    valid = r.valid & (r.data[-1] > 0)
-    if r.pred is not None:
-        pred = r.pred
-        pred[~valid] = 0
-    else:
-        pred, _ = detections_from_probs(r.probs, valid, grid, card, opts)
+    valid, pred = r.valid, r.pred
     scored, frame = None, box(*grid_bounds(grid))
     if r.read != r.own:  # judge the part itself, not its context
         frame = _part_outline(r)
