@@ -168,7 +168,7 @@ def find(key: Optional[MapKey], grid) -> Optional[Reused]:
 
 
 def forget() -> None:
-    """Drop every kept map (tests; a model deleted)."""
+    """Drop every kept map (tests start from none)."""
     with _LOCK:
         _KEPT.clear()
 
