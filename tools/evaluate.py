@@ -91,9 +91,11 @@ def bootstrap(per_tile: List[Counts], key: str, n: int = 1000, seed: int = 0) ->
 
 def variant_predictor(card: ModelCard, tta: Optional[List[str]] = None,
                    shifts: Optional[bool] = None):
-    """The predictor of ``card`` with TTA / shifted tilings switched (ensembles only)."""
+    """The predictor of ``card`` with TTA / shifted tilings switched (ensembles only);
+    None when nothing is switched: each detection then runs the graph the engine runs
+    for its layer's GSD (``ModelCard.graph_path``)."""
     if not card.is_ensemble or (tta is None and shifts is None):
-        return get_predictor(card)
+        return None
     changes = {k: v for k, v in (("tta", tta), ("shifts", shifts)) if v is not None}
     return EnsemblePredictor(card.updated(changes), get_predictor(card).members)
 

@@ -3,7 +3,8 @@
 Usage::
 
     python -m tools.perf_check geometry [--model ID] [--geometries 512/128,1024/64,...]
-    python -m tools.perf_check int8 [--model ID]
+    python -m tools.perf_check int8 [--model ID] [--gsd 0.1,0.15,0.2,0.3] [--splits ...]
+                                    [--calibrate METHOD[:GSD,...]] [--keep-fp32 NAMES]
     python -m tools.perf_check speed [--rounds 3] [--geometries ...]
     python -m tools.perf_check profile [--model ID]
 
@@ -28,7 +29,13 @@ held-out tiles and the train-split tiles one by one, as ``tools.evaluate`` score
 (pixel IoU and object F1 summed over tiles), with the share of pixels whose class flips
 and the largest probability difference. The train split stands in for cross-validation:
 the shipped model was fitted on 47 of those 56 tiles, and the INT8 ranges are calibrated
-on the first 24 by name, so their figures are reported separately as well.
+on the first 24 by name, so their figures are reported separately as well. With
+``--gsd`` the tiles are first made coarser as ``build.py eval`` makes them
+(``tools.evaluate.coarser_copy``, GDAL average) and scored on the coarse grid: the
+layers a card's ``quantization.max_layer_gsd_m`` is chosen on. ``--calibrate`` quantizes
+a temporary graph instead of using the card's (``minmax`` or ``percentile``, optionally
+also calibrated on chips of coarser layers), ``--keep-fp32`` keeps nodes whose names
+contain these parts float32: the experiments behind the card's recipe.
 
 ``speed``: the baseline (512 / 128) and the card's CPU tiles, fp32, measured in turns
 (ABAB..., ``--rounds``) so that a machine whose load drifts weighs on both alike: the
@@ -59,11 +66,12 @@ from backend.config import REPO, vienna_scene
 from backend.inference.detect import run_detect
 from backend.inference.predictors import OnnxPredictor
 from backend.learning import data as pvdata
-from backend.learning.quantize import CALIBRATION_TILES, INT8_FILE, quantize_onnx
+from backend.learning.quantize import (CALIBRATION_TILES, INT8_FILE, calibration_chips,
+                                      quantize_onnx)
 from backend.models.catalog import cpu_default_model_id, load_card
 from protocol.metrics import Counts, compare
 from protocol.params import DetectParams, FileSource
-from tools.evaluate import rasterize_features
+from tools.evaluate import coarser_copy, rasterize_features
 
 MOSAIC_COLS = {"train": 8, "heldout": 4}
 #: The geometries the ``geometry`` check compares by default (the first is the baseline).
@@ -168,23 +176,31 @@ def geometry(model_id: str, geometries: List[Tuple[int, int]],
     return out
 
 
-def split_scores(model_id: str, split: str, predictors: Dict[str, object]) -> Dict:
+def split_scores(model_id: str, split: str, predictors: Dict[str, object],
+                 gsd_m: Optional[float] = None) -> Dict:
     """Per predictor, :class:`Counts` summed over the ``split``'s tiles (all of them and
-    those outside the INT8 calibration set), with flips against the first predictor."""
+    those outside the INT8 calibration set), with flips against the first predictor;
+    with ``gsd_m``, the tiles made coarser as ``build.py eval`` makes them
+    (``tools.evaluate.coarser_copy``) and scored on the coarse grid."""
+    import rasterio
     card = load_card(model_id)
     tiles = pvdata.list_tiles(split)
     calib = {t.name for t in pvdata.list_tiles("train")[:CALIBRATION_TILES]}
     totals = {k: {"all": Counts(), "not_calibration": Counts()} for k in predictors}
     flips = {k: [0, 0, 0.0] for k in predictors}
+    tmp = tempfile.TemporaryDirectory()
     for t in tiles:
-        import rasterio
-        with rasterio.open(t.mask_path) as s:
-            ref = s.read(1) > 0
+        if gsd_m is None:
+            path = t.image_path
+            with rasterio.open(t.mask_path) as s:
+                ref, transform = s.read(1) > 0, s.transform
+        else:
+            path, ref, transform = coarser_copy(t.image_path, t.mask_path, gsd_m,
+                                                Path(tmp.name))
         first = None
         for k, pred in predictors.items():
-            run = detect(t.image_path, model_id, predictor=pred)
-            c = compare(rasterize_features(run["features"], ref.shape, run["transform"]) > 0,
-                        ref)
+            run = detect(path, model_id, predictor=pred)
+            c = compare(rasterize_features(run["features"], ref.shape, transform) > 0, ref)
             totals[k]["all"].add(c)
             if t.name not in calib:
                 totals[k]["not_calibration"].add(c)
@@ -203,18 +219,32 @@ def split_scores(model_id: str, split: str, predictors: Dict[str, object]) -> Di
             out[k]["flipped_px_share"] = round(flips[k][0] / flips[k][1], 6)
             out[k]["max_prob_diff"] = flips[k][2]
     out["tiles"] = len(tiles)
+    tmp.cleanup()
     return out
 
 
-def int8(model_id: str) -> Dict:
-    """The ``int8`` check (module docstring)."""
+def int8(model_id: str, gsds: Tuple[Optional[float], ...] = (None,),
+         splits: Tuple[str, ...] = ("heldout", "train"),
+         calibration: Optional[Tuple[str, Tuple[float, ...], Tuple[str, ...]]] = None
+         ) -> Dict:
+    """The ``int8`` check (module docstring): per split and layer GSD (None: the
+    tiles' own). ``calibration``: ``(method, layer GSDs, nodes kept in float32)`` to
+    quantize with into a
+    temporary copy, instead of the card's INT8 graph."""
     card = load_card(model_id)
     q = card.onnx_path.with_name(INT8_FILE)
-    if not q.is_file():
+    tmp = tempfile.TemporaryDirectory()
+    if calibration is not None:
+        q = quantize_onnx(card, Path(tmp.name) / INT8_FILE,
+                          chips=list(calibration_chips(card, layer_gsds_m=calibration[1])),
+                          method=calibration[0], keep_fp32=calibration[2])
+    elif not q.is_file():
         quantize_onnx(card)
     predictors = {"fp32": OnnxPredictor(card.updated({"graphs": {}})),
-                  "int8": OnnxPredictor(card.updated({"graphs": {"cpu": INT8_FILE}}))}
-    out = {s: split_scores(model_id, s, predictors) for s in ("heldout", "train")}
+                  "int8": OnnxPredictor(card.updated({"graphs": {"cpu": str(q)}}))}
+    out = {f"{s}@{g or card.gsd_m:g}": split_scores(model_id, s, predictors, g)
+           for g in gsds for s in splits}
+    tmp.cleanup()
     for s, r in out.items():
         d = {m: round(r["int8"]["all"][m] - r["fp32"]["all"][m], 4)
              for m in ("pixel_iou", "object_f1")}
@@ -227,9 +257,13 @@ def speed(model_id: str, rounds: int,
           geometries: Optional[List[Tuple[int, int]]] = None) -> Dict:
     """The ``speed`` check (module docstring) of ``geometries`` (default: 512 / 128 and
     the card's CPU tiles); ratios are against the first."""
+    import rasterio
+
+    from backend.inference.grid import layer_gsd
     from backend.inference.predictors import get_predictor
     card = load_card(model_id)
-    predictor = get_predictor(card)
+    with rasterio.open(vienna_scene()) as ds:  # the graph its detections run
+        predictor = get_predictor(card, layer_gsd_m=layer_gsd(ds, None, None))
     geometries = geometries or [(512, 128), card.tile_geometry("cpu")]
     geos = {"{}/{}".format(*g): g for g in geometries}
     screen = [-1596.0, 338496.0, -1404.0, 338604.0]  # 192 m x 108 m
@@ -294,6 +328,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rasters", default="train,heldout,vienna",
                     help="geometry: which of train,heldout,vienna,vienna_whole")
     ap.add_argument("--tag", default="", help="suffix of the output file's name")
+    ap.add_argument("--gsd", default="", help="int8: layer GSDs, metres (e.g. 0.1,0.2,0.3; "
+                    "default the tiles' own)")
+    ap.add_argument("--splits", default="heldout,train", help="int8: which splits")
+    ap.add_argument("--calibrate", default=None, metavar="METHOD[:GSD,...]",
+                    help="int8: quantize anew (minmax or percentile), also on chips of "
+                    "these layer GSDs, instead of using the card's graph")
+    ap.add_argument("--keep-fp32", default="", help="int8 --calibrate: parts of node "
+                    "names kept in float32, comma-separated")
     args = ap.parse_args(argv)
     mid = args.model or cpu_default_model_id()
     if args.what == "geometry":
@@ -306,7 +348,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.what == "profile":
         report = profile(mid)
     else:
-        report = int8(mid)
+        cal = None
+        if args.calibrate:
+            method, _, g = args.calibrate.partition(":")
+            cal = (method, tuple(float(x) for x in g.split(",") if x),
+                   tuple(x for x in args.keep_fp32.split(",") if x))
+        report = int8(mid, tuple(float(g) for g in args.gsd.split(",")) if args.gsd else (None,),
+                      tuple(args.splits.split(",")), cal)
     out = REPO / "out" / f"perf_check_{args.what}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": mid, args.what: report}, indent=2) + "\n", "utf-8")

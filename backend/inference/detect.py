@@ -71,9 +71,10 @@ def run_detect(request: Union[DetectParams, Mapping[str, Any]], arrays: List[np.
     with input_errors(), open_source(params.source, arrays[0] if arrays else None) as ds:
         with model_errors():
             card, by_gsd = model_for(params, ds)
-            predictor = predictor or get_predictor(card)
         grid = plan_grid(ds, params.extent, params.extent_crs, card.gsd_m, card.bands,
                          params.bands, stretch=params.stretch)
+        with model_errors():  # the graph may depend on the layer's GSD
+            predictor = predictor or get_predictor(card, layer_gsd_m=grid.src_gsd)
         if by_gsd is not None and not by_gsd.inside:
             grid.warnings.append(by_gsd.why)
         if params.by_area:
@@ -140,6 +141,8 @@ def _stats(grid: Grid, card, opts: Options, predictor, feats: List[Dict],
             "seconds": round(elapsed, 3), "model_seconds": round(t_model, 3),
             "mpx_per_s": round(grid.width * grid.height / 1e6 / max(elapsed, 1e-9), 3),
             "runtime": predictor.kind, "device": predictor.device, "per_class": per_class,
+            "graph": getattr(predictor, "graph", None),
+            "precision": getattr(predictor, "precision", None),
             "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
             "bands": list(grid.bands), "stretch": grid.stretch_info,
             "warnings": grid.warnings, "model": card.id, "model_version": card.version}
@@ -157,4 +160,4 @@ def _area_version(card, grid: Grid, predictor: Optional[Predictor]):
     if chosen is None or chosen.id == card.id:
         return card, predictor, why
     with model_errors():
-        return chosen, get_predictor(chosen), why
+        return chosen, get_predictor(chosen, layer_gsd_m=grid.src_gsd), why

@@ -263,13 +263,18 @@ class OnnxPredictor(Predictor):
     for one model call and its threads do not spin between calls
     (``backend.inference.imported.onnx_session``), so that the reader thread that
     prepares the next tiles gets the cores while a batch is stitched. On a GPU the
-    output is bound to the device and copied back once (:func:`run_bound`).
+    output is bound to the device and copied back once (:func:`run_bound`). An INT8
+    graph's probabilities are 8-bit (steps of 1/255), so they are divided by their sum
+    over the classes, which they then keep at 1 as every predictor's do.
 
     Args:
         card: the model card; its graph must exist.
         threads: intra-op threads on the CPU (default: all cores).
         providers: execution providers, best first (default
             ``backend.inference.imported.providers``).
+        layer_gsd_m: the GSD of the layers it will run on, metres per pixel (None: the
+            model's own); the card's INT8 graph serves only layers its
+            ``quantization`` allows.
 
     Raises:
         ModelNotFound: no ONNX file. ModelCorrupt: ONNX Runtime cannot load it.
@@ -278,12 +283,15 @@ class OnnxPredictor(Predictor):
     kind = "onnxruntime"
 
     def __init__(self, card: ModelCard, threads: Optional[int] = None,
-                 providers: Optional[List[str]] = None):
+                 providers: Optional[List[str]] = None, layer_gsd_m: Optional[float] = None):
         use = list(providers or onnx_providers())
-        path = card.graph_path("cpu" if use[0] == "CPUExecutionProvider" else "cuda")
+        path = card.graph_path("cpu" if use[0] == "CPUExecutionProvider" else "cuda",
+                               layer_gsd_m)
         self.session = onnx_session(card, threads, use, path)
         self.card = card
         self.graph = path.name
+        #: ``"int8"`` when it runs the card's device graph (``graphs``), else ``"fp32"``
+        self.precision = "fp32" if path == card.onnx_path else "int8"
         #: the provider that runs the graph (``CPUExecutionProvider``, ...)
         self.provider = self.session.get_providers()[0]
         self.device = "cuda:0" if self.provider != "CPUExecutionProvider" else "cpu"
@@ -297,7 +305,11 @@ class OnnxPredictor(Predictor):
             out = self.session.run(None, {"input": x})[0]
         else:
             out = np.asarray(run_bound(self.session, x, self.output), np.float32)
-        return softmax(out) if self.logits else out
+        if self.logits:
+            return softmax(out)
+        if self.precision == "int8":  # 8-bit probabilities: make them sum to 1 again
+            out /= np.maximum(out.sum(axis=1, keepdims=True), np.float32(1e-6))
+        return out
 
 
 def run_bound(session, x: np.ndarray, output: str) -> np.ndarray:
@@ -380,13 +392,17 @@ def forget_predictors() -> None:
         _CACHE.clear()
 
 
-def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
+def get_predictor(card: ModelCard, prefer: Optional[str] = None,
+                  layer_gsd_m: Optional[float] = None) -> Predictor:
     """A cached predictor for ``card``.
 
     Args:
         card: model card.
         prefer: ``"onnx"``, ``"torch"`` or None (GPU torch if CUDA, else ONNX, else
             torch CPU).
+        layer_gsd_m: the GSD of the layer it will run on, metres per pixel (None: the
+            model's own): an ONNX predictor runs the card's INT8 graph only where the
+            card's ``quantization`` serves that layer (``ModelCard.graph_path``).
 
     An ensemble card gets an :class:`EnsemblePredictor` over its members' predictors
     (a member is looked for beside the ensemble's folder, then in the whole catalog);
@@ -396,10 +412,11 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         ModelNotFound, ModelCorrupt: weights/ONNX missing or unreadable, unknown member.
     """
     weights = card.weights_path
+    served = card.quantization is None or card.quantization.serves(layer_gsd_m)
     key = (card.id, card.version, str(card.path), prefer,
-           weights.stat().st_mtime if weights.is_file() else None)
+           weights.stat().st_mtime if weights.is_file() else None, served)
     if card.is_ensemble:
-        members = [(get_predictor(_member_card(m.id, card), prefer), m.weight)
+        members = [(get_predictor(_member_card(m.id, card), prefer, layer_gsd_m), m.weight)
                    for m in card.members]
         with _LOCK:
             predictor = _CACHE.get(key)
@@ -418,7 +435,7 @@ def get_predictor(card: ModelCard, prefer: Optional[str] = None) -> Predictor:
         elif prefer == "torch" or (prefer is None and cuda_available() and not onnx_gpu):
             predictor = TorchPredictor(card, "cuda:0" if cuda_available() else "cpu")
         elif card.onnx_path.is_file() or prefer == "onnx":
-            predictor = OnnxPredictor(card)
+            predictor = OnnxPredictor(card, layer_gsd_m=layer_gsd_m)
         elif not torch_available():
             raise ModelNotFound(
                 f"model {card.id!r} has no ONNX file at {card.onnx_path}, and this engine "

@@ -151,11 +151,12 @@ def run_region(request: Union[RegionParams, Mapping[str, Any]], arrays: List[np.
     side = params.window_px or REGION_WINDOW_PX
     with model_errors():
         card = load_card(params.model)
-        predictor = predictor or get_predictor(card)
     with input_errors(), open_source(params.source, arrays[0] if arrays else None) as ds:
         extent, click = _window_extent(ds, params, card.gsd_m, side)
         ds_wkt = ds.crs.to_wkt()
         grid = plan_grid(ds, list(extent), None, card.gsd_m, card.bands, params.bands)
+        with model_errors():  # the graph detect runs on this layer
+            predictor = predictor or get_predictor(card, layer_gsd_m=grid.src_gsd)
         reader = WindowReader(ds, grid)
         try:
             opts = Options.resolve(card)

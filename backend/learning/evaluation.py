@@ -244,8 +244,8 @@ def candidate_predictor(card: ModelCard, model, folder: Path) -> Predictor:
     from backend.inference.predictors import OnnxPredictor, TorchPredictor, cuda_available
     from backend.models.export import export_onnx
     save_weights(model.state_dict(), folder / "weights.safetensors")
-    cand_card = card.updated({"weights": "weights.safetensors", "onnx": "model.onnx"},
-                             folder)
+    cand_card = card.updated({"weights": "weights.safetensors", "onnx": "model.onnx",
+                              "graphs": {}, "quantization": None}, folder)
     if cuda_available():
         return TorchPredictor(card, "cuda:0", model=model.to("cuda:0"))
     try:

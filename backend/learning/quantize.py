@@ -8,28 +8,32 @@ whose card asks for an INT8 graph that is missing or older than its ``model.onnx
 Runtime's own tooling (``onnxruntime.quantization``): the graph is first prepared
 (shape inference and fusion, ``quant_pre_process``), then quantized statically in the
 QDQ format, weights signed 8-bit per output channel, activations unsigned 8-bit per
-tensor, with ranges calibrated (min/max) on chips of the pv01 *train* split at the
-model's GSD, normalised as the card says. EfficientNet-Lite was designed for this: no
-squeeze-and-excitation, ReLU6 activations (Tan & Le 2019; the Lite variants' release
-notes). The calibration set is fixed (the first tiles of the train split by name), so
-the graph is reproducible.
+tensor, with ranges calibrated (min/max by default) on chips of the pv01 *train* split
+at the model's GSD, normalised as the card says. EfficientNet-Lite was designed for
+this: no squeeze-and-excitation, ReLU6 activations (Tan & Le 2019; the Lite variants'
+release notes). The card's ``quantization``
+(:class:`~backend.models.quantization.Quantization`) names the calibration, the first
+layers kept float32 (``conv_stem`` and the first block: on layers made coarser they
+held most of the INT8 graph's loss, at no cost in speed; docs/performance.md) and the
+calibration tiles (the first of the train split by name), so the graph is reproducible.
 
 Whether a model's CPU predictor runs the INT8 graph is the card's ``graphs`` field
-(``{"cpu": "model.int8.onnx"}``), set only where held-out and cross-validated accuracy
-stay within the tolerance of the fp32 graph (``tools/perf_check.py int8``);
-the engine setting ``ORTHOLENS_PRECISION=fp32`` forces the fp32 graph everywhere
-(``backend.config.precision``).
+(``{"cpu": "model.int8.onnx"}``) and, per layer, ``quantization.max_layer_gsd_m``: set
+only where held-out and train-split accuracy stay within the tolerance of the fp32 graph
+(``tools/perf_check.py int8``); the engine setting ``ORTHOLENS_PRECISION=fp32`` forces
+the fp32 graph everywhere (``backend.config.precision``).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from backend.models.card import ModelCard
+from backend.models.quantization import Quantization
 
 #: Tiles of the train split the ranges are calibrated on (the first by name).
 CALIBRATION_TILES = 24
@@ -37,11 +41,18 @@ CALIBRATION_TILES = 24
 INT8_FILE = "model.int8.onnx"
 
 
-def calibration_chips(card: ModelCard, n_tiles: int = CALIBRATION_TILES
-                      ) -> Iterator[np.ndarray]:
+def calibration_chips(card: ModelCard, n_tiles: int = CALIBRATION_TILES,
+                      layer_gsds_m: Sequence[float] = ()) -> Iterator[np.ndarray]:
     """Normalised float32 (1, bands, H, W) chips of the first ``n_tiles`` pv01 train
     tiles (by name), averaged down to the card's GSD (``pvdata.average_down``) and
     padded by reflection to multiples of 32.
+
+    Args:
+        card: the model's card (GSD, normalisation).
+        n_tiles: how many train tiles.
+        layer_gsds_m: coarser layer GSDs (metres) to calibrate on as well: each tile
+            is also averaged down to each of them and resampled back to the card's GSD
+            bilinearly, as the engine reads such a layer (:func:`upsampled`).
 
     Raises:
         FileNotFoundError: the pv01 data is not where ``ORTHOLENS_DATA`` points.
@@ -51,22 +62,55 @@ def calibration_chips(card: ModelCard, n_tiles: int = CALIBRATION_TILES
     mean = np.asarray(n.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(n.std, np.float32).reshape(1, -1, 1, 1)
     for t in pvdata.list_tiles("train")[:n_tiles]:
-        img, mask = t.read()
-        img, _ = pvdata.average_down(img, mask, card.gsd_m)
-        h, w = img.shape[1:]
-        img = np.pad(img, ((0, 0), (0, -h % 32), (0, -w % 32)), mode="reflect")
-        x = img[None].astype(np.float32) / np.float32(n.scale)
-        yield np.ascontiguousarray((x - mean) / std)
+        img0, mask = t.read()
+        img, _ = pvdata.average_down(img0, mask, card.gsd_m)
+        for g in layer_gsds_m:
+            yield _normalised(upsampled(pvdata.average_down(img0, mask, g)[0], g,
+                                        card.gsd_m, img.shape[1:]), n.scale, mean, std)
+        yield _normalised(img, n.scale, mean, std)
+
+
+def upsampled(image: np.ndarray, gsd_m: float, to_gsd_m: float,
+              shape: Tuple[int, int]) -> np.ndarray:
+    """uint8 (B, H, W) ``image`` of ``gsd_m`` resampled bilinearly to ``to_gsd_m`` on a
+    grid of ``shape`` pixels sharing its top-left corner (GDAL's warper, as
+    ``backend.inference.raster.WindowReader`` reads a coarser layer)."""
+    from rasterio import Affine
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+    out = np.zeros((image.shape[0],) + tuple(shape), np.uint8)
+    reproject(image, out, src_transform=Affine(gsd_m, 0, 0, 0, -gsd_m, 0),
+              src_crs="EPSG:3857", dst_transform=Affine(to_gsd_m, 0, 0, 0, -to_gsd_m, 0),
+              dst_crs="EPSG:3857", resampling=Resampling.bilinear)
+    return out
+
+
+def _normalised(img: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray
+                ) -> np.ndarray:
+    """float32 (1, B, H', W'): uint8 (B, H, W) ``img`` padded by reflection to multiples
+    of 32 and normalised (``/ scale``, then ``(x - mean) / std``, (1, B, 1, 1) each)."""
+    h, w = img.shape[1:]
+    img = np.pad(img, ((0, 0), (0, -h % 32), (0, -w % 32)), mode="reflect")
+    x = img[None].astype(np.float32) / np.float32(scale)
+    return np.ascontiguousarray((x - mean) / std)
 
 
 def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
-                  chips: Optional[Sequence[np.ndarray]] = None) -> Path:
+                  chips: Optional[Sequence[np.ndarray]] = None,
+                  method: Optional[str] = None, keep_fp32: Optional[Sequence[str]] = None
+                  ) -> Path:
     """Write the INT8 graph of ``card``'s ``model.onnx``.
 
     Args:
         card: a single model's card read from its folder, with its ``model.onnx``.
         out: where to write it (default: :data:`INT8_FILE` in the card's folder).
-        chips: calibration inputs (default: :func:`calibration_chips`).
+        chips: calibration inputs (default: :func:`calibration_chips` of the card's
+            ``quantization.calibration_tiles``).
+        method: the calibration of activation ranges, ``"minmax"`` or
+            ``"percentile"`` (ONNX Runtime's, 99.999th); default the card's
+            ``quantization`` (:class:`~backend.models.quantization.Quantization`).
+        keep_fp32: parts of node names (``"conv_stem"``, ``"encoder/model/blocks.0/"``)
+            whose nodes stay float32; default the card's ``quantization``.
 
     Returns:
         The written path.
@@ -83,7 +127,12 @@ def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
     if not card.onnx_path.is_file():
         raise ModelNotFound(f"model {card.id!r} has no ONNX file at {card.onnx_path}")
     out = Path(out) if out is not None else card.onnx_path.with_name(INT8_FILE)
-    feeds = [{"input": c} for c in (chips if chips is not None else calibration_chips(card))]
+    spec = card.quantization or Quantization()
+    method = method or spec.method
+    keep_fp32 = spec.keep_fp32 if keep_fp32 is None else keep_fp32
+    if chips is None:
+        chips = list(calibration_chips(card, spec.calibration_tiles))
+    feeds = [{"input": c} for c in chips]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -96,10 +145,14 @@ def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(card.onnx_path), str(pre))
         part = out.with_suffix(".onnx.tmp")
+        import onnx
+        names = [n.name for n in onnx.load(str(pre)).graph.node
+                 if any(k in n.name for k in keep_fp32)]
         quantize_static(str(pre), str(part), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
+                        per_channel=True, nodes_to_exclude=names, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                          "percentile": CalibrationMethod.Percentile}[method])
         part.replace(out)
     return out
 

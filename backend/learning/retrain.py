@@ -193,7 +193,7 @@ def _start_run(card: ModelCard, cfg: RetrainConfig, root: Optional[Path]) -> Mlf
 def _prepare(job: _Job, arrays: List[np.ndarray]) -> _Prepared:
     """Step 1: the corrections (timing the current model on them) and the guard."""
     job.plan.report("preparing data", "loading the model")
-    predictor = get_predictor(job.card)
+    predictor = get_predictor(job.card, layer_gsd_m=_layer_gsd(job.params, arrays))
     timed = TimedPredictor(predictor)
     corr = build_corrections(job.params, arrays, job.card, timed,
                              lambda f, m: job.plan.report("preparing data", m),
@@ -209,6 +209,24 @@ def _prepare(job: _Job, arrays: List[np.ndarray]) -> _Prepared:
     warnings = list(corr.warnings)
     guard = choose_guard(job.card, job.params.guard, file_sources(job.params), warnings)
     return _Prepared(predictor, timed.seconds, corr, summary, guard, warnings)
+
+
+def _layer_gsd(params: RetrainParams, arrays: List[np.ndarray]) -> Optional[float]:
+    """The GSD (metres per pixel) of the retrain's raster over its first reviewed area,
+    which chooses the graph that ran its detection (``ModelCard.graph_path``); None
+    when it cannot be read here (reading the corrections then says why)."""
+    from backend.inference.grid import layer_gsd
+    from backend.inference.raster import open_source
+    area = params.reviewed[0] if params.reviewed else None
+    extent = area.extent if area is not None else params.extent
+    crs = area.extent_crs if area is not None else params.extent_crs
+    source = (area.source if area is not None else None) or params.source
+    k = area.array if area is not None and area.array is not None else 0
+    try:
+        with open_source(source, arrays[k] if len(arrays) > k else None) as ds:
+            return layer_gsd(ds, extent, crs)
+    except Exception:  # noqa: BLE001 - reported by build_corrections with its context
+        return None
 
 
 def _train(job: _Job, prep: _Prepared) -> Tuple[Any, Dict[str, Any]]:

@@ -38,6 +38,8 @@ Fields read by the code:
 ``graphs``                       ``{"cpu": "model.int8.onnx"}``: the ONNX file a device
                                  kind runs instead of ``onnx`` (an INT8 graph kept where
                                  it is as accurate, ``backend.learning.quantize``)
+``quantization``                 how that graph is made and the layers it serves
+                                 (:class:`~backend.models.quantization.Quantization`)
 ``tiling``                       ``{"cpu": {"tile_size": .., "overlap": ..}}``: the tile
                                  geometry a device kind runs instead of ``tile_size`` and
                                  ``overlap`` (chosen on measurements, ``tools/bench.py``)
@@ -74,6 +76,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from backend.config import precision
 from backend.models.gsd_postprocess import GsdPostprocess
 from backend.models.outputs import ImportInfo, OutputSpec, imported_error
+from backend.models.quantization import Quantization
 from backend.models.record import (BadField, Record, as_bool, as_dict, as_float, as_int,
                                    as_str, doc_field, list_of, record_of, typed_field)
 from protocol.errors import ModelCorrupt, ModelNotFound
@@ -294,6 +297,7 @@ class ModelCard(Record):
     weights: str = typed_field(as_str, "weights.safetensors")
     onnx: str = typed_field(as_str, "model.onnx")
     graphs: Dict[str, str] = typed_field(as_dict, dict)
+    quantization: Optional[Quantization] = typed_field(record_of(Quantization), None)
     tiling: Dict[str, Any] = typed_field(as_dict, dict)
     members: List[Member] = typed_field(list_of(record_of(Member)), list)
     tta: List[str] = typed_field(list_of(as_str), lambda: ["identity"])
@@ -349,17 +353,21 @@ class ModelCard(Record):
         assert self.path is not None
         return self.path / self.onnx
 
-    def graph_path(self, device: str) -> Path:
-        """The ONNX file the ``device`` kind (``"cpu"``, ``"cuda"``) runs: its entry of
-        ``graphs``, else ``onnx``; always ``onnx`` when the engine's precision setting
-        forces fp32 (``backend.config.precision``).
+    def graph_path(self, device: str, layer_gsd_m: Optional[float] = None) -> Path:
+        """The ONNX file the ``device`` kind (``"cpu"``, ``"cuda"``) runs for a layer of
+        ``layer_gsd_m`` metres per pixel (None: the model's own): its entry of
+        ``graphs`` where ``quantization`` serves that layer and the file is there
+        (an engine whose setup made no INT8 graph runs fp32), else ``onnx``; always ``onnx`` when the engine's precision setting forces fp32
+        (``backend.config.precision``).
 
         Raises:
             protocol.errors.InputError: the precision setting is invalid.
         """
         assert self.path is not None
         name = self.graphs.get(device) if precision() != "fp32" else None
-        return self.path / (name or self.onnx)
+        if self.quantization is not None and not self.quantization.serves(layer_gsd_m):
+            name = None
+        return self.path / (name if name and (self.path / name).is_file() else self.onnx)
 
     def tile_geometry(self, device: str) -> Tuple[int, int]:
         """``(tile_size, overlap)`` in pixels for the ``device`` kind: its entry of

@@ -122,6 +122,18 @@ def _architecture(card: ModelCard) -> List[str]:
             else f"**Architecture:** `{card.architecture}` / `{card.encoder}`", ""]
 
 
+def _graphs(card: ModelCard) -> List[str]:
+    """The device graphs other than ``onnx`` (the INT8 one) and the layers they serve."""
+    q = card.quantization
+    return [f"- On the {dev.upper()}: `{name}` (INT8, static QDQ"
+            + (f"; {', '.join(f'`{k}`' for k in q.keep_fp32)} kept float32" if q and q.keep_fp32
+               else "")
+            + (f") for layers up to {q.max_layer_gsd_m:g} m GSD, `{card.onnx}` for coarser ones"
+               if q and q.max_layer_gsd_m is not None else ")")
+            + "; `ORTHOLENS_PRECISION=fp32` runs the fp32 graph"
+            for dev, name in sorted(card.graphs.items())]
+
+
 def _use_and_io(card: ModelCard) -> List[str]:
     """The intended use, the classes, input, GSD, tiling and post-processing."""
     return [
@@ -146,6 +158,7 @@ def _use_and_io(card: ModelCard) -> List[str]:
         + "".join(f"; on the {dev.upper()}: {size} px with {overlap} px"
                   for dev, (size, overlap) in ((d, card.tile_geometry(d))
                                                for d in sorted(card.tiling))),
+        *_graphs(card),
         f"- Post-processing defaults: threshold {card.threshold}, minimum object "
         f"{card.min_area_m2} m², holes below {card.max_hole_m2} m² filled, "
         + (f"objects with a solidity below {card.min_solidity} or a mean probability below "

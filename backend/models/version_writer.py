@@ -161,7 +161,8 @@ def _fill_version(tmp: Path, parent_card: ModelCard, base: str, n: int,
     card_d.update({"id": new_id, "version": f"{shipped_version}+u{n}",
                    "base_model": base, "base_version": shipped_version,
                    "weights": "weights.safetensors", "onnx": "model.onnx",
-                   "lineage": lin})
+                   "graphs": {}, "lineage": lin})
+    card_d.pop("quantization", None)  # the parent's INT8 graph does not fit new weights
     (tmp / "lineage.json").write_text(json.dumps(lin, indent=2) + "\n", "utf-8")
     new_card = ModelCard.from_dict(card_d, tmp)
     if export and not (tmp / "model.onnx").is_file():

@@ -292,17 +292,21 @@ def ran_with(card: Dict[str, Any], stats: Dict[str, Any]) -> Tuple[Any, Any]:
 
 
 def run_description(card: Dict[str, Any], stats: Dict[str, Any]) -> str:
-    """``"pv-unet-efl0 v2.0.0, threshold 0.5, minimum area 2 m²"``: the model and the
-    values a detection ran with (:func:`ran_with`).
+    """``"pv-unet-efl0 v2.0.0 (INT8), threshold 0.5, minimum area 2 m²"``: the model
+    (and its INT8 graph, where that ran) and the values a detection ran with
+    (:func:`ran_with`).
 
     Args:
         card: the model card that ran.
-        stats: the result's ``stats`` (``threshold`` 0..1, ``min_area_m2`` m²).
+        stats: the result's ``stats`` (``threshold`` 0..1, ``min_area_m2`` m²,
+            ``precision``).
     """
     thr, area = ran_with(card, stats)
     parts = [f"{card.get('id', '?')} v{card.get('version', '?')}"]
     if is_area_version(card) and stats.get("model") == card.get("id"):
         parts[0] += " (taught on this area)"
+    if stats.get("precision") == "int8":
+        parts[0] += " (INT8)"
     if isinstance(thr, (int, float)):
         parts.append(f"threshold {thr:g}")
     if isinstance(area, (int, float)):

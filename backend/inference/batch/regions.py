@@ -199,10 +199,10 @@ class RegionWorker:
     def __init__(self, params: BatchParams, plan: Dict[str, Any],
                  predictor: Optional[Predictor] = None):
         self.params, self.plan = params, plan
+        self.grid = grid_from_plan(plan)
         with model_errors():
             self.card = load_card(params.detect.model)
-            predictor = predictor or get_predictor(self.card)
-        self.grid = grid_from_plan(plan)
+            predictor = predictor or get_predictor(self.card, layer_gsd_m=self.grid.src_gsd)
         opts = dataclasses.replace(
             Options.resolve(self.card, params, self.grid.src_gsd),
             region_px=int(plan["region_px"]), halo_px=int(plan["halo_px"]),

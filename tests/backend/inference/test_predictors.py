@@ -135,6 +135,7 @@ def test_get_predictor_caches_one_predictor_per_card_and_choice():
     tiles = np.random.default_rng(1).integers(0, 256, (1, 3, 64, 64), np.uint8)
     probs = first.predict_raw(tiles)
     assert probs.shape == (1, 2, 64, 64) and probs.dtype == np.float32
+    assert first.precision == "int8"  # 8-bit probabilities, brought back to a sum of 1
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
@@ -157,7 +158,7 @@ def test_weights_without_onnx_need_pytorch(tmp_path, monkeypatch):
 
 def test_the_cpu_runs_the_cards_cpu_graph_unless_fp32_is_forced(tmp_path, monkeypatch):
     """A card naming a CPU graph (``graphs``) runs it; ``ORTHOLENS_PRECISION=fp32`` runs
-    ``model.onnx`` instead; a named graph that is missing is a missing model."""
+    ``model.onnx`` instead, and so does an engine whose setup made no such graph."""
     src = load_card(DEFAULT_MODEL).path
     folder = tmp_path / DEFAULT_MODEL
     folder.mkdir()
@@ -169,12 +170,15 @@ def test_the_cpu_runs_the_cards_cpu_graph_unless_fp32_is_forced(tmp_path, monkey
     assert providers() == ["CPUExecutionProvider"]
     p = PR.OnnxPredictor(card)
     assert (p.graph, p.provider, p.device) == ("model.int8.onnx", "CPUExecutionProvider",
-                                               "cpu")
+                                               "cpu") and p.precision == "int8"
     monkeypatch.setenv("ORTHOLENS_PRECISION", "fp32")
     assert PR.OnnxPredictor(card).graph == "model.onnx"
     monkeypatch.delenv("ORTHOLENS_PRECISION")
     (folder / "model.int8.onnx").unlink()
-    with pytest.raises(ModelNotFound, match="model.int8.onnx"):
+    missing = PR.OnnxPredictor(card)
+    assert (missing.graph, missing.precision) == ("model.onnx", "fp32")
+    (folder / "model.onnx").unlink()
+    with pytest.raises(ModelNotFound, match="model.onnx"):
         PR.OnnxPredictor(card)
 
 

@@ -60,3 +60,53 @@ def test_an_int8_graph_is_made_again_only_where_asked_and_stale(int8_card, tmp_p
     assert not Q.stale(empty)  # no fp32 graph to quantize
     with pytest.raises(ModelNotFound):
         Q.quantize_onnx(empty, chips=[])
+
+
+def test_the_nodes_a_card_keeps_in_fp32_stay_float(tmp_path):
+    """``keep_fp32`` leaves the first convolution's weights float32 (no INT8 copy with
+    its DequantizeLinear), while the next convolutions' weights are INT8."""
+    import onnx
+    card = load_card(DEFAULT_MODEL)
+    out = Q.quantize_onnx(card, tmp_path / "q.onnx",
+                          chips=list(Q.calibration_chips(card, n_tiles=1)),
+                          keep_fp32=["conv_stem"])
+    g = onnx.load(str(out)).graph
+    producers = {o: n for n in g.node for o in n.output}
+    int8 = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.INT8}
+
+    def weight_is_int8(conv):
+        w = producers.get(conv.input[1])
+        return w is not None and w.op_type == "DequantizeLinear" and w.input[0] in int8
+
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert "conv_stem" in convs[0].name and not weight_is_int8(convs[0])
+    assert sum(weight_is_int8(c) for c in convs[1:]) == len(convs) - 1
+
+
+@needs_tiles
+def test_the_shipped_card_runs_int8_on_fine_layers_and_fp32_on_coarse(tmp_path, monkeypatch):
+    """A detection of a real 0.1 m held-out tile runs the shipped INT8 graph; the same
+    tile averaged down to 0.3 m, outside the graph's ``max_layer_gsd_m``, runs fp32;
+    ``ORTHOLENS_PRECISION=fp32`` runs fp32 on both."""
+    from backend.inference.detect import run_detect
+    from backend.inference.predictors import forget_predictors
+    from protocol.params import DetectParams, FileSource
+    from tools.evaluate import coarser_copy
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    card = load_card(DEFAULT_MODEL)
+    assert card.graphs == {"cpu": Q.INT8_FILE} and card.quantization.max_layer_gsd_m < 0.2
+    coarse, _, _ = coarser_copy(INSIDE, INSIDE.with_name(f"{INSIDE.stem}_mask.tif"), 0.3,
+                                tmp_path)
+
+    def ran(path):
+        st = run_detect(DetectParams(FileSource(str(path)), DEFAULT_MODEL), [])["stats"]
+        return st["graph"], st["precision"], round(st["source_gsd_m"], 2)
+
+    assert ran(INSIDE) == (Q.INT8_FILE, "int8", 0.1)
+    assert ran(coarse) == ("model.onnx", "fp32", 0.3)
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "fp32")
+    forget_predictors()
+    try:
+        assert ran(INSIDE)[:2] == ("model.onnx", "fp32")
+    finally:
+        forget_predictors()

@@ -100,11 +100,15 @@ def test_area_versions_are_in_use_in_their_area_only(user_dir):
 
 
 @needs_tiles
-def test_detection_by_area_runs_the_version_inside_and_the_model_outside(user_dir):
+def test_detection_by_area_runs_the_version_inside_and_the_model_outside(user_dir,
+                                                                          monkeypatch):
     """``by_area`` in ``run_detect``: the area version inside its area, the model
-    asked for outside; without ``by_area`` exactly the model asked for."""
+    asked for outside; without ``by_area`` exactly the model asked for (both fp32: a
+    version has no INT8 graph of its own)."""
     from backend.inference.detect import run_detect
     from protocol.params import DetectParams, FileSource
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "fp32")
+    monkeypatch.setattr("backend.inference.predictors._CACHE", {})
     vid = make_area_version([INSIDE])
 
     def run(path, by_area):

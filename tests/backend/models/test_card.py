@@ -96,19 +96,40 @@ def test_card_paths_stay_inside_the_root(bad):
         card_path(Path("/m"), bad)
 
 
-def test_each_device_runs_its_graph_unless_fp32_is_forced(monkeypatch):
-    card = ModelCard.from_dict(dict(MINIMAL, graphs={"cpu": "model.int8.onnx"}),
-                               Path("/models/m"))
+def test_each_device_runs_its_graph_unless_fp32_is_forced(monkeypatch, tmp_path):
+    card = ModelCard.from_dict(dict(MINIMAL, graphs={"cpu": "model.int8.onnx"}), tmp_path)
+    int8, fp32 = tmp_path / "model.int8.onnx", tmp_path / "model.onnx"
     monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
-    assert card.graph_path("cpu") == Path("/models/m/model.int8.onnx")
-    assert card.graph_path("cuda") == Path("/models/m/model.onnx")  # no entry: fp32
+    assert card.graph_path("cpu") == fp32  # no INT8 file (setup made none): fp32
+    int8.touch()
+    assert card.graph_path("cpu") == int8
+    assert card.graph_path("cuda") == fp32  # no entry: fp32
     monkeypatch.setenv("ORTHOLENS_PRECISION", "FP32")
-    assert card.graph_path("cpu") == Path("/models/m/model.onnx")
+    assert card.graph_path("cpu") == fp32
     monkeypatch.setenv("ORTHOLENS_PRECISION", "auto")
-    assert card.graph_path("cpu") == Path("/models/m/model.int8.onnx")
+    assert card.graph_path("cpu") == int8
     monkeypatch.setenv("ORTHOLENS_PRECISION", "int4")
     with pytest.raises(InputError, match="ORTHOLENS_PRECISION"):
         card.graph_path("cpu")
+
+
+def test_the_int8_graph_serves_only_layers_as_fine_as_its_quantization_says(monkeypatch,
+                                                                            tmp_path):
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    card = ModelCard.from_dict(dict(MINIMAL, graphs={"cpu": "model.int8.onnx"},
+                                    quantization={"keep_fp32": ["conv_stem"],
+                                                  "max_layer_gsd_m": 0.15}), tmp_path)
+    assert card.quantization.keep_fp32 == ["conv_stem"]
+    assert card.quantization.method == "minmax"  # the default calibration
+    int8, fp32 = tmp_path / "model.int8.onnx", tmp_path / "model.onnx"
+    int8.touch()
+    assert [card.graph_path("cpu", g) for g in (None, 0.05, 0.1, 0.15)] == [int8] * 4
+    assert [card.graph_path("cpu", g) for g in (0.151, 0.2, 0.3, 1.0)] == [fp32] * 4
+    assert card.graph_path("cuda", 0.1) == fp32  # no GPU entry
+    everywhere = card.updated({"quantization": {"keep_fp32": []}})
+    assert everywhere.graph_path("cpu", 1.0) == int8
+    with pytest.raises(ModelCorrupt):
+        card.updated({"quantization": {"max_layer_gsd_m": "fine"}})
 
 
 def test_each_device_runs_its_tile_geometry():

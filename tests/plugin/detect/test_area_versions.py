@@ -103,6 +103,8 @@ def test_the_area_version_runs_inside_its_area_and_the_model_outside(
     assert outside.card["id"] == MODEL and outside.result["stats"]["model"] == MODEL
     assert all(f["model"] == MODEL for f in outside.layer.getFeatures())
     assert "taught on this area" not in outside.summary()
+    # the shipped model runs its INT8 graph on this 0.1 m tile; a version has none
+    assert "(INT8)" in outside.summary() and "(INT8)" not in inside.summary()
     # the dock lists the version with its area; chosen there, it runs as chosen
     listed = {c["id"]: c for c in inside.cards}
     from plugin.dock.models import card_label
