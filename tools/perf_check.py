@@ -43,7 +43,8 @@ model alone on random tiles of each tile size already in memory, and whole detec
 of the 200 m Vienna extent and of a 1920 x 1080 px screen extent at 0.1 m; medians,
 and the ratios new / baseline.
 
-``profile``: a detection of the whole Vienna scene (5000 x 5000 px at 0.1 m) run twice
+``profile``: a detection of the whole Vienna scene (5000 x 5000 px at 0.1 m; with
+``--layer-gsd 0.1`` from a 0.1 m copy of it, which runs a card's INT8 graph) run twice
 in one process, the second under cProfile: its seconds, the seconds in the predictor
 and the functions that take the most time themselves (the caller's thread only: the
 reading thread is not profiled).
@@ -296,12 +297,18 @@ def speed(model_id: str, rounds: int,
     return out
 
 
-def profile(model_id: str, top: int = 12) -> Dict:
-    """The ``profile`` check (module docstring)."""
+def profile(model_id: str, top: int = 12, layer_gsd_m: Optional[float] = None) -> Dict:
+    """The ``profile`` check (module docstring); ``layer_gsd_m``: the Vienna scene as a
+    layer of that GSD (``tools.bench.fine_copy``) instead of as it is (0.3 m)."""
     import cProfile
     import pstats
+    tmp = tempfile.TemporaryDirectory()
+    raster = vienna_scene()
+    if layer_gsd_m is not None:
+        from tools.bench import fine_copy
+        raster = fine_copy(raster, layer_gsd_m, Path(tmp.name))
     req = {"type": "detect", "model": model_id,
-           "source": {"kind": "file", "path": str(vienna_scene())}}
+           "source": {"kind": "file", "path": str(raster)}}
     run_detect(req, [])  # imports, the session, GDAL's first reads
     prof = cProfile.Profile()
     t0 = time.perf_counter()
@@ -312,8 +319,10 @@ def profile(model_id: str, top: int = 12) -> Dict:
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, _)
     model_s = sum(v[3] for k, v in stats.items() if k[2] == "predict_raw")
     own = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    tmp.cleanup()
     return {"seconds": round(seconds, 2), "predictor_s": round(model_s, 2),
-            "polygons": len(res["features"]),
+            "polygons": len(res["features"]), "graph": res["stats"]["graph"],
+            "source_gsd_m": res["stats"]["source_gsd_m"],
             "top_own_s": [[f"{Path(k[0]).name}:{k[1]}({k[2]})", round(v[2], 3)]
                           for k, v in own]}
 
@@ -328,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rasters", default="train,heldout,vienna",
                     help="geometry: which of train,heldout,vienna,vienna_whole")
     ap.add_argument("--tag", default="", help="suffix of the output file's name")
+    ap.add_argument("--layer-gsd", type=float, default=None,
+                    help="profile: the Vienna scene as a layer of this GSD (default 0.3 m)")
     ap.add_argument("--gsd", default="", help="int8: layer GSDs, metres (e.g. 0.1,0.2,0.3; "
                     "default the tiles' own)")
     ap.add_argument("--splits", default="heldout,train", help="int8: which splits")
@@ -346,7 +357,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = speed(mid, args.rounds, [tuple(int(x) for x in g.split("/"))
                                           for g in given.split(",")] if given else None)
     elif args.what == "profile":
-        report = profile(mid)
+        report = profile(mid, layer_gsd_m=args.layer_gsd)
     else:
         cal = None
         if args.calibrate:
