@@ -24,7 +24,10 @@ key under ``ortholens/``), then a default:
   default on;
 * stop an engine the plugin started after minutes without work:
   ``ORTHOLENS_IDLE_EXIT_MIN`` / ``ortholens/idle_exit_min``, default 30 (0: never; an
-  engine started by hand stays until stopped).
+  engine started by hand stays until stopped);
+* the graphs an engine the plugin starts runs: ``ORTHOLENS_PRECISION`` /
+  ``ortholens/precision``, ``auto`` (default: a card's INT8 graph on the CPU for the
+  layers it serves) or ``fp32`` (the fp32 graphs only).
 
 :class:`~.settings_dialog.SettingsWidget` edits the QGIS settings (the dock's *Settings…*
 button and *Settings > Options > Ortholens*); an environment variable still wins over
@@ -71,7 +74,7 @@ def _value(env: str, key: str) -> Optional[str]:
 SETTING_KEYS = {"endpoint": "ORTHOLENS_ENDPOINT", "repo": "ORTHOLENS_REPO",
                 "python": "ORTHOLENS_PYTHON", "token": "ORTHOLENS_TOKEN",
                 "results_dir": "ORTHOLENS_RESULTS", "autostart": "ORTHOLENS_AUTOSTART",
-                "idle_exit_min": "ORTHOLENS_IDLE_EXIT_MIN"}
+                "idle_exit_min": "ORTHOLENS_IDLE_EXIT_MIN", "precision": "ORTHOLENS_PRECISION"}
 
 #: Minutes without work after which an engine the plugin started stops (the default).
 DEFAULT_IDLE_EXIT_MIN = 30.0
@@ -258,6 +261,14 @@ def idle_exit_min() -> float:
     return max(0.0, value)
 
 
+def precision() -> str:
+    """The graphs an engine started by the plugin runs: ``"fp32"`` when
+    ``ORTHOLENS_PRECISION`` or the setting ``ortholens/precision`` says so (any case),
+    else ``"auto"`` (the engine's ``--precision``)."""
+    value = (_value("ORTHOLENS_PRECISION", "precision") or "auto").strip().lower()
+    return "fp32" if value == "fp32" else "auto"
+
+
 @dataclass
 class DaemonSettings:
     """How to reach (and, if needed, start) the inference daemon.
@@ -274,6 +285,8 @@ class DaemonSettings:
             database), or None.
         idle_exit_min: minutes without work after which an engine started from here
             stops (0: never).
+        precision: ``"auto"`` or ``"fp32"``: the graphs an engine started from here
+            runs (:func:`precision`).
     """
 
     endpoint: str
@@ -283,10 +296,13 @@ class DaemonSettings:
     token_source: Optional[str] = None
     token_problem: Optional[str] = None
     idle_exit_min: float = DEFAULT_IDLE_EXIT_MIN
+    precision: str = "auto"
 
     def start_args(self) -> List[str]:
-        """The daemon options an engine started from here gets: its idle exit."""
-        return ["--idle-exit-s", f"{self.idle_exit_min * 60:g}"]
+        """The daemon options an engine started from here gets: its idle exit and the
+        graphs it runs."""
+        return ["--idle-exit-s", f"{self.idle_exit_min * 60:g}",
+                "--precision", self.precision]
 
     def host(self) -> Optional[str]:
         """The endpoint's host (brackets of IPv6 removed), or None when the endpoint is
@@ -372,7 +388,7 @@ def daemon_settings() -> DaemonSettings:
         source = TOKEN_FROM_AUTH if token else None
     return DaemonSettings(endpoint=endpoint, python=python, repo=repo, token=token,
                           token_source=source, token_problem=problem,
-                          idle_exit_min=idle_exit_min())
+                          idle_exit_min=idle_exit_min(), precision=precision())
 
 
 def resource_path(name: str) -> str:

@@ -38,6 +38,7 @@ from .settings import (
     daemon_settings,
     forget_token,
     overriding_env,
+    precision,
     save_settings,
     store_token,
     stored_setting,
@@ -148,6 +149,11 @@ class SettingsWidget(QWidget):
         self.autostart.setObjectName("ortholensAutostart")
         self.autostart.setToolTip("Then its models are listed and chosen before the "
                                   "first detection.")
+        self.fp32 = QCheckBox("Run the models' full-precision (fp32) graphs only", self)
+        self.fp32.setObjectName("ortholensFp32")
+        self.fp32.setToolTip("On the CPU a model may run an INT8 graph, about 1.7 times as "
+                             "fast, for the imagery it was checked on (0.15 m or finer); "
+                             "applies to an engine the plugin starts next.")
         self._rows = {"endpoint": ("Engine address", self.endpoint),
                       "python": ("Engine Python", self.python),
                       "repo": ("Engine folder", self.repo),
@@ -163,6 +169,9 @@ class SettingsWidget(QWidget):
                 note.setWordWrap(True)
                 form.addRow("", note)
         form.addRow("", self.autostart)
+        form.addRow("", self.fp32)
+        if overriding_env("precision"):
+            self.fp32.setEnabled(False)
         self.load()
 
     def _text(self, key: str) -> str:
@@ -182,6 +191,7 @@ class SettingsWidget(QWidget):
         for key in self._rows:
             self._set_text(key, stored_setting(key))
         self.autostart.setChecked(autostart())
+        self.fp32.setChecked(precision() == "fp32")
         self.forget_token.setChecked(False)
         self._show_token_state()
 
@@ -204,6 +214,7 @@ class SettingsWidget(QWidget):
         """``{key: text}`` of the form; ``""`` means the default."""
         out = {key: self._text(key) for key in self._rows}
         out["autostart"] = "true" if self.autostart.isChecked() else "false"
+        out["precision"] = "fp32" if self.fp32.isChecked() else ""
         return out
 
     def save(self) -> List[str]:

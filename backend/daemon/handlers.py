@@ -38,14 +38,25 @@ Handler = Callable[..., Replies]
 
 # ------------------------------------------------------------------ the daemon's own
 
+def _precision() -> str:
+    """The engine's precision setting for ``pong`` (``"invalid"`` for a bad value, which
+    each model load reports)."""
+    from backend.config import precision
+    try:
+        return precision()
+    except Exception:  # noqa: BLE001 - an InputError; reported where a model loads
+        return "invalid"
+
+
 def _cards() -> list:
     from backend.models.catalog import list_cards
     return list_cards()
 
 
 def on_ping(server, identity, header, arrays) -> Replies:
-    """``pong``: version, protocol, device, model ids, the jobs queued or running, and
-    the idle exit (seconds without work after which the engine stops; 0: never)."""
+    """``pong``: version, protocol, device, model ids, the jobs queued or running, the
+    idle exit (seconds without work after which the engine stops; 0: never) and the
+    precision setting (``backend.config.precision``: ``auto`` or ``fp32``)."""
     active = server.table.active_count()
     try:
         ids = [c.id for c in _cards()]
@@ -56,7 +67,8 @@ def on_ping(server, identity, header, arrays) -> Replies:
                                protocol=P.PROTOCOL_VERSION,
                                device=server.device or "cpu",
                                device_info=server.device_info or {"kind": "cpu"},
-                               models=ids, jobs=active, idle_exit_s=server.idle_exit_s))]
+                               models=ids, jobs=active, idle_exit_s=server.idle_exit_s,
+                               precision=_precision()))]
 
 
 def on_models(server, identity, header, arrays) -> Replies:

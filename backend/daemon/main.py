@@ -7,7 +7,9 @@ even on loopback), ``--log-level LEVEL``, ``--jobs-dir DIR`` (batch job store),
 ``--resume-jobs`` (resume batch jobs left unfinished by a killed daemon),
 ``--idle-exit-s S`` (stop after S seconds without work; default: env
 ``ORTHOLENS_IDLE_EXIT_S``, else never: the plugin and ``qgis_process`` pass their
-setting, 30 minutes by default, when they start the engine).
+setting, 30 minutes by default, when they start the engine), ``--precision auto|fp32``
+(default: env ``ORTHOLENS_PRECISION``, else ``auto``: a card's INT8 graph on the CPU for
+the layers it serves; ``fp32``: the fp32 graphs only; ``backend.config.precision``).
 
 Once bound it prints exactly one line to stdout, ``ortholens daemon listening on
 tcp://H:P``, and nothing else; logs go to stderr. SIGINT / SIGTERM stop it gracefully.
@@ -58,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                     default=float(os.environ.get("ORTHOLENS_IDLE_EXIT_S") or 0),
                     help="stop after this many seconds with no request, no job and no "
                          "upload (0: never)")
+    ap.add_argument("--precision", type=str.lower, choices=["auto", "fp32"],
+                    default=(os.environ.get("ORTHOLENS_PRECISION") or "auto").lower(),
+                    help="auto: a model's INT8 graph on the CPU where its card keeps one "
+                         "for the layer; fp32: the fp32 graphs only (default: env "
+                         "ORTHOLENS_PRECISION, else auto)")
     ap.add_argument("--log-level", default="INFO",
                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return ap
@@ -113,6 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if not 0 <= args.port <= 65535:
         return fail(f"--port {args.port} is not a TCP port")
+    os.environ["ORTHOLENS_PRECISION"] = args.precision  # read by every model card
     try:
         server = Server(args.host, args.port, token=args.token, workers=args.workers,
                         max_queue=args.max_queue, jobs_dir=args.jobs_dir,

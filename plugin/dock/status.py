@@ -24,8 +24,9 @@ NO_ENGINE = "No detection engine is set up yet: press 'Set up the engine…' fir
 
 def device_text(pong: Dict[str, Any]) -> str:
     """What the engine runs on, from a ``pong`` reply: ``"GPU NVIDIA H200, 139.8 GiB"``
-    or ``"CPU, 16 cores"`` from its ``device_info``, else its ``device`` string
-    (``""`` when neither is given)."""
+    or ``"CPU, 16 cores"`` from its ``device_info`` (with ``", fp32 graphs only"`` when
+    its ``precision`` is ``fp32``), else its ``device`` string (``""`` when neither is
+    given)."""
     info = pong.get("device_info")
     if isinstance(info, dict) and info.get("kind") == "cuda" and info.get("name"):
         mem = info.get("memory_gib")
@@ -39,6 +40,8 @@ def device_text(pong: Dict[str, Any]) -> str:
     provider = info.get("provider")
     if isinstance(provider, str) and provider:  # which ONNX Runtime provider runs models
         text += f", ONNX Runtime {provider.replace('ExecutionProvider', '')}"
+    if pong.get("precision") == "fp32":  # the user turned the INT8 graphs off
+        text += ", fp32 graphs only"
     return text
 
 

@@ -16,7 +16,7 @@ from helpers import (BACKEND_PYTHON, PV01_HELDOUT, free_port, record_requests, s
                      wait_until)
 
 SETTING_KEYS = ("endpoint", "repo", "python", "token", "token_authcfg", "results_dir",
-                "autostart")
+                "autostart", "precision")
 
 
 @pytest.fixture
@@ -139,7 +139,8 @@ def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch
     from plugin.settings_dialog import OrtholensOptionsFactory, SettingsDialog
 
     for env in ("ORTHOLENS_REPO", "ORTHOLENS_PYTHON", "ORTHOLENS_BACKEND_PYTHON",
-                "ORTHOLENS_RESULTS", "ORTHOLENS_TOKEN", "ORTHOLENS_AUTOSTART"):
+                "ORTHOLENS_RESULTS", "ORTHOLENS_TOKEN", "ORTHOLENS_AUTOSTART",
+                "ORTHOLENS_PRECISION"):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv("ORTHOLENS_ENDPOINT", "tcp://127.0.0.1:1")
     dlg = SettingsDialog()
@@ -158,6 +159,8 @@ def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch
     form.token.setText("s3cret")
     form.results_dir.setFilePath(str(tmp_path / "out"))
     form.autostart.setChecked(False)
+    assert not form.fp32.isChecked()  # INT8 graphs where a card keeps them, by default
+    form.fp32.setChecked(True)
     dlg.accept()
     assert dlg.result() == 1, dlg.problems.text()
     s = daemon_settings()
@@ -165,6 +168,7 @@ def test_settings_dialog_stores_checked_values(qgis_iface, tmp_path, monkeypatch
     assert s.token == "s3cret" and results_dir() == str(tmp_path / "out")
     assert QgsSettings().value("ortholens/token", "") == ""  # never in plain settings
     assert not autostart()
+    assert s.precision == "fp32" and s.start_args()[-2:] == ["--precision", "fp32"]
     # the same form is the Settings > Options page; it never shows the token
     page = OrtholensOptionsFactory().createWidget(None)
     assert page.form.token.text() == "" and "stored" in page.form.token.placeholderText()

@@ -30,7 +30,8 @@ from qgis.core import QgsSettings, QgsVectorLayer
 from helpers import (BACKEND_PYTHON, PV01_HELDOUT, REPO, free_port, show_layer,
                      start_test_engine, wait_until)
 
-SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart")
+SETTING_KEYS = ("endpoint", "repo", "python", "token", "results_dir", "autostart",
+                "precision")
 
 
 @pytest.fixture

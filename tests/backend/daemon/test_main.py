@@ -8,6 +8,8 @@ import json
 import shutil
 import time
 
+import pytest
+
 import protocol as P
 from backend.daemon import main as M
 from backend.daemon.server import DEFAULT_MAX_QUEUE, DEFAULT_WORKERS
@@ -29,6 +31,35 @@ def test_the_options_and_their_defaults(monkeypatch):
                                 "--restrict-paths", "--jobs-dir", "/tmp/j"])
     assert (a.port, a.workers, a.log_level, a.token) == (0, 3, "DEBUG", "from-env")
     assert a.restrict_paths and a.jobs_dir == "/tmp/j"
+
+
+def test_the_precision_option_takes_the_environment_as_default(monkeypatch, capsys):
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    assert M._parser().parse_args([]).precision == "auto"
+    assert M._parser().parse_args(["--precision", "FP32"]).precision == "fp32"
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "fp32")
+    assert M._parser().parse_args([]).precision == "fp32"
+    with pytest.raises(SystemExit) as e:
+        M._parser().parse_args(["--precision", "int4"])
+    assert e.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_an_engine_started_with_fp32_says_so_and_detects_with_fp32(tmp_path, port):
+    """``--precision fp32``: the engine's ``pong`` says so and a 0.1 m held-out tile,
+    which the shipped card's INT8 graph serves, is detected with the fp32 graph."""
+    env = {"PYTHONPATH": str(REPO), "ORTHOLENS_USER_MODELS": str(tmp_path / "user-models"),
+           "ORTHOLENS_JOBS_DIR": str(tmp_path / "jobs"), "ORTHOLENS_PRECISION": "auto"}
+    endpoint, proc = start_engine(tmp_path / "daemon.log", port, cwd=tmp_path, env=env,
+                                  wait_s=60, args=["--precision", "fp32"])
+    try:
+        with OrtholensClient(endpoint, timeout_s=10) as c:
+            assert c.ping()["precision"] == "fp32"
+            res = c.detect(DetectParams(source={"kind": "file", "path": str(INSIDE)},
+                                        model=DEFAULT_MODEL), job_timeout_s=300)
+        assert (res["stats"]["graph"], res["stats"]["precision"]) == ("model.onnx", "fp32")
+        assert res["features"]
+    finally:
+        stop_engine(proc, wait_s=10)
 
 
 def test_refusals_exit_2_with_one_line_on_stderr(capsys, monkeypatch):

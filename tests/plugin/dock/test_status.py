@@ -36,6 +36,8 @@ def test_status_names_the_onnx_provider_and_the_idle_exit():
         "Engine 0.1.0 on this computer (tcp://127.0.0.1:5591) — GPU NVIDIA H200, "
         "139.8 GiB, ONNX Runtime CUDA; it stops after 30 min without work")
     assert "stops" not in pong_text(dict(pong, idle_exit_s=0), local)
+    assert "fp32 graphs only" in pong_text(dict(pong, precision="fp32"), local)
+    assert "fp32" not in pong_text(dict(pong, precision="auto"), local)
 
 
 def test_an_engine_started_from_the_plugin_gets_the_idle_exit(monkeypatch):
@@ -45,7 +47,10 @@ def test_an_engine_started_from_the_plugin_gets_the_idle_exit(monkeypatch):
     assert DEFAULT_IDLE_EXIT_MIN == 30.0
     monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "12.5")
     assert idle_exit_min() == 12.5
-    assert daemon_settings().start_args() == ["--idle-exit-s", "750"]
+    monkeypatch.delenv("ORTHOLENS_PRECISION", raising=False)
+    assert daemon_settings().start_args() == ["--idle-exit-s", "750", "--precision", "auto"]
+    monkeypatch.setenv("ORTHOLENS_PRECISION", "FP32")
+    assert daemon_settings().start_args()[2:] == ["--precision", "fp32"]
     monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "nonsense")
     assert idle_exit_min() == DEFAULT_IDLE_EXIT_MIN
     monkeypatch.setenv("ORTHOLENS_IDLE_EXIT_MIN", "-3")
