@@ -129,7 +129,8 @@ def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
     out = Path(out) if out is not None else card.onnx_path.with_name(INT8_FILE)
     spec = card.quantization or Quantization()
     method = method or spec.method
-    keep_fp32 = spec.keep_fp32 if keep_fp32 is None else keep_fp32
+    keep_fp32 = spec.keep_fp32 if keep_fp32 is None else list(keep_fp32)
+    recipe = _recipe(method, keep_fp32, spec.calibration_tiles if chips is None else None)
     if chips is None:
         chips = list(calibration_chips(card, spec.calibration_tiles))
     feeds = [{"input": c} for c in chips]
@@ -153,17 +154,39 @@ def quantize_onnx(card: ModelCard, out: Optional[Path] = None,
                         weight_type=QuantType.QInt8,
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
                                           "percentile": CalibrationMethod.Percentile}[method])
+        graph = onnx.load(str(part))
+        onnx.helper.set_model_props(graph, {RECIPE_KEY: recipe})
+        onnx.save(graph, str(part))
         part.replace(out)
     return out
 
 
+#: The metadata key of an INT8 graph that records how it was made (:func:`_recipe`).
+RECIPE_KEY = "ortholens.quantization"
+
+
+def _recipe(method: str, keep_fp32: Sequence[str], calibration_tiles: Optional[int]) -> str:
+    """The settings an INT8 graph is made with, as the JSON kept in its metadata
+    (``calibration_tiles`` None: chips given by the caller)."""
+    import json
+    return json.dumps({"method": method, "keep_fp32": list(keep_fp32),
+                       "calibration_tiles": calibration_tiles}, sort_keys=True)
+
+
 def stale(card: ModelCard) -> bool:
     """True when ``card`` asks for :data:`INT8_FILE` (its ``graphs``) and that file is
-    missing or older than its ``model.onnx``."""
+    missing, older than its ``model.onnx``, or made otherwise than the card's
+    ``quantization`` says (the recipe in its metadata, :data:`RECIPE_KEY`)."""
     if INT8_FILE not in (card.graphs or {}).values() or not card.onnx_path.is_file():
         return False
     q = card.onnx_path.with_name(INT8_FILE)
-    return not q.is_file() or q.stat().st_mtime < card.onnx_path.stat().st_mtime
+    if not q.is_file() or q.stat().st_mtime < card.onnx_path.stat().st_mtime:
+        return True
+    import onnx
+    spec = card.quantization or Quantization()
+    props = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+    return props.get(RECIPE_KEY) != _recipe(spec.method, spec.keep_fp32,
+                                            spec.calibration_tiles)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

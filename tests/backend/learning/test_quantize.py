@@ -20,14 +20,15 @@ from tests.support import DEFAULT_MODEL, INSIDE, needs_tiles
 @pytest.fixture(scope="module")
 def int8_card(tmp_path_factory):
     """The shipped model's card in a temporary folder with ``model.onnx`` and its INT8
-    graph calibrated on two train tiles, as the card's CPU graph."""
+    graph made with the card's recipe but calibrated on two train tiles, as the card's
+    CPU graph."""
     folder = tmp_path_factory.mktemp("quant") / DEFAULT_MODEL
     folder.mkdir()
     src = load_card(DEFAULT_MODEL)
     shutil.copy(src.path / "model.onnx", folder / "model.onnx")
-    card = src.updated({"graphs": {"cpu": Q.INT8_FILE}}, folder)
-    chips = list(Q.calibration_chips(card, n_tiles=2))
-    assert Q.quantize_onnx(card, chips=chips) == folder / Q.INT8_FILE
+    recipe = dict(src.to_dict()["quantization"], calibration_tiles=2)
+    card = src.updated({"graphs": {"cpu": Q.INT8_FILE}, "quantization": recipe}, folder)
+    assert Q.quantize_onnx(card) == folder / Q.INT8_FILE
     return card
 
 
@@ -56,6 +57,10 @@ def test_an_int8_graph_is_made_again_only_where_asked_and_stale(int8_card, tmp_p
     later = os.path.getmtime(int8_card.graph_path("cpu")) + 10
     os.utime(onnx, (later, later))
     assert Q.stale(int8_card)  # older than its fp32 graph
+    os.utime(int8_card.graph_path("cpu"), (later + 1, later + 1))
+    assert not Q.stale(int8_card)
+    other = int8_card.updated({"quantization": {"keep_fp32": ["conv_stem"]}})
+    assert Q.stale(other)  # made with another recipe than the card's
     empty = int8_card.updated({}, tmp_path)
     assert not Q.stale(empty)  # no fp32 graph to quantize
     with pytest.raises(ModelNotFound):
