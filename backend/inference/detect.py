@@ -141,11 +141,17 @@ def _stats(grid: Grid, card, opts: Options, predictor, feats: List[Dict],
             "seconds": round(elapsed, 3), "model_seconds": round(t_model, 3),
             "mpx_per_s": round(grid.width * grid.height / 1e6 / max(elapsed, 1e-9), 3),
             "runtime": predictor.kind, "device": predictor.device, "per_class": per_class,
-            "graph": getattr(predictor, "graph", None),
-            "precision": getattr(predictor, "precision", None),
+            "graph": _text(getattr(predictor, "graph", None)),
+            "precision": _text(getattr(predictor, "precision", None)),
             "threshold": opts.threshold, "min_area_m2": opts.min_area_m2,
             "bands": list(grid.bands), "stretch": grid.stretch_info,
             "warnings": grid.warnings, "model": card.id, "model_version": card.version}
+
+
+def _text(value: Any) -> Optional[str]:
+    """``value`` when it is a string (the ONNX file an ``OnnxPredictor`` runs), else
+    None (an imported model's graph object, a PyTorch predictor)."""
+    return value if isinstance(value, str) else None
 
 
 def _area_version(card, grid: Grid, predictor: Optional[Predictor]):
