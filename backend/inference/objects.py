@@ -185,9 +185,19 @@ def polygons(cmap: np.ndarray, probs: np.ndarray, card: ModelCard, opts, transfo
                            opts.min_score)
         dets += polygonize(m, class_probs, transform, opts.simplify_m, opts.min_area_m2,
                            member_probs=members, threshold=opts.threshold,
-                           ortho=opts.orthogonalize, pixel_offset=offset)
+                           ortho=opts.orthogonalize, pixel_offset=offset,
+                           clip=grid_bounds(transform, height, width))
         maps.append(m)
     return np.stack(maps), dets
+
+
+def grid_bounds(transform, height: int, width: int) -> Tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` of a north-up grid of ``height`` x ``width`` pixels
+    with the affine ``transform``, in its CRS: what detections are cut to
+    (``postprocess.polygonize``'s ``clip``)."""
+    xs = (transform.c, transform.c + width * transform.a)
+    ys = (transform.f, transform.f + height * transform.e)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def candidate_objects(probs: np.ndarray, valid: np.ndarray, detected: np.ndarray,
@@ -226,7 +236,8 @@ def candidate_objects(probs: np.ndarray, valid: np.ndarray, detected: np.ndarray
         m = np.where(np.isin(lab, hit) | (lab == 0), 0, m).astype(np.uint8)
         out += polygonize(m, class_probs, transform, opts.simplify_m, opts.min_area_m2,
                           member_probs=members, threshold=opts.threshold,
-                          ortho=opts.orthogonalize, pixel_offset=offset)
+                          ortho=opts.orthogonalize, pixel_offset=offset,
+                          clip=grid_bounds(transform, height, width))
     return out
 
 

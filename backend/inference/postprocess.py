@@ -179,7 +179,8 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                valid: Optional[np.ndarray] = None,
                member_probs: Optional[np.ndarray] = None,
                threshold: float = 0.5, ortho: bool = False,
-               pixel_offset: Optional[Sequence[int]] = None) -> List[Detection]:
+               pixel_offset: Optional[Sequence[int]] = None,
+               clip: Optional[Sequence[float]] = None) -> List[Detection]:
     """Polygons of the 8-connected components of a cleaned class map.
 
     Args:
@@ -200,10 +201,15 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
             path uses). Outlines are then traced in that grid's pixel coordinates
             (exact integers) and mapped through ``transform`` with the same arithmetic
             as polygonizing the whole grid, so a window gives bit-identical polygons.
+        clip: ``(xmin, ymin, xmax, ymax)`` in the transform's CRS, the grid's extent:
+            a rectangle or a simplified outline that reaches past it is cut there
+            (``shapely.clip_by_rect``), so no polygon covers ground the imagery does
+            not show; None: not cut.
 
     Returns:
         list of :class:`Detection`, in the transform's CRS.
     """
+    import shapely
     from shapely.validation import make_valid
 
     dets: List[Detection] = []
@@ -228,6 +234,8 @@ def polygonize(cmap: np.ndarray, probs: np.ndarray, transform: Affine,
                 g = rect  # a rectangle: nothing to simplify
             elif simplify_m > 0:
                 g = g.simplify(simplify_m, preserve_topology=True)
+            if clip is not None and not shapely.contains(shapely.box(*clip), g):
+                g = shapely.clip_by_rect(g, *clip)
             if not g.is_valid:
                 g = make_valid(g)
             area = g.area

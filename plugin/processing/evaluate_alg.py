@@ -26,7 +26,7 @@ from qgis.core import (
 )
 
 from .common import with_help
-from .rasterize import transformed
+from .rasterize import on_lattice, transformed
 from .scoring import Scored, html_report, score_masks, score_polygons
 
 
@@ -179,14 +179,17 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
         elif parameters.get(self.AREA) not in (None, ""):
             areas = [self.parameterAsExtent(parameters, self.AREA, context, crs)]
         else:
-            area = QgsRectangle()
+            area, anchor = QgsRectangle(), QgsRectangle()
             area.setMinimal()
+            anchor.setMinimal()
+            for g in ref_geoms:
+                anchor.combineExtentWith(g.boundingBox())
             for g in ref_geoms + [g for d in det for g in transformed(d, crs, context,
                                                                       feedback)]:
                 area.combineExtentWith(g.boundingBox())
             if area.isEmpty():
                 raise QgsProcessingException("Both layers are empty: nothing to evaluate.")
-            areas = [area]
+            areas = [on_lattice(area, anchor, px) if not anchor.isEmpty() else area]
         feedback.pushInfo(f"Rasterising on {len(areas)} grid(s) of {px} m pixels")
         try:
             scored = score_polygons(det, ref_geoms, crs, areas, px, context, feedback,

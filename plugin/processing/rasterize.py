@@ -75,3 +75,19 @@ def grid_for(extent, pixel_size: float, max_pixels: int = 200_000_000):
         raise ValueError(f"{w} x {h} pixels at {pixel_size} m is too large; use a larger "
                          f"pixel size or a smaller area")
     return w, h, (extent.xMinimum(), pixel_size, 0.0, extent.yMaximum(), 0.0, -pixel_size)
+
+
+def on_lattice(extent, anchor, pixel_size: float):
+    """``extent`` grown outward to the pixel lattice of ``anchor``'s top-left corner
+    (pixels of ``pixel_size`` map units): the grid :func:`grid_for` makes over it then
+    has pixel edges where a grid starting at ``anchor`` has them. Reference polygons
+    traced from a mask have their vertices on the mask's pixel edges, so rasterised on
+    this grid they give the mask's pixels back, wherever the detections reach.
+
+    Returns:
+        a ``QgsRectangle`` holding ``extent``.
+    """
+    ax, ay = anchor.xMinimum(), anchor.yMaximum()
+    x0 = ax - math.ceil((ax - extent.xMinimum()) / pixel_size - 1e-9) * pixel_size
+    y1 = ay + math.ceil((extent.yMaximum() - ay) / pixel_size - 1e-9) * pixel_size
+    return QgsRectangle(x0, extent.yMinimum(), extent.xMaximum(), y1)

@@ -13,6 +13,7 @@ from backend.inference.postprocess import (class_map, clean_masks, enclosed, fil
                                            label_sums, orthogonalize, polygonize)
 from backend.learning.data import list_tiles
 from protocol.metrics import components
+from tests.support import DEFAULT_MODEL, INSIDE, needs_tiles
 from tests.support.common import HAVE_DATA
 
 
@@ -468,3 +469,22 @@ def test_class_map_of_several_classes_is_the_argmax_above_the_threshold():
         two = np.stack([1 - p[1], p[1]])
         assert np.array_equal(class_map(two, thr), (p[1] >= thr).astype(np.uint8))
     assert class_map(p, 0.2)[10, 10] == 0 and class_map(p, 0.2)[:5].max() > 0
+
+
+@needs_tiles
+def test_no_polygon_reaches_past_the_imagery():
+    """A held-out tile whose arrays run to its edge: the rectangles that replace their
+    outlines would reach up to 0.65 m past the raster; they are cut at its extent, and
+    the cut ones still touch it."""
+    import rasterio
+    from shapely import box, wkt
+
+    from backend.inference.detect import run_detect
+    from protocol.params import DetectParams, FileSource
+    tile = INSIDE.with_name("PV01_325190_1204243.tif")
+    with rasterio.open(tile) as ds:
+        extent = box(*ds.bounds)
+    res = run_detect(DetectParams(FileSource(str(tile)), DEFAULT_MODEL), [])
+    geoms = [wkt.loads(f["wkt"]) for f in res["features"]]
+    assert geoms and all(extent.buffer(1e-6).contains(g) for g in geoms)
+    assert any(g.intersects(extent.exterior) for g in geoms)  # arrays at the edge
