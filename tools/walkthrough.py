@@ -693,7 +693,8 @@ def _inside_qgis() -> None:  # noqa: C901 - one state machine, step by step
         if not st.get("finished"):
             return False
         line = next((x for x in log_of(st["pdialog"]).splitlines() if "pixel IoU" in x), "")
-        record("pixel IoU 0.906" in line and "F1 0.881" in line, line)
+        # build.py eval's figures as the CPU runs the model at 0.1 m (its INT8 graph)
+        record("pixel IoU 0.904" in line and "F1 0.881" in line, line)
         return True
 
     def s_large_start():
