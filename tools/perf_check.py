@@ -186,7 +186,8 @@ def split_scores(model_id: str, split: str, predictors: Dict[str, object],
     import rasterio
     card = load_card(model_id)
     tiles = pvdata.list_tiles(split)
-    calib = {t.name for t in pvdata.list_tiles("train")[:CALIBRATION_TILES]}
+    n_calib = card.quantization.calibration_tiles if card.quantization else CALIBRATION_TILES
+    calib = {t.name for t in pvdata.list_tiles("train")[:n_calib]}
     totals = {k: {"all": Counts(), "not_calibration": Counts()} for k in predictors}
     flips = {k: [0, 0, 0.0] for k in predictors}
     tmp = tempfile.TemporaryDirectory()

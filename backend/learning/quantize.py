@@ -35,8 +35,9 @@ import numpy as np
 from backend.models.card import ModelCard
 from backend.models.quantization import Quantization
 
-#: Tiles of the train split the ranges are calibrated on (the first by name).
-CALIBRATION_TILES = 24
+#: Tiles of the train split the ranges are calibrated on (the first by name), unless a
+#: card's ``quantization`` says otherwise.
+CALIBRATION_TILES = Quantization().calibration_tiles
 #: The INT8 graph's file name in a model's folder.
 INT8_FILE = "model.int8.onnx"
 

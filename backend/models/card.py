@@ -356,8 +356,9 @@ class ModelCard(Record):
     def graph_path(self, device: str, layer_gsd_m: Optional[float] = None) -> Path:
         """The ONNX file the ``device`` kind (``"cpu"``, ``"cuda"``) runs for a layer of
         ``layer_gsd_m`` metres per pixel (None: the model's own): its entry of
-        ``graphs`` where ``quantization`` serves that layer and the file is there
-        (an engine whose setup made no INT8 graph runs fp32), else ``onnx``; always ``onnx`` when the engine's precision setting forces fp32
+        ``graphs`` where ``quantization`` serves that layer and the file is there (an
+        engine whose setup made no INT8 graph runs fp32), else ``onnx``; always
+        ``onnx`` when the engine's precision setting forces fp32
         (``backend.config.precision``).
 
         Raises:
